@@ -1,0 +1,161 @@
+"""``python -m moola.cli train ...`` (also ``moola train``): train EnhancedSimpleLSTM, optionally monitored."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from moola.data import DataError, load_npz, make_synthetic
+from moola.models.enhanced_simple_lstm import MODEL_NAME, EnhancedSimpleLSTM
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moola", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train",
+        help="train a model (with --monitor-gradients: log gradient records to JSONL)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train EnhancedSimpleLSTM on synthetic OHLC windows or your own .npz. With "
+        "--monitor-gradients, gradient statistics and task balance are printed and appended to a JSONL "
+        "log that `moola-watch` can follow live.",
+    )
+    train.add_argument("--model", choices=[MODEL_NAME], default=MODEL_NAME, help="model to train")
+    train.add_argument("--device", default="cpu", help="cpu, cuda (fails if unavailable) or auto")
+    train.add_argument(
+        "--predict-pointers",
+        action="store_true",
+        help="also regress the expansion start/end (the multi-task setting; enables task balance)",
+    )
+    monitor = train.add_mutually_exclusive_group()
+    monitor.add_argument(
+        "--monitor-gradients", dest="monitor_gradients", action="store_true", help="enable gradient monitoring"
+    )
+    monitor.add_argument("--no-monitor-gradients", dest="monitor_gradients", action="store_false", help="disable it")
+    train.set_defaults(monitor_gradients=False)
+    train.add_argument("--gradient-log-freq", type=_positive_int, default=10, help="gradient statistics every N epochs")
+    train.add_argument("--task-balance-freq", type=_positive_int, default=5, help="task balance every N epochs")
+    train.add_argument("--loss-alpha", type=_non_negative_float, default=1.0, help="weight of the type loss")
+    train.add_argument("--loss-beta", type=_non_negative_float, default=1.0, help="weight of the pointer loss")
+    train.add_argument("--epochs", type=_positive_int, default=30, help="training epochs")
+    train.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    train.add_argument("--batch-size", type=_positive_int, default=32, help="batch size")
+    train.add_argument(
+        "--grad-clip", type=_non_negative_float, default=1.0, help="max total gradient norm; 0 disables clipping"
+    )
+    train.add_argument("--hidden-size", type=_positive_int, default=64, help="LSTM hidden units per direction")
+    train.add_argument("--num-layers", type=_positive_int, default=1, help="stacked LSTM layers")
+    train.add_argument(
+        "--no-normalize",
+        dest="normalize",
+        action="store_false",
+        help="feed raw prices instead of percent change from the window's first close",
+    )
+    train.add_argument("--seed", type=int, default=0, help="seed for data, split, init and batches")
+    train.add_argument("--n-samples", type=_positive_int, default=600, help="synthetic windows to generate")
+    train.add_argument(
+        "--data", type=Path, default=None, help=".npz with X, y, expansion_start, expansion_end (instead of synthetic)"
+    )
+    train.add_argument(
+        "--grad-log",
+        type=Path,
+        default=None,
+        help="JSONL gradient log to append to (default: runs/<run id>.jsonl)",
+    )
+    return parser
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
+    try:
+        data = load_npz(args.data) if args.data else make_synthetic(args.n_samples, seed=args.seed)
+        model = EnhancedSimpleLSTM(
+            hidden_size=args.hidden_size,
+            num_layers=args.num_layers,
+            predict_pointers=args.predict_pointers,
+            normalize=args.normalize,
+            device=args.device,
+            seed=args.seed,
+        )
+    except (DataError, ValueError) as exc:
+        print(f"moola: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    run_id = f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    grad_log = args.grad_log or Path("runs") / f"{run_id}.jsonl"
+    source = args.data or f"synthetic ({args.n_samples} windows, seed {args.seed})"
+    console.print(
+        f"Training {args.model} on {source}, device {model.device}, {args.epochs} epochs, "
+        f"alpha={args.loss_alpha} beta={args.loss_beta}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        model.fit(
+            data.X,
+            data.y,
+            data.expansion_start,
+            data.expansion_end,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            loss_alpha=args.loss_alpha,
+            loss_beta=args.loss_beta,
+            grad_clip=args.grad_clip,
+            monitor_gradients=args.monitor_gradients,
+            gradient_log_freq=args.gradient_log_freq,
+            task_balance_freq=args.task_balance_freq,
+            grad_log=grad_log if args.monitor_gradients else None,
+            run_id=run_id,
+            console=console,
+        )
+    except KeyboardInterrupt:
+        console.print("\nmoola: interrupted; the gradient log is marked 'interrupted'", markup=False)
+        return EXIT_INTERRUPTED
+    final = model.history[-1]
+    line = f"Done: val type accuracy {final['type_acc']:.3f}"
+    if "pointer_err_bars" in final:
+        line += f", pointer error {final['pointer_err_bars']:.2f} bars"
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if args.monitor_gradients and model.monitor and model.monitor.log_path:
+        console.print(
+            f"Gradient log: {model.monitor.log_path}  (analyze: moola-watch analyze {model.monitor.log_path})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if args.command == "train":
+        return _train(args, console)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""Measuring gradients: per-layer norms, global statistics, task balance, and :class:`GradientMonitor`.
+
+The measuring functions are cheap by construction: per-layer L2 norms come from one grouped
+``torch._foreach_norm`` per (device, dtype) and reach the host in a single transfer, never one ``.item()``
+per parameter. The rules that judge the numbers live in :mod:`moola_watch.rules`; this module only
+measures, records and reports.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+import torch
+from torch import nn
+
+from moola import __version__
+from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
+from moola_watch import rules, schema
+from moola_watch.rules import AlertEvent, CollapseVerdict, MonitoringSummary, Thresholds
+
+PREFIX = "[PHASE 4]"
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+def _norms_on_device(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of each tensor as one float64 vector on the first tensor's device, without a host sync."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        groups.setdefault((tensor.device, tensor.dtype), []).append(index)
+    first_device = tensors[0].device
+    out = torch.empty(len(tensors), dtype=torch.float64, device=first_device)
+    for (device, dtype), indices in groups.items():
+        members = [tensors[i] for i in indices]
+        if device.type in ("cpu", "cuda") and not any(t.is_sparse for t in members):
+            # Low-precision gradients are reduced in float32 so the norm itself keeps its digits.
+            wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+            norms = torch._foreach_norm(members, 2.0, dtype=wide)
+        else:
+            norms = [torch.linalg.vector_norm(t.coalesce().values() if t.is_sparse else t) for t in members]
+        index = torch.tensor(indices, device=first_device)
+        out.index_copy_(0, index, torch.stack(norms).to(device=first_device, dtype=torch.float64))
+    return out
+
+
+def _named_gradients(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
+    names, grads = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            names.append(name)
+            grads.append(parameter.grad.detach())
+    return names, grads
+
+
+def compute_layer_gradient_norms(model: nn.Module) -> dict[str, float]:
+    """L2 norm of each parameter's gradient, keyed by parameter name (parameters without a gradient are
+    left out). One device-to-host transfer for the whole model."""
+    names, grads = _named_gradients(model)
+    if not grads:
+        return {}
+    return dict(zip(names, _norms_on_device(grads).tolist(), strict=True))
+
+
+def gradient_statistics_from_norms(layer_norms: dict[str, float]) -> dict[str, Any]:
+    """The ``grad_stats`` body for given per-layer norms: the total norm (L2 over all gradients, NaN/inf
+    if any layer is), mean/std/min/max over the finite layer norms, and the non-finite layers."""
+    bad = rules.nonfinite_layers(layer_norms)
+    finite = [norm for norm in layer_norms.values() if math.isfinite(norm)]
+    if bad:
+        total = math.nan if any(math.isnan(layer_norms[name]) for name in bad) else math.inf
+    else:
+        total = math.sqrt(math.fsum(norm * norm for norm in finite))
+    if finite:
+        mean = math.fsum(finite) / len(finite)
+        std = math.sqrt(math.fsum((norm - mean) ** 2 for norm in finite) / len(finite))
+        low, high = min(finite), max(finite)
+    else:
+        mean = std = low = high = math.nan
+    return {
+        "layer_norms": layer_norms,
+        "total_norm": total,
+        "mean_norm": mean,
+        "std_norm": std,
+        "min_norm": low,
+        "max_norm": high,
+        "nonfinite_count": len(bad),
+        "nonfinite_layers": bad,
+    }
+
+
+def compute_gradient_statistics(model: nn.Module) -> dict[str, Any]:
+    """Per-layer gradient norms and their statistics (see :func:`gradient_statistics_from_norms`)."""
+    return gradient_statistics_from_norms(compute_layer_gradient_norms(model))
+
+
+def detect_vanishing_gradients(layer_norms: dict[str, float], threshold: float = 1e-7) -> list[str]:
+    """Layers whose gradient L2 norm is below ``threshold``."""
+    return rules.vanishing_layers(layer_norms, threshold)
+
+
+def detect_exploding_gradients(layer_norms: dict[str, float], threshold: float = 10.0) -> list[str]:
+    """Layers whose gradient L2 norm is above ``threshold`` (finite; NaN/inf are reported separately)."""
+    return rules.exploding_layers(layer_norms, threshold)
+
+
+@dataclass(frozen=True)
+class TaskGradients:
+    """Task balance on the shared parameters. ``norms`` are of the weighted losses as they enter the total
+    (``beta * pointer_loss``, ``alpha * type_loss``), ``raw_norms`` of the unweighted ones; ``ratio`` is
+    pointer/type of the weighted norms; ``cosine`` is between the two task gradients (None if one is 0)."""
+
+    ratio: float
+    norms: dict[str, float]
+    raw_norms: dict[str, float]
+    cosine: float | None
+    scope: str
+
+    def __float__(self) -> float:
+        return self.ratio
+
+
+def parameters_reached(loss: torch.Tensor, parameters: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """The parameters among ``parameters`` that ``loss`` backpropagates into (a walk of its graph)."""
+    wanted = {id(p): p for p in parameters}
+    reached: dict[int, nn.Parameter] = {}
+    seen: set[int] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in wanted:
+            reached[id(variable)] = wanted[id(variable)]
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return [p for p in wanted.values() if id(p) in reached]
+
+
+def shared_parameters_of(model: nn.Module, pointer_loss: torch.Tensor, type_loss: torch.Tensor) -> list[nn.Parameter]:
+    """Parameters both task losses reach: ``model.shared_parameters()`` if it declares them, else found
+    by walking both losses' graphs."""
+    declared = getattr(model, "shared_parameters", None)
+    if callable(declared):
+        return [p for p in declared() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    pointer_side = {id(p) for p in parameters_reached(pointer_loss, trainable)}
+    return [p for p in parameters_reached(type_loss, trainable) if id(p) in pointer_side]
+
+
+def compute_task_gradient_ratio(
+    pointer_loss: torch.Tensor,
+    type_loss: torch.Tensor,
+    model: nn.Module,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    shared_parameters: Sequence[nn.Parameter] | None = None,
+) -> TaskGradients:
+    """Pointer/type gradient-norm ratio on the shared parameters, for the weighted losses
+    ``beta * pointer_loss`` and ``alpha * type_loss``.
+
+    Uses ``torch.autograd.grad(..., retain_graph=True)``: parameters' ``.grad`` are not touched and the
+    caller can still call ``backward()`` on the total loss. One host transfer. ``float(result)`` is the
+    ratio; it is ``inf`` when the type gradient is zero and NaN when both are.
+    """
+    shared = list(shared_parameters) if shared_parameters is not None else None
+    if shared is None:
+        shared = shared_parameters_of(model, pointer_loss, type_loss)
+    if not shared:
+        raise ValueError("the two task losses share no trainable parameters")
+
+    def flat_grad(loss: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+        return torch.cat(
+            [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, shared, strict=True)]
+        )
+
+    pointer_grad, type_grad = flat_grad(pointer_loss), flat_grad(type_loss)
+    pointer_raw, type_raw, dot = (
+        torch.stack([pointer_grad.norm(), type_grad.norm(), pointer_grad @ type_grad]).double().tolist()
+    )
+    pointer_norm, type_norm = abs(beta) * pointer_raw, abs(alpha) * type_raw
+    ratio = pointer_norm / type_norm if type_norm > 0 else math.inf if pointer_norm > 0 else math.nan
+    cosine = dot / (pointer_raw * type_raw) if pointer_raw > 0 and type_raw > 0 else None
+    if cosine is not None and math.isfinite(cosine):
+        cosine = max(-1.0, min(1.0, cosine))
+    return TaskGradients(
+        ratio=ratio,
+        norms={"pointer": pointer_norm, "type": type_norm},
+        raw_norms={"pointer": pointer_raw, "type": type_raw},
+        cosine=cosine,
+        scope=f"shared parameters ({sum(p.numel() for p in shared)} values in {len(shared)} tensors)",
+    )
+
+
+def detect_task_collapse(
+    task_grad_ratios: Sequence[float], window_size: int = 10, collapse_threshold: float = 5.0
+) -> CollapseVerdict:
+    """The spec's sliding-window check: the mean of the last ``window_size`` pointer/type ratios above
+    ``collapse_threshold`` means the pointer task dominates, below ``1 / collapse_threshold`` the type task
+    does. Fewer than ``window_size`` ratios give ``state == "not_enough_data"``."""
+    low = 1.0 / collapse_threshold
+    defaults = Thresholds()
+    th = Thresholds(
+        window=window_size,
+        collapse_high=collapse_threshold,
+        collapse_low=low,
+        balance_high=min(defaults.balance_high, collapse_threshold),
+        balance_low=max(min(defaults.balance_low, collapse_threshold), low),
+    )
+    return rules.collapse_verdict(task_grad_ratios, th)
+
+
+# ------------------------------------------------------------------------------------------ monitoring
+
+
+def _echo_to_stdout(text: str) -> None:
+    print(text, flush=True)
+
+
+class GradientMonitor:
+    """Measures gradients during training, judges them with :mod:`moola_watch.rules`, prints the spec's
+    console lines and appends JSONL records.
+
+    Call :meth:`update` after ``backward()`` and before ``optimizer.step()``: it measures on the first call
+    of every ``log_frequency``-th epoch and is a no-op otherwise. :meth:`record_task_balance` measures the
+    task ratio; :meth:`log_epoch` records epoch metrics; :meth:`close` (or leaving a ``with`` block) writes
+    ``run_end``. Writing problems produce one warning and never interrupt training.
+    """
+
+    def __init__(
+        self,
+        log_frequency: int = 10,
+        *,
+        log_path: str | Path | None = None,
+        stream: BinaryIO | None = None,
+        thresholds: Thresholds | None = None,
+        task_balance_frequency: int = 5,
+        run_id: str | None = None,
+        echo: Callable[[str], None] | None = _echo_to_stdout,
+        warn: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if log_frequency < 1 or task_balance_frequency < 1:
+            raise ValueError("log_frequency and task_balance_frequency must be at least 1")
+        self.log_frequency = log_frequency
+        self.task_balance_frequency = task_balance_frequency
+        self.thresholds = thresholds or Thresholds()
+        self.run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{id(self) % 10000:04d}"
+        self.engine = rules.RuleEngine(self.thresholds)
+        self._echo = echo or (lambda _text: None)
+        self._warn = warn or self._echo
+        self._clock = clock
+        self._writer = (
+            JsonlRecordWriter(log_path if stream is None else stream, warn=self._warn)
+            if log_path is not None or stream is not None
+            else None
+        )
+        self._last_logged_epoch: int | None = None
+        self._started = False
+        self._closed = False
+        self.history: list[dict[str, Any]] = []  # the grad_stats bodies measured, in order
+        self.task_ratios: list[float] = []
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._writer.path if self._writer else None
+
+    # -------------------------------------------------------------- records
+
+    def _emit(self, kind: str, **fields: Any) -> schema.Record:
+        record = schema.make_record(kind, self.run_id, self._clock(), **fields)
+        events = self.engine.observe(record)
+        if self._writer:
+            self._writer.write(record)
+        self._report(events, record)
+        return record
+
+    def _report(self, events: list[AlertEvent], cause: schema.Record) -> None:
+        for event in events:
+            alert = event.alert
+            if alert.state == rules.PENDING:
+                continue
+            if self._writer and cause["kind"] != schema.RUN_END:  # run_end is the last record and says it all
+                self._writer.write(
+                    schema.make_record(
+                        schema.ALERT,
+                        self.run_id,
+                        self._clock(),
+                        epoch=cause.get("epoch"),
+                        step=cause.get("step"),
+                        rule=alert.rule,
+                        severity=alert.severity,
+                        state=alert.state,
+                        subject=alert.subject,
+                        value=alert.value,
+                        message=alert.message,
+                        recommendation=alert.recommendation,
+                    )
+                )
+            if alert.rule == rules.IMBALANCE:
+                continue  # the per-sample balance line already says it, in the spec's words
+            if alert.state == rules.FIRING:
+                self._echo(f"{PREFIX} {alert.message}\n  Recommendation: {alert.recommendation}")
+            else:
+                self._echo(f"{PREFIX} Resolved ({alert.rule}): {alert.message}")
+
+    def start(self, model: nn.Module, *, model_name: str | None = None, config: dict[str, Any] | None = None) -> None:
+        """Write ``run_start`` (called by the first :meth:`update` if not called before)."""
+        if self._started:
+            return
+        self._started = True
+        names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self._emit(
+            schema.RUN_START,
+            model=model_name or type(model).__name__,
+            parameters=names,
+            parameter_count=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            config=config or {},
+            thresholds=self.thresholds.to_dict(),
+            log_frequency=self.log_frequency,
+            task_balance_frequency=self.task_balance_frequency,
+            versions={"torch": torch.__version__, "moola": __version__, "schema": schema.SCHEMA_VERSION},
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            rank=0,
+            world_size=1,
+        )
+
+    def should_log(self, epoch: int) -> bool:
+        """True on the first call of every ``log_frequency``-th epoch."""
+        return epoch % self.log_frequency == 0 and epoch != self._last_logged_epoch
+
+    def should_check_balance(self, epoch: int) -> bool:
+        return epoch % self.task_balance_frequency == 0
+
+    def update(self, epoch: int, model: nn.Module, step: int | None = None) -> dict[str, Any] | None:
+        """Measure the gradients now in ``model`` if this epoch is due; return the ``grad_stats`` body."""
+        if not self.should_log(epoch):
+            return None
+        self.start(model)
+        self._last_logged_epoch = epoch
+        began = time.perf_counter()
+        stats = compute_gradient_statistics(model)
+        stats["cost_ms"] = (time.perf_counter() - began) * 1e3
+        self.history.append(stats)
+        lines = [
+            f"Epoch {epoch} Gradient Stats:",
+            f"  Mean norm: {stats['mean_norm']:.4f}",
+            f"  Max norm:  {stats['max_norm']:.4f}",
+        ]
+        th = self.thresholds
+        finite = {k: v for k, v in stats["layer_norms"].items() if math.isfinite(v)}
+        for label, layers in (
+            ("WARNING: Vanishing gradients", rules.vanishing_layers(finite, th.vanishing)),
+            ("WARNING: Exploding gradients", rules.exploding_layers(finite, th.exploding)),
+            ("CRITICAL: Non-finite gradients", stats["nonfinite_layers"]),
+        ):
+            if layers:
+                lines.append(f"  {label} in {len(layers)} layers")
+        self._echo("\n" + "\n".join(lines))
+        self._emit(schema.GRAD_STATS, epoch=epoch, step=step, **stats)
+        return stats
+
+    def record_task_balance(
+        self,
+        epoch: int,
+        model: nn.Module,
+        pointer_loss: torch.Tensor,
+        type_loss: torch.Tensor,
+        *,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        step: int | None = None,
+        shared_parameters: Sequence[nn.Parameter] | None = None,
+    ) -> TaskGradients:
+        """Measure the task ratio on this batch's graph (left intact), print and record it."""
+        self.start(model)
+        balance = compute_task_gradient_ratio(
+            pointer_loss, type_loss, model, alpha=alpha, beta=beta, shared_parameters=shared_parameters
+        )
+        self.task_ratios.append(balance.ratio)
+        if not math.isnan(balance.ratio):
+            self._echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, epoch, self.thresholds)}")
+        self._emit(
+            schema.TASK_BALANCE,
+            epoch=epoch,
+            step=step,
+            ratio=balance.ratio,
+            norms=balance.norms,
+            raw_norms=balance.raw_norms,
+            cosine=balance.cosine,
+            losses={"pointer": float(pointer_loss.detach()), "type": float(type_loss.detach())},
+            weights={"pointer": beta, "type": alpha},
+            scope=balance.scope,
+        )
+        return balance
+
+    def log_epoch(self, epoch: int, *, step: int | None = None, train_loss: float, **fields: Any) -> None:
+        """Record an ``epoch`` record (losses, metrics, lr, duration_s)."""
+        self._emit(schema.EPOCH, epoch=epoch, step=step, train_loss=train_loss, **fields)
+
+    def get_summary(self) -> MonitoringSummary:
+        return self.engine.summary()
+
+    def close(self, status: str = "completed", error: str | None = None) -> MonitoringSummary:
+        """Write ``run_end`` (synced to disk), print the summary block and release the log."""
+        summary = self.get_summary()
+        if self._closed:
+            return summary
+        self._closed = True
+        if self._started:
+            self._emit(schema.RUN_END, status=status, error=error, summary=summary.to_dict())
+        summary = self.get_summary()
+        self._echo("\n" + "\n".join(summary.lines()))
+        if self._writer:
+            self._writer.close(sync=True)
+        return summary
+
+    def __enter__(self) -> GradientMonitor:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close("completed")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("interrupted")
+        else:
+            self.close("failed", error=f"{exc_type.__name__}: {exc}")

@@ -1,0 +1,103 @@
+"""Appending records to a JSONL file so that a live reader never sees half a record, and training never
+sees an exception.
+
+Each record is one ``write`` of one whole line on an ``O_APPEND`` descriptor; the file is locked
+(``flock``) so two processes never interleave bytes in it. A log whose last line was cut off by a crash
+gets a newline first, so the cut line stays one bad line and every new record is whole. Any ``OSError``
+becomes one warning and turns the writer off: the records already written stay good.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from moola_watch.schema import encode_record
+
+
+class JsonlRecordWriter:
+    """Write records to ``target``: a path (created with its directories) or an open binary stream."""
+
+    def __init__(self, target: str | Path | BinaryIO, *, warn: Callable[[str], None]) -> None:
+        self._warn = warn
+        self._fd: int | None = None
+        self._stream: BinaryIO | None = None
+        self.path: Path | None = None
+        self.records_written = 0
+        self.failed = False
+        if isinstance(target, str | Path):
+            self.path = Path(target)
+            self._open_path(self.path)
+        else:
+            self._stream = target
+
+    def _open_path(self, path: Path) -> None:
+        fd = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OSError(errno.EBUSY, "another process is writing this log") from None
+            size = os.fstat(fd).st_size
+            if size and not _ends_with_newline(path, size):
+                os.write(fd, b"\n")
+            self._fd = fd
+        except OSError as exc:
+            if fd is not None:
+                os.close(fd)
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = True
+        self._fd = None
+        self._stream = None
+        where = self.path if self.path is not None else "the gradient log stream"
+        self._warn(
+            f"WARNING: gradient log {where} cannot be written ({exc.strerror or exc}); training continues without it"
+        )
+
+    def write(self, record: Mapping[str, Any]) -> bool:
+        """Append one record as one line; False (after one warning) if the log cannot be written."""
+        if self._fd is None and self._stream is None:
+            return False
+        line = encode_record(record)
+        try:
+            if self._fd is not None:
+                written = os.write(self._fd, line)
+                if written != len(line):  # a short write on a regular file means the disk is full
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            else:
+                assert self._stream is not None
+                self._stream.write(line)
+                self._stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: write to a closed stream
+            self._fail(exc if isinstance(exc, OSError) else OSError(errno.EBADF, str(exc)))
+            return False
+        self.records_written += 1
+        return True
+
+    def close(self, *, sync: bool = True) -> None:
+        """Flush the file to disk (``fsync``) when ``sync``, then release it. A stream is left open (its
+        owner closes it); it was flushed after every record."""
+        fd, self._fd, self._stream = self._fd, None, None
+        if fd is None:
+            return
+        try:
+            if sync:
+                os.fsync(fd)
+        except OSError as exc:
+            self._fail(exc)
+        finally:
+            os.close(fd)
+
+
+def _ends_with_newline(path: Path, size: int) -> bool:
+    with path.open("rb") as existing:
+        existing.seek(size - 1)
+        return existing.read(1) == b"\n"

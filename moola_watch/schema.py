@@ -1,0 +1,261 @@
+"""The record contract, schema 1: encode a record to one strict-JSON line, decode and validate one line.
+
+Pure and torch-free; the trainer writes with :func:`encode_record` and every reader goes through
+:func:`decode_record`, so both sides agree on one definition. Non-finite floats travel as the strings
+``"nan"``, ``"inf"`` and ``"-inf"`` (strict JSON has no such tokens) and come back as floats.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+#: A line longer than this is rejected unparsed: it cannot be a record we wrote.
+MAX_LINE_BYTES = 1 << 20
+
+RUN_START = "run_start"
+GRAD_STATS = "grad_stats"
+TASK_BALANCE = "task_balance"
+EPOCH = "epoch"
+ALERT = "alert"
+RUN_END = "run_end"
+KINDS = (RUN_START, GRAD_STATS, TASK_BALANCE, EPOCH, ALERT, RUN_END)
+
+RUN_STATUSES = ("completed", "failed", "interrupted")
+SEVERITIES = ("info", "warning", "error", "critical")
+
+Record = dict[str, Any]
+
+_NONFINITE_TEXT = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+# --------------------------------------------------------------------------------------------- encode
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert to JSON-native values; non-finite floats become their contract strings."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        as_float = float(value)
+        if math.isfinite(as_float):
+            return as_float
+        return "nan" if math.isnan(as_float) else ("inf" if as_float > 0 else "-inf")
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    raise TypeError(f"cannot encode {type(value).__name__} in a record")
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """Encode one record as one UTF-8 strict-JSON line, ``\\n``-terminated, floats at full precision."""
+    return orjson.dumps(_jsonable(record)) + b"\n"
+
+
+def make_record(kind: str, run: str, time: float, **fields: Any) -> Record:
+    """Build a record of ``kind`` with the common fields (``time`` in unix seconds) filled in."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown record kind {kind!r}")
+    return {"schema": SCHEMA_VERSION, "kind": kind, "run": run, "time": time, **fields}
+
+
+# --------------------------------------------------------------------------------------------- decode
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A line that is not a valid record: ``reason`` is one human line, ``category`` is for counting."""
+
+    category: str  # too_long | bad_utf8 | bad_json | invalid | unknown_kind | newer_schema
+    reason: str
+
+
+class _Invalid(Exception):
+    """Internal: raised by field validators, turned into a :class:`Rejected` at the boundary."""
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
+
+
+def _number(value: Any) -> float:
+    if type(value) is float:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value in _NONFINITE_TEXT:
+        return _NONFINITE_TEXT[value]
+    raise _Invalid(f"expected a number, got {_describe(value)}")
+
+
+def _optional_number(value: Any) -> float | None:
+    return None if value is None else _number(value)
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _Invalid(f"expected an integer, got {_describe(value)}")
+
+
+def _optional_integer(value: Any) -> int | None:
+    return None if value is None else _integer(value)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _Invalid(f"expected a string, got {_describe(value)}")
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    raise _Invalid(f"expected an object, got {_describe(value)}")
+
+
+def _number_map(value: Any) -> dict[str, float]:
+    mapping = _object(value)
+    for key, item in mapping.items():
+        if type(item) is not float:
+            try:
+                mapping[key] = _number(item)
+            except _Invalid as exc:
+                raise _Invalid(f"[{key!r}]: {exc}") from None
+    return mapping
+
+
+def _text_list(value: Any) -> list[str]:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return value
+    raise _Invalid(f"expected a list of strings, got {_describe(value)}")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value in choices:
+            return value
+        raise _Invalid(f"expected one of {', '.join(choices)}, got {_describe(value)}")
+
+    return check
+
+
+Validator = Callable[[Any], Any]
+# (field, validator, required). Fields not listed pass through untouched; readers ignore them.
+_COMMON: tuple[tuple[str, Validator, bool], ...] = (
+    ("run", _text, True),
+    ("time", _number, True),
+    ("epoch", _optional_integer, False),
+    ("step", _optional_integer, False),
+)
+_FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
+    RUN_START: (
+        ("model", _text, True),
+        ("parameters", _text_list, False),
+        ("parameter_count", _integer, False),
+        ("config", _object, False),
+        ("thresholds", _object, False),
+    ),
+    GRAD_STATS: (
+        ("layer_norms", _number_map, True),
+        ("total_norm", _number, True),
+        ("mean_norm", _number, True),
+        ("std_norm", _number, True),
+        ("min_norm", _number, True),
+        ("max_norm", _number, True),
+        ("nonfinite_count", _integer, True),
+        ("nonfinite_layers", _text_list, False),
+        ("cost_ms", _number, False),
+    ),
+    TASK_BALANCE: (
+        ("ratio", _number, True),
+        ("norms", _number_map, True),
+        ("raw_norms", _number_map, False),
+        ("cosine", _optional_number, False),
+        ("losses", _number_map, False),
+        ("weights", _number_map, False),
+        ("scope", _text, False),
+    ),
+    EPOCH: (
+        ("train_loss", _number, True),
+        ("val_loss", _optional_number, False),
+        ("task_losses", _number_map, False),
+        ("metrics", _number_map, False),
+        ("lr", _optional_number, False),
+        ("duration_s", _optional_number, False),
+    ),
+    ALERT: (
+        ("rule", _text, True),
+        ("severity", _one_of(SEVERITIES), True),
+        ("state", _text, True),
+        ("subject", _text, True),
+        ("value", _optional_number, False),
+        ("message", _text, True),
+        ("recommendation", _optional_text, False),
+    ),
+    RUN_END: (
+        ("status", _one_of(RUN_STATUSES), True),
+        ("summary", _object, False),
+        ("error", _optional_text, False),
+    ),
+}
+
+
+def _validate(record: dict[str, Any], kind: str) -> None:
+    for fields in (_COMMON, _FIELDS[kind]):
+        for name, check, required in fields:
+            if name in record:
+                try:
+                    record[name] = check(record[name])
+                except _Invalid as exc:
+                    raise _Invalid(f"{kind}.{name}: {exc}") from None
+            elif required:
+                raise _Invalid(f"{kind} record has no {name!r}")
+
+
+def decode_record(line: bytes | str) -> Record | Rejected:
+    """Decode and validate one line (with or without its newline).
+
+    Returns the record, with non-finite strings in numeric fields turned back into floats, or a
+    :class:`Rejected` naming the problem. Never raises.
+    """
+    if len(line) > MAX_LINE_BYTES:
+        return Rejected("too_long", f"line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit")
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        if isinstance(line, bytes | bytearray):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as utf8_error:
+                return Rejected("bad_utf8", f"invalid UTF-8 at byte {utf8_error.start}")
+        return Rejected("bad_json", f"not JSON: {exc}")
+    if not isinstance(record, dict):
+        return Rejected("bad_json", f"not a JSON object but {type(record).__name__}")
+    schema = record.get("schema")
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        return Rejected("invalid", f"'schema' must be a positive integer, got {_describe(schema)}")
+    if schema > SCHEMA_VERSION:
+        return Rejected("newer_schema", f"schema {schema} is newer than this reader ({SCHEMA_VERSION})")
+    kind = record.get("kind")
+    if not isinstance(kind, str) or kind not in _FIELDS:
+        return Rejected("unknown_kind", f"unknown record kind {_describe(kind)}")
+    try:
+        _validate(record, kind)
+    except _Invalid as exc:
+        return Rejected("invalid", str(exc))
+    return record

@@ -1,0 +1,187 @@
+import io
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from moola.utils.monitoring import (
+    GradientMonitor,
+    compute_gradient_statistics,
+    compute_layer_gradient_norms,
+    compute_task_gradient_ratio,
+    detect_exploding_gradients,
+    detect_task_collapse,
+    detect_vanishing_gradients,
+)
+from moola_watch.schema import Rejected, decode_record
+
+
+class ConvNet(nn.Module):
+    """Not the LSTM: conv + batchnorm + linear, one parameter frozen, one without a gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 3)
+        self.bn = nn.BatchNorm1d(8)
+        self.fc = nn.Linear(8, 4)
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).relu().mean(dim=2))
+
+
+def backprop(model, seed=0):
+    torch.manual_seed(seed)
+    model(torch.randn(5, 3, 10)).pow(2).sum().backward()
+
+
+def test_layer_norms_match_vector_norm_and_total_matches_clip_grad_norm():
+    model = ConvNet()
+    backprop(model)
+    norms = compute_layer_gradient_norms(model)
+    expected = {n: torch.linalg.vector_norm(p.grad).item() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(norms) == set(expected) and "unused.weight" not in norms
+    for name, value in expected.items():
+        assert norms[name] == pytest.approx(value, rel=1e-6)
+    stats = compute_gradient_statistics(model)
+    total = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e9).item()
+    assert stats["total_norm"] == pytest.approx(total, rel=1e-6)
+    values = list(expected.values())
+    assert stats["max_norm"] == pytest.approx(max(values), rel=1e-6)
+    assert stats["min_norm"] == pytest.approx(min(values), rel=1e-6)
+    assert stats["mean_norm"] == pytest.approx(sum(values) / len(values), rel=1e-6)
+    assert stats["nonfinite_count"] == 0
+
+
+def test_mixed_dtypes_are_grouped_and_widened():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[1].to(torch.bfloat16)
+    x = torch.randn(3, 4)
+    model[1](model[0](x).to(torch.bfloat16)).float().sum().backward()
+    norms = compute_layer_gradient_norms(model)
+    for name, p in model.named_parameters():
+        assert norms[name] == pytest.approx(torch.linalg.vector_norm(p.grad.float()).item(), rel=1e-3)
+
+
+def test_nonfinite_gradients_are_counted_not_raised():
+    model = ConvNet()
+    backprop(model)
+    model.fc.weight.grad[0, 0] = math.nan
+    model.conv.bias.grad[0] = math.inf
+    stats = compute_gradient_statistics(model)
+    assert stats["nonfinite_count"] == 2
+    assert sorted(stats["nonfinite_layers"]) == ["conv.bias", "fc.weight"]
+    assert math.isnan(stats["total_norm"])
+    assert math.isfinite(stats["mean_norm"])  # statistics over the finite layers
+
+
+def test_vanishing_and_exploding_detection_thresholds():
+    norms = {"a": 5e-8, "b": 1e-7, "c": 10.0, "d": 10.5, "e": math.inf}
+    assert detect_vanishing_gradients(norms) == ["a"]
+    assert detect_exploding_gradients(norms) == ["d"]
+    assert detect_exploding_gradients(norms, threshold=1.0) == ["c", "d"]
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Linear(6, 8)
+        self.pointer = nn.Linear(8, 2)
+        self.type_head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.trunk(x).tanh()
+        return self.pointer(h), self.type_head(h)
+
+
+def test_task_ratio_on_shared_parameters_weighted_and_grad_untouched():
+    torch.manual_seed(1)
+    model = TwoHeads()
+    x = torch.randn(16, 6)
+    pointer_out, type_out = model(x)
+    pointer_loss = pointer_out.pow(2).mean()
+    type_loss = nn.functional.cross_entropy(type_out, torch.randint(0, 3, (16,)))
+    result = compute_task_gradient_ratio(pointer_loss, type_loss, model, alpha=2.0, beta=0.5)
+    shared = list(model.trunk.parameters())
+    gp = torch.cat([g.reshape(-1) for g in torch.autograd.grad(pointer_loss, shared, retain_graph=True)])
+    gt = torch.cat([g.reshape(-1) for g in torch.autograd.grad(type_loss, shared, retain_graph=True)])
+    assert result.raw_norms["pointer"] == pytest.approx(gp.norm().item(), rel=1e-6)
+    assert result.norms["type"] == pytest.approx(2.0 * gt.norm().item(), rel=1e-6)
+    assert float(result) == pytest.approx(0.5 * gp.norm().item() / (2.0 * gt.norm().item()), rel=1e-6)
+    assert result.cosine == pytest.approx(torch.dot(gp, gt).item() / (gp.norm() * gt.norm()).item(), rel=1e-5)
+    assert "16 values" not in result.scope and "2 tensors" in result.scope  # found by the graph walk: trunk only
+    assert all(p.grad is None for p in model.parameters())
+    (pointer_loss + type_loss).backward()  # the graph is still there for the real step
+    assert model.trunk.weight.grad is not None
+
+
+def test_task_ratio_with_zero_type_gradient_is_infinite():
+    model = TwoHeads()
+    pointer_out, type_out = model(torch.randn(4, 6))
+    result = compute_task_gradient_ratio(pointer_out.sum(), type_out.sum() * 0.0, model)
+    assert result.ratio == math.inf and result.cosine is None
+
+
+def test_detect_task_collapse_edges():
+    assert detect_task_collapse([6.0] * 9).state == "not_enough_data"
+    assert detect_task_collapse([5.0] * 10).state != "pointer_dominating"  # exactly 5.0 is not collapse
+    verdict = detect_task_collapse([1.0] * 5 + [7.0] * 10)
+    assert verdict.state == "pointer_dominating" and verdict.text == "Pointer task dominating (ratio=7.00 > 5.0)"
+    assert detect_task_collapse([0.1] * 10).state == "type_dominating"
+    assert detect_task_collapse([3.0] * 4, window_size=4, collapse_threshold=2.5).state == "pointer_dominating"
+
+
+def read_records(buffer: io.BytesIO) -> list[dict]:
+    records = [decode_record(line) for line in buffer.getvalue().splitlines()]
+    assert not any(isinstance(r, Rejected) for r in records), records
+    return records
+
+
+def test_monitor_logs_every_nth_epoch_once_and_writes_strict_records():
+    model = ConvNet()
+    sink = io.BytesIO()
+    echoed: list[str] = []
+    with GradientMonitor(log_frequency=2, stream=sink, echo=echoed.append, run_id="t") as monitor:
+        for epoch in range(1, 6):
+            for _batch in range(3):
+                model.zero_grad()
+                backprop(model, seed=epoch)
+                monitor.update(epoch, model)
+    records = read_records(sink)
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    assert [r["epoch"] for r in records if r["kind"] == "grad_stats"] == [2, 4]
+    assert records[-1]["status"] == "completed"
+    text = "\n".join(echoed)
+    assert "Epoch 2 Gradient Stats:" in text and "Epoch 3 Gradient Stats:" not in text
+    assert "[PHASE 4] Gradient Monitoring Summary:" in text
+
+
+def test_injected_nan_is_recorded_as_string_with_count():
+    model = ConvNet()
+    sink = io.BytesIO()
+    echoed: list[str] = []
+    with GradientMonitor(log_frequency=1, stream=sink, echo=echoed.append) as monitor:
+        backprop(model)
+        model.fc.bias.grad[1] = math.nan
+        monitor.update(1, model)
+    raw = next(line for line in sink.getvalue().splitlines() if b'"grad_stats"' in line)
+    assert b'"fc.bias":"nan"' in raw and b'"nonfinite_count":1' in raw
+    alerts = [r for r in read_records(sink) if r["kind"] == "alert"]
+    assert alerts and alerts[0]["rule"] == "nonfinite" and alerts[0]["severity"] == "critical"
+    assert any("Non-finite gradients" in line for line in echoed)
+
+
+def test_exception_in_training_marks_run_failed_and_ctrl_c_interrupted():
+    for error, status in ((RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "interrupted")):
+        sink = io.BytesIO()
+        model = ConvNet()
+        with pytest.raises(type(error)), GradientMonitor(log_frequency=1, stream=sink, echo=None) as monitor:
+            backprop(model)
+            monitor.update(1, model)
+            raise error
+        end = read_records(sink)[-1]
+        assert end["kind"] == "run_end" and end["status"] == status
+        if status == "failed":
+            assert end["error"] == "RuntimeError: boom"

@@ -1,0 +1,197 @@
+"""The real `python -m moola.cli train` in subprocesses, as a user runs it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli, strict_lines
+
+from moola_watch.schema import Rejected, decode_record
+
+
+def decoded(path):
+    records = [decode_record(line) for line in path.read_bytes().splitlines()]
+    assert not [r for r in records if isinstance(r, Rejected)]
+    return records
+
+
+def test_monitored_run_writes_a_strict_log_and_the_spec_console(tmp_path, small_train_args):
+    log = tmp_path / "run.jsonl"
+    result = run_cli("moola.cli", *small_train_args, "--grad-log", str(log))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for expected in (
+        "[PHASE 4] Gradient monitoring enabled (log frequency: 4 epochs)",
+        f"[PHASE 4] Gradient log: {log}",
+        "Epoch 4 Gradient Stats:\n  Mean norm: ",
+        "\n  Max norm:  ",
+        "[PHASE 4] Gradient Monitoring Summary:\n  Mean gradient norm: ",
+        "  Max gradient norm: ",
+        "Epoch 12/12 - loss",
+    ):
+        assert expected in out, expected
+    assert "Epoch 3 Gradient Stats" not in out
+    strict_lines(log)  # the stdlib accepts every line with NaN/Infinity tokens refused
+    records = decoded(log)
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end" and records[-1]["status"] == "completed"
+    assert kinds.count("grad_stats") == 3 and kinds.count("task_balance") == 12 and kinds.count("epoch") == 12
+    start = records[0]
+    assert start["config"]["alpha"] == 1.0 and start["thresholds"]["collapse_high"] == 5.0
+    assert "encoder.weight_hh_l0" in start["parameters"]
+    balance = next(r for r in records if r["kind"] == "task_balance")
+    assert set(balance["norms"]) == {"pointer", "type"} and -1.0 <= balance["cosine"] <= 1.0
+    assert balance["ratio"] == pytest.approx(balance["norms"]["pointer"] / balance["norms"]["type"])
+    epoch = next(r for r in records if r["kind"] == "epoch")
+    assert {"type_acc", "pointer_err_bars"} <= set(epoch["metrics"]) and set(epoch["task_losses"]) == {
+        "type",
+        "pointer",
+    }
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--loss-beta", "TASK COLLAPSE: Pointer task dominating"),
+        ("--loss-alpha", "TASK COLLAPSE: Type task dominating"),
+    ],
+)
+def test_heavy_loss_weight_collapses_the_other_task(tmp_path, small_train_args, flag, message):
+    log = tmp_path / "run.jsonl"
+    result = run_cli("moola.cli", *small_train_args, flag, "50", "--grad-log", str(log))
+    assert result.returncode == 0, result.stderr
+    assert f"[PHASE 4] {message}" in result.stdout
+    assert f"TASK COLLAPSE DETECTED: {message.split(': ')[1]}" in result.stdout
+    collapse = [r for r in decoded(log) if r["kind"] == "alert" and r["rule"] == "collapse"]
+    assert collapse and collapse[0]["state"] == "firing" and collapse[0]["message"].startswith(message)
+    assert collapse[0]["recommendation"].startswith("Urgent:")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory nobody may create files in; for root (which ignores modes) made immutable."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    immutable = os.geteuid() == 0
+    if immutable and subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("running as root without chattr: cannot make a read-only directory")
+    yield locked
+    if immutable:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+
+
+def test_log_in_a_read_only_directory_warns_once_and_training_completes(read_only_dir, small_train_args):
+    log = read_only_dir / "run.jsonl"
+    result = run_cli("moola.cli", *small_train_args, "--epochs", "4", "--grad-log", str(log))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("cannot be written") == 1
+    assert "training continues without it" in result.stdout
+    assert "[PHASE 4] Gradient Monitoring Summary:" in result.stdout and "Done: val type accuracy" in result.stdout
+    assert not log.exists()
+
+
+def test_default_log_goes_under_runs(tmp_path, small_train_args):
+    result = run_cli("moola.cli", *small_train_args, "--epochs", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    logs = list((tmp_path / "runs").glob("enhanced_simple_lstm-*.jsonl"))
+    assert len(logs) == 1 and str(logs[0].relative_to(tmp_path)) in result.stdout
+    assert decoded(logs[0])[-1]["status"] == "completed"
+
+
+def test_bad_data_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.npz"
+    X = np.random.default_rng(0).normal(size=(20, 30, 4))
+    X[3, 7, 1] = np.nan
+    np.savez(bad, X=X, y=np.arange(20) % 2, expansion_start=np.zeros(20, int), expansion_end=np.ones(20, int))
+    result = run_cli("moola.cli", "train", "--data", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"moola: error: {bad}: X has NaN or infinite values (first at sample 3, bar 7)"
+    np.savez(
+        bad, X=np.nan_to_num(X) + 5, y=np.arange(20) % 2, expansion_start=np.full(20, 40), expansion_end=np.full(20, 41)
+    )
+    result = run_cli("moola.cli", "train", "--data", str(bad))
+    assert result.returncode == 2 and "expansion_start[0] = 40 is outside the window (0..29)" in result.stderr
+
+
+def test_own_npz_data_trains(tmp_path):
+    from moola.data import make_synthetic
+
+    data = make_synthetic(60, seed=3)
+    path = tmp_path / "mine.npz"
+    labels = np.array(data.classes)[data.y]
+    np.savez(path, X=data.X, y=labels, expansion_start=data.expansion_start, expansion_end=data.expansion_end)
+    result = run_cli("moola.cli", "train", "--data", str(path), "--predict-pointers", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert "Done: val type accuracy" in result.stdout
+
+
+def test_help_explains_every_flag_with_its_default():
+    result = run_cli("moola.cli", "train", "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--model",
+        "--device",
+        "--predict-pointers",
+        "--monitor-gradients",
+        "--no-monitor-gradients",
+        "--gradient-log-freq",
+        "--loss-alpha",
+        "--loss-beta",
+        "--epochs",
+        "--grad-log",
+        "--seed",
+        "--lr",
+        "--batch-size",
+        "--n-samples",
+        "--data",
+        "--task-balance-freq",
+    ):
+        assert flag in result.stdout, flag
+    assert "(default: 10)" in result.stdout and "(default: 1.0)" in result.stdout
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli("moola.cli", "train", "--device", "cuda")
+    assert result.returncode == 2 and "CUDA is not available" in result.stderr
+
+
+def test_ctrl_c_marks_the_log_interrupted(tmp_path):
+    log = tmp_path / "run.jsonl"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "moola.cli",
+            "train",
+            "--predict-pointers",
+            "--monitor-gradients",
+            "--gradient-log-freq",
+            "1",
+            "--epochs",
+            "500",
+            "--grad-log",
+            str(log),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not log.exists() or b'"kind":"epoch"' not in log.read_bytes()):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    end = decoded(log)[-1]
+    assert end["kind"] == "run_end" and end["status"] == "interrupted"
