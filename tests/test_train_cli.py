@@ -1,5 +1,6 @@
 """The real `python -m moola.cli train` in subprocesses, as a user runs it."""
 
+import json
 import os
 import signal
 import subprocess
@@ -69,6 +70,12 @@ def test_heavy_loss_weight_collapses_the_other_task(tmp_path, small_train_args, 
     collapse = [r for r in decoded(log) if r["kind"] == "alert" and r["rule"] == "collapse"]
     assert collapse and collapse[0]["state"] == "firing" and collapse[0]["message"].startswith(message)
     assert collapse[0]["recommendation"].startswith("Urgent:")
+    # The watcher replays the same rules on the log and reaches the trainer's verdict.
+    check = run_cli("moola_watch.cli", "check", "--json", str(log))
+    report = json.loads(check.stdout)
+    assert check.returncode == 1 and report["verdict"] == "error" and report["status"] == "completed"
+    watched = next(a for a in report["alerts"] if a["rule"] == "collapse")
+    assert watched["message"].startswith(message) and watched["first_step"] == collapse[0]["step"]
 
 
 @pytest.fixture

@@ -1,0 +1,294 @@
+"""Offline analysis: a log's records through the rules (one engine per run id), into pandas DataFrames, and
+the per-log report that ``check`` and ``analyze --json`` print.
+
+:class:`LogScan` is shared with the live watcher: feed it tail items, ask it for the verdict. The frame
+columns are collected only when asked for (``analyze``); ``check`` streams and keeps nothing per record.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from moola_watch import rules, schema
+from moola_watch.rules import AlertEvent, RuleEngine, Thresholds
+from moola_watch.tail import READ_CHUNK, BadLine, Item, LineDecoder, Notice, RecordItem
+
+MAX_BAD_LINE_DETAILS = 20
+VERDICT_HEALTHY = "healthy"
+VERDICT_UNTERMINATED = "unterminated"  # no alert, but no run_end either: not known to be healthy
+
+
+class FrameColumns:
+    """Column lists per record kind, turned into DataFrames at the end (cheaper than row dicts)."""
+
+    GRAD = ("run", "epoch", "step", "time", "total_norm", "mean_norm", "std_norm", "min_norm", "max_norm",
+            "nonfinite_count", "cost_ms")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.grad: dict[str, list[Any]] = {name: [] for name in self.GRAD}
+        self.layer_step = array("q")
+        self.layer_epoch = array("q")
+        self.layer_code = array("l")
+        self.layer_norm = array("d")
+        self.layer_run: list[str] = []
+        self.layer_names: dict[str, int] = {}
+        self._last_keys: tuple[str, ...] = ()
+        self._last_codes = array("l")
+        self.balance: list[dict[str, Any]] = []
+        self.epochs: list[dict[str, Any]] = []
+
+    def add(self, record: schema.Record) -> None:
+        kind = record["kind"]
+        if kind == schema.GRAD_STATS:
+            for name in self.GRAD:
+                self.grad[name].append(record.get(name))
+            norms: dict[str, float] = record["layer_norms"]
+            keys = tuple(norms)
+            if keys != self._last_keys:  # layers rarely change between records: reuse their codes
+                self._last_keys = keys
+                self._last_codes = array("l", (self.layer_names.setdefault(k, len(self.layer_names)) for k in keys))
+            count = len(keys)
+            self.layer_code.extend(self._last_codes)
+            self.layer_norm.extend(norms.values())
+            self.layer_step.extend([_int_or(record.get("step"), -1)] * count)
+            self.layer_epoch.extend([_int_or(record.get("epoch"), -1)] * count)
+            self.layer_run.extend([record["run"]] * count)
+        elif kind == schema.TASK_BALANCE:
+            row = {k: record.get(k) for k in ("run", "epoch", "step", "time", "ratio", "cosine", "scope")}
+            for prefix, values in (("norm", "norms"), ("raw_norm", "raw_norms"), ("loss", "losses")):
+                for task, value in (record.get(values) or {}).items():
+                    row[f"{prefix}_{task}"] = value
+            self.balance.append(row)
+        elif kind == schema.EPOCH:
+            row = {
+                k: record.get(k) for k in ("run", "epoch", "step", "time", "train_loss", "val_loss", "lr", "duration_s")
+            }
+            row.update({f"loss_{k}": v for k, v in (record.get("task_losses") or {}).items()})
+            row.update(record.get("metrics") or {})
+            self.epochs.append(row)
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        names = list(self.layer_names)
+        layers = pd.DataFrame(
+            {
+                "run": pd.Categorical(self.layer_run),
+                "epoch": pd.array(self.layer_epoch, dtype="Int64"),
+                "step": pd.array(self.layer_step, dtype="Int64"),
+                "layer": pd.Categorical.from_codes(self.layer_code, categories=names) if names else [],
+                "norm": pd.Series(self.layer_norm, dtype="float64"),
+            }
+        )
+        layers.loc[layers["epoch"] < 0, "epoch"] = pd.NA
+        layers.loc[layers["step"] < 0, "step"] = pd.NA
+        return {
+            "grad": pd.DataFrame(self.grad),
+            "layers": layers,
+            "balance": pd.DataFrame(self.balance),
+            "epochs": pd.DataFrame(self.epochs),
+        }
+
+
+def _int_or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+@dataclass
+class LogScan:
+    """One log's items through the rules, one engine per run id (a file may hold a restarted run)."""
+
+    path: str
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    columns: FrameColumns | None = None
+    engines: dict[str, RuleEngine] = field(default_factory=dict)
+    records: int = 0
+    bad_lines: int = 0
+    bad_by_category: Counter[str] = field(default_factory=Counter)
+    bad_details: list[BadLine] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    trainer_alerts: int = 0  # alert records written by the trainer (the watcher recomputes its own)
+
+    def add(self, item: Item) -> list[AlertEvent]:
+        """Take one tail item; return the alert transitions it caused."""
+        if isinstance(item, RecordItem):
+            record = item.record
+            self.records += 1
+            if record["kind"] == schema.ALERT:
+                self.trainer_alerts += 1
+            if self.columns is not None:
+                self.columns.add(record)
+            engine = self.engines.get(record["run"])
+            if engine is None:
+                engine = self.engines[record["run"]] = RuleEngine(self.thresholds)
+            return engine.observe(record)
+        if isinstance(item, BadLine):
+            self.bad_lines += 1
+            self.bad_by_category[item.rejected.category] += 1
+            if len(self.bad_details) < MAX_BAD_LINE_DETAILS:
+                self.bad_details.append(item)
+        else:
+            self.notices.append(item)
+        return []
+
+    def check_stale(self, now: float) -> list[AlertEvent]:
+        return [event for engine in self.engines.values() for event in engine.check_stale(now)]
+
+    @property
+    def current(self) -> RuleEngine | None:
+        """The engine of the run that wrote last."""
+        return next(reversed(self.engines.values()), None)
+
+    def alerts(self) -> list[tuple[str, rules.Alert]]:
+        """(run id, alert) for every alert that fired, in order."""
+        return [(run, a) for run, engine in self.engines.items() for a in engine.alerts if a.state != rules.PENDING]
+
+    def verdict(self) -> str:
+        """The worst severity that fired; else healthy if every run ended, else unterminated."""
+        worst = [e.worst_severity() for e in self.engines.values() if e.worst_severity()]
+        if worst:
+            return max(worst, key=rules.SEVERITY_RANK.__getitem__)  # type: ignore[arg-type]
+        if self.engines and all(e.run.status != "running" for e in self.engines.values()):
+            return VERDICT_HEALTHY
+        return VERDICT_UNTERMINATED
+
+    def fails(self, fail_on: str) -> bool:
+        """Did anything at or above severity ``fail_on`` fire?"""
+        bar = rules.SEVERITY_RANK[fail_on]
+        return any(rules.SEVERITY_RANK[alert.severity] >= bar for _run, alert in self.alerts())
+
+    def report(self) -> dict[str, Any]:
+        """The machine-readable verdict of this log (``check --json``)."""
+        current = self.current
+        runs = [
+            {
+                "run": run,
+                "model": engine.run.model,
+                "status": engine.run_status,
+                "epoch": engine.run.epoch,
+                "step": engine.run.step,
+                "records": engine.run.records,
+                "error": engine.run.error,
+                "summary": engine.summary().to_dict(),
+            }
+            for run, engine in self.engines.items()
+        ]
+        return {
+            "log": self.path,
+            "verdict": self.verdict(),
+            "status": current.run_status if current else "empty",
+            "run": current.run.run if current else None,
+            "runs": runs,
+            "alerts": [_alert_json(run, alert) for run, alert in self.alerts()],
+            "records": self.records,
+            "bad_lines": self.bad_lines,
+            "bad_line_categories": dict(self.bad_by_category),
+            "bad_line_details": [
+                {"line": bad.line_no, "category": bad.rejected.category, "reason": bad.rejected.reason}
+                for bad in self.bad_details
+            ],
+            "summary": current.summary().to_dict() if current else None,
+        }
+
+
+def _alert_json(run: str, alert: rules.Alert) -> dict[str, Any]:
+    return {
+        "run": run,
+        "rule": alert.rule,
+        "severity": alert.severity,
+        "state": alert.state,
+        "subject": alert.subject,
+        "value": _json_number(alert.value),
+        "message": alert.message,
+        "recommendation": alert.recommendation,
+        "first_step": alert.first_step,
+        "first_epoch": alert.first_epoch,
+        "last_step": alert.last_step,
+        "resolved_step": alert.resolved_step,
+        "layers": alert.layers,
+    }
+
+
+def _json_number(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def scan_log(
+    path: str | Path,
+    thresholds: Thresholds | None = None,
+    *,
+    frames: bool = False,
+    now: float | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> LogScan:
+    """Read a whole log in chunks through the rules. ``frames`` collects columns for :meth:`to_frames`;
+    ``now`` (unix seconds, default: the clock) judges staleness of a run without ``run_end``;
+    ``on_progress`` gets the bytes read so far. Raises ``OSError`` if the file cannot be read."""
+    scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None)
+    decoder = LineDecoder(str(path))
+    done = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            for item in decoder.feed(chunk):
+                scan.add(item)
+            done += len(chunk)
+            if on_progress:
+                on_progress(done)
+    for item in decoder.finish():
+        scan.add(item)
+    scan.check_stale(time.time() if now is None else now)
+    return scan
+
+
+def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
+    """DataFrames of a scan made with ``frames=True``: grad, layers (long), balance, epochs, alerts, runs."""
+    assert scan.columns is not None, "scan_log(..., frames=True) collects the columns"
+    out = scan.columns.frames()
+    out["alerts"] = pd.DataFrame([_alert_json(run, alert) for run, alert in scan.alerts()])
+    out["runs"] = pd.DataFrame(
+        [
+            {"run": run, "model": e.run.model, "status": e.run_status, "records": e.run.records,
+             "epoch": e.run.epoch, "step": e.run.step, "started": e.run.started, "last_time": e.run.last_time}
+            for run, e in scan.engines.items()
+        ]
+    )  # fmt: skip
+    return out
+
+
+def worst_layers(layers: pd.DataFrame, top: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per layer: last, peak and lowest norm; the ``top`` with the highest peak and the lowest minimum."""
+    if layers.empty:
+        empty = pd.DataFrame(columns=["layer", "last", "peak", "lowest", "nonfinite"])
+        return empty, empty
+    finite = layers["norm"].where(layers["norm"].abs() != math.inf)
+    grouped = layers.assign(finite=finite, nonfinite=~layers["norm"].apply(math.isfinite)).groupby(
+        "layer", observed=True
+    )
+    table = pd.DataFrame(
+        {
+            "last": grouped["norm"].last(),
+            "peak": grouped["finite"].max(),
+            "lowest": grouped["finite"].min(),
+            "nonfinite": grouped["nonfinite"].sum(),
+        }
+    ).reset_index()
+    return table.nlargest(top, "peak"), table.nsmallest(top, "lowest")
+
+
+def window_means(ratios: Iterable[float], thresholds: Thresholds) -> list[float | None]:
+    """The collapse window's mean after each balance sample (None until the window is full)."""
+    history: list[float] = []
+    out: list[float | None] = []
+    for ratio in ratios:
+        history.append(ratio)
+        out.append(rules.collapse_verdict(history[-2 * thresholds.window :], thresholds).mean)
+    return out

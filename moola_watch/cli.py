@@ -1,0 +1,216 @@
+"""``moola-watch``: ``analyze`` and ``check`` saved logs (and, with ``follow``, watch a live one).
+
+Exit codes: 0 nothing at or above ``--fail-on`` fired; 1 something did; 2 usage error or unreadable file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import tomllib
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from moola_watch import analyze
+from moola_watch.rules import Thresholds
+from moola_watch.textsafe import inert
+
+EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2
+PROGRESS_MIN_BYTES = 8 << 20  # show a reading progress bar for logs at least this big, on a terminal
+SEVERITY_CHOICES = ("warning", "error", "critical")
+
+
+class UsageError(Exception):
+    """A bad flag, config or file: printed as one line, exit 2."""
+
+
+def add_threshold_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per threshold (``--collapse-high``, ``--window``, ...), named after the field."""
+    group = parser.add_argument_group("thresholds (defaults from the spec; see moola_watch.rules.Thresholds)")
+    for item in fields(Thresholds):
+        flag = "--" + item.name.replace("_", "-")
+        kind = int if item.name in ("window", "confirm") else float
+        group.add_argument(flag, dest=f"th_{item.name}", type=kind, default=None, help=f"default {item.default}")
+    group.add_argument("--config", type=Path, default=None, help="TOML file with a [thresholds] table")
+
+
+def thresholds_from(args: argparse.Namespace) -> Thresholds:
+    """Defaults, then ``--config``'s [thresholds], then flags."""
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            config = tomllib.loads(args.config.read_text("utf-8"))
+        except OSError as exc:
+            raise UsageError(f"cannot read config {args.config}: {exc.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"config {args.config} is not valid TOML: {exc}") from None
+        table = config.get("thresholds", {})
+        if not isinstance(table, dict):
+            raise UsageError(f"config {args.config}: [thresholds] must be a table")
+        values.update(table)
+    values.update({k[3:]: v for k, v in vars(args).items() if k.startswith("th_") and v is not None})
+    try:
+        return Thresholds.from_mapping(values)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moola-watch",
+        description="Follow, judge and summarise moola's JSONL gradient logs.",
+        epilog="Exit codes: 0 nothing at or above --fail-on fired, 1 something did, 2 usage or unreadable file.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    analyze_cmd = commands.add_parser("analyze", help="report on saved logs: trends, worst layers, balance, alerts")
+    analyze_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
+    analyze_cmd.add_argument("--json", action="store_true", help="one JSON object per log instead of tables")
+    analyze_cmd.add_argument("--csv", type=Path, metavar="DIR", help="also write the DataFrames as CSV files here")
+    add_threshold_flags(analyze_cmd)
+    check_cmd = commands.add_parser("check", help="verdict and exit code for CI")
+    check_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
+    check_cmd.add_argument(
+        "--fail-on", choices=SEVERITY_CHOICES, default="error", help="lowest severity that fails (default: error)"
+    )
+    check_cmd.add_argument("--json", action="store_true", help="one JSON object per log on stdout")
+    add_threshold_flags(check_cmd)
+    return parser
+
+
+def _scan(path: Path, thresholds: Thresholds, console: Console, *, frames: bool) -> analyze.LogScan:
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise UsageError(f"{path} is not a regular file")
+        if console.is_terminal and size >= PROGRESS_MIN_BYTES:
+            with Progress(
+                TextColumn("reading {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TextColumn("{task.fields[records]} records"),
+                console=console,
+                transient=True,
+            ) as progress:
+                task = progress.add_task(inert(path.name), total=size, records=0)
+                scan: analyze.LogScan | None = None
+
+                def advance(done: int) -> None:
+                    progress.update(task, completed=done, records=scan.records if scan else 0)
+
+                scan = analyze.scan_log(path, thresholds, frames=frames, on_progress=advance)
+                return scan
+        return analyze.scan_log(path, thresholds, frames=frames)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(obj, default=str) + b"\n")
+    sys.stdout.flush()
+
+
+def _analyze(args: argparse.Namespace, console: Console) -> int:
+    from moola_watch.report import analyze_report
+
+    thresholds = thresholds_from(args)
+    worst = EXIT_OK
+    for path in args.logs:
+        try:
+            scan = _scan(path, thresholds, console, frames=True)
+        except UsageError as exc:
+            _error(str(exc))
+            worst = EXIT_USAGE
+            continue
+        frames = analyze.to_frames(scan)
+        if args.csv:
+            _write_csv(args.csv, path, frames)
+        if args.json:
+            report = scan.report()
+            largest, smallest = analyze.worst_layers(frames["layers"])
+            report["worst_layers"] = {
+                "largest": largest.to_dict(orient="records"),
+                "smallest": smallest.to_dict(orient="records"),
+            }
+            _print_json(report)
+        else:
+            console.print(analyze_report(scan, frames))
+        if worst == EXIT_OK and scan.fails("error"):
+            worst = EXIT_ALERT
+    return worst
+
+
+def _write_csv(directory: Path, log: Path, frames: dict[str, Any]) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, frame in frames.items():
+            frame.to_csv(directory / f"{log.stem}.{name}.csv", index=False, quoting=csv.QUOTE_MINIMAL)
+    except OSError as exc:
+        raise UsageError(f"cannot write CSV to {directory}: {exc.strerror or exc}") from None
+
+
+def _check(args: argparse.Namespace, console: Console) -> int:
+    thresholds = thresholds_from(args)
+    worst = EXIT_OK
+    for path in args.logs:
+        try:
+            scan = _scan(path, thresholds, console, frames=False)
+        except UsageError as exc:
+            _error(str(exc))
+            if args.json:
+                _print_json({"log": str(path), "verdict": "unreadable", "error": str(exc)})
+            worst = EXIT_USAGE
+            continue
+        failed = scan.fails(args.fail_on)
+        if failed and worst == EXIT_OK:
+            worst = EXIT_ALERT
+        if args.json:
+            _print_json(scan.report())
+            continue
+        report = scan.report()
+        status = "FAIL" if failed else "ok"
+        console.print(
+            inert(f"{status}  {path}  verdict={report['verdict']}  status={report['status']}  "
+                  f"records={report['records']}  bad_lines={report['bad_lines']}", limit=4000),
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        for alert in report["alerts"]:
+            console.print(
+                inert(f"  {alert['severity']:<8} {alert['state']:<8} {alert['rule']} ({alert['subject']}) "
+                      f"since epoch {alert['first_epoch']}, step {alert['first_step']}: {alert['message']}"
+                      f" -> {alert['recommendation']}", limit=4000),
+                markup=False, highlight=False, soft_wrap=True,
+            )  # fmt: skip
+    return worst
+
+
+def _error(message: str) -> None:
+    print(f"moola-watch: error: {inert(message, limit=1000)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        if args.command == "analyze":
+            return _analyze(args, console)
+        return _check(args, console)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

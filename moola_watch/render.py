@@ -1,0 +1,113 @@
+"""Rich renderables shared by ``analyze`` and the live dashboard: styles, numbers, sparklines, alerts.
+
+Everything that came from a log is wrapped in ``Text`` after :func:`moola_watch.textsafe.inert`, so no
+Rich markup and no terminal control sequence from a file is ever interpreted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from rich.table import Table
+from rich.text import Text
+
+from moola_watch import rules
+from moola_watch.textsafe import inert
+
+SEVERITY_STYLE = {
+    "info": "cyan",
+    "warning": "yellow",
+    "error": "bold red",
+    "critical": "bold white on red",
+}
+HEALTHY_STYLE = "green"
+STATUS_STYLE = {
+    "running": "green",
+    "completed": "bold green",
+    "failed": "bold red",
+    "interrupted": "yellow",
+    "stale": "bold yellow",
+    "empty": "dim",
+}
+VERDICT_STYLE = {"healthy": HEALTHY_STYLE, "unterminated": "yellow", **SEVERITY_STYLE}
+STATE_ORDER = {rules.FIRING: 0, rules.PENDING: 1, rules.RESOLVED: 2}
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def text(value: object, style: str = "") -> Text:
+    """Untrusted ``value`` as inert Rich text."""
+    return Text(inert(value), style=style)
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """A measurement for a table: ``digits`` significant figures, ``nan``/``inf`` spelled out, ``-`` if absent."""
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}g}"
+
+
+def sparkline(values: Sequence[float | None], width: int = 24, log: bool = False) -> str:
+    """The last ``width`` values as block characters (log10 scale if ``log``); gaps for missing values."""
+    recent = list(values)[-width:]
+    scaled = [
+        (math.log10(v) if log else v) if v is not None and math.isfinite(v) and (v > 0 or not log) else None
+        for v in recent
+    ]
+    known = [v for v in scaled if v is not None]
+    if not known:
+        return " " * len(recent)
+    low, high = min(known), max(known)
+    span = high - low or 1.0
+    return "".join(" " if v is None else SPARK[min(7, int((v - low) / span * 7.999))] for v in scaled)
+
+
+def where(epoch: int | None, step: int | None) -> str:
+    """'epoch 12, step 340' (whichever is known)."""
+    parts = [f"epoch {epoch}" if epoch is not None else "", f"step {step}" if step is not None else ""]
+    return ", ".join(p for p in parts if p) or "-"
+
+
+def severity_text(severity: str | None) -> Text:
+    if severity is None:
+        return Text("healthy", style=HEALTHY_STYLE)
+    return Text(severity, style=SEVERITY_STYLE.get(severity, ""))
+
+
+def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = False, limit: int = 50) -> Table:
+    """Alerts, firing first, then pending, then resolved; each with when it began and what to do."""
+    ordered = sorted(
+        alerts,
+        key=lambda item: (STATE_ORDER[item[1].state], -rules.SEVERITY_RANK[item[1].severity]),
+    )
+    table = Table(title="Alerts", title_justify="left", expand=True, show_lines=False)
+    if show_run:
+        table.add_column("run", overflow="fold")
+    for name in ("state", "severity", "rule", "since", "value"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("message / recommendation", ratio=1, overflow="fold")
+    for run, alert in ordered[:limit]:
+        state_style = SEVERITY_STYLE[alert.severity] if alert.state == rules.FIRING else "dim"
+        detail = text(alert.message)
+        detail.append("\n→ ", style="dim")
+        detail.append_text(text(alert.recommendation, "italic"))
+        if alert.state == rules.RESOLVED:
+            detail.append(f"  (resolved at {where(alert.resolved_epoch, alert.resolved_step)})", style="dim")
+        row = [
+            Text(alert.state, style=state_style),
+            severity_text(alert.severity),
+            text(f"{alert.rule} {alert.subject}"),
+            Text(where(alert.first_epoch, alert.first_step)),
+            Text(number(alert.value)),
+            detail,
+        ]
+        table.add_row(*([text(run)] if show_run else []), *row)
+    if not alerts:
+        table.add_row(*([Text("")] if show_run else []), Text("none", style=HEALTHY_STYLE), *[Text("")] * 5)
+    elif len(ordered) > limit:
+        table.caption = f"{len(ordered) - limit} more not shown"
+    return table

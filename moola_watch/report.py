@@ -1,0 +1,147 @@
+"""Rich renderables of an offline report (``moola-watch analyze``): one per concept."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from moola_watch import rules
+from moola_watch.analyze import LogScan, window_means, worst_layers
+from moola_watch.render import (
+    STATUS_STYLE,
+    VERDICT_STYLE,
+    alerts_table,
+    number,
+    sparkline,
+    text,
+    where,
+)
+
+TREND_ROWS = 12  # rows of a trend table; longer histories are sampled evenly, keeping the last
+
+
+def _sampled(frame: pd.DataFrame, rows: int = TREND_ROWS) -> pd.DataFrame:
+    if len(frame) <= rows:
+        return frame
+    positions = sorted({round(i * (len(frame) - 1) / (rows - 1)) for i in range(rows)})
+    return frame.iloc[positions]
+
+
+def run_table(scan: LogScan) -> Table:
+    verdict = scan.verdict()
+    table = Table(title=Text(f"Log {scan.path}"), title_justify="left", show_header=False, expand=True)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(ratio=1)
+    table.add_row("verdict", Text(verdict, style=VERDICT_STYLE.get(verdict, "")))
+    for run, engine in scan.engines.items():
+        state = engine.run_status
+        line = text(f"{run}  ")
+        line.append(state, style=STATUS_STYLE.get(state, ""))
+        line.append_text(text(f"  model {engine.run.model or '?'}  at {where(engine.run.epoch, engine.run.step)}"))
+        if engine.run.error:
+            line.append_text(text(f"  error: {engine.run.error}", "red"))
+        table.add_row("run", line)
+    bad = f"{scan.bad_lines} skipped"
+    if scan.bad_by_category:
+        bad += " (" + ", ".join(f"{count} {kind}" for kind, count in scan.bad_by_category.most_common()) + ")"
+    table.add_row("records", Text(f"{scan.records} read, {bad}"))
+    for detail in scan.bad_details[:3]:
+        table.add_row("", text(f"line {detail.line_no}: {detail.rejected.reason}", "dim"))
+    return table
+
+
+def gradient_trend(grad: pd.DataFrame) -> RenderableType:
+    if grad.empty:
+        return Text("No gradient statistics in this log.", style="dim")
+    table = Table(title="Gradient norms", title_justify="left", expand=True)
+    for name in ("epoch", "step", "mean", "max", "total", "non-finite"):
+        table.add_column(name, justify="right")
+    for row in _sampled(grad).itertuples():
+        level = rules.classify_norm_level(row.mean_norm) if math.isfinite(row.mean_norm) else None
+        style = "red" if row.nonfinite_count else ("yellow" if level and level.severity else "")
+        table.add_row(
+            str(row.epoch),
+            str(row.step),
+            Text(number(row.mean_norm), style=style),
+            number(row.max_norm),
+            number(row.total_norm),
+            Text(str(row.nonfinite_count), style="red" if row.nonfinite_count else "dim"),
+        )
+    table.caption = f"mean norm trend (log scale): {sparkline(grad['mean_norm'].tolist(), 40, log=True)}"
+    return table
+
+
+def layers_table(layers: pd.DataFrame, thresholds: rules.Thresholds, top: int = 8) -> RenderableType:
+    if layers.empty:
+        return Text("No per-layer norms in this log.", style="dim")
+    largest, smallest = worst_layers(layers, top)
+    table = Table(title="Worst layers", title_justify="left", expand=True)
+    table.add_column("", no_wrap=True)
+    table.add_column("layer", ratio=1, overflow="fold")
+    for name in ("last", "peak", "lowest", "non-finite"):
+        table.add_column(name, justify="right")
+    for label, frame in (("largest", largest), ("smallest", smallest)):
+        for row in frame.itertuples():
+            flag = ""
+            if row.nonfinite:
+                flag = "bold white on red"
+            elif row.peak > thresholds.exploding:
+                flag = "bold red"
+            elif row.lowest < thresholds.vanishing:
+                flag = "yellow"
+            table.add_row(
+                label, text(row.layer, flag), number(row.last), number(row.peak), number(row.lowest), str(row.nonfinite)
+            )
+            label = ""
+    return table
+
+
+def balance_trend(balance: pd.DataFrame, thresholds: rules.Thresholds) -> RenderableType:
+    if balance.empty:
+        return Text("No task-balance samples in this log (single-task run?).", style="dim")
+    frame = balance.assign(window_mean=window_means(balance["ratio"].tolist(), thresholds))
+    table = Table(title="Task balance (pointer/type)", title_justify="left", expand=True)
+    for name in ("epoch", "step", "ratio", "window mean", "cosine"):
+        table.add_column(name, justify="right")
+    table.add_column("status / action", ratio=1)
+    for row in _sampled(frame).itertuples():
+        advice = rules.recommend_ratio(row.ratio, thresholds) if not math.isnan(row.ratio) else None
+        style = "" if advice is None or advice.severity is None else rules_style(advice.severity)
+        table.add_row(
+            str(row.epoch),
+            str(row.step),
+            Text(number(row.ratio, 3), style=style),
+            number(None if pd.isna(row.window_mean) else row.window_mean, 3),
+            number(getattr(row, "cosine", None), 2),
+            Text(f"{advice.status}: {advice.action}" if advice else "-", style=style),
+        )
+    band = f"healthy {thresholds.balance_low}-{thresholds.balance_high}"
+    table.caption = f"ratio trend (log scale, {band}): {sparkline(frame['ratio'].tolist(), 40, log=True)}"
+    return table
+
+
+def rules_style(severity: str) -> str:
+    return "red" if severity == "error" else "yellow"
+
+
+def summary_text(scan: LogScan) -> Text:
+    current = scan.current
+    if current is None:
+        return Text("No records.", style="dim")
+    return Text("\n").join(text(line) for line in current.summary().lines())
+
+
+def analyze_report(scan: LogScan, frames: dict[str, pd.DataFrame]) -> Group:
+    """The whole report of one log."""
+    return Group(
+        run_table(scan),
+        gradient_trend(frames["grad"]),
+        layers_table(frames["layers"], scan.thresholds),
+        balance_trend(frames["balance"], scan.thresholds),
+        alerts_table(scan.alerts(), show_run=len(scan.engines) > 1),
+        summary_text(scan),
+    )

@@ -1,0 +1,314 @@
+"""Following a growing JSONL file the way ``tail -F`` does, but for records.
+
+:class:`LineDecoder` is the pure core: byte chunks in, items out (records, bad lines), holding back a
+partial last line and never buffering more than one over-long line's cap. :class:`LogTail` is the file
+shell: it reads from a saved offset to EOF, waits for a file that does not exist yet, and detects
+deletion, rotation (a new inode at the path: the old file is drained first) and truncation (the size fell
+below the offset, or the head of the file changed: a new run rewrote it). :class:`Waker` blocks until
+watchdog reports a change in the file's directory or a short interval passes, the periodic stat being a
+safety net for dropped inotify events and the only mechanism under ``--poll``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from moola_watch import schema
+from moola_watch.schema import Record, Rejected
+
+READ_CHUNK = 1 << 20
+HEAD_BYTES = 256  # how much of the file's start identifies "the same file" for rewrite detection
+
+
+@dataclass(frozen=True)
+class RecordItem:
+    """A valid record from line ``line_no`` (1-based) of ``path``."""
+
+    path: str
+    line_no: int
+    record: Record
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A complete line that is not a valid record; skipped and counted."""
+
+    path: str
+    line_no: int
+    rejected: Rejected
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something happened to the file: waiting, opened, truncated, rotated, deleted, poll_fallback."""
+
+    path: str
+    event: str
+    message: str
+
+
+Item = RecordItem | BadLine | Notice
+
+
+class LineDecoder:
+    """Turns consecutive byte chunks of one file into items. Pure: no I/O."""
+
+    def __init__(self, path: str, max_line: int = schema.MAX_LINE_BYTES) -> None:
+        self.path = path
+        self.max_line = max_line
+        self.line_no = 0
+        self._partial = bytearray()
+        self._overflow = 0  # bytes of the current over-long line dropped so far
+        self._discarding = False  # dropping the rest of a line whose start we never saw
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete last line held back (or dropped, if over-long)."""
+        return len(self._partial) + self._overflow
+
+    def reset(self) -> None:
+        """Forget any partial line and restart line numbers (the file was truncated or replaced)."""
+        self.line_no = 0
+        self.reset_partial()
+
+    def reset_partial(self) -> None:
+        self._partial.clear()
+        self._overflow = 0
+        self._discarding = False
+
+    def start_mid_line(self) -> None:
+        """The next bytes continue a line begun before we started reading: drop them up to its newline."""
+        self.reset_partial()
+        self._discarding = True
+
+    def feed(self, chunk: bytes) -> list[RecordItem | BadLine]:
+        """Decode every line that ``chunk`` completes."""
+        items: list[RecordItem | BadLine] = []
+        start = 0
+        end = chunk.find(b"\n")
+        if self._discarding:
+            if end == -1:
+                return items
+            self._discarding = False
+            start = end + 1
+            end = chunk.find(b"\n", start)
+        while end != -1:
+            if self._partial or self._overflow:
+                self._take(chunk[start:end])
+                line = bytes(self._partial)
+                overflow = self._overflow
+                self._partial.clear()
+                self._overflow = 0
+            else:
+                line, overflow = chunk[start:end], 0
+            self._emit(line, overflow, items)
+            start = end + 1
+            end = chunk.find(b"\n", start)
+        if start < len(chunk):
+            self._take(chunk[start:])
+        return items
+
+    def finish(self) -> list[BadLine]:
+        """The file ended for good (rotated away, deleted): a held-back partial line is a cut-off line."""
+        if not self.pending_bytes:
+            return []
+        size = self.pending_bytes
+        self.reset_partial()
+        self.line_no += 1
+        return [BadLine(self.path, self.line_no, Rejected("cut_off", f"last line cut off after {size} bytes"))]
+
+    def _take(self, piece: bytes) -> None:
+        room = self.max_line + 1 - len(self._partial)
+        if self._overflow or len(piece) > room:  # keep at most the cap; count the rest
+            keep = max(room, 0)
+            self._partial += piece[:keep]
+            self._overflow += len(piece) - keep
+        else:
+            self._partial += piece
+
+    def _emit(self, line: bytes, overflow: int, items: list[RecordItem | BadLine]) -> None:
+        self.line_no += 1
+        if overflow:
+            size = len(line) + overflow
+            reason = f"line of {size} bytes exceeds the {self.max_line}-byte limit"
+            items.append(BadLine(self.path, self.line_no, Rejected("too_long", reason)))
+            return
+        if not line.strip():
+            return  # blank lines carry nothing and are not errors
+        result = schema.decode_record(line)
+        if isinstance(result, Rejected):
+            items.append(BadLine(self.path, self.line_no, result))
+        else:
+            items.append(RecordItem(self.path, self.line_no, result))
+
+
+def read_log(path: str | Path, chunk_size: int = READ_CHUNK) -> Iterator[RecordItem | BadLine]:
+    """Every item of a finished file, streamed in chunks (memory stays bounded by the chunk and the cap)."""
+    decoder = LineDecoder(str(path))
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            yield from decoder.feed(chunk)
+    yield from decoder.finish()
+
+
+class LogTail:
+    """Follows one path. Call :meth:`poll` whenever something may have changed; it never blocks."""
+
+    def __init__(self, path: str | Path, *, from_end: bool = False, max_line: int = schema.MAX_LINE_BYTES) -> None:
+        self.path = Path(path)
+        self.from_end = from_end
+        self.decoder = LineDecoder(str(self.path), max_line)
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+        self._head = b""
+        self.offset = 0
+        self._waiting_announced = False
+        self._ever_opened = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
+        self._identity = None
+
+    def poll(self) -> list[Item]:
+        """Read everything new: records, bad lines, and notices about the file itself."""
+        items: list[Item] = []
+        if self._fd is None and not self._open(items):
+            return items
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            stat = None
+        except OSError as exc:
+            items.append(Notice(str(self.path), "error", f"cannot stat: {exc.strerror}"))
+            return items
+        if stat is None or (stat.st_dev, stat.st_ino) != self._identity:
+            # Deleted or replaced: what was written to the old file before that still counts.
+            items += self._read_to_end()
+            items += self.decoder.finish()
+            self.close()
+            if stat is None:
+                items.append(Notice(str(self.path), "deleted", "file deleted; waiting for it to reappear"))
+                self._waiting_announced = True
+                return items
+            items.append(Notice(str(self.path), "rotated", "file replaced (rotated); reading the new one"))
+            self._open(items, announce=False)
+            return items + self._read_to_end()
+        assert self._fd is not None
+        if stat.st_size < self.offset or self._head_changed():
+            items.append(
+                Notice(str(self.path), "truncated", f"file truncated or rewritten (was {self.offset} bytes); rereading")
+            )
+            self.offset = 0
+            self._head = b""
+            self.decoder.reset()
+        return items + self._read_to_end()
+
+    def _open(self, items: list[Item], announce: bool = True) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not self._waiting_announced:
+                items.append(Notice(str(self.path), "waiting", "file does not exist yet; waiting for it"))
+                self._waiting_announced = True
+            return False
+        except OSError as exc:
+            items.append(Notice(str(self.path), "error", f"cannot open: {exc.strerror}"))
+            return False
+        stat = os.fstat(fd)
+        self._fd = fd
+        self._identity = (stat.st_dev, stat.st_ino)
+        self._waiting_announced = False
+        self.decoder.reset()
+        self._head = b""
+        self.offset = 0
+        if self.from_end and not self._ever_opened:
+            self.offset = stat.st_size  # skip history: start at the next complete line
+            if self.offset and os.pread(fd, 1, self.offset - 1) != b"\n":
+                self.decoder.start_mid_line()
+        if announce or self._ever_opened:
+            items.append(Notice(str(self.path), "opened", f"reading from byte {self.offset}"))
+        self._ever_opened = True
+        return True
+
+    def _head_changed(self) -> bool:
+        if not self._head:
+            return False
+        assert self._fd is not None
+        return os.pread(self._fd, len(self._head), 0) != self._head
+
+    def _read_to_end(self) -> list[RecordItem | BadLine]:
+        items: list[RecordItem | BadLine] = []
+        if self._fd is None:
+            return items
+        while True:
+            try:
+                chunk = os.pread(self._fd, READ_CHUNK, self.offset)
+            except OSError:
+                return items
+            if not chunk:
+                return items
+            if len(self._head) < HEAD_BYTES:
+                self._head = os.pread(self._fd, HEAD_BYTES, 0)
+            self.offset += len(chunk)
+            items += self.decoder.feed(chunk)
+
+
+class Waker:
+    """Blocks in :meth:`wait` until watchdog reports a change under the watched directories, or ``interval``
+    seconds pass. With ``poll=True``, or when watchdog cannot start (inotify limits), only the interval."""
+
+    def __init__(self, directories: list[Path], *, poll: bool = False, interval: float = 0.5) -> None:
+        self.interval = interval
+        self._event = threading.Event()
+        self._observer = None
+        self.mode = "poll"
+        self.failure: str | None = None
+        if not poll:
+            self._start_watchdog(directories)
+
+    def _start_watchdog(self, directories: list[Path]) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        event = self._event
+
+        class Wake(FileSystemEventHandler):
+            def on_any_event(self, _event: FileSystemEvent) -> None:
+                event.set()
+
+        observer = Observer()
+        try:
+            for directory in {d.resolve() for d in directories if d.is_dir()}:
+                observer.schedule(Wake(), str(directory), recursive=False)
+            observer.daemon = True
+            observer.start()
+        except OSError as exc:  # e.g. inotify watch or instance limits reached
+            self.failure = f"watchdog unavailable ({exc.strerror or exc}); polling every {self.interval}s"
+            return
+        self._observer = observer
+        self.mode = "watchdog"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True if woken by a file event, False if the interval (or ``timeout``) passed."""
+        woke = self._event.wait(self.interval if timeout is None else min(timeout, self.interval))
+        self._event.clear()
+        return woke
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+            self._observer = None

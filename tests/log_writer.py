@@ -1,0 +1,31 @@
+"""A real writer process for tail tests: performs the steps given as JSON in argv[1] on the file argv[2].
+
+Steps: ["append", HEX] appends bytes (one write, flushed); ["truncate"] empties the file in place;
+["rotate"] renames it to PATH.1 (a new file is created by the next append); ["delete"] unlinks it;
+["sleep", SECONDS].
+"""
+
+import json
+import os
+import sys
+import time
+
+steps = json.loads(sys.argv[1])
+path = sys.argv[2]
+for step in steps:
+    action = step[0]
+    if action == "append":
+        with open(path, "ab") as handle:
+            handle.write(bytes.fromhex(step[1]))
+            handle.flush()
+    elif action == "truncate":
+        with open(path, "r+b") as handle:
+            handle.truncate(0)
+    elif action == "rotate":
+        os.replace(path, path + ".1")
+    elif action == "delete":
+        os.unlink(path)
+    elif action == "sleep":
+        time.sleep(step[1])
+    else:
+        raise SystemExit(f"unknown step {action}")

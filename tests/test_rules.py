@@ -1,0 +1,130 @@
+import math
+
+import pytest
+from logs import LogBuilder, collapse_scenario, exploding_scenario, healthy_scenario, vanishing_scenario
+
+from moola_watch import rules
+from moola_watch.rules import FIRING, PENDING, RESOLVED, RuleEngine, Thresholds, recommend_ratio
+
+
+def balance_engine(ratios, thresholds=None):
+    log = LogBuilder().start()
+    for i, r in enumerate(ratios, start=1):
+        log.balance(i, r)
+    return rules.replay(log.records, thresholds)
+
+
+def collapse_alerts(engine):
+    return [a for a in engine.alerts if a.rule == rules.COLLAPSE]
+
+
+def test_exactly_five_is_not_collapse_and_nine_samples_are_not_enough():
+    assert not collapse_alerts(balance_engine([5.0] * 12))
+    engine = balance_engine([9.0] * 9)
+    assert engine.balance().text == "Not enough data" and not collapse_alerts(engine)
+    engine = balance_engine([9.0] * 10)
+    assert collapse_alerts(engine)[0].state == FIRING
+    assert collapse_alerts(engine)[0].message == "TASK COLLAPSE: Pointer task dominating (ratio=9.00 > 5.0)"
+    assert collapse_alerts(balance_engine([0.2] * 10)) == []  # exactly 0.2 is not collapse either
+    assert collapse_alerts(balance_engine([0.19] * 10))[0].message.startswith("TASK COLLAPSE: Type task dominating")
+
+
+def test_one_condition_is_one_alert_and_resolved_alert_refires():
+    engine = balance_engine([8.0] * 14 + [1.0] * 10 + [9.0] * 10)
+    collapses = collapse_alerts(engine)
+    assert [a.state for a in collapses] == [RESOLVED, FIRING]
+    assert collapses[0].first_epoch == 10 and collapses[0].samples == 9  # window mean > 5 until 5 ones
+    assert collapses[1].first_epoch > 24
+
+
+def test_nan_fires_at_once_as_critical():
+    log = LogBuilder().start().grad(1, 0.2, 0.3, {"a": 0.2, "b": math.nan})
+    events = RuleEngine().observe(log.records[0]) + (engine := RuleEngine()).observe(log.records[0])
+    events = engine.observe(log.records[1])
+    fired = [e.alert for e in events if e.alert.rule == rules.NONFINITE]
+    assert fired and fired[0].state == FIRING and fired[0].severity == "critical" and fired[0].layers == ["b"]
+
+
+def test_warning_rules_are_pending_until_confirmed_and_pending_drops_silently():
+    engine = RuleEngine()
+    log = LogBuilder().start().balance(1, 3.5).balance(2, 1.0).balance(3, 3.5).balance(4, 4.0)
+    states = [[(e.alert.rule, e.alert.state) for e in engine.observe(r)] for r in log.records]
+    assert states[1] == [(rules.IMBALANCE, PENDING)]
+    assert states[2] == []  # a pending alert whose condition went away is dropped, not "resolved"
+    assert states[4] == [(rules.IMBALANCE, FIRING)]
+    alert = next(a for a in engine.alerts if a.rule == rules.IMBALANCE)
+    assert alert.first_epoch == 3 and alert.recommendation == "Adjust loss weights: increase alpha or decrease beta"
+
+
+def test_recommendation_table():
+    cases = {
+        1.0: ("Healthy", "No change needed"),
+        2.5: ("Minor imbalance", "Monitor, consider small weight adjustment"),
+        4.0: ("Significant imbalance", "Adjust loss weights: increase alpha or decrease beta"),
+        6.0: ("Task collapse", "Urgent: increase alpha by 2x or decrease beta by 0.5x"),
+        0.1: ("Task collapse", "Urgent: decrease alpha by 0.5x or increase beta by 2x"),
+        0.3: ("Significant imbalance", "Adjust loss weights: decrease alpha or increase beta"),
+    }
+    for ratio, (status, action) in cases.items():
+        verdict = recommend_ratio(ratio)
+        assert (verdict.status, verdict.action) == (status, action), ratio
+
+
+def test_stale_uses_the_given_clock():
+    log = LogBuilder(t0=1000.0).start().epoch(1)
+    engine = rules.replay(log.records, Thresholds(stale_seconds=60))
+    assert engine.check_stale(now=1050.0) == [] and engine.run_status == "running"
+    fired = engine.check_stale(now=1100.0)
+    assert fired[0].alert.rule == rules.STALE and engine.run_status == "stale"
+    resolved = engine.observe(LogBuilder(t0=1100.0).epoch(2).records[0])
+    assert resolved[0].alert.state == RESOLVED and engine.run_status == "running"
+    engine.observe(LogBuilder(t0=1200.0).end().records[0])
+    assert engine.check_stale(now=99999.0) == [] and engine.run_status == "completed"
+
+
+def test_spec_scenario_healthy():
+    engine = rules.replay(healthy_scenario().records)
+    assert engine.firing() == [] and engine.run_status == "completed"
+    assert engine.summary().lines() == [
+        "[PHASE 4] Gradient Monitoring Summary:",
+        "  Mean gradient norm: 0.1942 ± 0.0124",  # population std of the four mean norms
+        "  Max gradient norm: 1.3100 (peak: 1.4567)",
+        "  Task balance: Tasks balanced (ratio=1.34)",
+    ]
+
+
+def test_spec_scenario_collapse():
+    engine = rules.replay(collapse_scenario().records)
+    collapse = collapse_alerts(engine)
+    assert collapse[0].message == "TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)"
+    assert engine.summary().lines()[-1] == "  TASK COLLAPSE DETECTED: Pointer task dominating (ratio=6.34 > 5.0)"
+    assert engine.worst_severity() == "error"
+    assert rules.balance_message(3.82, 10) == (
+        "Task imbalance detected at epoch 10!\nPointer/Type gradient ratio: 3.82 (healthy range: 0.5-2.0)"
+    )
+
+
+def test_spec_scenario_vanishing_and_exploding():
+    engine = rules.replay(vanishing_scenario().records)
+    vanishing = next(a for a in engine.alerts if a.rule == rules.VANISHING)
+    assert vanishing.state == FIRING and len(vanishing.layers) == 24 and vanishing.first_epoch == 5
+    assert engine.summary().lines()[-1] == "  Task balance: Not enough data"
+    assert engine.worst_severity() == "warning"
+    engine = rules.replay(exploding_scenario().records)
+    exploding = next(a for a in engine.alerts if a.rule == rules.EXPLODING)
+    assert exploding.state == FIRING and exploding.severity == "error" and exploding.layers == ["b"]
+    level = next(a for a in engine.alerts if a.rule == rules.NORM_LEVEL)
+    assert level.severity == "error" and level.recommendation == "Reduce learning rate"
+
+
+def test_failed_run_is_an_error():
+    engine = rules.replay(LogBuilder().start().end("failed", "RuntimeError: boom").records)
+    assert engine.run_status == "failed" and engine.worst_severity() == "error"
+
+
+def test_thresholds_validate_and_load_from_mappings():
+    assert Thresholds.from_mapping({"window": 5, "collapse_high": 4}).window == 5
+    with pytest.raises(ValueError, match="unknown threshold"):
+        Thresholds.from_mapping({"windw": 5})
+    with pytest.raises(ValueError):
+        Thresholds(collapse_high=1.0)

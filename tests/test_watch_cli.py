@@ -1,0 +1,118 @@
+"""The real `moola-watch check` and `analyze` in subprocesses."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, run_cli
+from logs import LogBuilder, collapse_scenario, exploding_scenario, healthy_scenario, vanishing_scenario
+
+
+def check_json(*args):
+    result = run_cli("moola_watch.cli", "check", "--json", *map(str, args))
+    return result, [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "verdict", "rules", "code"),
+    [
+        (healthy_scenario, "healthy", set(), 0),
+        (collapse_scenario, "error", {"collapse", "imbalance"}, 1),
+        (vanishing_scenario, "warning", {"vanishing"}, 0),
+        (exploding_scenario, "error", {"exploding", "norm_level"}, 1),
+    ],
+)
+def test_check_json_verdicts_of_the_spec_scenarios(tmp_path, scenario, verdict, rules, code):
+    log = scenario().write(tmp_path / "log.jsonl")
+    result, (report,) = check_json(log)
+    assert result.returncode == code, result.stderr
+    assert report["verdict"] == verdict and {a["rule"] for a in report["alerts"]} >= rules
+    assert report["records"] == len(scenario().records) and report["bad_lines"] == 0
+    for alert in report["alerts"]:
+        assert {"rule", "severity", "subject", "value", "message", "first_step", "recommendation"} <= set(alert)
+    assert report["summary"]["grad_samples"] >= 1
+
+
+def test_collapse_alert_carries_the_spec_message_and_where_it_began(tmp_path):
+    _, (report,) = check_json(collapse_scenario().write(tmp_path / "log.jsonl"))
+    collapse = next(a for a in report["alerts"] if a["rule"] == "collapse")
+    assert collapse["message"] == "TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)"
+    assert collapse["first_step"] == 100 and collapse["severity"] == "error" and collapse["subject"] == "pointer/type"
+
+
+def test_fail_on_warning_and_critical(tmp_path):
+    log = vanishing_scenario().write(tmp_path / "log.jsonl")
+    assert run_cli("moola_watch.cli", "check", str(log)).returncode == 0
+    assert run_cli("moola_watch.cli", "check", "--fail-on", "warning", str(log)).returncode == 1
+    log = collapse_scenario().write(tmp_path / "c.jsonl")
+    assert run_cli("moola_watch.cli", "check", "--fail-on", "critical", str(log)).returncode == 0
+
+
+def test_unreadable_and_usage_errors_exit_2(tmp_path):
+    result = run_cli("moola_watch.cli", "check", str(tmp_path / "missing.jsonl"))
+    assert result.returncode == 2 and "cannot read" in result.stderr and "Traceback" not in result.stderr
+    assert run_cli("moola_watch.cli", "check", str(tmp_path)).returncode == 2
+    assert run_cli("moola_watch.cli", "check", "--fail-on", "nope", "x").returncode == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[thresholds]\nwindw = 3\n")
+    log = healthy_scenario().write(tmp_path / "log.jsonl")
+    result = run_cli("moola_watch.cli", "check", "--config", str(bad), str(log))
+    assert result.returncode == 2 and "unknown threshold(s): windw" in result.stderr
+
+
+def test_config_and_flags_override_thresholds(tmp_path):
+    log = healthy_scenario().write(tmp_path / "log.jsonl")
+    config = tmp_path / "moola-watch.toml"
+    config.write_text("[thresholds]\ncollapse_high = 5.0\nbalance_high = 1.0\nconfirm = 1\n")
+    result, (report,) = check_json("--config", config, log)
+    assert {a["rule"] for a in report["alerts"]} == {"imbalance"} and result.returncode == 0
+    result, (report,) = check_json("--config", config, "--collapse-high", "1.2", log)
+    assert "collapse" in {a["rule"] for a in report["alerts"]} and result.returncode == 1
+
+
+def test_bad_lines_are_counted_with_line_numbers(tmp_path):
+    log = tmp_path / "log.jsonl"
+    lines = healthy_scenario().lines()
+    log.write_bytes(b"".join(lines[:3]) + b"garbage\n" + b"".join(lines[3:]) + lines[0][:20])
+    _, (report,) = check_json(log)
+    assert report["records"] == len(lines) and report["bad_lines"] == 2
+    assert report["bad_line_details"][0]["line"] == 4 and report["bad_line_details"][1]["category"] == "cut_off"
+
+
+def test_killed_run_is_never_healthy(tmp_path):
+    log = LogBuilder(t0=1000.0).start().epoch(1).epoch(2).write(tmp_path / "log.jsonl")
+    _, (report,) = check_json(log)
+    assert report["status"] == "stale" and report["verdict"] == "warning"
+    assert [a["rule"] for a in report["alerts"]] == ["stale"]
+
+
+def test_analyze_shows_tables_and_writes_csv_and_json(tmp_path):
+    log = collapse_scenario().write(tmp_path / "log.jsonl")
+    result = run_cli("moola_watch.cli", "analyze", str(log), "--csv", str(tmp_path / "csv"))
+    assert result.returncode == 1
+    for heading in ("verdict", "Gradient norms", "Worst layers", "Task balance", "Alerts", "TASK COLLAPSE DETECTED"):
+        assert heading in result.stdout, heading
+    assert "increase alpha by 2x" in result.stdout
+    written = sorted(p.name for p in (tmp_path / "csv").iterdir())
+    assert written == [f"log.{n}.csv" for n in ("alerts", "balance", "epochs", "grad", "layers", "runs")]
+    layers = (tmp_path / "csv" / "log.layers.csv").read_text().splitlines()
+    assert layers[0] == "run,epoch,step,layer,norm" and len(layers) == 1 + 10 * 4
+    result = run_cli("moola_watch.cli", "analyze", "--json", str(log))
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "error" and report["worst_layers"]["largest"]
+
+
+def test_watcher_runs_where_torch_cannot_be_imported(tmp_path):
+    log = collapse_scenario().write(tmp_path / "log.jsonl")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import moola_watch.analyze, moola_watch.cli, moola_watch.render, moola_watch.report, moola_watch.tail\n"
+        "from moola_watch.cli import main\n"
+        f"rc = main(['check', {str(log)!r}]); assert 'torch' not in [m for m in sys.modules if sys.modules[m]]\n"
+        f"rc2 = main(['analyze', {str(log)!r}])\n"
+        "sys.exit(rc + 10 * rc2)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 11, result.stderr
+    assert "TASK COLLAPSE" in result.stdout
