@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check moola moola_watch tests benchmarks scripts
+.venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"
