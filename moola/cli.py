@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSONL gradient log to append to (default: runs/<run id>.jsonl)",
     )
+    samples = commands.add_parser(
+        "sample-logs",
+        help="regenerate sample_logs/ from real training runs (fixed seeds)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    samples.add_argument("--out", type=Path, default=Path("sample_logs"), help="directory to write")
+    samples.add_argument("names", nargs="*", help="only these files (the README is then left as it is)")
     return parser
 
 
@@ -154,6 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     if args.command == "train":
         return _train(args, console)
+    if args.command == "sample-logs":
+        from moola import sample_logs
+
+        return sample_logs.main(args.out, args.names)
     raise AssertionError(f"unhandled command {args.command}")
 
 

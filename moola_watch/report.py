@@ -81,7 +81,7 @@ def layers_table(layers: pd.DataFrame, thresholds: rules.Thresholds, top: int = 
     largest, smallest = worst_layers(layers, top)
     table = Table(title="Worst layers", title_justify="left", expand=True)
     table.add_column("", no_wrap=True)
-    table.add_column("layer", ratio=1, overflow="fold")
+    table.add_column("layer", ratio=1, min_width=28, overflow="fold")
     for name in ("last", "peak", "lowest", "non-finite"):
         table.add_column(name, justify="right")
     for label, frame in (("largest", largest), ("smallest", smallest)):

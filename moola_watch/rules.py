@@ -4,7 +4,7 @@ Pure: no files, no terminal, no clock (the stale rule takes ``now`` as an argume
 lines and summary and the watcher's alerts all come from here, so the two sides cannot disagree.
 
 Alerts follow Prometheus' lifecycle: a condition seen once is *pending*; it *fires* once it has held for
-``confirm`` consecutive samples (at once for critical and windowed rules); it is *resolved* when a later
+``confirm`` consecutive samples (at once for exploding, non-finite and windowed rules); it is *resolved* when a later
 sample no longer shows it. A pending alert whose condition goes away is dropped silently. Alerts are
 keyed by (rule, subject), so one condition is one alert however many records show it.
 """
@@ -34,7 +34,7 @@ RUN_FAILED = "run_failed"
 RUN_INTERRUPTED = "run_interrupted"
 
 #: Rules that wait ``confirm`` consecutive samples before firing; the others fire at once.
-CONFIRMED_RULES = frozenset({VANISHING, EXPLODING, IMBALANCE, NORM_LEVEL})
+CONFIRMED_RULES = frozenset({VANISHING, IMBALANCE, NORM_LEVEL})
 TASK_PAIR = "pointer/type"
 
 
@@ -169,6 +169,11 @@ class CollapseVerdict:
         return self.state in ("pointer_dominating", "type_dominating")
 
 
+def mean_ratio(ratios: Sequence[float]) -> float:
+    """Arithmetic mean of (non-NaN) ratios; an infinite ratio (a task with zero gradient) makes it infinite."""
+    return math.fsum(ratios) / len(ratios) if all(map(math.isfinite, ratios)) else max(ratios)
+
+
 def collapse_verdict(ratios: Sequence[float], th: Thresholds = Thresholds()) -> CollapseVerdict:
     """Judge the mean of the last ``th.window`` ratios (NaN ratios are not samples).
 
@@ -177,7 +182,7 @@ def collapse_verdict(ratios: Sequence[float], th: Thresholds = Thresholds()) -> 
     usable = [ratio for ratio in ratios if not math.isnan(ratio)][-th.window :]
     if len(usable) < th.window:
         return CollapseVerdict("not_enough_data", None, len(usable), "Not enough data")
-    mean = math.fsum(usable) / len(usable) if all(map(math.isfinite, usable)) else max(usable)
+    mean = mean_ratio(usable)
     if mean > th.collapse_high:
         state, text = "pointer_dominating", f"Pointer task dominating (ratio={mean:.2f} > {th.collapse_high})"
     elif mean < th.collapse_low:
@@ -494,7 +499,8 @@ class RuleEngine:
                     "warning",
                     min(finite[n] for n in low),
                     f"Vanishing gradients in {len(low)} layers (norm < {th.vanishing:g}): {_names(low)}",
-                    "Increase learning rate; check for saturated activations or unnormalized inputs",
+                    "Look for dead ReLUs or saturated activations (often a learning rate too high) and unnormalized"
+                    " inputs; if the whole network's gradients are small, increase the learning rate",
                     tuple(low),
                 )
                 if low
@@ -542,23 +548,23 @@ class RuleEngine:
             return []
         self._balance_samples += 1
         self._ratios.append(ratio)
-        advice = recommend_ratio(ratio, th)
-        events = self._apply(
-            IMBALANCE,
-            TASK_PAIR,
-            _Observation(
-                IMBALANCE,
-                TASK_PAIR,
-                "warning",
-                ratio,
-                f"{advice.status}: Pointer/Type gradient ratio {ratio:.2f} (healthy range: {_band(th)})",
-                advice.action,
-            )
-            if advice.severity
-            else None,
-            where,
-        )
+        # One batch's ratio is noisy (the trainer prints each one); the alerts judge the window's mean, so a
+        # healthy run's single-batch spikes raise nothing. Imbalance is the band, collapse the outer bounds.
         verdict = self.balance()
+        imbalance = None
+        if verdict.mean is not None:
+            advice = recommend_ratio(verdict.mean, th)
+            if advice.severity:
+                imbalance = _Observation(
+                    IMBALANCE,
+                    TASK_PAIR,
+                    "warning",
+                    verdict.mean,
+                    f"{advice.status}: mean Pointer/Type gradient ratio {verdict.mean:.2f} over the last "
+                    f"{verdict.samples} samples (healthy range: {_band(th)})",
+                    advice.action,
+                )
+        events = self._apply(IMBALANCE, TASK_PAIR, imbalance, where)
         collapse = None
         if verdict.collapsed:
             assert verdict.mean is not None

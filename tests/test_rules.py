@@ -46,14 +46,18 @@ def test_nan_fires_at_once_as_critical():
 
 
 def test_warning_rules_are_pending_until_confirmed_and_pending_drops_silently():
-    engine = RuleEngine()
-    log = LogBuilder().start().balance(1, 3.5).balance(2, 1.0).balance(3, 3.5).balance(4, 4.0)
+    engine = RuleEngine(Thresholds(window=1))
+    log = LogBuilder().start()
+    for epoch, ratio in enumerate([1.0, 3.5, 1.0, 3.5, 4.0, 1.0], start=1):
+        log.balance(epoch, ratio)
     states = [[(e.alert.rule, e.alert.state) for e in engine.observe(r)] for r in log.records]
-    assert states[1] == [(rules.IMBALANCE, PENDING)]
-    assert states[2] == []  # a pending alert whose condition went away is dropped, not "resolved"
-    assert states[4] == [(rules.IMBALANCE, FIRING)]
+    assert states[2] == [(rules.IMBALANCE, PENDING)]  # significant imbalance, seen once
+    assert states[3] == []  # a pending alert whose condition went away is dropped, not "resolved"
+    assert states[4] == [(rules.IMBALANCE, PENDING)] and states[5] == [(rules.IMBALANCE, FIRING)]
+    assert states[6] == [(rules.IMBALANCE, RESOLVED)]
     alert = next(a for a in engine.alerts if a.rule == rules.IMBALANCE)
-    assert alert.first_epoch == 3 and alert.recommendation == "Adjust loss weights: increase alpha or decrease beta"
+    assert alert.first_epoch == 4 and alert.recommendation == "Adjust loss weights: increase alpha or decrease beta"
+    assert alert.message.startswith("Significant imbalance: mean Pointer/Type gradient ratio 4.00 over the last 1")
 
 
 def test_recommendation_table():

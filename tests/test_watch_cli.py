@@ -18,7 +18,7 @@ def check_json(*args):
     ("scenario", "verdict", "rules", "code"),
     [
         (healthy_scenario, "healthy", set(), 0),
-        (collapse_scenario, "error", {"collapse", "imbalance"}, 1),
+        (collapse_scenario, "error", {"collapse"}, 1),
         (vanishing_scenario, "warning", {"vanishing"}, 0),
         (exploding_scenario, "error", {"exploding", "norm_level"}, 1),
     ],

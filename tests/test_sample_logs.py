@@ -1,0 +1,49 @@
+"""The shipped sample logs still get the verdicts their README promises, and one regenerates identically."""
+
+import json
+import re
+import shlex
+
+import pytest
+from conftest import REPO, run_cli
+
+from moola.sample_logs import SAMPLES
+
+SAMPLE_DIR = REPO / "sample_logs"
+ROW = re.compile(r"^\| `(?P<file>[^`]+)` \|.*\| `moola-watch check (?P<check>[^`]+)` \| (?P<verdict>\w+) \| "
+                 r"(?P<status>\w+) \| (?P<rules>[^|]+) \| (?P<bad>\d+) \|$")  # fmt: skip
+
+
+def promises() -> list[dict]:
+    rows = [m.groupdict() for line in (SAMPLE_DIR / "README.md").read_text().splitlines() if (m := ROW.match(line))]
+    assert [row["file"] for row in rows] == [sample.name for sample in SAMPLES]
+    return rows
+
+
+def check(path, *args) -> dict:
+    result = run_cli("moola_watch.cli", "check", "--json", *args, str(path))
+    assert result.returncode in (0, 1), result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("row", promises(), ids=lambda row: row["file"])
+def test_shipped_log_gets_the_promised_verdict(row):
+    path = SAMPLE_DIR / row["file"]
+    assert path.stat().st_size < 1_000_000
+    args = shlex.split(row["check"])[:-1]
+    report = check(path, *args)
+    promised_rules = set() if row["rules"].strip() == "-" else set(row["rules"].strip().split(", "))
+    assert report["verdict"] == row["verdict"] and report["status"] == row["status"]
+    assert {alert["rule"] for alert in report["alerts"]} == promised_rules
+    assert report["bad_lines"] == int(row["bad"])
+
+
+def test_regenerated_log_matches_the_shipped_one(tmp_path):
+    name = "pointer_collapse.jsonl"
+    result = run_cli("moola.cli", "sample-logs", "--out", str(tmp_path), name)
+    assert result.returncode == 0, result.stderr
+    fresh, shipped = check(tmp_path / name), check(SAMPLE_DIR / name)
+    assert fresh["verdict"] == shipped["verdict"] == "error"
+    assert {a["rule"] for a in fresh["alerts"]} == {a["rule"] for a in shipped["alerts"]}
+    assert fresh["records"] == shipped["records"]
+    assert not (tmp_path / "README.md").exists()  # a partial regeneration leaves the README alone
