@@ -205,7 +205,7 @@ def _alert_json(run: str, alert: rules.Alert) -> dict[str, Any]:
         "severity": alert.severity,
         "state": alert.state,
         "subject": alert.subject,
-        "value": _json_number(alert.value),
+        "value": json_number(alert.value),
         "message": alert.message,
         "recommendation": alert.recommendation,
         "first_step": alert.first_step,
@@ -216,7 +216,8 @@ def _alert_json(run: str, alert: rules.Alert) -> dict[str, Any]:
     }
 
 
-def _json_number(value: float | None) -> float | str | None:
+def json_number(value: float | None) -> float | str | None:
+    """A float for JSON output: non-finite values as the contract's strings."""
     if value is None or math.isfinite(value):
         return value
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")

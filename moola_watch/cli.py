@@ -1,4 +1,4 @@
-"""``moola-watch``: ``analyze`` and ``check`` saved logs (and, with ``follow``, watch a live one).
+"""``moola-watch``: ``follow`` a live log (``moola-watch LOG`` for short), ``analyze`` and ``check`` saved ones.
 
 Exit codes: 0 nothing at or above ``--fail-on`` fired; 1 something did; 2 usage error or unreadable file.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -69,6 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 nothing at or above --fail-on fired, 1 something did, 2 usage or unreadable file.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    follow_cmd = commands.add_parser(
+        "follow",
+        help="live dashboard of a log, or of every *.jsonl in a directory (the default command)",
+        description="Follow a growing log like tail -F. On a terminal: a live dashboard. Piped: one line per "
+        "alert transition or run status change. Ctrl-C exits 0.",
+    )
+    follow_cmd.add_argument("target", type=Path, metavar="LOG|DIR")
+    follow_cmd.add_argument("--from-end", action="store_true", help="skip the history already in the file")
+    follow_cmd.add_argument("--poll", action="store_true", help="poll only, no inotify (network filesystems)")
+    follow_cmd.add_argument("--interval", type=float, default=0.25, help="seconds between stat checks (0.25)")
+    follow_cmd.add_argument("--json", action="store_true", help="one JSON object per event, a summary at exit")
+    follow_cmd.add_argument("--once", action="store_true", help="show the current state and exit")
+    follow_cmd.add_argument(
+        "--exit-on-end", action="store_true", help="exit when every run has ended, with check's exit codes"
+    )
+    follow_cmd.add_argument("--fail-on", choices=SEVERITY_CHOICES, default="error", help="for exit codes (error)")
+    follow_cmd.add_argument("--run", metavar="ID", help="focus one run (its id, or its log's file name stem)")
+    follow_cmd.add_argument("--top", type=int, default=4, help="layers shown at each end of the ranking (4)")
+    follow_cmd.add_argument("--layers", metavar="REGEX", help="only layers whose name matches")
+    add_threshold_flags(follow_cmd)
     analyze_cmd = commands.add_parser("analyze", help="report on saved logs: trends, worst layers, balance, alerts")
     analyze_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
     analyze_cmd.add_argument("--json", action="store_true", help="one JSON object per log instead of tables")
@@ -195,11 +216,47 @@ def _error(message: str) -> None:
     print(f"moola-watch: error: {inert(message, limit=1000)}", file=sys.stderr)
 
 
+def _follow(args: argparse.Namespace, console: Console) -> int:
+    from moola_watch.follow import Follower, FollowOptions
+
+    thresholds = thresholds_from(args)
+    if args.interval <= 0 or args.top < 1:
+        raise UsageError("--interval must be above 0 and --top at least 1")
+    if args.layers:
+        try:
+            re.compile(args.layers)
+        except re.error as exc:
+            raise UsageError(f"--layers is not a valid regular expression: {exc}") from None
+    if args.target.exists() and not (args.target.is_file() or args.target.is_dir()):
+        raise UsageError(f"{args.target} is neither a file nor a directory")
+    options = FollowOptions(
+        from_end=args.from_end,
+        poll=args.poll,
+        interval=args.interval,
+        json=args.json,
+        once=args.once,
+        exit_on_end=args.exit_on_end,
+        fail_on=args.fail_on,
+        run=args.run,
+        top=args.top,
+        layers=args.layers,
+    )
+    return Follower(args.target, thresholds, options, console).run()
+
+
+COMMANDS = ("follow", "analyze", "check")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "follow")  # `moola-watch LOG` is `moola-watch follow LOG`
     args = parser.parse_args(argv)
     console = Console()
     try:
+        if args.command == "follow":
+            return _follow(args, console)
         if args.command == "analyze":
             return _analyze(args, console)
         return _check(args, console)

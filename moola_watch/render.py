@@ -86,10 +86,11 @@ def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = 
     )
     table = Table(title="Alerts", title_justify="left", expand=True, show_lines=False)
     if show_run:
-        table.add_column("run", overflow="fold")
-    for name in ("state", "severity", "rule", "since", "value"):
+        table.add_column("run", overflow="fold", max_width=24)
+    # Narrow two-line cells keep the message column wide on an 80-column terminal.
+    for name in ("state", "rule", "since", "value"):
         table.add_column(name, no_wrap=True)
-    table.add_column("message / recommendation", ratio=1, overflow="fold")
+    table.add_column("message / recommendation", ratio=1, min_width=30, overflow="fold")
     for run, alert in ordered[:limit]:
         state_style = SEVERITY_STYLE[alert.severity] if alert.state == rules.FIRING else "dim"
         detail = text(alert.message)
@@ -97,17 +98,14 @@ def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = 
         detail.append_text(text(alert.recommendation, "italic"))
         if alert.state == rules.RESOLVED:
             detail.append(f"  (resolved at {where(alert.resolved_epoch, alert.resolved_step)})", style="dim")
-        row = [
-            Text(alert.state, style=state_style),
-            severity_text(alert.severity),
-            text(f"{alert.rule} {alert.subject}"),
-            Text(where(alert.first_epoch, alert.first_step)),
-            Text(number(alert.value)),
-            detail,
-        ]
+        state = Text(alert.state, style=state_style)
+        state.append("\n")
+        state.append_text(severity_text(alert.severity))
+        since = where(alert.first_epoch, alert.first_step).replace(", ", "\n")
+        row = [state, text(f"{alert.rule}\n{alert.subject}"), Text(since), Text(number(alert.value)), detail]
         table.add_row(*([text(run)] if show_run else []), *row)
     if not alerts:
-        table.add_row(*([Text("")] if show_run else []), Text("none", style=HEALTHY_STYLE), *[Text("")] * 5)
+        table.add_row(*([Text("")] if show_run else []), Text("none", style=HEALTHY_STYLE), *[Text("")] * 4)
     elif len(ordered) > limit:
         table.caption = f"{len(ordered) - limit} more not shown"
     return table

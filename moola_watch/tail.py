@@ -201,7 +201,7 @@ class LogTail:
                 self._waiting_announced = True
                 return items
             items.append(Notice(str(self.path), "rotated", "file replaced (rotated); reading the new one"))
-            self._open(items, announce=False)
+            self._open(items)
             return items + self._read_to_end()
         assert self._fd is not None
         if stat.st_size < self.offset or self._head_changed():
@@ -213,7 +213,7 @@ class LogTail:
             self.decoder.reset()
         return items + self._read_to_end()
 
-    def _open(self, items: list[Item], announce: bool = True) -> bool:
+    def _open(self, items: list[Item]) -> bool:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -225,6 +225,7 @@ class LogTail:
             items.append(Notice(str(self.path), "error", f"cannot open: {exc.strerror}"))
             return False
         stat = os.fstat(fd)
+        waited = self._waiting_announced  # announce the file's arrival only if we said we were waiting
         self._fd = fd
         self._identity = (stat.st_dev, stat.st_ino)
         self._waiting_announced = False
@@ -235,7 +236,7 @@ class LogTail:
             self.offset = stat.st_size  # skip history: start at the next complete line
             if self.offset and os.pread(fd, 1, self.offset - 1) != b"\n":
                 self.decoder.start_mid_line()
-        if announce or self._ever_opened:
+        if waited:
             items.append(Notice(str(self.path), "opened", f"reading from byte {self.offset}"))
         self._ever_opened = True
         return True

@@ -2,7 +2,7 @@
 
 Steps: ["append", HEX] appends bytes (one write, flushed); ["truncate"] empties the file in place;
 ["rotate"] renames it to PATH.1 (a new file is created by the next append); ["delete"] unlinks it;
-["sleep", SECONDS].
+["sleep", SECONDS]; ["mark", FILE] writes the wall-clock time (unix seconds) to FILE.
 """
 
 import json
@@ -27,5 +27,8 @@ for step in steps:
         os.unlink(path)
     elif action == "sleep":
         time.sleep(step[1])
+    elif action == "mark":
+        with open(step[1], "w") as mark:
+            mark.write(repr(time.time()))
     else:
         raise SystemExit(f"unknown step {action}")

@@ -1,0 +1,237 @@
+"""Rich renderables of the live view: one run's dashboard, and the one-row-per-run overview of a directory.
+
+Pure rendering of state handed in (:class:`RunView`, :class:`LogView`); the loop that feeds them lives in
+:mod:`moola_watch.follow`. Everything from the log is shown through :func:`moola_watch.render.text`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from moola_watch import rules, schema
+from moola_watch.analyze import LogScan
+from moola_watch.render import (
+    SEVERITY_STYLE,
+    STATUS_STYLE,
+    alerts_table,
+    number,
+    severity_text,
+    sparkline,
+    text,
+    where,
+)
+
+HISTORY = 60  # recent values kept per run for the trend sparklines
+
+
+@dataclass
+class RunView:
+    """Recent values of one run, for trends (bounded, whatever the log's length)."""
+
+    mean_norms: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    max_norms: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    ratios: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+    def observe(self, record: schema.Record) -> None:
+        kind = record["kind"]
+        if kind == schema.GRAD_STATS:
+            self.mean_norms.append(record["mean_norm"])
+            self.max_norms.append(record["max_norm"])
+        elif kind == schema.TASK_BALANCE:
+            self.ratios.append(record["ratio"])
+
+
+@dataclass
+class LogView:
+    """A followed log: its scan (rules, counts) and the trend history of each run in it."""
+
+    scan: LogScan
+    runs: dict[str, RunView] = field(default_factory=dict)
+
+    def observe(self, record: schema.Record) -> None:
+        self.runs.setdefault(record["run"], RunView()).observe(record)
+
+
+@dataclass(frozen=True)
+class ViewOptions:
+    top: int = 4  # layers shown at each end
+    layers: re.Pattern[str] | None = None  # only layers whose name matches
+    now: float = 0.0  # wall clock, unix seconds, for "last record N s ago"
+
+
+def _age(now: float, last: float | None) -> str:
+    if last is None:
+        return "-"
+    seconds = max(0.0, now - last)
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+# Among alerts of equal severity, the one a person should read first.
+RULE_PRIORITY = (rules.NONFINITE, rules.COLLAPSE, rules.RUN_FAILED, rules.EXPLODING, rules.NORM_LEVEL,
+                 rules.VANISHING, rules.IMBALANCE, rules.STALE, rules.RUN_INTERRUPTED)  # fmt: skip
+
+
+def worst_alert(engine: rules.RuleEngine) -> rules.Alert | None:
+    """The most severe firing alert of a run (the most telling rule among equals), if any."""
+    firing = engine.firing()
+    if not firing:
+        return None
+    order = {rule: rank for rank, rule in enumerate(RULE_PRIORITY)}
+    return max(firing, key=lambda a: (rules.SEVERITY_RANK[a.severity], -order.get(a.rule, len(order))))
+
+
+def header(view: LogView, run: str, options: ViewOptions) -> Group:
+    engine = view.scan.engines[run]
+    status = engine.run_status
+    worst = worst_alert(engine)
+    verdict = severity_text(worst.severity if worst else None)
+    verdict.stylize("bold")
+    first = text(f"run {run}", "bold")
+    first.append("  ")
+    first.append(f" {status.upper()} ", style=STATUS_STYLE.get(status, "") + " reverse")
+    first.append("  verdict: ")
+    first.append_text(verdict)
+    second = text(f"model {engine.run.model or '?'}   ")
+    second.append(
+        f"{where(engine.run.epoch, engine.run.step)}   {view.scan.records} records, "
+        f"{view.scan.bad_lines} bad lines skipped   last record {_age(options.now, engine.run.last_time)}"
+    )
+    lines = [first, second, text(view.scan.path, "dim")]
+    if engine.run.error:
+        lines.append(text(f"error: {engine.run.error}", "red"))
+    return Group(*lines)
+
+
+def gradients_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
+    stats = engine.last_grad_stats
+    th = engine.thresholds
+    if stats is None:
+        return Panel(Text("waiting for gradient statistics…", style="dim"), title="Gradients")
+    level = rules.classify_norm_level(stats["mean_norm"], th) if math.isfinite(stats["mean_norm"]) else None
+    style = "" if level is None or level.severity is None else SEVERITY_STYLE[level.severity]
+    body = Table.grid(padding=(0, 1))
+    body.add_column(style="bold")
+    body.add_column()
+    body.add_row("mean norm", Text(number(stats["mean_norm"]), style=style or "green"))
+    body.add_row("max norm", Text(number(stats["max_norm"])))
+    body.add_row("total norm", Text(number(stats["total_norm"])))
+    bad = stats["nonfinite_count"]
+    body.add_row("non-finite", Text(str(bad), style="bold white on red" if bad else "green"))
+    body.add_row("trend", Text(sparkline(list(history.mean_norms), 30, log=True), style="cyan"))
+    status = level.status if level else "non-finite"
+    action = f" — {level.action}" if level and level.severity else ""
+    body.add_row(
+        "status", Text(f"{status} (healthy {th.healthy_norm_low}-{th.healthy_norm_high}){action}", style=style)
+    )
+    return Panel(body, title=f"Gradients (epoch {stats.get('epoch')})", border_style=style or "green")
+
+
+def balance_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
+    latest = engine.last_balance
+    th = engine.thresholds
+    if latest is None:
+        return Panel(Text("no task-balance samples yet (single-task run?)", style="dim"), title="Task balance")
+    verdict = engine.balance()
+    judged = verdict.mean if verdict.mean is not None else latest["ratio"]
+    advice = rules.recommend_ratio(judged, th) if not math.isnan(judged) else None
+    style = "green" if advice is None or advice.severity is None else SEVERITY_STYLE[advice.severity]
+    body = Table.grid(padding=(0, 1))
+    body.add_column(style="bold")
+    body.add_column()
+    body.add_row(
+        "ratio", Text(f"{number(latest['ratio'], 3)}  (pointer/type, healthy {th.balance_low}-{th.balance_high})")
+    )
+    body.add_row("window", Text(f"{number(verdict.mean, 3)} over {verdict.samples}/{th.window}", style=style))
+    body.add_row("cosine", Text(number(latest.get("cosine"), 2)))
+    body.add_row("trend", Text(sparkline(list(history.ratios), 30, log=True), style="cyan"))
+    body.add_row("verdict", Text(verdict.text, style=style))
+    if advice is not None:
+        body.add_row("action", Text(f"{advice.status}: {advice.action}", style=style))
+    return Panel(body, title=f"Task balance (epoch {latest.get('epoch')})", border_style=style)
+
+
+def layers_table(engine: rules.RuleEngine, options: ViewOptions) -> RenderableType:
+    stats = engine.last_grad_stats
+    if stats is None:
+        return Text("")
+    th = engine.thresholds
+    norms = stats["layer_norms"]
+    names = [n for n in norms if options.layers is None or options.layers.search(n)]
+    ordered = sorted(names, key=lambda n: (math.isfinite(norms[n]), -norms[n] if math.isfinite(norms[n]) else 0))
+    shown = ordered[: options.top] + [n for n in ordered[-options.top :] if n not in ordered[: options.top]]
+    table = Table(
+        title=f"Layers ({len(names)} of {len(norms)}; largest and smallest)", title_justify="left", expand=True
+    )
+    table.add_column("layer", ratio=1, overflow="fold")
+    table.add_column("norm", justify="right", no_wrap=True)
+    table.add_column("flag", no_wrap=True)
+    for name in shown:
+        norm = norms[name]
+        if not math.isfinite(norm):
+            flag, style = "NON-FINITE", "bold white on red"
+        elif norm > th.exploding:
+            flag, style = "exploding", "bold red"
+        elif norm < th.vanishing:
+            flag, style = "vanishing", "yellow"
+        else:
+            flag, style = "", ""
+        table.add_row(text(name, style), Text(number(norm), style=style), Text(flag, style=style))
+    return table
+
+
+def run_dashboard(view: LogView, run: str, options: ViewOptions) -> RenderableType:
+    """Everything about one run."""
+    engine = view.scan.engines[run]
+    history = view.runs.get(run, RunView())
+    run_alerts = [(run, alert) for alert in engine.alerts]
+    panels = Table.grid(expand=True, padding=(0, 1))
+    panels.add_column(ratio=1)
+    panels.add_column(ratio=1)
+    panels.add_row(gradients_panel(engine, history), balance_panel(engine, history))
+    # Alerts come right after the header: on a short terminal they are what must stay visible.
+    return Group(
+        Panel(header(view, run, options), title="moola-watch", title_align="left"),
+        alerts_table(run_alerts, limit=8),
+        panels,
+        layers_table(engine, options),
+    )
+
+
+def overview(views: list[LogView], options: ViewOptions) -> Table:
+    """One row per run across many logs: status and worst firing alert."""
+    table = Table(title=f"moola-watch: {len(views)} logs", title_justify="left", expand=True)
+    # File names, not paths: the directory is one for all of them.
+    for name in ("log", "run", "status", "at", "records", "last record"):
+        table.add_column(name, no_wrap=name != "log", overflow="fold")
+    table.add_column("worst alert", ratio=1, overflow="fold")
+    for view in views:
+        if not view.scan.engines:
+            table.add_row(text(Path(view.scan.path).name), Text("-"), Text("waiting", style="dim"), "", "0", "-", "")
+        for run, engine in view.scan.engines.items():
+            status = engine.run_status
+            worst = worst_alert(engine)
+            if worst is None:
+                alert = Text("healthy", style="green")
+            else:
+                alert = text(worst.message, SEVERITY_STYLE[worst.severity])
+                if len(engine.firing()) > 1:
+                    alert.append(f"  (+{len(engine.firing()) - 1} more)", style="dim")
+            table.add_row(
+                text(Path(view.scan.path).name),
+                text(run),
+                Text(status, style=STATUS_STYLE.get(status, "")),
+                Text(where(engine.run.epoch, engine.run.step)),
+                Text(str(engine.run.records)),
+                Text(_age(options.now, engine.run.last_time)),
+                alert,
+            )
+    return table

@@ -1,0 +1,260 @@
+"""``moola-watch follow``: the loop that tails logs, applies the rules and shows the result.
+
+Three outputs of the same stream: a Rich Live dashboard on a terminal; one plain line per alert transition
+or run-status change when piped; one JSON object per event with ``--json`` (and a summary object at exit).
+Reading never waits on drawing: all new data is consumed first, and redraws are throttled to ``MAX_FPS``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.text import Text
+
+from moola_watch import rules
+from moola_watch.analyze import LogScan, json_number
+from moola_watch.dashboard import LogView, ViewOptions, overview, run_dashboard
+from moola_watch.rules import AlertEvent, Thresholds
+from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
+from moola_watch.textsafe import inert
+
+MAX_FPS = 10.0
+AGE_REFRESH_S = 1.0  # redraw at least this often so "last record N s ago" and staleness stay true
+EXIT_OK, EXIT_ALERT = 0, 1
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    from_end: bool = False
+    poll: bool = False
+    interval: float = 0.25  # seconds between safety-net stats (the only wake-up under --poll)
+    json: bool = False
+    once: bool = False
+    exit_on_end: bool = False
+    fail_on: str = "error"
+    run: str | None = None
+    top: int = 4
+    layers: str | None = None
+
+
+class Follower:
+    """Follows one log file, or every ``*.jsonl`` in a directory (new ones picked up as they appear)."""
+
+    def __init__(
+        self,
+        target: Path,
+        thresholds: Thresholds,
+        options: FollowOptions,
+        console: Console,
+        stdout: BinaryIO | None = None,
+    ) -> None:
+        self.target = target
+        self.directory = target if target.is_dir() else None
+        self.thresholds = thresholds
+        self.options = options
+        self.console = console
+        self.stdout = stdout or sys.stdout.buffer
+        self.layers = re.compile(options.layers) if options.layers else None
+        self.tails: dict[Path, LogTail] = {}
+        self.views: dict[Path, LogView] = {}
+        self._statuses: dict[tuple[Path, str], str] = {}
+        self._started = False
+        self.live_mode = console.is_terminal and not options.json
+        watch_dirs = [self.directory or target.parent]
+        self.waker = Waker(watch_dirs, poll=options.poll, interval=options.interval)
+        if self.waker.failure:
+            self._notice(Notice(str(target), "poll_fallback", self.waker.failure))
+
+    # ------------------------------------------------------------------ reading
+
+    def _discover(self) -> None:
+        paths = sorted(self.directory.glob("*.jsonl")) if self.directory else [self.target]
+        for path in paths:
+            if path not in self.tails:
+                # In a directory, logs that appear later are new runs: read them from their start.
+                from_end = self.options.from_end and not self._started
+                self.tails[path] = LogTail(path, from_end=from_end)
+                self.views[path] = LogView(LogScan(str(path), self.thresholds))
+
+    def pump(self) -> bool:
+        """Consume everything new in every log; emit transitions. True if any record or bad line arrived."""
+        self._discover()
+        changed = False
+        for path, tail in self.tails.items():
+            for item in tail.poll():
+                changed |= self._take(path, item)
+        return changed
+
+    def _take(self, path: Path, item: Item) -> bool:
+        view = self.views[path]
+        events = view.scan.add(item)
+        if isinstance(item, Notice):
+            self._notice(item)
+            return False
+        if isinstance(item, RecordItem):
+            view.observe(item.record)
+        self._alerts(path, events)
+        return True
+
+    def tick(self, now: float) -> None:
+        """Staleness and run-status changes, judged against the wall clock ``now``."""
+        for path, view in self.views.items():
+            self._alerts(path, view.scan.check_stale(now))
+            for run, engine in view.scan.engines.items():
+                status = engine.run_status
+                if self._statuses.get((path, run)) != status:
+                    self._statuses[(path, run)] = status
+                    self._emit_status(path, run, status)
+
+    # ------------------------------------------------------------------ output
+
+    def _write_json(self, obj: dict[str, Any]) -> None:
+        self.stdout.write(orjson.dumps(obj, default=str) + b"\n")
+        self.stdout.flush()
+
+    def _plain(self, line: str) -> None:
+        if not self.live_mode:
+            self.console.print(inert(line, limit=4000), markup=False, highlight=False, soft_wrap=True)
+
+    def _notice(self, notice: Notice) -> None:
+        if self.options.json:
+            self._write_json({"event": "notice", "log": notice.path, "kind": notice.event, "message": notice.message})
+        elif not self.live_mode:
+            print(f"moola-watch: {inert(notice.path)}: {inert(notice.message)}", file=sys.stderr, flush=True)
+
+    def _alerts(self, path: Path, events: list[AlertEvent]) -> None:
+        for event in events:
+            alert = event.alert
+            if self.options.json:
+                self._write_json(
+                    {
+                        "event": "alert",
+                        "log": str(path),
+                        "run": self._run_of(path),
+                        "state": alert.state,
+                        "escalated": event.escalated,
+                        "rule": alert.rule,
+                        "severity": alert.severity,
+                        "subject": alert.subject,
+                        "value": json_number(alert.value),
+                        "message": alert.message,
+                        "recommendation": alert.recommendation,
+                        "epoch": alert.last_epoch if alert.state != rules.RESOLVED else alert.resolved_epoch,
+                        "step": alert.last_step if alert.state != rules.RESOLVED else alert.resolved_step,
+                        "first_epoch": alert.first_epoch,
+                        "first_step": alert.first_step,
+                    }
+                )
+            else:
+                at = alert.resolved_step if alert.state == rules.RESOLVED else alert.last_step
+                self._plain(
+                    f"{time.strftime('%H:%M:%S')} {alert.state.upper():<8} {alert.severity:<8} "
+                    f"{alert.rule} ({alert.subject}) at step {at}: {alert.message}"
+                    + (f" -> {alert.recommendation}" if alert.state != rules.RESOLVED else "")
+                    + f"  [{path.name}]"
+                )
+
+    def _run_of(self, path: Path) -> str | None:
+        current = self.views[path].scan.current
+        return current.run.run if current else None
+
+    def _emit_status(self, path: Path, run: str, status: str) -> None:
+        if self.options.json:
+            self._write_json({"event": "status", "log": str(path), "run": run, "status": status})
+        else:
+            self._plain(f"{time.strftime('%H:%M:%S')} run {run} is {status}  [{path.name}]")
+
+    def render(self, now: float) -> RenderableType:
+        options = ViewOptions(top=self.options.top, layers=self.layers, now=now)
+        focus = self._focus()
+        if focus is not None:
+            view, run = focus
+            return run_dashboard(view, run, options)
+        if self.directory is None:
+            return Text(f"waiting for records in {inert(self.target)} …", style="dim")
+        return overview(list(self.views.values()), options)
+
+    def _focus(self) -> tuple[LogView, str] | None:
+        """The run the dashboard shows: ``--run``, or the only log's latest run; None for an overview."""
+        wanted = self.options.run
+        for view in self.views.values():
+            for run in view.scan.engines:
+                if wanted is not None and (run == wanted or Path(view.scan.path).stem == wanted):
+                    return view, run
+        if wanted is None and self.directory is None:
+            view = self.views[self.target]
+            current = view.scan.current
+            if current is not None and current.run.run is not None:
+                return view, current.run.run
+        return None
+
+    # ------------------------------------------------------------------ loop
+
+    def ended(self) -> bool:
+        engines = [e for view in self.views.values() for e in view.scan.engines.values()]
+        return bool(engines) and all(e.run.status != "running" for e in engines)
+
+    def exit_code(self) -> int:
+        return EXIT_ALERT if any(v.scan.fails(self.options.fail_on) for v in self.views.values()) else EXIT_OK
+
+    def summary(self) -> dict[str, Any]:
+        return {"event": "summary", "logs": [view.scan.report() for view in self.views.values()]}
+
+    def run(self) -> int:
+        """Follow until Ctrl-C (exit 0), or the run ends with ``--exit-on-end``, or once with ``--once``."""
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            return EXIT_OK
+        finally:
+            self.waker.stop()
+            if self.options.json:
+                self._write_json(self.summary())
+
+    def _run(self) -> int:
+        while self.pump():  # history first, at full speed
+            pass
+        self._started = True
+        self.tick(time.time())
+        if self.options.once or (self.options.exit_on_end and self.ended()):
+            if not self.options.json:
+                self.console.print(self.render(time.time()))
+            return self.exit_code()
+        if not self.live_mode:
+            return self._loop(None)
+        with Live(
+            self.render(time.time()), console=self.console, auto_refresh=False, screen=True, redirect_stderr=False
+        ) as live:
+            code = self._loop(live)
+        self.console.print(self.render(time.time()))
+        return code
+
+    def _loop(self, live: Live | None) -> int:
+        last_draw = 0.0
+        dirty = False
+        while True:
+            timeout = None
+            if dirty:
+                timeout = max(0.0, 1.0 / MAX_FPS - (time.monotonic() - last_draw))
+            self.waker.wait(timeout)
+            changed = self.pump()
+            now = time.time()
+            self.tick(now)
+            dirty |= changed
+            moment = time.monotonic()
+            due = moment - last_draw >= (1.0 / MAX_FPS if dirty else AGE_REFRESH_S)
+            if live is not None and due:
+                live.update(self.render(now), refresh=True)
+                last_draw, dirty = moment, False
+            elif live is None:
+                dirty = False
+            if self.options.exit_on_end and self.ended():
+                return self.exit_code()

@@ -1,0 +1,201 @@
+"""`moola-watch follow` in a real terminal (tmux) and piped, on files a separate process is appending."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from logs import LogBuilder
+
+from moola_watch import rules
+from moola_watch.schema import decode_record
+
+WRITER = Path(__file__).with_name("log_writer.py")
+SAMPLES = REPO / "sample_logs"
+WATCH = f"{sys.executable} -m moola_watch.cli"
+
+
+class Terminal:
+    """A real terminal: a tmux session on a private server, read with capture-pane."""
+
+    def __init__(self, command: str, width: int = 150, height: int = 50) -> None:
+        self.socket = f"moola-test-{uuid.uuid4().hex[:8]}"
+        self.exit_file = Path(f"/tmp/{self.socket}.exit")
+        # The pane's own size must rule, not sizes inherited from whoever started the tests.
+        script = f"unset COLUMNS LINES; cd {REPO} && {command}; echo $? > {self.exit_file}; sleep 60"
+        self._tmux("new-session", "-d", "-x", str(width), "-y", str(height), script)
+
+    def _tmux(self, *args: str) -> str:
+        result = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
+        return result.stdout
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p")
+
+    def wait_for(self, text: str, timeout: float = 20.0, count: int = 1) -> float:
+        """Poll the screen until ``text`` shows (``count`` times); return the wall time it was first seen."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.screen().count(text) >= count:
+                return time.time()
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never appeared {count} time(s); screen:\n{self.screen()}")
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", *keys)
+
+    def exit_code(self, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.exit_file.exists() and self.exit_file.read_text().strip():
+                return int(self.exit_file.read_text())
+            time.sleep(0.05)
+        raise AssertionError(f"the command did not exit; screen:\n{self.screen()}")
+
+    def close(self) -> None:
+        self._tmux("kill-server")
+        self.exit_file.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def terminal():
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    opened: list[Terminal] = []
+
+    def open_terminal(command: str, **size) -> Terminal:
+        opened.append(Terminal(command, **size))
+        return opened[-1]
+
+    yield open_terminal
+    for term in opened:
+        term.close()
+
+
+def replay_steps(lines: list[bytes], gap: float, mark_at: int | None = None, mark: Path | None = None) -> list:
+    steps: list = []
+    for index, line in enumerate(lines):
+        steps += [["append", line.hex()], ["sleep", gap]]
+        if index == mark_at:
+            steps.insert(len(steps) - 1, ["mark", str(mark)])
+    return steps
+
+
+def start_writer(steps: list, path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WRITER), json.dumps(steps), str(path)])
+
+
+def collapse_trigger(lines: list[bytes]) -> int:
+    """Index of the line whose record makes the collapse alert fire."""
+    engine = rules.RuleEngine()
+    for index, line in enumerate(lines):
+        if any(
+            e.alert.rule == rules.COLLAPSE and e.alert.state == rules.FIRING
+            for e in engine.observe(decode_record(line))
+        ):
+            return index
+    raise AssertionError("no collapse in this log")
+
+
+def test_dashboard_shows_the_run_and_the_collapse_within_2s_of_its_record(tmp_path, terminal):
+    lines = (SAMPLES / "pointer_collapse.jsonl").read_bytes().splitlines(keepends=True)
+    trigger = collapse_trigger(lines)
+    log, mark = tmp_path / "live.jsonl", tmp_path / "mark"
+    term = terminal(f"{WATCH} {log}")
+    term.wait_for("waiting for records")
+    writer = start_writer(replay_steps(lines, 0.03, trigger, mark), log)
+    run_id = decode_record(lines[0])["run"]
+    term.wait_for(f"run {run_id}")
+    seen = term.wait_for("TASK COLLAPSE: Pointer task dominating")
+    written = float(mark.read_text())
+    assert seen - written < 2.0, f"collapse shown {seen - written:.2f}s after its record"
+    writer.wait(timeout=30)
+    term.wait_for("COMPLETED")
+    term.keys("C-c")
+    assert term.exit_code() == 0
+
+
+def test_untrusted_text_is_shown_literally_and_cannot_clear_the_screen(tmp_path, terminal):
+    evil = "[bold red]boom[/]\x1b[2J"
+    log = LogBuilder(run="[blink]run[/]\x07").start()
+    log.grad(1, 0.2, 0.3, {evil: 0.3, "ok.weight": 0.1}).write(tmp_path / "evil.jsonl")
+    term = terminal(f"echo MARKER-BEFORE; {WATCH} {tmp_path / 'evil.jsonl'} --once")
+    assert term.exit_code() == 0
+    screen = term.screen()
+    assert "MARKER-BEFORE" in screen  # ESC[2J was not sent to the terminal
+    assert "[bold red]boom[/]\\x1b[2J" in screen and "[blink]run[/]\\x07" in screen
+    live = terminal(f"{WATCH} {tmp_path / 'evil.jsonl'}")
+    live.wait_for("[bold red]boom[/]\\x1b[2J")
+    live.keys("C-c")
+    assert live.exit_code() == 0
+
+
+def test_directory_mode_shows_three_concurrently_written_runs(tmp_path, terminal):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    term = terminal(f"{WATCH} follow {runs}", width=200)
+    term.wait_for("0 logs")
+    writers = []
+    for name in ("healthy", "pointer_collapse", "type_collapse"):
+        lines = (SAMPLES / f"{name}.jsonl").read_bytes().splitlines(keepends=True)
+        writers.append(start_writer(replay_steps(lines, 0.01), runs / f"{name}.jsonl"))
+    for writer in writers:
+        writer.wait(timeout=30)
+    term.wait_for("3 logs")
+    for name in ("healthy", "pointer_collapse", "type_collapse"):
+        term.wait_for(f"{name}.jsonl")
+    term.wait_for("completed", count=3)
+    term.wait_for("TASK COLLAPSE: Type task dominating")
+    term.keys("C-c")
+    assert term.exit_code() == 0
+
+
+def test_json_stream_of_a_collapse_log_has_the_firing_event_and_a_summary():
+    result = subprocess.run(
+        [sys.executable, "-m", "moola_watch.cli", "follow", "--json", "--exit-on-end",
+         str(SAMPLES / "type_collapse.jsonl")],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 1
+    firing = [e for e in events if e["event"] == "alert" and e["rule"] == "collapse" and e["state"] == "firing"]
+    assert firing and firing[0]["message"].startswith("TASK COLLAPSE: Type task dominating")
+    assert {"event": "status"}.items() <= next(e for e in events if e["event"] == "status").items()
+    assert events[-1]["event"] == "summary" and events[-1]["logs"][0]["verdict"] == "error"
+
+
+def test_piped_output_is_one_line_per_transition_and_ctrl_c_exits_0(tmp_path):
+    lines = (SAMPLES / "pointer_collapse.jsonl").read_bytes().splitlines(keepends=True)
+    log = tmp_path / "live.jsonl"
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "moola_watch.cli", str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    writer = start_writer(replay_steps(lines, 0.005), log)
+    writer.wait(timeout=30)
+    time.sleep(1.0)
+    watcher.send_signal(signal.SIGINT)
+    out, err = watcher.communicate(timeout=20)
+    assert watcher.returncode == 0 and "Traceback" not in err
+    assert "\x1b[" not in out  # no Live, no colour codes when piped
+    collapse = [line for line in out.splitlines() if "FIRING" in line and "collapse (pointer/type)" in line]
+    assert len(collapse) == 1 and "TASK COLLAPSE: Pointer task dominating" in collapse[0]
+    assert "is completed" in out.splitlines()[-1]
+
+
+def test_from_end_skips_history(tmp_path):
+    log = tmp_path / "log.jsonl"
+    shutil.copy(SAMPLES / "pointer_collapse.jsonl", log)
+    result = subprocess.run(
+        [sys.executable, "-m", "moola_watch.cli", "follow", "--from-end", "--json", "--once", str(log)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["summary"] and events[0]["logs"][0]["records"] == 0
