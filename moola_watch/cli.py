@@ -202,9 +202,11 @@ def _check(args: argparse.Namespace, console: Console) -> int:
                   f"records={report['records']}  bad_lines={report['bad_lines']}", limit=4000),
             markup=False, highlight=False, soft_wrap=True,
         )  # fmt: skip
+        several_runs = len(report["runs"]) > 1
         for alert in report["alerts"]:
+            run = f"[{alert['run']}] " if several_runs else ""
             console.print(
-                inert(f"  {alert['severity']:<8} {alert['state']:<8} {alert['rule']} ({alert['subject']}) "
+                inert(f"  {run}{alert['severity']:<8} {alert['state']:<8} {alert['rule']} ({alert['subject']}) "
                       f"since epoch {alert['first_epoch']}, step {alert['first_step']}: {alert['message']}"
                       f" -> {alert['recommendation']}", limit=4000),
                 markup=False, highlight=False, soft_wrap=True,

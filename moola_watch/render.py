@@ -102,7 +102,10 @@ def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = 
         state.append("\n")
         state.append_text(severity_text(alert.severity))
         since = where(alert.first_epoch, alert.first_step).replace(", ", "\n")
-        row = [state, text(f"{alert.rule}\n{alert.subject}"), Text(since), Text(number(alert.value)), detail]
+        rule = text(alert.rule)
+        rule.append("\n")
+        rule.append_text(text(alert.subject))
+        row = [state, rule, Text(since), Text(number(alert.value)), detail]
         table.add_row(*([text(run)] if show_run else []), *row)
     if not alerts:
         table.add_row(*([Text("")] if show_run else []), Text("none", style=HEALTHY_STYLE), *[Text("")] * 4)

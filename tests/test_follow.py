@@ -118,6 +118,7 @@ def test_dashboard_shows_the_run_and_the_collapse_within_2s_of_its_record(tmp_pa
     assert seen - written < 2.0, f"collapse shown {seen - written:.2f}s after its record"
     writer.wait(timeout=30)
     term.wait_for("COMPLETED")
+    assert "\\x0a" not in term.screen()  # our own line breaks are not escaped as if they were untrusted
     term.keys("C-c")
     assert term.exit_code() == 0
 
