@@ -175,6 +175,7 @@ class LogScan:
                 "epoch": engine.run.epoch,
                 "step": engine.run.step,
                 "records": engine.run.records,
+                "steps_backwards": engine.run.steps_backwards,
                 "error": engine.run.error,
                 "summary": engine.summary().to_dict(),
             }

@@ -15,13 +15,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from moola_watch import analyze
 from moola_watch.rules import Thresholds
-from moola_watch.textsafe import inert
+from moola_watch.textsafe import inert, json_line
 
 EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2
 PROGRESS_MIN_BYTES = 8 << 20  # show a reading progress bar for logs at least this big, on a terminal
@@ -134,7 +133,7 @@ def _scan(path: Path, thresholds: Thresholds, console: Console, *, frames: bool)
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(obj, default=str) + b"\n")
+    sys.stdout.buffer.write(json_line(obj))
     sys.stdout.flush()
 
 

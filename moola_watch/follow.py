@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import orjson
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
@@ -24,7 +23,7 @@ from moola_watch.analyze import LogScan, json_number
 from moola_watch.dashboard import LogView, ViewOptions, overview, run_dashboard
 from moola_watch.rules import AlertEvent, Thresholds
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
-from moola_watch.textsafe import inert
+from moola_watch.textsafe import inert, json_line
 
 MAX_FPS = 10.0
 AGE_REFRESH_S = 1.0  # redraw at least this often so "last record N s ago" and staleness stay true
@@ -117,7 +116,7 @@ class Follower:
     # ------------------------------------------------------------------ output
 
     def _write_json(self, obj: dict[str, Any]) -> None:
-        self.stdout.write(orjson.dumps(obj, default=str) + b"\n")
+        self.stdout.write(json_line(obj))
         self.stdout.flush()
 
     def _plain(self, line: str) -> None:

@@ -8,6 +8,11 @@ other half: callers wrap this text in ``rich.text.Text`` (never a markup string)
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
+import orjson
+
 MAX_SHOWN = 200  # characters of one untrusted value shown before it is cut with an ellipsis
 
 
@@ -26,3 +31,15 @@ def _escape(ch: str) -> str:
     if code < 0x100:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+# Characters JSON may carry raw that a terminal would obey or that reorder what it shows: C1 controls (U+009B
+# is CSI), bidi overrides and isolates, zero-width and line/paragraph separators, BOM.
+_JSON_INVISIBLE = re.compile("[\u0080-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def json_line(obj: Any) -> bytes:
+    """``obj`` as one JSON line that is inert on a terminal: orjson escapes C0 controls itself; the invisible
+    and C1 characters above become ``\\uXXXX`` escapes, which JSON readers decode to the same text."""
+    text = orjson.dumps(obj, default=str).decode("utf-8")
+    return _JSON_INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text).encode("utf-8") + b"\n"

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from logs import LogBuilder
 
 from moola_watch import rules

@@ -5,7 +5,7 @@ import re
 import shlex
 
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 
 from moola.sample_logs import SAMPLES
 

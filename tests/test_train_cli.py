@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli, strict_lines
+from helpers import REPO, run_cli, strict_lines
 
 from moola_watch.schema import Rejected, decode_record
 

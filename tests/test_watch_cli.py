@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from logs import LogBuilder, collapse_scenario, exploding_scenario, healthy_scenario, vanishing_scenario
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from moola_watch import rules, schema
 from moola_watch.rules import AlertEvent, CollapseVerdict, MonitoringSummary, Thresholds
 
 PREFIX = "[PHASE 4]"
+_T = TypeVar("_T")
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -123,6 +124,7 @@ class TaskGradients:
     raw_norms: dict[str, float]
     cosine: float | None
     scope: str
+    losses: dict[str, float]  # the unweighted task losses of the batch
 
     def __float__(self) -> float:
         return self.ratio
@@ -186,9 +188,16 @@ def compute_task_gradient_ratio(
         )
 
     pointer_grad, type_grad = flat_grad(pointer_loss), flat_grad(type_loss)
-    pointer_raw, type_raw, dot = (
-        torch.stack([pointer_grad.norm(), type_grad.norm(), pointer_grad @ type_grad]).double().tolist()
-    )
+    numbers = [
+        pointer_grad.norm(),
+        type_grad.norm(),
+        pointer_grad @ type_grad,
+        pointer_loss.detach(),
+        type_loss.detach(),
+    ]
+    pointer_raw, type_raw, dot, pointer_value, type_value = torch.stack(
+        [n.to(pointer_grad.device, torch.float64) for n in numbers]
+    ).tolist()  # one host transfer
     pointer_norm, type_norm = abs(beta) * pointer_raw, abs(alpha) * type_raw
     ratio = pointer_norm / type_norm if type_norm > 0 else math.inf if pointer_norm > 0 else math.nan
     cosine = dot / (pointer_raw * type_raw) if pointer_raw > 0 and type_raw > 0 else None
@@ -200,6 +209,7 @@ def compute_task_gradient_ratio(
         raw_norms={"pointer": pointer_raw, "type": type_raw},
         cosine=cosine,
         scope=f"shared parameters ({sum(p.numel() for p in shared)} values in {len(shared)} tensors)",
+        losses={"pointer": pointer_value, "type": type_value},
     )
 
 
@@ -269,6 +279,7 @@ class GradientMonitor:
         self._last_logged_epoch: int | None = None
         self._started = False
         self._closed = False
+        self._failed: set[str] = set()  # measurements that failed once (and were warned about)
         self.history: list[dict[str, Any]] = []  # the grad_stats bodies measured, in order
         self.task_ratios: list[float] = []
 
@@ -348,8 +359,21 @@ class GradientMonitor:
         """Measure the gradients now in ``model`` if this epoch is due; return the ``grad_stats`` body."""
         if not self.should_log(epoch):
             return None
-        self.start(model)
         self._last_logged_epoch = epoch
+        return self._guarded("gradient statistics", lambda: self._update(epoch, model, step))
+
+    def _guarded(self, what: str, measure: Callable[[], _T]) -> _T | None:
+        """Run a measurement; a failure is one warning per kind of measurement, never a crashed run."""
+        try:
+            return measure()
+        except Exception as exc:  # monitoring must never take training down
+            if what not in self._failed:
+                self._failed.add(what)
+                self._warn(f"WARNING: {what} could not be measured ({type(exc).__name__}: {exc}); training continues")
+            return None
+
+    def _update(self, epoch: int, model: nn.Module, step: int | None) -> dict[str, Any]:
+        self.start(model)
         began = time.perf_counter()
         stats = compute_gradient_statistics(model)
         stats["cost_ms"] = (time.perf_counter() - began) * 1e3
@@ -383,12 +407,19 @@ class GradientMonitor:
         beta: float = 1.0,
         step: int | None = None,
         shared_parameters: Sequence[nn.Parameter] | None = None,
-    ) -> TaskGradients:
-        """Measure the task ratio on this batch's graph (left intact), print and record it."""
-        self.start(model)
-        balance = compute_task_gradient_ratio(
-            pointer_loss, type_loss, model, alpha=alpha, beta=beta, shared_parameters=shared_parameters
-        )
+    ) -> TaskGradients | None:
+        """Measure the task ratio on this batch's graph (left intact), print and record it. None (after one
+        warning) if it cannot be measured, e.g. when the two losses share no parameters."""
+
+        def measure() -> TaskGradients:
+            self.start(model)
+            return compute_task_gradient_ratio(
+                pointer_loss, type_loss, model, alpha=alpha, beta=beta, shared_parameters=shared_parameters
+            )
+
+        balance = self._guarded("task balance", measure)
+        if balance is None:
+            return None
         self.task_ratios.append(balance.ratio)
         if not math.isnan(balance.ratio):
             self._echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, epoch, self.thresholds)}")
@@ -400,7 +431,7 @@ class GradientMonitor:
             norms=balance.norms,
             raw_norms=balance.raw_norms,
             cosine=balance.cosine,
-            losses={"pointer": float(pointer_loss.detach()), "type": float(type_loss.detach())},
+            losses=balance.losses,
             weights={"pointer": beta, "type": alpha},
             scope=balance.scope,
         )

@@ -3,8 +3,10 @@ sees an exception.
 
 Each record is one ``write`` of one whole line on an ``O_APPEND`` descriptor; the file is locked
 (``flock``) so two processes never interleave bytes in it. A log whose last line was cut off by a crash
-gets a newline first, so the cut line stays one bad line and every new record is whole. Any ``OSError``
-becomes one warning and turns the writer off: the records already written stay good.
+gets a newline first, so the cut line stays one bad line and every new record is whole. A log deleted or
+replaced under the writer is noticed (the path no longer names our inode) and started afresh at the path,
+so records do not vanish into an unlinked file. Any ``OSError`` becomes one warning and turns the writer
+off: the records already written stay good.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class JsonlRecordWriter:
     def __init__(self, target: str | Path | BinaryIO, *, warn: Callable[[str], None]) -> None:
         self._warn = warn
         self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
         self._stream: BinaryIO | None = None
         self.path: Path | None = None
         self.records_written = 0
@@ -35,19 +38,21 @@ class JsonlRecordWriter:
         else:
             self._stream = target
 
-    def _open_path(self, path: Path) -> None:
+    def _open_path(self, path: Path, *, make_dirs: bool = True) -> None:
         fd = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if make_dirs:
+                path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise OSError(errno.EBUSY, "another process is writing this log") from None
-            size = os.fstat(fd).st_size
-            if size and not _ends_with_newline(path, size):
+            stat = os.fstat(fd)
+            if stat.st_size and not _ends_with_newline(path, stat.st_size):
                 os.write(fd, b"\n")
             self._fd = fd
+            self._identity = (stat.st_dev, stat.st_ino)
         except OSError as exc:
             if fd is not None:
                 os.close(fd)
@@ -67,10 +72,16 @@ class JsonlRecordWriter:
         if self._fd is None and self._stream is None:
             return False
         line = encode_record(record)
+        if self._fd is not None and self._replaced():
+            self._reopen()
+            if self._fd is None:
+                return False
         try:
             if self._fd is not None:
                 written = os.write(self._fd, line)
                 if written != len(line):  # a short write on a regular file means the disk is full
+                    # Take the partial line back so the file stays whole lines; then fail as a full disk.
+                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             else:
                 assert self._stream is not None
@@ -81,6 +92,23 @@ class JsonlRecordWriter:
             return False
         self.records_written += 1
         return True
+
+    def _replaced(self) -> bool:
+        assert self.path is not None
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return True
+        return (stat.st_dev, stat.st_ino) != self._identity
+
+    def _reopen(self) -> None:
+        """The path no longer names our file: start a new one there (not recreating removed directories)."""
+        assert self.path is not None and self._fd is not None
+        os.close(self._fd)
+        self._fd = None
+        self._open_path(self.path, make_dirs=False)
+        if self._fd is not None:
+            self._warn(f"WARNING: gradient log {self.path} was deleted or replaced; writing a new file there")
 
     def close(self, *, sync: bool = True) -> None:
         """Flush the file to disk (``fsync``) when ``sync``, then release it. A stream is left open (its

@@ -1,0 +1,37 @@
+"""Helpers for tests: run the real CLIs in subprocesses, read JSONL logs strictly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(
+    module: str, *args: str, cwd: Path | None = None, timeout: float = 300, **kwargs
+) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` as a user would, capturing text output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+    env.update(kwargs.pop("env", {}))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kwargs,
+    )
+
+
+def strict_lines(path: Path) -> list[dict]:
+    """Every line of ``path`` parsed by the stdlib with NaN/Infinity tokens refused."""
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-strict JSON token {token}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text("utf-8").splitlines()]
