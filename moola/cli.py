@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(monitor_gradients=False)
     train.add_argument("--gradient-log-freq", type=_positive_int, default=10, help="gradient statistics every N epochs")
     train.add_argument("--task-balance-freq", type=_positive_int, default=5, help="task balance every N epochs")
+    train.add_argument(
+        "--balance-scope",
+        choices=["shared", "representation"],
+        default="shared",
+        help="task balance on the shared encoder's parameters, or (cheaper) at its output",
+    )
     train.add_argument("--loss-alpha", type=_non_negative_float, default=1.0, help="weight of the type loss")
     train.add_argument("--loss-beta", type=_non_negative_float, default=1.0, help="weight of the pointer loss")
     train.add_argument("--epochs", type=_positive_int, default=30, help="training epochs")
@@ -134,6 +140,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             monitor_gradients=args.monitor_gradients,
             gradient_log_freq=args.gradient_log_freq,
             task_balance_freq=args.task_balance_freq,
+            balance_scope=args.balance_scope,
             grad_log=grad_log if args.monitor_gradients else None,
             run_id=run_id,
             console=console,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from moola_watch import rules, schema
@@ -28,40 +29,39 @@ VERDICT_UNTERMINATED = "unterminated"  # no alert, but no run_end either: not kn
 
 
 class FrameColumns:
-    """Column lists per record kind, turned into DataFrames at the end (cheaper than row dicts)."""
+    """Column lists per record kind, turned into DataFrames at the end (cheaper than row dicts).
+
+    The long table of layer norms is the big one (records x layers rows): per record only its norms are
+    appended; run, epoch, step and layer codes are expanded with ``numpy.repeat`` at the end.
+    """
 
     GRAD = ("run", "epoch", "step", "time", "total_norm", "mean_norm", "std_norm", "min_norm", "max_norm",
             "nonfinite_count", "cost_ms")  # fmt: skip
 
     def __init__(self) -> None:
         self.grad: dict[str, list[Any]] = {name: [] for name in self.GRAD}
-        self.layer_step = array("q")
-        self.layer_epoch = array("q")
-        self.layer_code = array("l")
         self.layer_norm = array("d")
-        self.layer_run: list[str] = []
-        self.layer_names: dict[str, int] = {}
-        self._last_keys: tuple[str, ...] = ()
-        self._last_codes = array("l")
+        self.layer_counts = array("q")  # layers in each grad_stats record
+        self.layer_sets = array("q")  # which distinct key list each record used
+        self._key_lists: list[tuple[str, ...]] = []
+        self._last_keys: tuple[str, ...] | None = None
         self.balance: list[dict[str, Any]] = []
         self.epochs: list[dict[str, Any]] = []
 
     def add(self, record: schema.Record) -> None:
         kind = record["kind"]
         if kind == schema.GRAD_STATS:
+            grad = self.grad
             for name in self.GRAD:
-                self.grad[name].append(record.get(name))
+                grad[name].append(record.get(name))
             norms: dict[str, float] = record["layer_norms"]
             keys = tuple(norms)
-            if keys != self._last_keys:  # layers rarely change between records: reuse their codes
+            if keys != self._last_keys:  # layers rarely change between records
                 self._last_keys = keys
-                self._last_codes = array("l", (self.layer_names.setdefault(k, len(self.layer_names)) for k in keys))
-            count = len(keys)
-            self.layer_code.extend(self._last_codes)
+                self._key_lists.append(keys)
+            self.layer_sets.append(len(self._key_lists) - 1)
+            self.layer_counts.append(len(keys))
             self.layer_norm.extend(norms.values())
-            self.layer_step.extend([_int_or(record.get("step"), -1)] * count)
-            self.layer_epoch.extend([_int_or(record.get("epoch"), -1)] * count)
-            self.layer_run.extend([record["run"]] * count)
         elif kind == schema.TASK_BALANCE:
             row = {k: record.get(k) for k in ("run", "epoch", "step", "time", "ratio", "cosine", "scope")}
             for prefix, values in (("norm", "norms"), ("raw_norm", "raw_norms"), ("loss", "losses")):
@@ -76,22 +76,36 @@ class FrameColumns:
             row.update(record.get("metrics") or {})
             self.epochs.append(row)
 
-    def frames(self) -> dict[str, pd.DataFrame]:
-        names = list(self.layer_names)
-        layers = pd.DataFrame(
+    def _layers(self) -> pd.DataFrame:
+        names: dict[str, int] = {}
+        code_lists = [
+            np.array([names.setdefault(k, len(names)) for k in keys], dtype=np.int64) for keys in self._key_lists
+        ]
+        counts = np.frombuffer(self.layer_counts, dtype=np.int64) if self.layer_counts else np.zeros(0, np.int64)
+        sets = np.frombuffer(self.layer_sets, dtype=np.int64) if self.layer_sets else np.zeros(0, np.int64)
+        codes = np.concatenate([code_lists[s] for s in sets]) if len(sets) else np.zeros(0, np.int64)
+
+        def per_layer(column: str) -> pd.api.extensions.ExtensionArray:
+            # Repeat plain int64 and a mask: numpy would turn a repeated nullable array into objects.
+            values = pd.array(self.grad[column], dtype="Int64")
+            data = values.to_numpy(dtype=np.int64, na_value=0)
+            return pd.arrays.IntegerArray(np.repeat(data, counts), np.repeat(values.isna(), counts))
+
+        runs = pd.Categorical(self.grad["run"])
+        return pd.DataFrame(
             {
-                "run": pd.Categorical(self.layer_run),
-                "epoch": pd.array(self.layer_epoch, dtype="Int64"),
-                "step": pd.array(self.layer_step, dtype="Int64"),
-                "layer": pd.Categorical.from_codes(self.layer_code, categories=names) if names else [],
-                "norm": pd.Series(self.layer_norm, dtype="float64"),
+                "run": pd.Categorical.from_codes(np.repeat(runs.codes, counts), categories=runs.categories),
+                "epoch": per_layer("epoch"),
+                "step": per_layer("step"),
+                "layer": pd.Categorical.from_codes(codes, categories=list(names)),
+                "norm": np.frombuffer(self.layer_norm, dtype=np.float64) if self.layer_norm else np.zeros(0),
             }
         )
-        layers.loc[layers["epoch"] < 0, "epoch"] = pd.NA
-        layers.loc[layers["step"] < 0, "step"] = pd.NA
+
+    def frames(self) -> dict[str, pd.DataFrame]:
         return {
             "grad": pd.DataFrame(self.grad),
-            "layers": layers,
+            "layers": self._layers(),
             "balance": pd.DataFrame(self.balance),
             "epochs": pd.DataFrame(self.epochs),
         }

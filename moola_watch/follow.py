@@ -66,6 +66,7 @@ class Follower:
         self.views: dict[Path, LogView] = {}
         self._statuses: dict[tuple[Path, str], str] = {}
         self._started = False
+        self.behind = False  # some log has more data waiting than the last pump read
         self.live_mode = console.is_terminal and not options.json
         watch_dirs = [self.directory or target.parent]
         self.waker = Waker(watch_dirs, poll=options.poll, interval=options.interval)
@@ -90,6 +91,7 @@ class Follower:
         for path, tail in self.tails.items():
             for item in tail.poll():
                 changed |= self._take(path, item)
+        self.behind = any(tail.behind for tail in self.tails.values())
         return changed
 
     def _take(self, path: Path, item: Item) -> bool:
@@ -243,7 +245,8 @@ class Follower:
             timeout = None
             if dirty:
                 timeout = max(0.0, 1.0 / MAX_FPS - (time.monotonic() - last_draw))
-            self.waker.wait(timeout)
+            if not self.behind:
+                self.waker.wait(timeout)
             changed = self.pump()
             now = time.time()
             self.tick(now)

@@ -15,7 +15,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from moola_watch import schema
 
@@ -102,6 +102,32 @@ def exploding_layers(layer_norms: Mapping[str, float], threshold: float = 10.0) 
 def nonfinite_layers(layer_norms: Mapping[str, float]) -> list[str]:
     """Names of layers whose gradient norm is NaN or infinite."""
     return [name for name, norm in layer_norms.items() if not math.isfinite(norm)]
+
+
+@dataclass(frozen=True)
+class LayerFlags:
+    """Layers whose gradient norm is non-finite, vanishing or exploding."""
+
+    nonfinite: list[str]
+    vanishing: list[str]
+    exploding: list[str]
+
+
+def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
+    """Judge every layer norm. The common all-healthy case is decided by C-level ``sum``/``min``/``max``
+    with no per-layer Python work (a model may have thousands of tensors)."""
+    values = layer_norms.values()
+    if not values or (math.isfinite(sum(values)) and th.vanishing <= min(values) and max(values) <= th.exploding):
+        return LayerFlags([], [], [])
+    flags = LayerFlags([], [], [])
+    for name, norm in layer_norms.items():  # one pass: non-finite first, so NaN/inf land nowhere else
+        if not math.isfinite(norm):
+            flags.nonfinite.append(name)
+        elif norm < th.vanishing:
+            flags.vanishing.append(name)
+        elif norm > th.exploding:
+            flags.exploding.append(name)
+    return flags
 
 
 @dataclass(frozen=True)
@@ -234,8 +260,7 @@ class AlertEvent:
     escalated: bool = False  # re-announced because its severity rose while firing
 
 
-@dataclass(frozen=True)
-class _Where:
+class _Where(NamedTuple):  # a NamedTuple: made once per record, and cheaper than a dataclass
     step: int | None
     epoch: int | None
     time: float | None
@@ -465,12 +490,10 @@ class RuleEngine:
         self._grad_samples += 1
         self._mean_norms.add(record["mean_norm"])
         self._max_norms.add(record["max_norm"])
-        bad = record.get("nonfinite_layers") or nonfinite_layers(norms)
+        flags = flag_layers(norms, th)
+        bad, low, high = flags.nonfinite or record.get("nonfinite_layers") or [], flags.vanishing, flags.exploding
         if bad or record["nonfinite_count"]:
             self._nonfinite_samples += 1
-        finite = {name: norm for name, norm in norms.items() if math.isfinite(norm)}
-        low = vanishing_layers(finite, th.vanishing)
-        high = exploding_layers(finite, th.exploding)
         level = classify_norm_level(record["mean_norm"], th)
         count = max(len(bad), record["nonfinite_count"])
         return [
@@ -497,7 +520,7 @@ class RuleEngine:
                     VANISHING,
                     "layers",
                     "warning",
-                    min(finite[n] for n in low),
+                    min(norms[n] for n in low),
                     f"Vanishing gradients in {len(low)} layers (norm < {th.vanishing:g}): {_names(low)}",
                     "Look for dead ReLUs or saturated activations (often a learning rate too high) and unnormalized"
                     " inputs; if the whole network's gradients are small, increase the learning rate",
@@ -514,7 +537,7 @@ class RuleEngine:
                     EXPLODING,
                     "layers",
                     "error",
-                    max(finite[n] for n in high),
+                    max(norms[n] for n in high),
                     f"Exploding gradients in {len(high)} layers (norm > {th.exploding:g}): {_names(high)}",
                     "Reduce learning rate or clip gradients (clip_grad_norm_)",
                     tuple(high),

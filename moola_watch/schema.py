@@ -50,6 +50,10 @@ def _jsonable(value: Any) -> Any:
             return as_float
         return "nan" if math.isnan(as_float) else ("inf" if as_float > 0 else "-inf")
     if isinstance(value, Mapping):
+        values = value.values()
+        # Fast path for the big maps (per-layer norms): all plain finite floats pass through untouched.
+        if set(map(type, values)) == {float} and math.isfinite(sum(values)) and set(map(type, value)) == {str}:
+            return value
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
@@ -130,6 +134,8 @@ def _object(value: Any) -> dict[str, Any]:
 
 def _number_map(value: Any) -> dict[str, float]:
     mapping = _object(value)
+    if set(map(type, mapping.values())) <= {float}:  # the common case, checked in C: all plain floats
+        return mapping
     for key, item in mapping.items():
         if type(item) is not float:
             try:
@@ -215,7 +221,47 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
 }
 
 
+# What each validator accepts as it stands (no conversion needed): the fast path checks only types.
+_PLAIN_TYPES: dict[Validator, frozenset[type]] = {
+    _number: frozenset({float, int}),
+    _optional_number: frozenset({float, int, type(None)}),
+    _integer: frozenset({int}),
+    _optional_integer: frozenset({int, type(None)}),
+    _text: frozenset({str}),
+    _optional_text: frozenset({str, type(None)}),
+    _object: frozenset({dict}),
+}
+_FAST: dict[str, list[tuple[str, Validator, frozenset[type] | None, bool]]] = {
+    kind: [(name, check, _PLAIN_TYPES.get(check), required) for name, check, required in (*_COMMON, *fields)]
+    for kind, fields in _FIELDS.items()
+}
+
+
+def _plain(record: dict[str, Any], kind: str) -> bool:
+    """True if every field is valid as it stands (the common case): a type check per scalar field, and the
+    container validators, which convert in place and return their argument. False sends the record to the
+    field-by-field pass that names the problem."""
+    for name, check, types, required in _FAST[kind]:
+        value = record.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                return False
+        elif types is None:
+            try:
+                check(value)
+            except _Invalid:
+                return False
+        elif type(value) not in types:
+            return False
+    return True
+
+
+_MISSING = object()
+
+
 def _validate(record: dict[str, Any], kind: str) -> None:
+    if _plain(record, kind):
+        return
     for fields in (_COMMON, _FIELDS[kind]):
         for name, check, required in fields:
             if name in record:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from moola_watch import schema
 from moola_watch.schema import Record, Rejected
@@ -24,8 +24,7 @@ READ_CHUNK = 1 << 20
 HEAD_BYTES = 256  # how much of the file's start identifies "the same file" for rewrite detection
 
 
-@dataclass(frozen=True)
-class RecordItem:
+class RecordItem(NamedTuple):
     """A valid record from line ``line_no`` (1-based) of ``path``."""
 
     path: str
@@ -33,8 +32,7 @@ class RecordItem:
     record: Record
 
 
-@dataclass(frozen=True)
-class BadLine:
+class BadLine(NamedTuple):
     """A complete line that is not a valid record; skipped and counted."""
 
     path: str
@@ -42,8 +40,7 @@ class BadLine:
     rejected: Rejected
 
 
-@dataclass(frozen=True)
-class Notice:
+class Notice(NamedTuple):
     """Something happened to the file: waiting, opened, truncated, rotated, deleted, poll_fallback."""
 
     path: str
@@ -156,7 +153,9 @@ def read_log(path: str | Path, chunk_size: int = READ_CHUNK) -> Iterator[RecordI
 
 
 class LogTail:
-    """Follows one path. Call :meth:`poll` whenever something may have changed; it never blocks."""
+    """Follows one path. Call :meth:`poll` whenever something may have changed; it never blocks, and reads at
+    most about one chunk of new data per call (:attr:`behind` says when more is waiting); a file being
+    replaced or deleted is drained whole first."""
 
     def __init__(self, path: str | Path, *, from_end: bool = False, max_line: int = schema.MAX_LINE_BYTES) -> None:
         self.path = Path(path)
@@ -166,6 +165,7 @@ class LogTail:
         self._identity: tuple[int, int] | None = None
         self._head = b""
         self.offset = 0
+        self.behind = False  # the last poll stopped at its budget: more is already waiting
         self._waiting_announced = False
         self._ever_opened = False
 
@@ -202,7 +202,7 @@ class LogTail:
                 return items
             items.append(Notice(str(self.path), "rotated", "file replaced (rotated); reading the new one"))
             self._open(items)
-            return items + self._read_to_end()
+            return items + self._read_to_end(READ_CHUNK)
         assert self._fd is not None
         if stat.st_size < self.offset or self._head_changed():
             items.append(
@@ -211,7 +211,7 @@ class LogTail:
             self.offset = 0
             self._head = b""
             self.decoder.reset()
-        return items + self._read_to_end()
+        return items + self._read_to_end(READ_CHUNK)
 
     def _open(self, items: list[Item]) -> bool:
         try:
@@ -247,17 +247,25 @@ class LogTail:
         assert self._fd is not None
         return os.pread(self._fd, len(self._head), 0) != self._head
 
-    def _read_to_end(self) -> list[RecordItem | BadLine]:
+    def _read_to_end(self, budget: int | None = None) -> list[RecordItem | BadLine]:
+        """Read to EOF, or stop after about ``budget`` bytes (setting :attr:`behind`) so that catching up on a
+        big backlog never holds more than a chunk's worth of records at once."""
         items: list[RecordItem | BadLine] = []
+        self.behind = False
         if self._fd is None:
             return items
+        read = 0
         while True:
+            if budget is not None and read >= budget:
+                self.behind = True
+                return items
             try:
                 chunk = os.pread(self._fd, READ_CHUNK, self.offset)
             except OSError:
                 return items
             if not chunk:
                 return items
+            read += len(chunk)
             if len(self._head) < HEAD_BYTES:
                 self._head = os.pread(self._fd, HEAD_BYTES, 0)
             self.offset += len(chunk)

@@ -185,3 +185,64 @@ def test_exception_in_training_marks_run_failed_and_ctrl_c_interrupted():
         assert end["kind"] == "run_end" and end["status"] == status
         if status == "failed":
             assert end["error"] == "RuntimeError: boom"
+
+
+def test_backward_with_task_balance_gives_the_steps_gradients_and_the_same_balance():
+    from moola.utils.monitoring.gradient_diagnostics import backward_with_task_balance
+
+    torch.manual_seed(3)
+    model = TwoHeads()
+    x, labels = torch.randn(16, 6), torch.randint(0, 3, (16,))
+
+    def losses():
+        pointer_out, type_out = model(x)
+        return pointer_out.pow(2).mean(), nn.functional.cross_entropy(type_out, labels)
+
+    pointer_loss, type_loss = losses()
+    expected_balance = compute_task_gradient_ratio(pointer_loss, type_loss, model, alpha=2.0, beta=0.5)
+    (2.0 * type_loss + 0.5 * pointer_loss).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    balance = backward_with_task_balance(*losses(), model, alpha=2.0, beta=0.5)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], rtol=1e-6, atol=1e-8), name
+    assert balance.ratio == pytest.approx(expected_balance.ratio, rel=1e-6)
+    assert balance.cosine == pytest.approx(expected_balance.cosine, rel=1e-5)
+    backward_with_task_balance(*losses(), model, alpha=2.0, beta=0.5)  # accumulates like backward()
+    assert torch.allclose(model.trunk.weight.grad, 2 * expected["trunk.weight"], rtol=1e-6)
+
+
+def test_representation_scope_measures_at_the_shared_output():
+    torch.manual_seed(4)
+    model = TwoHeads()
+    hidden = model.trunk(torch.randn(8, 6)).tanh()
+    pointer_loss, type_loss = model.pointer(hidden).pow(2).mean(), model.type_head(hidden).logsumexp(1).mean()
+    result = compute_task_gradient_ratio(pointer_loss, type_loss, model, alpha=3.0, representation=hidden)
+    (gp,) = torch.autograd.grad(pointer_loss, hidden, retain_graph=True)
+    (gt,) = torch.autograd.grad(type_loss, hidden, retain_graph=True)
+    assert result.ratio == pytest.approx(gp.norm().item() / (3.0 * gt.norm().item()), rel=1e-6)
+    assert result.scope == "shared representation (8, 8)"
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_representation_tap_reads_each_tasks_gradient_off_the_steps_backward():
+    from moola.utils.monitoring.gradient_diagnostics import RepresentationTap
+
+    torch.manual_seed(5)
+    model = TwoHeads()
+    x = torch.randn(8, 6)
+    hidden = model.trunk(x).tanh()
+    pointer_loss, type_loss = model.pointer(hidden).pow(2).mean(), model.type_head(hidden).logsumexp(1).mean()
+    expected = compute_task_gradient_ratio(pointer_loss, type_loss, model, alpha=2.0, beta=0.5, representation=hidden)
+    model.zero_grad(set_to_none=True)
+
+    hidden = model.trunk(x).tanh()
+    tap = RepresentationTap(hidden)
+    pointer_loss = model.pointer(tap.input("pointer")).pow(2).mean()
+    type_loss = model.type_head(tap.input("type")).logsumexp(1).mean()
+    (2.0 * type_loss + 0.5 * pointer_loss).backward()
+    tapped = tap.balance(pointer_loss, type_loss, alpha=2.0, beta=0.5)
+    assert tapped.ratio == pytest.approx(expected.ratio, rel=1e-6)
+    assert tapped.raw_norms["type"] == pytest.approx(expected.raw_norms["type"], rel=1e-6)
+    assert tapped.cosine == pytest.approx(expected.cosine, rel=1e-5)
+    assert model.trunk.weight.grad is not None  # the step's own gradients are all there

@@ -150,3 +150,17 @@ def test_waker_is_woken_by_a_write_in_the_directory(tmp_path):
         waker.stop()
     polling = Waker([tmp_path], poll=True, interval=0.01)
     assert polling.mode == "poll" and polling.wait() is False
+
+
+def test_a_big_backlog_is_read_a_chunk_per_poll_and_delivered_once(tmp_path):
+    path = tmp_path / "backlog.jsonl"
+    lines = records(40_000)
+    path.write_bytes(b"".join(lines))
+    tail = LogTail(path)
+    first = tail.poll()
+    assert tail.behind and 0 < len(first) < len(lines)
+    items = first
+    while tail.behind:
+        items += tail.poll()
+    items += tail.poll()
+    assert [r["epoch"] for r in delivered(items)] == list(range(40_000))

@@ -102,6 +102,18 @@ def test_log_in_a_read_only_directory_warns_once_and_training_completes(read_onl
     assert not log.exists()
 
 
+def test_balance_scopes_are_recorded(tmp_path, small_train_args):
+    for scope, prefix in (("shared", "shared parameters ("), ("representation", "shared representation (")):
+        log = tmp_path / f"{scope}.jsonl"
+        result = run_cli(
+            "moola.cli", *small_train_args, "--epochs", "2", "--balance-scope", scope, "--grad-log", str(log)
+        )
+        assert result.returncode == 0, result.stderr
+        balance = [r for r in decoded(log) if r["kind"] == "task_balance"]
+        assert len(balance) == 2 and all(r["scope"].startswith(prefix) for r in balance)
+        assert all(r["ratio"] > 0 for r in balance)
+
+
 def test_default_log_goes_under_runs(tmp_path, small_train_args):
     result = run_cli("moola.cli", *small_train_args, "--epochs", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from moola.data import N_FEATURES, encode_labels, validate_arrays
 from moola.reporting import TrainingReporter
-from moola.utils.monitoring.gradient_diagnostics import PREFIX, GradientMonitor
+from moola.utils.monitoring.gradient_diagnostics import PREFIX, GradientMonitor, RepresentationTap
 from moola_watch.rules import Thresholds
 
 MODEL_NAME = "enhanced_simple_lstm"
@@ -63,16 +63,28 @@ class DualTaskLSTMNet(nn.Module):
         """The parameters both heads backpropagate into."""
         return self.encoder.parameters()
 
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (batch, bars, features) -> the shared representation, (batch, bars, width)."""
+        states, _ = self.encoder(x)
+        return states
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``x``: (batch, bars, features) -> type logits (batch, classes) and pointer positions (batch, 2)
         as fractions of the window (start, end), or None without a pointer head."""
-        states, _ = self.encoder(x)
+        return self.heads(self.encode(x))
+
+    def heads(
+        self, states: torch.Tensor, pointer_states: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Both heads on the shared representation (see :meth:`forward`); ``pointer_states``, if given, is
+        what the pointer head reads instead (a per-task view, for a :class:`RepresentationTap`)."""
         pooled = torch.cat([states.mean(dim=1), states.amax(dim=1)], dim=1)
         logits = self.type_head(pooled)
         if self.pointer_head is None:
             return logits, None
-        weights = self.pointer_head(states).softmax(dim=1)  # (batch, bars, 2): where each pointer sits
-        grid = torch.linspace(0.0, 1.0, x.shape[1], device=x.device, dtype=weights.dtype)
+        pointer_states = states if pointer_states is None else pointer_states
+        weights = self.pointer_head(pointer_states).softmax(dim=1)  # (batch, bars, 2): where each pointer sits
+        grid = torch.linspace(0.0, 1.0, states.shape[1], device=states.device, dtype=weights.dtype)
         return logits, torch.einsum("btk,t->bk", weights, grid)
 
 
@@ -149,6 +161,7 @@ class EnhancedSimpleLSTM:
         monitor_gradients: bool = False,
         gradient_log_freq: int = 10,
         task_balance_freq: int = 5,
+        balance_scope: str = "shared",
         grad_log: str | Path | None = None,
         thresholds: Thresholds | None = None,
         run_id: str | None = None,
@@ -156,12 +169,16 @@ class EnhancedSimpleLSTM:
     ) -> EnhancedSimpleLSTM:
         """Train for ``epochs``. With ``monitor_gradients``: gradient statistics every ``gradient_log_freq``
         epochs, task balance every ``task_balance_freq`` epochs (on the epoch's first batch, whose graph is
-        reused), epoch records, alerts, and JSONL records appended to ``grad_log`` if given.
+        reused), epoch records, alerts, and JSONL records appended to ``grad_log`` if given. ``balance_scope``
+        is ``shared`` (the shared encoder's parameters; the step's own backward is done from the two task
+        passes) or ``representation`` (gradients at the encoder's output: a backward through the heads only).
 
         ``grad_clip`` is the max total gradient norm (None or 0: no clipping); the monitor measures before
         clipping. Raises ``moola.data.DataError`` for unusable arrays.
         """
         validate_arrays(X, y, expansion_start, expansion_end)
+        if balance_scope not in ("shared", "representation"):
+            raise ValueError(f"balance_scope must be 'shared' or 'representation', got {balance_scope!r}")
         if epochs < 1 or batch_size < 1 or not lr > 0:
             raise ValueError("epochs and batch_size must be at least 1 and lr above 0")
         labels, self.classes_ = encode_labels(np.asarray(y))
@@ -208,6 +225,7 @@ class EnhancedSimpleLSTM:
             "train_samples": len(train_idx),
             "val_samples": len(val_idx),
             "multitask": multitask,
+            "balance_scope": balance_scope,
             "normalize": self.normalize,
         }
         reporter = TrainingReporter(console, epochs)
@@ -239,7 +257,13 @@ class EnhancedSimpleLSTM:
                 batches = train_tensor[torch.randperm(len(train_tensor), generator=generator)].split(batch_size)
                 for index, batch in enumerate(batches):
                     batch = batch.to(device)
-                    logits, positions = net(x_all[batch])
+                    probe = monitor is not None and multitask and index == 0 and monitor.should_check_balance(epoch)
+                    states = net.encode(x_all[batch])
+                    tap = RepresentationTap(states) if probe and balance_scope == "representation" else None
+                    if tap is not None:
+                        logits, positions = net.heads(tap.input("type"), tap.input("pointer"))
+                    else:
+                        logits, positions = net.heads(states)
                     type_loss = F.cross_entropy(logits, y_all[batch], label_smoothing=0.1)
                     total = loss_alpha * type_loss
                     pointer_loss = None
@@ -248,16 +272,17 @@ class EnhancedSimpleLSTM:
                         pointer_loss = pointer_loss_fn(positions, p_all[batch])
                         total = total + loss_beta * pointer_loss
                     optimizer.zero_grad(set_to_none=True)
-                    if (
-                        monitor is not None
-                        and pointer_loss is not None
-                        and index == 0
-                        and monitor.should_check_balance(epoch)
-                    ):
-                        monitor.record_task_balance(
+                    if probe and tap is None:
+                        assert monitor is not None and pointer_loss is not None
+                        monitor.backward_with_task_balance(
                             epoch, net, pointer_loss, type_loss, alpha=loss_alpha, beta=loss_beta, step=step
                         )
-                    total.backward()
+                    else:
+                        total.backward()
+                        if tap is not None:
+                            assert monitor is not None and pointer_loss is not None
+                            balance = tap.balance(pointer_loss, type_loss, alpha=loss_alpha, beta=loss_beta)
+                            monitor.record_balance(epoch, balance, alpha=loss_alpha, beta=loss_beta, step=step)
                     if monitor is not None:
                         monitor.update(epoch, net, step=step)
                     if grad_clip:

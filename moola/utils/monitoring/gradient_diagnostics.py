@@ -18,8 +18,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from moola import __version__
 from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
@@ -33,57 +35,93 @@ _T = TypeVar("_T")
 # ------------------------------------------------------------------------------------------ measuring
 
 
+def _group_norms(members: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Norms of same-(device, dtype) tensors as a float64 vector on ``device``: one ``_foreach_norm``, or one
+    norm each for what the foreach kernel cannot take (sparse tensors, exotic devices)."""
+    # Low-precision gradients are reduced in float32 so the norm itself keeps its digits.
+    wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+    try:
+        norms = torch._foreach_norm(members, 2.0, dtype=wide)
+    except (NotImplementedError, RuntimeError):
+        norms = [torch.linalg.vector_norm(t.coalesce().values() if t.is_sparse else t) for t in members]
+    return torch.stack(norms).to(device=device, dtype=torch.float64)
+
+
+@torch.no_grad()
 def _norms_on_device(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """L2 norm of each tensor as one float64 vector on the first tensor's device, without a host sync."""
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for index, tensor in enumerate(tensors):
-        groups.setdefault((tensor.device, tensor.dtype), []).append(index)
+    """L2 norm of each tensor as one float64 vector on the first tensor's device, without a host sync:
+    one ``_foreach_norm`` per (device, dtype) group, as ``clip_grad_norm_`` does."""
     first_device = tensors[0].device
+    groups = _group_tensors_by_device_and_dtype([list(tensors)], with_indices=True)
+    parts = [
+        (_group_norms(members, dtype, first_device), indices)
+        for (_device, dtype), ([members], indices) in groups.items()
+    ]
+    if len(parts) == 1:
+        return parts[0][0]  # one group keeps the input order
     out = torch.empty(len(tensors), dtype=torch.float64, device=first_device)
-    for (device, dtype), indices in groups.items():
-        members = [tensors[i] for i in indices]
-        if device.type in ("cpu", "cuda") and not any(t.is_sparse for t in members):
-            # Low-precision gradients are reduced in float32 so the norm itself keeps its digits.
-            wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
-            norms = torch._foreach_norm(members, 2.0, dtype=wide)
-        else:
-            norms = [torch.linalg.vector_norm(t.coalesce().values() if t.is_sparse else t) for t in members]
-        index = torch.tensor(indices, device=first_device)
-        out.index_copy_(0, index, torch.stack(norms).to(device=first_device, dtype=torch.float64))
+    for values, indices in parts:
+        out.index_copy_(0, torch.tensor(indices, device=first_device), values)
     return out
 
 
-def _named_gradients(model: nn.Module) -> tuple[list[str], list[torch.Tensor]]:
+def _layer_norms(named: Sequence[tuple[str, nn.Parameter]]) -> dict[str, float]:
     names, grads = [], []
-    for name, parameter in model.named_parameters():
+    for name, parameter in named:
         if parameter.grad is not None:
             names.append(name)
-            grads.append(parameter.grad.detach())
-    return names, grads
+            grads.append(parameter.grad)
+    if not grads:
+        return {}
+    return dict(zip(names, _norms_on_device(grads).tolist(), strict=True))  # the one host transfer
+
+
+class _NormPlan:
+    """A model's parameters grouped once by (device, dtype). A gradient always has its parameter's device and
+    dtype, so while every parameter has one, each step needs no grouping and no module-tree walk."""
+
+    def __init__(self, named: list[tuple[str, nn.Parameter]]) -> None:
+        self.named = named
+        self.names = [name for name, _ in named]
+        self.params = [p for _, p in named]
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for index, p in enumerate(self.params):
+            groups.setdefault((p.device, p.dtype), []).append(index)
+        self.groups = list(groups.items())
+        self.device = self.params[0].device if self.params else torch.device("cpu")
+
+    @torch.no_grad()
+    def norms(self) -> dict[str, float]:
+        grads = [p.grad for p in self.params]
+        if not grads or any(g is None for g in grads):
+            return _layer_norms(self.named)  # some gradients missing: group what is there
+        if len(self.groups) == 1:
+            values = _group_norms(grads, self.groups[0][0][1], self.device)
+        else:
+            values = torch.empty(len(grads), dtype=torch.float64, device=self.device)
+            for (_device, dtype), indices in self.groups:
+                part = _group_norms([grads[i] for i in indices], dtype, self.device)
+                values.index_copy_(0, torch.tensor(indices, device=self.device), part)
+        return dict(zip(self.names, values.tolist(), strict=True))  # the one host transfer
 
 
 def compute_layer_gradient_norms(model: nn.Module) -> dict[str, float]:
     """L2 norm of each parameter's gradient, keyed by parameter name (parameters without a gradient are
     left out). One device-to-host transfer for the whole model."""
-    names, grads = _named_gradients(model)
-    if not grads:
-        return {}
-    return dict(zip(names, _norms_on_device(grads).tolist(), strict=True))
+    return _layer_norms(list(model.named_parameters()))
 
 
 def gradient_statistics_from_norms(layer_norms: dict[str, float]) -> dict[str, Any]:
     """The ``grad_stats`` body for given per-layer norms: the total norm (L2 over all gradients, NaN/inf
     if any layer is), mean/std/min/max over the finite layer norms, and the non-finite layers."""
-    bad = rules.nonfinite_layers(layer_norms)
-    finite = [norm for norm in layer_norms.values() if math.isfinite(norm)]
-    if bad:
-        total = math.nan if any(math.isnan(layer_norms[name]) for name in bad) else math.inf
-    else:
-        total = math.sqrt(math.fsum(norm * norm for norm in finite))
-    if finite:
-        mean = math.fsum(finite) / len(finite)
-        std = math.sqrt(math.fsum((norm - mean) ** 2 for norm in finite) / len(finite))
-        low, high = min(finite), max(finite)
+    norms = np.fromiter(layer_norms.values(), dtype=np.float64, count=len(layer_norms))
+    finite_mask = np.isfinite(norms)
+    finite = norms[finite_mask]
+    bad = [] if finite_mask.all() else [name for name, ok in zip(layer_norms, finite_mask, strict=True) if not ok]
+    # Not np.dot for the sum of squares: BLAS threads would fight torch's for the cores.
+    total = (math.nan if np.isnan(norms).any() else math.inf) if bad else math.sqrt(float(np.square(norms).sum()))
+    if finite.size:
+        mean, std, low, high = (float(v) for v in (finite.mean(), finite.std(), finite.min(), finite.max()))
     else:
         mean = std = low = high = math.nan
     return {
@@ -159,35 +197,23 @@ def shared_parameters_of(model: nn.Module, pointer_loss: torch.Tensor, type_loss
     return [p for p in parameters_reached(type_loss, trainable) if id(p) in pointer_side]
 
 
-def compute_task_gradient_ratio(
+def _balance(
+    pointer_grads: Sequence[torch.Tensor | None],
+    type_grads: Sequence[torch.Tensor | None],
+    like: Sequence[torch.Tensor],
     pointer_loss: torch.Tensor,
     type_loss: torch.Tensor,
-    model: nn.Module,
-    *,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-    shared_parameters: Sequence[nn.Parameter] | None = None,
+    alpha: float,
+    beta: float,
+    scope: str,
 ) -> TaskGradients:
-    """Pointer/type gradient-norm ratio on the shared parameters, for the weighted losses
-    ``beta * pointer_loss`` and ``alpha * type_loss``.
+    """Task balance from the two tasks' (unweighted) gradients over the same tensors ``like``."""
 
-    Uses ``torch.autograd.grad(..., retain_graph=True)``: parameters' ``.grad`` are not touched and the
-    caller can still call ``backward()`` on the total loss. One host transfer. ``float(result)`` is the
-    ratio; it is ``inf`` when the type gradient is zero and NaN when both are.
-    """
-    shared = list(shared_parameters) if shared_parameters is not None else None
-    if shared is None:
-        shared = shared_parameters_of(model, pointer_loss, type_loss)
-    if not shared:
-        raise ValueError("the two task losses share no trainable parameters")
+    def flat(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        pieces = [(g if g is not None else torch.zeros_like(t)).reshape(-1) for g, t in zip(grads, like, strict=True)]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
-    def flat_grad(loss: torch.Tensor) -> torch.Tensor:
-        grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
-        return torch.cat(
-            [(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, shared, strict=True)]
-        )
-
-    pointer_grad, type_grad = flat_grad(pointer_loss), flat_grad(type_loss)
+    pointer_grad, type_grad = flat(pointer_grads), flat(type_grads)
     numbers = [
         pointer_grad.norm(),
         type_grad.norm(),
@@ -197,9 +223,10 @@ def compute_task_gradient_ratio(
     ]
     pointer_raw, type_raw, dot, pointer_value, type_value = torch.stack(
         [n.to(pointer_grad.device, torch.float64) for n in numbers]
-    ).tolist()  # one host transfer
+    ).tolist()  # the one host transfer
     pointer_norm, type_norm = abs(beta) * pointer_raw, abs(alpha) * type_raw
-    ratio = pointer_norm / type_norm if type_norm > 0 else math.inf if pointer_norm > 0 else math.nan
+    # Zero type gradient: the pointer task is all there is (inf), or neither task moves (NaN).
+    ratio = pointer_norm / type_norm if type_norm > 0 else (math.inf if pointer_norm > 0 else math.nan)
     cosine = dot / (pointer_raw * type_raw) if pointer_raw > 0 and type_raw > 0 else None
     if cosine is not None and math.isfinite(cosine):
         cosine = max(-1.0, min(1.0, cosine))
@@ -208,9 +235,132 @@ def compute_task_gradient_ratio(
         norms={"pointer": pointer_norm, "type": type_norm},
         raw_norms={"pointer": pointer_raw, "type": type_raw},
         cosine=cosine,
-        scope=f"shared parameters ({sum(p.numel() for p in shared)} values in {len(shared)} tensors)",
+        scope=scope,
         losses={"pointer": pointer_value, "type": type_value},
     )
+
+
+def _shared_scope(shared: Sequence[nn.Parameter]) -> str:
+    return f"shared parameters ({sum(p.numel() for p in shared)} values in {len(shared)} tensors)"
+
+
+def _resolve_shared(
+    model: nn.Module, pointer_loss: torch.Tensor, type_loss: torch.Tensor, given: Sequence[nn.Parameter] | None
+) -> list[nn.Parameter]:
+    shared = list(given) if given is not None else shared_parameters_of(model, pointer_loss, type_loss)
+    if not shared:
+        raise ValueError("the two task losses share no trainable parameters")
+    return shared
+
+
+def compute_task_gradient_ratio(
+    pointer_loss: torch.Tensor,
+    type_loss: torch.Tensor,
+    model: nn.Module,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    shared_parameters: Sequence[nn.Parameter] | None = None,
+    representation: torch.Tensor | None = None,
+) -> TaskGradients:
+    """Pointer/type gradient-norm ratio for the weighted losses ``beta * pointer_loss`` and
+    ``alpha * type_loss``, on the shared parameters or, when ``representation`` (the shared encoder's output
+    tensor of this forward pass) is given, on that representation: the cheap scope, a backward through the
+    heads only, that can run every step.
+
+    Uses ``torch.autograd.grad(..., retain_graph=True)``: parameters' ``.grad`` are not touched and the caller
+    still calls ``backward()`` on the total loss. One host transfer. ``float(result)`` is the ratio; it is
+    ``inf`` when the type gradient is zero and NaN when both are.
+    """
+    if representation is not None:
+        targets: list[torch.Tensor] = [representation]
+        scope = f"shared representation {tuple(representation.shape)}"
+    else:
+        targets = _resolve_shared(model, pointer_loss, type_loss, shared_parameters)
+        scope = _shared_scope(targets)
+    pointer_grads = torch.autograd.grad(pointer_loss, targets, retain_graph=True, allow_unused=True)
+    type_grads = torch.autograd.grad(type_loss, targets, retain_graph=True, allow_unused=True)
+    return _balance(pointer_grads, type_grads, targets, pointer_loss, type_loss, alpha, beta, scope)
+
+
+def backward_with_task_balance(
+    pointer_loss: torch.Tensor,
+    type_loss: torch.Tensor,
+    model: nn.Module,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    shared_parameters: Sequence[nn.Parameter] | None = None,
+) -> TaskGradients:
+    """The step's backward and the shared-parameter task balance from the same two passes.
+
+    Fills every parameter's ``.grad`` (accumulating, as ``backward()`` does) with the gradient of
+    ``alpha * type_loss + beta * pointer_loss``, computed as ``alpha * g_type + beta * g_pointer`` from one
+    backward pass per task; the balance is read off the shared part of those gradients. Two passes instead
+    of the three that measuring first and then calling ``backward()`` takes. The graph is freed: do not call
+    ``backward()`` afterwards.
+    """
+    shared = _resolve_shared(model, pointer_loss, type_loss, shared_parameters)
+    params = [p for p in model.parameters() if p.requires_grad]
+    type_grads = torch.autograd.grad(type_loss, params, retain_graph=True, allow_unused=True)
+    pointer_grads = torch.autograd.grad(pointer_loss, params, allow_unused=True)
+    with torch.no_grad():
+        for p, type_grad, pointer_grad in zip(params, type_grads, pointer_grads, strict=True):
+            parts = [g * w for g, w in ((type_grad, alpha), (pointer_grad, beta)) if g is not None]
+            if not parts:
+                continue
+            step_grad = parts[0] if len(parts) == 1 else parts[0].add_(parts[1])
+            p.grad = step_grad if p.grad is None else p.grad.add_(step_grad)
+    where = {id(p): i for i, p in enumerate(params)}
+    index = [where[id(p)] for p in shared]
+    return _balance(
+        [pointer_grads[i] for i in index],
+        [type_grads[i] for i in index],
+        shared,
+        pointer_loss,
+        type_loss,
+        alpha,
+        beta,
+        _shared_scope(shared),
+    )
+
+
+class RepresentationTap:
+    """The cheap scope, free to run every step: each task's gradient at the shared representation, read off
+    the step's own ``backward()`` by tensor hooks.
+
+    Feed ``tap.input("type")`` to the type head and ``tap.input("pointer")`` to the pointer head instead of the
+    representation itself: they are views of it, one per task, so each task's gradient arrives at its own
+    view. After ``(alpha * type_loss + beta * pointer_loss).backward()``, :meth:`balance` gives the ratio.
+    """
+
+    def __init__(self, representation: torch.Tensor) -> None:
+        self.representation = representation
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._grads: dict[str, torch.Tensor] = {}
+
+    def input(self, task: str) -> torch.Tensor:
+        if task not in self._inputs:
+            view = self.representation.view_as(self.representation)
+            view.register_hook(lambda grad, task=task: self._grads.__setitem__(task, grad))
+            self._inputs[task] = view
+        return self._inputs[task]
+
+    def balance(
+        self, pointer_loss: torch.Tensor, type_loss: torch.Tensor, *, alpha: float = 1.0, beta: float = 1.0
+    ) -> TaskGradients:
+        """The balance after ``backward()``; the hooks saw the weighted gradients, so they are unweighted here
+        (a task with weight 0 contributes nothing and reads as a zero gradient)."""
+
+        def raw(task: str, weight: float) -> torch.Tensor | None:
+            grad = self._grads.get(task)
+            if grad is None or weight == 0:
+                return None
+            return grad if weight == 1 else grad / weight
+
+        scope = f"shared representation {tuple(self.representation.shape)}"
+        like = [self.representation]
+        return _balance([raw("pointer", beta)], [raw("type", alpha)], like, pointer_loss, type_loss, alpha, beta, scope)
 
 
 def detect_task_collapse(
@@ -280,6 +430,8 @@ class GradientMonitor:
         self._started = False
         self._closed = False
         self._failed: set[str] = set()  # measurements that failed once (and were warned about)
+        self._plan_for: nn.Module | None = None
+        self._norm_plan = _NormPlan([])
         self.history: list[dict[str, Any]] = []  # the grad_stats bodies measured, in order
         self.task_ratios: list[float] = []
 
@@ -372,10 +524,18 @@ class GradientMonitor:
                 self._warn(f"WARNING: {what} could not be measured ({type(exc).__name__}: {exc}); training continues")
             return None
 
+    def _plan(self, model: nn.Module) -> _NormPlan:
+        """The model's trainable parameters, listed and grouped once: walking the module tree and grouping
+        every step would cost more than the norms of a thousand small tensors."""
+        if self._plan_for is not model:
+            self._plan_for = model
+            self._norm_plan = _NormPlan([(name, p) for name, p in model.named_parameters() if p.requires_grad])
+        return self._norm_plan
+
     def _update(self, epoch: int, model: nn.Module, step: int | None) -> dict[str, Any]:
         self.start(model)
         began = time.perf_counter()
-        stats = compute_gradient_statistics(model)
+        stats = gradient_statistics_from_norms(self._plan(model).norms())
         stats["cost_ms"] = (time.perf_counter() - began) * 1e3
         self.history.append(stats)
         lines = [
@@ -383,12 +543,11 @@ class GradientMonitor:
             f"  Mean norm: {stats['mean_norm']:.4f}",
             f"  Max norm:  {stats['max_norm']:.4f}",
         ]
-        th = self.thresholds
-        finite = {k: v for k, v in stats["layer_norms"].items() if math.isfinite(v)}
+        flags = rules.flag_layers(stats["layer_norms"], self.thresholds)
         for label, layers in (
-            ("WARNING: Vanishing gradients", rules.vanishing_layers(finite, th.vanishing)),
-            ("WARNING: Exploding gradients", rules.exploding_layers(finite, th.exploding)),
-            ("CRITICAL: Non-finite gradients", stats["nonfinite_layers"]),
+            ("WARNING: Vanishing gradients", flags.vanishing),
+            ("WARNING: Exploding gradients", flags.exploding),
+            ("CRITICAL: Non-finite gradients", flags.nonfinite),
         ):
             if layers:
                 lines.append(f"  {label} in {len(layers)} layers")
@@ -407,19 +566,64 @@ class GradientMonitor:
         beta: float = 1.0,
         step: int | None = None,
         shared_parameters: Sequence[nn.Parameter] | None = None,
+        representation: torch.Tensor | None = None,
     ) -> TaskGradients | None:
-        """Measure the task ratio on this batch's graph (left intact), print and record it. None (after one
-        warning) if it cannot be measured, e.g. when the two losses share no parameters."""
+        """Measure the task ratio on this batch's graph (left intact), print and record it; see
+        :func:`compute_task_gradient_ratio` for ``representation``. None (after one warning) if it cannot be
+        measured, e.g. when the two losses share no parameters."""
 
         def measure() -> TaskGradients:
             self.start(model)
             return compute_task_gradient_ratio(
-                pointer_loss, type_loss, model, alpha=alpha, beta=beta, shared_parameters=shared_parameters
+                pointer_loss,
+                type_loss,
+                model,
+                alpha=alpha,
+                beta=beta,
+                shared_parameters=shared_parameters,
+                representation=representation,
             )
 
         balance = self._guarded("task balance", measure)
-        if balance is None:
+        if balance is not None:
+            self._record_balance(epoch, step, balance, alpha, beta)
+        return balance
+
+    def backward_with_task_balance(
+        self,
+        epoch: int,
+        model: nn.Module,
+        pointer_loss: torch.Tensor,
+        type_loss: torch.Tensor,
+        *,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        step: int | None = None,
+        shared_parameters: Sequence[nn.Parameter] | None = None,
+    ) -> TaskGradients | None:
+        """Do this step's backward and record the shared-parameter balance from the same passes (see
+        :func:`backward_with_task_balance`). If the balance cannot be measured (one warning), a plain
+        ``backward()`` of the total is done instead, so the step always gets its gradients."""
+        self.start(model)
+        shared = self._guarded(
+            "task balance", lambda: _resolve_shared(model, pointer_loss, type_loss, shared_parameters)
+        )
+        if shared is None:
+            (alpha * type_loss + beta * pointer_loss).backward()
             return None
+        balance = backward_with_task_balance(
+            pointer_loss, type_loss, model, alpha=alpha, beta=beta, shared_parameters=shared
+        )
+        self._record_balance(epoch, step, balance, alpha, beta)
+        return balance
+
+    def record_balance(
+        self, epoch: int, balance: TaskGradients, *, alpha: float = 1.0, beta: float = 1.0, step: int | None = None
+    ) -> None:
+        """Print and record a balance measured elsewhere (e.g. by a :class:`RepresentationTap`)."""
+        self._record_balance(epoch, step, balance, alpha, beta)
+
+    def _record_balance(self, epoch: int, step: int | None, balance: TaskGradients, alpha: float, beta: float) -> None:
         self.task_ratios.append(balance.ratio)
         if not math.isnan(balance.ratio):
             self._echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, epoch, self.thresholds)}")
@@ -435,7 +639,6 @@ class GradientMonitor:
             weights={"pointer": beta, "type": alpha},
             scope=balance.scope,
         )
-        return balance
 
     def log_epoch(self, epoch: int, *, step: int | None = None, train_loss: float, **fields: Any) -> None:
         """Record an ``epoch`` record (losses, metrics, lr, duration_s)."""
