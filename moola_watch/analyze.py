@@ -111,10 +111,6 @@ class FrameColumns:
         }
 
 
-def _int_or(value: int | None, default: int) -> int:
-    return default if value is None else value
-
-
 @dataclass
 class LogScan:
     """One log's items through the rules, one engine per run id (a file may hold a restarted run)."""

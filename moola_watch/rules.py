@@ -89,21 +89,6 @@ class Thresholds:
 # ------------------------------------------------------------------------------ single-sample verdicts
 
 
-def vanishing_layers(layer_norms: Mapping[str, float], threshold: float = 1e-7) -> list[str]:
-    """Names of layers whose finite gradient norm is below ``threshold``."""
-    return [name for name, norm in layer_norms.items() if norm < threshold]
-
-
-def exploding_layers(layer_norms: Mapping[str, float], threshold: float = 10.0) -> list[str]:
-    """Names of layers whose finite gradient norm is above ``threshold``."""
-    return [name for name, norm in layer_norms.items() if threshold < norm < math.inf]
-
-
-def nonfinite_layers(layer_norms: Mapping[str, float]) -> list[str]:
-    """Names of layers whose gradient norm is NaN or infinite."""
-    return [name for name, norm in layer_norms.items() if not math.isfinite(norm)]
-
-
 @dataclass(frozen=True)
 class LayerFlags:
     """Layers whose gradient norm is non-finite, vanishing or exploding."""
@@ -128,6 +113,16 @@ def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
         elif norm > th.exploding:
             flags.exploding.append(name)
     return flags
+
+
+def vanishing_layers(layer_norms: Mapping[str, float], threshold: float = 1e-7) -> list[str]:
+    """Names of layers whose finite gradient norm is below ``threshold``."""
+    return flag_layers(layer_norms, Thresholds(vanishing=threshold)).vanishing
+
+
+def exploding_layers(layer_norms: Mapping[str, float], threshold: float = 10.0) -> list[str]:
+    """Names of layers whose finite gradient norm is above ``threshold``."""
+    return flag_layers(layer_norms, Thresholds(exploding=threshold)).exploding
 
 
 @dataclass(frozen=True)
