@@ -246,3 +246,16 @@ def test_representation_tap_reads_each_tasks_gradient_off_the_steps_backward():
     assert tapped.raw_norms["type"] == pytest.approx(expected.raw_norms["type"], rel=1e-6)
     assert tapped.cosine == pytest.approx(expected.cosine, rel=1e-5)
     assert model.trunk.weight.grad is not None  # the step's own gradients are all there
+
+
+def test_monitor_measures_a_layer_unfrozen_after_the_first_update():
+    model = ConvNet()
+    model.fc.requires_grad_(False)
+    sink = io.BytesIO()
+    monitor = GradientMonitor(1, stream=sink, echo=None)
+    backprop(model)
+    assert "fc.weight" not in monitor.update(1, model)["layer_norms"]
+    model.fc.requires_grad_(True)
+    model.zero_grad()
+    backprop(model)
+    assert "fc.weight" in monitor.update(2, model)["layer_norms"]

@@ -529,7 +529,8 @@ class GradientMonitor:
         every step would cost more than the norms of a thousand small tensors."""
         if self._plan_for is not model:
             self._plan_for = model
-            self._norm_plan = _NormPlan([(name, p) for name, p in model.named_parameters() if p.requires_grad])
+            # Every parameter, frozen ones too: one unfrozen later is then measured from its first gradient.
+            self._norm_plan = _NormPlan(list(model.named_parameters()))
         return self._norm_plan
 
     def _update(self, epoch: int, model: nn.Module, step: int | None) -> dict[str, Any]:
