@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from moola_watch import analyze
-from moola_watch.rules import Thresholds
+from moola_watch.rules import Thresholds, position
 from moola_watch.textsafe import inert, json_line
 
 EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2
@@ -206,7 +206,7 @@ def _check(args: argparse.Namespace, console: Console) -> int:
             run = f"[{alert['run']}] " if several_runs else ""
             console.print(
                 inert(f"  {run}{alert['severity']:<8} {alert['state']:<8} {alert['rule']} ({alert['subject']}) "
-                      f"since epoch {alert['first_epoch']}, step {alert['first_step']}: {alert['message']}"
+                      f"since {position(alert['first_epoch'], alert['first_step'])}: {alert['message']}"
                       f" -> {alert['recommendation']}", limit=4000),
                 markup=False, highlight=False, soft_wrap=True,
             )  # fmt: skip

@@ -67,9 +67,8 @@ def sparkline(values: Sequence[float | None], width: int = 24, log: bool = False
 
 
 def where(epoch: int | None, step: int | None) -> str:
-    """'epoch 12, step 340' (whichever is known)."""
-    parts = [f"epoch {epoch}" if epoch is not None else "", f"step {step}" if step is not None else ""]
-    return ", ".join(p for p in parts if p) or "-"
+    """'epoch 12, step 340' (whichever is known), '-' when neither is."""
+    return "-" if epoch is None and step is None else rules.position(epoch, step)
 
 
 def severity_text(severity: str | None) -> Text:

@@ -274,6 +274,12 @@ class _Observation:
     layers: tuple[str, ...] = ()
 
 
+def position(epoch: int | None, step: int | None) -> str:
+    """'epoch 12, step 340', whichever is known, or 'the start' when neither is."""
+    parts = [f"epoch {epoch}" if epoch is not None else "", f"step {step}" if step is not None else ""]
+    return ", ".join(part for part in parts if part) or "the start"
+
+
 def _names(layers: Sequence[str], limit: int = 3) -> str:
     shown = ", ".join(layers[:limit])
     return shown + (f" (+{len(layers) - limit} more)" if len(layers) > limit else "")
@@ -421,7 +427,7 @@ class RuleEngine:
                 "run",
                 "warning",
                 age,
-                f"No record for {age:.0f} s and no run_end (last at step {run.step}, epoch {run.epoch})",
+                f"No record for {age:.0f} s and no run_end (last at {position(run.epoch, run.step)})",
                 "Check the training process: it may have crashed, hung or been killed",
             ),
             where,

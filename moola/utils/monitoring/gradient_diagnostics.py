@@ -536,7 +536,10 @@ class GradientMonitor:
     def _update(self, epoch: int, model: nn.Module, step: int | None) -> dict[str, Any]:
         self.start(model)
         began = time.perf_counter()
-        stats = gradient_statistics_from_norms(self._plan(model).norms())
+        norms = self._plan(model).norms()
+        if not norms:
+            raise ValueError("no parameter has a gradient yet: call update() after backward()")
+        stats = gradient_statistics_from_norms(norms)
         stats["cost_ms"] = (time.perf_counter() - began) * 1e3
         self.history.append(stats)
         lines = [
