@@ -77,7 +77,8 @@ def _age(now: float, last: float | None) -> str:
 
 # Among alerts of equal severity, the one a person should read first.
 RULE_PRIORITY = (rules.NONFINITE, rules.COLLAPSE, rules.RUN_FAILED, rules.EXPLODING, rules.NORM_LEVEL,
-                 rules.VANISHING, rules.IMBALANCE, rules.STALE, rules.RUN_INTERRUPTED)  # fmt: skip
+                 rules.VANISHING, rules.IMBALANCE, rules.AMP_OVERFLOW, rules.STALE,
+                 rules.RUN_INTERRUPTED)  # fmt: skip
 
 
 def worst_alert(engine: rules.RuleEngine) -> rules.Alert | None:

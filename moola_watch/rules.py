@@ -32,9 +32,10 @@ NORM_LEVEL = "norm_level"
 STALE = "stale"
 RUN_FAILED = "run_failed"
 RUN_INTERRUPTED = "run_interrupted"
+AMP_OVERFLOW = "amp_overflow"
 
 #: Rules that wait ``confirm`` consecutive samples before firing; the others fire at once.
-CONFIRMED_RULES = frozenset({VANISHING, IMBALANCE, NORM_LEVEL})
+CONFIRMED_RULES = frozenset({VANISHING, IMBALANCE, NORM_LEVEL, AMP_OVERFLOW})
 TASK_PAIR = "pointer/type"
 
 
@@ -318,6 +319,7 @@ class MonitoringSummary:
     max_norm: float | None
     max_norm_peak: float | None
     nonfinite_samples: int
+    amp_overflows: int
     balance_samples: int
     balance: CollapseVerdict
     collapse_first_epoch: int | None  # epoch where a collapse alert first fired, if one ever did
@@ -334,6 +336,8 @@ class MonitoringSummary:
             out.append("  Mean gradient norm: n/a (no finite gradient statistics)")
         if self.nonfinite_samples:
             out.append(f"  Non-finite gradients in {self.nonfinite_samples} measurement(s)")
+        if self.amp_overflows:
+            out.append(f"  GradScaler overflow (step skipped) in {self.amp_overflows} measurement(s)")
         if self.balance.collapsed:
             out.append(f"  TASK COLLAPSE DETECTED: {self.balance.text}")
         else:
@@ -378,6 +382,7 @@ class RuleEngine:
         self._max_norms = _Stats()
         self._grad_samples = 0
         self._nonfinite_samples = 0
+        self._amp_overflows = 0  # measurements whose non-finite gradients were a GradScaler overflow
         self.last_grad_stats: schema.Record | None = None
         self.last_balance: schema.Record | None = None
         self.last_epoch: schema.Record | None = None
@@ -465,6 +470,7 @@ class RuleEngine:
             max_norm=self._max_norms.mean if has_norms else None,
             max_norm_peak=self._max_norms.peak if has_norms else None,
             nonfinite_samples=self._nonfinite_samples,
+            amp_overflows=self._amp_overflows,
             balance_samples=self._balance_samples,
             balance=self.balance(),
             collapse_first_epoch=collapse_epochs[0] if collapse_epochs else None,
@@ -493,11 +499,38 @@ class RuleEngine:
         self._max_norms.add(record["max_norm"])
         flags = flag_layers(norms, th)
         bad, low, high = flags.nonfinite or record.get("nonfinite_layers") or [], flags.vanishing, flags.exploding
-        if bad or record["nonfinite_count"]:
-            self._nonfinite_samples += 1
         level = classify_norm_level(record["mean_norm"], th)
         count = max(len(bad), record["nonfinite_count"])
+        amp = record.get("amp") or {}
+        # Under a GradScaler an inf is the scaler's overflow (it skips the step and lowers the scale), not a
+        # model fault; only overflow that persists is worth an alert.
+        overflow = bool(count) and amp.get("overflow") is True
+        if overflow:
+            self._amp_overflows += 1
+        elif count:
+            self._nonfinite_samples += 1
+        scale = amp.get("scale")
+        events = self._apply(
+            AMP_OVERFLOW,
+            "scaler",
+            _Observation(
+                AMP_OVERFLOW,
+                "scaler",
+                "warning",
+                scale if isinstance(scale, int | float) else None,
+                f"GradScaler overflow in {count} layers, step skipped (scale {scale})",
+                "Normal now and then while the scale calibrates; if it persists, lower the learning rate "
+                "and check inputs and loss for NaN",
+                tuple(bad),
+            )
+            if overflow
+            else None,
+            where,
+        )
+        if overflow:
+            count = 0
         return [
+            *events,
             *self._apply(
                 NONFINITE,
                 "gradients",

@@ -186,6 +186,7 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("nonfinite_count", _integer, True),
         ("nonfinite_layers", _text_list, False),
         ("cost_ms", _number, False),
+        ("amp", _object, False),  # {"scale": float, "overflow": bool} when a GradScaler is in use
     ),
     TASK_BALANCE: (
         ("ratio", _number, True),

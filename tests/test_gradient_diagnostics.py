@@ -259,3 +259,61 @@ def test_monitor_measures_a_layer_unfrozen_after_the_first_update():
     model.zero_grad()
     backprop(model)
     assert "fc.weight" in monitor.update(2, model)["layer_norms"]
+
+
+def test_amp_norms_are_unscaled_and_an_overflow_is_not_a_model_fault():
+    torch.manual_seed(6)
+    x, target = torch.randn(16, 4), torch.randn(16, 2)
+    reference = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    model.load_state_dict(reference.state_dict())
+    nn.functional.mse_loss(reference(x), target).backward()
+    expected = compute_layer_gradient_norms(reference)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    sink, echoed = io.BytesIO(), []
+    monitor = GradientMonitor(1, stream=sink, echo=echoed.append)
+    monitor.watch_optimizer(optimizer)
+    for epoch in (1, 2, 3):
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.mse_loss(model(x).float(), target)
+        scaler.scale(loss).backward()
+        if epoch > 1:  # an overflow, as a too-large scale produces
+            model[0].weight.grad[0, 0] = math.inf
+        scaler.unscale_(optimizer)
+        stats = monitor.update(epoch, model, scaler=scaler)
+        if epoch == 1:
+            for name, norm in expected.items():
+                assert stats["layer_norms"][name] == pytest.approx(norm, rel=0.05), name  # bf16 autocast vs fp32
+            assert stats["amp"] == {"scale": 4096.0, "overflow": False}
+        scaler.step(optimizer)
+        scaler.update()
+    records = read_records(sink)
+    grads = [r for r in records if r["kind"] == "grad_stats"]
+    assert [r["amp"]["overflow"] for r in grads] == [False, True, True]
+    assert [r["step"] for r in grads] == [0, 1, 1]  # the two overflowed steps were skipped: no optimizer step
+    assert grads[2]["amp"]["scale"] < grads[1]["amp"]["scale"]  # the scaler backed off
+    summary = monitor.close()
+    alerts = [r for r in read_records(sink) if r["kind"] == "alert"]
+    assert [a["rule"] for a in alerts] == ["amp_overflow"]  # persisting overflow; never "nonfinite"
+    assert summary.nonfinite_samples == 0 and summary.amp_overflows == 2
+    assert any("GradScaler overflow (step skipped)" in line for line in echoed)
+
+
+def test_gradient_accumulation_counts_optimizer_steps():
+    model = ConvNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    sink = io.BytesIO()
+    monitor = GradientMonitor(1, stream=sink, echo=None)
+    monitor.watch_optimizer(optimizer)
+    for epoch in range(1, 4):
+        for _micro_batch in range(4):
+            backprop(model, seed=epoch)
+        monitor.update(epoch, model)
+        optimizer.step()
+        optimizer.zero_grad()
+    monitor.close()
+    steps = [r["step"] for r in read_records(sink) if r["kind"] == "grad_stats"]
+    assert steps == [0, 1, 2]

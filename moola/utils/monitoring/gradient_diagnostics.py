@@ -430,6 +430,7 @@ class GradientMonitor:
         self._started = False
         self._closed = False
         self._failed: set[str] = set()  # measurements that failed once (and were warned about)
+        self.optimizer_steps: int | None = None  # counted once watch_optimizer() is called
         self._plan_for: nn.Module | None = None
         self._norm_plan = _NormPlan([])
         self.history: list[dict[str, Any]] = []  # the grad_stats bodies measured, in order
@@ -507,12 +508,32 @@ class GradientMonitor:
     def should_check_balance(self, epoch: int) -> bool:
         return epoch % self.task_balance_frequency == 0
 
-    def update(self, epoch: int, model: nn.Module, step: int | None = None) -> dict[str, Any] | None:
-        """Measure the gradients now in ``model`` if this epoch is due; return the ``grad_stats`` body."""
+    def update(
+        self, epoch: int, model: nn.Module, step: int | None = None, *, scaler: torch.amp.GradScaler | None = None
+    ) -> dict[str, Any] | None:
+        """Measure the gradients now in ``model`` if this epoch is due; return the ``grad_stats`` body.
+
+        ``step`` defaults to the optimizer steps counted by :meth:`watch_optimizer`. With mixed precision pass
+        the ``scaler`` and call this after ``scaler.unscale_(optimizer)`` (as for gradient clipping): the
+        norms are then the true ones, the scale is recorded, and an inf is recorded as the scaler's overflow
+        (a skipped step) rather than a model fault.
+        """
         if not self.should_log(epoch):
             return None
         self._last_logged_epoch = epoch
-        return self._guarded("gradient statistics", lambda: self._update(epoch, model, step))
+        if step is None:
+            step = self.optimizer_steps
+        return self._guarded("gradient statistics", lambda: self._update(epoch, model, step, scaler))
+
+    def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Count ``optimizer``'s steps (a hook after each ``step()``), so that records carry optimizer steps:
+        with gradient accumulation that is one per accumulated batch, and a step a GradScaler skips is not one."""
+
+        def counted(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+            self.optimizer_steps = (self.optimizer_steps or 0) + 1
+
+        self.optimizer_steps = self.optimizer_steps or 0
+        optimizer.register_step_post_hook(counted)
 
     def _guarded(self, what: str, measure: Callable[[], _T]) -> _T | None:
         """Run a measurement; a failure is one warning per kind of measurement, never a crashed run."""
@@ -533,13 +554,19 @@ class GradientMonitor:
             self._norm_plan = _NormPlan(list(model.named_parameters()))
         return self._norm_plan
 
-    def _update(self, epoch: int, model: nn.Module, step: int | None) -> dict[str, Any]:
+    def _update(
+        self, epoch: int, model: nn.Module, step: int | None, scaler: torch.amp.GradScaler | None
+    ) -> dict[str, Any]:
         self.start(model)
         began = time.perf_counter()
         norms = self._plan(model).norms()
         if not norms:
             raise ValueError("no parameter has a gradient yet: call update() after backward()")
         stats = gradient_statistics_from_norms(norms)
+        overflow = False
+        if scaler is not None and scaler.is_enabled():
+            overflow = stats["nonfinite_count"] > 0
+            stats["amp"] = {"scale": scaler.get_scale(), "overflow": overflow}
         stats["cost_ms"] = (time.perf_counter() - began) * 1e3
         self.history.append(stats)
         lines = [
@@ -548,10 +575,11 @@ class GradientMonitor:
             f"  Max norm:  {stats['max_norm']:.4f}",
         ]
         flags = rules.flag_layers(stats["layer_norms"], self.thresholds)
+        nonfinite_label = "AMP: GradScaler overflow (step skipped)" if overflow else "CRITICAL: Non-finite gradients"
         for label, layers in (
             ("WARNING: Vanishing gradients", flags.vanishing),
             ("WARNING: Exploding gradients", flags.exploding),
-            ("CRITICAL: Non-finite gradients", flags.nonfinite),
+            (nonfinite_label, flags.nonfinite),
         ):
             if layers:
                 lines.append(f"  {label} in {len(layers)} layers")
