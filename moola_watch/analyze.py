@@ -64,7 +64,12 @@ class FrameColumns:
             self.layer_norm.extend(norms.values())
         elif kind == schema.TASK_BALANCE:
             row = {k: record.get(k) for k in ("run", "epoch", "step", "time", "ratio", "cosine", "scope")}
-            for prefix, values in (("norm", "norms"), ("raw_norm", "raw_norms"), ("loss", "losses")):
+            for prefix, values in (
+                ("norm", "norms"),
+                ("raw_norm", "raw_norms"),
+                ("loss", "losses"),
+                ("share", "shares"),
+            ):
                 for task, value in (record.get(values) or {}).items():
                     row[f"{prefix}_{task}"] = value
             self.balance.append(row)

@@ -46,7 +46,7 @@ class RunView:
         if kind == schema.GRAD_STATS:
             self.mean_norms.append(record["mean_norm"])
             self.max_norms.append(record["max_norm"])
-        elif kind == schema.TASK_BALANCE:
+        elif kind == schema.TASK_BALANCE and record.get("ratio") is not None:
             self.ratios.append(record["ratio"])
 
 
@@ -141,6 +141,8 @@ def balance_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
     th = engine.thresholds
     if latest is None:
         return Panel(Text("no task-balance samples yet (single-task run?)", style="dim"), title="Task balance")
+    if latest.get("ratio") is None:
+        return tasks_panel(engine, latest)
     verdict = engine.balance()
     judged = verdict.mean if verdict.mean is not None else latest["ratio"]
     advice = rules.recommend_ratio(judged, th) if not math.isnan(judged) else None
@@ -158,6 +160,26 @@ def balance_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
     if advice is not None:
         body.add_row("action", Text(f"{advice.status}: {advice.action}", style=style))
     return Panel(body, title=f"Task balance (epoch {latest.get('epoch')})", border_style=style)
+
+
+def tasks_panel(engine: rules.RuleEngine, latest: schema.Record) -> Panel:
+    """Any set of tasks: each task's weighted gradient norm and share of the update, and the verdict."""
+    verdict = engine.balance()
+    style = SEVERITY_STYLE["error"] if verdict.collapsed else "green"
+    body = Table(box=None, padding=(0, 1), expand=True)
+    for name in ("task", "norm", "share"):
+        body.add_column(name, justify="left" if name == "task" else "right")
+    shares = latest.get("shares") or {}
+    for task, norm in latest["norms"].items():
+        dominated = any(a.rule == rules.COLLAPSE and a.subject == task for a in engine.firing())
+        body.add_row(
+            text(task, SEVERITY_STYLE["error"] if dominated else ""), number(norm), number(shares.get(task), 2)
+        )
+    return Panel(
+        Group(body, Text(verdict.text, style=style)),
+        title=f"Task balance, {len(latest['norms'])} tasks (epoch {latest.get('epoch')})",
+        border_style=style,
+    )
 
 
 def layers_table(engine: rules.RuleEngine, options: ViewOptions) -> RenderableType:

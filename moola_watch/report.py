@@ -103,6 +103,8 @@ def layers_table(layers: pd.DataFrame, thresholds: rules.Thresholds, top: int = 
 def balance_trend(balance: pd.DataFrame, thresholds: rules.Thresholds) -> RenderableType:
     if balance.empty:
         return Text("No task-balance samples in this log (single-task run?).", style="dim")
+    if "ratio" not in balance or balance["ratio"].isna().all():
+        return tasks_trend(balance)
     frame = balance.assign(window_mean=window_means(balance["ratio"].tolist(), thresholds))
     table = Table(title="Task balance (pointer/type)", title_justify="left", expand=True)
     for name in ("epoch", "step", "ratio", "window mean", "cosine"):
@@ -121,6 +123,19 @@ def balance_trend(balance: pd.DataFrame, thresholds: rules.Thresholds) -> Render
         )
     band = f"healthy {thresholds.balance_low}-{thresholds.balance_high}"
     table.caption = f"ratio trend (log scale, {band}): {sparkline(frame['ratio'].tolist(), 40, log=True)}"
+    return table
+
+
+def tasks_trend(balance: pd.DataFrame) -> Table:
+    """Any set of tasks: each task's gradient norm and share of the update over time."""
+    tasks = [column[len("norm_") :] for column in balance.columns if column.startswith("norm_")]
+    table = Table(title=f"Task balance, {len(tasks)} tasks (gradient norm / share of the update)", title_justify="left")
+    for name in ("epoch", "step", *tasks):
+        table.add_column(name, justify="right")
+    for row in _sampled(balance).itertuples(index=False):
+        values = row._asdict()
+        cells = [f"{number(values[f'norm_{t}'])} / {number(values.get(f'share_{t}'), 2)}" for t in tasks]
+        table.add_row(str(values["epoch"]), str(values["step"]), *cells)
     return table
 
 

@@ -188,7 +188,7 @@ class CollapseVerdict:
 
     @property
     def collapsed(self) -> bool:
-        return self.state in ("pointer_dominating", "type_dominating")
+        return self.state in ("pointer_dominating", "type_dominating", "dominated")
 
 
 def mean_ratio(ratios: Sequence[float]) -> float:
@@ -377,6 +377,7 @@ class RuleEngine:
         self.alerts: list[Alert] = []  # every alert ever raised, in order, pending ones included
         self._open: dict[tuple[str, str], Alert] = {}  # pending or firing, by key
         self._ratios: deque[float] = deque(maxlen=self.thresholds.window)
+        self._dominance_windows: dict[str, deque[float]] = {}  # per task: largest task norm / its norm
         self._balance_samples = 0
         self._mean_norms = _Stats()
         self._max_norms = _Stats()
@@ -452,7 +453,22 @@ class RuleEngine:
         return self.run.status
 
     def balance(self) -> CollapseVerdict:
-        return collapse_verdict(self._ratios, self.thresholds)
+        """The pointer/type window verdict; for other task sets, the most dominated task's."""
+        th = self.thresholds
+        if self._ratios or not self._dominance_windows:
+            return collapse_verdict(self._ratios, th)
+        full = {task: mean_ratio(w) for task, w in self._dominance_windows.items() if len(w) == th.window}
+        if not full:
+            samples = max(len(w) for w in self._dominance_windows.values())
+            return CollapseVerdict("not_enough_data", None, samples, "Not enough data")
+        task, worst = max(full.items(), key=lambda item: item[1])
+        if worst > th.collapse_high:
+            return CollapseVerdict(
+                "dominated", worst, th.window, f"{task} task dominated (ratio={worst:.2f} > {th.collapse_high})"
+            )
+        return CollapseVerdict(
+            "balanced", worst, th.window, f"Tasks balanced (largest/smallest gradient ratio={worst:.2f})"
+        )
 
     def worst_severity(self) -> str | None:
         """The worst severity any alert reached while firing (or resolved after firing)."""
@@ -599,8 +615,43 @@ class RuleEngine:
         ]
 
     def _task_balance(self, record: schema.Record, where: _Where) -> list[AlertEvent]:
+        ratio: float | None = record.get("ratio")
+        norms: dict[str, float] = record["norms"]
+        events = [] if ratio is None else self._pointer_type(ratio, where)
+        if ratio is None or len(norms) > 2:
+            events += self._dominance(norms, where)
+        return events
+
+    def _dominance(self, norms: dict[str, float], where: _Where) -> list[AlertEvent]:
+        """Any set of tasks: a task whose weighted gradient norm stays, over the window, more than
+        ``collapse_high`` times below the largest task's is dominated (the spec's collapse, per task)."""
         th = self.thresholds
-        ratio: float = record["ratio"]
+        largest = max(norms.values(), default=math.nan)
+        if not largest > 0:  # no gradient at all, or non-finite: nothing to judge
+            return []
+        self._balance_samples += 1
+        dominant = max(norms, key=norms.__getitem__)
+        events: list[AlertEvent] = []
+        for task, norm in norms.items():
+            window = self._dominance_windows.setdefault(task, deque(maxlen=th.window))
+            window.append(largest / norm if norm > 0 else math.inf)
+            mean = mean_ratio(window) if len(window) == th.window else None
+            seen = None
+            if mean is not None and mean > th.collapse_high:
+                seen = _Observation(
+                    COLLAPSE,
+                    task,
+                    "error",
+                    mean,
+                    f"TASK COLLAPSE: {task} task dominated (largest task gradient / its gradient = {mean:.2f}"
+                    f" > {th.collapse_high}, largest now: {dominant})",
+                    f"Urgent: raise the weight of the {task} loss (2x), or lower the dominant task's",
+                )
+            events += self._apply(COLLAPSE, task, seen, where)
+        return events
+
+    def _pointer_type(self, ratio: float, where: _Where) -> list[AlertEvent]:
+        th = self.thresholds
         if math.isnan(ratio):  # both task gradients zero or non-finite: nothing to judge
             return []
         self._balance_samples += 1

@@ -189,8 +189,10 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("amp", _object, False),  # {"scale": float, "overflow": bool} when a GradScaler is in use
     ),
     TASK_BALANCE: (
-        ("ratio", _number, True),
+        ("ratio", _optional_number, False),  # pointer/type, the spec's figure; absent for other task sets
         ("norms", _number_map, True),
+        ("cosines", _number_map, False),
+        ("shares", _number_map, False),
         ("raw_norms", _number_map, False),
         ("cosine", _optional_number, False),
         ("losses", _number_map, False),

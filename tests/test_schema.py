@@ -68,7 +68,7 @@ def test_rejections_name_the_problem():
     assert stringly.category == "invalid" and "grad_stats.total_norm" in stringly.reason
     nested = rejected(encode_record(grad_stats(layer_norms=[0.5])))
     assert "layer_norms" in nested.reason
-    assert "no 'ratio'" in rejected(encode_record(make_record("task_balance", "r", 1.0, norms={}))).reason
+    assert "no 'norms'" in rejected(encode_record(make_record("task_balance", "r", 1.0, ratio=1.0))).reason
     assert rejected(b'{"schema": true, "kind": "epoch"}').category == "invalid"
     assert rejected(b'{"schema": 1, "kind": ["x"], "run": "r", "time": 1}').category == "unknown_kind"
     assert rejected(b'{"schema": 1, "kind": "epoch", "run": "r", "time": 1, "train_loss": NaN}').category == "bad_json"

@@ -12,7 +12,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -153,19 +153,26 @@ def detect_exploding_gradients(layer_norms: dict[str, float], threshold: float =
 
 @dataclass(frozen=True)
 class TaskGradients:
-    """Task balance on the shared parameters. ``norms`` are of the weighted losses as they enter the total
-    (``beta * pointer_loss``, ``alpha * type_loss``), ``raw_norms`` of the unweighted ones; ``ratio`` is
-    pointer/type of the weighted norms; ``cosine`` is between the two task gradients (None if one is 0)."""
+    """Task balance over a shared scope, for any number of named tasks.
 
-    ratio: float
+    ``norms`` are the gradient norms of the weighted losses as they enter the total (``beta *
+    pointer_loss``, ``alpha * type_loss``), ``raw_norms`` of the unweighted ones; ``cosines`` holds every pair
+    (``"a|b"``, absent where a gradient is zero); ``shares`` is each task's part of the update, ``g_i . g /
+    |g|^2`` from the Gram matrix of the weighted task gradients (they sum to 1; a negative share pulls
+    against the rest). ``ratio`` and ``cosine`` are the spec's pointer/type figures, None without those two
+    tasks. ``float(result)`` is the ratio."""
+
+    ratio: float | None
     norms: dict[str, float]
     raw_norms: dict[str, float]
     cosine: float | None
     scope: str
     losses: dict[str, float]  # the unweighted task losses of the batch
+    cosines: dict[str, float]
+    shares: dict[str, float]
 
     def __float__(self) -> float:
-        return self.ratio
+        return math.nan if self.ratio is None else self.ratio
 
 
 def parameters_reached(loss: torch.Tensor, parameters: Iterable[nn.Parameter]) -> list[nn.Parameter]:
@@ -186,57 +193,65 @@ def parameters_reached(loss: torch.Tensor, parameters: Iterable[nn.Parameter]) -
     return [p for p in wanted.values() if id(p) in reached]
 
 
-def shared_parameters_of(model: nn.Module, pointer_loss: torch.Tensor, type_loss: torch.Tensor) -> list[nn.Parameter]:
-    """Parameters both task losses reach: ``model.shared_parameters()`` if it declares them, else found
-    by walking both losses' graphs."""
+def shared_parameters_of(model: nn.Module, *losses: torch.Tensor) -> list[nn.Parameter]:
+    """Parameters every task loss reaches: ``model.shared_parameters()`` if it declares them, else found by
+    walking each loss's graph."""
     declared = getattr(model, "shared_parameters", None)
     if callable(declared):
         return [p for p in declared() if p.requires_grad]
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    pointer_side = {id(p) for p in parameters_reached(pointer_loss, trainable)}
-    return [p for p in parameters_reached(type_loss, trainable) if id(p) in pointer_side]
+    shared = [p for p in model.parameters() if p.requires_grad]
+    for loss in losses:
+        shared = parameters_reached(loss, shared)
+    return shared
 
 
 def _balance(
-    pointer_grads: Sequence[torch.Tensor | None],
-    type_grads: Sequence[torch.Tensor | None],
+    task_grads: Mapping[str, Sequence[torch.Tensor | None]],
     like: Sequence[torch.Tensor],
-    pointer_loss: torch.Tensor,
-    type_loss: torch.Tensor,
-    alpha: float,
-    beta: float,
+    losses: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float],
     scope: str,
 ) -> TaskGradients:
-    """Task balance from the two tasks' (unweighted) gradients over the same tensors ``like``."""
+    """Task balance from each task's unweighted gradients over the same tensors ``like``: one Gram matrix,
+    one host transfer."""
 
     def flat(grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
         pieces = [(g if g is not None else torch.zeros_like(t)).reshape(-1) for g, t in zip(grads, like, strict=True)]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
-    pointer_grad, type_grad = flat(pointer_grads), flat(type_grads)
-    numbers = [
-        pointer_grad.norm(),
-        type_grad.norm(),
-        pointer_grad @ type_grad,
-        pointer_loss.detach(),
-        type_loss.detach(),
-    ]
-    pointer_raw, type_raw, dot, pointer_value, type_value = torch.stack(
-        [n.to(pointer_grad.device, torch.float64) for n in numbers]
-    ).tolist()  # the one host transfer
-    pointer_norm, type_norm = abs(beta) * pointer_raw, abs(alpha) * type_raw
-    # Zero type gradient: the pointer task is all there is (inf), or neither task moves (NaN).
-    ratio = pointer_norm / type_norm if type_norm > 0 else (math.inf if pointer_norm > 0 else math.nan)
-    cosine = dot / (pointer_raw * type_raw) if pointer_raw > 0 and type_raw > 0 else None
-    if cosine is not None and math.isfinite(cosine):
-        cosine = max(-1.0, min(1.0, cosine))
+    names = list(task_grads)
+    count = len(names)
+    flats = torch.stack([flat(task_grads[name]).double() for name in names])
+    gram = flats @ flats.T
+    loss_values = torch.stack([losses[name].detach().to(gram.device, torch.float64) for name in names])
+    values = torch.cat([gram.reshape(-1), loss_values]).tolist()  # the one host transfer
+    raw_gram = [values[row * count : (row + 1) * count] for row in range(count)]
+    raw = [math.sqrt(max(raw_gram[i][i], 0.0)) for i in range(count)]
+    weight = [weights[name] for name in names]
+    cosines = {}
+    for i in range(count):
+        for j in range(i + 1, count):
+            if raw[i] > 0 and raw[j] > 0:
+                cosines[f"{names[i]}|{names[j]}"] = max(-1.0, min(1.0, raw_gram[i][j] / (raw[i] * raw[j])))
+    weighted = [[weight[i] * weight[j] * raw_gram[i][j] for j in range(count)] for i in range(count)]
+    total = math.fsum(math.fsum(row) for row in weighted)
+    shares = {name: (math.fsum(weighted[i]) / total if total > 0 else math.nan) for i, name in enumerate(names)}
+    norms = {name: abs(weight[i]) * raw[i] for i, name in enumerate(names)}
+    ratio = cosine = None
+    if "pointer" in norms and "type" in norms:
+        pointer_norm, type_norm = norms["pointer"], norms["type"]
+        # Zero type gradient: the pointer task is all there is (inf), or neither task moves (NaN).
+        ratio = pointer_norm / type_norm if type_norm > 0 else (math.inf if pointer_norm > 0 else math.nan)
+        cosine = cosines.get("pointer|type", cosines.get("type|pointer"))
     return TaskGradients(
         ratio=ratio,
-        norms={"pointer": pointer_norm, "type": type_norm},
-        raw_norms={"pointer": pointer_raw, "type": type_raw},
+        norms=norms,
+        raw_norms=dict(zip(names, raw, strict=True)),
         cosine=cosine,
         scope=scope,
-        losses={"pointer": pointer_value, "type": type_value},
+        losses=dict(zip(names, values[count * count :], strict=True)),
+        cosines=cosines,
+        shares=shares,
     )
 
 
@@ -245,12 +260,35 @@ def _shared_scope(shared: Sequence[nn.Parameter]) -> str:
 
 
 def _resolve_shared(
-    model: nn.Module, pointer_loss: torch.Tensor, type_loss: torch.Tensor, given: Sequence[nn.Parameter] | None
+    model: nn.Module, losses: Sequence[torch.Tensor], given: Sequence[nn.Parameter] | None
 ) -> list[nn.Parameter]:
-    shared = list(given) if given is not None else shared_parameters_of(model, pointer_loss, type_loss)
+    shared = list(given) if given is not None else shared_parameters_of(model, *losses)
     if not shared:
-        raise ValueError("the two task losses share no trainable parameters")
+        raise ValueError("the task losses share no trainable parameters")
     return shared
+
+
+def compute_task_balance(
+    losses: Mapping[str, torch.Tensor],
+    model: nn.Module,
+    *,
+    weights: Mapping[str, float] | None = None,
+    shared_parameters: Sequence[nn.Parameter] | None = None,
+    representation: torch.Tensor | None = None,
+) -> TaskGradients:
+    """Balance of any number of named tasks (``weights``: each loss's weight in the total, default 1), on the
+    parameters every loss reaches or at ``representation``; graph and ``.grad`` untouched, one transfer."""
+    weights = {name: 1.0 for name in losses} if weights is None else dict(weights)
+    if representation is not None:
+        targets: list[torch.Tensor] = [representation]
+        scope = f"shared representation {tuple(representation.shape)}"
+    else:
+        targets = _resolve_shared(model, list(losses.values()), shared_parameters)
+        scope = _shared_scope(targets)
+    grads = {
+        name: torch.autograd.grad(loss, targets, retain_graph=True, allow_unused=True) for name, loss in losses.items()
+    }
+    return _balance(grads, targets, losses, weights, scope)
 
 
 def compute_task_gradient_ratio(
@@ -272,15 +310,13 @@ def compute_task_gradient_ratio(
     still calls ``backward()`` on the total loss. One host transfer. ``float(result)`` is the ratio; it is
     ``inf`` when the type gradient is zero and NaN when both are.
     """
-    if representation is not None:
-        targets: list[torch.Tensor] = [representation]
-        scope = f"shared representation {tuple(representation.shape)}"
-    else:
-        targets = _resolve_shared(model, pointer_loss, type_loss, shared_parameters)
-        scope = _shared_scope(targets)
-    pointer_grads = torch.autograd.grad(pointer_loss, targets, retain_graph=True, allow_unused=True)
-    type_grads = torch.autograd.grad(type_loss, targets, retain_graph=True, allow_unused=True)
-    return _balance(pointer_grads, type_grads, targets, pointer_loss, type_loss, alpha, beta, scope)
+    return compute_task_balance(
+        {"pointer": pointer_loss, "type": type_loss},
+        model,
+        weights={"pointer": beta, "type": alpha},
+        shared_parameters=shared_parameters,
+        representation=representation,
+    )
 
 
 def backward_with_task_balance(
@@ -300,7 +336,7 @@ def backward_with_task_balance(
     of the three that measuring first and then calling ``backward()`` takes. The graph is freed: do not call
     ``backward()`` afterwards.
     """
-    shared = _resolve_shared(model, pointer_loss, type_loss, shared_parameters)
+    shared = _resolve_shared(model, [pointer_loss, type_loss], shared_parameters)
     params = [p for p in model.parameters() if p.requires_grad]
     type_grads = torch.autograd.grad(type_loss, params, retain_graph=True, allow_unused=True)
     pointer_grads = torch.autograd.grad(pointer_loss, params, allow_unused=True)
@@ -314,13 +350,10 @@ def backward_with_task_balance(
     where = {id(p): i for i, p in enumerate(params)}
     index = [where[id(p)] for p in shared]
     return _balance(
-        [pointer_grads[i] for i in index],
-        [type_grads[i] for i in index],
+        {"pointer": [pointer_grads[i] for i in index], "type": [type_grads[i] for i in index]},
         shared,
-        pointer_loss,
-        type_loss,
-        alpha,
-        beta,
+        {"pointer": pointer_loss, "type": type_loss},
+        {"pointer": beta, "type": alpha},
         _shared_scope(shared),
     )
 
@@ -358,9 +391,13 @@ class RepresentationTap:
                 return None
             return grad if weight == 1 else grad / weight
 
-        scope = f"shared representation {tuple(self.representation.shape)}"
-        like = [self.representation]
-        return _balance([raw("pointer", beta)], [raw("type", alpha)], like, pointer_loss, type_loss, alpha, beta, scope)
+        return _balance(
+            {"pointer": [raw("pointer", beta)], "type": [raw("type", alpha)]},
+            [self.representation],
+            {"pointer": pointer_loss, "type": type_loss},
+            {"pointer": beta, "type": alpha},
+            f"shared representation {tuple(self.representation.shape)}",
+        )
 
 
 def detect_task_collapse(
@@ -638,7 +675,7 @@ class GradientMonitor:
         ``backward()`` of the total is done instead, so the step always gets its gradients."""
         self.start(model)
         shared = self._guarded(
-            "task balance", lambda: _resolve_shared(model, pointer_loss, type_loss, shared_parameters)
+            "task balance", lambda: _resolve_shared(model, [pointer_loss, type_loss], shared_parameters)
         )
         if shared is None:
             (alpha * type_loss + beta * pointer_loss).backward()
@@ -655,20 +692,53 @@ class GradientMonitor:
         """Print and record a balance measured elsewhere (e.g. by a :class:`RepresentationTap`)."""
         self._record_balance(epoch, step, balance, alpha, beta)
 
+    def record_tasks_balance(
+        self,
+        epoch: int,
+        model: nn.Module,
+        losses: Mapping[str, torch.Tensor],
+        *,
+        weights: Mapping[str, float] | None = None,
+        step: int | None = None,
+        shared_parameters: Sequence[nn.Parameter] | None = None,
+    ) -> TaskGradients | None:
+        """Any number of named tasks (see :func:`compute_task_balance`): norms, pairwise cosines and shares of
+        the update are recorded; the watcher alerts on a dominated task."""
+        weights = {name: 1.0 for name in losses} if weights is None else dict(weights)
+
+        def measure() -> TaskGradients:
+            self.start(model)
+            return compute_task_balance(losses, model, weights=weights, shared_parameters=shared_parameters)
+
+        balance = self._guarded("task balance", measure)
+        if balance is not None:
+            self._emit_balance(epoch, step, balance, weights)
+        return balance
+
     def _record_balance(self, epoch: int, step: int | None, balance: TaskGradients, alpha: float, beta: float) -> None:
-        self.task_ratios.append(balance.ratio)
-        if not math.isnan(balance.ratio):
-            self._echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, epoch, self.thresholds)}")
+        self._emit_balance(epoch, step, balance, {"pointer": beta, "type": alpha})
+
+    def _emit_balance(self, epoch: int, step: int | None, balance: TaskGradients, weights: dict[str, float]) -> None:
+        if balance.ratio is not None:
+            self.task_ratios.append(balance.ratio)
+            if not math.isnan(balance.ratio):
+                self._echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, epoch, self.thresholds)}")
+        else:
+            parts = ", ".join(f"{t} {balance.norms[t]:.4g} ({balance.shares[t]:.0%})" for t in balance.norms)
+            self._echo(f"\n{PREFIX} Task balance at epoch {epoch}: {parts} (gradient norm, share of the update)")
+        fields: dict[str, Any] = {"ratio": balance.ratio} if balance.ratio is not None else {}
         self._emit(
             schema.TASK_BALANCE,
             epoch=epoch,
             step=step,
-            ratio=balance.ratio,
+            **fields,
             norms=balance.norms,
             raw_norms=balance.raw_norms,
             cosine=balance.cosine,
+            cosines=balance.cosines,
+            shares=balance.shares,
             losses=balance.losses,
-            weights={"pointer": beta, "type": alpha},
+            weights=weights,
             scope=balance.scope,
         )
 

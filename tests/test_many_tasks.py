@@ -1,0 +1,89 @@
+"""Any number of tasks: the monitor records every norm, cosine and share; the watcher names the dominated one."""
+
+import json
+import math
+
+import pytest
+import torch
+from helpers import run_cli
+from torch import nn
+
+from moola.utils.monitoring import GradientMonitor
+from moola.utils.monitoring.gradient_diagnostics import compute_task_balance
+from moola_watch.schema import decode_record
+
+
+class ThreeHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh())
+        self.heads = nn.ModuleDict({name: nn.Linear(16, 1) for name in ("price", "volume", "regime")})
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return {name: head(h).squeeze(1) for name, head in self.heads.items()}
+
+
+def losses_of(model, x, y):
+    outputs = model(x)
+    return {name: nn.functional.mse_loss(outputs[name], y[:, i]) for i, name in enumerate(outputs)}
+
+
+def test_balance_of_three_tasks_matches_its_definition():
+    torch.manual_seed(0)
+    model = ThreeHeads()
+    x, y = torch.randn(32, 6), torch.randn(32, 3)
+    losses = losses_of(model, x, y)
+    weights = {"price": 1.0, "volume": 0.5, "regime": 2.0}
+    balance = compute_task_balance(losses, model, weights=weights)
+    shared = list(model.trunk.parameters())
+    grads = {
+        n: torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)])
+        for n, loss in losses.items()
+    }
+    total = sum(weights[n] * grads[n] for n in grads)
+    for name, g in grads.items():
+        assert balance.norms[name] == pytest.approx(weights[name] * g.norm().item(), rel=1e-6)
+        assert balance.shares[name] == pytest.approx(
+            (weights[name] * g @ total).item() / (total @ total).item(), rel=1e-5
+        )
+    assert set(balance.cosines) == {"price|volume", "price|regime", "volume|regime"}
+    assert balance.cosines["price|regime"] == pytest.approx(
+        (grads["price"] @ grads["regime"]).item() / (grads["price"].norm() * grads["regime"].norm()).item(), rel=1e-5
+    )
+    assert math.fsum(balance.shares.values()) == pytest.approx(1.0)
+    assert balance.ratio is None and math.isnan(float(balance))
+
+
+def test_a_dominated_task_is_named_by_the_trainer_log_and_the_watcher(tmp_path):
+    torch.manual_seed(1)
+    model = ThreeHeads()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    weights = {"price": 1.0, "volume": 1.0, "regime": 0.001}  # the regime task is all but silenced
+    log = tmp_path / "three.jsonl"
+    with GradientMonitor(1, log_path=log, echo=None) as monitor:
+        for epoch in range(1, 15):
+            x, y = torch.randn(32, 6), torch.randn(32, 3)
+            losses = losses_of(model, x, y)
+            monitor.record_tasks_balance(epoch, model, losses, weights=weights, step=epoch)
+            optimizer.zero_grad()
+            sum(weights[n] * loss for n, loss in losses.items()).backward()
+            monitor.update(epoch, model, step=epoch)
+            optimizer.step()
+    records = [decode_record(line) for line in log.read_bytes().splitlines()]
+    balance = [r for r in records if r["kind"] == "task_balance"]
+    assert len(balance) == 14
+    for record in balance:
+        assert len(record["norms"]) == 3 and len(record["cosines"]) == 3 and "ratio" not in record
+        assert math.fsum(record["shares"].values()) == pytest.approx(1.0)
+    result = run_cli("moola_watch.cli", "check", "--json", str(log))
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["verdict"] == "error"
+    collapse = [a for a in report["alerts"] if a["rule"] == "collapse"]
+    assert [a["subject"] for a in collapse] == ["regime"] and collapse[0]["first_step"] == 10
+    assert collapse[0]["message"].startswith("TASK COLLAPSE: regime task dominated")
+    assert report["summary"]["balance"]["state"] == "dominated"
+    shown = run_cli("moola_watch.cli", "follow", "--once", str(log), env={"COLUMNS": "140"})
+    assert "Task balance, 3 tasks" in shown.stdout and "regime task dominated" in shown.stdout
+    analyzed = run_cli("moola_watch.cli", "analyze", str(log), env={"COLUMNS": "160"})
+    assert "Task balance, 3 tasks" in analyzed.stdout
