@@ -163,11 +163,33 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _distributed(device: str) -> bool:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
     if args.command == "train":
-        return _train(args, console)
+        distributed = _distributed(args.device)
+        # Only rank 0 talks: the others train in silence (and write no log unless asked per rank).
+        quiet = distributed and int(os.environ.get("RANK", "0")) != 0
+        try:
+            return _train(args, Console(quiet=quiet))
+        finally:
+            if distributed:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
     if args.command == "sample-logs":
         from moola import sample_logs
 

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from moola.data import N_FEATURES, encode_labels, validate_arrays
 from moola.reporting import TrainingReporter
-from moola.utils.monitoring.gradient_diagnostics import PREFIX, GradientMonitor, RepresentationTap
+from moola.utils.monitoring.gradient_diagnostics import PREFIX, GradientMonitor, RepresentationTap, distributed_rank
 from moola_watch.rules import Thresholds
 
 MODEL_NAME = "enhanced_simple_lstm"
@@ -227,6 +227,7 @@ class EnhancedSimpleLSTM:
             "multitask": multitask,
             "balance_scope": balance_scope,
             "normalize": self.normalize,
+            "world_size": distributed_rank()[1],
         }
         reporter = TrainingReporter(console, epochs)
         monitor = None
@@ -245,6 +246,15 @@ class EnhancedSimpleLSTM:
                 reporter.echo(f"{PREFIX} Gradient log: {monitor.log_path}")
             monitor.start(net, model_name=MODEL_NAME, config=config)
 
+        # Under torch.distributed (torchrun): equal shares of the training set per rank, DDP averaging the
+        # gradients, and task balance measured before the step's backward (the fused and tapped probes
+        # would bypass DDP's gradient hooks or its forward).
+        rank, world = distributed_rank()
+        step_net: nn.Module = net
+        if world > 1:
+            share = len(train_idx) // world
+            train_idx = train_idx[rank * share : (rank + 1) * share]
+            step_net = nn.parallel.DistributedDataParallel(net)
         generator = torch.Generator().manual_seed(self.seed)
         train_tensor = torch.as_tensor(train_idx)
         step = 0
@@ -258,12 +268,16 @@ class EnhancedSimpleLSTM:
                 for index, batch in enumerate(batches):
                     batch = batch.to(device)
                     probe = monitor is not None and multitask and index == 0 and monitor.should_check_balance(epoch)
-                    states = net.encode(x_all[batch])
-                    tap = RepresentationTap(states) if probe and balance_scope == "representation" else None
-                    if tap is not None:
-                        logits, positions = net.heads(tap.input("type"), tap.input("pointer"))
+                    tap = None
+                    if world > 1:
+                        logits, positions = step_net(x_all[batch])
                     else:
-                        logits, positions = net.heads(states)
+                        states = net.encode(x_all[batch])
+                        tap = RepresentationTap(states) if probe and balance_scope == "representation" else None
+                        if tap is not None:
+                            logits, positions = net.heads(tap.input("type"), tap.input("pointer"))
+                        else:
+                            logits, positions = net.heads(states)
                     type_loss = F.cross_entropy(logits, y_all[batch], label_smoothing=0.1)
                     total = loss_alpha * type_loss
                     pointer_loss = None
@@ -272,7 +286,13 @@ class EnhancedSimpleLSTM:
                         pointer_loss = pointer_loss_fn(positions, p_all[batch])
                         total = total + loss_beta * pointer_loss
                     optimizer.zero_grad(set_to_none=True)
-                    if probe and tap is None:
+                    if probe and world > 1:
+                        assert monitor is not None and pointer_loss is not None
+                        monitor.record_task_balance(
+                            epoch, net, pointer_loss, type_loss, alpha=loss_alpha, beta=loss_beta, step=step
+                        )
+                        total.backward()
+                    elif probe and tap is None:
                         assert monitor is not None and pointer_loss is not None
                         monitor.backward_with_task_balance(
                             epoch, net, pointer_loss, type_loss, alpha=loss_alpha, beta=loss_beta, step=step

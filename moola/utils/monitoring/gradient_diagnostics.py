@@ -23,6 +23,11 @@ import torch
 from torch import nn
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
+if torch.distributed.is_available():
+    from torch.distributed.tensor import DTensor as _DTensor
+else:  # a torch build without distributed support has no sharded gradients either
+    _DTensor = None
+
 from moola import __version__
 from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
 from moola_watch import rules, schema
@@ -41,10 +46,31 @@ def _group_norms(members: list[torch.Tensor], dtype: torch.dtype, device: torch.
     # Low-precision gradients are reduced in float32 so the norm itself keeps its digits.
     wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
     try:
-        norms = torch._foreach_norm(members, 2.0, dtype=wide)
+        stacked = torch.stack(torch._foreach_norm(members, 2.0, dtype=wide))
     except (NotImplementedError, RuntimeError):
         norms = [torch.linalg.vector_norm(t.coalesce().values() if t.is_sparse else t) for t in members]
-    return torch.stack(norms).to(device=device, dtype=torch.float64)
+        stacked = torch.stack([_full(norm) for norm in norms])
+    # Sharded gradients (FSDP2, DTensor) give per-shard partial norms: one reduction over the shard group
+    # makes them the norms of the full gradients. Every rank must take part, as in any collective.
+    return _full(stacked).to(device=device, dtype=torch.float64)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's global value (a collective over its mesh); any other tensor as it is."""
+    return tensor.full_tensor() if _DTensor is not None and isinstance(tensor, _DTensor) else tensor
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def rank_log_path(path: str | Path, rank: int) -> Path:
+    """``runs/a.jsonl`` -> ``runs/a.rank1.jsonl``: one file per writer, never two writers in one file."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 
 @torch.no_grad()
@@ -447,9 +473,19 @@ class GradientMonitor:
         echo: Callable[[str], None] | None = _echo_to_stdout,
         warn: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        per_rank: bool = False,
     ) -> None:
         if log_frequency < 1 or task_balance_frequency < 1:
             raise ValueError("log_frequency and task_balance_frequency must be at least 1")
+        # Under torch.distributed every rank measures (sharded norms need every rank in the reduction), but
+        # only rank 0 writes and prints, its gradients being the all-reduced ones; per_rank=True gives each
+        # rank its own file, named and marked with the rank.
+        self.rank, self.world_size = distributed_rank()
+        self.per_rank = per_rank
+        if self.rank != 0 and not per_rank:
+            log_path = stream = echo = warn = None
+        elif per_rank and log_path is not None:
+            log_path = rank_log_path(log_path, self.rank)
         self.log_frequency = log_frequency
         self.task_balance_frequency = task_balance_frequency
         self.thresholds = thresholds or Thresholds()
@@ -480,6 +516,8 @@ class GradientMonitor:
     # -------------------------------------------------------------- records
 
     def _emit(self, kind: str, **fields: Any) -> schema.Record:
+        if self.per_rank:
+            fields["rank"] = self.rank
         record = schema.make_record(kind, self.run_id, self._clock(), **fields)
         events = self.engine.observe(record)
         if self._writer:
@@ -534,8 +572,8 @@ class GradientMonitor:
             versions={"torch": torch.__version__, "moola": __version__, "schema": schema.SCHEMA_VERSION},
             host=socket.gethostname(),
             pid=os.getpid(),
-            rank=0,
-            world_size=1,
+            rank=self.rank,
+            world_size=self.world_size,
         )
 
     def should_log(self, epoch: int) -> bool:

@@ -1,0 +1,78 @@
+"""torch.distributed with gloo on CPU: rank 0 writes the norms of the full (averaged or sharded) gradients."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from dist_worker import model_and_batch
+from helpers import REPO
+
+from moola.utils.monitoring import compute_gradient_statistics
+from moola_watch.schema import decode_record
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def torchrun(mode: str, out: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(WORKER), mode, str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def single_process_reference() -> dict:
+    model, x, y = model_and_batch()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    return compute_gradient_statistics(model)
+
+
+def grad_stats(path: Path) -> dict:
+    records = [decode_record(line) for line in path.read_bytes().splitlines()]
+    return next(r for r in records if isinstance(r, dict) and r["kind"] == "grad_stats")
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_rank_0_logs_the_norms_of_the_full_gradients(tmp_path, mode):
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    torchrun(mode, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]  # rank 1 wrote nothing
+    expected, logged = single_process_reference(), grad_stats(tmp_path / "run.jsonl")
+    assert logged["total_norm"] == pytest.approx(expected["total_norm"], rel=1e-5)
+    assert set(logged["layer_norms"]) == set(expected["layer_norms"])
+    for name, norm in expected["layer_norms"].items():
+        assert logged["layer_norms"][name] == pytest.approx(norm, rel=1e-5), name
+
+
+def test_per_rank_writes_one_file_per_rank_with_the_rank_in_every_record(tmp_path):
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    torchrun("ddp-per-rank", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.rank0.jsonl", "run.rank1.jsonl"]
+    for rank in (0, 1):
+        records = [decode_record(line) for line in (tmp_path / f"run.rank{rank}.jsonl").read_bytes().splitlines()]
+        assert records and all(r["rank"] == rank for r in records)
+        assert records[0]["world_size"] == 2
+
+
+def test_torchrun_trains_on_two_cpu_ranks_with_one_log_and_one_voice(tmp_path):
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    log = tmp_path / "run.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "moola.cli",
+         "train", "--predict-pointers", "--monitor-gradients", "--epochs", "3", "--n-samples", "120",
+         "--gradient-log-freq", "1", "--task-balance-freq", "1", "--grad-log", str(log)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("[PHASE 4] Gradient Monitoring Summary:") == 1  # rank 1 is silent
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]
+    records = [decode_record(line) for line in log.read_bytes().splitlines()]
+    assert records[0]["world_size"] == 2 and records[0]["config"]["world_size"] == 2
+    assert records[-1]["status"] == "completed"
+    assert [r["kind"] for r in records].count("task_balance") == 3
