@@ -10,7 +10,7 @@ import csv
 import re
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -137,16 +137,25 @@ def _print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def _scans(
+    args: argparse.Namespace, console: Console, *, frames: bool
+) -> Iterator[tuple[Path, analyze.LogScan | None]]:
+    """Each log of the command line scanned, or None (after a one-line error) if it cannot be read."""
+    thresholds = thresholds_from(args)
+    for path in args.logs:
+        try:
+            yield path, _scan(path, thresholds, console, frames=frames)
+        except UsageError as exc:
+            _error(str(exc))
+            yield path, None
+
+
 def _analyze(args: argparse.Namespace, console: Console) -> int:
     from moola_watch.report import analyze_report
 
-    thresholds = thresholds_from(args)
     worst = EXIT_OK
-    for path in args.logs:
-        try:
-            scan = _scan(path, thresholds, console, frames=True)
-        except UsageError as exc:
-            _error(str(exc))
+    for path, scan in _scans(args, console, frames=True):
+        if scan is None:
             worst = EXIT_USAGE
             continue
         frames = analyze.to_frames(scan)
@@ -177,15 +186,11 @@ def _write_csv(directory: Path, log: Path, frames: dict[str, Any]) -> None:
 
 
 def _check(args: argparse.Namespace, console: Console) -> int:
-    thresholds = thresholds_from(args)
     worst = EXIT_OK
-    for path in args.logs:
-        try:
-            scan = _scan(path, thresholds, console, frames=False)
-        except UsageError as exc:
-            _error(str(exc))
+    for path, scan in _scans(args, console, frames=False):
+        if scan is None:
             if args.json:
-                _print_json({"log": str(path), "verdict": "unreadable", "error": str(exc)})
+                _print_json({"log": str(path), "verdict": "unreadable"})
             worst = EXIT_USAGE
             continue
         failed = scan.fails(args.fail_on)

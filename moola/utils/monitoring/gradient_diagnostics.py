@@ -678,23 +678,15 @@ class GradientMonitor:
         """Measure the task ratio on this batch's graph (left intact), print and record it; see
         :func:`compute_task_gradient_ratio` for ``representation``. None (after one warning) if it cannot be
         measured, e.g. when the two losses share no parameters."""
-
-        def measure() -> TaskGradients:
-            self.start(model)
-            return compute_task_gradient_ratio(
-                pointer_loss,
-                type_loss,
-                model,
-                alpha=alpha,
-                beta=beta,
-                shared_parameters=shared_parameters,
-                representation=representation,
-            )
-
-        balance = self._guarded("task balance", measure)
-        if balance is not None:
-            self._record_balance(epoch, step, balance, alpha, beta)
-        return balance
+        return self.record_tasks_balance(
+            epoch,
+            model,
+            {"pointer": pointer_loss, "type": type_loss},
+            weights={"pointer": beta, "type": alpha},
+            step=step,
+            shared_parameters=shared_parameters,
+            representation=representation,
+        )
 
     def backward_with_task_balance(
         self,
@@ -739,6 +731,7 @@ class GradientMonitor:
         weights: Mapping[str, float] | None = None,
         step: int | None = None,
         shared_parameters: Sequence[nn.Parameter] | None = None,
+        representation: torch.Tensor | None = None,
     ) -> TaskGradients | None:
         """Any number of named tasks (see :func:`compute_task_balance`): norms, pairwise cosines and shares of
         the update are recorded; the watcher alerts on a dominated task."""
@@ -746,7 +739,9 @@ class GradientMonitor:
 
         def measure() -> TaskGradients:
             self.start(model)
-            return compute_task_balance(losses, model, weights=weights, shared_parameters=shared_parameters)
+            return compute_task_balance(
+                losses, model, weights=weights, shared_parameters=shared_parameters, representation=representation
+            )
 
         balance = self._guarded("task balance", measure)
         if balance is not None:
