@@ -21,7 +21,7 @@ import pandas as pd
 
 from moola_watch import rules, schema
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds
-from moola_watch.tail import READ_CHUNK, BadLine, Item, LineDecoder, Notice, RecordItem
+from moola_watch.tail import BadLine, Item, Notice, RecordItem, read_log
 
 MAX_BAD_LINE_DETAILS = 20
 VERDICT_HEALTHY = "healthy"
@@ -202,7 +202,7 @@ class LogScan:
             "status": current.run_status if current else "empty",
             "run": current.run.run if current else None,
             "runs": runs,
-            "alerts": [_alert_json(run, alert) for run, alert in self.alerts()],
+            "alerts": [alert_json(run, alert) for run, alert in self.alerts()],
             "records": self.records,
             "bad_lines": self.bad_lines,
             "bad_line_categories": dict(self.bad_by_category),
@@ -214,7 +214,8 @@ class LogScan:
         }
 
 
-def _alert_json(run: str, alert: rules.Alert) -> dict[str, Any]:
+def alert_json(run: str | None, alert: rules.Alert) -> dict[str, Any]:
+    """An alert as the JSON outputs (``check --json``, ``follow --json``) show it."""
     return {
         "run": run,
         "rule": alert.rule,
@@ -251,16 +252,7 @@ def scan_log(
     ``now`` (unix seconds, default: the clock) judges staleness of a run without ``run_end``;
     ``on_progress`` gets the bytes read so far. Raises ``OSError`` if the file cannot be read."""
     scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None)
-    decoder = LineDecoder(str(path))
-    done = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(READ_CHUNK):
-            for item in decoder.feed(chunk):
-                scan.add(item)
-            done += len(chunk)
-            if on_progress:
-                on_progress(done)
-    for item in decoder.finish():
+    for item in read_log(path, on_progress=on_progress):
         scan.add(item)
     scan.check_stale(time.time() if now is None else now)
     return scan
@@ -270,7 +262,7 @@ def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
     """DataFrames of a scan made with ``frames=True``: grad, layers (long), balance, epochs, alerts, runs."""
     assert scan.columns is not None, "scan_log(..., frames=True) collects the columns"
     out = scan.columns.frames()
-    out["alerts"] = pd.DataFrame([_alert_json(run, alert) for run, alert in scan.alerts()])
+    out["alerts"] = pd.DataFrame([alert_json(run, alert) for run, alert in scan.alerts()])
     out["runs"] = pd.DataFrame(
         [
             {"run": run, "model": e.run.model, "status": e.run_status, "records": e.run.records,

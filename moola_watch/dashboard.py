@@ -79,6 +79,7 @@ def _age(now: float, last: float | None) -> str:
 RULE_PRIORITY = (rules.NONFINITE, rules.COLLAPSE, rules.RUN_FAILED, rules.EXPLODING, rules.NORM_LEVEL,
                  rules.VANISHING, rules.IMBALANCE, rules.AMP_OVERFLOW, rules.STALE,
                  rules.RUN_INTERRUPTED)  # fmt: skip
+_PRIORITY = {rule: rank for rank, rule in enumerate(RULE_PRIORITY)}
 
 
 def worst_alert(engine: rules.RuleEngine) -> rules.Alert | None:
@@ -86,8 +87,7 @@ def worst_alert(engine: rules.RuleEngine) -> rules.Alert | None:
     firing = engine.firing()
     if not firing:
         return None
-    order = {rule: rank for rank, rule in enumerate(RULE_PRIORITY)}
-    return max(firing, key=lambda a: (rules.SEVERITY_RANK[a.severity], -order.get(a.rule, len(order))))
+    return max(firing, key=lambda a: (rules.SEVERITY_RANK[a.severity], -_PRIORITY.get(a.rule, len(_PRIORITY))))
 
 
 def header(view: LogView, run: str, options: ViewOptions) -> Group:

@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from moola_watch import rules
-from moola_watch.analyze import LogScan, json_number
+from moola_watch.analyze import LogScan, alert_json
 from moola_watch.dashboard import LogView, ViewOptions, overview, run_dashboard
 from moola_watch.rules import AlertEvent, Thresholds
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
@@ -100,16 +100,18 @@ class Follower:
         if isinstance(item, Notice):
             self._notice(item)
             return False
+        run = None
         if isinstance(item, RecordItem):
             view.observe(item.record)
-        self._alerts(path, events)
+            run = item.record["run"]
+        self._alerts(path, run, events)
         return True
 
     def tick(self, now: float) -> None:
         """Staleness and run-status changes, judged against the wall clock ``now``."""
         for path, view in self.views.items():
-            self._alerts(path, view.scan.check_stale(now))
             for run, engine in view.scan.engines.items():
+                self._alerts(path, run, engine.check_stale(now))
                 status = engine.run_status
                 if self._statuses.get((path, run)) != status:
                     self._statuses[(path, run)] = status
@@ -131,27 +133,19 @@ class Follower:
         elif not self.live_mode:
             print(f"moola-watch: {inert(notice.path)}: {inert(notice.message)}", file=sys.stderr, flush=True)
 
-    def _alerts(self, path: Path, events: list[AlertEvent]) -> None:
+    def _alerts(self, path: Path, run: str | None, events: list[AlertEvent]) -> None:
         for event in events:
             alert = event.alert
             if self.options.json:
+                resolved = alert.state == rules.RESOLVED
                 self._write_json(
                     {
                         "event": "alert",
                         "log": str(path),
-                        "run": self._run_of(path),
-                        "state": alert.state,
+                        **alert_json(run, alert),
                         "escalated": event.escalated,
-                        "rule": alert.rule,
-                        "severity": alert.severity,
-                        "subject": alert.subject,
-                        "value": json_number(alert.value),
-                        "message": alert.message,
-                        "recommendation": alert.recommendation,
-                        "epoch": alert.last_epoch if alert.state != rules.RESOLVED else alert.resolved_epoch,
-                        "step": alert.last_step if alert.state != rules.RESOLVED else alert.resolved_step,
-                        "first_epoch": alert.first_epoch,
-                        "first_step": alert.first_step,
+                        "epoch": alert.resolved_epoch if resolved else alert.last_epoch,
+                        "step": alert.resolved_step if resolved else alert.last_step,
                     }
                 )
             else:
@@ -162,10 +156,6 @@ class Follower:
                     + (f" -> {alert.recommendation}" if alert.state != rules.RESOLVED else "")
                     + f"  [{path.name}]"
                 )
-
-    def _run_of(self, path: Path) -> str | None:
-        current = self.views[path].scan.current
-        return current.run.run if current else None
 
     def _emit_status(self, path: Path, run: str, status: str) -> None:
         if self.options.json:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -143,12 +143,19 @@ class LineDecoder:
             items.append(RecordItem(self.path, self.line_no, result))
 
 
-def read_log(path: str | Path, chunk_size: int = READ_CHUNK) -> Iterator[RecordItem | BadLine]:
-    """Every item of a finished file, streamed in chunks (memory stays bounded by the chunk and the cap)."""
+def read_log(
+    path: str | Path, chunk_size: int = READ_CHUNK, on_progress: Callable[[int], None] | None = None
+) -> Iterator[RecordItem | BadLine]:
+    """Every item of a finished file, streamed in chunks (memory stays bounded by the chunk and the cap);
+    ``on_progress`` gets the bytes read so far after each chunk."""
     decoder = LineDecoder(str(path))
+    done = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):
             yield from decoder.feed(chunk)
+            done += len(chunk)
+            if on_progress:
+                on_progress(done)
     yield from decoder.finish()
 
 

@@ -191,6 +191,7 @@ class EnhancedSimpleLSTM:
         bars = inputs.shape[1]
         order = rng.permutation(len(labels))
         n_val = round(len(labels) * val_fraction) if len(labels) >= 10 else 0
+        rank, world = distributed_rank()
         val_idx, train_idx = order[:n_val], order[n_val:]
         device = self.device
         x_all = torch.as_tensor(inputs, device=device)
@@ -227,7 +228,7 @@ class EnhancedSimpleLSTM:
             "multitask": multitask,
             "balance_scope": balance_scope,
             "normalize": self.normalize,
-            "world_size": distributed_rank()[1],
+            "world_size": world,
         }
         reporter = TrainingReporter(console, epochs)
         monitor = None
@@ -249,7 +250,6 @@ class EnhancedSimpleLSTM:
         # Under torch.distributed (torchrun): equal shares of the training set per rank, DDP averaging the
         # gradients, and task balance measured before the step's backward (the fused and tapped probes
         # would bypass DDP's gradient hooks or its forward).
-        rank, world = distributed_rank()
         step_net: nn.Module = net
         if world > 1:
             share = len(train_idx) // world

@@ -124,10 +124,7 @@ class _NormPlan:
         if len(self.groups) == 1:
             values = _group_norms(grads, self.groups[0][0][1], self.device)
         else:
-            values = torch.empty(len(grads), dtype=torch.float64, device=self.device)
-            for (_device, dtype), indices in self.groups:
-                part = _group_norms([grads[i] for i in indices], dtype, self.device)
-                values.index_copy_(0, torch.tensor(indices, device=self.device), part)
+            values = _norms_on_device(grads)
         return dict(zip(self.names, values.tolist(), strict=True))  # the one host transfer
 
 
