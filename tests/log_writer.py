@@ -1,7 +1,7 @@
 """A real writer process for tail tests: performs the steps given as JSON in argv[1] on the file argv[2].
 
 Steps: ["append", HEX] appends bytes (one write, flushed); ["truncate"] empties the file in place;
-["rotate"] renames it to PATH.1 (a new file is created by the next append); ["delete"] unlinks it;
+["rotate"] keeps it as PATH.1 and atomically puts a new empty file at PATH; ["delete"] unlinks it;
 ["sleep", SECONDS]; ["mark", FILE] writes the wall-clock time (unix seconds) to FILE.
 """
 
@@ -22,7 +22,11 @@ for step in steps:
         with open(path, "r+b") as handle:
             handle.truncate(0)
     elif action == "rotate":
-        os.replace(path, path + ".1")
+        # Keep the old file as PATH.1 and put a new, empty file at PATH in one atomic step, so a reader sees
+        # the inode change and never a moment without the file (that is delete-and-recreate, tested apart).
+        os.link(path, path + ".1")
+        open(path + ".new", "wb").close()
+        os.replace(path + ".new", path)
     elif action == "delete":
         os.unlink(path)
     elif action == "sleep":
