@@ -13,6 +13,7 @@ from rich.console import Console
 
 from moola.data import DataError, load_npz, make_synthetic
 from moola.models.enhanced_simple_lstm import MODEL_NAME, EnhancedSimpleLSTM
+from moola.utils.monitoring.console import console_lines
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -125,26 +126,31 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
         soft_wrap=True,
     )
+
+    def echo(text: str) -> None:  # literally: log text is never Rich markup
+        console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
     try:
-        model.fit(
-            data.X,
-            data.y,
-            data.expansion_start,
-            data.expansion_end,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            loss_alpha=args.loss_alpha,
-            loss_beta=args.loss_beta,
-            grad_clip=args.grad_clip,
-            monitor_gradients=args.monitor_gradients,
-            gradient_log_freq=args.gradient_log_freq,
-            task_balance_freq=args.task_balance_freq,
-            balance_scope=args.balance_scope,
-            grad_log=grad_log if args.monitor_gradients else None,
-            run_id=run_id,
-            console=console,
-        )
+        with console_lines(echo):
+            model.fit(
+                data.X,
+                data.y,
+                data.expansion_start,
+                data.expansion_end,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                loss_alpha=args.loss_alpha,
+                loss_beta=args.loss_beta,
+                grad_clip=args.grad_clip,
+                monitor_gradients=args.monitor_gradients,
+                gradient_log_freq=args.gradient_log_freq,
+                task_balance_freq=args.task_balance_freq,
+                balance_scope=args.balance_scope,
+                grad_log=grad_log if args.monitor_gradients else None,
+                run_id=run_id,
+                console=console,
+            )
     except KeyboardInterrupt:
         console.print("\nmoola: interrupted; the gradient log is marked 'interrupted'", markup=False)
         return EXIT_INTERRUPTED

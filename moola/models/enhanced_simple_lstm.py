@@ -23,7 +23,10 @@ from torch.nn import functional as F
 
 from moola.data import N_FEATURES, encode_labels, validate_arrays
 from moola.reporting import TrainingReporter
-from moola.utils.monitoring.gradient_diagnostics import PREFIX, GradientMonitor, RepresentationTap, distributed_rank
+from moola.utils.monitoring.console import LOGGER, PREFIX
+from moola.utils.monitoring.distributed import distributed_rank
+from moola.utils.monitoring.monitor import GradientMonitor
+from moola.utils.monitoring.task_balance import RepresentationTap
 from moola_watch.rules import Thresholds
 
 MODEL_NAME = "enhanced_simple_lstm"
@@ -239,17 +242,15 @@ class EnhancedSimpleLSTM:
                 thresholds=thresholds,
                 task_balance_frequency=task_balance_freq,
                 run_id=run_id,
-                echo=reporter.echo,
             )
             self.monitor = monitor
-            reporter.echo(f"{PREFIX} Gradient monitoring enabled (log frequency: {gradient_log_freq} epochs)")
+            LOGGER.info(f"{PREFIX} Gradient monitoring enabled (log frequency: {gradient_log_freq} epochs)")
             if monitor.log_path is not None:
-                reporter.echo(f"{PREFIX} Gradient log: {monitor.log_path}")
-            monitor.start(net, model_name=MODEL_NAME, config=config)
+                LOGGER.info(f"{PREFIX} Gradient log: {monitor.log_path}")
+            monitor.on_run_start(net, model_name=MODEL_NAME, config=config)
 
         # Under torch.distributed (torchrun): equal shares of the training set per rank, DDP averaging the
-        # gradients, and task balance measured before the step's backward (the fused and tapped probes
-        # would bypass DDP's gradient hooks or its forward).
+        # gradients; the monitor then measures balance before the step's own backward.
         step_net: nn.Module = net
         if world > 1:
             share = len(train_idx) // world
@@ -257,64 +258,48 @@ class EnhancedSimpleLSTM:
             step_net = nn.parallel.DistributedDataParallel(net)
         generator = torch.Generator().manual_seed(self.seed)
         train_tensor = torch.as_tensor(train_idx)
-        step = 0
+        weights = {"type": loss_alpha, "pointer": loss_beta}
         self.history = []
         with reporter, monitor if monitor is not None else contextlib.nullcontext():
             for epoch in range(1, epochs + 1):
                 began = time.perf_counter()
                 net.train()
+                if monitor is not None:
+                    monitor.on_epoch_start(epoch)
                 sums = torch.zeros(3, dtype=torch.float64, device=device)  # total, type, pointer
                 batches = train_tensor[torch.randperm(len(train_tensor), generator=generator)].split(batch_size)
-                for index, batch in enumerate(batches):
+                for batch in batches:
                     batch = batch.to(device)
-                    probe = monitor is not None and multitask and index == 0 and monitor.should_check_balance(epoch)
                     tap = None
                     if world > 1:
                         logits, positions = step_net(x_all[batch])
                     else:
                         states = net.encode(x_all[batch])
-                        tap = RepresentationTap(states) if probe and balance_scope == "representation" else None
-                        if tap is not None:
+                        if balance_scope == "representation" and multitask and monitor and monitor.balance_due():
+                            tap = RepresentationTap(states)
                             logits, positions = net.heads(tap.input("type"), tap.input("pointer"))
                         else:
                             logits, positions = net.heads(states)
-                    type_loss = F.cross_entropy(logits, y_all[batch], label_smoothing=0.1)
-                    total = loss_alpha * type_loss
-                    pointer_loss = None
+                    losses = {"type": F.cross_entropy(logits, y_all[batch], label_smoothing=0.1)}
                     if multitask:
                         assert positions is not None
-                        pointer_loss = pointer_loss_fn(positions, p_all[batch])
-                        total = total + loss_beta * pointer_loss
+                        losses["pointer"] = pointer_loss_fn(positions, p_all[batch])
+                    total = sum(weights[name] * loss for name, loss in losses.items())
+                    assert isinstance(total, torch.Tensor)
                     optimizer.zero_grad(set_to_none=True)
-                    if probe and world > 1:
-                        assert monitor is not None and pointer_loss is not None
-                        monitor.record_task_balance(
-                            epoch, net, pointer_loss, type_loss, alpha=loss_alpha, beta=loss_beta, step=step
-                        )
-                        total.backward()
-                    elif probe and tap is None:
-                        assert monitor is not None and pointer_loss is not None
-                        monitor.backward_with_task_balance(
-                            epoch, net, pointer_loss, type_loss, alpha=loss_alpha, beta=loss_beta, step=step
-                        )
+                    if monitor is not None and multitask and tap is None:
+                        monitor.backward(net, losses, weights)
                     else:
                         total.backward()
-                        if tap is not None:
-                            assert monitor is not None and pointer_loss is not None
-                            balance = tap.balance(pointer_loss, type_loss, alpha=loss_alpha, beta=loss_beta)
-                            monitor.record_balance(epoch, balance, alpha=loss_alpha, beta=loss_beta, step=step)
+                        if monitor is not None and tap is not None:
+                            monitor.record_balance(tap.balance(losses, weights))
                     if monitor is not None:
-                        monitor.update(epoch, net, step=step)
+                        monitor.on_before_optimizer_step(net)
                     if grad_clip:
                         nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
                     optimizer.step()
-                    step += 1
-                    parts = [
-                        total.detach(),
-                        type_loss.detach(),
-                        pointer_loss.detach() if pointer_loss is not None else total.new_zeros(()),
-                    ]
-                    sums += torch.stack(parts).double() * len(batch)
+                    parts = [total.detach(), losses["type"].detach(), losses.get("pointer", total.new_zeros(()))]
+                    sums += torch.stack([part.detach() for part in parts]).double() * len(batch)
                 train_total, train_type, train_pointer = (sums / len(train_idx)).tolist()
                 row = {"epoch": epoch, "train_loss": train_total, "type_loss": train_type}
                 if multitask:
@@ -326,9 +311,8 @@ class EnhancedSimpleLSTM:
                 self.history.append(row)
                 if monitor is not None:
                     metrics = {k: v for k, v in row.items() if k.startswith(("val_", "type_acc", "pointer_err"))}
-                    monitor.log_epoch(
+                    monitor.on_epoch_end(
                         epoch,
-                        step=step,
                         train_loss=train_total,
                         val_loss=row.get("val_loss"),
                         task_losses={"type": train_type, **({"pointer": train_pointer} if multitask else {})},
