@@ -64,8 +64,9 @@ class GradientMonitor:
     step the measured gradient is applied in) and the epoch where known.
 
     ``echo`` and ``warn`` take the console lines and warnings (default: the ``moola`` logger at INFO and
-    WARNING, see :mod:`moola.utils.monitoring.console`; warnings go to ``echo`` when only that is given). Writing problems are one warning and never
-    interrupt training. Beyond ``max_layer_norms`` tensors, per-layer norms are recorded by module prefix.
+    WARNING, see :mod:`moola.utils.monitoring.console`; warnings go to ``echo`` when only that is given).
+    Writing problems are one warning and never interrupt training. Beyond ``max_layer_norms`` tensors,
+    per-layer norms are recorded by module prefix.
     """
 
     def __init__(
