@@ -314,7 +314,9 @@ class GradientMonitor:
         if self._writer is not None or self._started:
             self.on_run_start()
             summary = self.engine.summary().to_dict()
-            self._emit(schema.RUN_END, epoch=self.epoch, step=self.steps_done, status=status, error=error, summary=summary)
+            self._emit(
+                schema.RUN_END, epoch=self.epoch, step=self.steps_done, status=status, error=error, summary=summary
+            )
         summary = self.engine.summary()
         self._echo("\n" + "\n".join(summary.lines()))
         if self._writer:
