@@ -25,7 +25,8 @@ TASK_BALANCE = "task_balance"
 EPOCH = "epoch"
 ALERT = "alert"
 RUN_END = "run_end"
-KINDS = (RUN_START, GRAD_STATS, TASK_BALANCE, EPOCH, ALERT, RUN_END)
+LOSS_WEIGHTS = "loss_weights"  # an automatic loss balancer changed the task weights
+KINDS = (RUN_START, GRAD_STATS, TASK_BALANCE, EPOCH, ALERT, RUN_END, LOSS_WEIGHTS)
 
 RUN_STATUSES = ("completed", "failed", "interrupted")
 SEVERITIES = ("info", "warning", "error", "critical")
@@ -215,6 +216,12 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("value", _optional_number, False),
         ("message", _text, True),
         ("recommendation", _optional_text, False),
+    ),
+    LOSS_WEIGHTS: (
+        ("weights", _number_map, True),
+        ("previous", _number_map, False),
+        ("method", _text, False),
+        ("reason", _optional_text, False),
     ),
     RUN_END: (
         ("status", _one_of(RUN_STATUSES), True),

@@ -21,6 +21,8 @@ from rich.console import Console
 from torch import nn
 from torch.nn import functional as F
 
+from moola.balancing import LossBalancer
+from moola.checkpoints import AlertCheckpointer
 from moola.data import N_FEATURES, encode_labels, validate_arrays
 from moola.reporting import TrainingReporter
 from moola.utils.monitoring.console import LOGGER, PREFIX
@@ -169,12 +171,23 @@ class EnhancedSimpleLSTM:
         thresholds: Thresholds | None = None,
         run_id: str | None = None,
         console: Console | None = None,
+        every_n_steps: int | None = None,
+        halt_on: str | None = None,
+        checkpoint_dir: str | Path | None = None,
+        auto_balance: str | None = None,
     ) -> EnhancedSimpleLSTM:
         """Train for ``epochs``. With ``monitor_gradients``: gradient statistics every ``gradient_log_freq``
         epochs, task balance every ``task_balance_freq`` epochs (on the epoch's first batch, whose graph is
         reused), epoch records, alerts, and JSONL records appended to ``grad_log`` if given. ``balance_scope``
         is ``shared`` (the shared encoder's parameters; the step's own backward is done from the two task
         passes) or ``representation`` (gradients at the encoder's output: a backward through the heads only).
+
+        ``every_n_steps`` measures by optimizer steps instead (statistics and balance every N steps).
+        ``halt_on`` (``critical`` or ``error``) stops training before the step that an alert at or above
+        that severity fired on (``self.monitor.halted_by`` says which); ``checkpoint_dir`` keeps
+        ``last-good.pt`` (each epoch, until the first non-finite gradient) and saves a checkpoint when a
+        collapse or critical alert fires; ``auto_balance`` (``ratio`` or ``gradnorm``, see
+        :mod:`moola.balancing`) adjusts the task weights from each balance measurement.
 
         ``grad_clip`` is the max total gradient norm (None or 0: no clipping); the monitor measures before
         clipping. Raises ``moola.data.DataError`` for unusable arrays.
@@ -184,6 +197,8 @@ class EnhancedSimpleLSTM:
             raise ValueError(f"balance_scope must be 'shared' or 'representation', got {balance_scope!r}")
         if epochs < 1 or batch_size < 1 or not lr > 0:
             raise ValueError("epochs and batch_size must be at least 1 and lr above 0")
+        if (halt_on or checkpoint_dir or auto_balance) and not monitor_gradients:
+            raise ValueError("halting, checkpoints on alerts and automatic balancing need gradient monitoring")
         labels, self.classes_ = encode_labels(np.asarray(y))
         multitask = self.predict_pointers_enabled and expansion_start is not None
         console = console or Console()
@@ -234,17 +249,22 @@ class EnhancedSimpleLSTM:
             "world_size": world,
         }
         reporter = TrainingReporter(console, epochs)
-        monitor = None
+        monitor = checkpointer = None
         if monitor_gradients:
+            checkpointer = AlertCheckpointer(checkpoint_dir, net, optimizer) if checkpoint_dir else None
             monitor = GradientMonitor(
                 gradient_log_freq,
+                every_n_steps=every_n_steps,
                 log_path=grad_log,
                 thresholds=thresholds,
                 task_balance_frequency=task_balance_freq,
                 run_id=run_id,
+                on_alert=checkpointer,
+                halt_on=halt_on,
             )
             self.monitor = monitor
-            LOGGER.info(f"{PREFIX} Gradient monitoring enabled (log frequency: {gradient_log_freq} epochs)")
+            every = f"{every_n_steps} steps" if every_n_steps else f"{gradient_log_freq} epochs"
+            LOGGER.info(f"{PREFIX} Gradient monitoring enabled (log frequency: {every})")
             if monitor.log_path is not None:
                 LOGGER.info(f"{PREFIX} Gradient log: {monitor.log_path}")
             monitor.on_run_start(net, model_name=MODEL_NAME, config=config)
@@ -259,6 +279,7 @@ class EnhancedSimpleLSTM:
         generator = torch.Generator().manual_seed(self.seed)
         train_tensor = torch.as_tensor(train_idx)
         weights = {"type": loss_alpha, "pointer": loss_beta}
+        balancer = LossBalancer(weights, method=auto_balance) if auto_balance and multitask else None
         self.history = []
         with reporter, monitor if monitor is not None else contextlib.nullcontext():
             for epoch in range(1, epochs + 1):
@@ -284,22 +305,33 @@ class EnhancedSimpleLSTM:
                     if multitask:
                         assert positions is not None
                         losses["pointer"] = pointer_loss_fn(positions, p_all[batch])
+                    if balancer is not None:
+                        weights = balancer.weights
                     total = sum(weights[name] * loss for name, loss in losses.items())
                     assert isinstance(total, torch.Tensor)
                     optimizer.zero_grad(set_to_none=True)
+                    balance = None
                     if monitor is not None and multitask and tap is None:
-                        monitor.backward(net, losses, weights)
+                        balance = monitor.backward(net, losses, weights)
                     else:
                         total.backward()
                         if monitor is not None and tap is not None:
-                            monitor.record_balance(tap.balance(losses, weights))
+                            balance = tap.balance(losses, weights)
+                            monitor.record_balance(balance)
                     if monitor is not None:
                         monitor.on_before_optimizer_step(net)
+                        if monitor.should_stop:
+                            break  # before the step applies what the alert is about
+                    if balancer is not None and balance is not None and (changed := balancer.update(balance)):
+                        assert monitor is not None
+                        monitor.record_weights(changed, previous=weights, method=balancer.method)
                     if grad_clip:
                         nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
                     optimizer.step()
                     parts = [total.detach(), losses["type"].detach(), losses.get("pointer", total.new_zeros(()))]
                     sums += torch.stack([part.detach() for part in parts]).double() * len(batch)
+                if monitor is not None and monitor.should_stop:
+                    break
                 train_total, train_type, train_pointer = (sums / len(train_idx)).tolist()
                 row = {"epoch": epoch, "train_loss": train_total, "type_loss": train_type}
                 if multitask:
@@ -321,6 +353,9 @@ class EnhancedSimpleLSTM:
                         duration_s=seconds,
                     )
                 reporter.epoch_done(epoch, _format_metrics(row), seconds)
+                if checkpointer is not None:
+                    assert monitor is not None
+                    checkpointer.keep(monitor.steps_done, epoch)
         return self
 
     @torch.no_grad()

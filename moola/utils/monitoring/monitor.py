@@ -43,9 +43,11 @@ from moola.utils.monitoring.task_balance import (
     task_weights,
 )
 from moola_watch import rules, schema
-from moola_watch.rules import AlertEvent, MonitoringSummary, Thresholds
+from moola_watch.rules import Alert, AlertEvent, MonitoringSummary, Thresholds
 
 _T = TypeVar("_T")
+#: Severities a run can be halted on, lowest first ("warning" only ranks below them).
+HALT_SEVERITIES = ("warning", "error", "critical")
 
 
 def _quiet(_text: str) -> None:
@@ -67,6 +69,11 @@ class GradientMonitor:
     WARNING, see :mod:`moola.utils.monitoring.console`; warnings go to ``echo`` when only that is given).
     Writing problems are one warning and never interrupt training. Beyond ``max_layer_norms`` tensors,
     per-layer norms are recorded by module prefix.
+
+    Acting on alerts: ``on_alert`` is called with each alert that starts firing (an exception in it is one
+    warning); with ``halt_on="critical"`` (or ``"error"``) the first alert at or above that severity sets
+    :attr:`halted_by`, which the loop checks to stop before the optimizer step applies the bad gradient
+    (:attr:`should_stop`); ``run_end`` then says the run was halted and why.
     """
 
     def __init__(
@@ -85,6 +92,8 @@ class GradientMonitor:
         clock: Callable[[], float] = time.time,
         per_rank: bool = False,
         max_layer_norms: int = MAX_LAYER_NORMS,
+        on_alert: Callable[[Alert], None] | None = None,
+        halt_on: str | None = None,
     ) -> None:
         for name, value in (
             ("log_frequency", log_frequency),
@@ -95,6 +104,8 @@ class GradientMonitor:
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if halt_on is not None and halt_on not in HALT_SEVERITIES:
+            raise ValueError(f"halt_on must be one of {', '.join(HALT_SEVERITIES)}, got {halt_on!r}")
         # Under torch.distributed every rank measures (sharded norms need every rank in the reduction), but
         # only rank 0 writes and prints, its gradients being the all-reduced ones; per_rank=True gives each
         # rank its own file, named and marked with the rank.
@@ -130,10 +141,18 @@ class GradientMonitor:
         self._ended = False
         self._warned: set[str] = set()
         self._norm_plan = NormPlan([])
+        self._on_alert = on_alert
+        self.halt_on = halt_on
+        self.halted_by: Alert | None = None  # the first alert at or above halt_on: the loop should stop
 
     @property
     def log_path(self) -> Path | None:
         return self._writer.path if self._writer else None
+
+    @property
+    def should_stop(self) -> bool:
+        """True once an alert at or above ``halt_on`` has fired: stop before the next optimizer step."""
+        return self.halted_by is not None
 
     @property
     def step(self) -> int:
@@ -311,6 +330,12 @@ class GradientMonitor:
         if self._ended:
             return self.engine.summary()
         self._ended = True
+        if self.halted_by is not None and status == "completed":
+            alert = self.halted_by
+            status, error = (
+                "failed",
+                f"halted on {alert.severity} alert {alert.rule} ({alert.subject}): {alert.message}",
+            )
         if self._writer is not None or self._started:
             self.on_run_start()
             summary = self.engine.summary().to_dict()
@@ -410,6 +435,19 @@ class GradientMonitor:
             scope=balance.scope,
         )
 
+    def record_weights(self, weights: Mapping[str, float], *, previous: Mapping[str, float], method: str) -> None:
+        """Record (and say) that an automatic balancer changed the task loss weights."""
+        change = ", ".join(f"{name} {previous.get(name, math.nan):.3g} -> {w:.3g}" for name, w in weights.items())
+        self._echo(f"{PREFIX} Loss weights ({method}): {change}")
+        self._emit(
+            schema.LOSS_WEIGHTS,
+            epoch=self.epoch,
+            step=self.step,
+            weights=dict(weights),
+            previous=dict(previous),
+            method=method,
+        )
+
     def _guarded(self, what: str, measure: Callable[[], _T], model: nn.Module | None = None) -> _T | None:
         """Run a measurement; a failure is one warning per kind of failure, never a crashed run."""
         try:
@@ -423,6 +461,22 @@ class GradientMonitor:
                 what, f"WARNING: {what} could not be measured ({type(exc).__name__}: {exc}); training continues"
             )
         return None
+
+    def _act_on(self, alert: Alert) -> None:
+        """The user's ``on_alert``, then the halt decision (so a checkpoint is taken before the loop stops)."""
+        if self._on_alert is not None:
+            try:
+                self._on_alert(alert)
+            except Exception as exc:  # a broken callback must not take training down
+                self._warn_once("on_alert", f"WARNING: on_alert raised {type(exc).__name__}: {exc}; training continues")
+        if (
+            self.halt_on is not None
+            and self.halted_by is None
+            and HALT_SEVERITIES.index(alert.severity if alert.severity in HALT_SEVERITIES else "warning")
+            >= HALT_SEVERITIES.index(self.halt_on)
+        ):
+            self.halted_by = alert
+            self._echo(f"{PREFIX} Halting: {alert.severity} alert {alert.rule} ({alert.subject})")
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -467,6 +521,8 @@ class GradientMonitor:
                         recommendation=alert.recommendation,
                     )
                 )
+            if alert.state == rules.FIRING:
+                self._act_on(alert)
             if alert.rule == rules.IMBALANCE:
                 continue  # the per-sample balance line already says it, in the spec's words
             if alert.state == rules.FIRING:
