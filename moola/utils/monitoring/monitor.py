@@ -368,11 +368,10 @@ class GradientMonitor:
     # -------------------------------------------------------------- measuring
 
     def _plan(self, model: nn.Module) -> NormPlan:
-        """The model's parameters grouped by (device, dtype), regrouped when a parameter was added, replaced or
-        moved; every parameter, frozen ones too, so one unfrozen later is measured from its first gradient."""
-        named = list(model.named_parameters())
-        if not self._norm_plan.matches(named):
-            self._norm_plan = NormPlan(named)
+        """The model's parameters grouped by (device, dtype), regrouped when a parameter or module was added or
+        replaced; every parameter, frozen ones too, so one unfrozen later is measured from its first gradient."""
+        if not self._norm_plan.is_current(model):
+            self._norm_plan = NormPlan(list(model.named_parameters()), model)
         return self._norm_plan
 
     def _measure(self, model: nn.Module, scaler: torch.amp.GradScaler | None) -> dict[str, Any]:

@@ -11,9 +11,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.module import (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 from moola.utils.monitoring.distributed import full_tensor
+
+# Every parameter or submodule registered anywhere (a head added, a Parameter replaced, an adapter injected)
+# bumps this count, so a plan knows it may be stale without walking the module tree on every measurement.
+_registrations = 0
+
+
+def _count_registration(*_args: object) -> None:
+    global _registrations
+    _registrations += 1
+
+
+register_module_parameter_registration_hook(_count_registration)
+register_module_module_registration_hook(_count_registration)
 
 
 def _group_norms(members: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -64,7 +81,9 @@ class NormPlan:
     """A model's parameters grouped once by (device, dtype). A gradient always has its parameter's device and
     dtype, so while the parameters stay the same objects, each step needs no grouping."""
 
-    def __init__(self, named: list[tuple[str, nn.Parameter]]) -> None:
+    def __init__(self, named: list[tuple[str, nn.Parameter]], model: nn.Module | None = None) -> None:
+        self.model = model
+        self.registrations = _registrations
         self.named = named
         self.names = [name for name, _ in named]
         self.params = [p for _, p in named]
@@ -74,13 +93,10 @@ class NormPlan:
         self.groups = list(groups.items())
         self.device = self.params[0].device if self.params else torch.device("cpu")
 
-    def matches(self, named: list[tuple[str, nn.Parameter]]) -> bool:
-        """True while ``named`` holds the very parameters planned for (a layer added, a ``Parameter``
-        replaced or moved to another device makes a new plan). The plan keeps its parameters alive, so an
-        ``id`` cannot be reused by a new one."""
-        return len(named) == len(self.named) and all(
-            p is q and name == planned for (name, p), (planned, q) in zip(named, self.named, strict=True)
-        )
+    def is_current(self, model: nn.Module) -> bool:
+        """True while no parameter or module was registered anywhere since the plan was made for ``model``:
+        then its parameters are the very ones planned for, and no walk of the module tree is needed."""
+        return model is self.model and self.registrations == _registrations
 
     @torch.no_grad()
     def norms(self) -> dict[str, float]:
