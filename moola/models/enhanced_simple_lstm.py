@@ -8,7 +8,6 @@ scores, so the prediction is a differentiable position in [0, 1] of the window).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -248,27 +247,25 @@ class EnhancedSimpleLSTM:
             "normalize": self.normalize,
             "world_size": world,
         }
-        reporter = TrainingReporter(console, epochs)
-        monitor = checkpointer = None
+        checkpointer = AlertCheckpointer(checkpoint_dir, net, optimizer) if checkpoint_dir else None
+        # With monitoring off the monitor is disabled, not absent: its hooks then do only the plain work.
+        monitor = GradientMonitor(
+            gradient_log_freq,
+            every_n_steps=every_n_steps,
+            log_path=grad_log,
+            thresholds=thresholds,
+            task_balance_frequency=task_balance_freq,
+            run_id=run_id,
+            on_alert=checkpointer,
+            halt_on=halt_on,
+            enabled=monitor_gradients,
+        )
+        self.monitor = monitor if monitor_gradients else None
         if monitor_gradients:
-            checkpointer = AlertCheckpointer(checkpoint_dir, net, optimizer) if checkpoint_dir else None
-            monitor = GradientMonitor(
-                gradient_log_freq,
-                every_n_steps=every_n_steps,
-                log_path=grad_log,
-                thresholds=thresholds,
-                task_balance_frequency=task_balance_freq,
-                run_id=run_id,
-                on_alert=checkpointer,
-                halt_on=halt_on,
-            )
-            self.monitor = monitor
             every = f"{every_n_steps} steps" if every_n_steps else f"{gradient_log_freq} epochs"
             LOGGER.info(f"{PREFIX} Gradient monitoring enabled (log frequency: {every})")
             if monitor.log_path is not None:
                 LOGGER.info(f"{PREFIX} Gradient log: {monitor.log_path}")
-            monitor.on_run_start(net, model_name=MODEL_NAME, config=config)
-
         # Under torch.distributed (torchrun): equal shares of the training set per rank, DDP averaging the
         # gradients; the monitor then measures balance before the step's own backward.
         step_net: nn.Module = net
@@ -278,59 +275,48 @@ class EnhancedSimpleLSTM:
             step_net = nn.parallel.DistributedDataParallel(net)
         generator = torch.Generator().manual_seed(self.seed)
         train_tensor = torch.as_tensor(train_idx)
-        weights = {"type": loss_alpha, "pointer": loss_beta}
-        balancer = LossBalancer(weights, method=auto_balance) if auto_balance and multitask else None
+        balancer = LossBalancer({"type": loss_alpha, "pointer": loss_beta}, method=auto_balance or "ratio")
+        tap_scope = balance_scope == "representation" and multitask and world == 1
+        reporter = TrainingReporter(console, epochs)
         self.history = []
-        with reporter, monitor if monitor is not None else contextlib.nullcontext():
+        with reporter, monitor:
+            monitor.on_run_start(net, model_name=MODEL_NAME, config=config)
             for epoch in range(1, epochs + 1):
                 began = time.perf_counter()
                 net.train()
-                if monitor is not None:
-                    monitor.on_epoch_start(epoch)
+                monitor.on_epoch_start(epoch)
                 sums = torch.zeros(3, dtype=torch.float64, device=device)  # total, type, pointer
-                batches = train_tensor[torch.randperm(len(train_tensor), generator=generator)].split(batch_size)
-                for batch in batches:
+                for batch in train_tensor[torch.randperm(len(train_tensor), generator=generator)].split(batch_size):
                     batch = batch.to(device)
-                    tap = None
-                    if world > 1:
-                        logits, positions = step_net(x_all[batch])
+                    tap = RepresentationTap(net.encode(x_all[batch])) if tap_scope and monitor.balance_due() else None
+                    if tap is not None:
+                        logits, positions = net.heads(tap.input("type"), tap.input("pointer"))
                     else:
-                        states = net.encode(x_all[batch])
-                        if balance_scope == "representation" and multitask and monitor and monitor.balance_due():
-                            tap = RepresentationTap(states)
-                            logits, positions = net.heads(tap.input("type"), tap.input("pointer"))
-                        else:
-                            logits, positions = net.heads(states)
+                        logits, positions = step_net(x_all[batch])
                     losses = {"type": F.cross_entropy(logits, y_all[batch], label_smoothing=0.1)}
-                    if multitask:
-                        assert positions is not None
+                    if positions is not None:
                         losses["pointer"] = pointer_loss_fn(positions, p_all[batch])
-                    if balancer is not None:
-                        weights = balancer.weights
-                    total = sum(weights[name] * loss for name, loss in losses.items())
-                    assert isinstance(total, torch.Tensor)
+                    weights = {name: balancer.weights[name] for name in losses}
                     optimizer.zero_grad(set_to_none=True)
-                    balance = None
-                    if monitor is not None and multitask and tap is None:
+                    if tap is None:
                         balance = monitor.backward(net, losses, weights)
                     else:
-                        total.backward()
-                        if monitor is not None and tap is not None:
-                            balance = tap.balance(losses, weights)
-                            monitor.record_balance(balance)
-                    if monitor is not None:
-                        monitor.on_before_optimizer_step(net)
-                        if monitor.should_stop:
-                            break  # before the step applies what the alert is about
-                    if balancer is not None and balance is not None and (changed := balancer.update(balance)):
-                        assert monitor is not None
+                        sum(weights[name] * loss for name, loss in losses.items()).backward()
+                        balance = tap.balance(losses, weights)
+                        monitor.record_balance(balance)
+                    monitor.on_before_optimizer_step(net)
+                    if monitor.should_stop:
+                        break  # before the step applies what the alert is about
+                    if auto_balance and balance is not None and (changed := balancer.update(balance)):
                         monitor.record_weights(changed, previous=weights, method=balancer.method)
                     if grad_clip:
                         nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
                     optimizer.step()
-                    parts = [total.detach(), losses["type"].detach(), losses.get("pointer", total.new_zeros(()))]
-                    sums += torch.stack([part.detach() for part in parts]).double() * len(batch)
-                if monitor is not None and monitor.should_stop:
+                    with torch.no_grad():
+                        parts = [losses["type"], losses.get("pointer", torch.zeros((), device=device))]
+                        total = sum(weights[name] * loss for name, loss in losses.items())
+                        sums += torch.stack([total, *parts]).double() * len(batch)
+                if monitor.should_stop:
                     break
                 train_total, train_type, train_pointer = (sums / len(train_idx)).tolist()
                 row = {"epoch": epoch, "train_loss": train_total, "type_loss": train_type}
@@ -341,20 +327,18 @@ class EnhancedSimpleLSTM:
                 )
                 seconds = time.perf_counter() - began
                 self.history.append(row)
-                if monitor is not None:
-                    metrics = {k: v for k, v in row.items() if k.startswith(("val_", "type_acc", "pointer_err"))}
-                    monitor.on_epoch_end(
-                        epoch,
-                        train_loss=train_total,
-                        val_loss=row.get("val_loss"),
-                        task_losses={"type": train_type, **({"pointer": train_pointer} if multitask else {})},
-                        metrics={k: v for k, v in metrics.items() if k != "val_loss"},
-                        lr=optimizer.param_groups[0]["lr"],
-                        duration_s=seconds,
-                    )
+                metrics = {k: v for k, v in row.items() if k.startswith(("type_acc", "pointer_err"))}
+                monitor.on_epoch_end(
+                    epoch,
+                    train_loss=train_total,
+                    val_loss=row.get("val_loss"),
+                    task_losses={"type": train_type, **({"pointer": train_pointer} if multitask else {})},
+                    metrics=metrics,
+                    lr=optimizer.param_groups[0]["lr"],
+                    duration_s=seconds,
+                )
                 reporter.epoch_done(epoch, _format_metrics(row), seconds)
                 if checkpointer is not None:
-                    assert monitor is not None
                     checkpointer.keep(monitor.steps_done, epoch)
         return self
 

@@ -70,6 +70,9 @@ class GradientMonitor:
     Writing problems are one warning and never interrupt training. Beyond ``max_layer_norms`` tensors,
     per-layer norms are recorded by module prefix.
 
+    With ``enabled=False`` every hook does only the plain work (``backward`` a plain backward) and nothing is
+    measured, printed or written: a loop can call the hooks unconditionally.
+
     Acting on alerts: ``on_alert`` is called with each alert that starts firing (an exception in it is one
     warning); with ``halt_on="critical"`` (or ``"error"``) the first alert at or above that severity sets
     :attr:`halted_by`, which the loop checks to stop before the optimizer step applies the bad gradient
@@ -94,6 +97,7 @@ class GradientMonitor:
         max_layer_norms: int = MAX_LAYER_NORMS,
         on_alert: Callable[[Alert], None] | None = None,
         halt_on: str | None = None,
+        enabled: bool = True,
     ) -> None:
         for name, value in (
             ("log_frequency", log_frequency),
@@ -111,9 +115,10 @@ class GradientMonitor:
         # rank its own file, named and marked with the rank.
         self.rank, self.world_size = distributed_rank()
         self.per_rank = per_rank
+        self.enabled = enabled
         self._echo = echo or LOGGER.info
         self._warn = warn or echo or LOGGER.warning
-        if self.rank != 0 and not per_rank:
+        if not enabled or (self.rank != 0 and not per_rank):
             log_path = stream = None
             self._echo = self._warn = _quiet
         elif per_rank and log_path is not None:
@@ -162,6 +167,8 @@ class GradientMonitor:
     # -------------------------------------------------------------- schedule
 
     def _due(self, every_steps: int | None, every_epochs: int, last: tuple[int | None, int] | None) -> bool:
+        if not self.enabled:
+            return False
         if every_steps is not None:
             return self.step % every_steps == 0 and (last is None or last[1] != self.step)
         if self.epoch is None:
@@ -201,7 +208,7 @@ class GradientMonitor:
         self, model: nn.Module | None = None, *, model_name: str | None = None, config: dict[str, Any] | None = None
     ) -> None:
         """Write ``run_start`` (done by the first measurement if not called before)."""
-        if self._started:
+        if self._started or not self.enabled:
             return
         self._started = True
         params = list(model.named_parameters()) if model is not None else []
@@ -239,8 +246,8 @@ class GradientMonitor:
         :func:`~moola.utils.monitoring.task_balance.compute_task_balance`), record and return it. Safe
         wherever someone else does the backward (DDP, FSDP, accelerate, a GradScaler). None when not due or
         not measurable (one warning saying why)."""
-        if not self.balance_due():
-            return None
+        if len(losses) < 2 or not self.balance_due():
+            return None  # one task has nothing to be balanced against
         self._last_balance_at = (self.epoch, self.step)
         balance = self._guarded(
             "task balance",
@@ -270,7 +277,7 @@ class GradientMonitor:
         total = sum(weights[name] * loss for name, loss in losses.items())
         assert isinstance(total, torch.Tensor)
         balance = None
-        if self.balance_due() and scaler is None:
+        if len(losses) > 1 and self.balance_due() and scaler is None:
             self._last_balance_at = (self.epoch, self.step)
             fused = self._guarded(
                 "task balance", lambda: FusedBackward(losses, model, weights, shared_parameters), model
@@ -327,7 +334,7 @@ class GradientMonitor:
     def on_run_end(self, status: str = "completed", error: str | None = None) -> MonitoringSummary:
         """Write ``run_end`` (with a ``run_start`` first if nothing was measured, so a log is never empty),
         synced to disk; print the summary block; release the log."""
-        if self._ended:
+        if self._ended or not self.enabled:
             return self.engine.summary()
         self._ended = True
         if self.halted_by is not None and status == "completed":
@@ -485,6 +492,8 @@ class GradientMonitor:
     # -------------------------------------------------------------- records
 
     def _emit(self, kind: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
         if self.per_rank:
             fields["rank"] = self.rank
         fields, problems = schema.clean_fields(kind, fields)
