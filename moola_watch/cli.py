@@ -183,6 +183,9 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
             console.print(analyze_report(scan, frames))
         if worst == EXIT_OK and scan.fails("error"):
             worst = EXIT_ALERT
+    if not args.json:
+        logs = " ".join(str(path) for path in args.logs)
+        console.print(inert(f"Plots: moola-watch report {logs} -o report.html"), style="dim", markup=False)
     return worst
 
 

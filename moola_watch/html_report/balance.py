@@ -145,8 +145,9 @@ def balance_figure(runs: Sequence[RunData], axis: str, th: rules.Thresholds) -> 
                     ratios.append(y)
                 shown = escaped(name)
                 style = series_style(run_index, styles.index(name), several)
+                group = escaped(f"{data.label}-{name}")
                 fig.add_trace(
-                    _line(x, y, trace_name(label, shown, several), f"{data.label}-{name}", style.color, style.dash,
+                    _line(x, y, trace_name(label, shown, several), group, style.color, style.dash,
                           styles.first(data.label, name), f"{shown} %{{y:.4g}}<br>{axis} %{{x}}<extra>{label}</extra>"),
                     row=row, col=1,
                 )  # fmt: skip

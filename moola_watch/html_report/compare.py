@@ -12,7 +12,7 @@ from moola_watch import rules
 from moola_watch.html_report.progress import loss_columns, metric_columns
 from moola_watch.html_report.runs import RunData
 
-QUANTITIES = ("log", "model", "status", "verdict", "last record at", "alerts", "mean of the mean layer norm",
+QUANTITIES = ("log", "run id", "model", "status", "verdict", "last record at", "alerts", "mean of the mean layer norm",
               "peak max layer norm", "non-finite measurements", "task balance (window mean)")  # fmt: skip
 
 
@@ -59,6 +59,7 @@ def comparison(runs: Sequence[RunData]) -> tuple[list[str], list[list[str]]]:
         columns.append(
             [
                 data.log,
+                data.run,
                 state.model or "?",
                 data.engine.run_status,
                 data.verdict,

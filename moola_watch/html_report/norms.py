@@ -22,7 +22,7 @@ from moola_watch.html_report.style import (
     series_style,
     trace_name,
 )
-from moola_watch.html_report.text import short
+from moola_watch.html_report.text import escaped, short
 
 STATS = (("total_norm", "total"), ("mean_norm", "mean"), ("max_norm", "max"))
 
@@ -98,7 +98,7 @@ def norms_figure(runs: Sequence[RunData], axis: str, th: rules.Thresholds) -> Re
             fig.add_trace(
                 go.Scatter(
                     x=x[keep], y=np.where(np.isfinite(y[keep]), y[keep], np.nan), mode="lines",
-                    name=trace_name(short(data.label), name, several), legendgroup=data.label,
+                    name=trace_name(short(data.label), name, several), legendgroup=escaped(data.label),
                     line={"color": style.color, "dash": style.dash, "width": 1.8},
                     hovertemplate=f"{name} %{{y:.4g}}<br>{axis} %{{x}}<extra>{short(data.label)}</extra>",
                 )
@@ -112,7 +112,7 @@ def norms_figure(runs: Sequence[RunData], axis: str, th: rules.Thresholds) -> Re
         fig.add_trace(
             go.Scatter(
                 x=x, y=[top] * len(x), mode="markers", name=trace_name(short(data.label), "non-finite", several),
-                legendgroup=data.label, marker={"symbol": "x", "size": 10, "color": "#7b1fa2"},
+                legendgroup=escaped(data.label), marker={"symbol": "x", "size": 10, "color": "#7b1fa2"},
                 hovertemplate=f"non-finite gradients<br>{axis} %{{x}}<extra>{short(data.label)}</extra>",
             )
         )  # fmt: skip

@@ -78,7 +78,7 @@ def progress_figure(runs: Sequence[RunData], axis: str) -> ReportFigure | None:
                 fig.add_trace(
                     go.Scatter(
                         x=x[keep], y=y[keep], mode="lines+markers" if len(keep) <= 60 else "lines",
-                        name=trace_name(label, name, several), legendgroup=data.label,
+                        name=trace_name(label, name, several), legendgroup=escaped(data.label),
                         line={"color": style.color, "dash": style.dash, "width": 1.8}, marker={"size": 4},
                         hovertemplate=f"{name} %{{y:.4g}}<br>{axis} %{{x}}<extra>{label}</extra>",
                     ),
