@@ -70,7 +70,7 @@ def test_thousands_of_layers_become_module_groups_with_the_worst_layers_first() 
 
 def test_log_strings_are_escaped_for_html_and_plotly() -> None:
     assert escaped("<script>x</script>") == "&lt;script&gt;x&lt;/script&gt;"
-    assert escaped('"%{y}"') == "&quot;&#37;{y}&quot;"
+    assert escaped("\"%{y}'") == "&#34;&#37;{y}&#39;"
     assert escaped("a\x1b[31mb") == "a\\x1b[31mb"
 
 

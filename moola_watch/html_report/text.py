@@ -2,13 +2,11 @@
 
 Two places take text: the HTML around the plots, and plotly, which reads a small subset of HTML in titles,
 legends, ticks and hover labels (``<b>``, ``<br>``, ``<a href>``). Both get the same entity escaping, so
-``<script>`` in a layer name is drawn as the seven characters it is. Control and invisible characters are
+``<script>`` in a layer name is drawn as the characters it is. Control and invisible characters are
 made visible first, as on the terminal.
 """
 
 from __future__ import annotations
-
-import html
 
 from moola_watch.textsafe import inert
 
@@ -29,6 +27,10 @@ def short(value: object, limit: int = SHORT) -> str:
     return _entities(text)
 
 
+# Only entities that both HTML and plotly's label renderer decode (plotly knows &amp; &lt; &gt; and numeric ones,
+# not &quot;). ``%`` too: plotly fills ``%{...}`` in hover templates, and a name must not pull values into a label.
+_ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;", "%": "&#37;"})
+
+
 def _entities(text: str) -> str:
-    # ``%`` too: plotly fills ``%{...}`` in hover templates, and a name must not pull values into its label.
-    return html.escape(text, quote=True).replace("%", "&#37;")
+    return text.translate(_ENTITIES)
