@@ -62,10 +62,12 @@ def test_thousands_of_layers_become_module_groups_with_the_worst_layers_first() 
     rows = choose_rows(frame, center=np.log10(0.22))
     assert len(rows.labels) <= 60
     assert rows.worst and rows.members[0] == [names[17]] and rows.members[1] == [names[1234]]
-    grouped = [m for m in rows.members[rows.worst :]]
-    assert sum(len(m) for m in grouped) == len(names)
-    assert [n for m in grouped for n in m] == names  # model order kept
-    assert module_groups(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
+    grouped = rows.members[rows.worst :]
+    assert [n for m in grouped for n in m] == names  # every layer once, in model order
+    assert len(grouped) >= 40  # 500 blocks cut into consecutive runs, not one 'model.layers.*' row
+    assert rows.labels[rows.worst] == "model.layers.0 … 9 (40 layers)"
+    assert module_groups(["a", "b", "c"], 2) == [("a … b", ["a", "b"]), ("c", ["c"])]
+    assert module_groups(["enc.w", "enc.b", "head.w"], 2) == [("enc.*", ["enc.w", "enc.b"]), ("head.w", ["head.w"])]
 
 
 def test_log_strings_are_escaped_for_html_and_plotly() -> None:

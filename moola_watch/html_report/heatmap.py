@@ -1,8 +1,9 @@
 """Per-layer gradient norms as a heatmap: layers (model order) x steps, log colour scale.
 
-Thousands of layers do not fit on a screen: past ``MAX_ROWS`` layers, the rows are module groups (the longest
-name prefix that gives at most ``MAX_ROWS`` groups; each group's norm is the L2 norm of its layers' gradients),
-and the ``WORST`` individual layers furthest from the healthy band (non-finite first) are shown above them.
+Thousands of layers do not fit on a screen: past ``MAX_ROWS`` layers, the rows are module groups (see
+``module_groups``; a group's value is the root mean square of its layers' norms, so one layer's thresholds
+still read), and the ``WORST`` individual layers furthest from the healthy band (non-finite first) are shown
+above them.
 Steps are binned to ``MAX_COLUMNS``; a cell shows the most extreme value of its bin, so spikes stay visible.
 """
 
@@ -41,18 +42,57 @@ def prefix(name: str, depth: int) -> str:
     return ".".join(name.split(".")[:depth])
 
 
-def module_groups(names: Sequence[str], max_groups: int) -> list[list[str]]:
-    """Consecutive layers sharing the longest prefix that yields at most ``max_groups`` groups, in model order;
-    if even the first part of the names gives too many, equal consecutive blocks."""
-    deepest = max((name.count(".") for name in names), default=0)
-    for depth in range(deepest, 0, -1):
-        groups: dict[str, list[str]] = {}
-        for name in names:
-            groups.setdefault(prefix(name, depth), []).append(name)
-        if len(groups) <= max_groups:
-            return list(groups.values())
-    size = math.ceil(len(names) / max_groups)
-    return [list(names[i : i + size]) for i in range(0, len(names), size)]
+def by_prefix(names: Sequence[str], depth: int) -> dict[str, list[str]]:
+    """Layers grouped by their first ``depth`` name parts, in model order."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(prefix(name, depth), []).append(name)
+    return groups
+
+
+def block_label(parent: str, children: Sequence[str], members: Sequence[str]) -> str:
+    """``model.layers.0 … 7`` for a block of sibling modules, ``enc.*`` for one module, a lone layer's own name."""
+    if len(members) == 1:
+        return members[0]
+    if len(children) == 1:
+        return f"{children[0]}.*"
+    last = children[-1][len(parent) + 1 :] if parent else children[-1]
+    return f"{children[0]} … {last}"
+
+
+def module_groups(names: Sequence[str], max_groups: int) -> list[tuple[str, list[str]]]:
+    """(label, layers) groups of consecutive layers, in model order, at most ``max_groups`` of them: modules at the
+    deepest name level that fits; where the next level has too many (400 transformer blocks), each module's
+    children are cut into consecutive blocks (``model.layers.0 … 7``), more blocks for modules with more children."""
+    coarse = by_prefix(names, 0)
+    deepest = max((name.count(".") + 1 for name in names), default=0)  # at the deepest, each layer alone
+    for depth in range(1, deepest + 1):
+        finer = by_prefix(names, depth)
+        if len(finer) > max_groups:
+            return split_children(coarse, finer, depth, max_groups)
+        coarse = finer
+    return [(block_label("", [p], m), m) for p, m in coarse.items()]
+
+
+def split_children(
+    coarse: dict[str, list[str]], finer: dict[str, list[str]], depth: int, max_groups: int
+) -> list[tuple[str, list[str]]]:
+    """Each coarse module's children (``finer``, one name part deeper at ``depth``) cut into consecutive blocks;
+    at most ``max_groups`` blocks in all."""
+    children: dict[str, list[str]] = {parent: [] for parent in coarse}
+    for child, members in finer.items():
+        children[prefix(members[0], depth - 1)].append(child)
+    spare = max_groups - len(coarse)
+    out: list[tuple[str, list[str]]] = []
+    for parent, kids in children.items():
+        blocks = 1 + spare * len(kids) // len(finer)
+        size = math.ceil(len(kids) / blocks)
+        for start in range(0, len(kids), size):
+            chunk = kids[start : start + size]
+            members = [name for kid in chunk for name in finer[kid]]
+            whole = parent and len(chunk) == len(kids) and len(members) > 1
+            out.append((f"{parent}.*" if whole else block_label(parent, chunk, members), members))
+    return out
 
 
 def badness(layers: pd.DataFrame, center: float) -> pd.Series:
@@ -73,33 +113,28 @@ def choose_rows(layers: pd.DataFrame, center: float, max_rows: int = MAX_ROWS, w
     ranked = list(badness(layers, center).sort_values(ascending=False, kind="stable").index[:worst])
     groups = module_groups(names, max_rows - worst)
     labels = [f"worst: {name}" for name in ranked]
-    labels += [g[0] if len(g) == 1 else f"{common(g)}.* ({len(g)} layers)" for g in groups]
-    return Rows(labels, [[n] for n in ranked] + groups, len(ranked))
-
-
-def common(names: Sequence[str]) -> str:
-    """The dot-separated prefix all ``names`` share (the first name's parent when they share none)."""
-    parts = [name.split(".") for name in names]
-    shared: list[str] = []
-    for column in zip(*parts, strict=False):
-        if len(set(column)) != 1:
-            break
-        shared.append(column[0])
-    return ".".join(shared) or names[0]
+    labels += [label if len(members) == 1 else f"{label} ({len(members)} layers)" for label, members in groups]
+    return Rows(labels, [[n] for n in ranked] + [members for _label, members in groups], len(ranked))
 
 
 def row_values(layers: pd.DataFrame, rows: Rows, x: np.ndarray) -> pd.DataFrame:
-    """Long table (row, x, value): a single layer's norm, or a group's L2 norm (root of its squared norms)."""
-    names = layers["layer"].astype(str).to_numpy()
+    """Long table (row, x, value): a single layer's norm, or a group's root mean square of its layers' norms
+    (comparable with one layer's thresholds; non-finite if any member is)."""
+    names = layers["layer"].astype("category")
+    categories = {name: code for code, name in enumerate(names.cat.categories.astype(str))}
+    codes = names.cat.codes.to_numpy()
     norms = layers["norm"].to_numpy(dtype=float)
+    squares = np.where(np.isfinite(norms), norms**2, np.inf)
     parts = []
-    for row, members in enumerate(rows.members):
-        mask = np.isin(names, members)
-        part = pd.DataFrame({"x": x[mask], "sq": norms[mask] ** 2})
-        if len(members) > 1:
-            part = part.groupby("x", sort=True, as_index=False)["sq"].sum()
-        parts.append(part.assign(row=row, value=np.sqrt(part["sq"].to_numpy())))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["x", "row", "value"])
+    for first, last in ((0, rows.worst), (rows.worst, len(rows.members))):  # worst layers also count in a group
+        row_of = np.full(len(categories), -1)
+        for row in range(first, last):
+            row_of[[categories[name] for name in rows.members[row]]] = row
+        mine = row_of[codes]
+        keep = mine >= 0
+        parts.append(pd.DataFrame({"row": mine[keep], "x": x[keep], "sq": squares[keep]}))
+    grouped = pd.concat(parts, ignore_index=True).groupby(["row", "x"], sort=True)["sq"].mean().reset_index()
+    return grouped.assign(value=np.sqrt(grouped["sq"].to_numpy()))
 
 
 def extremes(values: pd.DataFrame, n_rows: int, max_columns: int, center: float) -> tuple[np.ndarray, ...]:
@@ -175,8 +210,8 @@ def heatmap_figure(data: RunData, axis: str, th: rules.Thresholds, slug: str) ->
                       line={"color": "#333", "width": 2})  # fmt: skip
     n_layers = sum(len(m) for m in rows.members[rows.worst :])
     grouped = (
-        f"{n_layers} layers: the {rows.worst} furthest from the healthy band first, then module groups (a group's "
-        "norm is the L2 norm of its layers), in model order"
+        f"{n_layers} layers: the {rows.worst} furthest from the healthy band first, then module groups in model "
+        "order (a group's value is the root mean square of its layers' norms)"
         if rows.worst
         else f"{n_layers} layers in model order"
     )

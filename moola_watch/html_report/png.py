@@ -38,7 +38,9 @@ def write_pngs(figures: Sequence[ReportFigure], directory: Path) -> list[Path]:
     if not figures:
         return paths
     try:
-        pio.write_images([titled(f) for f in figures], paths, width=WIDTH, scale=1, validate=False)
+        figs = [titled(f) for f in figures]
+        heights = [fig.layout.height for fig in figs]  # kaleido's default height would squash tall figures
+        pio.write_images(figs, paths, width=WIDTH, height=heights, scale=1, validate=False)
     except (RuntimeError, OSError, ValueError) as exc:
         raise PngError(
             f"cannot write PNGs with kaleido ({type(exc).__name__}: {exc}); it needs Chromium: "
