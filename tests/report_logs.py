@@ -28,9 +28,11 @@ def write_log(
     metric: str = "type_acc",
     epochs_only: bool = False,
     spike_at: int | None = None,
+    reweight_at: int | None = None,
 ) -> Path:
     """A complete run: grad_stats, task_balance and an epoch record every step (or every epoch, with no step
-    at all, when ``epochs_only``). A spike at step ``spike_at`` makes the first layer explode there."""
+    at all, when ``epochs_only``). A spike at step ``spike_at`` makes the first layer explode there; from step
+    ``reweight_at`` on, the first task's loss weight is halved."""
     t = 1_700_000_000.0
     lines = [encode_record(make_record("run_start", run, t, model=model, parameters=list(layers), config={}))]
     for i in range(1, steps + 1):
@@ -49,7 +51,8 @@ def write_log(
         ratio = task_norms[tasks[0]] / task_norms[tasks[1]] if tuple(tasks) == ("pointer", "type") else None
         lines.append(encode_record(make_record(
             "task_balance", run, t + i, **where, ratio=ratio, norms=task_norms,
-            shares={task: 1 / len(tasks) for task in tasks}, cosine=0.3, weights={task: 1.0 for task in tasks},
+            shares={task: 1 / len(tasks) for task in tasks}, cosine=0.3,
+            weights={task: 0.5 if k == 0 and reweight_at and i >= reweight_at else 1.0 for k, task in enumerate(tasks)},
         )))  # fmt: skip
         lines.append(encode_record(make_record(
             "epoch", run, t + i, **where, train_loss=1.0 / i, task_losses={task: 0.5 / i for task in tasks},

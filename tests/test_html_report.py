@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from helpers import REPO, run_cli
 from report_logs import distinct_bytes, hostile_log, write_log
 
@@ -129,6 +130,19 @@ def test_epoch_only_logs_are_drawn_against_epochs(tmp_path: Path) -> None:
     norms = figure_data(out.read_text("utf-8"), "gradient_norms")
     assert norms["layout"]["xaxis"]["title"]["text"] == "epoch"
     assert values(norms["data"][0]["x"])[:3] == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("reweight_at", [None, 10])
+def test_balance_of_any_task_set_shows_loss_weights_only_when_they_change(tmp_path: Path, reweight_at) -> None:
+    log = write_log(tmp_path / "three.jsonl", tasks=("price", "volume", "regime"), reweight_at=reweight_at)
+    _page, figures = build_page([analyze.scan_log(log, frames=True)])
+    balance = next(f.figure for f in figures if f.slug == "task_balance")
+    titles = [a.text for a in balance.layout.annotations]
+    assert titles[:2] == ["task gradient norm (weighted loss)", "share of the update"]
+    assert "pointer/type gradient ratio" not in titles  # no ratio for other task sets
+    assert ("loss weight" in titles) == (reweight_at is not None)
+    legend = {t.name for t in balance.data if t.showlegend is not False}
+    assert {"price", "volume", "regime"} <= legend
 
 
 def test_unreadable_log_is_a_usage_error(tmp_path: Path) -> None:
