@@ -7,7 +7,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")  # no red: red is for alerts
+# No red among the runs: red means an alert or the exploding band.
+RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
 SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#e377c2", "#7f7f7f")
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 SEVERITY_COLORS = {"info": "#1f77b4", "warning": "#e6a100", "error": "#d62728", "critical": "#7b1fa2"}
