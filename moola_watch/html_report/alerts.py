@@ -30,16 +30,16 @@ def hover_text(label: str, alert: rules.Alert, several_runs: bool) -> str:
     return f"{run}<b>{head}</b><br>{escaped(alert.message, 300)}<br>→ {escaped(alert.recommendation, 300)}"
 
 
-def relevant(runs: Sequence[RunData], rule_names: frozenset[str] | None) -> list[tuple[RunData, rules.Alert]]:
-    """(run, alert) for the alerts whose rule is in ``rule_names`` (every alert when None)."""
-    return [(data, a) for data in runs for a in data.alerts if rule_names is None or a.rule in rule_names]
+def relevant(runs: Sequence[RunData], rule_names: frozenset[str]) -> list[tuple[RunData, rules.Alert]]:
+    """(run, alert) for the alerts whose rule is in ``rule_names``."""
+    return [(data, a) for data in runs for a in data.alerts if a.rule in rule_names]
 
 
 def add_markers(
     fig: go.Figure,
     runs: Sequence[RunData],
     axis: str,
-    rule_names: frozenset[str] | None,
+    rule_names: frozenset[str],
     y_for: Callable[[rules.Alert], float],
     row: int | None = None,
 ) -> None:

@@ -17,7 +17,6 @@ WARNING_FILL = "rgba(230, 161, 0, 0.10)"
 DANGER_FILL = "rgba(214, 39, 40, 0.10)"
 VANISH_FILL = "rgba(31, 119, 180, 0.10)"
 WIDTH = 1200  # pixels of a PNG; the page's plots follow the window's width
-ROW_HEIGHT = 260
 
 
 @dataclass(frozen=True)
