@@ -69,6 +69,8 @@ class FrameColumns:
                 ("raw_norm", "raw_norms"),
                 ("loss", "losses"),
                 ("share", "shares"),
+                ("weight", "weights"),
+                ("cosine", "cosines"),
             ):
                 for task, value in (record.get(values) or {}).items():
                     row[f"{prefix}_{task}"] = value

@@ -101,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check_cmd.add_argument("--json", action="store_true", help="one JSON object per log on stdout")
     add_threshold_flags(check_cmd)
+    report_cmd = commands.add_parser(
+        "report",
+        help="one self-contained HTML file of plots (and PNGs) from one or more logs",
+        description="Plots of gradient norms, per-layer norms, task balance, losses and alerts; several logs are "
+        "overlaid and compared in a table. The HTML works offline (plotly.js is inside).",
+    )
+    report_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
+    report_cmd.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="(report.html)")
+    report_cmd.add_argument("--png", type=Path, metavar="DIR", help="also write each figure as a PNG here")
+    add_threshold_flags(report_cmd)
     return parser
 
 
@@ -173,6 +183,9 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
             console.print(analyze_report(scan, frames))
         if worst == EXIT_OK and scan.fails("error"):
             worst = EXIT_ALERT
+    if not args.json:
+        logs = " ".join(str(path) for path in args.logs)
+        console.print(inert(f"Plots: moola-watch report {logs} -o report.html"), style="dim", markup=False)
     return worst
 
 
@@ -218,6 +231,27 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     return worst
 
 
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from moola_watch import html_report
+
+    scans = [(path, scan) for path, scan in _scans(args, console, frames=True)]
+    readable = [scan for _path, scan in scans if scan is not None]
+    if not readable:
+        return EXIT_USAGE
+    try:
+        written = html_report.write_report(readable, args.output, args.png)
+    except html_report.ReportError as exc:
+        raise UsageError(str(exc)) from None
+    console.print(
+        inert(f"wrote {written.html} ({written.size / 1e6:.1f} MB, {written.runs} runs)"
+              + (f" and {len(written.pngs)} PNGs in {args.png}" if args.png else ""), limit=4000),
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    if len(readable) < len(scans):
+        return EXIT_USAGE
+    return EXIT_ALERT if any(scan.fails("error") for scan in readable) else EXIT_OK
+
+
 def _error(message: str) -> None:
     print(f"moola-watch: error: {inert(message, limit=1000)}", file=sys.stderr)
 
@@ -250,7 +284,7 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
     return Follower(args.target, thresholds, options, console).run()
 
 
-COMMANDS = ("follow", "analyze", "check")
+COMMANDS = ("follow", "analyze", "check", "report")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _follow(args, console)
         if args.command == "analyze":
             return _analyze(args, console)
+        if args.command == "report":
+            return _report(args, console)
         return _check(args, console)
     except UsageError as exc:
         _error(str(exc))

@@ -1,0 +1,108 @@
+"""``moola-watch report``: one self-contained HTML file (and optionally PNGs) from one or more logs.
+
+One module per concept: ``runs`` (analyze's frames split by run), ``sampling`` (thinning for drawing),
+``norms``, ``heatmap``, ``balance``, ``progress`` and ``alerts`` (the figures), ``compare`` (the table),
+``page`` (the HTML document) and ``png`` (static export); ``text`` makes every string from a log inert.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moola_watch import analyze, rules
+from moola_watch.html_report.alerts import alert_rows, timeline_figure
+from moola_watch.html_report.balance import balance_figure
+from moola_watch.html_report.compare import comparison
+from moola_watch.html_report.heatmap import heatmap_figure
+from moola_watch.html_report.norms import norms_figure
+from moola_watch.html_report.page import Page, Table, render
+from moola_watch.html_report.png import PngError, write_pngs
+from moola_watch.html_report.progress import progress_figure
+from moola_watch.html_report.runs import RunData, collect_runs, x_axis
+from moola_watch.html_report.style import ReportFigure
+
+__all__ = ["PngError", "ReportError", "Written", "build_figures", "build_page", "write_report"]
+
+ALERT_COLUMNS = ("severity", "state", "run", "rule", "since", "resolved", "message", "recommendation", "evidence")
+
+
+class ReportError(Exception):
+    """The report could not be written (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class Written:
+    """What ``write_report`` wrote."""
+
+    html: Path
+    size: int
+    pngs: list[Path] = field(default_factory=list)
+    runs: int = 0
+
+
+def build_figures(runs: Sequence[RunData], thresholds: rules.Thresholds) -> list[ReportFigure]:
+    """Every figure the runs have data for, in reading order: norms, layers, balance, losses, alerts."""
+    axis = x_axis(runs)
+    heatmaps = [heatmap_figure(data, axis, thresholds, f"layers_{i}") for i, data in enumerate(runs, start=1)]
+    candidates = [
+        norms_figure(runs, axis, thresholds),
+        *heatmaps,
+        balance_figure(runs, axis, thresholds),
+        progress_figure(runs, axis),
+        timeline_figure(runs, axis),
+    ]
+    return [figure for figure in candidates if figure is not None]
+
+
+def thresholds_text(th: rules.Thresholds) -> str:
+    return "Thresholds: " + ", ".join(f"{name} {value:g}" for name, value in th.to_dict().items())
+
+
+def build_page(scans: Sequence[analyze.LogScan], now: float | None = None) -> tuple[Page, list[ReportFigure]]:
+    """The page (and its figures) for logs scanned with ``frames=True``."""
+    runs = collect_runs(scans)
+    thresholds = scans[0].thresholds if scans else rules.Thresholds()
+    figures = build_figures(runs, thresholds)
+    headers, rows = comparison(runs)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() if now is None else now))
+    logs = ", ".join(Path(scan.path).name for scan in scans)
+    bad = sum(scan.bad_lines for scan in scans)
+    subtitle = (
+        f"{len(runs)} run{'s' if len(runs) != 1 else ''} from {len(scans)} log{'s' if len(scans) != 1 else ''} "
+        f"({logs}) · {sum(s.records for s in scans)} records, {bad} bad lines skipped · x axis: {x_axis(runs)} · "
+        f"generated {when}"
+    )
+    page = Page(
+        title="moola-watch report",
+        subtitle=subtitle,
+        runs=[(data.label, data.engine.run_status, data.verdict) for data in runs],
+        comparison=Table(headers, rows, badge=frozenset({"verdict"}), row_headings=True),
+        figures=figures,
+        alerts=Table(
+            ALERT_COLUMNS, [[row[c] for c in ALERT_COLUMNS] for row in alert_rows(runs)], badge=frozenset({"severity"})
+        ),
+        footer=thresholds_text(thresholds) + ". Plots are thinned for drawing (spikes kept); verdicts and "
+        "alerts come from every record.",
+    )
+    return page, figures
+
+
+def write_report(scans: Sequence[analyze.LogScan], html: Path, png_dir: Path | None = None) -> Written:
+    """Write the HTML report (and the PNGs, when ``png_dir`` is given)."""
+    page, figures = build_page(scans)
+    document = render(page).encode("utf-8")
+    try:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_bytes(document)
+    except OSError as exc:
+        raise ReportError(f"cannot write {html}: {exc.strerror or exc}") from None
+    pngs: list[Path] = []
+    if png_dir is not None:
+        try:
+            pngs = write_pngs(figures, png_dir)
+        except PngError as exc:
+            raise ReportError(str(exc)) from None
+    return Written(html, len(document), pngs, len(page.runs))

@@ -1,0 +1,224 @@
+"""Per-layer gradient norms as a heatmap: layers (model order) x steps, log colour scale.
+
+Thousands of layers do not fit on a screen: past ``MAX_ROWS`` layers, the rows are module groups (see
+``module_groups``; a group's value is the root mean square of its layers' norms, so one layer's thresholds
+still read), and the ``WORST`` individual layers furthest from the healthy band (non-finite first) are shown
+above them.
+Steps are binned to ``MAX_COLUMNS``; a cell shows the most extreme value of its bin, so spikes stay visible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from moola_watch import rules
+from moola_watch.html_report.runs import RunData, positions
+from moola_watch.html_report.sampling import time_bins
+from moola_watch.html_report.style import ReportFigure, base_layout, log_ticks
+from moola_watch.html_report.text import escaped, short
+
+MAX_ROWS = 60
+WORST = 8
+MAX_COLUMNS = 400
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Which heatmap row each layer feeds, and the rows' labels (raw names) top to bottom."""
+
+    labels: list[str]
+    members: list[list[str]]  # layers of each row
+    worst: int  # rows at the top that are single worst layers
+
+
+def prefix(name: str, depth: int) -> str:
+    """The first ``depth`` dot-separated parts of a parameter name (``encoder.layers.3``)."""
+    return ".".join(name.split(".")[:depth])
+
+
+def by_prefix(names: Sequence[str], depth: int) -> dict[str, list[str]]:
+    """Layers grouped by their first ``depth`` name parts, in model order."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(prefix(name, depth), []).append(name)
+    return groups
+
+
+def block_label(parent: str, children: Sequence[str], members: Sequence[str]) -> str:
+    """``model.layers.0 … 7`` for a block of sibling modules, ``enc.*`` for one module, a lone layer's own name."""
+    if len(members) == 1:
+        return members[0]
+    if len(children) == 1:
+        return f"{children[0]}.*"
+    last = children[-1][len(parent) + 1 :] if parent else children[-1]
+    return f"{children[0]} … {last}"
+
+
+def module_groups(names: Sequence[str], max_groups: int) -> list[tuple[str, list[str]]]:
+    """(label, layers) groups of consecutive layers, in model order, at most ``max_groups`` of them: modules at the
+    deepest name level that fits; where the next level has too many (400 transformer blocks), each module's
+    children are cut into consecutive blocks (``model.layers.0 … 7``), more blocks for modules with more children."""
+    coarse = by_prefix(names, 0)
+    deepest = max((name.count(".") + 1 for name in names), default=0)  # at the deepest, each layer alone
+    for depth in range(1, deepest + 1):
+        finer = by_prefix(names, depth)
+        if len(finer) > max_groups:
+            return split_children(coarse, finer, depth, max_groups)
+        coarse = finer
+    return [(block_label("", [p], m), m) for p, m in coarse.items()]
+
+
+def split_children(
+    coarse: dict[str, list[str]], finer: dict[str, list[str]], depth: int, max_groups: int
+) -> list[tuple[str, list[str]]]:
+    """Each coarse module's children (``finer``, one name part deeper at ``depth``) cut into consecutive blocks;
+    at most ``max_groups`` blocks in all."""
+    children: dict[str, list[str]] = {parent: [] for parent in coarse}
+    for child, members in finer.items():
+        children[prefix(members[0], depth - 1)].append(child)
+    spare = max_groups - len(coarse)
+    out: list[tuple[str, list[str]]] = []
+    for parent, kids in children.items():
+        blocks = 1 + spare * len(kids) // len(finer)
+        size = math.ceil(len(kids) / blocks)
+        for start in range(0, len(kids), size):
+            chunk = kids[start : start + size]
+            members = [name for kid in chunk for name in finer[kid]]
+            whole = parent and len(chunk) == len(kids) and len(members) > 1
+            out.append((f"{parent}.*" if whole else block_label(parent, chunk, members), members))
+    return out
+
+
+def badness(layers: pd.DataFrame, center: float) -> pd.Series:
+    """Per layer: how far (in decades) its norm strayed from ``center``; non-finite layers rank first."""
+    norms = layers["norm"].to_numpy(dtype=float)
+    finite = np.isfinite(norms)
+    logs = np.log10(np.clip(np.where(finite, norms, 1.0), 1e-30, None))
+    frame = pd.DataFrame({"layer": layers["layer"].astype(str), "dev": np.abs(logs - center), "bad": ~finite})
+    grouped = frame.groupby("layer", sort=False)
+    return grouped["dev"].max() + grouped["bad"].any() * 1000.0
+
+
+def choose_rows(layers: pd.DataFrame, center: float, max_rows: int = MAX_ROWS, worst: int = WORST) -> Rows:
+    """Every layer as a row when they fit; else the worst layers, then module groups."""
+    names = list(pd.unique(layers["layer"].astype(str)))
+    if len(names) <= max_rows:
+        return Rows(names, [[n] for n in names], 0)
+    ranked = list(badness(layers, center).sort_values(ascending=False, kind="stable").index[:worst])
+    groups = module_groups(names, max_rows - worst)
+    labels = [f"worst: {name}" for name in ranked]
+    labels += [label if len(members) == 1 else f"{label} ({len(members)} layers)" for label, members in groups]
+    return Rows(labels, [[n] for n in ranked] + [members for _label, members in groups], len(ranked))
+
+
+def row_values(layers: pd.DataFrame, rows: Rows, x: np.ndarray) -> pd.DataFrame:
+    """Long table (row, x, value): a single layer's norm, or a group's root mean square of its layers' norms
+    (comparable with one layer's thresholds; non-finite if any member is)."""
+    names = layers["layer"].astype("category")
+    categories = {name: code for code, name in enumerate(names.cat.categories.astype(str))}
+    codes = names.cat.codes.to_numpy()
+    norms = layers["norm"].to_numpy(dtype=float)
+    squares = np.where(np.isfinite(norms), norms**2, np.inf)
+    parts = []
+    for first, last in ((0, rows.worst), (rows.worst, len(rows.members))):  # worst layers also count in a group
+        row_of = np.full(len(categories), -1)
+        for row in range(first, last):
+            row_of[[categories[name] for name in rows.members[row]]] = row
+        mine = row_of[codes]
+        keep = mine >= 0
+        parts.append(pd.DataFrame({"row": mine[keep], "x": x[keep], "sq": squares[keep]}))
+    grouped = pd.concat(parts, ignore_index=True).groupby(["row", "x"], sort=True)["sq"].mean().reset_index()
+    return grouped.assign(value=np.sqrt(grouped["sq"].to_numpy()))
+
+
+def extremes(values: pd.DataFrame, n_rows: int, max_columns: int, center: float) -> tuple[np.ndarray, ...]:
+    """Binned matrix (rows x bins) of log10 values, each cell its bin's value furthest from ``center``;
+    the bins' x positions; and a mask of cells holding a non-finite value."""
+    x = values["x"].to_numpy(dtype=float)
+    bins = time_bins(x, max_columns)
+    n_bins = int(bins.max()) + 1 if len(bins) else 0
+    value = values["value"].to_numpy(dtype=float)
+    finite = np.isfinite(value)
+    logs = np.where(finite, np.log10(np.clip(np.where(finite, value, 1.0), 1e-30, None)), np.nan)
+    frame = pd.DataFrame({"row": values["row"].to_numpy(), "bin": bins, "log": logs,
+                          "dev": np.where(finite, np.abs(logs - center), -1.0)})  # fmt: skip
+    picked = frame.loc[frame.groupby(["row", "bin"])["dev"].idxmax()]
+    z = np.full((n_rows, n_bins), np.nan)
+    z[picked["row"].to_numpy(), picked["bin"].to_numpy()] = picked["log"].to_numpy()
+    bad = np.zeros((n_rows, n_bins), dtype=bool)
+    bad[frame["row"].to_numpy()[~finite], bins[~finite]] = True
+    bin_x = pd.Series(x).groupby(bins).max().reindex(range(n_bins)).to_numpy()
+    return z, bin_x, bad
+
+
+def colorscale(th: rules.Thresholds, zmin: float, zmax: float) -> list[list]:
+    """Blue (vanishing) through green (healthy) to red (exploding), placed at the thresholds."""
+    stops = [
+        (th.vanishing, "#08306b"), (th.norm_low, "#4292c6"), (th.healthy_norm_low, "#1a9850"),
+        (th.healthy_norm_high, "#91cf60"), (th.norm_large, "#fee08b"), (th.exploding, "#f46d43"),
+    ]  # fmt: skip
+    scale = [[0.0, "#08306b"]]
+    for value, color in stops:
+        where = (math.log10(max(value, 1e-30)) - zmin) / (zmax - zmin)
+        if scale[-1][0] < where < 1:
+            scale.append([where, color])
+    return [*scale, [1.0, "#67000d"]]
+
+
+def heatmap_figure(data: RunData, axis: str, th: rules.Thresholds, slug: str) -> ReportFigure | None:
+    """The heatmap of one run's per-layer norms."""
+    layers = data.frames["layers"]
+    if layers.empty:
+        return None
+    center = math.log10(math.sqrt(max(th.healthy_norm_low, 1e-30) * max(th.healthy_norm_high, 1e-30)))
+    rows = choose_rows(layers, center)
+    values = row_values(layers, rows, positions(layers, axis))
+    z, bin_x, bad = extremes(values, len(rows.labels), MAX_COLUMNS, center)
+    zmin, zmax = math.floor(math.log10(max(th.vanishing, 1e-30))), math.ceil(math.log10(max(th.exploding, 1e-30))) + 1
+    ticks, tick_text = log_ticks(zmin, zmax)
+    labels = [short(label, 40) for label in rows.labels]
+    full = np.array([escaped(label, 300) for label in rows.labels], dtype=object)
+    hover = np.where(np.isnan(z), "", np.vectorize(lambda v: f"{10.0**v:.3g}", otypes=[object])(np.nan_to_num(z)))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z, x=bin_x, y=labels, zmin=zmin, zmax=zmax, colorscale=colorscale(th, zmin, zmax), hoverongaps=False,
+            customdata=np.repeat(full[:, None], z.shape[1], axis=1), text=hover,
+            hovertemplate=f"%{{customdata}}<br>{axis} %{{x}}<br>norm %{{text}}<extra></extra>",
+            colorbar={"title": {"text": "norm"}, "tickvals": ticks, "ticktext": tick_text},
+        )
+    )  # fmt: skip
+    rows_bad, cols_bad = np.nonzero(bad)
+    if len(rows_bad):
+        fig.add_trace(
+            go.Scatter(
+                x=bin_x[cols_bad], y=[labels[r] for r in rows_bad], mode="markers", name="non-finite",
+                marker={"symbol": "x", "size": 9, "color": "black"}, showlegend=False,
+                hovertemplate=f"non-finite<br>{axis} %{{x}}<extra></extra>",
+            )
+        )  # fmt: skip
+    fig.update_layout(**base_layout(max(320, 110 + 17 * len(labels)), axis))
+    fig.update_layout(margin={"l": 300, "r": 20})
+    fig.update_yaxes(autorange="reversed", type="category", tickfont={"size": 10})
+    if rows.worst:
+        fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=rows.worst - 0.5, y1=rows.worst - 0.5,
+                      line={"color": "#333", "width": 2})  # fmt: skip
+    n_layers = sum(len(m) for m in rows.members[rows.worst :])
+    grouped = (
+        f"{n_layers} layers: the {rows.worst} furthest from the healthy band first, then module groups in model "
+        "order (a group's value is the root mean square of its layers' norms)"
+        if rows.worst
+        else f"{n_layers} layers in model order"
+    )
+    return ReportFigure(
+        slug,
+        f"Per-layer gradient norms · {data.label}",
+        f"{grouped}; log colour: blue vanishing (< {th.vanishing:g}), green healthy, red exploding "
+        f"(> {th.exploding:g}); x marks a non-finite norm. Each cell is the most extreme value of its step bin.",
+        fig,
+    )

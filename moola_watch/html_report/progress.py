@@ -1,0 +1,101 @@
+"""Per-task losses and metrics over steps: is each task still learning (the other half of a collapse)?"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from moola_watch.html_report.alerts import BALANCE_RULES, RUN_RULES, add_markers
+from moola_watch.html_report.runs import RunData, positions
+from moola_watch.html_report.sampling import keep_extremes
+from moola_watch.html_report.style import ReportFigure, base_layout, series_style, trace_name
+from moola_watch.html_report.text import escaped, short
+
+# Columns of the epochs frame that are not a metric; per-task losses are ``loss_<task>``.
+NOT_METRICS = frozenset({"run", "epoch", "step", "time", "lr", "duration_s", "train_loss", "val_loss"})
+MAX_METRICS = 4
+LOSS_PREFIX = "loss_"
+
+
+def loss_columns(frame: pd.DataFrame) -> list[str]:
+    """Total and per-task loss columns present, in a stable order."""
+    fixed = [c for c in ("train_loss", "val_loss") if c in frame and frame[c].notna().any()]
+    return fixed + [c for c in frame.columns if c.startswith(LOSS_PREFIX) and frame[c].notna().any()]
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """Numeric columns that are metrics (``type_acc``, ``pointer_err_bars``, ...): anything not known otherwise."""
+    return [
+        c for c in frame.columns
+        if c not in NOT_METRICS and not c.startswith(LOSS_PREFIX) and pd.api.types.is_numeric_dtype(frame[c])
+        and frame[c].notna().any()
+    ]  # fmt: skip
+
+
+def loss_label(column: str) -> str:
+    """``train_loss`` -> ``train``, ``loss_pointer`` -> ``pointer`` (escaped: task names come from the log)."""
+    if column.startswith(LOSS_PREFIX):
+        return escaped(column[len(LOSS_PREFIX) :])
+    return column.removesuffix("_loss")
+
+
+def progress_figure(runs: Sequence[RunData], axis: str) -> ReportFigure | None:
+    """Losses (log scale) in the first row, then one row per metric; runs overlaid."""
+    with_epochs = [(i, d) for i, d in enumerate(runs) if not d.frames["epochs"].empty]
+    losses: list[str] = []
+    metrics: list[str] = []
+    for _i, data in with_epochs:
+        frame = data.frames["epochs"]
+        losses += [c for c in loss_columns(frame) if c not in losses]
+        metrics += [c for c in metric_columns(frame) if c not in metrics]
+    metrics = metrics[:MAX_METRICS]
+    if not losses and not metrics:
+        return None
+    panels = (["losses"] if losses else []) + metrics
+    titles = ["losses" if p == "losses" else escaped(p) for p in panels]
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=titles)
+    several = len(runs) > 1
+    tops: list[float] = []  # the first row's highest values: where alert triangles sit
+    for run_index, data in with_epochs:
+        frame = data.frames["epochs"]
+        x = positions(frame, axis)
+        label = short(data.label)
+        for row, panel in enumerate(panels, start=1):
+            columns = losses if panel == "losses" else [panel]
+            for column in columns:
+                if column not in frame:
+                    continue
+                y = frame[column].to_numpy(dtype=float, na_value=np.nan)
+                keep = keep_extremes(y)
+                if row == 1 and np.isfinite(y).any():
+                    tops.append(float(np.nanmax(np.where(np.isfinite(y), y, np.nan))))
+                name = loss_label(column) if panel == "losses" else escaped(column)
+                style = series_style(run_index, columns.index(column), several)
+                fig.add_trace(
+                    go.Scatter(
+                        x=x[keep], y=y[keep], mode="lines+markers" if len(keep) <= 60 else "lines",
+                        name=trace_name(label, name, several), legendgroup=escaped(data.label),
+                        line={"color": style.color, "dash": style.dash, "width": 1.8}, marker={"size": 4},
+                        hovertemplate=f"{name} %{{y:.4g}}<br>{axis} %{{x}}<extra>{label}</extra>",
+                    ),
+                    row=row, col=1,
+                )  # fmt: skip
+    fig.update_layout(**base_layout(230 * len(panels) + 80, axis))
+    fig.update_xaxes(title=None)
+    fig.update_xaxes(title=axis, row=len(panels), col=1)
+    if losses:
+        fig.update_yaxes(type="log", exponentformat="power", row=1, col=1)
+    top = max(tops, default=1.0)
+    add_markers(fig, runs, axis, BALANCE_RULES | RUN_RULES, lambda _alert: top, row=1)
+    return ReportFigure(
+        "losses_metrics",
+        "Losses and metrics",
+        "Training and validation loss and each task's own loss (log scale), then each metric the trainer recorded. "
+        "A task whose gradient is dominated but whose loss still falls is still learning; a collapse also stops "
+        "its progress. Triangles: where balance and run alerts (failed, interrupted, stale) began.",
+        fig,
+    )

@@ -1,0 +1,116 @@
+"""The runs of the logs given, each with its own slice of analyze's frames: what every figure draws from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from moola_watch import analyze, rules
+
+FRAMES = ("grad", "layers", "balance", "epochs")
+STEP, EPOCH = "step", "epoch"
+
+
+@dataclass(frozen=True)
+class RunData:
+    """One run of one log: its frames (rows of this run only), its rule engine and the alerts that fired."""
+
+    label: str  # unique among the runs of a report; raw text from the log (escaped where drawn)
+    log: str
+    run: str
+    engine: rules.RuleEngine
+    frames: dict[str, pd.DataFrame]
+    alerts: list[rules.Alert]
+
+    @property
+    def verdict(self) -> str:
+        """The worst severity that fired in this run; else healthy if it ended, else its status."""
+        worst = self.engine.worst_severity()
+        if worst:
+            return worst
+        status = self.engine.run_status
+        return analyze.VERDICT_HEALTHY if status != "running" else analyze.VERDICT_UNTERMINATED
+
+
+def _rows_of(frame: pd.DataFrame, run: str) -> pd.DataFrame:
+    if frame.empty or "run" not in frame:
+        return frame
+    return frame[frame["run"].astype("string") == run].reset_index(drop=True)
+
+
+def _labels(logs: Sequence[tuple[str, list[str]]]) -> list[str]:
+    """A short label per (log, run): the log's file name stem, with the run id when a log holds several;
+    made unique by a counter."""
+    labels: list[str] = []
+    for log, runs in logs:
+        stem = Path(log).stem
+        for run in runs:
+            label = stem if len(runs) == 1 else f"{stem} · {run}"
+            base, n = label, 2
+            while label in labels:
+                label, n = f"{base} ({n})", n + 1
+            labels.append(label)
+    return labels
+
+
+def collect_runs(scans: Sequence[analyze.LogScan]) -> list[RunData]:
+    """Every run of every scan (made with ``frames=True``), in the order of the logs and of the runs in them."""
+    per_log = [(scan, analyze.to_frames(scan)) for scan in scans]
+    labels = iter(_labels([(scan.path, list(scan.engines)) for scan in scans]))
+    out: list[RunData] = []
+    for scan, frames in per_log:
+        fired = scan.alerts()
+        for run, engine in scan.engines.items():
+            out.append(
+                RunData(
+                    label=next(labels),
+                    log=scan.path,
+                    run=run,
+                    engine=engine,
+                    frames={name: _rows_of(frames[name], run) for name in FRAMES},
+                    alerts=[alert for alert_run, alert in fired if alert_run == run],
+                )
+            )
+    return out
+
+
+def x_axis(runs: Sequence[RunData]) -> str:
+    """``step`` when every record drawn carries one, else ``epoch`` (the spec's epoch-only trainers)."""
+    for data in runs:
+        for name in FRAMES:
+            frame = data.frames[name]
+            if not frame.empty and (STEP not in frame or frame[STEP].isna().any()):
+                return EPOCH
+    return STEP
+
+
+def positions(frame: pd.DataFrame, axis: str) -> np.ndarray:
+    """The frame's x positions on ``axis`` as floats (NaN where a record lacks it)."""
+    if axis not in frame:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[axis], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def alert_span(alert: rules.Alert, axis: str, end: float | None) -> tuple[float | None, float | None]:
+    """Where an alert starts and stops on ``axis``; a firing one lasts until ``end`` (the run's last position)."""
+    if axis == STEP:
+        first, last, resolved = alert.first_step, alert.last_step, alert.resolved_step
+    else:
+        first, last, resolved = alert.first_epoch, alert.last_epoch, alert.resolved_epoch
+    if resolved is not None:
+        stop: float | None = resolved
+    elif alert.state == rules.FIRING:
+        stop = end if end is not None else last
+    else:
+        stop = last
+    return first, stop if stop is not None else first
+
+
+def last_position(data: RunData, axis: str) -> float | None:
+    """The run's furthest position on ``axis`` over all its frames."""
+    ends = [np.nanmax(x) for name in FRAMES if len(x := positions(data.frames[name], axis)) and not np.isnan(x).all()]
+    return float(max(ends)) if ends else None

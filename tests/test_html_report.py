@@ -1,0 +1,171 @@
+"""The HTML/PNG report: its pieces (thinning, grouping, escaping) and the real CLI end to end (no browser here;
+tests/test_html_report_browser.py opens the page in Chromium)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import REPO, run_cli
+from report_logs import distinct_bytes, hostile_log, write_log
+
+from moola_watch import analyze
+from moola_watch.html_report import build_page
+from moola_watch.html_report.heatmap import choose_rows, module_groups
+from moola_watch.html_report.page import render
+from moola_watch.html_report.sampling import MAX_POINTS, keep_extremes
+from moola_watch.html_report.text import escaped
+
+SAMPLES = REPO / "sample_logs"
+
+
+def figure_data(html: str, slug: str) -> dict:
+    """The JSON of one figure as the page embeds it."""
+    match = re.search(rf'<script type="application/json" id="data-plot-{slug}">(.*?)</script>', html, re.S)
+    assert match, f"no figure {slug}"
+    return json.loads(match.group(1))
+
+
+def values(array: list | dict) -> list[float]:
+    """A figure array as plotly writes it: a list, or a typed array (``{"dtype", "bdata"}`` base64)."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"])).tolist()
+    return list(array)
+
+
+def test_thinning_keeps_spikes_and_nonfinite_values() -> None:
+    values = np.full(100_000, 0.3)
+    values[31_337] = 900.0
+    values[77_000] = 1e-9
+    values[50_001] = np.nan
+    keep = keep_extremes(values)
+    assert len(keep) <= MAX_POINTS * 1.3
+    assert {31_337, 77_000, 50_001} <= set(keep.tolist())
+    assert keep.tolist() == sorted(keep.tolist())
+    assert keep_extremes(values[:10]).tolist() == list(range(10))
+
+
+def test_thousands_of_layers_become_module_groups_with_the_worst_layers_first() -> None:
+    names = [
+        f"model.layers.{i}.{part}.weight" for i in range(500) for part in ("attn.q", "attn.k", "mlp.up", "mlp.down")
+    ]
+    frame = pd.DataFrame(
+        {"layer": names * 2, "norm": [0.3] * len(names) * 2, "step": [1] * len(names) + [2] * len(names)}
+    )
+    frame.loc[len(names) + 1234, "norm"] = 1e4  # one layer explodes at step 2
+    frame.loc[17, "norm"] = float("nan")
+    rows = choose_rows(frame, center=np.log10(0.22))
+    assert len(rows.labels) <= 60
+    assert rows.worst and rows.members[0] == [names[17]] and rows.members[1] == [names[1234]]
+    grouped = rows.members[rows.worst :]
+    assert [n for m in grouped for n in m] == names  # every layer once, in model order
+    assert len(grouped) >= 40  # 500 blocks cut into consecutive runs, not one 'model.layers.*' row
+    assert rows.labels[rows.worst] == "model.layers.0 … 9 (40 layers)"
+    assert module_groups(["a", "b", "c"], 2) == [("a … b", ["a", "b"]), ("c", ["c"])]
+    assert module_groups(["enc.w", "enc.b", "head.w"], 2) == [("enc.*", ["enc.w", "enc.b"]), ("head.w", ["head.w"])]
+
+
+def test_log_strings_are_escaped_for_html_and_plotly() -> None:
+    assert escaped("<script>x</script>") == "&lt;script&gt;x&lt;/script&gt;"
+    assert escaped("\"%{y}'") == "&#34;&#37;{y}&#39;"
+    assert escaped("a\x1b[31mb") == "a\\x1b[31mb"
+
+
+def test_page_of_a_hostile_log_has_no_markup_from_it(tmp_path: Path) -> None:
+    scan = analyze.scan_log(hostile_log(tmp_path / "evil.jsonl"), frames=True)
+    page, figures = build_page([scan])
+    html = render(page)
+    assert "<script>window" not in html and "<img src=x" not in html and "<svg onload" not in html
+    assert "&lt;script&gt;window.__pwned" in html  # shown, as text
+    for figure in figures:  # plotly reads a little HTML in labels: none of it may come from the log
+        text = json.dumps(figure_data(html, figure.slug), ensure_ascii=False)
+        for tag in ("<script", "<img", "<svg", "<b onmouseover", "<a href"):
+            assert tag not in text, (figure.slug, tag)
+        assert "&#37;{x}" in text or figure.slug != "losses_metrics"
+
+
+def test_report_cli_overlays_two_logs_and_compares_them(tmp_path: Path) -> None:
+    out = tmp_path / "out" / "report.html"
+    logs = [SAMPLES / "pointer_collapse.jsonl", SAMPLES / "healthy.jsonl"]
+    result = run_cli("moola_watch.cli", "report", *map(str, logs), "-o", str(out))
+    assert result.returncode == 1, result.stderr  # the collapse log fired an error, as in analyze/check
+    assert f"wrote {out}" in result.stdout and "2 runs" in result.stdout
+    html = out.read_text("utf-8")
+    norms = figure_data(html, "gradient_norms")
+    names = {trace.get("name") for trace in norms["data"]}
+    assert {"pointer_collapse · total", "healthy · total", "pointer_collapse · max", "healthy · mean"} <= names
+    table = html[html.index('<section id="runs">') : html.index("</section>")]
+    assert "<th>pointer_collapse</th><th>healthy</th>" in table
+    assert "verdict" in table and "error" in table and "healthy" in table
+    for slug in ("layers_1", "layers_2", "task_balance", "losses_metrics", "alerts"):
+        figure_data(html, slug)
+    assert "TASK COLLAPSE: Pointer task dominating" in html and "Urgent: increase alpha" in html
+    assert "http://" not in html.split("<script>")[0] and "src=" not in html.split("<script>")[0]
+
+
+def test_report_cli_writes_the_same_figures_as_pngs(tmp_path: Path) -> None:
+    pngs = tmp_path / "png"
+    result = run_cli("moola_watch.cli", "report", str(SAMPLES / "type_collapse.jsonl"), "-o",
+                     str(tmp_path / "r.html"), "--png", str(pngs))  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr
+    html = (tmp_path / "r.html").read_text("utf-8")
+    slugs = re.findall(r'<div class="plot" id="plot-([a-z_0-9]+)">', html)
+    assert sorted(p.stem for p in pngs.iterdir()) == sorted(slugs) and len(slugs) >= 5
+    for png in pngs.iterdir():
+        data = png.read_bytes()
+        assert distinct_bytes(data) > 40, f"{png.name} looks blank"
+
+
+def test_epoch_only_logs_are_drawn_against_epochs(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "epochs.jsonl", epochs_only=True, steps=12)
+    out = tmp_path / "r.html"
+    result = run_cli("moola_watch.cli", "report", str(log), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    norms = figure_data(out.read_text("utf-8"), "gradient_norms")
+    assert norms["layout"]["xaxis"]["title"]["text"] == "epoch"
+    assert values(norms["data"][0]["x"])[:3] == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("reweight_at", [None, 10])
+def test_balance_of_any_task_set_shows_loss_weights_only_when_they_change(tmp_path: Path, reweight_at) -> None:
+    log = write_log(tmp_path / "three.jsonl", tasks=("price", "volume", "regime"), reweight_at=reweight_at)
+    _page, figures = build_page([analyze.scan_log(log, frames=True)])
+    balance = next(f.figure for f in figures if f.slug == "task_balance")
+    titles = [a.text for a in balance.layout.annotations]
+    assert titles[:2] == ["task gradient norm (weighted loss)", "share of the update"]
+    assert "pointer/type gradient ratio" not in titles  # no ratio for other task sets
+    assert ("loss weight" in titles) == (reweight_at is not None)
+    legend = {t.name for t in balance.data if t.showlegend is not False}
+    assert {"price", "volume", "regime"} <= legend
+
+
+def test_unreadable_log_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("moola_watch.cli", "report", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "r.html"))
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr and not (tmp_path / "r.html").exists()
+
+
+def test_a_long_log_gives_a_report_of_reasonable_size(tmp_path: Path) -> None:
+    small = write_log(tmp_path / "small.jsonl", steps=20)
+    big = write_log(tmp_path / "big.jsonl", steps=20_000, spike_at=12_345)
+    sizes = {}
+    for log in (small, big):
+        started = time.perf_counter()
+        result = run_cli("moola_watch.cli", "report", str(log), "-o", str(tmp_path / f"{log.stem}.html"))
+        assert result.returncode in (0, 1), result.stderr
+        sizes[log.stem] = ((tmp_path / f"{log.stem}.html").stat().st_size, time.perf_counter() - started)
+    assert sizes["big"][0] - sizes["small"][0] < 2_500_000, sizes  # thinned: not 1000x the data
+    norms = figure_data((tmp_path / "big.html").read_text("utf-8"), "gradient_norms")
+    peak = max(y for trace in norms["data"] if trace.get("name") == "max" for y in values(trace["y"]))
+    assert peak == 500.0  # the one-step spike survived thinning
+
+
+def test_analyze_points_to_the_report() -> None:
+    result = run_cli("moola_watch.cli", "analyze", str(SAMPLES / "healthy.jsonl"))
+    assert f"moola-watch report {SAMPLES / 'healthy.jsonl'} -o report.html" in result.stdout
