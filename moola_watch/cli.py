@@ -276,7 +276,7 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
         top=args.top,
         layers=args.layers,
     )
-    notifier = Notifier(notify) if notify.enabled else None
+    notifier = Notifier.from_settings(notify) if notify.enabled else None
     return Follower(args.target, thresholds, options, console, notifier=notifier).run()
 
 

@@ -310,11 +310,16 @@ class _Worker:
 class Notifier:
     """Sends alert events to every sink in the background; notices about the sinks come back via ``drain``."""
 
-    def __init__(self, settings: NotifySettings) -> None:
-        self.notify_on = settings.notify_on
-        self.grace = min(settings.timeout, CLOSE_GRACE_S)
+    def __init__(self, sinks: Sequence[Sink], notify_on: str = "error", grace: float = CLOSE_GRACE_S) -> None:
+        """``grace``: seconds the sinks get at ``close`` to finish what is queued."""
+        self.notify_on = notify_on
+        self.grace = grace
         self._notices: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.workers = [_Worker(sink, self._notices.put) for sink in sinks_for(settings)]
+        self.workers = [_Worker(sink, self._notices.put) for sink in sinks]
+
+    @classmethod
+    def from_settings(cls, settings: NotifySettings) -> Notifier:
+        return cls(sinks_for(settings), settings.notify_on, min(settings.timeout, CLOSE_GRACE_S))
 
     def send(self, event: Mapping[str, Any]) -> None:
         """Queue ``event`` for every sink if it is wanted; never blocks."""

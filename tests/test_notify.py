@@ -186,7 +186,7 @@ def test_a_hanging_webhook_does_not_delay_the_next_alert_line(tmp_path, hanging)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not any("nonfinite" in line for _, line in lines):
         time.sleep(0.01)
-    seen = next(t for t, line in lines if "nonfinite" in line and "FIRING" in line)
+    seen = next((t for t, line in lines if "nonfinite" in line and "FIRING" in line), float("inf"))
     assert seen - written < 1.0, f"the next alert line came {seen - written:.2f} s after its record"
     began = time.monotonic()
     watcher.send_signal(signal.SIGINT)
@@ -305,3 +305,51 @@ def test_settings_add_commands_and_webhooks_from_config_and_flags():
 
 def test_backoff_grows_and_is_bounded():
     assert [notify.backoff(n) for n in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def flaky(outcomes: list[bool], calls: list[dict], entered: threading.Event | None = None, gate=None):
+    """A sink's deliver: sets ``entered`` and waits for ``gate`` if given, then fails or succeeds as ``outcomes``
+    says, in turn."""
+
+    def deliver(alert) -> None:
+        if entered is not None:
+            entered.set()
+            gate.wait(10)
+        calls.append(dict(alert))
+        if not outcomes.pop(0):
+            raise notify.DeliveryError("HTTP 503 Service Unavailable", retry=False)
+
+    return deliver
+
+
+def test_a_failing_sink_is_one_notice_and_one_more_when_it_works_again():
+    calls: list[dict] = []
+    sink = notify.Sink("--webhook x", flaky([False, False, False, True, False], calls), retries=0)
+    notifier = notify.Notifier([sink])
+    for step in range(5):
+        notifier.send(event(step=step))
+    notifier.send(event(state="pending"))  # not wanted: never delivered
+    notices = notifier.close()
+    assert [c["step"] for c in calls] == [0, 1, 2, 3, 4]
+    assert notices == [
+        "--webhook x failed: HTTP 503 Service Unavailable; alerts still show here, its further failures do not",
+        "--webhook x works again",
+        "--webhook x failed: HTTP 503 Service Unavailable; alerts still show here, its further failures do not",
+    ]
+
+
+def test_a_stuck_sink_drops_beyond_its_queue_says_so_once_and_exit_is_bounded():
+    calls: list[dict] = []
+    entered, gate = threading.Event(), threading.Event()
+    sink = notify.Sink("--on-alert page", flaky([True] * 200, calls, entered, gate), retries=0)
+    notifier = notify.Notifier([sink], grace=0.2)
+    notifier.send(event(step=0))
+    assert entered.wait(5)  # the first alert is in flight, stuck; 100 more fit in the queue
+    began = time.monotonic()
+    for step in range(1, notify.QUEUE_SIZE + 50):
+        notifier.send(event(step=step))
+    assert time.monotonic() - began < 0.5  # sending never waits for the sink
+    assert notifier.drain() == ["--on-alert page is falling behind: 100 alerts queued, dropping new ones"]
+    notices = notifier.close()
+    assert time.monotonic() - began < 2 and notices == ["--on-alert page: gave up at exit, 101 alert(s) unsent"]
+    gate.set()
