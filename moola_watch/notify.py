@@ -12,6 +12,7 @@ processes.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import shlex
@@ -96,8 +97,9 @@ def settings_from(
     )
     if settings.notify_on not in schema.SEVERITIES:
         raise ValueError(f"notify_on must be one of {', '.join(schema.SEVERITIES)}, got {settings.notify_on!r}")
-    if isinstance(settings.timeout, bool) or not isinstance(settings.timeout, int | float) or settings.timeout <= 0:
-        raise ValueError(f"notify timeout must be a number of seconds above 0, got {settings.timeout!r}")
+    timeout = settings.timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise ValueError(f"notify timeout must be a finite number of seconds above 0, got {timeout!r}")
     if isinstance(settings.retries, bool) or not isinstance(settings.retries, int) or not 0 <= settings.retries <= 10:
         raise ValueError(f"[notify] retries must be a whole number from 0 to 10, got {settings.retries!r}")
     for command in settings.commands:

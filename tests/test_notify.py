@@ -23,6 +23,7 @@ from processes import start_trainer
 from moola_watch import notify
 
 SAMPLES = REPO / "sample_logs"
+ENV = {**os.environ, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}  # urllib would send 127.0.0.1 via a proxy
 EVIL = "$(touch PWNED1); touch PWNED2 `touch PWNED3` | touch PWNED4 && touch PWNED5 <x >PWNED6"
 RECORDER = """\
 import json, os, sys
@@ -119,7 +120,7 @@ def watch(*args: str, cwd: Path = REPO) -> subprocess.Popen:
     """``moola-watch follow ARGS`` as a real, piped subprocess."""
     return subprocess.Popen(
         [sys.executable, "-m", "moola_watch.cli", "follow", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        text=True, cwd=cwd, env={**ENV, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
 
 
@@ -133,7 +134,7 @@ def stop(watcher: subprocess.Popen) -> tuple[str, str]:
 def run_watch(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "moola_watch.cli", "follow", *args], capture_output=True, text=True, timeout=60,
-        cwd=cwd,
+        cwd=cwd, env=ENV,
     )  # fmt: skip
 
 
@@ -250,6 +251,7 @@ def test_on_alert_gets_the_alert_on_stdin_and_in_the_environment_and_log_text_ru
         (["--on-alert", "no-such-command-anywhere --flag"], "is not an executable command"),
         (["--on-alert", "python 'unbalanced"], "No closing quotation"),
         (["--notify-timeout", "0", "--webhook", "http://127.0.0.1:9/"], "above 0"),
+        (["--notify-timeout", "nan", "--webhook", "http://127.0.0.1:9/"], "above 0"),
     ],
 )
 def test_unusable_notification_settings_are_usage_errors(args, said):
