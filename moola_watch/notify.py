@@ -344,5 +344,7 @@ class Notifier:
         for worker in self.workers:
             worker.thread.join(max(0.0, deadline - time.monotonic()))
         # A worker still alive holds one alert in flight and the close marker among the queued: qsize() counts both.
-        left = [(w.sink.label, w.queue.qsize()) for w in self.workers if w.thread.is_alive()]
-        return self.drain() + [f"{label}: gave up at exit, {count} alert(s) unsent" for label, count in left]
+        left = [f"{w.sink.label}: gave up at exit, {w.queue.qsize()} alert(s) unsent" for w in self.workers
+                if w.thread.is_alive()]  # fmt: skip
+        dropped = [f"{w.sink.label}: {w.dropped} alert(s) dropped in all" for w in self.workers if w.dropped]
+        return self.drain() + left + dropped
