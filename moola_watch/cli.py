@@ -41,20 +41,25 @@ def add_threshold_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", type=Path, default=None, help="TOML file with a [thresholds] table")
 
 
+def config_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The ``[name]`` table of ``--config`` (empty without a config or without that table)."""
+    if args.config is None:
+        return {}
+    try:
+        config = tomllib.loads(args.config.read_text("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read config {args.config}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config {args.config} is not valid TOML: {exc}") from None
+    table = config.get(name, {})
+    if not isinstance(table, dict):
+        raise UsageError(f"config {args.config}: [{name}] must be a table")
+    return table
+
+
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
     """Defaults, then ``--config``'s [thresholds], then flags."""
-    values: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            config = tomllib.loads(args.config.read_text("utf-8"))
-        except OSError as exc:
-            raise UsageError(f"cannot read config {args.config}: {exc.strerror}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"config {args.config} is not valid TOML: {exc}") from None
-        table = config.get("thresholds", {})
-        if not isinstance(table, dict):
-            raise UsageError(f"config {args.config}: [thresholds] must be a table")
-        values.update(table)
+    values: dict[str, Any] = config_table(args, "thresholds")
     values.update({k[3:]: v for k, v in vars(args).items() if k.startswith("th_") and v is not None})
     try:
         return Thresholds.from_mapping(values)
@@ -88,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     follow_cmd.add_argument("--run", metavar="ID", help="focus one run (its id, or its log's file name stem)")
     follow_cmd.add_argument("--top", type=int, default=4, help="layers shown at each end of the ranking (4)")
     follow_cmd.add_argument("--layers", metavar="REGEX", help="only layers whose name matches")
+    notify = follow_cmd.add_argument_group(
+        "notifications (also from --config's [notify] table: on_alert, webhook, notify_on, timeout, retries)"
+    )
+    notify.add_argument(
+        "--on-alert", action="append", default=[], metavar="CMD",
+        help="run CMD (split like a shell would, never run by one) for each alert firing or resolved; the alert "
+        "is JSON on its stdin and in MOOLA_* environment variables; repeatable",
+    )  # fmt: skip
+    notify.add_argument(
+        "--webhook", action="append", default=[], metavar="URL",
+        help="POST each alert as JSON (Slack/Discord 'text'/'content' plus the alert), in the background; "
+        "repeatable",
+    )  # fmt: skip
+    notify.add_argument("--notify-on", choices=SEVERITY_CHOICES, default=None, help="lowest severity sent (error)")
+    notify.add_argument(
+        "--notify-timeout", type=float, default=None, metavar="SECONDS", help="per request or command run (10)"
+    )
     add_threshold_flags(follow_cmd)
     analyze_cmd = commands.add_parser("analyze", help="report on saved logs: trends, worst layers, balance, alerts")
     analyze_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
@@ -258,8 +280,15 @@ def _error(message: str) -> None:
 
 def _follow(args: argparse.Namespace, console: Console) -> int:
     from moola_watch.follow import Follower, FollowOptions
+    from moola_watch.notify import Notifier, settings_from
 
     thresholds = thresholds_from(args)
+    try:
+        notify = settings_from(
+            config_table(args, "notify"), args.on_alert, args.webhook, args.notify_on, args.notify_timeout
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.interval <= 0 or args.top < 1:
         raise UsageError("--interval must be above 0 and --top at least 1")
     if args.layers:
@@ -281,7 +310,8 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
         top=args.top,
         layers=args.layers,
     )
-    return Follower(args.target, thresholds, options, console).run()
+    notifier = Notifier.from_settings(notify) if notify.enabled else None
+    return Follower(args.target, thresholds, options, console, notifier=notifier).run()
 
 
 COMMANDS = ("follow", "analyze", "check", "report")

@@ -21,6 +21,7 @@ from rich.text import Text
 from moola_watch import rules
 from moola_watch.analyze import LogScan, alert_json
 from moola_watch.dashboard import LogView, ViewOptions, overview, run_dashboard
+from moola_watch.notify import Notifier
 from moola_watch.rules import AlertEvent, Thresholds
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
 from moola_watch.textsafe import inert, json_line
@@ -44,6 +45,20 @@ class FollowOptions:
     layers: str | None = None
 
 
+def alert_event(path: Path, run: str | None, event: AlertEvent) -> dict[str, Any]:
+    """A transition as ``--json`` prints it and notifications carry it: the alert, its log, and where it stands."""
+    alert = event.alert
+    resolved = alert.state == rules.RESOLVED
+    return {
+        "event": "alert",
+        "log": str(path),
+        **alert_json(run, alert),
+        "escalated": event.escalated,
+        "epoch": alert.resolved_epoch if resolved else alert.last_epoch,
+        "step": alert.resolved_step if resolved else alert.last_step,
+    }
+
+
 class Follower:
     """Follows one log file, or every ``*.jsonl`` in a directory (new ones picked up as they appear)."""
 
@@ -54,6 +69,7 @@ class Follower:
         options: FollowOptions,
         console: Console,
         stdout: BinaryIO | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.target = target
         self.directory = target if target.is_dir() else None
@@ -61,6 +77,8 @@ class Follower:
         self.options = options
         self.console = console
         self.stdout = stdout or sys.stdout.buffer
+        self.notifier = notifier
+        self._held_notices: list[str] = []
         self.layers = re.compile(options.layers) if options.layers else None
         self.tails: dict[Path, LogTail] = {}
         self.views: dict[Path, LogView] = {}
@@ -108,7 +126,9 @@ class Follower:
         return True
 
     def tick(self, now: float) -> None:
-        """Staleness and run-status changes, judged against the wall clock ``now``."""
+        """Staleness and run-status changes, judged against the wall clock ``now``; the notifier's notices."""
+        if self.notifier is not None:
+            self._notify_notices(self.notifier.drain())
         for path, view in self.views.items():
             for run, engine in view.scan.engines.items():
                 self._alerts(path, run, engine.check_stale(now))
@@ -133,21 +153,22 @@ class Follower:
         elif not self.live_mode:
             print(f"moola-watch: {inert(notice.path)}: {inert(notice.message)}", file=sys.stderr, flush=True)
 
+    def _notify_notices(self, messages: list[str]) -> None:
+        """The notifier's notices about its sinks; the dashboard shows none, so there they wait for its end."""
+        if self.live_mode:
+            self._held_notices += messages
+            return
+        for message in messages:
+            self._notice(Notice(str(self.target), "notify", message))
+
     def _alerts(self, path: Path, run: str | None, events: list[AlertEvent]) -> None:
         for event in events:
             alert = event.alert
+            obj = alert_event(path, run, event)
+            if self.notifier is not None:
+                self.notifier.send(obj)
             if self.options.json:
-                resolved = alert.state == rules.RESOLVED
-                self._write_json(
-                    {
-                        "event": "alert",
-                        "log": str(path),
-                        **alert_json(run, alert),
-                        "escalated": event.escalated,
-                        "epoch": alert.resolved_epoch if resolved else alert.last_epoch,
-                        "step": alert.resolved_step if resolved else alert.last_step,
-                    }
-                )
+                self._write_json(obj)
             else:
                 at = alert.resolved_step if alert.state == rules.RESOLVED else alert.last_step
                 self._plain(
@@ -207,6 +228,10 @@ class Follower:
             return EXIT_OK
         finally:
             self.waker.stop()
+            if self.notifier is not None:
+                self._notify_notices(self.notifier.close())
+                for message in self._held_notices:
+                    print(f"moola-watch: {inert(message)}", file=sys.stderr, flush=True)
             if self.options.json:
                 self._write_json(self.summary())
 

@@ -1,0 +1,350 @@
+"""Notifications: alert transitions sent to the user's commands (``--on-alert``) and webhooks (``--webhook``).
+
+The follow loop hands every alert event (the object ``follow --json`` prints) to a :class:`Notifier`, which
+returns at once: each sink has its own bounded queue and daemon thread, so a slow command or a dead endpoint
+never stalls following. A sink's failure is reported once when it starts failing and once when it recovers,
+not once per alert. Log text never reaches a shell: a command's argv comes from ``shlex.split`` of the user's
+own flag, and the alert travels as JSON on stdin and in ``MOOLA_*`` environment variables.
+
+The formatting functions are pure; ``post_json`` and ``run_command`` are the thin shells around HTTP and
+processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from http.client import HTTPException
+from typing import Any
+
+from moola_watch import __version__, rules, schema
+from moola_watch.textsafe import inert, json_line
+
+QUEUE_SIZE = 100  # notifications waiting per sink; beyond this new ones are dropped (and said so once)
+CLOSE_GRACE_S = 5.0  # at exit, seconds the sinks get to finish what is queued
+CHAT_LIMIT = 1900  # characters of the chat line (Discord refuses content over 2000)
+ENV_LIMIT = 4000  # characters of one MOOLA_* environment value
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+ENV_FIELDS = ("rule", "severity", "state", "subject", "value", "message", "recommendation", "run", "log", "step",
+              "epoch")  # fmt: skip
+
+
+class DeliveryError(Exception):
+    """One failed attempt; ``retry`` says whether another attempt could succeed."""
+
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        super().__init__(reason)
+        self.retry = retry
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Where alerts go and which ones. ``timeout`` is seconds per attempt (HTTP request or command run);
+    ``retries`` is extra webhook attempts after the first, with backoff."""
+
+    commands: tuple[str, ...] = ()
+    webhooks: tuple[str, ...] = ()
+    notify_on: str = "error"
+    timeout: float = 10.0
+    retries: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.commands or self.webhooks)
+
+
+# ------------------------------------------------------------------------------ settings (pure)
+
+
+def _strings(table: Mapping[str, Any], key: str) -> list[str]:
+    value = table.get(key, [])
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"[notify] {key} must be a string or a list of strings")
+    return value
+
+
+def settings_from(
+    table: Mapping[str, Any],
+    commands: Sequence[str] = (),
+    webhooks: Sequence[str] = (),
+    notify_on: str | None = None,
+    timeout: float | None = None,
+) -> NotifySettings:
+    """A config file's ``[notify]`` table, then the flags: commands and webhooks add up, the rest override.
+    Raises ValueError on anything unusable, before following starts."""
+    known = {"on_alert", "webhook", "notify_on", "timeout", "retries"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ValueError(f"[notify] has unknown key(s): {', '.join(unknown)}")
+    settings = NotifySettings(
+        commands=tuple(_strings(table, "on_alert") + list(commands)),
+        webhooks=tuple(_strings(table, "webhook") + list(webhooks)),
+        notify_on=notify_on or table.get("notify_on", "error"),
+        timeout=timeout if timeout is not None else table.get("timeout", 10.0),
+        retries=table.get("retries", 2),
+    )
+    if settings.notify_on not in schema.SEVERITIES:
+        raise ValueError(f"notify_on must be one of {', '.join(schema.SEVERITIES)}, got {settings.notify_on!r}")
+    timeout = settings.timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise ValueError(f"notify timeout must be a finite number of seconds above 0, got {timeout!r}")
+    if isinstance(settings.retries, bool) or not isinstance(settings.retries, int) or not 0 <= settings.retries <= 10:
+        raise ValueError(f"[notify] retries must be a whole number from 0 to 10, got {settings.retries!r}")
+    for command in settings.commands:
+        command_argv(command)
+    for url in settings.webhooks:
+        check_url(url)
+    return settings
+
+
+def command_argv(command: str) -> list[str]:
+    """The argv of an ``--on-alert`` command: ``shlex.split`` of the user's own text, never a shell."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ValueError(f"--on-alert {command!r}: {exc}") from None
+    if not argv:
+        raise ValueError("--on-alert needs a command")
+    if shutil.which(argv[0]) is None:
+        raise ValueError(f"--on-alert {command!r}: {argv[0]} is not an executable command")
+    return argv
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host (urllib would also open file: and ftp: ones)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--webhook needs an http:// or https:// URL, got {redact(url)!r}")
+    return url
+
+
+def redact(url: str) -> str:
+    """A webhook URL shown without its path and query, which often hold the secret (Slack, Discord)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return "<webhook>"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}/…"
+
+
+# ------------------------------------------------------------------------------ formatting (pure)
+
+
+def wanted(event: Mapping[str, Any], notify_on: str) -> bool:
+    """Firing and resolved transitions at or above ``notify_on``. Pending ones are not sent: they are not
+    confirmed yet, and paging on them would undo the rules' ``confirm``."""
+    rank = schema.SEVERITIES.index
+    return event["state"] != rules.PENDING and rank(event["severity"]) >= rank(notify_on)
+
+
+def headline(event: Mapping[str, Any]) -> str:
+    """One line for a person: state, severity, rule, subject, run, where, message and what to do."""
+    state = "ESCALATED" if event.get("escalated") else str(event["state"]).upper()
+    text = (
+        f"moola-watch {state} {str(event['severity']).upper()} {event['rule']} ({event['subject']}) in run "
+        f"{event['run']} at {rules.position(event.get('epoch'), event.get('step'))}: {event['message']}"
+    )
+    if event["state"] != rules.RESOLVED and event.get("recommendation"):
+        text += f" -> {event['recommendation']}"
+    return inert(text.replace("\n", " "), limit=CHAT_LIMIT)
+
+
+def slack_escape(text: str) -> str:
+    """Slack's three control characters escaped, so log text cannot write ``<!channel>`` or links."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def webhook_body(event: Mapping[str, Any]) -> bytes:
+    """The POST body: ``text`` for Slack, ``content`` for Discord (mentions disabled), the full alert."""
+    line = headline(event)
+    body = {"text": slack_escape(line), "content": line, "allowed_mentions": {"parse": []}, "alert": dict(event)}
+    return json_line(body)
+
+
+def command_env(event: Mapping[str, Any]) -> dict[str, str]:
+    """``MOOLA_RULE``, ``MOOLA_SEVERITY``, ... and ``MOOLA_TEXT`` (the headline); missing values are empty.
+    NUL bytes, which no environment can hold, are dropped; each value is cut to ``ENV_LIMIT`` characters."""
+    values = {f"MOOLA_{name.upper()}": event.get(name) for name in ENV_FIELDS}
+    values["MOOLA_TEXT"] = headline(event)
+    return {key: ("" if value is None else str(value)).replace("\0", "")[:ENV_LIMIT] for key, value in values.items()}
+
+
+# ------------------------------------------------------------------------------ shells
+
+
+def post_json(url: str, body: bytes, timeout: float) -> None:
+    """POST ``body`` as JSON; any 2xx is delivered. ``timeout`` is seconds per connect and per read."""
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": f"moola-watch/{__version__}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read(1 << 16)
+    except urllib.error.HTTPError as exc:
+        raise DeliveryError(f"HTTP {exc.code} {exc.reason}", retry=exc.code in RETRY_STATUSES) from None
+    except urllib.error.URLError as exc:
+        raise DeliveryError(f"cannot reach it: {exc.reason}", retry=True) from None
+    except TimeoutError:
+        raise DeliveryError(f"no answer within {timeout:g} s", retry=True) from None
+    except (OSError, HTTPException) as exc:
+        raise DeliveryError(f"{type(exc).__name__}: {exc}", retry=True) from None
+
+
+def run_command(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout: float) -> None:
+    """Run ``argv`` (no shell) with ``stdin`` and ``env`` added to ours; its output is discarded, a non-zero
+    exit is a failure that quotes its last line of stderr. Killed after ``timeout`` seconds."""
+    try:
+        result = subprocess.run(
+            list(argv), input=stdin, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            timeout=timeout, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise DeliveryError(f"still running after {timeout:g} s, killed", retry=False) from None
+    except OSError as exc:
+        raise DeliveryError(f"cannot run it: {exc.strerror or exc}", retry=False) from None
+    if result.returncode != 0:
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        said = f": {lines[-1]}" if lines else ""
+        raise DeliveryError(f"exited with status {result.returncode}{said}", retry=False)
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based): 0.5, 1, 2, 4, 4, ..."""
+    return min(0.5 * 2**attempt, 4.0)
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+@dataclass(frozen=True)
+class Sink:
+    """A named destination: ``deliver`` sends one alert event or raises DeliveryError."""
+
+    label: str
+    deliver: Callable[[Mapping[str, Any]], None]
+    retries: int
+
+
+def sinks_for(settings: NotifySettings) -> list[Sink]:
+    """One sink per ``--on-alert`` command and per ``--webhook`` URL. Commands are not retried (a command
+    that half-ran should not page twice); webhooks are, on timeouts, connection errors, 429 and 5xx."""
+    sinks = []
+    for command in settings.commands:
+        argv = command_argv(command)
+
+        def deliver_command(event: Mapping[str, Any], argv: list[str] = argv) -> None:
+            run_command(argv, json_line(dict(event)), command_env(event), settings.timeout)
+
+        sinks.append(Sink(f"--on-alert {os.path.basename(argv[0])}", deliver_command, 0))
+    for url in settings.webhooks:
+
+        def deliver_webhook(event: Mapping[str, Any], url: str = url) -> None:
+            post_json(url, webhook_body(event), settings.timeout)
+
+        sinks.append(Sink(f"--webhook {redact(url)}", deliver_webhook, settings.retries))
+    return sinks
+
+
+class _Worker:
+    """One sink's queue and daemon thread. Only the follow loop puts; only the thread takes."""
+
+    def __init__(self, sink: Sink, report: Callable[[str], None]) -> None:
+        self.sink = sink
+        self.report = report
+        self.queue: queue.Queue[Mapping[str, Any] | None] = queue.Queue()  # bounded by ``offer``
+        self.failing = False
+        self.dropped = 0
+        self.thread = threading.Thread(target=self._run, name=f"moola-notify {sink.label}", daemon=True)
+        self.thread.start()
+
+    def offer(self, event: Mapping[str, Any]) -> None:
+        if self.queue.qsize() < QUEUE_SIZE:
+            self.queue.put(event)
+            return
+        self.dropped += 1
+        if self.dropped == 1:
+            self.report(f"{self.sink.label} is falling behind: {QUEUE_SIZE} alerts queued, dropping new ones")
+
+    def close(self) -> None:
+        self.queue.put(None)
+
+    def _run(self) -> None:
+        while (event := self.queue.get()) is not None:
+            self._deliver(event)
+
+    def _deliver(self, event: Mapping[str, Any]) -> None:
+        # While failing, one attempt per alert: retries against a dead endpoint would only build a backlog.
+        attempts = 1 if self.failing else 1 + self.sink.retries
+        for attempt in range(attempts):
+            try:
+                self.sink.deliver(event)
+            except DeliveryError as exc:
+                error = exc
+                if not exc.retry:
+                    break
+                if attempt + 1 < attempts:
+                    time.sleep(backoff(attempt))
+            else:
+                if self.failing:
+                    self.failing = False
+                    self.report(f"{self.sink.label} works again")
+                return
+        if not self.failing:
+            self.failing = True
+            self.report(f"{self.sink.label} failed: {error}; alerts still show here, its further failures do not")
+
+
+class Notifier:
+    """Sends alert events to every sink in the background; notices about the sinks come back via ``drain``."""
+
+    def __init__(self, sinks: Sequence[Sink], notify_on: str = "error", grace: float = CLOSE_GRACE_S) -> None:
+        """``grace``: seconds the sinks get at ``close`` to finish what is queued."""
+        self.notify_on = notify_on
+        self.grace = grace
+        self._notices: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.workers = [_Worker(sink, self._notices.put) for sink in sinks]
+
+    @classmethod
+    def from_settings(cls, settings: NotifySettings) -> Notifier:
+        return cls(sinks_for(settings), settings.notify_on, min(settings.timeout, CLOSE_GRACE_S))
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        """Queue ``event`` for every sink if it is wanted; never blocks."""
+        if wanted(event, self.notify_on):
+            for worker in self.workers:
+                worker.offer(event)
+
+    def drain(self) -> list[str]:
+        """Notices the sinks reported since the last call (thread-safe)."""
+        notices = []
+        while not self._notices.empty():
+            notices.append(self._notices.get())
+        return notices
+
+    def close(self) -> list[str]:
+        """Let the sinks finish for at most ``grace`` seconds in all; the notices, and what was left unsent."""
+        for worker in self.workers:
+            worker.close()
+        deadline = time.monotonic() + self.grace
+        for worker in self.workers:
+            worker.thread.join(max(0.0, deadline - time.monotonic()))
+        # A worker still alive holds one alert in flight and the close marker among the queued: qsize() counts both.
+        left = [f"{w.sink.label}: gave up at exit, {w.queue.qsize()} alert(s) unsent" for w in self.workers
+                if w.thread.is_alive()]  # fmt: skip
+        dropped = [f"{w.sink.label}: {w.dropped} alert(s) dropped in all" for w in self.workers if w.dropped]
+        return self.drain() + left + dropped

@@ -1,0 +1,360 @@
+"""Notifications: ``moola-watch follow --webhook/--on-alert`` against real HTTP servers on 127.0.0.1, real commands
+and a real trainer; the formatting functions on their own."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+from logs import LogBuilder
+from processes import start_trainer
+
+from moola_watch import notify
+
+SAMPLES = REPO / "sample_logs"
+ENV = {**os.environ, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}  # urllib would send 127.0.0.1 via a proxy
+EVIL = "$(touch PWNED1); touch PWNED2 `touch PWNED3` | touch PWNED4 && touch PWNED5 <x >PWNED6"
+RECORDER = """\
+import json, os, sys
+alert = json.loads(sys.stdin.read())
+env = {k: v for k, v in os.environ.items() if k.startswith("MOOLA_")}
+with open(sys.argv[1], "a") as out:
+    out.write(json.dumps({"stdin": alert, "env": env}) + "\\n")
+"""
+
+
+# ------------------------------------------------------------------------------ real servers
+
+
+class Hook:
+    """A real HTTP server on 127.0.0.1: records each POSTed JSON body with the wall time it arrived."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[float, dict]] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.bodies.append((time.time(), body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/SECRET-TOKEN"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, predicate, timeout: float) -> tuple[float, dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for arrived, body in list(self.bodies):
+                if predicate(body["alert"]):
+                    return arrived, body
+            time.sleep(0.05)
+        raise AssertionError(f"no matching alert arrived; got {[b['alert']['rule'] for _, b in self.bodies]}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Hanging:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+        self.accepted = threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+            self.accepted.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def hook():
+    server = Hook()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def hanging():
+    server = Hanging()
+    yield server
+    server.close()
+
+
+def dead_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (connection refused)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+def watch(*args: str, cwd: Path = REPO) -> subprocess.Popen:
+    """``moola-watch follow ARGS`` as a real, piped subprocess."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "moola_watch.cli", "follow", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=cwd, env={**ENV, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+def stop(watcher: subprocess.Popen) -> tuple[str, str]:
+    watcher.send_signal(signal.SIGINT)
+    out, err = watcher.communicate(timeout=20)
+    assert watcher.returncode == 0 and "Traceback" not in err, err
+    return out, err
+
+
+def run_watch(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "moola_watch.cli", "follow", *args], capture_output=True, text=True, timeout=60,
+        cwd=cwd, env=ENV,
+    )  # fmt: skip
+
+
+def json_events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def test_webhook_receives_the_collapse_alert_while_the_trainer_is_still_running(tmp_path, hook):
+    log = tmp_path / "run.jsonl"
+    watcher = watch(str(log), "--webhook", hook.url)
+    trainer = start_trainer(log, 40, "--loss-beta", "50")
+    try:
+        _, body = hook.wait_for(lambda a: a["rule"] == "collapse" and a["state"] == "firing", timeout=150)
+        assert trainer.poll() is None, "training had already ended"
+        assert b'"kind":"run_end"' not in log.read_bytes()
+    finally:
+        trainer.kill()
+        trainer.wait(timeout=30)
+    out, _ = stop(watcher)
+    run_id = json.loads(log.read_bytes().splitlines()[0])["run"]
+    alert = body["alert"]
+    assert alert["run"] == run_id and alert["log"] == str(log) and alert["severity"] == "error"
+    assert alert["message"].startswith("TASK COLLAPSE: Pointer task dominating") and alert["recommendation"]
+    assert alert["step"] is not None and alert["epoch"] is not None
+    assert body["content"].startswith("moola-watch FIRING ERROR collapse (pointer/type)")
+    assert body["text"] == notify.slack_escape(body["content"]) and body["allowed_mentions"] == {"parse": []}
+    # Only what reaches --notify-on (error by default): the same transitions as the piped lines.
+    sent = [(a["rule"], a["state"]) for a in (b["alert"] for _, b in hook.bodies)]
+    assert all(a["severity"] in ("error", "critical") for a in (b["alert"] for _, b in hook.bodies))
+    assert ("collapse", "firing") in sent and "collapse (pointer/type)" in out
+
+
+def test_a_hanging_webhook_does_not_delay_the_next_alert_line(tmp_path, hanging):
+    log = tmp_path / "run.jsonl"
+    first = LogBuilder().start().grad(1, 20.0, 40.0, {"a": 0.3, "b": 40.0})  # exploding: an error, at once
+    log.write_bytes(b"".join(first.lines()))
+    watcher = watch(str(log), "--webhook", hanging.url, "--notify-timeout", "60")
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(target=lambda: lines.extend((time.time(), line) for line in watcher.stdout))
+    reader.start()
+    assert hanging.accepted.wait(20), "the webhook was never called"
+    time.sleep(0.3)  # the sink is now stuck waiting for an answer that never comes
+    second = LogBuilder(t0=first.time).grad(2, 0.3, 0.4, {"a": 0.3, "b": float("nan")}).lines()
+    written = time.time()
+    with log.open("ab") as handle:
+        handle.write(second[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("nonfinite" in line for _, line in lines):
+        time.sleep(0.01)
+    seen = next((t for t, line in lines if "nonfinite" in line and "FIRING" in line), float("inf"))
+    assert seen - written < 1.0, f"the next alert line came {seen - written:.2f} s after its record"
+    began = time.monotonic()
+    watcher.send_signal(signal.SIGINT)
+    reader.join(timeout=20)
+    err = watcher.stderr.read()
+    assert watcher.wait(timeout=20) == 0 and "Traceback" not in err
+    assert time.monotonic() - began < notify.CLOSE_GRACE_S + 3  # exit waits a bounded grace, not the endpoint
+    assert re.search(r"--webhook http://127\.0\.0\.1:\d+/…: gave up at exit, \d+ alert\(s\) unsent", err), err
+    assert "SECRET" not in err
+
+
+def test_a_dead_webhook_and_a_failing_command_are_one_notice_each(tmp_path):
+    result = run_watch(
+        "--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", dead_url() + "hooks/SECRET",
+        "--on-alert", "false", "--notify-on", "warning",
+    )  # fmt: skip
+    events = json_events(result.stdout)
+    alerts = [e for e in events if e["event"] == "alert" and e["state"] != "pending"]
+    notices = [e["message"] for e in events if e["event"] == "notice" and e["kind"] == "notify"]
+    assert len(alerts) >= 5 and result.returncode == 1
+    assert len(notices) == 2, notices
+    webhook = next(n for n in notices if n.startswith("--webhook"))
+    assert "Connection refused" in webhook and "SECRET" not in webhook
+    assert next(n for n in notices if n.startswith("--on-alert false")).endswith(
+        "failed: exited with status 1; alerts still show here, its further failures do not"
+    )
+
+
+def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_config(tmp_path, hook):
+    config = tmp_path / "watch.toml"
+    config.write_text(f'[notify]\nwebhook = "{hook.url}"\nnotify_on = "warning"\n')
+    result = run_watch("--once", "--json", "--config", str(config), str(SAMPLES / "type_collapse.jsonl"))
+    printed = [e for e in json_events(result.stdout) if e["event"] == "alert" and e["state"] != "pending"]
+    sent = [body["alert"] for _, body in hook.bodies]
+    assert len(printed) >= 4 and sent == printed  # all of them, in order, before the watcher exited
+    assert {a["severity"] for a in sent} >= {"warning", "error"}
+
+
+def test_on_alert_gets_the_alert_on_stdin_and_in_the_environment_and_log_text_runs_nothing(tmp_path):
+    (tmp_path / "recorder.py").write_text(RECORDER)
+    log = LogBuilder(run=f"run {EVIL}").start().grad(1, 0.3, 40.0, {EVIL: 40.0, "ok": 0.3}).end()
+    log.write(tmp_path / "evil.jsonl")
+    recorder = f"{sys.executable} recorder.py 'got alerts.jsonl'"
+    through_sh = 'sh -c \'printf "%s\\n" "$MOOLA_SUBJECT $MOOLA_MESSAGE $MOOLA_RUN" >> sh.txt\''
+    result = run_watch("--once", "--json", "evil.jsonl", "--on-alert", recorder, "--on-alert", through_sh, cwd=tmp_path)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("PWNED") or p.name == "x"]
+    printed = [e for e in json_events(result.stdout) if e["event"] == "alert"]
+    got = [json.loads(line) for line in (tmp_path / "got alerts.jsonl").read_text().splitlines()]
+    assert [g["stdin"] for g in got] == printed and printed[0]["layers"] == [EVIL]
+    env = got[0]["env"]
+    assert env["MOOLA_RULE"] == "exploding" and env["MOOLA_SEVERITY"] == "error" and env["MOOLA_STATE"] == "firing"
+    assert env["MOOLA_RUN"] == f"run {EVIL}" and EVIL in env["MOOLA_MESSAGE"] and env["MOOLA_LOG"] == "evil.jsonl"
+    assert env["MOOLA_STEP"] == "10" and env["MOOLA_EPOCH"] == "1" and float(env["MOOLA_VALUE"]) == 40.0
+    assert EVIL in (tmp_path / "sh.txt").read_text()  # the shell got the text as data, and ran none of it
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--webhook", "file:///etc/passwd"], "needs an http:// or https:// URL"),
+        (["--on-alert", "no-such-command-anywhere --flag"], "is not an executable command"),
+        (["--on-alert", "python 'unbalanced"], "No closing quotation"),
+        (["--notify-timeout", "0", "--webhook", "http://127.0.0.1:9/"], "above 0"),
+        (["--notify-timeout", "nan", "--webhook", "http://127.0.0.1:9/"], "above 0"),
+    ],
+)
+def test_unusable_notification_settings_are_usage_errors(args, said):
+    result = run_watch("--once", str(SAMPLES / "healthy.jsonl"), *args)
+    assert result.returncode == 2 and said in result.stderr
+
+
+# ------------------------------------------------------------------------------ pure parts
+
+
+def event(**fields) -> dict:
+    base = {"event": "alert", "log": "a.jsonl", "run": "r1", "rule": "collapse", "severity": "error",
+            "state": "firing", "subject": "pointer/type", "value": 6.34, "message": "TASK COLLAPSE: x",
+            "recommendation": "Urgent: increase alpha", "escalated": False, "epoch": 15, "step": 300}  # fmt: skip
+    return {**base, **fields}
+
+
+def test_wanted_sends_confirmed_transitions_at_or_above_notify_on():
+    assert notify.wanted(event(), "error") and notify.wanted(event(state="resolved"), "error")
+    assert not notify.wanted(event(state="pending"), "warning")
+    assert not notify.wanted(event(severity="warning"), "error")
+    assert notify.wanted(event(severity="critical"), "error") and not notify.wanted(event(), "critical")
+
+
+def test_chat_text_cannot_ping_or_link_and_is_one_inert_line():
+    body = json.loads(notify.webhook_body(event(message="<!channel> @everyone\n\x1b[2Jhi", state="resolved")))
+    assert "<!channel>" not in body["text"] and "&lt;!channel&gt;" in body["text"]
+    assert body["allowed_mentions"] == {"parse": []} and "\n" not in body["content"] and "\x1b" not in body["content"]
+    assert body["content"].startswith("moola-watch RESOLVED ERROR collapse (pointer/type) in run r1 at epoch 15, st")
+    assert "->" not in body["content"]  # a resolved alert needs no action
+    assert body["alert"]["message"] == "<!channel> @everyone\n\x1b[2Jhi"  # the full alert keeps the real text
+    assert len(notify.headline(event(message="m" * 10_000))) <= notify.CHAT_LIMIT + 1
+
+
+def test_command_env_is_strings_without_nul_and_bounded():
+    env = notify.command_env(event(subject="a\0b", value=None, message="m" * 10_000))
+    assert env["MOOLA_SUBJECT"] == "ab" and env["MOOLA_VALUE"] == "" and len(env["MOOLA_MESSAGE"]) == notify.ENV_LIMIT
+    assert env["MOOLA_STEP"] == "300" and env["MOOLA_TEXT"].startswith("moola-watch FIRING ERROR collapse")
+
+
+def test_settings_add_commands_and_webhooks_from_config_and_flags():
+    settings = notify.settings_from(
+        {"webhook": ["https://hooks.slack.com/services/T/B/X"], "on_alert": "true", "notify_on": "warning"},
+        commands=["false"], webhooks=["http://127.0.0.1:1/"], timeout=2,
+    )  # fmt: skip
+    assert settings.commands == ("true", "false") and len(settings.webhooks) == 2
+    assert settings.notify_on == "warning" and settings.timeout == 2 and settings.retries == 2
+    for bad in ({"webhooks": "x"}, {"on_alert": 3}, {"retries": -1}, {"notify_on": "loud"}):
+        with pytest.raises(ValueError):
+            notify.settings_from(bad)
+    assert notify.redact("https://hooks.slack.com/services/T/B/X?x=1") == "https://hooks.slack.com/…"
+
+
+def test_backoff_grows_and_is_bounded():
+    assert [notify.backoff(n) for n in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+def flaky(outcomes: list[bool], calls: list[dict], entered: threading.Event | None = None, gate=None):
+    """A sink's deliver: sets ``entered`` and waits for ``gate`` if given, then fails or succeeds as ``outcomes``
+    says, in turn."""
+
+    def deliver(alert) -> None:
+        if entered is not None:
+            entered.set()
+            gate.wait(10)
+        calls.append(dict(alert))
+        if not outcomes.pop(0):
+            raise notify.DeliveryError("HTTP 503 Service Unavailable", retry=False)
+
+    return deliver
+
+
+def test_a_failing_sink_is_one_notice_and_one_more_when_it_works_again():
+    calls: list[dict] = []
+    sink = notify.Sink("--webhook x", flaky([False, False, False, True, False], calls), retries=0)
+    notifier = notify.Notifier([sink])
+    for step in range(5):
+        notifier.send(event(step=step))
+    notifier.send(event(state="pending"))  # not wanted: never delivered
+    notices = notifier.close()
+    assert [c["step"] for c in calls] == [0, 1, 2, 3, 4]
+    assert notices == [
+        "--webhook x failed: HTTP 503 Service Unavailable; alerts still show here, its further failures do not",
+        "--webhook x works again",
+        "--webhook x failed: HTTP 503 Service Unavailable; alerts still show here, its further failures do not",
+    ]
+
+
+def test_a_stuck_sink_drops_beyond_its_queue_says_so_once_and_exit_is_bounded():
+    calls: list[dict] = []
+    entered, gate = threading.Event(), threading.Event()
+    sink = notify.Sink("--on-alert page", flaky([True] * 200, calls, entered, gate), retries=0)
+    notifier = notify.Notifier([sink], grace=0.2)
+    notifier.send(event(step=0))
+    assert entered.wait(5)  # the first alert is in flight, stuck; 100 more fit in the queue
+    began = time.monotonic()
+    for step in range(1, notify.QUEUE_SIZE + 50):
+        notifier.send(event(step=step))
+    assert time.monotonic() - began < 0.5  # sending never waits for the sink
+    assert notifier.drain() == ["--on-alert page is falling behind: 100 alerts queued, dropping new ones"]
+    notices = notifier.close()
+    assert time.monotonic() - began < 2 and notices == [
+        "--on-alert page: gave up at exit, 101 alert(s) unsent",
+        "--on-alert page: 49 alert(s) dropped in all",
+    ]
+    gate.set()
