@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from moola.data import make_synthetic
 from moola.models.enhanced_simple_lstm import EnhancedSimpleLSTM
+from moola_watch.tail import RecordItem, read_log
 
 #: (name, alpha, beta, starved task)
 SKEWS = (("pointer x50", 1.0, 50.0, "type"), ("type x50", 50.0, 1.0, "pointer"))
@@ -31,27 +34,39 @@ METHODS = (None, "ratio", "gradnorm")
 class Outcome:
     type_acc: float
     pointer_err: float
-    last_ratio: float | None
+    final_ratio: float  # mean pointer/type ratio of the last WINDOW balance samples (the rules' window)
+
+
+WINDOW = 10
 
 
 def train(alpha: float, beta: float, method: str | None, seed: int, epochs: int) -> Outcome:
-    """One monitored run; its held-out metrics and the last measured pointer/type ratio."""
+    """One monitored run; its held-out metrics and its final window's pointer/type ratio."""
     data = make_synthetic(600, seed=seed)
     model = EnhancedSimpleLSTM(hidden_size=4, seed=seed)
-    model.fit(
-        data.X, data.y, data.expansion_start, data.expansion_end,
-        epochs=epochs, loss_alpha=alpha, loss_beta=beta, monitor_gradients=True,
-        every_n_steps=5, auto_balance=method, console=Console(quiet=True),
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as directory:
+        log = Path(directory) / "run.jsonl"
+        model.fit(
+            data.X, data.y, data.expansion_start, data.expansion_end,
+            epochs=epochs, loss_alpha=alpha, loss_beta=beta, monitor_gradients=True, grad_log=log,
+            every_n_steps=5, auto_balance=method, console=Console(quiet=True),
+        )  # fmt: skip
+        records = [item.record for item in read_log(log) if isinstance(item, RecordItem)]
+    ratios = [r["ratio"] for r in records if r["kind"] == "task_balance"]
     final = model.history[-1]
-    assert model.monitor is not None
-    balance = model.monitor.engine.last_balance
-    return Outcome(final["type_acc"], final["pointer_err_bars"], balance.get("ratio") if balance else None)
+    return Outcome(final["type_acc"], final["pointer_err_bars"], statistics.fmean(ratios[-WINDOW:]))
 
 
 def metric(outcome: Outcome, task: str) -> float:
     """The task's held-out metric, oriented so that higher is better."""
     return outcome.type_acc if task == "type" else -outcome.pointer_err
+
+
+def recovered_text(recovered: list[float]) -> str:
+    """Mean share of the gap closed, with each seed's."""
+    if not recovered:
+        return "no gap"
+    return f"{statistics.fmean(recovered):+.0%} ({' '.join(f'{r:+.0%}' for r in recovered)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(
         title=f"Automatic balancing on starved runs (hidden 4, {args.epochs} epochs, seeds 0-{args.seeds - 1})"
     )
-    for column in ("weights", "method", "type acc", "pointer err (bars)", "last ratio", "starved task recovered",
-                   "other task change"):  # fmt: skip
+    for column in ("weights", "method", "type acc", "pointer err (bars)", f"ratio, last {WINDOW}",
+                   "starved task recovered (per seed)", "other task change"):  # fmt: skip
         table.add_column(column, justify="right" if column != "method" else "left")
     table.add_row(
         "1 / 1 (balanced)", "fixed", f"{statistics.fmean(o.type_acc for o in balanced.values()):.3f}",
@@ -84,14 +99,13 @@ def main(argv: list[str] | None = None) -> int:
                 if gap > 1e-9:
                     recovered.append((metric(runs[seed], starved) - metric(skewed[seed], starved)) / gap)
                 cost.append(metric(runs[seed], other) - metric(skewed[seed], other))
-            ratios = [r.last_ratio for r in runs.values() if r.last_ratio is not None]
             table.add_row(
                 f"{alpha:g} / {beta:g} ({name})",
                 method or "fixed",
                 f"{statistics.fmean(r.type_acc for r in runs.values()):.3f}",
                 f"{statistics.fmean(r.pointer_err for r in runs.values()):.2f}",
-                f"{statistics.median(ratios):.2f}" if ratios else "-",
-                "" if method is None else (f"{statistics.fmean(recovered):+.0%}" if recovered else "no gap"),
+                " ".join(f"{r.final_ratio:.2f}" for r in runs.values()),
+                "" if method is None else recovered_text(recovered),
                 "" if method is None else f"{statistics.fmean(cost):+.3f} ({other})",
             )
     Console(width=160).print(table)

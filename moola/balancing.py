@@ -5,7 +5,8 @@ A balancer looks at one measured :class:`~moola.utils.monitoring.TaskGradients` 
 a target, by a damped multiplicative step (at most ``max_change`` per update), keeping the sum of the weights:
 
 - ``ratio`` (the spec's Phase 5 idea): targets equal for every task, and nothing changes while the tasks
-  are within the healthy band (largest / smallest weighted norm at most ``band``, the spec's 2.0);
+  are within ``band`` (largest / smallest weighted norm at most 1.5: inside the spec's healthy 2.0 with a
+  margin, so one noisy batch does not push the window out of it);
 - ``gradnorm`` (Chen et al., 2018): targets ``mean norm * r_i ** alpha``, where ``r_i`` is task i's inverse
   training rate, its loss relative to its first measured loss over the same for all tasks: a task that has
   learned less gets more gradient. GradNorm reaches the targets by gradient descent on the weights; here the
@@ -34,7 +35,7 @@ class LossBalancer:
     method: str = "ratio"
     damping: float = 0.5  # the fraction of the log-distance to the target covered per update
     max_change: float = 2.0  # at most this factor per weight per update
-    band: float = 2.0  # ratio method: largest / smallest weighted norm tolerated
+    band: float = 1.5  # ratio method: largest / smallest weighted norm tolerated (inside the healthy 2.0)
     alpha: float = 1.5  # gradnorm's restoring-force strength
     initial_losses: dict[str, float] = field(default_factory=dict)
 
