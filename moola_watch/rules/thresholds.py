@@ -85,4 +85,4 @@ def run_thresholds(
 
 
 def _overrides(overridden: frozenset[str]) -> str:
-    return f", overridden: {', '.join(sorted(overridden))}" if overridden else ""
+    return f", except {', '.join(sorted(overridden))} (set by a flag or --config)" if overridden else ""
