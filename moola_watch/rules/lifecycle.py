@@ -3,7 +3,9 @@
 A condition seen once is *pending*; it *fires* once it has held for the rule's confirmation count of
 consecutive samples (1: at once); it is *resolved* when a later sample no longer shows it. A pending alert
 whose condition goes away is dropped silently. One condition is one alert however many records show it;
-an alert whose severity rises while firing is re-announced (escalated).
+an alert whose severity rises while firing is re-announced (escalated). Severity never falls while the
+condition holds, and the alert keeps the words (value, message, recommendation) of its latest observation at
+that severity, so what it says always justifies its severity.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ SEVERITY_RANK = {name: rank for rank, name in enumerate(schema.SEVERITIES)}
 
 @dataclass
 class Alert:
-    """One condition over its life. ``value`` is the latest measurement that showed it."""
+    """One condition over its life. ``value`` is the latest measurement that showed it at its severity."""
 
     rule: str
     subject: str
@@ -119,9 +121,10 @@ class Lifecycle:
             escalated = alert.state == FIRING
         before = alert.state
         alert.samples += 1
-        alert.value, alert.message, alert.recommendation = seen.value, seen.message, seen.recommendation
         alert.last_step, alert.last_epoch = where.step, where.epoch
-        alert.layers = list(seen.layers)
+        if SEVERITY_RANK[seen.severity] == SEVERITY_RANK[alert.severity]:  # milder evidence keeps the worst words
+            alert.value, alert.message, alert.recommendation = seen.value, seen.message, seen.recommendation
+            alert.layers = list(seen.layers)
         if alert.samples >= confirm:
             alert.state = FIRING
         if alert.state != before or escalated or alert.samples == 1:
