@@ -130,6 +130,10 @@ def score(outcomes: Iterable[Outcome], verdict: str) -> Score:
     )
 
 
+def fraction(count: int, total: int) -> str:
+    return f"{count}/{total} ({count / total:.0%})" if total else "0/0"
+
+
 def lead_text(leads: list[int]) -> str:
     if not leads:
         return "-"
@@ -149,8 +153,8 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
         for verdict, name in (("old", "old rule (dominance)"), ("new", "new verdict (dominance + lost progress)")):
             s = score(chosen, verdict)
             lines.append(
-                f"| {group} ({len(chosen)}) | {name} | {s.right}/{s.starved} ({s.recall:.0%}) | {s.wrong_task} | "
-                f"{s.missed} | {s.false_alarms}/{s.healthy} ({s.false_alarm_rate:.0%}) | {lead_text(s.leads)} |"
+                f"| {group} ({len(chosen)}) | {name} | {fraction(s.right, s.starved)} | {s.wrong_task} | "
+                f"{s.missed} | {fraction(s.false_alarms, s.healthy)} | {lead_text(s.leads)} |"
             )
     poor = [o for o in outcomes if o.label == "both_poor"]
     if poor:

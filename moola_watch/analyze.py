@@ -237,6 +237,7 @@ class LogScan:
             "error": engine.run.error,
             "thresholds_from": self.threshold_sources[run],
             "thresholds": engine.thresholds.to_dict(),
+            "metrics": dict((engine.last_epoch or {}).get("metrics") or {}),
             "summary": engine.summary().to_dict(),
         }
 

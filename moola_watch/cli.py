@@ -251,8 +251,11 @@ def _print_check(console: Console, path: Path, scan: analyze.LogScan, runs: list
     line(f"{status}  {path}  verdict={scan.verdict(runs)}  {shown}  records={scan.records}  bad_lines={scan.bad_lines}")
     for run in runs:
         report = scan.run_report(run)
+        metrics = "  ".join(f"{name}={value:.4g}" for name, value in report["metrics"].items())
         line(f"  run {run}  verdict={report['verdict']}  status={report['status']}  "
              f"thresholds: {report['thresholds_from']}")  # fmt: skip
+        if metrics:  # what the run's own held-out metrics say, next to the verdict
+            line(f"    last epoch's metrics: {metrics}")
         for _run, alert in scan.alerts([run]):
             since = position(alert.first_epoch, alert.first_step)
             line(f"    {alert.severity:<8} {alert.state:<8} {alert.rule} ({alert.subject}) since {since}: "
