@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from moola_watch import analyze
-from moola_watch.rules import Thresholds, position
+from moola_watch.rules import RULES, Thresholds, position
 from moola_watch.textsafe import inert, json_line
 
 EXIT_OK, EXIT_ALERT, EXIT_USAGE, EXIT_NO_MEASUREMENTS = 0, 1, 2, 3
@@ -75,6 +75,15 @@ def _threshold_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def rules_help() -> str:
+    """The rules as declared, one line each: name, worst severity, when it fires, what it judges."""
+    lines = ["rules (worst severity; confirmed: waits --confirm samples):"]
+    for rule in RULES:
+        fires = "confirmed" if rule.confirmed else "at once"
+        lines.append(f"  {rule.name:<16} {rule.severity:<8} {fires:<9} {rule.describe}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moola-watch",
@@ -109,7 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze_cmd.add_argument("--json", action="store_true", help="one JSON object per log instead of tables")
     analyze_cmd.add_argument("--csv", type=Path, metavar="DIR", help="also write the DataFrames as CSV files here")
     add_threshold_flags(analyze_cmd)
-    check_cmd = commands.add_parser("check", help="verdict and exit code for CI")
+    check_cmd = commands.add_parser(
+        "check",
+        help="verdict and exit code for CI",
+        description="Judge saved logs run by run; exit 0 ok, 1 something at or above --fail-on fired, 2 usage, "
+        "unreadable or not a log, 3 a run that measured nothing.",
+        epilog=rules_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
     check_cmd.add_argument(
         "--fail-on", choices=SEVERITY_CHOICES, default="error", help="lowest severity that fails (default: error)"

@@ -120,3 +120,11 @@ def test_labelled_runs_get_the_verdict_their_held_out_metrics_call_for(label):
         assert "is starving" in errors[0]["message"] and "(from " in errors[0]["recommendation"]
     else:  # other rules may fire (hidden size 4 LSTMs do explode now and then); collapse stays a warning
         assert collapse and not errors and "gradients dominated, but" in collapse[0]["message"]
+
+
+def test_check_help_lists_the_declared_rules_and_the_starvation_thresholds():
+    result = run_cli("moola_watch.cli", "check", "--help")
+    assert result.returncode == 0
+    assert "--starve-share" in result.stdout and "--starve-drop" in result.stdout and "--latest" in result.stdout
+    collapse = [line for line in result.stdout.splitlines() if line.strip().startswith("collapse ")]
+    assert len(collapse) == 2 and all("error" in line and "starving" in line for line in collapse)
