@@ -148,8 +148,8 @@ RULES = (
     Rule(IMBALANCE, "warning", True, BALANCE, _imbalance,
          "window mean of the pointer/type ratio outside the healthy band (the spec's table)"),
     Rule(COLLAPSE, "error", False, BALANCE, _collapse_pair,
-         "pointer/type window outside [collapse_low, collapse_high]; an error only if the starved task's loss "
-         "stopped falling while its share of the update is tiny"),
+         "pointer/type window outside [collapse_low, collapse_high]; an error only if the dominated task is "
+         "starving (share < starve_share, loss down < starve_drop)"),
     Rule(COLLAPSE, "error", False, BALANCE, _collapse_tasks,
          "a task's gradient dominated (window mean > collapse_high); an error only if it is also starving"),
 )  # fmt: skip
