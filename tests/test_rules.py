@@ -107,8 +107,8 @@ def test_spec_scenario_collapse():
         "step 10 to epoch 9, step 90 [pointer -43%], 1.0% of the update"
     )
     assert collapse.recommendation == (
-        "Urgent: increase alpha by 2x or decrease beta by 0.5x: set `--loss-beta` 1.3 (from 8) or `--loss-alpha` 6.3 "
-        "(from 1) to bring the ratio 6.34 to 1"
+        "Urgent: increase alpha by 2x or decrease beta by 0.5x: set `--loss-beta` 2.5 (from 8) or `--loss-alpha` 3.2 "
+        "(from 1) to bring the ratio 6.34 to 2"
     )
     assert engine.summary().lines()[-1] == "  TASK COLLAPSE DETECTED: Pointer task dominating (ratio=6.34 > 5.0)"
     assert rules.balance_message(3.82, 10) == (
@@ -176,3 +176,18 @@ def test_thresholds_validate_and_load_from_mappings():
         Thresholds.from_mapping({"windw": 5})
     with pytest.raises(ValueError):
         Thresholds(collapse_high=1.0)
+
+
+def test_the_fix_is_the_weights_that_bring_the_window_to_the_healthy_edge_either_way():
+    log = LogBuilder().start()
+    for i in range(1, 11):  # type dominating: pointer/type 0.1, so type/pointer 10
+        log.balance(i, 0.1, weights={"pointer": 1.0, "type": 1.0})
+    (collapse,) = collapse_alerts(rules.replay(log.records))
+    assert collapse.subject == "pointer" and collapse.recommendation == (
+        "Urgent: decrease alpha by 0.5x or increase beta by 2x: set `--loss-alpha` 0.2 (from 1) or `--loss-beta` 5 "
+        "(from 1) to bring the ratio 10.00 to 2"
+    )
+    assert rules.weight_fix("small", "big", 40.0, 2.0, {"small": 3.0, "big": 1.0}) == (
+        "set the big loss weight 0.05 (from 1) or the small loss weight 60 (from 3) to bring the ratio 40.00 to 2"
+    )
+    assert rules.weight_fix("small", "big", math.inf, 2.0, {"small": 3.0, "big": 1.0}) == ""  # no finite fix

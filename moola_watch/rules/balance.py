@@ -51,26 +51,22 @@ def _imbalance(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     ))]  # fmt: skip
 
 
-def healthy_middle(th: Thresholds) -> float:
-    """The ratio a fix aims at: the geometric middle of the healthy band (1.0 for 0.5-2.0)."""
-    return math.sqrt(th.balance_low * th.balance_high)
-
-
 def _weight(task: str, value: float, factor: float) -> str:
     flag = WEIGHT_FLAGS.get(task)
     name = f"`{flag}`" if flag else f"the {task} loss weight"
     return f"{name} {value * factor:.2g} (from {value:g})"
 
 
-def weight_fix(starved: str, dominant: str, ratio: float, weights: Mapping[str, float], th: Thresholds) -> str:
+def weight_fix(starved: str, dominant: str, ratio: float, target: float, weights: Mapping[str, float]) -> str:
     """Concrete weights that bring the window's ratio (dominant / starved weighted gradient norm, linear in
-    each weight) to the middle of the healthy band; '' when the weights are not recorded or the ratio is
-    infinite."""
-    factor = ratio / healthy_middle(th)
+    each weight) down to ``target``, the healthy band's edge: the smallest change that makes the window
+    healthy (a starved task that recovers takes a bigger share by itself, so aiming further overshoots).
+    '' when the weights are not recorded or the ratio is infinite."""
+    factor = ratio / target
     if starved not in weights or dominant not in weights or not math.isfinite(factor) or not factor > 0:
         return ""
     return (f"set {_weight(dominant, weights[dominant], 1 / factor)} or {_weight(starved, weights[starved], factor)}"
-            f" to bring the ratio {ratio:.2f} to {healthy_middle(th):.2g}")  # fmt: skip
+            f" to bring the ratio {ratio:.2f} to {target:.2g}")  # fmt: skip
 
 
 def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
@@ -98,11 +94,13 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
 
 
 def _collapse_observation(
-    ev: Evidence, starved: str, dominant: str, ratio: float, dominance: str, action: str, th: Thresholds
-) -> Observation:
+    ev: Evidence, starved: str, dominant: str, ratio: float, target: float, dominance: str, action: str,
+    th: Thresholds,
+) -> Observation:  # fmt: skip
+    """``ratio`` is dominant / starved; ``target`` the healthy band's edge in those terms."""
     severity, words = starvation(starved, ev, th)
     span = ev.window_span()
-    fix = weight_fix(starved, dominant, ratio, ev.weights, th)
+    fix = weight_fix(starved, dominant, ratio, target, ev.weights)
     return Observation(
         severity, ratio,
         f"TASK COLLAPSE: {dominance} over {len(ev.balance_steps)} samples{f' ({span})' if span else ''}; {words}",
@@ -119,9 +117,9 @@ def _collapse_pair(ev: Evidence, record: schema.Record, th: Thresholds) -> Findi
         return [("type", None), ("pointer", None)]
     pointer_wins = verdict.state == "pointer_dominating"
     starved, dominant = ("type", "pointer") if pointer_wins else ("pointer", "type")
-    ratio = verdict.mean if pointer_wins else 1 / verdict.mean
-    seen = _collapse_observation(ev, starved, dominant, ratio, verdict.text, recommend_ratio(verdict.mean, th).action,
-                                 th)  # fmt: skip
+    ratio, target = (verdict.mean, th.balance_high) if pointer_wins else (1 / verdict.mean, 1 / th.balance_low)
+    action = recommend_ratio(verdict.mean, th).action
+    seen = _collapse_observation(ev, starved, dominant, ratio, target, verdict.text, action, th)
     return [(starved, seen), (dominant, None)]
 
 
@@ -140,7 +138,7 @@ def _collapse_tasks(ev: Evidence, record: schema.Record, th: Thresholds) -> Find
             continue
         dominance = f"{task} task dominated (largest task gradient / its gradient = {mean:.2f} > {th.collapse_high})"
         action = f"Urgent: raise the weight of the {task} loss, or lower the {dominant} task's"
-        findings.append((task, _collapse_observation(ev, task, dominant, mean, dominance, action, th)))
+        findings.append((task, _collapse_observation(ev, task, dominant, mean, th.balance_high, dominance, action, th)))
     return findings
 
 
