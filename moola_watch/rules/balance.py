@@ -4,11 +4,11 @@ Collapse combines two kinds of evidence. Dominance: over the window, a task's we
 parameters is more than ``collapse_high`` times smaller than the largest task's (for pointer/type, the
 spec's window mean outside [collapse_low, collapse_high]). Starving: the dominated task gets almost none of
 the update (window mean share below ``starve_share``) and its own training loss has stalled (down less than
-``starve_drop`` over the window). Both: an error. Dominance alone: a warning that says, in words,
-what is still moving. The thresholds were chosen on labelled runs (``benchmarks/detection.py --tune``).
-The message keeps the spec's words
-(``TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)``) and adds the evidence; the recommendation
-keeps the spec's action and adds the weights that would bring the window into the healthy band.
+``starve_drop`` over the window). Both: an error. Dominance alone: a warning that says, in words, what is
+still moving. The thresholds were chosen on labelled runs (``benchmarks/detection.py --tune``). The message
+keeps the spec's words (``TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)``) and adds the evidence;
+the recommendation keeps the spec's action and adds the weights that would bring the window into the healthy
+band. The subject of a collapse alert is the task it starves.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 from moola_watch import schema
 from moola_watch.rules.lifecycle import Where
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import position
+from moola_watch.rules.verdicts import LayerFlags, flag_layers, position
 
 RECENT_SAMPLES = 3  # the window's ends are each the mean of this many samples (one batch's loss is noisy)
 
@@ -133,6 +133,8 @@ class Evidence:
         self.max_norms = RunningStats()
         self.nonfinite_samples = 0
         self.amp_overflows = 0  # measurements whose non-finite gradients were a GradScaler overflow
+        self.layer_flags = LayerFlags([], [], [])  # of the latest grad_stats record, judged once for every rule
+        self.nonfinite: tuple[int, bool] = (0, False)  # its non-finite layer count, and whether a scaler overflow
         self.last_grad_stats: schema.Record | None = None
         self.last_balance: schema.Record | None = None
         self.last_epoch: schema.Record | None = None
@@ -173,7 +175,8 @@ class Evidence:
         self.grad_samples += 1
         self.mean_norms.add(record["mean_norm"])
         self.max_norms.add(record["max_norm"])
-        count, overflow = nonfinite_count(record)
+        self.layer_flags = flag_layers(record["layer_norms"], self.thresholds)
+        self.nonfinite = count, overflow = nonfinite_count(record)
         if overflow:
             self.amp_overflows += 1
         elif count:

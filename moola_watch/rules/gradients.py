@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 
 from moola_watch import schema
-from moola_watch.rules.evidence import Evidence, nonfinite_count
+from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import classify_norm_level, flag_layers
+from moola_watch.rules.verdicts import classify_norm_level
 
 VANISHING = "vanishing"
 EXPLODING = "exploding"
@@ -26,24 +26,23 @@ def names(layers: list[str] | tuple[str, ...], limit: int = 3) -> str:
     return shown + (f" (+{len(layers) - limit} more)" if len(layers) > limit else "")
 
 
-def _bad_layers(record: schema.Record) -> list[str]:
-    named = [name for name, norm in record["layer_norms"].items() if not math.isfinite(norm)]
-    return named or list(record.get("nonfinite_layers") or [])
+def _bad_layers(ev: Evidence, record: schema.Record) -> list[str]:
+    return ev.layer_flags.nonfinite or list(record.get("nonfinite_layers") or [])
 
 
-def _nonfinite(_ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
-    count, overflow = nonfinite_count(record)
+def _nonfinite(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
+    count, overflow = ev.nonfinite
     if not count or overflow:
         return [("gradients", None)]
-    bad = _bad_layers(record)
+    bad = _bad_layers(ev, record)
     return [("gradients", Observation(
         "critical", float(count), f"Non-finite gradients (NaN/Inf) in {count} layers: {names(bad)}",
         "Lower the learning rate, clip gradients, check inputs and loss for NaN", tuple(bad),
     ))]  # fmt: skip
 
 
-def _amp_overflow(_ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
-    count, overflow = nonfinite_count(record)
+def _amp_overflow(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
+    count, overflow = ev.nonfinite
     if not overflow:
         return [("scaler", None)]
     scale = (record.get("amp") or {}).get("scale")
@@ -51,13 +50,13 @@ def _amp_overflow(_ev: Evidence, record: schema.Record, _th: Thresholds) -> Find
         "warning", scale if isinstance(scale, int | float) else None,
         f"GradScaler overflow in {count} layers, step skipped (scale {scale})",
         "Normal now and then while the scale calibrates; if it persists, lower the learning rate and check "
-        "inputs and loss for NaN", tuple(_bad_layers(record)),
+        "inputs and loss for NaN", tuple(_bad_layers(ev, record)),
     ))]  # fmt: skip
 
 
-def _vanishing(_ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+def _vanishing(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     norms = record["layer_norms"]
-    low = flag_layers(norms, th).vanishing
+    low = ev.layer_flags.vanishing
     if not low:
         return [("layers", None)]
     return [("layers", Observation(
@@ -68,9 +67,9 @@ def _vanishing(_ev: Evidence, record: schema.Record, th: Thresholds) -> Findings
     ))]  # fmt: skip
 
 
-def _exploding(_ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+def _exploding(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     norms = record["layer_norms"]
-    high = flag_layers(norms, th).exploding
+    high = ev.layer_flags.exploding
     if not high:
         return [("layers", None)]
     return [("layers", Observation(
