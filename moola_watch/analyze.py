@@ -20,12 +20,14 @@ import numpy as np
 import pandas as pd
 
 from moola_watch import rules, schema
-from moola_watch.rules import AlertEvent, RuleEngine, Thresholds
+from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.tail import BadLine, Item, Notice, RecordItem, read_log
 
 MAX_BAD_LINE_DETAILS = 20
 VERDICT_HEALTHY = "healthy"
 VERDICT_UNTERMINATED = "unterminated"  # no alert, but no run_end either: not known to be healthy
+VERDICT_NO_MEASUREMENTS = "no_measurements"  # the run recorded no gradient, balance or epoch record: not a pass
+VERDICT_NOT_A_LOG = "not_a_log"  # not one valid record in the file
 
 
 class FrameColumns:
@@ -118,14 +120,29 @@ class FrameColumns:
         }
 
 
+def run_verdict(engine: RuleEngine) -> str:
+    """One run's verdict: the worst severity that fired; else no_measurements if it measured nothing; else
+    healthy if it ended, unterminated if not."""
+    worst = engine.worst_severity()
+    if worst:
+        return worst
+    if not engine.measured():
+        return VERDICT_NO_MEASUREMENTS
+    return VERDICT_HEALTHY if engine.run.status != "running" else VERDICT_UNTERMINATED
+
+
 @dataclass
 class LogScan:
-    """One log's items through the rules, one engine per run id (a file may hold a restarted run)."""
+    """One log's items through the rules, one engine per run id (a file may hold several runs, or a restarted
+    one). Each run is judged by the thresholds its ``run_start`` recorded, except the names in ``overridden``
+    (set by a flag or config), which come from ``thresholds``; a run without recorded ones gets ``thresholds``."""
 
     path: str
     thresholds: Thresholds = field(default_factory=Thresholds)
     columns: FrameColumns | None = None
+    overridden: frozenset[str] = frozenset()
     engines: dict[str, RuleEngine] = field(default_factory=dict)
+    threshold_sources: dict[str, str] = field(default_factory=dict)  # per run: where its thresholds came from
     records: int = 0
     bad_lines: int = 0
     bad_by_category: Counter[str] = field(default_factory=Counter)
@@ -144,7 +161,7 @@ class LogScan:
                 self.columns.add(record)
             engine = self.engines.get(record["run"])
             if engine is None:
-                engine = self.engines[record["run"]] = RuleEngine(self.thresholds)
+                engine = self._new_run(record)
             return engine.observe(record)
         if isinstance(item, BadLine):
             self.bad_lines += 1
@@ -155,6 +172,13 @@ class LogScan:
             self.notices.append(item)
         return []
 
+    def _new_run(self, record: schema.Record) -> RuleEngine:
+        recorded = record.get("thresholds") if record["kind"] == schema.RUN_START else None
+        thresholds, source = run_thresholds(recorded, self.thresholds, self.overridden)
+        self.threshold_sources[record["run"]] = source
+        engine = self.engines[record["run"]] = RuleEngine(thresholds)
+        return engine
+
     def check_stale(self, now: float) -> list[AlertEvent]:
         return [event for engine in self.engines.values() for event in engine.check_stale(now)]
 
@@ -163,48 +187,73 @@ class LogScan:
         """The engine of the run that wrote last."""
         return next(reversed(self.engines.values()), None)
 
-    def alerts(self) -> list[tuple[str, rules.Alert]]:
-        """(run id, alert) for every alert that fired, in order."""
-        return [(run, a) for run, engine in self.engines.items() for a in engine.alerts if a.state != rules.PENDING]
+    def select(self, run: str | None = None, *, latest: bool = False) -> list[str]:
+        """Run ids to report: the one named ``run``, the latest, or all (in order of first record). Raises
+        ``KeyError`` naming the runs there are if ``run`` is not one of them."""
+        if run is not None:
+            if run not in self.engines:
+                raise KeyError(f"no run {run!r} in {self.path} (runs: {', '.join(self.engines) or 'none'})")
+            return [run]
+        if latest and self.engines:
+            return [next(reversed(self.engines))]
+        return list(self.engines)
 
-    def verdict(self) -> str:
-        """The worst severity that fired; else healthy if every run ended, else unterminated."""
-        worst = [e.worst_severity() for e in self.engines.values() if e.worst_severity()]
-        if worst:
-            return max(worst, key=rules.SEVERITY_RANK.__getitem__)  # type: ignore[arg-type]
-        if self.engines and all(e.run.status != "running" for e in self.engines.values()):
-            return VERDICT_HEALTHY
-        return VERDICT_UNTERMINATED
+    def alerts(self, runs: Iterable[str] | None = None) -> list[tuple[str, rules.Alert]]:
+        """(run id, alert) for every alert that fired in ``runs`` (default: all), in order."""
+        chosen = self.engines if runs is None else runs
+        return [(run, a) for run in chosen for a in self.engines[run].alerts if a.state != rules.PENDING]
 
-    def fails(self, fail_on: str) -> bool:
-        """Did anything at or above severity ``fail_on`` fire?"""
+    def verdict(self, runs: Iterable[str] | None = None) -> str:
+        """The worst severity that fired in ``runs`` (default: all); else not_a_log if the file held no
+        valid record, no_measurements if a run measured nothing, unterminated if one has not ended, else
+        healthy."""
+        chosen = list(self.engines if runs is None else runs)
+        if not self.records:
+            return VERDICT_NOT_A_LOG
+        verdicts = {run_verdict(self.engines[run]) for run in chosen}
+        severities = [v for v in verdicts if v in rules.SEVERITY_RANK]
+        if severities:
+            return max(severities, key=rules.SEVERITY_RANK.__getitem__)
+        for verdict in (VERDICT_NO_MEASUREMENTS, VERDICT_UNTERMINATED):
+            if verdict in verdicts:
+                return verdict
+        return VERDICT_HEALTHY
+
+    def fails(self, fail_on: str, runs: Iterable[str] | None = None) -> bool:
+        """Did anything at or above severity ``fail_on`` fire in ``runs`` (default: all)?"""
         bar = rules.SEVERITY_RANK[fail_on]
-        return any(rules.SEVERITY_RANK[alert.severity] >= bar for _run, alert in self.alerts())
+        return any(rules.SEVERITY_RANK[alert.severity] >= bar for _run, alert in self.alerts(runs))
 
-    def report(self) -> dict[str, Any]:
-        """The machine-readable verdict of this log (``check --json``)."""
-        current = self.current
-        runs = [
-            {
-                "run": run,
-                "model": engine.run.model,
-                "status": engine.run_status,
-                "epoch": engine.run.epoch,
-                "step": engine.run.step,
-                "records": engine.run.records,
-                "steps_backwards": engine.run.steps_backwards,
-                "error": engine.run.error,
-                "summary": engine.summary().to_dict(),
-            }
-            for run, engine in self.engines.items()
-        ]
+    def run_report(self, run: str) -> dict[str, Any]:
+        """One run's verdict, state, thresholds and summary."""
+        engine = self.engines[run]
+        return {
+            "run": run,
+            "verdict": run_verdict(engine),
+            "model": engine.run.model,
+            "status": engine.run_status,
+            "epoch": engine.run.epoch,
+            "step": engine.run.step,
+            "records": engine.run.records,
+            "steps_backwards": engine.run.steps_backwards,
+            "error": engine.run.error,
+            "thresholds_from": self.threshold_sources[run],
+            "thresholds": engine.thresholds.to_dict(),
+            "metrics": dict((engine.last_epoch or {}).get("metrics") or {}),
+            "summary": engine.summary().to_dict(),
+        }
+
+    def report(self, runs: Iterable[str] | None = None) -> dict[str, Any]:
+        """The machine-readable verdict of this log (``check --json``), of ``runs`` (default: all)."""
+        chosen = list(self.engines if runs is None else runs)
+        last = self.engines[chosen[-1]] if chosen else None
         return {
             "log": self.path,
-            "verdict": self.verdict(),
-            "status": current.run_status if current else "empty",
-            "run": current.run.run if current else None,
-            "runs": runs,
-            "alerts": [alert_json(run, alert) for run, alert in self.alerts()],
+            "verdict": self.verdict(chosen),
+            "status": last.run_status if last else "empty",
+            "run": last.run.run if last else None,
+            "runs": [self.run_report(run) for run in chosen],
+            "alerts": [alert_json(run, alert) for run, alert in self.alerts(chosen)],
             "records": self.records,
             "bad_lines": self.bad_lines,
             "bad_line_categories": dict(self.bad_by_category),
@@ -212,7 +261,7 @@ class LogScan:
                 {"line": bad.line_no, "category": bad.rejected.category, "reason": bad.rejected.reason}
                 for bad in self.bad_details
             ],
-            "summary": current.summary().to_dict() if current else None,
+            "summary": last.summary().to_dict() if last else None,
         }
 
 
@@ -246,14 +295,16 @@ def scan_log(
     path: str | Path,
     thresholds: Thresholds | None = None,
     *,
+    overridden: frozenset[str] = frozenset(),
     frames: bool = False,
     now: float | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> LogScan:
     """Read a whole log in chunks through the rules. ``frames`` collects columns for :meth:`to_frames`;
     ``now`` (unix seconds, default: the clock) judges staleness of a run without ``run_end``;
-    ``on_progress`` gets the bytes read so far. Raises ``OSError`` if the file cannot be read."""
-    scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None)
+    ``on_progress`` gets the bytes read so far; ``overridden`` names the thresholds that beat a run's recorded
+    ones. Raises ``OSError`` if the file cannot be read."""
+    scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
     for item in read_log(path, on_progress=on_progress):
         scan.add(item)
     scan.check_stale(time.time() if now is None else now)
@@ -267,8 +318,9 @@ def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
     out["alerts"] = pd.DataFrame([alert_json(run, alert) for run, alert in scan.alerts()])
     out["runs"] = pd.DataFrame(
         [
-            {"run": run, "model": e.run.model, "status": e.run_status, "records": e.run.records,
-             "epoch": e.run.epoch, "step": e.run.step, "started": e.run.started, "last_time": e.run.last_time}
+            {"run": run, "verdict": run_verdict(e), "model": e.run.model, "status": e.run_status,
+             "records": e.run.records, "epoch": e.run.epoch, "step": e.run.step, "started": e.run.started,
+             "last_time": e.run.last_time, "thresholds_from": scan.threshold_sources[run]}
             for run, e in scan.engines.items()
         ]
     )  # fmt: skip

@@ -1,6 +1,8 @@
 """``moola-watch``: ``follow`` a live log (``moola-watch LOG`` for short), ``analyze`` and ``check`` saved ones.
 
-Exit codes: 0 nothing at or above ``--fail-on`` fired; 1 something did; 2 usage error or unreadable file.
+Exit codes: 0 nothing at or above ``--fail-on`` fired; 1 something did; 2 usage error, unreadable file or a file
+that is not a log (no valid record); 3 (``check``) a run that recorded no measurement, nothing having fired.
+Each run is judged by the thresholds its ``run_start`` recorded, except those a flag or ``--config`` sets.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from moola_watch import analyze
-from moola_watch.rules import Thresholds, position
+from moola_watch.rules import RULES, Thresholds, position
 from moola_watch.textsafe import inert, json_line
 
-EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ALERT, EXIT_USAGE, EXIT_NO_MEASUREMENTS = 0, 1, 2, 3
+#: Which exit code wins when several logs or runs disagree (most telling first).
+EXIT_PRECEDENCE = (EXIT_USAGE, EXIT_ALERT, EXIT_NO_MEASUREMENTS, EXIT_OK)
 PROGRESS_MIN_BYTES = 8 << 20  # show a reading progress bar for logs at least this big, on a terminal
 SEVERITY_CHOICES = ("warning", "error", "critical")
 
@@ -59,19 +63,39 @@ def config_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
     """Defaults, then ``--config``'s [thresholds], then flags."""
-    values: dict[str, Any] = config_table(args, "thresholds")
-    values.update({k[3:]: v for k, v in vars(args).items() if k.startswith("th_") and v is not None})
     try:
-        return Thresholds.from_mapping(values)
+        return Thresholds.from_mapping(_threshold_values(args))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def overridden_from(args: argparse.Namespace) -> frozenset[str]:
+    """The threshold names a flag or ``--config`` sets: these beat the ones a run recorded."""
+    return frozenset(_threshold_values(args))
+
+
+def _threshold_values(args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = dict(config_table(args, "thresholds"))
+    values.update({k[3:]: v for k, v in vars(args).items() if k.startswith("th_") and v is not None})
+    return values
+
+
+def rules_help() -> str:
+    """The rules as declared, one line each: name, worst severity, when it fires, what it judges."""
+    lines = ["rules (worst severity; confirmed: waits --confirm samples):"]
+    for rule in RULES:
+        fires = "confirmed" if rule.confirmed else "at once"
+        lines.append(f"  {rule.name:<16} {rule.severity:<8} {fires:<9} {rule.describe}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moola-watch",
         description="Follow, judge and summarise moola's JSONL gradient logs.",
-        epilog="Exit codes: 0 nothing at or above --fail-on fired, 1 something did, 2 usage or unreadable file.",
+        epilog="Exit codes: 0 nothing at or above --fail-on fired, 1 something did, 2 usage, unreadable file or not "
+        "a log, 3 (check) a run with no measurement. Runs are judged by the thresholds their run_start recorded, "
+        "except those a flag or --config sets.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     follow_cmd = commands.add_parser(
@@ -116,12 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     analyze_cmd.add_argument("--json", action="store_true", help="one JSON object per log instead of tables")
     analyze_cmd.add_argument("--csv", type=Path, metavar="DIR", help="also write the DataFrames as CSV files here")
     add_threshold_flags(analyze_cmd)
-    check_cmd = commands.add_parser("check", help="verdict and exit code for CI")
+    check_cmd = commands.add_parser(
+        "check",
+        help="verdict and exit code for CI",
+        description="Judge saved logs run by run; exit 0 ok, 1 something at or above --fail-on fired, 2 usage, "
+        "unreadable or not a log, 3 a run that measured nothing.",
+        epilog=rules_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     check_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
     check_cmd.add_argument(
         "--fail-on", choices=SEVERITY_CHOICES, default="error", help="lowest severity that fails (default: error)"
     )
     check_cmd.add_argument("--json", action="store_true", help="one JSON object per log on stdout")
+    which = check_cmd.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="ID", help="judge only this run (a log may hold several)")
+    which.add_argument("--latest", action="store_true", help="judge only the run that wrote last in each log")
     add_threshold_flags(check_cmd)
     report_cmd = commands.add_parser(
         "report",
@@ -136,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _scan(path: Path, thresholds: Thresholds, console: Console, *, frames: bool) -> analyze.LogScan:
+def _scan(
+    path: Path, thresholds: Thresholds, overridden: frozenset[str], console: Console, *, frames: bool
+) -> analyze.LogScan:
     try:
         size = path.stat().st_size
         if not path.is_file():
@@ -157,9 +193,9 @@ def _scan(path: Path, thresholds: Thresholds, console: Console, *, frames: bool)
                 def advance(done: int) -> None:
                     progress.update(task, completed=done, records=scan.records if scan else 0)
 
-                scan = analyze.scan_log(path, thresholds, frames=frames, on_progress=advance)
+                scan = analyze.scan_log(path, thresholds, overridden=overridden, frames=frames, on_progress=advance)
                 return scan
-        return analyze.scan_log(path, thresholds, frames=frames)
+        return analyze.scan_log(path, thresholds, overridden=overridden, frames=frames)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
@@ -172,14 +208,19 @@ def _print_json(obj: Any) -> None:
 def _scans(
     args: argparse.Namespace, console: Console, *, frames: bool
 ) -> Iterator[tuple[Path, analyze.LogScan | None]]:
-    """Each log of the command line scanned, or None (after a one-line error) if it cannot be read."""
-    thresholds = thresholds_from(args)
+    """Each log of the command line scanned, or None (after a one-line error) if it cannot be read. A scan
+    with no valid record (not a log) comes with a one-line error too."""
+    thresholds, overridden = thresholds_from(args), overridden_from(args)
     for path in args.logs:
         try:
-            yield path, _scan(path, thresholds, console, frames=frames)
+            scan = _scan(path, thresholds, overridden, console, frames=frames)
         except UsageError as exc:
             _error(str(exc))
             yield path, None
+            continue
+        if not scan.records:
+            _error(f"{path} is not a moola log: no valid record ({scan.bad_lines} bad lines)")
+        yield path, scan
 
 
 def _analyze(args: argparse.Namespace, console: Console) -> int:
@@ -187,7 +228,7 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
 
     worst = EXIT_OK
     for path, scan in _scans(args, console, frames=True):
-        if scan is None:
+        if scan is None or not scan.records:
             worst = EXIT_USAGE
             continue
         frames = analyze.to_frames(scan)
@@ -221,36 +262,55 @@ def _write_csv(directory: Path, log: Path, frames: dict[str, Any]) -> None:
 
 
 def _check(args: argparse.Namespace, console: Console) -> int:
-    worst = EXIT_OK
+    codes = {EXIT_OK}
     for path, scan in _scans(args, console, frames=False):
-        if scan is None:
+        if scan is None or not scan.records:
             if args.json:
-                _print_json({"log": str(path), "verdict": "unreadable"})
-            worst = EXIT_USAGE
+                _print_json(scan.report() if scan else {"log": str(path), "verdict": "unreadable"})
+            codes.add(EXIT_USAGE)
             continue
-        failed = scan.fails(args.fail_on)
-        if failed and worst == EXIT_OK:
-            worst = EXIT_ALERT
+        try:
+            runs = scan.select(args.run, latest=args.latest)
+        except KeyError as exc:
+            _error(exc.args[0])
+            codes.add(EXIT_USAGE)
+            continue
+        codes.add(_exit_code(scan, runs, args.fail_on))
         if args.json:
-            _print_json(scan.report())
-            continue
-        report = scan.report()
-        status = "FAIL" if failed else "ok"
-        console.print(
-            inert(f"{status}  {path}  verdict={report['verdict']}  status={report['status']}  "
-                  f"records={report['records']}  bad_lines={report['bad_lines']}", limit=4000),
-            markup=False, highlight=False, soft_wrap=True,
-        )  # fmt: skip
-        several_runs = len(report["runs"]) > 1
-        for alert in report["alerts"]:
-            run = f"[{alert['run']}] " if several_runs else ""
-            console.print(
-                inert(f"  {run}{alert['severity']:<8} {alert['state']:<8} {alert['rule']} ({alert['subject']}) "
-                      f"since {position(alert['first_epoch'], alert['first_step'])}: {alert['message']}"
-                      f" -> {alert['recommendation']}", limit=4000),
-                markup=False, highlight=False, soft_wrap=True,
-            )  # fmt: skip
-    return worst
+            _print_json(scan.report(runs))
+        else:
+            _print_check(console, path, scan, runs, args.fail_on)
+    return next(code for code in EXIT_PRECEDENCE if code in codes)
+
+
+def _exit_code(scan: analyze.LogScan, runs: list[str], fail_on: str) -> int:
+    if scan.fails(fail_on, runs):
+        return EXIT_ALERT
+    if any(analyze.run_verdict(scan.engines[run]) == analyze.VERDICT_NO_MEASUREMENTS for run in runs):
+        return EXIT_NO_MEASUREMENTS
+    return EXIT_OK
+
+
+def _print_check(console: Console, path: Path, scan: analyze.LogScan, runs: list[str], fail_on: str) -> None:
+    """The log's line, then per run: its verdict, where its thresholds came from, and its alerts."""
+
+    def line(text: str) -> None:
+        console.print(inert(text, limit=4000), markup=False, highlight=False, soft_wrap=True)
+
+    status = {EXIT_OK: "ok", EXIT_ALERT: "FAIL", EXIT_NO_MEASUREMENTS: "EMPTY"}[_exit_code(scan, runs, fail_on)]
+    shown = f"{len(runs)} of {len(scan.engines)} runs" if len(runs) < len(scan.engines) else f"{len(runs)} run(s)"
+    line(f"{status}  {path}  verdict={scan.verdict(runs)}  {shown}  records={scan.records}  bad_lines={scan.bad_lines}")
+    for run in runs:
+        report = scan.run_report(run)
+        metrics = "  ".join(f"{name}={value:.4g}" for name, value in report["metrics"].items())
+        line(f"  run {run}  verdict={report['verdict']}  status={report['status']}  "
+             f"thresholds: {report['thresholds_from']}")  # fmt: skip
+        if metrics:  # what the run's own held-out metrics say, next to the verdict
+            line(f"    last epoch's metrics: {metrics}")
+        for _run, alert in scan.alerts([run]):
+            since = position(alert.first_epoch, alert.first_step)
+            line(f"    {alert.severity:<8} {alert.state:<8} {alert.rule} ({alert.subject}) since {since}: "
+                 f"{alert.message} -> {alert.recommendation}")  # fmt: skip
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
@@ -309,6 +369,7 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
         run=args.run,
         top=args.top,
         layers=args.layers,
+        overridden=overridden_from(args),
     )
     notifier = Notifier.from_settings(notify) if notify.enabled else None
     return Follower(args.target, thresholds, options, console, notifier=notifier).run()

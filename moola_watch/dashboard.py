@@ -97,6 +97,9 @@ def header(view: LogView, run: str, options: ViewOptions) -> Group:
     verdict = severity_text(worst.severity if worst else None)
     verdict.stylize("bold")
     first = text(f"run {run}", "bold")
+    runs = list(view.scan.engines)
+    if len(runs) > 1:  # the alerts below are this run's only
+        first.append(f" ({runs.index(run) + 1} of {len(runs)} runs in this log; --run ID for another)", style="dim")
     first.append("  ")
     first.append(f" {status.upper()} ", style=STATUS_STYLE.get(status, "") + " reverse")
     first.append("  verdict: ")
@@ -106,7 +109,7 @@ def header(view: LogView, run: str, options: ViewOptions) -> Group:
         f"{where(engine.run.epoch, engine.run.step)}   {view.scan.records} records, "
         f"{view.scan.bad_lines} bad lines skipped   last record {_age(options.now, engine.run.last_time)}"
     )
-    lines = [first, second, text(view.scan.path, "dim")]
+    lines = [first, second, text(f"{view.scan.path}   thresholds: {view.scan.threshold_sources[run]}", "dim")]
     if engine.run.error:
         lines.append(text(f"error: {engine.run.error}", "red"))
     return Group(*lines)

@@ -43,6 +43,7 @@ class FollowOptions:
     run: str | None = None
     top: int = 4
     layers: str | None = None
+    overridden: frozenset[str] = frozenset()  # thresholds a flag or config set: they beat a run's recorded ones
 
 
 def alert_event(path: Path, run: str | None, event: AlertEvent) -> dict[str, Any]:
@@ -100,7 +101,7 @@ class Follower:
                 # In a directory, logs that appear later are new runs: read them from their start.
                 from_end = self.options.from_end and not self._started
                 self.tails[path] = LogTail(path, from_end=from_end)
-                self.views[path] = LogView(LogScan(str(path), self.thresholds))
+                self.views[path] = LogView(LogScan(str(path), self.thresholds, overridden=self.options.overridden))
 
     def pump(self) -> bool:
         """Consume everything new in every log; emit transitions. True if any record or bad line arrived."""

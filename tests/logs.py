@@ -35,13 +35,15 @@ class LogBuilder:
             nonfinite_count=len(bad), nonfinite_layers=bad,
         )  # fmt: skip
 
-    def balance(self, epoch: int, ratio: float) -> LogBuilder:
+    def balance(self, epoch: int, ratio: float, **fields) -> LogBuilder:
+        """A pointer/type balance sample; ``fields`` adds e.g. ``shares``, ``losses``, ``weights``."""
         return self.add(
-            "task_balance", epoch=epoch, step=epoch * 10, ratio=ratio, norms={"pointer": ratio, "type": 1.0}
+            "task_balance", epoch=epoch, step=epoch * 10, ratio=ratio, norms={"pointer": ratio, "type": 1.0}, **fields
         )
 
-    def epoch(self, epoch: int, loss: float = 0.5) -> LogBuilder:
-        return self.add("epoch", epoch=epoch, step=epoch * 10, train_loss=loss)
+    def epoch(self, epoch: int, loss: float = 0.5, **fields) -> LogBuilder:
+        """An epoch record; ``fields`` adds e.g. ``task_losses``, ``metrics``."""
+        return self.add("epoch", epoch=epoch, step=epoch * 10, train_loss=loss, **fields)
 
     def end(self, status: str = "completed", error: str | None = None) -> LogBuilder:
         return self.add("run_end", status=status, error=error)
@@ -69,11 +71,16 @@ def healthy_scenario() -> LogBuilder:
 
 
 def collapse_scenario() -> LogBuilder:
-    """The spec's scenario 2: the ratio climbs until the window mean is 6.34."""
+    """The spec's scenario 2: the ratio climbs until the window mean is 6.34; meanwhile the type task gets 1% of
+    the update and its loss stays flat while the pointer loss falls (a starving type task)."""
     log = LogBuilder().start()
     ratios = [3.82, 5.23, 6.1, 6.5, 6.9, 7.0, 6.8, 6.4, 7.3, 7.36]
     for i, ratio in enumerate(ratios, start=1):
-        log.grad(i, 0.2 + 0.03 * i, 1.5 + 0.2 * i).balance(i, ratio).epoch(i)
+        losses = {"type": 0.69, "pointer": 0.8 - 0.05 * i}
+        log.grad(i, 0.2 + 0.03 * i, 1.5 + 0.2 * i).balance(
+            i, ratio, shares={"pointer": 0.99, "type": 0.01}, losses=losses, weights={"pointer": 8.0, "type": 1.0}
+        )
+        log.epoch(i, task_losses=losses)
     return log.end()
 
 

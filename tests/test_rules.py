@@ -24,7 +24,7 @@ def test_exactly_five_is_not_collapse_and_nine_samples_are_not_enough():
     assert engine.balance().text == "Not enough data" and not collapse_alerts(engine)
     engine = balance_engine([9.0] * 10)
     assert collapse_alerts(engine)[0].state == FIRING
-    assert collapse_alerts(engine)[0].message == "TASK COLLAPSE: Pointer task dominating (ratio=9.00 > 5.0)"
+    assert collapse_alerts(engine)[0].message.startswith("TASK COLLAPSE: Pointer task dominating (ratio=9.00 > 5.0)")
     assert collapse_alerts(balance_engine([0.2] * 10)) == []  # exactly 0.2 is not collapse either
     assert collapse_alerts(balance_engine([0.19] * 10))[0].message.startswith("TASK COLLAPSE: Type task dominating")
 
@@ -99,13 +99,57 @@ def test_spec_scenario_healthy():
 
 def test_spec_scenario_collapse():
     engine = rules.replay(collapse_scenario().records)
-    collapse = collapse_alerts(engine)
-    assert collapse[0].message == "TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)"
+    (collapse,) = collapse_alerts(engine)
+    assert collapse.subject == "type" and collapse.severity == "error"  # dominated, 1% of the update, loss flat
+    assert collapse.message == (
+        "TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0) over 10 samples (steps 10-100); and the type task "
+        "is starving (its loss stalled: down less than 2%, share below 2%): type loss 0.69 -> 0.69 (+0%) from epoch 1, "
+        "step 10 to epoch 9, step 90 [pointer -43%], 1.0% of the update"
+    )
+    assert collapse.recommendation == (
+        "Urgent: increase alpha by 2x or decrease beta by 0.5x: set `--loss-beta` 2.5 (from 8) or `--loss-alpha` 3.2 "
+        "(from 1) to bring the ratio 6.34 to 2"
+    )
     assert engine.summary().lines()[-1] == "  TASK COLLAPSE DETECTED: Pointer task dominating (ratio=6.34 > 5.0)"
-    assert engine.worst_severity() == "error"
     assert rules.balance_message(3.82, 10) == (
         "Task imbalance detected at epoch 10!\nPointer/Type gradient ratio: 3.82 (healthy range: 0.5-2.0)"
     )
+
+
+def test_dominance_alone_is_a_warning_that_says_what_still_moves():
+    log = LogBuilder().start()
+    for i in range(1, 13):
+        losses = {"type": 0.7 * 0.9**i, "pointer": 0.8 * 0.8**i}  # the type loss still falls 10% an epoch
+        log.balance(i, 8.0, shares={"pointer": 0.995, "type": 0.005}, losses=losses).epoch(i, task_losses=losses)
+    (collapse,) = collapse_alerts(rules.replay(log.records))
+    assert collapse.severity == "warning" and collapse.subject == "type"
+    assert "gradients dominated, but the type loss is still falling" in collapse.message
+    log = LogBuilder().start()
+    for i in range(1, 13):
+        losses = {"type": 0.7, "pointer": 0.8 * 0.8**i}
+        log.balance(i, 8.0, shares={"pointer": 0.9, "type": 0.1}, losses=losses).epoch(i, task_losses=losses)
+    (collapse,) = collapse_alerts(rules.replay(log.records))
+    assert collapse.severity == "warning" and "still gets a share of the update" in collapse.message
+    assert "10.0% of the update" in collapse.message
+
+
+def test_a_starving_task_escalates_the_warning_to_an_error_and_works_from_steps_alone():
+    log = LogBuilder().start()
+    for i in range(1, 21):  # no epoch records: the balance samples' batch losses are the progress evidence
+        type_loss = 0.7 * 0.85**i if i <= 10 else 0.7 * 0.85**10
+        losses = {"type": type_loss, "pointer": 0.8 * 0.9**i}
+        shares = {"pointer": 0.995, "type": 0.005}
+        norms = {"pointer": 9.0, "type": 1.0}
+        log.add("task_balance", step=i * 50, ratio=9.0, norms=norms, shares=shares, losses=losses)
+    engine = RuleEngine()
+    events = [e for r in log.records for e in engine.observe(r) if e.alert.rule == rules.COLLAPSE]
+    assert [(e.alert.severity, e.alert.state, e.escalated) for e in events] == [
+        ("warning", FIRING, False),
+        ("error", FIRING, True),
+    ]
+    assert events[0].alert.first_epoch is None and events[0].alert.first_step == 500
+    # the window (10 samples) holds only the flat part from step 500 on: a plateau, with 0.5% of the update
+    assert events[1].alert.last_step == 950 and "from step 500 to step 950" in events[1].alert.message
 
 
 def test_spec_scenario_vanishing_and_exploding():
@@ -132,3 +176,18 @@ def test_thresholds_validate_and_load_from_mappings():
         Thresholds.from_mapping({"windw": 5})
     with pytest.raises(ValueError):
         Thresholds(collapse_high=1.0)
+
+
+def test_the_fix_is_the_weights_that_bring_the_window_to_the_healthy_edge_either_way():
+    log = LogBuilder().start()
+    for i in range(1, 11):  # type dominating: pointer/type 0.1, so type/pointer 10
+        log.balance(i, 0.1, weights={"pointer": 1.0, "type": 1.0})
+    (collapse,) = collapse_alerts(rules.replay(log.records))
+    assert collapse.subject == "pointer" and collapse.recommendation == (
+        "Urgent: decrease alpha by 0.5x or increase beta by 2x: set `--loss-alpha` 0.2 (from 1) or `--loss-beta` 5 "
+        "(from 1) to bring the ratio 10.00 to 2"
+    )
+    assert rules.weight_fix("small", "big", 40.0, 2.0, {"small": 3.0, "big": 1.0}) == (
+        "set the big loss weight 0.05 (from 1) or the small loss weight 60 (from 3) to bring the ratio 40.00 to 2"
+    )
+    assert rules.weight_fix("small", "big", math.inf, 2.0, {"small": 3.0, "big": 1.0}) == ""  # no finite fix

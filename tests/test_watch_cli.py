@@ -37,8 +37,8 @@ def test_check_json_verdicts_of_the_spec_scenarios(tmp_path, scenario, verdict, 
 def test_collapse_alert_carries_the_spec_message_and_where_it_began(tmp_path):
     _, (report,) = check_json(collapse_scenario().write(tmp_path / "log.jsonl"))
     collapse = next(a for a in report["alerts"] if a["rule"] == "collapse")
-    assert collapse["message"] == "TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)"
-    assert collapse["first_step"] == 100 and collapse["severity"] == "error" and collapse["subject"] == "pointer/type"
+    assert collapse["message"].startswith("TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)")
+    assert collapse["first_step"] == 100 and collapse["severity"] == "error" and collapse["subject"] == "type"
 
 
 def test_fail_on_warning_and_critical(tmp_path):
@@ -68,7 +68,8 @@ def test_config_and_flags_override_thresholds(tmp_path):
     result, (report,) = check_json("--config", config, log)
     assert {a["rule"] for a in report["alerts"]} == {"imbalance"} and result.returncode == 0
     result, (report,) = check_json("--config", config, "--collapse-high", "1.2", log)
-    assert "collapse" in {a["rule"] for a in report["alerts"]} and result.returncode == 1
+    # dominance alone (this log records no per-task losses) is a warning: check passes
+    assert "collapse" in {a["rule"] for a in report["alerts"]} and result.returncode == 0
 
 
 def test_bad_lines_are_counted_with_line_numbers(tmp_path):

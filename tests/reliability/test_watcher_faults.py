@@ -62,8 +62,10 @@ def test_a_50_mb_single_line_is_skipped_in_bounded_memory(tmp_path):
 def test_a_file_of_nul_bytes(tmp_path):
     path = tmp_path / "nul.jsonl"
     path.write_bytes(b"\0" * 4096)
-    report = check_json(path)
-    assert report["records"] == 0 and report["bad_lines"] == 1 and report["verdict"] == "unterminated"
+    result = run_watch("check", "--json", str(path), check=False)  # not a log: nothing measured is not a pass
+    report = json.loads(result.stdout)
+    assert result.returncode == 2 and "is not a moola log" in result.stderr
+    assert report["records"] == 0 and report["bad_lines"] == 1 and report["verdict"] == "not_a_log"
     path.write_bytes(b"\0" * 100 + b"\n" + b"".join(good_lines(4)))
     report = check_json(path)
     assert report["records"] == 4 and report["bad_line_categories"] == {"bad_json": 1}

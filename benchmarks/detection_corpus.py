@@ -1,0 +1,330 @@
+"""The labelled corpus for detection quality: real training runs of three model families, each a grid of loss
+weights x seeds, monitored by moola's ``GradientMonitor``, labelled from held-out metrics only.
+
+    .venv/bin/python benchmarks/detection_corpus.py --out runs/detection-corpus   # about 2 minutes on 2 idle cores
+
+Families (every one has two tasks sharing a small trunk, so that the tasks really compete):
+
+* ``lstm``: the project's trainer (``EnhancedSimpleLSTM``) at hidden size 4 on synthetic OHLC windows; type
+  classification + pointer regression; ``--loss-beta`` over a grid.
+* ``gradnorm``: the GradNorm paper's synthetic regression toy (Chen et al. 2018, section 4): targets
+  ``sigma_i * tanh((B + eps_i) x)`` with task scales sigma = (1, 100); the small task's weight over a grid.
+* ``cancer``: an MLP on scikit-learn's breast-cancer table: diagnosis classification + regression of the
+  mean fractal dimension (its columns removed from the inputs); the regression weight over a grid.
+
+Ground truth never looks at gradients. For each task, ``progress = (baseline - final) / (baseline - best)`` on
+the held-out split, where ``baseline`` is a trivial predictor's metric (majority class, the training mean),
+``final`` the mean of the last three epochs' validation metric and ``best`` the best ``final`` any weight
+setting of the same family and seed reached. A task below ``STARVED_PROGRESS`` while the other task is at or
+above it is *starved*; both at or above: *healthy*; both below: *both_poor* (reported, not scored).
+
+Writes ``OUT/<family>/<run>.jsonl`` and ``OUT/labels.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from moola.data import make_synthetic
+from moola.models.enhanced_simple_lstm import EnhancedSimpleLSTM
+from moola.utils.monitoring.gradient_diagnostics import GradientMonitor
+
+STARVED_PROGRESS = 0.5  # a task reaching less than half of its achievable progress is starved
+TAIL_EPOCHS = 3  # the final metric is the mean of this many last epochs (one epoch's value is noisy)
+#: The seeds of every family whose runs are held out of threshold tuning.
+HELD_OUT_SEEDS = frozenset({4, 5})
+
+
+@dataclass
+class Run:
+    """One finished run: its log, its weights, each task's validation metric per epoch (and the step at each
+    epoch's end), and each task's trivial-predictor baseline on the held-out split."""
+
+    family: str
+    seed: int
+    weights: dict[str, float]
+    log: str
+    steps: list[int]
+    metrics: dict[str, list[float]]
+    baselines: dict[str, float]
+    label: str = ""
+    starved: str | None = None
+    progress: dict[str, float] = field(default_factory=dict)
+    plateau_step: dict[str, int] = field(default_factory=dict)
+    held_out: bool = False
+
+
+def _quiet_monitor(path: Path, run_id: str) -> GradientMonitor:
+    return GradientMonitor(1, log_path=path, task_balance_frequency=1, run_id=run_id)
+
+
+# ---------------------------------------------------------------------------------------------- families
+
+
+def lstm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
+    """The project's trainer at hidden size 4: type + pointer, ``beta`` (pointer weight) over a grid."""
+    for seed in seeds:
+        data = make_synthetic(600, seed=seed)
+        labels = np.unique(data.y, return_counts=True)[1]
+        bars = np.stack([data.expansion_start, data.expansion_end], axis=1).astype(np.float64)
+        baselines = {
+            "type": float(labels.max() / labels.sum()),
+            "pointer": float(np.abs(bars - bars.mean(axis=0)).mean()),
+        }
+        for beta in (0.03, 0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0, 25.0):
+            run_id = f"lstm-s{seed}-b{beta:g}"
+            path = out / "lstm" / f"{run_id}.jsonl"
+            model = EnhancedSimpleLSTM(hidden_size=4, predict_pointers=True, seed=seed)
+            model.fit(
+                data.X, data.y, data.expansion_start, data.expansion_end,
+                epochs=epochs, loss_beta=beta, monitor_gradients=True, gradient_log_freq=5, task_balance_freq=1,
+                grad_log=path, run_id=run_id, console=Console(file=io.StringIO()),
+            )  # fmt: skip
+            steps = [_epoch_steps(path)[e["epoch"]] for e in model.history]
+            metrics = {"type": [e["type_acc"] for e in model.history],
+                       "pointer": [e["pointer_err_bars"] for e in model.history]}  # fmt: skip
+            yield Run("lstm", seed, {"type": 1.0, "pointer": beta}, str(path), steps, metrics, baselines)
+
+
+def _epoch_steps(path: Path) -> dict[int, int]:
+    """Epoch -> the step at its end, from the log's epoch records."""
+    with path.open("rb") as lines:
+        records = [json.loads(line) for line in lines]
+    return {r["epoch"]: r["step"] for r in records if r["kind"] == "epoch"}
+
+
+class TwoHeads(nn.Module):
+    """A shared ReLU trunk and one linear head per task."""
+
+    def __init__(self, inputs: int, widths: tuple[int, ...], outputs: dict[str, int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in widths:
+            layers += [nn.Linear(inputs, width), nn.ReLU()]
+            inputs = width
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleDict({name: nn.Linear(inputs, size) for name, size in outputs.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        shared = self.trunk(x)
+        return {name: head(shared) for name, head in self.heads.items()}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Tensors of a two-task problem: inputs and per-task targets, train and held-out."""
+
+    x_train: torch.Tensor
+    x_val: torch.Tensor
+    y_train: dict[str, torch.Tensor]
+    y_val: dict[str, torch.Tensor]
+
+
+Losses = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+Metrics = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, float]]
+
+
+def train_two_heads(
+    model: TwoHeads, split: Split, weights: dict[str, float], losses: Losses, metrics: Metrics, *,
+    epochs: int, batch_size: int, lr: float, seed: int, path: Path, run_id: str,
+) -> tuple[list[int], dict[str, list[float]]]:  # fmt: skip
+    """Adam on ``sum(weights[t] * loss_t)``, balance measured on each epoch's first batch, an epoch record per
+    epoch (training task losses, held-out metrics). Returns the step at each epoch's end and the metrics."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    steps: list[int] = []
+    history: dict[str, list[float]] = {}
+    step = 0
+    with _quiet_monitor(path, run_id) as monitor:
+        monitor.watch_optimizer(optimizer)
+        monitor.on_run_start(
+            model, model_name=run_id.split("-")[0], config={"weights": weights, "seed": seed, "lr": lr}
+        )
+        for epoch in range(1, epochs + 1):
+            monitor.on_epoch_start(epoch)
+            sums = dict.fromkeys(weights, 0.0)
+            order = torch.randperm(len(split.x_train), generator=generator)
+            for batch in order.split(batch_size):
+                task_losses = losses(model(split.x_train[batch]), {t: y[batch] for t, y in split.y_train.items()})
+                monitor.on_before_backward(model, task_losses, weights)  # the epoch's first batch: throttled
+                optimizer.zero_grad(set_to_none=True)
+                sum(weights[t] * loss for t, loss in task_losses.items()).backward()
+                optimizer.step()
+                step += 1
+                for task, loss in task_losses.items():
+                    sums[task] += loss.item() * len(batch) / len(split.x_train)
+            with torch.no_grad():
+                measured = metrics(model(split.x_val), split.y_val)
+            for task, value in measured.items():
+                history.setdefault(task, []).append(value)
+            steps.append(step)
+            monitor.on_epoch_end(epoch, train_loss=sum(weights[t] * v for t, v in sums.items()),
+                                 task_losses=sums, metrics=measured)  # fmt: skip
+    return steps, history
+
+
+def _mse(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {task: F.mse_loss(out[task], target) for task, target in y.items()}
+
+
+def gradnorm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
+    """GradNorm's toy: ``sigma_i tanh((B + eps_i) x)``, sigma = (1, 100); the small task's weight over a grid.
+    Metric: held-out MSE over sigma_i^2 (lower is better); baseline: predicting the training mean."""
+    sigmas = {"small": 1.0, "big": 100.0}
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        inputs, outputs = 50, 10
+        shared = rng.normal(0, 10 / math.sqrt(inputs), (outputs, inputs))
+        x = rng.normal(0, 1, (3000, inputs))
+        targets = {
+            t: s * np.tanh(x @ (shared + rng.normal(0, 7 / math.sqrt(inputs), shared.shape)).T)
+            for t, s in sigmas.items()
+        }
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        split = Split(as_t(x[:2000]), as_t(x[2000:]), {t: as_t(y[:2000]) for t, y in targets.items()},
+                      {t: as_t(y[2000:]) for t, y in targets.items()})  # fmt: skip
+        baselines = {t: float(((y[2000:] - y[:2000].mean(axis=0)) ** 2).mean() / sigmas[t] ** 2)
+                     for t, y in targets.items()}  # fmt: skip
+
+        def metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
+            return {t: F.mse_loss(pred[t], y[t]).item() / sigmas[t] ** 2 for t in y}
+
+        for small in (1.0, 1e2, 2e2, 5e2, 1e3, 2e3, 5e3, 1e4, 1e6):
+            weights = {"small": small, "big": 1.0}
+            run_id = f"gradnorm-s{seed}-w{small:g}"
+            path = out / "gradnorm" / f"{run_id}.jsonl"
+            torch.manual_seed(seed)
+            model = TwoHeads(inputs, (16, 4), {t: outputs for t in sigmas})
+            steps, history = train_two_heads(model, split, weights, _mse, metrics, epochs=epochs, batch_size=100,
+                                             lr=3e-3, seed=seed, path=path, run_id=run_id)  # fmt: skip
+            yield Run("gradnorm", seed, weights, str(path), steps, history, baselines)
+
+
+def cancer_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
+    """Breast-cancer table: diagnosis (accuracy, higher is better) + fractal-dimension regression (MSE of
+    the standardised target; the fractal columns are not inputs, and the target is uncorrelated with the
+    diagnosis); the regression weight over a grid, a 4-unit shared layer."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    fractal = np.array(["fractal" in str(name) for name in data.feature_names])
+    target = data.data[:, list(data.feature_names).index("mean fractal dimension")]
+    features = data.data[:, ~fractal]
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(features))
+        train, val = order[:400], order[400:]
+        mean, std = features[train].mean(axis=0), features[train].std(axis=0)
+        x = (features - mean) / std
+        reg = (target - target[train].mean()) / target[train].std()
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        split = Split(as_t(x[train]), as_t(x[val]),
+                      {"diagnosis": torch.as_tensor(data.target[train]), "fractal": as_t(reg[train, None])},
+                      {"diagnosis": torch.as_tensor(data.target[val]), "fractal": as_t(reg[val, None])})  # fmt: skip
+        counts = np.bincount(data.target[val])
+        baselines = {"diagnosis": float(counts.max() / counts.sum()), "fractal": float(((reg[val] - 0) ** 2).mean())}
+
+        def losses(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {"diagnosis": F.cross_entropy(pred["diagnosis"], y["diagnosis"]),
+                    "fractal": F.mse_loss(pred["fractal"], y["fractal"])}  # fmt: skip
+
+        def metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
+            accuracy = (pred["diagnosis"].argmax(dim=1) == y["diagnosis"]).double().mean().item()
+            return {"diagnosis": accuracy, "fractal": F.mse_loss(pred["fractal"], y["fractal"]).item()}
+
+        for weight in (0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
+            weights = {"diagnosis": 1.0, "fractal": weight}
+            run_id = f"cancer-s{seed}-w{weight:g}"
+            path = out / "cancer" / f"{run_id}.jsonl"
+            torch.manual_seed(seed)
+            model = TwoHeads(features.shape[1], (2,), {"diagnosis": 2, "fractal": 1})
+            steps, history = train_two_heads(model, split, weights, losses, metrics, epochs=epochs, batch_size=32,
+                                             lr=1e-2, seed=seed, path=path, run_id=run_id)  # fmt: skip
+            yield Run("cancer", seed, weights, str(path), steps, history, baselines)
+
+
+#: family -> (runs, {task: metric direction}, epochs)
+FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], dict[str, bool], int]] = {
+    "lstm": (lstm_runs, {"type": True, "pointer": False}, 20),
+    "gradnorm": (gradnorm_runs, {"small": False, "big": False}, 30),
+    "cancer": (cancer_runs, {"diagnosis": True, "fractal": False}, 30),
+}
+
+
+# ---------------------------------------------------------------------------------------------- labels
+
+
+def final_metric(values: list[float]) -> float:
+    """The mean of the last ``TAIL_EPOCHS`` epochs' metric."""
+    return float(np.mean(values[-TAIL_EPOCHS:]))
+
+
+def plateau_step(values: list[float], steps: list[int], higher_is_better: bool, share: float = 0.9) -> int:
+    """The step at the end of the first epoch whose best-so-far metric reached ``share`` of the run's whole
+    improvement over its first epoch (the step from which the metric stops moving much)."""
+    signed = np.asarray(values) * (1 if higher_is_better else -1)
+    best_so_far = np.maximum.accumulate(signed)
+    gained = best_so_far - signed[0]
+    total = gained[-1]
+    reached = np.flatnonzero(gained >= share * total) if total > 0 else np.array([0])
+    return steps[int(reached[0])]
+
+
+def label_family(runs: list[Run], directions: dict[str, bool]) -> None:
+    """Progress, label and plateau steps of each run, against the best of its family and seed."""
+    for seed in {run.seed for run in runs}:
+        group = [run for run in runs if run.seed == seed]
+        for task, higher in directions.items():
+            sign = 1 if higher else -1
+            best = max(sign * final_metric(run.metrics[task]) for run in group)
+            for run in group:
+                base = sign * run.baselines[task]
+                run.progress[task] = (sign * final_metric(run.metrics[task]) - base) / (best - base)
+                run.plateau_step[task] = plateau_step(run.metrics[task], run.steps, higher)
+        for run in group:
+            poor = [task for task, p in run.progress.items() if p < STARVED_PROGRESS]
+            run.held_out = seed in HELD_OUT_SEEDS
+            if not poor:
+                run.label = "healthy"
+            elif len(poor) == len(run.progress):
+                run.label = "both_poor"
+            else:
+                run.label, run.starved = "starved", poor[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/detection-corpus"))
+    parser.add_argument("--seeds", type=int, default=6, help="seeds per family (seeds 4 and 5 are held out)")
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    labelled: list[Run] = []
+    for name in args.families.split(","):
+        make, directions, epochs = FAMILIES[name]
+        (args.out / name).mkdir(parents=True, exist_ok=True)
+        for stale in (args.out / name).glob("*.jsonl"):
+            stale.unlink()  # the monitor appends: a rerun must not add a second run to an old log
+        began = time.perf_counter()
+        runs = list(make(args.out, list(range(args.seeds)), epochs))
+        label_family(runs, directions)
+        labelled += runs
+        counts = {label: sum(r.label == label for r in runs) for label in ("healthy", "starved", "both_poor")}
+        print(f"{name}: {len(runs)} runs in {time.perf_counter() - began:.0f} s, {counts}", flush=True)
+    (args.out / "labels.json").write_text(json.dumps([asdict(run) for run in labelled], indent=1))
+
+
+if __name__ == "__main__":
+    main()

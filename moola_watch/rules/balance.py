@@ -1,0 +1,153 @@
+"""Rules on ``task_balance`` records: the spec's pointer/type imbalance band, and task collapse.
+
+Collapse combines two kinds of evidence. Dominance: over the window, a task's weighted gradient on the shared
+parameters is more than ``collapse_high`` times smaller than the largest task's (for pointer/type, the
+spec's window mean outside [collapse_low, collapse_high]). Starving: the dominated task gets almost none of
+the update (window mean share below ``starve_share``) and its own training loss has stalled (down less than
+``starve_drop`` over the window). Both: an error. Dominance alone: a warning that says, in words, what is
+still moving. The thresholds were chosen on labelled runs (``benchmarks/detection.py --tune``). The message
+keeps the spec's words (``TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)``) and adds the evidence;
+the recommendation keeps the spec's action and adds the weights that would bring the window into the healthy
+band. The subject of a collapse alert is the task it starves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from moola_watch import schema
+from moola_watch.rules.evidence import Evidence
+from moola_watch.rules.lifecycle import Observation
+from moola_watch.rules.rule import Findings, Rule
+from moola_watch.rules.thresholds import Thresholds
+from moola_watch.rules.verdicts import band, collapse_verdict, mean_ratio, recommend_ratio
+
+IMBALANCE = "imbalance"
+COLLAPSE = "collapse"
+TASK_PAIR = "pointer/type"
+BALANCE = frozenset({schema.TASK_BALANCE})
+#: The project trainer's flags for the two spec weights (total = alpha * type_loss + beta * pointer_loss).
+WEIGHT_FLAGS = {"type": "--loss-alpha", "pointer": "--loss-beta"}
+
+
+def _pointer_type(record: schema.Record) -> bool:
+    ratio = record.get("ratio")
+    return ratio is not None and not math.isnan(ratio)
+
+
+def _imbalance(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    if not _pointer_type(record):
+        return []
+    verdict = collapse_verdict(ev.ratios, th)
+    advice = recommend_ratio(verdict.mean, th) if verdict.mean is not None else None
+    if advice is None or not advice.severity:
+        return [(TASK_PAIR, None)]
+    return [(TASK_PAIR, Observation(
+        "warning", verdict.mean,
+        f"{advice.status}: mean Pointer/Type gradient ratio {verdict.mean:.2f} over the last {verdict.samples} "
+        f"samples (healthy range: {band(th)})",
+        advice.action,
+    ))]  # fmt: skip
+
+
+def _weight(task: str, value: float, factor: float) -> str:
+    flag = WEIGHT_FLAGS.get(task)
+    name = f"`{flag}`" if flag else f"the {task} loss weight"
+    return f"{name} {value * factor:.2g} (from {value:g})"
+
+
+def weight_fix(starved: str, dominant: str, ratio: float, target: float, weights: Mapping[str, float]) -> str:
+    """Concrete weights that bring the window's ratio (dominant / starved weighted gradient norm, linear in
+    each weight) down to ``target``, the healthy band's edge: the smallest change that makes the window
+    healthy (a starved task that recovers takes a bigger share by itself, so aiming further overshoots).
+    '' when the weights are not recorded or the ratio is infinite."""
+    factor = ratio / target
+    if starved not in weights or dominant not in weights or not math.isfinite(factor) or not factor > 0:
+        return ""
+    return (f"set {_weight(dominant, weights[dominant], 1 / factor)} or {_weight(starved, weights[starved], factor)}"
+            f" to bring the ratio {ratio:.2f} to {target:.2g}")  # fmt: skip
+
+
+def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
+    """The severity a dominated task's evidence gives its collapse, and that evidence in words.
+
+    An error needs both: the task's mean share of the update over the window below ``starve_share``, and its
+    own training loss down by less than ``starve_drop`` over the window (a plateau). Otherwise a warning that
+    says which part is missing."""
+    progress = ev.progress()
+    own = progress.get(task)
+    if own is None:
+        unknown = f"not enough per-task losses recorded yet to tell whether the {task} task still learns"
+        return "warning", f"gradients dominated; {unknown}"
+    share = ev.mean_share(task)
+    share_words = f"{share:.1%} of the update" if share is not None else "its share of the update not recorded"
+    others = ", ".join(f"{p.task} {p.change:+.0%}" for p in progress.values() if p.task != task)
+    figures = (f"{task} loss {own.earlier:.3g} -> {own.recent:.3g} ({own.change:+.0%}) from {own.span} "
+               f"[{others}], {share_words}")  # fmt: skip
+    if own.change <= -th.starve_drop:
+        return "warning", f"gradients dominated, but the {task} loss is still falling: {figures}"
+    if share is None or share >= th.starve_share:
+        return "warning", f"gradients dominated, but the {task} task still gets a share of the update: {figures}"
+    return "error", (f"and the {task} task is starving (its loss stalled: down less than {th.starve_drop:.0%}, "
+                     f"share below {th.starve_share:.0%}): {figures}")  # fmt: skip
+
+
+def _collapse_observation(
+    ev: Evidence, starved: str, dominant: str, ratio: float, target: float, dominance: str, action: str,
+    th: Thresholds,
+) -> Observation:  # fmt: skip
+    """``ratio`` is dominant / starved; ``target`` the healthy band's edge in those terms."""
+    severity, words = starvation(starved, ev, th)
+    span = ev.window_span()
+    fix = weight_fix(starved, dominant, ratio, target, ev.weights)
+    return Observation(
+        severity, ratio,
+        f"TASK COLLAPSE: {dominance} over {len(ev.balance_steps)} samples{f' ({span})' if span else ''}; {words}",
+        f"{action}: {fix}" if fix else action,
+    )  # fmt: skip
+
+
+def _collapse_pair(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    """The spec's pointer/type window; the subject is the task it starves."""
+    if not _pointer_type(record):
+        return []
+    verdict = collapse_verdict(ev.ratios, th)
+    if not verdict.collapsed or verdict.mean is None:
+        return [("type", None), ("pointer", None)]
+    pointer_wins = verdict.state == "pointer_dominating"
+    starved, dominant = ("type", "pointer") if pointer_wins else ("pointer", "type")
+    ratio, target = (verdict.mean, th.balance_high) if pointer_wins else (1 / verdict.mean, 1 / th.balance_low)
+    action = recommend_ratio(verdict.mean, th).action
+    seen = _collapse_observation(ev, starved, dominant, ratio, target, verdict.text, action, th)
+    return [(starved, seen), (dominant, None)]
+
+
+def _collapse_tasks(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    """Any set of tasks (no pointer/type ratio, or more than two tasks): per task, the window mean of the
+    largest task's weighted gradient norm over its own."""
+    norms: dict[str, float] = record["norms"]
+    if (_pointer_type(record) and len(norms) <= 2) or not max(norms.values(), default=math.nan) > 0:
+        return []
+    dominant = max(norms, key=norms.__getitem__)
+    findings: list[tuple[str, Observation | None]] = []
+    for task, window in ev.dominance.items():
+        mean = mean_ratio(window) if len(window) == th.window else None
+        if mean is None or not mean > th.collapse_high:
+            findings.append((task, None))
+            continue
+        dominance = f"{task} task dominated (largest task gradient / its gradient = {mean:.2f} > {th.collapse_high})"
+        action = f"Urgent: raise the weight of the {task} loss, or lower the {dominant} task's"
+        findings.append((task, _collapse_observation(ev, task, dominant, mean, th.balance_high, dominance, action, th)))
+    return findings
+
+
+RULES = (
+    Rule(IMBALANCE, "warning", True, BALANCE, _imbalance,
+         "window mean of the pointer/type ratio outside the healthy band (the spec's table)"),
+    Rule(COLLAPSE, "error", False, BALANCE, _collapse_pair,
+         "pointer/type window outside [collapse_low, collapse_high]; an error only if the dominated task is "
+         "starving (share < starve_share, loss down < starve_drop)"),
+    Rule(COLLAPSE, "error", False, BALANCE, _collapse_tasks,
+         "a task's gradient dominated (window mean > collapse_high); an error only if it is also starving"),
+)  # fmt: skip

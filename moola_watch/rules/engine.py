@@ -1,0 +1,178 @@
+"""The engine: records in, alert events out, for one run. Every record updates the run's evidence, then each
+rule that judges that kind of record says per subject whether its condition holds, and the one lifecycle
+turns that into pending / firing / resolved alerts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from moola_watch import schema
+from moola_watch.rules import balance, gradients, run
+from moola_watch.rules.evidence import Evidence, RunState
+from moola_watch.rules.lifecycle import FIRING, PENDING, SEVERITY_RANK, Alert, AlertEvent, Lifecycle, Where
+from moola_watch.rules.rule import Rule
+from moola_watch.rules.thresholds import Thresholds
+from moola_watch.rules.verdicts import CollapseVerdict, collapse_verdict, mean_ratio
+
+#: Every rule, in the order they judge a record.
+RULES: tuple[Rule, ...] = (*run.RULES, *gradients.RULES, *balance.RULES)
+_BY_KIND: dict[str, tuple[Rule, ...]] = {kind: tuple(r for r in RULES if kind in r.kinds) for kind in schema.KINDS}
+
+
+@dataclass(frozen=True)
+class MonitoringSummary:
+    """End-of-run summary, the same object for the trainer's console and the watcher."""
+
+    grad_samples: int
+    mean_norm: float | None
+    mean_norm_std: float | None
+    max_norm: float | None
+    max_norm_peak: float | None
+    nonfinite_samples: int
+    amp_overflows: int
+    balance_samples: int
+    balance: CollapseVerdict
+    collapse_first_epoch: int | None  # epoch where a collapse alert first fired, if one ever did
+    worst_severity: str | None  # the worst severity any alert reached, None if none fired
+    alerts_fired: int
+
+    def lines(self) -> list[str]:
+        """The spec's summary block, line by line."""
+        out = ["[PHASE 4] Gradient Monitoring Summary:"]
+        if self.grad_samples:
+            out.append(f"  Mean gradient norm: {self.mean_norm:.4f} ± {self.mean_norm_std:.4f}")
+            out.append(f"  Max gradient norm: {self.max_norm:.4f} (peak: {self.max_norm_peak:.4f})")
+        else:
+            out.append("  Mean gradient norm: n/a (no finite gradient statistics)")
+        if self.nonfinite_samples:
+            out.append(f"  Non-finite gradients in {self.nonfinite_samples} measurement(s)")
+        if self.amp_overflows:
+            out.append(f"  GradScaler overflow (step skipped) in {self.amp_overflows} measurement(s)")
+        if self.balance.collapsed:
+            out.append(f"  TASK COLLAPSE DETECTED: {self.balance.text}")
+        else:
+            line = f"  Task balance: {self.balance.text}"
+            if self.collapse_first_epoch is not None:
+                line += f" (task collapse was detected at epoch {self.collapse_first_epoch}, since resolved)"
+            out.append(line)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RuleEngine:
+    """Feed one run's records with :meth:`observe` (and the clock with :meth:`check_stale`); get alert events."""
+
+    def __init__(self, thresholds: Thresholds | None = None) -> None:
+        self.thresholds = thresholds or Thresholds()
+        self.evidence = Evidence(self.thresholds)
+        self.lifecycle = Lifecycle()
+
+    @property
+    def run(self) -> RunState:
+        return self.evidence.run
+
+    @property
+    def alerts(self) -> list[Alert]:
+        """Every alert ever raised, in order, pending ones included."""
+        return self.lifecycle.alerts
+
+    @property
+    def last_grad_stats(self) -> schema.Record | None:
+        return self.evidence.last_grad_stats
+
+    @property
+    def last_balance(self) -> schema.Record | None:
+        return self.evidence.last_balance
+
+    @property
+    def last_epoch(self) -> schema.Record | None:
+        return self.evidence.last_epoch
+
+    def observe(self, record: schema.Record) -> list[AlertEvent]:
+        """Apply the rules to one decoded record; return the alert transitions it caused."""
+        where = Where(record.get("step"), record.get("epoch"), record.get("time"))
+        self.evidence.observe(record, where)
+        events: list[AlertEvent] = []
+        for rule in _BY_KIND[record["kind"]]:
+            for subject, seen in rule.evaluate(self.evidence, record, self.thresholds):
+                events += self.lifecycle.apply(rule.name, subject, seen, where, rule.confirm(self.thresholds))
+        return events
+
+    def check_stale(self, now: float) -> list[AlertEvent]:
+        """Fire or resolve the stale alert given the wall clock ``now`` (unix seconds)."""
+        state = self.run
+        if state.status != "running" or state.last_time is None:
+            return []
+        seen = run.stale_observation(state, now, self.thresholds)
+        return self.lifecycle.apply(run.STALE, "run", seen, Where(state.step, state.epoch, now))
+
+    def firing(self) -> list[Alert]:
+        return [alert for alert in self.alerts if alert.state == FIRING]
+
+    @property
+    def run_status(self) -> str:
+        """running, stale, completed, failed or interrupted."""
+        stale = self.lifecycle.open.get((run.STALE, "run"))
+        if self.run.status == "running" and stale is not None and stale.state == FIRING:
+            return "stale"
+        return self.run.status
+
+    def balance(self) -> CollapseVerdict:
+        """The pointer/type window verdict; for other task sets, the most dominated task's."""
+        th, ev = self.thresholds, self.evidence
+        if ev.ratios or not ev.dominance:
+            return collapse_verdict(ev.ratios, th)
+        full = {task: mean_ratio(w) for task, w in ev.dominance.items() if len(w) == th.window}
+        if not full:
+            samples = max(len(w) for w in ev.dominance.values())
+            return CollapseVerdict("not_enough_data", None, samples, "Not enough data")
+        task, worst = max(full.items(), key=lambda item: item[1])
+        if worst > th.collapse_high:
+            return CollapseVerdict(
+                "dominated", worst, th.window, f"{task} task dominated (ratio={worst:.2f} > {th.collapse_high})"
+            )
+        return CollapseVerdict(
+            "balanced", worst, th.window, f"Tasks balanced (largest/smallest gradient ratio={worst:.2f})"
+        )
+
+    def worst_severity(self) -> str | None:
+        """The worst severity any alert reached while firing (or resolved after firing)."""
+        seen = [a.severity for a in self.alerts if a.state != PENDING]
+        return max(seen, key=SEVERITY_RANK.__getitem__) if seen else None
+
+    def measured(self) -> bool:
+        """Did the run record any measurement (gradient statistics, task balance or an epoch)?"""
+        ev = self.evidence
+        return bool(ev.grad_samples or ev.last_balance or ev.last_epoch)
+
+    def summary(self) -> MonitoringSummary:
+        ev = self.evidence
+        collapse_epochs = [a.first_epoch for a in self.alerts if a.rule == balance.COLLAPSE and a.state != PENDING]
+        fired = [a for a in self.alerts if a.state != PENDING]
+        has_norms = ev.mean_norms.count > 0
+        return MonitoringSummary(
+            grad_samples=ev.mean_norms.count,
+            mean_norm=ev.mean_norms.mean if has_norms else None,
+            mean_norm_std=ev.mean_norms.std if has_norms else None,
+            max_norm=ev.max_norms.mean if has_norms else None,
+            max_norm_peak=ev.max_norms.peak if has_norms else None,
+            nonfinite_samples=ev.nonfinite_samples,
+            amp_overflows=ev.amp_overflows,
+            balance_samples=ev.balance_samples,
+            balance=self.balance(),
+            collapse_first_epoch=collapse_epochs[0] if collapse_epochs else None,
+            worst_severity=self.worst_severity(),
+            alerts_fired=len(fired),
+        )
+
+
+def replay(records: Iterable[schema.Record], thresholds: Thresholds | None = None) -> RuleEngine:
+    """Run every record through a fresh engine and return it (for offline use and tests)."""
+    engine = RuleEngine(thresholds)
+    for record in records:
+        engine.observe(record)
+    return engine

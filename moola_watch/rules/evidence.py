@@ -1,0 +1,234 @@
+"""What the rules remember about one run: its state, the balance windows, each task's losses, running stats.
+
+The engine feeds every record to :meth:`Evidence.observe` before the rules judge it; rules only read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from moola_watch import schema
+from moola_watch.rules.lifecycle import Where
+from moola_watch.rules.thresholds import Thresholds
+from moola_watch.rules.verdicts import LayerFlags, flag_layers, position
+
+RECENT_SAMPLES = 3  # the window's ends are each the mean of this many samples (one batch's loss is noisy)
+
+
+@dataclass
+class RunState:
+    """What is known about the run from its records."""
+
+    run: str | None = None
+    model: str | None = None
+    status: str = "running"  # running | completed | failed | interrupted (stale is an alert)
+    epoch: int | None = None
+    step: int | None = None
+    started: float | None = None
+    last_time: float | None = None
+    records: int = 0
+    error: str | None = None
+    steps_backwards: int = 0  # records whose step went below the last seen (a restart in one file)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunningStats:
+    """Running mean and population std (Welford) plus a peak, of finite values."""
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    peak: float = -math.inf
+
+    def add(self, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        self.count += 1
+        delta = value - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (value - self.mean)
+        self.peak = max(self.peak, value)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.count) if self.count else math.nan
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """One task's own recent progress: its training loss at the end of the window against its start.
+
+    Losses are the unweighted per-task training losses of the ``epoch`` records (``task_losses``, epoch means)
+    when the run records them, else of the balance samples (``losses``, one batch each). ``earlier`` is the mean
+    of the window's first ``RECENT_SAMPLES``, ``recent`` of its last; ``span`` says where the window lies.
+    """
+
+    task: str
+    earlier: float
+    recent: float
+    span: str
+
+    @property
+    def change(self) -> float:
+        """Fractional change of the loss over the window (-0.3: down 30%)."""
+        return self.recent / self.earlier - 1.0
+
+
+class LossSeries:
+    """The last ``window`` per-task training losses from one kind of record, and where each was taken."""
+
+    def __init__(self, window: int) -> None:
+        self.samples: deque[dict[str, float]] = deque(maxlen=max(window, 2 * RECENT_SAMPLES))
+        self.where: deque[str] = deque(maxlen=self.samples.maxlen)
+
+    def add(self, losses: Mapping[str, float], where: Where) -> None:
+        usable = {task: loss for task, loss in losses.items() if math.isfinite(loss) and loss > 0}
+        if len(usable) >= 2:
+            self.samples.append(usable)
+            self.where.append(position(where.epoch, where.step))
+
+    def ready(self) -> bool:
+        return len(self.samples) >= 2 * RECENT_SAMPLES
+
+    def progress(self) -> dict[str, TaskProgress]:
+        """Each task's change over the window, or {} with fewer than ``2 * RECENT_SAMPLES`` samples."""
+        if not self.ready():
+            return {}
+        first, last = list(self.samples)[:RECENT_SAMPLES], list(self.samples)[-RECENT_SAMPLES:]
+        span = f"{self.where[0]} to {self.where[-1]}"
+        return {
+            task: TaskProgress(task, _mean(s[task] for s in first), _mean(s[task] for s in last), span)
+            for task in self.samples[-1]
+            if all(task in s for s in (*first, *last))
+        }
+
+
+def _mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return math.fsum(items) / len(items)
+
+
+class Evidence:
+    """The memory of one run that the rules read. Windows hold the last ``thresholds.window`` balance samples."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+        self.run = RunState()
+        window = thresholds.window
+        self.ratios: deque[float] = deque(maxlen=window)  # pointer/type, NaN ratios left out
+        self.dominance: dict[str, deque[float]] = {}  # per task: largest task's weighted norm / its own
+        self.balance_steps: deque[int | None] = deque(maxlen=window)  # the steps of the window's samples
+        self.weights: dict[str, float] = {}  # the loss weights of the latest balance sample
+        self.shares: dict[str, deque[float]] = {}  # per task: its share of the update, over the window
+        self.epoch_losses = LossSeries(window)
+        self.batch_losses = LossSeries(window)
+        self.balance_samples = 0
+        self.grad_samples = 0
+        self.mean_norms = RunningStats()
+        self.max_norms = RunningStats()
+        self.nonfinite_samples = 0
+        self.amp_overflows = 0  # measurements whose non-finite gradients were a GradScaler overflow
+        self.layer_flags = LayerFlags([], [], [])  # of the latest grad_stats record, judged once for every rule
+        self.nonfinite: tuple[int, bool] = (0, False)  # its non-finite layer count, and whether a scaler overflow
+        self.last_grad_stats: schema.Record | None = None
+        self.last_balance: schema.Record | None = None
+        self.last_epoch: schema.Record | None = None
+
+    def observe(self, record: schema.Record, where: Where) -> None:
+        """Remember what ``record`` adds (before the rules judge it)."""
+        self.run.records += 1
+        self._advance(where)
+        kind = record["kind"]
+        if kind == schema.RUN_START:
+            self.run.run, self.run.model, self.run.started = record["run"], record["model"], record["time"]
+            self.run.config = record.get("config") or {}
+        elif kind == schema.GRAD_STATS:
+            self._grad_stats(record)
+        elif kind == schema.TASK_BALANCE:
+            self._balance(record, where)
+        elif kind == schema.EPOCH:
+            self.last_epoch = record
+            self.epoch_losses.add(record.get("task_losses") or {}, where)
+        elif kind == schema.RUN_END:
+            self.run.status, self.run.error = record["status"], record.get("error")
+        if self.run.run is None:
+            self.run.run = record["run"]
+
+    def _advance(self, where: Where) -> None:
+        run = self.run
+        if where.step is not None:
+            if run.step is not None and where.step < run.step:
+                run.steps_backwards += 1
+            run.step = where.step
+        if where.epoch is not None:
+            run.epoch = where.epoch
+        if where.time is not None:
+            run.last_time = where.time if run.last_time is None else max(run.last_time, where.time)
+
+    def _grad_stats(self, record: schema.Record) -> None:
+        self.last_grad_stats = record
+        self.grad_samples += 1
+        self.mean_norms.add(record["mean_norm"])
+        self.max_norms.add(record["max_norm"])
+        self.layer_flags = flag_layers(record["layer_norms"], self.thresholds)
+        self.nonfinite = count, overflow = nonfinite_count(record)
+        if overflow:
+            self.amp_overflows += 1
+        elif count:
+            self.nonfinite_samples += 1
+
+    def _balance(self, record: schema.Record, where: Where) -> None:
+        """A balance sample counts when it measured something: a non-NaN pointer/type ratio, or for other task
+        sets a largest task norm above zero."""
+        self.last_balance = record
+        ratio: float | None = record.get("ratio")
+        norms: dict[str, float] = record["norms"]
+        counted = False
+        if ratio is not None and not math.isnan(ratio):
+            self.ratios.append(ratio)
+            counted = True
+        largest = max(norms.values(), default=math.nan)
+        if (ratio is None or len(norms) > 2) and largest > 0:
+            for task, norm in norms.items():
+                window = self.dominance.setdefault(task, deque(maxlen=self.thresholds.window))
+                window.append(largest / norm if norm > 0 else math.inf)
+            counted = True
+        if not counted:
+            return
+        self.balance_samples += 1
+        self.balance_steps.append(where.step)
+        self.weights = dict(record.get("weights") or {})
+        for task, share in (record.get("shares") or {}).items():
+            self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
+        self.batch_losses.add(record.get("losses") or {}, where)
+
+    def progress(self) -> dict[str, TaskProgress]:
+        """Every task's own progress over the window: from the epoch records' losses once there are enough,
+        else from the balance samples' batch losses; {} while neither has enough."""
+        return (self.epoch_losses if self.epoch_losses.ready() else self.batch_losses).progress()
+
+    def mean_share(self, task: str) -> float | None:
+        """The task's mean share of the update over the window (None when not recorded)."""
+        window = [share for share in self.shares.get(task, ()) if math.isfinite(share)]
+        return math.fsum(window) / len(window) if window else None
+
+    def window_span(self) -> str:
+        """'steps 40-130' for the window's balance samples, or '' when their steps are unknown."""
+        steps = [step for step in self.balance_steps if step is not None]
+        return f"steps {steps[0]}-{steps[-1]}" if steps else ""
+
+
+def nonfinite_count(record: schema.Record) -> tuple[int, bool]:
+    """Non-finite layers of a ``grad_stats`` record, and whether they were a GradScaler overflow (the scaler
+    skips the step and lowers the scale: not a model fault)."""
+    norms: dict[str, float] = record["layer_norms"]
+    finite = math.isfinite(sum(norms.values())) if norms else True
+    named = 0 if finite else sum(1 for norm in norms.values() if not math.isfinite(norm))
+    count = max(named, len(record.get("nonfinite_layers") or []), record["nonfinite_count"])
+    amp = record.get("amp") or {}
+    return count, bool(count) and amp.get("overflow") is True

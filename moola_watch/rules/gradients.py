@@ -1,0 +1,100 @@
+"""Rules on ``grad_stats`` records: non-finite gradients, GradScaler overflow, vanishing and exploding layers,
+the mean norm's level."""
+
+from __future__ import annotations
+
+import math
+
+from moola_watch import schema
+from moola_watch.rules.evidence import Evidence
+from moola_watch.rules.lifecycle import Observation
+from moola_watch.rules.rule import Findings, Rule
+from moola_watch.rules.thresholds import Thresholds
+from moola_watch.rules.verdicts import classify_norm_level
+
+VANISHING = "vanishing"
+EXPLODING = "exploding"
+NONFINITE = "nonfinite"
+NORM_LEVEL = "norm_level"
+AMP_OVERFLOW = "amp_overflow"
+GRAD = frozenset({schema.GRAD_STATS})
+
+
+def names(layers: list[str] | tuple[str, ...], limit: int = 3) -> str:
+    """The first ``limit`` layer names, and how many more."""
+    shown = ", ".join(layers[:limit])
+    return shown + (f" (+{len(layers) - limit} more)" if len(layers) > limit else "")
+
+
+def _bad_layers(ev: Evidence, record: schema.Record) -> list[str]:
+    return ev.layer_flags.nonfinite or list(record.get("nonfinite_layers") or [])
+
+
+def _nonfinite(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
+    count, overflow = ev.nonfinite
+    if not count or overflow:
+        return [("gradients", None)]
+    bad = _bad_layers(ev, record)
+    return [("gradients", Observation(
+        "critical", float(count), f"Non-finite gradients (NaN/Inf) in {count} layers: {names(bad)}",
+        "Lower the learning rate, clip gradients, check inputs and loss for NaN", tuple(bad),
+    ))]  # fmt: skip
+
+
+def _amp_overflow(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
+    count, overflow = ev.nonfinite
+    if not overflow:
+        return [("scaler", None)]
+    scale = (record.get("amp") or {}).get("scale")
+    return [("scaler", Observation(
+        "warning", scale if isinstance(scale, int | float) else None,
+        f"GradScaler overflow in {count} layers, step skipped (scale {scale})",
+        "Normal now and then while the scale calibrates; if it persists, lower the learning rate and check "
+        "inputs and loss for NaN", tuple(_bad_layers(ev, record)),
+    ))]  # fmt: skip
+
+
+def _vanishing(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    norms = record["layer_norms"]
+    low = ev.layer_flags.vanishing
+    if not low:
+        return [("layers", None)]
+    return [("layers", Observation(
+        "warning", min(norms[n] for n in low),
+        f"Vanishing gradients in {len(low)} layers (norm < {th.vanishing:g}): {names(low)}",
+        "Look for dead ReLUs or saturated activations (often a learning rate too high) and unnormalized inputs; "
+        "if the whole network's gradients are small, increase the learning rate", tuple(low),
+    ))]  # fmt: skip
+
+
+def _exploding(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    norms = record["layer_norms"]
+    high = ev.layer_flags.exploding
+    if not high:
+        return [("layers", None)]
+    return [("layers", Observation(
+        "error", max(norms[n] for n in high),
+        f"Exploding gradients in {len(high)} layers (norm > {th.exploding:g}): {names(high)}",
+        "Reduce learning rate or clip gradients (clip_grad_norm_)", tuple(high),
+    ))]  # fmt: skip
+
+
+def _norm_level(_ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    mean = record["mean_norm"]
+    level = classify_norm_level(mean, th)
+    if not level.severity or not math.isfinite(mean):
+        return [("mean_norm", None)]
+    return [("mean_norm", Observation(
+        level.severity, mean,
+        f"Mean gradient norm {mean:.4g}: {level.status.lower()} (healthy {th.healthy_norm_low}-{th.healthy_norm_high})",
+        level.action,
+    ))]  # fmt: skip
+
+
+RULES = (
+    Rule(AMP_OVERFLOW, "warning", True, GRAD, _amp_overflow, "GradScaler overflow that persists"),
+    Rule(NONFINITE, "critical", False, GRAD, _nonfinite, "any NaN/Inf layer gradient norm, at once"),
+    Rule(VANISHING, "warning", True, GRAD, _vanishing, "a layer's gradient norm below `vanishing`"),
+    Rule(EXPLODING, "error", False, GRAD, _exploding, "a layer's gradient norm above `exploding`"),
+    Rule(NORM_LEVEL, "error", True, GRAD, _norm_level, "the mean layer norm outside the spec's bands"),
+)

@@ -1,0 +1,65 @@
+"""Rules on the run itself: a non-finite training loss, how the run ended, and a run gone quiet (stale)."""
+
+from __future__ import annotations
+
+import math
+
+from moola_watch import schema
+from moola_watch.rules.evidence import Evidence, RunState
+from moola_watch.rules.lifecycle import Observation
+from moola_watch.rules.rule import Findings, Rule
+from moola_watch.rules.thresholds import Thresholds
+from moola_watch.rules.verdicts import position
+
+NONFINITE = "nonfinite"
+STALE = "stale"
+RUN_FAILED = "run_failed"
+RUN_INTERRUPTED = "run_interrupted"
+
+
+def _loss(_ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
+    loss = record["train_loss"]
+    if math.isfinite(loss):
+        return [("loss", None)]
+    return [("loss", Observation(
+        "critical", loss, f"Training loss is {loss} at {position(record.get('epoch'), record.get('step'))}",
+        "Lower the learning rate, clip gradients, check inputs and labels for NaN",
+    ))]  # fmt: skip
+
+
+def _failed(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
+    if record["status"] != "failed":
+        return []
+    return [("run", Observation("error", None, f"Run failed: {ev.run.error or 'no error message'}",
+                                "Read the error; fix and restart the run"))]  # fmt: skip
+
+
+def _interrupted(_ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
+    if record["status"] != "interrupted":
+        return []
+    return [("run", Observation("warning", None, "Run interrupted before completion", "Resume or rerun training"))]
+
+
+def _any_record(_ev: Evidence, _record: schema.Record, _th: Thresholds) -> Findings:
+    return [("run", None)]  # a record arrived: the run is not stale
+
+
+def stale_observation(run: RunState, now: float, th: Thresholds) -> Observation | None:
+    """The stale condition at wall-clock ``now`` (unix seconds), or None while the run is fresh or ended."""
+    if run.status != "running" or run.last_time is None or now - run.last_time <= th.stale_seconds:
+        return None
+    age = now - run.last_time
+    return Observation(
+        "warning", age, f"No record for {age:.0f} s and no run_end (last at {position(run.epoch, run.step)})",
+        "Check the training process: it may have crashed, hung or been killed",
+    )  # fmt: skip
+
+
+STALE_RULE = Rule(STALE, "warning", False, frozenset(schema.KINDS), _any_record,
+                  "no record for `stale_seconds` while the run has not ended (judged on the clock)")  # fmt: skip
+RULES = (
+    STALE_RULE,
+    Rule(NONFINITE, "critical", False, frozenset({schema.EPOCH}), _loss, "a non-finite training loss"),
+    Rule(RUN_FAILED, "error", False, frozenset({schema.RUN_END}), _failed, "the run ended with status failed"),
+    Rule(RUN_INTERRUPTED, "warning", False, frozenset({schema.RUN_END}), _interrupted, "the run was interrupted"),
+)

@@ -1,0 +1,146 @@
+"""Single-sample verdicts: what one layer norm, one ratio or one window of ratios means, in the spec's words.
+
+Pure functions of numbers and :class:`Thresholds`; the trainer prints these and the rules raise alerts from them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from moola_watch.rules.thresholds import Thresholds
+
+DEFAULTS = Thresholds()
+
+
+@dataclass(frozen=True)
+class LayerFlags:
+    """Layers whose gradient norm is non-finite, vanishing or exploding."""
+
+    nonfinite: list[str]
+    vanishing: list[str]
+    exploding: list[str]
+
+
+def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
+    """Judge every layer norm. The common all-healthy case is decided by C-level ``sum``/``min``/``max``
+    with no per-layer Python work (a model may have thousands of tensors)."""
+    values = layer_norms.values()
+    if not values or (math.isfinite(sum(values)) and th.vanishing <= min(values) and max(values) <= th.exploding):
+        return LayerFlags([], [], [])
+    flags = LayerFlags([], [], [])
+    for name, norm in layer_norms.items():  # one pass: non-finite first, so NaN/inf land nowhere else
+        if not math.isfinite(norm):
+            flags.nonfinite.append(name)
+        elif norm < th.vanishing:
+            flags.vanishing.append(name)
+        elif norm > th.exploding:
+            flags.exploding.append(name)
+    return flags
+
+
+def vanishing_layers(layer_norms: Mapping[str, float], threshold: float = 1e-7) -> list[str]:
+    """Names of layers whose finite gradient norm is below ``threshold``."""
+    return flag_layers(layer_norms, Thresholds(vanishing=threshold)).vanishing
+
+
+def exploding_layers(layer_norms: Mapping[str, float], threshold: float = 10.0) -> list[str]:
+    """Names of layers whose finite gradient norm is above ``threshold``."""
+    return flag_layers(layer_norms, Thresholds(exploding=threshold)).exploding
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a value means: a status name, its severity (None when healthy) and what to do."""
+
+    status: str
+    severity: str | None
+    action: str
+
+
+def band(th: Thresholds) -> str:
+    return f"{th.balance_low}-{th.balance_high}"
+
+
+def recommend_ratio(ratio: float, th: Thresholds = DEFAULTS) -> Verdict:
+    """The spec's ratio -> action table for a pointer/type gradient ratio."""
+    if ratio > th.collapse_high:
+        return Verdict("Task collapse", "error", "Urgent: increase alpha by 2x or decrease beta by 0.5x")
+    if ratio < th.collapse_low:
+        return Verdict("Task collapse", "error", "Urgent: decrease alpha by 0.5x or increase beta by 2x")
+    if th.balance_low <= ratio <= th.balance_high:
+        return Verdict("Healthy", None, "No change needed")
+    pointer_side = ratio > th.balance_high
+    lean = ratio if pointer_side else 1.0 / ratio
+    if lean <= th.significant:
+        return Verdict("Minor imbalance", "warning", "Monitor, consider small weight adjustment")
+    fix = "increase alpha or decrease beta" if pointer_side else "decrease alpha or increase beta"
+    return Verdict("Significant imbalance", "warning", f"Adjust loss weights: {fix}")
+
+
+def classify_norm_level(mean_norm: float, th: Thresholds = DEFAULTS) -> Verdict:
+    """The spec's gradient-norm table for the mean of the layer norms."""
+    if mean_norm > th.norm_exploding:
+        return Verdict("Exploding", "error", "Reduce learning rate")
+    if mean_norm > th.norm_large:
+        return Verdict("Large", "warning", "Check gradient clipping")
+    if mean_norm < th.norm_low:
+        return Verdict("Vanishing", "warning", "Increase learning rate")
+    if th.healthy_norm_low <= mean_norm <= th.healthy_norm_high:
+        return Verdict("Healthy", None, "No change needed")
+    return Verdict("Acceptable", None, "No change needed")
+
+
+def balance_message(ratio: float, epoch: int | None, th: Thresholds = DEFAULTS) -> str:
+    """The trainer's line(s) for one balance sample, in the spec's wording."""
+    if th.balance_low <= ratio <= th.balance_high:
+        return f"Task balance: Tasks balanced (ratio={ratio:.2f})"
+    where = f" at epoch {epoch}" if epoch is not None else ""
+    return f"Task imbalance detected{where}!\nPointer/Type gradient ratio: {ratio:.2f} (healthy range: {band(th)})"
+
+
+@dataclass(frozen=True)
+class CollapseVerdict:
+    """The sliding-window verdict: ``state`` is one of not_enough_data, balanced, imbalanced,
+    pointer_dominating, type_dominating; ``mean`` is the window's mean ratio (None without data)."""
+
+    state: str
+    mean: float | None
+    samples: int
+    text: str
+
+    @property
+    def collapsed(self) -> bool:
+        return self.state in ("pointer_dominating", "type_dominating", "dominated")
+
+
+def mean_ratio(ratios: Sequence[float]) -> float:
+    """Arithmetic mean of (non-NaN) ratios; an infinite ratio (a task with zero gradient) makes it infinite."""
+    return math.fsum(ratios) / len(ratios) if all(map(math.isfinite, ratios)) else max(ratios)
+
+
+def collapse_verdict(ratios: Sequence[float], th: Thresholds = DEFAULTS) -> CollapseVerdict:
+    """Judge the mean of the last ``th.window`` ratios (NaN ratios are not samples).
+
+    A mean of exactly ``collapse_high`` (or ``collapse_low``) is not collapse: the bounds are strict.
+    """
+    usable = [ratio for ratio in ratios if not math.isnan(ratio)][-th.window :]
+    if len(usable) < th.window:
+        return CollapseVerdict("not_enough_data", None, len(usable), "Not enough data")
+    mean = mean_ratio(usable)
+    if mean > th.collapse_high:
+        state, text = "pointer_dominating", f"Pointer task dominating (ratio={mean:.2f} > {th.collapse_high})"
+    elif mean < th.collapse_low:
+        state, text = "type_dominating", f"Type task dominating (ratio={mean:.2f} < {th.collapse_low})"
+    elif th.balance_low <= mean <= th.balance_high:
+        state, text = "balanced", f"Tasks balanced (ratio={mean:.2f})"
+    else:
+        state, text = "imbalanced", f"Tasks imbalanced (ratio={mean:.2f}, healthy range: {band(th)})"
+    return CollapseVerdict(state, mean, len(usable), text)
+
+
+def position(epoch: int | None, step: int | None) -> str:
+    """'epoch 12, step 340', whichever is known, or 'the start' when neither is."""
+    parts = [f"epoch {epoch}" if epoch is not None else "", f"step {step}" if step is not None else ""]
+    return ", ".join(part for part in parts if part) or "the start"
