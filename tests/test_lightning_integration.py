@@ -164,3 +164,36 @@ def test_ctrl_c_ends_the_run_interrupted(tmp_path, sigint_restored):
         fit(tmp_path, {"cls": 1.0, "reg": 1.0}, interrupt_at=9)
     end = strict_lines(tmp_path / "run.jsonl")[-1]
     assert end["kind"] == "run_end" and end["status"] == "interrupted" and end["step"] == 9
+
+
+class NormSeeingModule(TwoTaskModule):
+    """Records the total gradient norm the module itself sees in its ``on_before_optimizer_step`` (called right
+    after the callbacks', before clipping)."""
+
+    def __init__(self, weights):
+        super().__init__(weights)
+        self.seen: list[float] = []
+
+    def on_before_optimizer_step(self, optimizer):
+        self.seen.append(torch.nn.utils.get_total_norm([p.grad for p in self.parameters()]).item())
+
+
+def test_16_mixed_gradients_are_measured_unscaled_and_before_clipping(tmp_path):
+    """Under 16-mixed with a GradScaler (a CPU one here), the recorded norms are the unscaled ones, not 65536
+    times larger, and the pre-clip ones although the trainer clips at 1e-3."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    torch.manual_seed(0)
+    module = NormSeeingModule({"cls": 1.0, "reg": 1.0})
+    lightning.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, gradient_clip_val=1e-3,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))],
+        callbacks=[GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)],
+    ).fit(module, loader())  # fmt: skip
+    grads = [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "grad_stats"]
+    assert len(grads) == STEPS // EVERY
+    for record in grads:
+        assert record["amp"]["scale"] >= 1024 and not record["amp"]["overflow"]
+        assert record["total_norm"] == pytest.approx(module.seen[record["step"] - 1], rel=1e-5)
+        assert record["total_norm"] > 100 * 1e-3  # so the clip did scale these gradients afterwards
