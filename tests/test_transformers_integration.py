@@ -1,0 +1,172 @@
+"""The HF Trainer callback on a real ``transformers.Trainer`` (CPU, a tiny BERT built from a config, nothing
+downloaded): pre-clip norms equal to the Trainer's own logged ``grad_norm`` at the same steps, and task balance
+from a multi-task model."""
+
+import pytest
+import torch
+from helpers import strict_lines
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+from moola.integrations.transformers import GradientMonitorCallback  # noqa: E402
+
+STEPS = 30
+EVERY = 3
+MAX_GRAD_NORM = 1e-3  # far below the gradients' norm: every step is clipped
+
+
+def tiny_bert(num_labels: int = 2) -> transformers.BertForSequenceClassification:
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=num_labels,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(config)
+
+
+class Sentences(torch.utils.data.Dataset):
+    """Random token sequences labelled by whether token 5 occurs in them; ``target`` is a regression label."""
+
+    def __init__(self, count: int):
+        generator = torch.Generator().manual_seed(0)
+        self.input_ids = torch.randint(0, 64, (count, 12), generator=generator)
+        self.labels = (self.input_ids == 5).any(1).long()
+        self.target = self.input_ids.float().mean(1) / 64
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.input_ids[i], "labels": self.labels[i], "target": self.target[i]}
+
+
+def train(tmp_path, model, accumulation: int = 1, trainer_class=None, **callback_options):
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
+        gradient_accumulation_steps=accumulation, max_grad_norm=MAX_GRAD_NORM, logging_steps=1, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY, **callback_options)
+    trainer = (trainer_class or transformers.Trainer)(
+        model=model, args=args, train_dataset=Sentences(STEPS * 4 * accumulation), callbacks=[callback]
+    )
+    trainer.train()
+    return trainer, strict_lines(tmp_path / "run.jsonl")
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_recorded_totals_are_the_trainers_pre_clip_grad_norm(tmp_path, accumulation):
+    trainer, records = train(tmp_path, tiny_bert(), accumulation)
+    logged = {entry["step"]: entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry}
+    assert sorted(logged) == list(range(1, STEPS + 1))
+    grads = [r for r in records if r["kind"] == "grad_stats"]
+    assert [r["step"] for r in grads] == list(range(EVERY, STEPS + 1, EVERY))
+    for record in grads:
+        assert record["total_norm"] == pytest.approx(logged[record["step"]], rel=1e-3)
+        assert record["total_norm"] > 100 * MAX_GRAD_NORM  # the clip scaled these gradients down afterwards
+    names = records[0]["parameters"]
+    assert "bert.embeddings.word_embeddings.weight" in names and "classifier.weight" in names
+    assert set(grads[0]["layer_norms"]) <= set(names)
+    assert records[0]["config"]["max_grad_norm"] == MAX_GRAD_NORM
+    assert records[-1]["kind"] == "run_end" and records[-1]["status"] == "completed"
+
+
+class TwoTaskBert(nn.Module):
+    """A BERT encoder with a classification head and a regression head; ``forward`` exposes its task losses as
+    ``task_losses`` (the callback measures their balance right after it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = tiny_bert().bert
+        self.cls = nn.Linear(16, 2)
+        self.reg = nn.Linear(16, 1)
+        self.task_weights = {"cls": 1.0, "reg": 4.0}
+
+    def forward(self, input_ids, labels, target):
+        h = self.encoder(input_ids=input_ids).pooler_output
+        self.task_losses = {
+            "cls": nn.functional.cross_entropy(self.cls(h), labels),
+            "reg": nn.functional.mse_loss(self.reg(h).squeeze(1), target),
+        }
+        return {"loss": sum(self.task_weights[t] * loss for t, loss in self.task_losses.items())}
+
+
+def test_a_model_that_exposes_task_losses_gets_task_balance(tmp_path):
+    _, records = train(tmp_path, TwoTaskBert())
+    balances = [r for r in records if r["kind"] == "task_balance"]
+    assert [r["step"] for r in balances] == list(range(EVERY, STEPS + 1, EVERY))
+    assert all(r["weights"] == {"cls": 1.0, "reg": 4.0} and set(r["norms"]) == {"cls", "reg"} for r in balances)
+    assert "shared parameters" in balances[0]["scope"]
+
+
+def test_a_compute_loss_override_records_task_balance(tmp_path):
+    """The documented way for a model that returns its task outputs and leaves the losses to the Trainer."""
+
+    class Heads(TwoTaskBert):
+        def forward(self, input_ids, labels, target):
+            h = self.encoder(input_ids=input_ids).pooler_output
+            return {"logits": self.cls(h), "value": self.reg(h).squeeze(1)}
+
+    class MultiTaskTrainer(transformers.Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            losses = {
+                "cls": nn.functional.cross_entropy(outputs["logits"], inputs["labels"]),
+                "reg": nn.functional.mse_loss(outputs["value"], inputs["target"]),
+            }
+            weights = {"cls": 1.0, "reg": 4.0}
+            monitor_callback.on_task_losses(model, losses, weights)
+            loss = sum(weights[t] * value for t, value in losses.items())
+            return (loss, outputs) if return_outputs else loss
+
+    monitor_callback = None
+
+    class Bound(MultiTaskTrainer):
+        def __init__(self, *args, callbacks, **kwargs):
+            nonlocal monitor_callback
+            (monitor_callback,) = callbacks
+            super().__init__(*args, callbacks=callbacks, **kwargs)
+
+    _, records = train(tmp_path, Heads(), trainer_class=Bound)
+    balances = [r for r in records if r["kind"] == "task_balance"]
+    assert [r["step"] for r in balances] == list(range(EVERY, STEPS + 1, EVERY))
+    assert balances[0]["weights"] == {"cls": 1.0, "reg": 4.0}
+
+
+def test_measuring_leaves_the_training_unchanged(tmp_path):
+    """Hooks on the gradients and a balance probe every step: the trained weights are those of a run without."""
+    torch.manual_seed(0)
+    plain = TwoTaskBert()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "plain"), max_steps=10, per_device_train_batch_size=4, learning_rate=1e-3,
+        max_grad_norm=MAX_GRAD_NORM, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    transformers.Trainer(model=plain, args=args, train_dataset=Sentences(40)).train()
+    torch.manual_seed(0)
+    monitored = TwoTaskBert()
+    callback = GradientMonitorCallback(log_path=tmp_path / "m.jsonl", every_n_steps=1)
+    transformers.Trainer(model=monitored, args=args, train_dataset=Sentences(40), callbacks=[callback]).train()
+    assert sum(r["kind"] == "grad_stats" for r in strict_lines(tmp_path / "m.jsonl")) == 10
+    for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_failed_train_inside_with_ends_the_run_failed(tmp_path):
+    class Failing(TwoTaskBert):
+        def forward(self, input_ids, labels, target):
+            if self.training and getattr(self, "calls", 0) == 4:
+                raise RuntimeError("out of memory")
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().forward(input_ids, labels, target)
+
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=4, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=Failing(), args=args, train_dataset=Sentences(40), callbacks=[callback])
+    with pytest.raises(RuntimeError, match="out of memory"), callback:
+        trainer.train()
+    end = strict_lines(tmp_path / "run.jsonl")[-1]
+    assert end["kind"] == "run_end" and end["status"] == "failed" and end["error"] == "RuntimeError: out of memory"
