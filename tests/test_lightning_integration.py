@@ -104,6 +104,7 @@ def test_records_every_n_steps_numbered_by_global_step(tmp_path):
     assert records[-1]["status"] == "completed" and records[-1]["step"] == STEPS
 
 
+@pytest.mark.slow
 def test_measuring_leaves_the_training_unchanged(tmp_path):
     """The balance probe runs before each measured step's backward: the trained weights are those of a fit
     without the callback."""

@@ -55,7 +55,7 @@ def train(tmp_path, model, accumulation: int = 1, trainer_class=None, **callback
     return trainer, strict_lines(tmp_path / "run.jsonl")
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
+@pytest.mark.parametrize("accumulation", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_recorded_totals_are_the_trainers_pre_clip_grad_norm(tmp_path, accumulation):
     trainer, records = train(tmp_path, tiny_bert(), accumulation)
     logged = {entry["step"]: entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry}
@@ -134,6 +134,7 @@ def test_a_compute_loss_override_records_task_balance(tmp_path):
     assert balances[0]["weights"] == {"cls": 1.0, "reg": 4.0}
 
 
+@pytest.mark.slow
 def test_measuring_leaves_the_training_unchanged(tmp_path):
     """Hooks on the gradients and a balance probe every step: the trained weights are those of a run without."""
     torch.manual_seed(0)
