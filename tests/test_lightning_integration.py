@@ -198,3 +198,21 @@ def test_16_mixed_gradients_are_measured_unscaled_and_before_clipping(tmp_path):
         assert record["amp"]["scale"] >= 1024 and not record["amp"]["overflow"]
         assert record["total_norm"] == pytest.approx(module.seen[record["step"] - 1], rel=1e-5)
         assert record["total_norm"] > 100 * 1e-3  # so the clip did scale these gradients afterwards
+
+
+@pytest.mark.slow
+def test_under_ddp_every_rank_measures_and_rank_0_alone_writes(tmp_path):
+    """Two CPU processes (gloo): one run in the log, written by rank 0, every record of it whole."""
+    torch.manual_seed(0)
+    lightning.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)],
+    ).fit(TwoTaskModule({"cls": 1.0, "reg": 1.0}), loader())  # fmt: skip
+    records = strict_lines(tmp_path / "run.jsonl")
+    assert [r["kind"] for r in records].count("run_start") == 1
+    assert records[0]["rank"] == 0 and records[0]["world_size"] == 2
+    steps = list(range(EVERY, STEPS // 2 + 1, EVERY))  # each rank takes half the batches
+    assert [r["step"] for r in records if r["kind"] == "grad_stats"] == steps
+    assert [r["step"] for r in records if r["kind"] == "task_balance"] == steps
+    assert records[-1]["kind"] == "run_end" and records[-1]["status"] == "completed"
