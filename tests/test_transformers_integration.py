@@ -171,3 +171,24 @@ def test_a_failed_train_inside_with_ends_the_run_failed(tmp_path):
         trainer.train()
     end = strict_lines(tmp_path / "run.jsonl")[-1]
     assert end["kind"] == "run_end" and end["status"] == "failed" and end["error"] == "RuntimeError: out of memory"
+
+
+def test_fp16_gradients_that_are_still_scaled_are_not_recorded(tmp_path, caplog):
+    """Under fp16 the Trainer's optimizer carries a GradScaler: until the clip the gradients are scaled, so the
+    callback records no statistics rather than norms 65536 times too large, and says so once."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=1)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    state, control, model = TrainerState(), TrainerControl(), tiny_bert()
+    fp16_optimizer = SimpleNamespace(scaler=torch.amp.GradScaler("cpu"))
+    with caplog.at_level("WARNING", logger="moola"):
+        callback.on_train_begin(args, state, control, model=model, optimizer=fp16_optimizer)
+    assert caplog.text.count("fp16") == 1
+    callback.on_step_begin(args, state, control)
+    model(input_ids=torch.randint(0, 64, (2, 12)), labels=torch.tensor([0, 1])).loss.backward()
+    callback.on_train_end(args, state, control)
+    kinds = [r["kind"] for r in strict_lines(tmp_path / "run.jsonl")]
+    assert kinds == ["run_start", "run_end"]
