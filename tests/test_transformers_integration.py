@@ -2,9 +2,15 @@
 downloaded): pre-clip norms equal to the Trainer's own logged ``grad_norm`` at the same steps, and task balance
 from a multi-task model."""
 
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
 import pytest
 import torch
-from helpers import strict_lines
+from helpers import REPO, strict_lines
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
@@ -176,13 +182,9 @@ def test_a_failed_train_inside_with_ends_the_run_failed(tmp_path):
 def test_fp16_gradients_that_are_still_scaled_are_not_recorded(tmp_path, caplog):
     """Under fp16 the Trainer's optimizer carries a GradScaler: until the clip the gradients are scaled, so the
     callback records no statistics rather than norms 65536 times too large, and says so once."""
-    from types import SimpleNamespace
-
-    from transformers import TrainerControl, TrainerState
-
     callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=1)
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
-    state, control, model = TrainerState(), TrainerControl(), tiny_bert()
+    state, control, model = transformers.TrainerState(), transformers.TrainerControl(), tiny_bert()
     fp16_optimizer = SimpleNamespace(scaler=torch.amp.GradScaler("cpu"))
     with caplog.at_level("WARNING", logger="moola"):
         callback.on_train_begin(args, state, control, model=model, optimizer=fp16_optimizer)
@@ -192,3 +194,24 @@ def test_fp16_gradients_that_are_still_scaled_are_not_recorded(tmp_path, caplog)
     callback.on_train_end(args, state, control)
     kinds = [r["kind"] for r in strict_lines(tmp_path / "run.jsonl")]
     assert kinds == ["run_start", "run_end"]
+
+
+@pytest.mark.slow
+def test_under_ddp_the_totals_are_the_synchronised_pre_clip_grad_norm(tmp_path):
+    """Two CPU processes (gloo): rank 0 alone writes, and its totals are the Trainer's logged grad_norm, i.e. the
+    norms after DDP's all-reduce (its own end-of-backward work) and before the clip, not the rank's local ones."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(REPO / "tests" / "hf_ddp_worker.py"), str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["run.jsonl"]
+    history = json.loads((tmp_path / "history.json").read_text())
+    logged = {entry["step"]: entry["grad_norm"] for entry in history if "grad_norm" in entry}
+    records = strict_lines(tmp_path / "run.jsonl")
+    assert records[0]["world_size"] == 2 and records[0]["rank"] == 0
+    grads = [r for r in records if r["kind"] == "grad_stats"]
+    assert [r["step"] for r in grads] == [3, 6, 9, 12]
+    for record in grads:
+        assert record["total_norm"] == pytest.approx(logged[record["step"]], rel=1e-3)
