@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import torch
-from helpers import run_cli, strict_lines
+from helpers import run_cli, run_readme_example, strict_lines
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -76,8 +76,8 @@ def fit(tmp_path, weights, **module_options) -> list[dict]:
     return strict_lines(log)
 
 
-def check(tmp_path) -> tuple[int, dict]:
-    result = run_cli("moola_watch.cli", "check", "--json", str(tmp_path / "run.jsonl"))
+def check(tmp_path, log: str = "run.jsonl") -> tuple[int, dict]:
+    result = run_cli("moola_watch.cli", "check", "--json", str(tmp_path / log))
     return result.returncode, json.loads(result.stdout.splitlines()[0])
 
 
@@ -216,3 +216,11 @@ def test_under_ddp_every_rank_measures_and_rank_0_alone_writes(tmp_path):
     assert [r["step"] for r in records if r["kind"] == "grad_stats"] == steps
     assert [r["step"] for r in records if r["kind"] == "task_balance"] == steps
     assert records[-1]["kind"] == "run_end" and records[-1]["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_readme_lightning_example_runs_as_written_and_check_names_the_starved_task(tmp_path):
+    run_readme_example("lightning example", tmp_path)
+    code, verdict = check(tmp_path, "runs/lightning.jsonl")
+    assert code == 1
+    assert {alert["subject"] for alert in verdict["alerts"] if alert["rule"] == "collapse"} == {"cls"}

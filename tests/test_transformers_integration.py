@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import REPO, strict_lines
+from helpers import REPO, run_readme_example, strict_lines
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
@@ -215,3 +215,12 @@ def test_under_ddp_the_totals_are_the_synchronised_pre_clip_grad_norm(tmp_path):
     assert [r["step"] for r in grads] == [3, 6, 9, 12]
     for record in grads:
         assert record["total_norm"] == pytest.approx(logged[record["step"]], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_readme_transformers_example_prints_equal_totals(tmp_path):
+    lines = [line.split() for line in run_readme_example("transformers example", tmp_path).stdout.splitlines()]
+    rows = [(int(words[1]), float(words[4]), float(words[7])) for words in lines if words[:1] == ["step"]]
+    assert [step for step, _, _ in rows] == [5, 10, 15, 20, 25, 30]
+    assert all(recorded == pytest.approx(logged, rel=1e-3) for _, recorded, logged in rows)
+    assert max(recorded for _, recorded, _ in rows) > 0.5  # a clipped step, recorded before the clip
