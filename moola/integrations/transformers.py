@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -94,7 +95,16 @@ class GradientMonitorCallback(transformers.TrainerCallback):
 
     # -------------------------------------------------------------- Trainer events
 
-    def on_train_begin(self, args, state, control, model: nn.Module | None = None, optimizer=None, **kwargs):
+    def on_train_begin(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.monitor = self._make_monitor()
         self.monitor.on_run_start(model, model_name=type(model).__name__, config=run_config(args))
         self._model = model
@@ -106,10 +116,22 @@ class GradientMonitorCallback(transformers.TrainerCallback):
                 "sees them unclipped; gradient statistics are not recorded (bf16 needs no scaler)"
             )
 
-    def on_epoch_begin(self, args, state, control, **kwargs):
+    def on_epoch_begin(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        **kwargs: Any,
+    ) -> None:
         self.monitor.on_epoch_start(int(state.epoch or 0) + 1)
 
-    def on_step_begin(self, args, state, control, **kwargs):
+    def on_step_begin(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        **kwargs: Any,
+    ) -> None:
         self._step = state.global_step + 1
         self.monitor.at_step(self._step)
         self._disarm()
@@ -120,7 +142,13 @@ class GradientMonitorCallback(transformers.TrainerCallback):
                 if p.requires_grad
             ]
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        **kwargs: Any,
+    ) -> None:
         self._release()
         self.monitor.on_run_end("completed")
 
@@ -168,7 +196,9 @@ class GradientMonitorCallback(transformers.TrainerCallback):
     def __enter__(self) -> GradientMonitorCallback:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.monitor is not None:
             self._release()
             self.monitor.__exit__(exc_type, exc, tb)
