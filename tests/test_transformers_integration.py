@@ -46,14 +46,14 @@ class Sentences(torch.utils.data.Dataset):
         return {"input_ids": self.input_ids[i], "labels": self.labels[i], "target": self.target[i]}
 
 
-def train(tmp_path, model, accumulation: int = 1, trainer_class=None, **callback_options):
+def train(tmp_path, model, accumulation: int = 1, trainer_class=None, callback=None):
     torch.manual_seed(0)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
         gradient_accumulation_steps=accumulation, max_grad_norm=MAX_GRAD_NORM, logging_steps=1, report_to=[],
         save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
     )  # fmt: skip
-    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY, **callback_options)
+    callback = callback or GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
     trainer = (trainer_class or transformers.Trainer)(
         model=model, args=args, train_dataset=Sentences(STEPS * 4 * accumulation), callbacks=[callback]
     )
@@ -114,6 +114,8 @@ def test_a_compute_loss_override_records_task_balance(tmp_path):
             h = self.encoder(input_ids=input_ids).pooler_output
             return {"logits": self.cls(h), "value": self.reg(h).squeeze(1)}
 
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+
     class MultiTaskTrainer(transformers.Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             outputs = model(**inputs)
@@ -122,19 +124,11 @@ def test_a_compute_loss_override_records_task_balance(tmp_path):
                 "reg": nn.functional.mse_loss(outputs["value"], inputs["target"]),
             }
             weights = {"cls": 1.0, "reg": 4.0}
-            monitor_callback.on_task_losses(model, losses, weights)
+            callback.on_task_losses(model, losses, weights)
             loss = sum(weights[t] * value for t, value in losses.items())
             return (loss, outputs) if return_outputs else loss
 
-    monitor_callback = None
-
-    class Bound(MultiTaskTrainer):
-        def __init__(self, *args, callbacks, **kwargs):
-            nonlocal monitor_callback
-            (monitor_callback,) = callbacks
-            super().__init__(*args, callbacks=callbacks, **kwargs)
-
-    _, records = train(tmp_path, Heads(), trainer_class=Bound)
+    _, records = train(tmp_path, Heads(), trainer_class=MultiTaskTrainer, callback=callback)
     balances = [r for r in records if r["kind"] == "task_balance"]
     assert [r["step"] for r in balances] == list(range(EVERY, STEPS + 1, EVERY))
     assert balances[0]["weights"] == {"cls": 1.0, "reg": 4.0}
