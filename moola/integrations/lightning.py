@@ -11,7 +11,8 @@
   ``interrupted`` (Ctrl-C).
 
 The monitor is made in ``on_fit_start``, once the strategy has set up the process group: under DDP every rank
-measures and only rank 0 writes.
+measures and only rank 0 writes; its gradient statistics are of the all-reduced gradients, its task balance of
+rank 0's batch.
 """
 
 from __future__ import annotations
