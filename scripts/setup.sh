@@ -11,8 +11,10 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install -q "${MOOLA_TORCH_SPEC:-torch==2.13.0}"
 fi
-if ! .venv/bin/python -c "import moola, moola_watch, pytest, hypothesis" 2>/dev/null \
+# The framework extras are looked up, not imported: importing them takes seconds.
+if ! .venv/bin/python -c "import moola, moola_watch, pytest, hypothesis, importlib.util as u, sys
+sys.exit(not all(map(u.find_spec, ('lightning', 'transformers', 'accelerate'))))" 2>/dev/null \
     || [ pyproject.toml -nt .venv/.moola-installed ]; then
-    .venv/bin/python -m pip install -q -e ".[test]"
+    .venv/bin/python -m pip install -q -e ".[test,lightning,transformers,accelerate]"
     touch .venv/.moola-installed
 fi

@@ -35,3 +35,14 @@ def strict_lines(path: Path) -> list[dict]:
         raise ValueError(f"non-strict JSON token {token}")
 
     return [json.loads(line, parse_constant=refuse) for line in path.read_text("utf-8").splitlines()]
+
+
+def run_readme_example(marker: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run the README's Python block that follows ``<!-- marker -->`` as written, in a fresh process in ``cwd``."""
+    readme = (REPO / "README.md").read_text("utf-8")
+    code = readme[readme.index(f"<!-- {marker} -->") :].split("```python\n", 1)[1].split("```", 1)[0]
+    script = cwd / "example.py"
+    script.write_text(code, "utf-8")
+    result = subprocess.run([sys.executable, str(script)], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result

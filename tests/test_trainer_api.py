@@ -72,6 +72,26 @@ def test_every_n_steps_measures_on_optimizer_steps_and_throttles_balance(capsys)
     assert out == "" and err == ""  # a library is quiet unless asked
 
 
+def test_at_step_takes_a_frameworks_step_count_for_balance_and_statistics():
+    """A framework resumed at global step 1003 numbers and schedules both probes by its own count."""
+    sink = io.BytesIO()
+    monitor = GradientMonitor(every_n_steps=4, stream=sink)
+    model = TwoHeadMLP()
+    with monitor:
+        for global_step in range(1003, 1011):  # optimizer steps already taken, as Lightning's global_step
+            x = torch.randn(8, 6)
+            losses = task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])
+            monitor.at_step(global_step + 1)
+            monitor.on_before_backward(model, losses)
+            sum(losses.values()).backward()
+            monitor.on_before_optimizer_step(model, step=global_step + 1)
+            model.zero_grad()
+    records = records_of(sink.getvalue())
+    assert [r["step"] for r in records if r["kind"] == "task_balance"] == [1004, 1008]
+    assert [r["step"] for r in records if r["kind"] == "grad_stats"] == [1004, 1008]
+    assert records[-1]["step"] == 1011
+
+
 def test_console_lines_are_logging_records_a_user_can_turn_on(caplog):
     with caplog.at_level(logging.INFO, logger="moola"):
         plain_loop(GradientMonitor(every_n_steps=20, stream=io.BytesIO()), steps=20)

@@ -198,6 +198,11 @@ class GradientMonitor:
         self._counting_optimizer = True
         optimizer.register_step_post_hook(counted)
 
+    def at_step(self, step: int) -> None:
+        """Take a framework's own step count: ``step`` (1-based) is the optimizer step now being prepared, the
+        one the next measurements are numbered with and scheduled by."""
+        self.steps_done = step - 1
+
     def on_epoch_start(self, epoch: int) -> None:
         """The epoch the next records belong to."""
         self.epoch = epoch
@@ -302,7 +307,7 @@ class GradientMonitor:
         With mixed precision pass the ``scaler``: the scale is recorded, and an inf is recorded as the scaler's
         overflow (a skipped step) rather than a model fault."""
         if step is not None:
-            self.steps_done = step - 1
+            self.at_step(step)
         stats = None
         if self.stats_due():
             self._last_stats_at = (self.epoch, self.step)

@@ -1,0 +1,121 @@
+"""Lightning: :class:`GradientMonitorCallback`, the monitor's hooks at a ``lightning.Trainer``'s moments.
+
+- gradient statistics in ``on_before_optimizer_step``: after the backward (and, under ``16-mixed``, after the
+  precision plugin's ``scaler.unscale_``), before gradient clipping; numbered ``trainer.global_step + 1``, the
+  optimizer step the gradients are applied in (``trainer.global_step`` once it is taken);
+- task balance in ``on_before_backward``, from the LightningModule's attribute ``task_losses`` (task name ->
+  loss tensor of the current batch, set in ``training_step``) and optional ``task_weights`` (name -> weight in
+  the total): measured by ``torch.autograd.grad`` on the shared parameters, so the step's gradient and any
+  DDP synchronisation are untouched;
+- ``run_start`` when fitting starts, ``run_end`` when it ends: ``completed``, ``failed`` (with the error) or
+  ``interrupted`` (Ctrl-C).
+
+The monitor is made in ``on_fit_start``, once the strategy has set up the process group: under DDP every rank
+measures and only rank 0 writes; its gradient statistics are of the all-reduced gradients, its task balance of
+rank 0's batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning
+import torch
+
+from moola.utils.monitoring.monitor import GradientMonitor
+
+TASK_LOSSES = "task_losses"
+TASK_WEIGHTS = "task_weights"
+
+
+def run_config(trainer: lightning.Trainer, module: lightning.LightningModule) -> dict[str, Any]:
+    """What ``run_start`` records of the fit: the trainer's schedule and precision, the module's hparams."""
+    return {
+        "framework": f"lightning {lightning.__version__}",
+        "precision": str(trainer.precision),
+        "max_epochs": trainer.max_epochs,
+        "max_steps": trainer.max_steps,
+        "accumulate_grad_batches": trainer.accumulate_grad_batches,
+        "gradient_clip_val": trainer.gradient_clip_val,
+        "world_size": trainer.world_size,
+        "hparams": dict(module.hparams),
+    }
+
+
+def grad_scaler(trainer: lightning.Trainer) -> torch.amp.GradScaler | None:
+    """The precision plugin's GradScaler under ``16-mixed``, else None."""
+    return getattr(trainer.precision_plugin, "scaler", None)
+
+
+def epoch_values(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An ``epoch`` record's fields from ``trainer.callback_metrics``: ``train_loss`` from the metric logged as
+    ``train_loss`` (or ``loss``), every other metric under ``metrics``; None when no training loss was logged."""
+    key = next((name for name in ("train_loss", "loss") if name in metrics), None)
+    if key is None:
+        return None
+    return {"train_loss": metrics[key], "metrics": {name: value for name, value in metrics.items() if name != key}}
+
+
+class GradientMonitorCallback(lightning.Callback):
+    """Gradient statistics every ``every_n_steps`` optimizer steps and task balance every
+    ``balance_every_n_steps`` (default the same), appended to ``log_path``; ``monitor_options`` go to
+    :class:`~moola.utils.monitoring.GradientMonitor` (``thresholds``, ``run_id``, ``per_rank``, ...)."""
+
+    def __init__(
+        self,
+        log_path: str | Path | None = None,
+        *,
+        every_n_steps: int = 50,
+        balance_every_n_steps: int | None = None,
+        **monitor_options: Any,
+    ) -> None:
+        self._make_monitor = functools.partial(
+            GradientMonitor,
+            log_path=log_path,
+            every_n_steps=every_n_steps,
+            balance_every_n_steps=balance_every_n_steps,
+            **monitor_options,
+        )
+        self.monitor: GradientMonitor | None = None
+
+    def on_fit_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        self.monitor = self._make_monitor()
+        self.monitor.on_run_start(pl_module, model_name=type(pl_module).__name__, config=run_config(trainer, pl_module))
+
+    def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        self.monitor.on_epoch_start(trainer.current_epoch + 1)
+
+    def on_before_backward(
+        self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, loss: torch.Tensor
+    ) -> None:
+        losses = getattr(pl_module, TASK_LOSSES, None)
+        if losses:
+            self.monitor.at_step(trainer.global_step + 1)
+            self.monitor.on_before_backward(pl_module, losses, getattr(pl_module, TASK_WEIGHTS, None))
+
+    def on_before_optimizer_step(
+        self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        self.monitor.on_before_optimizer_step(pl_module, scaler=grad_scaler(trainer), step=trainer.global_step + 1)
+
+    def on_train_epoch_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        values = epoch_values(trainer.callback_metrics)
+        if values is not None:
+            lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
+            self.monitor.on_epoch_end(trainer.current_epoch + 1, lr=lrs, **values)
+
+    def on_fit_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        self.monitor.on_run_end("completed")
+
+    def on_exception(
+        self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, exception: BaseException
+    ) -> None:
+        if self.monitor is None:
+            return  # failed before fitting started: nothing was logged
+        if isinstance(exception, KeyboardInterrupt):
+            self.monitor.on_run_end("interrupted")
+        else:
+            self.monitor.on_run_end("failed", error=f"{type(exception).__name__}: {exception}")

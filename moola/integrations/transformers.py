@@ -1,0 +1,204 @@
+"""Hugging Face Trainer: :class:`GradientMonitorCallback`, the monitor's hooks at a ``transformers.Trainer``'s
+moments.
+
+The Trainer clips the gradients before any callback sees them (``on_pre_optimizer_step`` comes after the
+clip) and logs the pre-clip total as ``grad_norm``. So on every ``every_n_steps``-th optimizer step the callback
+measures at the end of the step's last backward instead: the gradients are then whole (accumulated, and
+synchronised by DDP, whose own end-of-backward work runs first) and not yet clipped, and their total is the
+``grad_norm`` the Trainer logs under the same step. Records are numbered ``state.global_step`` as the Trainer
+logs them: the optimizer step the gradients are applied in.
+
+Task balance: the Trainer does not see per-task losses. A model whose ``forward`` sets ``self.task_losses``
+(task name -> loss tensor) and optionally ``self.task_weights`` is measured right after that forward; a
+``compute_loss`` override calls :meth:`GradientMonitorCallback.on_task_losses` instead (see the README). Both
+measure by ``torch.autograd.grad`` before the backward: the step's gradients are untouched.
+
+Under fp16 the gradients are still scaled until the clip; the callback then records task balance only, and
+says so once (bf16 needs no scaler and is measured).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+import transformers
+from accelerate.state import GradientState
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from moola.utils.monitoring.console import LOGGER
+from moola.utils.monitoring.monitor import GradientMonitor
+
+TASK_LOSSES = "task_losses"
+TASK_WEIGHTS = "task_weights"
+
+
+def run_config(args: transformers.TrainingArguments) -> dict[str, Any]:
+    """What ``run_start`` records of the training arguments."""
+    return {
+        "framework": f"transformers {transformers.__version__}",
+        "lr": args.learning_rate,
+        "batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "max_grad_norm": args.max_grad_norm,
+        "max_steps": args.max_steps,
+        "epochs": args.num_train_epochs,
+        "seed": args.seed,
+        "precision": "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32",
+    }
+
+
+def after_backward(callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the backward pass now running has finished: after every gradient is accumulated
+    and after the end-of-backward work DDP and FSDP queue (their gradient synchronisation), which a callback
+    queued from a queued callback follows. Call it from inside the backward (a gradient hook)."""
+    engine = torch.autograd.Variable._execution_engine
+    engine.queue_callback(lambda: engine.queue_callback(callback))
+
+
+class GradientMonitorCallback(transformers.TrainerCallback):
+    """Gradient statistics every ``every_n_steps`` optimizer steps and task balance every
+    ``balance_every_n_steps`` (default the same), appended to ``log_path``; ``monitor_options`` go to
+    :class:`~moola.utils.monitoring.GradientMonitor` (``thresholds``, ``run_id``, ...).
+
+    A run that raises ends the log without ``run_end`` (the Trainer has no exception event; the watcher calls
+    such a log ``unterminated``) unless ``trainer.train()`` runs inside ``with callback:``, which writes
+    ``failed`` or ``interrupted``."""
+
+    def __init__(
+        self,
+        log_path: str | Path | None = None,
+        *,
+        every_n_steps: int = 50,
+        balance_every_n_steps: int | None = None,
+        **monitor_options: Any,
+    ) -> None:
+        self._make_monitor = functools.partial(
+            GradientMonitor,
+            log_path=log_path,
+            every_n_steps=every_n_steps,
+            balance_every_n_steps=balance_every_n_steps,
+            **monitor_options,
+        )
+        self.monitor: GradientMonitor | None = None
+        self._model: nn.Module | None = None
+        self._step = 1  # the optimizer step being prepared, 1-based: state.global_step once it is taken
+        self._scaled = False
+        self._grad_hooks: list[RemovableHandle] = []
+        self._forward_hook: RemovableHandle | None = None
+        self._queued = False
+
+    # -------------------------------------------------------------- Trainer events
+
+    def on_train_begin(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.monitor = self._make_monitor()
+        self.monitor.on_run_start(model, model_name=type(model).__name__, config=run_config(args))
+        self._model = model
+        self._forward_hook = model.register_forward_hook(self._on_forward)
+        self._scaled = getattr(optimizer, "scaler", None) is not None
+        if self._scaled:
+            LOGGER.warning(
+                "WARNING: fp16: the Trainer unscales the gradients only inside its clip, after which no callback "
+                "sees them unclipped; gradient statistics are not recorded (bf16 needs no scaler)"
+            )
+
+    def on_epoch_begin(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        self.monitor.on_epoch_start(int(state.epoch or 0) + 1)
+
+    def on_step_begin(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        self._step = state.global_step + 1
+        self.monitor.at_step(self._step)
+        self._disarm()
+        if self.monitor.stats_due() and not self._scaled:
+            self._grad_hooks = [
+                p.register_post_accumulate_grad_hook(self._on_gradient)
+                for p in self._model.parameters()
+                if p.requires_grad
+            ]
+
+    def on_train_end(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        self._release()
+        self.monitor.on_run_end("completed")
+
+    # -------------------------------------------------------------- task balance
+
+    def on_task_losses(
+        self, model: nn.Module, losses: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None = None
+    ) -> None:
+        """Record the balance of this batch's task ``losses`` (each one's weight in the total: ``weights``,
+        default 1) if a probe is due; call it in ``compute_loss`` before returning the loss."""
+        self.monitor.at_step(self._step)
+        self.monitor.on_before_backward(model, losses, weights)
+
+    def _on_forward(self, module: nn.Module, _args: Any, _output: Any) -> None:
+        losses = getattr(module, TASK_LOSSES, None)
+        if losses and module.training and torch.is_grad_enabled():
+            self.on_task_losses(module, losses, getattr(module, TASK_WEIGHTS, None))
+
+    # -------------------------------------------------------------- gradient statistics
+
+    def _on_gradient(self, _parameter: torch.Tensor) -> None:
+        if not self._queued:
+            self._queued = True
+            after_backward(self._on_backward_end)
+
+    def _on_backward_end(self) -> None:
+        self._queued = False
+        if GradientState().sync_gradients:  # the step's last micro-batch: these are the step's gradients
+            self._disarm()
+            self.monitor.on_before_optimizer_step(self._model, step=self._step)
+
+    def _disarm(self) -> None:
+        for handle in self._grad_hooks:
+            handle.remove()
+        self._grad_hooks = []
+
+    def _release(self) -> None:
+        self._disarm()
+        if self._forward_hook is not None:
+            self._forward_hook.remove()
+            self._forward_hook = None
+
+    # -------------------------------------------------------------- with callback: trainer.train()
+
+    def __enter__(self) -> GradientMonitorCallback:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.monitor is not None:
+            self._release()
+            self.monitor.__exit__(exc_type, exc, tb)

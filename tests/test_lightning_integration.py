@@ -1,0 +1,226 @@
+"""The Lightning callback on a real ``lightning.Trainer`` (CPU): what it records, when, under which step, and
+what ``moola-watch check`` concludes from the log."""
+
+import json
+import math
+import signal
+
+import pytest
+import torch
+from helpers import run_cli, run_readme_example, strict_lines
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+lightning = pytest.importorskip("lightning")
+
+from moola.integrations.lightning import GradientMonitorCallback  # noqa: E402
+
+STEPS = 40
+EVERY = 4
+BATCH = 4
+
+
+class TwoTaskModule(lightning.LightningModule):
+    """A shared trunk, a classification head and a regression head; ``training_step`` exposes the per-task
+    losses as ``task_losses`` and their weights as ``task_weights``."""
+
+    def __init__(self, weights: dict[str, float], fail_at: int | None = None, interrupt_at: int | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh())
+        self.cls = nn.Linear(16, 3)
+        self.reg = nn.Linear(16, 1)
+        self.task_weights = weights
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == self.hparams.fail_at:
+            raise RuntimeError("data loader returned garbage")
+        if batch_idx == self.hparams.interrupt_at:
+            raise KeyboardInterrupt
+        x, labels, target = batch
+        h = self.trunk(x)
+        self.task_losses = {
+            "cls": nn.functional.cross_entropy(self.cls(h), labels),
+            "reg": nn.functional.mse_loss(self.reg(h).squeeze(1), target),
+        }
+        loss = sum(self.task_weights[name] * value for name, value in self.task_losses.items())
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)  # step size independent of the loss scale
+
+
+def loader() -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(STEPS * BATCH, 6, generator=generator)
+    labels = (x[:, 1] > 0).long() + (x[:, 2] > 0).long()
+    return DataLoader(TensorDataset(x, labels, x[:, 0] * 0.5), batch_size=BATCH)
+
+
+def fit(tmp_path, weights, **module_options) -> list[dict]:
+    """One epoch of ``STEPS`` optimizer steps under the callback; the log's records."""
+    torch.manual_seed(0)
+    log = tmp_path / "run.jsonl"
+    trainer = lightning.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
+    )
+    trainer.fit(TwoTaskModule(weights, **module_options), loader())
+    return strict_lines(log)
+
+
+def check(tmp_path, log: str = "run.jsonl") -> tuple[int, dict]:
+    result = run_cli("moola_watch.cli", "check", "--json", str(tmp_path / log))
+    return result.returncode, json.loads(result.stdout.splitlines()[0])
+
+
+def test_records_every_n_steps_numbered_by_global_step(tmp_path):
+    records = fit(tmp_path, {"cls": 1.0, "reg": 1.0})
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    start = records[0]
+    assert start["model"] == "TwoTaskModule"
+    assert start["parameters"] == ["trunk.0.weight", "trunk.0.bias", "cls.weight", "cls.bias", "reg.weight", "reg.bias"]
+    assert start["config"]["max_epochs"] == 1 and start["config"]["hparams"]["weights"] == {"cls": 1.0, "reg": 1.0}
+    expected_steps = list(range(EVERY, STEPS + 1, EVERY))  # trainer.global_step once each measured step is taken
+    grads = [r for r in records if r["kind"] == "grad_stats"]
+    balances = [r for r in records if r["kind"] == "task_balance"]
+    assert [r["step"] for r in grads] == expected_steps
+    assert [r["step"] for r in balances] == expected_steps
+    assert all(r["epoch"] == 1 for r in grads + balances)
+    assert set(grads[0]["layer_norms"]) == set(start["parameters"])
+    assert all(math.isfinite(r["total_norm"]) and r["total_norm"] > 0 for r in grads)
+    assert set(balances[0]["norms"]) == {"cls", "reg"}
+    assert balances[0]["scope"].startswith("shared parameters") and "2 tensors" in balances[0]["scope"]
+    (epoch,) = [r for r in records if r["kind"] == "epoch"]
+    assert epoch["epoch"] == 1 and epoch["step"] == STEPS and epoch["train_loss"] > 0
+    assert records[-1]["status"] == "completed" and records[-1]["step"] == STEPS
+
+
+@pytest.mark.slow
+def test_measuring_leaves_the_training_unchanged(tmp_path):
+    """The balance probe runs before each measured step's backward: the trained weights are those of a fit
+    without the callback."""
+    torch.manual_seed(0)
+    plain = TwoTaskModule({"cls": 1.0, "reg": 1.0})
+    lightning.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(plain, loader())  # fmt: skip
+    torch.manual_seed(0)
+    monitored = TwoTaskModule({"cls": 1.0, "reg": 1.0})
+    lightning.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[GradientMonitorCallback(log_path=tmp_path / "m.jsonl", every_n_steps=1)],
+    ).fit(monitored, loader())  # fmt: skip
+    for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize(("weights", "starved"), [({"cls": 1e4, "reg": 1.0}, "reg"), ({"cls": 1.0, "reg": 1e4}, "cls")])
+def test_check_names_the_starved_task(tmp_path, weights, starved):
+    fit(tmp_path, weights)
+    code, verdict = check(tmp_path)
+    assert code == 1, verdict
+    subjects = {alert["subject"] for alert in verdict["alerts"] if alert["rule"] == "collapse"}
+    assert subjects == {starved}, verdict["alerts"]
+
+
+def test_check_raises_no_collapse_for_balanced_tasks(tmp_path):
+    records = fit(tmp_path, {"cls": 1.0, "reg": 1.0})
+    ratios = [max(r["norms"].values()) / min(r["norms"].values()) for r in records if r["kind"] == "task_balance"]
+    assert max(ratios) < 5, ratios  # the premise: neither task's gradient is dominated
+    code, verdict = check(tmp_path)
+    assert not [alert for alert in verdict["alerts"] if alert["rule"] == "collapse"], verdict["alerts"]
+    assert code == 0 and verdict["status"] == "completed", verdict
+
+
+def test_an_exception_ends_the_run_failed(tmp_path):
+    with pytest.raises(RuntimeError, match="garbage"):
+        fit(tmp_path, {"cls": 1.0, "reg": 1.0}, fail_at=10)
+    end = strict_lines(tmp_path / "run.jsonl")[-1]
+    assert end["kind"] == "run_end" and end["status"] == "failed"
+    assert end["error"] == "RuntimeError: data loader returned garbage"
+    assert end["step"] == 10
+
+
+@pytest.fixture
+def sigint_restored():
+    """Lightning ignores SIGINT after a KeyboardInterrupt (so that a second Ctrl-C cannot cut its shutdown):
+    give pytest its handler back."""
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, handler)
+
+
+def test_ctrl_c_ends_the_run_interrupted(tmp_path, sigint_restored):
+    with pytest.raises(SystemExit):  # Lightning's graceful shutdown after a KeyboardInterrupt
+        fit(tmp_path, {"cls": 1.0, "reg": 1.0}, interrupt_at=9)
+    end = strict_lines(tmp_path / "run.jsonl")[-1]
+    assert end["kind"] == "run_end" and end["status"] == "interrupted" and end["step"] == 9
+
+
+class NormSeeingModule(TwoTaskModule):
+    """Records the total gradient norm the module itself sees in its ``on_before_optimizer_step`` (called right
+    after the callbacks', before clipping)."""
+
+    def __init__(self, weights):
+        super().__init__(weights)
+        self.seen: list[float] = []
+
+    def on_before_optimizer_step(self, optimizer):
+        self.seen.append(torch.nn.utils.get_total_norm([p.grad for p in self.parameters()]).item())
+
+
+def test_16_mixed_gradients_are_measured_unscaled_and_before_clipping(tmp_path):
+    """Under 16-mixed with a GradScaler (a CPU one here), the recorded norms are the unscaled ones, not 65536
+    times larger, and the pre-clip ones although the trainer clips at 1e-3."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    torch.manual_seed(0)
+    module = NormSeeingModule({"cls": 1.0, "reg": 1.0})
+    lightning.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, gradient_clip_val=1e-3,
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))],
+        callbacks=[GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)],
+    ).fit(module, loader())  # fmt: skip
+    grads = [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "grad_stats"]
+    assert len(grads) == STEPS // EVERY
+    for record in grads:
+        assert record["amp"]["scale"] >= 1024 and not record["amp"]["overflow"]
+        assert record["total_norm"] == pytest.approx(module.seen[record["step"] - 1], rel=1e-5)
+        assert record["total_norm"] > 100 * 1e-3  # so the clip did scale these gradients afterwards
+
+
+@pytest.mark.slow
+def test_under_ddp_every_rank_measures_and_rank_0_alone_writes(tmp_path):
+    """Two CPU processes (gloo): one run in the log, written by rank 0, every record of it whole."""
+    torch.manual_seed(0)
+    lightning.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)],
+    ).fit(TwoTaskModule({"cls": 1.0, "reg": 1.0}), loader())  # fmt: skip
+    records = strict_lines(tmp_path / "run.jsonl")
+    assert [r["kind"] for r in records].count("run_start") == 1
+    assert records[0]["rank"] == 0 and records[0]["world_size"] == 2
+    steps = list(range(EVERY, STEPS // 2 + 1, EVERY))  # each rank takes half the batches
+    assert [r["step"] for r in records if r["kind"] == "grad_stats"] == steps
+    assert [r["step"] for r in records if r["kind"] == "task_balance"] == steps
+    assert records[-1]["kind"] == "run_end" and records[-1]["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_readme_lightning_example_runs_as_written_and_check_names_the_starved_task(tmp_path):
+    run_readme_example("lightning example", tmp_path)
+    code, verdict = check(tmp_path, "runs/lightning.jsonl")
+    assert code == 1
+    assert {alert["subject"] for alert in verdict["alerts"] if alert["rule"] == "collapse"} == {"cls"}

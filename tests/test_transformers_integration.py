@@ -1,0 +1,220 @@
+"""The HF Trainer callback on a real ``transformers.Trainer`` (CPU, a tiny BERT built from a config, nothing
+downloaded): pre-clip norms equal to the Trainer's own logged ``grad_norm`` at the same steps, and task balance
+from a multi-task model."""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import REPO, run_readme_example, strict_lines
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+from moola.integrations.transformers import GradientMonitorCallback  # noqa: E402
+
+STEPS = 30
+EVERY = 3
+MAX_GRAD_NORM = 1e-3  # far below the gradients' norm: every step is clipped
+
+
+def tiny_bert(num_labels: int = 2) -> transformers.BertForSequenceClassification:
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=num_labels,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(config)
+
+
+class Sentences(torch.utils.data.Dataset):
+    """Random token sequences labelled by whether token 5 occurs in them; ``target`` is a regression label."""
+
+    def __init__(self, count: int):
+        generator = torch.Generator().manual_seed(0)
+        self.input_ids = torch.randint(0, 64, (count, 12), generator=generator)
+        self.labels = (self.input_ids == 5).any(1).long()
+        self.target = self.input_ids.float().mean(1) / 64
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.input_ids[i], "labels": self.labels[i], "target": self.target[i]}
+
+
+def train(tmp_path, model, accumulation: int = 1, trainer_class=None, callback=None):
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=4, learning_rate=1e-3,
+        gradient_accumulation_steps=accumulation, max_grad_norm=MAX_GRAD_NORM, logging_steps=1, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    callback = callback or GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    trainer = (trainer_class or transformers.Trainer)(
+        model=model, args=args, train_dataset=Sentences(STEPS * 4 * accumulation), callbacks=[callback]
+    )
+    trainer.train()
+    return trainer, strict_lines(tmp_path / "run.jsonl")
+
+
+@pytest.mark.parametrize("accumulation", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_recorded_totals_are_the_trainers_pre_clip_grad_norm(tmp_path, accumulation):
+    trainer, records = train(tmp_path, tiny_bert(), accumulation)
+    logged = {entry["step"]: entry["grad_norm"] for entry in trainer.state.log_history if "grad_norm" in entry}
+    assert sorted(logged) == list(range(1, STEPS + 1))
+    grads = [r for r in records if r["kind"] == "grad_stats"]
+    assert [r["step"] for r in grads] == list(range(EVERY, STEPS + 1, EVERY))
+    for record in grads:
+        assert record["total_norm"] == pytest.approx(logged[record["step"]], rel=1e-3)
+        assert record["total_norm"] > 100 * MAX_GRAD_NORM  # the clip scaled these gradients down afterwards
+    names = records[0]["parameters"]
+    assert "bert.embeddings.word_embeddings.weight" in names and "classifier.weight" in names
+    assert set(grads[0]["layer_norms"]) <= set(names)
+    assert records[0]["config"]["max_grad_norm"] == MAX_GRAD_NORM
+    assert records[-1]["kind"] == "run_end" and records[-1]["status"] == "completed"
+
+
+class TwoTaskBert(nn.Module):
+    """A BERT encoder with a classification head and a regression head; ``forward`` exposes its task losses as
+    ``task_losses`` (the callback measures their balance right after it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = tiny_bert().bert
+        self.cls = nn.Linear(16, 2)
+        self.reg = nn.Linear(16, 1)
+        self.task_weights = {"cls": 1.0, "reg": 4.0}
+
+    def forward(self, input_ids, labels, target):
+        h = self.encoder(input_ids=input_ids).pooler_output
+        self.task_losses = {
+            "cls": nn.functional.cross_entropy(self.cls(h), labels),
+            "reg": nn.functional.mse_loss(self.reg(h).squeeze(1), target),
+        }
+        return {"loss": sum(self.task_weights[t] * loss for t, loss in self.task_losses.items())}
+
+
+def test_a_model_that_exposes_task_losses_gets_task_balance(tmp_path):
+    _, records = train(tmp_path, TwoTaskBert())
+    balances = [r for r in records if r["kind"] == "task_balance"]
+    assert [r["step"] for r in balances] == list(range(EVERY, STEPS + 1, EVERY))
+    assert all(r["weights"] == {"cls": 1.0, "reg": 4.0} and set(r["norms"]) == {"cls", "reg"} for r in balances)
+    assert "shared parameters" in balances[0]["scope"]
+
+
+def test_a_compute_loss_override_records_task_balance(tmp_path):
+    """The documented way for a model that returns its task outputs and leaves the losses to the Trainer."""
+
+    class Heads(TwoTaskBert):
+        def forward(self, input_ids, labels, target):
+            h = self.encoder(input_ids=input_ids).pooler_output
+            return {"logits": self.cls(h), "value": self.reg(h).squeeze(1)}
+
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+
+    class MultiTaskTrainer(transformers.Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            losses = {
+                "cls": nn.functional.cross_entropy(outputs["logits"], inputs["labels"]),
+                "reg": nn.functional.mse_loss(outputs["value"], inputs["target"]),
+            }
+            weights = {"cls": 1.0, "reg": 4.0}
+            callback.on_task_losses(model, losses, weights)
+            loss = sum(weights[t] * value for t, value in losses.items())
+            return (loss, outputs) if return_outputs else loss
+
+    _, records = train(tmp_path, Heads(), trainer_class=MultiTaskTrainer, callback=callback)
+    balances = [r for r in records if r["kind"] == "task_balance"]
+    assert [r["step"] for r in balances] == list(range(EVERY, STEPS + 1, EVERY))
+    assert balances[0]["weights"] == {"cls": 1.0, "reg": 4.0}
+
+
+@pytest.mark.slow
+def test_measuring_leaves_the_training_unchanged(tmp_path):
+    """Hooks on the gradients and a balance probe every step: the trained weights are those of a run without."""
+    torch.manual_seed(0)
+    plain = TwoTaskBert()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "plain"), max_steps=10, per_device_train_batch_size=4, learning_rate=1e-3,
+        max_grad_norm=MAX_GRAD_NORM, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    transformers.Trainer(model=plain, args=args, train_dataset=Sentences(40)).train()
+    torch.manual_seed(0)
+    monitored = TwoTaskBert()
+    callback = GradientMonitorCallback(log_path=tmp_path / "m.jsonl", every_n_steps=1)
+    transformers.Trainer(model=monitored, args=args, train_dataset=Sentences(40), callbacks=[callback]).train()
+    assert sum(r["kind"] == "grad_stats" for r in strict_lines(tmp_path / "m.jsonl")) == 10
+    for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_failed_train_inside_with_ends_the_run_failed(tmp_path):
+    class Failing(TwoTaskBert):
+        def forward(self, input_ids, labels, target):
+            if self.training and getattr(self, "calls", 0) == 4:
+                raise RuntimeError("out of memory")
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().forward(input_ids, labels, target)
+
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=4, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=Failing(), args=args, train_dataset=Sentences(40), callbacks=[callback])
+    with pytest.raises(RuntimeError, match="out of memory"), callback:
+        trainer.train()
+    end = strict_lines(tmp_path / "run.jsonl")[-1]
+    assert end["kind"] == "run_end" and end["status"] == "failed" and end["error"] == "RuntimeError: out of memory"
+
+
+def test_fp16_gradients_that_are_still_scaled_are_not_recorded(tmp_path, caplog):
+    """Under fp16 the Trainer's optimizer carries a GradScaler: until the clip the gradients are scaled, so the
+    callback records no statistics rather than norms 65536 times too large, and says so once."""
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=1)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
+    state, control, model = transformers.TrainerState(), transformers.TrainerControl(), tiny_bert()
+    fp16_optimizer = SimpleNamespace(scaler=torch.amp.GradScaler("cpu"))
+    with caplog.at_level("WARNING", logger="moola"):
+        callback.on_train_begin(args, state, control, model=model, optimizer=fp16_optimizer)
+    assert caplog.text.count("fp16") == 1
+    callback.on_step_begin(args, state, control)
+    model(input_ids=torch.randint(0, 64, (2, 12)), labels=torch.tensor([0, 1])).loss.backward()
+    callback.on_train_end(args, state, control)
+    kinds = [r["kind"] for r in strict_lines(tmp_path / "run.jsonl")]
+    assert kinds == ["run_start", "run_end"]
+
+
+@pytest.mark.slow
+def test_under_ddp_the_totals_are_the_synchronised_pre_clip_grad_norm(tmp_path):
+    """Two CPU processes (gloo): rank 0 alone writes, and its totals are the Trainer's logged grad_norm, i.e. the
+    norms after DDP's all-reduce (its own end-of-backward work) and before the clip, not the rank's local ones."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(REPO / "tests" / "hf_ddp_worker.py"), str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["run.jsonl"]
+    history = json.loads((tmp_path / "history.json").read_text())
+    logged = {entry["step"]: entry["grad_norm"] for entry in history if "grad_norm" in entry}
+    records = strict_lines(tmp_path / "run.jsonl")
+    assert records[0]["world_size"] == 2 and records[0]["rank"] == 0
+    grads = [r for r in records if r["kind"] == "grad_stats"]
+    assert [r["step"] for r in grads] == [3, 6, 9, 12]
+    for record in grads:
+        assert record["total_norm"] == pytest.approx(logged[record["step"]], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_readme_transformers_example_prints_equal_totals(tmp_path):
+    lines = [line.split() for line in run_readme_example("transformers example", tmp_path).stdout.splitlines()]
+    rows = [(int(words[1]), float(words[4]), float(words[7])) for words in lines if words[:1] == ["step"]]
+    assert [step for step, _, _ in rows] == [5, 10, 15, 20, 25, 30]
+    assert all(recorded == pytest.approx(logged, rel=1e-3) for _, recorded, logged in rows)
+    assert max(recorded for _, recorded, _ in rows) > 0.5  # a clipped step, recorded before the clip
