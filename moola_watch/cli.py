@@ -83,9 +83,8 @@ def flag_name(field_name: str) -> str:
 def add_threshold_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per threshold (``--collapse-high``, ``--window``, ...), named after the field."""
     group = parser.add_argument_group(
-        "thresholds", "Defaults from the spec, or from the run's own run_start record. Norms are L2 norms of "
-        "gradients; ratios are pointer/type.",
-    )  # fmt: skip
+        "thresholds", "Defaults from the spec. Norms are L2 norms of gradients; ratios are pointer/type."
+    )
     for item in fields(Thresholds):
         metavar, words = THRESHOLD_HELP.get(item.name, ("VALUE", item.name.replace("_", " ")))
         counts = item.type in (int, "int")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 from moola_watch import schema
+from moola_watch.durations import human_duration
 
 PENDING, FIRING, RESOLVED = "pending", "firing", "resolved"
 SEVERITY_RANK = {name: rank for rank, name in enumerate(schema.SEVERITIES)}
@@ -433,7 +434,7 @@ class RuleEngine:
                 "run",
                 "warning",
                 age,
-                f"No record for {age:.0f} s and no run_end (last at {position(run.epoch, run.step)})",
+                f"No record for {human_duration(age)} and no run_end (last at {position(run.epoch, run.step)})",
                 "Check the training process: it may have crashed, hung or been killed",
             ),
             where,
