@@ -182,7 +182,8 @@ class Follower:
             view, run = focus
             return run_dashboard(view, run, options)
         if self.directory is None and not self.target.exists():
-            return Text(f"{inert(self.target)} does not exist yet; waiting for it, {self.waiting_hint()}", style="dim")
+            hint = f"it does not exist yet; {self.waiting_hint()}"
+            return Text(f"waiting for records in {inert(self.target)} ({hint})", style="dim")
         if self.directory is None:
             return Text(f"waiting for records in {inert(self.target)} …", style="dim")
         return overview(list(self.views.values()), options)
