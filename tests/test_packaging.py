@@ -7,6 +7,7 @@ The project's wheel is built once from a copy of the sources and installed into 
 from __future__ import annotations
 
 import email.parser
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -45,7 +46,9 @@ def _pip(*args: str) -> None:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("build")
     source = _copy_sources(root / "src")
-    _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(source))
+    # The build backend from this environment when it has one (seconds faster than an isolated build).
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    _pip("wheel", "--no-deps", *isolation, "-w", str(root / "dist"), str(source))
     (built,) = (root / "dist").glob("moola-*.whl")
     return built
 
