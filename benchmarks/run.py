@@ -73,7 +73,7 @@ def models() -> dict[str, nn.Module]:
 
 def bench_monitor(quick: bool, tmp: Path) -> list[Row]:
     from moola.utils.monitoring import GradientMonitor
-    from moola.utils.monitoring.gradient_diagnostics import _NormPlan, gradient_statistics_from_norms
+    from moola.utils.monitoring.norms import NormPlan, gradient_statistics_from_norms
 
     rows = []
     for name, model in models().items():
@@ -82,7 +82,7 @@ def bench_monitor(quick: bool, tmp: Path) -> list[Row]:
         grads = [p.grad for p in model.parameters()]
         params = list(model.parameters())
         monitor = GradientMonitor(1, log_path=tmp / f"monitor-{uuid.uuid4().hex}.jsonl", echo=None)
-        plan = _NormPlan(list(model.named_parameters()))
+        plan = NormPlan(list(model.named_parameters()))
         epoch = iter(range(1, 10**9))
         timings = interleaved(
             {
@@ -94,7 +94,7 @@ def bench_monitor(quick: bool, tmp: Path) -> list[Row]:
             rounds=5 if quick else 15,
             number=5 if quick else 20,
         )
-        monitor.close()
+        monitor.on_run_end()
         tensors, values = len(grads), sum(g.numel() for g in grads)
         label = f"{name}: {tensors} tensors, {values / 1e6:.2f}M values"
         rows += [
@@ -194,7 +194,9 @@ def bench_probe(quick: bool, tmp: Path) -> list[Row]:
 
     def fused() -> None:
         pointer, kind, _ = losses()
-        backward_with_task_balance(pointer, kind, net, shared_parameters=list(net.shared_parameters()))
+        backward_with_task_balance(
+            {"pointer": pointer, "type": kind}, net, shared_parameters=list(net.shared_parameters())
+        )
 
     def representation() -> None:
         states = net.encode(x)
@@ -203,7 +205,7 @@ def bench_probe(quick: bool, tmp: Path) -> list[Row]:
         assert positions is not None
         pointer, kind = pointer_loss_fn(positions, pointers), nn.functional.cross_entropy(logits, y)
         (kind + pointer).backward()
-        tap.balance(pointer, kind)
+        tap.balance({"pointer": pointer, "type": kind})
 
     timings = interleaved(
         {"forward": forward, "step": step, "measure_then_backward": measure_then_backward, "fused": fused,

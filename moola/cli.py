@@ -16,6 +16,7 @@ from rich.console import Console
 from moola.data import DataError, load_npz, make_synthetic
 
 EXIT_USAGE = 2
+EXIT_HALTED = 3  # --halt-on stopped the run
 EXIT_INTERRUPTED = 130
 NO_TORCH = (
     "moola: error: the trainer needs PyTorch, which is not installed here: pip install 'moola[train]' "
@@ -77,6 +78,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gradient-log-freq", type=_positive_int, default=10, help="gradient statistics every N epochs")
     train.add_argument("--task-balance-freq", type=_positive_int, default=5, help="task balance every N epochs")
     train.add_argument(
+        "--every-n-steps",
+        type=_positive_int,
+        default=None,
+        help="measure gradient statistics and task balance every N optimizer steps instead of by epochs",
+    )
+    actions = train.add_argument_group("acting on alerts (need --monitor-gradients)")
+    actions.add_argument(
+        "--halt-on",
+        choices=["critical", "error"],
+        default=None,
+        help="stop cleanly, before the optimizer step, when an alert of this severity or worse fires; exit 3",
+    )
+    actions.add_argument(
+        "--checkpoint-on-alert",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="save model+optimizer when a collapse or critical alert fires; keep DIR/last-good.pt (each epoch, "
+        "until the first non-finite gradient)",
+    )
+    actions.add_argument(
+        "--auto-balance",
+        choices=["ratio", "gradnorm"],
+        default=None,
+        help="adjust the loss weights from each task-balance measurement (see README: Automatic balancing)",
+    )
+    train.add_argument(
         "--balance-scope",
         choices=["shared", "representation"],
         default="shared",
@@ -121,7 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace, console: Console) -> int:
     from moola.models.enhanced_simple_lstm import EnhancedSimpleLSTM
+    from moola.utils.monitoring.console import console_lines
 
+    acting = [flag for flag, value in (("--halt-on", args.halt_on), ("--checkpoint-on-alert", args.checkpoint_on_alert),
+              ("--auto-balance", args.auto_balance)) if value]  # fmt: skip
+    if acting and not args.monitor_gradients:
+        print(f"moola: error: {', '.join(acting)} need --monitor-gradients", file=sys.stderr)
+        return EXIT_USAGE
     try:
         data = load_npz(args.data) if args.data else make_synthetic(args.n_samples, seed=args.seed)
         model = EnhancedSimpleLSTM(
@@ -145,29 +179,48 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
         soft_wrap=True,
     )
+
+    def echo(text: str) -> None:  # literally: log text is never Rich markup
+        console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+
     try:
-        model.fit(
-            data.X,
-            data.y,
-            data.expansion_start,
-            data.expansion_end,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            loss_alpha=args.loss_alpha,
-            loss_beta=args.loss_beta,
-            grad_clip=args.grad_clip,
-            monitor_gradients=args.monitor_gradients,
-            gradient_log_freq=args.gradient_log_freq,
-            task_balance_freq=args.task_balance_freq,
-            balance_scope=args.balance_scope,
-            grad_log=grad_log if args.monitor_gradients else None,
-            run_id=run_id,
-            console=console,
-        )
+        with console_lines(echo):
+            model.fit(
+                data.X,
+                data.y,
+                data.expansion_start,
+                data.expansion_end,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                loss_alpha=args.loss_alpha,
+                loss_beta=args.loss_beta,
+                grad_clip=args.grad_clip,
+                monitor_gradients=args.monitor_gradients,
+                gradient_log_freq=args.gradient_log_freq,
+                task_balance_freq=args.task_balance_freq,
+                balance_scope=args.balance_scope,
+                grad_log=grad_log if args.monitor_gradients else None,
+                run_id=run_id,
+                console=console,
+                every_n_steps=args.every_n_steps,
+                halt_on=args.halt_on,
+                checkpoint_dir=args.checkpoint_on_alert,
+                auto_balance=args.auto_balance,
+            )
     except KeyboardInterrupt:
         console.print("\nmoola: interrupted; the gradient log is marked 'interrupted'", markup=False)
         return EXIT_INTERRUPTED
+    halted = model.monitor.halted_by if model.monitor else None
+    if halted is not None:
+        console.print(
+            f"moola: halted (--halt-on {args.halt_on}) by {halted.severity} alert {halted.rule} ({halted.subject}) "
+            f"at step {halted.first_step}: {halted.message}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EXIT_HALTED
     final = model.history[-1]
     line = f"Done: val type accuracy {final['type_acc']:.3f}"
     if "pointer_err_bars" in final:

@@ -25,7 +25,8 @@ TASK_BALANCE = "task_balance"
 EPOCH = "epoch"
 ALERT = "alert"
 RUN_END = "run_end"
-KINDS = (RUN_START, GRAD_STATS, TASK_BALANCE, EPOCH, ALERT, RUN_END)
+LOSS_WEIGHTS = "loss_weights"  # an automatic loss balancer changed the task weights
+KINDS = (RUN_START, GRAD_STATS, TASK_BALANCE, EPOCH, ALERT, RUN_END, LOSS_WEIGHTS)
 
 RUN_STATUSES = ("completed", "failed", "interrupted")
 SEVERITIES = ("info", "warning", "error", "critical")
@@ -216,6 +217,12 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("message", _text, True),
         ("recommendation", _optional_text, False),
     ),
+    LOSS_WEIGHTS: (
+        ("weights", _number_map, True),
+        ("previous", _number_map, False),
+        ("method", _text, False),
+        ("reason", _optional_text, False),
+    ),
     RUN_END: (
         ("status", _one_of(RUN_STATUSES), True),
         ("summary", _object, False),
@@ -274,6 +281,44 @@ def _validate(record: dict[str, Any], kind: str) -> None:
                     raise _Invalid(f"{kind}.{name}: {exc}") from None
             elif required:
                 raise _Invalid(f"{kind} record has no {name!r}")
+
+
+def _clean_number_map(value: Any) -> tuple[Any, list[str]]:
+    """A number map without its None entries (a metric not measured this time), and their keys."""
+    if not isinstance(value, dict) or None not in value.values():
+        return value, []
+    missing = [str(key) for key, item in value.items() if item is None]
+    return {key: item for key, item in value.items() if item is not None}, missing
+
+
+def clean_fields(kind: str, fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The ``fields`` of a record of ``kind`` that this schema accepts, and one problem per field dropped.
+
+    For writers: an optional field that readers would reject is left out (and a number map loses only its
+    None entries), so one bad value never costs the record; a missing or bad required field is a problem
+    the caller must not write past. Fields the schema does not list pass through untouched.
+    """
+    if kind not in _FIELDS:
+        raise ValueError(f"unknown record kind {kind!r}")
+    out = dict(fields)
+    problems: list[str] = []
+    for name, check, required in (*_COMMON, *_FIELDS[kind]):
+        if name not in out:
+            if required and name not in ("run", "time"):
+                problems.append(f"{kind}.{name} is missing")
+            continue
+        if check is _number_map:
+            out[name], missing = _clean_number_map(out[name])
+            problems.extend(f"{kind}.{name}[{key!r}] is None (left out)" for key in missing)
+        try:
+            out[name] = check(out[name])
+        except _Invalid as exc:
+            if required:
+                problems.append(f"{kind}.{name}: {exc}")
+            else:
+                del out[name]
+                problems.append(f"{kind}.{name}: {exc} (left out)")
+    return out, problems
 
 
 def decode_record(line: bytes | str) -> Record | Rejected:

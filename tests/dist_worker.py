@@ -1,7 +1,8 @@
 """One rank of a torchrun job for the distributed tests: a replicated (DDP) or sharded (FSDP2) model measured
-by GradientMonitor.
+by GradientMonitor; ``ddp-balance`` does the step's backward through ``GradientMonitor.backward`` with a task
+balance probe due, and saves this rank's gradients for the test to compare across ranks.
 
-    torchrun --standalone --nproc-per-node 2 tests/dist_worker.py ddp|fsdp|ddp-per-rank OUT_DIR
+    torchrun --standalone --nproc-per-node 2 tests/dist_worker.py ddp|fsdp|ddp-per-rank|ddp-balance OUT_DIR
 """
 
 import sys
@@ -40,10 +41,34 @@ def main() -> None:
     else:
         wrapped = nn.parallel.DistributedDataParallel(model)
         measured = model  # names without DDP's "module." prefix
+    if mode == "ddp-balance":
+        balance_step(wrapped, model, x[rows], y[rows], out, rank)
+        dist.destroy_process_group()
+        return
     nn.functional.mse_loss(wrapped(x[rows]), y[rows]).backward()
     with GradientMonitor(1, log_path=out / "run.jsonl", per_rank=mode == "ddp-per-rank", echo=None) as monitor:
         monitor.update(1, measured)
     dist.destroy_process_group()
+
+
+def balance_step(wrapped: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: Path, rank: int) -> None:
+    """Two tasks (the two output columns) through DDP; the monitor's backward with a probe due."""
+    output = wrapped(x)
+    losses = {
+        "first": nn.functional.mse_loss(output[:, 0], y[:, 0]),
+        "second": nn.functional.mse_loss(output[:, 1], y[:, 1]),
+    }
+    warnings: list[str] = []
+    with GradientMonitor(every_n_steps=1, log_path=out / "run.jsonl", warn=warnings.append) as monitor:
+        balance = monitor.backward(model, losses, {"first": 1.0, "second": 3.0})
+    torch.save(
+        {
+            "grads": {n: p.grad for n, p in model.named_parameters()},
+            "warnings": warnings,
+            "measured": balance is not None,
+        },
+        out / f"grads.rank{rank}.pt",
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -181,9 +182,17 @@ def test_piped_output_is_one_line_per_transition_and_ctrl_c_exits_0(tmp_path):
     )  # fmt: skip
     writer = start_writer(replay_steps(lines, 0.005), log)
     writer.wait(timeout=30)
-    time.sleep(1.0)
+    shown: list[str] = []  # read as it comes: Ctrl-C is sent once the watcher has shown the collapse
+    reader = threading.Thread(target=lambda: shown.extend(iter(watcher.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while not any("collapse (pointer/type)" in line for line in shown) and time.monotonic() < deadline:
+        time.sleep(0.05)
     watcher.send_signal(signal.SIGINT)
-    out, err = watcher.communicate(timeout=20)
+    watcher.wait(timeout=20)
+    reader.join(timeout=5)
+    err = watcher.stderr.read()
+    out = "".join(shown)
     assert watcher.returncode == 0 and "Traceback" not in err
     assert "\x1b[" not in out  # no Live, no colour codes when piped
     collapse = [line for line in out.splitlines() if "FIRING" in line and "collapse (pointer/type)" in line]

@@ -196,19 +196,20 @@ def test_backward_with_task_balance_gives_the_steps_gradients_and_the_same_balan
 
     def losses():
         pointer_out, type_out = model(x)
-        return pointer_out.pow(2).mean(), nn.functional.cross_entropy(type_out, labels)
+        return {"pointer": pointer_out.pow(2).mean(), "type": nn.functional.cross_entropy(type_out, labels)}
 
-    pointer_loss, type_loss = losses()
-    expected_balance = compute_task_gradient_ratio(pointer_loss, type_loss, model, alpha=2.0, beta=0.5)
-    (2.0 * type_loss + 0.5 * pointer_loss).backward()
+    weights = {"type": 2.0, "pointer": 0.5}
+    first = losses()
+    expected_balance = compute_task_gradient_ratio(first["pointer"], first["type"], model, alpha=2.0, beta=0.5)
+    (2.0 * first["type"] + 0.5 * first["pointer"]).backward()
     expected = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    balance = backward_with_task_balance(*losses(), model, alpha=2.0, beta=0.5)
+    balance = backward_with_task_balance(losses(), model, weights=weights)
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, expected[name], rtol=1e-6, atol=1e-8), name
     assert balance.ratio == pytest.approx(expected_balance.ratio, rel=1e-6)
     assert balance.cosine == pytest.approx(expected_balance.cosine, rel=1e-5)
-    backward_with_task_balance(*losses(), model, alpha=2.0, beta=0.5)  # accumulates like backward()
+    backward_with_task_balance(losses(), model, weights=weights)  # accumulates like backward()
     assert torch.allclose(model.trunk.weight.grad, 2 * expected["trunk.weight"], rtol=1e-6)
 
 
@@ -241,7 +242,7 @@ def test_representation_tap_reads_each_tasks_gradient_off_the_steps_backward():
     pointer_loss = model.pointer(tap.input("pointer")).pow(2).mean()
     type_loss = model.type_head(tap.input("type")).logsumexp(1).mean()
     (2.0 * type_loss + 0.5 * pointer_loss).backward()
-    tapped = tap.balance(pointer_loss, type_loss, alpha=2.0, beta=0.5)
+    tapped = tap.balance({"pointer": pointer_loss, "type": type_loss}, {"type": 2.0, "pointer": 0.5})
     assert tapped.ratio == pytest.approx(expected.ratio, rel=1e-6)
     assert tapped.raw_norms["type"] == pytest.approx(expected.raw_norms["type"], rel=1e-6)
     assert tapped.cosine == pytest.approx(expected.cosine, rel=1e-5)
@@ -293,9 +294,9 @@ def test_amp_norms_are_unscaled_and_an_overflow_is_not_a_model_fault():
     records = read_records(sink)
     grads = [r for r in records if r["kind"] == "grad_stats"]
     assert [r["amp"]["overflow"] for r in grads] == [False, True, True]
-    assert [r["step"] for r in grads] == [0, 1, 1]  # the two overflowed steps were skipped: no optimizer step
+    assert [r["step"] for r in grads] == [1, 2, 2]  # the two overflowed steps were skipped: no optimizer step
     assert grads[2]["amp"]["scale"] < grads[1]["amp"]["scale"]  # the scaler backed off
-    summary = monitor.close()
+    summary = monitor.on_run_end()
     alerts = [r for r in read_records(sink) if r["kind"] == "alert"]
     assert [a["rule"] for a in alerts] == ["amp_overflow"]  # persisting overflow; never "nonfinite"
     assert summary.nonfinite_samples == 0 and summary.amp_overflows == 2
@@ -314,6 +315,6 @@ def test_gradient_accumulation_counts_optimizer_steps():
         monitor.update(epoch, model)
         optimizer.step()
         optimizer.zero_grad()
-    monitor.close()
+    monitor.on_run_end()
     steps = [r["step"] for r in read_records(sink) if r["kind"] == "grad_stats"]
-    assert steps == [0, 1, 2]
+    assert steps == [1, 2, 3]

@@ -60,3 +60,28 @@ def test_path_under_a_file_warns_once(tmp_path):
     writer = JsonlRecordWriter(blocker / "run.jsonl", warn=warnings.append)
     assert not writer.write(record(1)) and not writer.write(record(2))
     assert len(warnings) == 1 and str(blocker / "run.jsonl") in warnings[0]
+
+
+def test_a_record_no_reader_would_accept_is_not_written_and_the_log_stays_good(tmp_path):
+    log = tmp_path / "run.jsonl"
+    warnings: list[str] = []
+    writer = JsonlRecordWriter(log, warn=warnings.append)
+    assert writer.write(record(0))
+    huge = make_record("grad_stats", "r", 1.0, layer_norms={f"layer{i:07d}.weight": 1.0 for i in range(60_000)})
+    assert not writer.write(huge)
+    assert writer.write(record(1))  # the writer goes on
+    writer.close()
+    assert len(warnings) == 1 and "exceeds the readers'" in warnings[0]
+    assert not any(isinstance(decode_record(line), Rejected) for line in log.read_bytes().splitlines())
+
+
+def test_clean_fields_drops_what_readers_reject_and_keeps_the_rest():
+    from moola_watch.schema import clean_fields
+
+    fields, problems = clean_fields(
+        "epoch", {"epoch": 1, "train_loss": 0.5, "lr": [1e-3, 1e-4], "metrics": {"f1": None, "acc": 0.9}}
+    )
+    assert fields == {"epoch": 1, "train_loss": 0.5, "metrics": {"acc": 0.9}}
+    assert len(problems) == 2 and all("(left out)" in p for p in problems)
+    _fields, problems = clean_fields("epoch", {"train_loss": "low"})
+    assert problems == ["epoch.train_loss: expected a number, got str 'low'"]

@@ -61,14 +61,15 @@ def test_a_dominated_task_is_named_by_the_trainer_log_and_the_watcher(tmp_path):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     weights = {"price": 1.0, "volume": 1.0, "regime": 0.001}  # the regime task is all but silenced
     log = tmp_path / "three.jsonl"
-    with GradientMonitor(1, log_path=log, echo=None) as monitor:
-        for epoch in range(1, 15):
+    with GradientMonitor(every_n_steps=1, log_path=log) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for _step in range(14):
             x, y = torch.randn(32, 6), torch.randn(32, 3)
             losses = losses_of(model, x, y)
-            monitor.record_tasks_balance(epoch, model, losses, weights=weights, step=epoch)
+            monitor.on_before_backward(model, losses, weights)
             optimizer.zero_grad()
             sum(weights[n] * loss for n, loss in losses.items()).backward()
-            monitor.update(epoch, model, step=epoch)
+            monitor.on_before_optimizer_step(model)
             optimizer.step()
     records = [decode_record(line) for line in log.read_bytes().splitlines()]
     balance = [r for r in records if r["kind"] == "task_balance"]

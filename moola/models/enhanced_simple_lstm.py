@@ -8,7 +8,6 @@ scores, so the prediction is a differentiable position in [0, 1] of the window).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -21,9 +20,14 @@ from rich.console import Console
 from torch import nn
 from torch.nn import functional as F
 
+from moola.balancing import LossBalancer
+from moola.checkpoints import AlertCheckpointer
 from moola.data import N_FEATURES, encode_labels, validate_arrays
 from moola.reporting import TrainingReporter
-from moola.utils.monitoring.gradient_diagnostics import PREFIX, GradientMonitor, RepresentationTap, distributed_rank
+from moola.utils.monitoring.console import LOGGER, PREFIX
+from moola.utils.monitoring.distributed import distributed_rank
+from moola.utils.monitoring.monitor import GradientMonitor
+from moola.utils.monitoring.task_balance import RepresentationTap
 from moola_watch.rules import Thresholds
 
 MODEL_NAME = "enhanced_simple_lstm"
@@ -166,12 +170,23 @@ class EnhancedSimpleLSTM:
         thresholds: Thresholds | None = None,
         run_id: str | None = None,
         console: Console | None = None,
+        every_n_steps: int | None = None,
+        halt_on: str | None = None,
+        checkpoint_dir: str | Path | None = None,
+        auto_balance: str | None = None,
     ) -> EnhancedSimpleLSTM:
         """Train for ``epochs``. With ``monitor_gradients``: gradient statistics every ``gradient_log_freq``
         epochs, task balance every ``task_balance_freq`` epochs (on the epoch's first batch, whose graph is
         reused), epoch records, alerts, and JSONL records appended to ``grad_log`` if given. ``balance_scope``
         is ``shared`` (the shared encoder's parameters; the step's own backward is done from the two task
         passes) or ``representation`` (gradients at the encoder's output: a backward through the heads only).
+
+        ``every_n_steps`` measures by optimizer steps instead (statistics and balance every N steps).
+        ``halt_on`` (``critical`` or ``error``) stops training before the step that an alert at or above
+        that severity fired on (``self.monitor.halted_by`` says which); ``checkpoint_dir`` keeps
+        ``last-good.pt`` (each epoch, until the first non-finite gradient) and saves a checkpoint when a
+        collapse or critical alert fires; ``auto_balance`` (``ratio`` or ``gradnorm``, see
+        :mod:`moola.balancing`) adjusts the task weights from each balance measurement.
 
         ``grad_clip`` is the max total gradient norm (None or 0: no clipping); the monitor measures before
         clipping. Raises ``moola.data.DataError`` for unusable arrays.
@@ -181,6 +196,8 @@ class EnhancedSimpleLSTM:
             raise ValueError(f"balance_scope must be 'shared' or 'representation', got {balance_scope!r}")
         if epochs < 1 or batch_size < 1 or not lr > 0:
             raise ValueError("epochs and batch_size must be at least 1 and lr above 0")
+        if (halt_on or checkpoint_dir or auto_balance) and not monitor_gradients:
+            raise ValueError("halting, checkpoints on alerts and automatic balancing need gradient monitoring")
         labels, self.classes_ = encode_labels(np.asarray(y))
         multitask = self.predict_pointers_enabled and expansion_start is not None
         console = console or Console()
@@ -230,26 +247,27 @@ class EnhancedSimpleLSTM:
             "normalize": self.normalize,
             "world_size": world,
         }
-        reporter = TrainingReporter(console, epochs)
-        monitor = None
+        checkpointer = AlertCheckpointer(checkpoint_dir, net, optimizer) if checkpoint_dir else None
+        # With monitoring off the monitor is disabled, not absent: its hooks then do only the plain work.
+        monitor = GradientMonitor(
+            gradient_log_freq,
+            every_n_steps=every_n_steps,
+            log_path=grad_log,
+            thresholds=thresholds,
+            task_balance_frequency=task_balance_freq,
+            run_id=run_id,
+            on_alert=checkpointer,
+            halt_on=halt_on,
+            enabled=monitor_gradients,
+        )
+        self.monitor = monitor if monitor_gradients else None
         if monitor_gradients:
-            monitor = GradientMonitor(
-                gradient_log_freq,
-                log_path=grad_log,
-                thresholds=thresholds,
-                task_balance_frequency=task_balance_freq,
-                run_id=run_id,
-                echo=reporter.echo,
-            )
-            self.monitor = monitor
-            reporter.echo(f"{PREFIX} Gradient monitoring enabled (log frequency: {gradient_log_freq} epochs)")
+            every = f"{every_n_steps} steps" if every_n_steps else f"{gradient_log_freq} epochs"
+            LOGGER.info(f"{PREFIX} Gradient monitoring enabled (log frequency: {every})")
             if monitor.log_path is not None:
-                reporter.echo(f"{PREFIX} Gradient log: {monitor.log_path}")
-            monitor.start(net, model_name=MODEL_NAME, config=config)
-
+                LOGGER.info(f"{PREFIX} Gradient log: {monitor.log_path}")
         # Under torch.distributed (torchrun): equal shares of the training set per rank, DDP averaging the
-        # gradients, and task balance measured before the step's backward (the fused and tapped probes
-        # would bypass DDP's gradient hooks or its forward).
+        # gradients; the monitor then measures balance before the step's own backward.
         step_net: nn.Module = net
         if world > 1:
             share = len(train_idx) // world
@@ -257,64 +275,49 @@ class EnhancedSimpleLSTM:
             step_net = nn.parallel.DistributedDataParallel(net)
         generator = torch.Generator().manual_seed(self.seed)
         train_tensor = torch.as_tensor(train_idx)
-        step = 0
+        balancer = LossBalancer({"type": loss_alpha, "pointer": loss_beta}, method=auto_balance or "ratio")
+        tap_scope = balance_scope == "representation" and multitask and world == 1
+        reporter = TrainingReporter(console, epochs)
         self.history = []
-        with reporter, monitor if monitor is not None else contextlib.nullcontext():
+        with reporter, monitor:
+            monitor.on_run_start(net, model_name=MODEL_NAME, config=config)
             for epoch in range(1, epochs + 1):
                 began = time.perf_counter()
                 net.train()
+                monitor.on_epoch_start(epoch)
                 sums = torch.zeros(3, dtype=torch.float64, device=device)  # total, type, pointer
-                batches = train_tensor[torch.randperm(len(train_tensor), generator=generator)].split(batch_size)
-                for index, batch in enumerate(batches):
+                for batch in train_tensor[torch.randperm(len(train_tensor), generator=generator)].split(batch_size):
                     batch = batch.to(device)
-                    probe = monitor is not None and multitask and index == 0 and monitor.should_check_balance(epoch)
-                    tap = None
-                    if world > 1:
+                    tap = RepresentationTap(net.encode(x_all[batch])) if tap_scope and monitor.balance_due() else None
+                    if tap is not None:
+                        logits, positions = net.heads(tap.input("type"), tap.input("pointer"))
+                    else:
                         logits, positions = step_net(x_all[batch])
-                    else:
-                        states = net.encode(x_all[batch])
-                        tap = RepresentationTap(states) if probe and balance_scope == "representation" else None
-                        if tap is not None:
-                            logits, positions = net.heads(tap.input("type"), tap.input("pointer"))
-                        else:
-                            logits, positions = net.heads(states)
-                    type_loss = F.cross_entropy(logits, y_all[batch], label_smoothing=0.1)
-                    total = loss_alpha * type_loss
-                    pointer_loss = None
-                    if multitask:
-                        assert positions is not None
-                        pointer_loss = pointer_loss_fn(positions, p_all[batch])
-                        total = total + loss_beta * pointer_loss
+                    losses = {"type": F.cross_entropy(logits, y_all[batch], label_smoothing=0.1)}
+                    if positions is not None:
+                        losses["pointer"] = pointer_loss_fn(positions, p_all[batch])
+                    weights = {name: balancer.weights[name] for name in losses}
                     optimizer.zero_grad(set_to_none=True)
-                    if probe and world > 1:
-                        assert monitor is not None and pointer_loss is not None
-                        monitor.record_task_balance(
-                            epoch, net, pointer_loss, type_loss, alpha=loss_alpha, beta=loss_beta, step=step
-                        )
-                        total.backward()
-                    elif probe and tap is None:
-                        assert monitor is not None and pointer_loss is not None
-                        monitor.backward_with_task_balance(
-                            epoch, net, pointer_loss, type_loss, alpha=loss_alpha, beta=loss_beta, step=step
-                        )
+                    if tap is None:
+                        balance = monitor.backward(net, losses, weights)
                     else:
-                        total.backward()
-                        if tap is not None:
-                            assert monitor is not None and pointer_loss is not None
-                            balance = tap.balance(pointer_loss, type_loss, alpha=loss_alpha, beta=loss_beta)
-                            monitor.record_balance(epoch, balance, alpha=loss_alpha, beta=loss_beta, step=step)
-                    if monitor is not None:
-                        monitor.update(epoch, net, step=step)
+                        sum(weights[name] * loss for name, loss in losses.items()).backward()
+                        balance = tap.balance(losses, weights)
+                        monitor.record_balance(balance)
+                    monitor.on_before_optimizer_step(net)
+                    if monitor.should_stop:
+                        break  # before the step applies what the alert is about
+                    if auto_balance and balance is not None and (changed := balancer.update(balance)):
+                        monitor.record_weights(changed, previous=weights, method=balancer.method)
                     if grad_clip:
                         nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
                     optimizer.step()
-                    step += 1
-                    parts = [
-                        total.detach(),
-                        type_loss.detach(),
-                        pointer_loss.detach() if pointer_loss is not None else total.new_zeros(()),
-                    ]
-                    sums += torch.stack(parts).double() * len(batch)
+                    with torch.no_grad():
+                        parts = [losses["type"], losses.get("pointer", torch.zeros((), device=device))]
+                        total = sum(weights[name] * loss for name, loss in losses.items())
+                        sums += torch.stack([total, *parts]).double() * len(batch)
+                if monitor.should_stop:
+                    break
                 train_total, train_type, train_pointer = (sums / len(train_idx)).tolist()
                 row = {"epoch": epoch, "train_loss": train_total, "type_loss": train_type}
                 if multitask:
@@ -324,19 +327,19 @@ class EnhancedSimpleLSTM:
                 )
                 seconds = time.perf_counter() - began
                 self.history.append(row)
-                if monitor is not None:
-                    metrics = {k: v for k, v in row.items() if k.startswith(("val_", "type_acc", "pointer_err"))}
-                    monitor.log_epoch(
-                        epoch,
-                        step=step,
-                        train_loss=train_total,
-                        val_loss=row.get("val_loss"),
-                        task_losses={"type": train_type, **({"pointer": train_pointer} if multitask else {})},
-                        metrics={k: v for k, v in metrics.items() if k != "val_loss"},
-                        lr=optimizer.param_groups[0]["lr"],
-                        duration_s=seconds,
-                    )
+                metrics = {k: v for k, v in row.items() if k.startswith(("type_acc", "pointer_err"))}
+                monitor.on_epoch_end(
+                    epoch,
+                    train_loss=train_total,
+                    val_loss=row.get("val_loss"),
+                    task_losses={"type": train_type, **({"pointer": train_pointer} if multitask else {})},
+                    metrics=metrics,
+                    lr=optimizer.param_groups[0]["lr"],
+                    duration_s=seconds,
+                )
                 reporter.epoch_done(epoch, _format_metrics(row), seconds)
+                if checkpointer is not None:
+                    checkpointer.keep(monitor.steps_done, epoch)
         return self
 
     @torch.no_grad()

@@ -99,7 +99,7 @@ def test_descriptor_closed_under_the_writer(tmp_path):
         monitor.update(epoch, model)
         if epoch == 1:
             os.close(monitor._writer._fd)  # the fault: something closed our descriptor
-    summary = monitor.close()
+    summary = monitor.on_run_end()
     assert sum("cannot be written (Bad file descriptor)" in line for line in echoed) == 1
     assert summary.grad_samples == 3 and any("Gradient Monitoring Summary" in line for line in echoed)
     records = lines_of(log)
@@ -113,11 +113,15 @@ def test_losses_sharing_no_parameters_warn_instead_of_crashing():
             self.p, self.t = nn.Linear(2, 1), nn.Linear(2, 1)
 
     model, echoed = Apart(), []
-    monitor = GradientMonitor(1, echo=echoed.append)
+    monitor = GradientMonitor(every_n_steps=1, warn=echoed.append)
     x = torch.randn(4, 2)
     for _ in range(2):
-        assert monitor.record_task_balance(1, model, model.p(x).sum(), model.t(x).sum()) is None
-    assert sum("task balance could not be measured" in line for line in echoed) == 1
+        losses = {"pointer": model.p(x).sum(), "type": model.t(x).sum()}
+        assert monitor.on_before_backward(model, losses) is None
+        assert monitor.backward(model, losses) is None  # the step still gets its gradients
+        assert model.p.weight.grad is not None
+        monitor.on_before_optimizer_step(model)
+    assert sum("share no trainable parameters" in line for line in echoed) == 1
 
 
 def test_appending_after_a_crashed_run_keeps_the_cut_line_one_bad_line(tmp_path, trainer):

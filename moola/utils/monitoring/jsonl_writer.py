@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from moola_watch.schema import encode_record
+from moola_watch.schema import MAX_LINE_BYTES, encode_record
 
 
 class JsonlRecordWriter:
@@ -72,6 +72,12 @@ class JsonlRecordWriter:
         if self._fd is None and self._stream is None:
             return False
         line = encode_record(record)
+        if len(line) > MAX_LINE_BYTES:  # every reader would reject it: keep the log all good lines
+            self._warn(
+                f"WARNING: a {record.get('kind')} record of {len(line)} bytes exceeds the readers' "
+                f"{MAX_LINE_BYTES}-byte line limit and was not written"
+            )
+            return False
         if self._fd is not None and self._replaced():
             self._reopen()
             if self._fd is None:

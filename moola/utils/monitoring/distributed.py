@@ -1,0 +1,54 @@
+"""torch.distributed facts the monitor needs: who this process is, whether its gradients are sharded, and
+whether a backward it does itself would bypass the framework's gradient synchronisation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+if torch.distributed.is_available():
+    from torch.distributed.tensor import DTensor as _DTensor
+else:  # a torch build without distributed support has no sharded gradients either
+    _DTensor = None
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def rank_log_path(path: str | Path, rank: int) -> Path:
+    """``runs/a.jsonl`` -> ``runs/a.rank1.jsonl``: one file per writer, never two writers in one file."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """True for a DTensor (FSDP2, tensor parallel): its local values are one shard of the whole."""
+    return _DTensor is not None and isinstance(tensor, _DTensor)
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's global value (a collective over its mesh: every rank must call it); any other tensor as is."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def synchronised_backward_reason(parameters: Iterable[torch.Tensor]) -> str | None:
+    """Why a backward done by ``torch.autograd.grad`` would not be the step's real backward, or None.
+
+    DDP and FSDP all-reduce (or reduce-scatter) gradients from hooks that only ``backward()`` fires, and so
+    do other post-accumulate-grad hooks (optimizer-in-backward, accelerate's sharding); filling ``.grad``
+    ourselves would silently skip them and let the replicas diverge.
+    """
+    if distributed_rank()[1] > 1:
+        return "torch.distributed is running (DDP/FSDP synchronise gradients inside backward())"
+    for p in parameters:
+        if is_sharded(p):
+            return "the parameters are sharded (DTensor)"
+        if getattr(p, "_post_accumulate_grad_hooks", None):
+            return "a parameter has a post-accumulate-grad hook that only backward() runs"
+    return None

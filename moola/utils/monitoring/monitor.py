@@ -1,0 +1,539 @@
+""":class:`GradientMonitor`: when to measure, the records it writes, and the alerts it raises.
+
+The monitor's hooks are named for the moments of a training step, so a plain loop, the spec's ``fit`` and the
+framework callbacks all drive it the same way::
+
+    monitor.on_run_start(model)                           # once, before training
+    monitor.on_before_backward(model, losses, weights)    # task balance, if due (or monitor.backward(...))
+    loss.backward()
+    monitor.on_before_optimizer_step(model)               # gradient statistics, if due
+    optimizer.step()
+    monitor.on_epoch_end(epoch, train_loss=...)           # losses and metrics of an epoch
+    monitor.on_run_end("completed")                       # or leave a ``with monitor:`` block
+
+Measuring never changes the gradient a step applies, and a measurement that fails is one warning, never
+a crashed run. The rules that judge the numbers live in :mod:`moola_watch.rules`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, TypeVar
+
+import torch
+from torch import nn
+
+from moola import __version__
+from moola.utils.monitoring.console import LOGGER, PREFIX
+from moola.utils.monitoring.distributed import distributed_rank, rank_log_path
+from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
+from moola.utils.monitoring.norms import NormPlan, gradient_statistics_from_norms
+from moola.utils.monitoring.records import MAX_LAYER_NORMS, compact_layer_norms, learning_rate, plain
+from moola.utils.monitoring.task_balance import (
+    BalanceUnavailable,
+    FusedBackward,
+    TaskGradients,
+    compute_task_balance,
+    task_weights,
+)
+from moola_watch import rules, schema
+from moola_watch.rules import Alert, AlertEvent, MonitoringSummary, Thresholds
+
+_T = TypeVar("_T")
+#: Severities a run can be halted on, lowest first ("warning" only ranks below them).
+HALT_SEVERITIES = ("warning", "error", "critical")
+
+
+def _quiet(_text: str) -> None:
+    """Where a rank other than 0 sends its console lines."""
+
+
+class GradientMonitor:
+    """Measures gradients during training, judges them with :mod:`moola_watch.rules`, writes the spec's
+    console lines to the ``moola`` logger and appends JSONL records.
+
+    When to measure: with ``every_n_steps=N``, gradient statistics on every N-th optimizer step and task
+    balance on every ``balance_every_n_steps``-th (default N); steps are counted by :meth:`watch_optimizer`
+    where attached (a step a GradScaler skips is not one), else by calls of :meth:`on_before_optimizer_step`.
+    Without it, the spec's epochs: statistics on the first call of every ``log_frequency``-th epoch, balance
+    on the first probe of every ``task_balance_frequency``-th. Records carry the optimizer step (1-based: the
+    step the measured gradient is applied in) and the epoch where known.
+
+    ``echo`` and ``warn`` take the console lines and warnings (default: the ``moola`` logger at INFO and
+    WARNING, see :mod:`moola.utils.monitoring.console`; warnings go to ``echo`` when only that is given).
+    Writing problems are one warning and never interrupt training. Beyond ``max_layer_norms`` tensors,
+    per-layer norms are recorded by module prefix.
+
+    With ``enabled=False`` every hook does only the plain work (``backward`` a plain backward) and nothing is
+    measured, printed or written: a loop can call the hooks unconditionally.
+
+    Acting on alerts: ``on_alert`` is called with each alert that starts firing (an exception in it is one
+    warning); with ``halt_on="critical"`` (or ``"error"``) the first alert at or above that severity sets
+    :attr:`halted_by`, which the loop checks to stop before the optimizer step applies the bad gradient
+    (:attr:`should_stop`); ``run_end`` then says the run was halted and why.
+    """
+
+    def __init__(
+        self,
+        log_frequency: int = 10,
+        *,
+        every_n_steps: int | None = None,
+        balance_every_n_steps: int | None = None,
+        log_path: str | Path | None = None,
+        stream: BinaryIO | None = None,
+        thresholds: Thresholds | None = None,
+        task_balance_frequency: int = 5,
+        run_id: str | None = None,
+        echo: Callable[[str], None] | None = None,
+        warn: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        per_rank: bool = False,
+        max_layer_norms: int = MAX_LAYER_NORMS,
+        on_alert: Callable[[Alert], None] | None = None,
+        halt_on: str | None = None,
+        enabled: bool = True,
+    ) -> None:
+        for name, value in (
+            ("log_frequency", log_frequency),
+            ("task_balance_frequency", task_balance_frequency),
+            ("every_n_steps", every_n_steps),
+            ("balance_every_n_steps", balance_every_n_steps),
+            ("max_layer_norms", max_layer_norms),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if halt_on is not None and halt_on not in HALT_SEVERITIES:
+            raise ValueError(f"halt_on must be one of {', '.join(HALT_SEVERITIES)}, got {halt_on!r}")
+        # Under torch.distributed every rank measures (sharded norms need every rank in the reduction), but
+        # only rank 0 writes and prints, its gradients being the all-reduced ones; per_rank=True gives each
+        # rank its own file, named and marked with the rank.
+        self.rank, self.world_size = distributed_rank()
+        self.per_rank = per_rank
+        self.enabled = enabled
+        self._echo = echo or LOGGER.info
+        self._warn = warn or echo or LOGGER.warning
+        if not enabled or (self.rank != 0 and not per_rank):
+            log_path = stream = None
+            self._echo = self._warn = _quiet
+        elif per_rank and log_path is not None:
+            log_path = rank_log_path(log_path, self.rank)
+        self.log_frequency = log_frequency
+        self.task_balance_frequency = task_balance_frequency
+        self.every_n_steps = every_n_steps
+        self.balance_every_n_steps = balance_every_n_steps or every_n_steps
+        self.max_layer_norms = max_layer_norms
+        self.thresholds = thresholds or Thresholds()
+        self.run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}{id(self) % 100:02d}"
+        self.engine = rules.RuleEngine(self.thresholds)
+        self._clock = clock
+        self._writer = (
+            JsonlRecordWriter(log_path if stream is None else stream, warn=self._warn)
+            if log_path is not None or stream is not None
+            else None
+        )
+        self.epoch: int | None = None
+        self.steps_done = 0  # optimizer steps taken so far
+        self._counting_optimizer = False
+        self._last_stats_at: tuple[int | None, int] | None = None  # (epoch, step) of the last measurement
+        self._last_balance_at: tuple[int | None, int] | None = None
+        self._started = False
+        self._ended = False
+        self._warned: set[str] = set()
+        self._norm_plan = NormPlan([])
+        self._on_alert = on_alert
+        self.halt_on = halt_on
+        self.halted_by: Alert | None = None  # the first alert at or above halt_on: the loop should stop
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._writer.path if self._writer else None
+
+    @property
+    def should_stop(self) -> bool:
+        """True once an alert at or above ``halt_on`` has fired: stop before the next optimizer step."""
+        return self.halted_by is not None
+
+    @property
+    def step(self) -> int:
+        """The optimizer step now being prepared (1-based): the one the current gradients are applied in."""
+        return self.steps_done + 1
+
+    # -------------------------------------------------------------- schedule
+
+    def _due(self, every_steps: int | None, every_epochs: int, last: tuple[int | None, int] | None) -> bool:
+        if not self.enabled:
+            return False
+        if every_steps is not None:
+            return self.step % every_steps == 0 and (last is None or last[1] != self.step)
+        if self.epoch is None:
+            self._warn_once(
+                "no-epoch",
+                "WARNING: GradientMonitor counts epochs but was given none: pass every_n_steps= to measure by "
+                "optimizer steps, or the epoch to update()/on_epoch_start()",
+            )
+            return False
+        return self.epoch % every_epochs == 0 and (last is None or last[0] != self.epoch)
+
+    def stats_due(self) -> bool:
+        """True if :meth:`on_before_optimizer_step` would measure now."""
+        return self._due(self.every_n_steps, self.log_frequency, self._last_stats_at)
+
+    def balance_due(self) -> bool:
+        """True if a task-balance probe would measure now (throttled whichever method is called)."""
+        return self._due(self.balance_every_n_steps, self.task_balance_frequency, self._last_balance_at)
+
+    def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Count ``optimizer``'s steps (a hook after each ``step()``): with gradient accumulation that is one per
+        accumulated batch, and a step a GradScaler skips is not one."""
+
+        def counted(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+            self.steps_done += 1
+
+        self._counting_optimizer = True
+        optimizer.register_step_post_hook(counted)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """The epoch the next records belong to."""
+        self.epoch = epoch
+
+    # -------------------------------------------------------------- hooks
+
+    def on_run_start(
+        self, model: nn.Module | None = None, *, model_name: str | None = None, config: dict[str, Any] | None = None
+    ) -> None:
+        """Write ``run_start`` (done by the first measurement if not called before)."""
+        if self._started or not self.enabled:
+            return
+        self._started = True
+        params = list(model.named_parameters()) if model is not None else []
+        names = [name for name, p in params if p.requires_grad]
+        self._emit(
+            schema.RUN_START,
+            model=model_name or (type(model).__name__ if model is not None else "unknown"),
+            parameters=names if len(names) <= self.max_layer_norms else names[: self.max_layer_norms],
+            parameter_count=sum(p.numel() for _, p in params if p.requires_grad),
+            parameter_tensors=len(names),
+            config=plain(config or {}),
+            thresholds=self.thresholds.to_dict(),
+            log_frequency=self.log_frequency,
+            task_balance_frequency=self.task_balance_frequency,
+            every_n_steps=self.every_n_steps,
+            balance_every_n_steps=self.balance_every_n_steps,
+            versions={"torch": torch.__version__, "moola": __version__, "schema": schema.SCHEMA_VERSION},
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+    def on_before_backward(
+        self,
+        model: nn.Module,
+        losses: Mapping[str, torch.Tensor],
+        weights: Mapping[str, float] | None = None,
+        *,
+        shared_parameters: Sequence[nn.Parameter] | None = None,
+        representation: torch.Tensor | None = None,
+    ) -> TaskGradients | None:
+        """If a balance probe is due, measure the balance of the named task ``losses`` (``weights``: each one's
+        weight in the total, default 1) without touching the graph or ``.grad`` (see
+        :func:`~moola.utils.monitoring.task_balance.compute_task_balance`), record and return it. Safe
+        wherever someone else does the backward (DDP, FSDP, accelerate, a GradScaler). None when not due or
+        not measurable (one warning saying why)."""
+        if len(losses) < 2 or not self.balance_due():
+            return None  # one task has nothing to be balanced against
+        self._last_balance_at = (self.epoch, self.step)
+        balance = self._guarded(
+            "task balance",
+            lambda: compute_task_balance(
+                losses, model, weights=weights, shared_parameters=shared_parameters, representation=representation
+            ),
+            model,
+        )
+        if balance is not None:
+            self.record_balance(balance)
+        return balance
+
+    def backward(
+        self,
+        model: nn.Module,
+        losses: Mapping[str, torch.Tensor],
+        weights: Mapping[str, float] | None = None,
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        shared_parameters: Sequence[nn.Parameter] | None = None,
+    ) -> TaskGradients | None:
+        """The step's backward of ``sum(weight * loss)`` (through ``scaler`` if given), with the task balance
+        when a probe is due: then the balance comes from the same passes as the step's gradients where that is
+        exactly a plain ``backward()`` (one process, no gradient hooks), and is measured before a plain backward
+        otherwise (one warning says why). Either way the step gets the same gradients as without moola."""
+        weights = task_weights(losses, weights)
+        total = sum(weights[name] * loss for name, loss in losses.items())
+        assert isinstance(total, torch.Tensor)
+        balance = None
+        if len(losses) > 1 and self.balance_due() and scaler is None:
+            self._last_balance_at = (self.epoch, self.step)
+            fused = self._guarded(
+                "task balance", lambda: FusedBackward(losses, model, weights, shared_parameters), model
+            )
+            if fused is not None:
+                fused.apply()
+                balance = self._guarded("task balance", fused.balance, model)
+                if balance is not None:
+                    self.record_balance(balance)
+                return balance
+            self._last_balance_at = None  # not measured the fused way: measure the plain way below
+        balance = self.on_before_backward(model, losses, weights, shared_parameters=shared_parameters)
+        (scaler.scale(total) if scaler is not None else total).backward()
+        return balance
+
+    def on_before_optimizer_step(
+        self, model: nn.Module, *, scaler: torch.amp.GradScaler | None = None, step: int | None = None
+    ) -> dict[str, Any] | None:
+        """Measure the gradients now in ``model`` if due, after any ``scaler.unscale_(optimizer)`` and before
+        clipping; return the ``grad_stats`` body. ``step`` overrides the counted step (a framework's own).
+
+        With mixed precision pass the ``scaler``: the scale is recorded, and an inf is recorded as the scaler's
+        overflow (a skipped step) rather than a model fault."""
+        if step is not None:
+            self.steps_done = step - 1
+        stats = None
+        if self.stats_due():
+            self._last_stats_at = (self.epoch, self.step)
+            stats = self._guarded("gradient statistics", lambda: self._measure(model, scaler), model)
+        if not self._counting_optimizer:
+            self.steps_done += 1
+        return stats
+
+    def update(
+        self, epoch: int, model: nn.Module, step: int | None = None, *, scaler: torch.amp.GradScaler | None = None
+    ) -> dict[str, Any] | None:
+        """The spec's call, after ``backward()`` and before ``optimizer.step()``, in epoch ``epoch``: see
+        :meth:`on_before_optimizer_step`."""
+        self.epoch = epoch
+        return self.on_before_optimizer_step(model, scaler=scaler, step=step)
+
+    def on_epoch_end(self, epoch: int, *, train_loss: Any, **fields: Any) -> None:
+        """Record an ``epoch`` record: ``train_loss``, and any of ``val_loss``, ``task_losses`` and ``metrics``
+        (name -> number), ``lr`` (a number or one per parameter group), ``duration_s``. Tensors and numpy
+        values are turned into numbers; a value no reader would accept is left out with one warning."""
+        self.epoch = epoch
+        values = plain({"train_loss": train_loss, **fields})
+        if "lr" in values:
+            values["lr"], every_lr = learning_rate(values["lr"])
+            if every_lr is not None:
+                values["lrs"] = every_lr
+        self._emit(schema.EPOCH, epoch=epoch, step=self.steps_done, **values)
+
+    def on_run_end(self, status: str = "completed", error: str | None = None) -> MonitoringSummary:
+        """Write ``run_end`` (with a ``run_start`` first if nothing was measured, so a log is never empty),
+        synced to disk; print the summary block; release the log."""
+        if self._ended or not self.enabled:
+            return self.engine.summary()
+        self._ended = True
+        if self.halted_by is not None and status == "completed":
+            alert = self.halted_by
+            status, error = (
+                "failed",
+                f"halted on {alert.severity} alert {alert.rule} ({alert.subject}): {alert.message}",
+            )
+        if self._writer is not None or self._started:
+            self.on_run_start()
+            summary = self.engine.summary().to_dict()
+            self._emit(
+                schema.RUN_END, epoch=self.epoch, step=self.steps_done, status=status, error=error, summary=summary
+            )
+        summary = self.engine.summary()
+        self._echo("\n" + "\n".join(summary.lines()))
+        if self._writer:
+            self._writer.close(sync=True)
+        return summary
+
+    def get_summary(self) -> MonitoringSummary:
+        """The spec's summary of everything measured so far."""
+        return self.engine.summary()
+
+    def __enter__(self) -> GradientMonitor:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.on_run_end("completed")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.on_run_end("interrupted")
+        else:
+            self.on_run_end("failed", error=f"{exc_type.__name__}: {exc}")
+
+    # -------------------------------------------------------------- measuring
+
+    def _plan(self, model: nn.Module) -> NormPlan:
+        """The model's parameters grouped by (device, dtype), regrouped when a parameter or module was added or
+        replaced; every parameter, frozen ones too, so one unfrozen later is measured from its first gradient."""
+        if not self._norm_plan.is_current(model):
+            self._norm_plan = NormPlan(list(model.named_parameters()), model)
+        return self._norm_plan
+
+    def _measure(self, model: nn.Module, scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
+        self.on_run_start(model)
+        began = time.perf_counter()
+        norms = self._plan(model).norms()
+        if not norms:
+            raise ValueError("no parameter has a gradient yet: measure after backward()")
+        stats = gradient_statistics_from_norms(norms)
+        overflow = False
+        if scaler is not None and scaler.is_enabled():
+            overflow = stats["nonfinite_count"] > 0
+            stats["amp"] = {"scale": scaler.get_scale(), "overflow": overflow}
+        flags = rules.flag_layers(norms, self.thresholds)
+        stats.update(compact_layer_norms(norms, self.max_layer_norms))
+        stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
+        stats["cost_ms"] = (time.perf_counter() - began) * 1e3
+        where = f"Epoch {self.epoch}" if self.epoch is not None else f"Step {self.step}"
+        lines = [
+            f"{where} Gradient Stats:",
+            f"  Mean norm: {stats['mean_norm']:.4f}",
+            f"  Max norm:  {stats['max_norm']:.4f}",
+        ]
+        nonfinite_label = "AMP: GradScaler overflow (step skipped)" if overflow else "CRITICAL: Non-finite gradients"
+        for label, layers in (
+            ("WARNING: Vanishing gradients", flags.vanishing),
+            ("WARNING: Exploding gradients", flags.exploding),
+            (nonfinite_label, flags.nonfinite),
+        ):
+            if layers:
+                lines.append(f"  {label} in {len(layers)} layers")
+        self._echo("\n" + "\n".join(lines))
+        self._emit(schema.GRAD_STATS, epoch=self.epoch, step=self.step, **stats)
+        return stats
+
+    def record_balance(self, balance: TaskGradients) -> None:
+        """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
+        measured, at the current step and epoch."""
+        self._last_balance_at = (self.epoch, self.step)
+        if balance.ratio is not None:
+            if not math.isnan(balance.ratio):
+                self._echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, self.epoch, self.thresholds)}")
+        else:
+            parts = ", ".join(f"{t} {balance.norms[t]:.4g} ({balance.shares[t]:.0%})" for t in balance.norms)
+            where = f"epoch {self.epoch}" if self.epoch is not None else f"step {self.step}"
+            self._echo(f"\n{PREFIX} Task balance at {where}: {parts} (gradient norm, share of the update)")
+        fields: dict[str, Any] = {"ratio": balance.ratio} if balance.ratio is not None else {}
+        self._emit(
+            schema.TASK_BALANCE,
+            epoch=self.epoch,
+            step=self.step,
+            **fields,
+            norms=balance.norms,
+            raw_norms=balance.raw_norms,
+            cosine=balance.cosine,
+            cosines=balance.cosines,
+            shares=balance.shares,
+            losses=balance.losses,
+            weights=balance.weights,
+            scope=balance.scope,
+        )
+
+    def record_weights(self, weights: Mapping[str, float], *, previous: Mapping[str, float], method: str) -> None:
+        """Record (and say) that an automatic balancer changed the task loss weights."""
+        change = ", ".join(f"{name} {previous.get(name, math.nan):.3g} -> {w:.3g}" for name, w in weights.items())
+        self._echo(f"{PREFIX} Loss weights ({method}): {change}")
+        self._emit(
+            schema.LOSS_WEIGHTS,
+            epoch=self.epoch,
+            step=self.step,
+            weights=dict(weights),
+            previous=dict(previous),
+            method=method,
+        )
+
+    def _guarded(self, what: str, measure: Callable[[], _T], model: nn.Module | None = None) -> _T | None:
+        """Run a measurement; a failure is one warning per kind of failure, never a crashed run."""
+        try:
+            if model is not None:
+                self.on_run_start(model)
+            return measure()
+        except BalanceUnavailable as exc:
+            self._warn_once(f"{what}: {exc}", f"WARNING: {what}: {exc}")
+        except Exception as exc:  # monitoring must never take training down
+            self._warn_once(
+                what, f"WARNING: {what} could not be measured ({type(exc).__name__}: {exc}); training continues"
+            )
+        return None
+
+    def _act_on(self, alert: Alert) -> None:
+        """The user's ``on_alert``, then the halt decision (so a checkpoint is taken before the loop stops)."""
+        if self._on_alert is not None:
+            try:
+                self._on_alert(alert)
+            except Exception as exc:  # a broken callback must not take training down
+                self._warn_once("on_alert", f"WARNING: on_alert raised {type(exc).__name__}: {exc}; training continues")
+        if (
+            self.halt_on is not None
+            and self.halted_by is None
+            and HALT_SEVERITIES.index(alert.severity if alert.severity in HALT_SEVERITIES else "warning")
+            >= HALT_SEVERITIES.index(self.halt_on)
+        ):
+            self.halted_by = alert
+            self._echo(f"{PREFIX} Halting: {alert.severity} alert {alert.rule} ({alert.subject})")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._warn(message)
+
+    # -------------------------------------------------------------- records
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        if self.per_rank:
+            fields["rank"] = self.rank
+        fields, problems = schema.clean_fields(kind, fields)
+        for problem in problems:
+            self._warn_once(problem, f"WARNING: {problem} in a {kind} record")
+        if any("(left out)" not in problem for problem in problems):
+            return  # a required field is unusable: a record no reader would accept is not written
+        record = schema.make_record(kind, self.run_id, self._clock(), **fields)
+        events = self.engine.observe(record)
+        if self._writer:
+            self._writer.write(record)
+        self._report(events, record)
+
+    def _report(self, events: list[AlertEvent], cause: schema.Record) -> None:
+        for event in events:
+            alert = event.alert
+            if alert.state == rules.PENDING:
+                continue
+            if self._writer and cause["kind"] != schema.RUN_END:  # run_end is the last record and says it all
+                self._writer.write(
+                    schema.make_record(
+                        schema.ALERT,
+                        self.run_id,
+                        self._clock(),
+                        epoch=cause.get("epoch"),
+                        step=cause.get("step"),
+                        rule=alert.rule,
+                        severity=alert.severity,
+                        state=alert.state,
+                        subject=alert.subject,
+                        value=alert.value,
+                        message=alert.message,
+                        recommendation=alert.recommendation,
+                    )
+                )
+            if alert.state == rules.FIRING:
+                self._act_on(alert)
+            if alert.rule == rules.IMBALANCE:
+                continue  # the per-sample balance line already says it, in the spec's words
+            if alert.state == rules.FIRING:
+                self._echo(f"{PREFIX} {alert.message}\n  Recommendation: {alert.recommendation}")
+            else:
+                self._echo(f"{PREFIX} Resolved ({alert.rule}): {alert.message}")

@@ -1,0 +1,335 @@
+"""Task balance on a shared scope, for any number of named tasks: each task's gradient on the parameters
+every task reaches (or at a shared representation), their norms, pairwise cosines and shares of the update,
+from one Gram matrix and one host transfer. Pure measuring: no records, no rules.
+
+The one way in is ``losses: Mapping[str, Tensor]`` with ``weights: Mapping[str, float]`` (each loss's weight
+in the total, default 1): names, not argument positions, say which loss is which.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from moola.utils.monitoring.distributed import full_tensor, synchronised_backward_reason
+
+
+class BalanceUnavailable(ValueError):
+    """The balance cannot be measured this way; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TaskGradients:
+    """Task balance over a shared scope, for any number of named tasks.
+
+    ``norms`` are the gradient norms of the weighted losses as they enter the total (``weight * loss``),
+    ``raw_norms`` of the unweighted ones; ``cosines`` holds every pair (``"a|b"``, absent where a gradient is
+    zero); ``shares`` is each task's part of the update, ``g_i . g / |g|^2`` from the Gram matrix of the
+    weighted task gradients (they sum to 1; a negative share pulls against the rest). ``ratio`` and
+    ``cosine`` are the spec's pointer/type figures, None without those two tasks. ``float(result)`` is the
+    ratio."""
+
+    ratio: float | None
+    norms: dict[str, float]
+    raw_norms: dict[str, float]
+    cosine: float | None
+    scope: str
+    losses: dict[str, float]  # the unweighted task losses of the batch
+    cosines: dict[str, float]
+    shares: dict[str, float]
+    weights: dict[str, float]
+
+    def __float__(self) -> float:
+        return math.nan if self.ratio is None else self.ratio
+
+
+def task_weights(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Each task's weight (default 1); a weight for a task that has no loss is a mistake worth naming."""
+    given = dict(weights or {})
+    unknown = sorted(set(given) - set(losses))
+    if unknown:
+        raise ValueError(f"weights name tasks without a loss: {', '.join(unknown)} (tasks: {', '.join(losses)})")
+    return {name: float(given.get(name, 1.0)) for name in losses}
+
+
+def _reached_leaves(loss: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The leaf tensors ``loss`` backpropagates into, by id (a walk of its autograd graph).
+
+    Raises :class:`BalanceUnavailable` through a compiled region (``torch.compile``): its backward is one
+    opaque node that seems to reach every input, so which parameters a task really uses cannot be seen."""
+    reached: dict[int, torch.Tensor] = {}
+    seen: set[int] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            reached[id(variable)] = variable
+        elif "CompiledFunction" in type(node).__name__:
+            raise BalanceUnavailable(
+                "the model is compiled (torch.compile): the graph does not show which parameters each task "
+                "reaches; pass shared_parameters= (e.g. the encoder's parameters)"
+            )
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return reached
+
+
+def parameters_reached(loss: torch.Tensor, parameters: Iterable[nn.Parameter]) -> list[nn.Parameter]:
+    """The parameters among ``parameters`` that ``loss`` backpropagates into, in their order."""
+    reached = _reached_leaves(loss)
+    return [p for p in parameters if id(p) in reached]
+
+
+def shared_parameters_of(model: nn.Module, *losses: torch.Tensor) -> list[nn.Parameter]:
+    """Parameters every task loss reaches: ``model.shared_parameters()`` if it declares them, else found by
+    walking each loss's graph."""
+    declared = getattr(model, "shared_parameters", None)
+    if callable(declared):
+        return [p for p in declared() if p.requires_grad]
+    shared = [p for p in model.parameters() if p.requires_grad]
+    for loss in losses:
+        shared = parameters_reached(loss, shared)
+    return shared
+
+
+def resolve_shared(
+    model: nn.Module, losses: Sequence[torch.Tensor], given: Sequence[nn.Parameter] | None
+) -> list[nn.Parameter]:
+    """``given``, or the parameters every loss reaches; an error if there are none."""
+    shared = list(given) if given is not None else shared_parameters_of(model, *losses)
+    if not shared:
+        raise BalanceUnavailable("the task losses share no trainable parameters")
+    return shared
+
+
+def _flat(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One real vector of a task's gradients over ``like``: missing ones as zeros, sparse ones densified,
+    sharded ones gathered, complex ones as (real, imaginary) pairs, so that dot products are the real inner
+    product the optimizer sees."""
+    pieces = []
+    for grad, tensor in zip(grads, like, strict=True):
+        if grad is None:
+            grad = torch.zeros_like(full_tensor(tensor.detach()))
+        grad = full_tensor(grad)
+        if grad.is_sparse:
+            grad = grad.to_dense()
+        if grad.is_complex():
+            grad = torch.view_as_real(grad)
+        pieces.append(grad.reshape(-1).double())
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _balance(
+    task_grads: Mapping[str, Sequence[torch.Tensor | None]],
+    like: Sequence[torch.Tensor],
+    losses: Mapping[str, torch.Tensor],
+    weights: Mapping[str, float],
+    scope: str,
+) -> TaskGradients:
+    """Task balance from each task's unweighted gradients over the same tensors ``like``: one Gram matrix,
+    one host transfer."""
+    names = list(task_grads)
+    count = len(names)
+    flats = torch.stack([_flat(task_grads[name], like) for name in names])
+    gram = flats @ flats.T
+    loss_values = torch.stack([losses[name].detach().real.to(gram.device, torch.float64) for name in names])
+    values = torch.cat([gram.reshape(-1), loss_values.reshape(-1)]).tolist()  # the one host transfer
+    raw_gram = [values[row * count : (row + 1) * count] for row in range(count)]
+    raw = [math.sqrt(max(raw_gram[i][i], 0.0)) for i in range(count)]
+    weight = [weights[name] for name in names]
+    cosines = {}
+    for i in range(count):
+        for j in range(i + 1, count):
+            if raw[i] > 0 and raw[j] > 0:
+                cosines[f"{names[i]}|{names[j]}"] = max(-1.0, min(1.0, raw_gram[i][j] / (raw[i] * raw[j])))
+    weighted = [[weight[i] * weight[j] * raw_gram[i][j] for j in range(count)] for i in range(count)]
+    total = math.fsum(math.fsum(row) for row in weighted)
+    shares = {name: (math.fsum(weighted[i]) / total if total > 0 else math.nan) for i, name in enumerate(names)}
+    norms = {name: abs(weight[i]) * raw[i] for i, name in enumerate(names)}
+    ratio = cosine = None
+    if "pointer" in norms and "type" in norms:
+        pointer_norm, type_norm = norms["pointer"], norms["type"]
+        # Zero type gradient: the pointer task is all there is (inf), or neither task moves (NaN).
+        ratio = pointer_norm / type_norm if type_norm > 0 else (math.inf if pointer_norm > 0 else math.nan)
+        cosine = cosines.get("pointer|type", cosines.get("type|pointer"))
+    return TaskGradients(
+        ratio=ratio,
+        norms=norms,
+        raw_norms=dict(zip(names, raw, strict=True)),
+        cosine=cosine,
+        scope=scope,
+        losses=dict(zip(names, values[count * count :], strict=True)),
+        cosines=cosines,
+        shares=shares,
+        weights=dict(zip(names, weight, strict=True)),
+    )
+
+
+def _shared_scope(shared: Sequence[torch.Tensor]) -> str:
+    return f"shared parameters ({sum(p.numel() for p in shared)} values in {len(shared)} tensors)"
+
+
+def compute_task_balance(
+    losses: Mapping[str, torch.Tensor],
+    model: nn.Module,
+    *,
+    weights: Mapping[str, float] | None = None,
+    shared_parameters: Sequence[nn.Parameter] | None = None,
+    representation: torch.Tensor | None = None,
+) -> TaskGradients:
+    """Balance of any number of named tasks on the parameters every loss reaches (or ``shared_parameters``),
+    or at ``representation`` (the shared encoder's output of this forward: a backward through the heads only).
+
+    Uses ``torch.autograd.grad(..., retain_graph=True)``: the graph, ``.grad`` and any gradient
+    synchronisation are untouched, so it is safe under DDP, FSDP, accelerate and a GradScaler; the caller still
+    does the step's backward. One host transfer."""
+    weights = task_weights(losses, weights)
+    if representation is not None:
+        targets: list[torch.Tensor] = [representation]
+        scope = f"shared representation {tuple(representation.shape)}"
+    else:
+        targets = resolve_shared(model, list(losses.values()), shared_parameters)
+        scope = _shared_scope(targets)
+    grads = {
+        name: torch.autograd.grad(loss, targets, retain_graph=True, allow_unused=True) for name, loss in losses.items()
+    }
+    return _balance(grads, targets, losses, weights, scope)
+
+
+class FusedBackward:
+    """The step's backward and the task balance from the same passes: one backward per task instead of the
+    one per task plus one that measuring first and then calling ``backward()`` takes.
+
+    Constructing it computes each task's gradients (nothing is written, the graph is kept); :meth:`apply` then
+    fills the ``.grad`` of every leaf the losses reach (model parameters and any other, such as a loss's own
+    learnable weights), accumulating as ``backward()`` does, with the gradient of ``sum(weight * loss)``; do
+    not call ``backward()`` as well. Raises :class:`BalanceUnavailable` where that would not be the step's real
+    backward (see :func:`~moola.utils.monitoring.distributed.synchronised_backward_reason`): measure with
+    :func:`compute_task_balance` and call ``backward()`` then.
+    """
+
+    def __init__(
+        self,
+        losses: Mapping[str, torch.Tensor],
+        model: nn.Module,
+        weights: Mapping[str, float] | None = None,
+        shared_parameters: Sequence[nn.Parameter] | None = None,
+    ) -> None:
+        self.losses = losses
+        self.weights = task_weights(losses, weights)
+        self.shared = resolve_shared(model, list(losses.values()), shared_parameters)
+        leaves: dict[int, torch.Tensor] = {}
+        for loss in losses.values():
+            leaves.update((key, t) for key, t in _reached_leaves(loss).items() if t.requires_grad)
+        self.leaves = list(leaves.values())
+        reason = synchronised_backward_reason(self.leaves)
+        if reason is not None:
+            raise BalanceUnavailable(
+                f"{reason}: measuring the task balance before the backward instead (one more pass per task)"
+            )
+        # retain_graph throughout: should anything fail before apply(), the caller can still call backward().
+        self.grads = {
+            name: torch.autograd.grad(loss, self.leaves, retain_graph=True, allow_unused=True)
+            for name, loss in losses.items()
+        }
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Accumulate ``sum(weight * task gradient)`` into each leaf's ``.grad``, as ``backward()`` would."""
+        for index, leaf in enumerate(self.leaves):
+            parts = [
+                grads[index] * self.weights[name] for name, grads in self.grads.items() if grads[index] is not None
+            ]
+            if not parts:
+                continue
+            step_grad = parts[0]
+            for part in parts[1:]:
+                step_grad = step_grad + part
+            if leaf.grad is None:
+                leaf.grad = step_grad
+            else:
+                leaf.grad.add_(step_grad)
+
+    def balance(self) -> TaskGradients:
+        """The balance on the shared parameters, from the passes already made."""
+        where = {id(leaf): i for i, leaf in enumerate(self.leaves)}
+        return _balance(
+            {
+                name: [grads[where[id(p)]] if id(p) in where else None for p in self.shared]
+                for name, grads in self.grads.items()
+            },
+            self.shared,
+            self.losses,
+            self.weights,
+            _shared_scope(self.shared),
+        )
+
+
+def backward_with_task_balance(
+    losses: Mapping[str, torch.Tensor],
+    model: nn.Module,
+    *,
+    weights: Mapping[str, float] | None = None,
+    shared_parameters: Sequence[nn.Parameter] | None = None,
+) -> TaskGradients:
+    """Fill ``.grad`` as ``sum(weight * loss).backward()`` would and return the task balance, from one pass per
+    task (see :class:`FusedBackward`, whose :class:`BalanceUnavailable` it raises before touching anything)."""
+    fused = FusedBackward(losses, model, weights, shared_parameters)
+    fused.apply()
+    return fused.balance()
+
+
+class RepresentationTap:
+    """The cheap scope, free to run every step: each task's gradient at the shared representation, read off
+    the step's own ``backward()`` by tensor hooks (so it is safe wherever ``backward()`` is: DDP, accelerate).
+
+    Feed ``tap.input(task)`` to each task's head instead of the representation itself: they are views of
+    it, one per task, so each task's gradient arrives at its own view. After the backward of
+    ``sum(weight * loss)``, :meth:`balance` gives the balance.
+    """
+
+    def __init__(self, representation: torch.Tensor) -> None:
+        self.representation = representation
+        self._inputs: dict[str, torch.Tensor] = {}
+        self._grads: dict[str, torch.Tensor] = {}
+
+    def input(self, task: str) -> torch.Tensor:
+        """The view of the representation that ``task``'s head must read."""
+        if task not in self._inputs:
+            view = self.representation.view_as(self.representation)
+            view.register_hook(lambda grad, task=task: self._grads.__setitem__(task, grad))
+            self._inputs[task] = view
+        return self._inputs[task]
+
+    def balance(
+        self,
+        losses: Mapping[str, torch.Tensor],
+        weights: Mapping[str, float] | None = None,
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> TaskGradients:
+        """The balance after ``backward()``. The hooks saw the weighted gradients, times the loss scale when a
+        GradScaler scaled the loss: both are divided out here (a task with weight 0 reads as no gradient)."""
+        weights = task_weights(losses, weights)
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+
+        def raw(task: str) -> torch.Tensor | None:
+            grad, weight = self._grads.get(task), weights[task]
+            if grad is None or weight == 0:
+                return None
+            return grad / (weight * scale)
+
+        return _balance(
+            {task: [raw(task)] for task in losses},
+            [self.representation],
+            losses,
+            weights,
+            f"shared representation {tuple(self.representation.shape)}",
+        )

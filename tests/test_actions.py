@@ -1,0 +1,113 @@
+"""Acting on alerts in the trainer: the user's callback, halting before the bad step, checkpoints worth keeping,
+and automatic loss balancing."""
+
+import io
+import math
+
+import pytest
+import torch
+from helpers import run_cli, strict_lines
+from torch import nn
+
+from moola.balancing import LossBalancer
+from moola.checkpoints import AlertCheckpointer, load_checkpoint, weights_finite
+from moola.utils.monitoring import GradientMonitor, TaskGradients
+
+
+def test_nan_gradients_halt_the_cli_before_the_step_with_a_finite_checkpoint(tmp_path):
+    log, directory = tmp_path / "run.jsonl", tmp_path / "ckpt"
+    # A learning rate of 1e30 without clipping: the weights blow up and the gradients turn NaN on their own.
+    result = run_cli(
+        "moola.cli", "train", "--predict-pointers", "--monitor-gradients", "--every-n-steps", "1",
+        "--epochs", "3", "--n-samples", "120", "--lr", "1e30", "--grad-clip", "0",
+        "--halt-on", "critical", "--checkpoint-on-alert", str(directory), "--grad-log", str(log),
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "moola: halted (--halt-on critical) by critical alert nonfinite" in result.stdout
+    records = strict_lines(log)
+    alert = next(r for r in records if r["kind"] == "alert" and r["rule"] == "nonfinite")
+    assert not [r for r in records if r["kind"] == "grad_stats" and r["step"] > alert["step"]]  # within one
+    end = records[-1]
+    assert end["kind"] == "run_end" and end["status"] == "failed" and end["error"].startswith("halted on critical")
+    saved = sorted(p.name for p in directory.iterdir())
+    assert saved == [f"alert-nonfinite-step{alert['step']}.pt"]
+    state = load_checkpoint(directory / saved[0])
+    assert state["alert"]["rule"] == "nonfinite" and "optimizer" in state
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_acting_flags_without_monitoring_are_a_usage_error():
+    result = run_cli("moola.cli", "train", "--epochs", "1", "--halt-on", "error")
+    assert result.returncode == 2 and "--halt-on need --monitor-gradients" in result.stderr
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+
+
+def nan_step(model):
+    model.zero_grad()
+    model.layer(torch.randn(4, 3)).sum().backward()
+    model.layer.weight.grad[0, 0] = math.nan
+
+
+def test_on_alert_is_called_once_per_firing_and_a_broken_callback_is_one_warning():
+    model, seen, warned = Net(), [], []
+
+    def callback(alert):
+        seen.append((alert.rule, alert.severity))
+        raise RuntimeError("pager down")
+
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), on_alert=callback, warn=warned.append)
+    for _ in range(3):
+        nan_step(model)
+        monitor.on_before_optimizer_step(model)
+    assert seen.count(("nonfinite", "critical")) == 1  # one condition, one alert, three bad steps
+    assert len(warned) == 1 and "on_alert raised RuntimeError: pager down" in warned[0]
+    assert not monitor.should_stop  # no halt_on: the user's loop decides
+
+
+def test_the_last_good_checkpoint_is_never_overwritten_after_a_nonfinite_gradient(tmp_path):
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpointer = AlertCheckpointer(tmp_path, model, optimizer)
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), on_alert=checkpointer, halt_on="critical")
+    model.layer(torch.randn(4, 3)).sum().backward()
+    monitor.on_before_optimizer_step(model)
+    optimizer.step()
+    checkpointer.keep(step=1)
+    good = model.layer.weight.detach().clone()
+    nan_step(model)
+    monitor.on_before_optimizer_step(model)
+    assert monitor.should_stop and monitor.halted_by.rule == "nonfinite"
+    with torch.no_grad():
+        model.layer.weight.fill_(math.nan)  # what applying the step would have done
+    checkpointer.keep(step=2)
+    assert torch.equal(load_checkpoint(tmp_path / "last-good.pt")["model"]["layer.weight"], good)
+    assert not weights_finite(model)
+
+
+def balance_of(norms, losses=None):
+    return TaskGradients(
+        ratio=None, norms=norms, raw_norms=norms, cosine=None, scope="test", losses=losses or dict.fromkeys(norms, 1.0),
+        cosines={}, shares={}, weights=dict.fromkeys(norms, 1.0),
+    )  # fmt: skip
+
+
+def test_the_ratio_balancer_moves_toward_the_band_damped_and_keeps_the_total():
+    balancer = LossBalancer({"type": 1.0, "pointer": 8.0}, method="ratio")
+    assert balancer.update(balance_of({"type": 1.0, "pointer": 1.5})) is None  # inside the band: leave it
+    new = balancer.update(balance_of({"type": 1.0, "pointer": 16.0}))
+    assert new is not None and math.fsum(new.values()) == pytest.approx(9.0)
+    assert new["pointer"] / new["type"] < 8.0 / 1.0 / 2.0 * 1.01  # moved, at most 2x per weight per update
+    with pytest.raises(ValueError, match="unknown balancing method"):
+        LossBalancer({"a": 1.0}, method="magic")
+
+
+def test_gradnorm_gives_the_task_that_learned_less_more_gradient():
+    balancer = LossBalancer({"a": 1.0, "b": 1.0}, method="gradnorm")
+    assert balancer.update(balance_of({"a": 1.0, "b": 1.0}, {"a": 2.0, "b": 2.0})) is None  # same rates
+    new = balancer.update(balance_of({"a": 1.0, "b": 1.0}, {"a": 1.0, "b": 2.0}))  # a learned, b did not
+    assert new is not None and new["b"] > new["a"]

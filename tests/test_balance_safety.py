@@ -1,0 +1,192 @@
+"""The balance probe where the backward or the parameters are not plain: DDP, a GradScaler, loss parameters
+outside the model, sparse and complex gradients, compiled models. Each either gives exactly the step a plain
+``backward()`` gives, or refuses in one clear message and measures the non-invasive way."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO
+from torch import nn
+
+from moola.utils.monitoring import GradientMonitor
+from moola.utils.monitoring.task_balance import RepresentationTap, compute_task_balance
+from moola_watch.schema import decode_record
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+
+
+def plain_step(model, losses, weights):
+    sum(weights[n] * loss for n, loss in losses.items()).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
+def test_under_ddp_the_probe_keeps_the_all_reduce_and_says_why_it_is_not_fused(tmp_path):
+    from dist_worker import model_and_batch
+
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(WORKER), "ddp-balance", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"grads.rank{r}.pt") for r in (0, 1)]
+    model, x, y = model_and_batch()
+    output = model(x)
+    expected = plain_step(
+        model,
+        {
+            "first": nn.functional.mse_loss(output[:, 0], y[:, 0]),
+            "second": nn.functional.mse_loss(output[:, 1], y[:, 1]),
+        },
+        {"first": 1.0, "second": 3.0},
+    )
+    for name, grad in expected.items():
+        assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), name  # the replicas agree
+        assert torch.allclose(ranks[0]["grads"][name], grad, rtol=1e-5, atol=1e-7), name  # and are the full batch's
+    assert ranks[0]["measured"] and ranks[1]["measured"]
+    assert len(ranks[0]["warnings"]) == 1 and "torch.distributed is running" in ranks[0]["warnings"][0]
+    records = [decode_record(line) for line in (tmp_path / "run.jsonl").read_bytes().splitlines()]
+    assert [r["kind"] for r in records].count("task_balance") == 1
+
+
+class UncertaintyWeighted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Linear(4, 8)
+        self.a, self.b = nn.Linear(8, 1), nn.Linear(8, 1)
+
+
+def test_a_loss_parameter_outside_the_model_gets_its_gradient():
+    torch.manual_seed(0)
+    model = UncertaintyWeighted()
+    log_vars = nn.Parameter(torch.tensor([0.3, -0.2]))  # Kendall et al.: learned outside the model
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+
+    def losses():
+        h = model.trunk(x).tanh()
+        mse = [nn.functional.mse_loss(head(h).squeeze(1), y[:, i]) for i, head in enumerate((model.a, model.b))]
+        return {name: torch.exp(-log_vars[i]) * mse[i] + log_vars[i] for i, name in enumerate(("a", "b"))}
+
+    expected = plain_step(model, losses(), {"a": 1.0, "b": 1.0})
+    expected_log_vars = log_vars.grad.clone()
+    model.zero_grad(set_to_none=True)
+    log_vars.grad = None
+    balance = GradientMonitor(every_n_steps=1, stream=io.BytesIO()).backward(model, losses())
+    assert balance is not None
+    assert torch.allclose(log_vars.grad, expected_log_vars, rtol=1e-6)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], rtol=1e-5, atol=1e-7), name
+
+
+class SparseShared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 8, sparse=True)
+        self.a, self.b = nn.Linear(8, 1), nn.Linear(8, 2)
+
+
+def test_a_shared_sparse_embedding_is_measured_and_the_step_keeps_its_gradients():
+    torch.manual_seed(1)
+    model = SparseShared()
+    tokens, y = torch.randint(0, 50, (12, 5)), torch.randn(12)
+
+    def losses():
+        h = model.embed(tokens).mean(1)
+        return {"a": nn.functional.mse_loss(model.a(h).squeeze(1), y), "b": model.b(h).logsumexp(1).mean()}
+
+    expected = plain_step(model, losses(), {"a": 1.0, "b": 2.0})
+    reference = compute_task_balance(losses(), model, weights={"a": 1.0, "b": 2.0})
+    model.zero_grad(set_to_none=True)
+    sink = io.BytesIO()
+    balance = GradientMonitor(every_n_steps=1, stream=sink).backward(model, losses(), {"a": 1.0, "b": 2.0})
+    assert balance is not None and balance.ratio is None
+    assert balance.norms["a"] == pytest.approx(reference.norms["a"], rel=1e-5)
+    assert model.embed.weight.grad.is_sparse
+    assert torch.allclose(model.embed.weight.grad.to_dense(), expected["embed.weight"].to_dense(), rtol=1e-5, atol=1e-7)
+
+
+def test_complex_parameters_keep_their_imaginary_part():
+    torch.manual_seed(2)
+    shared = nn.Parameter(torch.randn(6, dtype=torch.complex64))
+    holder = nn.Module()
+    holder.shared = shared
+    z = torch.randn(6, dtype=torch.complex64)
+    losses = {"pointer": (shared * z).real.pow(2).sum(), "type": (shared * z.conj()).imag.pow(2).sum()}
+    balance = compute_task_balance(losses, holder)
+    grads = {n: torch.autograd.grad(loss, shared, retain_graph=True)[0] for n, loss in losses.items()}
+    expected_cosine = (
+        torch.vdot(grads["pointer"], grads["type"]).real / (grads["pointer"].norm() * grads["type"].norm())
+    ).item()
+    assert balance.ratio == pytest.approx((grads["pointer"].norm() / grads["type"].norm()).item(), rel=1e-5)
+    assert balance.cosine == pytest.approx(expected_cosine, rel=1e-4, abs=1e-6)
+
+
+def test_a_compiled_model_asks_for_shared_parameters_instead_of_guessing():
+    torch.manual_seed(3)
+    eager = UncertaintyWeighted()
+    compiled = torch.compile(eager, backend="aot_eager")
+
+    class Forward(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            h = self.inner.trunk(x).tanh()
+            return self.inner.a(h).sum(), self.inner.b(h).pow(2).sum()
+
+    x = torch.randn(8, 4)
+    whole = torch.compile(Forward(eager), backend="aot_eager")
+    a, b = whole(x)
+    warned: list[str] = []
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warned.append)
+    assert monitor.on_before_backward(compiled, {"a": a, "b": b}) is None
+    assert len(warned) == 1 and "shared_parameters=" in warned[0]
+    measured = compute_task_balance({"a": a, "b": b}, compiled, shared_parameters=list(eager.trunk.parameters()))
+    h = eager.trunk(x).tanh()
+    expected = compute_task_balance({"a": eager.a(h).sum(), "b": eager.b(h).pow(2).sum()}, eager)
+    assert measured.norms["a"] == pytest.approx(expected.norms["a"], rel=1e-5)
+    assert measured.norms["b"] == pytest.approx(expected.norms["b"], rel=1e-5)
+
+
+def test_the_representation_tap_divides_out_the_loss_scale():
+    torch.manual_seed(4)
+    model = UncertaintyWeighted()
+    x = torch.randn(8, 4)
+    weights = {"a": 2.0, "b": 0.5}
+    h = model.trunk(x).tanh()
+    expected = compute_task_balance(
+        {"a": model.a(h).sum(), "b": model.b(h).pow(2).sum()}, model, weights=weights, representation=h
+    )
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    h = model.trunk(x).tanh()
+    tap = RepresentationTap(h)
+    losses = {"a": model.a(tap.input("a")).sum(), "b": model.b(tap.input("b")).pow(2).sum()}
+    scaler.scale(sum(weights[n] * loss for n, loss in losses.items())).backward()
+    tapped = tap.balance(losses, weights, scaler=scaler)
+    for name in weights:
+        assert tapped.norms[name] == pytest.approx(expected.norms[name], rel=1e-5)
+
+
+def test_with_a_grad_scaler_the_step_gets_the_scaled_backward_it_would_have_had():
+    torch.manual_seed(5)
+    model = UncertaintyWeighted()
+    x = torch.randn(8, 4)
+
+    def losses():
+        h = model.trunk(x).tanh()
+        return {"a": model.a(h).sum(), "b": model.b(h).pow(2).sum()}
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    scaler.scale(losses()["a"] + losses()["b"]).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    balance = GradientMonitor(every_n_steps=1, stream=io.BytesIO()).backward(model, losses(), scaler=scaler)
+    assert balance is not None and balance.norms["a"] > 0
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], rtol=1e-5), name

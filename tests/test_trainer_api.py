@@ -1,0 +1,197 @@
+"""The trainer API as a library user drives it from a plain step-based loop: when it measures, what it says,
+what it records, on models that are not the project's LSTM."""
+
+import io
+import logging
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import REPO, run_cli
+from torch import nn
+
+from moola.utils.monitoring import GradientMonitor
+from moola.utils.monitoring.console import console_lines
+from moola_watch.schema import MAX_LINE_BYTES, Rejected, decode_record
+
+
+class TwoHeadMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(6, 16), nn.ReLU())
+        self.cls = nn.Linear(16, 3)
+        self.reg = nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return self.cls(h), self.reg(h).squeeze(1)
+
+
+def task_losses(model, x, labels, target):
+    logits, value = model(x)
+    return {"cls": nn.functional.cross_entropy(logits, labels), "reg": nn.functional.mse_loss(value, target)}
+
+
+def records_of(data: bytes) -> list[dict]:
+    records = [decode_record(line) for line in data.splitlines()]
+    assert records and not any(isinstance(r, Rejected) for r in records), records
+    return records
+
+
+def plain_loop(monitor, *, steps=40, accumulate=1, seed=0):
+    """One epoch of ``steps`` optimizer steps, each over ``accumulate`` micro-batches."""
+    torch.manual_seed(seed)
+    model = TwoHeadMLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor.watch_optimizer(optimizer)
+    weights = {"cls": 1.0, "reg": 0.5}
+    with monitor:
+        for _step in range(steps):
+            for _micro in range(accumulate):
+                x = torch.randn(8, 6)
+                losses = task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])
+                monitor.backward(model, losses, weights)
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+        monitor.on_epoch_end(1, train_loss=0.5)
+    return model
+
+
+def test_every_n_steps_measures_on_optimizer_steps_and_throttles_balance(capsys):
+    sink = io.BytesIO()
+    plain_loop(GradientMonitor(every_n_steps=4, balance_every_n_steps=8, stream=sink), accumulate=2)
+    records = records_of(sink.getvalue())
+    assert [r["step"] for r in records if r["kind"] == "grad_stats"] == list(range(4, 41, 4))
+    assert [r["step"] for r in records if r["kind"] == "task_balance"] == list(range(8, 41, 8))
+    assert all(isinstance(r.get("step"), int) for r in records if r["kind"] != "run_start")
+    assert records[-1]["kind"] == "run_end" and records[-2]["kind"] == "epoch" and records[-2]["step"] == 40
+    out, err = capsys.readouterr()
+    assert out == "" and err == ""  # a library is quiet unless asked
+
+
+def test_console_lines_are_logging_records_a_user_can_turn_on(caplog):
+    with caplog.at_level(logging.INFO, logger="moola"):
+        plain_loop(GradientMonitor(every_n_steps=20, stream=io.BytesIO()), steps=20)
+    text = caplog.text
+    assert "Step 20 Gradient Stats:" in text and "[PHASE 4] Task balance at step 20" in text
+    echoed: list[str] = []
+    with console_lines(echoed.append):
+        plain_loop(GradientMonitor(every_n_steps=20, stream=io.BytesIO()), steps=20)
+    assert any("[PHASE 4] Gradient Monitoring Summary:" in line for line in echoed)
+
+
+def test_the_fused_backward_gives_the_same_gradients_as_a_plain_backward():
+    weights = {"cls": 1.0, "reg": 0.5}
+    x = torch.randn(8, 6)
+    labels, target = torch.randint(0, 3, (8,)), x[:, 0]
+    torch.manual_seed(1)
+    reference = TwoHeadMLP()
+    model = TwoHeadMLP()
+    model.load_state_dict(reference.state_dict())
+    losses = task_losses(reference, x, labels, target)
+    sum(weights[n] * loss for n, loss in losses.items()).backward()
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO())
+    balance = monitor.backward(model, task_losses(model, x, labels, target), weights)
+    assert balance is not None and set(balance.norms) == {"cls", "reg"}
+    for (name, expected), actual in zip(reference.named_parameters(), model.parameters(), strict=True):
+        assert torch.allclose(actual.grad, expected.grad, rtol=1e-5, atol=1e-7), name
+
+
+def test_swapped_weights_cannot_happen_silently():
+    model = TwoHeadMLP()
+    x = torch.randn(4, 6)
+    losses = task_losses(model, x, torch.randint(0, 3, (4,)), x[:, 0])
+    with pytest.raises(ValueError, match="weights name tasks without a loss: pointer"):
+        GradientMonitor(every_n_steps=1).backward(model, losses, {"cls": 1.0, "pointer": 2.0})
+
+
+def test_epoch_values_from_a_real_loop_are_recorded_not_raised():
+    sink, warned = io.BytesIO(), []
+    with GradientMonitor(every_n_steps=1, stream=sink, warn=warned.append) as monitor:
+        monitor.on_epoch_end(
+            1,
+            train_loss=torch.tensor(0.5),
+            lr=[1e-3],
+            metrics={"f1": None, "acc": torch.tensor(0.75), "auc": torch.tensor([0.9])},
+            task_losses={"cls": torch.tensor(0.4, dtype=torch.float64)},
+        )
+        monitor.on_epoch_end(2, train_loss=0.4, lr=[1e-3, 1e-4])
+    epochs = [r for r in records_of(sink.getvalue()) if r["kind"] == "epoch"]
+    assert epochs[0]["train_loss"] == 0.5 and epochs[0]["lr"] == 1e-3
+    assert epochs[0]["metrics"] == {"acc": 0.75, "auc": pytest.approx(0.9)}
+    assert epochs[1]["lr"] == 1e-3 and epochs[1]["lrs"] == [1e-3, 1e-4]
+    assert any("metrics['f1'] is None" in line for line in warned)
+
+
+def test_a_run_that_fails_before_measuring_still_has_a_start_and_an_end(tmp_path):
+    log = tmp_path / "run.jsonl"
+    with pytest.raises(RuntimeError), GradientMonitor(every_n_steps=1, log_path=log):
+        raise RuntimeError("CUDA out of memory while loading data")
+    records = records_of(log.read_bytes())
+    assert [r["kind"] for r in records] == ["run_start", "run_end"]
+    assert records[1]["status"] == "failed" and "out of memory" in records[1]["error"]
+    result = run_cli("moola_watch.cli", "check", "--fail-on", "warning", str(log))
+    assert result.returncode != 0, result.stdout
+
+
+class Experts(nn.Module):
+    """MoE-shaped: thousands of small experts, 2 tensors each."""
+
+    def __init__(self, count):
+        super().__init__()
+        self.experts = nn.ModuleList(nn.Linear(1, 1) for _ in range(count))
+
+
+def test_a_model_of_20k_tensors_writes_records_the_watcher_reads_with_every_fault(tmp_path):
+    model = Experts(10_500)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, math.nan)
+    model.experts[7].weight.grad.fill_(0.5)
+    log = tmp_path / "moe.jsonl"
+    with GradientMonitor(every_n_steps=1, log_path=log) as monitor:
+        stats = monitor.on_before_optimizer_step(model)
+    assert stats is not None and stats["nonfinite_count"] == 21_000 - 1
+    assert max(len(line) for line in log.read_bytes().splitlines()) < MAX_LINE_BYTES
+    grad = next(r for r in records_of(log.read_bytes()) if r["kind"] == "grad_stats")
+    assert grad["layer_groups"] == {"depth": 1, "tensors": 21_000, "groups": 1}
+    assert math.isnan(grad["layer_norms"]["experts"]) and "experts.7.weight" in grad["top_layers"]
+    result = run_cli("moola_watch.cli", "check", str(log))
+    assert result.returncode == 1 and "nonfinite" in result.stdout, result.stdout
+
+
+def test_a_layer_added_or_replaced_after_the_first_measurement_is_measured():
+    model = TwoHeadMLP()
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO())
+    x = torch.randn(4, 6)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        logits, value = model(x)
+        extra = model.adapter(x).sum() if hasattr(model, "adapter") else 0
+        (logits.sum() + value.sum() + extra).backward()
+        return monitor.on_before_optimizer_step(model)["layer_norms"]
+
+    step()
+    model.adapter = nn.Linear(6, 1)  # a new head after the first update (a LoRA adapter, say)
+    assert "adapter.weight" in step()
+    stale = model.reg.weight
+    stale.grad = torch.full_like(stale, 100.0)  # what the old, detached parameter would still report
+    model.reg.weight = nn.Parameter(torch.zeros_like(stale))
+    norms = step()
+    assert norms["reg.weight"] == pytest.approx(model.reg.weight.grad.norm().item())
+
+
+def test_readme_loop_example_runs_as_written(tmp_path):
+    """The README's plain-loop example, extracted and run in a fresh process."""
+    readme = (REPO / "README.md").read_text("utf-8")
+    start = readme.index("<!-- plain-loop example -->")
+    code = readme[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "loop.py"
+    script.write_text(code, "utf-8")
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = records_of((tmp_path / "runs" / "mtl.jsonl").read_bytes())
+    assert [r["step"] for r in records if r["kind"] == "grad_stats"] == list(range(50, 201, 50))
