@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -12,12 +14,15 @@ from pathlib import Path
 from rich.console import Console
 
 from moola.data import DataError, load_npz, make_synthetic
-from moola.models.enhanced_simple_lstm import MODEL_NAME, EnhancedSimpleLSTM
-from moola.utils.monitoring.console import console_lines
 
 EXIT_USAGE = 2
 EXIT_HALTED = 3  # --halt-on stopped the run
 EXIT_INTERRUPTED = 130
+NO_TORCH = (
+    "moola: error: the trainer needs PyTorch, which is not installed here: pip install 'moola[train]' "
+    "(moola-watch works without it)"
+)
+DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
 
 
 def _positive_int(text: str) -> int:
@@ -34,19 +39,31 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults appended once, and only where there is one to tell (not for switches, nor when the help says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from moola.models.enhanced_simple_lstm import MODEL_NAME
+
     parser = argparse.ArgumentParser(prog="moola", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train",
         help="train a model (with --monitor-gradients: log gradient records to JSONL)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
         description="Train EnhancedSimpleLSTM on synthetic OHLC windows or your own .npz. With "
         "--monitor-gradients, gradient statistics and task balance are printed and appended to a JSONL "
         "log that `moola-watch` can follow live.",
     )
     train.add_argument("--model", choices=[MODEL_NAME], default=MODEL_NAME, help="model to train")
-    train.add_argument("--device", default="cpu", help="cpu, cuda (fails if unavailable) or auto")
+    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (an error if unavailable), or auto")
     train.add_argument(
         "--predict-pointers",
         action="store_true",
@@ -123,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     samples = commands.add_parser(
         "sample-logs",
         help="regenerate sample_logs/ from real training runs (fixed seeds)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     samples.add_argument("--out", type=Path, default=Path("sample_logs"), help="directory to write")
     samples.add_argument("names", nargs="*", help="only these files (the README is then left as it is)")
@@ -131,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
+    from moola.models.enhanced_simple_lstm import EnhancedSimpleLSTM
+    from moola.utils.monitoring.console import console_lines
+
     acting = [flag for flag, value in (("--halt-on", args.halt_on), ("--checkpoint-on-alert", args.checkpoint_on_alert),
               ("--auto-balance", args.auto_balance)) if value]  # fmt: skip
     if acting and not args.monitor_gradients:
@@ -231,8 +251,18 @@ def _distributed(device: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if importlib.util.find_spec("torch") is None:
+        print(NO_TORCH, file=sys.stderr)
+        return EXIT_USAGE
     args = build_parser().parse_args(argv)
     if args.command == "train":
+        if DEVICE.fullmatch(args.device) is None:
+            # Checked before torch sees it: `--device gpu` is a usage error, not a traceback.
+            print(
+                f"moola: error: --device {args.device!r} is not a device: use cpu, cuda, cuda:N or auto",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         distributed = _distributed(args.device)
         # Only rank 0 talks: the others train in silence (and write no log unless asked per rank).
         quiet = distributed and int(os.environ.get("RANK", "0")) != 0

@@ -1,3 +1,24 @@
 """moola-watch: follow, judge and summarise moola's JSONL gradient logs. Never imports torch."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from moola_watch.rules import Thresholds
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "load"]
+
+
+def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd.DataFrame]:
+    """A log's DataFrames, or a directory's (every ``*.jsonl``): see :func:`moola_watch.loader.load`.
+
+    Imported on use, so that ``import moola_watch`` (the trainer does) stays free of pandas.
+    """
+    from moola_watch.loader import load as load_tables
+
+    return load_tables(path, thresholds)

@@ -11,7 +11,7 @@ import math
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,8 @@ class FrameColumns:
 
     GRAD = ("run", "epoch", "step", "time", "total_norm", "mean_norm", "std_norm", "min_norm", "max_norm",
             "nonfinite_count", "cost_ms")  # fmt: skip
+    BALANCE = ("run", "epoch", "step", "time", "ratio", "cosine", "scope")  # then per-task columns
+    EPOCH = ("run", "epoch", "step", "time", "train_loss", "val_loss", "lr", "duration_s")  # then losses, metrics
 
     def __init__(self) -> None:
         self.grad: dict[str, list[Any]] = {name: [] for name in self.GRAD}
@@ -65,7 +67,7 @@ class FrameColumns:
             self.layer_counts.append(len(keys))
             self.layer_norm.extend(norms.values())
         elif kind == schema.TASK_BALANCE:
-            row = {k: record.get(k) for k in ("run", "epoch", "step", "time", "ratio", "cosine", "scope")}
+            row = {k: record.get(k) for k in self.BALANCE}
             for prefix, values in (
                 ("norm", "norms"),
                 ("raw_norm", "raw_norms"),
@@ -78,9 +80,7 @@ class FrameColumns:
                     row[f"{prefix}_{task}"] = value
             self.balance.append(row)
         elif kind == schema.EPOCH:
-            row = {
-                k: record.get(k) for k in ("run", "epoch", "step", "time", "train_loss", "val_loss", "lr", "duration_s")
-            }
+            row = {k: record.get(k) for k in self.EPOCH}
             row.update({f"loss_{k}": v for k, v in (record.get("task_losses") or {}).items()})
             row.update(record.get("metrics") or {})
             self.epochs.append(row)
@@ -115,8 +115,8 @@ class FrameColumns:
         return {
             "grad": pd.DataFrame(self.grad),
             "layers": self._layers(),
-            "balance": pd.DataFrame(self.balance),
-            "epochs": pd.DataFrame(self.epochs),
+            "balance": table(self.balance, self.BALANCE),
+            "epochs": table(self.epochs, self.EPOCH),
         }
 
 
@@ -129,6 +129,17 @@ def run_verdict(engine: RuleEngine) -> str:
     if not engine.measured():
         return VERDICT_NO_MEASUREMENTS
     return VERDICT_HEALTHY if engine.run.status != "running" else VERDICT_UNTERMINATED
+
+
+def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """Rows as a DataFrame; with no rows, still with ``columns`` (an empty table keeps its header)."""
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(columns))
+
+
+RUN_COLUMNS = ("run", "verdict", "model", "status", "records", "epoch", "step", "started", "last_time",
+               "thresholds_from")  # fmt: skip
+ALERT_COLUMNS = ("run", "rule", "severity", "state", "subject", "value", "message", "recommendation", "first_step",
+                 "first_epoch", "last_step", "resolved_step", "layers")  # fmt: skip
 
 
 @dataclass
@@ -315,14 +326,15 @@ def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
     """DataFrames of a scan made with ``frames=True``: grad, layers (long), balance, epochs, alerts, runs."""
     assert scan.columns is not None, "scan_log(..., frames=True) collects the columns"
     out = scan.columns.frames()
-    out["alerts"] = pd.DataFrame([alert_json(run, alert) for run, alert in scan.alerts()])
-    out["runs"] = pd.DataFrame(
+    out["alerts"] = table([alert_json(run, alert) for run, alert in scan.alerts()], ALERT_COLUMNS)
+    out["runs"] = table(
         [
             {"run": run, "verdict": run_verdict(e), "model": e.run.model, "status": e.run_status,
              "records": e.run.records, "epoch": e.run.epoch, "step": e.run.step, "started": e.run.started,
              "last_time": e.run.last_time, "thresholds_from": scan.threshold_sources[run]}
             for run, e in scan.engines.items()
-        ]
+        ],
+        RUN_COLUMNS,
     )  # fmt: skip
     return out
 

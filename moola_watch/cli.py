@@ -1,4 +1,5 @@
-"""``moola-watch``: ``follow`` a live log (``moola-watch LOG`` for short), ``analyze`` and ``check`` saved ones.
+"""``moola-watch``: ``follow`` a live log (``moola-watch LOG`` for short); ``analyze``, ``check`` and ``export``
+saved ones.
 
 Exit codes: 0 nothing at or above ``--fail-on`` fired; 1 something did; 2 usage error, unreadable file or a file
 that is not a log (no valid record); 3 (``check``) a run that recorded no measurement, nothing having fired.
@@ -8,7 +9,7 @@ Each run is judged by the thresholds its ``run_start`` recorded, except those a 
 from __future__ import annotations
 
 import argparse
-import csv
+import math
 import re
 import sys
 import tomllib
@@ -20,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from moola_watch import analyze
+from moola_watch import analyze, export, junit, loader
 from moola_watch.rules import RULES, Thresholds, position
 from moola_watch.textsafe import inert, json_line
 
@@ -35,30 +36,110 @@ class UsageError(Exception):
     """A bad flag, config or file: printed as one line, exit 2."""
 
 
+#: Each threshold in words, for ``--help``: (metavar, what it means). Defaults come from ``Thresholds``.
+THRESHOLD_HELP: dict[str, tuple[str, str]] = {
+    "vanishing": ("NORM", "a layer whose gradient norm falls below this is vanishing"),
+    "exploding": ("NORM", "a layer whose gradient norm rises above this is exploding"),
+    "balance_low": ("RATIO", "lower end of the healthy pointer/type gradient ratio"),
+    "balance_high": ("RATIO", "upper end of the healthy ratio; outside the band is an imbalance warning"),
+    "significant": ("RATIO", "a ratio beyond this (or below its inverse) is a significant imbalance, not a minor one"),
+    "collapse_high": ("RATIO", "collapse when the window's mean ratio is above this: the pointer task dominates"),
+    "collapse_low": ("RATIO", "collapse when the window's mean ratio is below this: the type task dominates"),
+    "window": ("N", "task-balance samples the collapse rule averages over"),
+    "norm_low": ("NORM", "mean layer norm below this: gradients too small overall (raise the learning rate)"),
+    "norm_large": ("NORM", "mean layer norm above this: large (check gradient clipping)"),
+    "norm_exploding": ("NORM", "mean layer norm above this: exploding overall (lower the learning rate)"),
+    "healthy_norm_low": ("NORM", "lower end of the healthy mean layer norm, shown beside the trend"),
+    "healthy_norm_high": ("NORM", "upper end of the healthy mean layer norm, shown beside the trend"),
+    "stale_seconds": ("SECONDS", "a run with no new record for this long and no run_end is stale"),
+    "confirm": ("N", "consecutive samples a warning-level condition must hold before its alert fires"),
+}
+CONFIG_TABLES = ("thresholds", "notify")
+
+
+def _count(text: str) -> int:
+    """A threshold that counts samples: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text}")
+    return value
+
+
+def _level(text: str) -> float:
+    """A threshold that is a norm, ratio or duration: a finite number, at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, got {text}")
+    return value
+
+
+def flag_name(field_name: str) -> str:
+    """A threshold's flag spelling, which config files accept too: ``collapse_high`` -> ``collapse-high``."""
+    return field_name.replace("_", "-")
+
+
 def add_threshold_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per threshold (``--collapse-high``, ``--window``, ...), named after the field."""
-    group = parser.add_argument_group("thresholds (defaults from the spec; see moola_watch.rules.Thresholds)")
+    group = parser.add_argument_group(
+        "thresholds", "Defaults from the spec. Norms are L2 norms of gradients; ratios are pointer/type."
+    )
     for item in fields(Thresholds):
-        flag = "--" + item.name.replace("_", "-")
-        kind = int if item.name in ("window", "confirm") else float
-        group.add_argument(flag, dest=f"th_{item.name}", type=kind, default=None, help=f"default {item.default}")
-    group.add_argument("--config", type=Path, default=None, help="TOML file with a [thresholds] table")
+        metavar, words = THRESHOLD_HELP.get(item.name, ("VALUE", item.name.replace("_", " ")))
+        counts = item.type in (int, "int")
+        group.add_argument(
+            "--" + flag_name(item.name),
+            dest=f"th_{item.name}",
+            type=_count if counts else _level,
+            default=None,
+            metavar=metavar,
+            help=f"{words} (default: {item.default:g})",
+        )
+    group.add_argument(
+        "--config", type=Path, default=None, metavar="TOML", help="a file with a [thresholds] table of the above"
+    )
 
 
 def config_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """The ``[name]`` table of ``--config`` (empty without a config or without that table)."""
+    """The ``[name]`` table of ``--config`` (empty without a config or without that table). Unknown tables or
+    top-level keys are errors listing the valid ones."""
     if args.config is None:
         return {}
+    path = args.config
     try:
-        config = tomllib.loads(args.config.read_text("utf-8"))
+        config = tomllib.loads(path.read_text("utf-8"))
     except OSError as exc:
-        raise UsageError(f"cannot read config {args.config}: {exc.strerror}") from None
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"config {args.config} is not valid TOML: {exc}") from None
+        raise UsageError(f"config {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(config) - set(CONFIG_TABLES))
+    if unknown:
+        valid = ", ".join(f"[{table}]" for table in CONFIG_TABLES)
+        raise UsageError(f"config {path}: unknown key(s) {', '.join(unknown)}; the valid tables are {valid}")
     table = config.get(name, {})
     if not isinstance(table, dict):
-        raise UsageError(f"config {args.config}: [{name}] must be a table")
+        raise UsageError(f"config {path}: [{name}] must be a table")
     return table
+
+
+def config_thresholds(args: argparse.Namespace) -> dict[str, Any]:
+    """The config's [thresholds], keys in field spelling (the flags' spelling is accepted); unknown keys are
+    errors listing the valid ones."""
+    table = config_table(args, "thresholds")
+    valid = [item.name for item in fields(Thresholds)]
+    values = {key.replace("-", "_"): value for key, value in table.items()}
+    unknown = sorted(key for key, name in zip(table, values, strict=True) if name not in valid)
+    if unknown:
+        raise UsageError(
+            f"config {args.config}: unknown threshold(s): {', '.join(unknown)}; valid keys of [thresholds]: "
+            + ", ".join(map(flag_name, valid))
+        )
+    return values
 
 
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
@@ -75,7 +156,7 @@ def overridden_from(args: argparse.Namespace) -> frozenset[str]:
 
 
 def _threshold_values(args: argparse.Namespace) -> dict[str, Any]:
-    values: dict[str, Any] = dict(config_table(args, "thresholds"))
+    values = config_thresholds(args)
     values.update({k[3:]: v for k, v in vars(args).items() if k.startswith("th_") and v is not None})
     return values
 
@@ -107,15 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     follow_cmd.add_argument("target", type=Path, metavar="LOG|DIR")
     follow_cmd.add_argument("--from-end", action="store_true", help="skip the history already in the file")
     follow_cmd.add_argument("--poll", action="store_true", help="poll only, no inotify (network filesystems)")
-    follow_cmd.add_argument("--interval", type=float, default=0.25, help="seconds between stat checks (0.25)")
+    follow_cmd.add_argument(
+        "--interval", type=float, default=0.25, metavar="SECONDS", help="seconds between stat checks (default: 0.25)"
+    )
     follow_cmd.add_argument("--json", action="store_true", help="one JSON object per event, a summary at exit")
     follow_cmd.add_argument("--once", action="store_true", help="show the current state and exit")
     follow_cmd.add_argument(
         "--exit-on-end", action="store_true", help="exit when every run has ended, with check's exit codes"
     )
-    follow_cmd.add_argument("--fail-on", choices=SEVERITY_CHOICES, default="error", help="for exit codes (error)")
+    follow_cmd.add_argument(
+        "--fail-on", choices=SEVERITY_CHOICES, default="error", help="lowest severity that exits 1 (default: error)"
+    )
     follow_cmd.add_argument("--run", metavar="ID", help="focus one run (its id, or its log's file name stem)")
-    follow_cmd.add_argument("--top", type=int, default=4, help="layers shown at each end of the ranking (4)")
+    follow_cmd.add_argument(
+        "--top", type=int, default=4, metavar="N", help="layers shown at each end of the ranking (default: 4)"
+    )
     follow_cmd.add_argument("--layers", metavar="REGEX", help="only layers whose name matches")
     notify = follow_cmd.add_argument_group(
         "notifications (also from --config's [notify] table: on_alert, webhook, notify_on, timeout, retries)"
@@ -138,7 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze_cmd = commands.add_parser("analyze", help="report on saved logs: trends, worst layers, balance, alerts")
     analyze_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
     analyze_cmd.add_argument("--json", action="store_true", help="one JSON object per log instead of tables")
-    analyze_cmd.add_argument("--csv", type=Path, metavar="DIR", help="also write the DataFrames as CSV files here")
+    analyze_cmd.add_argument(
+        "--csv",
+        type=Path,
+        metavar="DIR",
+        help="also write the DataFrames as CSV files here: LOG.grad.csv, .layers, .balance, .epochs, .alerts, .runs",
+    )
     add_threshold_flags(analyze_cmd)
     check_cmd = commands.add_parser(
         "check",
@@ -156,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     which = check_cmd.add_mutually_exclusive_group()
     which.add_argument("--run", metavar="ID", help="judge only this run (a log may hold several)")
     which.add_argument("--latest", action="store_true", help="judge only the run that wrote last in each log")
+    check_cmd.add_argument(
+        "--junit",
+        type=Path,
+        metavar="FILE",
+        help="also write a JUnit XML report: one testcase per run, failing with its alerts at or above --fail-on",
+    )
     add_threshold_flags(check_cmd)
     report_cmd = commands.add_parser(
         "report",
@@ -167,6 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     report_cmd.add_argument("-o", "--output", type=Path, default=Path("report.html"), help="(report.html)")
     report_cmd.add_argument("--png", type=Path, metavar="DIR", help="also write each figure as a PNG here")
     add_threshold_flags(report_cmd)
+    export_cmd = commands.add_parser(
+        "export",
+        help="write logs as TensorBoard event files",
+        description="Write each run of each log as a TensorBoard run: a sub-directory of DIR named after the run, "
+        "holding gradient norms, task balance, losses, metrics and the alerts (as text). Exporting again "
+        "replaces the files. View with: tensorboard --logdir DIR",
+    )
+    export_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
+    export_cmd.add_argument("--tensorboard", type=Path, metavar="DIR", required=True, help="directory to write to")
+    add_threshold_flags(export_cmd)
     return parser
 
 
@@ -227,13 +335,17 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
     from moola_watch.report import analyze_report
 
     worst = EXIT_OK
+    labels = loader.log_labels(args.logs)
     for path, scan in _scans(args, console, frames=True):
         if scan is None or not scan.records:
             worst = EXIT_USAGE
             continue
         frames = analyze.to_frames(scan)
         if args.csv:
-            _write_csv(args.csv, path, frames)
+            try:
+                loader.write_csv(args.csv, labels[path], frames)
+            except OSError as exc:
+                raise UsageError(f"cannot write CSV to {args.csv}: {exc.strerror or exc}") from None
         if args.json:
             report = scan.report()
             largest, smallest = analyze.worst_layers(frames["layers"])
@@ -252,19 +364,12 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
     return worst
 
 
-def _write_csv(directory: Path, log: Path, frames: dict[str, Any]) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, frame in frames.items():
-            frame.to_csv(directory / f"{log.stem}.{name}.csv", index=False, quoting=csv.QUOTE_MINIMAL)
-    except OSError as exc:
-        raise UsageError(f"cannot write CSV to {directory}: {exc.strerror or exc}") from None
-
-
 def _check(args: argparse.Namespace, console: Console) -> int:
     codes = {EXIT_OK}
+    results: list[junit.LogResult] = []
     for path, scan in _scans(args, console, frames=False):
         if scan is None or not scan.records:
+            results.append(junit.LogResult(str(path), scan.report() if scan else None))
             if args.json:
                 _print_json(scan.report() if scan else {"log": str(path), "verdict": "unreadable"})
             codes.add(EXIT_USAGE)
@@ -276,10 +381,13 @@ def _check(args: argparse.Namespace, console: Console) -> int:
             codes.add(EXIT_USAGE)
             continue
         codes.add(_exit_code(scan, runs, args.fail_on))
+        results.append(junit.LogResult(str(path), scan.report(runs)))
         if args.json:
             _print_json(scan.report(runs))
         else:
             _print_check(console, path, scan, runs, args.fail_on)
+    if args.junit:
+        _write_junit(args.junit, results, args.fail_on)
     return next(code for code in EXIT_PRECEDENCE if code in codes)
 
 
@@ -334,6 +442,38 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     return EXIT_ALERT if any(scan.fails("error") for scan in readable) else EXIT_OK
 
 
+def _write_junit(path: Path, results: list[junit.LogResult], fail_on: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(junit.junit_xml(results, fail_on))
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _export(args: argparse.Namespace, console: Console) -> int:
+    """Every run of every log as a TensorBoard run under ``--tensorboard``."""
+    worst = EXIT_OK
+    frames_of: dict[tuple[str, str], dict[str, Any]] = {}
+    for path, scan in _scans(args, console, frames=True):
+        if scan is None:
+            worst = EXIT_USAGE
+            continue
+        frames = analyze.to_frames(scan)
+        frames_of.update({(str(path), run): frames for run in scan.engines})
+    names = export.directory_names(list(frames_of))
+    for (log, run), frames in frames_of.items():
+        events = export.run_events(names[(log, run)], run, frames)
+        try:
+            written = export.write_run(args.tensorboard, events)
+        except OSError as exc:
+            raise UsageError(f"cannot write to {args.tensorboard}: {exc.strerror or exc}") from None
+        console.print(
+            inert(f"{written}  {events.scalars} scalars, {events.alerts} alerts  [{Path(log).name}]", limit=4000),
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+    return worst
+
+
 def _error(message: str) -> None:
     print(f"moola-watch: error: {inert(message, limit=1000)}", file=sys.stderr)
 
@@ -358,6 +498,8 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
             raise UsageError(f"--layers is not a valid regular expression: {exc}") from None
     if args.target.exists() and not (args.target.is_file() or args.target.is_dir()):
         raise UsageError(f"{args.target} is neither a file nor a directory")
+    if args.once and not args.target.exists():
+        raise UsageError(f"{args.target} does not exist (without --once, follow waits for it to appear)")
     options = FollowOptions(
         from_end=args.from_end,
         poll=args.poll,
@@ -375,24 +517,23 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
     return Follower(args.target, thresholds, options, console, notifier=notifier).run()
 
 
-COMMANDS = ("follow", "analyze", "check", "report")
+COMMANDS = {"follow": _follow, "analyze": _analyze, "check": _check, "report": _report, "export": _export}
+HELP_FLAGS = ("-h", "--help")
+
+
+def with_default_command(argv: list[str]) -> list[str]:
+    """``moola-watch LOG`` and ``moola-watch --once LOG`` are ``moola-watch follow ...``."""
+    if argv and argv[0] not in COMMANDS and argv[0] not in HELP_FLAGS:
+        return ["follow", *argv]
+    return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
-        argv.insert(0, "follow")  # `moola-watch LOG` is `moola-watch follow LOG`
-    args = parser.parse_args(argv)
+    args = parser.parse_args(with_default_command(list(sys.argv[1:] if argv is None else argv)))
     console = Console()
     try:
-        if args.command == "follow":
-            return _follow(args, console)
-        if args.command == "analyze":
-            return _analyze(args, console)
-        if args.command == "report":
-            return _report(args, console)
-        return _check(args, console)
+        return COMMANDS[args.command](args, console)
     except UsageError as exc:
         _error(str(exc))
         return EXIT_USAGE

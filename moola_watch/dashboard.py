@@ -19,6 +19,7 @@ from rich.text import Text
 
 from moola_watch import rules, schema
 from moola_watch.analyze import LogScan
+from moola_watch.durations import human_duration
 from moola_watch.render import (
     SEVERITY_STYLE,
     STATUS_STYLE,
@@ -71,8 +72,7 @@ class ViewOptions:
 def _age(now: float, last: float | None) -> str:
     if last is None:
         return "-"
-    seconds = max(0.0, now - last)
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+    return f"{human_duration(now - last)} ago"
 
 
 # Among alerts of equal severity, the one a person should read first.
@@ -194,9 +194,7 @@ def layers_table(engine: rules.RuleEngine, options: ViewOptions) -> RenderableTy
     names = [n for n in norms if options.layers is None or options.layers.search(n)]
     ordered = sorted(names, key=lambda n: (math.isfinite(norms[n]), -norms[n] if math.isfinite(norms[n]) else 0))
     shown = ordered[: options.top] + [n for n in ordered[-options.top :] if n not in ordered[: options.top]]
-    table = Table(
-        title=f"Layers ({len(names)} of {len(norms)}; largest and smallest)", title_justify="left", expand=True
-    )
+    table = Table(title=layers_title(len(shown), len(names), len(norms)), title_justify="left", expand=True)
     table.add_column("layer", ratio=1, overflow="fold")
     table.add_column("norm", justify="right", no_wrap=True)
     table.add_column("flag", no_wrap=True)
@@ -212,6 +210,14 @@ def layers_table(engine: rules.RuleEngine, options: ViewOptions) -> RenderableTy
             flag, style = "", ""
         table.add_row(text(name, style), Text(number(norm), style=style), Text(flag, style=style))
     return table
+
+
+def layers_title(shown: int, matching: int, total: int) -> str:
+    """What the layer table holds: how many rows of how many layers, and which."""
+    if shown == total:
+        return f"Layers (all {total})"
+    of = f"{matching} matching --layers, {total} in all" if matching < total else f"{total}"
+    return f"Layers ({shown} of {of}: the largest and smallest norms)"
 
 
 def run_dashboard(view: LogView, run: str, options: ViewOptions) -> RenderableType:

@@ -148,7 +148,19 @@ class Follower:
         if not self.live_mode:
             self.console.print(inert(line, limit=4000), markup=False, highlight=False, soft_wrap=True)
 
+    def waiting_hint(self) -> str:
+        """How a log that does not exist yet is waited for, in words."""
+        folder = self.directory or self.target.parent
+        how = f"checking every {self.options.interval:g} s"
+        if not folder.is_dir():
+            how += f" (its directory {inert(folder)} does not exist yet either)"
+        elif self.waker.mode == "watchdog":
+            how += f" and at once on any change in {inert(folder)}"
+        return how + "; Ctrl-C to stop"
+
     def _notice(self, notice: Notice) -> None:
+        if notice.event == "waiting":
+            notice = notice._replace(message=f"{notice.message}, {self.waiting_hint()}")
         if self.options.json:
             self._write_json({"event": "notice", "log": notice.path, "kind": notice.event, "message": notice.message})
         elif not self.live_mode:
@@ -191,6 +203,9 @@ class Follower:
         if focus is not None:
             view, run = focus
             return run_dashboard(view, run, options)
+        if self.directory is None and not self.target.exists():
+            hint = f"it does not exist yet; {self.waiting_hint()}"
+            return Text(f"waiting for records in {inert(self.target)} ({hint})", style="dim")
         if self.directory is None:
             return Text(f"waiting for records in {inert(self.target)} …", style="dim")
         return overview(list(self.views.values()), options)

@@ -41,10 +41,10 @@ def run_table(scan: LogScan) -> Table:
         state = engine.run_status
         line = text(f"{run}  ")
         line.append(state, style=STATUS_STYLE.get(state, ""))
-        line.append_text(text(f"  model {engine.run.model or '?'}  at {where(engine.run.epoch, engine.run.step)}"))
-        if engine.run.error:
-            line.append_text(text(f"  error: {engine.run.error}", "red"))
         table.add_row("run", line)
+        table.add_row("", text(f"model {engine.run.model or '?'}, at {where(engine.run.epoch, engine.run.step)}"))
+        if engine.run.error:
+            table.add_row("", text(f"error: {engine.run.error}", "red"))
     bad = f"{scan.bad_lines} skipped"
     if scan.bad_by_category:
         bad += " (" + ", ".join(f"{count} {kind}" for kind, count in scan.bad_by_category.most_common()) + ")"
@@ -79,11 +79,12 @@ def layers_table(layers: pd.DataFrame, thresholds: rules.Thresholds, top: int = 
     if layers.empty:
         return Text("No per-layer norms in this log.", style="dim")
     largest, smallest = worst_layers(layers, top)
+    any_nonfinite = bool(largest["nonfinite"].any() or smallest["nonfinite"].any())
     table = Table(title="Worst layers", title_justify="left", expand=True)
     table.add_column("", no_wrap=True)
-    table.add_column("layer", ratio=1, min_width=28, overflow="fold")
-    for name in ("last", "peak", "lowest", "non-finite"):
-        table.add_column(name, justify="right")
+    table.add_column("layer", ratio=1, overflow="fold")
+    for name in ("last", "peak", "lowest", *(["nan/inf"] if any_nonfinite else [])):
+        table.add_column(name, justify="right", no_wrap=True)  # a number is never broken over two lines
     for label, frame in (("largest", largest), ("smallest", smallest)):
         for row in frame.itertuples():
             flag = ""
@@ -93,9 +94,8 @@ def layers_table(layers: pd.DataFrame, thresholds: rules.Thresholds, top: int = 
                 flag = "bold red"
             elif row.lowest < thresholds.vanishing:
                 flag = "yellow"
-            table.add_row(
-                label, text(row.layer, flag), number(row.last), number(row.peak), number(row.lowest), str(row.nonfinite)
-            )
+            cells = [number(row.last), number(row.peak), number(row.lowest)]
+            table.add_row(label, text(row.layer, flag), *cells, *([str(row.nonfinite)] if any_nonfinite else []))
             label = ""
     return table
 
@@ -108,8 +108,9 @@ def balance_trend(balance: pd.DataFrame, thresholds: rules.Thresholds) -> Render
     frame = balance.assign(window_mean=window_means(balance["ratio"].tolist(), thresholds))
     table = Table(title="Task balance (pointer/type)", title_justify="left", expand=True)
     for name in ("epoch", "step", "ratio", "window mean", "cosine"):
-        table.add_column(name, justify="right")
-    table.add_column("status / action", ratio=1)
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("status", ratio=1)
+    actions: dict[str, str] = {}  # each status's action, told once under the table rather than on every row
     for row in _sampled(frame).itertuples():
         advice = rules.recommend_ratio(row.ratio, thresholds) if not math.isnan(row.ratio) else None
         style = "" if advice is None or advice.severity is None else rules_style(advice.severity)
@@ -119,10 +120,14 @@ def balance_trend(balance: pd.DataFrame, thresholds: rules.Thresholds) -> Render
             Text(number(row.ratio, 3), style=style),
             number(None if pd.isna(row.window_mean) else row.window_mean, 3),
             number(getattr(row, "cosine", None), 2),
-            Text(f"{advice.status}: {advice.action}" if advice else "-", style=style),
+            Text(advice.status if advice else "-", style=style),
         )
+        if advice is not None and advice.severity is not None:
+            actions[advice.status] = advice.action
     band = f"healthy {thresholds.balance_low}-{thresholds.balance_high}"
-    table.caption = f"ratio trend (log scale, {band}): {sparkline(frame['ratio'].tolist(), 40, log=True)}"
+    caption = [f"ratio trend (log scale, {band}): {sparkline(frame['ratio'].tolist(), 40, log=True)}"]
+    caption += [f"{status} → {action}" for status, action in actions.items()]
+    table.caption = "\n".join(caption)
     return table
 
 

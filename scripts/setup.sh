@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Create .venv and install moola with its test tools. Idempotent: a second run only checks.
+# Create .venv with what the demo and the tests need: the trainer (torch), the watcher, the test tools and the
+# framework integrations. Idempotent: a second run only checks.
+# (A user who only watches logs needs none of this: `pip install .` is the watcher alone, without torch.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
+extras=train,test,lightning,transformers,accelerate
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
@@ -12,9 +15,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install -q "${MOOLA_TORCH_SPEC:-torch==2.13.0}"
 fi
 # The framework extras are looked up, not imported: importing them takes seconds.
-if ! .venv/bin/python -c "import moola, moola_watch, pytest, hypothesis, importlib.util as u, sys
-sys.exit(not all(map(u.find_spec, ('lightning', 'transformers', 'accelerate'))))" 2>/dev/null \
-    || [ pyproject.toml -nt .venv/.moola-installed ]; then
-    .venv/bin/python -m pip install -q -e ".[test,lightning,transformers,accelerate]"
+if ! .venv/bin/python -c "import moola, moola_watch, pytest, hypothesis, tensorboard, importlib.util as u, sys
+sys.exit(not all(map(u.find_spec, ('lightning', 'transformers', 'accelerate', 'sklearn'))))" 2>/dev/null \
+    || [ pyproject.toml -nt .venv/.moola-installed ] || [ scripts/setup.sh -nt .venv/.moola-installed ]; then
+    .venv/bin/python -m pip install -q -e ".[$extras]"
     touch .venv/.moola-installed
 fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from moola_watch import schema
+from moola_watch.durations import human_duration
 from moola_watch.rules.evidence import Evidence, RunState
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
@@ -50,7 +51,7 @@ def stale_observation(run: RunState, now: float, th: Thresholds) -> Observation 
         return None
     age = now - run.last_time
     return Observation(
-        "warning", age, f"No record for {age:.0f} s and no run_end (last at {position(run.epoch, run.step)})",
+        "warning", age, f"No record for {human_duration(age)} and no run_end (last at {position(run.epoch, run.step)})",
         "Check the training process: it may have crashed, hung or been killed",
     )  # fmt: skip
 

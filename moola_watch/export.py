@@ -1,0 +1,162 @@
+"""``moola-watch export LOG --tensorboard DIR``: a log's DataFrames as TensorBoard event files, one run each.
+
+Tags: ``gradients/*`` (total, mean, max, min norm and non-finite layer count), ``balance/*`` (ratio, cosine,
+and per task ``norm``, ``raw_norm``, ``share``, ``loss``, ``weight``, per pair ``cosine``), ``loss/*`` (train,
+val, per task), ``metrics/*``, ``lr``, and the alerts as text under ``alerts``. Values a record does not carry
+are left out, not written as zeros. Each run gets its own sub-directory, named after its run id, holding one
+event file with a fixed name, so exporting again replaces it rather than doubling the points.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from moola_watch import tbevents
+
+GRAD_TAGS = {
+    "total_norm": "gradients/total_norm",
+    "mean_norm": "gradients/mean_norm",
+    "max_norm": "gradients/max_norm",
+    "min_norm": "gradients/min_norm",
+    "nonfinite_count": "gradients/nonfinite_layers",
+}
+#: Balance columns by prefix (``share_pointer`` -> ``balance/share/pointer``); the longer prefix first.
+BALANCE_PREFIXES = ("raw_norm", "norm", "share", "loss", "weight", "cosine")
+BALANCE_TAGS = {"ratio": "balance/ratio", "cosine": "balance/cosine"}
+EPOCH_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr", "duration_s": "epoch/duration_s"}
+ROW_KEYS = frozenset({"run", "epoch", "step", "time", "scope"})
+ALERTS_TAG = "alerts"
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class RunEvents:
+    """One run's event file: where it goes and what it holds."""
+
+    name: str  # the sub-directory
+    run: str
+    start: float  # wall time of its first row
+    events: list[bytes]
+    scalars: int
+    alerts: int
+
+
+def _position(row: Mapping[str, Any]) -> tuple[float, int]:
+    """(wall time, step) of a frame row: the step, else the epoch, else 0."""
+    step = next((row.get(k) for k in ("step", "epoch") if _present(row.get(k))), 0)
+    wall = row.get("time")
+    return (float(wall) if _present(wall) else 0.0), int(step)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
+
+
+def balance_tag(column: str) -> str | None:
+    """The tag of a balance column, or None for the row's own keys."""
+    if column in BALANCE_TAGS:
+        return BALANCE_TAGS[column]
+    for prefix in BALANCE_PREFIXES:
+        if column.startswith(prefix + "_"):
+            return f"balance/{prefix}/{column[len(prefix) + 1 :]}"
+    return None
+
+
+def epoch_tag(column: str) -> str | None:
+    """The tag of an epoch column: losses, learning rate, duration; any other number is a metric."""
+    if column in EPOCH_TAGS:
+        return EPOCH_TAGS[column]
+    if column.startswith("loss_"):
+        return f"loss/{column[len('loss_') :]}"
+    return None if column in ROW_KEYS else f"metrics/{column}"
+
+
+def _scalar_events(frame: pd.DataFrame, tags: Mapping[str, str]) -> Iterator[tuple[float, int, list[bytes]]]:
+    """One event per row: every present, numeric value of a tagged column."""
+    for row in frame.to_dict(orient="records"):
+        values = [
+            tbevents.scalar_value(tag, float(row[column]))
+            for column, tag in tags.items()
+            if _present(row.get(column)) and isinstance(row[column], int | float) and not isinstance(row[column], bool)
+        ]
+        if values:
+            yield (*_position(row), values)
+
+
+def alert_text(alert: Mapping[str, Any]) -> str:
+    """An alert as the Markdown the text plugin shows."""
+    state = alert["state"]
+    if _present(alert.get("resolved_step")):
+        state += f" at step {int(alert['resolved_step'])}"
+    return (
+        f"**{alert['severity']}** `{alert['rule']}` ({alert['subject']}), {state}: {alert['message']}"
+        f" → {alert['recommendation']}"
+    )
+
+
+def run_events(name: str, run: str, frames: Mapping[str, pd.DataFrame]) -> RunEvents:
+    """The events of one run, in step order, from the DataFrames that ``analyze --csv`` writes."""
+
+    def of_run(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame["run"] == run] if "run" in frame else frame.iloc[0:0]
+
+    grad, balance, epochs = of_run(frames["grad"]), of_run(frames["balance"]), of_run(frames["epochs"])
+    tags = {
+        "grad": {c: t for c, t in GRAD_TAGS.items() if c in grad},
+        "balance": {c: t for c in balance.columns if (t := balance_tag(c))},
+        "epochs": {c: t for c in epochs.columns if (t := epoch_tag(c))},
+    }
+    timed = [
+        *_scalar_events(grad, tags["grad"]),
+        *_scalar_events(balance, tags["balance"]),
+        *_scalar_events(epochs, tags["epochs"]),
+    ]
+    timed.sort(key=lambda item: item[1])
+    scalars = sum(len(values) for _, _, values in timed)
+    alerts = of_run(frames["alerts"])
+    for alert in alerts.to_dict(orient="records"):
+        step = int(alert["first_step"]) if _present(alert.get("first_step")) else 0
+        wall = next((w for w, s, _ in timed if s >= step), timed[-1][0] if timed else 0.0)  # the clock at that step
+        timed.append((wall, step, [tbevents.text_value(ALERTS_TAG, alert_text(alert))]))
+    timed.sort(key=lambda item: item[1])
+    start = min((wall for wall, _, _ in timed), default=0.0)
+    events = [tbevents.event(wall, step, values) for wall, step, values in timed]
+    return RunEvents(name, run, start, events, scalars, len(alerts))
+
+
+def directory_names(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """A sub-directory name for each (log, run): the run id made safe for a path; where two would share a name
+    (the same run id in two logs, as per-rank files have), the log's file name goes in front."""
+
+    def safe(text: str) -> str:
+        return SAFE_NAME.sub("_", text).strip("._")[:120] or "run"
+
+    names = {key: safe(key[1]) for key in keys}
+    clashes = Counter(names.values())
+    names = {key: name if clashes[name] == 1 else safe(f"{Path(key[0]).stem}-{key[1]}") for key, name in names.items()}
+    seen: Counter[str] = Counter()
+    unique = {}
+    for key, name in names.items():
+        seen[name] += 1
+        unique[key] = name if seen[name] == 1 else f"{name}-{seen[name]}"
+    return unique
+
+
+def write_run(directory: Path, run: RunEvents) -> Path:
+    """Write (or replace) the run's event file under ``directory/run.name``; return its path."""
+    target = directory / run.name
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / f"events.out.tfevents.{int(run.start)}.moola-watch"
+    partial = target / ".moola-watch-writing"  # a name TensorBoard ignores until it is whole
+    partial.write_bytes(tbevents.event_file(run.start, run.events))
+    os.replace(partial, path)
+    return path

@@ -1,0 +1,110 @@
+"""``moola-watch check --junit FILE``: the verdicts as a JUnit XML report, the format CI systems show as tests.
+
+One ``<testsuite>`` per log, one ``<testcase>`` per run in it. A run fails when an alert at or above
+``--fail-on`` fired in it; the ``<failure>`` names the worst and lists every alert of the run with its
+recommendation. A log that could not be read is an ``<error>``; a log without any run is ``<skipped>``.
+Pure: results in, bytes out.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from moola_watch.schema import SEVERITIES
+
+# Characters XML 1.0 cannot hold at all, even escaped: shown as visible escapes instead.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+@dataclass(frozen=True)
+class LogResult:
+    """One log on the command line: the object ``check --json`` prints for it, or None if it was unreadable."""
+
+    log: str
+    report: Mapping[str, Any] | None
+
+
+def xml_text(value: object) -> str:
+    """``value`` as text XML can carry (a log's strings may hold any character)."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def _rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+
+
+def alert_line(alert: Mapping[str, Any]) -> str:
+    """One alert as a line of the failure's body."""
+    return (
+        f"{alert['severity']} {alert['state']} {alert['rule']} ({alert['subject']}) since step {alert['first_step']}: "
+        f"{alert['message']} -> {alert['recommendation']}"
+    )
+
+
+def _element(parent: ET.Element, tag: str, text: str | None = None, **attributes: object) -> ET.Element:
+    element = ET.SubElement(parent, tag, {key: xml_text(value) for key, value in attributes.items()})
+    if text is not None:
+        element.text = xml_text(text)
+    return element
+
+
+def run_case(
+    suite: ET.Element, log: str, run: Mapping[str, Any], alerts: Sequence[Mapping[str, Any]], bar: int
+) -> bool:
+    """Add the testcase of one run; True if it failed."""
+    case = _element(suite, "testcase", classname=log, name=run["run"])
+    # The worst first; among equals, one still firing before one resolved.
+    failing = sorted(
+        (a for a in alerts if _rank(a["severity"]) >= bar),
+        key=lambda a: (-_rank(a["severity"]), a["state"] != "firing"),
+    )
+    if failing:
+        worst = failing[0]
+        _element(
+            case,
+            "failure",
+            "\n".join(map(alert_line, alerts)),
+            message=f"{worst['severity']}: {worst['message']}",
+            type=worst["rule"],
+        )
+    _element(
+        case,
+        "system-out",
+        f"status={run['status']} at epoch {run['epoch']}, step {run['step']}; {run['records']} records; "
+        f"{len(alerts)} alert(s)",
+    )
+    return bool(failing)
+
+
+def junit_xml(results: Sequence[LogResult], fail_on: str) -> bytes:
+    """The JUnit XML of ``check``'s results: a run fails on an alert of severity ``fail_on`` or worse."""
+    bar = _rank(fail_on)
+    root = ET.Element("testsuites", name="moola-watch check")
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for result in results:
+        suite = _element(root, "testsuite", name=result.log)
+        counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+        report = result.report
+        if report is None:
+            case = _element(suite, "testcase", classname=result.log, name="read")
+            _element(case, "error", message="the log could not be read", type="unreadable")
+            counts.update(tests=1, errors=1)
+        elif not report["runs"]:
+            case = _element(suite, "testcase", classname=result.log, name="(no run)")
+            _element(case, "skipped", message="no run in this log")
+            counts.update(tests=1, skipped=1)
+        for run in report["runs"] if report else ():
+            alerts = [a for a in report["alerts"] if a["run"] == run["run"]]
+            counts["tests"] += 1
+            counts["failures"] += run_case(suite, result.log, run, alerts, bar)
+        for key, value in counts.items():
+            suite.set(key, str(value))
+            totals[key] += value
+    for key, value in totals.items():
+        root.set(key, str(value))
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"

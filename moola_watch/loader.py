@@ -1,0 +1,87 @@
+"""Logs as pandas DataFrames, for notebooks (:func:`load`) and for ``analyze --csv`` (:func:`write_csv`).
+
+The tables, one row per measurement: ``grad`` (total/mean/max/... norm per grad_stats record), ``layers`` (one
+row per layer per record), ``balance`` (ratio, cosines, per-task norms, shares, losses, weights), ``epochs``
+(losses, metrics, learning rate), ``alerts`` (as the rules judged them, with recommendations), ``runs``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from moola_watch import analyze
+from moola_watch.rules import Thresholds
+
+TABLES = ("grad", "layers", "balance", "epochs", "alerts", "runs")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd.DataFrame]:
+    """The DataFrames of one log, or of every ``*.jsonl`` in a directory, by table name (see :data:`TABLES`).
+
+    The same tables ``moola-watch analyze --csv`` writes, each with a ``log`` column first (the file a row came
+    from), so one call gives a whole sweep. ``thresholds`` as ``--config`` would set them (default: the spec's).
+    Raises ``FileNotFoundError`` when there is no log there, ``OSError`` when one cannot be read.
+    """
+    path = Path(path)
+    logs = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if not logs:
+        raise FileNotFoundError(f"no *.jsonl log in {path}")
+    per_log = []
+    for log in logs:
+        frames = analyze.to_frames(analyze.scan_log(log, thresholds, frames=True))
+        per_log.append({name: frame.assign(log=str(log))[["log", *frame.columns]] for name, frame in frames.items()})
+    return {name: _concat([frames[name] for frames in per_log]) for name in TABLES}
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Tables of several logs as one; the empty ones only lend their columns (pandas warns on concatenating them)."""
+    filled = [frame for frame in frames if not frame.empty]
+    if len(filled) == 1:
+        return filled[0]
+    if not filled:
+        return frames[0]
+    return pd.concat(filled, ignore_index=True)
+
+
+def log_labels(paths: Sequence[Path]) -> dict[Path, str]:
+    """A short, unique file-name label per log: its stem, or, where stems clash (``a/run.jsonl``,
+    ``b/run.jsonl``), the stem behind as many parent folders as it takes to tell them apart (``a-run``)."""
+    absolute = {path: Path(path).absolute() for path in paths}
+    files = list(dict.fromkeys(absolute.values()))
+
+    def label(file: Path, depth: int) -> str:
+        return _UNSAFE.sub("_", "-".join([*file.parts[1:][-1 - depth : -1], file.stem]))
+
+    def clashes(file: Path, depth: int) -> bool:
+        return any(label(other, depth) == label(file, depth) for other in files if other != file)
+
+    by_file = {}
+    for file in files:
+        depth = 0
+        while depth < len(file.parts) and clashes(file, depth):
+            depth += 1
+        by_file[file] = label(file, depth)
+    counts, seen = Counter(by_file.values()), Counter[str]()
+    for file, name in by_file.items():  # still shared across depths (x/a-run.jsonl, a/run.jsonl): numbered
+        if counts[name] > 1:
+            seen[name] += 1
+            by_file[file] = f"{name}-{seen[name]}"
+    return {path: by_file[absolute[path]] for path in paths}
+
+
+def write_csv(directory: Path, label: str, frames: Mapping[str, pd.DataFrame]) -> list[Path]:
+    """Each table as ``directory/label.table.csv`` (an empty table as its header line); the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, frame in frames.items():
+        path = directory / f"{label}.{name}.csv"
+        frame.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+        written.append(path)
+    return written

@@ -1,0 +1,201 @@
+"""The rough edges a new user hit, each through the real CLI (issue 16)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_cli
+from logs import LogBuilder, collapse_scenario, healthy_scenario
+
+from moola_watch.analyze import ALERT_COLUMNS, alert_json, scan_log
+from moola_watch.cli import THRESHOLD_HELP
+from moola_watch.durations import human_duration
+from moola_watch.rules import Thresholds
+
+SAMPLE = REPO / "sample_logs" / "pointer_collapse.jsonl"
+
+
+def watch(*args: object, columns: int = 120) -> subprocess.CompletedProcess:
+    return run_cli("moola_watch.cli", *map(str, args), env={"COLUMNS": str(columns)})
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[threshold]\nwindow = 3\n", "unknown key(s) threshold; the only valid one is [thresholds]"),
+        ("window = 3\n", "unknown key(s) window; the only valid one is [thresholds]"),
+        ("[thresholds]\ncolapse-high = 3\n", "unknown threshold(s): colapse-high; valid keys of [thresholds]: "),
+    ],
+)
+def test_config_with_unknown_keys_is_an_error_listing_the_valid_ones(tmp_path: Path, toml: str, expected: str) -> None:
+    config = tmp_path / "moola-watch.toml"
+    config.write_text(toml)
+    result = watch("check", "--config", config, healthy_scenario().write(tmp_path / "log.jsonl"))
+    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
+    if "valid keys" in expected:
+        assert "collapse-high" in result.stderr and "stale-seconds" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["collapse-high", "collapse_high"])
+def test_config_keys_accept_the_flags_spelling(tmp_path: Path, key: str) -> None:
+    config = tmp_path / "moola-watch.toml"
+    config.write_text(f"[thresholds]\n{key} = 1.2\nbalance-high = 1.0\n")
+    log = healthy_scenario().write(tmp_path / "log.jsonl")
+    assert watch("check", log).returncode == 0
+    result = watch("check", "--config", config, log)
+    assert result.returncode == 1 and "collapse" in result.stdout, result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ flags
+
+
+def test_window_zero_and_negative_say_the_same(tmp_path: Path) -> None:
+    log = healthy_scenario().write(tmp_path / "log.jsonl")
+    messages = []
+    for value in ("0", "-3"):
+        result = watch("check", "--window", value, log)
+        assert result.returncode == 2
+        messages.append(result.stderr.splitlines()[-1].replace(value, "N"))
+    assert (
+        messages[0]
+        == messages[1]
+        == "moola-watch check: error: argument --window: must be a whole number of at least 1, got N"
+    )
+
+
+def test_device_gpu_is_a_one_line_error() -> None:
+    result = run_cli("moola.cli", "train", "--device", "gpu", "--epochs", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == "moola: error: --device 'gpu' is not a device: use cpu, cuda, cuda:N or auto\n"
+
+
+def test_help_explains_each_threshold_in_words() -> None:
+    help_text = watch("check", "--help", columns=200).stdout
+    assert "TH_" not in help_text
+    flowing = re.sub(r"\s+", " ", help_text)
+    for item in fields(Thresholds):
+        metavar, words = THRESHOLD_HELP[item.name]
+        assert f" --{item.name.replace('_', '-')} {metavar} {words} (default: {item.default:g}) " in flowing
+    assert flowing.count("(default:") == len(fields(Thresholds)) + 1  # and --fail-on's
+
+
+def test_train_help_tells_each_default_once_and_only_real_ones() -> None:
+    help_text = re.sub(r"\s+", " ", run_cli("moola.cli", "train", "--help").stdout)
+    assert "(default: runs/<run id>.jsonl)" in help_text and "(default: 30)" in help_text
+    for bogus in ("(default: None)", "(default: False)", "(default: True)", ") (default"):
+        assert bogus not in help_text
+
+
+# ------------------------------------------------------------------------------------------------ follow
+
+
+def test_once_before_the_log_works_as_follow_once() -> None:
+    short, full = watch("--once", SAMPLE), watch("follow", "--once", SAMPLE)
+    assert short.returncode == full.returncode == 1, short.stderr
+
+    def untimed(text: str) -> str:
+        return re.sub(r"\d\d:\d\d:\d\d|\d+ (d|h|min|s)\b", "T", text)
+
+    assert untimed(short.stdout) == untimed(full.stdout) and "TASK COLLAPSE" in short.stdout
+
+
+def test_once_on_a_missing_path_is_an_error(tmp_path: Path) -> None:
+    result = watch("--once", tmp_path / "missing.jsonl")
+    assert result.returncode == 2
+    assert "missing.jsonl does not exist (without --once, follow waits for it to appear)" in result.stderr
+
+
+def test_follow_on_a_missing_path_says_so_and_how_it_waits(tmp_path: Path) -> None:
+    log = tmp_path / "later.jsonl"
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "moola_watch.cli", "follow", "--exit-on-end", str(log)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        first = follower.stderr.readline()
+        assert "later.jsonl: file does not exist yet; waiting for it, checking every 0.25 s" in first
+        assert f"at once on any change in {tmp_path}" in first and "Ctrl-C to stop" in first
+        healthy_scenario().write(log)
+        assert follower.wait(timeout=30) == 0
+    finally:
+        follower.kill()
+
+
+def test_layer_table_counts_what_it_shows() -> None:
+    assert "Layers (4 of 13: the largest and smallest norms)" in watch("--once", "--top", "2", SAMPLE).stdout
+    assert "Layers (all 13)" in watch("--once", "--top", "10", SAMPLE).stdout
+    filtered = watch("--once", "--top", "1", "--layers", "^encoder", SAMPLE).stdout
+    assert "Layers (2 of 8 matching --layers, 13 in all" in filtered
+
+
+def test_durations_over_a_minute_are_in_human_units(tmp_path: Path) -> None:
+    log = LogBuilder(t0=time.time() - 2 * 86400 - 3 * 3600 - 600).start().epoch(1).write(tmp_path / "log.jsonl")
+    result = watch("check", log)
+    assert "No record for 2 d 03 h and no run_end" in result.stdout
+    assert "last record 2 d 03 h ago" in watch("--once", log).stdout
+    assert [human_duration(s) for s in (59.4, 60, 3599, 3600, 86399, 90061)] == [
+        "59 s", "1 min 00 s", "59 min 59 s", "1 h 00 min", "23 h 59 min", "1 d 01 h"
+    ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ analyze
+
+
+def test_csv_of_logs_with_the_same_name_do_not_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    healthy_scenario().write(tmp_path / "a" / "run.jsonl")
+    collapse_scenario().write(tmp_path / "b" / "run.jsonl")
+    result = run_cli("moola_watch.cli", "analyze", "a/run.jsonl", "b/run.jsonl", "--csv", "out", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    tables = ("alerts", "balance", "epochs", "grad", "layers", "runs")
+    assert names == sorted(f"{label}.{t}.csv" for label in ("a-run", "b-run") for t in tables)
+    assert "collapse" in (tmp_path / "out" / "b-run.alerts.csv").read_text()
+
+
+def test_an_empty_table_is_a_csv_with_its_header(tmp_path: Path) -> None:
+    single_task = LogBuilder().start().grad(1, 0.2, 0.5).epoch(1).end().write(tmp_path / "single.jsonl")
+    assert watch("analyze", single_task, "--csv", tmp_path / "csv").returncode == 0
+    assert (tmp_path / "csv" / "single.balance.csv").read_text() == "run,epoch,step,time,ratio,cosine,scope\n"
+    assert (tmp_path / "csv" / "single.alerts.csv").read_text() == ",".join(ALERT_COLUMNS) + "\n"
+
+
+def test_alert_columns_are_the_alerts_json_keys(tmp_path: Path) -> None:
+    scan = scan_log(collapse_scenario().write(tmp_path / "log.jsonl"))
+    run, alert = scan.alerts()[0]
+    assert tuple(alert_json(run, alert)) == ALERT_COLUMNS
+
+
+def test_analyze_at_80_columns_stays_readable() -> None:
+    result = watch("analyze", SAMPLE, columns=80)
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    layers = {"encoder.weight_ih_l0_reverse", "encoder.weight_hh_l0_reverse", "encoder.bias_ih_l0_reverse"}
+    assert all(any(f" {name} " in line for line in lines) for name in layers)  # never folded
+    start = next(i for i, line in enumerate(lines) if line.startswith("Task balance"))
+    rows = [line for line in lines[start + 4 : start + 16]]
+    assert all(re.match(r"│ +\d+ │ +\d+ │", row) for row in rows), rows  # one line per sample
+    assert "Task collapse → Urgent: increase alpha by 2x or decrease beta by 0.5x" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ README
+
+
+def test_readme_points_inside_the_repository() -> None:
+    readme = (REPO / "README.md").read_text("utf-8")
+    links = re.findall(r"\]\(([^)#]+)\)", readme)
+    paths = [p for p in re.findall(r"`([\w.-]*/[\w./-]*)`", readme) if (REPO / p.split("/")[0]).exists()]
+    assert "../" not in readme
+    for target in [link for link in links if "://" not in link] + paths:
+        resolved = (REPO / target).resolve()
+        assert resolved.is_relative_to(REPO) and resolved.exists(), target

@@ -1,0 +1,105 @@
+"""`moola-watch export LOG --tensorboard DIR`, read back by TensorBoard's own EventAccumulator."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_cli
+from logs import LogBuilder, collapse_scenario, healthy_scenario
+
+from moola_watch import tbevents
+from moola_watch.schema import decode_record
+
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+
+def accumulator(directory: Path):
+    reader = event_accumulator.EventAccumulator(str(directory), size_guidance={"scalars": 0, "tensors": 0})
+    reader.Reload()
+    return reader
+
+
+def export(*args: object) -> str:
+    result = run_cli("moola_watch.cli", "export", *map(str, args))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def float32(value: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", value))[0]
+
+
+def records(log: Path, kind: str) -> list[dict]:
+    decoded = (decode_record(line) for line in log.read_bytes().splitlines())
+    return [r for r in decoded if isinstance(r, dict) and r["kind"] == kind]
+
+
+def test_crc32c_is_castagnolis() -> None:
+    assert tbevents.crc32c(b"123456789") == 0xE3069283  # the check value of CRC-32C
+    assert tbevents.crc32c(b"") == 0
+
+
+def test_tensorboard_reads_back_the_logs_series(tmp_path: Path) -> None:
+    log = REPO / "sample_logs" / "pointer_collapse.jsonl"
+    export(log, "--tensorboard", tmp_path / "tb")
+    (run_dir,) = (tmp_path / "tb").iterdir()
+    assert run_dir.name == records(log, "run_start")[0]["run"]
+    reader = accumulator(run_dir)
+
+    grad = records(log, "grad_stats")
+    total = reader.Scalars("gradients/total_norm")
+    assert [e.step for e in total] == [r["step"] for r in grad]
+    assert [e.value for e in total] == [float32(r["total_norm"]) for r in grad]
+    assert [e.wall_time for e in total] == [r["time"] for r in grad]
+    balance = records(log, "task_balance")
+    assert [e.value for e in reader.Scalars("balance/ratio")] == [float32(r["ratio"]) for r in balance]
+    share = reader.Scalars("balance/share/type")
+    assert [e.value for e in share] == [float32(r["shares"]["type"]) for r in balance]
+    epochs = records(log, "epoch")
+    assert [e.value for e in reader.Scalars("loss/train")] == [float32(r["train_loss"]) for r in epochs]
+    assert [e.value for e in reader.Scalars("metrics/type_acc")] == [float32(r["metrics"]["type_acc"]) for r in epochs]
+    tags = set(reader.Tags()["scalars"])
+    assert {"gradients/mean_norm", "gradients/max_norm", "balance/norm/pointer", "balance/cosine/pointer|type"} <= tags
+    assert {"loss/val", "loss/pointer", "lr"} <= tags
+
+    alerts = [e.tensor_proto.string_val[0].decode() for e in reader.Tensors("alerts")]
+    collapse = next(text for text in alerts if "`collapse`" in text)
+    assert "TASK COLLAPSE: Pointer task dominating" in collapse and "increase alpha by 2x" in collapse
+
+
+def test_one_run_per_directory_and_exporting_again_replaces(tmp_path: Path) -> None:
+    first, second = LogBuilder(run="run-a").start(), LogBuilder(run="run-b", t0=1_700_000_100.0).start()
+    for epoch in (1, 2):
+        first.grad(epoch, 0.2, 0.5).epoch(epoch)
+        second.grad(epoch, 0.4, 0.9).epoch(epoch)
+    both = tmp_path / "two-runs.jsonl"
+    both.write_bytes(b"".join(first.end().lines() + second.end().lines()))
+    again = collapse_scenario().write(tmp_path / "again.jsonl")  # run id "run-1"
+    same = healthy_scenario().write(tmp_path / "same.jsonl")  # "run-1" as well, in another log
+    out = tmp_path / "tb"
+    export(both, again, same, "--tensorboard", out)
+    export(both, again, same, "--tensorboard", out)
+
+    assert sorted(p.name for p in out.iterdir()) == ["again-run-1", "run-a", "run-b", "same-run-1"]
+    assert all(len(list(d.iterdir())) == 1 for d in out.iterdir())  # replaced, not a second file
+    assert [e.value for e in accumulator(out / "run-b").Scalars("gradients/mean_norm")] == [float32(0.4)] * 2
+    assert len(accumulator(out / "again-run-1").Tensors("alerts")) >= 1
+
+
+def test_a_run_id_cannot_escape_the_directory(tmp_path: Path) -> None:
+    log = LogBuilder(run="../../escaped\x1b[2J").start().grad(1, 0.2, 0.5).end().write(tmp_path / "log.jsonl")
+    out = tmp_path / "deep" / "tb"
+    export(log, "--tensorboard", out)
+    (run_dir,) = out.iterdir()
+    assert run_dir.name == "escaped_2J"
+    assert not (tmp_path / "escaped_2J").exists()
+
+
+def test_unreadable_log_exits_2_and_exports_the_others(tmp_path: Path) -> None:
+    log = healthy_scenario().write(tmp_path / "log.jsonl")
+    result = run_cli("moola_watch.cli", "export", str(tmp_path / "missing.jsonl"), str(log), "--tensorboard", "tb",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "cannot read" in result.stderr
+    assert [p.name for p in (tmp_path / "tb").iterdir()] == ["run-1"]
