@@ -41,14 +41,38 @@ class RunView:
     mean_norms: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     max_norms: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     ratios: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    first_weights: dict[str, float] | None = None  # the task loss weights the run started with
+    weights: dict[str, float] | None = None  # the latest (an automatic balancer may have changed them)
 
     def observe(self, record: schema.Record) -> None:
         kind = record["kind"]
         if kind == schema.GRAD_STATS:
             self.mean_norms.append(record["mean_norm"])
             self.max_norms.append(record["max_norm"])
-        elif kind == schema.TASK_BALANCE and record.get("ratio") is not None:
-            self.ratios.append(record["ratio"])
+        elif kind == schema.TASK_BALANCE:
+            if record.get("ratio") is not None:
+                self.ratios.append(record["ratio"])
+            self._weights(record.get("weights"))
+        elif kind == schema.LOSS_WEIGHTS:
+            self._weights(record.get("previous"))
+            self._weights(record["weights"])
+
+    def _weights(self, weights: dict[str, float] | None) -> None:
+        if weights:
+            self.first_weights = self.first_weights or dict(weights)
+            self.weights = dict(weights)
+
+
+def weights_text(history: RunView) -> str | None:
+    """The task loss weights now, and what they started as when they changed (``type 1 -> 2.3``)."""
+    if not history.weights:
+        return None
+    first = history.first_weights or {}
+    return "  ".join(
+        f"{task} {number(first[task], 3)} -> {number(w, 3)}" if task in first and first[task] != w
+        else f"{task} {number(w, 3)}"
+        for task, w in history.weights.items()
+    )  # fmt: skip
 
 
 @dataclass
@@ -145,7 +169,7 @@ def balance_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
     if latest is None:
         return Panel(Text("no task-balance samples yet (single-task run?)", style="dim"), title="Task balance")
     if latest.get("ratio") is None:
-        return tasks_panel(engine, latest)
+        return tasks_panel(engine, latest, history)
     verdict = engine.balance()
     judged = verdict.mean if verdict.mean is not None else latest["ratio"]
     advice = rules.recommend_ratio(judged, th) if not math.isnan(judged) else None
@@ -158,6 +182,8 @@ def balance_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
     )
     body.add_row("window", Text(f"{number(verdict.mean, 3)} over {verdict.samples}/{th.window}", style=style))
     body.add_row("cosine", Text(number(latest.get("cosine"), 2)))
+    if (weights := weights_text(history)) is not None:
+        body.add_row("weights", text(weights))
     body.add_row("trend", Text(sparkline(list(history.ratios), 30, log=True), style="cyan"))
     body.add_row("verdict", Text(verdict.text, style=style))
     if advice is not None:
@@ -165,7 +191,7 @@ def balance_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
     return Panel(body, title=f"Task balance (epoch {latest.get('epoch')})", border_style=style)
 
 
-def tasks_panel(engine: rules.RuleEngine, latest: schema.Record) -> Panel:
+def tasks_panel(engine: rules.RuleEngine, latest: schema.Record, history: RunView) -> Panel:
     """Any set of tasks: each task's weighted gradient norm and share of the update, and the verdict."""
     verdict = engine.balance()
     style = SEVERITY_STYLE["error"] if verdict.collapsed else "green"
@@ -178,8 +204,9 @@ def tasks_panel(engine: rules.RuleEngine, latest: schema.Record) -> Panel:
         body.add_row(
             text(task, SEVERITY_STYLE["error"] if dominated else ""), number(norm), number(shares.get(task), 2)
         )
+    weights = weights_text(history)
     return Panel(
-        Group(body, Text(verdict.text, style=style)),
+        Group(body, *([text(f"weights: {weights}")] if weights else []), Text(verdict.text, style=style)),
         title=f"Task balance, {len(latest['norms'])} tasks (epoch {latest.get('epoch')})",
         border_style=style,
     )

@@ -100,18 +100,30 @@ def layers_table(layers: pd.DataFrame, thresholds: rules.Thresholds, top: int = 
     return table
 
 
+def weights_cells(frame: pd.DataFrame) -> list[str] | None:
+    """Each row's task loss weights (``type 1 pointer 50``), or None when they never change in ``frame``."""
+    columns = [column for column in frame.columns if column.startswith("weight_")]
+    if not columns or len(frame[columns].drop_duplicates()) < 2:
+        return None
+    return [
+        " ".join(f"{column[len('weight_') :]} {number(row[column], 3)}" for column in columns if pd.notna(row[column]))
+        for _, row in frame[columns].iterrows()
+    ]
+
+
 def balance_trend(balance: pd.DataFrame, thresholds: rules.Thresholds) -> RenderableType:
     if balance.empty:
         return Text("No task-balance samples in this log (single-task run?).", style="dim")
     if "ratio" not in balance or balance["ratio"].isna().all():
         return tasks_trend(balance)
-    frame = balance.assign(window_mean=window_means(balance["ratio"].tolist(), thresholds))
+    frame = _sampled(balance.assign(window_mean=window_means(balance["ratio"].tolist(), thresholds)))
+    weights = weights_cells(frame)
     table = Table(title="Task balance (pointer/type)", title_justify="left", expand=True)
-    for name in ("epoch", "step", "ratio", "window mean", "cosine"):
+    for name in ("epoch", "step", "ratio", "window mean", "cosine", *(["loss weights"] if weights else [])):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("status", ratio=1)
     actions: dict[str, str] = {}  # each status's action, told once under the table rather than on every row
-    for row in _sampled(frame).itertuples():
+    for index, row in enumerate(frame.itertuples()):
         advice = rules.recommend_ratio(row.ratio, thresholds) if not math.isnan(row.ratio) else None
         style = "" if advice is None or advice.severity is None else rules_style(advice.severity)
         table.add_row(
@@ -120,6 +132,7 @@ def balance_trend(balance: pd.DataFrame, thresholds: rules.Thresholds) -> Render
             Text(number(row.ratio, 3), style=style),
             number(None if pd.isna(row.window_mean) else row.window_mean, 3),
             number(getattr(row, "cosine", None), 2),
+            *([weights[index]] if weights else []),
             Text(advice.status if advice else "-", style=style),
         )
         if advice is not None and advice.severity is not None:
@@ -135,12 +148,14 @@ def tasks_trend(balance: pd.DataFrame) -> Table:
     """Any set of tasks: each task's gradient norm and share of the update over time."""
     tasks = [column[len("norm_") :] for column in balance.columns if column.startswith("norm_")]
     table = Table(title=f"Task balance, {len(tasks)} tasks (gradient norm / share of the update)", title_justify="left")
-    for name in ("epoch", "step", *tasks):
+    frame = _sampled(balance)
+    weights = weights_cells(frame)
+    for name in ("epoch", "step", *tasks, *(["loss weights"] if weights else [])):
         table.add_column(name, justify="right")
-    for row in _sampled(balance).itertuples(index=False):
+    for index, row in enumerate(frame.itertuples(index=False)):
         values = row._asdict()
         cells = [f"{number(values[f'norm_{t}'])} / {number(values.get(f'share_{t}'), 2)}" for t in tasks]
-        table.add_row(str(values["epoch"]), str(values["step"]), *cells)
+        table.add_row(str(values["epoch"]), str(values["step"]), *cells, *([weights[index]] if weights else []))
     return table
 
 

@@ -143,3 +143,21 @@ def test_auto_balance_brings_a_starved_run_into_the_band_and_its_task_back(tmp_p
     gap = type_acc(balanced) - type_acc(starved)
     assert gap > 0.1  # the type task really starves at 1 / 50
     assert (type_acc(rescued) - type_acc(starved)) / gap >= 0.45  # the README's worst seed: +48%
+
+
+def test_analyze_and_the_dashboard_show_the_weights_an_auto_balancer_set(tmp_path):
+    from logs import LogBuilder
+
+    log = LogBuilder().start()
+    weights = {"type": 1.0, "pointer": 50.0}
+    for epoch in range(1, 5):
+        log.grad(epoch, 0.3, 0.6).balance(epoch, 40.0 / epoch, weights=dict(weights))
+        new = {"type": weights["type"] * 2, "pointer": weights["pointer"] * 0.8}
+        log.add("loss_weights", epoch=epoch, step=epoch * 10, weights=new, previous=weights, method="ratio")
+        weights = new
+    path = log.end().write(tmp_path / "balanced.jsonl")
+    analyzed = run_cli("moola_watch.cli", "analyze", str(path), env={"COLUMNS": "160"})
+    assert analyzed.returncode in (0, 1), analyzed.stderr
+    assert "loss weights" in analyzed.stdout and "type 8 pointer 25.6" in analyzed.stdout
+    shown = run_cli("moola_watch.cli", "follow", "--once", str(path), env={"COLUMNS": "160"})
+    assert "type 1 -> 16  pointer 50 -> 20.5" in shown.stdout, shown.stdout
