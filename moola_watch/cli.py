@@ -53,6 +53,14 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
     "healthy_norm_high": ("NORM", "upper end of the healthy mean layer norm, shown beside the trend"),
     "stale_seconds": ("SECONDS", "a run with no new record for this long and no run_end is stale"),
     "confirm": ("N", "consecutive samples a warning-level condition must hold before its alert fires"),
+    "starve_share": (
+        "FRACTION",
+        "a dominated task is starving (collapse is an error) only below this share of the update",
+    ),
+    "starve_drop": (
+        "FRACTION",
+        "... and only if its own training loss fell by less than this fraction over the window",
+    ),
 }
 CONFIG_TABLES = ("thresholds", "notify")
 

@@ -2,6 +2,7 @@
 not a pass; labelled runs of three model families get the verdict their held-out metrics call for."""
 
 import json
+import re
 
 import pytest
 from helpers import REPO, run_cli
@@ -126,5 +127,5 @@ def test_check_help_lists_the_declared_rules_and_the_starvation_thresholds():
     result = run_cli("moola_watch.cli", "check", "--help")
     assert result.returncode == 0
     assert "--starve-share" in result.stdout and "--starve-drop" in result.stdout and "--latest" in result.stdout
-    collapse = [line for line in result.stdout.splitlines() if line.strip().startswith("collapse ")]
+    collapse = [line for line in result.stdout.splitlines() if re.match(r"\s*collapse\s+(warning|error)\s", line)]
     assert len(collapse) == 2 and all("error" in line and "starving" in line for line in collapse)

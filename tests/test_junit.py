@@ -34,9 +34,10 @@ def test_one_testcase_per_run_and_the_collapsed_run_fails(tmp_path: Path) -> Non
     assert cases[(str(two_runs), "quick")].find("failure") is None
     failure = cases[(str(collapse), "run-1")].find("failure")
     assert failure.get("type") == "collapse"
-    assert failure.get("message") == "error: TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)"
-    assert failure.text.startswith("error firing collapse (pointer/type) since step 100: TASK COLLAPSE")
-    assert failure.text.endswith("-> Urgent: increase alpha by 2x or decrease beta by 0.5x")
+    assert failure.get("message").startswith("error: TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)")
+    assert "the type task is starving" in failure.get("message")
+    assert failure.text.startswith("error firing collapse (type) since step 100: TASK COLLAPSE")
+    assert "-> Urgent: increase alpha by 2x or decrease beta by 0.5x" in failure.text
 
 
 def test_fail_on_decides_what_fails_and_unreadable_logs_are_errors(tmp_path: Path) -> None:
