@@ -32,6 +32,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -113,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--loss-alpha", type=_non_negative_float, default=1.0, help="weight of the type loss")
     train.add_argument("--loss-beta", type=_non_negative_float, default=1.0, help="weight of the pointer loss")
     train.add_argument("--epochs", type=_positive_int, default=30, help="training epochs")
-    train.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    train.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
     train.add_argument("--batch-size", type=_positive_int, default=32, help="batch size")
     train.add_argument(
         "--grad-clip", type=_non_negative_float, default=1.0, help="max total gradient norm; 0 disables clipping"

@@ -136,8 +136,9 @@ def load_npz(path: str | Path) -> WindowDataset:
             arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    except (OSError, ValueError):
+        # numpy's own message talks of allow_pickle, which would send a user towards unsafe loading.
+        raise DataError(f"{path}: not an .npz archive of arrays (numpy.savez)") from None
     missing = [k for k in ("X", "y", "expansion_start", "expansion_end") if k not in arrays]
     if missing:
         raise DataError(f"{path}: missing array(s) {', '.join(missing)} (has: {', '.join(sorted(arrays))})")

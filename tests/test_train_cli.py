@@ -214,3 +214,13 @@ def test_ctrl_c_marks_the_log_interrupted(tmp_path):
     assert "interrupted" in out and "Traceback" not in out
     end = decoded(log)[-1]
     assert end["kind"] == "run_end" and end["status"] == "interrupted"
+
+
+def test_a_negative_learning_rate_and_a_file_that_is_not_npz_are_one_line_each(tmp_path):
+    result = run_cli("moola.cli", "train", "--lr", "-1", "--epochs", "1")
+    assert result.returncode == 2 and "argument --lr: must be a number above 0" in result.stderr
+    text = tmp_path / "notes.txt"
+    text.write_text("not arrays")
+    result = run_cli("moola.cli", "train", "--data", str(text), "--epochs", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "pickle" not in result.stderr
+    assert "not an .npz archive of arrays" in result.stderr

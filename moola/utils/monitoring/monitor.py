@@ -35,13 +35,7 @@ from moola.utils.monitoring.distributed import distributed_rank, rank_log_path
 from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
 from moola.utils.monitoring.norms import NormPlan, gradient_statistics_from_norms
 from moola.utils.monitoring.records import MAX_LAYER_NORMS, compact_layer_norms, learning_rate, plain
-from moola.utils.monitoring.task_balance import (
-    BalanceUnavailable,
-    FusedBackward,
-    TaskGradients,
-    compute_task_balance,
-    task_weights,
-)
+from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, compute_task_balance, task_weights
 from moola_watch import rules, schema
 from moola_watch.rules import Alert, AlertEvent, MonitoringSummary, Thresholds
 
@@ -144,6 +138,7 @@ class GradientMonitor:
         self._last_balance_at: tuple[int | None, int] | None = None
         self._started = False
         self._ended = False
+        self._last_step = 0  # the highest step recorded so far
         self._warned: set[str] = set()
         self._norm_plan = NormPlan([])
         self._on_alert = on_alert
@@ -172,11 +167,6 @@ class GradientMonitor:
         if every_steps is not None:
             return self.step % every_steps == 0 and (last is None or last[1] != self.step)
         if self.epoch is None:
-            self._warn_once(
-                "no-epoch",
-                "WARNING: GradientMonitor counts epochs but was given none: pass every_n_steps= to measure by "
-                "optimizer steps, or the epoch to update()/on_epoch_start()",
-            )
             return False
         return self.epoch % every_epochs == 0 and (last is None or last[0] != self.epoch)
 
@@ -190,13 +180,20 @@ class GradientMonitor:
 
     def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Count ``optimizer``'s steps (a hook after each ``step()``): with gradient accumulation that is one per
-        accumulated batch, and a step a GradScaler skips is not one."""
+        accumulated batch, and a step a GradScaler skips is not one. Several optimizers stepping together
+        (sparse and dense parameters) make one training step: the first one watched counts, later calls are
+        ignored. accelerate's ``AcceleratedOptimizer`` is counted by the optimizer it wraps, which steps only
+        on the accumulated batch."""
+        if self._counting_optimizer:
+            return
+        inner = getattr(optimizer, "optimizer", None)
+        counted_optimizer = inner if isinstance(inner, torch.optim.Optimizer) else optimizer
 
         def counted(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
             self.steps_done += 1
 
+        counted_optimizer.register_step_post_hook(counted)
         self._counting_optimizer = True
-        optimizer.register_step_post_hook(counted)
 
     def at_step(self, step: int) -> None:
         """Take a framework's own step count: ``step`` (1-based) is the optimizer step now being prepared, the
@@ -251,8 +248,8 @@ class GradientMonitor:
         :func:`~moola.utils.monitoring.task_balance.compute_task_balance`), record and return it. Safe
         wherever someone else does the backward (DDP, FSDP, accelerate, a GradScaler). None when not due or
         not measurable (one warning saying why)."""
-        if len(losses) < 2 or not self.balance_due():
-            return None  # one task has nothing to be balanced against
+        if len(losses) < 2 or not any(loss.requires_grad for loss in losses.values()) or not self.balance_due():
+            return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
         self._last_balance_at = (self.epoch, self.step)
         balance = self._guarded(
             "task balance",
@@ -269,31 +266,18 @@ class GradientMonitor:
         self,
         model: nn.Module,
         losses: Mapping[str, torch.Tensor],
-        weights: Mapping[str, float] | None = None,
+        weights: Mapping[str, float | torch.Tensor] | None = None,
         *,
         scaler: torch.amp.GradScaler | None = None,
         shared_parameters: Sequence[nn.Parameter] | None = None,
     ) -> TaskGradients | None:
-        """The step's backward of ``sum(weight * loss)`` (through ``scaler`` if given), with the task balance
-        when a probe is due: then the balance comes from the same passes as the step's gradients where that is
-        exactly a plain ``backward()`` (one process, no gradient hooks), and is measured before a plain backward
-        otherwise (one warning says why). Either way the step gets the same gradients as without moola."""
-        weights = task_weights(losses, weights)
-        total = sum(weights[name] * loss for name, loss in losses.items())
+        """The step's plain backward of ``sum(weight * loss)`` (through ``scaler`` if given), after
+        :meth:`on_before_backward` measured the task balance if a probe is due: the step gets exactly the
+        gradients it would have without moola, whatever hooks, custom autograd functions or synchronisation
+        its backward holds. A weight may be a tensor (a learnable loss weight): the total keeps its graph."""
+        task_weights(losses, weights)  # a weight for a task without a loss is a mistake: say so before anything
+        total = sum((weights or {}).get(name, 1.0) * loss for name, loss in losses.items())
         assert isinstance(total, torch.Tensor)
-        balance = None
-        if len(losses) > 1 and self.balance_due() and scaler is None:
-            self._last_balance_at = (self.epoch, self.step)
-            fused = self._guarded(
-                "task balance", lambda: FusedBackward(losses, model, weights, shared_parameters), model
-            )
-            if fused is not None:
-                fused.apply()
-                balance = self._guarded("task balance", fused.balance, model)
-                if balance is not None:
-                    self.record_balance(balance)
-                return balance
-            self._last_balance_at = None  # not measured the fused way: measure the plain way below
         balance = self.on_before_backward(model, losses, weights, shared_parameters=shared_parameters)
         (scaler.scale(total) if scaler is not None else total).backward()
         return balance
@@ -309,9 +293,17 @@ class GradientMonitor:
         if step is not None:
             self.at_step(step)
         stats = None
+        if self.enabled and self.every_n_steps is None and self.epoch is None:
+            self._warn_once(
+                "no-epoch",
+                "WARNING: GradientMonitor counts epochs but was given none: pass every_n_steps= to measure by "
+                "optimizer steps, or the epoch to update()/on_epoch_start()",
+            )
         if self.stats_due():
             self._last_stats_at = (self.epoch, self.step)
             stats = self._guarded("gradient statistics", lambda: self._measure(model, scaler), model)
+            if stats is not None and stats.get("amp", {}).get("overflow"):
+                self._last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
         if not self._counting_optimizer:
             self.steps_done += 1
         return stats
@@ -499,6 +491,11 @@ class GradientMonitor:
     def _emit(self, kind: str, **fields: Any) -> None:
         if not self.enabled:
             return
+        if kind != schema.RUN_START and not self._started:
+            self.on_run_start()  # every log opens with its run_start (thresholds included), whatever came first
+        step = fields.get("step")
+        if step is not None:  # a step never goes back: run_end's comes after a probe of a step not yet taken
+            fields["step"] = self._last_step = max(step, self._last_step)
         if self.per_rank:
             fields["rank"] = self.rank
         fields, problems = schema.clean_fields(kind, fields)

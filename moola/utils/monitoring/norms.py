@@ -69,7 +69,8 @@ def norms_on_device(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 def _present_norms(named: Sequence[tuple[str, nn.Parameter]]) -> dict[str, float]:
     names, grads = [], []
     for name, parameter in named:
-        if parameter.grad is not None:
+        # A frozen parameter may still hold a zeroed .grad (zero_grad(set_to_none=False)): not a vanishing layer.
+        if parameter.grad is not None and parameter.requires_grad:
             names.append(name)
             grads.append(parameter.grad)
     if not grads:
@@ -102,8 +103,8 @@ class NormPlan:
     def norms(self) -> dict[str, float]:
         """Norm of every present gradient, by parameter name; one host transfer."""
         grads = [p.grad for p in self.params]
-        if not grads or any(g is None for g in grads):
-            return _present_norms(self.named)  # some gradients missing: group what is there
+        if not grads or any(g is None for g in grads) or not all(p.requires_grad for p in self.params):
+            return _present_norms(self.named)  # some gradients missing or frozen: group what is there
         if len(self.groups) == 1:
             values = _group_norms(grads, self.groups[0][0][1], self.device)
         else:
@@ -112,8 +113,8 @@ class NormPlan:
 
 
 def compute_layer_gradient_norms(model: nn.Module) -> dict[str, float]:
-    """L2 norm of each parameter's gradient, keyed by parameter name (parameters without a gradient are
-    left out). One device-to-host transfer for the whole model."""
+    """L2 norm of each parameter's gradient, keyed by parameter name (parameters without a gradient, and
+    frozen ones, are left out). One device-to-host transfer for the whole model."""
     return _present_norms(list(model.named_parameters()))
 
 

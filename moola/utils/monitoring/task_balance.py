@@ -47,13 +47,27 @@ class TaskGradients:
         return math.nan if self.ratio is None else self.ratio
 
 
-def task_weights(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None) -> dict[str, float]:
-    """Each task's weight (default 1); a weight for a task that has no loss is a mistake worth naming."""
+def task_weights(
+    losses: Mapping[str, torch.Tensor], weights: Mapping[str, float | torch.Tensor] | None
+) -> dict[str, float]:
+    """Each task's weight as a number (default 1; a tensor weight, such as a learnable one, by its value); a
+    weight for a task that has no loss is a mistake worth naming."""
     given = dict(weights or {})
     unknown = sorted(set(given) - set(losses))
     if unknown:
         raise ValueError(f"weights name tasks without a loss: {', '.join(unknown)} (tasks: {', '.join(losses)})")
-    return {name: float(given.get(name, 1.0)) for name in losses}
+    return {
+        name: float(w.detach()) if isinstance(w := given.get(name, 1.0), torch.Tensor) else float(w) for name in losses
+    }
+
+
+def _require_graphs(losses: Mapping[str, torch.Tensor]) -> None:
+    """Name a task whose loss cannot be differentiated, rather than blame the shared parameters."""
+    for name, loss in losses.items():
+        if loss.grad_fn is None:
+            raise BalanceUnavailable(
+                f"the {name!r} loss has no autograd graph (computed under torch.no_grad, detached, or a constant)"
+            )
 
 
 def _reached_leaves(loss: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -191,6 +205,7 @@ def compute_task_balance(
     synchronisation are untouched, so it is safe under DDP, FSDP, accelerate and a GradScaler; the caller still
     does the step's backward. One host transfer."""
     weights = task_weights(losses, weights)
+    _require_graphs(losses)
     if representation is not None:
         targets: list[torch.Tensor] = [representation]
         scope = f"shared representation {tuple(representation.shape)}"
@@ -206,6 +221,11 @@ def compute_task_balance(
 class FusedBackward:
     """The step's backward and the task balance from the same passes: one backward per task instead of the
     one per task plus one that measuring first and then calling ``backward()`` takes.
+
+    Its gradient is the plain backward's only up to floating-point rounding, and only where the backward is
+    linear in its incoming gradient: a clamping hook or custom autograd function runs once per task instead
+    of once on the total. :class:`~moola.utils.monitoring.GradientMonitor` therefore never uses it; it is here
+    for loops that want the cheaper probe and know their backward is plain.
 
     Constructing it computes each task's gradients (nothing is written, the graph is kept); :meth:`apply` then
     fills the ``.grad`` of every leaf the losses reach (model parameters and any other, such as a loss's own
