@@ -27,11 +27,11 @@ class TaskGradients:
     """Task balance over a shared scope, for any number of named tasks.
 
     ``norms`` are the gradient norms of the weighted losses as they enter the total (``weight * loss``),
-    ``raw_norms`` of the unweighted ones; ``cosines`` holds every pair (``"a|b"``, absent where a gradient is
-    zero); ``shares`` is each task's part of the update, ``g_i . g / |g|^2`` from the Gram matrix of the
-    weighted task gradients (they sum to 1; a negative share pulls against the rest). ``ratio`` and
-    ``cosine`` are the spec's pointer/type figures, None without those two tasks. ``float(result)`` is the
-    ratio."""
+    ``raw_norms`` of the unweighted ones; ``cosines`` holds every pair (``"a|b"``, names in sorted order,
+    absent where a gradient is zero); ``shares`` is each task's part of the update, ``g_i . g / |g|^2`` from
+    the Gram matrix of the weighted task gradients (they sum to 1; a negative share pulls against the rest).
+    ``ratio`` and ``cosine`` are the spec's pointer/type figures, None without those two tasks.
+    ``float(result)`` is the ratio."""
 
     ratio: float | None
     norms: dict[str, float]
@@ -162,7 +162,8 @@ def _balance(
     for i in range(count):
         for j in range(i + 1, count):
             if raw[i] > 0 and raw[j] > 0:
-                cosines[f"{names[i]}|{names[j]}"] = max(-1.0, min(1.0, raw_gram[i][j] / (raw[i] * raw[j])))
+                pair = "|".join(sorted((names[i], names[j])))  # symmetric: one key whatever the losses' order
+                cosines[pair] = max(-1.0, min(1.0, raw_gram[i][j] / (raw[i] * raw[j])))
     weighted = [[weight[i] * weight[j] * raw_gram[i][j] for j in range(count)] for i in range(count)]
     total = math.fsum(math.fsum(row) for row in weighted)
     shares = {name: (math.fsum(weighted[i]) / total if total > 0 else math.nan) for i, name in enumerate(names)}
@@ -172,7 +173,7 @@ def _balance(
         pointer_norm, type_norm = norms["pointer"], norms["type"]
         # Zero type gradient: the pointer task is all there is (inf), or neither task moves (NaN).
         ratio = pointer_norm / type_norm if type_norm > 0 else (math.inf if pointer_norm > 0 else math.nan)
-        cosine = cosines.get("pointer|type", cosines.get("type|pointer"))
+        cosine = cosines.get("pointer|type")
     return TaskGradients(
         ratio=ratio,
         norms=norms,
