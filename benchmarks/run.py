@@ -265,8 +265,8 @@ def bench_probe(quick: bool, tmp: Path) -> list[Row]:
     backward = timings["step"] - timings["forward"]
     rows = [row("probe", "one normal backward (LSTM, batch 32)", backward * 1e3, "ms")]
     for name, label, target in (
-        ("measure_then_backward", "shared parameters, measured before backward() (3 passes)", ""),
-        ("fused", "shared parameters, fused with the step's backward (2 passes; what fit uses)", "<= 1.2"),
+        ("measure_then_backward", "shared parameters, measured before backward() (what the monitor does)", ""),
+        ("fused", "shared parameters, fused with the step's backward (backward_with_task_balance)", "<= 1.2"),
         ("representation", "shared representation, tapped from the step's own backward", "< 0.1"),
     ):
         extra = (timings[name] - timings["step"]) / backward

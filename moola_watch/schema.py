@@ -39,8 +39,16 @@ _NONFINITE_TEXT = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 # --------------------------------------------------------------------------------------------- encode
 
 
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+
+
 def _jsonable(value: Any) -> Any:
     """Convert to JSON-native values; non-finite floats become their contract strings."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:  # exact types first: the ABC checks below cost microseconds each
+        return value
+    if kind is float and math.isfinite(value):
+        return value
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
     if isinstance(value, numbers.Integral):

@@ -17,6 +17,7 @@ a crashed run. The rules that judge the numbers live in :mod:`moola_watch.rules`
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -389,10 +390,21 @@ class GradientMonitor:
         if scaler is not None and scaler.is_enabled():
             overflow = stats["nonfinite_count"] > 0
             stats["amp"] = {"scale": scaler.get_scale(), "overflow": overflow}
-        flags = rules.flag_layers(norms, self.thresholds)
+        if self._console_on():
+            self._echo(self._stats_lines(stats, norms, overflow))
         stats.update(compact_layer_norms(norms, self.max_layer_norms))
         stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
         stats["cost_ms"] = (time.perf_counter() - began) * 1e3
+        self._emit(schema.GRAD_STATS, epoch=self.epoch, step=self.step, **stats)
+        return stats
+
+    def _console_on(self) -> bool:
+        """False when nobody would see a console line (the logger's default), so none is built."""
+        return self._echo is not _quiet and (self._echo != LOGGER.info or LOGGER.isEnabledFor(logging.INFO))
+
+    def _stats_lines(self, stats: dict[str, Any], norms: dict[str, float], overflow: bool) -> str:
+        """The spec's gradient-statistics block."""
+        flags = rules.flag_layers(norms, self.thresholds)
         where = f"Epoch {self.epoch}" if self.epoch is not None else f"Step {self.step}"
         lines = [
             f"{where} Gradient Stats:",
@@ -407,9 +419,7 @@ class GradientMonitor:
         ):
             if layers:
                 lines.append(f"  {label} in {len(layers)} layers")
-        self._echo("\n" + "\n".join(lines))
-        self._emit(schema.GRAD_STATS, epoch=self.epoch, step=self.step, **stats)
-        return stats
+        return "\n" + "\n".join(lines)
 
     def record_balance(self, balance: TaskGradients) -> None:
         """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
