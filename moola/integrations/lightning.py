@@ -17,15 +17,13 @@ rank 0's batch.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning
 import torch
 
-from moola.utils.monitoring.monitor import GradientMonitor
+from moola.integrations.settings import MonitorSettings
 
 TASK_LOSSES = "task_losses"
 TASK_WEIGHTS = "task_weights"
@@ -59,27 +57,9 @@ def epoch_values(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"train_loss": metrics[key], "metrics": {name: value for name, value in metrics.items() if name != key}}
 
 
-class GradientMonitorCallback(lightning.Callback):
-    """Gradient statistics every ``every_n_steps`` optimizer steps and task balance every
-    ``balance_every_n_steps`` (default the same), appended to ``log_path``; ``monitor_options`` go to
-    :class:`~moola.utils.monitoring.GradientMonitor` (``thresholds``, ``run_id``, ``per_rank``, ...)."""
-
-    def __init__(
-        self,
-        log_path: str | Path | None = None,
-        *,
-        every_n_steps: int = 50,
-        balance_every_n_steps: int | None = None,
-        **monitor_options: Any,
-    ) -> None:
-        self._make_monitor = functools.partial(
-            GradientMonitor,
-            log_path=log_path,
-            every_n_steps=every_n_steps,
-            balance_every_n_steps=balance_every_n_steps,
-            **monitor_options,
-        )
-        self.monitor: GradientMonitor | None = None
+class GradientMonitorCallback(MonitorSettings, lightning.Callback):
+    """A ``lightning.Callback`` driving the monitor from the Trainer's moments; its arguments are
+    :class:`~moola.integrations.settings.MonitorSettings`'."""
 
     def on_fit_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         self.monitor = self._make_monitor()

@@ -19,7 +19,6 @@ says so once (bf16 needs no scaler and is measured).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -31,8 +30,8 @@ from accelerate.state import GradientState
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from moola.integrations.settings import MonitorSettings
 from moola.utils.monitoring.console import LOGGER
-from moola.utils.monitoring.monitor import GradientMonitor
 
 TASK_LOSSES = "task_losses"
 TASK_WEIGHTS = "task_weights"
@@ -61,7 +60,7 @@ def after_backward(callback: Callable[[], None]) -> None:
     engine.queue_callback(lambda: engine.queue_callback(callback))
 
 
-class GradientMonitorCallback(transformers.TrainerCallback):
+class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
     """Gradient statistics every ``every_n_steps`` optimizer steps and task balance every
     ``balance_every_n_steps`` (default the same), appended to ``log_path``; ``monitor_options`` go to
     :class:`~moola.utils.monitoring.GradientMonitor` (``thresholds``, ``run_id``, ...).
@@ -70,22 +69,8 @@ class GradientMonitorCallback(transformers.TrainerCallback):
     such a log ``unterminated``) unless ``trainer.train()`` runs inside ``with callback:``, which writes
     ``failed`` or ``interrupted``."""
 
-    def __init__(
-        self,
-        log_path: str | Path | None = None,
-        *,
-        every_n_steps: int = 50,
-        balance_every_n_steps: int | None = None,
-        **monitor_options: Any,
-    ) -> None:
-        self._make_monitor = functools.partial(
-            GradientMonitor,
-            log_path=log_path,
-            every_n_steps=every_n_steps,
-            balance_every_n_steps=balance_every_n_steps,
-            **monitor_options,
-        )
-        self.monitor: GradientMonitor | None = None
+    def __init__(self, log_path: str | Path | None = None, **settings: Any) -> None:
+        super().__init__(log_path, **settings)
         self._model: nn.Module | None = None
         self._step = 1  # the optimizer step being prepared, 1-based: state.global_step once it is taken
         self._scaled = False

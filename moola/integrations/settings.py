@@ -1,0 +1,34 @@
+"""What both framework callbacks take: the log, the step frequencies and any other
+:class:`~moola.utils.monitoring.GradientMonitor` option. The monitor itself is made when training starts, after
+the framework has set up its process group, so that under DDP only rank 0 writes."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from moola.utils.monitoring.monitor import GradientMonitor
+
+
+class MonitorSettings:
+    """Gradient statistics every ``every_n_steps`` optimizer steps and task balance every
+    ``balance_every_n_steps`` (default the same), appended to ``log_path``; ``monitor_options`` go to
+    :class:`~moola.utils.monitoring.GradientMonitor` (``thresholds``, ``run_id``, ``per_rank``, ...)."""
+
+    def __init__(
+        self,
+        log_path: str | Path | None = None,
+        *,
+        every_n_steps: int = 50,
+        balance_every_n_steps: int | None = None,
+        **monitor_options: Any,
+    ) -> None:
+        self._make_monitor = functools.partial(
+            GradientMonitor,
+            log_path=log_path,
+            every_n_steps=every_n_steps,
+            balance_every_n_steps=balance_every_n_steps,
+            **monitor_options,
+        )
+        self.monitor: GradientMonitor | None = None
