@@ -332,3 +332,16 @@ def test_steps_never_go_back_in_a_log():
         monitor.backward(model, task_losses(model, x, torch.randint(0, 3, (4,)), x[:, 0]))  # a probe at step 1
     steps = [r["step"] for r in records_of(sink.getvalue()) if r.get("step") is not None]
     assert steps == sorted(steps) and steps[-1] == 1
+
+
+def test_a_model_cast_after_the_first_measurement_is_measured_in_its_new_dtype():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO())
+    model(torch.randn(3, 4)).sum().backward()
+    monitor.on_before_optimizer_step(model)
+    model.to(torch.bfloat16)  # registers nothing: the plan must read the dtype off the gradients
+    model.zero_grad(set_to_none=True)
+    model(torch.randn(3, 4, dtype=torch.bfloat16)).float().sum().backward()
+    norms = monitor.on_before_optimizer_step(model)["layer_norms"]
+    for name, p in model.named_parameters():
+        assert norms[name] == torch.linalg.vector_norm(p.grad.float()).item(), name  # widened, as planned anew

@@ -219,7 +219,7 @@ class GradientMonitor:
         self._emit(
             schema.RUN_START,
             model=model_name or (type(model).__name__ if model is not None else "unknown"),
-            parameters=names if len(names) <= self.max_layer_norms else names[: self.max_layer_norms],
+            parameters=names[: self.max_layer_norms],
             parameter_count=sum(p.numel() for _, p in params if p.requires_grad),
             parameter_tensors=len(names),
             config=plain(config or {}),
@@ -239,7 +239,7 @@ class GradientMonitor:
         self,
         model: nn.Module,
         losses: Mapping[str, torch.Tensor],
-        weights: Mapping[str, float] | None = None,
+        weights: Mapping[str, float | torch.Tensor] | None = None,
         *,
         shared_parameters: Sequence[nn.Parameter] | None = None,
         representation: torch.Tensor | None = None,
@@ -341,8 +341,7 @@ class GradientMonitor:
                 "failed",
                 f"halted on {alert.severity} alert {alert.rule} ({alert.subject}): {alert.message}",
             )
-        if self._writer is not None or self._started:
-            self.on_run_start()
+        if self._writer is not None or self._started:  # _emit writes a run_start first if none was written
             summary = self.engine.summary().to_dict()
             self._emit(
                 schema.RUN_END, epoch=self.epoch, step=self.steps_done, status=status, error=error, summary=summary
@@ -380,7 +379,6 @@ class GradientMonitor:
         return self._norm_plan
 
     def _measure(self, model: nn.Module, scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
-        self.on_run_start(model)
         began = time.perf_counter()
         norms = self._plan(model).norms()
         if not norms:

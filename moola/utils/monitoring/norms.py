@@ -88,11 +88,9 @@ class NormPlan:
         self.named = named
         self.names = [name for name, _ in named]
         self.params = [p for _, p in named]
-        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for index, p in enumerate(self.params):
-            groups.setdefault((p.device, p.dtype), []).append(index)
-        self.groups = list(groups.items())
-        self.device = self.params[0].device if self.params else torch.device("cpu")
+        # One (device, dtype) for all (the common case) needs no grouping per step. Which device and dtype is
+        # read off the gradients themselves: model.to() and model.half() change them without registering anything.
+        self.single_group = len({(p.device, p.dtype) for p in self.params}) == 1
 
     def is_current(self, model: nn.Module) -> bool:
         """True while no parameter or module was registered anywhere since the plan was made for ``model``:
@@ -105,10 +103,8 @@ class NormPlan:
         grads = [p.grad for p in self.params]
         if not grads or any(g is None for g in grads) or not all(p.requires_grad for p in self.params):
             return _present_norms(self.named)  # some gradients missing or frozen: group what is there
-        if len(self.groups) == 1:
-            values = _group_norms(grads, self.groups[0][0][1], self.device)
-        else:
-            values = norms_on_device(grads)
+        one = self.single_group
+        values = _group_norms(grads, grads[0].dtype, grads[0].device) if one else norms_on_device(grads)
         return dict(zip(self.names, values.tolist(), strict=True))  # the one host transfer
 
 

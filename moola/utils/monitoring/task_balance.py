@@ -195,7 +195,7 @@ def compute_task_balance(
     losses: Mapping[str, torch.Tensor],
     model: nn.Module,
     *,
-    weights: Mapping[str, float] | None = None,
+    weights: Mapping[str, float | torch.Tensor] | None = None,
     shared_parameters: Sequence[nn.Parameter] | None = None,
     representation: torch.Tensor | None = None,
 ) -> TaskGradients:
