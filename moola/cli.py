@@ -274,12 +274,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Only rank 0 talks: the others train in silence (and write no log unless asked per rank).
         quiet = distributed and int(os.environ.get("RANK", "0")) != 0
         try:
-            return _train(args, Console(quiet=quiet))
+            code = _train(args, Console(quiet=quiet))
         finally:
             if distributed:
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
+        if distributed:
+            # Gloo's worker threads can abort the process while the interpreter finalizes, after all the work
+            # is done ("terminate called without an active exception", pytorch/pytorch#179291), and torchrun
+            # would report the finished run as failed: leave now, with the run's own exit code.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     if args.command == "sample-logs":
         from moola import sample_logs
 

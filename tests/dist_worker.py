@@ -5,6 +5,7 @@ balance probe due, and saves this rank's gradients for the test to compare acros
     torchrun --standalone --nproc-per-node 2 tests/dist_worker.py ddp|fsdp|ddp-per-rank|ddp-balance OUT_DIR
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -43,12 +44,18 @@ def main() -> None:
         measured = model  # names without DDP's "module." prefix
     if mode == "ddp-balance":
         balance_step(wrapped, model, x[rows], y[rows], out, rank)
-        dist.destroy_process_group()
-        return
-    nn.functional.mse_loss(wrapped(x[rows]), y[rows]).backward()
-    with GradientMonitor(1, log_path=out / "run.jsonl", per_rank=mode == "ddp-per-rank", echo=None) as monitor:
-        monitor.update(1, measured)
+    else:
+        nn.functional.mse_loss(wrapped(x[rows]), y[rows]).backward()
+        with GradientMonitor(1, log_path=out / "run.jsonl", per_rank=mode == "ddp-per-rank", echo=None) as monitor:
+            monitor.update(1, measured)
+    dist.barrier()  # rank 0 may still be writing: tearing gloo down under it can abort a process
     dist.destroy_process_group()
+    # Gloo's worker threads can still hold tensors when the interpreter finalizes and abort the process
+    # ("terminate called without an active exception", pytorch/pytorch#179291) after all the work is done:
+    # leave without finalizing, the files being written and closed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def balance_step(wrapped: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: Path, rank: int) -> None:
