@@ -55,6 +55,7 @@ class Outcome:
     starved: str | None
     held_out: bool
     plateau: int | None  # the step the starved task's validation metric plateaued
+    progress: float | None  # the starved task's share of its achievable held-out progress
     old: Alarm
     new: Alarm
 
@@ -82,7 +83,8 @@ def judge(run: dict, starve: Starve) -> Outcome:
                 new = Alarm(alert.subject, record.get("step"))
     starved = run["starved"]
     return Outcome(run["log"].rsplit("/", 1)[-1].removesuffix(".jsonl"), run["family"], run["label"], starved,
-                   run["held_out"], run["plateau_step"].get(starved) if starved else None, old, new)  # fmt: skip
+                   run["held_out"], run["plateau_step"].get(starved) if starved else None,
+                   run["progress"].get(starved) if starved else None, old, new)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,12 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
                 f"| {group} ({len(chosen)}) | {name} | {fraction(s.right, s.starved)} | {s.wrong_task} | "
                 f"{s.missed} | {fraction(s.false_alarms, s.healthy)} | {lead_text(s.leads)} |"
             )
+    missed = sorted(o.progress for o in outcomes if o.label == "starved" and o.new.task != o.starved
+                    and o.progress is not None)  # fmt: skip
+    if missed:
+        shown = ", ".join(f"{p:.2f}" for p in missed)
+        lines += ["", f"Starved runs the new verdict missed, by the starved task's held-out progress: {shown} "
+                      f"({sum(p < 0.3 for p in missed)} below 0.3)"]  # fmt: skip
     poor = [o for o in outcomes if o.label == "both_poor"]
     if poor:
         lines += ["", f"Both tasks poor (not scored): {', '.join(o.run for o in poor)}"]
