@@ -154,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class TrainingConsole(Console):
+    """The training run's console. A reader that goes away (`moola train ... | head`) silences it instead of
+    ending the run: Rich's default raises ``SystemExit`` from whatever line was being printed, which would stop
+    the training and mark its log failed. The gradient log is the record; the console is a view of it."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # later writes (and the interpreter's final flush) go nowhere
+        os.close(devnull)
+
+
 def _train(args: argparse.Namespace, console: Console) -> int:
     from moola.models.enhanced_simple_lstm import EnhancedSimpleLSTM
     from moola.utils.monitoring.console import console_lines
@@ -274,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Only rank 0 talks: the others train in silence (and write no log unless asked per rank).
         quiet = distributed and int(os.environ.get("RANK", "0")) != 0
         try:
-            code = _train(args, Console(quiet=quiet))
+            code = _train(args, TrainingConsole(quiet=quiet))
         finally:
             if distributed:
                 import torch.distributed as dist

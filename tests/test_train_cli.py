@@ -224,3 +224,24 @@ def test_a_negative_learning_rate_and_a_file_that_is_not_npz_are_one_line_each(t
     result = run_cli("moola.cli", "train", "--data", str(text), "--epochs", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "pickle" not in result.stderr
     assert "not an .npz archive of arrays" in result.stderr
+
+
+def test_a_reader_that_goes_away_does_not_end_the_training(tmp_path, small_train_args):
+    """`moola train ... | head -3`: the pipe closes after three lines; the run goes on to the end, quietly."""
+    log = tmp_path / "run.jsonl"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moola.cli", *small_train_args, "--grad-log", str(log)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    for _ in range(3):
+        process.stdout.readline()
+    process.stdout.close()  # what `head` does once it has its lines
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+    records = decoded(log)
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == list(range(1, 13))
+    assert records[-1]["kind"] == "run_end" and records[-1]["status"] == "completed"
