@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/detection.py --tune     # first choose starve_drop, starve_share on the tuning runs
 
 The *old rule* is the spec's dominance window alone at error level (what ``check`` failed on before): the
-first step a ``collapse`` alert fires, whatever its severity now. The *new verdict* is the first step a
-``collapse`` alert is at error level (dominance and a starving task). Both are read from one replay of each
+first step a ``collapse`` alert is firing with its window beyond ``collapse_high``, whatever its severity. The
+*new verdict* is the first step a ``collapse`` alert is firing at error level (a ratio outside the healthy band
+and a starving task). Both are read from one replay of each
 log through :class:`moola_watch.rules.RuleEngine` with the run's recorded thresholds, ``starve_drop`` and
 ``starve_share`` from the watcher's defaults unless ``--tune`` chose others. Ground truth comes from held-out
 metrics only (see ``detection_corpus.py``).
@@ -27,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from moola_watch import schema
-from moola_watch.rules import COLLAPSE, FIRING, RuleEngine, Thresholds, run_thresholds
+from moola_watch.rules import COLLAPSE, RuleEngine, Thresholds, run_thresholds
 from moola_watch.tail import RecordItem, read_log
 
 CORPUS = Path("runs/detection-corpus")
@@ -64,23 +65,31 @@ def records(path: str) -> list[schema.Record]:
     return [item.record for item in read_log(path) if isinstance(item, RecordItem)]
 
 
+def alarms(log: list[schema.Record], thresholds: Thresholds) -> list[Alarm]:
+    """The old rule's and the new verdict's first alarm on one log."""
+    # The old rule is the spec's window alone: with the healthy band widened to the collapse bounds, a collapse
+    # alert fires (at any severity) exactly when the window is beyond them.
+    spec_window = replace(thresholds, balance_low=thresholds.collapse_low, balance_high=thresholds.collapse_high)
+    return [_first_collapse(log, spec_window, severity=None), _first_collapse(log, thresholds, severity="error")]
+
+
+def _first_collapse(log: list[schema.Record], thresholds: Thresholds, severity: str | None) -> Alarm:
+    """The first step a collapse alert is firing (at ``severity``, or any), and the task it names."""
+    engine = RuleEngine(thresholds)
+    for record in log:
+        engine.observe(record)
+        for alert in engine.firing():
+            if alert.rule == COLLAPSE and severity in (None, alert.severity):
+                return Alarm(alert.subject, record.get("step"))
+    return Alarm(None, None)
+
+
 def judge(run: dict, starve: Starve) -> Outcome:
-    """Replay one labelled run's log; the first collapse alert firing at all (old) and at error (new)."""
+    """Replay one labelled run's log through the old rule and the new verdict."""
     log = records(run["log"])
     start = next(r for r in log if r["kind"] == schema.RUN_START)
     recorded, _source = run_thresholds(start.get("thresholds"), Thresholds(), frozenset())
-    thresholds = replace(recorded, starve_drop=starve[0], starve_share=starve[1])
-    engine = RuleEngine(thresholds)
-    old = new = Alarm(None, None)
-    for record in log:
-        for event in engine.observe(record):
-            alert = event.alert
-            if alert.rule != COLLAPSE or alert.state != FIRING:
-                continue
-            if old.task is None:
-                old = Alarm(alert.subject, record.get("step"))
-            if new.task is None and alert.severity == "error":
-                new = Alarm(alert.subject, record.get("step"))
+    old, new = alarms(log, replace(recorded, starve_drop=starve[0], starve_share=starve[1]))
     starved = run["starved"]
     return Outcome(run["log"].rsplit("/", 1)[-1].removesuffix(".jsonl"), run["family"], run["label"], starved,
                    run["held_out"], run["plateau_step"].get(starved) if starved else None,

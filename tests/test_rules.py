@@ -152,6 +152,52 @@ def test_a_starving_task_escalates_the_warning_to_an_error_and_works_from_steps_
     assert events[1].alert.last_step == 950 and "from step 500 to step 950" in events[1].alert.message
 
 
+def starving_log(ratio, share, losses_of_starved, starved="type"):
+    """Twelve pointer/type samples at ``ratio``; the ``starved`` task has ``share`` of the update and those
+    losses, the other task the rest and a loss falling 20% an epoch."""
+    other = "pointer" if starved == "type" else "type"
+    log = LogBuilder().start()
+    for i in range(1, 13):
+        losses = {starved: losses_of_starved(i), other: 0.8 * 0.8**i}
+        log.balance(i, ratio, shares={other: 1 - share, starved: share}, losses=losses).epoch(i, task_losses=losses)
+    return log
+
+
+def test_a_starving_task_short_of_the_spec_bound_is_an_error_and_a_learning_one_is_left_to_the_imbalance_rule():
+    """Between the healthy band's edge (2) and the spec's collapse bound (5), only a starving task is a collapse:
+    the labelled runs chose that (benchmarks/detection_frontier.py)."""
+    (collapse,) = collapse_alerts(rules.replay(starving_log(3.0, 0.005, lambda i: 0.7).records))
+    assert (collapse.severity, collapse.state, collapse.subject) == ("error", FIRING, "type")
+    assert collapse.message.startswith(
+        "TASK COLLAPSE: Pointer task dominating (ratio=3.00 > 2.0, the healthy band's edge)"
+    )
+    assert "`--loss-beta`" not in collapse.recommendation  # no weights recorded: no made-up fix
+    falling = rules.replay(starving_log(3.0, 0.005, lambda i: 0.7 * 0.9**i).records)
+    assert not collapse_alerts(falling)  # still learning: no collapse, the imbalance warning speaks
+    assert [a.rule for a in falling.alerts] == [rules.IMBALANCE]
+    assert not collapse_alerts(rules.replay(starving_log(3.0, 0.1, lambda i: 0.7).records))  # still fed
+    assert not collapse_alerts(rules.replay(starving_log(2.0, 0.005, lambda i: 0.7).records))  # inside the band
+    (flipped,) = collapse_alerts(rules.replay(starving_log(1 / 3, 0.005, lambda i: 0.7, starved="pointer").records))
+    assert (flipped.severity, flipped.subject) == ("error", "pointer")
+    assert flipped.message.startswith("TASK COLLAPSE: Type task dominating (ratio=0.33 < 0.5, the healthy band's edge)")
+
+
+def test_a_starving_task_among_three_short_of_the_spec_bound_is_an_error():
+    def run(shares_c, losses_c):
+        log = LogBuilder().start()
+        for i in range(1, 13):
+            losses = {"a": 0.9**i, "b": 0.8**i, "c": losses_c(i)}
+            shares = {"a": 0.6, "b": 0.4 - shares_c, "c": shares_c}
+            log.add("task_balance", epoch=i, step=i * 10, norms={"a": 3.0, "b": 2.5, "c": 1.0}, shares=shares,
+                    losses=losses).epoch(i, task_losses=losses)  # fmt: skip
+        return collapse_alerts(rules.replay(log.records))
+
+    (collapse,) = run(0.001, lambda i: 0.5)
+    assert (collapse.severity, collapse.subject) == ("error", "c")
+    assert "c task dominated (largest task gradient / its gradient = 3.00 > 2.0)" in collapse.message
+    assert run(0.001, lambda i: 0.5 * 0.9**i) == []
+
+
 def test_spec_scenario_vanishing_and_exploding():
     engine = rules.replay(vanishing_scenario().records)
     vanishing = next(a for a in engine.alerts if a.rule == rules.VANISHING)
