@@ -33,6 +33,7 @@ from moola_watch.tail import RecordItem, read_log
 
 CORPUS = Path("runs/detection-corpus")
 FALSE_ALARM_TARGET = 0.05  # at most this share of healthy runs may get an error-level verdict
+CLEARLY_STARVED = 0.3  # starved runs this far below the label's 0.5 are not borderline
 DROP_GRID = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2)
 SHARE_GRID = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
 Starve = tuple[float, float]  # (starve_drop, starve_share)
@@ -167,12 +168,14 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
                 f"| {group} ({len(chosen)}) | {name} | {fraction(s.right, s.starved)} | {s.wrong_task} | "
                 f"{s.missed} | {fraction(s.false_alarms, s.healthy)} | {lead_text(s.leads)} |"
             )
-    missed = sorted(o.progress for o in outcomes if o.label == "starved" and o.new.task != o.starved
-                    and o.progress is not None)  # fmt: skip
+    starved = [o for o in outcomes if o.label == "starved" and o.progress is not None]
+    missed = sorted(o.progress for o in starved if o.new.task != o.starved)
     if missed:
-        shown = ", ".join(f"{p:.2f}" for p in missed)
-        lines += ["", f"Starved runs the new verdict missed, by the starved task's held-out progress: {shown} "
-                      f"({sum(p < 0.3 for p in missed)} below 0.3)"]  # fmt: skip
+        clear = [o for o in starved if o.progress < CLEARLY_STARVED]
+        caught = sum(o.new.task == o.starved for o in clear)
+        lines += ["", f"Starved runs the new verdict missed, by the starved task's held-out progress: "
+                      f"{', '.join(f'{p:.2f}' for p in missed)}. Clearly starved (progress below "
+                      f"{CLEARLY_STARVED}): {fraction(caught, len(clear))} caught."]  # fmt: skip
     poor = [o for o in outcomes if o.label == "both_poor"]
     if poor:
         lines += ["", f"Both tasks poor (not scored): {', '.join(o.run for o in poor)}"]
