@@ -5,10 +5,12 @@ the moola callback; rank 0 saves the Trainer's log history beside the log.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import transformers
 from test_transformers_integration import MAX_GRAD_NORM, Sentences, tiny_bert
 
@@ -28,6 +30,14 @@ def main() -> None:
     trainer.train()
     if trainer.is_world_process_zero():
         (out / "history.json").write_text(json.dumps(trainer.state.log_history))
+    if dist.is_initialized():
+        dist.barrier()  # rank 0 may still be writing: tearing gloo down under it can abort a process
+        dist.destroy_process_group()
+    # As in dist_worker.py: gloo can abort the interpreter's finalization after all the work is done
+    # (pytorch/pytorch#179291); leave without finalizing, the files written and closed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
