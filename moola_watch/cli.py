@@ -61,6 +61,10 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
         "FRACTION",
         "... and only if its own training loss fell by less than this fraction over the window",
     ),
+    "starve_rate": (
+        "FRACTION",
+        "... and only while that loss is above this fraction of its start (below it, the task has learned)",
+    ),
 }
 CONFIG_TABLES = ("thresholds", "notify")
 

@@ -31,11 +31,19 @@ TASK_PAIR = "pointer/type"
 BALANCE = frozenset({schema.TASK_BALANCE})
 #: The project trainer's flags for the two spec weights (total = alpha * type_loss + beta * pointer_loss).
 WEIGHT_FLAGS = {"type": "--loss-alpha", "pointer": "--loss-beta"}
+#: The ``model`` whose run_start means those flags exist (``moola train``); any other loop gets weights by name.
+TRAINER_MODEL = "enhanced_simple_lstm"
 
 
 def _pointer_type(record: schema.Record) -> bool:
     ratio = record.get("ratio")
     return ratio is not None and not math.isnan(ratio)
+
+
+def _spec_pair(record: schema.Record) -> bool:
+    """The spec's two tasks alone: the pointer/type window judges them. With a third task, the any-tasks rule
+    judges every task (two rules on one subject would fire and resolve it in turn)."""
+    return _pointer_type(record) and len(record["norms"]) <= 2
 
 
 def _imbalance(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
@@ -53,30 +61,41 @@ def _imbalance(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     ))]  # fmt: skip
 
 
-def _weight(task: str, value: float, factor: float) -> str:
-    flag = WEIGHT_FLAGS.get(task)
+def _weight(task: str, value: float, factor: float, flags: Mapping[str, str]) -> str:
+    flag = flags.get(task)
     name = f"`{flag}`" if flag else f"the {task} loss weight"
     return f"{name} {value * factor:.2g} (from {value:g})"
 
 
-def weight_fix(starved: str, dominant: str, ratio: float, target: float, weights: Mapping[str, float]) -> str:
+def weight_fix(
+    starved: str, dominant: str | None, ratio: float, target: float, weights: Mapping[str, float],
+    flags: Mapping[str, str] | None = None,
+) -> str:  # fmt: skip
     """Concrete weights that bring the window's ratio (dominant / starved weighted gradient norm, linear in
     each weight) down to ``target``, the healthy band's edge: the smallest change that makes the window
     healthy (a starved task that recovers takes a bigger share by itself, so aiming further overshoots).
-    '' when the weights are not recorded or the ratio is infinite."""
-    factor = ratio / target
-    if starved not in weights or dominant not in weights or not math.isfinite(factor) or not factor > 0:
+    ``dominant`` None (more than two tasks, where lowering one dominating task can starve another): only the
+    starved task's weight. ``flags`` name the weights by command-line flag. '' when the weights are not
+    recorded or the ratio is infinite."""
+    factor, flags = ratio / target, flags or {}
+    if starved not in weights or not math.isfinite(factor) or not factor > 0:
         return ""
-    return (f"set {_weight(dominant, weights[dominant], 1 / factor)} or {_weight(starved, weights[starved], factor)}"
-            f" to bring the ratio {ratio:.2f} to {target:.2g}")  # fmt: skip
+    raise_starved = _weight(starved, weights[starved], factor, flags)
+    if dominant is None:
+        return f"set {raise_starved} to bring the ratio {ratio:.2f} to {target:.2g}"
+    if dominant not in weights:
+        return ""
+    return (f"set {_weight(dominant, weights[dominant], 1 / factor, flags)} or {raise_starved} to bring the ratio "
+            f"{ratio:.2f} to {target:.2g}")  # fmt: skip
 
 
 def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
     """The severity a dominated task's evidence gives its collapse, and that evidence in words.
 
-    An error needs both: the task's mean share of the update over the window below ``starve_share``, and its
-    own training loss down by less than ``starve_drop`` over the window (a plateau). Otherwise a warning that
-    says which part is missing."""
+    An error needs all of: the task's mean share of the update over the window below ``starve_share``, its own
+    training loss down by less than ``starve_drop`` over the window (a plateau), and that loss still above
+    ``starve_rate`` of its start (below it the task has learned: a converged task needs little gradient and its
+    loss is flat too). Otherwise a warning that says which part is missing."""
     progress = ev.progress()
     own = progress.get(task)
     if own is None:
@@ -91,12 +110,15 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
         return "warning", f"gradients dominated, but the {task} loss is still falling: {figures}"
     if share is None or share >= th.starve_share:
         return "warning", f"gradients dominated, but the {task} task still gets a share of the update: {figures}"
+    if own.rate <= th.starve_rate:
+        return "warning", (f"gradients dominated, but the {task} task has learned: its loss is {own.rate:.0%} of "
+                           f"where it started ({own.start:.3g}): {figures}")  # fmt: skip
     return "error", (f"and the {task} task is starving (its loss stalled: down less than {th.starve_drop:.0%}, "
                      f"share below {th.starve_share:.0%}): {figures}")  # fmt: skip
 
 
 def _collapse_observation(
-    ev: Evidence, starved: str, dominant: str, ratio: float, target: float, dominance: str, action: str,
+    ev: Evidence, starved: str, dominant: str | None, ratio: float, target: float, dominance: str, action: str,
     th: Thresholds, *, beyond_collapse: bool,
 ) -> Observation | None:  # fmt: skip
     """``ratio`` is dominant / starved; ``target`` the healthy band's edge in those terms. Short of the spec's
@@ -105,7 +127,8 @@ def _collapse_observation(
     if severity != "error" and not beyond_collapse:
         return None
     span = ev.window_span()
-    fix = weight_fix(starved, dominant, ratio, target, ev.weights)
+    flags = WEIGHT_FLAGS if ev.run.model == TRAINER_MODEL else {}
+    fix = weight_fix(starved, dominant, ratio, target, ev.weights, flags)
     return Observation(
         severity, ratio,
         f"TASK COLLAPSE: {dominance} over {len(ev.balance_steps)} samples{f' ({span})' if span else ''}; {words}",
@@ -115,7 +138,7 @@ def _collapse_observation(
 
 def _collapse_pair(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     """The spec's pointer/type window; the subject is the task it starves."""
-    if not _pointer_type(record):
+    if not _spec_pair(record):
         return []
     verdict = collapse_verdict(ev.ratios, th)
     mean = verdict.mean
@@ -135,22 +158,25 @@ def _collapse_pair(ev: Evidence, record: schema.Record, th: Thresholds) -> Findi
 
 
 def _collapse_tasks(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
-    """Any set of tasks (no pointer/type ratio, or more than two tasks): per task, the window mean of the
-    largest task's weighted gradient norm over its own."""
+    """Any set of tasks (no pointer/type pair alone): per task, the window mean of the largest task's weighted
+    gradient norm over its own. With two tasks the fix may lower the other; with more, only raise the starved
+    one (which task dominates changes from sample to sample, and lowering one can starve a third)."""
     norms: dict[str, float] = record["norms"]
-    if (_pointer_type(record) and len(norms) <= 2) or not max(norms.values(), default=math.nan) > 0:
+    if _spec_pair(record) or not max(norms.values(), default=math.nan) > 0:
         return []
-    dominant = max(norms, key=norms.__getitem__)
     findings: list[tuple[str, Observation | None]] = []
     for task, window in ev.dominance.items():
         mean = mean_ratio(window) if len(window) == th.window else None
         if mean is None or not mean > th.balance_high:
             findings.append((task, None))
             continue
+        others = [other for other in norms if other != task]
+        dominant = others[0] if len(others) == 1 else None
         beyond = mean > th.collapse_high
         bound = th.collapse_high if beyond else th.balance_high
         dominance = f"{task} task dominated (largest task gradient / its gradient = {mean:.2f} > {bound})"
-        action = f"Urgent: raise the weight of the {task} loss, or lower the {dominant} task's"
+        lower = f", or lower the {dominant} task's" if dominant else ""
+        action = f"Urgent: raise the weight of the {task} loss{lower}"
         seen = _collapse_observation(ev, task, dominant, mean, th.balance_high, dominance, action, th,
                                      beyond_collapse=beyond)  # fmt: skip
         findings.append((task, seen))

@@ -61,16 +61,19 @@ class RunningStats:
 
 @dataclass(frozen=True)
 class TaskProgress:
-    """One task's own recent progress: its training loss at the end of the window against its start.
+    """One task's own progress: its training loss at the end of the window against the window's start and
+    against the run's start.
 
     Losses are the unweighted per-task training losses of the ``epoch`` records (``task_losses``, epoch means)
     when the run records them, else of the balance samples (``losses``, one batch each). ``earlier`` is the mean
-    of the window's first ``RECENT_SAMPLES``, ``recent`` of its last; ``span`` says where the window lies.
+    of the window's first ``RECENT_SAMPLES``, ``recent`` of its last, ``start`` of the run's first; ``span`` says
+    where the window lies.
     """
 
     task: str
     earlier: float
     recent: float
+    start: float
     span: str
 
     @property
@@ -78,19 +81,28 @@ class TaskProgress:
         """Fractional change of the loss over the window (-0.3: down 30%)."""
         return self.recent / self.earlier - 1.0
 
+    @property
+    def rate(self) -> float:
+        """The loss now over its loss at the run's start (GradNorm's training rate; 0.2: down to a fifth)."""
+        return self.recent / self.start
+
 
 class LossSeries:
-    """The last ``window`` per-task training losses from one kind of record, and where each was taken."""
+    """The run's first and last ``window`` per-task training losses from one kind of record, and where each
+    of the last was taken."""
 
     def __init__(self, window: int) -> None:
         self.samples: deque[dict[str, float]] = deque(maxlen=max(window, 2 * RECENT_SAMPLES))
         self.where: deque[str] = deque(maxlen=self.samples.maxlen)
+        self.first: list[dict[str, float]] = []
 
     def add(self, losses: Mapping[str, float], where: Where) -> None:
         usable = {task: loss for task, loss in losses.items() if math.isfinite(loss) and loss > 0}
         if len(usable) >= 2:
             self.samples.append(usable)
             self.where.append(position(where.epoch, where.step))
+            if len(self.first) < RECENT_SAMPLES:
+                self.first.append(usable)
 
     def ready(self) -> bool:
         return len(self.samples) >= 2 * RECENT_SAMPLES
@@ -102,9 +114,15 @@ class LossSeries:
         first, last = list(self.samples)[:RECENT_SAMPLES], list(self.samples)[-RECENT_SAMPLES:]
         span = f"{self.where[0]} to {self.where[-1]}"
         return {
-            task: TaskProgress(task, _mean(s[task] for s in first), _mean(s[task] for s in last), span)
+            task: TaskProgress(
+                task,
+                earlier=_mean(s[task] for s in first),
+                recent=_mean(s[task] for s in last),
+                start=_mean(s[task] for s in self.first if task in s),
+                span=span,
+            )
             for task in self.samples[-1]
-            if all(task in s for s in (*first, *last))
+            if all(task in s for s in (*first, *last)) and any(task in s for s in self.first)
         }
 
 
