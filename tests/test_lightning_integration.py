@@ -224,3 +224,37 @@ def test_readme_lightning_example_runs_as_written_and_check_names_the_starved_ta
     code, verdict = check(tmp_path, "runs/lightning.jsonl")
     assert code == 1
     assert {alert["subject"] for alert in verdict["alerts"] if alert["rule"] == "collapse"} == {"cls"}
+
+
+class ValidatedEveryOtherEpoch(TwoTaskModule):
+    """Logs the training loss per step and per epoch, and a validation metric that names the epoch it was
+    computed in; validation runs every second epoch."""
+
+    def log(self, name, value, **options):
+        if name == "train_loss":
+            options = {**options, "on_step": True, "on_epoch": True}
+        super().log(name, value, **options)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_computed_in_epoch", float(self.current_epoch + 1))
+
+
+def test_epoch_records_hold_only_what_the_epoch_computed(tmp_path):
+    """Lightning keeps every metric's last value: an epoch without validation must not record the previous
+    validation's numbers as its own, and ``X_step``/``X_epoch`` twins of ``X`` are not metrics."""
+    log = tmp_path / "run.jsonl"
+    trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, max_epochs=4, check_val_every_n_epoch=2, num_sanity_val_steps=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_train_batches=5,
+        limit_val_batches=2, callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
+    )  # fmt: skip
+    trainer.fit(ValidatedEveryOtherEpoch({"cls": 1.0, "reg": 1.0}), loader(), loader())
+    epochs = [r for r in strict_lines(log) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
+    assert [r.get("metrics", {}) for r in epochs] == [
+        {},
+        {"val_computed_in_epoch": 2.0},
+        {},
+        {"val_computed_in_epoch": 4.0},
+    ]
+    assert all(r["train_loss"] > 0 for r in epochs)

@@ -48,13 +48,23 @@ def grad_scaler(trainer: lightning.Trainer) -> torch.amp.GradScaler | None:
     return getattr(trainer.precision_plugin, "scaler", None)
 
 
-def epoch_values(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+def epoch_values(metrics: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any] | None:
     """An ``epoch`` record's fields from ``trainer.callback_metrics``: ``train_loss`` from the metric logged as
-    ``train_loss`` (or ``loss``), every other metric under ``metrics``; None when no training loss was logged."""
-    key = next((name for name in ("train_loss", "loss") if name in metrics), None)
+    ``train_loss`` (or ``loss``), every other metric under ``metrics``; None when no training loss was logged.
+
+    Only what this epoch computed: Lightning keeps the last value of every metric, so a validation metric from
+    an epoch without validation would be recorded as this epoch's. ``before`` holds the values at the epoch's
+    start; a metric computed again is a new tensor, one left over is the same object. A metric logged both per
+    step and per epoch appears as ``X``, ``X_step`` and ``X_epoch``: ``X`` (the epoch's value) alone is kept."""
+    fresh = {name: value for name, value in metrics.items() if value is not before.get(name)}
+    for name in list(fresh):
+        stem = name.removesuffix("_step").removesuffix("_epoch")
+        if stem != name and stem in metrics:
+            del fresh[name]
+    key = next((name for name in ("train_loss", "loss") if name in fresh), None)
     if key is None:
         return None
-    return {"train_loss": metrics[key], "metrics": {name: value for name, value in metrics.items() if name != key}}
+    return {"train_loss": fresh[key], "metrics": {name: value for name, value in fresh.items() if name != key}}
 
 
 class GradientMonitorCallback(MonitorSettings, lightning.Callback):
@@ -64,9 +74,11 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
     def on_fit_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         self.monitor = self._make_monitor()
         self.monitor.on_run_start(pl_module, model_name=type(pl_module).__name__, config=run_config(trainer, pl_module))
+        self._metrics_before: dict[str, Any] = {}
 
     def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         self.monitor.on_epoch_start(trainer.current_epoch + 1)
+        self._metrics_before = dict(trainer.callback_metrics)
 
     def on_before_backward(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, loss: torch.Tensor
@@ -82,7 +94,7 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         self.monitor.on_before_optimizer_step(pl_module, scaler=grad_scaler(trainer), step=trainer.global_step + 1)
 
     def on_train_epoch_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
-        values = epoch_values(trainer.callback_metrics)
+        values = epoch_values(trainer.callback_metrics, self._metrics_before)
         if values is not None:
             lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
             self.monitor.on_epoch_end(trainer.current_epoch + 1, lr=lrs, **values)
