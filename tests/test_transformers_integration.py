@@ -153,6 +153,36 @@ def test_measuring_leaves_the_training_unchanged(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_each_epoch_is_recorded_with_its_training_loss_and_its_own_evaluation(tmp_path):
+    """The Trainer evaluates after ``on_epoch_end``: the record of epoch N must hold epoch N's evaluation, and
+    its training loss is the mean of the losses logged in it."""
+
+    def accuracy(prediction):
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=4, learning_rate=1e-3,
+        logging_steps=2, eval_strategy="epoch", report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        seed=0,
+    )  # fmt: skip
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    trainer = transformers.Trainer(
+        model=tiny_bert(), args=args, train_dataset=Sentences(40), eval_dataset=Sentences(16),
+        compute_metrics=accuracy, callbacks=[callback],
+    )  # fmt: skip
+    trainer.train()
+    history = trainer.state.log_history
+    epochs = [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for record, number in zip(epochs, (1, 2), strict=True):
+        evaluation = next(h for h in history if "eval_loss" in h and round(h["epoch"]) == number)
+        assert record["val_loss"] == pytest.approx(evaluation["eval_loss"])
+        assert record["metrics"] == {"eval_accuracy": pytest.approx(evaluation["eval_accuracy"])}
+        losses = [h["loss"] for h in history if "loss" in h and number - 1 < h["epoch"] <= number]
+        assert losses and record["train_loss"] == pytest.approx(sum(losses) / len(losses))
+
+
 def test_a_failed_train_inside_with_ends_the_run_failed(tmp_path):
     class Failing(TwoTaskBert):
         def forward(self, input_ids, labels, target):

@@ -13,6 +13,12 @@ Task balance: the Trainer does not see per-task losses. A model whose ``forward`
 ``compute_loss`` override calls :meth:`GradientMonitorCallback.on_task_losses` instead (see the README). Both
 measure by ``torch.autograd.grad`` before the backward: the step's gradients are untouched.
 
+Epochs: an ``epoch`` record per epoch, with the mean of the training ``loss`` the Trainer logged in it, the
+learning rate, and the evaluation it ran for that epoch (``eval_loss`` as ``val_loss``, every other
+``eval_*`` metric under ``metrics``). The Trainer evaluates after ``on_epoch_end``, so the record is written
+when the next epoch begins or training ends. An epoch in which no loss was logged (``logging_steps`` longer
+than the epoch) has no record.
+
 Under fp16 the gradients are still scaled until the clip; the callback then records task balance only, and
 says so once (bf16 needs no scaler and is measured).
 """
@@ -35,6 +41,38 @@ from moola.utils.monitoring.console import LOGGER
 
 TASK_LOSSES = "task_losses"
 TASK_WEIGHTS = "task_weights"
+#: Evaluation log entries that are the evaluation's speed, not a metric of the model.
+EVAL_TIMINGS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
+
+
+class EpochNotes:
+    """What the Trainer logged during one epoch, until its record is written: training losses, the learning
+    rate, and the evaluation's metrics."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.ended = False
+        self.losses: list[float] = []
+        self.lr: float | None = None
+        self.evaluation: dict[str, float] = {}
+
+    def add(self, logs: Mapping[str, Any]) -> None:
+        """One ``on_log`` entry: a training log (``loss``, ``learning_rate``) or an evaluation (``eval_*``)."""
+        if isinstance(logs.get("loss"), int | float):
+            self.losses.append(float(logs["loss"]))
+        if isinstance(logs.get("learning_rate"), int | float):
+            self.lr = float(logs["learning_rate"])
+        for name, value in logs.items():
+            if name.startswith("eval_") and name not in EVAL_TIMINGS and isinstance(value, int | float):
+                self.evaluation[name] = float(value)
+
+    def fields(self) -> dict[str, Any] | None:
+        """The ``epoch`` record's fields, or None when no training loss was logged in the epoch."""
+        if not self.losses:
+            return None
+        metrics = {name: value for name, value in self.evaluation.items() if name != "eval_loss"}
+        return {"train_loss": sum(self.losses) / len(self.losses), "val_loss": self.evaluation.get("eval_loss"),
+                "lr": self.lr, "metrics": metrics}  # fmt: skip
 
 
 def run_config(args: transformers.TrainingArguments) -> dict[str, Any]:
@@ -77,6 +115,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         self._grad_hooks: list[RemovableHandle] = []
         self._forward_hook: RemovableHandle | None = None
         self._queued = False
+        self._epoch: EpochNotes | None = None
 
     # -------------------------------------------------------------- Trainer events
 
@@ -108,7 +147,36 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         control: transformers.TrainerControl,
         **kwargs: Any,
     ) -> None:
-        self.monitor.on_epoch_start(int(state.epoch or 0) + 1)
+        self._write_epoch()
+        self._epoch = EpochNotes(int(state.epoch or 0) + 1)
+        self.monitor.on_epoch_start(self._epoch.epoch)
+
+    def on_log(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        logs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if self._epoch is not None and logs:
+            self._epoch.add(logs)
+
+    def on_epoch_end(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        if self._epoch is not None:
+            self._epoch.ended = True  # its evaluation comes next: written at the next epoch or the end
+
+    def _write_epoch(self) -> None:
+        notes, self._epoch = self._epoch, None
+        fields = notes.fields() if notes is not None and notes.ended else None
+        if notes is not None and fields is not None:
+            self.monitor.on_epoch_end(notes.epoch, **fields)
 
     def on_step_begin(
         self,
@@ -135,6 +203,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         **kwargs: Any,
     ) -> None:
         self._release()
+        self._write_epoch()
         self.monitor.on_run_end("completed")
 
     # -------------------------------------------------------------- task balance
