@@ -395,11 +395,12 @@ class GradientMonitor:
             stats["amp"] = {"scale": scale[0] if scale else scaler.get_scale(), "overflow": overflow}
         if self._console_on():
             self._echo(self._stats_lines(stats, norms, overflow))
-        layers = compact_layer_norms(norms, self.max_layer_norms)
+        stats.update(compact_layer_norms(norms, self.max_layer_norms))
         stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
-        stats = {**layers, **stats, "cost_ms": (time.perf_counter() - began) * 1e3}
-        # A finite mean means a finite sum of the norms: every norm, and every statistic, is finite.
-        finite = math.isfinite(stats["mean_norm"]) and not stats["nonfinite_count"] and "layer_groups" not in layers
+        stats["cost_ms"] = (time.perf_counter() - began) * 1e3
+        # A finite mean is a finite sum of the norms: every norm and every statistic is finite (and a grouped
+        # norm of finite ones could still overflow, so grouped layers take the converting encoder).
+        finite = math.isfinite(stats["mean_norm"]) and not stats["nonfinite_count"] and "layer_groups" not in stats
         if scaler is not None:
             finite = finite and math.isfinite(stats["amp"]["scale"])
         self._emit_built(schema.GRAD_STATS, {"epoch": self.epoch, "step": self.step, **stats}, finite=finite)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter, is_not
 from typing import Any
 
 import torch
@@ -30,6 +32,10 @@ def _count_registration(*_args: object) -> None:
 
 register_module_parameter_registration_hook(_count_registration)
 register_module_module_registration_hook(_count_registration)
+
+# C-level attribute reads for the per-step checks over every parameter (no Python frame per parameter).
+_GRAD = attrgetter("grad")
+_REQUIRES_GRAD = attrgetter("requires_grad")
 
 
 def _group_norms(members: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -84,16 +90,17 @@ class NormPlan:
         then its parameters are the very ones planned for, and no walk of the module tree is needed."""
         return model is self.model and self.registrations == _registrations
 
-    @torch.no_grad()
     def norms(self, extra: torch.Tensor | None = None) -> tuple[list[str], list[float], list[float]]:
         """The names and L2 norms of every present gradient, in model order, and the values of ``extra`` (a
         tensor to bring back too, such as a GradScaler's scale): all in one host transfer, the only host sync.
 
         A frozen parameter that still holds a zeroed ``.grad`` (``zero_grad(set_to_none=False)``) is left out:
         it is not a vanishing layer."""
-        names, grads = self.names, [p.grad for p in self.params]
+        # Not under torch.no_grad() (1.3 us a call, 4% of the LSTM's measurement): a gradient requires grad only
+        # after backward(create_graph=True), and the few nodes recorded then are freed with the result.
+        names, grads = self.names, list(map(_GRAD, self.params))
         single = self.single_group
-        if any(g is None for g in grads) or not all(p.requires_grad for p in self.params):
+        if not all(map(is_not, grads, repeat(None))) or not all(map(_REQUIRES_GRAD, self.params)):
             present = [(name, p.grad) for name, p in self.named if p.grad is not None and p.requires_grad]
             names, grads = [name for name, _ in present], [grad for _, grad in present]
             single = len({(g.device, g.dtype) for g in grads}) == 1
