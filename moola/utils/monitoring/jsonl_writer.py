@@ -72,7 +72,7 @@ class JsonlRecordWriter:
         return self.write_line(encode_record(record), record.get("kind"))
 
     def write_line(self, line: bytes, kind: str | None) -> bool:
-        """Append one record already encoded as one ``\n``-terminated line (``kind`` names it in a warning);
+        """Append one record already encoded as one ``\\n``-terminated line (``kind`` names it in a warning);
         False (after one warning) if the log cannot be written."""
         if self._fd is None and self._stream is None:
             return False
