@@ -1,6 +1,6 @@
 """The benchmark harness: figures and ratios measured side by side in one run, printed and written as JSON.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only monitor,step,fit,probe,analyze,follow] [--out FILE]
+    .venv/bin/python benchmarks/run.py [--quick] [--only monitor,step,gpu,fit,probe,analyze,follow] [--out FILE]
 
 Timings interleave the things compared (round-robin), so a noisy shared machine shifts
 them together; micro-benchmarks keep the best round, whole training runs the median. These are
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import platform
 import re
 import shutil
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,7 +75,7 @@ def models() -> dict[str, nn.Module]:
 
 def bench_monitor(quick: bool, tmp: Path) -> list[Row]:
     from moola.utils.monitoring import GradientMonitor
-    from moola.utils.monitoring.norms import NormPlan, gradient_statistics_from_norms
+    from moola.utils.monitoring.norms import NormPlan, gradient_statistics
 
     rows = []
     for name, model in models().items():
@@ -87,7 +89,7 @@ def bench_monitor(quick: bool, tmp: Path) -> list[Row]:
             {
                 "floor": lambda grads=grads: torch.stack(torch._foreach_norm(grads)).tolist(),
                 "naive": lambda params=params: [p.grad.norm().item() for p in params],
-                "measure": lambda plan=plan: gradient_statistics_from_norms(plan.norms()),
+                "measure": lambda plan=plan: gradient_statistics(*plan.norms()[:2]),
                 "monitor": lambda model=model, monitor=monitor: monitor.on_before_optimizer_step(model),
             },
             rounds=5 if quick else 15,
@@ -102,7 +104,8 @@ def bench_monitor(quick: bool, tmp: Path) -> list[Row]:
             row("monitor", f"{label}: measuring only (per-layer norms + statistics)", timings["measure"] * 1e3, "ms"),
             row("monitor", f"{label}: one every-step update (all it does)", timings["monitor"] * 1e3, "ms"),
             row("monitor", f"{label}: measuring / floor", timings["measure"] / timings["floor"], "x"),
-            row("monitor", f"{label}: update / floor", timings["monitor"] / timings["floor"], "x", "<= 1.5"),
+            row("monitor", f"{label}: update / floor", timings["monitor"] / timings["floor"], "x",
+                "<= 1.5" if name.startswith("lstm") else ""),
             row("monitor", f"{label}: naive / update", timings["naive"] / timings["monitor"], "x", ">= 1.3 (1000)"),
         ]  # fmt: skip
     return rows
@@ -159,6 +162,98 @@ def bench_step(quick: bool, tmp: Path) -> list[Row]:
     return rows
 
 
+def host_syncs(update: Callable[[], object], updates: int) -> list[int]:
+    """Host syncs in each of ``updates`` calls of ``update``, counted by ``torch.cuda.set_sync_debug_mode("warn")``
+    (which warns at every operation that waits for the device: ``.item()``, ``.tolist()``, a blocking copy)."""
+    counts = []
+    for _ in range(updates):
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                update()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(warning.message) for warning in caught))
+    return counts
+
+
+def bench_gpu_on(device: torch.device, quick: bool, tmp: Path) -> list[Row]:
+    """Host syncs per update and every-step overhead on ``device``, a GPU-sized model: a 24-layer transformer
+    encoder (d_model 1024, ~300M parameters, fp32), AdamW, batch 8 x 512 tokens."""
+    from moola.utils.monitoring import GradientMonitor
+
+    layers, tokens = (2, 128) if quick else (24, 512)
+    layer = nn.TransformerEncoderLayer(1024, 16, 4096, batch_first=True)
+    model = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).to(device)
+    x = torch.randn(8, tokens, 1024, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    stepped = GradientMonitor(every_n_steps=1, log_path=tmp / f"gpu-step-{uuid.uuid4().hex}.jsonl")
+    stepped.watch_optimizer(optimizer)
+
+    def step(measure: bool) -> None:
+        model(x).pow(2).mean().backward()
+        if measure:
+            stepped.on_before_optimizer_step(model)
+        optimizer.step()
+        optimizer.zero_grad()
+        torch.cuda.synchronize()  # both variants end the step on the device, so the timer sees all of it
+
+    step(False)
+    model(x).pow(2).mean().backward()  # gradients in place for the update-only figures
+    grads = [p.grad for p in model.parameters()]
+    monitor = GradientMonitor(every_n_steps=1, log_path=tmp / f"gpu-{uuid.uuid4().hex}.jsonl")
+    scaler = torch.amp.GradScaler("cuda")
+    scaler.scale(torch.ones((), device=device))  # the scaler holds its scale on the device, as in AMP training
+    monitor.on_before_optimizer_step(model)  # the first update also plans and writes run_start
+    syncs = host_syncs(lambda: monitor.on_before_optimizer_step(model), 5)
+    amp_syncs = host_syncs(lambda: monitor.on_before_optimizer_step(model, scaler=scaler), 5)
+
+    def synced(func: Callable[[], object]) -> Callable[[], None]:
+        def call() -> None:
+            func()
+            torch.cuda.synchronize()
+
+        return call
+
+    updates = interleaved(
+        {
+            "floor": synced(lambda: torch.stack(torch._foreach_norm(grads)).tolist()),
+            "monitor": synced(lambda: monitor.on_before_optimizer_step(model)),
+        },
+        rounds=5 if quick else 15, number=5 if quick else 20,
+    )  # fmt: skip
+    monitor.on_run_end()
+    optimizer.zero_grad()
+    steps = interleaved(
+        {"plain": lambda: step(False), "monitored": lambda: step(True)}, rounds=3 if quick else 10, number=3
+    )
+    stepped.on_run_end()
+    overhead = (steps["monitored"] / steps["plain"] - 1) * 100
+    values = sum(p.numel() for p in model.parameters())
+    label = (
+        f"{torch.cuda.get_device_name(device)}, {layers}-layer transformer ({len(grads)} tensors, {values / 1e6:.0f}M)"
+    )
+    return [
+        row("gpu", f"{label}: host syncs per update (most of 5)", max(syncs), "syncs", "exactly 1"),
+        row("gpu", f"{label}: host syncs per update, GradScaler (most of 5)", max(amp_syncs), "syncs", "exactly 1"),
+        row("gpu", f"{label}: floor (one grouped _foreach_norm + transfer)", updates["floor"] * 1e3, "ms"),
+        row("gpu", f"{label}: one every-step update (all it does)", updates["monitor"] * 1e3, "ms"),
+        row("gpu", f"{label}: update / floor", updates["monitor"] / updates["floor"], "x"),
+        row("gpu", f"{label}: training step (AdamW, batch 8x{tokens}), no monitor", steps["plain"] * 1e3, "ms"),
+        row("gpu", f"{label}: training step, every_n_steps=1", steps["monitored"] * 1e3, "ms"),
+        row("gpu", f"{label}: every-step monitoring overhead", overhead, "%", "<= 1"),
+    ]
+
+
+def bench_gpu(quick: bool, tmp: Path) -> list[Row]:
+    """The CUDA figures (see :func:`bench_gpu_on`); one row saying they were skipped without CUDA."""
+    if not torch.cuda.is_available():
+        return [row("gpu", "skipped: no CUDA (host syncs per update, every-step overhead)", math.nan, "", "")]
+    return bench_gpu_on(torch.device("cuda"), quick, tmp)
+
+
 # ------------------------------------------------------------------------------------------------ 2
 
 
@@ -210,6 +305,7 @@ def bench_probe(quick: bool, tmp: Path) -> list[Row]:
     from moola.utils.monitoring.gradient_diagnostics import (
         RepresentationTap,
         backward_with_task_balance,
+        compute_task_balance,
         compute_task_gradient_ratio,
     )
 
@@ -242,6 +338,11 @@ def bench_probe(quick: bool, tmp: Path) -> list[Row]:
         compute_task_gradient_ratio(pointer, kind, net, shared_parameters=list(net.shared_parameters()))
         (kind + pointer).backward()
 
+    def representation_then_backward() -> None:
+        pointer, kind, states = losses()
+        compute_task_balance({"pointer": pointer, "type": kind}, net, representation=states)
+        (kind + pointer).backward()
+
     def fused() -> None:
         pointer, kind, _ = losses()
         backward_with_task_balance(
@@ -259,13 +360,18 @@ def bench_probe(quick: bool, tmp: Path) -> list[Row]:
 
     timings = interleaved(
         {"forward": forward, "step": step, "measure_then_backward": measure_then_backward, "fused": fused,
-         "representation": representation},
+         "representation_then_backward": representation_then_backward, "representation": representation},
         rounds=5 if quick else 40, number=5 if quick else 10,
     )  # fmt: skip
     backward = timings["step"] - timings["forward"]
     rows = [row("probe", "one normal backward (LSTM, batch 32)", backward * 1e3, "ms")]
     for name, label, target in (
-        ("measure_then_backward", "shared parameters, measured before backward() (what the monitor does)", ""),
+        ("measure_then_backward", "shared parameters, measured before backward() (what the monitor does)", "reported"),
+        (
+            "representation_then_backward",
+            "shared representation, measured before backward() (representation=)",
+            "reported",
+        ),
         ("fused", "shared parameters, fused with the step's backward (backward_with_task_balance)", "<= 1.2"),
         ("representation", "shared representation, tapped from the step's own backward", "< 0.1"),
     ):
@@ -439,6 +545,7 @@ def bench_follow(quick: bool, tmp: Path) -> list[Row]:
 SECTIONS = {
     "monitor": bench_monitor,
     "step": bench_step,
+    "gpu": bench_gpu,
     "fit": bench_fit,
     "probe": bench_probe,
     "analyze": bench_analyze,

@@ -71,7 +71,15 @@ def _jsonable(value: Any) -> Any:
 
 def encode_record(record: Mapping[str, Any]) -> bytes:
     """Encode one record as one UTF-8 strict-JSON line, ``\\n``-terminated, floats at full precision."""
-    return orjson.dumps(_jsonable(record)) + b"\n"
+    return orjson.dumps(_jsonable(record), option=orjson.OPT_APPEND_NEWLINE)
+
+
+def encode_native(record: Mapping[str, Any]) -> bytes:
+    """:func:`encode_record`'s line for a record built of JSON-native values only (``str`` keys; ``str``, ``int``,
+    ``bool``, ``None``, finite ``float``, and dicts and lists of them), without the walk that converts other
+    values: for a writer that knows what it built. Any other type raises ``TypeError``, but a non-finite float
+    would be written as ``null``: the caller guarantees there is none."""
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def make_record(kind: str, run: str, time: float, **fields: Any) -> Record:

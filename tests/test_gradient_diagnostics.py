@@ -1,9 +1,11 @@
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from moola.utils.monitoring import (
     GradientMonitor,
@@ -14,7 +16,8 @@ from moola.utils.monitoring import (
     detect_task_collapse,
     detect_vanishing_gradients,
 )
-from moola_watch.schema import Rejected, decode_record
+from moola_watch import schema
+from moola_watch.schema import Rejected, decode_record, encode_native, encode_record
 
 
 class ConvNet(nn.Module):
@@ -318,3 +321,74 @@ def test_gradient_accumulation_counts_optimizer_steps():
     monitor.on_run_end()
     steps = [r["step"] for r in read_records(sink) if r["kind"] == "grad_stats"]
     assert steps == [1, 2, 3]
+
+
+class HostTransfers(TorchFunctionMode):
+    """Counts the tensor calls that bring values to the host, which on CUDA wait for the device (a host sync):
+    the CPU-side stand-in for ``torch.cuda.set_sync_debug_mode``, which only a GPU can run."""
+
+    SYNCING = frozenset({"tolist", "item", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__", "tensor"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.SYNCING:
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_update_brings_everything_to_the_host_in_one_transfer():
+    mixed = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    mixed[1].to(torch.bfloat16)
+    frozen = ConvNet()
+    frozen.fc.bias.requires_grad_(False)
+    cases = {"one dtype": ConvNet(), "two dtypes": mixed, "a frozen and an unused parameter": frozen}
+    for model in cases.values():
+        for p in model.parameters():
+            p.grad = torch.rand_like(p)
+    frozen.unused.weight.grad = frozen.unused.bias.grad = None
+    for label, model in cases.items():
+        scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+        scaler.scale(torch.ones(()))  # the scaler now holds its scale as a tensor, as after a step's backward
+        monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), echo=lambda _line: None)
+        monitor.on_before_optimizer_step(model)  # the first measurement also plans and writes run_start
+        for kwargs in ({}, {"scaler": scaler}):
+            with HostTransfers() as transfers:
+                stats = monitor.on_before_optimizer_step(model, **kwargs)
+            assert stats is not None and transfers.calls == ["tolist"], (label, kwargs, transfers.calls)
+        assert stats["amp"] == {"scale": 8.0, "overflow": False}
+
+
+def test_every_record_the_monitor_builds_is_read_back_as_written(monkeypatch):
+    """Records the monitor builds skip the field-by-field cleaning and, when all their floats are finite, the
+    converting encoder: every line must still be one the watcher accepts, and the very bytes the converting
+    encoder gives for what it reads back."""
+    native = []
+    monkeypatch.setattr(schema, "encode_native", lambda record: native.append(record["kind"]) or encode_native(record))
+    sink = io.BytesIO()
+    model = ConvNet()
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    scaler.scale(torch.ones(()))
+    with GradientMonitor(every_n_steps=1, stream=sink, per_rank=True, echo=lambda _line: None) as monitor:
+        backprop(model)
+        monitor.on_before_optimizer_step(model)  # healthy: encoded as built
+        monitor.on_before_optimizer_step(model, scaler=scaler)
+        model.fc.bias.grad[1] = math.nan
+        monitor.on_before_optimizer_step(model)  # non-finite: converted
+        model.fc.bias.grad[1] = 0.5
+        monitor.on_before_optimizer_step(model, step=np.int64(9))  # a user's numpy step: cleaned (and left out)
+        monitor.max_layer_norms = 2
+        monitor.on_before_optimizer_step(model)  # grouped by module prefix
+    lines = sink.getvalue().splitlines()
+    for line in lines:
+        record = decode_record(line)
+        assert not isinstance(record, Rejected), (line, record)
+        assert encode_record(record) == line + b"\n"
+    grads = [decode_record(line) for line in lines if b'"grad_stats"' in line]
+    assert len(grads) == 5 and native == ["grad_stats", "grad_stats"]
+    assert math.isnan(grads[2]["layer_norms"]["fc.bias"]) and "step" not in grads[3]
+    assert grads[1]["amp"] == {"scale": 4.0, "overflow": False} and all(g["rank"] == 0 for g in grads)
+    assert grads[4]["layer_groups"]["tensors"] == 6

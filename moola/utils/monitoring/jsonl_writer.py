@@ -69,12 +69,16 @@ class JsonlRecordWriter:
 
     def write(self, record: Mapping[str, Any]) -> bool:
         """Append one record as one line; False (after one warning) if the log cannot be written."""
+        return self.write_line(encode_record(record), record.get("kind"))
+
+    def write_line(self, line: bytes, kind: str | None) -> bool:
+        """Append one record already encoded as one ``\\n``-terminated line (``kind`` names it in a warning);
+        False (after one warning) if the log cannot be written."""
         if self._fd is None and self._stream is None:
             return False
-        line = encode_record(record)
         if len(line) > MAX_LINE_BYTES:  # every reader would reject it: keep the log all good lines
             self._warn(
-                f"WARNING: a {record.get('kind')} record of {len(line)} bytes exceeds the readers' "
+                f"WARNING: a {kind} record of {len(line)} bytes exceeds the readers' "
                 f"{MAX_LINE_BYTES}-byte line limit and was not written"
             )
             return False

@@ -34,7 +34,7 @@ from moola import __version__
 from moola.utils.monitoring.console import LOGGER, PREFIX
 from moola.utils.monitoring.distributed import distributed_rank, rank_log_path
 from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
-from moola.utils.monitoring.norms import NormPlan, gradient_statistics_from_norms
+from moola.utils.monitoring.norms import NormPlan, gradient_statistics
 from moola.utils.monitoring.records import MAX_LAYER_NORMS, compact_layer_norms, learning_rate, plain
 from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, compute_task_balance, task_weights
 from moola_watch import rules, schema
@@ -43,6 +43,7 @@ from moola_watch.rules import Alert, AlertEvent, MonitoringSummary, Thresholds
 _T = TypeVar("_T")
 #: Severities a run can be halted on, lowest first ("warning" only ranks below them).
 HALT_SEVERITIES = ("warning", "error", "critical")
+_OPTIONAL_INT = (int, type(None))
 
 
 def _quiet(_text: str) -> None:
@@ -380,20 +381,29 @@ class GradientMonitor:
 
     def _measure(self, model: nn.Module, scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
         began = time.perf_counter()
-        norms = self._plan(model).norms()
-        if not norms:
+        scaler = scaler if scaler is not None and scaler.is_enabled() else None
+        # The scale rides along with the norms: one host sync, not a second one for get_scale()'s .item(). A
+        # scaler that has scaled nothing yet holds no scale tensor; get_scale() then gives its initial scale.
+        names, values, scale = self._plan(model).norms(scaler._get_scale_async() if scaler is not None else None)
+        if not names:
             raise ValueError("no parameter has a gradient yet: measure after backward()")
-        stats = gradient_statistics_from_norms(norms)
+        stats = gradient_statistics(names, values)
+        norms = dict(zip(names, values, strict=True))
         overflow = False
-        if scaler is not None and scaler.is_enabled():
+        if scaler is not None:
             overflow = stats["nonfinite_count"] > 0
-            stats["amp"] = {"scale": scaler.get_scale(), "overflow": overflow}
+            stats["amp"] = {"scale": scale[0] if scale else scaler.get_scale(), "overflow": overflow}
         if self._console_on():
             self._echo(self._stats_lines(stats, norms, overflow))
         stats.update(compact_layer_norms(norms, self.max_layer_norms))
         stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
         stats["cost_ms"] = (time.perf_counter() - began) * 1e3
-        self._emit(schema.GRAD_STATS, epoch=self.epoch, step=self.step, **stats)
+        # A finite mean is a finite sum of the norms: every norm and every statistic is finite (and a grouped
+        # norm of finite ones could still overflow, so grouped layers take the converting encoder).
+        finite = math.isfinite(stats["mean_norm"]) and not stats["nonfinite_count"] and "layer_groups" not in stats
+        if scaler is not None:
+            finite = finite and math.isfinite(stats["amp"]["scale"])
+        self._emit_built(schema.GRAD_STATS, {"epoch": self.epoch, "step": self.step, **stats}, finite=finite)
         return stats
 
     def _console_on(self) -> bool:
@@ -497,8 +507,29 @@ class GradientMonitor:
     # -------------------------------------------------------------- records
 
     def _emit(self, kind: str, **fields: Any) -> None:
+        """Write a record of ``kind`` from ``fields`` that come from the user: cleaned first (an optional value no
+        reader would accept is left out, with one warning; without a usable required one, nothing is written)."""
         if not self.enabled:
             return
+        fields, problems = schema.clean_fields(kind, fields)
+        for problem in problems:
+            self._warn_once(problem, f"WARNING: {problem} in a {kind} record")
+        if any("(left out)" not in problem for problem in problems):
+            return  # a required field is unusable: a record no reader would accept is not written
+        self._write(kind, fields)
+
+    def _emit_built(self, kind: str, fields: dict[str, Any], *, finite: bool) -> None:
+        """Write a record of ``kind`` whose fields the monitor built itself from known types (floats from a
+        tensor's ``tolist()``, parameter names, counts): only the values a user passes in (the epoch and the
+        step) are checked, not every field, and with ``finite`` (every float in ``fields`` is finite) the line is
+        encoded as it stands. A test holds the watcher's validators to accepting every record built here."""
+        if not (type(fields["epoch"]) in _OPTIONAL_INT and type(fields["step"]) is int):
+            self._emit(kind, **fields)  # a user's epoch or step of another type: clean field by field
+        else:
+            self._write(kind, fields, finite=finite)
+
+    def _write(self, kind: str, fields: dict[str, Any], *, finite: bool = False) -> None:
+        """Judge and write a record from valid ``fields``; ``finite``: see :meth:`_emit_built`."""
         if kind != schema.RUN_START and not self._started:
             self.on_run_start()  # every log opens with its run_start (thresholds included), whatever came first
         step = fields.get("step")
@@ -506,15 +537,12 @@ class GradientMonitor:
             fields["step"] = self._last_step = max(step, self._last_step)
         if self.per_rank:
             fields["rank"] = self.rank
-        fields, problems = schema.clean_fields(kind, fields)
-        for problem in problems:
-            self._warn_once(problem, f"WARNING: {problem} in a {kind} record")
-        if any("(left out)" not in problem for problem in problems):
-            return  # a required field is unusable: a record no reader would accept is not written
-        record = schema.make_record(kind, self.run_id, self._clock(), **fields)
+        now = self._clock()
+        record = schema.make_record(kind, self.run_id, now, **fields)
         events = self.engine.observe(record)
         if self._writer:
-            self._writer.write(record)
+            native = finite and type(now) is float and math.isfinite(now)
+            self._writer.write_line(schema.encode_native(record) if native else schema.encode_record(record), kind)
         self._report(events, record)
 
     def _report(self, events: list[AlertEvent], cause: schema.Record) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter, is_not
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.module import (
@@ -32,10 +33,15 @@ def _count_registration(*_args: object) -> None:
 register_module_parameter_registration_hook(_count_registration)
 register_module_module_registration_hook(_count_registration)
 
+# C-level attribute reads for the per-step checks over every parameter (no Python frame per parameter).
+_GRAD = attrgetter("grad")
+_REQUIRES_GRAD = attrgetter("requires_grad")
 
-def _group_norms(members: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Norms of same-(device, dtype) tensors as a float64 vector on ``device``: one ``_foreach_norm``, or one
-    norm each for what the foreach kernel cannot take (sparse tensors, exotic devices)."""
+
+def _group_norms(members: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """Norms of same-(device, dtype) tensors as one vector on their device, in ``dtype`` (float32 for half
+    precision): one ``_foreach_norm``, or one norm each for what the foreach kernel cannot take (sparse tensors,
+    exotic devices)."""
     # Low-precision gradients are reduced in float32 so the norm itself keeps its digits.
     wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
     try:
@@ -45,37 +51,24 @@ def _group_norms(members: list[torch.Tensor], dtype: torch.dtype, device: torch.
         stacked = torch.stack([full_tensor(norm) for norm in norms])
     # Sharded gradients (FSDP2, DTensor) give per-shard partial norms: one reduction over the shard group
     # makes them the norms of the full gradients. Every rank must take part, as in any collective.
-    return full_tensor(stacked).to(device=device, dtype=torch.float64)
+    return full_tensor(stacked)
 
 
-@torch.no_grad()
-def norms_on_device(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """L2 norm of each tensor as one float64 vector on the first tensor's device, without a host sync:
-    one ``_foreach_norm`` per (device, dtype) group, as ``clip_grad_norm_`` does."""
-    first_device = tensors[0].device
-    groups = _group_tensors_by_device_and_dtype([list(tensors)], with_indices=True)
-    parts = [
-        (_group_norms(members, dtype, first_device), indices)
-        for (_device, dtype), ([members], indices) in groups.items()
-    ]
-    if len(parts) == 1:
-        return parts[0][0]  # one group keeps the input order
-    out = torch.empty(len(tensors), dtype=torch.float64, device=first_device)
-    for values, indices in parts:
-        out.index_copy_(0, torch.tensor(indices, device=first_device), values)
-    return out
-
-
-def _present_norms(named: Sequence[tuple[str, nn.Parameter]]) -> dict[str, float]:
-    names, grads = [], []
-    for name, parameter in named:
-        # A frozen parameter may still hold a zeroed .grad (zero_grad(set_to_none=False)): not a vanishing layer.
-        if parameter.grad is not None and parameter.requires_grad:
-            names.append(name)
-            grads.append(parameter.grad)
-    if not grads:
-        return {}
-    return dict(zip(names, norms_on_device(grads).tolist(), strict=True))  # the one host transfer
+def _mixed_norms(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    """Norms of tensors of several (device, dtype) groups as one float64 vector on the first tensor's device, in
+    group order, and where each tensor's norm sits in it: reordered on the host after the transfer, so no index
+    tensor has to be sent to the device (a host-to-device copy is a sync too)."""
+    device = tensors[0].device
+    parts, order = [], []
+    for (_device, dtype), ([members], indices) in _group_tensors_by_device_and_dtype(
+        [tensors], with_indices=True
+    ).items():
+        parts.append(_group_norms(members, dtype).to(device=device, dtype=torch.float64))
+        order += indices
+    position = [0] * len(tensors)
+    for at, index in enumerate(order):
+        position[index] = at
+    return torch.cat(parts), position
 
 
 class NormPlan:
@@ -97,38 +90,63 @@ class NormPlan:
         then its parameters are the very ones planned for, and no walk of the module tree is needed."""
         return model is self.model and self.registrations == _registrations
 
-    @torch.no_grad()
-    def norms(self) -> dict[str, float]:
-        """Norm of every present gradient, by parameter name; one host transfer."""
-        grads = [p.grad for p in self.params]
-        if not grads or any(g is None for g in grads) or not all(p.requires_grad for p in self.params):
-            return _present_norms(self.named)  # some gradients missing or frozen: group what is there
-        one = self.single_group
-        values = _group_norms(grads, grads[0].dtype, grads[0].device) if one else norms_on_device(grads)
-        return dict(zip(self.names, values.tolist(), strict=True))  # the one host transfer
+    def norms(self, extra: torch.Tensor | None = None) -> tuple[list[str], list[float], list[float]]:
+        """The names and L2 norms of every present gradient, in model order, and the values of ``extra`` (a
+        tensor to bring back too, such as a GradScaler's scale): all in one host transfer, the only host sync.
+
+        A frozen parameter that still holds a zeroed ``.grad`` (``zero_grad(set_to_none=False)``) is left out:
+        it is not a vanishing layer."""
+        # Not under torch.no_grad() (1.3 us a call, 4% of the LSTM's measurement): a gradient requires grad only
+        # after backward(create_graph=True), and the few nodes recorded then are freed with the result.
+        names, grads = self.names, list(map(_GRAD, self.params))
+        single = self.single_group
+        if not all(map(is_not, grads, repeat(None))) or not all(map(_REQUIRES_GRAD, self.params)):
+            present = [(name, p.grad) for name, p in self.named if p.grad is not None and p.requires_grad]
+            names, grads = [name for name, _ in present], [grad for _, grad in present]
+            single = len({(g.device, g.dtype) for g in grads}) == 1
+        if not grads:
+            return [], [], extra.tolist() if extra is not None else []
+        if single:
+            on_device, position = _group_norms(grads, grads[0].dtype), None
+        else:
+            on_device, position = _mixed_norms(grads)
+        if extra is not None:
+            on_device = torch.cat([on_device, extra.to(on_device.device, on_device.dtype).reshape(-1)])
+        host = on_device.tolist()  # the one host transfer
+        values = host[: len(names)] if position is None else [host[at] for at in position]
+        return names, values, host[len(names) :]
 
 
 def compute_layer_gradient_norms(model: nn.Module) -> dict[str, float]:
     """L2 norm of each parameter's gradient, keyed by parameter name (parameters without a gradient, and
     frozen ones, are left out). One device-to-host transfer for the whole model."""
-    return _present_norms(list(model.named_parameters()))
+    names, values, _ = NormPlan(list(model.named_parameters())).norms()
+    return dict(zip(names, values, strict=True))
 
 
-def gradient_statistics_from_norms(layer_norms: dict[str, float]) -> dict[str, Any]:
-    """The ``grad_stats`` body for given per-layer norms: the total norm (L2 over all gradients, NaN/inf
-    if any layer is), mean/std/min/max over the finite layer norms, and the non-finite layers."""
-    norms = np.fromiter(layer_norms.values(), dtype=np.float64, count=len(layer_norms))
-    finite_mask = np.isfinite(norms)
-    finite = norms[finite_mask]
-    bad = [] if finite_mask.all() else [name for name, ok in zip(layer_norms, finite_mask, strict=True) if not ok]
-    # Not np.dot for the sum of squares: BLAS threads would fight torch's for the cores.
-    total = (math.nan if np.isnan(norms).any() else math.inf) if bad else math.sqrt(float(np.square(norms).sum()))
-    if finite.size:
-        mean, std, low, high = (float(v) for v in (finite.mean(), finite.std(), finite.min(), finite.max()))
+def gradient_statistics(names: Sequence[str], norms: list[float]) -> dict[str, Any]:
+    """The ``grad_stats`` statistics of per-layer norms (``names[i]``'s is ``norms[i]``): the total norm (L2
+    over all gradients, NaN/inf if any layer is), mean/std/min/max over the finite layer norms, and the
+    non-finite layers. Computed on the host from the transferred norms by C-level builtins (``sum``,
+    ``math.hypot``, ``math.dist``, ``min``, ``max``): no per-layer Python work unless a layer is non-finite."""
+    total_sum = sum(norms)
+    if math.isfinite(total_sum):
+        finite, bad, total = norms, [], math.hypot(*norms)
+    else:  # a non-finite layer (or a sum beyond the float range): sort them out one by one
+        ok = [math.isfinite(norm) for norm in norms]
+        finite = [norm for norm, keep in zip(norms, ok, strict=True) if keep]
+        bad = [name for name, keep in zip(names, ok, strict=True) if not keep]
+        total = (math.nan if any(map(math.isnan, norms)) else math.inf) if bad else math.hypot(*norms)
+        total_sum = sum(finite)
+    count = len(finite)
+    if count:
+        mean = total_sum / count
+        # Two-pass population std: the distance from (mean, ..., mean), scaled, in C.
+        std = math.dist(finite, [mean] * count) / math.sqrt(count)
+        low, high = min(finite), max(finite)
     else:
         mean = std = low = high = math.nan
     return {
-        "layer_norms": layer_norms,
         "total_norm": total,
         "mean_norm": mean,
         "std_norm": std,
@@ -137,6 +155,12 @@ def gradient_statistics_from_norms(layer_norms: dict[str, float]) -> dict[str, A
         "nonfinite_count": len(bad),
         "nonfinite_layers": bad,
     }
+
+
+def gradient_statistics_from_norms(layer_norms: dict[str, float]) -> dict[str, Any]:
+    """The ``grad_stats`` body for given per-layer norms: ``layer_norms`` and their statistics (see
+    :func:`gradient_statistics`)."""
+    return {"layer_norms": layer_norms, **gradient_statistics(list(layer_norms), list(layer_norms.values()))}
 
 
 def compute_gradient_statistics(model: nn.Module) -> dict[str, Any]:
