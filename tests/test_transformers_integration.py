@@ -203,21 +203,36 @@ def test_a_failed_train_inside_with_ends_the_run_failed(tmp_path):
     assert end["kind"] == "run_end" and end["status"] == "failed" and end["error"] == "RuntimeError: out of memory"
 
 
-def test_fp16_gradients_that_are_still_scaled_are_not_recorded(tmp_path, caplog):
-    """Under fp16 the Trainer's optimizer carries a GradScaler: until the clip the gradients are scaled, so the
-    callback records no statistics rather than norms 65536 times too large, and says so once."""
+def test_fp16_gradients_that_are_still_scaled_are_recorded_unscaled(tmp_path):
+    """Under fp16 the Trainer's (accelerate's) optimizer carries a GradScaler and the gradients keep its scale
+    until the clip, past the callbacks' last look. The Trainer's fp16 mode needs a GPU; its parts do not: a real
+    GradScaler scales a real backward as accelerate's does, and the recorded norms are those of the unscaled
+    gradients, not 65536 times larger. An overflowing step is recorded as the scaler's, not the model's."""
     callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=1)
     args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[], use_cpu=True)
-    state, control, model = transformers.TrainerState(), transformers.TrainerControl(), tiny_bert()
-    fp16_optimizer = SimpleNamespace(scaler=torch.amp.GradScaler("cpu"))
-    with caplog.at_level("WARNING", logger="moola"):
-        callback.on_train_begin(args, state, control, model=model, optimizer=fp16_optimizer)
-    assert caplog.text.count("fp16") == 1
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    torch.manual_seed(0)
+    model, reference = tiny_bert(), tiny_bert()
+    reference.load_state_dict(model.state_dict())
+    model.eval(), reference.eval()  # the same forward in both: no dropout masks
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    callback.on_train_begin(args, state, control, model=model, optimizer=SimpleNamespace(scaler=scaler))
+    batch = {"input_ids": torch.randint(0, 64, (2, 12)), "labels": torch.tensor([0, 1])}
     callback.on_step_begin(args, state, control)
-    model(input_ids=torch.randint(0, 64, (2, 12)), labels=torch.tensor([0, 1])).loss.backward()
+    scaler.scale(model(**batch).loss).backward()
+    reference(**batch).loss.backward()
+    state.global_step = 1
+    callback.on_step_begin(args, state, control)
+    model.zero_grad()
+    scaler.scale(model(**batch).loss * float("inf")).backward()
     callback.on_train_end(args, state, control)
-    kinds = [r["kind"] for r in strict_lines(tmp_path / "run.jsonl")]
-    assert kinds == ["run_start", "run_end"]
+    first, overflow = [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "grad_stats"]
+    expected = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in reference.parameters() if p.grad is not None])
+    )
+    assert first["total_norm"] == pytest.approx(expected.item(), rel=1e-5)
+    assert first["amp"] == {"scale": 65536.0, "overflow": False}
+    assert overflow["amp"]["overflow"] is True and overflow["nonfinite_count"] > 0
 
 
 @pytest.mark.slow

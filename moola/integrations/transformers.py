@@ -19,8 +19,9 @@ learning rate, and the evaluation it ran for that epoch (``eval_loss`` as ``val_
 when the next epoch begins or training ends. An epoch in which no loss was logged (``logging_steps`` longer
 than the epoch) has no record.
 
-Under fp16 the gradients are still scaled until the clip; the callback then records task balance only, and
-says so once (bf16 needs no scaler and is measured).
+Under fp16 the gradients at the end of the backward still carry the GradScaler's scale (the Trainer unscales
+them inside its clip): the callback divides the norms by the scale, and a step the scaler skips for an
+overflow is recorded as such.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from moola.integrations.settings import MonitorSettings
-from moola.utils.monitoring.console import LOGGER
 
 TASK_LOSSES = "task_losses"
 TASK_WEIGHTS = "task_weights"
@@ -111,7 +111,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         super().__init__(log_path, **settings)
         self._model: nn.Module | None = None
         self._step = 1  # the optimizer step being prepared, 1-based: state.global_step once it is taken
-        self._scaled = False
+        self._scaler: torch.amp.GradScaler | None = None
         self._grad_hooks: list[RemovableHandle] = []
         self._forward_hook: RemovableHandle | None = None
         self._queued = False
@@ -133,12 +133,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         self.monitor.on_run_start(model, model_name=type(model).__name__, config=run_config(args))
         self._model = model
         self._forward_hook = model.register_forward_hook(self._on_forward)
-        self._scaled = getattr(optimizer, "scaler", None) is not None
-        if self._scaled:
-            LOGGER.warning(
-                "WARNING: fp16: the Trainer unscales the gradients only inside its clip, after which no callback "
-                "sees them unclipped; gradient statistics are not recorded (bf16 needs no scaler)"
-            )
+        self._scaler = getattr(optimizer, "scaler", None)  # fp16: accelerate's optimizer holds the GradScaler
 
     def on_epoch_begin(
         self,
@@ -188,7 +183,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         self._step = state.global_step + 1
         self.monitor.at_step(self._step)
         self._disarm()
-        if self.monitor.stats_due() and not self._scaled:
+        if self.monitor.stats_due():
             self._grad_hooks = [
                 p.register_post_accumulate_grad_hook(self._on_gradient)
                 for p in self._model.parameters()
@@ -232,7 +227,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         self._queued = False
         if GradientState().sync_gradients:  # the step's last micro-batch: these are the step's gradients
             self._disarm()
-            self.monitor.on_before_optimizer_step(self._model, step=self._step)
+            self.monitor.on_before_optimizer_step(self._model, step=self._step, scaler=self._scaler, still_scaled=True)
 
     def _disarm(self) -> None:
         for handle in self._grad_hooks:

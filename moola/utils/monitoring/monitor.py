@@ -285,13 +285,20 @@ class GradientMonitor:
         return balance
 
     def on_before_optimizer_step(
-        self, model: nn.Module, *, scaler: torch.amp.GradScaler | None = None, step: int | None = None
+        self,
+        model: nn.Module,
+        *,
+        scaler: torch.amp.GradScaler | None = None,
+        step: int | None = None,
+        still_scaled: bool = False,
     ) -> dict[str, Any] | None:
         """Measure the gradients now in ``model`` if due, after any ``scaler.unscale_(optimizer)`` and before
         clipping; return the ``grad_stats`` body. ``step`` overrides the counted step (a framework's own).
 
         With mixed precision pass the ``scaler``: the scale is recorded, and an inf is recorded as the scaler's
-        overflow (a skipped step) rather than a model fault."""
+        overflow (a skipped step) rather than a model fault. ``still_scaled``: the gradients still carry the
+        scale (measured before ``unscale_``, as a framework that unscales inside its clip leaves them): every
+        norm is divided by it."""
         if step is not None:
             self.at_step(step)
         stats = None
@@ -303,7 +310,7 @@ class GradientMonitor:
             )
         if self.stats_due():
             self._last_stats_at = (self.epoch, self.step)
-            stats = self._guarded("gradient statistics", lambda: self._measure(model, scaler), model)
+            stats = self._guarded("gradient statistics", lambda: self._measure(model, scaler, still_scaled), model)
             if stats is not None and stats.get("amp", {}).get("overflow"):
                 self._last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
         if not self._counting_optimizer:
@@ -379,7 +386,7 @@ class GradientMonitor:
             self._norm_plan = NormPlan(list(model.named_parameters()), model)
         return self._norm_plan
 
-    def _measure(self, model: nn.Module, scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
+    def _measure(self, model: nn.Module, scaler: torch.amp.GradScaler | None, still_scaled: bool) -> dict[str, Any]:
         began = time.perf_counter()
         scaler = scaler if scaler is not None and scaler.is_enabled() else None
         # The scale rides along with the norms: one host sync, not a second one for get_scale()'s .item(). A
@@ -387,12 +394,15 @@ class GradientMonitor:
         names, values, scale = self._plan(model).norms(scaler._get_scale_async() if scaler is not None else None)
         if not names:
             raise ValueError("no parameter has a gradient yet: measure after backward()")
+        amp_scale = (scale[0] if scale else scaler.get_scale()) if scaler is not None else None
+        if still_scaled and amp_scale:
+            values = [value / amp_scale for value in values]  # the norm is linear in the gradient
         stats = gradient_statistics(names, values)
         norms = dict(zip(names, values, strict=True))
         overflow = False
         if scaler is not None:
             overflow = stats["nonfinite_count"] > 0
-            stats["amp"] = {"scale": scale[0] if scale else scaler.get_scale(), "overflow": overflow}
+            stats["amp"] = {"scale": amp_scale, "overflow": overflow}
         if self._console_on():
             self._echo(self._stats_lines(stats, norms, overflow))
         stats.update(compact_layer_norms(norms, self.max_layer_norms))
