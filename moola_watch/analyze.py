@@ -26,7 +26,7 @@ from moola_watch.tail import BadLine, Item, Notice, RecordItem, read_log
 MAX_BAD_LINE_DETAILS = 20
 VERDICT_HEALTHY = "healthy"
 VERDICT_UNTERMINATED = "unterminated"  # no alert, but no run_end either: not known to be healthy
-VERDICT_NO_MEASUREMENTS = "no_measurements"  # the run recorded no gradient, balance or epoch record: not a pass
+VERDICT_NO_MEASUREMENTS = "no_measurements"  # the run recorded no gradient statistics or balance: not a pass
 VERDICT_NOT_A_LOG = "not_a_log"  # not one valid record in the file
 
 

@@ -99,7 +99,8 @@ def test_a_file_that_is_not_a_log_exits_2(tmp_path):
 
 
 def test_a_run_that_measured_nothing_is_not_a_pass(tmp_path):
-    path = LogBuilder().start().end().write(tmp_path / "log.jsonl")
+    """Epoch records alone (a callback whose every_n_steps outlasted a short run) measured no gradient."""
+    path = LogBuilder().start().epoch(1).epoch(2).end().write(tmp_path / "log.jsonl")
     result, _ = check(path)
     assert result.returncode == 3
     assert result.stdout.startswith(f"EMPTY  {path}  verdict=no_measurements")

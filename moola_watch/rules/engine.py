@@ -145,9 +145,10 @@ class RuleEngine:
         return max(seen, key=SEVERITY_RANK.__getitem__) if seen else None
 
     def measured(self) -> bool:
-        """Did the run record any measurement (gradient statistics, task balance or an epoch)?"""
+        """Did the run measure its gradients (statistics or task balance)? Epoch records alone carry losses
+        and metrics, but no rule of a gradient monitor judged anything."""
         ev = self.evidence
-        return bool(ev.grad_samples or ev.last_balance or ev.last_epoch)
+        return bool(ev.grad_samples or ev.last_balance)
 
     def summary(self) -> MonitoringSummary:
         ev = self.evidence
