@@ -437,7 +437,7 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     from moola_watch import html_report
 
     scans = [(path, scan) for path, scan in _scans(args, console, frames=True)]
-    readable = [scan for _path, scan in scans if scan is not None]
+    readable = [scan for _path, scan in scans if scan is not None and scan.records]
     if not readable:
         return EXIT_USAGE
     try:
@@ -467,7 +467,7 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     worst = EXIT_OK
     frames_of: dict[tuple[str, str], dict[str, Any]] = {}
     for path, scan in _scans(args, console, frames=True):
-        if scan is None:
+        if scan is None or not scan.records:
             worst = EXIT_USAGE
             continue
         frames = analyze.to_frames(scan)

@@ -28,7 +28,7 @@ from moola_watch.textsafe import inert, json_line
 
 MAX_FPS = 10.0
 AGE_REFRESH_S = 1.0  # redraw at least this often so "last record N s ago" and staleness stay true
-EXIT_OK, EXIT_ALERT = 0, 1
+EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2  # check's codes
 
 
 @dataclass(frozen=True)
@@ -256,6 +256,8 @@ class Follower:
             pass
         self._started = True
         self.tick(time.time())
+        if self.options.once and not any(view.scan.records for view in self.views.values()):
+            return self._nothing_to_judge()
         if self.options.once or (self.options.exit_on_end and self.ended()):
             if not self.options.json:
                 self.console.print(self.render(time.time()))
@@ -268,6 +270,14 @@ class Follower:
             code = self._loop(live)
         self.console.print(self.render(time.time()))
         return code
+
+    def _nothing_to_judge(self) -> int:
+        """``--once`` on an empty or foreign file (or a folder of them): an error, as ``check`` says, never a
+        pass."""
+        bad = sum(view.scan.bad_lines for view in self.views.values())
+        what = f"is not a moola log: no valid record ({bad} bad lines)" if bad else "holds no record yet"
+        print(f"moola-watch: error: {inert(str(self.target))} {what}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
 
     def _loop(self, live: Live | None) -> int:
         last_draw = 0.0

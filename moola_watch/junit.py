@@ -2,7 +2,7 @@
 
 One ``<testsuite>`` per log, one ``<testcase>`` per run in it. A run fails when an alert at or above
 ``--fail-on`` fired in it; the ``<failure>`` names the worst and lists every alert of the run with its
-recommendation. A log that could not be read is an ``<error>``; a log without any run is ``<skipped>``.
+recommendation. A log that could not be read, or holds no valid record, is an ``<error>``.
 Pure: results in, bytes out.
 """
 
@@ -93,10 +93,10 @@ def junit_xml(results: Sequence[LogResult], fail_on: str) -> bytes:
             case = _element(suite, "testcase", classname=result.log, name="read")
             _element(case, "error", message="the log could not be read", type="unreadable")
             counts.update(tests=1, errors=1)
-        elif not report["runs"]:
-            case = _element(suite, "testcase", classname=result.log, name="(no run)")
-            _element(case, "skipped", message="no run in this log")
-            counts.update(tests=1, skipped=1)
+        elif not report["runs"]:  # an empty or foreign file: nothing was checked, which is not a pass
+            case = _element(suite, "testcase", classname=result.log, name="read")
+            _element(case, "error", message="not a moola log: no valid record", type="not_a_log")
+            counts.update(tests=1, errors=1)
         for run in report["runs"] if report else ():
             alerts = [a for a in report["alerts"] if a["run"] == run["run"]]
             counts["tests"] += 1

@@ -98,6 +98,26 @@ def test_a_file_that_is_not_a_log_exits_2(tmp_path):
     assert run_cli("moola_watch.cli", "analyze", str(path)).returncode == 2
 
 
+@pytest.mark.parametrize("content", [b"", b"this is not\na moola log\n"], ids=["empty", "foreign"])
+def test_no_command_passes_a_file_that_is_not_a_log(tmp_path, content):
+    """What check calls not a log is an error everywhere: no HTML page of 0 runs, no silent export, no
+    'waiting' from --once, and an <error> (not <skipped>) in JUnit."""
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(content)
+    html = tmp_path / "report.html"
+    report = run_cli("moola_watch.cli", "report", str(path), "-o", str(html))
+    assert report.returncode == 2 and not html.exists()
+    exported = run_cli("moola_watch.cli", "export", str(path), "--tensorboard", str(tmp_path / "tb"))
+    assert exported.returncode == 2
+    once = run_cli("moola_watch.cli", "follow", "--once", str(path))
+    assert once.returncode == 2 and "Traceback" not in once.stderr
+    assert ("is not a moola log: no valid record (2 bad lines)" if content else "holds no record yet") in once.stderr
+    xml = tmp_path / "junit.xml"
+    assert check("--junit", xml, path)[0].returncode == 2
+    assert '<error message="not a moola log: no valid record" type="not_a_log"' in xml.read_text()
+    assert "skipped" not in xml.read_text().replace('skipped="0"', "")
+
+
 def test_a_run_that_measured_nothing_is_not_a_pass(tmp_path):
     """Epoch records alone (a callback whose every_n_steps outlasted a short run) measured no gradient."""
     path = LogBuilder().start().epoch(1).epoch(2).end().write(tmp_path / "log.jsonl")
