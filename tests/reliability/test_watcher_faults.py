@@ -140,11 +140,12 @@ def test_a_directory_of_200_logs(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     for index in range(200):
-        (runs / f"run{index:03}.jsonl").write_bytes(b"".join(LogBuilder(f"run{index}").start().epoch(1).end().lines()))
+        log = LogBuilder(f"run{index}").start().grad(1, 0.3, 0.4).epoch(1).end()
+        (runs / f"run{index:03}.jsonl").write_bytes(b"".join(log.lines()))
     result = run_watch("follow", "--json", "--once", str(runs))
     summary = json.loads(result.stdout.splitlines()[-1])
     assert len(summary["logs"]) == 200
-    assert all(log["records"] == 3 and log["verdict"] == "healthy" for log in summary["logs"])
+    assert all(log["records"] == 4 and log["verdict"] == "healthy" for log in summary["logs"])
     check = run_watch("check", *map(str, sorted(runs.iterdir())))
     assert check.returncode == 0 and check.stdout.count("ok  ") == 200
 
