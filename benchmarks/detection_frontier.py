@@ -10,7 +10,8 @@ The signals, per task and balance sample, once the window is full:
 * ``share``: the window mean of this task's share of the update;
 * ``drop``: the change of its epoch training loss over the window (mean of the last three epochs over the first
   three: -0.1 is down 10%);
-* ``rate``: its training loss now over its loss at the start (GradNorm's training rate; 0.9: still 90%).
+* ``rate``: its training loss now over its first loss in the run, the first balance sample's batch (GradNorm's
+  training rate; 0.9: still 90%).
 
 Thresholds are chosen on the tuning seeds (best recall with at most 5% of healthy runs alarmed) and reported on
 the held-out seeds. The point is the frontier, not a new rule: it says how much recall any combination of these
@@ -61,8 +62,11 @@ def signals(log: list[schema.Record]) -> list[dict[str, Signals]]:
     """Each task's four signals at every balance sample whose window is full."""
     balance: list[schema.Record] = []
     losses: list[dict[str, float]] = []
+    first: dict[str, float] = {}
     out: list[dict[str, Signals]] = []
     for record in log:
+        for task, loss in (record.get("losses") or record.get("task_losses") or {}).items():
+            first.setdefault(task, loss)
         if record["kind"] == schema.EPOCH and record.get("task_losses"):
             losses.append(record["task_losses"])
         if record["kind"] != schema.TASK_BALANCE:
@@ -77,7 +81,7 @@ def signals(log: list[schema.Record]) -> list[dict[str, Signals]]:
                                    for b in window),
                 "share": _mean(b["shares"][task] for b in window),
                 "drop": _mean(e[task] for e in recent[-ENDS:]) / _mean(e[task] for e in recent[:ENDS]) - 1,
-                "rate": _mean(e[task] for e in losses[-ENDS:]) / _mean(e[task] for e in losses[:ENDS]),
+                "rate": _mean(e[task] for e in losses[-ENDS:]) / first[task],
             }
             for task in window[-1]["norms"]
         })  # fmt: skip

@@ -165,11 +165,11 @@ def starving_log(ratio, share, losses_of_starved, starved="type"):
 
 def test_a_task_that_has_learned_is_not_starving_though_its_loss_is_flat_and_its_gradient_small():
     """An easy task converges at once: its loss flat near zero, almost none of the update. That is done, not
-    starved: the loss is far below its start (below ``starve_rate``)."""
+    starved: the loss is far below its first (below ``starve_rate``)."""
     converged = starving_log(8.0, 0.005, lambda i: 0.7 if i == 1 else 0.07)
     (collapse,) = collapse_alerts(rules.replay(converged.records))
     assert collapse.severity == "warning" and collapse.subject == "type"
-    assert "but the type task has learned: its loss is 25% of where it started (0.28)" in collapse.message
+    assert "but the type task has learned: its loss is 10% of where it started (0.7)" in collapse.message
     assert collapse_alerts(rules.replay(starving_log(8.0, 0.005, lambda i: 0.7).records))[0].severity == "error"
 
 

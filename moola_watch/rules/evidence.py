@@ -66,8 +66,9 @@ class TaskProgress:
 
     Losses are the unweighted per-task training losses of the ``epoch`` records (``task_losses``, epoch means)
     when the run records them, else of the balance samples (``losses``, one batch each). ``earlier`` is the mean
-    of the window's first ``RECENT_SAMPLES``, ``recent`` of its last, ``start`` of the run's first; ``span`` says
-    where the window lies.
+    of the window's first ``RECENT_SAMPLES``, ``recent`` of its last; ``start`` is the task's first loss in the
+    run (the first balance sample's batch, usually taken before the first update: GradNorm's L(0); an epoch
+    mean would hold whatever the first epoch did, a blow-up included); ``span`` says where the window lies.
     """
 
     task: str
@@ -88,27 +89,24 @@ class TaskProgress:
 
 
 class LossSeries:
-    """The run's first and last ``window`` per-task training losses from one kind of record, and where each
-    of the last was taken."""
+    """The last ``window`` per-task training losses from one kind of record, and where each was taken."""
 
     def __init__(self, window: int) -> None:
         self.samples: deque[dict[str, float]] = deque(maxlen=max(window, 2 * RECENT_SAMPLES))
         self.where: deque[str] = deque(maxlen=self.samples.maxlen)
-        self.first: list[dict[str, float]] = []
 
     def add(self, losses: Mapping[str, float], where: Where) -> None:
         usable = {task: loss for task, loss in losses.items() if math.isfinite(loss) and loss > 0}
         if len(usable) >= 2:
             self.samples.append(usable)
             self.where.append(position(where.epoch, where.step))
-            if len(self.first) < RECENT_SAMPLES:
-                self.first.append(usable)
 
     def ready(self) -> bool:
         return len(self.samples) >= 2 * RECENT_SAMPLES
 
-    def progress(self) -> dict[str, TaskProgress]:
-        """Each task's change over the window, or {} with fewer than ``2 * RECENT_SAMPLES`` samples."""
+    def progress(self, start: Mapping[str, float]) -> dict[str, TaskProgress]:
+        """Each task's change over the window, or {} with fewer than ``2 * RECENT_SAMPLES`` samples; ``start``
+        holds each task's first loss of the run."""
         if not self.ready():
             return {}
         first, last = list(self.samples)[:RECENT_SAMPLES], list(self.samples)[-RECENT_SAMPLES:]
@@ -118,11 +116,11 @@ class LossSeries:
                 task,
                 earlier=_mean(s[task] for s in first),
                 recent=_mean(s[task] for s in last),
-                start=_mean(s[task] for s in self.first if task in s),
+                start=start[task],
                 span=span,
             )
             for task in self.samples[-1]
-            if all(task in s for s in (*first, *last)) and any(task in s for s in self.first)
+            if all(task in s for s in (*first, *last)) and task in start
         }
 
 
@@ -145,6 +143,7 @@ class Evidence:
         self.shares: dict[str, deque[float]] = {}  # per task: its share of the update, over the window
         self.epoch_losses = LossSeries(window)
         self.batch_losses = LossSeries(window)
+        self.first_losses: dict[str, float] = {}  # each task's first usable training loss in the run
         self.balance_samples = 0
         self.grad_samples = 0
         self.mean_norms = RunningStats()
@@ -171,7 +170,7 @@ class Evidence:
             self._balance(record, where)
         elif kind == schema.EPOCH:
             self.last_epoch = record
-            self.epoch_losses.add(record.get("task_losses") or {}, where)
+            self._losses(self.epoch_losses, record.get("task_losses") or {}, where)
         elif kind == schema.RUN_END:
             self.run.status, self.run.error = record["status"], record.get("error")
         if self.run.run is None:
@@ -223,12 +222,19 @@ class Evidence:
         self.weights = dict(record.get("weights") or {})
         for task, share in (record.get("shares") or {}).items():
             self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
-        self.batch_losses.add(record.get("losses") or {}, where)
+        self._losses(self.batch_losses, record.get("losses") or {}, where)
+
+    def _losses(self, series: LossSeries, losses: Mapping[str, float], where: Where) -> None:
+        series.add(losses, where)
+        for task, loss in losses.items():
+            if task not in self.first_losses and math.isfinite(loss) and loss > 0:
+                self.first_losses[task] = loss
 
     def progress(self) -> dict[str, TaskProgress]:
         """Every task's own progress over the window: from the epoch records' losses once there are enough,
         else from the balance samples' batch losses; {} while neither has enough."""
-        return (self.epoch_losses if self.epoch_losses.ready() else self.batch_losses).progress()
+        series = self.epoch_losses if self.epoch_losses.ready() else self.batch_losses
+        return series.progress(self.first_losses)
 
     def mean_share(self, task: str) -> float | None:
         """The task's mean share of the update over the window (None when not recorded)."""

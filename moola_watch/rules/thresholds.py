@@ -25,7 +25,7 @@ class Thresholds:
     window: int = 10  # balance samples in the sliding collapse window
     starve_share: float = 0.02  # collapse is an error only if the task's mean share of the update is below ...
     starve_drop: float = 0.02  # ... and its own training loss fell by less than this fraction over the window
-    starve_rate: float = 0.3  # ... and that loss is above this fraction of its start (below: learned, converged)
+    starve_rate: float = 0.5  # ... and that loss is above this fraction of its first (below: it has learned)
     norm_low: float = 0.01  # mean layer norm below this: vanishing overall
     norm_large: float = 1.0  # mean layer norm above this: large
     norm_exploding: float = 5.0  # mean layer norm above this: exploding overall
