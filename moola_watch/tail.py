@@ -119,7 +119,7 @@ class LineDecoder:
         last = chunk.rfind(b"\n")
         if last >= start:
             lines = chunk[start:last].split(b"\n")
-            numbered: Iterable[Line] = zip(range(self.line_no + 1, self.line_no + 1 + len(lines)), lines)
+            numbered: Iterable[Line] = zip(range(self.line_no + 1, self.line_no + 1 + len(lines)), lines, strict=True)
             self.line_no += len(lines)
             if b"" in lines or any(map(bytes.isspace, lines)):
                 numbered = [line for line in numbered if not _blank(line[1])]

@@ -8,8 +8,8 @@ import numpy as np
 
 from moola_watch import schema
 from moola_watch.durations import human_duration
-from moola_watch.rules.evidence import Evidence, RunState
 from moola_watch.rules.columns import GradColumns
+from moola_watch.rules.evidence import Evidence, RunState
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
 from moola_watch.rules.thresholds import Thresholds
