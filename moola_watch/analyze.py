@@ -14,6 +14,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,8 @@ class FrameColumns:
         counts = np.frombuffer(self.layer_counts, dtype=np.int64) if self.layer_counts else np.zeros(0, np.int64)
         sets = np.frombuffer(self.layer_sets, dtype=np.int64) if self.layer_sets else np.zeros(0, np.int64)
         # Records with the same layers come in long runs: one tile per run, not one array per record.
-        starts = np.flatnonzero(np.diff(sets, prepend=-1)).tolist()
-        tiles = [np.tile(code_lists[sets[a]], b - a) for a, b in zip(starts, [*starts[1:], len(sets)], strict=True)]
+        bounds = [*np.flatnonzero(np.diff(sets, prepend=-1)).tolist(), len(sets)]
+        tiles = [np.tile(code_lists[sets[a]], b - a) for a, b in pairwise(bounds)]
         codes = np.concatenate([np.zeros(0, np.int64), *tiles])
 
         def per_layer(column: str) -> pd.api.extensions.ExtensionArray:
