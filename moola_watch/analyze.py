@@ -62,7 +62,7 @@ class FrameColumns:
             for name in self.GRAD:
                 grad[name].append(record.get(name))
             norms: dict[str, float] = record["layer_norms"]
-            self.layer_sets.append(self._key_set(norms))
+            self.layer_sets.append(self._key_set(tuple(norms)))
             self.layer_counts.append(len(norms))
             self.layer_norm.extend(norms.values())
         elif kind == schema.TASK_BALANCE:
@@ -85,20 +85,19 @@ class FrameColumns:
             self.epochs.append(row)
 
     def add_grad(
-        self, fields: Mapping[str, Sequence[Any]], layer_norms: Sequence[Mapping[str, float]], values: np.ndarray
+        self, fields: Mapping[str, Sequence[Any]], layer_names: Sequence[tuple[str, ...]], values: np.ndarray
     ) -> None:
         """``grad_stats`` records in bulk, as :meth:`add` would take them one by one: ``fields`` maps each grad
-        column to its values in record order, ``layer_norms`` holds each record's norms, ``values`` all of those
-        norms in one float64 array, record after record."""
+        column to its values in record order, ``layer_names`` holds each record's layer names (in its order),
+        ``values`` all of their norms in one float64 array, record after record."""
         for name in self.GRAD:
             self.grad[name].extend(fields[name])
-        self.layer_sets.extend(map(self._key_set, layer_norms))
-        self.layer_counts.extend(map(len, layer_norms))
+        self.layer_sets.extend(map(self._key_set, layer_names))
+        self.layer_counts.extend(map(len, layer_names))
         self.layer_norm.frombytes(np.ascontiguousarray(values, np.float64).tobytes())
 
-    def _key_set(self, norms: Mapping[str, float]) -> int:
-        """Which distinct list of layer names ``norms`` has (layers rarely change between records)."""
-        keys = tuple(norms)
+    def _key_set(self, keys: tuple[str, ...]) -> int:
+        """Which distinct list of layer names this is (layers rarely change between records)."""
         if keys != self._last_keys:
             self._last_keys = keys
             self._key_lists.append(keys)
@@ -343,12 +342,14 @@ def scan_log(
     now: float | None = None,
     on_progress: Callable[[int], None] | None = None,
     fast: bool = True,
+    parallel: bool | None = None,
 ) -> LogScan:
     """Read a whole log in chunks through the rules. ``frames`` collects columns for :meth:`to_frames`;
     ``now`` (unix seconds, default: the clock) judges staleness of a run without ``run_end``;
     ``on_progress`` gets the bytes read so far; ``overridden`` names the thresholds that beat a run's recorded
-    ones; ``fast`` reads typed and in batches (:mod:`moola_watch.columnar`), else item by item (the reference),
-    with the same result. Raises ``OSError`` if the file cannot be read."""
+    ones; ``fast`` reads typed and in batches (:mod:`moola_watch.columnar`; ``parallel``: decoding in a second
+    process too, by default for a big file when a CPU is idle), else item by item (the reference), with the
+    same result. Raises ``OSError`` if the file cannot be read."""
 
     def streamed() -> LogScan:
         scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
@@ -359,7 +360,7 @@ def scan_log(
     if fast:
         scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
         try:
-            columnar.scan_into(scan, path, on_progress=on_progress)
+            columnar.scan_into(scan, path, parallel=parallel, on_progress=on_progress)
         except columnar.UnsupportedInput:
             scan = streamed()  # a line the typed decoder misjudged: take the reference's answer
     else:

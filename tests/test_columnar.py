@@ -187,10 +187,13 @@ def state(scan: LogScan) -> dict:
             "trainer_alerts": scan.trainer_alerts, "sources": scan.threshold_sources}  # fmt: skip
 
 
-def assert_same(path: Path, *, thresholds: Thresholds | None = None, chunk_bytes: int | None = None) -> None:
+def assert_same(
+    path: Path, *, thresholds: Thresholds | None = None, chunk_bytes: int | None = None, parallel: bool = False
+) -> None:
     reference = scan_log(path, thresholds, frames=True, now=NOW, fast=False)
     fast = LogScan(str(path), thresholds or Thresholds(), FrameColumns())
-    columnar.scan_into(fast, path, **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}))  # no fallback here
+    sizes = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
+    columnar.scan_into(fast, path, parallel=parallel, **sizes)  # no fallback to the streaming engine here
     fast.check_stale(NOW)
     # repr, not ==: NaN values must sit in the same places (NaN != NaN), and types must match (1 vs 1.0).
     assert repr(state(fast)) == repr(state(reference))
@@ -216,6 +219,12 @@ def test_fast_path_agrees_with_the_streaming_engine(logs: dict[str, Path], name:
 @pytest.mark.parametrize("chunk_bytes", [97, 4096])
 def test_fast_path_agrees_across_chunk_boundaries(logs: dict[str, Path], name: str, chunk_bytes: int) -> None:
     assert_same(logs[name], chunk_bytes=chunk_bytes)
+
+
+@pytest.mark.parametrize("name", ["mixed", "multi_run", "bursts", "big"])
+@pytest.mark.parametrize("chunk_bytes", [4096, None])
+def test_fast_path_agrees_with_a_decoding_worker(logs: dict[str, Path], name: str, chunk_bytes: int | None) -> None:
+    assert_same(logs[name], chunk_bytes=chunk_bytes, parallel=True)
 
 
 @pytest.mark.parametrize("name", ["multi_run", "bursts", "sample/vanishing_gradients.jsonl"])

@@ -8,7 +8,7 @@ exactly as the streaming reader does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import chain
 from operator import attrgetter
 from typing import Annotated, Any, Literal
@@ -50,9 +50,9 @@ class GradStats(msgspec.Struct, gc=False):
     amp: dict[str, Any] = None  # type: ignore[assignment]
 
 
-#: The scalar fields a batch keeps as columns (the grad frame's, which include what the rules' evidence reads).
-FIELDS = ("run", "epoch", "step", "time", "total_norm", "mean_norm", "std_norm", "min_norm", "max_norm",
-          "nonfinite_count", "cost_ms")  # fmt: skip
+#: The scalar fields a batch keeps as columns: the grad frame's, of which the rules' evidence reads the first.
+QUIET_FIELDS = ("run", "epoch", "step", "time", "mean_norm", "max_norm", "nonfinite_count")
+FRAME_FIELDS = (*QUIET_FIELDS, "total_norm", "std_norm", "min_norm", "cost_ms")
 _DECODER = msgspec.json.Decoder(GradStats)
 
 
@@ -66,27 +66,70 @@ def decode_grad_stats(data: bytes) -> GradStats | None:
         return None
 
 
+class DecodedGrad(msgspec.Struct, gc=False):
+    """What typed decoding makes of some lines, in plain data (it may come from another process as msgpack).
+
+    ``typed`` lists the numbers of the lines that decoded; for each of those, in order: ``fields`` holds each
+    scalar field's values, ``counts`` (int64) its number of layers, ``values`` (float64) all layer norms record
+    after record, ``listed`` the length of its ``nonfinite_layers``, ``key_ids`` which of ``key_sets`` (the
+    distinct layer name lists, in order of appearance) it has; the last two only when layer names are asked for.
+    """
+
+    typed: list[int]
+    fields: dict[str, list[Any]]
+    counts: bytes
+    values: bytes
+    listed: list[int]
+    key_sets: list[list[str]]
+    key_ids: list[int]
+
+
+def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool) -> DecodedGrad:
+    """Decode what :func:`decode_grad_stats` takes of ``lines`` (numbered), keeping ``fields`` (and the layer names
+    if ``names``)."""
+    typed, records = [], []
+    for line_no, data in lines:
+        record = decode_grad_stats(data)
+        if record is not None:
+            typed.append(line_no)
+            records.append(record)
+    norms = [record.layer_norms for record in records]
+    counts = np.fromiter(map(len, norms), np.int64, len(norms))
+    values = np.fromiter(chain.from_iterable(map(dict.values, norms)), np.float64, int(counts.sum()))
+    key_sets: list[list[str]] = []
+    key_ids: list[int] = []
+    if names:
+        last: tuple[str, ...] | None = None
+        for keys in map(tuple, norms):
+            if keys != last:
+                last = keys
+                key_sets.append(list(keys))
+            key_ids.append(len(key_sets) - 1)
+    return DecodedGrad(
+        typed, {name: list(map(attrgetter(name), records)) for name in fields}, counts.tobytes(), values.tobytes(),
+        list(map(len, map(attrgetter("nonfinite_layers"), records))), key_sets, key_ids,
+    )  # fmt: skip
+
+
 class UnsupportedInput(Exception):
     """The typed decoder took a line that :func:`moola_watch.schema.decode_record` rejects: the fast path cannot
     promise the streaming reader's answer for this file."""
 
 
 class GradBatch:
-    """Typed ``grad_stats`` records (in file order) as columns: each scalar field a list, every layer norm in
-    one float64 array (record after record), and the rules' :class:`GradColumns`."""
+    """Typed ``grad_stats`` records of one chunk (in file order) as columns, with their lines: each scalar field a
+    list, every layer norm in one float64 array (record after record), and the rules' :class:`GradColumns`."""
 
-    def __init__(self, records: list[GradStats], lines: list[Line]) -> None:
+    def __init__(self, decoded: DecodedGrad, lines: list[Line]) -> None:
         self.lines = lines
-        self.layer_norms = [record.layer_norms for record in records]
-        counts = np.fromiter(map(len, self.layer_norms), np.int64, len(records))
+        self.fields = decoded.fields
+        counts = np.frombuffer(decoded.counts, np.int64)
         self.offsets = np.concatenate(([0], np.cumsum(counts)))
-        self.values = np.fromiter(
-            chain.from_iterable(map(dict.values, self.layer_norms)), np.float64, int(self.offsets[-1])
-        )
-        self.fields = {name: list(map(attrgetter(name), records)) for name in FIELDS}
-        listed = list(map(len, map(attrgetter("nonfinite_layers"), records)))
+        self.values = np.frombuffer(decoded.values, np.float64)
+        key_sets = [tuple(keys) for keys in decoded.key_sets]
+        self.keys = [key_sets[index] for index in decoded.key_ids]
         self.columns = GradColumns.from_norms(
-            self.values, counts, listed, self.fields["nonfinite_count"], self.fields["mean_norm"]
+            self.values, counts, decoded.listed, self.fields["nonfinite_count"], self.fields["mean_norm"]
         )
 
     def __len__(self) -> int:
@@ -113,7 +156,7 @@ class GradBatch:
             f["max_norm"][start:stop], lambda index: self.record(start + index),
         )  # fmt: skip
 
-    def rows(self, start: int, stop: int) -> tuple[dict[str, Sequence[Any]], list[dict[str, float]], np.ndarray]:
-        """Records ``start`` to ``stop`` for the frames: the scalar columns, the layer norms, their values."""
+    def rows(self, start: int, stop: int) -> tuple[dict[str, Sequence[Any]], list[tuple[str, ...]], np.ndarray]:
+        """Records ``start`` to ``stop`` for the frames: the scalar columns, the layer names, the norms."""
         values = self.values[self.offsets[start] : self.offsets[stop]]
-        return {name: column[start:stop] for name, column in self.fields.items()}, self.layer_norms[start:stop], values
+        return {name: column[start:stop] for name, column in self.fields.items()}, self.keys[start:stop], values

@@ -1,66 +1,127 @@
 """Reading a whole log into a :class:`~moola_watch.analyze.LogScan` chunk by chunk, with the same result as feeding
 it :func:`~moola_watch.tail.read_log`'s items one by one, at several times the speed.
 
-Per chunk (a few MB of lines): ``grad_stats`` lines, the bulk of a log, are decoded typed (:mod:`.records`)
-and judged as columns; a record where some rule's condition may hold, and every other line (run_start,
-task_balance, epoch, run_end, bad lines), goes through the streaming engine one by one, decoded by
-:func:`~moola_watch.schema.decode_record`. Runs of quiet ``grad_stats`` records between them reach their
-run's engine in bulk, and the frame columns take the chunk's ``grad_stats`` rows in bulk.
+Per chunk (about a MB of lines): ``grad_stats`` lines, the bulk of a log, are decoded typed (:mod:`.records`;
+in a second process for a big file, :mod:`.worker`) and judged as columns; a record where some rule's
+condition may hold, and every other line (run_start, task_balance, epoch, run_end, bad lines), goes through
+the streaming engine one by one, decoded by :func:`~moola_watch.schema.decode_record`. Runs of quiet
+``grad_stats`` records between them reach their run's engine in bulk, and the frame columns take the chunk's
+``grad_stats`` rows in bulk.
 """
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moola_watch import schema
-from moola_watch.columnar.records import GradBatch, GradStats, decode_grad_stats
+from moola_watch.columnar.records import (
+    FRAME_FIELDS,
+    QUIET_FIELDS,
+    DecodedGrad,
+    GradBatch,
+    UnsupportedInput,
+    decode_grad_lines,
+)
+from moola_watch.columnar.worker import DecodeWorker, ShortRead, can_fork_worker
 from moola_watch.tail import BadLine, Line, LineDecoder, RecordItem
 
 if TYPE_CHECKING:
     from moola_watch.analyze import LogScan
 
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20
+PARALLEL_MIN_BYTES = 32 << 20  # below this a second process costs about what it saves
+AHEAD = 2  # chunks out at the worker at most; beyond that this process decodes the next chunk itself
+QUEUED = 4  # chunks read but not yet judged, at most (memory stays a few chunks' worth)
 
 
 def scan_into(
-    scan: LogScan, path: str | Path, *, chunk_bytes: int = CHUNK_BYTES, on_progress: Callable[[int], None] | None = None
+    scan: LogScan,
+    path: str | Path,
+    *,
+    chunk_bytes: int = CHUNK_BYTES,
+    parallel: bool | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> None:
-    """Read every line of the file at ``path`` into ``scan``; ``on_progress`` gets the bytes read so far after each
-    chunk. Raises :class:`~moola_watch.columnar.records.UnsupportedInput` (the caller reads the file the streaming
-    way instead) and ``OSError``."""
+    """Read every line of the file at ``path`` into ``scan``. ``parallel`` decodes in a second process too (by
+    default for a file of ``PARALLEL_MIN_BYTES`` or more, where :func:`can_fork_worker`); ``on_progress`` gets
+    the bytes read so far after each chunk. Raises :class:`~moola_watch.columnar.records.UnsupportedInput` (the
+    caller reads the file the streaming way instead) and ``OSError``."""
+    frames = scan.columns is not None
+    fields = FRAME_FIELDS if frames else QUIET_FIELDS
     decoder = LineDecoder(str(path))
-    done = 0
     with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            _scan_lines(scan, decoder, decoder.lines(chunk))
-            done += len(chunk)
-            if on_progress:
-                on_progress(done)
+        if parallel is None:
+            parallel = os.fstat(handle.fileno()).st_size >= PARALLEL_MIN_BYTES and can_fork_worker()
+        worker = DecodeWorker(path, fields, frames) if parallel else None
+        queue: deque[tuple[list[Line | BadLine], DecodedGrad | None]] = deque()  # None: out at the worker
+        offset = line_start = 0  # where the chunk starts, and the first line it may complete
+        longest = chunk_bytes + schema.MAX_LINE_BYTES  # a longer stretch is a line too long to decode: no need to send
+        try:
+            while chunk := handle.read(chunk_bytes):
+                first_line = decoder.line_no + 1
+                lines = decoder.lines(chunk)
+                last = chunk.rfind(b"\n")
+                end = offset + last  # where the chunk's last whole line ends (if it completes one)
+                if worker is not None and worker.pending < AHEAD and 0 <= end - line_start <= longest:
+                    worker.submit(line_start, end - line_start, first_line)
+                    queue.append((lines, None))
+                else:
+                    queue.append((lines, decode_grad_lines(_whole(lines), fields, frames)))
+                if last != -1:
+                    line_start = end + 1
+                offset += len(chunk)
+                while queue and (queue[0][1] is not None or len(queue) > QUEUED or (worker and worker.ready())):
+                    _judge(scan, decoder, *queue.popleft(), worker)
+                if on_progress:
+                    on_progress(offset)
+            while queue:
+                _judge(scan, decoder, *queue.popleft(), worker)
+        except ShortRead as exc:
+            raise UnsupportedInput(str(exc)) from None
+        finally:
+            if worker is not None:
+                worker.close()
     for bad in decoder.finish():
         scan.add(bad)
     for engine in scan.engines.values():
         _ = engine.last_grad_stats  # decode now what a quiet run left for later, while a surprise can fall back
 
 
-def _scan_lines(scan: LogScan, decoder: LineDecoder, lines: list[Line | BadLine]) -> None:
-    typed: list[GradStats] = []
+def _whole(lines: list[Line | BadLine]) -> list[Line]:
+    return [line for line in lines if not isinstance(line, BadLine)]
+
+
+def _judge(
+    scan: LogScan, decoder: LineDecoder, lines: list[Line | BadLine], decoded: DecodedGrad | None,
+    worker: DecodeWorker | None,
+) -> None:  # fmt: skip
+    """One chunk's lines, in order, into ``scan``; ``decoded`` is what typed decoding made of them (None: the
+    worker's next batch)."""
+    if decoded is None:
+        assert worker is not None
+        decoded = worker.take()
+    typed = iter(decoded.typed)  # line numbers, ascending
+    next_typed = next(typed, -1)
     typed_lines: list[Line] = []
     order: list[int | RecordItem | BadLine] = []  # an int: the index of a typed record
     for line in lines:
-        record = None if isinstance(line, BadLine) else decode_grad_stats(line[1])
-        if record is not None:
-            order.append(len(typed))
-            typed.append(record)
-            typed_lines.append(line)  # type: ignore[arg-type]
+        if isinstance(line, BadLine):
+            order.append(line)
+        elif line[0] == next_typed:
+            order.append(len(typed_lines))
+            typed_lines.append(line)
+            next_typed = next(typed, -1)
         else:
-            order.append(line if isinstance(line, BadLine) else decoder.decode(line))
-    if not typed:
+            order.append(decoder.decode(line))
+    if not typed_lines:
         for item in order:
             scan.add(item)  # type: ignore[arg-type]
         return
-    chunk = _Chunk(scan, GradBatch(typed, typed_lines))
+    chunk = _Chunk(scan, GradBatch(decoded, typed_lines))
     for item in order:
         if isinstance(item, int):
             chunk.typed(item)
