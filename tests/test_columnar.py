@@ -19,6 +19,7 @@ from report_logs import hostile_log, write_log
 
 from moola_watch import columnar, schema
 from moola_watch.analyze import FrameColumns, LogScan, scan_log, to_frames
+from moola_watch.columnar import worker
 from moola_watch.columnar.records import decode_grad_stats
 from moola_watch.rules import Thresholds, gradients
 from moola_watch.rules.columns import GradColumns
@@ -242,6 +243,15 @@ def test_scan_log_falls_back_to_the_streaming_engine(logs: dict[str, Path], monk
     monkeypatch.undo()
     fast = scan_log(path, frames=True, now=NOW)
     assert repr(state(fast)) == repr(state(reference))
+
+
+def test_a_lost_decoding_process_falls_back_to_the_streaming_engine(logs: dict[str, Path], monkeypatch) -> None:
+    path = logs["bursts"]
+    reference = scan_log(path, frames=True, now=NOW, fast=False)
+    monkeypatch.setattr(worker, "_serve", lambda conn, *_args: conn.close())  # the process ends at once
+    with pytest.raises(columnar.UnsupportedInput):
+        columnar.scan_into(LogScan(str(path)), path, parallel=True)
+    assert repr(state(scan_log(path, frames=True, now=NOW, parallel=True))) == repr(state(reference))
 
 
 # ------------------------------------------------------------------------------- conditions over columns

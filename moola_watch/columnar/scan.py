@@ -26,7 +26,7 @@ from moola_watch.columnar.records import (
     UnsupportedInput,
     decode_grad_lines,
 )
-from moola_watch.columnar.worker import DecodeWorker, ShortRead, can_fork_worker
+from moola_watch.columnar.worker import DecodeWorker, WorkerFailed, can_fork_worker
 from moola_watch.tail import BadLine, Line, LineDecoder, RecordItem
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ def scan_into(
     with open(path, "rb") as handle:
         if parallel is None:
             parallel = os.fstat(handle.fileno()).st_size >= PARALLEL_MIN_BYTES and can_fork_worker()
-        worker = DecodeWorker(path, fields, frames) if parallel else None
+        worker = DecodeWorker(handle.fileno(), fields, frames) if parallel else None
         queue: deque[tuple[list[Line | BadLine], DecodedGrad | None]] = deque()  # None: out at the worker
         offset = line_start = 0  # where the chunk starts, and the first line it may complete
         longest = chunk_bytes + schema.MAX_LINE_BYTES  # a longer stretch is a line too long to decode: no need to send
@@ -80,7 +80,7 @@ def scan_into(
                     on_progress(offset)
             while queue:
                 _judge(scan, decoder, *queue.popleft(), worker)
-        except ShortRead as exc:
+        except WorkerFailed as exc:
             raise UnsupportedInput(str(exc)) from None
         finally:
             if worker is not None:

@@ -1,6 +1,7 @@
 """A second process that decodes ``grad_stats`` lines while this one judges what was decoded before.
 
-It reads the same file: a request names a stretch of whole lines (offset, length, number of its first line),
+It reads the same open file (the descriptor is inherited, and ``pread`` leaves this process's position alone):
+a request names a stretch of whole lines (offset, length, number of its first line),
 and :class:`~moola_watch.columnar.records.DecodedGrad` comes back as msgpack bytes over a pipe (plain data:
 strings, numbers, bytes). Requests are a few bytes, so sending one never waits on the worker. The process is
 forked, so it starts at once with the modules already imported; forking is safe only in a process with no
@@ -15,7 +16,6 @@ import os
 import threading
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 import msgspec
 
@@ -34,25 +34,28 @@ def can_fork_worker() -> bool:
     return cpus > 1 and os.getloadavg()[0] <= cpus - 1 and threading.active_count() == 1
 
 
-class ShortRead(Exception):
-    """The worker found the file shorter than the stretch asked for (it was truncated while being read)."""
+class WorkerFailed(Exception):
+    """The worker is gone, or found the file shorter than the stretch asked for (truncated while being read)."""
 
 
 class DecodeWorker:
-    """Decodes stretches of the file at ``path`` in another process, first in, first out; ``pending`` are out and
+    """Decodes stretches of the open file ``fd`` in another process, first in, first out; ``pending`` are out and
     not back yet."""
 
-    def __init__(self, path: str | Path, fields: Sequence[str], names: bool) -> None:
+    def __init__(self, fd: int, fields: Sequence[str], names: bool) -> None:
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, str(path), tuple(fields), names), daemon=True)
+        self._process = context.Process(target=_serve, args=(child, fd, tuple(fields), names), daemon=True)
         self._process.start()
         child.close()
         self.pending = 0
 
     def submit(self, offset: int, length: int, first_line: int) -> None:
         """Decode the ``length`` bytes of whole lines at ``offset``, the first of them line ``first_line``."""
-        self._conn.send_bytes(_ENCODER.encode((offset, length, first_line)))
+        try:
+            self._conn.send_bytes(_ENCODER.encode((offset, length, first_line)))
+        except OSError as exc:
+            raise WorkerFailed(f"decoding process gone ({exc})") from None
         self.pending += 1
 
     def ready(self) -> bool:
@@ -60,12 +63,14 @@ class DecodeWorker:
         return self._conn.poll()
 
     def take(self) -> DecodedGrad:
-        """The oldest stretch, decoded; waits for it. Raises :class:`ShortRead`, or ``EOFError`` if the process
-        died."""
+        """The oldest stretch, decoded; waits for it. Raises :class:`WorkerFailed`."""
         self.pending -= 1
-        message = self._conn.recv_bytes()
+        try:
+            message = self._conn.recv_bytes()
+        except (EOFError, OSError) as exc:
+            raise WorkerFailed(f"decoding process gone ({exc!r})") from None
         if not message:
-            raise ShortRead("the file was shorter than it was")
+            raise WorkerFailed("the file became shorter while it was read")
         return _DECODED.decode(message)
 
     def close(self) -> None:
@@ -77,10 +82,9 @@ class DecodeWorker:
             self._process.kill()
 
 
-def _serve(conn: Connection, path: str, fields: tuple[str, ...], names: bool) -> None:
+def _serve(conn: Connection, fd: int, fields: tuple[str, ...], names: bool) -> None:
     """The worker's loop: a stretch named, its :class:`DecodedGrad` (or b"" for a short read) back, until an
     empty request."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     while message := conn.recv_bytes():
         offset, length, first_line = _REQUEST.decode(message)
         data = os.pread(fd, length, offset)
