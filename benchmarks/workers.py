@@ -1,6 +1,8 @@
 """Child processes for the benchmarks, each measuring itself (peak RSS from VmHWM, which exec resets).
 
-python benchmarks/workers.py analyze|check|pandas LOG      -> one JSON line: seconds, records, peak_mib
+python benchmarks/workers.py MODE LOG                       -> one JSON line: seconds, records, peak_mib, worker_mib
+    MODE: analyze|check with -parallel (the fast path, a second process decoding), -serial (the fast path in one
+    process) or -streaming (the reference, item by item); or pandas
 python benchmarks/workers.py writer LOG COUNT INTERVAL_S    -> appends COUNT epoch records, then run_end
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import sys
 import time
 from pathlib import Path
@@ -27,12 +30,17 @@ def offline(mode: str, log: str) -> None:
     else:
         from moola_watch.analyze import scan_log, to_frames
 
-        scan = scan_log(log, frames=mode == "analyze")
-        if mode == "analyze":
+        command, way = mode.split("-")
+        frames = command == "analyze"
+        scan = scan_log(log, frames=frames, fast=way != "streaming", parallel=way == "parallel")
+        if frames:
             to_frames(scan)
         scan.report()
         records = scan.records
-    print(json.dumps({"seconds": time.perf_counter() - began, "records": records, "peak_mib": peak_mib()}))
+    # The decoding worker is forked: its peak counts the pages it shares with this process, so it does not add.
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    seconds = time.perf_counter() - began
+    print(json.dumps({"seconds": seconds, "records": records, "peak_mib": peak_mib(), "worker_mib": worker}))
 
 
 def writer(log: str, count: int, interval: float) -> None:

@@ -2,7 +2,8 @@
 the per-log report that ``check`` and ``analyze --json`` print.
 
 :class:`LogScan` is shared with the live watcher: feed it tail items, ask it for the verdict. The frame
-columns are collected only when asked for (``analyze``); ``check`` streams and keeps nothing per record.
+columns are collected only when asked for (``analyze``); ``check`` keeps nothing per record. :func:`scan_log`
+reads a whole file through :mod:`moola_watch.columnar` (typed, in batches), or item by item as ``follow`` does.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import math
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from moola_watch import rules, schema
+from moola_watch import columnar, rules, schema
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
+from moola_watch.rules.evidence import QuietGradStats
 from moola_watch.tail import BadLine, Item, Notice, RecordItem, read_log
 
 MAX_BAD_LINE_DETAILS = 20
@@ -59,12 +62,8 @@ class FrameColumns:
             for name in self.GRAD:
                 grad[name].append(record.get(name))
             norms: dict[str, float] = record["layer_norms"]
-            keys = tuple(norms)
-            if keys != self._last_keys:  # layers rarely change between records
-                self._last_keys = keys
-                self._key_lists.append(keys)
-            self.layer_sets.append(len(self._key_lists) - 1)
-            self.layer_counts.append(len(keys))
+            self.layer_sets.append(self._key_set(tuple(norms)))
+            self.layer_counts.append(len(norms))
             self.layer_norm.extend(norms.values())
         elif kind == schema.TASK_BALANCE:
             row = {k: record.get(k) for k in self.BALANCE}
@@ -85,6 +84,25 @@ class FrameColumns:
             row.update(record.get("metrics") or {})
             self.epochs.append(row)
 
+    def add_grad(
+        self, fields: Mapping[str, Sequence[Any]], layer_names: Sequence[tuple[str, ...]], values: np.ndarray
+    ) -> None:
+        """``grad_stats`` records in bulk, as :meth:`add` would take them one by one: ``fields`` maps each grad
+        column to its values in record order, ``layer_names`` holds each record's layer names (in its order),
+        ``values`` all of their norms in one float64 array, record after record."""
+        for name in self.GRAD:
+            self.grad[name].extend(fields[name])
+        self.layer_sets.extend(map(self._key_set, layer_names))
+        self.layer_counts.extend(map(len, layer_names))
+        self.layer_norm.frombytes(np.ascontiguousarray(values, np.float64).tobytes())
+
+    def _key_set(self, keys: tuple[str, ...]) -> int:
+        """Which distinct list of layer names this is (layers rarely change between records)."""
+        if keys != self._last_keys:
+            self._last_keys = keys
+            self._key_lists.append(keys)
+        return len(self._key_lists) - 1
+
     def _layers(self) -> pd.DataFrame:
         names: dict[str, int] = {}
         code_lists = [
@@ -92,7 +110,10 @@ class FrameColumns:
         ]
         counts = np.frombuffer(self.layer_counts, dtype=np.int64) if self.layer_counts else np.zeros(0, np.int64)
         sets = np.frombuffer(self.layer_sets, dtype=np.int64) if self.layer_sets else np.zeros(0, np.int64)
-        codes = np.concatenate([code_lists[s] for s in sets]) if len(sets) else np.zeros(0, np.int64)
+        # Records with the same layers come in long runs: one tile per run, not one array per record.
+        bounds = [*np.flatnonzero(np.diff(sets, prepend=-1)).tolist(), len(sets)]
+        tiles = [np.tile(code_lists[sets[a]], b - a) for a, b in pairwise(bounds)]
+        codes = np.concatenate([np.zeros(0, np.int64), *tiles])
 
         def per_layer(column: str) -> pd.api.extensions.ExtensionArray:
             # Repeat plain int64 and a mask: numpy would turn a repeated nullable array into objects.
@@ -108,7 +129,8 @@ class FrameColumns:
                 "step": per_layer("step"),
                 "layer": pd.Categorical.from_codes(codes, categories=list(names)),
                 "norm": np.frombuffer(self.layer_norm, dtype=np.float64) if self.layer_norm else np.zeros(0),
-            }
+            },
+            copy=False,  # every column is built here, for this frame alone
         )
 
     def frames(self) -> dict[str, pd.DataFrame]:
@@ -164,16 +186,7 @@ class LogScan:
     def add(self, item: Item) -> list[AlertEvent]:
         """Take one tail item; return the alert transitions it caused."""
         if isinstance(item, RecordItem):
-            record = item.record
-            self.records += 1
-            if record["kind"] == schema.ALERT:
-                self.trainer_alerts += 1
-            if self.columns is not None:
-                self.columns.add(record)
-            engine = self.engines.get(record["run"])
-            if engine is None:
-                engine = self._new_run(record)
-            return engine.observe(record)
+            return self.observe(item.record)
         if isinstance(item, BadLine):
             self.bad_lines += 1
             self.bad_by_category[item.rejected.category] += 1
@@ -182,6 +195,24 @@ class LogScan:
         else:
             self.notices.append(item)
         return []
+
+    def observe(self, record: schema.Record, *, frame: bool = True) -> list[AlertEvent]:
+        """Take one valid record (into the frame columns too, unless ``frame`` is False: the caller adds its row)."""
+        self.records += 1
+        if record["kind"] == schema.ALERT:
+            self.trainer_alerts += 1
+        if frame and self.columns is not None:
+            self.columns.add(record)
+        engine = self.engines.get(record["run"])
+        if engine is None:
+            engine = self._new_run(record)
+        return engine.observe(record)
+
+    def observe_quiet(self, quiet: QuietGradStats) -> list[AlertEvent]:
+        """Take grad_stats records of a run already seen, in which no rule finds its condition (not their rows:
+        the caller adds those)."""
+        self.records += len(quiet.steps)
+        return self.engines[quiet.run].observe_quiet(quiet)
 
     def _new_run(self, record: schema.Record) -> RuleEngine:
         recorded = record.get("thresholds") if record["kind"] == schema.RUN_START else None
@@ -310,14 +341,30 @@ def scan_log(
     frames: bool = False,
     now: float | None = None,
     on_progress: Callable[[int], None] | None = None,
+    fast: bool = True,
+    parallel: bool | None = None,
 ) -> LogScan:
     """Read a whole log in chunks through the rules. ``frames`` collects columns for :meth:`to_frames`;
     ``now`` (unix seconds, default: the clock) judges staleness of a run without ``run_end``;
     ``on_progress`` gets the bytes read so far; ``overridden`` names the thresholds that beat a run's recorded
-    ones. Raises ``OSError`` if the file cannot be read."""
-    scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
-    for item in read_log(path, on_progress=on_progress):
-        scan.add(item)
+    ones; ``fast`` reads typed and in batches (:mod:`moola_watch.columnar`; ``parallel``: decoding in a second
+    process too, by default for a big file when a CPU is idle), else item by item (the reference), with the
+    same result. Raises ``OSError`` if the file cannot be read."""
+
+    def streamed() -> LogScan:
+        scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
+        for item in read_log(path, on_progress=on_progress):
+            scan.add(item)
+        return scan
+
+    if fast:
+        scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
+        try:
+            columnar.scan_into(scan, path, parallel=parallel, on_progress=on_progress)
+        except columnar.UnsupportedInput:
+            scan = streamed()  # a line the typed decoder misjudged: take the reference's answer
+    else:
+        scan = streamed()
     scan.check_stale(time.time() if now is None else now)
     return scan
 

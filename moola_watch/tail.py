@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -51,6 +51,10 @@ class Notice(NamedTuple):
 Item = RecordItem | BadLine | Notice
 
 
+#: A complete line, not decoded yet: its number (1-based) and its bytes without the newline.
+Line = tuple[int, bytes]
+
+
 class LineDecoder:
     """Turns consecutive byte chunks of one file into items. Pure: no I/O."""
 
@@ -84,7 +88,19 @@ class LineDecoder:
 
     def feed(self, chunk: bytes) -> list[RecordItem | BadLine]:
         """Decode every line that ``chunk`` completes."""
-        items: list[RecordItem | BadLine] = []
+        return [line if isinstance(line, BadLine) else self.decode(line) for line in self.lines(chunk)]
+
+    def decode(self, line: Line) -> RecordItem | BadLine:
+        line_no, data = line
+        result = schema.decode_record(data)
+        if isinstance(result, Rejected):
+            return BadLine(self.path, line_no, result)
+        return RecordItem(self.path, line_no, result)
+
+    def lines(self, chunk: bytes) -> list[Line | BadLine]:
+        """Every line that ``chunk`` completes, numbered, undecoded; blank lines left out, over-long ones (begun
+        in an earlier chunk) already bad."""
+        items: list[Line | BadLine] = []
         start = 0
         end = chunk.find(b"\n")
         if self._discarding:
@@ -93,18 +109,22 @@ class LineDecoder:
             self._discarding = False
             start = end + 1
             end = chunk.find(b"\n", start)
-        while end != -1:
-            if self._partial or self._overflow:
-                self._take(chunk[start:end])
-                line = bytes(self._partial)
-                overflow = self._overflow
-                self._partial.clear()
-                self._overflow = 0
-            else:
-                line, overflow = chunk[start:end], 0
+        if end != -1 and (self._partial or self._overflow):
+            self._take(chunk[start:end])
+            line, overflow = bytes(self._partial), self._overflow
+            self._partial.clear()
+            self._overflow = 0
             self._emit(line, overflow, items)
             start = end + 1
-            end = chunk.find(b"\n", start)
+        last = chunk.rfind(b"\n")
+        if last >= start:
+            lines = chunk[start:last].split(b"\n")
+            numbered: Iterable[Line] = zip(range(self.line_no + 1, self.line_no + 1 + len(lines)), lines, strict=True)
+            self.line_no += len(lines)
+            if b"" in lines or any(map(bytes.isspace, lines)):
+                numbered = [line for line in numbered if not _blank(line[1])]
+            items += numbered
+            start = last + 1
         if start < len(chunk):
             self._take(chunk[start:])
         return items
@@ -127,20 +147,19 @@ class LineDecoder:
         else:
             self._partial += piece
 
-    def _emit(self, line: bytes, overflow: int, items: list[RecordItem | BadLine]) -> None:
+    def _emit(self, line: bytes, overflow: int, items: list[Line | BadLine]) -> None:
         self.line_no += 1
         if overflow:
             size = len(line) + overflow
             reason = f"line of {size} bytes exceeds the {self.max_line}-byte limit"
             items.append(BadLine(self.path, self.line_no, Rejected("too_long", reason)))
-            return
-        if not line.strip():
-            return  # blank lines carry nothing and are not errors
-        result = schema.decode_record(line)
-        if isinstance(result, Rejected):
-            items.append(BadLine(self.path, self.line_no, result))
-        else:
-            items.append(RecordItem(self.path, self.line_no, result))
+        elif not _blank(line):
+            items.append((self.line_no, line))
+
+
+def _blank(line: bytes) -> bool:
+    """Blank lines carry nothing and are not errors."""
+    return not line or line.isspace()
 
 
 def read_log(

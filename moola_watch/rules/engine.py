@@ -1,6 +1,9 @@
 """The engine: records in, alert events out, for one run. Every record updates the run's evidence, then each
 rule that judges that kind of record says per subject whether its condition holds, and the one lifecycle
-turns that into pending / firing / resolved alerts."""
+turns that into pending / firing / resolved alerts.
+
+Offline, ``grad_stats`` records come in batches: :func:`quiet_grad_stats` asks every rule that judges them
+where its condition may hold, and :meth:`RuleEngine.observe_quiet` takes the others in bulk."""
 
 from __future__ import annotations
 
@@ -8,9 +11,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from moola_watch import schema
 from moola_watch.rules import balance, gradients, run
-from moola_watch.rules.evidence import Evidence, RunState
+from moola_watch.rules.columns import GradColumns
+from moola_watch.rules.evidence import Evidence, QuietGradStats, RunState
 from moola_watch.rules.lifecycle import FIRING, PENDING, SEVERITY_RANK, Alert, AlertEvent, Lifecycle, Where
 from moola_watch.rules.rule import Rule
 from moola_watch.rules.thresholds import Thresholds
@@ -19,6 +25,15 @@ from moola_watch.rules.verdicts import CollapseVerdict, collapse_verdict, mean_r
 #: Every rule, in the order they judge a record.
 RULES: tuple[Rule, ...] = (*run.RULES, *gradients.RULES, *balance.RULES)
 _BY_KIND: dict[str, tuple[Rule, ...]] = {kind: tuple(r for r in RULES if kind in r.kinds) for kind in schema.KINDS}
+_GRAD_RULE_NAMES = frozenset(rule.name for rule in _BY_KIND[schema.GRAD_STATS])
+
+
+def quiet_grad_stats(columns: GradColumns, thresholds: Thresholds) -> np.ndarray | None:
+    """Per record of the batch: True where no rule that judges ``grad_stats`` can find its condition (by their
+    ``vectorised`` conditions); None if one of those rules declares none (then every record must be observed)."""
+    rules = _BY_KIND[schema.GRAD_STATS]
+    holds = [rule.vectorised(columns, thresholds) for rule in rules if rule.vectorised is not None]
+    return ~np.logical_or.reduce(holds) if len(holds) == len(rules) else None
 
 
 @dataclass(frozen=True)
@@ -100,6 +115,18 @@ class RuleEngine:
         for rule in _BY_KIND[record["kind"]]:
             for subject, seen in rule.evaluate(self.evidence, record, self.thresholds):
                 events += self.lifecycle.apply(rule.name, subject, seen, where, rule.confirm(self.thresholds))
+        return events
+
+    def observe_quiet(self, quiet: QuietGradStats) -> list[AlertEvent]:
+        """Take grad_stats records in which :func:`quiet_grad_stats` found no condition: what :meth:`observe`
+        would do one by one. Only while an alert of a rule that judges them is open does a record need the
+        lifecycle (it resolves the alert, or drops it if pending): those go through :meth:`observe`."""
+        events: list[AlertEvent] = []
+        start = 0
+        while start < len(quiet.steps) and any(rule in _GRAD_RULE_NAMES for rule, _subject in self.lifecycle.open):
+            events += self.observe(quiet.record(start))
+            start += 1
+        self.evidence.observe_quiet(quiet, start)
         return events
 
     def check_stale(self, now: float) -> list[AlertEvent]:

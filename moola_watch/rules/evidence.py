@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from moola_watch import schema
 from moola_watch.rules.lifecycle import Where
@@ -46,13 +46,19 @@ class RunningStats:
     peak: float = -math.inf
 
     def add(self, value: float) -> None:
-        if not math.isfinite(value):
-            return
-        self.count += 1
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
-        self.peak = max(self.peak, value)
+        self.extend((value,))
+
+    def extend(self, values: Iterable[float]) -> None:
+        count, mean, m2, peak = self.count, self.mean, self.m2, self.peak
+        for value in values:
+            if not math.isfinite(value):
+                continue
+            count += 1
+            delta = value - mean
+            mean += delta / count
+            m2 += delta * (value - mean)
+            peak = max(peak, value)
+        self.count, self.mean, self.m2, self.peak = count, mean, m2, peak
 
     @property
     def std(self) -> float:
@@ -129,6 +135,20 @@ def _mean(values: Iterable[float]) -> float:
     return math.fsum(items) / len(items)
 
 
+class QuietGradStats(NamedTuple):
+    """Consecutive ``grad_stats`` records of one run in which no rule finds its condition (every layer norm
+    finite and inside the band, nothing non-finite counted, the mean norm's level healthy), column by column:
+    all the evidence keeps of such records. ``record(i)`` decodes the i-th in full, only when asked."""
+
+    run: str
+    steps: Sequence[int | None]
+    epochs: Sequence[int | None]
+    times: Sequence[float]
+    mean_norms: Sequence[float]
+    max_norms: Sequence[float]
+    record: Callable[[int], schema.Record]
+
+
 class Evidence:
     """The memory of one run that the rules read. Windows hold the last ``thresholds.window`` balance samples."""
 
@@ -152,14 +172,14 @@ class Evidence:
         self.amp_overflows = 0  # measurements whose non-finite gradients were a GradScaler overflow
         self.layer_flags = LayerFlags([], [], [])  # of the latest grad_stats record, judged once for every rule
         self.nonfinite: tuple[int, bool] = (0, False)  # its non-finite layer count, and whether a scaler overflow
-        self.last_grad_stats: schema.Record | None = None
+        self._last_grad_stats: schema.Record | Callable[[], schema.Record] | None = None  # or how to decode it
         self.last_balance: schema.Record | None = None
         self.last_epoch: schema.Record | None = None
 
     def observe(self, record: schema.Record, where: Where) -> None:
         """Remember what ``record`` adds (before the rules judge it)."""
         self.run.records += 1
-        self._advance(where)
+        self._advance((where.step,), (where.epoch,), (where.time,))
         kind = record["kind"]
         if kind == schema.RUN_START:
             self.run.run, self.run.model, self.run.started = record["run"], record["model"], record["time"]
@@ -176,19 +196,46 @@ class Evidence:
         if self.run.run is None:
             self.run.run = record["run"]
 
-    def _advance(self, where: Where) -> None:
+    @property
+    def last_grad_stats(self) -> schema.Record | None:
+        if callable(self._last_grad_stats):
+            self._last_grad_stats = self._last_grad_stats()
+        return self._last_grad_stats
+
+    def observe_quiet(self, quiet: QuietGradStats, start: int = 0) -> None:
+        """Remember ``quiet``'s records from ``start`` on, as :meth:`observe` would one by one."""
+        steps, epochs, times = quiet.steps[start:], quiet.epochs[start:], quiet.times[start:]
+        if not steps:
+            return
+        self.run.records += len(steps)
+        self._advance(steps, epochs, times)
+        self.grad_samples += len(steps)
+        self.mean_norms.extend(quiet.mean_norms[start:])
+        self.max_norms.extend(quiet.max_norms[start:])
+        self.layer_flags = LayerFlags([], [], [])
+        self.nonfinite = (0, False)
+        last = len(quiet.steps) - 1
+        self._last_grad_stats = lambda: quiet.record(last)
+        if self.run.run is None:
+            self.run.run = quiet.run
+
+    def _advance(
+        self, steps: Sequence[int | None], epochs: Sequence[int | None], times: Sequence[float | None]
+    ) -> None:
+        """The run's position after records at these steps, epochs and times, in order (None: not recorded)."""
         run = self.run
-        if where.step is not None:
-            if run.step is not None and where.step < run.step:
-                run.steps_backwards += 1
-            run.step = where.step
-        if where.epoch is not None:
-            run.epoch = where.epoch
-        if where.time is not None:
-            run.last_time = where.time if run.last_time is None else max(run.last_time, where.time)
+        for step in steps:
+            if step is not None:
+                if run.step is not None and step < run.step:
+                    run.steps_backwards += 1
+                run.step = step
+        run.epoch = next((epoch for epoch in reversed(epochs) if epoch is not None), run.epoch)
+        known = [time for time in times if time is not None]
+        if known:  # the latest time, taken in order as max(last, next) would (a NaN stays where max keeps it)
+            run.last_time = max(known if run.last_time is None else (run.last_time, *known))
 
     def _grad_stats(self, record: schema.Record) -> None:
-        self.last_grad_stats = record
+        self._last_grad_stats = record
         self.grad_samples += 1
         self.mean_norms.add(record["mean_norm"])
         self.max_norms.add(record["max_norm"])

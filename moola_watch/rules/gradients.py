@@ -1,11 +1,15 @@
 """Rules on ``grad_stats`` records: non-finite gradients, GradScaler overflow, vanishing and exploding layers,
-the mean norm's level."""
+the mean norm's level. Each declares its condition twice, side by side: per record (what the engine evaluates)
+and over a batch's columns (``_..._columns``: where in a batch it may hold, for the offline fast path)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from moola_watch import schema
+from moola_watch.rules.columns import GradColumns
 from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
@@ -41,6 +45,11 @@ def _nonfinite(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings
     ))]  # fmt: skip
 
 
+def _any_nonfinite_columns(cols: GradColumns, _th: Thresholds) -> np.ndarray:
+    """Both rules above need a non-finite layer (an overflow is one the scaler skipped)."""
+    return cols.nonfinite > 0
+
+
 def _amp_overflow(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
     count, overflow = ev.nonfinite
     if not overflow:
@@ -67,6 +76,10 @@ def _vanishing(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     ))]  # fmt: skip
 
 
+def _vanishing_columns(cols: GradColumns, th: Thresholds) -> np.ndarray:
+    return cols.low < th.vanishing
+
+
 def _exploding(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     norms = record["layer_norms"]
     high = ev.layer_flags.exploding
@@ -77,6 +90,10 @@ def _exploding(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
         f"Exploding gradients in {len(high)} layers (norm > {th.exploding:g}): {names(high)}",
         "Reduce learning rate or clip gradients (clip_grad_norm_)", tuple(high),
     ))]  # fmt: skip
+
+
+def _exploding_columns(cols: GradColumns, th: Thresholds) -> np.ndarray:
+    return cols.high > th.exploding
 
 
 def _norm_level(_ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
@@ -91,10 +108,19 @@ def _norm_level(_ev: Evidence, record: schema.Record, th: Thresholds) -> Finding
     ))]  # fmt: skip
 
 
+def _norm_level_columns(cols: GradColumns, th: Thresholds) -> np.ndarray:
+    """Outside [norm_low, norm_large] (or above norm_exploding, should that be set lower) has a severity."""
+    mean = cols.mean_norm
+    return (mean < th.norm_low) | (mean > min(th.norm_large, th.norm_exploding))
+
+
 RULES = (
-    Rule(AMP_OVERFLOW, "warning", True, GRAD, _amp_overflow, "GradScaler overflow that persists"),
-    Rule(NONFINITE, "critical", False, GRAD, _nonfinite, "any NaN/Inf layer gradient norm, at once"),
-    Rule(VANISHING, "warning", True, GRAD, _vanishing, "a layer's gradient norm below `vanishing`"),
-    Rule(EXPLODING, "error", False, GRAD, _exploding, "a layer's gradient norm above `exploding`"),
-    Rule(NORM_LEVEL, "error", True, GRAD, _norm_level, "the mean layer norm outside the spec's bands"),
-)
+    Rule(AMP_OVERFLOW, "warning", True, GRAD, _amp_overflow, "GradScaler overflow that persists",
+         _any_nonfinite_columns),
+    Rule(NONFINITE, "critical", False, GRAD, _nonfinite, "any NaN/Inf layer gradient norm, at once",
+         _any_nonfinite_columns),
+    Rule(VANISHING, "warning", True, GRAD, _vanishing, "a layer's gradient norm below `vanishing`", _vanishing_columns),
+    Rule(EXPLODING, "error", False, GRAD, _exploding, "a layer's gradient norm above `exploding`", _exploding_columns),
+    Rule(NORM_LEVEL, "error", True, GRAD, _norm_level, "the mean layer norm outside the spec's bands",
+         _norm_level_columns),
+)  # fmt: skip

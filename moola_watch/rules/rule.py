@@ -1,12 +1,15 @@
 """A rule as a small declared object: its name, the worst severity it raises, how many samples confirm it,
-which records it judges, and its evaluation."""
+which records it judges, its evaluation, and (for ``grad_stats`` rules) the same condition over columns."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from moola_watch import schema
+from moola_watch.rules.columns import GradColumns
 from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.thresholds import Thresholds
@@ -14,6 +17,8 @@ from moola_watch.rules.thresholds import Thresholds
 #: (subject, the condition as this record shows it, or None where it is absent) for each subject judged.
 Findings = Iterable[tuple[str, Observation | None]]
 Evaluate = Callable[[Evidence, schema.Record, Thresholds], Findings]
+#: Over a batch of records: True where a record may show the condition, one entry per record.
+Vectorised = Callable[[GradColumns, Thresholds], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,11 @@ class Rule:
 
     ``severity`` is the worst it raises (an observation may be milder, e.g. norm level's warning band);
     ``confirmed`` rules wait ``Thresholds.confirm`` consecutive samples before firing, the others fire at once.
+
+    ``vectorised``, declared beside ``evaluate`` by the rules that judge ``grad_stats``, is the same condition
+    over a batch's columns: it may say True where ``evaluate`` finds nothing, never False where it finds
+    something (``tests/test_columnar.py`` checks this). The offline fast path evaluates one by one only the
+    records where some rule says True; without it, every record is evaluated.
     """
 
     name: str
@@ -31,6 +41,7 @@ class Rule:
     kinds: frozenset[str]
     evaluate: Evaluate
     describe: str
+    vectorised: Vectorised | None = None
 
     def confirm(self, th: Thresholds) -> int:
         """Consecutive samples this rule needs before it fires."""

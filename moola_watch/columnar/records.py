@@ -1,0 +1,162 @@
+"""Typed decoding of ``grad_stats`` lines (msgspec: parsing and validation in C) and a batch of them as columns.
+
+:class:`GradStats` declares the schema's ``grad_stats`` fields with the types :func:`moola_watch.schema.decode_record`
+accepts as they stand; a line it refuses (a non-finite norm written as ``"nan"``, a number as a string, an
+integer past 64 bits, a missing field, not JSON at all) is left to ``decode_record``, which names the problem
+exactly as the streaming reader does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from itertools import chain
+from operator import attrgetter
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from moola_watch import schema
+from moola_watch.rules.columns import GradColumns
+from moola_watch.rules.engine import quiet_grad_stats
+from moola_watch.rules.evidence import QuietGradStats
+from moola_watch.rules.thresholds import Thresholds
+from moola_watch.tail import Line
+
+# decode_record keeps a JSON integer as an int and converts a 65-bit one to a float: beyond int64, let it decide.
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_Number = float | _Int
+
+
+class GradStats(msgspec.Struct, gc=False):
+    """One ``grad_stats`` record, schema 1. A field that may be absent but not null defaults to None (or ())
+    without admitting null. Unknown fields are skipped (readers ignore them)."""
+
+    schema: Annotated[int, msgspec.Meta(ge=1, le=schema.SCHEMA_VERSION)]
+    kind: Literal["grad_stats"]
+    run: str
+    time: _Number
+    layer_norms: dict[str, float]  # JSON integers become floats, as decode_record's number maps make them
+    total_norm: _Number
+    mean_norm: _Number
+    std_norm: _Number
+    min_norm: _Number
+    max_norm: _Number
+    nonfinite_count: _Int
+    epoch: _Int | None = None
+    step: _Int | None = None
+    nonfinite_layers: list[str] = ()  # type: ignore[assignment]
+    cost_ms: _Number = None  # type: ignore[assignment]
+    amp: dict[str, Any] = None  # type: ignore[assignment]
+
+
+#: The scalar fields a batch keeps as columns: the grad frame's, of which the rules' evidence reads the first.
+QUIET_FIELDS = ("run", "epoch", "step", "time", "mean_norm", "max_norm", "nonfinite_count")
+FRAME_FIELDS = (*QUIET_FIELDS, "total_norm", "std_norm", "min_norm", "cost_ms")
+_DECODER = msgspec.json.Decoder(GradStats)
+
+
+def decode_grad_stats(data: bytes) -> GradStats | None:
+    """The line as a typed ``grad_stats`` record, or None if it is not one this decoder takes."""
+    if b'"grad_stats"' not in data or len(data) > schema.MAX_LINE_BYTES:
+        return None
+    try:
+        return _DECODER.decode(data)
+    except msgspec.DecodeError:
+        return None
+
+
+class DecodedGrad(msgspec.Struct, gc=False):
+    """What typed decoding makes of some lines, in plain data (it may come from another process as msgpack).
+
+    ``typed`` lists the numbers of the lines that decoded; for each of those, in order: ``fields`` holds each
+    scalar field's values, ``counts`` (int64) its number of layers, ``values`` (float64) all layer norms record
+    after record, ``listed`` the length of its ``nonfinite_layers``, ``key_ids`` which of ``key_sets`` (the
+    distinct layer name lists, in order of appearance) it has; the last two only when layer names are asked for.
+    """
+
+    typed: list[int]
+    fields: dict[str, list[Any]]
+    counts: bytes
+    values: bytes
+    listed: list[int]
+    key_sets: list[list[str]]
+    key_ids: list[int]
+
+
+def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool) -> DecodedGrad:
+    """Decode what :func:`decode_grad_stats` takes of ``lines`` (numbered), keeping ``fields`` (and the layer names
+    if ``names``)."""
+    typed, records = [], []
+    for line_no, data in lines:
+        record = decode_grad_stats(data)
+        if record is not None:
+            typed.append(line_no)
+            records.append(record)
+    norms = [record.layer_norms for record in records]
+    counts = np.fromiter(map(len, norms), np.int64, len(norms))
+    values = np.fromiter(chain.from_iterable(map(dict.values, norms)), np.float64, int(counts.sum()))
+    key_sets: list[list[str]] = []
+    key_ids: list[int] = []
+    if names:
+        last: tuple[str, ...] | None = None
+        for keys in map(tuple, norms):
+            if keys != last:
+                last = keys
+                key_sets.append(list(keys))
+            key_ids.append(len(key_sets) - 1)
+    return DecodedGrad(
+        typed, {name: list(map(attrgetter(name), records)) for name in fields}, counts.tobytes(), values.tobytes(),
+        list(map(len, map(attrgetter("nonfinite_layers"), records))), key_sets, key_ids,
+    )  # fmt: skip
+
+
+class UnsupportedInput(Exception):
+    """The typed decoder took a line that :func:`moola_watch.schema.decode_record` rejects: the fast path cannot
+    promise the streaming reader's answer for this file."""
+
+
+class GradBatch:
+    """Typed ``grad_stats`` records of one chunk (in file order) as columns, with their lines: each scalar field a
+    list, every layer norm in one float64 array (record after record), and the rules' :class:`GradColumns`."""
+
+    def __init__(self, decoded: DecodedGrad, lines: list[Line]) -> None:
+        self.lines = lines
+        self.fields = decoded.fields
+        counts = np.frombuffer(decoded.counts, np.int64)
+        self.offsets = np.concatenate(([0], np.cumsum(counts)))
+        self.values = np.frombuffer(decoded.values, np.float64)
+        key_sets = [tuple(keys) for keys in decoded.key_sets]
+        self.keys = [key_sets[index] for index in decoded.key_ids]
+        self.columns = GradColumns.from_norms(
+            self.values, counts, decoded.listed, self.fields["nonfinite_count"], self.fields["mean_norm"]
+        )
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def quiet(self, thresholds: Thresholds) -> list[bool] | None:
+        """Per record, whether no rule can find its condition there under ``thresholds`` (None: unknown)."""
+        quiet = quiet_grad_stats(self.columns, thresholds)
+        return None if quiet is None else quiet.tolist()
+
+    def record(self, index: int) -> schema.Record:
+        """Record ``index`` as the streaming reader decodes it (a dict)."""
+        line_no, data = self.lines[index]
+        result = schema.decode_record(data)
+        if isinstance(result, schema.Rejected):
+            raise UnsupportedInput(f"line {line_no}: {result.reason}")
+        return result
+
+    def quiet_run(self, run: str, start: int, stop: int) -> QuietGradStats:
+        """Records ``start`` to ``stop`` (all of run ``run``, all quiet) for the engine."""
+        f = self.fields
+        return QuietGradStats(
+            run, f["step"][start:stop], f["epoch"][start:stop], f["time"][start:stop], f["mean_norm"][start:stop],
+            f["max_norm"][start:stop], lambda index: self.record(start + index),
+        )  # fmt: skip
+
+    def rows(self, start: int, stop: int) -> tuple[dict[str, Sequence[Any]], list[tuple[str, ...]], np.ndarray]:
+        """Records ``start`` to ``stop`` for the frames: the scalar columns, the layer names, the norms."""
+        values = self.values[self.offsets[start] : self.offsets[stop]]
+        return {name: column[start:stop] for name, column in self.fields.items()}, self.keys[start:stop], values

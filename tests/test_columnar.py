@@ -1,0 +1,361 @@
+"""The offline fast path (``moola_watch.columnar``) against the streaming engine, the reference: on every log the
+suite ships or builds, and on generated ones, the same verdicts, alerts, bad-line reports, engine state and
+frames. And each gradient rule's condition over columns against its per-record evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from logs import LAYERS, LogBuilder, collapse_scenario, exploding_scenario, healthy_scenario, vanishing_scenario
+from report_logs import hostile_log, write_log
+
+from moola_watch import columnar, schema
+from moola_watch.analyze import FrameColumns, LogScan, scan_log, to_frames
+from moola_watch.columnar import worker
+from moola_watch.columnar.records import decode_grad_stats
+from moola_watch.rules import Thresholds, gradients
+from moola_watch.rules.columns import GradColumns
+from moola_watch.rules.evidence import Evidence
+from moola_watch.rules.lifecycle import Where
+from moola_watch.schema import encode_record, make_record
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from biglog import write_big_log  # noqa: E402
+
+NOW = 1_800_000_000.0  # judges staleness the same way in both scans
+
+
+def grad(run: str, t: float, step: int | None, norms: dict[str, float], **extra) -> dict:
+    finite = [v for v in norms.values() if math.isfinite(v)]
+    bad = [k for k, v in norms.items() if not math.isfinite(v)]
+    fields = {
+        "epoch": None if step is None else step // 10, "step": step, "layer_norms": norms,
+        "total_norm": math.sqrt(sum(v * v for v in finite)), "mean_norm": sum(finite) / max(len(finite), 1),
+        "std_norm": 0.0, "min_norm": min(finite, default=0.0), "max_norm": max(finite, default=0.0),
+        "nonfinite_count": len(bad), "nonfinite_layers": bad, "cost_ms": 0.25,
+    }  # fmt: skip
+    return make_record("grad_stats", run, t, **{**fields, **extra})
+
+
+def lines_log(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def mixed_log(path: Path) -> Path:
+    """Bad lines of every category between good records, blank lines, NaN norms written as strings, numbers that
+    only the contract's reader takes, a changing layer set, AMP overflows, a restart with steps going back."""
+    log = LogBuilder("mixed").start()
+    lines = log.lines()
+    t = 1_700_000_100.0
+    for step in range(60):
+        norms = {name: 0.1 + 0.01 * step for name in LAYERS[: 2 + step % 3]}  # layers come and go
+        extra: dict = {}
+        if step % 17 == 5:
+            norms[LAYERS[0]] = math.nan
+        if step % 13 == 7:
+            extra["amp"] = {"scale": 1024.0, "overflow": step % 2 == 1}
+            norms[LAYERS[1]] = math.inf
+        if step % 11 == 3:
+            norms[LAYERS[0]] = 1e-9
+        lines.append(encode_record(grad("mixed", t + step, step if step != 40 else 20, norms, **extra)))
+        if step % 9 == 0:
+            lines.append(encode_record(make_record("epoch", "mixed", t + step, epoch=step, step=step, train_loss=0.5)))
+    lines[5:5] = [
+        b"not json\n",
+        b"\xff\xfe garbage\n",
+        b"   \n",
+        b"\n",
+        b'{"schema":2,"kind":"grad_stats","run":"mixed"}\n',
+        b'{"schema":1,"kind":"weird","run":"mixed","time":1}\n',
+        b"[1,2]\n",
+        b'{"schema":1,"kind":"grad_stats","run":"mixed","time":"nan","layer_norms":{"a":0.2},"total_norm":1,'
+        b'"mean_norm":0.2,"std_norm":0,"min_norm":0.2,"max_norm":0.2,"nonfinite_count":0}\n',
+        b'{"schema":1,"kind":"grad_stats","run":"mixed","time":5,"layer_norms":{"a":"6.0"},"total_norm":1,'
+        b'"mean_norm":1,"std_norm":0,"min_norm":1,"max_norm":1,"nonfinite_count":0}\n',
+        b'{"schema":1,"kind":"grad_stats","run":"mixed","time":123456789012345678901234567890,"step":3,'
+        b'"layer_norms":{"a":1},"total_norm":18446744073709551615,"mean_norm":1,"std_norm":0,"min_norm":1,'
+        b'"max_norm":1,"nonfinite_count":0,"cost_ms":null}\n',
+        b'{"schema":1,"kind":"grad_stats","run":"mixed","time":7,"step":3,"layer_norms":{"a":1,"a":0.3},'
+        b'"total_norm":1,"mean_norm":0.3,"std_norm":0,"min_norm":1,"max_norm":1,"nonfinite_count":0,"x":[1]}\n',
+        b'{"schema":1,"kind":"grad_stats","run":"mixed","time":8,"step":3,"layer_norms":{"a":1},"total_norm":true,'
+        b'"mean_norm":1,"std_norm":0,"min_norm":1,"max_norm":1,"nonfinite_count":0}\n',
+        b'{"schema":1,"kind":"grad_stats","run":"m\\u0069xed","time":9,"step":4,"epoch":1.0,"layer_norms":{},'
+        b'"total_norm":0,"mean_norm":0,"std_norm":0,"min_norm":0,"max_norm":0,"nonfinite_count":0}\n',
+        b'{"schema":1,"kind":"grad_stats","run":"mixed","time":9,"step":4,"layer_norms":{},'
+        b'"total_norm":0,"mean_norm":0.3,"std_norm":0,"min_norm":0,"max_norm":0,"nonfinite_count":0}\n',
+        b'{"kind":"grad_stats","schema":1,"run":"mixed","time":9.5,"step":4,"layer_norms":{"b":1E-3},'
+        b'"total_norm":0,"mean_norm":0.3,"std_norm":-0.0,"min_norm":0,"max_norm":0,"nonfinite_count":-1,'
+        b'"nonfinite_layers":["b"]}\n',
+        b'{"schema":1,"kind":"grad_stats","run":"mixed","time":9.5,"step":4,"layer_norms":{"b":0.3},'
+        b'"total_norm":0,"mean_norm":0.3,"std_norm":0,"min_norm":0,"max_norm":0,"nonfinite_count":0,"amp":null}\n',
+        b"x" * (schema.MAX_LINE_BYTES + 10) + b"\n",
+    ]
+    lines.append(b'{"schema":1,"kind":"grad_stats","run":"mixed","time":1')  # cut off by a crash
+    return lines_log(path, lines)
+
+
+def multi_run_log(path: Path) -> Path:
+    """Three runs in one file, interleaved at the end; the second records its own (stricter) thresholds."""
+    lines: list[bytes] = []
+    for index, (run, recorded) in enumerate((("a", None), ("b", {"exploding": 0.5, "confirm": 1}), ("c", {}))):
+        start = {"parameters": list(LAYERS), "config": {}}
+        if recorded is not None:
+            start["thresholds"] = recorded
+        lines.append(encode_record(make_record("run_start", run, 1.7e9 + index, model="m", **start)))
+        for step in range(40):
+            norms = {name: 0.3 + 0.02 * (step % 7) for name in LAYERS}
+            lines.append(encode_record(grad(run, 1.7e9 + step, step, norms)))
+            if step % 4 == 0:
+                lines.append(encode_record(make_record(
+                    "task_balance", run, 1.7e9 + step, epoch=step, step=step, ratio=6.0 + step % 3,
+                    norms={"pointer": 6.0, "type": 1.0}, shares={"pointer": 0.99, "type": 0.01},
+                    losses={"pointer": 1.0 / (step + 1), "type": 0.7},
+                )))  # fmt: skip
+    tail = [encode_record(grad(run, 1.8e9 + i, 100 + i, {"x": 20.0 if i % 2 else 0.3})) for i in range(6)
+            for run in ("a", "b", "c")]  # fmt: skip
+    return lines_log(path, lines + tail + [encode_record(make_record("run_end", "b", 1.9e9, status="failed"))])
+
+
+def bursts_log(path: Path, records: int = 3000) -> Path:
+    """Long runs of healthy records with alert conditions that come and go, so that alerts open and close across
+    batch and chunk boundaries (and pending alerts are dropped)."""
+    lines = [encode_record(make_record("run_start", "bursts", 1.7e9, model="m", parameters=list(LAYERS)))]
+    for step in range(records):
+        phase = step % 300
+        norms = {name: 0.2 + 0.001 * (step % 50) for name in LAYERS}
+        if 100 <= phase < 103 or phase == 150:
+            norms[LAYERS[2]] = 1e-12
+        if 200 <= phase < 230:
+            norms[LAYERS[3]] = 50.0 + phase
+        mean = 2.0 if 250 <= phase < 260 else (0.001 if phase == 270 else 0.2)
+        lines.append(encode_record(grad("bursts", 1.7e9 + step, step, norms, mean_norm=mean)))
+        if step % 25 == 24:
+            lines.append(encode_record(make_record("epoch", "bursts", 1.7e9 + step, epoch=step // 25, step=step,
+                                                   train_loss=math.nan if phase == 299 else 0.4)))  # fmt: skip
+    return lines_log(path, lines)
+
+
+def builders(tmp: Path) -> dict[str, Callable[[], Path]]:
+    scenarios = {"healthy": healthy_scenario, "collapse": collapse_scenario, "vanishing": vanishing_scenario,
+                 "exploding": exploding_scenario}  # fmt: skip
+    out: dict[str, Callable[[], Path]] = {
+        f"sample/{p.name}": (lambda p=p: p) for p in sorted((REPO / "sample_logs").glob("*.jsonl"))
+    }
+    out |= {f"detection/{p.name}": (lambda p=p: p) for p in sorted((REPO / "tests/data/detection").glob("*.jsonl"))}
+    out |= {f"scenario/{name}": (lambda n=name, b=b: b().write(tmp / f"{n}.jsonl")) for name, b in scenarios.items()}
+    out |= {
+        "report/spike": lambda: write_log(tmp / "spike.jsonl", steps=80, spike_at=30, reweight_at=50),
+        "report/epochs_only": lambda: write_log(tmp / "epochs.jsonl", epochs_only=True),
+        "report/three_tasks": lambda: write_log(tmp / "tasks.jsonl", tasks=("a", "b", "c")),
+        "report/hostile": lambda: hostile_log(tmp / "hostile.jsonl"),
+        "mixed": lambda: mixed_log(tmp / "mixed.jsonl"),
+        "multi_run": lambda: multi_run_log(tmp / "multi.jsonl"),
+        "bursts": lambda: bursts_log(tmp / "bursts.jsonl"),
+        "empty": lambda: lines_log(tmp / "empty.jsonl", []),
+        "nul_bytes": lambda: lines_log(tmp / "nul.jsonl", [b"\0" * 4096]),
+        "not_a_log": lambda: lines_log(tmp / "text.jsonl", [b"hello\n", b"world\n"]),
+        "big": lambda: (write_big_log(tmp / "big.jsonl", 20_000), tmp / "big.jsonl")[1],
+    }
+    return out
+
+
+def state(scan: LogScan) -> dict:
+    """Everything a scan holds, as plain data."""
+    engines = {
+        run: {
+            "alerts": [alert.to_dict() for alert in engine.alerts],
+            "run": vars(engine.run),
+            "summary": engine.summary().to_dict(),
+            "last_grad_stats": engine.last_grad_stats,
+            "flags": engine.evidence.layer_flags,
+            "nonfinite": engine.evidence.nonfinite,
+            "stats": (vars(engine.evidence.mean_norms), vars(engine.evidence.max_norms)),
+            "open": sorted(engine.lifecycle.open),
+        }
+        for run, engine in scan.engines.items()
+    }
+    return {"report": scan.report(), "bad": scan.bad_details, "notices": scan.notices, "engines": engines,
+            "trainer_alerts": scan.trainer_alerts, "sources": scan.threshold_sources}  # fmt: skip
+
+
+def assert_same(
+    path: Path, *, thresholds: Thresholds | None = None, chunk_bytes: int | None = None, parallel: bool = False
+) -> None:
+    reference = scan_log(path, thresholds, frames=True, now=NOW, fast=False)
+    fast = LogScan(str(path), thresholds or Thresholds(), FrameColumns())
+    sizes = {"chunk_bytes": chunk_bytes} if chunk_bytes else {}
+    columnar.scan_into(fast, path, parallel=parallel, **sizes)  # no fallback to the streaming engine here
+    fast.check_stale(NOW)
+    # repr, not ==: NaN values must sit in the same places (NaN != NaN), and types must match (1 vs 1.0).
+    assert repr(state(fast)) == repr(state(reference))
+    assert json.dumps(fast.report(), sort_keys=True) == json.dumps(reference.report(), sort_keys=True)
+    expected, got = to_frames(reference), to_frames(fast)
+    assert list(got) == list(expected)
+    for name in expected:
+        pd.testing.assert_frame_equal(got[name], expected[name], check_exact=True, obj=name)
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("columnar")
+    return {name: build() for name, build in builders(tmp).items()}
+
+
+@pytest.mark.parametrize("name", list(builders(Path("."))))
+def test_fast_path_agrees_with_the_streaming_engine(logs: dict[str, Path], name: str) -> None:
+    assert_same(logs[name])
+
+
+@pytest.mark.parametrize("name", ["mixed", "multi_run", "bursts", "sample/exploding_gradients.jsonl", "big"])
+@pytest.mark.parametrize("chunk_bytes", [97, 4096])
+def test_fast_path_agrees_across_chunk_boundaries(logs: dict[str, Path], name: str, chunk_bytes: int) -> None:
+    assert_same(logs[name], chunk_bytes=chunk_bytes)
+
+
+@pytest.mark.parametrize("name", ["mixed", "multi_run", "bursts", "big"])
+@pytest.mark.parametrize("chunk_bytes", [4096, None])
+def test_fast_path_agrees_with_a_decoding_worker(logs: dict[str, Path], name: str, chunk_bytes: int | None) -> None:
+    assert_same(logs[name], chunk_bytes=chunk_bytes, parallel=True)
+
+
+@pytest.mark.parametrize("name", ["multi_run", "bursts", "sample/vanishing_gradients.jsonl"])
+def test_fast_path_agrees_under_other_thresholds(logs: dict[str, Path], name: str) -> None:
+    assert_same(logs[name], thresholds=Thresholds(vanishing=1e-3, exploding=0.31, norm_low=0.25, confirm=3))
+
+
+def test_scan_log_falls_back_to_the_streaming_engine(logs: dict[str, Path], monkeypatch) -> None:
+    """A record the typed decoder takes but the contract refuses: scan_log answers as the streaming engine."""
+    path = logs["bursts"]
+    reference = scan_log(path, frames=True, now=NOW, fast=False)
+    monkeypatch.setattr(schema, "decode_record", lambda line: schema.Rejected("invalid", "refused"))
+    with pytest.raises(columnar.UnsupportedInput):
+        columnar.scan_into(LogScan(str(path)), path)
+    monkeypatch.undo()
+    fast = scan_log(path, frames=True, now=NOW)
+    assert repr(state(fast)) == repr(state(reference))
+
+
+def test_a_lost_decoding_process_falls_back_to_the_streaming_engine(logs: dict[str, Path], monkeypatch) -> None:
+    path = logs["bursts"]
+    reference = scan_log(path, frames=True, now=NOW, fast=False)
+    monkeypatch.setattr(worker, "_serve", lambda conn, *_args: conn.close())  # the process ends at once
+    with pytest.raises(columnar.UnsupportedInput):
+        columnar.scan_into(LogScan(str(path)), path, parallel=True)
+    assert repr(state(scan_log(path, frames=True, now=NOW, parallel=True))) == repr(state(reference))
+
+
+# ------------------------------------------------------------------------------- conditions over columns
+
+
+def grad_records(paths: list[Path]) -> list[dict]:
+    out = []
+    for path in paths:
+        for line in path.read_bytes().splitlines():
+            record = schema.decode_record(line)
+            if isinstance(record, dict) and record["kind"] == schema.GRAD_STATS:
+                out.append(record)
+    return out
+
+
+def assert_conditions_cover_findings(records: list[dict], th: Thresholds) -> None:
+    """Where a rule's ``evaluate`` finds its condition, its ``vectorised`` condition says True."""
+    columns = GradColumns.from_records(records)
+    for rule in gradients.RULES:
+        holds = rule.vectorised(columns, th)
+        for index, record in enumerate(records):
+            evidence = Evidence(th)
+            evidence.observe(record, Where(record.get("step"), record.get("epoch"), record["time"]))
+            found = [seen for _subject, seen in rule.evaluate(evidence, record, th) if seen is not None]
+            assert holds[index] or not found, (rule.name, record)
+
+
+@pytest.mark.parametrize("th", [Thresholds(), Thresholds(vanishing=1e-3, exploding=0.35, norm_low=0.25,
+                                                           norm_large=0.3, norm_exploding=0.28)])  # fmt: skip
+def test_each_gradient_rule_condition_over_columns_covers_its_evaluation(logs: dict[str, Path], th) -> None:
+    records = grad_records([logs[name] for name in logs if name != "big"])
+    assert len(records) > 1000
+    assert_conditions_cover_findings(records, th)
+
+
+norm_values = st.one_of(
+    st.floats(0, 1e-6), st.floats(1e-8, 20.0), st.sampled_from([0.0, math.nan, math.inf, -math.inf, 1e-7, 10.0]),
+    st.integers(0, 30),
+)  # fmt: skip
+layer_maps = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), norm_values, max_size=4)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(layer_maps, norm_values, st.integers(-1, 2), st.booleans()), min_size=1, max_size=8))
+def test_conditions_cover_findings_on_generated_records(rows) -> None:
+    records = []
+    for norms, mean, count, overflow in rows:
+        record = grad("r", 1.0, 1, norms, mean_norm=mean, nonfinite_count=count)
+        record["layer_norms"] = {k: float(v) for k, v in norms.items()}
+        if overflow:
+            record["amp"] = {"scale": 2.0, "overflow": True}
+        records.append(record)
+    assert_conditions_cover_findings(records, Thresholds())
+
+
+# ------------------------------------------------------------------------------- generated logs, end to end
+
+json_numbers = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False), st.integers(-(2**70), 2**70),
+    st.sampled_from([0.2, 1e-9, 50.0, "nan", "inf", "-inf", "6.0", True, None]),
+)  # fmt: skip
+field_values = st.fixed_dictionaries(
+    {"layer_norms": st.dictionaries(st.sampled_from(["a", "b", "c"]), json_numbers, max_size=3)},
+    optional={name: json_numbers for name in ("total_norm", "mean_norm", "std_norm", "min_norm", "max_norm",
+                                               "nonfinite_count", "step", "epoch", "cost_ms", "time")}
+    | {"amp": st.sampled_from([{"overflow": True}, {"overflow": False}, None]),
+       "nonfinite_layers": st.sampled_from([[], ["a"], None, [1]]), "schema": st.sampled_from([1, 2, True, 1.0])},
+)  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.tuples(st.sampled_from(["r1", "r2"]), st.sampled_from(["grad", "grad", "grad", "epoch", "start",
+                                                                             "garbage"]), field_values),
+                max_size=40))  # fmt: skip
+def test_generated_logs_agree(tmp_path_factory: pytest.TempPathFactory, rows) -> None:
+    lines = []
+    for index, (run, kind, fields) in enumerate(rows):
+        healthy = {"time": 1.7e9 + index, "step": index, "total_norm": 1.0, "mean_norm": 0.2, "std_norm": 0.0,
+                   "min_norm": 0.1, "max_norm": 0.3, "nonfinite_count": 0}  # fmt: skip
+        if kind == "grad":
+            record = {"schema": 1, "kind": "grad_stats", "run": run, **healthy, **fields}
+        elif kind == "epoch":
+            record = make_record("epoch", run, 1.7e9 + index, step=index, train_loss=0.5)
+        elif kind == "start":
+            record = make_record("run_start", run, 1.7e9 + index, model="m", thresholds={"confirm": 1})
+        else:
+            lines.append(b'{"schema":1,"kind":"grad_stats","run":' + run.encode() + b"\n")
+            continue
+        lines.append(json.dumps(record).encode() + b"\n")
+    path = lines_log(tmp_path_factory.mktemp("gen") / "gen.jsonl", lines)
+    assert_same(path)
+    assert_same(path, chunk_bytes=64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(field_values)
+def test_the_typed_decoder_takes_only_what_the_contract_takes_as_it_stands(fields) -> None:
+    record = {"schema": 1, "kind": "grad_stats", "run": "r", "time": 1.0, "total_norm": 1.0, "mean_norm": 0.2,
+              "std_norm": 0.0, "min_norm": 0.1, "max_norm": 0.3, "nonfinite_count": 0, **fields}  # fmt: skip
+    line = json.dumps(record).encode()
+    typed, reference = decode_grad_stats(line), schema.decode_record(line)
+    if typed is None:
+        return
+    assert isinstance(reference, dict)
+    for name in ("run", "time", "epoch", "step", "total_norm", "mean_norm", "nonfinite_count", "cost_ms"):
+        assert repr(getattr(typed, name)) == repr(reference.get(name)), name
+    assert repr(typed.layer_norms) == repr(reference["layer_norms"])
