@@ -182,6 +182,7 @@ class LogScan:
     bad_details: list[BadLine] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
     trainer_alerts: int = 0  # alert records written by the trainer (the watcher recomputes its own)
+    _run_keys: dict[str, str] = field(default_factory=dict)  # run id -> the key of its latest run (ID, ID#2, ...)
 
     def add(self, item: Item) -> list[AlertEvent]:
         """Take one tail item; return the alert transitions it caused."""
@@ -197,16 +198,36 @@ class LogScan:
         return []
 
     def observe(self, record: schema.Record, *, frame: bool = True) -> list[AlertEvent]:
-        """Take one valid record (into the frame columns too, unless ``frame`` is False: the caller adds its row)."""
+        """Take one valid record (into the frame columns too, unless ``frame`` is False: the caller adds its row).
+
+        A ``run_start`` under a run id that already started is a restart (a fixed ``run_id`` appending to its
+        own log): a new run, ``ID#2``, so that its windows never mix with the first run's."""
         self.records += 1
         if record["kind"] == schema.ALERT:
             self.trainer_alerts += 1
+        original = record["run"]
+        if self.is_restart(record):
+            self._run_keys[original] = self._restart_key(original)
+        key = self._run_keys.setdefault(original, original)
+        if key != original:
+            record = {**record, "run": key}
         if frame and self.columns is not None:
             self.columns.add(record)
         engine = self.engines.get(record["run"])
         if engine is None:
             engine = self._new_run(record)
         return engine.observe(record)
+
+    def is_restart(self, record: schema.Record) -> bool:
+        """Is ``record`` a ``run_start`` for a run id whose run has started already?"""
+        key = self._run_keys.get(record["run"])
+        return record["kind"] == schema.RUN_START and key is not None and self.engines[key].run.started is not None
+
+    def _restart_key(self, run: str) -> str:
+        number = 2
+        while f"{run}#{number}" in self.engines:
+            number += 1
+        return f"{run}#{number}"
 
     def observe_quiet(self, quiet: QuietGradStats) -> list[AlertEvent]:
         """Take grad_stats records of a run already seen, in which no rule finds its condition (not their rows:

@@ -86,6 +86,30 @@ def test_a_run_is_judged_by_the_thresholds_it_recorded_unless_a_flag_says_otherw
     assert "thresholds: recorded in run_start, except collapse_high (set by a flag or --config)" in result.stdout
 
 
+def test_a_run_restarted_under_the_same_id_is_a_second_run(tmp_path):
+    """A fixed run_id appending to its own log: the crashed first attempt and the restart are two runs, and the
+    collapse window of the first does not run on into the second (the fast reader gives the same answer)."""
+    crashed, restarted = collapse_scenario(), healthy_scenario()
+    for builder in (crashed, restarted):
+        builder.run = "exp1"
+        for record in builder.records:
+            record["run"] = "exp1"
+    crashed.records = [r for r in crashed.records if r["kind"] != "run_end"]
+    crashed.end("failed", error="RuntimeError: boom")
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b"".join(crashed.lines() + restarted.lines()))
+    result, (report,) = check("--json", path)
+    assert result.returncode == 1  # the first attempt's failure and collapse
+    runs = {run["run"]: run for run in report["runs"]}
+    assert list(runs) == ["exp1", "exp1#2"]
+    assert runs["exp1"]["status"] == "failed" and runs["exp1#2"]["status"] == "completed"
+    assert runs["exp1#2"]["verdict"] == "healthy"
+    assert {a["run"] for a in report["alerts"] if a["rule"] == "collapse"} == {"exp1"}
+    fast, streamed = scan_log(path, frames=True), scan_log(path, frames=True, fast=False)
+    assert fast.report() == streamed.report()
+    assert list(scan_log(path, frames=True).columns.frames()["grad"]["run"].unique()) == ["exp1", "exp1#2"]
+
+
 def test_a_file_that_is_not_a_log_exits_2(tmp_path):
     path = tmp_path / "notes.jsonl"
     path.write_text("this is not\na moola log\n")

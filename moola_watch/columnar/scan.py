@@ -119,6 +119,7 @@ def _judge(
             order.append(decoder.decode(line))
     if not typed_lines:
         for item in order:
+            _refuse_restart(scan, item)  # type: ignore[arg-type]
             scan.add(item)  # type: ignore[arg-type]
         return
     chunk = _Chunk(scan, GradBatch(decoded, typed_lines))
@@ -128,6 +129,13 @@ def _judge(
         else:
             chunk.other(item)
     chunk.finish()
+
+
+def _refuse_restart(scan: LogScan, item: RecordItem | BadLine) -> None:
+    """A run restarted under its own id gets a new key from its ``run_start`` on (``ID#2``), which the typed
+    columns, keyed by the id, do not know: such a log is read the streaming way."""
+    if isinstance(item, RecordItem) and scan.is_restart(item.record):
+        raise UnsupportedInput("a run restarted under the same run id")
 
 
 class _Chunk:
@@ -157,6 +165,7 @@ class _Chunk:
         self.scan.observe(self.batch.record(index), frame=False)  # the frame columns take it with the others
 
     def other(self, item: RecordItem | BadLine) -> None:
+        _refuse_restart(self.scan, item)
         self._flush(self.next)
         if isinstance(item, RecordItem) and item.record["kind"] == schema.GRAD_STATS:
             self._frame(self.next)  # a grad_stats record the typed decoder left: its row goes in file order
