@@ -278,3 +278,34 @@ def test_weights_are_named_by_flag_only_for_the_projects_trainer():
 
     assert "`--loss-alpha` 0.2 (from 1)" in recommendation("enhanced_simple_lstm")
     assert "the type loss weight 0.2 (from 1) or the pointer loss weight 5 (from 1)" in recommendation("MyModel")
+
+
+def test_a_bias_zero_by_construction_is_not_vanishing_but_a_dead_layer_is():
+    """A key bias in softmax attention, or a bias before a normalization, gets no gradient while its weight
+    does: by construction, not a fault. A dead ReLU silences a layer's weight and bias together, and the next
+    layer's weight (its input is zero) while that layer's bias still gets gradient."""
+
+    def vanishing(norms):
+        log = LogBuilder().start()
+        for epoch in (1, 2, 3):
+            log.grad(epoch, 0.3, 0.5, {**norms, "ok.weight": 0.3})
+        return [a.layers for a in rules.replay(log.records).alerts if a.rule == rules.VANISHING]
+
+    assert vanishing({"attention.key.weight": 0.2, "attention.key.bias": 1e-11}) == []
+    assert vanishing({"conv.weight": 0.2, "conv.bias": 0.0, "bn.weight": 0.1, "bn.bias": 0.1}) == []
+    assert vanishing({"hidden.weight": 1e-9, "hidden.bias": 0.0, "out.weight": 1e-10, "out.bias": 0.2}) == [
+        ["hidden.weight", "hidden.bias", "out.weight"]
+    ]
+
+
+def test_one_exploding_sample_is_pending_and_two_running_fire():
+    """A single pre-clip spike (a transformer's first steps) is not an exploding run; two samples in a row are."""
+
+    def exploding(peaks):
+        log = LogBuilder().start()
+        for epoch, peak in enumerate(peaks, start=1):
+            log.grad(epoch, 0.3, peak, {"a.weight": 0.3, "b.weight": peak})
+        return [(a.state, a.first_epoch) for a in rules.replay(log.records).alerts if a.rule == rules.EXPLODING]
+
+    assert exploding([10.8, 0.4, 0.4]) == []
+    assert exploding([10.8, 12.0, 0.4]) == [(RESOLVED, 1)]

@@ -120,7 +120,9 @@ RULES = (
     Rule(NONFINITE, "critical", False, GRAD, _nonfinite, "any NaN/Inf layer gradient norm, at once",
          _any_nonfinite_columns),
     Rule(VANISHING, "warning", True, GRAD, _vanishing, "a layer's gradient norm below `vanishing`", _vanishing_columns),
-    Rule(EXPLODING, "error", False, GRAD, _exploding, "a layer's gradient norm above `exploding`", _exploding_columns),
+    Rule(EXPLODING, "error", True, GRAD, _exploding,
+         "a layer's gradient norm above `exploding` in `confirm` samples running (one spike before a clip is not)",
+         _exploding_columns),
     Rule(NORM_LEVEL, "error", True, GRAD, _norm_level, "the mean layer norm outside the spec's bands",
          _norm_level_columns),
 )  # fmt: skip

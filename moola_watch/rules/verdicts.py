@@ -25,7 +25,11 @@ class LayerFlags:
 
 def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
     """Judge every layer norm. The common all-healthy case is decided by C-level ``sum``/``min``/``max``
-    with no per-layer Python work (a model may have thousands of tensors)."""
+    with no per-layer Python work (a model may have thousands of tensors).
+
+    A bias whose module's weight gets gradient is not vanishing: its gradient is zero by construction (a bias
+    before a normalization, which removes it; a key bias in softmax attention, which ignores it). A dead ReLU
+    silences a layer's weight and bias together, so real vanishing stays flagged."""
     values = layer_norms.values()
     if not values or (math.isfinite(sum(values)) and th.vanishing <= min(values) and max(values) <= th.exploding):
         return LayerFlags([], [], [])
@@ -37,7 +41,28 @@ def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
             flags.vanishing.append(name)
         elif norm > th.exploding:
             flags.exploding.append(name)
+    structural = _zero_by_construction(flags.vanishing, layer_norms, th)
+    if structural:
+        flags.vanishing[:] = [name for name in flags.vanishing if name not in structural]
     return flags
+
+
+def _is_bias(name: str) -> bool:
+    return name.rpartition(".")[2].startswith("bias")
+
+
+def _zero_by_construction(low: list[str], layer_norms: Mapping[str, float], th: Thresholds) -> set[str]:
+    """The biases among ``low`` whose module has a non-bias tensor with a gradient norm at or above the
+    vanishing threshold."""
+    modules = {name.rpartition(".")[0] for name in low if _is_bias(name)}
+    if not modules:
+        return set()
+    fed = {
+        module
+        for name, norm in layer_norms.items()
+        if (module := name.rpartition(".")[0]) in modules and not _is_bias(name) and norm >= th.vanishing
+    }
+    return {name for name in low if _is_bias(name) and name.rpartition(".")[0] in fed}
 
 
 def vanishing_layers(layer_norms: Mapping[str, float], threshold: float = 1e-7) -> list[str]:
