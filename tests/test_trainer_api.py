@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, run_cli
+from helpers import REPO, run_cli, strict_lines
 from torch import nn
 
 from moola.utils.monitoring import GradientMonitor
@@ -345,3 +345,19 @@ def test_a_model_cast_after_the_first_measurement_is_measured_in_its_new_dtype()
     norms = monitor.on_before_optimizer_step(model)["layer_norms"]
     for name, p in model.named_parameters():
         assert norms[name] == torch.linalg.vector_norm(p.grad.float()).item(), name  # widened, as planned anew
+
+
+def test_numpy_and_tensor_counts_are_kept_as_numbers(tmp_path):
+    """Loops count with numpy (np.arange) or tensors (a global step buffer): the records keep those counts."""
+    import numpy as np
+
+    model = nn.Linear(3, 1)
+    model(torch.randn(4, 3)).sum().backward()
+    with GradientMonitor(every_n_steps=1, log_path=tmp_path / "run.jsonl") as monitor:
+        monitor.on_epoch_start(np.int64(2))
+        monitor.at_step(np.int64(5))
+        monitor.on_before_optimizer_step(model)
+        monitor.on_before_optimizer_step(model, step=torch.tensor(7))
+        monitor.update(np.int32(3), model)
+    grads = [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "grad_stats"]
+    assert [(r["epoch"], r["step"]) for r in grads] == [(2, 5), (2, 7), (3, 8)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
 import socket
 import time
@@ -48,6 +49,15 @@ _OPTIONAL_INT = (int, type(None))
 
 def _quiet(_text: str) -> None:
     """Where a rank other than 0 sends its console lines."""
+
+
+def whole(count: Any) -> Any:
+    """An epoch or step as a Python int when it is any integer (numpy, a 0-d integer tensor), so the record
+    keeps it; anything else as given, for the record's check to name."""
+    try:
+        return operator.index(count)
+    except TypeError:
+        return count
 
 
 class GradientMonitor:
@@ -200,11 +210,11 @@ class GradientMonitor:
     def at_step(self, step: int) -> None:
         """Take a framework's own step count: ``step`` (1-based) is the optimizer step now being prepared, the
         one the next measurements are numbered with and scheduled by."""
-        self.steps_done = step - 1
+        self.steps_done = whole(step) - 1
 
     def on_epoch_start(self, epoch: int) -> None:
         """The epoch the next records belong to."""
-        self.epoch = epoch
+        self.epoch = whole(epoch)
 
     # -------------------------------------------------------------- hooks
 
@@ -322,14 +332,14 @@ class GradientMonitor:
     ) -> dict[str, Any] | None:
         """The spec's call, after ``backward()`` and before ``optimizer.step()``, in epoch ``epoch``: see
         :meth:`on_before_optimizer_step`."""
-        self.epoch = epoch
+        self.epoch = whole(epoch)
         return self.on_before_optimizer_step(model, scaler=scaler, step=step)
 
     def on_epoch_end(self, epoch: int, *, train_loss: Any, **fields: Any) -> None:
         """Record an ``epoch`` record: ``train_loss``, and any of ``val_loss``, ``task_losses`` and ``metrics``
         (name -> number), ``lr`` (a number or one per parameter group), ``duration_s``. Tensors and numpy
         values are turned into numbers; a value no reader would accept is left out with one warning."""
-        self.epoch = epoch
+        self.epoch = whole(epoch)
         values = plain({"train_loss": train_loss, **fields})
         if "lr" in values:
             values["lr"], every_lr = learning_rate(values["lr"])
