@@ -379,7 +379,7 @@ def test_every_record_the_monitor_builds_is_read_back_as_written(monkeypatch):
         model.fc.bias.grad[1] = math.nan
         monitor.on_before_optimizer_step(model)  # non-finite: converted
         model.fc.bias.grad[1] = 0.5
-        monitor.on_before_optimizer_step(model, step=np.int64(9))  # a user's numpy step: cleaned (and left out)
+        monitor.on_before_optimizer_step(model, step=np.int64(9))  # a user's numpy step: kept, as an int
         monitor.max_layer_norms = 2
         monitor.on_before_optimizer_step(model)  # grouped by module prefix
     lines = sink.getvalue().splitlines()
@@ -388,7 +388,7 @@ def test_every_record_the_monitor_builds_is_read_back_as_written(monkeypatch):
         assert not isinstance(record, Rejected), (line, record)
         assert encode_record(record) == line + b"\n"
     grads = [decode_record(line) for line in lines if b'"grad_stats"' in line]
-    assert len(grads) == 5 and native == ["grad_stats", "grad_stats"]
-    assert math.isnan(grads[2]["layer_norms"]["fc.bias"]) and "step" not in grads[3]
+    assert len(grads) == 5 and native == ["grad_stats", "grad_stats", "grad_stats"]
+    assert math.isnan(grads[2]["layer_norms"]["fc.bias"]) and grads[3]["step"] == 9
     assert grads[1]["amp"] == {"scale": 4.0, "overflow": False} and all(g["rank"] == 0 for g in grads)
     assert grads[4]["layer_groups"]["tensors"] == 6

@@ -173,7 +173,9 @@ def test_webhook_receives_the_collapse_alert_while_the_trainer_is_still_running(
 
 def test_a_hanging_webhook_does_not_delay_the_next_alert_line(tmp_path, hanging):
     log = tmp_path / "run.jsonl"
-    first = LogBuilder().start().grad(1, 20.0, 40.0, {"a": 0.3, "b": 40.0})  # exploding: an error, at once
+    first = LogBuilder().start()
+    for epoch in (1, 2):  # exploding in two samples running: an error
+        first.grad(epoch, 20.0, 40.0, {"a": 0.3, "b": 40.0})
     log.write_bytes(b"".join(first.lines()))
     watcher = watch(str(log), "--webhook", hanging.url, "--notify-timeout", "60")
     lines: list[tuple[float, str]] = []
@@ -181,7 +183,7 @@ def test_a_hanging_webhook_does_not_delay_the_next_alert_line(tmp_path, hanging)
     reader.start()
     assert hanging.accepted.wait(20), "the webhook was never called"
     time.sleep(0.3)  # the sink is now stuck waiting for an answer that never comes
-    second = LogBuilder(t0=first.time).grad(2, 0.3, 0.4, {"a": 0.3, "b": float("nan")}).lines()
+    second = LogBuilder(t0=first.time).grad(3, 0.3, 0.4, {"a": 0.3, "b": float("nan")}).lines()
     written = time.time()
     with log.open("ab") as handle:
         handle.write(second[0])
@@ -229,19 +231,20 @@ def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_confi
 
 def test_on_alert_gets_the_alert_on_stdin_and_in_the_environment_and_log_text_runs_nothing(tmp_path):
     (tmp_path / "recorder.py").write_text(RECORDER)
-    log = LogBuilder(run=f"run {EVIL}").start().grad(1, 0.3, 40.0, {EVIL: 40.0, "ok": 0.3}).end()
+    log = LogBuilder(run=f"run {EVIL}").start().grad(1, 0.3, 40.0, {EVIL: 40.0, "ok": 0.3})
+    log.grad(2, 0.3, 40.0, {EVIL: 40.0, "ok": 0.3}).end()  # exploding in two samples running
     log.write(tmp_path / "evil.jsonl")
     recorder = f"{sys.executable} recorder.py 'got alerts.jsonl'"
     through_sh = 'sh -c \'printf "%s\\n" "$MOOLA_SUBJECT $MOOLA_MESSAGE $MOOLA_RUN" >> sh.txt\''
     result = run_watch("--once", "--json", "evil.jsonl", "--on-alert", recorder, "--on-alert", through_sh, cwd=tmp_path)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("PWNED") or p.name == "x"]
-    printed = [e for e in json_events(result.stdout) if e["event"] == "alert"]
+    printed = [e for e in json_events(result.stdout) if e["event"] == "alert" and e["state"] == "firing"]
     got = [json.loads(line) for line in (tmp_path / "got alerts.jsonl").read_text().splitlines()]
     assert [g["stdin"] for g in got] == printed and printed[0]["layers"] == [EVIL]
     env = got[0]["env"]
     assert env["MOOLA_RULE"] == "exploding" and env["MOOLA_SEVERITY"] == "error" and env["MOOLA_STATE"] == "firing"
     assert env["MOOLA_RUN"] == f"run {EVIL}" and EVIL in env["MOOLA_MESSAGE"] and env["MOOLA_LOG"] == "evil.jsonl"
-    assert env["MOOLA_STEP"] == "10" and env["MOOLA_EPOCH"] == "1" and float(env["MOOLA_VALUE"]) == 40.0
+    assert env["MOOLA_STEP"] == "20" and env["MOOLA_EPOCH"] == "2" and float(env["MOOLA_VALUE"]) == 40.0
     assert EVIL in (tmp_path / "sh.txt").read_text()  # the shell got the text as data, and ran none of it
 
 
