@@ -123,9 +123,14 @@ def _optional_number(value: Any) -> float | None:
     return None if value is None else _number(value)
 
 
+INT64 = range(-(2**63), 2**63)  # counts (steps, epochs, layers) beyond it are no count a run makes, and no table holds
+
+
 def _integer(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        if value in INT64:
+            return value
+        raise _Invalid(f"expected an integer in the 64-bit range, got {value}")
     raise _Invalid(f"expected an integer, got {_describe(value)}")
 
 
@@ -257,8 +262,12 @@ _PLAIN_TYPES: dict[Validator, frozenset[type]] = {
     _optional_text: frozenset({str, type(None)}),
     _object: frozenset({dict}),
 }
-_FAST: dict[str, list[tuple[str, Validator, frozenset[type] | None, bool]]] = {
-    kind: [(name, check, _PLAIN_TYPES.get(check), required) for name, check, required in (*_COMMON, *fields)]
+_COUNTS = (_integer, _optional_integer)  # their ints must also lie in INT64
+_FAST: dict[str, list[tuple[str, Validator, frozenset[type] | None, bool, bool]]] = {
+    kind: [
+        (name, check, _PLAIN_TYPES.get(check), required, check in _COUNTS)
+        for name, check, required in (*_COMMON, *fields)
+    ]
     for kind, fields in _FIELDS.items()
 }
 
@@ -267,7 +276,7 @@ def _plain(record: dict[str, Any], kind: str) -> bool:
     """True if every field is valid as it stands (the common case): a type check per scalar field, and the
     container validators, which convert in place and return their argument. False sends the record to the
     field-by-field pass that names the problem."""
-    for name, check, types, required in _FAST[kind]:
+    for name, check, types, required, count in _FAST[kind]:
         value = record.get(name, _MISSING)
         if value is _MISSING:
             if required:
@@ -277,7 +286,7 @@ def _plain(record: dict[str, Any], kind: str) -> bool:
                 check(value)
             except _Invalid:
                 return False
-        elif type(value) not in types:
+        elif type(value) not in types or (count and type(value) is int and value not in INT64):
             return False
     return True
 

@@ -366,3 +366,23 @@ def test_the_typed_decoder_takes_only_what_the_contract_takes_as_it_stands(field
     for name in ("run", "time", "epoch", "step", "total_norm", "mean_norm", "nonfinite_count", "cost_ms"):
         assert repr(getattr(typed, name)) == repr(reference.get(name)), name
     assert repr(typed.layer_norms) == repr(reference["layer_norms"])
+
+
+def test_what_the_contracts_parser_refuses_anywhere_in_a_line_is_a_bad_line_on_both_paths(tmp_path: Path) -> None:
+    """Found by an outside review: a field the typed decoder skipped (an unknown one, or ``amp`` taken as any
+    object) could hold a number the contract's parser refuses, and a line nested past msgspec's depth limit
+    raised RecursionError out of ``check``. Both are bad lines, on both paths, in the middle of quiet records."""
+    log = LogBuilder("r").start()
+    for epoch in range(1, 9):
+        log.grad(epoch, 0.3, 0.4)
+    lines = log.lines()
+    healthy = json.loads(lines[3])
+    extra = json.dumps({**healthy, "extra": 1}).encode().replace(b'"extra": 1', b'"extra": 1e99999')
+    amp = json.dumps({**healthy, "amp": {"scale": 1}}).encode().replace(b'"scale": 1', b'"scale": 1' + b"0" * 400)
+    deep = json.dumps({**healthy, "x": 1}).encode().replace(b'"x": 1', b'"x": ' + b"[" * 2000 + b"]" * 2000)
+    path = lines_log(tmp_path / "log.jsonl", [*lines[:4], extra + b"\n", *lines[4:6], amp + b"\n", deep + b"\n",
+                                              *lines[6:]])  # fmt: skip
+    assert_same(path)
+    scan = scan_log(path)
+    assert scan.bad_lines == 3 and scan.records == len(lines)
+    assert {bad.line_no for bad in scan.bad_details} == {5, 8, 9}

@@ -110,3 +110,18 @@ def test_decode_never_raises_on_arbitrary_records(kind, fields):
     except ValueError:
         return
     decode_record(line)
+
+
+def test_a_count_past_64_bits_is_a_bad_line_not_a_crash_of_analyze(tmp_path):
+    """Found by an outside review: a step of 2**63 passed the contract and then broke analyze's Int64 tables."""
+    from helpers import run_cli
+    from logs import LogBuilder
+
+    log = LogBuilder().start().grad(1, 0.3, 0.4)
+    log.records[-1]["step"] = 2**63
+    path = log.write(tmp_path / "log.jsonl")
+    rejected = decode_record(path.read_bytes().splitlines()[-1])
+    assert isinstance(rejected, Rejected) and "64-bit" in rejected.reason
+    assert not isinstance(decode_record(encode_record({**log.records[-1], "step": 2**63 - 1})), Rejected)
+    result = run_cli("moola_watch.cli", "analyze", str(path))
+    assert result.returncode == 0 and "Traceback" not in result.stderr

@@ -28,9 +28,11 @@ _Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 _Number = float | _Int
 
 
-class GradStats(msgspec.Struct, gc=False):
+class GradStats(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """One ``grad_stats`` record, schema 1. A field that may be absent but not null defaults to None (or ())
-    without admitting null. Unknown fields are skipped (readers ignore them)."""
+    without admitting null. Every field is typed, and a line with any other field is left to ``decode_record``:
+    a field skipped unread could hold a number the contract's parser refuses (``1e99999``), which would make a
+    bad line a good one."""
 
     schema: Annotated[int, msgspec.Meta(ge=1, le=schema.SCHEMA_VERSION)]
     kind: Literal["grad_stats"]
@@ -47,7 +49,10 @@ class GradStats(msgspec.Struct, gc=False):
     step: _Int | None = None
     nonfinite_layers: list[str] = ()  # type: ignore[assignment]
     cost_ms: _Number = None  # type: ignore[assignment]
-    amp: dict[str, Any] = None  # type: ignore[assignment]
+    amp: dict[str, _Number | bool | None] = None  # type: ignore[assignment]
+    rank: _Int = None  # type: ignore[assignment]  # a per-rank log's
+    layer_groups: dict[str, _Int] = None  # type: ignore[assignment]  # a model of more tensors than the limit
+    top_layers: dict[str, _Number] = None  # type: ignore[assignment]
 
 
 #: The scalar fields a batch keeps as columns: the grad frame's, of which the rules' evidence reads the first.
@@ -62,7 +67,7 @@ def decode_grad_stats(data: bytes) -> GradStats | None:
         return None
     try:
         return _DECODER.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested past msgspec's depth limit
         return None
 
 
