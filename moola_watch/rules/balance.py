@@ -114,7 +114,8 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
         return "warning", (f"gradients dominated, but the {task} task has learned: its loss is {own.rate:.0%} of "
                            f"where it started ({own.start:.3g}): {figures}")  # fmt: skip
     return "error", (f"and the {task} task is starving (its loss stalled: down less than {th.starve_drop:.0%}, "
-                     f"share below {th.starve_share:.0%}): {figures}")  # fmt: skip
+                     f"share below {th.starve_share:.0%}, still {own.rate:.0%} of its first loss {own.start:.3g}): "
+                     f"{figures}")  # fmt: skip
 
 
 def _collapse_observation(
