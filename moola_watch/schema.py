@@ -84,6 +84,11 @@ def encode_native(record: Mapping[str, Any]) -> bytes:
 
 def make_record(kind: str, run: str, time: float, **fields: Any) -> Record:
     """Build a record of ``kind`` with the common fields (``time`` in unix seconds) filled in."""
+    return record_of(kind, run, time, fields)
+
+
+def record_of(kind: str, run: str, time: float, fields: Mapping[str, Any]) -> Record:
+    """:func:`make_record` from a mapping of the other fields (a writer that holds them in one saves a copy)."""
     if kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r}")
     return {"schema": SCHEMA_VERSION, "kind": kind, "run": run, "time": time, **fields}

@@ -85,3 +85,53 @@ def test_clean_fields_drops_what_readers_reject_and_keeps_the_rest():
     assert len(problems) == 2 and all("(left out)" in p for p in problems)
     _fields, problems = clean_fields("epoch", {"train_loss": "low"})
     assert problems == ["epoch.train_loss: expected a number, got str 'low'"]
+
+
+def epochs_in(path) -> list[int]:
+    return [decode_record(line).get("epoch") for line in path.read_bytes().splitlines()]
+
+
+def grad_stats(i: int) -> dict:
+    return make_record(
+        "grad_stats", "r", float(i), epoch=i, step=i, total_norm=1.0, mean_norm=1.0, std_norm=0.0, min_norm=1.0,
+        max_norm=1.0, nonfinite_count=0, layer_norms={"w": 1.0},
+    )  # fmt: skip
+
+
+def test_grad_stats_lines_check_the_path_every_few_lines_and_any_other_record_at_once(tmp_path, monkeypatch):
+    """A deletion is noticed by the IDENTITY_CHECK_LINES-th grad_stats line after it at the latest (or within
+    IDENTITY_CHECK_S), and by any other record at once: the run_end always lands in the file at the path."""
+    from moola.utils.monitoring import jsonl_writer
+    from moola.utils.monitoring.jsonl_writer import IDENTITY_CHECK_LINES
+
+    monkeypatch.setattr(jsonl_writer, "IDENTITY_CHECK_S", 3600.0)  # the line count alone, however slow the machine
+    log = tmp_path / "run.jsonl"
+    warnings: list[str] = []
+    writer = JsonlRecordWriter(log, warn=warnings.append)
+    writer.write(record(0))
+    log.unlink()
+    for i in range(1, IDENTITY_CHECK_LINES + 2):
+        writer.write(grad_stats(i))
+    assert epochs_in(log) == [IDENTITY_CHECK_LINES, IDENTITY_CHECK_LINES + 1]  # the check made a new file
+    log.unlink()
+    writer.write(grad_stats(100))  # into the deleted file: not checked yet
+    writer.write(record(101))  # an epoch record checks first
+    writer.close()
+    assert epochs_in(log) == [101]
+    assert len(warnings) == 2 and all("was deleted or replaced; writing a new file there" in w for w in warnings)
+
+
+def test_a_log_rotated_between_checks_keeps_its_lines_and_the_writer_follows_the_name(tmp_path, monkeypatch):
+    from moola.utils.monitoring import jsonl_writer
+
+    monkeypatch.setattr(jsonl_writer, "IDENTITY_CHECK_S", 3600.0)
+    log, rotated = tmp_path / "run.jsonl", tmp_path / "run.jsonl.1"
+    writer = JsonlRecordWriter(log, warn=lambda _m: None)
+    for i in range(3):
+        writer.write(grad_stats(i))
+    log.rename(rotated)
+    writer.write(grad_stats(3))  # still into the rotated file, which keeps it
+    writer.write(record(4))
+    writer.close()
+    assert epochs_in(rotated) == [0, 1, 2, 3]
+    assert epochs_in(log) == [4]

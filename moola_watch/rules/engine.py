@@ -110,11 +110,13 @@ class RuleEngine:
     def observe(self, record: schema.Record) -> list[AlertEvent]:
         """Apply the rules to one decoded record; return the alert transitions it caused."""
         where = Where(record.get("step"), record.get("epoch"), record.get("time"))
-        self.evidence.observe(record, where)
+        evidence, thresholds, lifecycle = self.evidence, self.thresholds, self.lifecycle
+        evidence.observe(record, where)
         events: list[AlertEvent] = []
         for rule in _BY_KIND[record["kind"]]:
-            for subject, seen in rule.evaluate(self.evidence, record, self.thresholds):
-                events += self.lifecycle.apply(rule.name, subject, seen, where, rule.confirm(self.thresholds))
+            for subject, seen in rule.evaluate(evidence, record, thresholds):
+                if seen is not None or (rule.name, subject) in lifecycle.open:  # else the lifecycle has nothing to do
+                    events += lifecycle.apply(rule.name, subject, seen, where, rule.confirm(thresholds))
         return events
 
     def observe_quiet(self, quiet: QuietGradStats) -> list[AlertEvent]:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from moola_watch import schema
 from moola_watch.rules.lifecycle import Where
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import LayerFlags, flag_layers, position
+from moola_watch.rules.verdicts import NO_LAYER_FLAGS, LayerFlags, flag_layers, position
 
 RECENT_SAMPLES = 3  # the window's ends are each the mean of this many samples (one batch's loss is noisy)
 
@@ -46,19 +46,17 @@ class RunningStats:
     peak: float = -math.inf
 
     def add(self, value: float) -> None:
-        self.extend((value,))
+        """Count ``value`` if it is finite (a NaN or inf is left out)."""
+        if math.isfinite(value):
+            self.count += 1
+            delta = value - self.mean
+            self.mean += delta / self.count
+            self.m2 += delta * (value - self.mean)
+            self.peak = max(self.peak, value)
 
     def extend(self, values: Iterable[float]) -> None:
-        count, mean, m2, peak = self.count, self.mean, self.m2, self.peak
         for value in values:
-            if not math.isfinite(value):
-                continue
-            count += 1
-            delta = value - mean
-            mean += delta / count
-            m2 += delta * (value - mean)
-            peak = max(peak, value)
-        self.count, self.mean, self.m2, self.peak = count, mean, m2, peak
+            self.add(value)
 
     @property
     def std(self) -> float:
@@ -170,7 +168,7 @@ class Evidence:
         self.max_norms = RunningStats()
         self.nonfinite_samples = 0
         self.amp_overflows = 0  # measurements whose non-finite gradients were a GradScaler overflow
-        self.layer_flags = LayerFlags([], [], [])  # of the latest grad_stats record, judged once for every rule
+        self.layer_flags: LayerFlags = NO_LAYER_FLAGS  # of the latest grad_stats record, judged once for every rule
         self.nonfinite: tuple[int, bool] = (0, False)  # its non-finite layer count, and whether a scaler overflow
         self._last_grad_stats: schema.Record | Callable[[], schema.Record] | None = None  # or how to decode it
         self.last_balance: schema.Record | None = None
@@ -179,7 +177,7 @@ class Evidence:
     def observe(self, record: schema.Record, where: Where) -> None:
         """Remember what ``record`` adds (before the rules judge it)."""
         self.run.records += 1
-        self._advance((where.step,), (where.epoch,), (where.time,))
+        self._at(where)
         kind = record["kind"]
         if kind == schema.RUN_START:
             self.run.run, self.run.model, self.run.started = record["run"], record["model"], record["time"]
@@ -212,7 +210,7 @@ class Evidence:
         self.grad_samples += len(steps)
         self.mean_norms.extend(quiet.mean_norms[start:])
         self.max_norms.extend(quiet.max_norms[start:])
-        self.layer_flags = LayerFlags([], [], [])
+        self.layer_flags = NO_LAYER_FLAGS
         self.nonfinite = (0, False)
         last = len(quiet.steps) - 1
         self._last_grad_stats = lambda: quiet.record(last)
@@ -234,13 +232,25 @@ class Evidence:
         if known:  # the latest time, taken in order as max(last, next) would (a NaN stays where max keeps it)
             run.last_time = max(known if run.last_time is None else (run.last_time, *known))
 
+    def _at(self, where: Where) -> None:
+        """The run's position after one record taken at ``where`` (what :meth:`_advance` does for many)."""
+        run, step, time = self.run, where.step, where.time
+        if step is not None:
+            if run.step is not None and step < run.step:
+                run.steps_backwards += 1
+            run.step = step
+        if where.epoch is not None:
+            run.epoch = where.epoch
+        if time is not None:
+            run.last_time = time if run.last_time is None else max(run.last_time, time)
+
     def _grad_stats(self, record: schema.Record) -> None:
         self._last_grad_stats = record
         self.grad_samples += 1
         self.mean_norms.add(record["mean_norm"])
         self.max_norms.add(record["max_norm"])
-        self.layer_flags = flag_layers(record["layer_norms"], self.thresholds)
-        self.nonfinite = count, overflow = nonfinite_count(record)
+        self.layer_flags = flags = flag_layers(record["layer_norms"], self.thresholds)
+        self.nonfinite = count, overflow = nonfinite_count(record, len(flags.nonfinite))
         if overflow:
             self.amp_overflows += 1
         elif count:
@@ -294,12 +304,9 @@ class Evidence:
         return f"steps {steps[0]}-{steps[-1]}" if steps else ""
 
 
-def nonfinite_count(record: schema.Record) -> tuple[int, bool]:
-    """Non-finite layers of a ``grad_stats`` record, and whether they were a GradScaler overflow (the scaler
-    skips the step and lowers the scale: not a model fault)."""
-    norms: dict[str, float] = record["layer_norms"]
-    finite = math.isfinite(sum(norms.values())) if norms else True
-    named = 0 if finite else sum(1 for norm in norms.values() if not math.isfinite(norm))
-    count = max(named, len(record.get("nonfinite_layers") or []), record["nonfinite_count"])
+def nonfinite_count(record: schema.Record, named: int) -> tuple[int, bool]:
+    """Non-finite layers of a ``grad_stats`` record whose ``layer_norms`` hold ``named`` non-finite norms, and
+    whether they were a GradScaler overflow (the scaler skips the step and lowers the scale: not a model fault)."""
+    count = max(named, len(record.get("nonfinite_layers") or ()), record["nonfinite_count"])
     amp = record.get("amp") or {}
     return count, bool(count) and amp.get("overflow") is True

@@ -5,6 +5,7 @@ and over a batch's columns (``_..._columns``: where in a batch it may hold, for 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,14 +25,14 @@ AMP_OVERFLOW = "amp_overflow"
 GRAD = frozenset({schema.GRAD_STATS})
 
 
-def names(layers: list[str] | tuple[str, ...], limit: int = 3) -> str:
+def names(layers: Sequence[str], limit: int = 3) -> str:
     """The first ``limit`` layer names, and how many more."""
     shown = ", ".join(layers[:limit])
     return shown + (f" (+{len(layers) - limit} more)" if len(layers) > limit else "")
 
 
-def _bad_layers(ev: Evidence, record: schema.Record) -> list[str]:
-    return ev.layer_flags.nonfinite or list(record.get("nonfinite_layers") or [])
+def _bad_layers(ev: Evidence, record: schema.Record) -> Sequence[str]:
+    return ev.layer_flags.nonfinite or tuple(record.get("nonfinite_layers") or ())
 
 
 def _nonfinite(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:

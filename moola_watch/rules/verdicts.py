@@ -18,9 +18,12 @@ DEFAULTS = Thresholds()
 class LayerFlags:
     """Layers whose gradient norm is non-finite, vanishing or exploding."""
 
-    nonfinite: list[str]
-    vanishing: list[str]
-    exploding: list[str]
+    nonfinite: tuple[str, ...]
+    vanishing: tuple[str, ...]
+    exploding: tuple[str, ...]
+
+
+NO_LAYER_FLAGS = LayerFlags((), (), ())
 
 
 def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
@@ -32,19 +35,17 @@ def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
     silences a layer's weight and bias together, so real vanishing stays flagged."""
     values = layer_norms.values()
     if not values or (math.isfinite(sum(values)) and th.vanishing <= min(values) and max(values) <= th.exploding):
-        return LayerFlags([], [], [])
-    flags = LayerFlags([], [], [])
+        return NO_LAYER_FLAGS
+    nonfinite, vanishing, exploding = [], [], []
     for name, norm in layer_norms.items():  # one pass: non-finite first, so NaN/inf land nowhere else
         if not math.isfinite(norm):
-            flags.nonfinite.append(name)
+            nonfinite.append(name)
         elif norm < th.vanishing:
-            flags.vanishing.append(name)
+            vanishing.append(name)
         elif norm > th.exploding:
-            flags.exploding.append(name)
-    structural = _zero_by_construction(flags.vanishing, layer_norms, th)
-    if structural:
-        flags.vanishing[:] = [name for name in flags.vanishing if name not in structural]
-    return flags
+            exploding.append(name)
+    structural = _zero_by_construction(vanishing, layer_norms, th)
+    return LayerFlags(tuple(nonfinite), tuple(name for name in vanishing if name not in structural), tuple(exploding))
 
 
 def _is_bias(name: str) -> bool:
@@ -67,12 +68,12 @@ def _zero_by_construction(low: list[str], layer_norms: Mapping[str, float], th: 
 
 def vanishing_layers(layer_norms: Mapping[str, float], threshold: float = 1e-7) -> list[str]:
     """Names of layers whose finite gradient norm is below ``threshold``."""
-    return flag_layers(layer_norms, Thresholds(vanishing=threshold)).vanishing
+    return list(flag_layers(layer_norms, Thresholds(vanishing=threshold)).vanishing)
 
 
 def exploding_layers(layer_norms: Mapping[str, float], threshold: float = 10.0) -> list[str]:
     """Names of layers whose finite gradient norm is above ``threshold``."""
-    return flag_layers(layer_norms, Thresholds(exploding=threshold)).exploding
+    return list(flag_layers(layer_norms, Thresholds(exploding=threshold)).exploding)
 
 
 @dataclass(frozen=True)
@@ -104,17 +105,25 @@ def recommend_ratio(ratio: float, th: Thresholds = DEFAULTS) -> Verdict:
     return Verdict("Significant imbalance", "warning", f"Adjust loss weights: {fix}")
 
 
+# The spec's table, one verdict per row (made once: the rules ask on every grad_stats record).
+_NORM_EXPLODING = Verdict("Exploding", "error", "Reduce learning rate")
+_NORM_LARGE = Verdict("Large", "warning", "Check gradient clipping")
+_NORM_VANISHING = Verdict("Vanishing", "warning", "Increase learning rate")
+_NORM_HEALTHY = Verdict("Healthy", None, "No change needed")
+_NORM_ACCEPTABLE = Verdict("Acceptable", None, "No change needed")
+
+
 def classify_norm_level(mean_norm: float, th: Thresholds = DEFAULTS) -> Verdict:
     """The spec's gradient-norm table for the mean of the layer norms."""
     if mean_norm > th.norm_exploding:
-        return Verdict("Exploding", "error", "Reduce learning rate")
+        return _NORM_EXPLODING
     if mean_norm > th.norm_large:
-        return Verdict("Large", "warning", "Check gradient clipping")
+        return _NORM_LARGE
     if mean_norm < th.norm_low:
-        return Verdict("Vanishing", "warning", "Increase learning rate")
+        return _NORM_VANISHING
     if th.healthy_norm_low <= mean_norm <= th.healthy_norm_high:
-        return Verdict("Healthy", None, "No change needed")
-    return Verdict("Acceptable", None, "No change needed")
+        return _NORM_HEALTHY
+    return _NORM_ACCEPTABLE
 
 
 def balance_message(ratio: float, epoch: int | None, th: Thresholds = DEFAULTS) -> str:

@@ -5,8 +5,11 @@ Each record is one ``write`` of one whole line on an ``O_APPEND`` descriptor; th
 (``flock``) so two processes never interleave bytes in it. A log whose last line was cut off by a crash
 gets a newline first, so the cut line stays one bad line and every new record is whole. A log deleted or
 replaced under the writer is noticed (the path no longer names our inode) and started afresh at the path,
-so records do not vanish into an unlinked file. Any ``OSError`` becomes one warning and turns the writer
-off: the records already written stay good.
+so records do not vanish into an unlinked file. ``grad_stats`` lines, the ones written every step, check the
+path only every ``IDENTITY_CHECK_LINES`` lines or ``IDENTITY_CHECK_S`` seconds (a ``stat`` is as long as the
+``write``; ``tail -F`` checks once a second): the few written between a deletion and the next check go to the
+deleted file, where a follower that has it open still reads them. Every other record checks first, so
+``run_end`` always lands in the file at the path.
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from moola_watch.schema import MAX_LINE_BYTES, encode_record
+from moola_watch.schema import GRAD_STATS, MAX_LINE_BYTES, encode_record
+
+#: How often ``grad_stats`` lines check that the path still names the file written: in lines, and in seconds.
+IDENTITY_CHECK_LINES = 64
+IDENTITY_CHECK_S = 0.1
 
 
 class JsonlRecordWriter:
@@ -28,6 +36,8 @@ class JsonlRecordWriter:
         self._warn = warn
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
+        self._unchecked = 0  # lines written since the path was last found to name our file
+        self._checked_at = time.monotonic()
         self._stream: BinaryIO | None = None
         self.path: Path | None = None
         self.records_written = 0
@@ -82,17 +92,11 @@ class JsonlRecordWriter:
                 f"{MAX_LINE_BYTES}-byte line limit and was not written"
             )
             return False
-        if self._fd is not None and self._replaced():
-            self._reopen()
-            if self._fd is None:
-                return False
+        if self._fd is not None and self._check_due(kind) and not self._check_identity():
+            return False
         try:
             if self._fd is not None:
-                written = os.write(self._fd, line)
-                if written != len(line):  # a short write on a regular file means the disk is full
-                    # Take the partial line back so the file stays whole lines; then fail as a full disk.
-                    os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                _append(self._fd, line)
             else:
                 assert self._stream is not None
                 self._stream.write(line)
@@ -100,7 +104,25 @@ class JsonlRecordWriter:
         except (OSError, ValueError) as exc:  # ValueError: write to a closed stream
             self._fail(exc if isinstance(exc, OSError) else OSError(errno.EBADF, str(exc)))
             return False
+        self._unchecked += 1
         self.records_written += 1
+        return True
+
+    def _check_due(self, kind: str | None) -> bool:
+        return (
+            kind != GRAD_STATS
+            or self._unchecked >= IDENTITY_CHECK_LINES
+            or time.monotonic() - self._checked_at >= IDENTITY_CHECK_S
+        )
+
+    def _check_identity(self) -> bool:
+        """Start afresh if the path no longer names our file; False if the writer could not."""
+        if self._replaced():
+            self._reopen()
+            if self._fd is None:
+                return False
+        self._unchecked = 0
+        self._checked_at = time.monotonic()
         return True
 
     def _replaced(self) -> bool:
@@ -133,6 +155,15 @@ class JsonlRecordWriter:
             self._fail(exc)
         finally:
             os.close(fd)
+
+
+def _append(fd: int, lines: bytes) -> None:
+    """Write whole lines to ``fd`` in one ``write``, or none of them (``OSError`` ENOSPC)."""
+    written = os.write(fd, lines)
+    if written != len(lines):  # a short write on a regular file means the disk is full
+        # Take the partial line back so the file stays whole lines; then fail as a full disk.
+        os.ftruncate(fd, os.fstat(fd).st_size - written)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _ends_with_newline(path: Path, size: int) -> bool:

@@ -558,7 +558,7 @@ class GradientMonitor:
         if self.per_rank:
             fields["rank"] = self.rank
         now = self._clock()
-        record = schema.make_record(kind, self.run_id, now, **fields)
+        record = schema.record_of(kind, self.run_id, now, fields)
         events = self.engine.observe(record)
         if self._writer:
             native = finite and type(now) is float and math.isfinite(now)

