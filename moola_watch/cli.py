@@ -22,12 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from moola_watch import analyze, export, junit, loader
+from moola_watch.exit_codes import EXIT_ALERT, EXIT_NO_MEASUREMENTS, EXIT_OK, EXIT_PRECEDENCE, EXIT_USAGE
 from moola_watch.rules import RULES, Thresholds, position
 from moola_watch.textsafe import inert, json_line
 
-EXIT_OK, EXIT_ALERT, EXIT_USAGE, EXIT_NO_MEASUREMENTS = 0, 1, 2, 3
-#: Which exit code wins when several logs or runs disagree (most telling first).
-EXIT_PRECEDENCE = (EXIT_USAGE, EXIT_ALERT, EXIT_NO_MEASUREMENTS, EXIT_OK)
 PROGRESS_MIN_BYTES = 8 << 20  # show a reading progress bar for logs at least this big, on a terminal
 SEVERITY_CHOICES = ("warning", "error", "critical")
 

@@ -21,6 +21,7 @@ from rich.text import Text
 from moola_watch import rules
 from moola_watch.analyze import LogScan, alert_json
 from moola_watch.dashboard import LogView, ViewOptions, overview, run_dashboard
+from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE
 from moola_watch.notify import Notifier
 from moola_watch.rules import AlertEvent, Thresholds
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
@@ -28,7 +29,6 @@ from moola_watch.textsafe import inert, json_line
 
 MAX_FPS = 10.0
 AGE_REFRESH_S = 1.0  # redraw at least this often so "last record N s ago" and staleness stay true
-EXIT_OK, EXIT_ALERT, EXIT_USAGE = 0, 1, 2  # check's codes
 
 
 @dataclass(frozen=True)
