@@ -392,3 +392,54 @@ def test_every_record_the_monitor_builds_is_read_back_as_written(monkeypatch):
     assert math.isnan(grads[2]["layer_norms"]["fc.bias"]) and grads[3]["step"] == 9
     assert grads[1]["amp"] == {"scale": 4.0, "overflow": False} and all(g["rank"] == 0 for g in grads)
     assert grads[4]["layer_groups"]["tensors"] == 6
+
+
+def alert_story(alerts):
+    """What a user sees of alerts (the stale rule aside: a replay long after the run is judged on today's clock)."""
+    return [(a.rule, a.subject, a.state, a.severity, a.first_step, a.message) for a in alerts if a.rule != "stale"]
+
+
+def test_the_monitors_quiet_records_are_judged_as_a_replay_of_its_log_judges_them(monkeypatch):
+    """The monitor hands the engine each record's summary, and a record the gradient rules could find nothing in
+    skips them (the every-step fast path). Over healthy, vanishing, exploding, out-of-band and non-finite steps
+    (alerts pending, firing, resolving), with and without a GradScaler, its alerts and summary must be those of a
+    fresh engine that judges the written log record by record."""
+    from moola_watch import rules
+
+    took_fast_path = []
+    judge = rules.RuleEngine._quiet
+    monkeypatch.setattr(
+        rules.RuleEngine,
+        "_quiet",
+        lambda self, summary: took_fast_path.append(judge(self, summary)) or took_fast_path[-1],
+    )
+    sink = io.BytesIO()
+    model = ConvNet()
+    backprop(model)
+    torch.manual_seed(0)  # every layer's norm 0.1-0.5: a healthy step, which the fast path takes
+    healthy = {
+        name: (noise := torch.randn_like(p.grad)) * (0.1 + 0.4 * torch.rand(())) / noise.norm()
+        for name, p in model.named_parameters()
+        if p.grad is not None
+    }
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    scaler.scale(torch.ones(()))
+    scales = [1.0] * 3 + [1e-9] * 4 + [1.0] * 2 + [1e3] * 4 + [1.0] + [6.0] * 3 + [1.0] * 2 + [math.nan] + [1.0] * 3
+    with GradientMonitor(every_n_steps=1, stream=sink, echo=lambda _line: None) as monitor:
+        for step, scale in enumerate(scales):
+            for name, p in model.named_parameters():
+                if name in healthy:
+                    p.grad = healthy[name] * scale
+            if step == 6:
+                model.fc.bias.grad = model.fc.bias.grad * 1e9  # one layer alone out of the band, the mean in it
+            monitor.on_before_optimizer_step(model, scaler=scaler if step % 5 == 0 else None)
+            replayed = rules.replay(decode_record(line) for line in sink.getvalue().splitlines())
+            assert alert_story(monitor.engine.alerts) == alert_story(replayed.alerts), step
+            assert monitor.engine.evidence.layer_flags == replayed.evidence.layer_flags, step
+            assert monitor.engine.evidence.nonfinite == replayed.evidence.nonfinite, step
+    assert sum(took_fast_path) >= 6, took_fast_path  # healthy steps with no gradient alert open
+    fired = {(a.rule, a.state) for a in monitor.engine.alerts}
+    assert {("vanishing", "resolved"), ("exploding", "resolved"), ("norm_level", "resolved")} <= fired, fired
+    assert ("nonfinite", "resolved") in fired
+    final = rules.replay(decode_record(line) for line in sink.getvalue().splitlines() if b'"alert"' not in line)
+    assert monitor.engine.summary() == final.summary()

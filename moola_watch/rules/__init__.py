@@ -11,6 +11,7 @@ lines and summary and the watcher's alerts all come from here, so the two sides 
 """
 
 from moola_watch.rules.balance import COLLAPSE, IMBALANCE, TASK_PAIR, weight_fix
+from moola_watch.rules.columns import GradSummary
 from moola_watch.rules.engine import RULES, MonitoringSummary, RuleEngine, replay
 from moola_watch.rules.evidence import Evidence, RunState, TaskProgress
 from moola_watch.rules.gradients import AMP_OVERFLOW, EXPLODING, NONFINITE, NORM_LEVEL, VANISHING
@@ -36,8 +37,8 @@ from moola_watch.rules.verdicts import (
 __all__ = [
     "AMP_OVERFLOW", "COLLAPSE", "EXPLODING", "FIRING", "IMBALANCE", "NONFINITE", "NORM_LEVEL", "PENDING",
     "RESOLVED", "RULES", "RUN_FAILED", "RUN_INTERRUPTED", "SEVERITY_RANK", "STALE", "TASK_PAIR", "VANISHING",
-    "Alert", "AlertEvent", "CollapseVerdict", "Evidence", "LayerFlags", "MonitoringSummary", "Observation",
-    "Rule", "RuleEngine", "RunState", "TaskProgress", "Thresholds", "Verdict", "balance_message",
+    "Alert", "AlertEvent", "CollapseVerdict", "Evidence", "GradSummary", "LayerFlags", "MonitoringSummary",
+    "Observation", "Rule", "RuleEngine", "RunState", "TaskProgress", "Thresholds", "Verdict", "balance_message",
     "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "mean_ratio", "position",
     "recommend_ratio", "replay", "run_thresholds", "vanishing_layers", "weight_fix",
 ]  # fmt: skip

@@ -1,8 +1,10 @@
-"""A batch of ``grad_stats`` records as numpy columns: what the gradient rules' vectorised conditions read.
+"""A batch of ``grad_stats`` records as numpy columns, or one record summed up: what the gradient rules'
+vectorised conditions read.
 
 The offline fast path decodes thousands of records at a time; instead of judging each one, it asks every rule
 that judges ``grad_stats`` where in the batch its condition may hold (``Rule.vectorised``) and feeds only those
-records through the engine one by one.
+records through the engine one by one. The monitor asks the same conditions of one record's
+:class:`GradSummary`, which it has for free from the statistics it just computed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,3 +80,13 @@ class GradColumns:
             values, counts, [len(r.get("nonfinite_layers") or ()) for r in items],
             [r["nonfinite_count"] for r in items], [r["mean_norm"] for r in items],
         )  # fmt: skip
+
+
+class GradSummary(NamedTuple):
+    """One ``grad_stats`` record as a row of :class:`GradColumns` holds it: its smallest and largest layer norm
+    (ignoring NaN), the non-finite layers the rules count, and its mean norm. Norms are L2 norms of gradients."""
+
+    low: float
+    high: float
+    nonfinite: int
+    mean_norm: float

@@ -3,7 +3,8 @@ rule that judges that kind of record says per subject whether its condition hold
 turns that into pending / firing / resolved alerts.
 
 Offline, ``grad_stats`` records come in batches: :func:`quiet_grad_stats` asks every rule that judges them
-where its condition may hold, and :meth:`RuleEngine.observe_quiet` takes the others in bulk."""
+where its condition may hold, and :meth:`RuleEngine.observe_quiet` takes the others in bulk. The monitor asks
+the same of each record it writes, through the :class:`GradSummary` it hands :meth:`RuleEngine.observe`."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import numpy as np
 
 from moola_watch import schema
 from moola_watch.rules import balance, gradients, run
-from moola_watch.rules.columns import GradColumns
+from moola_watch.rules.columns import GradColumns, GradSummary
 from moola_watch.rules.evidence import Evidence, QuietGradStats, RunState
 from moola_watch.rules.lifecycle import FIRING, PENDING, SEVERITY_RANK, Alert, AlertEvent, Lifecycle, Where
-from moola_watch.rules.rule import Rule
+from moola_watch.rules.rule import Rule, Vectorised, never
 from moola_watch.rules.thresholds import Thresholds
 from moola_watch.rules.verdicts import CollapseVerdict, collapse_verdict, mean_ratio
 
@@ -26,14 +27,21 @@ from moola_watch.rules.verdicts import CollapseVerdict, collapse_verdict, mean_r
 RULES: tuple[Rule, ...] = (*run.RULES, *gradients.RULES, *balance.RULES)
 _BY_KIND: dict[str, tuple[Rule, ...]] = {kind: tuple(r for r in RULES if kind in r.kinds) for kind in schema.KINDS}
 _GRAD_RULE_NAMES = frozenset(rule.name for rule in _BY_KIND[schema.GRAD_STATS])
+#: The ``vectorised`` conditions of the rules that judge ``grad_stats`` and that a record can show, each once (two
+#: rules may share one); None if one of those rules declares none (then every record must be observed).
+_GRAD_CONDITIONS: tuple[Vectorised, ...] | None = (
+    tuple(dict.fromkeys(rule.vectorised for rule in _BY_KIND[schema.GRAD_STATS] if rule.vectorised is not never))
+    if all(rule.vectorised is not None for rule in _BY_KIND[schema.GRAD_STATS])
+    else None
+)
 
 
 def quiet_grad_stats(columns: GradColumns, thresholds: Thresholds) -> np.ndarray | None:
     """Per record of the batch: True where no rule that judges ``grad_stats`` can find its condition (by their
     ``vectorised`` conditions); None if one of those rules declares none (then every record must be observed)."""
-    rules = _BY_KIND[schema.GRAD_STATS]
-    holds = [rule.vectorised(columns, thresholds) for rule in rules if rule.vectorised is not None]
-    return ~np.logical_or.reduce(holds) if len(holds) == len(rules) else None
+    if _GRAD_CONDITIONS is None:
+        return None
+    return ~np.logical_or.reduce([condition(columns, thresholds) for condition in _GRAD_CONDITIONS])
 
 
 @dataclass(frozen=True)
@@ -107,10 +115,17 @@ class RuleEngine:
     def last_epoch(self) -> schema.Record | None:
         return self.evidence.last_epoch
 
-    def observe(self, record: schema.Record) -> list[AlertEvent]:
-        """Apply the rules to one decoded record; return the alert transitions it caused."""
+    def observe(self, record: schema.Record, summary: GradSummary | None = None) -> list[AlertEvent]:
+        """Apply the rules to one decoded record; return the alert transitions it caused.
+
+        ``summary``: a ``grad_stats`` record's :class:`GradSummary`, computed by the caller from the very norms
+        the record holds (the monitor has it from its statistics). When no rule's condition may hold in it and
+        no alert of those rules is open, the record only updates the evidence, as :meth:`observe_quiet` does."""
         where = Where(record.get("step"), record.get("epoch"), record.get("time"))
         evidence, thresholds, lifecycle = self.evidence, self.thresholds, self.lifecycle
+        if summary is not None and self._quiet(summary):
+            evidence.observe(record, where, quiet=True)
+            return []
         evidence.observe(record, where)
         events: list[AlertEvent] = []
         for rule in _BY_KIND[record["kind"]]:
@@ -118,6 +133,16 @@ class RuleEngine:
                 if seen is not None or (rule.name, subject) in lifecycle.open:  # else the lifecycle has nothing to do
                     events += lifecycle.apply(rule.name, subject, seen, where, rule.confirm(thresholds))
         return events
+
+    def _quiet(self, summary: GradSummary) -> bool:
+        """No gradient rule can find its condition in a record so summarised, nor has an alert to resolve."""
+        open_alerts = self.lifecycle.open
+        if _GRAD_CONDITIONS is None or (open_alerts and any(rule in _GRAD_RULE_NAMES for rule, _ in open_alerts)):
+            return False
+        for condition in _GRAD_CONDITIONS:  # noqa: SIM110 (no generator: this runs on every step of a run)
+            if condition(summary, self.thresholds):
+                return False
+        return True
 
     def observe_quiet(self, quiet: QuietGradStats) -> list[AlertEvent]:
         """Take grad_stats records in which :func:`quiet_grad_stats` found no condition: what :meth:`observe`

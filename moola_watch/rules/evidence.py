@@ -174,16 +174,17 @@ class Evidence:
         self.last_balance: schema.Record | None = None
         self.last_epoch: schema.Record | None = None
 
-    def observe(self, record: schema.Record, where: Where) -> None:
-        """Remember what ``record`` adds (before the rules judge it)."""
+    def observe(self, record: schema.Record, where: Where, *, quiet: bool = False) -> None:
+        """Remember what ``record`` adds (before the rules judge it). ``quiet``: a ``grad_stats`` record known to
+        have every layer norm finite and inside the band (its layers need no flagging)."""
         self.run.records += 1
         self._at(where)
         kind = record["kind"]
-        if kind == schema.RUN_START:
+        if kind == schema.GRAD_STATS:  # the most frequent kind first
+            self._grad_stats(record, quiet)
+        elif kind == schema.RUN_START:
             self.run.run, self.run.model, self.run.started = record["run"], record["model"], record["time"]
             self.run.config = record.get("config") or {}
-        elif kind == schema.GRAD_STATS:
-            self._grad_stats(record)
         elif kind == schema.TASK_BALANCE:
             self._balance(record, where)
         elif kind == schema.EPOCH:
@@ -244,11 +245,14 @@ class Evidence:
         if time is not None:
             run.last_time = time if run.last_time is None else max(run.last_time, time)
 
-    def _grad_stats(self, record: schema.Record) -> None:
+    def _grad_stats(self, record: schema.Record, quiet: bool) -> None:
         self._last_grad_stats = record
         self.grad_samples += 1
         self.mean_norms.add(record["mean_norm"])
         self.max_norms.add(record["max_norm"])
+        if quiet:
+            self.layer_flags, self.nonfinite = NO_LAYER_FLAGS, (0, False)
+            return
         self.layer_flags = flags = flag_layers(record["layer_norms"], self.thresholds)
         self.nonfinite = count, overflow = nonfinite_count(record, len(flags.nonfinite))
         if overflow:

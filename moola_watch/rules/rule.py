@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moola_watch import schema
-from moola_watch.rules.columns import GradColumns
+from moola_watch.rules.columns import GradColumns, GradSummary
 from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.thresholds import Thresholds
@@ -17,8 +17,14 @@ from moola_watch.rules.thresholds import Thresholds
 #: (subject, the condition as this record shows it, or None where it is absent) for each subject judged.
 Findings = Iterable[tuple[str, Observation | None]]
 Evaluate = Callable[[Evidence, schema.Record, Thresholds], Findings]
-#: Over a batch of records: True where a record may show the condition, one entry per record.
-Vectorised = Callable[[GradColumns, Thresholds], np.ndarray]
+#: Over a batch of records: True where a record may show the condition, one entry per record; over one record's
+#: summary, whether it may (the conditions are written with operators that do both).
+Vectorised = Callable[[GradColumns | GradSummary, Thresholds], np.ndarray | bool]
+
+
+def never(cols: GradColumns | GradSummary, _th: Thresholds) -> np.ndarray | bool:
+    """The condition of a rule no record shows (the stale rule: the clock judges it)."""
+    return np.zeros(len(cols), bool) if isinstance(cols, GradColumns) else False
 
 
 @dataclass(frozen=True)

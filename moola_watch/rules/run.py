@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from moola_watch import schema
 from moola_watch.durations import human_duration
-from moola_watch.rules.columns import GradColumns
 from moola_watch.rules.evidence import Evidence, RunState
 from moola_watch.rules.lifecycle import Observation
-from moola_watch.rules.rule import Findings, Rule
+from moola_watch.rules.rule import Findings, Rule, never
 from moola_watch.rules.thresholds import Thresholds
 from moola_watch.rules.verdicts import position
 
@@ -48,10 +45,6 @@ def _any_record(_ev: Evidence, _record: schema.Record, _th: Thresholds) -> Findi
     return [("run", None)]  # a record arrived: the run is not stale
 
 
-def _no_record_columns(cols: GradColumns, _th: Thresholds) -> np.ndarray:
-    return np.zeros(len(cols), bool)  # no record shows staleness: the clock does
-
-
 def stale_observation(run: RunState, now: float, th: Thresholds) -> Observation | None:
     """The stale condition at wall-clock ``now`` (unix seconds), or None while the run is fresh or ended."""
     if run.status != "running" or run.last_time is None or now - run.last_time <= th.stale_seconds:
@@ -65,7 +58,7 @@ def stale_observation(run: RunState, now: float, th: Thresholds) -> Observation 
 
 STALE_RULE = Rule(STALE, "warning", False, frozenset(schema.KINDS), _any_record,
                   "no record for `stale_seconds` while the run has not ended (judged on the clock)",
-                  _no_record_columns)  # fmt: skip
+                  never)  # fmt: skip
 RULES = (
     STALE_RULE,
     Rule(NONFINITE, "critical", False, frozenset({schema.EPOCH}), _loss, "a non-finite training loss"),

@@ -39,7 +39,7 @@ from moola.utils.monitoring.norms import NormPlan, gradient_statistics
 from moola.utils.monitoring.records import MAX_LAYER_NORMS, compact_layer_norms, learning_rate, plain
 from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, compute_task_balance, task_weights
 from moola_watch import rules, schema
-from moola_watch.rules import Alert, AlertEvent, MonitoringSummary, Thresholds
+from moola_watch.rules import Alert, AlertEvent, GradSummary, MonitoringSummary, Thresholds
 
 _T = TypeVar("_T")
 #: Severities a run can be halted on, lowest first ("warning" only ranks below them).
@@ -321,7 +321,7 @@ class GradientMonitor:
         if self.stats_due():
             self._last_stats_at = (self.epoch, self.step)
             stats = self._guarded("gradient statistics", lambda: self._measure(model, scaler, still_scaled), model)
-            if stats is not None and stats.get("amp", {}).get("overflow"):
+            if stats is not None and "amp" in stats and stats["amp"]["overflow"]:
                 self._last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
         if not self._counting_optimizer:
             self.steps_done += 1
@@ -416,14 +416,22 @@ class GradientMonitor:
         if self._console_on():
             self._echo(self._stats_lines(stats, norms, overflow))
         stats.update(compact_layer_norms(norms, self.max_layer_norms))
-        stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
+        if stats["nonfinite_count"] > self.max_layer_norms:
+            stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
         stats["cost_ms"] = (time.perf_counter() - began) * 1e3
         # A finite mean is a finite sum of the norms: every norm and every statistic is finite (and a grouped
         # norm of finite ones could still overflow, so grouped layers take the converting encoder).
         finite = math.isfinite(stats["mean_norm"]) and not stats["nonfinite_count"] and "layer_groups" not in stats
         if scaler is not None:
             finite = finite and math.isfinite(stats["amp"]["scale"])
-        self._emit_built(schema.GRAD_STATS, {"epoch": self.epoch, "step": self.step, **stats}, finite=finite)
+        # The rules' summary of the record, from the statistics of the very norms it holds (grouped ones differ).
+        summary = (
+            None
+            if "layer_groups" in stats
+            else GradSummary(stats["min_norm"], stats["max_norm"], stats["nonfinite_count"], stats["mean_norm"])
+        )
+        fields = {"epoch": self.epoch, "step": self.step, **stats}
+        self._emit_built(schema.GRAD_STATS, fields, finite=finite, summary=summary)
         return stats
 
     def _console_on(self) -> bool:
@@ -538,18 +546,23 @@ class GradientMonitor:
             return  # a required field is unusable: a record no reader would accept is not written
         self._write(kind, fields)
 
-    def _emit_built(self, kind: str, fields: dict[str, Any], *, finite: bool) -> None:
+    def _emit_built(
+        self, kind: str, fields: dict[str, Any], *, finite: bool, summary: GradSummary | None = None
+    ) -> None:
         """Write a record of ``kind`` whose fields the monitor built itself from known types (floats from a
         tensor's ``tolist()``, parameter names, counts): only the values a user passes in (the epoch and the
         step) are checked, not every field, and with ``finite`` (every float in ``fields`` is finite) the line is
-        encoded as it stands. A test holds the watcher's validators to accepting every record built here."""
+        encoded as it stands. ``summary`` goes to the rule engine with the record. A test holds the watcher's
+        validators to accepting every record built here."""
         if not (type(fields["epoch"]) in _OPTIONAL_INT and type(fields["step"]) is int):
             self._emit(kind, **fields)  # a user's epoch or step of another type: clean field by field
         else:
-            self._write(kind, fields, finite=finite)
+            self._write(kind, fields, finite=finite, summary=summary)
 
-    def _write(self, kind: str, fields: dict[str, Any], *, finite: bool = False) -> None:
-        """Judge and write a record from valid ``fields``; ``finite``: see :meth:`_emit_built`."""
+    def _write(
+        self, kind: str, fields: dict[str, Any], *, finite: bool = False, summary: GradSummary | None = None
+    ) -> None:
+        """Judge and write a record from valid ``fields``; ``finite`` and ``summary``: see :meth:`_emit_built`."""
         if kind != schema.RUN_START and not self._started:
             self.on_run_start()  # every log opens with its run_start (thresholds included), whatever came first
         step = fields.get("step")
@@ -559,7 +572,7 @@ class GradientMonitor:
             fields["rank"] = self.rank
         now = self._clock()
         record = schema.record_of(kind, self.run_id, now, fields)
-        events = self.engine.observe(record)
+        events = self.engine.observe(record, summary)
         if self._writer:
             native = finite and type(now) is float and math.isfinite(now)
             self._writer.write_line(schema.encode_native(record) if native else schema.encode_record(record), kind)
