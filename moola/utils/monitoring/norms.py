@@ -111,6 +111,8 @@ class NormPlan:
             on_device, position = _group_norms(grads, grads[0].dtype), None
         else:
             on_device, position = _mixed_norms(grads)
+        if extra is None and position is None:
+            return names, on_device.tolist(), []  # the one host transfer
         if extra is not None:
             on_device = torch.cat([on_device, extra.to(on_device.device, on_device.dtype).reshape(-1)])
         host = on_device.tolist()  # the one host transfer
