@@ -11,8 +11,9 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -106,20 +107,31 @@ RULE_PRIORITY = (rules.NONFINITE, rules.COLLAPSE, rules.RUN_FAILED, rules.EXPLOD
 _PRIORITY = {rule: rank for rank, rule in enumerate(RULE_PRIORITY)}
 
 
-def worst_alert(engine: rules.RuleEngine) -> rules.Alert | None:
-    """The most severe firing alert of a run (the most telling rule among equals), if any."""
-    firing = engine.firing()
-    if not firing:
+def worst_alert(engine: rules.RuleEngine, *, ever: bool = False) -> rules.Alert | None:
+    """The most severe firing alert of a run (the most telling rule among equals), if any; with ``ever``, of
+    every alert that fired, resolved ones included."""
+    fired = [a for a in engine.alerts if a.state != rules.PENDING] if ever else engine.firing()
+    if not fired:
         return None
-    return max(firing, key=lambda a: (rules.SEVERITY_RANK[a.severity], -_PRIORITY.get(a.rule, len(_PRIORITY))))
+    return max(fired, key=lambda a: (rules.SEVERITY_RANK[a.severity], -_PRIORITY.get(a.rule, len(_PRIORITY))))
+
+
+def verdict_text(engine: rules.RuleEngine) -> Text:
+    """The run's verdict as ``check`` gives it (the worst severity any alert reached), and what fires now when
+    that is milder: a NaN step that has passed still fails the run."""
+    worst = engine.worst_severity()
+    verdict = severity_text(worst)
+    verdict.stylize("bold")
+    now = worst_alert(engine)
+    if worst is not None and (now is None or now.severity != worst):
+        verdict.append(f" (now: {now.severity if now else 'nothing firing'})", style="dim")
+    return verdict
 
 
 def header(view: LogView, run: str, options: ViewOptions) -> Group:
     engine = view.scan.engines[run]
     status = engine.run_status
-    worst = worst_alert(engine)
-    verdict = severity_text(worst.severity if worst else None)
-    verdict.stylize("bold")
+    verdict = verdict_text(engine)
     first = text(f"run {run}", "bold")
     runs = list(view.scan.engines)
     if len(runs) > 1:  # the alerts below are this run's only
@@ -265,32 +277,72 @@ def run_dashboard(view: LogView, run: str, options: ViewOptions) -> RenderableTy
     )
 
 
-def overview(views: list[LogView], options: ViewOptions) -> Table:
-    """One row per run across many logs: status and worst firing alert."""
-    table = Table(title=f"moola-watch: {len(views)} logs", title_justify="left", expand=True)
-    # File names, not paths: the directory is one for all of them.
-    for name in ("log", "run", "status", "at", "records", "last record"):
-        table.add_column(name, no_wrap=name != "log", overflow="fold")
-    table.add_column("worst alert", ratio=1, overflow="fold")
-    for view in views:
+#: The overview's columns in order: (name, the narrowest terminal that shows it, in characters, its layout). The
+#: log, status, verdict and alert always show; the others only where they leave those their room.
+OVERVIEW_COLUMNS: tuple[tuple[str, int, dict[str, Any]], ...] = (
+    ("log", 0, {"min_width": 8, "max_width": 28, "overflow": "fold"}),
+    ("run", 125, {"no_wrap": True, "max_width": 24, "overflow": "ellipsis"}),  # --run ID takes the whole id
+    ("status", 0, {"no_wrap": True}),
+    ("at", 125, {"no_wrap": True}),
+    ("records", 155, {"no_wrap": True, "justify": "right"}),
+    ("last record", 155, {"no_wrap": True}),
+    ("verdict", 0, {"no_wrap": True}),
+    ("worst alert", 0, {"ratio": 1, "min_width": 20, "overflow": "fold"}),
+)
+
+
+@dataclass
+class Overview:
+    """One row per run across many logs: status, verdict (as ``check`` gives it) and the worst alert firing
+    now (or, with none firing, the worst that fired); laid out for the terminal's width when drawn."""
+
+    views: list[LogView]
+    options: ViewOptions
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        shown = [(name, layout) for name, narrowest, layout in OVERVIEW_COLUMNS if options.max_width >= narrowest]
+        table = Table(title=f"moola-watch: {len(self.views)} logs", title_justify="left", expand=True)
+        for name, layout in shown:
+            table.add_column(name, **layout)
+        for view in self.views:
+            for cells in self._rows(view):
+                table.add_row(*(cells.get(name, Text("")) for name, _ in shown))
+        yield table
+
+    def _rows(self, view: LogView) -> list[dict[str, Text]]:
+        log = text(Path(view.scan.path).name)  # file names, not paths: the directory is one for all of them
         if not view.scan.engines:
-            table.add_row(text(Path(view.scan.path).name), Text("-"), Text("waiting", style="dim"), "", "0", "-", "")
+            return [{"log": log, "run": Text("-"), "status": Text("waiting", style="dim"), "records": Text("0")}]
+        rows = []
         for run, engine in view.scan.engines.items():
             status = engine.run_status
-            worst = worst_alert(engine)
-            if worst is None:
-                alert = Text("healthy", style="green")
-            else:
-                alert = text(worst.message, SEVERITY_STYLE[worst.severity])
-                if len(engine.firing()) > 1:
-                    alert.append(f"  (+{len(engine.firing()) - 1} more)", style="dim")
-            table.add_row(
-                text(Path(view.scan.path).name),
-                text(run),
-                Text(status, style=STATUS_STYLE.get(status, "")),
-                Text(where(engine.run.epoch, engine.run.step)),
-                Text(str(engine.run.records)),
-                Text(_age(options.now, engine.run.last_time)),
-                alert,
-            )
-    return table
+            rows.append({
+                "log": log,
+                "run": text(run),
+                "status": Text(status, style=STATUS_STYLE.get(status, "")),
+                "at": Text(where(engine.run.epoch, engine.run.step)),
+                "records": Text(str(engine.run.records)),
+                "last record": Text(_age(self.options.now, engine.run.last_time)),
+                "verdict": severity_text(engine.worst_severity()),
+                "worst alert": _worst_alert_cell(engine),
+            })  # fmt: skip
+        return rows
+
+
+def overview(views: list[LogView], options: ViewOptions) -> Overview:
+    """The many-logs view (see :class:`Overview`)."""
+    return Overview(views, options)
+
+
+def _worst_alert_cell(engine: rules.RuleEngine) -> Text:
+    firing = engine.firing()
+    worst = worst_alert(engine)
+    if worst is not None:
+        cell = text(worst.message, SEVERITY_STYLE[worst.severity])
+        if len(firing) > 1:
+            cell.append(f"  (+{len(firing) - 1} more)", style="dim")
+        return cell
+    past = worst_alert(engine, ever=True)
+    if past is None:
+        return Text("none", style="green")
+    return text(f"resolved: {past.message}", "dim")

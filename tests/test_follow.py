@@ -210,3 +210,31 @@ def test_from_end_skips_history(tmp_path):
     )  # fmt: skip
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert [e["event"] for e in events] == ["summary"] and events[0]["logs"][0]["records"] == 0
+
+
+def passed_nan_log(path: Path) -> Path:
+    """One NaN step, resolved by the next: check fails the run as critical, though nothing fires at the end."""
+    log = LogBuilder("passed-nan-run-with-a-long-id-20261130-043516").start()
+    for epoch in range(1, 7):
+        norms = {name: (float("nan") if epoch == 3 else 0.3) for name in ("a.weight", "b.weight")}
+        log.grad(epoch, 0.3 if epoch != 3 else float("nan"), 0.3, norms)
+    return log.end().write(path)
+
+
+def test_a_passed_nan_keeps_the_runs_verdict_critical_in_the_dashboard_as_in_check(tmp_path, terminal):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = passed_nan_log(logs / "passed_nan.jsonl")
+    check = subprocess.run([*WATCH.split(), "check", str(log)], capture_output=True, text=True, cwd=REPO)
+    assert check.returncode == 1 and "verdict=critical" in check.stdout, check.stdout
+    single = terminal(f"{WATCH} follow {log}", width=120)
+    single.wait_for("verdict: critical (now: nothing firing)")
+    single.keys("C-c")
+    # Many logs on an 80-column terminal: the verdict and the alert keep their columns, the run id gives way.
+    many = terminal(f"{WATCH} follow {logs}", width=80)
+    many.wait_for("1 logs")
+    screen = many.screen()
+    assert "passed_nan.jsonl" in screen and "critical" in screen and "resolved: Non-finite" in screen, screen
+    assert all(len(line) <= 80 for line in screen.splitlines())
+    many.keys("C-c")
+    assert many.exit_code() == 0
