@@ -215,6 +215,30 @@ def test_readme_loop_example_runs_as_written(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     records = records_of((tmp_path / "runs" / "mtl.jsonl").read_bytes())
     assert [r["step"] for r in records if r["kind"] == "grad_stats"] == list(range(50, 201, 50))
+    assert {r["epoch"] for r in records if r["kind"] in ("grad_stats", "epoch", "run_end")} == {1}
+    assert "WARNING" not in result.stderr  # the example says what it does: nothing is left out
+
+
+def test_a_loop_that_calls_only_on_epoch_end_gets_each_records_own_epoch():
+    """The records after ``on_epoch_end(e)`` belong to epoch e + 1, not e; those before the first end to none;
+    ``run_end`` is the last epoch's, not the one after it."""
+    sink = io.BytesIO()
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradientMonitor(every_n_steps=1, stream=sink, echo=lambda _line: None) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for epoch in range(1, 4):
+            for _ in range(2):
+                model(torch.randn(8, 4)).pow(2).mean().backward()
+                monitor.on_before_optimizer_step(model)
+                optimizer.step()
+                optimizer.zero_grad()
+            monitor.on_epoch_end(epoch, train_loss=0.5)
+    records = records_of(sink.getvalue())
+    assert [(r["kind"], r["epoch"]) for r in records if r["kind"] != "run_start"] == [
+        ("grad_stats", None), ("grad_stats", None), ("epoch", 1), ("grad_stats", 2), ("grad_stats", 2),
+        ("epoch", 2), ("grad_stats", 3), ("grad_stats", 3), ("epoch", 3), ("run_end", 3),
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- found by an outside review, on other loops

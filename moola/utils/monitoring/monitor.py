@@ -4,6 +4,7 @@ The monitor's hooks are named for the moments of a training step, so a plain loo
 framework callbacks all drive it the same way::
 
     monitor.on_run_start(model)                           # once, before training
+    monitor.on_epoch_start(epoch)                         # the epoch the next records belong to
     monitor.on_before_backward(model, losses, weights)    # task balance, if due (or monitor.backward(...))
     loss.backward()
     monitor.on_before_optimizer_step(model)               # gradient statistics, if due
@@ -151,6 +152,7 @@ class GradientMonitor:
         self._started = False
         self._ended = False
         self._last_step = 0  # the highest step recorded so far
+        self._last_epoch: int | None = None  # the epoch of the latest record (run_end's, not the one after it)
         self._warned: set[str] = set()
         self._norm_plan = NormPlan([])
         self._on_alert = on_alert
@@ -338,7 +340,9 @@ class GradientMonitor:
     def on_epoch_end(self, epoch: int, *, train_loss: Any, **fields: Any) -> None:
         """Record an ``epoch`` record: ``train_loss``, and any of ``val_loss``, ``task_losses`` and ``metrics``
         (name -> number), ``lr`` (a number or one per parameter group), ``duration_s``. Tensors and numpy
-        values are turned into numbers; a value no reader would accept is left out with one warning."""
+        values are turned into numbers; a value no reader would accept is left out with one warning. The
+        records after it belong to epoch ``epoch + 1`` until :meth:`on_epoch_start` says otherwise (a loop
+        that calls only this hook must not have the next epoch's records carry this one's number)."""
         self.epoch = whole(epoch)
         values = plain({"train_loss": train_loss, **fields})
         if "lr" in values:
@@ -346,6 +350,7 @@ class GradientMonitor:
             if every_lr is not None:
                 values["lrs"] = every_lr
         self._emit(schema.EPOCH, epoch=epoch, step=self.steps_done, **values)
+        self.epoch = self.epoch + 1 if type(self.epoch) is int else None
 
     def on_run_end(self, status: str = "completed", error: str | None = None) -> MonitoringSummary:
         """Write ``run_end`` (with a ``run_start`` first if nothing was measured, so a log is never empty),
@@ -362,7 +367,12 @@ class GradientMonitor:
         if self._writer is not None or self._started:  # _emit writes a run_start first if none was written
             summary = self.engine.summary().to_dict()
             self._emit(
-                schema.RUN_END, epoch=self.epoch, step=self.steps_done, status=status, error=error, summary=summary
+                schema.RUN_END,
+                epoch=self._last_epoch if self._last_epoch is not None else self.epoch,
+                step=self.steps_done,
+                status=status,
+                error=error,
+                summary=summary,
             )
         summary = self.engine.summary()
         self._echo("\n" + "\n".join(summary.lines()))
@@ -541,7 +551,7 @@ class GradientMonitor:
             return
         fields, problems = schema.clean_fields(kind, fields)
         for problem in problems:
-            self._warn_once(problem, f"WARNING: {problem} in a {kind} record")
+            self._warn_once(problem, f"WARNING: {problem} in {'an' if kind[0] in 'aeiou' else 'a'} {kind} record")
         if any("(left out)" not in problem for problem in problems):
             return  # a required field is unusable: a record no reader would accept is not written
         self._write(kind, fields)
@@ -565,6 +575,7 @@ class GradientMonitor:
         """Judge and write a record from valid ``fields``; ``finite`` and ``summary``: see :meth:`_emit_built`."""
         if kind != schema.RUN_START and not self._started:
             self.on_run_start()  # every log opens with its run_start (thresholds included), whatever came first
+        self._last_epoch = fields.get("epoch", self._last_epoch)
         step = fields.get("step")
         if step is not None:  # a step never goes back: run_end's comes after a probe of a step not yet taken
             fields["step"] = self._last_step = max(step, self._last_step)
