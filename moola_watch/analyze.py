@@ -236,6 +236,9 @@ class LogScan:
         return self.engines[quiet.run].observe_quiet(quiet)
 
     def _new_run(self, record: schema.Record) -> RuleEngine:
+        if record["kind"] == schema.RUN_START:  # the runs before it that wrote no run_end have ended
+            for earlier in self.engines.values():
+                earlier.run.superseded = earlier.run.status == "running"
         recorded = record.get("thresholds") if record["kind"] == schema.RUN_START else None
         thresholds, source = run_thresholds(recorded, self.thresholds, self.overridden)
         self.threshold_sources[record["run"]] = source

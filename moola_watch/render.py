@@ -28,6 +28,7 @@ STATUS_STYLE = {
     "failed": "bold red",
     "interrupted": "yellow",
     "stale": "bold yellow",
+    "unterminated": "yellow",
     "empty": "dim",
 }
 VERDICT_STYLE = {"healthy": HEALTHY_STYLE, "unterminated": "yellow", **SEVERITY_STYLE}

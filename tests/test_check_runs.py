@@ -3,6 +3,7 @@ not a pass; labelled runs of three model families get the verdict their held-out
 
 import json
 import re
+import time
 
 import pytest
 from helpers import REPO, run_cli
@@ -108,6 +109,28 @@ def test_a_run_restarted_under_the_same_id_is_a_second_run(tmp_path):
     fast, streamed = scan_log(path, frames=True), scan_log(path, frames=True, fast=False)
     assert fast.report() == streamed.report()
     assert list(scan_log(path, frames=True).columns.frames()["grad"]["run"].unique()) == ["exp1", "exp1#2"]
+
+
+def test_runs_killed_before_a_later_run_in_their_log_are_unterminated_not_running(tmp_path):
+    """One process writes a log at a time (the writer locks it): a run without run_end that a later run followed
+    has ended. It is unterminated, never stale, and only the last run can still be running."""
+    log = tmp_path / "killed.jsonl"
+    now = time.time()
+    lines = []
+    for index, run in enumerate(("first", "second", "third")):
+        builder = LogBuilder(run, t0=now - 3000 + 1000 * index).start().grad(1, 0.3, 0.4).grad(2, 0.3, 0.4)
+        lines += builder.lines()
+    log.write_bytes(b"".join(lines))
+    result, reports = check("--json", log)
+    (report,) = reports
+    assert result.returncode == 0  # a stale run is a warning: check fails on errors by default
+    statuses = {run["run"]: (run["status"], run["verdict"]) for run in report["runs"]}
+    assert statuses == {
+        "first": ("unterminated", "unterminated"), "second": ("unterminated", "unterminated"),
+        "third": ("stale", "warning"),
+    }, statuses  # fmt: skip
+    alerts = [(alert["run"], alert["rule"]) for alert in report["alerts"]]
+    assert alerts == [("third", "stale")], alerts
 
 
 def test_a_file_that_is_not_a_log_exits_2(tmp_path):

@@ -86,6 +86,21 @@ def test_stale_uses_the_given_clock():
     assert engine.check_stale(now=99999.0) == [] and engine.run_status == "completed"
 
 
+def test_a_run_that_measures_rarely_is_stale_only_after_twice_its_own_longest_wait():
+    """A run whose records come 400 s apart (every_n_steps=100 at 4 s a step) is not hung 300 s after one."""
+    log = LogBuilder(t0=0.0).start()
+    for epoch in range(1, 4):
+        log.time += 399.0
+        log.epoch(epoch)
+    engine = rules.replay(log.records, Thresholds(stale_seconds=300))
+    last = log.time
+    assert engine.check_stale(now=last + 700.0) == [] and engine.run_status == "running"
+    (fired,) = engine.check_stale(now=last + 801.0)
+    assert fired.alert.rule == rules.STALE and "its records came at most 6 min 40 s apart" in fired.alert.message
+    quick = rules.replay(LogBuilder(t0=0.0).start().epoch(1).records, Thresholds(stale_seconds=300))
+    assert quick.check_stale(now=303.0)[0].alert.rule == rules.STALE  # a run that writes often: stale_seconds
+
+
 def test_spec_scenario_healthy():
     engine = rules.replay(healthy_scenario().records)
     assert engine.firing() == [] and engine.run_status == "completed"

@@ -159,7 +159,7 @@ class RuleEngine:
     def check_stale(self, now: float) -> list[AlertEvent]:
         """Fire or resolve the stale alert given the wall clock ``now`` (unix seconds)."""
         state = self.run
-        if state.status != "running" or state.last_time is None:
+        if state.status != "running" or state.superseded or state.last_time is None:
             return []
         seen = run.stale_observation(state, now, self.thresholds)
         return self.lifecycle.apply(run.STALE, "run", seen, Where(state.step, state.epoch, now))
@@ -169,7 +169,10 @@ class RuleEngine:
 
     @property
     def run_status(self) -> str:
-        """running, stale, completed, failed or interrupted."""
+        """running, stale, completed, failed or interrupted; unterminated for a run that wrote no run_end before
+        a later run started in its log (one process writes a log at a time: it ended, unrecorded)."""
+        if self.run.status == "running" and self.run.superseded:
+            return "unterminated"
         stale = self.lifecycle.open.get((run.STALE, "run"))
         if self.run.status == "running" and stale is not None and stale.state == FIRING:
             return "stale"

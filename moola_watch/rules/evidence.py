@@ -33,6 +33,8 @@ class RunState:
     records: int = 0
     error: str | None = None
     steps_backwards: int = 0  # records whose step went below the last seen (a restart in one file)
+    longest_gap: float = 0.0  # seconds: the longest time between two consecutive records so far
+    superseded: bool = False  # a later run started in the same log before this one wrote run_end: it ended
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -229,9 +231,9 @@ class Evidence:
                     run.steps_backwards += 1
                 run.step = step
         run.epoch = next((epoch for epoch in reversed(epochs) if epoch is not None), run.epoch)
-        known = [time for time in times if time is not None]
-        if known:  # the latest time, taken in order as max(last, next) would (a NaN stays where max keeps it)
-            run.last_time = max(known if run.last_time is None else (run.last_time, *known))
+        for time in times:
+            if time is not None:
+                self._time(time)
 
     def _at(self, where: Where) -> None:
         """The run's position after one record taken at ``where`` (what :meth:`_advance` does for many)."""
@@ -243,7 +245,17 @@ class Evidence:
         if where.epoch is not None:
             run.epoch = where.epoch
         if time is not None:
-            run.last_time = time if run.last_time is None else max(run.last_time, time)
+            self._time(time)
+
+    def _time(self, time: float) -> None:
+        """A record written at ``time`` (unix seconds): the latest time, taken as max(last, next) would (a NaN
+        stays where max keeps it), and the longest wait for a record so far."""
+        run = self.run
+        if run.last_time is None:
+            run.last_time = time
+        else:
+            run.longest_gap = max(run.longest_gap, time - run.last_time)
+            run.last_time = max(run.last_time, time)
 
     def _grad_stats(self, record: schema.Record, quiet: bool) -> None:
         self._last_grad_stats = record

@@ -45,19 +45,40 @@ def _any_record(_ev: Evidence, _record: schema.Record, _th: Thresholds) -> Findi
     return [("run", None)]  # a record arrived: the run is not stale
 
 
+#: A run is stale after this many times the longest wait for a record it has shown, if that is beyond
+#: ``stale_seconds``: a run that measures every ten minutes is not hung after five.
+STALE_GAPS = 2.0
+
+
+def stale_after(run: RunState, th: Thresholds) -> float:
+    """Seconds without a record after which the run is stale: ``stale_seconds``, or ``STALE_GAPS`` times the
+    longest wait between two of its records so far, whichever is longer."""
+    return max(th.stale_seconds, STALE_GAPS * run.longest_gap)
+
+
 def stale_observation(run: RunState, now: float, th: Thresholds) -> Observation | None:
-    """The stale condition at wall-clock ``now`` (unix seconds), or None while the run is fresh or ended."""
-    if run.status != "running" or run.last_time is None or now - run.last_time <= th.stale_seconds:
+    """The stale condition at wall-clock ``now`` (unix seconds), or None while the run is fresh or ended (with
+    a run_end, or superseded by a later run in its log)."""
+    if (
+        run.status != "running"
+        or run.superseded
+        or run.last_time is None
+        or now - run.last_time <= stale_after(run, th)
+    ):
         return None
     age = now - run.last_time
+    cadence = (f"; its records came at most {human_duration(run.longest_gap)} apart"
+               if STALE_GAPS * run.longest_gap > th.stale_seconds else "")  # fmt: skip
     return Observation(
-        "warning", age, f"No record for {human_duration(age)} and no run_end (last at {position(run.epoch, run.step)})",
+        "warning", age,
+        f"No record for {human_duration(age)} and no run_end (last at {position(run.epoch, run.step)}){cadence}",
         "Check the training process: it may have crashed, hung or been killed",
     )  # fmt: skip
 
 
 STALE_RULE = Rule(STALE, "warning", False, frozenset(schema.KINDS), _any_record,
-                  "no record for `stale_seconds` while the run has not ended (judged on the clock)",
+                  "no record for `stale_seconds` (or twice the run's longest wait for one, if longer) while the run "
+                  "has not ended (judged on the clock)",
                   never)  # fmt: skip
 RULES = (
     STALE_RULE,
