@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -24,11 +25,36 @@ from moola_watch.render import (
 TREND_ROWS = 12  # rows of a trend table; longer histories are sampled evenly, keeping the last
 
 
-def _sampled(frame: pd.DataFrame, rows: int = TREND_ROWS) -> pd.DataFrame:
+def _sampled(frame: pd.DataFrame, rows: int = TREND_ROWS, keep: pd.Series | None = None) -> pd.DataFrame:
+    """At most about ``rows`` rows, evenly spaced with the first and the last; the first ``rows`` rows where
+    ``keep`` is True are always among them (a NaN step must not fall between two shown ones)."""
     if len(frame) <= rows:
         return frame
-    positions = sorted({round(i * (len(frame) - 1) / (rows - 1)) for i in range(rows)})
-    return frame.iloc[positions]
+    positions = {round(i * (len(frame) - 1) / (rows - 1)) for i in range(rows)}
+    if keep is not None:
+        positions.update(np.flatnonzero(keep.to_numpy(bool))[:rows].tolist())
+    return frame.iloc[sorted(positions)]
+
+
+def count(value: object) -> str:
+    """An epoch or step for a table: the whole number, ``-`` when the record had none."""
+    return "-" if value is None or pd.isna(value) else str(int(value))  # type: ignore[call-overload]
+
+
+def _runs_shown(frame: pd.DataFrame) -> bool:
+    """Whether a trend table needs a run column: its rows come from more than one run of the log."""
+    return "run" in frame and frame["run"].nunique() > 1
+
+
+def _position_columns(table: Table, with_run: bool) -> None:
+    if with_run:
+        table.add_column("run", no_wrap=True, max_width=20, overflow="ellipsis")
+    for name in ("epoch", "step"):
+        table.add_column(name, justify="right", no_wrap=True)
+
+
+def _position_cells(values: dict[str, object], with_run: bool) -> list[str]:
+    return [*([str(values["run"])] if with_run else []), count(values["epoch"]), count(values["step"])]
 
 
 def run_table(scan: LogScan) -> Table:
@@ -58,14 +84,15 @@ def gradient_trend(grad: pd.DataFrame) -> RenderableType:
     if grad.empty:
         return Text("No gradient statistics in this log.", style="dim")
     table = Table(title="Gradient norms", title_justify="left", expand=True)
-    for name in ("epoch", "step", "mean", "max", "total", "non-finite"):
+    with_run = _runs_shown(grad)
+    _position_columns(table, with_run)
+    for name in ("mean", "max", "total", "non-finite"):
         table.add_column(name, justify="right")
-    for row in _sampled(grad).itertuples():
+    for row in _sampled(grad, keep=grad["nonfinite_count"] > 0).itertuples(index=False):
         level = rules.classify_norm_level(row.mean_norm) if math.isfinite(row.mean_norm) else None
         style = "red" if row.nonfinite_count else ("yellow" if level and level.severity else "")
         table.add_row(
-            str(row.epoch),
-            str(row.step),
+            *_position_cells(row._asdict(), with_run),
             Text(number(row.mean_norm), style=style),
             number(row.max_norm),
             number(row.total_norm),
@@ -119,16 +146,17 @@ def balance_trend(balance: pd.DataFrame, thresholds: rules.Thresholds) -> Render
     frame = _sampled(balance.assign(window_mean=window_means(balance["ratio"].tolist(), thresholds)))
     weights = weights_cells(frame)
     table = Table(title="Task balance (pointer/type)", title_justify="left", expand=True)
-    for name in ("epoch", "step", "ratio", "window mean", "cosine", *(["loss weights"] if weights else [])):
+    with_run = _runs_shown(frame)
+    _position_columns(table, with_run)
+    for name in ("ratio", "window mean", "cosine", *(["loss weights"] if weights else [])):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("status", ratio=1)
     actions: dict[str, str] = {}  # each status's action, told once under the table rather than on every row
-    for index, row in enumerate(frame.itertuples()):
+    for index, row in enumerate(frame.itertuples(index=False)):
         advice = rules.recommend_ratio(row.ratio, thresholds) if not math.isnan(row.ratio) else None
         style = "" if advice is None or advice.severity is None else rules_style(advice.severity)
         table.add_row(
-            str(row.epoch),
-            str(row.step),
+            *_position_cells(row._asdict(), with_run),
             Text(number(row.ratio, 3), style=style),
             number(None if pd.isna(row.window_mean) else row.window_mean, 3),
             number(getattr(row, "cosine", None), 2),
@@ -150,12 +178,14 @@ def tasks_trend(balance: pd.DataFrame) -> Table:
     table = Table(title=f"Task balance, {len(tasks)} tasks (gradient norm / share of the update)", title_justify="left")
     frame = _sampled(balance)
     weights = weights_cells(frame)
-    for name in ("epoch", "step", *tasks, *(["loss weights"] if weights else [])):
+    with_run = _runs_shown(frame)
+    _position_columns(table, with_run)
+    for name in (*tasks, *(["loss weights"] if weights else [])):
         table.add_column(name, justify="right")
     for index, row in enumerate(frame.itertuples(index=False)):
         values = row._asdict()
         cells = [f"{number(values[f'norm_{t}'])} / {number(values.get(f'share_{t}'), 2)}" for t in tasks]
-        table.add_row(str(values["epoch"]), str(values["step"]), *cells, *([weights[index]] if weights else []))
+        table.add_row(*_position_cells(values, with_run), *cells, *([weights[index]] if weights else []))
     return table
 
 

@@ -104,6 +104,31 @@ def test_analyze_shows_tables_and_writes_csv_and_json(tmp_path):
     assert report["verdict"] == "error" and report["worst_layers"]["largest"]
 
 
+def test_analyze_tables_keep_a_nan_step_name_each_run_and_print_epochs_whole(tmp_path):
+    """Long histories are sampled for the terminal: the step with a NaN must be among the rows shown; rows of
+    two runs in one log carry their run; a record without an epoch shows '-', not 'nan', and others '3', not
+    '3.0'."""
+    log = tmp_path / "two.jsonl"
+    lines = []
+    for run in ("first-run", "second-run"):
+        builder = LogBuilder(run).start()
+        for step in range(1, 41):
+            bad = run == "first-run" and step == 23  # between two evenly spaced rows of 12
+            builder.grad(0, 0.3, 0.3, {"a.weight": float("nan") if bad else 0.3, "b.weight": 0.3})
+            builder.records[-1].update(step=step, epoch=step // 10 if step > 10 else None)
+        lines += builder.end().lines()
+    log.write_bytes(b"".join(lines))
+    result = run_cli("moola_watch.cli", "analyze", str(log), env={"COLUMNS": "150"})
+    table = result.stdout.split("Gradient norms", 1)[1].split("mean norm trend", 1)[0]
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]
+    header = [cell.strip() for cell in table.splitlines()[2].split("┃")[1:-1]]
+    assert header[:3] == ["run", "epoch", "step"], header
+    by_step = {(row[0], row[2]): row for row in rows}
+    assert by_step[("first-run", "23")][1] == "2" and by_step[("first-run", "23")][-1] == "1", rows
+    assert {row[0] for row in rows} == {"first-run", "second-run"}
+    assert {row[1] for row in rows if int(row[2]) <= 10} == {"-"} and not any(row[1][-2:] == ".0" for row in rows)
+
+
 def test_watcher_runs_where_torch_cannot_be_imported(tmp_path):
     log = collapse_scenario().write(tmp_path / "log.jsonl")
     code = (
