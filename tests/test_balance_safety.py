@@ -3,6 +3,7 @@ outside the model, sparse and complex gradients, compiled models. Each either gi
 ``backward()`` gives, or refuses in one clear message and measures the non-invasive way."""
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,55 @@ def test_with_a_grad_scaler_the_step_gets_the_scaled_backward_it_would_have_had(
     assert balance is not None and balance.norms["a"] > 0
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, expected[name], rtol=1e-5), name
+
+
+class ReluHeads(nn.Module):
+    """A Linear/ReLU trunk: compiled for training, its backward frees what it saved (donated buffers)."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk, self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 1), nn.Linear(16, 1)
+
+    def forward(self, x):
+        h = self.trunk(x).relu()
+        return self.a(h).squeeze(1), self.b(h).squeeze(1)
+
+
+def compiled_steps(monitor, donated_buffer: bool):
+    """Four monitored steps of a compiled ReluHeads; the gradient of its last step. The first step's backward
+    is a plain one (no probe is due), so aot_autograd compiles the backward graph that donates its buffers."""
+    import torch._functorch.config as functorch_config
+
+    torch.manual_seed(5)
+    eager = ReluHeads()
+    with functorch_config.patch(donated_buffer=donated_buffer):
+        compiled = torch.compile(eager, backend="aot_eager")
+        for _ in range(4):
+            x = torch.randn(16, 8)
+            a, b = compiled(x)
+            losses = {"a": nn.functional.mse_loss(a, x[:, 0]), "b": nn.functional.mse_loss(b, x[:, 1])}
+            eager.zero_grad()
+            monitor.backward(compiled, losses, shared_parameters=list(eager.trunk.parameters()))
+            monitor.on_before_optimizer_step(compiled)
+    return [p.grad.clone() for p in eager.parameters()]
+
+
+def test_a_compiled_model_that_donates_its_buffers_says_how_to_measure_and_trains_on():
+    """torch.compile frees the saved tensors of a training graph in its backward: the probe's retain_graph cannot
+    be honoured. One warning names the fix, the steps train as they would without moola, and with the fix the
+    balance is measured; the layers keep the names of the model compiled."""
+    warned: list[str] = []
+    sink = io.BytesIO()
+    donated = GradientMonitor(every_n_steps=2, stream=sink, warn=warned.append, echo=lambda _line: None)
+    grads = compiled_steps(donated, donated_buffer=True)
+    assert len(warned) == 1 and "torch._functorch.config.donated_buffer = False" in warned[0], warned
+    records = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert not [r for r in records if r["kind"] == "task_balance"]
+    assert "trunk.weight" in next(r for r in records if r["kind"] == "grad_stats")["layer_norms"]
+    plain = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), enabled=False)
+    assert all(torch.equal(g, h) for g, h in zip(grads, compiled_steps(plain, donated_buffer=True), strict=True))
+    fixed_sink = io.BytesIO()
+    fixed = GradientMonitor(every_n_steps=2, stream=fixed_sink, warn=warned.append, echo=lambda _line: None)
+    compiled_steps(fixed, donated_buffer=False)
+    kinds = [json.loads(line)["kind"] for line in fixed_sink.getvalue().splitlines()]
+    assert kinds.count("task_balance") == 2 and len(warned) == 1

@@ -36,7 +36,7 @@ from moola import __version__
 from moola.utils.monitoring.console import LOGGER, PREFIX
 from moola.utils.monitoring.distributed import distributed_rank, rank_log_path
 from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
-from moola.utils.monitoring.norms import NormPlan, gradient_statistics
+from moola.utils.monitoring.norms import NormPlan, gradient_statistics, named_parameters
 from moola.utils.monitoring.records import MAX_LAYER_NORMS, compact_layer_norms, learning_rate, plain
 from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, compute_task_balance, task_weights
 from moola_watch import rules, schema
@@ -227,7 +227,7 @@ class GradientMonitor:
         if self._started or not self.enabled:
             return
         self._started = True
-        params = list(model.named_parameters()) if model is not None else []
+        params = named_parameters(model) if model is not None else []
         names = [name for name, p in params if p.requires_grad]
         self._emit(
             schema.RUN_START,
@@ -403,7 +403,7 @@ class GradientMonitor:
         """The model's parameters grouped by (device, dtype), regrouped when a parameter or module was added or
         replaced; every parameter, frozen ones too, so one unfrozen later is measured from its first gradient."""
         if not self._norm_plan.is_current(model):
-            self._norm_plan = NormPlan(list(model.named_parameters()), model)
+            self._norm_plan = NormPlan(named_parameters(model), model)
         return self._norm_plan
 
     def _measure(self, model: nn.Module, scaler: torch.amp.GradScaler | None, still_scaled: bool) -> dict[str, Any]:

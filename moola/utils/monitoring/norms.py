@@ -72,6 +72,12 @@ def _mixed_norms(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
     return torch.cat(parts), position
 
 
+def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """``model.named_parameters()`` with ``torch.compile``'s wrapper (``_orig_mod.``) left out of the names: a
+    compiled model's layers are recorded under the names of the model it compiled."""
+    return [(name.replace("_orig_mod.", ""), p) for name, p in model.named_parameters()]
+
+
 class NormPlan:
     """A model's parameters grouped once by (device, dtype). A gradient always has its parameter's device and
     dtype, so while the parameters stay the same objects, each step needs no grouping."""
@@ -123,7 +129,7 @@ class NormPlan:
 def compute_layer_gradient_norms(model: nn.Module) -> dict[str, float]:
     """L2 norm of each parameter's gradient, keyed by parameter name (parameters without a gradient, and
     frozen ones, are left out). One device-to-host transfer for the whole model."""
-    names, values, _ = NormPlan(list(model.named_parameters())).norms()
+    names, values, _ = NormPlan(named_parameters(model)).norms()
     return dict(zip(names, values, strict=True))
 
 

@@ -22,6 +22,15 @@ class BalanceUnavailable(ValueError):
     """The balance cannot be measured this way; the message says why and what to do."""
 
 
+#: What to do when a compiled training graph frees its saved tensors during the backward (aot_autograd's donated
+#: buffers, on by default): the probe's backward per task must keep the graph for the step's own backward.
+DONATED_BUFFERS = (
+    "this torch.compile'd model frees what its backward saved (donated buffers), so the graph cannot be kept for "
+    "the step's own backward: set torch._functorch.config.donated_buffer = False before torch.compile, or "
+    "measure at the shared representation with a RepresentationTap"
+)
+
+
 @dataclass(frozen=True)
 class TaskGradients:
     """Task balance over a shared scope, for any number of named tasks.
@@ -213,9 +222,15 @@ def compute_task_balance(
     else:
         targets = resolve_shared(model, list(losses.values()), shared_parameters)
         scope = _shared_scope(targets)
-    grads = {
-        name: torch.autograd.grad(loss, targets, retain_graph=True, allow_unused=True) for name, loss in losses.items()
-    }
+    try:
+        grads = {
+            name: torch.autograd.grad(loss, targets, retain_graph=True, allow_unused=True)
+            for name, loss in losses.items()
+        }
+    except RuntimeError as exc:
+        if "donated buffer" not in str(exc):
+            raise
+        raise BalanceUnavailable(DONATED_BUFFERS) from None
     return _balance(grads, targets, losses, weights, scope)
 
 
