@@ -243,3 +243,16 @@ def test_a_compiled_model_that_donates_its_buffers_says_how_to_measure_and_train
     compiled_steps(fixed, donated_buffer=False)
     kinds = [json.loads(line)["kind"] for line in fixed_sink.getvalue().splitlines()]
     assert kinds.count("task_balance") == 2 and len(warned) == 1
+
+
+def test_a_task_whose_head_reads_a_detached_input_is_named_in_the_warning():
+    torch.manual_seed(6)
+    trunk, heads = nn.Linear(8, 16), nn.ModuleList([nn.Linear(16, 1) for _ in range(3)])
+    model = nn.ModuleDict({"trunk": trunk, "heads": heads})
+    x = torch.randn(16, 8)
+    h = trunk(x).relu()
+    losses = {name: heads[i](h.detach() if name == "c" else h).pow(2).mean() for i, name in enumerate("abc")}
+    warned: list[str] = []
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warned.append, echo=lambda _line: None)
+    assert monitor.on_before_backward(model, losses) is None
+    assert len(warned) == 1 and "the c task reaches no parameter another task reaches" in warned[0], warned

@@ -110,6 +110,18 @@ def parameters_reached(loss: torch.Tensor, parameters: Iterable[nn.Parameter]) -
     return [p for p in parameters if id(p) in reached]
 
 
+def _why_unshared(model: nn.Module, losses: Mapping[str, torch.Tensor]) -> str:
+    """': the X task reaches no parameter another task reaches (...)', or '' when each shares with some other."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    reached = {name: {id(p) for p in parameters_reached(loss, trainable)} for name, loss in losses.items()}
+    alone = [name for name, ids in reached.items() if not any(ids & other for o, other in reached.items() if o != name)]
+    if not alone:
+        return ": no parameter is reached by every task (pass shared_parameters=)"
+    tasks = " and ".join(alone)
+    return (f": the {tasks} task{'s' if len(alone) > 1 else ''} reach{'' if len(alone) > 1 else 'es'} no parameter "
+            "another task reaches (a head fed a detached input?)")  # fmt: skip
+
+
 def shared_parameters_of(model: nn.Module, *losses: torch.Tensor) -> list[nn.Parameter]:
     """Parameters every task loss reaches: ``model.shared_parameters()`` if it declares them, else found by
     walking each loss's graph."""
@@ -123,12 +135,13 @@ def shared_parameters_of(model: nn.Module, *losses: torch.Tensor) -> list[nn.Par
 
 
 def resolve_shared(
-    model: nn.Module, losses: Sequence[torch.Tensor], given: Sequence[nn.Parameter] | None
+    model: nn.Module, losses: Mapping[str, torch.Tensor], given: Sequence[nn.Parameter] | None
 ) -> list[nn.Parameter]:
-    """``given``, or the parameters every loss reaches; an error if there are none."""
-    shared = list(given) if given is not None else shared_parameters_of(model, *losses)
+    """``given``, or the parameters every loss reaches; an error if there are none, naming a task that shares
+    nothing with any other (a head fed a detached input is the usual cause)."""
+    shared = list(given) if given is not None else shared_parameters_of(model, *losses.values())
     if not shared:
-        raise BalanceUnavailable("the task losses share no trainable parameters")
+        raise BalanceUnavailable(f"the task losses share no trainable parameters{_why_unshared(model, losses)}")
     return shared
 
 
@@ -220,7 +233,7 @@ def compute_task_balance(
         targets: list[torch.Tensor] = [representation]
         scope = f"shared representation {tuple(representation.shape)}"
     else:
-        targets = resolve_shared(model, list(losses.values()), shared_parameters)
+        targets = resolve_shared(model, losses, shared_parameters)
         scope = _shared_scope(targets)
     try:
         grads = {
@@ -260,7 +273,7 @@ class FusedBackward:
     ) -> None:
         self.losses = losses
         self.weights = task_weights(losses, weights)
-        self.shared = resolve_shared(model, list(losses.values()), shared_parameters)
+        self.shared = resolve_shared(model, losses, shared_parameters)
         leaves: dict[int, torch.Tensor] = {}
         for loss in losses.values():
             leaves.update((key, t) for key, t in _reached_leaves(loss).items() if t.requires_grad)
