@@ -88,3 +88,54 @@ def test_a_dominated_task_is_named_by_the_trainer_log_and_the_watcher(tmp_path):
     assert "Task balance, 3 tasks" in shown.stdout and "regime task dominated" in shown.stdout
     analyzed = run_cli("moola_watch.cli", "analyze", str(log), env={"COLUMNS": "160"})
     assert "Task balance, 3 tasks" in analyzed.stdout
+
+
+def masked_run(log, names, *, nan_at=None, unlabelled=lambda step: step % 10 == 3):
+    """Balanced heads on one trunk, monitored every step. The last task is unlabelled on some batches (its
+    masked loss 0, its gradient 0); with ``nan_at``, the second task's loss is NaN at that step, which is then
+    skipped, as a loop guarding against NaN does."""
+    torch.manual_seed(0)
+    trunk, heads = nn.Linear(8, 16), nn.ModuleList([nn.Linear(16, 1) for _ in names])
+    model = nn.ModuleDict({"trunk": trunk, "heads": heads})
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with GradientMonitor(every_n_steps=1, log_path=log, echo=lambda _line: None) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for step in range(60):
+            x = torch.randn(16, 8)
+            h = trunk(x).relu()
+            losses = {}
+            for j, task in enumerate(names):
+                error = (heads[j](h).squeeze(1) - x[:, j]).pow(2)
+                labelled = j < len(names) - 1 or not unlabelled(step)
+                mask = torch.full((16,), float(labelled))
+                losses[task] = (error * mask).sum() / mask.sum().clamp(min=1)
+            if step == nan_at:
+                losses[names[1]] = losses[names[1]] * math.nan
+            monitor.backward(model, losses)
+            if step == nan_at:
+                optimizer.zero_grad()
+                continue
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("names", [("a", "b", "c"), ("pointer", "type")])
+def test_a_batch_now_and_then_without_a_tasks_labels_is_not_collapse(tmp_path, names):
+    """A task masked out on one batch in ten has no gradient there (an infinite ratio): the window is judged on
+    the batches that measured it. A task that gets no gradient on most batches still collapses."""
+    log = tmp_path / "masked.jsonl"
+    masked_run(log, names)
+    report = json.loads(run_cli("moola_watch.cli", "check", "--json", str(log)).stdout)
+    assert not [alert for alert in report["alerts"] if alert["rule"] in ("collapse", "imbalance")], report["alerts"]
+    starved = tmp_path / "starved.jsonl"
+    masked_run(starved, names, unlabelled=lambda step: step % 10 != 3)
+    report = json.loads(run_cli("moola_watch.cli", "check", "--json", str(starved)).stdout)
+    assert any(alert["rule"] == "collapse" and alert["subject"] == names[-1] for alert in report["alerts"]), report
+
+
+def test_one_nan_task_loss_is_not_a_collapse_of_that_task(tmp_path):
+    log = tmp_path / "nan.jsonl"
+    masked_run(log, ("a", "b", "c"), nan_at=35, unlabelled=lambda step: False)
+    report = json.loads(run_cli("moola_watch.cli", "check", "--json", str(log)).stdout)
+    assert not [alert for alert in report["alerts"] if alert["rule"] in ("collapse", "imbalance")], report["alerts"]

@@ -282,9 +282,11 @@ class Evidence:
         if ratio is not None and not math.isnan(ratio):
             self.ratios.append(ratio)
             counted = True
-        largest = max(norms.values(), default=math.nan)
+        # A NaN or infinite norm (a NaN task loss, a step the scaler skips) measured nothing of its task.
+        measured = {task: norm for task, norm in norms.items() if math.isfinite(norm)}
+        largest = max(measured.values(), default=math.nan)
         if (ratio is None or len(norms) > 2) and largest > 0:
-            for task, norm in norms.items():
+            for task, norm in measured.items():
                 window = self.dominance.setdefault(task, deque(maxlen=self.thresholds.window))
                 window.append(largest / norm if norm > 0 else math.inf)
             counted = True

@@ -150,8 +150,13 @@ class CollapseVerdict:
 
 
 def mean_ratio(ratios: Sequence[float]) -> float:
-    """Arithmetic mean of (non-NaN) ratios; an infinite ratio (a task with zero gradient) makes it infinite."""
-    return math.fsum(ratios) / len(ratios) if all(map(math.isfinite, ratios)) else max(ratios)
+    """Arithmetic mean of (non-NaN) ratios. An infinite ratio is a sample in which a task got no gradient at
+    all: on a batch now and then that is a batch without its labels (a masked loss), not collapse, so such
+    samples are left out of the mean while they are fewer than half; from half on, the mean is infinite."""
+    finite = [ratio for ratio in ratios if math.isfinite(ratio)]
+    if 2 * len(finite) > len(ratios):
+        return math.fsum(finite) / len(finite)
+    return max(ratios)
 
 
 def collapse_verdict(ratios: Sequence[float], th: Thresholds = DEFAULTS) -> CollapseVerdict:
