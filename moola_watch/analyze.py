@@ -87,7 +87,8 @@ def typed_block(values: list[Any]) -> np.ndarray | list[Any]:
 
 
 class FrameColumns:
-    """Column lists per record kind, turned into DataFrames at the end (cheaper than row dicts).
+    """The frames' data per record kind, turned into DataFrames at the end: each ``grad_stats`` field a
+    :class:`Column`; ``task_balance`` and ``epoch`` records as row dicts (their per-task columns vary).
 
     The long table of layer norms is the big one (records x layers rows): per record only its norms are
     appended; run, epoch, step and layer codes are expanded with ``numpy.repeat`` at the end.
