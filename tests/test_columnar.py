@@ -412,6 +412,19 @@ def test_the_measurement_decoder_takes_the_lines_a_run_writes() -> None:
     assert decode_measurement(encode_record(make_record("run_end", "r", 3.0, status="completed"))) is None
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [b',"kind":"task_balance"', b',"kind":"epoch"', b',"kind":"grad_stats"', b',"metrics":{"a":1},"metrics":{"b":2}',
+     b',"metrics":{"a":1},"metrics":null', b',"schema":2', b',"train_loss":"nan"', b',"lr":1e99999'],
+)  # fmt: skip
+def test_a_repeated_key_means_to_the_measurement_decoder_what_it_means_to_the_contract(tail: bytes) -> None:
+    """JSON objects may repeat a key (the last one counts): the typed decoder takes such a line only as the
+    contract's parser does, and never judges one kind while the contract judges another."""
+    line = b'{"schema":1,"kind":"epoch","run":"r","time":1,"train_loss":1' + tail + b"}"
+    typed, reference = decode_measurement(line), schema.decode_record(line)
+    assert typed is None or repr(typed) == repr(reference)
+
+
 def test_what_the_contracts_parser_refuses_anywhere_in_a_line_is_a_bad_line_on_both_paths(tmp_path: Path) -> None:
     """Found by an outside review: a field the typed decoder skipped (an unknown one, or ``amp`` taken as any
     object) could hold a number the contract's parser refuses, and a line nested past msgspec's depth limit
