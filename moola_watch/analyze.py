@@ -43,7 +43,7 @@ class Column:
     order, as before, to infer the dtype the whole column asks for.
     """
 
-    BLOCK = 4096
+    BLOCK = 1024  # values: a block must still be in the cache when it is sealed (4096: 0.09 s, 1024: 0.057 s)
 
     def __init__(self) -> None:
         self._blocks: list[np.ndarray | list[Any]] = []
