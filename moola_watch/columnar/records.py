@@ -136,15 +136,13 @@ def decode_measurement(data: bytes) -> schema.Record | None:
     return record
 
 
-class Decoded(msgspec.Struct, gc=False):
+class DecodedGrad(msgspec.Struct, gc=False):
     """What typed decoding makes of some lines, in plain data (it may come from another process as msgpack).
 
-    ``typed`` lists the numbers of the ``grad_stats`` lines that decoded; for each of those, in order: ``fields``
-    holds each scalar field's values, ``counts`` (int64) its number of layers, ``values`` (float64) all layer norms
-    record after record, ``listed`` the length of its ``nonfinite_layers``, ``key_ids`` which of ``key_sets`` (the
+    ``typed`` lists the numbers of the lines that decoded; for each of those, in order: ``fields`` holds each
+    scalar field's values, ``counts`` (int64) its number of layers, ``values`` (float64) all layer norms record
+    after record, ``listed`` the length of its ``nonfinite_layers``, ``key_ids`` which of ``key_sets`` (the
     distinct layer name lists, in order of appearance) it has; the last two only when layer names are asked for.
-    ``measured`` lists the numbers of the ``task_balance`` and ``epoch`` lines that decoded, ``measurements`` their
-    records.
     """
 
     typed: list[int]
@@ -154,22 +152,17 @@ class Decoded(msgspec.Struct, gc=False):
     listed: list[int]
     key_sets: list[list[str]]
     key_ids: list[int]
-    measured: list[int]
-    measurements: list[dict[str, Any]]
 
 
-def decode_lines(lines: Iterable[Line], fields: Sequence[str], names: bool) -> Decoded:
-    """Decode what :func:`decode_grad_stats` and :func:`decode_measurement` take of ``lines`` (numbered), keeping
-    ``fields`` of the ``grad_stats`` records (and the layer names if ``names``)."""
-    typed, records, measured, measurements = [], [], [], []
+def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool) -> DecodedGrad:
+    """Decode what :func:`decode_grad_stats` takes of ``lines`` (numbered), keeping ``fields`` (and the layer names
+    if ``names``)."""
+    typed, records = [], []
     for line_no, data in lines:
         record = decode_grad_stats(data)
         if record is not None:
             typed.append(line_no)
             records.append(record)
-        elif (measurement := decode_measurement(data)) is not None:
-            measured.append(line_no)
-            measurements.append(measurement)
     norms = [record.layer_norms for record in records]
     counts = np.fromiter(map(len, norms), np.int64, len(norms))
     values = np.fromiter(chain.from_iterable(map(dict.values, norms)), np.float64, int(counts.sum()))
@@ -182,9 +175,9 @@ def decode_lines(lines: Iterable[Line], fields: Sequence[str], names: bool) -> D
                 last = keys
                 key_sets.append(list(keys))
             key_ids.append(len(key_sets) - 1)
-    return Decoded(
+    return DecodedGrad(
         typed, {name: list(map(attrgetter(name), records)) for name in fields}, counts.tobytes(), values.tobytes(),
-        list(map(len, map(attrgetter("nonfinite_layers"), records))), key_sets, key_ids, measured, measurements,
+        list(map(len, map(attrgetter("nonfinite_layers"), records))), key_sets, key_ids,
     )  # fmt: skip
 
 
@@ -197,7 +190,7 @@ class GradBatch:
     """Typed ``grad_stats`` records of one chunk (in file order) as columns, with their lines: each scalar field a
     list, every layer norm in one float64 array (record after record), and the rules' :class:`GradColumns`."""
 
-    def __init__(self, decoded: Decoded, lines: list[Line]) -> None:
+    def __init__(self, decoded: DecodedGrad, lines: list[Line]) -> None:
         self.lines = lines
         self.fields = decoded.fields
         counts = np.frombuffer(decoded.counts, np.int64)

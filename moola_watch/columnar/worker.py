@@ -2,7 +2,7 @@
 
 It reads the same open file (the descriptor is inherited, and ``pread`` leaves this process's position alone):
 a request names a stretch of whole lines (offset, length, number of its first line),
-and :class:`~moola_watch.columnar.records.Decoded` comes back as msgpack bytes over a pipe (plain data:
+and :class:`~moola_watch.columnar.records.DecodedGrad` comes back as msgpack bytes over a pipe (plain data:
 strings, numbers, bytes). Requests are a few bytes, so sending one never waits on the worker. The process is
 forked, so it starts at once with the modules already imported; forking is safe only in a process with no
 other thread (:func:`can_fork_worker`).
@@ -19,10 +19,10 @@ from multiprocessing.connection import Connection
 
 import msgspec
 
-from moola_watch.columnar.records import Decoded, decode_lines
+from moola_watch.columnar.records import DecodedGrad, decode_grad_lines
 
 _REQUEST = msgspec.msgpack.Decoder(tuple[int, int, int])
-_DECODED = msgspec.msgpack.Decoder(Decoded)
+_DECODED = msgspec.msgpack.Decoder(DecodedGrad)
 _ENCODER = msgspec.msgpack.Encoder()
 
 
@@ -62,7 +62,7 @@ class DecodeWorker:
         """Whether the oldest stretch is back (so that taking it will not wait)."""
         return self._conn.poll()
 
-    def take(self) -> Decoded:
+    def take(self) -> DecodedGrad:
         """The oldest stretch, decoded; waits for it. Raises :class:`WorkerFailed`."""
         self.pending -= 1
         try:
@@ -83,7 +83,7 @@ class DecodeWorker:
 
 
 def _serve(conn: Connection, fd: int, fields: tuple[str, ...], names: bool) -> None:
-    """The worker's loop: a stretch named, its :class:`Decoded` (or b"" for a short read) back, until an
+    """The worker's loop: a stretch named, its :class:`DecodedGrad` (or b"" for a short read) back, until an
     empty request."""
     while message := conn.recv_bytes():
         offset, length, first_line = _REQUEST.decode(message)
@@ -93,4 +93,4 @@ def _serve(conn: Connection, fd: int, fields: tuple[str, ...], names: bool) -> N
             continue
         lines = data.split(b"\n")
         numbered = zip(range(first_line, first_line + len(lines)), lines, strict=True)
-        conn.send_bytes(_ENCODER.encode(decode_lines(numbered, fields, names)))
+        conn.send_bytes(_ENCODER.encode(decode_grad_lines(numbered, fields, names)))
