@@ -33,8 +33,62 @@ VERDICT_NO_MEASUREMENTS = "no_measurements"  # the run recorded no gradient stat
 VERDICT_NOT_A_LOG = "not_a_log"  # not one valid record in the file
 
 
+class Column:
+    """One frame column collected in blocks of ``BLOCK`` values, each kept as an array where pandas would make one.
+
+    pandas infers one dtype from a whole list of Python values, touching every value object once more at the
+    end, long after it was decoded. A block whose values are all ``float`` (or all ``int`` within int64) becomes a
+    float64 (int64) array while it is fresh in the cache: exactly what pandas makes of such values. When every
+    block is an array of one dtype, :meth:`values` joins them; otherwise it hands pandas the Python values, in
+    order, as before, to infer the dtype the whole column asks for.
+    """
+
+    BLOCK = 1024  # values: a block must still be in the cache when it is sealed (4096: 0.09 s, 1024: 0.057 s)
+
+    def __init__(self) -> None:
+        self._blocks: list[np.ndarray | list[Any]] = []
+        self._pending: list[Any] = []
+
+    def append(self, value: Any) -> None:
+        self._pending.append(value)
+        if len(self._pending) >= self.BLOCK:
+            self._seal()
+
+    def extend(self, values: Iterable[Any]) -> None:
+        self._pending.extend(values)
+        if len(self._pending) >= self.BLOCK:
+            self._seal()
+
+    def _seal(self) -> None:
+        if self._pending:
+            self._blocks.append(typed_block(self._pending))
+            self._pending = []
+
+    def values(self) -> np.ndarray | list[Any]:
+        """Every value so far: one array if every block is an array of one dtype, else a list of Python values."""
+        self._seal()
+        blocks = self._blocks
+        if blocks and all(isinstance(b, np.ndarray) and b.dtype == blocks[0].dtype for b in blocks):
+            return np.concatenate(blocks)  # type: ignore[arg-type]
+        return [value for block in blocks for value in (block.tolist() if isinstance(block, np.ndarray) else block)]
+
+
+def typed_block(values: list[Any]) -> np.ndarray | list[Any]:
+    """``values`` as a float64 or int64 array if all are ``float``, or all ``int`` within int64; else as they are."""
+    kinds = set(map(type, values))
+    if kinds == {float}:
+        return np.array(values, np.float64)
+    if kinds == {int}:
+        try:
+            return np.array(values, np.int64)
+        except OverflowError:  # pandas makes uint64 or objects of such a column: let it
+            return values
+    return values
+
+
 class FrameColumns:
-    """Column lists per record kind, turned into DataFrames at the end (cheaper than row dicts).
+    """The frames' data per record kind, turned into DataFrames at the end: each ``grad_stats`` field a
+    :class:`Column`; ``task_balance`` and ``epoch`` records as row dicts (their per-task columns vary).
 
     The long table of layer norms is the big one (records x layers rows): per record only its norms are
     appended; run, epoch, step and layer codes are expanded with ``numpy.repeat`` at the end.
@@ -46,7 +100,7 @@ class FrameColumns:
     EPOCH = ("run", "epoch", "step", "time", "train_loss", "val_loss", "lr", "duration_s")  # then losses, metrics
 
     def __init__(self) -> None:
-        self.grad: dict[str, list[Any]] = {name: [] for name in self.GRAD}
+        self.grad = {name: Column() for name in self.GRAD}
         self.layer_norm = array("d")
         self.layer_counts = array("q")  # layers in each grad_stats record
         self.layer_sets = array("q")  # which distinct key list each record used
@@ -103,25 +157,33 @@ class FrameColumns:
             self._key_lists.append(keys)
         return len(self._key_lists) - 1
 
-    def _layers(self) -> pd.DataFrame:
+    def _layers(self, grad: Mapping[str, np.ndarray | list[Any]]) -> pd.DataFrame:
+        """The long table of layer norms; ``grad`` holds the grad frame's column values."""
         names: dict[str, int] = {}
-        code_lists = [
-            np.array([names.setdefault(k, len(names)) for k in keys], dtype=np.int64) for keys in self._key_lists
-        ]
+        for keys in self._key_lists:
+            for key in keys:
+                names.setdefault(key, len(names))
+        # The codes in the narrowest type that holds them, as the categorical keeps them: a table of millions of
+        # rows is mostly fresh memory, and each byte not written is a page not faulted in.
+        code_type = np.min_scalar_type(-len(names) - 1)
+        code_lists = [np.array([names[k] for k in keys], dtype=code_type) for keys in self._key_lists]
         counts = np.frombuffer(self.layer_counts, dtype=np.int64) if self.layer_counts else np.zeros(0, np.int64)
         sets = np.frombuffer(self.layer_sets, dtype=np.int64) if self.layer_sets else np.zeros(0, np.int64)
         # Records with the same layers come in long runs: one tile per run, not one array per record.
         bounds = [*np.flatnonzero(np.diff(sets, prepend=-1)).tolist(), len(sets)]
         tiles = [np.tile(code_lists[sets[a]], b - a) for a, b in pairwise(bounds)]
-        codes = np.concatenate([np.zeros(0, np.int64), *tiles])
+        codes = np.concatenate([np.zeros(0, code_type), *tiles])
 
         def per_layer(column: str) -> pd.api.extensions.ExtensionArray:
-            # Repeat plain int64 and a mask: numpy would turn a repeated nullable array into objects.
-            values = pd.array(self.grad[column], dtype="Int64")
+            # Repeat plain int64 and a mask: numpy would turn a repeated nullable array into objects. Without a
+            # missing value the mask is zeros, which calloc leaves unwritten.
+            values = pd.array(grad[column], dtype="Int64")
             data = values.to_numpy(dtype=np.int64, na_value=0)
-            return pd.arrays.IntegerArray(np.repeat(data, counts), np.repeat(values.isna(), counts))
+            missing = values.isna()
+            mask = np.repeat(missing, counts) if missing.any() else np.zeros(len(codes), bool)
+            return pd.arrays.IntegerArray(np.repeat(data, counts), mask)
 
-        runs = pd.Categorical(self.grad["run"])
+        runs = pd.Categorical(grad["run"])
         return pd.DataFrame(
             {
                 "run": pd.Categorical.from_codes(np.repeat(runs.codes, counts), categories=runs.categories),
@@ -134,9 +196,10 @@ class FrameColumns:
         )
 
     def frames(self) -> dict[str, pd.DataFrame]:
+        grad = {name: column.values() for name, column in self.grad.items()}
         return {
-            "grad": pd.DataFrame(self.grad),
-            "layers": self._layers(),
+            "grad": pd.DataFrame(grad),
+            "layers": self._layers(grad),
             "balance": table(self.balance, self.BALANCE),
             "epochs": table(self.epochs, self.EPOCH),
         }

@@ -20,7 +20,7 @@ from report_logs import hostile_log, write_log
 from moola_watch import columnar, schema
 from moola_watch.analyze import FrameColumns, LogScan, scan_log, to_frames
 from moola_watch.columnar import worker
-from moola_watch.columnar.records import decode_grad_stats
+from moola_watch.columnar.records import decode_grad_stats, decode_measurement
 from moola_watch.rules import Thresholds, gradients
 from moola_watch.rules.columns import GradColumns
 from moola_watch.rules.evidence import Evidence
@@ -366,6 +366,63 @@ def test_the_typed_decoder_takes_only_what_the_contract_takes_as_it_stands(field
     for name in ("run", "time", "epoch", "step", "total_norm", "mean_norm", "nonfinite_count", "cost_ms"):
         assert repr(getattr(typed, name)) == repr(reference.get(name)), name
     assert repr(typed.layer_norms) == repr(reference["layer_norms"])
+
+
+number_maps = st.one_of(
+    st.dictionaries(st.sampled_from(["pointer", "type", "aux"]), json_numbers, max_size=3), json_numbers,
+    st.sampled_from([{}, [1.0], "x"]),
+)  # fmt: skip
+measurement_fields = {
+    **{name: json_numbers for name in ("ratio", "cosine", "train_loss", "val_loss", "lr", "duration_s", "step",
+                                        "epoch", "time")},
+    **{name: number_maps for name in ("norms", "cosines", "shares", "raw_norms", "losses", "weights",
+                                      "task_losses", "metrics")},
+    "scope": st.sampled_from(["shared", None, 1]), "schema": st.sampled_from([1, 2, True, 1.0]),
+    "run": st.sampled_from(["r", None, 7]), "note": st.just("an unknown field is the contract parser's"),
+}  # fmt: skip
+# A few fields at a time, so that many lines are ones the typed decoder takes.
+measurement_values = st.lists(st.one_of([st.tuples(st.just(k), v) for k, v in measurement_fields.items()]),
+                              max_size=4).map(dict)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(["task_balance", "epoch"]), measurement_values, st.booleans())
+def test_the_measurement_decoder_makes_what_the_contract_makes(kind: str, fields: dict, first: bool) -> None:
+    """A task_balance or epoch line the typed decoder takes is the contract's record: the same dict, keys in the
+    same order, integers where it keeps them and floats where it makes them; every other line it leaves."""
+    base = {"schema": 1, "kind": kind, "run": "r", "time": 1.0}
+    base.update({"norms": {"pointer": 2, "type": 1.0}} if kind == "task_balance" else {"train_loss": 0.5})
+    record = {**fields, **base, **fields} if first else {**base, **fields}  # first: the drawn fields lead the line
+    line = json.dumps(record).encode()
+    typed, reference = decode_measurement(line), schema.decode_record(line)
+    if typed is not None:
+        assert isinstance(reference, dict)
+        assert repr(typed) == repr(reference)
+
+
+def test_the_measurement_decoder_takes_the_lines_a_run_writes() -> None:
+    balance = make_record("task_balance", "r", 1.5, step=3, ratio=2, norms={"pointer": 2, "type": 1.0}, scope="s",
+                          losses={"pointer": 0.5, "type": 1}, shares={"pointer": 0.7, "type": 0.3})  # fmt: skip
+    epoch = make_record("epoch", "r", 2, epoch=1, train_loss=0.5, val_loss=None, metrics={"acc": 1}, lr=1e-3)
+    for record in (balance, epoch):
+        line = encode_record(record)
+        assert decode_measurement(line) is not None
+        assert repr(decode_measurement(line)) == repr(schema.decode_record(line))
+    assert decode_measurement(encode_record(grad("r", 1.0, 1, {"a": 0.2}))) is None
+    assert decode_measurement(encode_record(make_record("run_end", "r", 3.0, status="completed"))) is None
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b',"kind":"task_balance"', b',"kind":"epoch"', b',"kind":"grad_stats"', b',"metrics":{"a":1},"metrics":{"b":2}',
+     b',"metrics":{"a":1},"metrics":null', b',"schema":2', b',"train_loss":"nan"', b',"lr":1e99999'],
+)  # fmt: skip
+def test_a_repeated_key_means_to_the_measurement_decoder_what_it_means_to_the_contract(tail: bytes) -> None:
+    """JSON objects may repeat a key (the last one counts): the typed decoder takes such a line only as the
+    contract's parser does, and never judges one kind while the contract judges another."""
+    line = b'{"schema":1,"kind":"epoch","run":"r","time":1,"train_loss":1' + tail + b"}"
+    typed, reference = decode_measurement(line), schema.decode_record(line)
+    assert typed is None or repr(typed) == repr(reference)
 
 
 def test_what_the_contracts_parser_refuses_anywhere_in_a_line_is_a_bad_line_on_both_paths(tmp_path: Path) -> None:

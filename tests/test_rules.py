@@ -324,3 +324,21 @@ def test_one_exploding_sample_is_pending_and_two_running_fire():
 
     assert exploding([10.8, 0.4, 0.4]) == []
     assert exploding([10.8, 12.0, 0.4]) == [(RESOLVED, 1)]
+
+
+def test_the_window_verdict_is_judged_once_per_sample_and_per_thresholds():
+    """The rules and the summary share one verdict of the pointer/type window per balance sample: it must follow
+    every new sample, and a caller judging by other thresholds gets their verdict, not the cached one."""
+    engine = balance_engine([])
+    ev = engine.evidence
+    seen = []
+    for ratio in [9.0] * 10 + [1.0] * 10:
+        ev.ratios.append(ratio)
+        ev.balance_samples += 1
+        seen.append(ev.window_verdict(engine.thresholds))
+        assert seen[-1] == rules.collapse_verdict(ev.ratios, engine.thresholds)
+    assert [v.state for v in seen][8:11] == ["not_enough_data", "pointer_dominating", "pointer_dominating"]
+    assert seen[-1].state == "balanced"
+    shorter = Thresholds(window=2)
+    assert ev.window_verdict(shorter) == rules.collapse_verdict(ev.ratios, shorter)
+    assert ev.window_verdict(engine.thresholds) == seen[-1]

@@ -1,9 +1,10 @@
-"""Typed decoding of ``grad_stats`` lines (msgspec: parsing and validation in C) and a batch of them as columns.
+"""Typed decoding of ``grad_stats`` lines (msgspec: parsing and validation in C) and a batch of them as columns;
+and of ``task_balance`` and ``epoch`` lines, into the dicts the engine takes.
 
 :class:`GradStats` declares the schema's ``grad_stats`` fields with the types :func:`moola_watch.schema.decode_record`
-accepts as they stand; a line it refuses (a non-finite norm written as ``"nan"``, a number as a string, an
-integer past 64 bits, a missing field, not JSON at all) is left to ``decode_record``, which names the problem
-exactly as the streaming reader does.
+accepts as they stand, and :class:`TaskBalance` and :class:`Epoch` theirs; a line they refuse (a non-finite
+number written as ``"nan"``, a number as a string, an integer past 64 bits, a missing or unknown field, not JSON
+at all) is left to ``decode_record``, which names the problem exactly as the streaming reader does.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
+import orjson
 
 from moola_watch import schema
 from moola_watch.rules.columns import GradColumns
@@ -69,6 +71,69 @@ def decode_grad_stats(data: bytes) -> GradStats | None:
         return _DECODER.decode(data)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: nested past msgspec's depth limit
         return None
+
+
+_NumberMap = dict[str, float]  # JSON integers become floats, as decode_record's number maps make them
+
+
+class _Measurement(msgspec.Struct, gc=False, forbid_unknown_fields=True, tag_field="kind", kw_only=True):
+    """The fields every ``task_balance`` and ``epoch`` record has (the kind is the tag). As in :class:`GradStats`,
+    a field that may be absent but not null defaults to None without admitting null, and a line with a field
+    not declared is left to ``decode_record``."""
+
+    schema: Annotated[int, msgspec.Meta(ge=1, le=schema.SCHEMA_VERSION)]
+    run: str
+    time: _Number
+    epoch: _Int | None = None
+    step: _Int | None = None
+
+
+class TaskBalance(_Measurement, tag=schema.TASK_BALANCE):
+    norms: _NumberMap
+    ratio: _Number | None = None
+    cosine: _Number | None = None
+    cosines: _NumberMap = None  # type: ignore[assignment]
+    shares: _NumberMap = None  # type: ignore[assignment]
+    raw_norms: _NumberMap = None  # type: ignore[assignment]
+    losses: _NumberMap = None  # type: ignore[assignment]
+    weights: _NumberMap = None  # type: ignore[assignment]
+    scope: str = None  # type: ignore[assignment]
+
+
+class Epoch(_Measurement, tag=schema.EPOCH):
+    train_loss: _Number
+    val_loss: _Number | None = None
+    lr: _Number | None = None
+    duration_s: _Number | None = None
+    task_losses: _NumberMap = None  # type: ignore[assignment]
+    metrics: _NumberMap = None  # type: ignore[assignment]
+
+
+_MEASUREMENT = msgspec.json.Decoder(TaskBalance | Epoch)
+#: Per kind, its number maps: the only fields decode_record changes (JSON integers in them become floats).
+_NUMBER_MAPS = {
+    kind.__struct_config__.tag: tuple(field.name for field in msgspec.structs.fields(kind) if field.type == _NumberMap)
+    for kind in (TaskBalance, Epoch)
+}
+
+
+def decode_measurement(data: bytes) -> schema.Record | None:
+    """A ``task_balance`` or ``epoch`` line as :func:`moola_watch.schema.decode_record` makes it (the same dict, its
+    keys in the line's order), or None if it is not one this decoder takes.
+
+    The typed decoder only judges the line; the dict is parsed as ``decode_record`` parses it, which keeps every
+    value as it stands but turns the integers of number maps into floats: those maps come from the typed record."""
+    if len(data) > schema.MAX_LINE_BYTES:
+        return None
+    try:
+        typed = _MEASUREMENT.decode(data)
+        record = orjson.loads(data)
+    except (msgspec.DecodeError, RecursionError, orjson.JSONDecodeError):  # left to decode_record, which says why
+        return None
+    for name in _NUMBER_MAPS[record["kind"]]:
+        if name in record:
+            record[name] = getattr(typed, name)
+    return record
 
 
 class DecodedGrad(msgspec.Struct, gc=False):

@@ -4,7 +4,8 @@ it :func:`~moola_watch.tail.read_log`'s items one by one, at several times the s
 Per chunk (about a MB of lines): ``grad_stats`` lines, the bulk of a log, are decoded typed (:mod:`.records`;
 in a second process for a big file, :mod:`.worker`) and judged as columns; a record where some rule's
 condition may hold, and every other line (run_start, task_balance, epoch, run_end, bad lines), goes through
-the streaming engine one by one, decoded by :func:`~moola_watch.schema.decode_record`. Runs of quiet
+the streaming engine one by one, ``task_balance`` and ``epoch`` lines decoded typed too (:mod:`.records`) and the
+rest by :func:`~moola_watch.schema.decode_record`. Runs of quiet
 ``grad_stats`` records between them reach their run's engine in bulk, and the frame columns take the chunk's
 ``grad_stats`` rows in bulk.
 """
@@ -25,6 +26,7 @@ from moola_watch.columnar.records import (
     GradBatch,
     UnsupportedInput,
     decode_grad_lines,
+    decode_measurement,
 )
 from moola_watch.columnar.worker import DecodeWorker, WorkerFailed, can_fork_worker
 from moola_watch.tail import BadLine, Line, LineDecoder, RecordItem
@@ -116,7 +118,7 @@ def _judge(
             typed_lines.append(line)
             next_typed = next(typed, -1)
         else:
-            order.append(decoder.decode(line))
+            order.append(_decode(decoder, line))
     if not typed_lines:
         for item in order:
             _refuse_restart(scan, item)  # type: ignore[arg-type]
@@ -129,6 +131,15 @@ def _judge(
         else:
             chunk.other(item)
     chunk.finish()
+
+
+def _decode(decoder: LineDecoder, line: Line) -> RecordItem | BadLine:
+    """A line the ``grad_stats`` decoder left: typed if it is a ``task_balance`` or ``epoch`` record that
+    :func:`decode_measurement` takes (a third less time than the contract's parser), else as the streaming reader
+    decodes it. In this process even when a worker decodes the ``grad_stats`` lines: sending the records back
+    would cost about what decoding them here does, and the worker's time too."""
+    record = decode_measurement(line[1])
+    return decoder.decode(line) if record is None else RecordItem(decoder.path, line[0], record)
 
 
 def _refuse_restart(scan: LogScan, item: RecordItem | BadLine) -> None:

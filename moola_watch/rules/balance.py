@@ -23,7 +23,7 @@ from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import band, collapse_verdict, mean_ratio, recommend_ratio
+from moola_watch.rules.verdicts import band, mean_ratio, recommend_ratio
 
 IMBALANCE = "imbalance"
 COLLAPSE = "collapse"
@@ -49,7 +49,7 @@ def _spec_pair(record: schema.Record) -> bool:
 def _imbalance(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     if not _pointer_type(record):
         return []
-    verdict = collapse_verdict(ev.ratios, th)
+    verdict = ev.window_verdict(th)
     advice = recommend_ratio(verdict.mean, th) if verdict.mean is not None else None
     if advice is None or not advice.severity:
         return [(TASK_PAIR, None)]
@@ -141,7 +141,7 @@ def _collapse_pair(ev: Evidence, record: schema.Record, th: Thresholds) -> Findi
     """The spec's pointer/type window; the subject is the task it starves."""
     if not _spec_pair(record):
         return []
-    verdict = collapse_verdict(ev.ratios, th)
+    verdict = ev.window_verdict(th)
     mean = verdict.mean
     if mean is None or th.balance_low <= mean <= th.balance_high:
         return [("type", None), ("pointer", None)]

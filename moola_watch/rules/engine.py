@@ -21,7 +21,7 @@ from moola_watch.rules.evidence import Evidence, QuietGradStats, RunState
 from moola_watch.rules.lifecycle import FIRING, PENDING, SEVERITY_RANK, Alert, AlertEvent, Lifecycle, Where
 from moola_watch.rules.rule import Rule, Vectorised, never
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import CollapseVerdict, collapse_verdict, mean_ratio
+from moola_watch.rules.verdicts import CollapseVerdict, mean_ratio
 
 #: Every rule, in the order they judge a record.
 RULES: tuple[Rule, ...] = (*run.RULES, *gradients.RULES, *balance.RULES)
@@ -182,7 +182,7 @@ class RuleEngine:
         """The pointer/type window verdict; for other task sets, the most dominated task's."""
         th, ev = self.thresholds, self.evidence
         if ev.ratios or not ev.dominance:
-            return collapse_verdict(ev.ratios, th)
+            return ev.window_verdict(th)
         full = {task: mean_ratio(w) for task, w in ev.dominance.items() if len(w) == th.window}
         if not full:
             samples = max(len(w) for w in ev.dominance.values())

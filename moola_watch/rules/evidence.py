@@ -14,7 +14,14 @@ from typing import Any, NamedTuple
 from moola_watch import schema
 from moola_watch.rules.lifecycle import Where
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import NO_LAYER_FLAGS, LayerFlags, flag_layers, position
+from moola_watch.rules.verdicts import (
+    NO_LAYER_FLAGS,
+    CollapseVerdict,
+    LayerFlags,
+    collapse_verdict,
+    flag_layers,
+    position,
+)
 
 RECENT_SAMPLES = 3  # the window's ends are each the mean of this many samples (one batch's loss is noisy)
 
@@ -165,6 +172,7 @@ class Evidence:
         self.batch_losses = LossSeries(window)
         self.first_losses: dict[str, float] = {}  # each task's first usable training loss in the run
         self.balance_samples = 0
+        self._window: tuple[int, Thresholds, CollapseVerdict] | None = None  # the last window_verdict, and of what
         self.grad_samples = 0
         self.mean_norms = RunningStats()
         self.max_norms = RunningStats()
@@ -298,6 +306,15 @@ class Evidence:
         for task, share in (record.get("shares") or {}).items():
             self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
         self._losses(self.batch_losses, record.get("losses") or {}, where)
+
+    def window_verdict(self, th: Thresholds) -> CollapseVerdict:
+        """The pointer/type window's verdict under ``th``: :func:`collapse_verdict` of ``ratios``. The imbalance and
+        collapse rules both ask after every balance sample, and the summary at the end: it is judged once per
+        sample (``ratios`` changes only with ``balance_samples``)."""
+        window = self._window
+        if window is None or window[0] != self.balance_samples or window[1] is not th:
+            window = self._window = (self.balance_samples, th, collapse_verdict(self.ratios, th))
+        return window[2]
 
     def _losses(self, series: LossSeries, losses: Mapping[str, float], where: Where) -> None:
         series.add(losses, where)
