@@ -24,7 +24,7 @@ import pandas as pd
 from moola_watch import columnar, rules, schema
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
-from moola_watch.tail import BadLine, Item, Notice, RecordItem, read_log
+from moola_watch.tail import BadLine, Item, Notice, RecordItem, SkippedHistory, read_log
 
 MAX_BAD_LINE_DETAILS = 20
 VERDICT_HEALTHY = "healthy"
@@ -251,6 +251,8 @@ class LogScan:
         """Take one tail item; return the alert transitions it caused."""
         if isinstance(item, RecordItem):
             return self.observe(item.record)
+        if isinstance(item, SkippedHistory):
+            return self._resume(item)
         if isinstance(item, BadLine):
             self.bad_lines += 1
             self.bad_by_category[item.rejected.category] += 1
@@ -259,6 +261,20 @@ class LogScan:
         else:
             self.notices.append(item)
         return []
+
+    def _resume(self, skipped: SkippedHistory) -> list[AlertEvent]:
+        """Start from the end of a file: its last run as its run_start says (thresholds, identity), last heard
+        from when the file was last written, and over if its last record was its run_end (no rule judges that
+        history: its alerts were for whoever watched then)."""
+        if skipped.run_start is None:
+            return []
+        events = self.observe(skipped.run_start)
+        run = self.engines[self._run_keys[skipped.run_start["run"]]].run
+        run.last_time = skipped.written if run.last_time is None else max(run.last_time, skipped.written)
+        last = skipped.last
+        if last is not None and last["kind"] == schema.RUN_END and last["run"] == skipped.run_start["run"]:
+            run.status, run.error = last["status"], last.get("error")
+        return events
 
     def observe(self, record: schema.Record, *, frame: bool = True) -> list[AlertEvent]:
         """Take one valid record (into the frame columns too, unless ``frame`` is False: the caller adds its row).

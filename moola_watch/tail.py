@@ -48,7 +48,18 @@ class Notice(NamedTuple):
     message: str
 
 
-Item = RecordItem | BadLine | Notice
+class SkippedHistory(NamedTuple):
+    """``follow --from-end`` skipped what the file held: the ``run_start`` of the run it ends in (its thresholds
+    still judge what follows; None if there was none), its last whole record (a ``run_end`` says the run is
+    over), and when the file was last written (unix seconds: the run is not stale from its start)."""
+
+    path: str
+    run_start: Record | None
+    last: Record | None
+    written: float
+
+
+Item = RecordItem | BadLine | Notice | SkippedHistory
 
 
 #: A complete line, not decoded yet: its number (1-based) and its bytes without the newline.
@@ -178,6 +189,44 @@ def read_log(
     yield from decoder.finish()
 
 
+_RUN_START = b'"run_start"'
+
+
+def last_run_start(
+    fd: int, end: int, chunk: int = 4 * READ_CHUNK, max_line: int = schema.MAX_LINE_BYTES
+) -> Record | None:
+    """The last valid ``run_start`` record among the whole lines before byte ``end`` of the open file ``fd``,
+    read backwards a ``chunk`` (bytes) at a time: what a watcher that skips a log's history must still know (the
+    run's thresholds). None if there is none."""
+    data = os.pread(fd, min(end, chunk), max(0, end - chunk))
+    pos = max(0, end - chunk)
+    data = data[: data.rfind(b"\n") + 1]  # a last line still being written is not whole
+    while True:
+        cut = data.find(b"\n") + 1 if pos > 0 else 0  # before the first newline: a line that began earlier
+        head, body = data[:cut], data[cut:]
+        hit = body.rfind(_RUN_START)
+        while hit >= 0:
+            begin, stop = body.rfind(b"\n", 0, hit) + 1, body.find(b"\n", hit)
+            record = schema.decode_record(body[begin:stop])
+            if not isinstance(record, Rejected) and record["kind"] == schema.RUN_START:
+                return record
+            hit = body.rfind(_RUN_START, 0, begin)
+        if pos == 0:
+            return None
+        if len(head) > max_line:  # a line no reader would take: not a record, never a run_start
+            head = b""
+        start = max(0, pos - chunk)
+        data, pos = os.pread(fd, pos - start, start) + head, start
+
+
+def last_record(fd: int, end: int, max_line: int = schema.MAX_LINE_BYTES) -> Record | None:
+    """The record on the last whole line before byte ``end`` of the open file ``fd``, if it is one."""
+    data = os.pread(fd, min(end, max_line + 1), max(0, end - max_line - 1))
+    whole = data[: data.rfind(b"\n")]
+    record = schema.decode_record(whole[whole.rfind(b"\n") + 1 :])
+    return None if isinstance(record, Rejected) else record
+
+
 class LogTail:
     """Follows one path. Call :meth:`poll` whenever something may have changed; it never blocks, and reads at
     most about one chunk of new data per call (:attr:`behind` says when more is waiting); a file being
@@ -262,6 +311,9 @@ class LogTail:
             self.offset = stat.st_size  # skip history: start at the next complete line
             if self.offset and os.pread(fd, 1, self.offset - 1) != b"\n":
                 self.decoder.start_mid_line()
+            if self.offset:  # ... but not the run it belongs to: its run_start holds the thresholds it is judged by
+                run_start, last = last_run_start(fd, self.offset), last_record(fd, self.offset)
+                items.append(SkippedHistory(str(self.path), run_start, last, stat.st_mtime))
         if waited:
             items.append(Notice(str(self.path), "opened", f"reading from byte {self.offset}"))
         self._ever_opened = True

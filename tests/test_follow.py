@@ -209,7 +209,38 @@ def test_from_end_skips_history(tmp_path):
         capture_output=True, text=True, timeout=60, cwd=REPO,
     )  # fmt: skip
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [e["event"] for e in events] == ["summary"] and events[0]["logs"][0]["records"] == 0
+    # Nothing of the history is judged again; its run_start and run_end say which run it was and that it is over.
+    assert [e["event"] for e in events] == ["status", "summary"] and events[0]["status"] == "completed"
+    assert events[1]["logs"][0]["records"] == 1 and events[1]["logs"][0]["runs"][0]["summary"]["alerts_fired"] == 0
+
+
+def test_from_end_judges_what_follows_by_the_runs_recorded_thresholds_and_not_stale_from_its_start(tmp_path):
+    """The skipped history holds the run's run_start: its thresholds still judge the records appended after
+    (here a layer norm of 50 is healthy: the run raised `exploding` to 1000), and the run is not stale for the
+    hours since it started while the file was written a moment ago."""
+    log = tmp_path / "live.jsonl"
+    builder = LogBuilder("resumed", t0=time.time() - 7200).start()
+    builder.records[0]["thresholds"] = {"exploding": 1000.0, "norm_exploding": 1000.0, "norm_large": 1000.0}
+    for epoch in range(1, 30):
+        builder.grad(epoch, 50.0, 50.0)
+    history = builder.lines()
+    log.write_bytes(b"".join(history))
+    follow = subprocess.Popen(
+        [*WATCH.split(), "follow", "--from-end", "--json", "--exit-on-end", "--stale-seconds", "600", str(log)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    time.sleep(2.0)
+    tail = LogBuilder("resumed", t0=time.time())
+    for epoch in range(30, 33):
+        tail.grad(epoch, 50.0, 50.0)
+    with log.open("ab") as handle:
+        handle.write(b"".join(tail.end().lines()))
+    out, _ = follow.communicate(timeout=60)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert follow.returncode == 0, out
+    assert not [e for e in events if e["event"] == "alert"], out
+    (summary,) = [e for e in events if e["event"] == "summary"]
+    assert summary["logs"][0]["records"] == 1 + 4  # the run_start of the history, then what was appended
 
 
 def passed_nan_log(path: Path) -> Path:

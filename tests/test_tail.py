@@ -1,6 +1,7 @@
 """LogTail against a real writer process: every complete valid line is delivered exactly once."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from logs import LogBuilder
 
-from moola_watch.tail import BadLine, LineDecoder, LogTail, Notice, RecordItem, Waker, read_log
+from moola_watch.tail import BadLine, LineDecoder, LogTail, Notice, RecordItem, Waker, last_run_start, read_log
 
 WRITER = Path(__file__).with_name("log_writer.py")
 
@@ -164,3 +165,23 @@ def test_a_big_backlog_is_read_a_chunk_per_poll_and_delivered_once(tmp_path):
         items += tail.poll()
     items += tail.poll()
     assert [r["epoch"] for r in delivered(items)] == list(range(40_000))
+
+
+def test_the_last_run_start_is_found_backwards_across_chunks(tmp_path):
+    """Two runs; an alert whose message names run_start; a line being written at the end; chunks far smaller
+    than a line: the second run's run_start, whole, and nothing for a log without one."""
+    first, second = LogBuilder("first").start().epoch(1), LogBuilder("second").start().epoch(1).epoch(2)
+    second.add("alert", rule="stale", severity="warning", state="firing", subject="run",
+               message='no "run_start" here', recommendation="")  # fmt: skip
+    log = tmp_path / "two.jsonl"
+    log.write_bytes(b"".join(first.lines() + second.lines()) + b'{"schema":1,"kind":"run_start","run":"cut')
+    fd = os.open(log, os.O_RDONLY)
+    try:
+        for chunk in (7, 64, 1 << 20):
+            found = last_run_start(fd, log.stat().st_size, chunk=chunk)
+            assert found is not None and (found["run"], found["kind"]) == ("second", "run_start"), chunk
+        history = len(b"".join(first.lines()))
+        assert last_run_start(fd, history, chunk=5)["run"] == "first"
+        assert last_run_start(fd, len(first.lines()[0]) - 1, chunk=5) is None  # no whole line before that
+    finally:
+        os.close(fd)
