@@ -474,7 +474,7 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     for (log, run), frames in frames_of.items():
         events = export.run_events(names[(log, run)], run, frames)
         try:
-            written = export.write_run(args.tensorboard, events)
+            written = export.write_run(args.tensorboard, events, log)
         except OSError as exc:
             raise UsageError(f"cannot write to {args.tensorboard}: {exc.strerror or exc}") from None
         console.print(

@@ -3,8 +3,10 @@
 Tags: ``gradients/*`` (total, mean, max, min norm and non-finite layer count), ``balance/*`` (ratio, cosine,
 and per task ``norm``, ``raw_norm``, ``share``, ``loss``, ``weight``, per pair ``cosine``), ``loss/*`` (train,
 val, per task), ``metrics/*``, ``lr``, and the alerts as text under ``alerts``. Values a record does not carry
-are left out, not written as zeros. Each run gets its own sub-directory, named after its run id, holding one
-event file with a fixed name, so exporting again replaces it rather than doubling the points.
+are left out, not written as zeros (a NaN gradient statistic was measured, and is written). Each run gets its
+own sub-directory, named after its run id, holding one event file with a fixed name and a note of the log it
+came from, so exporting the log again replaces it rather than doubling the points, and a run of another log
+under the same id gets a directory of its own.
 """
 
 from __future__ import annotations
@@ -80,13 +82,19 @@ def epoch_tag(column: str) -> str | None:
     return None if column in ROW_KEYS else f"metrics/{column}"
 
 
-def _scalar_events(frame: pd.DataFrame, tags: Mapping[str, str]) -> Iterator[tuple[float, int, list[bytes]]]:
-    """One event per row: every present, numeric value of a tagged column."""
+def _scalar_events(
+    frame: pd.DataFrame, tags: Mapping[str, str], measured: frozenset[str] = frozenset()
+) -> Iterator[tuple[float, int, list[bytes]]]:
+    """One event per row: every present, numeric value of a tagged column. In a ``measured`` column (one every
+    record of the frame's kind must carry) a NaN is what was measured, and is written; elsewhere it is a value
+    the record did not carry."""
     for row in frame.to_dict(orient="records"):
         values = [
             tbevents.scalar_value(tag, float(row[column]))
             for column, tag in tags.items()
-            if _present(row.get(column)) and isinstance(row[column], int | float) and not isinstance(row[column], bool)
+            if (_present(row.get(column)) or (column in measured and isinstance(row.get(column), float)))
+            and isinstance(row[column], int | float)
+            and not isinstance(row[column], bool)
         ]
         if values:
             yield (*_position(row), values)
@@ -116,7 +124,7 @@ def run_events(name: str, run: str, frames: Mapping[str, pd.DataFrame]) -> RunEv
         "epochs": {c: t for c in epochs.columns if (t := epoch_tag(c))},
     }
     timed = [
-        *_scalar_events(grad, tags["grad"]),
+        *_scalar_events(grad, tags["grad"], measured=frozenset(GRAD_TAGS)),  # every grad_stats carries them
         *_scalar_events(balance, tags["balance"]),
         *_scalar_events(epochs, tags["epochs"]),
     ]
@@ -151,10 +159,20 @@ def directory_names(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     return unique
 
 
-def write_run(directory: Path, run: RunEvents) -> Path:
-    """Write (or replace) the run's event file under ``directory/run.name``; return its path."""
-    target = directory / run.name
+#: In each run's directory: the log (absolute path) its events came from.
+SOURCE_NOTE = ".moola-watch-source"
+
+
+def write_run(directory: Path, run: RunEvents, log: str) -> Path:
+    """Write (or replace) the run's event file under ``directory/run.name``, or ``run.name-2``... when that holds
+    another log's run of the same id (TensorBoard would merge the two into one line); return its path."""
+    source = str(Path(log).resolve())
+    target, number = directory / run.name, 1
+    while (note := target / SOURCE_NOTE).exists() and note.read_text("utf-8", "replace") != source:
+        number += 1
+        target = directory / f"{run.name}-{number}"
     target.mkdir(parents=True, exist_ok=True)
+    (target / SOURCE_NOTE).write_text(source, "utf-8")
     path = target / f"events.out.tfevents.{int(run.start)}.moola-watch"
     partial = target / ".moola-watch-writing"  # a name TensorBoard ignores until it is whole
     partial.write_bytes(tbevents.event_file(run.start, run.events))

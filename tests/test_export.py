@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -83,9 +84,35 @@ def test_one_run_per_directory_and_exporting_again_replaces(tmp_path: Path) -> N
     export(both, again, same, "--tensorboard", out)
 
     assert sorted(p.name for p in out.iterdir()) == ["again-run-1", "run-a", "run-b", "same-run-1"]
-    assert all(len(list(d.iterdir())) == 1 for d in out.iterdir())  # replaced, not a second file
+    assert all(len(list(d.glob("events.out.tfevents.*"))) == 1 for d in out.iterdir())  # replaced, not doubled
     assert [e.value for e in accumulator(out / "run-b").Scalars("gradients/mean_norm")] == [float32(0.4)] * 2
     assert len(accumulator(out / "again-run-1").Tensors("alerts")) >= 1
+
+
+def test_another_logs_run_of_the_same_id_exported_later_gets_its_own_directory(tmp_path: Path) -> None:
+    """Two exports into one directory, of two logs that each hold a run "run-1": TensorBoard would merge one
+    directory's event files into one line. Exporting the first log again still replaces its own."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = collapse_scenario().write(tmp_path / "a" / "run.jsonl")
+    second = healthy_scenario().write(tmp_path / "b" / "run.jsonl")
+    out = tmp_path / "tb"
+    for log in (first, second, first):
+        export(log, "--tensorboard", out)
+    assert sorted(p.name for p in out.iterdir()) == ["run-1", "run-1-2"]
+    assert all(len(list(d.glob("events.out.tfevents.*"))) == 1 for d in out.iterdir())
+    assert len(accumulator(out / "run-1").Tensors("alerts")) >= 1  # the collapse log's, exported twice
+    assert not accumulator(out / "run-1-2").Tags()["tensors"]  # the healthy log's: no alert
+
+
+def test_a_nan_gradient_statistic_is_exported_as_measured(tmp_path: Path) -> None:
+    log = LogBuilder().start()
+    for epoch, norm in ((1, 0.2), (2, math.nan), (3, 0.3)):
+        log.grad(epoch, norm, 0.5, {"w": norm})
+    path = log.end().write(tmp_path / "nan.jsonl")
+    export(path, "--tensorboard", tmp_path / "tb")
+    means = accumulator(tmp_path / "tb" / "run-1").Scalars("gradients/mean_norm")
+    assert [e.step for e in means] == [10, 20, 30] and math.isnan(means[1].value)
 
 
 def test_a_run_id_cannot_escape_the_directory(tmp_path: Path) -> None:
