@@ -123,11 +123,25 @@ def command_argv(command: str) -> list[str]:
 
 
 def check_url(url: str) -> str:
-    """``url`` if it is an http(s) URL with a host (urllib would also open file: and ftp: ones)."""
+    """``url`` if it is an http(s) URL with a host and a valid port (urllib would also open file: and ftp: ones),
+    in printable ASCII without spaces. The errors show the URL redacted: its path holds the secret."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--webhook needs an http:// or https:// URL, got {redact(url)!r}")
+    # A pasted comment or line break would reach http.client, whose refusal quotes the whole URL, secret and all.
+    if not all(" " < ch < "\x7f" for ch in url):
+        raise ValueError(f"--webhook {redact(url)}: the URL holds a space, control or non-ASCII character")
+    if _port(parts) == 0:
+        raise ValueError(f"--webhook {redact(url)}: the port is not a number from 1 to 65535")
     return url
+
+
+def _port(parts: urllib.parse.SplitResult) -> int | None:
+    """The URL's port; None when it has none (the scheme's default), 0 when it is no usable port."""
+    try:
+        return parts.port
+    except ValueError:  # not a number, or beyond 65535
+        return 0
 
 
 def redact(url: str) -> str:
@@ -135,8 +149,9 @@ def redact(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if not parts.hostname:
         return "<webhook>"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}/…"
+    port = _port(parts)
+    shown = "" if port is None else f":{port}" if port else ":<bad port>"
+    return f"{parts.scheme}://{inert(parts.hostname)}{shown}/…"
 
 
 # ------------------------------------------------------------------------------ formatting (pure)

@@ -263,6 +263,26 @@ def test_unusable_notification_settings_are_usage_errors(args, said):
     assert result.returncode == 2 and said in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("http://127.0.0.1:99999/services/T0/B0/SECRET", "http://127.0.0.1:<bad port>/…: the port is not a number"),
+        ("http://127.0.0.1:abc/services/T0/B0/SECRET", "http://127.0.0.1:<bad port>/…: the port is not a number"),
+        ("https://127.0.0.1:8799/services/T0/B0/SECRET #prod", "https://127.0.0.1:8799/…: the URL holds a space"),
+        ("https://127.0.0.1:8799/services/T0/B0/SECRET\n", "https://127.0.0.1:8799/…: the URL holds a space"),
+        ("https://127.0.0.1:8799/services/T0/B0/SECRET\x7f", "https://127.0.0.1:8799/…: the URL holds a space"),
+        ("https://127.0.0.1:8799/services/SECRET/é", "https://127.0.0.1:8799/…: the URL holds a space"),
+    ],
+)
+def test_a_webhook_url_with_a_bad_port_or_a_space_is_one_line_usage_error_without_its_path(url, said):
+    # Before, a bad port was a traceback from redact(), and a space reached http.client, whose failure notice
+    # quoted the path: the webhook's secret.
+    result = run_watch("--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", url)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.startswith(f"moola-watch: error: --webhook {said}") and "SECRET" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
 # ------------------------------------------------------------------------------ pure parts
 
 
@@ -307,6 +327,7 @@ def test_settings_add_commands_and_webhooks_from_config_and_flags():
         with pytest.raises(ValueError):
             notify.settings_from(bad)
     assert notify.redact("https://hooks.slack.com/services/T/B/X?x=1") == "https://hooks.slack.com/…"
+    assert notify.redact("https://hooks.slack.com:99999/services/T/B/X") == "https://hooks.slack.com:<bad port>/…"
 
 
 def test_backoff_grows_and_is_bounded():
