@@ -336,7 +336,7 @@ class Notifier:
 
     @classmethod
     def from_settings(cls, settings: NotifySettings) -> Notifier:
-        return cls(sinks_for(settings), settings.notify_on, min(settings.timeout, CLOSE_GRACE_S))
+        return cls(sinks_for(settings), settings.notify_on)
 
     def send(self, event: Mapping[str, Any]) -> None:
         """Queue ``event`` for every sink if it is wanted; never blocks."""

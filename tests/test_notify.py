@@ -38,15 +38,23 @@ with open(sys.argv[1], "a") as out:
 
 
 class Hook:
-    """A real HTTP server on 127.0.0.1: records each POSTed JSON body with the wall time it arrived."""
+    """A real HTTP server on 127.0.0.1: records each POSTed JSON body with the wall time it arrived. It answers
+    after ``delay`` seconds, and its first ``failures`` requests with 500 (those bodies are not recorded)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0, failures: int = 0) -> None:
         self.bodies: list[tuple[float, dict]] = []
+        self.requests = 0
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(delay)
+                hook.requests += 1
+                if hook.requests <= failures:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
                 hook.bodies.append((time.time(), body))
                 self.send_response(204)
                 self.end_headers()
@@ -217,6 +225,22 @@ def test_a_dead_webhook_and_a_failing_command_are_one_notice_each(tmp_path):
     assert next(n for n in notices if n.startswith("--on-alert false")).endswith(
         "failed: exited with status 1; alerts still show here, its further failures do not"
     )
+
+
+def test_exit_gives_queued_alerts_5_s_whatever_the_request_timeout(tmp_path):
+    hook = Hook(delay=1.2)  # three alerts take 3.6 s in all, each well within its 2 s timeout
+    try:
+        result = run_watch(
+            "--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", hook.url, "--notify-timeout", "2"
+        )  # fmt: skip
+    finally:
+        hook.close()
+    events = json_events(result.stdout)
+    printed = [e for e in events if e["event"] == "alert" and e["severity"] == "error" and e["state"] != "pending"]
+    sent = [body["alert"] for _, body in hook.bodies]
+    # Before, the grace was min(timeout, 5 s): 2 s, and only the first alert went out.
+    assert len(printed) == 3 and sent == printed, result.stderr
+    assert not [e for e in events if e["event"] == "notice"]
 
 
 def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_config(tmp_path, hook):
