@@ -243,6 +243,26 @@ def test_exit_gives_queued_alerts_5_s_whatever_the_request_timeout(tmp_path):
     assert not [e for e in events if e["event"] == "notice"]
 
 
+def test_sigterm_ends_follow_like_ctrl_c_queued_alerts_go_out_and_the_summary_is_written(tmp_path):
+    log = tmp_path / "run.jsonl"
+    log.write_bytes((SAMPLES / "pointer_collapse.jsonl").read_bytes())
+    hook = Hook(delay=1.0)  # three alerts: two are still queued when the first has arrived
+    watcher = watch("--json", str(log), "--webhook", hook.url)
+    try:
+        hook.wait_for(lambda alert: True, timeout=20)
+        watcher.send_signal(signal.SIGTERM)  # systemd's, Kubernetes' and timeout's way to stop a process
+        out, err = watcher.communicate(timeout=20)
+    finally:
+        watcher.kill()
+        hook.close()
+    # Before, SIGTERM killed follow at once (status -15): one alert of three sent, no summary, nothing said.
+    assert watcher.returncode == 0 and "Traceback" not in err, err
+    events = json_events(out)
+    printed = [e for e in events if e["event"] == "alert" and e["severity"] == "error" and e["state"] != "pending"]
+    assert len(printed) == 3 and [body["alert"] for _, body in hook.bodies] == printed
+    assert events[-1]["event"] == "summary"
+
+
 def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_config(tmp_path, hook):
     config = tmp_path / "watch.toml"
     config.write_text(f'[notify]\nwebhook = "{hook.url}"\nnotify_on = "warning"\n')
