@@ -6,18 +6,21 @@ never stalls following. A sink's failure is reported once when it starts failing
 not once per alert. Log text never reaches a shell: a command's argv comes from ``shlex.split`` of the user's
 own flag, and the alert travels as JSON on stdin and in ``MOOLA_*`` environment variables.
 
-The formatting functions are pure; ``post_json`` and ``run_command`` are the thin shells around HTTP and
+The formatting functions are pure; ``post_json`` and ``Command`` are the thin shells around HTTP and
 processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
 import shlex
 import shutil
+import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -26,7 +29,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.client import HTTPException
-from typing import Any
+from typing import IO, Any
 
 from moola_watch import __version__, rules, schema
 from moola_watch.textsafe import inert, json_line
@@ -220,22 +223,75 @@ def post_json(url: str, body: bytes, timeout: float) -> None:
         raise DeliveryError(f"{type(exc).__name__}: {exc}", retry=True) from None
 
 
-def run_command(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout: float) -> None:
-    """Run ``argv`` (no shell) with ``stdin`` and ``env`` added to ours; its output is discarded, a non-zero
-    exit is a failure that quotes its last line of stderr. Killed after ``timeout`` seconds."""
-    try:
-        result = subprocess.run(
-            list(argv), input=stdin, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=timeout, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise DeliveryError(f"still running after {timeout:g} s, killed", retry=False) from None
-    except OSError as exc:
-        raise DeliveryError(f"cannot run it: {exc.strerror or exc}", retry=False) from None
-    if result.returncode != 0:
-        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        said = f": {lines[-1]}" if lines else ""
-        raise DeliveryError(f"exited with status {result.returncode}{said}", retry=False)
+class Command:
+    """One ``--on-alert`` command, run once per alert, one run at a time. Each run is a process group of its own,
+    so that a timeout, or ``stop`` at exit, ends it with whatever it started; a background child it leaves behind
+    when it exits is its own (a notifier daemon, a ``curl ... &``)."""
+
+    def __init__(self, argv: Sequence[str], timeout: float) -> None:
+        """``timeout``: seconds one run may take before it is killed."""
+        self.argv = list(argv)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._running: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+
+    def deliver(self, event: Mapping[str, Any]) -> None:
+        self.run(json_line(dict(event)), command_env(event))
+
+    def run(self, stdin: bytes, env: Mapping[str, str]) -> None:
+        """Run the command (no shell) with ``stdin`` and ``env`` added to ours; done when it exits. Its output is
+        discarded, a non-zero exit is a failure that quotes its last line of stderr."""
+        # Files, not pipes: a background child inherits them, and a pipe it holds would look like a hung command.
+        with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as errors:
+            given.write(stdin)
+            given.seek(0)
+            process = self._start(given, errors, env)
+            try:
+                code = process.wait(self.timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(process)
+                process.wait()
+                raise DeliveryError(f"still running after {self.timeout:g} s, killed", retry=False) from None
+            finally:
+                with self._lock:
+                    self._running = None
+            if code != 0:
+                raise DeliveryError(f"exited with status {code}{last_line(errors)}", retry=False)
+
+    def _start(self, stdin: IO[bytes], stderr: IO[bytes], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._stopped:
+                raise DeliveryError("not run: moola-watch is exiting", retry=False)
+            try:
+                self._running = subprocess.Popen(
+                    self.argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **env},
+                    start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                raise DeliveryError(f"cannot run it: {exc.strerror or exc}", retry=False) from None
+            return self._running
+
+    def stop(self) -> None:
+        """Kill the run in progress, with its process group, and start no other (at exit, after the grace)."""
+        with self._lock:
+            self._stopped = True
+            if self._running is not None:
+                kill_group(self._running)
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to ``process``'s group (it leads one: ``start_new_session``); quiet if it is gone already."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def last_line(stderr: IO[bytes]) -> str:
+    """``": "`` and the last line a command wrote to ``stderr`` (of its last 64 KiB), or nothing."""
+    stderr.seek(0, os.SEEK_END)
+    stderr.seek(max(0, stderr.tell() - (1 << 16)))
+    lines = stderr.read().decode("utf-8", "replace").strip().splitlines()
+    return f": {lines[-1]}" if lines else ""
 
 
 def backoff(attempt: int) -> float:
@@ -253,6 +309,7 @@ class Sink:
     label: str
     deliver: Callable[[Mapping[str, Any]], None]
     retries: int
+    stop: Callable[[], None] | None = None  # ends a delivery still in progress at exit
 
 
 def sinks_for(settings: NotifySettings) -> list[Sink]:
@@ -260,12 +317,8 @@ def sinks_for(settings: NotifySettings) -> list[Sink]:
     that half-ran should not page twice); webhooks are, on timeouts, connection errors, 429 and 5xx."""
     sinks = []
     for command in settings.commands:
-        argv = command_argv(command)
-
-        def deliver_command(event: Mapping[str, Any], argv: list[str] = argv) -> None:
-            run_command(argv, json_line(dict(event)), command_env(event), settings.timeout)
-
-        sinks.append(Sink(f"--on-alert {os.path.basename(argv[0])}", deliver_command, 0))
+        runner = Command(command_argv(command), settings.timeout)
+        sinks.append(Sink(f"--on-alert {os.path.basename(runner.argv[0])}", runner.deliver, 0, runner.stop))
     for url in settings.webhooks:
 
         def deliver_webhook(event: Mapping[str, Any], url: str = url) -> None:
@@ -361,5 +414,8 @@ class Notifier:
         # A worker still alive holds one alert in flight and the close marker among the queued: qsize() counts both.
         left = [f"{w.sink.label}: gave up at exit, {w.queue.qsize()} alert(s) unsent" for w in self.workers
                 if w.thread.is_alive()]  # fmt: skip
+        for worker in self.workers:
+            if worker.thread.is_alive() and worker.sink.stop is not None:
+                worker.sink.stop()  # a command still running would outlive us
         dropped = [f"{w.sink.label}: {w.dropped} alert(s) dropped in all" for w in self.workers if w.dropped]
         return self.drain() + left + dropped

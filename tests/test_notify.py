@@ -292,6 +292,52 @@ def test_on_alert_gets_the_alert_on_stdin_and_in_the_environment_and_log_text_ru
     assert EVIL in (tmp_path / "sh.txt").read_text()  # the shell got the text as data, and ran none of it
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_command_that_leaves_a_background_child_is_done_when_it_exits(tmp_path):
+    command = "sh -c 'echo \"$MOOLA_STATE\" >> states.txt; sleep 20 & echo $! >> children.txt'"
+    began = time.monotonic()
+    result = run_watch(
+        "--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--on-alert", command, "--notify-timeout", "3",
+        cwd=tmp_path,
+    )  # fmt: skip
+    took = time.monotonic() - began
+    children = [int(pid) for pid in (tmp_path / "children.txt").read_text().split()]
+    try:
+        events = json_events(result.stdout)
+        # Before, the child's hold on the command's stderr pipe made each run last its full 3 s timeout, and the
+        # notice said "still running after 3 s, killed": one alert went out before the exit grace ran out.
+        assert not [e["message"] for e in events if e["event"] == "notice"]
+        assert (tmp_path / "states.txt").read_text().split() == ["firing", "firing", "resolved"]
+        assert took < 3, took
+        assert all(alive(pid) for pid in children)  # what a command starts in the background is its own
+    finally:
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_command_still_running_at_exit_is_killed_with_its_process_group(tmp_path):
+    command = "sh -c 'sleep 60 & echo $! > child.txt; wait'"
+    result = run_watch(
+        "--once", str(SAMPLES / "pointer_collapse.jsonl"), "--on-alert", command, "--notify-timeout", "60",
+        cwd=tmp_path,
+    )  # fmt: skip
+    child = int((tmp_path / "child.txt").read_text())
+    deadline = time.monotonic() + 3
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the hung command's child outlived moola-watch")
+    assert "--on-alert sh: gave up at exit, 3 alert(s) unsent" in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [
