@@ -206,7 +206,9 @@ def test_a_hanging_webhook_does_not_delay_the_next_alert_line(tmp_path, hanging)
     err = watcher.stderr.read()
     assert watcher.wait(timeout=20) == 0 and "Traceback" not in err
     assert time.monotonic() - began < notify.CLOSE_GRACE_S + 3  # exit waits a bounded grace, not the endpoint
-    assert re.search(r"--webhook http://127\.0\.0\.1:\d+/…: gave up at exit, \d+ alert\(s\) unsent", err), err
+    assert re.search(
+        r"--webhook http://127\.0\.0\.1:\d+/…: (\d+) alert\(s\) not delivered \(\1 still queued at exit\)", err
+    )
     assert "SECRET" not in err
 
 
@@ -219,12 +221,31 @@ def test_a_dead_webhook_and_a_failing_command_are_one_notice_each(tmp_path):
     alerts = [e for e in events if e["event"] == "alert" and e["state"] != "pending"]
     notices = [e["message"] for e in events if e["event"] == "notice" and e["kind"] == "notify"]
     assert len(alerts) >= 5 and result.returncode == 1
-    assert len(notices) == 2, notices
+    assert len(notices) == 4, notices  # one when each started failing, one each at exit
     webhook = next(n for n in notices if n.startswith("--webhook"))
-    assert "Connection refused" in webhook and "SECRET" not in webhook
+    assert "Connection refused" in webhook and "SECRET" not in "".join(notices)
+    assert webhook.endswith("; alerts still show here, its alerts wait, in order, until it works again")
     assert next(n for n in notices if n.startswith("--on-alert false")).endswith(
-        "failed: exited with status 1; alerts still show here, its further failures do not"
+        "failed: exited with status 1; alerts still show here, its further failures are not said"
     )
+    # The dead webhook was tried through the exit grace; nothing went out, and both say how much was lost.
+    assert notices[-2] == f"--on-alert false: {len(alerts)} alert(s) not delivered ({len(alerts)} refused or failed)"
+    assert re.fullmatch(r"--webhook .*: (\d+) alert\(s\) not delivered \(\1 still queued at exit\)", notices[-1])
+
+
+def test_alerts_wait_out_a_short_webhook_outage_and_go_out_in_order(tmp_path):
+    hook = Hook(failures=4)  # 500 to the first four requests: more than one alert's quick retries
+    try:
+        result = run_watch("--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", hook.url)
+    finally:
+        hook.close()
+    events = json_events(result.stdout)
+    printed = [e for e in events if e["event"] == "alert" and e["severity"] == "error" and e["state"] != "pending"]
+    notices = [e["message"] for e in events if e["event"] == "notice"]
+    # Before, the first alert used up its retries, the next one got a single attempt: only the RESOLVED arrived.
+    assert len(printed) == 3 and [body["alert"] for _, body in hook.bodies] == printed, notices
+    assert [n.split(": ", 1)[0].split("/… ")[1] for n in notices] == ["failed", "works again"], notices
+    assert "HTTP 500" in notices[0] and notices[1].endswith("/… works again")
 
 
 def test_exit_gives_queued_alerts_5_s_whatever_the_request_timeout(tmp_path):
@@ -335,7 +356,7 @@ def test_a_command_still_running_at_exit_is_killed_with_its_process_group(tmp_pa
     if alive(child):
         os.kill(child, signal.SIGKILL)
         pytest.fail("the hung command's child outlived moola-watch")
-    assert "--on-alert sh: gave up at exit, 3 alert(s) unsent" in result.stderr, result.stderr
+    assert "--on-alert sh: 3 alert(s) not delivered (3 still queued at exit)" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -421,7 +442,8 @@ def test_settings_add_commands_and_webhooks_from_config_and_flags():
 
 
 def test_backoff_grows_and_is_bounded():
-    assert [notify.backoff(n) for n in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert [notify.backoff(n) for n in range(8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert notify.backoff(10_000) == notify.MAX_BACKOFF_S  # a days-long outage
 
 
 def flaky(outcomes: list[bool], calls: list[dict], entered: threading.Event | None = None, gate=None):
@@ -449,9 +471,40 @@ def test_a_failing_sink_is_one_notice_and_one_more_when_it_works_again():
     notices = notifier.close()
     assert [c["step"] for c in calls] == [0, 1, 2, 3, 4]
     assert notices == [
-        "--webhook x failed: HTTP 503 Service Unavailable; alerts still show here, its further failures do not",
-        "--webhook x works again",
-        "--webhook x failed: HTTP 503 Service Unavailable; alerts still show here, its further failures do not",
+        "--webhook x failed: HTTP 503 Service Unavailable; alerts still show here, its further failures are not said",
+        "--webhook x works again; 3 alert(s) were lost while it failed",
+        "--webhook x failed: HTTP 503 Service Unavailable; alerts still show here, its further failures are not said",
+        "--webhook x: 4 alert(s) not delivered (4 refused or failed)",
+    ]
+
+
+def test_a_sink_that_is_down_keeps_what_fits_in_its_queue_and_sends_it_in_order_when_it_works_again():
+    down = threading.Event()
+    down.set()
+    calls: list[int] = []
+
+    def deliver(alert) -> None:
+        if down.is_set():
+            raise notify.DeliveryError("HTTP 503 Service Unavailable", retry=True)
+        calls.append(alert["step"])
+
+    notifier = notify.Notifier([notify.Sink("--webhook x", deliver, retries=2)], pause=lambda attempt: 0.01)
+    for step in range(notify.QUEUE_SIZE + 30):
+        notifier.send(event(step=step))
+    (worker,) = notifier.workers
+    time.sleep(0.3)  # dozens of attempts at the first alert, all failing
+    assert len(worker.queue) == notify.QUEUE_SIZE and calls == []  # bounded while down, nothing lost from it
+    down.clear()
+    notices = notifier.close()
+    assert calls == list(range(notify.QUEUE_SIZE))  # every queued one, oldest first
+    assert sorted(notices[:2]) == [  # in either order: the queue may fill before the quick retries are over
+        "--webhook x failed: HTTP 503 Service Unavailable; alerts still show here, its alerts wait, in order, until "
+        "it works again",
+        "--webhook x is falling behind: 100 alerts queued, dropping new ones",
+    ]
+    assert notices[2:] == [
+        "--webhook x works again; 30 alert(s) were lost while it failed",
+        "--webhook x: 30 alert(s) not delivered (30 dropped beyond its queue of 100)",
     ]
 
 
@@ -461,7 +514,7 @@ def test_a_stuck_sink_drops_beyond_its_queue_says_so_once_and_exit_is_bounded():
     sink = notify.Sink("--on-alert page", flaky([True] * 200, calls, entered, gate), retries=0)
     notifier = notify.Notifier([sink], grace=0.2)
     notifier.send(event(step=0))
-    assert entered.wait(5)  # the first alert is in flight, stuck; 100 more fit in the queue
+    assert entered.wait(5)  # the first alert is in flight, stuck, still in the queue; 99 more fit in it
     began = time.monotonic()
     for step in range(1, notify.QUEUE_SIZE + 50):
         notifier.send(event(step=step))
@@ -469,7 +522,6 @@ def test_a_stuck_sink_drops_beyond_its_queue_says_so_once_and_exit_is_bounded():
     assert notifier.drain() == ["--on-alert page is falling behind: 100 alerts queued, dropping new ones"]
     notices = notifier.close()
     assert time.monotonic() - began < 2 and notices == [
-        "--on-alert page: gave up at exit, 101 alert(s) unsent",
-        "--on-alert page: 49 alert(s) dropped in all",
+        "--on-alert page: 150 alert(s) not delivered (100 still queued at exit, 50 dropped beyond its queue of 100)"
     ]
     gate.set()
