@@ -9,13 +9,16 @@ Each run is judged by the thresholds its ``run_start`` recorded, except those a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
+import signal
 import sys
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -524,7 +527,23 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
         overridden=overridden_from(args),
     )
     notifier = Notifier.from_settings(notify) if notify.enabled else None
-    return Follower(args.target, thresholds, options, console, notifier=notifier).run()
+    with sigterm_as_interrupt():
+        return Follower(args.target, thresholds, options, console, notifier=notifier).run()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd, Kubernetes, ``timeout``) ends ``follow`` the way Ctrl-C does: queued alerts get their
+    grace, what could not go out is said, and ``--json`` writes its summary. Its default would kill us mid-way."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 COMMANDS = {"follow": _follow, "analyze": _analyze, "check": _check, "report": _report, "export": _export}

@@ -2,37 +2,45 @@
 
 The follow loop hands every alert event (the object ``follow --json`` prints) to a :class:`Notifier`, which
 returns at once: each sink has its own bounded queue and daemon thread, so a slow command or a dead endpoint
-never stalls following. A sink's failure is reported once when it starts failing and once when it recovers,
-not once per alert. Log text never reaches a shell: a command's argv comes from ``shlex.split`` of the user's
-own flag, and the alert travels as JSON on stdin and in ``MOOLA_*`` environment variables.
+never stalls following. An alert a webhook could not take yet stays at the head of its queue, tried with backoff,
+so that after an outage the queued alerts go out in order. A sink's failure is reported once when it starts
+failing and once when it recovers, not once per alert; at exit, one line says how many alerts a sink never got.
+Log text never reaches a shell: a command's argv comes from ``shlex.split`` of the user's own flag, and the
+alert travels as JSON on stdin and in ``MOOLA_*`` environment variables.
 
-The formatting functions are pure; ``post_json`` and ``run_command`` are the thin shells around HTTP and
+The formatting functions are pure; ``post_json`` and ``Command`` are the thin shells around HTTP and
 processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
 import shlex
 import shutil
+import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http.client import HTTPException
-from typing import Any
+from typing import IO, Any
 
 from moola_watch import __version__, rules, schema
 from moola_watch.textsafe import inert, json_line
 
-QUEUE_SIZE = 100  # notifications waiting per sink; beyond this new ones are dropped (and said so once)
+QUEUE_SIZE = 100  # alerts waiting per sink; beyond this new ones are dropped (said once, counted at exit)
 CLOSE_GRACE_S = 5.0  # at exit, seconds the sinks get to finish what is queued
+MAX_BACKOFF_S = 30.0  # longest wait between attempts at a destination that is down
+EXIT_RETRY_S = 1.0  # longest wait between attempts during the exit grace, so a recovery within it is used
 CHAT_LIMIT = 1900  # characters of the chat line (Discord refuses content over 2000)
 ENV_LIMIT = 4000  # characters of one MOOLA_* environment value
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -51,7 +59,8 @@ class DeliveryError(Exception):
 @dataclass(frozen=True)
 class NotifySettings:
     """Where alerts go and which ones. ``timeout`` is seconds per attempt (HTTP request or command run);
-    ``retries`` is extra webhook attempts after the first, with backoff."""
+    ``retries`` is quick extra webhook attempts at one alert before the webhook counts as failing (it is still
+    tried after that, with longer backoff)."""
 
     commands: tuple[str, ...] = ()
     webhooks: tuple[str, ...] = ()
@@ -123,11 +132,25 @@ def command_argv(command: str) -> list[str]:
 
 
 def check_url(url: str) -> str:
-    """``url`` if it is an http(s) URL with a host (urllib would also open file: and ftp: ones)."""
+    """``url`` if it is an http(s) URL with a host and a valid port (urllib would also open file: and ftp: ones),
+    in printable ASCII without spaces. The errors show the URL redacted: its path holds the secret."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--webhook needs an http:// or https:// URL, got {redact(url)!r}")
+    # A pasted comment or line break would reach http.client, whose refusal quotes the whole URL, secret and all.
+    if not all(" " < ch < "\x7f" for ch in url):
+        raise ValueError(f"--webhook {redact(url)}: the URL holds a space, control or non-ASCII character")
+    if _port(parts) == 0:
+        raise ValueError(f"--webhook {redact(url)}: the port is not a number from 1 to 65535")
     return url
+
+
+def _port(parts: urllib.parse.SplitResult) -> int | None:
+    """The URL's port; None when it has none (the scheme's default), 0 when it is no usable port."""
+    try:
+        return parts.port
+    except ValueError:  # not a number, or beyond 65535
+        return 0
 
 
 def redact(url: str) -> str:
@@ -135,8 +158,9 @@ def redact(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if not parts.hostname:
         return "<webhook>"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}/…"
+    port = _port(parts)
+    shown = "" if port is None else f":{port}" if port else ":<bad port>"
+    return f"{parts.scheme}://{inert(parts.hostname)}{shown}/…"
 
 
 # ------------------------------------------------------------------------------ formatting (pure)
@@ -205,27 +229,80 @@ def post_json(url: str, body: bytes, timeout: float) -> None:
         raise DeliveryError(f"{type(exc).__name__}: {exc}", retry=True) from None
 
 
-def run_command(argv: Sequence[str], stdin: bytes, env: Mapping[str, str], timeout: float) -> None:
-    """Run ``argv`` (no shell) with ``stdin`` and ``env`` added to ours; its output is discarded, a non-zero
-    exit is a failure that quotes its last line of stderr. Killed after ``timeout`` seconds."""
-    try:
-        result = subprocess.run(
-            list(argv), input=stdin, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            timeout=timeout, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise DeliveryError(f"still running after {timeout:g} s, killed", retry=False) from None
-    except OSError as exc:
-        raise DeliveryError(f"cannot run it: {exc.strerror or exc}", retry=False) from None
-    if result.returncode != 0:
-        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        said = f": {lines[-1]}" if lines else ""
-        raise DeliveryError(f"exited with status {result.returncode}{said}", retry=False)
+class Command:
+    """One ``--on-alert`` command, run once per alert, one run at a time. Each run is a process group of its own,
+    so that a timeout, or ``stop`` at exit, ends it with whatever it started; a background child it leaves behind
+    when it exits is its own (a notifier daemon, a ``curl ... &``)."""
+
+    def __init__(self, argv: Sequence[str], timeout: float) -> None:
+        """``timeout``: seconds one run may take before it is killed."""
+        self.argv = list(argv)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._running: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+
+    def deliver(self, event: Mapping[str, Any]) -> None:
+        self.run(json_line(dict(event)), command_env(event))
+
+    def run(self, stdin: bytes, env: Mapping[str, str]) -> None:
+        """Run the command (no shell) with ``stdin`` and ``env`` added to ours; done when it exits. Its output is
+        discarded, a non-zero exit is a failure that quotes its last line of stderr."""
+        # Files, not pipes: a background child inherits them, and a pipe it holds would look like a hung command.
+        with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as errors:
+            given.write(stdin)
+            given.seek(0)
+            process = self._start(given, errors, env)
+            try:
+                code = process.wait(self.timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(process)
+                process.wait()
+                raise DeliveryError(f"still running after {self.timeout:g} s, killed", retry=False) from None
+            finally:
+                with self._lock:
+                    self._running = None
+            if code != 0:
+                raise DeliveryError(f"exited with status {code}{last_line(errors)}", retry=False)
+
+    def _start(self, stdin: IO[bytes], stderr: IO[bytes], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._stopped:
+                raise DeliveryError("not run: moola-watch is exiting", retry=False)
+            try:
+                self._running = subprocess.Popen(
+                    self.argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **env},
+                    start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                raise DeliveryError(f"cannot run it: {exc.strerror or exc}", retry=False) from None
+            return self._running
+
+    def stop(self) -> None:
+        """Kill the run in progress, with its process group, and start no other (at exit, after the grace)."""
+        with self._lock:
+            self._stopped = True
+            if self._running is not None:
+                kill_group(self._running)
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to ``process``'s group (it leads one: ``start_new_session``); quiet if it is gone already."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def last_line(stderr: IO[bytes]) -> str:
+    """``": "`` and the last line a command wrote to ``stderr`` (of its last 64 KiB), or nothing."""
+    stderr.seek(0, os.SEEK_END)
+    stderr.seek(max(0, stderr.tell() - (1 << 16)))
+    lines = stderr.read().decode("utf-8", "replace").strip().splitlines()
+    return f": {lines[-1]}" if lines else ""
 
 
 def backoff(attempt: int) -> float:
-    """Seconds to wait before retry number ``attempt`` (0-based): 0.5, 1, 2, 4, 4, ..."""
-    return min(0.5 * 2**attempt, 4.0)
+    """Seconds to wait before retry number ``attempt`` (0-based): 0.5, 1, 2, 4, ... up to ``MAX_BACKOFF_S``."""
+    return min(0.5 * 2 ** min(attempt, 16), MAX_BACKOFF_S)  # 2**attempt of a days-long outage overflows a float
 
 
 # ------------------------------------------------------------------------------ workers
@@ -238,6 +315,7 @@ class Sink:
     label: str
     deliver: Callable[[Mapping[str, Any]], None]
     retries: int
+    stop: Callable[[], None] | None = None  # ends a delivery still in progress at exit
 
 
 def sinks_for(settings: NotifySettings) -> list[Sink]:
@@ -245,12 +323,8 @@ def sinks_for(settings: NotifySettings) -> list[Sink]:
     that half-ran should not page twice); webhooks are, on timeouts, connection errors, 429 and 5xx."""
     sinks = []
     for command in settings.commands:
-        argv = command_argv(command)
-
-        def deliver_command(event: Mapping[str, Any], argv: list[str] = argv) -> None:
-            run_command(argv, json_line(dict(event)), command_env(event), settings.timeout)
-
-        sinks.append(Sink(f"--on-alert {os.path.basename(argv[0])}", deliver_command, 0))
+        runner = Command(command_argv(command), settings.timeout)
+        sinks.append(Sink(f"--on-alert {os.path.basename(runner.argv[0])}", runner.deliver, 0, runner.stop))
     for url in settings.webhooks:
 
         def deliver_webhook(event: Mapping[str, Any], url: str = url) -> None:
@@ -261,67 +335,126 @@ def sinks_for(settings: NotifySettings) -> list[Sink]:
 
 
 class _Worker:
-    """One sink's queue and daemon thread. Only the follow loop puts; only the thread takes."""
+    """One sink's queue and daemon thread. Only the follow loop adds; only the thread removes. An alert leaves the
+    queue once delivered or refused (a 4xx, a command's failure): alerts go out in order, and those a destination
+    that is down could not take wait, at most ``QUEUE_SIZE``, while it is tried with backoff."""
 
-    def __init__(self, sink: Sink, report: Callable[[str], None]) -> None:
+    def __init__(self, sink: Sink, report: Callable[[str], None], pause: Callable[[int], float]) -> None:
+        """``pause(n)``: seconds to wait before retry number ``n`` of one alert."""
         self.sink = sink
         self.report = report
-        self.queue: queue.Queue[Mapping[str, Any] | None] = queue.Queue()  # bounded by ``offer``
+        self.pause = pause
+        self.queue: deque[Mapping[str, Any]] = deque()
+        self.lock = threading.Condition()  # guards the queue and the counts; notified on a new alert and on close
+        self.closing = False
         self.failing = False
-        self.dropped = 0
+        self.overflow = 0  # alerts never queued: the queue was full
+        self.refused = 0  # alerts the destination refused, or a command failed on
+        self._lost_before = 0  # overflow + refused at the last delivery
         self.thread = threading.Thread(target=self._run, name=f"moola-notify {sink.label}", daemon=True)
         self.thread.start()
 
     def offer(self, event: Mapping[str, Any]) -> None:
-        if self.queue.qsize() < QUEUE_SIZE:
-            self.queue.put(event)
-            return
-        self.dropped += 1
-        if self.dropped == 1:
+        with self.lock:
+            if len(self.queue) < QUEUE_SIZE:
+                self.queue.append(event)
+                self.lock.notify()
+                return
+            self.overflow += 1
+            first = self.overflow == 1
+        if first:
             self.report(f"{self.sink.label} is falling behind: {QUEUE_SIZE} alerts queued, dropping new ones")
 
     def close(self) -> None:
-        self.queue.put(None)
+        with self.lock:
+            self.closing = True
+            self.lock.notify()
+
+    def lost(self) -> str | None:
+        """One line saying how many alerts never went out and why, or None when all did."""
+        with self.lock:
+            counts = {
+                "still queued at exit": len(self.queue),
+                f"dropped beyond its queue of {QUEUE_SIZE}": self.overflow,
+                "refused or failed": self.refused,
+            }
+        said = ", ".join(f"{count} {why}" for why, count in counts.items() if count)
+        return f"{self.sink.label}: {sum(counts.values())} alert(s) not delivered ({said})" if said else None
 
     def _run(self) -> None:
-        while (event := self.queue.get()) is not None:
+        while (event := self._next()) is not None:
             self._deliver(event)
+            with self.lock:
+                self.queue.popleft()
+
+    def _next(self) -> Mapping[str, Any] | None:
+        """The oldest queued alert, left in the queue while it is being sent; None once closed and empty."""
+        with self.lock:
+            self.lock.wait_for(lambda: self.queue or self.closing)
+            return self.queue[0] if self.queue else None
 
     def _deliver(self, event: Mapping[str, Any]) -> None:
-        # While failing, one attempt per alert: retries against a dead endpoint would only build a backlog.
-        attempts = 1 if self.failing else 1 + self.sink.retries
-        for attempt in range(attempts):
+        """Attempts until ``event`` is delivered or refused. After ``retries`` quick retries the sink is failing,
+        and the attempts go on with backoff: the alerts behind this one wait, in order, for it to work again."""
+        attempt = 0
+        while True:
             try:
                 self.sink.deliver(event)
             except DeliveryError as exc:
-                error = exc
                 if not exc.retry:
-                    break
-                if attempt + 1 < attempts:
-                    time.sleep(backoff(attempt))
+                    self._failed(exc, kept=False)
+                    with self.lock:
+                        self.refused += 1
+                    return
+                if attempt >= self.sink.retries:
+                    self._failed(exc, kept=True)
+                self._wait(self.pause(attempt))
+                attempt += 1
             else:
-                if self.failing:
-                    self.failing = False
-                    self.report(f"{self.sink.label} works again")
+                self._works()
                 return
+
+    def _wait(self, seconds: float) -> None:
+        """``seconds`` before the next attempt; at most ``EXIT_RETRY_S`` once closing, to make use of the grace."""
+        with self.lock:
+            closing = self.lock.wait_for(lambda: self.closing, timeout=seconds)
+        if closing:
+            time.sleep(min(seconds, EXIT_RETRY_S))
+
+    def _failed(self, error: DeliveryError, *, kept: bool) -> None:
+        if self.failing:
+            return
+        self.failing = True
+        then = "its alerts wait, in order, until it works again" if kept else "its further failures are not said"
+        self.report(f"{self.sink.label} failed: {error}; alerts still show here, {then}")
+
+    def _works(self) -> None:
+        with self.lock:
+            lost = self.overflow + self.refused - self._lost_before
+            self._lost_before += lost
         if not self.failing:
-            self.failing = True
-            self.report(f"{self.sink.label} failed: {error}; alerts still show here, its further failures do not")
+            return
+        self.failing = False
+        self.report(f"{self.sink.label} works again" + (f"; {lost} alert(s) were lost while it failed" if lost else ""))
 
 
 class Notifier:
     """Sends alert events to every sink in the background; notices about the sinks come back via ``drain``."""
 
-    def __init__(self, sinks: Sequence[Sink], notify_on: str = "error", grace: float = CLOSE_GRACE_S) -> None:
-        """``grace``: seconds the sinks get at ``close`` to finish what is queued."""
+    def __init__(
+        self, sinks: Sequence[Sink], notify_on: str = "error", grace: float = CLOSE_GRACE_S,
+        pause: Callable[[int], float] = backoff,
+    ) -> None:  # fmt: skip
+        """``grace``: seconds the sinks get at ``close`` to finish what is queued; ``pause(n)``: seconds a sink
+        waits before retry number ``n`` of one alert."""
         self.notify_on = notify_on
         self.grace = grace
         self._notices: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.workers = [_Worker(sink, self._notices.put) for sink in sinks]
+        self.workers = [_Worker(sink, self._notices.put, pause) for sink in sinks]
 
     @classmethod
     def from_settings(cls, settings: NotifySettings) -> Notifier:
-        return cls(sinks_for(settings), settings.notify_on, min(settings.timeout, CLOSE_GRACE_S))
+        return cls(sinks_for(settings), settings.notify_on)
 
     def send(self, event: Mapping[str, Any]) -> None:
         """Queue ``event`` for every sink if it is wanted; never blocks."""
@@ -337,14 +470,15 @@ class Notifier:
         return notices
 
     def close(self) -> list[str]:
-        """Let the sinks finish for at most ``grace`` seconds in all; the notices, and what was left unsent."""
+        """Let the sinks finish for at most ``grace`` seconds in all, then stop commands still running; the
+        notices, and one line for each sink that did not deliver every alert, saying how many and why."""
         for worker in self.workers:
             worker.close()
         deadline = time.monotonic() + self.grace
         for worker in self.workers:
             worker.thread.join(max(0.0, deadline - time.monotonic()))
-        # A worker still alive holds one alert in flight and the close marker among the queued: qsize() counts both.
-        left = [f"{w.sink.label}: gave up at exit, {w.queue.qsize()} alert(s) unsent" for w in self.workers
-                if w.thread.is_alive()]  # fmt: skip
-        dropped = [f"{w.sink.label}: {w.dropped} alert(s) dropped in all" for w in self.workers if w.dropped]
-        return self.drain() + left + dropped
+        lost = [line for worker in self.workers if (line := worker.lost())]
+        for worker in self.workers:
+            if worker.thread.is_alive() and worker.sink.stop is not None:
+                worker.sink.stop()  # a command still running would outlive us
+        return self.drain() + lost
