@@ -178,7 +178,7 @@ def test_no_code_execution_on_the_read_path():
     sources = {str(p.relative_to(package)): p.read_text() for p in package.rglob("*.py")}
     assert "columnar/worker.py" in sources and "rules/engine.py" in sources  # the sub-packages are read too
     # The one process the watcher starts is the user's own --on-alert command: argv from the flag, no shell.
-    notify = sources.pop("notify.py")
+    notify = sources.pop("notify/sinks.py")
     assert notify.count("subprocess.Popen(") == 1 and "shell=" not in notify and "subprocess.run(" not in notify
     source = "\n".join([*sources.values(), notify.replace("subprocess", "")])
     # The decoding worker's pipe carries msgpack bytes: Connection.recv() would unpickle what comes back.

@@ -1,0 +1,179 @@
+"""Getting alerts out without stalling the follow loop: each sink has its own bounded queue and daemon thread. An
+alert a destination could not take yet stays at the head of its queue, tried with backoff, so that after an
+outage the queued alerts go out in order; a sink's failure is said once when it starts and once when it ends;
+at exit the sinks get a bounded grace, and one line says how many alerts a sink never got."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from moola_watch.notify.settings import NotifySettings
+from moola_watch.notify.sinks import DeliveryError, Sink, sinks_for, wanted
+
+QUEUE_SIZE = 100  # alerts waiting per sink; beyond this new ones are dropped (said once, counted at exit)
+CLOSE_GRACE_S = 5.0  # at exit, seconds the sinks get to finish what is queued
+MAX_BACKOFF_S = 30.0  # longest wait between attempts at a destination that is down
+EXIT_RETRY_S = 1.0  # longest wait between attempts during the exit grace, so a recovery within it is used
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based): 0.5, 1, 2, 4, ... up to ``MAX_BACKOFF_S``."""
+    return min(0.5 * 2 ** min(attempt, 16), MAX_BACKOFF_S)  # 2**attempt of a days-long outage overflows a float
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+class _Worker:
+    """One sink's queue and daemon thread. Only the follow loop adds; only the thread removes. An alert leaves the
+    queue once delivered or refused (a 4xx, a command's failure): alerts go out in order, and those a destination
+    that is down could not take wait, at most ``QUEUE_SIZE``, while it is tried with backoff."""
+
+    def __init__(self, sink: Sink, report: Callable[[str], None], pause: Callable[[int], float]) -> None:
+        """``pause(n)``: seconds to wait before retry number ``n`` of one alert."""
+        self.sink = sink
+        self.report = report
+        self.pause = pause
+        self.queue: deque[Mapping[str, Any]] = deque()
+        self.lock = threading.Condition()  # guards the queue and the counts; notified on a new alert and on close
+        self.closing = False
+        self.failing = False
+        self.overflow = 0  # alerts never queued: the queue was full
+        self.refused = 0  # alerts the destination refused, or a command failed on
+        self._lost_before = 0  # overflow + refused at the last delivery
+        self.thread = threading.Thread(target=self._run, name=f"moola-notify {sink.label}", daemon=True)
+        self.thread.start()
+
+    def offer(self, event: Mapping[str, Any]) -> None:
+        with self.lock:
+            if len(self.queue) < QUEUE_SIZE:
+                self.queue.append(event)
+                self.lock.notify()
+                return
+            self.overflow += 1
+            first = self.overflow == 1
+        if first:
+            self.report(f"{self.sink.label} is falling behind: {QUEUE_SIZE} alerts queued, dropping new ones")
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+            self.lock.notify()
+
+    def lost(self) -> str | None:
+        """One line saying how many alerts never went out and why, or None when all did."""
+        with self.lock:
+            counts = {
+                "still queued at exit": len(self.queue),
+                f"dropped beyond its queue of {QUEUE_SIZE}": self.overflow,
+                "refused or failed": self.refused,
+            }
+        said = ", ".join(f"{count} {why}" for why, count in counts.items() if count)
+        return f"{self.sink.label}: {sum(counts.values())} alert(s) not delivered ({said})" if said else None
+
+    def _run(self) -> None:
+        while (event := self._next()) is not None:
+            self._deliver(event)
+            with self.lock:
+                self.queue.popleft()
+
+    def _next(self) -> Mapping[str, Any] | None:
+        """The oldest queued alert, left in the queue while it is being sent; None once closed and empty."""
+        with self.lock:
+            self.lock.wait_for(lambda: self.queue or self.closing)
+            return self.queue[0] if self.queue else None
+
+    def _deliver(self, event: Mapping[str, Any]) -> None:
+        """Attempts until ``event`` is delivered or refused. After ``retries`` quick retries the sink is failing,
+        and the attempts go on with backoff: the alerts behind this one wait, in order, for it to work again."""
+        attempt = 0
+        while True:
+            try:
+                self.sink.deliver(event)
+            except DeliveryError as exc:
+                if not exc.retry:
+                    self._failed(exc, kept=False)
+                    with self.lock:
+                        self.refused += 1
+                    return
+                if attempt >= self.sink.retries:
+                    self._failed(exc, kept=True)
+                self._wait(self.pause(attempt))
+                attempt += 1
+            else:
+                self._works()
+                return
+
+    def _wait(self, seconds: float) -> None:
+        """``seconds`` before the next attempt; at most ``EXIT_RETRY_S`` once closing, to make use of the grace."""
+        with self.lock:
+            closing = self.lock.wait_for(lambda: self.closing, timeout=seconds)
+        if closing:
+            time.sleep(min(seconds, EXIT_RETRY_S))
+
+    def _failed(self, error: DeliveryError, *, kept: bool) -> None:
+        if self.failing:
+            return
+        self.failing = True
+        then = "its alerts wait, in order, until it works again" if kept else "its further failures are not said"
+        self.report(f"{self.sink.label} failed: {error}; alerts still show here, {then}")
+
+    def _works(self) -> None:
+        with self.lock:
+            lost = self.overflow + self.refused - self._lost_before
+            self._lost_before += lost
+        if not self.failing:
+            return
+        self.failing = False
+        self.report(f"{self.sink.label} works again" + (f"; {lost} alert(s) were lost while it failed" if lost else ""))
+
+
+class Notifier:
+    """Sends alert events to every sink in the background; notices about the sinks come back via ``drain``."""
+
+    def __init__(
+        self, sinks: Sequence[Sink], notify_on: str = "error", grace: float = CLOSE_GRACE_S,
+        pause: Callable[[int], float] = backoff,
+    ) -> None:  # fmt: skip
+        """``grace``: seconds the sinks get at ``close`` to finish what is queued; ``pause(n)``: seconds a sink
+        waits before retry number ``n`` of one alert."""
+        self.notify_on = notify_on
+        self.grace = grace
+        self._notices: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.workers = [_Worker(sink, self._notices.put, pause) for sink in sinks]
+
+    @classmethod
+    def from_settings(cls, settings: NotifySettings) -> Notifier:
+        return cls(sinks_for(settings), settings.notify_on)
+
+    def send(self, event: Mapping[str, Any]) -> None:
+        """Queue ``event`` for every sink if it is wanted; never blocks."""
+        if wanted(event, self.notify_on):
+            for worker in self.workers:
+                worker.offer(event)
+
+    def drain(self) -> list[str]:
+        """Notices the sinks reported since the last call (thread-safe)."""
+        notices = []
+        while not self._notices.empty():
+            notices.append(self._notices.get())
+        return notices
+
+    def close(self) -> list[str]:
+        """Let the sinks finish for at most ``grace`` seconds in all, then stop commands still running; the
+        notices, and one line for each sink that did not deliver every alert, saying how many and why."""
+        for worker in self.workers:
+            worker.close()
+        deadline = time.monotonic() + self.grace
+        for worker in self.workers:
+            worker.thread.join(max(0.0, deadline - time.monotonic()))
+        lost = [line for worker in self.workers if (line := worker.lost())]
+        for worker in self.workers:
+            if worker.thread.is_alive() and worker.sink.stop is not None:
+                worker.sink.stop()  # a command still running would outlive us
+        return self.drain() + lost

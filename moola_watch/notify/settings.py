@@ -1,0 +1,127 @@
+"""What ``follow`` is told to notify: the commands and webhook URLs from its flags or config, checked when it
+starts (a bad URL is a usage error then, never a failure that prints it later), and URLs shown without their path."""
+
+from __future__ import annotations
+
+import math
+import shlex
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from moola_watch import schema
+from moola_watch.textsafe import inert
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Where alerts go and which ones. ``timeout`` is seconds per attempt (HTTP request or command run);
+    ``retries`` is quick extra webhook attempts at one alert before the webhook counts as failing (it is still
+    tried after that, with longer backoff)."""
+
+    commands: tuple[str, ...] = ()
+    webhooks: tuple[str, ...] = ()
+    notify_on: str = "error"
+    timeout: float = 10.0
+    retries: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.commands or self.webhooks)
+
+
+# ------------------------------------------------------------------------------ settings (pure)
+
+
+def _strings(table: Mapping[str, Any], key: str) -> list[str]:
+    value = table.get(key, [])
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"[notify] {key} must be a string or a list of strings")
+    return value
+
+
+def settings_from(
+    table: Mapping[str, Any],
+    commands: Sequence[str] = (),
+    webhooks: Sequence[str] = (),
+    notify_on: str | None = None,
+    timeout: float | None = None,
+) -> NotifySettings:
+    """A config file's ``[notify]`` table, then the flags: commands and webhooks add up, the rest override.
+    Raises ValueError on anything unusable, before following starts."""
+    known = {"on_alert", "webhook", "notify_on", "timeout", "retries"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ValueError(f"[notify] has unknown key(s): {', '.join(unknown)}")
+    settings = NotifySettings(
+        commands=tuple(_strings(table, "on_alert") + list(commands)),
+        webhooks=tuple(_strings(table, "webhook") + list(webhooks)),
+        notify_on=notify_on or table.get("notify_on", "error"),
+        timeout=timeout if timeout is not None else table.get("timeout", 10.0),
+        retries=table.get("retries", 2),
+    )
+    if settings.notify_on not in schema.SEVERITIES:
+        raise ValueError(f"notify_on must be one of {', '.join(schema.SEVERITIES)}, got {settings.notify_on!r}")
+    timeout = settings.timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise ValueError(f"notify timeout must be a finite number of seconds above 0, got {timeout!r}")
+    if isinstance(settings.retries, bool) or not isinstance(settings.retries, int) or not 0 <= settings.retries <= 10:
+        raise ValueError(f"[notify] retries must be a whole number from 0 to 10, got {settings.retries!r}")
+    for command in settings.commands:
+        command_argv(command)
+    for url in settings.webhooks:
+        check_url(url)
+    return settings
+
+
+def command_argv(command: str) -> list[str]:
+    """The argv of an ``--on-alert`` command: ``shlex.split`` of the user's own text, never a shell."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ValueError(f"--on-alert {command!r}: {exc}") from None
+    if not argv:
+        raise ValueError("--on-alert needs a command")
+    if shutil.which(argv[0]) is None:
+        raise ValueError(f"--on-alert {command!r}: {argv[0]} is not an executable command")
+    return argv
+
+
+def check_url(url: str) -> str:
+    """``url`` if it is an http(s) URL with a host and a valid port (urllib would also open file: and ftp: ones),
+    in printable ASCII without spaces. The errors show the URL redacted: its path holds the secret."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--webhook needs an http:// or https:// URL, got {redact(url)!r}")
+    # A pasted comment or line break would reach http.client, whose refusal quotes the whole URL, secret and all.
+    if not all(" " < ch < "\x7f" for ch in url):
+        raise ValueError(f"--webhook {redact(url)}: the URL holds a space, control or non-ASCII character")
+    if _port(parts) == 0:
+        raise ValueError(f"--webhook {redact(url)}: the port is not a number from 1 to 65535")
+    return url
+
+
+def _port(parts: urllib.parse.SplitResult) -> int | None:
+    """The URL's port; None when it has none (the scheme's default), 0 when it is no usable port."""
+    try:
+        return parts.port
+    except ValueError:  # not a number, or beyond 65535
+        return 0
+
+
+def redact(url: str) -> str:
+    """A webhook URL shown without its path and query, which often hold the secret (Slack, Discord)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return "<webhook>"
+    port = _port(parts)
+    shown = "" if port is None else f":{port}" if port else ":<bad port>"
+    return f"{parts.scheme}://{inert(parts.hostname)}{shown}/…"
+
+
+# ------------------------------------------------------------------------------ formatting (pure)

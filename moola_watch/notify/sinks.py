@@ -1,0 +1,198 @@
+"""Where an alert goes and in what words: which events are sent, the chat line and JSON body of a webhook, the
+environment of a command, and the thin shells that deliver them (``post_json`` over HTTP, :class:`Command` as a
+process in its own group). Log text never reaches a shell: a command's argv comes from ``shlex.split`` of the
+user's own flag, and the alert travels as JSON on stdin and in ``MOOLA_*`` environment variables."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from http.client import HTTPException
+from typing import IO, Any
+
+from moola_watch import __version__, rules, schema
+from moola_watch.notify.settings import NotifySettings, command_argv, redact
+from moola_watch.textsafe import inert, json_line
+
+CHAT_LIMIT = 1900  # characters of the chat line (Discord refuses content over 2000)
+ENV_LIMIT = 4000  # characters of one MOOLA_* environment value
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+ENV_FIELDS = ("rule", "severity", "state", "subject", "value", "message", "recommendation", "run", "log", "step",
+              "epoch")  # fmt: skip
+
+
+class DeliveryError(Exception):
+    """One failed attempt; ``retry`` says whether another attempt could succeed."""
+
+    def __init__(self, reason: str, *, retry: bool) -> None:
+        super().__init__(reason)
+        self.retry = retry
+
+
+def wanted(event: Mapping[str, Any], notify_on: str) -> bool:
+    """Firing and resolved transitions at or above ``notify_on``. Pending ones are not sent: they are not
+    confirmed yet, and paging on them would undo the rules' ``confirm``."""
+    rank = schema.SEVERITIES.index
+    return event["state"] != rules.PENDING and rank(event["severity"]) >= rank(notify_on)
+
+
+def headline(event: Mapping[str, Any]) -> str:
+    """One line for a person: state, severity, rule, subject, run, where, message and what to do."""
+    state = "ESCALATED" if event.get("escalated") else str(event["state"]).upper()
+    text = (
+        f"moola-watch {state} {str(event['severity']).upper()} {event['rule']} ({event['subject']}) in run "
+        f"{event['run']} at {rules.position(event.get('epoch'), event.get('step'))}: {event['message']}"
+    )
+    if event["state"] != rules.RESOLVED and event.get("recommendation"):
+        text += f" -> {event['recommendation']}"
+    return inert(text.replace("\n", " "), limit=CHAT_LIMIT)
+
+
+def slack_escape(text: str) -> str:
+    """Slack's three control characters escaped, so log text cannot write ``<!channel>`` or links."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def webhook_body(event: Mapping[str, Any]) -> bytes:
+    """The POST body: ``text`` for Slack, ``content`` for Discord (mentions disabled), the full alert."""
+    line = headline(event)
+    body = {"text": slack_escape(line), "content": line, "allowed_mentions": {"parse": []}, "alert": dict(event)}
+    return json_line(body)
+
+
+def command_env(event: Mapping[str, Any]) -> dict[str, str]:
+    """``MOOLA_RULE``, ``MOOLA_SEVERITY``, ... and ``MOOLA_TEXT`` (the headline); missing values are empty.
+    NUL bytes, which no environment can hold, are dropped; each value is cut to ``ENV_LIMIT`` characters."""
+    values = {f"MOOLA_{name.upper()}": event.get(name) for name in ENV_FIELDS}
+    values["MOOLA_TEXT"] = headline(event)
+    return {key: ("" if value is None else str(value)).replace("\0", "")[:ENV_LIMIT] for key, value in values.items()}
+
+
+# ------------------------------------------------------------------------------ shells
+
+
+def post_json(url: str, body: bytes, timeout: float) -> None:
+    """POST ``body`` as JSON; any 2xx is delivered. ``timeout`` is seconds per connect and per read."""
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": f"moola-watch/{__version__}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read(1 << 16)
+    except urllib.error.HTTPError as exc:
+        raise DeliveryError(f"HTTP {exc.code} {exc.reason}", retry=exc.code in RETRY_STATUSES) from None
+    except urllib.error.URLError as exc:
+        raise DeliveryError(f"cannot reach it: {exc.reason}", retry=True) from None
+    except TimeoutError:
+        raise DeliveryError(f"no answer within {timeout:g} s", retry=True) from None
+    except (OSError, HTTPException) as exc:
+        raise DeliveryError(f"{type(exc).__name__}: {exc}", retry=True) from None
+
+
+class Command:
+    """One ``--on-alert`` command, run once per alert, one run at a time. Each run is a process group of its own,
+    so that a timeout, or ``stop`` at exit, ends it with whatever it started; a background child it leaves behind
+    when it exits is its own (a notifier daemon, a ``curl ... &``)."""
+
+    def __init__(self, argv: Sequence[str], timeout: float) -> None:
+        """``timeout``: seconds one run may take before it is killed."""
+        self.argv = list(argv)
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._running: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+
+    def deliver(self, event: Mapping[str, Any]) -> None:
+        self.run(json_line(dict(event)), command_env(event))
+
+    def run(self, stdin: bytes, env: Mapping[str, str]) -> None:
+        """Run the command (no shell) with ``stdin`` and ``env`` added to ours; done when it exits. Its output is
+        discarded, a non-zero exit is a failure that quotes its last line of stderr."""
+        # Files, not pipes: a background child inherits them, and a pipe it holds would look like a hung command.
+        with tempfile.TemporaryFile() as given, tempfile.TemporaryFile() as errors:
+            given.write(stdin)
+            given.seek(0)
+            process = self._start(given, errors, env)
+            try:
+                code = process.wait(self.timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(process)
+                process.wait()
+                raise DeliveryError(f"still running after {self.timeout:g} s, killed", retry=False) from None
+            finally:
+                with self._lock:
+                    self._running = None
+            if code != 0:
+                raise DeliveryError(f"exited with status {code}{last_line(errors)}", retry=False)
+
+    def _start(self, stdin: IO[bytes], stderr: IO[bytes], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._stopped:
+                raise DeliveryError("not run: moola-watch is exiting", retry=False)
+            try:
+                self._running = subprocess.Popen(
+                    self.argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **env},
+                    start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:
+                raise DeliveryError(f"cannot run it: {exc.strerror or exc}", retry=False) from None
+            return self._running
+
+    def stop(self) -> None:
+        """Kill the run in progress, with its process group, and start no other (at exit, after the grace)."""
+        with self._lock:
+            self._stopped = True
+            if self._running is not None:
+                kill_group(self._running)
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to ``process``'s group (it leads one: ``start_new_session``); quiet if it is gone already."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def last_line(stderr: IO[bytes]) -> str:
+    """``": "`` and the last line a command wrote to ``stderr`` (of its last 64 KiB), or nothing."""
+    stderr.seek(0, os.SEEK_END)
+    stderr.seek(max(0, stderr.tell() - (1 << 16)))
+    lines = stderr.read().decode("utf-8", "replace").strip().splitlines()
+    return f": {lines[-1]}" if lines else ""
+
+
+@dataclass(frozen=True)
+class Sink:
+    """A named destination: ``deliver`` sends one alert event or raises DeliveryError."""
+
+    label: str
+    deliver: Callable[[Mapping[str, Any]], None]
+    retries: int
+    stop: Callable[[], None] | None = None  # ends a delivery still in progress at exit
+
+
+def sinks_for(settings: NotifySettings) -> list[Sink]:
+    """One sink per ``--on-alert`` command and per ``--webhook`` URL. Commands are not retried (a command
+    that half-ran should not page twice); webhooks are, on timeouts, connection errors, 429 and 5xx."""
+    sinks = []
+    for command in settings.commands:
+        runner = Command(command_argv(command), settings.timeout)
+        sinks.append(Sink(f"--on-alert {os.path.basename(runner.argv[0])}", runner.deliver, 0, runner.stop))
+    for url in settings.webhooks:
+
+        def deliver_webhook(event: Mapping[str, Any], url: str = url) -> None:
+            post_json(url, webhook_body(event), settings.timeout)
+
+        sinks.append(Sink(f"--webhook {redact(url)}", deliver_webhook, settings.retries))
+    return sinks
