@@ -510,7 +510,7 @@ class GradientMonitor:
     def _guarded(self, what: str, measure: Callable[[], _T], model: nn.Module | None = None) -> _T | None:
         """Run a measurement; a failure is one warning per kind of failure, never a crashed run."""
         try:
-            if model is not None:
+            if model is not None and not self._started:
                 self.on_run_start(model)
             return measure()
         except BalanceUnavailable as exc:
@@ -587,7 +587,8 @@ class GradientMonitor:
         if self._writer:
             native = finite and type(now) is float and math.isfinite(now)
             self._writer.write_line(schema.encode_native(record) if native else schema.encode_record(record), kind)
-        self._report(events, record)
+        if events:
+            self._report(events, record)
 
     def _report(self, events: list[AlertEvent], cause: schema.Record) -> None:
         for event in events:
