@@ -25,7 +25,14 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from moola_watch import analyze, export, junit, loader
-from moola_watch.exit_codes import EXIT_ALERT, EXIT_NO_MEASUREMENTS, EXIT_OK, EXIT_PRECEDENCE, EXIT_USAGE
+from moola_watch.exit_codes import (
+    EXIT_ALERT,
+    EXIT_NO_MEASUREMENTS,
+    EXIT_OK,
+    EXIT_USAGE,
+    exit_code,
+    worst,
+)
 from moola_watch.rules import RULES, Thresholds, position
 from moola_watch.textsafe import inert, json_line
 
@@ -145,8 +152,13 @@ def config_thresholds(args: argparse.Namespace) -> dict[str, Any]:
     errors listing the valid ones."""
     table = config_table(args, "thresholds")
     valid = [item.name for item in fields(Thresholds)]
-    values = {key.replace("-", "_"): value for key, value in table.items()}
-    unknown = sorted(key for key, name in zip(table, values, strict=True) if name not in valid)
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name in values:
+            raise UsageError(f"config {args.config}: [thresholds] sets {name} twice (as {name} and {flag_name(name)})")
+        values[name] = value
+    unknown = sorted(key for key in table if key.replace("-", "_") not in valid)
     if unknown:
         raise UsageError(
             f"config {args.config}: unknown threshold(s): {', '.join(unknown)}; valid keys of [thresholds]: "
@@ -393,7 +405,7 @@ def _check(args: argparse.Namespace, console: Console) -> int:
             _error(exc.args[0])
             codes.add(EXIT_USAGE)
             continue
-        codes.add(_exit_code(scan, runs, args.fail_on))
+        codes.add(exit_code(scan, runs, args.fail_on))
         results.append(junit.LogResult(str(path), scan.report(runs)))
         if args.json:
             _print_json(scan.report(runs))
@@ -401,15 +413,7 @@ def _check(args: argparse.Namespace, console: Console) -> int:
             _print_check(console, path, scan, runs, args.fail_on)
     if args.junit:
         _write_junit(args.junit, results, args.fail_on)
-    return next(code for code in EXIT_PRECEDENCE if code in codes)
-
-
-def _exit_code(scan: analyze.LogScan, runs: list[str], fail_on: str) -> int:
-    if scan.fails(fail_on, runs):
-        return EXIT_ALERT
-    if any(analyze.run_verdict(scan.engines[run]) == analyze.VERDICT_NO_MEASUREMENTS for run in runs):
-        return EXIT_NO_MEASUREMENTS
-    return EXIT_OK
+    return worst(codes)
 
 
 def _print_check(console: Console, path: Path, scan: analyze.LogScan, runs: list[str], fail_on: str) -> None:
@@ -418,7 +422,7 @@ def _print_check(console: Console, path: Path, scan: analyze.LogScan, runs: list
     def line(text: str) -> None:
         console.print(inert(text, limit=4000), markup=False, highlight=False, soft_wrap=True)
 
-    status = {EXIT_OK: "ok", EXIT_ALERT: "FAIL", EXIT_NO_MEASUREMENTS: "EMPTY"}[_exit_code(scan, runs, fail_on)]
+    status = {EXIT_OK: "ok", EXIT_ALERT: "FAIL", EXIT_NO_MEASUREMENTS: "EMPTY"}[exit_code(scan, runs, fail_on)]
     shown = f"{len(runs)} of {len(scan.engines)} runs" if len(runs) < len(scan.engines) else f"{len(runs)} run(s)"
     line(f"{status}  {path}  verdict={scan.verdict(runs)}  {shown}  records={scan.records}  bad_lines={scan.bad_lines}")
     for run in runs:

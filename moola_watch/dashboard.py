@@ -19,14 +19,14 @@ from rich.table import Table
 from rich.text import Text
 
 from moola_watch import rules, schema
-from moola_watch.analyze import LogScan
+from moola_watch.analyze import VERDICT_UNTERMINATED, LogScan, run_verdict
 from moola_watch.durations import human_duration
 from moola_watch.render import (
     SEVERITY_STYLE,
     STATUS_STYLE,
+    VERDICT_STYLE,
     alerts_table,
     number,
-    severity_text,
     sparkline,
     text,
     where,
@@ -116,15 +116,23 @@ def worst_alert(engine: rules.RuleEngine, *, ever: bool = False) -> rules.Alert 
     return max(fired, key=lambda a: (rules.SEVERITY_RANK[a.severity], -_PRIORITY.get(a.rule, len(_PRIORITY))))
 
 
+def run_verdict_text(engine: rules.RuleEngine) -> Text:
+    """The run's verdict as ``check`` gives it: the worst severity any alert reached; else no_measurements,
+    healthy (ended) or unterminated (no run_end yet)."""
+    verdict = run_verdict(engine)
+    return Text(verdict, style=VERDICT_STYLE.get(verdict, ""))
+
+
 def verdict_text(engine: rules.RuleEngine) -> Text:
-    """The run's verdict as ``check`` gives it (the worst severity any alert reached), and what fires now when
-    that is milder: a NaN step that has passed still fails the run."""
-    worst = engine.worst_severity()
-    verdict = severity_text(worst)
+    """:func:`run_verdict_text`, and what fires now when that is milder (a NaN step that has passed still fails
+    the run), or what an unterminated verdict means while the run goes on."""
+    verdict = run_verdict_text(engine)
     verdict.stylize("bold")
-    now = worst_alert(engine)
+    worst, now = engine.worst_severity(), worst_alert(engine)
     if worst is not None and (now is None or now.severity != worst):
         verdict.append(f" (now: {now.severity if now else 'nothing firing'})", style="dim")
+    elif verdict.plain == VERDICT_UNTERMINATED and engine.run_status == "running":
+        verdict.append(" (no alert so far; no run_end yet)", style="dim")
     return verdict
 
 
@@ -323,7 +331,7 @@ class Overview:
                 "at": Text(where(engine.run.epoch, engine.run.step)),
                 "records": Text(str(engine.run.records)),
                 "last record": Text(_age(self.options.now, engine.run.last_time)),
-                "verdict": severity_text(engine.worst_severity()),
+                "verdict": run_verdict_text(engine),
                 "worst alert": _worst_alert_cell(engine),
             })  # fmt: skip
         return rows

@@ -21,7 +21,7 @@ from rich.text import Text
 from moola_watch import rules
 from moola_watch.analyze import LogScan, alert_json
 from moola_watch.dashboard import LogView, ViewOptions, overview, run_dashboard
-from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE
+from moola_watch.exit_codes import EXIT_OK, EXIT_USAGE, exit_code, worst
 from moola_watch.notify import Notifier
 from moola_watch.rules import AlertEvent, Thresholds
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
@@ -206,9 +206,16 @@ class Follower:
         if self.directory is None and not self.target.exists():
             hint = f"it does not exist yet; {self.waiting_hint()}"
             return Text(f"waiting for records in {inert(self.target)} ({hint})", style="dim")
+        if self.options.run is not None and any(view.scan.engines for view in self.views.values()):
+            return Text(f"{inert(self._missing_run())}; waiting for it …", style="dim")
         if self.directory is None:
             return Text(f"waiting for records in {inert(self.target)} …", style="dim")
         return overview(list(self.views.values()), options)
+
+    def _missing_run(self) -> str:
+        """``--run ID`` names no run the logs hold (yet): say which they do hold, as ``check --run`` does."""
+        runs = ", ".join(run for view in self.views.values() for run in view.scan.engines) or "none"
+        return f"no run {self.options.run!r} in {self.target} (runs: {runs})"
 
     def _focus(self) -> tuple[LogView, str] | None:
         """The run the dashboard shows: ``--run``, or the only log's latest run; None for an overview."""
@@ -227,11 +234,18 @@ class Follower:
     # ------------------------------------------------------------------ loop
 
     def ended(self) -> bool:
+        """Every run has ended: with a run_end, superseded, or gone stale (a killed trainer writes no run_end,
+        and ``--exit-on-end`` must not wait for one forever)."""
         engines = [e for view in self.views.values() for e in view.scan.engines.values()]
-        return bool(engines) and all(e.run.status != "running" for e in engines)
+        return bool(engines) and all(e.run_status != "running" for e in engines)
 
     def exit_code(self) -> int:
-        return EXIT_ALERT if any(v.scan.fails(self.options.fail_on) for v in self.views.values()) else EXIT_OK
+        """``check``'s exit code for what was followed (``--run``: that run's)."""
+        wanted = self.options.run
+        return worst(
+            exit_code(view.scan, [run for run in view.scan.engines if wanted in (None, run)], self.options.fail_on)
+            for view in self.views.values()
+        )
 
     def summary(self) -> dict[str, Any]:
         return {"event": "summary", "logs": [view.scan.report() for view in self.views.values()]}
@@ -252,12 +266,15 @@ class Follower:
                 self._write_json(self.summary())
 
     def _run(self) -> int:
-        while self.pump():  # history first, at full speed
+        while self.pump() or self.behind:  # history first, at full speed (a long line may fill a whole read)
             pass
         self._started = True
         self.tick(time.time())
         if self.options.once and not any(view.scan.records for view in self.views.values()):
             return self._nothing_to_judge()
+        if self.options.once and self.options.run is not None and self._focus() is None:
+            print(f"moola-watch: error: {inert(self._missing_run())}", file=sys.stderr, flush=True)
+            return EXIT_USAGE
         if self.options.once or (self.options.exit_on_end and self.ended()):
             if not self.options.json:
                 self.console.print(self.render(time.time()))

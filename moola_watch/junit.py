@@ -2,7 +2,8 @@
 
 One ``<testsuite>`` per log, one ``<testcase>`` per run in it. A run fails when an alert at or above
 ``--fail-on`` fired in it; the ``<failure>`` names the worst and lists every alert of the run with its
-recommendation. A log that could not be read, or holds no valid record, is an ``<error>``.
+recommendation. A run that measured nothing (``no_measurements``: ``check`` exits 3), and a log that could not be
+read or holds no valid record, are an ``<error>``: nothing checked is no pass.
 Pure: results in, bytes out.
 """
 
@@ -54,9 +55,13 @@ def _element(parent: ET.Element, tag: str, text: str | None = None, **attributes
 
 def run_case(
     suite: ET.Element, log: str, run: Mapping[str, Any], alerts: Sequence[Mapping[str, Any]], bar: int
-) -> bool:
-    """Add the testcase of one run; True if it failed."""
+) -> str | None:
+    """Add the testcase of one run; "failures" or "errors" if it is one, None if it passed."""
     case = _element(suite, "testcase", classname=log, name=run["run"])
+    if run.get("verdict") == "no_measurements":
+        message = "the run recorded no gradient statistics or task balance: nothing was checked"
+        _element(case, "error", message=message, type="no_measurements")
+        return "errors"
     # The worst first; among equals, one still firing before one resolved.
     failing = sorted(
         (a for a in alerts if _rank(a["severity"]) >= bar),
@@ -77,7 +82,7 @@ def run_case(
         f"status={run['status']} at epoch {run['epoch']}, step {run['step']}; {run['records']} records; "
         f"{len(alerts)} alert(s)",
     )
-    return bool(failing)
+    return "failures" if failing else None
 
 
 def junit_xml(results: Sequence[LogResult], fail_on: str) -> bytes:
@@ -100,7 +105,9 @@ def junit_xml(results: Sequence[LogResult], fail_on: str) -> bytes:
         for run in report["runs"] if report else ():
             alerts = [a for a in report["alerts"] if a["run"] == run["run"]]
             counts["tests"] += 1
-            counts["failures"] += run_case(suite, result.log, run, alerts, bar)
+            outcome = run_case(suite, result.log, run, alerts, bar)
+            if outcome is not None:
+                counts[outcome] += 1
         for key, value in counts.items():
             suite.set(key, str(value))
             totals[key] += value

@@ -31,7 +31,7 @@ STATUS_STYLE = {
     "unterminated": "yellow",
     "empty": "dim",
 }
-VERDICT_STYLE = {"healthy": HEALTHY_STYLE, "unterminated": "yellow", **SEVERITY_STYLE}
+VERDICT_STYLE = {"healthy": HEALTHY_STYLE, "unterminated": "yellow", "no_measurements": "yellow", **SEVERITY_STYLE}
 STATE_ORDER = {rules.FIRING: 0, rules.PENDING: 1, rules.RESOLVED: 2}
 SPARK = "▁▂▃▄▅▆▇█"
 

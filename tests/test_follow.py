@@ -269,3 +269,33 @@ def test_a_passed_nan_keeps_the_runs_verdict_critical_in_the_dashboard_as_in_che
     assert all(len(line) <= 80 for line in screen.splitlines())
     many.keys("C-c")
     assert many.exit_code() == 0
+
+
+def follow_once(*args, timeout=60):
+    return subprocess.run([*WATCH.split(), "follow", *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "150"})  # fmt: skip
+
+
+def test_follow_gives_checks_verdict_and_exit_code_on_what_check_judges(tmp_path):
+    """An outside review's cases, each against `check` on the same file: a 3 MB line in the history (--once
+    stopped reading at it); a run that measured nothing (exit 3, not 0); a killed run (--exit-on-end waited
+    forever: stale ends it); --run naming no run (exit 2 and the runs there are)."""
+    lines = (SAMPLES / "pointer_collapse.jsonl").read_bytes().splitlines(keepends=True)
+    long_line = tmp_path / "long.jsonl"
+    long_line.write_bytes(b"".join(lines[:5]) + b'{"x":"' + b"a" * 3_000_000 + b'"}\n' + b"".join(lines[5:]))
+    nothing = tmp_path / "nothing.jsonl"
+    nothing.write_bytes(b"".join(line for line in lines if b'"grad_stats"' not in line and b'"task_balance"' not in line
+                                 and b'"alert"' not in line))  # fmt: skip
+    for log in (long_line, nothing, SAMPLES / "killed_midway.jsonl"):
+        check = subprocess.run([*WATCH.split(), "check", str(log)], capture_output=True, text=True, cwd=REPO)
+        assert follow_once("--once", log).returncode == check.returncode, (log, check.stdout)
+        assert follow_once("--exit-on-end", log, timeout=30).returncode == check.returncode, log
+    assert "verdict: no_measurements" in follow_once("--once", nothing).stdout
+    typo = follow_once("--once", "--run", "typo", SAMPLES / "healthy.jsonl")
+    assert typo.returncode == 2 and "no run 'typo'" in typo.stderr and "(runs: enhanced_simple_lstm-" in typo.stderr
+
+
+def test_a_running_run_without_alerts_is_not_called_healthy(tmp_path):
+    log = LogBuilder("live", t0=time.time()).start().grad(1, 0.3, 0.4).write(tmp_path / "live.jsonl")
+    out = follow_once("--once", log).stdout
+    assert "verdict: unterminated (no alert so far; no run_end yet)" in out and "verdict: healthy" not in out, out

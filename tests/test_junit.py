@@ -59,3 +59,12 @@ def test_strings_xml_cannot_carry_are_escaped() -> None:
     case = root.find("testsuite/testcase")
     assert case.get("name") == "r\\x1b[31m\\x00"
     assert case.find("failure").get("message") == "critical: NaN in \\x07bell\\xfffe"
+
+
+def test_a_run_that_measured_nothing_is_an_error_not_a_pass(tmp_path: Path) -> None:
+    log = LogBuilder().start().epoch(1).epoch(2).end().write(tmp_path / "epochs_only.jsonl")
+    result = run_cli("moola_watch.cli", "check", "--junit", str(tmp_path / "j.xml"), str(log))
+    assert result.returncode == 3
+    case = ET.parse(tmp_path / "j.xml").getroot().find("testsuite/testcase")
+    assert case is not None and case.find("error").get("type") == "no_measurements"
+    assert ET.parse(tmp_path / "j.xml").getroot().get("errors") == "1"

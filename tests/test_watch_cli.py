@@ -142,3 +142,17 @@ def test_watcher_runs_where_torch_cannot_be_imported(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 11, result.stderr
     assert "TASK COLLAPSE" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("collapse_high = 9\ncollapse-high = 9\n", "sets collapse_high twice (as collapse_high and collapse-high)"),
+        ("window = 2.5\n", "threshold window must be a whole number, got 2.5"),
+    ],
+)
+def test_a_config_that_says_one_threshold_twice_or_a_fraction_of_a_window_is_a_usage_error(tmp_path, config, message):
+    (tmp_path / "c.toml").write_text("[thresholds]\n" + config)
+    log = healthy_scenario().write(tmp_path / "log.jsonl")
+    result = run_cli("moola_watch.cli", "check", "--config", str(tmp_path / "c.toml"), str(log))
+    assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -62,6 +62,8 @@ class Thresholds:
         for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"threshold {name} must be a number, got {value!r}")
+            if name in INTEGER_THRESHOLDS and not float(value).is_integer():
+                raise ValueError(f"threshold {name} must be a whole number, got {value!r}")
             converted[name] = int(value) if name in INTEGER_THRESHOLDS else float(value)
         return replace(base or cls(), **converted)
 
