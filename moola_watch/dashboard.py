@@ -150,7 +150,7 @@ def header(view: LogView, run: str, options: ViewOptions) -> Group:
     first.append_text(verdict)
     second = text(f"model {engine.run.model or '?'}   ")
     second.append(
-        f"{where(engine.run.epoch, engine.run.step)}   {view.scan.records} records, "
+        f"{where(engine.run.epoch, engine.run.step)}   {engine.run.records} records, "
         f"{view.scan.bad_lines} bad lines skipped   last record {_age(options.now, engine.run.last_time)}"
     )
     lines = [first, second, text(f"{view.scan.path}   thresholds: {view.scan.threshold_sources[run]}", "dim")]

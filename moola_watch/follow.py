@@ -183,10 +183,13 @@ class Follower:
             if self.options.json:
                 self._write_json(obj)
             else:
-                at = alert.resolved_step if alert.state == rules.RESOLVED else alert.last_step
+                if alert.state == rules.RESOLVED:
+                    at = rules.position(alert.resolved_epoch, alert.resolved_step)
+                else:
+                    at = rules.position(alert.last_epoch, alert.last_step)
                 self._plain(
                     f"{time.strftime('%H:%M:%S')} {alert.state.upper():<8} {alert.severity:<8} "
-                    f"{alert.rule} ({alert.subject}) at step {at}: {alert.message}"
+                    f"{alert.rule} ({alert.subject}) at {at}: {alert.message}"
                     + (f" -> {alert.recommendation}" if alert.state != rules.RESOLVED else "")
                     + f"  [{path.name}]"
                 )

@@ -66,6 +66,8 @@ def test_the_dashboard_header_names_the_run_its_alerts_belong_to(tmp_path):
     text = console.export_text()
     assert "run second (2 of 2 runs in this log; --run ID for another)" in text
     assert "thresholds: watcher defaults (the run recorded none)" in text
+    second = len(collapse_scenario().records)
+    assert f"   {second} records," in text and second < scan.records  # the run's own count, not the log's
 
 
 def test_a_run_is_judged_by_the_thresholds_it_recorded_unless_a_flag_says_otherwise(tmp_path):

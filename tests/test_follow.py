@@ -198,6 +198,7 @@ def test_piped_output_is_one_line_per_transition_and_ctrl_c_exits_0(tmp_path):
     assert "\x1b[" not in out  # no Live, no colour codes when piped
     collapse = [line for line in out.splitlines() if "FIRING" in line and "collapse (type)" in line]
     assert len(collapse) == 1 and "TASK COLLAPSE: Pointer task dominating" in collapse[0]
+    assert " at epoch 10, step " in collapse[0] and "None" not in out  # where, in the dashboard's words
     assert "is completed" in out.splitlines()[-1]
 
 
