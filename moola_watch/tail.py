@@ -65,6 +65,14 @@ Item = RecordItem | BadLine | Notice | SkippedHistory
 #: A complete line, not decoded yet: its number (1-based) and its bytes without the newline.
 Line = tuple[int, bytes]
 
+#: The UTF-8 byte order mark some Windows tools put at a file's start (PowerShell's redirection does).
+BOM = b"\xef\xbb\xbf"
+
+
+def without_bom(data: bytes) -> bytes:
+    """A file's first line without a byte order mark: JSON may not start with one, the file may."""
+    return data[len(BOM) :] if data.startswith(BOM) else data
+
 
 class LineDecoder:
     """Turns consecutive byte chunks of one file into items. Pure: no I/O."""
@@ -130,6 +138,8 @@ class LineDecoder:
         last = chunk.rfind(b"\n")
         if last >= start:
             lines = chunk[start:last].split(b"\n")
+            if self.line_no == 0:
+                lines[0] = without_bom(lines[0])
             numbered: Iterable[Line] = zip(range(self.line_no + 1, self.line_no + 1 + len(lines)), lines, strict=True)
             self.line_no += len(lines)
             if b"" in lines or any(map(bytes.isspace, lines)):
@@ -159,6 +169,8 @@ class LineDecoder:
             self._partial += piece
 
     def _emit(self, line: bytes, overflow: int, items: list[Line | BadLine]) -> None:
+        if self.line_no == 0:
+            line = without_bom(line)
         self.line_no += 1
         if overflow:
             size = len(line) + overflow

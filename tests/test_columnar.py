@@ -26,6 +26,7 @@ from moola_watch.rules.columns import GradColumns
 from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Where
 from moola_watch.schema import encode_record, make_record
+from moola_watch.tail import LineDecoder
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -165,8 +166,29 @@ def builders(tmp: Path) -> dict[str, Callable[[], Path]]:
         "nul_bytes": lambda: lines_log(tmp / "nul.jsonl", [b"\0" * 4096]),
         "not_a_log": lambda: lines_log(tmp / "text.jsonl", [b"hello\n", b"world\n"]),
         "big": lambda: (write_big_log(tmp / "big.jsonl", 20_000), tmp / "big.jsonl")[1],
+        "bom": lambda: bom_log(tmp / "bom.jsonl"),
     }
     return out
+
+
+def bom_log(path: Path) -> Path:
+    """A log a Windows tool rewrote: a UTF-8 byte order mark before its run_start."""
+    write_big_log(path, 3_000)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    return path
+
+
+def test_a_byte_order_mark_before_the_first_record_is_no_bad_line(logs: dict[str, Path], tmp_path: Path) -> None:
+    plain = tmp_path / "plain.jsonl"
+    plain.write_bytes(logs["bom"].read_bytes()[3:])
+    for parallel in (False, True):
+        with_bom, without = scan_log(logs["bom"], parallel=parallel), scan_log(plain, parallel=parallel)
+        assert with_bom.bad_lines == 0 and with_bom.records == without.records
+        assert with_bom.threshold_sources == without.threshold_sources
+    head = logs["bom"].read_bytes()[:4096]  # the mark split over reads of 2 bytes: still the file's start
+    decoder = LineDecoder("bom")
+    lines = [line for at in range(0, len(head), 2) for line in decoder.lines(head[at : at + 2])]
+    assert lines[0] == (1, plain.read_bytes().split(b"\n", 1)[0])
 
 
 def state(scan: LogScan) -> dict:
@@ -223,13 +245,13 @@ def test_fast_path_agrees_with_the_streaming_engine(logs: dict[str, Path], name:
     assert_same(logs[name])
 
 
-@pytest.mark.parametrize("name", ["mixed", "multi_run", "bursts", "sample/exploding_gradients.jsonl", "big"])
+@pytest.mark.parametrize("name", ["mixed", "multi_run", "bursts", "sample/exploding_gradients.jsonl", "big", "bom"])
 @pytest.mark.parametrize("chunk_bytes", [97, 4096])
 def test_fast_path_agrees_across_chunk_boundaries(logs: dict[str, Path], name: str, chunk_bytes: int) -> None:
     assert_same(logs[name], chunk_bytes=chunk_bytes)
 
 
-@pytest.mark.parametrize("name", ["mixed", "multi_run", "bursts", "big"])
+@pytest.mark.parametrize("name", ["mixed", "multi_run", "bursts", "big", "bom"])
 @pytest.mark.parametrize("chunk_bytes", [4096, None])
 def test_fast_path_agrees_with_a_decoding_worker(logs: dict[str, Path], name: str, chunk_bytes: int | None) -> None:
     assert_same(logs[name], chunk_bytes=chunk_bytes, parallel=True)

@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 import msgspec
 
 from moola_watch.columnar.records import DecodedGrad, decode_grad_lines
+from moola_watch.tail import without_bom
 
 _REQUEST = msgspec.msgpack.Decoder(tuple[int, int, int])
 _DECODED = msgspec.msgpack.Decoder(DecodedGrad)
@@ -92,5 +93,7 @@ def _serve(conn: Connection, fd: int, fields: tuple[str, ...], names: bool) -> N
             conn.send_bytes(b"")
             continue
         lines = data.split(b"\n")
+        if first_line == 1:
+            lines[0] = without_bom(lines[0])
         numbered = zip(range(first_line, first_line + len(lines)), lines, strict=True)
         conn.send_bytes(_ENCODER.encode(decode_grad_lines(numbered, fields, names)))
