@@ -531,23 +531,29 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
         overridden=overridden_from(args),
     )
     notifier = Notifier.from_settings(notify) if notify.enabled else None
-    with sigterm_as_interrupt():
+    with stops_as_interrupt():
         return Follower(args.target, thresholds, options, console, notifier=notifier).run()
 
 
+#: Signals that end ``follow`` as Ctrl-C does: SIGTERM (systemd, Kubernetes, ``timeout``), SIGHUP (the terminal or
+#: ssh session it ran in closed).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (systemd, Kubernetes, ``timeout``) ends ``follow`` the way Ctrl-C does: queued alerts get their
-    grace, what could not go out is said, and ``--json`` writes its summary. Its default would kill us mid-way."""
+def stops_as_interrupt() -> Iterator[None]:
+    """``STOP_SIGNALS`` end ``follow`` the way Ctrl-C does: queued alerts get their grace, what could not go out
+    is said, and ``--json`` writes its summary. Their default would kill us mid-way."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {stop: signal.signal(stop, interrupt) for stop in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
 
 
 COMMANDS = {"follow": _follow, "analyze": _analyze, "check": _check, "report": _report, "export": _export}

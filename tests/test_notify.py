@@ -264,14 +264,17 @@ def test_exit_gives_queued_alerts_5_s_whatever_the_request_timeout(tmp_path):
     assert not [e for e in events if e["event"] == "notice"]
 
 
-def test_sigterm_ends_follow_like_ctrl_c_queued_alerts_go_out_and_the_summary_is_written(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_ends_follow_like_ctrl_c_queued_alerts_go_out_and_the_summary_is_written(tmp_path, stop):
+    """SIGTERM: systemd's, Kubernetes' and timeout's way to stop a process; SIGHUP: the terminal or ssh session
+    it ran in closed."""
     log = tmp_path / "run.jsonl"
     log.write_bytes((SAMPLES / "pointer_collapse.jsonl").read_bytes())
     hook = Hook(delay=1.0)  # three alerts: two are still queued when the first has arrived
     watcher = watch("--json", str(log), "--webhook", hook.url)
     try:
         hook.wait_for(lambda alert: True, timeout=20)
-        watcher.send_signal(signal.SIGTERM)  # systemd's, Kubernetes' and timeout's way to stop a process
+        watcher.send_signal(stop)
         out, err = watcher.communicate(timeout=20)
     finally:
         watcher.kill()
