@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import math
 import time
-from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from moola_watch import columnar, rules, schema
+from moola_watch.frames import FrameColumns, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
 from moola_watch.tail import BadLine, Item, Notice, RecordItem, SkippedHistory, read_log
@@ -33,178 +31,6 @@ VERDICT_NO_MEASUREMENTS = "no_measurements"  # the run recorded no gradient stat
 VERDICT_NOT_A_LOG = "not_a_log"  # not one valid record in the file
 
 
-class Column:
-    """One frame column collected in blocks of ``BLOCK`` values, each kept as an array where pandas would make one.
-
-    pandas infers one dtype from a whole list of Python values, touching every value object once more at the
-    end, long after it was decoded. A block whose values are all ``float`` (or all ``int`` within int64) becomes a
-    float64 (int64) array while it is fresh in the cache: exactly what pandas makes of such values. When every
-    block is an array of one dtype, :meth:`values` joins them; otherwise it hands pandas the Python values, in
-    order, as before, to infer the dtype the whole column asks for.
-    """
-
-    BLOCK = 1024  # values: a block must still be in the cache when it is sealed (4096: 0.09 s, 1024: 0.057 s)
-
-    def __init__(self) -> None:
-        self._blocks: list[np.ndarray | list[Any]] = []
-        self._pending: list[Any] = []
-
-    def append(self, value: Any) -> None:
-        self._pending.append(value)
-        if len(self._pending) >= self.BLOCK:
-            self._seal()
-
-    def extend(self, values: Iterable[Any]) -> None:
-        self._pending.extend(values)
-        if len(self._pending) >= self.BLOCK:
-            self._seal()
-
-    def _seal(self) -> None:
-        if self._pending:
-            self._blocks.append(typed_block(self._pending))
-            self._pending = []
-
-    def values(self) -> np.ndarray | list[Any]:
-        """Every value so far: one array if every block is an array of one dtype, else a list of Python values."""
-        self._seal()
-        blocks = self._blocks
-        if blocks and all(isinstance(b, np.ndarray) and b.dtype == blocks[0].dtype for b in blocks):
-            return np.concatenate(blocks)  # type: ignore[arg-type]
-        return [value for block in blocks for value in (block.tolist() if isinstance(block, np.ndarray) else block)]
-
-
-def typed_block(values: list[Any]) -> np.ndarray | list[Any]:
-    """``values`` as a float64 or int64 array if all are ``float``, or all ``int`` within int64; else as they are."""
-    kinds = set(map(type, values))
-    if kinds == {float}:
-        return np.array(values, np.float64)
-    if kinds == {int}:
-        try:
-            return np.array(values, np.int64)
-        except OverflowError:  # pandas makes uint64 or objects of such a column: let it
-            return values
-    return values
-
-
-class FrameColumns:
-    """The frames' data per record kind, turned into DataFrames at the end: each ``grad_stats`` field a
-    :class:`Column`; ``task_balance`` and ``epoch`` records as row dicts (their per-task columns vary).
-
-    The long table of layer norms is the big one (records x layers rows): per record only its norms are
-    appended; run, epoch, step and layer codes are expanded with ``numpy.repeat`` at the end.
-    """
-
-    GRAD = ("run", "epoch", "step", "time", "total_norm", "mean_norm", "std_norm", "min_norm", "max_norm",
-            "nonfinite_count", "cost_ms")  # fmt: skip
-    BALANCE = ("run", "epoch", "step", "time", "ratio", "cosine", "scope")  # then per-task columns
-    EPOCH = ("run", "epoch", "step", "time", "train_loss", "val_loss", "lr", "duration_s")  # then losses, metrics
-
-    def __init__(self) -> None:
-        self.grad = {name: Column() for name in self.GRAD}
-        self.layer_norm = array("d")
-        self.layer_counts = array("q")  # layers in each grad_stats record
-        self.layer_sets = array("q")  # which distinct key list each record used
-        self._key_lists: list[tuple[str, ...]] = []
-        self._last_keys: tuple[str, ...] | None = None
-        self.balance: list[dict[str, Any]] = []
-        self.epochs: list[dict[str, Any]] = []
-
-    def add(self, record: schema.Record) -> None:
-        kind = record["kind"]
-        if kind == schema.GRAD_STATS:
-            grad = self.grad
-            for name in self.GRAD:
-                grad[name].append(record.get(name))
-            norms: dict[str, float] = record["layer_norms"]
-            self.layer_sets.append(self._key_set(tuple(norms)))
-            self.layer_counts.append(len(norms))
-            self.layer_norm.extend(norms.values())
-        elif kind == schema.TASK_BALANCE:
-            row = {k: record.get(k) for k in self.BALANCE}
-            for prefix, values in (
-                ("norm", "norms"),
-                ("raw_norm", "raw_norms"),
-                ("loss", "losses"),
-                ("share", "shares"),
-                ("weight", "weights"),
-                ("cosine", "cosines"),
-            ):
-                for task, value in (record.get(values) or {}).items():
-                    row[f"{prefix}_{task}"] = value
-            self.balance.append(row)
-        elif kind == schema.EPOCH:
-            row = {k: record.get(k) for k in self.EPOCH}
-            row.update({f"loss_{k}": v for k, v in (record.get("task_losses") or {}).items()})
-            row.update(record.get("metrics") or {})
-            self.epochs.append(row)
-
-    def add_grad(
-        self, fields: Mapping[str, Sequence[Any]], layer_names: Sequence[tuple[str, ...]], values: np.ndarray
-    ) -> None:
-        """``grad_stats`` records in bulk, as :meth:`add` would take them one by one: ``fields`` maps each grad
-        column to its values in record order, ``layer_names`` holds each record's layer names (in its order),
-        ``values`` all of their norms in one float64 array, record after record."""
-        for name in self.GRAD:
-            self.grad[name].extend(fields[name])
-        self.layer_sets.extend(map(self._key_set, layer_names))
-        self.layer_counts.extend(map(len, layer_names))
-        self.layer_norm.frombytes(np.ascontiguousarray(values, np.float64).tobytes())
-
-    def _key_set(self, keys: tuple[str, ...]) -> int:
-        """Which distinct list of layer names this is (layers rarely change between records)."""
-        if keys != self._last_keys:
-            self._last_keys = keys
-            self._key_lists.append(keys)
-        return len(self._key_lists) - 1
-
-    def _layers(self, grad: Mapping[str, np.ndarray | list[Any]]) -> pd.DataFrame:
-        """The long table of layer norms; ``grad`` holds the grad frame's column values."""
-        names: dict[str, int] = {}
-        for keys in self._key_lists:
-            for key in keys:
-                names.setdefault(key, len(names))
-        # The codes in the narrowest type that holds them, as the categorical keeps them: a table of millions of
-        # rows is mostly fresh memory, and each byte not written is a page not faulted in.
-        code_type = np.min_scalar_type(-len(names) - 1)
-        code_lists = [np.array([names[k] for k in keys], dtype=code_type) for keys in self._key_lists]
-        counts = np.frombuffer(self.layer_counts, dtype=np.int64) if self.layer_counts else np.zeros(0, np.int64)
-        sets = np.frombuffer(self.layer_sets, dtype=np.int64) if self.layer_sets else np.zeros(0, np.int64)
-        # Records with the same layers come in long runs: one tile per run, not one array per record.
-        bounds = [*np.flatnonzero(np.diff(sets, prepend=-1)).tolist(), len(sets)]
-        tiles = [np.tile(code_lists[sets[a]], b - a) for a, b in pairwise(bounds)]
-        codes = np.concatenate([np.zeros(0, code_type), *tiles])
-
-        def per_layer(column: str) -> pd.api.extensions.ExtensionArray:
-            # Repeat plain int64 and a mask: numpy would turn a repeated nullable array into objects. Without a
-            # missing value the mask is zeros, which calloc leaves unwritten.
-            values = pd.array(grad[column], dtype="Int64")
-            data = values.to_numpy(dtype=np.int64, na_value=0)
-            missing = values.isna()
-            mask = np.repeat(missing, counts) if missing.any() else np.zeros(len(codes), bool)
-            return pd.arrays.IntegerArray(np.repeat(data, counts), mask)
-
-        runs = pd.Categorical(grad["run"])
-        return pd.DataFrame(
-            {
-                "run": pd.Categorical.from_codes(np.repeat(runs.codes, counts), categories=runs.categories),
-                "epoch": per_layer("epoch"),
-                "step": per_layer("step"),
-                "layer": pd.Categorical.from_codes(codes, categories=list(names)),
-                "norm": np.frombuffer(self.layer_norm, dtype=np.float64) if self.layer_norm else np.zeros(0),
-            },
-            copy=False,  # every column is built here, for this frame alone
-        )
-
-    def frames(self) -> dict[str, pd.DataFrame]:
-        grad = {name: column.values() for name, column in self.grad.items()}
-        return {
-            "grad": pd.DataFrame(grad),
-            "layers": self._layers(grad),
-            "balance": table(self.balance, self.BALANCE),
-            "epochs": table(self.epochs, self.EPOCH),
-        }
-
-
 def run_verdict(engine: RuleEngine) -> str:
     """One run's verdict: the worst severity that fired; else no_measurements if it measured nothing; else
     healthy if it ended, unterminated if not."""
@@ -214,11 +40,6 @@ def run_verdict(engine: RuleEngine) -> str:
     if not engine.measured():
         return VERDICT_NO_MEASUREMENTS
     return VERDICT_HEALTHY if engine.run.status != "running" else VERDICT_UNTERMINATED
-
-
-def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows as a DataFrame; with no rows, still with ``columns`` (an empty table keeps its header)."""
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(columns))
 
 
 RUN_COLUMNS = ("run", "verdict", "model", "status", "records", "epoch", "step", "started", "last_time",

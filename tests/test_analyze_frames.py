@@ -1,4 +1,4 @@
-"""The frames ``analyze`` builds (:class:`moola_watch.analyze.FrameColumns`) against the plainest way pandas makes
+"""The frames ``analyze`` builds (:class:`moola_watch.frames.FrameColumns`) against the plainest way pandas makes
 them from the records' rows: the same dtypes, column order and values, whatever mix of types the records hold.
 
 ``tests/test_columnar.py`` checks that the fast path and the streaming engine build the same frames; both go
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moola_watch.analyze import Column, FrameColumns
+from moola_watch.frames import Column, FrameColumns
 from moola_watch.schema import make_record
 
 scalars = st.one_of(
