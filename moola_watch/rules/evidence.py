@@ -232,12 +232,9 @@ class Evidence:
         self, steps: Sequence[int | None], epochs: Sequence[int | None], times: Sequence[float | None]
     ) -> None:
         """The run's position after records at these steps, epochs and times, in order (None: not recorded)."""
-        run = self.run
         for step in steps:
-            if step is not None:
-                if run.step is not None and step < run.step:
-                    run.steps_backwards += 1
-                run.step = step
+            self._step(step)
+        run = self.run
         run.epoch = next((epoch for epoch in reversed(epochs) if epoch is not None), run.epoch)
         for time in times:
             if time is not None:
@@ -245,15 +242,19 @@ class Evidence:
 
     def _at(self, where: Where) -> None:
         """The run's position after one record taken at ``where`` (what :meth:`_advance` does for many)."""
-        run, step, time = self.run, where.step, where.time
+        self._step(where.step)
+        if where.epoch is not None:
+            self.run.epoch = where.epoch
+        if where.time is not None:
+            self._time(where.time)
+
+    def _step(self, step: int | None) -> None:
+        """A record at optimizer step ``step`` (None: not recorded); a step below the last is counted."""
+        run = self.run
         if step is not None:
             if run.step is not None and step < run.step:
                 run.steps_backwards += 1
             run.step = step
-        if where.epoch is not None:
-            run.epoch = where.epoch
-        if time is not None:
-            self._time(time)
 
     def _time(self, time: float) -> None:
         """A record written at ``time`` (unix seconds): the latest time, taken as max(last, next) would (a NaN
