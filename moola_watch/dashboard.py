@@ -82,9 +82,29 @@ class LogView:
 
     scan: LogScan
     runs: dict[str, RunView] = field(default_factory=dict)
+    # Per run, how far the watcher's clock is ahead of the writer's (seconds): the latest live record's arrival
+    # minus its ``time``. A trainer on another host whose clock is off is judged on its own clock, so its
+    # records never look minutes old (or from the future) the moment they arrive.
+    clock_offsets: dict[str, float] = field(default_factory=dict)
 
-    def observe(self, record: schema.Record) -> None:
+    def observe(self, record: schema.Record, arrived: float | None = None) -> None:
+        """Take a record; ``arrived`` (unix seconds, watcher's clock): when it was read as it was written, None
+        for history (whose age is its own)."""
         self.runs.setdefault(record["run"], RunView()).observe(record)
+        if arrived is not None and math.isfinite(record["time"]):
+            self.clock_offsets[record["run"]] = arrived - record["time"]
+
+    def history_read(self, modified: float) -> None:
+        """The log's history has been read, and the file was last written at ``modified`` (unix seconds, its
+        mtime): then its last record was written, which gives the clock offset of the run that wrote it before
+        any record arrives live (a dead run's old mtime keeps it old)."""
+        current = self.scan.current
+        if current is not None and current.run.run is not None and current.run.last_time is not None:
+            self.clock_offsets[current.run.run] = modified - current.run.last_time
+
+    def writer_now(self, run: str, now: float) -> float:
+        """The watcher's ``now`` (unix seconds) on ``run``'s writer's clock."""
+        return now - self.clock_offsets.get(run, 0.0)
 
 
 @dataclass(frozen=True)
@@ -149,9 +169,10 @@ def header(view: LogView, run: str, options: ViewOptions) -> Group:
     first.append("  verdict: ")
     first.append_text(verdict)
     second = text(f"model {engine.run.model or '?'}   ")
+    age = _age(view.writer_now(run, options.now), engine.run.last_time)
     second.append(
         f"{where(engine.run.epoch, engine.run.step)}   {engine.run.records} records, "
-        f"{view.scan.bad_lines} bad lines skipped   last record {_age(options.now, engine.run.last_time)}"
+        f"{view.scan.bad_lines} bad lines skipped   last record {age}"
     )
     lines = [first, second, text(f"{view.scan.path}   thresholds: {view.scan.threshold_sources[run]}", "dim")]
     if engine.run.error:
@@ -330,7 +351,7 @@ class Overview:
                 "status": Text(status, style=STATUS_STYLE.get(status, "")),
                 "at": Text(where(engine.run.epoch, engine.run.step)),
                 "records": Text(str(engine.run.records)),
-                "last record": Text(_age(self.options.now, engine.run.last_time)),
+                "last record": Text(_age(view.writer_now(run, self.options.now), engine.run.last_time)),
                 "verdict": run_verdict_text(engine),
                 "worst alert": _worst_alert_cell(engine),
             })  # fmt: skip

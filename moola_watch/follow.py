@@ -7,6 +7,7 @@ Reading never waits on drawing: all new data is consumed first, and redraws are 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import time
@@ -121,7 +122,7 @@ class Follower:
             return False
         run = None
         if isinstance(item, RecordItem):
-            view.observe(item.record)
+            view.observe(item.record, time.time() if self._started else None)
             run = item.record["run"]
         self._alerts(path, run, events)
         return True
@@ -132,7 +133,7 @@ class Follower:
             self._notify_notices(self.notifier.drain())
         for path, view in self.views.items():
             for run, engine in view.scan.engines.items():
-                self._alerts(path, run, engine.check_stale(now))
+                self._alerts(path, run, engine.check_stale(view.writer_now(run, now)))
                 status = engine.run_status
                 if self._statuses.get((path, run)) != status:
                     self._statuses[(path, run)] = status
@@ -271,6 +272,9 @@ class Follower:
     def _run(self) -> int:
         while self.pump() or self.behind:  # history first, at full speed (a long line may fill a whole read)
             pass
+        for path, view in self.views.items():
+            with contextlib.suppress(OSError):  # gone since: its runs keep their own clocks
+                view.history_read(path.stat().st_mtime)
         self._started = True
         self.tick(time.time())
         if self.options.once and not any(view.scan.records for view in self.views.values()):

@@ -300,3 +300,65 @@ def test_a_running_run_without_alerts_is_not_called_healthy(tmp_path):
     log = LogBuilder("live", t0=time.time()).start().grad(1, 0.3, 0.4).write(tmp_path / "live.jsonl")
     out = follow_once("--once", log).stdout
     assert "verdict: unterminated (no alert so far; no run_end yet)" in out and "verdict: healthy" not in out, out
+
+
+SKEWED_TRAINER = """
+import sys, time
+import torch
+from moola.utils.monitoring import GradientMonitor
+
+log, skew, steps, end = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "end"
+model = torch.nn.Linear(4, 2)
+monitor = GradientMonitor(every_n_steps=1, log_path=log, clock=lambda: time.time() + skew)
+for _ in range(steps):
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    monitor.on_before_optimizer_step(model)
+    model.zero_grad()
+    time.sleep(0.2)
+if end:
+    monitor.on_run_end()
+"""
+
+
+def skewed_trainer(log: Path, skew_s: float, steps: int, end: bool) -> subprocess.Popen:
+    """A real trainer whose host clock is ``skew_s`` seconds off the watcher's (its records' ``time``)."""
+    return subprocess.Popen([sys.executable, "-c", SKEWED_TRAINER, str(log), str(skew_s), str(steps),
+                             "end" if end else "open"], cwd=REPO)  # fmt: skip
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
+def test_a_live_run_whose_writer_clock_is_an_hour_off_is_judged_on_its_own_clock(tmp_path, skew_s):
+    """A trainer on another host an hour behind (or ahead): while its records keep coming, follow never calls
+    the run stale, neither from the history it finds nor from what arrives after; it ends with the run."""
+    log = tmp_path / "skewed.jsonl"
+    trainer = skewed_trainer(log, skew_s, steps=20, end=True)
+    while not log.exists() or log.stat().st_size < 1000:  # some history before the watcher starts
+        time.sleep(0.05)
+    follow = subprocess.run(
+        [*WATCH.split(), "follow", "--json", "--exit-on-end", "--stale-seconds", "1.5", str(log)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert trainer.wait(timeout=60) == 0
+    events = [json.loads(line) for line in follow.stdout.splitlines()]
+    assert follow.returncode == 0, follow.stdout + follow.stderr
+    assert not [e for e in events if e["event"] == "alert" and e["rule"] == rules.STALE], follow.stdout
+    assert [e["status"] for e in events if e["event"] == "status"][-1] == "completed"
+
+
+@pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
+def test_a_dead_run_whose_writer_clock_was_an_hour_off_goes_stale_after_stale_seconds(tmp_path, skew_s):
+    """The trainer (clock an hour behind, or ahead) died: its log's last write dates its last record, so
+    follow calls it stale --stale-seconds after that, the silence measured in seconds: not at once with an
+    hour's silence, nor an hour late."""
+    log = tmp_path / "dead.jsonl"
+    assert skewed_trainer(log, skew_s, steps=3, end=False).wait(timeout=60) == 0
+    began = time.monotonic()
+    follow = subprocess.run(
+        [*WATCH.split(), "follow", "--json", "--exit-on-end", "--stale-seconds", "3", str(log)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    waited = time.monotonic() - began
+    events = [json.loads(line) for line in follow.stdout.splitlines()]
+    (stale,) = [e for e in events if e["event"] == "alert" and e["rule"] == rules.STALE]
+    assert stale["state"] == rules.FIRING and "No record for 3 s" in stale["message"], stale
+    assert 2.0 < waited < 30, waited
