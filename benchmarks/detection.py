@@ -1,15 +1,17 @@
 """Detection quality of the task-collapse verdict on the labelled corpus, old rule and new verdict side by side.
 
     .venv/bin/python benchmarks/detection.py            # builds the corpus first if runs/detection-corpus is empty
-    .venv/bin/python benchmarks/detection.py --tune     # first choose starve_drop, starve_share on the tuning runs
+    .venv/bin/python benchmarks/detection.py --tune     # first choose the verdict's numbers on the tuning runs
 
 The *old rule* is the spec's dominance window alone at error level (what ``check`` failed on before): the
-first step a ``collapse`` alert is firing with its window beyond ``collapse_high``, whatever its severity. The
-*new verdict* is the first step a ``collapse`` alert is firing at error level (a ratio outside the healthy band
-and a starving task). Both are read from one replay of each
-log through :class:`moola_watch.rules.RuleEngine` with the run's recorded thresholds, ``starve_drop`` and
-``starve_share`` from the watcher's defaults unless ``--tune`` chose others. Ground truth comes from held-out
-metrics only (see ``detection_corpus.py``).
+first step a ``collapse`` alert raised by a balance sample is firing with its window beyond ``collapse_high``,
+whatever its severity. The *new verdict* is the first step a ``collapse`` alert is firing at error level:
+during the run, a ratio outside the healthy band and a starving task; at a completed run's end, a task that
+ended starved. Both are read from one replay of each log through :class:`moola_watch.rules.RuleEngine` with
+the run's recorded thresholds, the verdict's own numbers from the watcher's defaults unless ``--tune`` chose
+others: first ``starve_drop`` and ``starve_share`` (during the run), then ``final_share``,
+``final_run_share`` and ``final_rate`` (at the end). Ground truth comes from held-out metrics only (see
+``detection_corpus.py``).
 
 Lead time is the alert's step minus the step at which the starved task's validation metric plateaued
 (negative: the alert came first).
@@ -34,17 +36,27 @@ from moola_watch.tail import RecordItem, read_log
 CORPUS = Path("runs/detection-corpus")
 FALSE_ALARM_TARGET = 0.05  # at most this share of healthy runs may get an error-level verdict
 CLEARLY_STARVED = 0.3  # starved runs this far below the label's 0.5 are not borderline
-DROP_GRID = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2)
-SHARE_GRID = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
-Starve = tuple[float, float]  # (starve_drop, starve_share)
+#: No task's loss ends a billion times its first: the end-of-run verdict is off while the during-run one is chosen.
+FINAL_OFF = {"final_rate": 1e9}
+#: Each stage of ``--tune``: what it holds fixed, and the thresholds it chooses with the values it tries (a grid
+#: over all of them). The during-run verdict is chosen alone, then the end-of-run one beside it.
+TUNING_STAGES = (
+    (FINAL_OFF, {"starve_drop": (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2),
+                 "starve_share": (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)}),
+    ({}, {"final_share": (0.1, 0.2, 0.4, 0.6, 2.0), "final_run_share": (0.2, 0.4, 0.6, 0.8, 2.0),
+          "final_rate": (0.0, 0.3, 0.5, 0.6, 0.7, 0.8)}),
+)  # fmt: skip
+VERDICT_NAMES = (("old", "old rule (dominance)"), ("new", "new verdict (dominance + lost progress, or ended starved)"))
+Chosen = dict[str, float]  # threshold name -> value, over the run's recorded ones
 
 
 @dataclass(frozen=True)
 class Alarm:
-    """The first step a verdict named a task (None: it never did)."""
+    """The first step a verdict named a task (None: it never did), and whether it was at the run's end."""
 
     task: str | None
     step: int | None
+    at_end: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,28 +81,32 @@ def records(path: str) -> list[schema.Record]:
 def alarms(log: list[schema.Record], thresholds: Thresholds) -> list[Alarm]:
     """The old rule's and the new verdict's first alarm on one log."""
     # The old rule is the spec's window alone: with the healthy band widened to the collapse bounds, a collapse
-    # alert fires (at any severity) exactly when the window is beyond them.
+    # alert raised by a balance sample fires (at any severity) exactly when the window is beyond them.
     spec_window = replace(thresholds, balance_low=thresholds.collapse_low, balance_high=thresholds.collapse_high)
-    return [_first_collapse(log, spec_window, severity=None), _first_collapse(log, thresholds, severity="error")]
+    return [_first_collapse(log, spec_window, severity=None, kinds={schema.TASK_BALANCE}),
+            _first_collapse(log, thresholds, severity="error", kinds=set(schema.KINDS))]  # fmt: skip
 
 
-def _first_collapse(log: list[schema.Record], thresholds: Thresholds, severity: str | None) -> Alarm:
-    """The first step a collapse alert is firing (at ``severity``, or any), and the task it names."""
+def _first_collapse(log: list[schema.Record], thresholds: Thresholds, severity: str | None, kinds: set[str]) -> Alarm:
+    """The first step a collapse alert raised by a record of ``kinds`` is firing (at ``severity``, or any), and
+    the task it names."""
     engine = RuleEngine(thresholds)
     for record in log:
+        if record["kind"] not in kinds:
+            continue
         engine.observe(record)
         for alert in engine.firing():
             if alert.rule == COLLAPSE and severity in (None, alert.severity):
-                return Alarm(alert.subject, record.get("step"))
+                return Alarm(alert.subject, record.get("step"), at_end=record["kind"] == schema.RUN_END)
     return Alarm(None, None)
 
 
-def judge(run: dict, starve: Starve) -> Outcome:
-    """Replay one labelled run's log through the old rule and the new verdict."""
+def judge(run: dict, chosen: Chosen) -> Outcome:
+    """Replay one labelled run's log through the old rule and the new verdict, with ``chosen`` thresholds."""
     log = records(run["log"])
     start = next(r for r in log if r["kind"] == schema.RUN_START)
     recorded, _source = run_thresholds(start.get("thresholds"), Thresholds(), frozenset())
-    old, new = alarms(log, replace(recorded, starve_drop=starve[0], starve_share=starve[1]))
+    old, new = alarms(log, replace(recorded, **chosen))
     starved = run["starved"]
     return Outcome(run["log"].rsplit("/", 1)[-1].removesuffix(".jsonl"), run["family"], run["label"], starved,
                    run["held_out"], run["plateau_step"].get(starved) if starved else None,
@@ -110,6 +126,7 @@ class Score:
     both_poor: int
     both_poor_alarmed: int
     leads: list[int]
+    at_end: int  # right catches first named at the run's end
 
     @property
     def recall(self) -> float:
@@ -139,6 +156,7 @@ def score(outcomes: Iterable[Outcome], verdict: str) -> Score:
         both_poor=len(poor),
         both_poor_alarmed=sum(1 for o in poor if alarm[o.run].task is not None),
         leads=leads,
+        at_end=sum(1 for o in right if alarm[o.run].at_end),
     )
 
 
@@ -146,11 +164,12 @@ def fraction(count: int, total: int) -> str:
     return f"{count}/{total} ({count / total:.0%})" if total else "0/0"
 
 
-def lead_text(leads: list[int]) -> str:
+def lead_text(leads: list[int], at_end: int) -> str:
     if not leads:
         return "-"
     before = sum(1 for lead in leads if lead <= 0)
-    return f"median {statistics.median(leads):+.0f} steps, {before}/{len(leads)} at or before the plateau"
+    ended = f", {at_end} only at the run's end" if at_end else ""
+    return f"median {statistics.median(leads):+.0f} steps, {before}/{len(leads)} at or before the plateau{ended}"
 
 
 def table(outcomes: list[Outcome], title: str) -> list[str]:
@@ -162,11 +181,11 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
     families = sorted({o.family for o in outcomes})
     for group in [*families, "all"]:
         chosen = [o for o in outcomes if group in ("all", o.family)]
-        for verdict, name in (("old", "old rule (dominance)"), ("new", "new verdict (dominance + lost progress)")):
+        for verdict, name in VERDICT_NAMES:
             s = score(chosen, verdict)
             lines.append(
                 f"| {group} ({len(chosen)}) | {name} | {fraction(s.right, s.starved)} | {s.wrong_task} | "
-                f"{s.missed} | {fraction(s.false_alarms, s.healthy)} | {lead_text(s.leads)} |"
+                f"{s.missed} | {fraction(s.false_alarms, s.healthy)} | {lead_text(s.leads, s.at_end)} |"
             )
     starved = [o for o in outcomes if o.label == "starved" and o.progress is not None]
     missed = sorted(o.progress for o in starved if o.new.task != o.starved)
@@ -182,39 +201,48 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
     return lines
 
 
-def tune(runs: list[dict]) -> Starve:
-    """The (starve_drop, starve_share) with the best recall (right task) on the tuning runs among those within
-    the false-alarm target; ties go to the fewer false alarms, then the smaller thresholds. Prints the front."""
+def tune(runs: list[dict]) -> Chosen:
+    """Stage by stage (``TUNING_STAGES``, earlier stages' choices kept): the values with the best recall (right
+    task) on the tuning runs among those within the false-alarm target; ties go to the fewer false alarms, then
+    the smaller values. Prints each stage's front."""
     tuning = [run for run in runs if not run["held_out"]]
-    scored = []
-    for starve in itertools.product(DROP_GRID, SHARE_GRID):
-        s = score([judge(run, starve) for run in tuning], "new")
-        scored.append((s.false_alarm_rate <= FALSE_ALARM_TARGET, s.recall, -s.false_alarm_rate, [-x for x in starve],
-                       starve, s))  # fmt: skip
-    scored.sort(key=lambda row: row[:4], reverse=True)
-    print(f"starve_drop x starve_share on the {len(tuning)} tuning runs (held-out runs not used), best first:")
-    for *_rank, starve, s in scored[:5]:
-        print(f"  drop {starve[0]:<5} share {starve[1]:<6} recall {s.recall:.1%}  false alarms "
-              f"{s.false_alarms}/{s.healthy} ({s.false_alarm_rate:.1%})")  # fmt: skip
-    if not scored[0][0]:
-        print(f"  (none keeps false alarms within {FALSE_ALARM_TARGET:.0%})")
-    return scored[0][4]
+    chosen: Chosen = {}
+    for fixed, stage in TUNING_STAGES:
+        scored = []
+        for values in itertools.product(*stage.values()):
+            trial = {**chosen, **fixed, **dict(zip(stage, values, strict=True))}
+            s = score([judge(run, trial) for run in tuning], "new")
+            scored.append((s.false_alarm_rate <= FALSE_ALARM_TARGET, s.recall, -s.false_alarm_rate,
+                           [-x for x in values], trial, s))  # fmt: skip
+        scored.sort(key=lambda row: row[:4], reverse=True)
+        print(f"{' x '.join(stage)} on the {len(tuning)} tuning runs (held-out runs not used), best first:")
+        for *_rank, trial, s in scored[:5]:
+            print(f"  {', '.join(f'{name} {trial[name]}' for name in stage)}: recall {s.recall:.1%}, false alarms "
+                  f"{s.false_alarms}/{s.healthy} ({s.false_alarm_rate:.1%})")  # fmt: skip
+        if not scored[0][0]:
+            print(f"  (none keeps false alarms within {FALSE_ALARM_TARGET:.0%})")
+        best = scored[0][4]
+        chosen = {name: best[name] for name in (*chosen, *stage)}
+    return chosen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
-    parser.add_argument("--tune", action="store_true", help="choose starve_drop and starve_share on the tuning runs")
+    parser.add_argument("--tune", action="store_true", help="choose the verdict's numbers on the tuning runs")
     args = parser.parse_args()
     labels = args.corpus / "labels.json"
     if not labels.exists():
         subprocess.run([sys.executable, str(Path(__file__).with_name("detection_corpus.py")), "--out",
                         str(args.corpus)], check=True)  # fmt: skip
     runs = json.loads(labels.read_text())
-    defaults = Thresholds()
-    starve = tune(runs) if args.tune else (defaults.starve_drop, defaults.starve_share)
-    print(f"\nstarve_drop {starve[0]}, starve_share {starve[1]}; window and ratio bounds as each run recorded them\n")
-    outcomes = [judge(run, starve) for run in runs]
+    defaults = Thresholds().to_dict()
+    chosen = tune(runs) if args.tune else {name: defaults[name] for _fixed, stage in TUNING_STAGES for name in stage}
+    print(
+        f"\n{', '.join(f'{name} {value}' for name, value in chosen.items())}; window and ratio bounds as each run "
+        "recorded them\n"
+    )
+    outcomes = [judge(run, chosen) for run in runs]
     for title, chosen in (("Tuning runs", [o for o in outcomes if not o.held_out]),
                           ("Held-out runs (seeds 4 and 5, never used to choose a number)",
                            [o for o in outcomes if o.held_out])):  # fmt: skip

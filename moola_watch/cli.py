@@ -73,6 +73,13 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
         "FRACTION",
         "... and only while that loss is above this fraction of its start (below it, the task has learned)",
     ),
+    "final_share": (
+        "FRACTION",
+        "a completed run ended with a task starved (collapse, an error) if over the last window it got less than "
+        "this fraction of an equal share of the update (1/tasks) ...",
+    ),
+    "final_run_share": ("FRACTION", "... and over the whole run less than this fraction of an equal share ..."),
+    "final_rate": ("FRACTION", "... while its training loss is still above this fraction of its first"),
 }
 CONFIG_TABLES = ("thresholds", "notify")
 

@@ -181,14 +181,17 @@ def test_a_run_that_measured_nothing_is_not_a_pass(tmp_path):
 
 @pytest.mark.parametrize("label", json.loads((PINNED / "labels.json").read_text()), ids=lambda row: row["log"])
 def test_labelled_runs_get_the_verdict_their_held_out_metrics_call_for(label):
-    """Real runs of the corpus (benchmarks/detection_corpus.py), two per family; in the healthy ones the old
+    """Real runs of the corpus (benchmarks/detection_corpus.py), two per family and two LSTMs whose pointer task
+    starved while its loss crept down (the verdict names it only at the run's end); in the healthy ones the old
     rule (dominance alone, at error) fired, the new verdict stays a warning."""
     result, (report,) = check("--json", PINNED / label["log"])
     collapse = [a for a in report["alerts"] if a["rule"] == "collapse"]
     errors = [a for a in collapse if a["severity"] == "error"]
     if label["label"] == "starved":
         assert result.returncode == 1 and [a["subject"] for a in errors] == [label["starved"]]
-        assert "is starving" in errors[0]["message"] and "(from " in errors[0]["recommendation"]
+        starving = f"the run ended with the {label['starved']} task starved" in errors[0]["message"]
+        assert starving or "is starving" in errors[0]["message"]
+        assert "(from " in errors[0]["recommendation"]
     else:  # other rules may fire (hidden size 4 LSTMs do explode now and then); collapse stays a warning
         assert collapse and not errors and "gradients dominated, but" in collapse[0]["message"]
 
@@ -198,4 +201,5 @@ def test_check_help_lists_the_declared_rules_and_the_starvation_thresholds():
     assert result.returncode == 0
     assert "--starve-share" in result.stdout and "--starve-drop" in result.stdout and "--latest" in result.stdout
     collapse = [line for line in result.stdout.splitlines() if re.match(r"\s*collapse\s+(warning|error)\s", line)]
-    assert len(collapse) == 2 and all("error" in line and "starving" in line for line in collapse)
+    assert len(collapse) == 3 and all("error" in line and "starv" in line for line in collapse)
+    assert "--final-share" in result.stdout and "--final-rate" in result.stdout

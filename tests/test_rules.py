@@ -342,3 +342,51 @@ def test_the_window_verdict_is_judged_once_per_sample_and_per_thresholds():
     shorter = Thresholds(window=2)
     assert ev.window_verdict(shorter) == rules.collapse_verdict(ev.ratios, shorter)
     assert ev.window_verdict(engine.thresholds) == seen[-1]
+
+
+def ended_run(status: str = "completed", *, shares=lambda epoch: 0.01, loss=lambda epoch: 1.0 - 0.004 * epoch):
+    """30 balance samples in which the pointer task gets ``shares(epoch)`` of the update (pointer/type ratio 0.3,
+    outside the healthy band) and its batch loss is ``loss(epoch)``: creeping down 0.4% of its first loss per
+    sample, more than the window's 2% plateau allows, so during the run its collapse stays a warning."""
+    log = LogBuilder().start()
+    for epoch in range(1, 31):
+        share = shares(epoch)
+        losses = {"pointer": loss(epoch), "type": 2.0 / epoch}
+        log.balance(epoch, 0.3, shares={"pointer": share, "type": 1 - share}, losses=losses,
+                    weights={"pointer": 0.1, "type": 1.0})  # fmt: skip
+    return log.end(status)
+
+
+def ended_collapses(log: LogBuilder) -> list[rules.Alert]:
+    engine = RuleEngine()
+    for record in log.records:
+        engine.observe(record)
+    return [alert for alert in engine.alerts if alert.rule == rules.COLLAPSE]
+
+
+def test_a_completed_run_that_ended_with_a_task_starved_is_a_collapse_error_with_its_evidence_and_fix():
+    log = ended_run()
+    (alert,) = [a for a in ended_collapses(log) if a.severity == "error"]
+    assert alert.subject == "pointer" and alert.state == FIRING and alert.first_time == log.records[-1]["time"]
+    assert alert.message.startswith("TASK COLLAPSE: the run ended with the pointer task starved: 1.0% of the update")
+    assert "1.0% over the run (an equal share: 50%)" in alert.message and "89% of its first" in alert.message
+    assert "`--loss-beta` 0.17 (from 0.1)" in alert.recommendation  # the window's type/pointer 3.33 to 1/0.5
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        ended_run("failed"),  # cut short: the run is judged failed, not on how far its tasks got
+        ended_run(shares=lambda epoch: 0.5 if epoch <= 25 else 0.01),  # an equal share for most of the run
+        ended_run(loss=lambda epoch: 1.0 / epoch),  # starved of the update at the end, but its loss fell: learned
+    ],
+    ids=["failed", "fair-share-over-the-run", "learned"],
+)
+def test_no_task_ended_starved_without_all_of_the_evidence(log):
+    assert not [a for a in ended_collapses(log) if a.severity == "error"]
+
+
+def test_a_collapse_error_raised_during_the_run_keeps_its_words_at_the_end():
+    log = ended_run(loss=lambda epoch: 1.0)  # flat: starving within the window already
+    (alert,) = [a for a in ended_collapses(log) if a.severity == "error"]
+    assert alert.first_time < log.records[-1]["time"] and "is starving" in alert.message

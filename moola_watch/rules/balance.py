@@ -184,6 +184,58 @@ def _collapse_tasks(ev: Evidence, record: schema.Record, th: Thresholds) -> Find
     return findings
 
 
+def _window_dominance(ev: Evidence, task: str, th: Thresholds) -> tuple[float, float, str | None] | None:
+    """The window's mean of the largest task's weighted gradient norm over ``task``'s, the healthy band's edge in
+    those terms, and the task that dominates it (None with more than two tasks); None without a window."""
+    if ev.dominance.get(task):
+        window = ev.dominance[task]
+        others = [other for other in ev.dominance if other != task]
+        return mean_ratio(window), th.balance_high, others[0] if len(others) == 1 else None
+    mean = ev.window_verdict(th).mean
+    if mean is None or task not in WEIGHT_FLAGS:
+        return None
+    dominant = "pointer" if task == "type" else "type"
+    return (mean, th.balance_high, dominant) if task == "type" else (1 / mean, 1 / th.balance_low, dominant)
+
+
+def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    """At a completed run's ``run_end``: each task that ended starved. Judged on the whole run, this is the
+    verdict on outcomes (``benchmarks/detection.py``): a task may look starved for a while in a healthy run (not
+    started yet, or done); one that got little of the update to the end, and little over the run, while its
+    own loss stayed high, did not learn. Only tasks found starved are named: an alert raised during the run
+    keeps its state."""
+    if record["status"] != "completed" or len(ev.run_shares) < 2:
+        return []
+    equal = 1 / len(ev.run_shares)
+    progress = ev.progress()
+    findings: list[tuple[str, Observation | None]] = []
+    for task, run_share in ev.run_shares.items():
+        share, own = ev.mean_share(task), progress.get(task)
+        if share is None or own is None or run_share.count < th.window:
+            continue
+        if share < th.final_share * equal and run_share.mean < th.final_run_share * equal and own.rate > th.final_rate:
+            findings.append((task, Observation(
+                "error", share,
+                f"TASK COLLAPSE: the run ended with the {task} task starved: {share:.1%} of the update over its "
+                f"last {len(ev.shares[task])} balance samples ({ev.window_span() or 'steps unknown'}), "
+                f"{run_share.mean:.1%} over the run (an equal share: {equal:.0%}), and its training loss still "
+                f"{own.rate:.0%} of its first ({own.start:.3g} -> {own.recent:.3g})",
+                _ended_starved_action(ev, task, th),
+            )))  # fmt: skip
+    return findings
+
+
+def _ended_starved_action(ev: Evidence, task: str, th: Thresholds) -> str:
+    action = f"Raise the weight of the {task} loss, or give the tasks more shared capacity"
+    dominance = _window_dominance(ev, task, th)
+    if dominance is None or not dominance[0] > dominance[1]:
+        return action
+    ratio, target, dominant = dominance
+    flags = WEIGHT_FLAGS if ev.run.model == TRAINER_MODEL else {}
+    fix = weight_fix(task, dominant, ratio, target, ev.weights, flags)
+    return f"{action}: {fix}" if fix else action
+
+
 RULES = (
     Rule(IMBALANCE, "warning", True, BALANCE, _imbalance,
          "window mean of the pointer/type ratio outside the healthy band (the spec's table)"),
@@ -193,4 +245,7 @@ RULES = (
     Rule(COLLAPSE, "error", False, BALANCE, _collapse_tasks,
          "a task's gradient dominated (window mean > balance_high) and starving: an error; beyond collapse_high "
          "without starving: a warning"),
+    Rule(COLLAPSE, "error", False, frozenset({schema.RUN_END}), _starved_at_the_end,
+         "a completed run ended with a task starved: its share of the update below final_share of an equal share "
+         "over the last window and final_run_share over the run, its loss above final_rate of its first"),
 )  # fmt: skip

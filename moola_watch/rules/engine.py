@@ -18,7 +18,16 @@ from moola_watch import schema
 from moola_watch.rules import balance, gradients, run
 from moola_watch.rules.columns import GradColumns, GradSummary
 from moola_watch.rules.evidence import Evidence, QuietGradStats, RunState
-from moola_watch.rules.lifecycle import FIRING, PENDING, SEVERITY_RANK, Alert, AlertEvent, Lifecycle, Where
+from moola_watch.rules.lifecycle import (
+    FIRING,
+    PENDING,
+    SEVERITY_RANK,
+    Alert,
+    AlertEvent,
+    Lifecycle,
+    Observation,
+    Where,
+)
 from moola_watch.rules.rule import Rule, Vectorised, never
 from moola_watch.rules.thresholds import Thresholds
 from moola_watch.rules.verdicts import CollapseVerdict, mean_ratio
@@ -86,6 +95,13 @@ class MonitoringSummary:
         return asdict(self)
 
 
+def _told(lifecycle: Lifecycle, rule: str, subject: str, seen: Observation) -> bool:
+    """An alert of ``rule`` on ``subject`` is open at ``seen``'s severity or worse: at the run's end, its words
+    (how the condition came about, and where) stay; the end's own judgement only raises the severity."""
+    alert = lifecycle.open.get((rule, subject))
+    return alert is not None and SEVERITY_RANK[alert.severity] >= SEVERITY_RANK[seen.severity]
+
+
 class RuleEngine:
     """Feed one run's records with :meth:`observe` (and the clock with :meth:`check_stale`); get alert events."""
 
@@ -130,6 +146,8 @@ class RuleEngine:
         events: list[AlertEvent] = []
         for rule in _BY_KIND[record["kind"]]:
             for subject, seen in rule.evaluate(evidence, record, thresholds):
+                if seen is not None and record["kind"] == schema.RUN_END and _told(lifecycle, rule.name, subject, seen):
+                    continue
                 if seen is not None or (rule.name, subject) in lifecycle.open:  # else the lifecycle has nothing to do
                     events += lifecycle.apply(rule.name, subject, seen, where, rule.confirm(thresholds))
         return events

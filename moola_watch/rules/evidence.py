@@ -168,6 +168,7 @@ class Evidence:
         self.balance_steps: deque[int | None] = deque(maxlen=window)  # the steps of the window's samples
         self.weights: dict[str, float] = {}  # the loss weights of the latest balance sample
         self.shares: dict[str, deque[float]] = {}  # per task: its share of the update, over the window
+        self.run_shares: dict[str, RunningStats] = {}  # per task: its share of the update, over the whole run
         self.epoch_losses = LossSeries(window)
         self.batch_losses = LossSeries(window)
         self.first_losses: dict[str, float] = {}  # each task's first usable training loss in the run
@@ -306,6 +307,7 @@ class Evidence:
         self.weights = dict(record.get("weights") or {})
         for task, share in (record.get("shares") or {}).items():
             self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
+            self.run_shares.setdefault(task, RunningStats()).add(share)
         self._losses(self.batch_losses, record.get("losses") or {}, where)
 
     def window_verdict(self, th: Thresholds) -> CollapseVerdict:

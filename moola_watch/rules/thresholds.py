@@ -26,6 +26,10 @@ class Thresholds:
     starve_share: float = 0.02  # collapse is an error only if the task's mean share of the update is below ...
     starve_drop: float = 0.02  # ... and its own training loss fell by less than this fraction over the window
     starve_rate: float = 0.5  # ... and that loss is above this fraction of its first (below: it has learned)
+    final_share: float = 0.4  # a completed run ended with a task starved if, over the last window, its mean
+    # share of the update was below this fraction of an equal share (1 / tasks), ...
+    final_run_share: float = 0.8  # ... over the whole run below this fraction of an equal share, ...
+    final_rate: float = 0.6  # ... and its training loss is still above this fraction of its first
     norm_low: float = 0.01  # mean layer norm below this: vanishing overall
     norm_large: float = 1.0  # mean layer norm above this: large
     norm_exploding: float = 5.0  # mean layer norm above this: exploding overall
