@@ -385,3 +385,25 @@ def test_numpy_and_tensor_counts_are_kept_as_numbers(tmp_path):
         monitor.update(np.int32(3), model)
     grads = [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "grad_stats"]
     assert [(r["epoch"], r["step"]) for r in grads] == [(2, 5), (2, 7), (3, 8)]
+
+
+def test_a_configuration_of_any_values_is_recorded_and_never_raises(tmp_path):
+    """What hyperparameters hold in real projects: each value no JSON holds is recorded as its text."""
+    import datetime
+    import enum
+    from pathlib import Path
+
+    class Mode(enum.Enum):
+        FAST = "fast"
+
+    config = {"path": Path("/data/x"), "dtype": torch.bfloat16, "device": torch.device("cpu"), "cls": nn.Linear,
+              "mode": Mode.FAST, "date": datetime.date(2026, 11, 30), "fn": math.sqrt, "tags": {"a"},
+              "raw": b"\x00", "z": 1j, 3: "int key", "nested": {"t": torch.tensor([1.0, 2.0]), "n": None}}  # fmt: skip
+    log = tmp_path / "run.jsonl"
+    with GradientMonitor(every_n_steps=1, log_path=log) as monitor:
+        monitor.on_run_start(nn.Linear(2, 2), config=config)
+    (start, end) = strict_lines(log)
+    recorded = start["config"]
+    assert end["status"] == "completed" and recorded["path"] == "/data/x" and recorded["dtype"] == "torch.bfloat16"
+    assert recorded["mode"] == "Mode.FAST" and recorded["date"] == "2026-11-30" and recorded["tags"] == ["a"]
+    assert recorded["3"] == "int key" and recorded["nested"] == {"t": [1.0, 2.0], "n": None} and recorded["z"] == "1j"

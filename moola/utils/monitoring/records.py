@@ -37,6 +37,21 @@ def plain(value: Any) -> Any:
     return value
 
 
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def config_value(value: Any) -> Any:
+    """A run's configuration as a record holds it: :func:`plain` numbers and lists, string keys, and any other
+    object (a path, a dtype, a device, a class, an enum member, a function) as its ``str()``, so that what a
+    framework's hyperparameters hold never costs the ``run_start`` (or the run)."""
+    value = plain(value)
+    if isinstance(value, Mapping):
+        return {str(key): config_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [config_value(item) for item in value]
+    return value if isinstance(value, _JSON_SCALARS) else str(value)
+
+
 def learning_rate(value: Any) -> tuple[float | None, list[float] | None]:
     """A learning rate as given (a number, a tensor, or one per parameter group as schedulers' ``get_last_lr``
     returns) -> (the first group's, all of them when there are several)."""
