@@ -230,11 +230,10 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     except KeyboardInterrupt:
         console.print("\nmoola: interrupted; the gradient log is marked 'interrupted'", markup=False)
         return EXIT_INTERRUPTED
-    halted = model.monitor.halted_by if model.monitor else None
+    halted = model.monitor.halt_reason if model.monitor else None
     if halted is not None:
         console.print(
-            f"moola: halted (--halt-on {args.halt_on}) by {halted.severity} alert {halted.rule} ({halted.subject}) "
-            f"at step {halted.first_step}: {halted.message}",
+            f"moola: {halted} (--halt-on {args.halt_on})",
             markup=False,
             highlight=False,
             soft_wrap=True,

@@ -23,7 +23,7 @@ def test_nan_gradients_halt_the_cli_before_the_step_with_a_finite_checkpoint(tmp
         "--halt-on", "critical", "--checkpoint-on-alert", str(directory), "--grad-log", str(log),
     )  # fmt: skip
     assert result.returncode == 3, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "moola: halted (--halt-on critical) by critical alert nonfinite" in result.stdout
+    assert "moola: halted on critical alert nonfinite (gradients) at step " in result.stdout
     records = strict_lines(log)
     alert = next(r for r in records if r["kind"] == "alert" and r["rule"] == "nonfinite")
     assert not [r for r in records if r["kind"] == "grad_stats" and r["step"] > alert["step"]]  # within one

@@ -1,5 +1,6 @@
 """torch.distributed with gloo on CPU: rank 0 writes the norms of the full (averaged or sharded) gradients."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,26 @@ def test_torchrun_trains_on_two_cpu_ranks_with_one_log_and_one_voice(tmp_path):
     assert records[0]["world_size"] == 2 and records[0]["config"]["world_size"] == 2
     assert records[-1]["status"] == "completed"
     assert [r["kind"] for r in records].count("task_balance") == 3
+
+
+def test_halt_on_under_torchrun_stops_every_rank_at_the_same_step_with_the_reason_in_the_log(tmp_path):
+    """A starved task's collapse is seen from each rank's own batches, so one rank halts a step before the
+    other: alone, it left the other blocked in the next all-reduce until it crashed. The ranks agree: both stop
+    at the same step, exit 3, and rank 0's log says which rank's alert halted the run."""
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    log = tmp_path / "run.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "moola.cli",
+         "train", "--predict-pointers", "--monitor-gradients", "--every-n-steps", "1", "--loss-alpha", "0.0001",
+         "--hidden-size", "4", "--epochs", "10", "--n-samples", "300", "--halt-on", "error", "--grad-log", str(log)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    # torchrun itself exits 1 when its workers fail; each rank exited 3 (halted), none lost its peer.
+    assert result.returncode == 1 and "Connection" not in output, output[-3000:]
+    assert output.count("exitcode  : 3") == 2, output[-3000:]
+    records = [decode_record(line) for line in log.read_bytes().splitlines()]
+    end = records[-1]
+    assert end["kind"] == "run_end" and end["status"] == "failed", end
+    assert re.match(r"halted on error alert collapse \(type\) at step \d+ on rank [01]: TASK COLLAPSE", end["error"])

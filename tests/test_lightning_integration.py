@@ -4,6 +4,7 @@ what ``moola-watch check`` concludes from the log."""
 import json
 import math
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -258,3 +259,49 @@ def test_epoch_records_hold_only_what_the_epoch_computed(tmp_path):
         {"val_computed_in_epoch": 4.0},
     ]
     assert all(r["train_loss"] > 0 for r in epochs)
+
+
+class ConfiguredModule(TwoTaskModule):
+    """Hyperparameters of the kinds a real module saves: a path, a dtype, a device."""
+
+    def __init__(self, weights: dict[str, float], data_dir: Path, dtype: torch.dtype, device: torch.device):
+        super().__init__(weights)
+        self.save_hyperparameters()
+
+
+def test_hyperparameters_of_any_type_are_recorded_as_text_and_never_stop_the_fit(tmp_path):
+    torch.manual_seed(0)
+    log = tmp_path / "run.jsonl"
+    trainer = lightning.Trainer(accelerator="cpu", devices=1, max_steps=8, logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False,
+                                callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)])  # fmt: skip
+    trainer.fit(
+        ConfiguredModule({"cls": 1.0, "reg": 1.0}, tmp_path / "data", torch.float16, torch.device("cpu")), loader()
+    )
+    records = strict_lines(log)
+    hparams = records[0]["config"]["hparams"]
+    assert records[0]["kind"] == "run_start" and records[-1]["status"] == "completed"
+    assert hparams["data_dir"] == str(tmp_path / "data") and hparams["dtype"] == "torch.float16"
+    assert hparams["device"] == "cpu" and hparams["weights"] == {"cls": 1.0, "reg": 1.0}
+
+
+class NaNAtBatch5(TwoTaskModule):
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if batch_idx == 5 else loss
+
+
+def test_halt_on_stops_the_fit_after_the_step_whose_gradients_raised_the_alert(tmp_path):
+    """halt_on passes through the callback: the fit ends after the step whose gradients turned NaN (a callback
+    cannot skip the step itself), and run_end says why, instead of training on to the end of the epoch."""
+    torch.manual_seed(0)
+    log = tmp_path / "run.jsonl"
+    callback = GradientMonitorCallback(log_path=log, every_n_steps=1, halt_on="critical")
+    quiet = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    trainer = lightning.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, callbacks=[callback], **quiet)
+    trainer.fit(NaNAtBatch5({"cls": 1.0, "reg": 1.0}), loader())
+    assert trainer.global_step == 6
+    end = strict_lines(log)[-1]
+    assert end["status"] == "failed" and end["error"].startswith(
+        "halted on critical alert nonfinite (gradients) at step 6"
+    )

@@ -263,3 +263,22 @@ def test_readme_transformers_example_prints_equal_totals(tmp_path):
     assert [step for step, _, _ in rows] == [5, 10, 15, 20, 25, 30]
     assert all(recorded == pytest.approx(logged, rel=1e-3) for _, recorded, logged in rows)
     assert max(recorded for _, recorded, _ in rows) > 0.5  # a clipped step, recorded before the clip
+
+
+def test_halt_on_stops_the_trainer_after_the_step_whose_gradients_raised_the_alert(tmp_path):
+    """halt_on passes through the callback: the Trainer stops at the end of the step whose gradients turned NaN
+    (a callback cannot skip the step itself), and run_end says why, instead of training on to max_steps."""
+
+    class NaNAtStep6(TwoTaskBert):
+        def forward(self, input_ids, labels, target):
+            self.calls = getattr(self, "calls", 0) + 1
+            out = super().forward(input_ids, labels, target)
+            return {"loss": out["loss"] * float("nan")} if self.calls == 6 else out
+
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=1, halt_on="critical")
+    trainer, records = train(tmp_path, NaNAtStep6(), callback=callback)
+    assert trainer.state.global_step == 6
+    end = records[-1]
+    assert end["status"] == "failed" and end["error"].startswith(
+        "halted on critical alert nonfinite (gradients) at step 6"
+    )

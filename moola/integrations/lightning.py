@@ -92,6 +92,8 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         self.monitor.on_before_optimizer_step(pl_module, scaler=grad_scaler(trainer), step=trainer.global_step + 1)
+        if self.monitor.should_stop:  # halt_on: a callback cannot skip this step, so the fit ends after it
+            trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         values = epoch_values(trainer.callback_metrics, self._metrics_before)

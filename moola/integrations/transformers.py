@@ -190,6 +190,16 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
                 if p.requires_grad
             ]
 
+    def on_step_end(
+        self,
+        args: transformers.TrainingArguments,
+        state: transformers.TrainerState,
+        control: transformers.TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        if self.monitor.should_stop:  # halt_on: the Trainer gives a callback no way to skip the step itself
+            control.should_training_stop = True
+
     def on_train_end(
         self,
         args: transformers.TrainingArguments,

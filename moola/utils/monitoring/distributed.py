@@ -52,3 +52,18 @@ def synchronised_backward_reason(parameters: Iterable[torch.Tensor]) -> str | No
         if getattr(p, "_post_accumulate_grad_hooks", None):
             return "a parameter has a post-accumulate-grad hook that only backward() runs"
     return None
+
+
+def halted_anywhere(reason: str | None) -> str | None:
+    """The ranks' agreement on halting: ``reason`` is why this rank halts (None: it would go on); returns the
+    first halting rank's reason, the same on every rank, or None if none halts. A collective (every rank calls
+    it at the same point): one all-reduce of one number, and the reasons travel only when some rank halted."""
+    cuda = torch.distributed.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    flag = torch.tensor([0.0 if reason is None else 1.0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item() == 0:
+        return None
+    reasons: list[str | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(reasons, reason)
+    return next(text for text in reasons if text is not None)

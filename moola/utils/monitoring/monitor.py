@@ -34,10 +34,16 @@ from torch import nn
 
 from moola import __version__
 from moola.utils.monitoring.console import LOGGER, PREFIX
-from moola.utils.monitoring.distributed import distributed_rank, rank_log_path
+from moola.utils.monitoring.distributed import distributed_rank, halted_anywhere, rank_log_path
 from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
 from moola.utils.monitoring.norms import NormPlan, gradient_statistics, named_parameters
-from moola.utils.monitoring.records import MAX_LAYER_NORMS, compact_layer_norms, learning_rate, plain
+from moola.utils.monitoring.records import (
+    MAX_LAYER_NORMS,
+    compact_layer_norms,
+    config_value,
+    learning_rate,
+    plain,
+)
 from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, compute_task_balance, task_weights
 from moola_watch import rules, schema
 from moola_watch.rules import Alert, AlertEvent, GradSummary, MonitoringSummary, Thresholds
@@ -158,6 +164,10 @@ class GradientMonitor:
         self._on_alert = on_alert
         self.halt_on = halt_on
         self.halted_by: Alert | None = None  # the first alert at or above halt_on: the loop should stop
+        # Under torch.distributed, why another rank halted (its alerts come from its own batches): every rank
+        # stops at the same step, or the ones that go on block in the next all-reduce.
+        self.halted_elsewhere: str | None = None
+        self._halting_agreed = False  # the ranks found one of them halted: no more agreement is needed
 
     @property
     def log_path(self) -> Path | None:
@@ -166,7 +176,7 @@ class GradientMonitor:
     @property
     def should_stop(self) -> bool:
         """True once an alert at or above ``halt_on`` has fired: stop before the next optimizer step."""
-        return self.halted_by is not None
+        return self.halted_by is not None or self.halted_elsewhere is not None
 
     @property
     def step(self) -> int:
@@ -235,7 +245,7 @@ class GradientMonitor:
             parameters=names[: self.max_layer_norms],
             parameter_count=sum(p.numel() for _, p in params if p.requires_grad),
             parameter_tensors=len(names),
-            config=plain(config or {}),
+            config=config_value(config or {}),
             thresholds=self.thresholds.to_dict(),
             log_frequency=self.log_frequency,
             task_balance_frequency=self.task_balance_frequency,
@@ -325,9 +335,34 @@ class GradientMonitor:
             stats = self._guarded("gradient statistics", lambda: self._measure(model, scaler, still_scaled), model)
             if stats is not None and "amp" in stats and stats["amp"]["overflow"]:
                 self._last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
+        if self.halt_on is not None and self.world_size > 1 and not self._halting_agreed:
+            self._agree_on_halting()
         if not self._counting_optimizer:
             self.steps_done += 1
         return stats
+
+    def _agree_on_halting(self) -> None:
+        """Under torch.distributed, one small all-reduce per step (only with ``halt_on``): if any rank halted,
+        every rank learns why and stops at this step. Every rank calls this at the same point of each step."""
+        try:
+            halted = halted_anywhere(self.halt_reason if self.halted_by is not None else None)
+        except Exception as exc:  # a broken process group: each rank decides alone, as before
+            self._warn_once("halt agreement", f"WARNING: the ranks could not agree on halting ({exc})")
+            return
+        self._halting_agreed = halted is not None
+        if halted is not None and self.halted_by is None:
+            self.halted_elsewhere = halted
+
+    @property
+    def halt_reason(self) -> str | None:
+        """Why the run halts, in words (the alert, its step, and under torch.distributed the rank it was seen
+        on), or None while it goes on."""
+        alert = self.halted_by
+        if alert is None:
+            return self.halted_elsewhere
+        where = f" on rank {self.rank}" if self.world_size > 1 else ""
+        return (f"halted on {alert.severity} alert {alert.rule} ({alert.subject}) at step {alert.first_step}{where}: "
+                f"{alert.message}")  # fmt: skip
 
     def update(
         self, epoch: int, model: nn.Module, step: int | None = None, *, scaler: torch.amp.GradScaler | None = None
@@ -358,12 +393,8 @@ class GradientMonitor:
         if self._ended or not self.enabled:
             return self.engine.summary()
         self._ended = True
-        if self.halted_by is not None and status == "completed":
-            alert = self.halted_by
-            status, error = (
-                "failed",
-                f"halted on {alert.severity} alert {alert.rule} ({alert.subject}): {alert.message}",
-            )
+        if self.should_stop and status == "completed":
+            status, error = "failed", self.halt_reason
         if self._writer is not None or self._started:  # _emit writes a run_start first if none was written
             summary = self.engine.summary().to_dict()
             self._emit(
@@ -530,6 +561,7 @@ class GradientMonitor:
                 self._warn_once("on_alert", f"WARNING: on_alert raised {type(exc).__name__}: {exc}; training continues")
         if (
             self.halt_on is not None
+            and not self._ended  # run_end's own alerts (the run failed) are its end, not a reason to stop it
             and self.halted_by is None
             and HALT_SEVERITIES.index(alert.severity if alert.severity in HALT_SEVERITIES else "warning")
             >= HALT_SEVERITIES.index(self.halt_on)
@@ -586,7 +618,12 @@ class GradientMonitor:
         events = self.engine.observe(record, summary)
         if self._writer:
             native = finite and type(now) is float and math.isfinite(now)
-            self._writer.write_line(schema.encode_native(record) if native else schema.encode_record(record), kind)
+            try:
+                line = schema.encode_native(record) if native else schema.encode_record(record)
+            except (TypeError, ValueError) as exc:  # a value no encoder takes: that record, never the run
+                self._warn_once(f"encode {kind}", f"WARNING: a {kind} record could not be written ({exc})")
+            else:
+                self._writer.write_line(line, kind)
         if events:
             self._report(events, record)
 
