@@ -1,8 +1,10 @@
 """One rank of a torchrun job for the distributed tests: a replicated (DDP) or sharded (FSDP2) model measured
-by GradientMonitor; ``ddp-balance`` does the step's backward through ``GradientMonitor.backward`` with a task
-balance probe due, and saves this rank's gradients for the test to compare across ranks.
+by GradientMonitor; ``ddp-balance`` does two steps' backward through ``GradientMonitor.backward`` with a task
+balance probe due, and saves this rank's gradients for the test to compare across ranks
+(``ddp-static-balance``: the same under ``DDP(static_graph=True)``).
 
-    torchrun --standalone --nproc-per-node 2 tests/dist_worker.py ddp|fsdp|ddp-per-rank|ddp-balance OUT_DIR
+    torchrun --standalone --nproc-per-node 2 tests/dist_worker.py MODE OUT_DIR
+    MODE: ddp|fsdp|ddp-per-rank|ddp-balance|ddp-static-balance
 """
 
 import os
@@ -40,9 +42,9 @@ def main() -> None:
         fully_shard(model, mesh=mesh)
         wrapped, measured = model, model
     else:
-        wrapped = nn.parallel.DistributedDataParallel(model)
+        wrapped = nn.parallel.DistributedDataParallel(model, static_graph=mode == "ddp-static-balance")
         measured = model  # names without DDP's "module." prefix
-    if mode == "ddp-balance":
+    if mode in ("ddp-balance", "ddp-static-balance"):
         balance_step(wrapped, model, x[rows], y[rows], out, rank)
     else:
         nn.functional.mse_loss(wrapped(x[rows]), y[rows]).backward()
@@ -59,23 +61,23 @@ def main() -> None:
 
 
 def balance_step(wrapped: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: Path, rank: int) -> None:
-    """Two tasks (the two output columns) through DDP; the monitor's backward with a probe due."""
-    output = wrapped(x)
-    losses = {
-        "first": nn.functional.mse_loss(output[:, 0], y[:, 0]),
-        "second": nn.functional.mse_loss(output[:, 1], y[:, 1]),
-    }
+    """Two tasks (the two output columns) through DDP; two steps' backward by the monitor with a probe due
+    (no optimizer step between them: both steps' gradients are the full batch's)."""
     warnings: list[str] = []
+    steps = []
     with GradientMonitor(every_n_steps=1, log_path=out / "run.jsonl", warn=warnings.append) as monitor:
-        balance = monitor.backward(model, losses, {"first": 1.0, "second": 3.0})
-    torch.save(
-        {
-            "grads": {n: p.grad for n, p in model.named_parameters()},
-            "warnings": warnings,
-            "measured": balance is not None,
-        },
-        out / f"grads.rank{rank}.pt",
-    )
+        for _ in range(2):
+            output = wrapped(x)
+            losses = {
+                "first": nn.functional.mse_loss(output[:, 0], y[:, 0]),
+                "second": nn.functional.mse_loss(output[:, 1], y[:, 1]),
+            }
+            balance = monitor.backward(model, losses, {"first": 1.0, "second": 3.0})
+            monitor.on_before_optimizer_step(model)
+            steps.append({"grads": {n: p.grad.clone() for n, p in model.named_parameters()},
+                          "measured": balance is not None})  # fmt: skip
+            model.zero_grad(set_to_none=True)
+    torch.save({"steps": steps, "warnings": warnings}, out / f"grads.rank{rank}.pt")
 
 
 if __name__ == "__main__":

@@ -67,3 +67,27 @@ def halted_anywhere(reason: str | None) -> str | None:
     reasons: list[str | None] = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(reasons, reason)
     return next(text for text in reasons if text is not None)
+
+
+def static_graph_first_iteration(losses: Iterable[torch.Tensor]) -> bool:
+    """True if ``losses`` come out of a ``DistributedDataParallel(static_graph=True)`` module's first iteration.
+
+    Then DDP's output node queues the delayed all-reduce of every gradient from the first backward that runs
+    through it, and only once: a probe's backward would take it, before the step's own backward has made the
+    gradients, and the replicas would drift apart for the rest of the run. Walks the losses' autograd graph
+    (only under an initialised torch.distributed), looking for that node."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    seen: set[object] = set()
+    todo = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
+    while todo:
+        node = todo.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "_DDPSinkBackward":
+            ddp = node.ddp_weakref()
+            if ddp is not None and ddp.static_graph and not ddp._static_graph_delay_allreduce_enqueued:
+                return True
+        todo.extend(following for following, _ in node.next_functions if following is not None)
+    return False

@@ -34,7 +34,12 @@ from torch import nn
 
 from moola import __version__
 from moola.utils.monitoring.console import LOGGER, PREFIX
-from moola.utils.monitoring.distributed import distributed_rank, halted_anywhere, rank_log_path
+from moola.utils.monitoring.distributed import (
+    distributed_rank,
+    halted_anywhere,
+    rank_log_path,
+    static_graph_first_iteration,
+)
 from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
 from moola.utils.monitoring.norms import NormPlan, gradient_statistics, named_parameters
 from moola.utils.monitoring.records import (
@@ -65,6 +70,13 @@ def whole(count: Any) -> Any:
         return operator.index(count)
     except TypeError:
         return count
+
+
+#: Why a probe waits for DDP(static_graph=True)'s second iteration (see ``static_graph_first_iteration``).
+STATIC_GRAPH_FIRST_ITERATION = (
+    "not measured on DistributedDataParallel(static_graph=True)'s first iteration, whose delayed all-reduce "
+    "must come from the step's own backward; the next probe measures"
+)
 
 
 class GradientMonitor:
@@ -275,13 +287,15 @@ class GradientMonitor:
         if len(losses) < 2 or not any(loss.requires_grad for loss in losses.values()) or not self.balance_due():
             return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
         self._last_balance_at = (self.epoch, self.step)
-        balance = self._guarded(
-            "task balance",
-            lambda: compute_task_balance(
+
+        def measure() -> TaskGradients:
+            if static_graph_first_iteration(losses.values()):
+                raise BalanceUnavailable(STATIC_GRAPH_FIRST_ITERATION)
+            return compute_task_balance(
                 losses, model, weights=weights, shared_parameters=shared_parameters, representation=representation
-            ),
-            model,
-        )
+            )
+
+        balance = self._guarded("task balance", measure, model)
         if balance is not None:
             self.record_balance(balance)
         return balance
