@@ -407,3 +407,30 @@ def test_a_configuration_of_any_values_is_recorded_and_never_raises(tmp_path):
     assert end["status"] == "completed" and recorded["path"] == "/data/x" and recorded["dtype"] == "torch.bfloat16"
     assert recorded["mode"] == "Mode.FAST" and recorded["date"] == "2026-11-30" and recorded["tags"] == ["a"]
     assert recorded["3"] == "int key" and recorded["nested"] == {"t": [1.0, 2.0], "n": None} and recorded["z"] == "1j"
+
+
+def test_measuring_every_micro_batch_under_accumulation_is_one_warning_and_the_loop_goes_on():
+    """The mistake gradient accumulation invites: on_before_optimizer_step after every micro-batch's backward.
+    Its first call measures a partial gradient; the second call of the same step says so, once."""
+    warnings: list[str] = []
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warnings.append)
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor.watch_optimizer(optimizer)
+    with monitor:
+        for _step in range(3):
+            for _micro in range(2):
+                x = torch.randn(8, 6)
+                monitor.backward(model, task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0]))
+                monitor.on_before_optimizer_step(model)  # wrong: after each micro-batch
+            optimizer.step()
+            optimizer.zero_grad()
+    (warning,) = warnings
+    assert "called again before the optimizer stepped (step 1)" in warning and "partial gradient" in warning
+
+
+def test_measuring_once_per_accumulated_step_warns_nothing():
+    warnings: list[str] = []
+    plain_loop(GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warnings.append), steps=6, accumulate=2)
+    assert warnings == []

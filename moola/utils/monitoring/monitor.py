@@ -349,6 +349,13 @@ class GradientMonitor:
             stats = self._guarded("gradient statistics", lambda: self._measure(model, scaler, still_scaled), model)
             if stats is not None and "amp" in stats and stats["amp"]["overflow"]:
                 self._last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
+        elif self._counting_optimizer and step is None and self._last_stats_at == (self.epoch, self.step):
+            self._warn_once(
+                "again",
+                f"WARNING: on_before_optimizer_step was called again before the optimizer stepped (step {self.step}):"
+                " with gradient accumulation call it once per optimizer step, after the last micro-batch's backward;"
+                " its first call measured a partial gradient",
+            )
         if self.halt_on is not None and self.world_size > 1 and not self._halting_agreed:
             self._agree_on_halting()
         if not self._counting_optimizer:
