@@ -300,6 +300,8 @@ class Follower:
         pass."""
         bad = sum(view.scan.bad_lines for view in self.views.values())
         what = f"is not a moola log: no valid record ({bad} bad lines)" if bad else "holds no record yet"
+        if self.options.from_end and not bad:
+            what = "holds no record after what it held when followed (--from-end skips that)"
         print(f"moola-watch: error: {inert(str(self.target))} {what}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 

@@ -362,3 +362,10 @@ def test_a_dead_run_whose_writer_clock_was_an_hour_off_goes_stale_after_stale_se
     (stale,) = [e for e in events if e["event"] == "alert" and e["rule"] == rules.STALE]
     assert stale["state"] == rules.FIRING and "No record for 3 s" in stale["message"], stale
     assert 2.0 < waited < 30, waited
+
+
+def test_from_end_once_on_a_log_with_nothing_new_says_what_it_skipped(tmp_path):
+    log = LogBuilder("done").start().grad(1, 0.3, 0.3).end().write(tmp_path / "done.jsonl")
+    result = subprocess.run([*WATCH.split(), "follow", "--from-end", "--once", str(log)],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
+    assert result.returncode == 2 and "holds no record after what it held when followed" in result.stderr
