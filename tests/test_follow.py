@@ -364,8 +364,10 @@ def test_a_dead_run_whose_writer_clock_was_an_hour_off_goes_stale_after_stale_se
     assert 2.0 < waited < 30, waited
 
 
-def test_from_end_once_on_a_log_with_nothing_new_says_what_it_skipped(tmp_path):
-    log = LogBuilder("done").start().grad(1, 0.3, 0.3).end().write(tmp_path / "done.jsonl")
-    result = subprocess.run([*WATCH.split(), "follow", "--from-end", "--once", str(log)],
+def test_from_end_once_with_nothing_after_the_skipped_history_says_so(tmp_path):
+    """Nothing was judged: not the lines --from-end skipped (here no log at all), nor anything after them."""
+    path = tmp_path / "notes.txt"
+    path.write_text("some notes\nnot a log\n")
+    result = subprocess.run([*WATCH.split(), "follow", "--from-end", "--once", str(path)],
                             capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
     assert result.returncode == 2 and "holds no record after what it held when followed" in result.stderr
