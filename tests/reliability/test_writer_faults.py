@@ -1,11 +1,13 @@
 """Faults on the trainer side: the run completes, the summary prints, good records stay good."""
 
+import itertools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -148,6 +150,10 @@ def test_kill_9_leaves_only_whole_records_and_is_never_called_completed(tmp_path
     report = check_json(log)
     assert report["bad_lines"] == 0 and report["records"] == len(lines)
     assert report["status"] == "running" and report["verdict"] == "unterminated"
+    # Stale once the silence outlasts twice the run's longest wait between records (however busy the machine).
+    times = [json.loads(line)["time"] for line in lines]
+    longest = max(b - a for a, b in itertools.pairwise(times))
+    time.sleep(max(0.0, times[-1] + 2 * longest + 0.5 - time.time()))
     stale = check_json(log, "--stale-seconds", "0")
     assert stale["status"] == "stale" and [a["rule"] for a in stale["alerts"]] == ["stale"]
 
