@@ -14,15 +14,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from moola_watch import columnar, rules, schema
 from moola_watch.frames import FrameColumns, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
 from moola_watch.tail import BadLine, Item, Notice, RecordItem, SkippedHistory, read_log
+
+if TYPE_CHECKING:  # pandas is imported where frames are made: check and follow never need its 0.2 s import
+    import pandas as pd
 
 MAX_BAD_LINE_DETAILS = 20
 VERDICT_HEALTHY = "healthy"
@@ -312,6 +313,8 @@ def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
 
 def worst_layers(layers: pd.DataFrame, top: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per layer: last, peak and lowest norm; the ``top`` with the highest peak and the lowest minimum."""
+    import pandas as pd
+
     if layers.empty:
         empty = pd.DataFrame(columns=["layer", "last", "peak", "lowest", "nonfinite"])
         return empty, empty
