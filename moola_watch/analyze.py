@@ -297,7 +297,8 @@ def scan_log(
 def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
     """DataFrames of a scan made with ``frames=True``: grad, layers (long), balance, epochs, alerts, runs."""
     assert scan.columns is not None, "scan_log(..., frames=True) collects the columns"
-    out = scan.columns.frames()
+    with columnar.cyclic_gc_paused():  # pandas turns the balance and epoch rows into columns: no cycles either
+        out = scan.columns.frames()
     out["alerts"] = table([alert_json(run, alert) for run, alert in scan.alerts()], ALERT_COLUMNS)
     out["runs"] = table(
         [

@@ -12,9 +12,11 @@ rest by :func:`~moola_watch.schema.decode_record`. Runs of quiet
 
 from __future__ import annotations
 
+import gc
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,7 +55,33 @@ def scan_into(
     """Read every line of the file at ``path`` into ``scan``. ``parallel`` decodes in a second process too (by
     default for a file of ``PARALLEL_MIN_BYTES`` or more, where :func:`can_fork_worker`); ``on_progress`` gets
     the bytes read so far after each chunk. Raises :class:`~moola_watch.columnar.records.UnsupportedInput` (the
-    caller reads the file the streaming way instead) and ``OSError``."""
+    caller reads the file the streaming way instead) and ``OSError``.
+
+    Python's cyclic garbage collector is paused meanwhile: the scan makes millions of objects (decoded records,
+    their numbers, lists of them) and none that refer to each other in a cycle, and each collection walks them
+    all again for nothing (0.08-0.11 s of the benchmark log's 2.5 s, 431 collections)."""
+    with cyclic_gc_paused():
+        _read(scan, path, chunk_bytes, parallel, on_progress)
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (reference counting still frees what is dropped) while bulk data
+    is built, then restore it as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read(
+    scan: LogScan, path: str | Path, chunk_bytes: int, parallel: bool | None,
+    on_progress: Callable[[int], None] | None,
+) -> None:  # fmt: skip
+    """:func:`scan_into`'s work."""
     frames = scan.columns is not None
     fields = FRAME_FIELDS if frames else QUIET_FIELDS
     decoder = LineDecoder(str(path))
