@@ -14,15 +14,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from moola_watch import columnar, rules, schema
 from moola_watch.frames import FrameColumns, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
 from moola_watch.tail import BadLine, Item, Notice, RecordItem, SkippedHistory, read_log
+
+if TYPE_CHECKING:  # pandas is imported where frames are made: check and follow never need its 0.2 s import
+    import pandas as pd
 
 MAX_BAD_LINE_DETAILS = 20
 VERDICT_HEALTHY = "healthy"
@@ -296,7 +297,8 @@ def scan_log(
 def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
     """DataFrames of a scan made with ``frames=True``: grad, layers (long), balance, epochs, alerts, runs."""
     assert scan.columns is not None, "scan_log(..., frames=True) collects the columns"
-    out = scan.columns.frames()
+    with columnar.cyclic_gc_paused():  # pandas turns the balance and epoch rows into columns: no cycles either
+        out = scan.columns.frames()
     out["alerts"] = table([alert_json(run, alert) for run, alert in scan.alerts()], ALERT_COLUMNS)
     out["runs"] = table(
         [
@@ -312,6 +314,8 @@ def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
 
 def worst_layers(layers: pd.DataFrame, top: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per layer: last, peak and lowest norm; the ``top`` with the highest peak and the lowest minimum."""
+    import pandas as pd
+
     if layers.empty:
         empty = pd.DataFrame(columns=["layer", "last", "peak", "lowest", "nonfinite"])
         return empty, empty

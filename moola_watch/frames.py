@@ -1,18 +1,20 @@
 """The DataFrames ``analyze`` makes of a log, collected as the records go by: each ``grad_stats`` field a column
 made typed while fresh, the long table of layer norms built at the end, balance and epoch records as rows.
-Pure: records in, frames out."""
+Pure: records in, frames out. pandas is imported only when the frames are made (collecting needs numpy alone)."""
 
 from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from moola_watch import schema
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Column:
@@ -141,6 +143,8 @@ class FrameColumns:
 
     def _layers(self, grad: Mapping[str, np.ndarray | list[Any]]) -> pd.DataFrame:
         """The long table of layer norms; ``grad`` holds the grad frame's column values."""
+        import pandas as pd
+
         names: dict[str, int] = {}
         for keys in self._key_lists:
             for key in keys:
@@ -178,6 +182,8 @@ class FrameColumns:
         )
 
     def frames(self) -> dict[str, pd.DataFrame]:
+        import pandas as pd
+
         grad = {name: column.values() for name, column in self.grad.items()}
         return {
             "grad": pd.DataFrame(grad),
@@ -189,4 +195,6 @@ class FrameColumns:
 
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
     """Rows as a DataFrame; with no rows, still with ``columns`` (an empty table keeps its header)."""
+    import pandas as pd
+
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(columns))

@@ -4,6 +4,7 @@ frames. And each gradient rule's condition over columns against its per-record e
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import sys
@@ -281,6 +282,18 @@ def test_a_lost_decoding_process_falls_back_to_the_streaming_engine(logs: dict[s
     with pytest.raises(columnar.UnsupportedInput):
         columnar.scan_into(LogScan(str(path)), path, parallel=True)
     assert repr(state(scan_log(path, frames=True, now=NOW, parallel=True))) == repr(state(reference))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_scan_leaves_the_garbage_collector_as_it_found_it(logs: dict[str, Path], enabled: bool) -> None:
+    """The scan and the frames pause the cyclic collector (they build only acyclic data), then restore it."""
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        to_frames(scan_log(logs["bursts"], frames=True, now=NOW))
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
 
 
 # ------------------------------------------------------------------------------- conditions over columns

@@ -7,6 +7,6 @@
 """
 
 from moola_watch.columnar.records import UnsupportedInput
-from moola_watch.columnar.scan import scan_into
+from moola_watch.columnar.scan import cyclic_gc_paused, scan_into
 
-__all__ = ["UnsupportedInput", "scan_into"]
+__all__ = ["UnsupportedInput", "cyclic_gc_paused", "scan_into"]

@@ -205,10 +205,13 @@ class GradBatch:
     def __len__(self) -> int:
         return len(self.lines)
 
-    def quiet(self, thresholds: Thresholds) -> list[bool] | None:
+    def quiet(self, thresholds: Thresholds) -> np.ndarray | None:
         """Per record, whether no rule can find its condition there under ``thresholds`` (None: unknown)."""
-        quiet = quiet_grad_stats(self.columns, thresholds)
-        return None if quiet is None else quiet.tolist()
+        return quiet_grad_stats(self.columns, thresholds)
+
+    def runs(self) -> int:
+        """How many run ids the records name (one, nearly always)."""
+        return len(set(self.fields["run"]))
 
     def record(self, index: int) -> schema.Record:
         """Record ``index`` as the streaming reader decodes it (a dict)."""
