@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from moola_watch import schema
-from moola_watch.rules import COLLAPSE, RuleEngine, Thresholds, run_thresholds
+from moola_watch.rules import COLLAPSE, RuleEngine, Thresholds, run_thresholds, verdict_severity
 from moola_watch.tail import RecordItem, read_log
 
 CORPUS = Path("runs/detection-corpus")
@@ -38,8 +38,9 @@ FALSE_ALARM_TARGET = 0.05  # at most this share of healthy runs may get an error
 CLEARLY_STARVED = 0.3  # starved runs this far below the label's 0.5 are not borderline
 #: No task's loss ends a billion times its first: the end-of-run verdict is off while the during-run one is chosen.
 FINAL_OFF = {"final_rate": 1e9}
+KEPT = 5  # the settings of one stage that the next stage's grid is tried beside
 #: Each stage of ``--tune``: what it holds fixed, and the thresholds it chooses with the values it tries (a grid
-#: over all of them). The during-run verdict is chosen alone, then the end-of-run one beside it.
+#: over all of them). The during-run verdict is tried alone, then the end-of-run one beside its best.
 TUNING_STAGES = (
     (FINAL_OFF, {"starve_drop": (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2),
                  "starve_share": (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)}),
@@ -83,22 +84,27 @@ def alarms(log: list[schema.Record], thresholds: Thresholds) -> list[Alarm]:
     # The old rule is the spec's window alone: with the healthy band widened to the collapse bounds, a collapse
     # alert raised by a balance sample fires (at any severity) exactly when the window is beyond them.
     spec_window = replace(thresholds, balance_low=thresholds.collapse_low, balance_high=thresholds.collapse_high)
-    return [_first_collapse(log, spec_window, severity=None, kinds={schema.TASK_BALANCE}),
-            _first_collapse(log, thresholds, severity="error", kinds=set(schema.KINDS))]  # fmt: skip
+    return [_first_collapse(log, spec_window, kinds={schema.TASK_BALANCE}),
+            _first_collapse(log, thresholds, kinds=set(schema.KINDS), verdict=True)]  # fmt: skip
 
 
-def _first_collapse(log: list[schema.Record], thresholds: Thresholds, severity: str | None, kinds: set[str]) -> Alarm:
-    """The first step a collapse alert raised by a record of ``kinds`` is firing (at ``severity``, or any), and
-    the task it names."""
+def _first_collapse(log: list[schema.Record], thresholds: Thresholds, kinds: set[str], verdict: bool = False) -> Alarm:
+    """The first step a collapse alert raised by a record of ``kinds`` is firing, and the task it names. With
+    ``verdict``, as ``check`` judges: at error level, and only an alert that counts as an error in the run's
+    verdict at its end (a collapse that resolved, its task recovered, counts as a warning)."""
     engine = RuleEngine(thresholds)
+    first: dict[str, Alarm] = {}  # per task, when its collapse first fired at the severity asked
     for record in log:
         if record["kind"] not in kinds:
             continue
         engine.observe(record)
         for alert in engine.firing():
-            if alert.rule == COLLAPSE and severity in (None, alert.severity):
-                return Alarm(alert.subject, record.get("step"), at_end=record["kind"] == schema.RUN_END)
-    return Alarm(None, None)
+            if alert.rule == COLLAPSE and alert.subject not in first and (not verdict or alert.severity == "error"):
+                first[alert.subject] = Alarm(alert.subject, record.get("step"), at_end=record["kind"] == schema.RUN_END)
+    if verdict:
+        counted = {a.subject for a in engine.alerts if a.rule == COLLAPSE and verdict_severity(a) == "error"}
+        first = {task: alarm for task, alarm in first.items() if task in counted}
+    return min(first.values(), key=lambda alarm: alarm.step or 0, default=Alarm(None, None))
 
 
 def judge(run: dict, chosen: Chosen) -> Outcome:
@@ -202,28 +208,29 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
 
 
 def tune(runs: list[dict]) -> Chosen:
-    """Stage by stage (``TUNING_STAGES``, earlier stages' choices kept): the values with the best recall (right
-    task) on the tuning runs among those within the false-alarm target; ties go to the fewer false alarms, then
-    the smaller values. Prints each stage's front."""
+    """Stage by stage (``TUNING_STAGES``): each stage's grid tried beside each of the previous stage's
+    ``KEPT`` best settings; the best are those with the best recall (right task) on the tuning runs among
+    those within the false-alarm target, ties going to the fewer false alarms, then the smaller values. Prints
+    each stage's front; returns the last stage's best."""
     tuning = [run for run in runs if not run["held_out"]]
-    chosen: Chosen = {}
+    kept: list[Chosen] = [{}]
     for fixed, stage in TUNING_STAGES:
         scored = []
-        for values in itertools.product(*stage.values()):
-            trial = {**chosen, **fixed, **dict(zip(stage, values, strict=True))}
+        for before, values in itertools.product(kept, itertools.product(*stage.values())):
+            trial = {**before, **fixed, **dict(zip(stage, values, strict=True))}
             s = score([judge(run, trial) for run in tuning], "new")
+            chosen = {**before, **dict(zip(stage, values, strict=True))}
             scored.append((s.false_alarm_rate <= FALSE_ALARM_TARGET, s.recall, -s.false_alarm_rate,
-                           [-x for x in values], trial, s))  # fmt: skip
+                           [-x for x in chosen.values()], chosen, s))  # fmt: skip
         scored.sort(key=lambda row: row[:4], reverse=True)
         print(f"{' x '.join(stage)} on the {len(tuning)} tuning runs (held-out runs not used), best first:")
-        for *_rank, trial, s in scored[:5]:
-            print(f"  {', '.join(f'{name} {trial[name]}' for name in stage)}: recall {s.recall:.1%}, false alarms "
-                  f"{s.false_alarms}/{s.healthy} ({s.false_alarm_rate:.1%})")  # fmt: skip
+        for *_rank, chosen, s in scored[:KEPT]:
+            print(f"  {', '.join(f'{name} {value}' for name, value in chosen.items())}: recall {s.recall:.1%}, "
+                  f"false alarms {s.false_alarms}/{s.healthy} ({s.false_alarm_rate:.1%})")  # fmt: skip
         if not scored[0][0]:
             print(f"  (none keeps false alarms within {FALSE_ALARM_TARGET:.0%})")
-        best = scored[0][4]
-        chosen = {name: best[name] for name in (*chosen, *stage)}
-    return chosen
+        kept = [row[4] for row in scored[:KEPT]]
+    return kept[0]
 
 
 def main() -> None:

@@ -189,7 +189,7 @@ class LogScan:
     def fails(self, fail_on: str, runs: Iterable[str] | None = None) -> bool:
         """Did anything at or above severity ``fail_on`` fire in ``runs`` (default: all)?"""
         bar = rules.SEVERITY_RANK[fail_on]
-        return any(rules.SEVERITY_RANK[alert.severity] >= bar for _run, alert in self.alerts(runs))
+        return any(rules.SEVERITY_RANK[rules.verdict_severity(alert)] >= bar for _run, alert in self.alerts(runs))
 
     def run_report(self, run: str) -> dict[str, Any]:
         """One run's verdict, state, thresholds and summary."""
@@ -238,6 +238,7 @@ def alert_json(run: str | None, alert: rules.Alert) -> dict[str, Any]:
         "run": run,
         "rule": alert.rule,
         "severity": alert.severity,
+        "counts_as": rules.verdict_severity(alert),  # in the run's verdict (a recovered collapse: a warning)
         "state": alert.state,
         "subject": alert.subject,
         "value": json_number(alert.value),

@@ -33,7 +33,7 @@ from moola_watch.exit_codes import (
     exit_code,
     worst,
 )
-from moola_watch.rules import RULES, Thresholds, position
+from moola_watch.rules import RULES, Thresholds, position, verdict_severity
 from moola_watch.textsafe import inert, json_line
 
 PROGRESS_MIN_BYTES = 8 << 20  # show a reading progress bar for logs at least this big, on a terminal
@@ -441,7 +441,9 @@ def _print_check(console: Console, path: Path, scan: analyze.LogScan, runs: list
             line(f"    last epoch's metrics: {metrics}")
         for _run, alert in scan.alerts([run]):
             since = position(alert.first_epoch, alert.first_step)
-            line(f"    {alert.severity:<8} {alert.state:<8} {alert.rule} ({alert.subject}) since {since}: "
+            counts = verdict_severity(alert)
+            recovered = f" (recovered: counts as a {counts})" if counts != alert.severity else ""
+            line(f"    {alert.severity:<8} {alert.state:<8} {alert.rule} ({alert.subject}) since {since}{recovered}: "
                  f"{alert.message} -> {alert.recommendation}")  # fmt: skip
 
 

@@ -86,6 +86,11 @@ class LogView:
     # minus its ``time``. A trainer on another host whose clock is off is judged on its own clock, so its
     # records never look minutes old (or from the future) the moment they arrive.
     clock_offsets: dict[str, float] = field(default_factory=dict)
+    # Until a record arrives live, the same from the log's last write (its mtime) for the run that wrote last:
+    # for staleness only. A fresh file whose records look old is a writer whose clock is behind, or a copied log:
+    # either way it is not called stale before ``stale_seconds`` of silence on the file; its records keep their
+    # own age on the screen.
+    history_offsets: dict[str, float] = field(default_factory=dict)
 
     def observe(self, record: schema.Record, arrived: float | None = None) -> None:
         """Take a record; ``arrived`` (unix seconds, watcher's clock): when it was read as it was written, None
@@ -95,16 +100,20 @@ class LogView:
             self.clock_offsets[record["run"]] = arrived - record["time"]
 
     def history_read(self, modified: float) -> None:
-        """The log's history has been read, and the file was last written at ``modified`` (unix seconds, its
-        mtime): then its last record was written, which gives the clock offset of the run that wrote it before
-        any record arrives live (a dead run's old mtime keeps it old)."""
+        """The log's history has been read; the file was last written at ``modified`` (unix seconds, its mtime)."""
         current = self.scan.current
         if current is not None and current.run.run is not None and current.run.last_time is not None:
-            self.clock_offsets[current.run.run] = modified - current.run.last_time
+            self.history_offsets[current.run.run] = modified - current.run.last_time
 
     def writer_now(self, run: str, now: float) -> float:
-        """The watcher's ``now`` (unix seconds) on ``run``'s writer's clock."""
+        """The watcher's ``now`` (unix seconds) on ``run``'s writer's clock, as its live records tell it."""
         return now - self.clock_offsets.get(run, 0.0)
+
+    def stale_now(self, run: str, now: float) -> float:
+        """:meth:`writer_now`, or before any live record, ``now`` on the clock of the log's last write."""
+        if run in self.clock_offsets:
+            return self.writer_now(run, now)
+        return now - self.history_offsets.get(run, 0.0)
 
 
 @dataclass(frozen=True)

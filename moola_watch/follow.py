@@ -133,7 +133,7 @@ class Follower:
             self._notify_notices(self.notifier.drain())
         for path, view in self.views.items():
             for run, engine in view.scan.engines.items():
-                self._alerts(path, run, engine.check_stale(view.writer_now(run, now)))
+                self._alerts(path, run, engine.check_stale(view.stale_now(run, now)))
                 status = engine.run_status
                 if self._statuses.get((path, run)) != status:
                     self._statuses[(path, run)] = status

@@ -38,6 +38,11 @@ def _rank(severity: str) -> int:
     return SEVERITIES.index(severity) if severity in SEVERITIES else -1
 
 
+def _counts_as(alert: Mapping[str, Any]) -> str:
+    """The severity an alert gives its run's verdict (a recovered collapse: a warning)."""
+    return alert.get("counts_as", alert["severity"])
+
+
 def alert_line(alert: Mapping[str, Any]) -> str:
     """One alert as a line of the failure's body."""
     return (
@@ -64,8 +69,8 @@ def run_case(
         return "errors"
     # The worst first; among equals, one still firing before one resolved.
     failing = sorted(
-        (a for a in alerts if _rank(a["severity"]) >= bar),
-        key=lambda a: (-_rank(a["severity"]), a["state"] != "firing"),
+        (a for a in alerts if _rank(_counts_as(a)) >= bar),
+        key=lambda a: (-_rank(_counts_as(a)), a["state"] != "firing"),
     )
     if failing:
         worst = failing[0]

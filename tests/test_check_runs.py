@@ -186,14 +186,14 @@ def test_labelled_runs_get_the_verdict_their_held_out_metrics_call_for(label):
     rule (dominance alone, at error) fired, the new verdict stays a warning."""
     result, (report,) = check("--json", PINNED / label["log"])
     collapse = [a for a in report["alerts"] if a["rule"] == "collapse"]
-    errors = [a for a in collapse if a["severity"] == "error"]
+    errors = [a for a in collapse if a["counts_as"] == "error"]  # a collapse that resolved is a warning
     if label["label"] == "starved":
         assert result.returncode == 1 and [a["subject"] for a in errors] == [label["starved"]]
         starving = f"the run ended with the {label['starved']} task starved" in errors[0]["message"]
         assert starving or "is starving" in errors[0]["message"]
         assert "(from " in errors[0]["recommendation"]
     else:  # other rules may fire (hidden size 4 LSTMs do explode now and then); collapse stays a warning
-        assert collapse and not errors and "gradients dominated, but" in collapse[0]["message"]
+        assert collapse and not errors
 
 
 def test_check_help_lists_the_declared_rules_and_the_starvation_thresholds():
@@ -203,3 +203,31 @@ def test_check_help_lists_the_declared_rules_and_the_starvation_thresholds():
     collapse = [line for line in result.stdout.splitlines() if re.match(r"\s*collapse\s+(warning|error)\s", line)]
     assert len(collapse) == 3 and all("error" in line and "starv" in line for line in collapse)
     assert "--final-share" in result.stdout and "--final-rate" in result.stdout
+
+
+def recovered_run(path):
+    """The pointer task starves for ten balance samples (a collapse error), then gets an equal share and
+    learns: by the run's end it has recovered."""
+    log = LogBuilder("recovered").start()
+    for epoch in range(1, 31):
+        starving = epoch <= 10
+        share = 0.01 if starving else 0.5
+        log.balance(epoch, 0.3 if starving else 1.0, shares={"pointer": share, "type": 1 - share},
+                    losses={"pointer": 1.0 if starving else 1.0 / (epoch - 9), "type": 1.0 / epoch},
+                    weights={"pointer": 0.1, "type": 1.0})  # fmt: skip
+    return log.end().write(path)
+
+
+def test_a_collapse_that_resolved_before_the_run_ended_is_a_warning_in_the_verdict_not_a_failure(tmp_path):
+    """Starvation is judged on the outcome: the episode is shown (at its worst words), but a task that recovered
+    does not fail the run; a NaN step that passed still would (tests above)."""
+    path = recovered_run(tmp_path / "recovered.jsonl")
+    result, (report,) = check("--json", path)
+    (collapse,) = [a for a in report["alerts"] if a["rule"] == "collapse"]
+    assert collapse["severity"] == "error" and collapse["state"] == "resolved" and collapse["counts_as"] == "warning"
+    assert result.returncode == 0 and report["runs"][0]["verdict"] == "warning"
+    text = run_cli("moola_watch.cli", "check", str(path)).stdout
+    assert "error    resolved collapse (pointer) since epoch 10, step 100 (recovered: counts as a warning)" in text
+    junit = tmp_path / "junit.xml"
+    assert run_cli("moola_watch.cli", "check", "--junit", str(junit), str(path)).returncode == 0
+    assert "<failure" not in junit.read_text()

@@ -12,7 +12,7 @@ lines and summary and the watcher's alerts all come from here, so the two sides 
 
 from moola_watch.rules.balance import COLLAPSE, IMBALANCE, TASK_PAIR, weight_fix
 from moola_watch.rules.columns import GradSummary
-from moola_watch.rules.engine import RULES, MonitoringSummary, RuleEngine, replay
+from moola_watch.rules.engine import RULES, MonitoringSummary, RuleEngine, replay, verdict_severity
 from moola_watch.rules.evidence import Evidence, RunState, TaskProgress
 from moola_watch.rules.gradients import AMP_OVERFLOW, EXPLODING, NONFINITE, NORM_LEVEL, VANISHING
 from moola_watch.rules.lifecycle import FIRING, PENDING, RESOLVED, SEVERITY_RANK, Alert, AlertEvent, Observation
@@ -40,5 +40,5 @@ __all__ = [
     "Alert", "AlertEvent", "CollapseVerdict", "Evidence", "GradSummary", "LayerFlags", "MonitoringSummary",
     "Observation", "Rule", "RuleEngine", "RunState", "TaskProgress", "Thresholds", "Verdict", "balance_message",
     "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "mean_ratio", "position",
-    "recommend_ratio", "replay", "run_thresholds", "vanishing_layers", "weight_fix",
+    "recommend_ratio", "replay", "run_thresholds", "vanishing_layers", "verdict_severity", "weight_fix",
 ]  # fmt: skip

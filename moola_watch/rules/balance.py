@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from moola_watch import schema
 from moola_watch.rules.evidence import Evidence
@@ -118,22 +119,74 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
                      f"{figures}")  # fmt: skip
 
 
-def _collapse_observation(
-    ev: Evidence, starved: str, dominant: str | None, ratio: float, target: float, dominance: str, action: str,
-    th: Thresholds, *, beyond_collapse: bool,
-) -> Observation | None:  # fmt: skip
-    """``ratio`` is dominant / starved; ``target`` the healthy band's edge in those terms. Short of the spec's
-    collapse bound (``beyond_collapse`` false) only a starving task makes a collapse: None otherwise."""
-    severity, words = starvation(starved, ev, th)
-    if severity != "error" and not beyond_collapse:
+@dataclass(frozen=True)
+class Dominance:
+    """A task dominated over the window: ``ratio`` is the dominant task's weighted gradient norm over the starved
+    one's (window mean), ``target`` the healthy band's edge in those terms, ``dominant`` None with more than two
+    tasks; ``text`` says it (in the spec's words for pointer/type), ``beyond`` whether the spec's collapse bound
+    is passed, ``action`` the spec's action."""
+
+    starved: str
+    dominant: str | None
+    ratio: float
+    target: float
+    text: str
+    beyond: bool
+    action: str
+
+
+def pair_dominance(ev: Evidence, th: Thresholds) -> Dominance | None:
+    """The spec's pointer/type window outside the healthy band, or None (inside it, or not full yet)."""
+    verdict = ev.window_verdict(th)
+    mean = verdict.mean
+    if mean is None or th.balance_low <= mean <= th.balance_high:
+        return None
+    pointer_wins = mean > th.balance_high
+    starved, dominant = ("type", "pointer") if pointer_wins else ("pointer", "type")
+    ratio, target = (mean, th.balance_high) if pointer_wins else (1 / mean, 1 / th.balance_low)
+    text = verdict.text
+    if not verdict.collapsed:  # outside the healthy band, short of the spec's collapse bound
+        edge = f"> {th.balance_high}" if pointer_wins else f"< {th.balance_low}"
+        text = f"{dominant.capitalize()} task dominating (ratio={mean:.2f} {edge}, the healthy band's edge)"
+    return Dominance(starved, dominant, ratio, target, text, verdict.collapsed, recommend_ratio(mean, th).action)
+
+
+def task_dominance(ev: Evidence, task: str, th: Thresholds) -> Dominance | None:
+    """Any set of tasks: the window mean of the largest task's weighted gradient norm over ``task``'s, when
+    it is full and beyond the healthy band, else None. With two tasks the fix may lower the other; with more,
+    only raise the starved one (which task dominates changes from sample to sample, and lowering one can starve
+    a third)."""
+    window = ev.dominance.get(task, ())
+    mean = mean_ratio(window) if len(window) == th.window else None
+    if mean is None or not mean > th.balance_high:
+        return None
+    others = [other for other in ev.dominance if other != task]
+    dominant = others[0] if len(others) == 1 else None
+    beyond = mean > th.collapse_high
+    bound = th.collapse_high if beyond else th.balance_high
+    lower = f", or lower the {dominant} task's" if dominant else ""
+    return Dominance(task, dominant, mean, th.balance_high,
+                     f"{task} task dominated (largest task gradient / its gradient = {mean:.2f} > {bound})", beyond,
+                     f"Urgent: raise the weight of the {task} loss{lower}")  # fmt: skip
+
+
+def _weights_fix(ev: Evidence, dominance: Dominance, action: str) -> str:
+    """``action``, with the weights that bring the window's ratio to the healthy band's edge when recorded."""
+    flags = WEIGHT_FLAGS if ev.run.model == TRAINER_MODEL else {}
+    fix = weight_fix(dominance.starved, dominance.dominant, dominance.ratio, dominance.target, ev.weights, flags)
+    return f"{action}: {fix}" if fix else action
+
+
+def _collapse_observation(ev: Evidence, dominance: Dominance, th: Thresholds) -> Observation | None:
+    """Short of the spec's collapse bound only a starving task makes a collapse: None otherwise."""
+    severity, words = starvation(dominance.starved, ev, th)
+    if severity != "error" and not dominance.beyond:
         return None
     span = ev.window_span()
-    flags = WEIGHT_FLAGS if ev.run.model == TRAINER_MODEL else {}
-    fix = weight_fix(starved, dominant, ratio, target, ev.weights, flags)
     return Observation(
-        severity, ratio,
-        f"TASK COLLAPSE: {dominance} over {len(ev.balance_steps)} samples{f' ({span})' if span else ''}; {words}",
-        f"{action}: {fix}" if fix else action,
+        severity, dominance.ratio,
+        f"TASK COLLAPSE: {dominance.text} over {len(ev.balance_steps)} samples{f' ({span})' if span else ''}; {words}",
+        _weights_fix(ev, dominance, dominance.action),
     )  # fmt: skip
 
 
@@ -141,61 +194,22 @@ def _collapse_pair(ev: Evidence, record: schema.Record, th: Thresholds) -> Findi
     """The spec's pointer/type window; the subject is the task it starves."""
     if not _spec_pair(record):
         return []
-    verdict = ev.window_verdict(th)
-    mean = verdict.mean
-    if mean is None or th.balance_low <= mean <= th.balance_high:
+    dominance = pair_dominance(ev, th)
+    if dominance is None:
         return [("type", None), ("pointer", None)]
-    pointer_wins = mean > th.balance_high
-    starved, dominant = ("type", "pointer") if pointer_wins else ("pointer", "type")
-    ratio, target = (mean, th.balance_high) if pointer_wins else (1 / mean, 1 / th.balance_low)
-    dominance = verdict.text
-    if not verdict.collapsed:  # outside the healthy band, short of the spec's collapse bound
-        edge = f"> {th.balance_high}" if pointer_wins else f"< {th.balance_low}"
-        dominance = f"{dominant.capitalize()} task dominating (ratio={mean:.2f} {edge}, the healthy band's edge)"
-    action = recommend_ratio(mean, th).action
-    seen = _collapse_observation(ev, starved, dominant, ratio, target, dominance, action, th,
-                                 beyond_collapse=verdict.collapsed)  # fmt: skip
-    return [(starved, seen), (dominant, None)]
+    return [(dominance.starved, _collapse_observation(ev, dominance, th)), (dominance.dominant or "", None)]
 
 
 def _collapse_tasks(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
-    """Any set of tasks (no pointer/type pair alone): per task, the window mean of the largest task's weighted
-    gradient norm over its own. With two tasks the fix may lower the other; with more, only raise the starved
-    one (which task dominates changes from sample to sample, and lowering one can starve a third)."""
+    """Any set of tasks (no pointer/type pair alone): per task, :func:`task_dominance`."""
     norms: dict[str, float] = record["norms"]
     if _spec_pair(record) or not max(norms.values(), default=math.nan) > 0:
         return []
     findings: list[tuple[str, Observation | None]] = []
-    for task, window in ev.dominance.items():
-        mean = mean_ratio(window) if len(window) == th.window else None
-        if mean is None or not mean > th.balance_high:
-            findings.append((task, None))
-            continue
-        others = [other for other in norms if other != task]
-        dominant = others[0] if len(others) == 1 else None
-        beyond = mean > th.collapse_high
-        bound = th.collapse_high if beyond else th.balance_high
-        dominance = f"{task} task dominated (largest task gradient / its gradient = {mean:.2f} > {bound})"
-        lower = f", or lower the {dominant} task's" if dominant else ""
-        action = f"Urgent: raise the weight of the {task} loss{lower}"
-        seen = _collapse_observation(ev, task, dominant, mean, th.balance_high, dominance, action, th,
-                                     beyond_collapse=beyond)  # fmt: skip
-        findings.append((task, seen))
+    for task in ev.dominance:
+        dominance = task_dominance(ev, task, th)
+        findings.append((task, _collapse_observation(ev, dominance, th) if dominance else None))
     return findings
-
-
-def _window_dominance(ev: Evidence, task: str, th: Thresholds) -> tuple[float, float, str | None] | None:
-    """The window's mean of the largest task's weighted gradient norm over ``task``'s, the healthy band's edge in
-    those terms, and the task that dominates it (None with more than two tasks); None without a window."""
-    if ev.dominance.get(task):
-        window = ev.dominance[task]
-        others = [other for other in ev.dominance if other != task]
-        return mean_ratio(window), th.balance_high, others[0] if len(others) == 1 else None
-    mean = ev.window_verdict(th).mean
-    if mean is None or task not in WEIGHT_FLAGS:
-        return None
-    dominant = "pointer" if task == "type" else "type"
-    return (mean, th.balance_high, dominant) if task == "type" else (1 / mean, 1 / th.balance_low, dominant)
 
 
 def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
@@ -208,32 +222,25 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
         return []
     equal = 1 / len(ev.run_shares)
     progress = ev.progress()
+    spec_pair = bool(ev.ratios) and len(ev.run_shares) == 2
     findings: list[tuple[str, Observation | None]] = []
     for task, run_share in ev.run_shares.items():
         share, own = ev.mean_share(task), progress.get(task)
         if share is None or own is None or run_share.count < th.window:
             continue
         if share < th.final_share * equal and run_share.mean < th.final_run_share * equal and own.rate > th.final_rate:
+            dominance = pair_dominance(ev, th) if spec_pair else task_dominance(ev, task, th)
+            dominated = f"{dominance.text}; " if dominance and dominance.starved == task else ""
+            action = f"Raise the weight of the {task} loss, or give the tasks more shared capacity"
             findings.append((task, Observation(
                 "error", share,
-                f"TASK COLLAPSE: the run ended with the {task} task starved: {share:.1%} of the update over its "
-                f"last {len(ev.shares[task])} balance samples ({ev.window_span() or 'steps unknown'}), "
+                f"TASK COLLAPSE: {dominated}the run ended with the {task} task starved: {share:.1%} of the update "
+                f"over its last {len(ev.shares[task])} balance samples ({ev.window_span() or 'steps unknown'}), "
                 f"{run_share.mean:.1%} over the run (an equal share: {equal:.0%}), and its training loss still "
                 f"{own.rate:.0%} of its first ({own.start:.3g} -> {own.recent:.3g})",
-                _ended_starved_action(ev, task, th),
+                _weights_fix(ev, dominance, action) if dominated else action,
             )))  # fmt: skip
     return findings
-
-
-def _ended_starved_action(ev: Evidence, task: str, th: Thresholds) -> str:
-    action = f"Raise the weight of the {task} loss, or give the tasks more shared capacity"
-    dominance = _window_dominance(ev, task, th)
-    if dominance is None or not dominance[0] > dominance[1]:
-        return action
-    ratio, target, dominant = dominance
-    flags = WEIGHT_FLAGS if ev.run.model == TRAINER_MODEL else {}
-    fix = weight_fix(task, dominant, ratio, target, ev.weights, flags)
-    return f"{action}: {fix}" if fix else action
 
 
 RULES = (
@@ -241,11 +248,13 @@ RULES = (
          "window mean of the pointer/type ratio outside the healthy band (the spec's table)"),
     Rule(COLLAPSE, "error", False, BALANCE, _collapse_pair,
          "pointer/type window outside the healthy band and the dominated task starving (share < starve_share, "
-         "loss down < starve_drop): an error; beyond [collapse_low, collapse_high] without starving: a warning"),
+         "loss down < starve_drop): an error; beyond [collapse_low, collapse_high] without starving: a warning",
+         outcome=True),
     Rule(COLLAPSE, "error", False, BALANCE, _collapse_tasks,
          "a task's gradient dominated (window mean > balance_high) and starving: an error; beyond collapse_high "
-         "without starving: a warning"),
+         "without starving: a warning", outcome=True),
     Rule(COLLAPSE, "error", False, frozenset({schema.RUN_END}), _starved_at_the_end,
          "a completed run ended with a task starved: its share of the update below final_share of an equal share "
-         "over the last window and final_run_share over the run, its loss above final_rate of its first"),
+         "over the last window and final_run_share over the run, its loss above final_rate of its first",
+         outcome=True),
 )  # fmt: skip

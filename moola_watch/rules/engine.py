@@ -21,6 +21,7 @@ from moola_watch.rules.evidence import Evidence, QuietGradStats, RunState
 from moola_watch.rules.lifecycle import (
     FIRING,
     PENDING,
+    RESOLVED,
     SEVERITY_RANK,
     Alert,
     AlertEvent,
@@ -36,6 +37,7 @@ from moola_watch.rules.verdicts import CollapseVerdict, mean_ratio
 RULES: tuple[Rule, ...] = (*run.RULES, *gradients.RULES, *balance.RULES)
 _BY_KIND: dict[str, tuple[Rule, ...]] = {kind: tuple(r for r in RULES if kind in r.kinds) for kind in schema.KINDS}
 _GRAD_RULE_NAMES = frozenset(rule.name for rule in _BY_KIND[schema.GRAD_STATS])
+_OUTCOME_RULES = frozenset(rule.name for rule in RULES if rule.outcome)
 #: The ``vectorised`` conditions of the rules that judge ``grad_stats`` and that a record can show, each once (two
 #: rules may share one); None if one of those rules declares none (then every record must be observed).
 _GRAD_CONDITIONS: tuple[Vectorised, ...] | None = (
@@ -93,6 +95,14 @@ class MonitoringSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def verdict_severity(alert: Alert) -> str:
+    """The severity ``alert`` gives its run's verdict: the worst it reached, except that an alert of an
+    ``outcome`` rule that resolved (a starved task that recovered) counts as a warning."""
+    if alert.rule in _OUTCOME_RULES and alert.state == RESOLVED:
+        return "warning"
+    return alert.severity
 
 
 def _told(lifecycle: Lifecycle, rule: str, subject: str, seen: Observation) -> bool:
@@ -215,8 +225,8 @@ class RuleEngine:
         )
 
     def worst_severity(self) -> str | None:
-        """The worst severity any alert reached while firing (or resolved after firing)."""
-        seen = [a.severity for a in self.alerts if a.state != PENDING]
+        """The worst severity any alert that fired gives the run's verdict (:func:`verdict_severity`)."""
+        seen = [verdict_severity(a) for a in self.alerts if a.state != PENDING]
         return max(seen, key=SEVERITY_RANK.__getitem__) if seen else None
 
     def measured(self) -> bool:

@@ -35,6 +35,9 @@ class Rule:
     ``severity`` is the worst it raises (an observation may be milder, e.g. norm level's warning band);
     ``confirmed`` rules wait ``Thresholds.confirm`` consecutive samples before firing, the others fire at once.
 
+    ``outcome`` rules judge how the run ends: an alert of theirs that resolved (the condition passed: a starved
+    task recovered) counts as a warning in the run's verdict, whatever severity it reached.
+
     ``vectorised``, declared beside ``evaluate`` by the rules that judge ``grad_stats``, is the same condition
     over a batch's columns: it may say True where ``evaluate`` finds nothing, never False where it finds
     something (``tests/test_columnar.py`` checks this). The offline fast path evaluates one by one only the
@@ -48,6 +51,7 @@ class Rule:
     evaluate: Evaluate
     describe: str
     vectorised: Vectorised | None = None
+    outcome: bool = False
 
     def confirm(self, th: Thresholds) -> int:
         """Consecutive samples this rule needs before it fires."""

@@ -23,8 +23,8 @@ class Thresholds:
     collapse_high: float = 5.0  # window mean above this: pointer task dominating
     collapse_low: float = 0.2  # window mean below this: type task dominating
     window: int = 10  # balance samples in the sliding collapse window
-    starve_share: float = 0.02  # collapse is an error only if the task's mean share of the update is below ...
-    starve_drop: float = 0.02  # ... and its own training loss fell by less than this fraction over the window
+    starve_share: float = 0.1  # collapse is an error only if the task's mean share of the update is below ...
+    starve_drop: float = 0.05  # ... and its own training loss fell by less than this fraction over the window
     starve_rate: float = 0.5  # ... and that loss is above this fraction of its first (below: it has learned)
     final_share: float = 0.4  # a completed run ended with a task starved if, over the last window, its mean
     # share of the update was below this fraction of an equal share (1 / tasks), ...
