@@ -174,6 +174,7 @@ class EnhancedSimpleLSTM:
         halt_on: str | None = None,
         checkpoint_dir: str | Path | None = None,
         auto_balance: str | None = None,
+        per_rank_log: bool = False,
     ) -> EnhancedSimpleLSTM:
         """Train for ``epochs``. With ``monitor_gradients``: gradient statistics every ``gradient_log_freq``
         epochs, task balance every ``task_balance_freq`` epochs (on the epoch's first batch, whose graph is
@@ -259,6 +260,7 @@ class EnhancedSimpleLSTM:
             on_alert=checkpointer,
             halt_on=halt_on,
             enabled=monitor_gradients,
+            per_rank=per_rank_log,
         )
         self.monitor = monitor if monitor_gradients else None
         if monitor_gradients:
