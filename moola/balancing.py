@@ -14,6 +14,10 @@ a target, by a damped multiplicative step (at most ``max_change`` per update), k
 
 Published comparisons find that no balancing method reliably beats well-tuned fixed weights: this is a guard
 against a starved task, not a tuner (see the README's measurements).
+
+Under torch.distributed each rank measures the balance of its own batch, so each rank's update would move its
+weights differently and the replicas would optimise different totals: :meth:`LossBalancer.synchronise`, called
+by every rank once per step after the update, gives every rank rank 0's weights (the ones its log records).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+
+from moola.utils.monitoring.distributed import distributed_rank
 from moola.utils.monitoring.task_balance import TaskGradients
 
 METHODS = ("ratio", "gradnorm")
@@ -29,7 +36,8 @@ METHODS = ("ratio", "gradnorm")
 @dataclass
 class LossBalancer:
     """Task weights that follow the measured balance. ``weights`` are the current ones (use them in the total
-    loss); :meth:`update` returns the new weights when it changed them."""
+    loss); :meth:`update` returns the new weights when it changed them; under torch.distributed,
+    :meth:`synchronise` after it on every rank, every step."""
 
     weights: dict[str, float]
     method: str = "ratio"
@@ -80,3 +88,17 @@ class LossBalancer:
             return None
         self.weights = moved
         return dict(moved)
+
+    def synchronise(self) -> None:
+        """Take rank 0's weights on every rank of an initialised torch.distributed group (a no-op without one,
+        or with a single process); the task names must be the same, in the same order, on every rank.
+
+        A collective: every rank must call it at the same point of every step, whether or not its own update
+        changed anything or its balance was measured, or the ranks wait on each other forever."""
+        if distributed_rank()[1] < 2:
+            return
+        nccl = torch.distributed.get_backend() == "nccl"  # nccl moves only CUDA tensors, gloo CPU ones
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        values = torch.tensor(list(self.weights.values()), dtype=torch.float64, device=device)
+        torch.distributed.broadcast(values, src=0)
+        self.weights = dict(zip(self.weights, values.tolist(), strict=True))

@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSONL gradient log to append to (default: runs/<run id>.jsonl)",
     )
+    train.add_argument(
+        "--per-rank-log",
+        action="store_true",
+        help="under torchrun, every rank writes its own log (run.rank1.jsonl, the rank in every record), "
+        "not only rank 0",
+    )
     samples = commands.add_parser(
         "sample-logs",
         help="regenerate sample_logs/ from real training runs (fixed seeds)",
@@ -226,6 +232,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                 halt_on=args.halt_on,
                 checkpoint_dir=args.checkpoint_on_alert,
                 auto_balance=args.auto_balance,
+                per_rank_log=args.per_rank_log,
             )
     except KeyboardInterrupt:
         console.print("\nmoola: interrupted; the gradient log is marked 'interrupted'", markup=False)

@@ -1,10 +1,12 @@
 """One rank of a torchrun job for the distributed tests: a replicated (DDP) or sharded (FSDP2) model measured
 by GradientMonitor; ``ddp-balance`` does two steps' backward through ``GradientMonitor.backward`` with a task
 balance probe due, and saves this rank's gradients for the test to compare across ranks
-(``ddp-static-balance``: the same under ``DDP(static_graph=True)``).
+(``ddp-static-balance``: the same under ``DDP(static_graph=True)``). ``balancer``: a LossBalancer updated from
+this rank's own balance measurement, then synchronised; ``fit-auto-balance``: the trainer's ``fit`` with
+automatic balancing and a log per rank. Both save what this rank ended with.
 
     torchrun --standalone --nproc-per-node 2 tests/dist_worker.py MODE OUT_DIR
-    MODE: ddp|fsdp|ddp-per-rank|ddp-balance|ddp-static-balance
+    MODE: ddp|fsdp|ddp-per-rank|ddp-balance|ddp-static-balance|balancer|fit-auto-balance
 """
 
 import os
@@ -15,7 +17,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from moola.utils.monitoring import GradientMonitor
+from moola.balancing import LossBalancer
+from moola.data import make_synthetic
+from moola.models.enhanced_simple_lstm import EnhancedSimpleLSTM
+from moola.utils.monitoring import GradientMonitor, compute_task_balance
 
 
 def model_and_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -29,6 +34,24 @@ def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    if mode == "balancer":
+        balancer_update(out, rank)
+    elif mode == "fit-auto-balance":
+        fit_auto_balance(out, rank)
+    else:
+        measured_step(mode, out, rank, world)
+    dist.barrier()  # rank 0 may still be writing: tearing gloo down under it can abort a process
+    dist.destroy_process_group()
+    # Gloo's worker threads can still hold tensors when the interpreter finalizes and abort the process
+    # ("terminate called without an active exception", pytorch/pytorch#179291) after all the work is done:
+    # leave without finalizing, the files being written and closed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def measured_step(mode: str, out: Path, rank: int, world: int) -> None:
+    """One step of the shared model (DDP or FSDP2) on this rank's half of the batch, measured."""
     model, x, y = model_and_batch()
     rows = slice(rank * len(x) // world, (rank + 1) * len(x) // world)  # this rank's half of the batch
     if mode == "fsdp":
@@ -50,14 +73,6 @@ def main() -> None:
         nn.functional.mse_loss(wrapped(x[rows]), y[rows]).backward()
         with GradientMonitor(1, log_path=out / "run.jsonl", per_rank=mode == "ddp-per-rank", echo=None) as monitor:
             monitor.update(1, measured)
-    dist.barrier()  # rank 0 may still be writing: tearing gloo down under it can abort a process
-    dist.destroy_process_group()
-    # Gloo's worker threads can still hold tensors when the interpreter finalizes and abort the process
-    # ("terminate called without an active exception", pytorch/pytorch#179291) after all the work is done:
-    # leave without finalizing, the files being written and closed.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
 
 
 def balance_step(wrapped: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: Path, rank: int) -> None:
@@ -78,6 +93,37 @@ def balance_step(wrapped: nn.Module, model: nn.Module, x: torch.Tensor, y: torch
                           "measured": balance is not None})  # fmt: skip
             model.zero_grad(set_to_none=True)
     torch.save({"steps": steps, "warnings": warnings}, out / f"grads.rank{rank}.pt")
+
+
+def balancer_update(out: Path, rank: int) -> None:
+    """Each rank's balancer starts from its own weights and updates from the balance of its own batch, then
+    synchronises; then a second round where only rank 0 measured anything."""
+    model, x, y = model_and_batch()
+    rows = slice(rank * 8, rank * 8 + 8)
+    output = model(x[rows])
+    losses = {"first": nn.functional.mse_loss(output[:, 0], y[rows, 0]), "second": output[:, 1].pow(2).mean()}
+    balancer = LossBalancer({"first": 1.0 + rank, "second": 10.0}, method="ratio")
+    balancer.update(compute_task_balance(losses, model, weights=balancer.weights))
+    updated = dict(balancer.weights)
+    balancer.synchronise()
+    synchronised = dict(balancer.weights)
+    if rank == 0:
+        balancer.update(compute_task_balance(losses, model, weights=balancer.weights))
+    balancer.synchronise()  # rank 1 measured nothing this step and still takes part
+    torch.save({"updated": updated, "synchronised": synchronised, "second": balancer.weights}, out / f"w{rank}.pt")
+
+
+def fit_auto_balance(out: Path, rank: int) -> None:
+    """The trainer's fit under DDP with gradnorm balancing from a starved type task; this rank's parameters."""
+    data = make_synthetic(80, seed=0)
+    model = EnhancedSimpleLSTM(hidden_size=8, predict_pointers=True, seed=0)
+    model.fit(
+        data.X, data.y, data.expansion_start, data.expansion_end, epochs=2, batch_size=16, loss_beta=50.0,
+        monitor_gradients=True, every_n_steps=1, auto_balance="gradnorm", grad_log=out / "run.jsonl",
+        per_rank_log=True,
+    )  # fmt: skip
+    assert model.net is not None
+    torch.save(model.net.state_dict(), out / f"net.rank{rank}.pt")
 
 
 if __name__ == "__main__":

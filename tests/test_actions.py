@@ -113,6 +113,12 @@ def test_gradnorm_gives_the_task_that_learned_less_more_gradient():
     assert new is not None and new["b"] > new["a"]
 
 
+def test_synchronise_without_torch_distributed_leaves_the_weights():
+    balancer = LossBalancer({"type": 1.0, "pointer": 8.0})
+    balancer.synchronise()
+    assert balancer.weights == {"type": 1.0, "pointer": 8.0}
+
+
 def trained(tmp_path, name, *flags):
     """A hidden-size-4 run of the spec's trainer (where the tasks compete); its log's records."""
     log = tmp_path / f"{name}.jsonl"

@@ -14,7 +14,7 @@ from helpers import REPO
 from torch import nn
 
 from moola.utils.monitoring import GradientMonitor
-from moola.utils.monitoring.task_balance import RepresentationTap, compute_task_balance
+from moola.utils.monitoring.task_balance import BalanceUnavailable, RepresentationTap, compute_task_balance
 from moola_watch.schema import decode_record
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -259,14 +259,18 @@ def test_a_compiled_model_that_donates_its_buffers_says_how_to_measure_and_train
     assert kinds.count("task_balance") == 2 and len(warned) == 1
 
 
-def test_a_task_whose_head_reads_a_detached_input_is_named_in_the_warning():
+def test_a_task_whose_head_reads_a_detached_input_is_left_out_of_the_others_balance():
     torch.manual_seed(6)
     trunk, heads = nn.Linear(8, 16), nn.ModuleList([nn.Linear(16, 1) for _ in range(3)])
     model = nn.ModuleDict({"trunk": trunk, "heads": heads})
     x = torch.randn(16, 8)
     h = trunk(x).relu()
     losses = {name: heads[i](h.detach() if name == "c" else h).pow(2).mean() for i, name in enumerate("abc")}
-    warned: list[str] = []
-    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warned.append, echo=lambda _line: None)
-    assert monitor.on_before_backward(model, losses) is None
-    assert len(warned) == 1 and "the c task reaches no parameter another task reaches" in warned[0], warned
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), echo=lambda _line: None)
+    balance = monitor.on_before_backward(model, losses)
+    assert balance is not None and balance.left_out == ("c",) and set(balance.norms) == {"a", "b"}
+    alone = compute_task_balance({name: losses[name] for name in "ab"}, model)  # as if c were not there
+    assert balance.norms == pytest.approx(alone.norms) and balance.shares == pytest.approx(alone.shares)
+    assert balance.scope == f"{alone.scope}; left out: c (no gradient on them)"
+    with pytest.raises(BalanceUnavailable, match="the a and c tasks reach no parameter another task reaches"):
+        compute_task_balance({name: losses[name] for name in "ac"}, model)  # one task left to balance: none

@@ -100,3 +100,54 @@ def test_halt_on_under_torchrun_stops_every_rank_at_the_same_step_with_the_reaso
     end = records[-1]
     assert end["kind"] == "run_end" and end["status"] == "failed", end
     assert re.match(r"halted on error alert collapse \(type\) at step \d+ on rank [01]: TASK COLLAPSE", end["error"])
+
+
+def test_balancers_take_rank_0s_weights_whatever_each_rank_measured(tmp_path):
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    torchrun("balancer", tmp_path)
+    ranks = [torch.load(tmp_path / f"w{rank}.pt") for rank in (0, 1)]
+    assert ranks[0]["updated"] != ranks[1]["updated"]  # each rank's own update: different weights
+    assert ranks[0]["synchronised"] == ranks[1]["synchronised"] == ranks[0]["updated"]
+    assert ranks[0]["second"] == ranks[1]["second"]  # rank 1 measured nothing and still synchronised
+
+
+def per_rank_weights(out: Path) -> list[dict]:
+    """Each rank's log: the weights every balance measurement used, and every change of the weights, by step."""
+    logs = []
+    for rank in (0, 1):
+        records = [decode_record(line) for line in (out / f"run.rank{rank}.jsonl").read_bytes().splitlines()]
+        logs.append({
+            "used": [(r["step"], r["weights"]) for r in records if r["kind"] == "task_balance"],
+            "changed": [(r["step"], r["weights"]) for r in records if r["kind"] == "loss_weights"],
+        })  # fmt: skip
+    return logs
+
+
+def assert_same_weights_on_both_ranks(out: Path) -> None:
+    rank0, rank1 = per_rank_weights(out)
+    assert len(rank0["used"]) >= 4 and len(rank0["changed"]) >= 2  # measured every step, and rebalanced
+    assert rank0 == rank1
+
+
+def test_torchrun_auto_balance_trains_every_rank_with_rank_0s_weights(tmp_path):
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "moola.cli",
+         "train", "--predict-pointers", "--monitor-gradients", "--auto-balance", "ratio", "--loss-beta", "50",
+         "--epochs", "2", "--n-samples", "80", "--batch-size", "16", "--hidden-size", "8", "--every-n-steps", "1",
+         "--per-rank-log", "--grad-log", str(tmp_path / "run.jsonl")],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_same_weights_on_both_ranks(tmp_path)
+
+
+def test_fit_with_auto_balance_under_ddp_keeps_the_ranks_identical(tmp_path):
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    torchrun("fit-auto-balance", tmp_path)
+    assert_same_weights_on_both_ranks(tmp_path)
+    nets = [torch.load(tmp_path / f"net.rank{rank}.pt") for rank in (0, 1)]
+    assert all(torch.equal(nets[0][name], nets[1][name]) for name in nets[0])

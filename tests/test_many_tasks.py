@@ -2,10 +2,14 @@
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from detached_head_run import STEPS
+from helpers import REPO, run_cli
 from torch import nn
 
 from moola.utils.monitoring import GradientMonitor
@@ -139,3 +143,25 @@ def test_one_nan_task_loss_is_not_a_collapse_of_that_task(tmp_path):
     masked_run(log, ("a", "b", "c"), nan_at=35, unlabelled=lambda step: False)
     report = json.loads(run_cli("moola_watch.cli", "check", "--json", str(log)).stdout)
     assert not [alert for alert in report["alerts"] if alert["rule"] in ("collapse", "imbalance")], report["alerts"]
+
+
+def test_a_head_on_a_detached_input_is_left_out_and_the_others_balance_is_recorded_and_judged(tmp_path):
+    log = tmp_path / "detached.jsonl"
+    script = Path(__file__).with_name("detached_head_run.py")
+    run = subprocess.run([sys.executable, str(script), str(log)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    warned = [line for line in run.stderr.splitlines() if "WARNING" in line]
+    assert len(warned) == 1, run.stderr[-2000:]
+    assert "the c task gets no gradient on the parameters the other tasks share" in warned[0]
+    assert "left out of the balance, measured for a, b" in warned[0]
+    records = [decode_record(line) for line in log.read_bytes().splitlines()]
+    balance = [r for r in records if r["kind"] == "task_balance"]
+    assert [r["step"] for r in balance] == list(range(1, STEPS + 1))  # every probe, for the tasks that share
+    for record in balance:
+        assert set(record["norms"]) == set(record["shares"]) == set(record["losses"]) == {"a", "b"}
+        assert math.fsum(record["shares"].values()) == pytest.approx(1.0)
+        assert record["scope"].endswith("; left out: c (no gradient on them)")
+    result = run_cli("moola_watch.cli", "check", "--json", str(log))
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["runs"][0]["summary"]["balance_samples"] == STEPS
+    assert not [a for a in report["alerts"] if a["rule"] in ("collapse", "imbalance") or a["subject"] == "c"]

@@ -27,7 +27,7 @@ from moola.reporting import TrainingReporter
 from moola.utils.monitoring.console import LOGGER, PREFIX
 from moola.utils.monitoring.distributed import distributed_rank
 from moola.utils.monitoring.monitor import GradientMonitor
-from moola.utils.monitoring.task_balance import RepresentationTap
+from moola.utils.monitoring.task_balance import RepresentationTap, TaskGradients
 from moola_watch.rules import Thresholds
 
 MODEL_NAME = "enhanced_simple_lstm"
@@ -174,6 +174,7 @@ class EnhancedSimpleLSTM:
         halt_on: str | None = None,
         checkpoint_dir: str | Path | None = None,
         auto_balance: str | None = None,
+        per_rank_log: bool = False,
     ) -> EnhancedSimpleLSTM:
         """Train for ``epochs``. With ``monitor_gradients``: gradient statistics every ``gradient_log_freq``
         epochs, task balance every ``task_balance_freq`` epochs (on the epoch's first batch, whose graph is
@@ -186,7 +187,9 @@ class EnhancedSimpleLSTM:
         that severity fired on (``self.monitor.halted_by`` says which); ``checkpoint_dir`` keeps
         ``last-good.pt`` (each epoch, until the first non-finite gradient) and saves a checkpoint when a
         collapse or critical alert fires; ``auto_balance`` (``ratio`` or ``gradnorm``, see
-        :mod:`moola.balancing`) adjusts the task weights from each balance measurement.
+        :mod:`moola.balancing`) adjusts the task weights from each balance measurement (under torchrun every
+        rank then uses rank 0's). ``per_rank_log``: under torchrun every rank writes its own log
+        (``run.rank1.jsonl``, the rank in every record), not only rank 0.
 
         ``grad_clip`` is the max total gradient norm (None or 0: no clipping); the monitor measures before
         clipping. Raises ``moola.data.DataError`` for unusable arrays.
@@ -259,6 +262,7 @@ class EnhancedSimpleLSTM:
             on_alert=checkpointer,
             halt_on=halt_on,
             enabled=monitor_gradients,
+            per_rank=per_rank_log,
         )
         self.monitor = monitor if monitor_gradients else None
         if monitor_gradients:
@@ -307,8 +311,8 @@ class EnhancedSimpleLSTM:
                     monitor.on_before_optimizer_step(net)
                     if monitor.should_stop:
                         break  # before the step applies what the alert is about
-                    if auto_balance and balance is not None and (changed := balancer.update(balance)):
-                        monitor.record_weights(changed, previous=weights, method=balancer.method)
+                    if auto_balance:
+                        _rebalance(balancer, balance, monitor)
                     if grad_clip:
                         nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
                     optimizer.step()
@@ -391,6 +395,17 @@ class EnhancedSimpleLSTM:
         index = np.rint(positions.cpu().numpy() * (bars - 1)).astype(np.int64)
         start, end = index[:, 0], index[:, 1]
         return np.minimum(start, end), np.maximum(start, end)
+
+
+def _rebalance(balancer: LossBalancer, balance: TaskGradients | None, monitor: GradientMonitor) -> None:
+    """Update the loss weights from this rank's balance measurement, if any, then take rank 0's on every rank
+    (a collective, so every step on every rank, measured or not); record the weights when they change."""
+    previous = dict(balancer.weights)
+    if balance is not None:
+        balancer.update(balance)
+    balancer.synchronise()
+    if balancer.weights != previous:
+        monitor.record_weights(balancer.weights, previous=previous, method=balancer.method)
 
 
 def _format_metrics(row: dict[str, float]) -> str:

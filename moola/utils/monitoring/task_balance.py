@@ -4,10 +4,15 @@ from one Gram matrix and one host transfer. Pure measuring: no records, no rules
 
 The one way in is ``losses: Mapping[str, Tensor]`` with ``weights: Mapping[str, float]`` (each loss's weight
 in the total, default 1): names, not argument positions, say which loss is which.
+
+A task that reaches no parameter any other task reaches (a head fed a detached input, by mistake or as a linear
+probe) is left out of the balance, which is measured for the others, and named once in a warning of the
+``moola`` logger: it takes no part in the competition for the shared parameters that the balance describes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from moola.utils.monitoring.distributed import full_tensor, synchronised_backward_reason
+from moola.utils.monitoring.console import LOGGER
+from moola.utils.monitoring.distributed import distributed_rank, full_tensor, synchronised_backward_reason
 
 
 class BalanceUnavailable(ValueError):
@@ -39,7 +45,8 @@ class TaskGradients:
     ``raw_norms`` of the unweighted ones; ``cosines`` holds every pair (``"a|b"``, names in sorted order,
     absent where a gradient is zero); ``shares`` is each task's part of the update, ``g_i . g / |g|^2`` from
     the Gram matrix of the weighted task gradients (they sum to 1; a negative share pulls against the rest).
-    ``ratio`` and ``cosine`` are the spec's pointer/type figures, None without those two tasks.
+    ``ratio`` and ``cosine`` are the spec's pointer/type figures, None without those two tasks. ``left_out``
+    names the tasks not measured: they reach none of the parameters the others share (``scope`` says so too).
     ``float(result)`` is the ratio."""
 
     ratio: float | None
@@ -51,6 +58,7 @@ class TaskGradients:
     cosines: dict[str, float]
     shares: dict[str, float]
     weights: dict[str, float]
+    left_out: tuple[str, ...] = ()
 
     def __float__(self) -> float:
         return math.nan if self.ratio is None else self.ratio
@@ -110,11 +118,20 @@ def parameters_reached(loss: torch.Tensor, parameters: Iterable[nn.Parameter]) -
     return [p for p in parameters if id(p) in reached]
 
 
-def _why_unshared(model: nn.Module, losses: Mapping[str, torch.Tensor]) -> str:
-    """': the X task reaches no parameter another task reaches (...)', or '' when each shares with some other."""
+def _reached_by_task(model: nn.Module, losses: Mapping[str, torch.Tensor]) -> dict[str, set[int]]:
+    """The ids of the trainable parameters each task's loss reaches."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    reached = {name: {id(p) for p in parameters_reached(loss, trainable)} for name, loss in losses.items()}
-    alone = [name for name, ids in reached.items() if not any(ids & other for o, other in reached.items() if o != name)]
+    return {name: {id(p) for p in parameters_reached(loss, trainable)} for name, loss in losses.items()}
+
+
+def _alone(reached: Mapping[str, set[int]]) -> list[str]:
+    """The tasks that reach no parameter another task reaches."""
+    return [name for name, ids in reached.items() if not any(ids & other for o, other in reached.items() if o != name)]
+
+
+def _why_unshared(alone: Sequence[str]) -> str:
+    """': the X task reaches no parameter another task reaches (...)', or the advice when each shares with some
+    other."""
     if not alone:
         return ": no parameter is reached by every task (pass shared_parameters=)"
     tasks = " and ".join(alone)
@@ -136,13 +153,35 @@ def shared_parameters_of(model: nn.Module, *losses: torch.Tensor) -> list[nn.Par
 
 def resolve_shared(
     model: nn.Module, losses: Mapping[str, torch.Tensor], given: Sequence[nn.Parameter] | None
-) -> list[nn.Parameter]:
-    """``given``, or the parameters every loss reaches; an error if there are none, naming a task that shares
-    nothing with any other (a head fed a detached input is the usual cause)."""
+) -> tuple[list[nn.Parameter], tuple[str, ...]]:
+    """``given``, or the parameters every loss reaches, and the tasks left out of the balance. When no parameter
+    is reached by every task, the tasks that reach none another task reaches (a head fed a detached input) are
+    left out, with one warning, and the parameters the others all reach are measured, if at least two others
+    share some; otherwise an error that names a task sharing nothing with any other."""
     shared = list(given) if given is not None else shared_parameters_of(model, *losses.values())
-    if not shared:
-        raise BalanceUnavailable(f"the task losses share no trainable parameters{_why_unshared(model, losses)}")
-    return shared
+    if shared:
+        return shared, ()
+    alone = _alone(_reached_by_task(model, losses))
+    rest = [name for name in losses if name not in alone]
+    if given is None and alone and len(rest) >= 2:
+        shared = shared_parameters_of(model, *(losses[name] for name in rest))
+        if shared:
+            _announce_left_out(tuple(alone), tuple(rest))
+            return shared, tuple(alone)
+    raise BalanceUnavailable(f"the task losses share no trainable parameters{_why_unshared(alone)}")
+
+
+@functools.cache  # once per process for each set of tasks, as the monitor warns once per kind of failure
+def _announce_left_out(left_out: tuple[str, ...], measured: tuple[str, ...]) -> None:
+    """Say, on rank 0 only (as the monitor does), which tasks the balance leaves out and why."""
+    if distributed_rank()[0] != 0:
+        return
+    many = len(left_out) > 1
+    LOGGER.warning(
+        f"WARNING: task balance: the {' and '.join(left_out)} task{'s get' if many else ' gets'} no gradient on the "
+        f"parameters the other tasks share (a head fed a detached input?): left out of the balance, measured "
+        f"for {', '.join(measured)}"
+    )
 
 
 def _flat(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -168,9 +207,10 @@ def _balance(
     losses: Mapping[str, torch.Tensor],
     weights: Mapping[str, float],
     scope: str,
+    left_out: tuple[str, ...] = (),
 ) -> TaskGradients:
-    """Task balance from each task's unweighted gradients over the same tensors ``like``: one Gram matrix,
-    one host transfer."""
+    """Task balance from each task's unweighted gradients over the same tensors ``like`` (the tasks of
+    ``task_grads``; ``left_out`` names the others): one Gram matrix, one host transfer."""
     names = list(task_grads)
     count = len(names)
     flats = torch.stack([_flat(task_grads[name], like) for name in names])
@@ -206,11 +246,13 @@ def _balance(
         cosines=cosines,
         shares=shares,
         weights=dict(zip(names, weight, strict=True)),
+        left_out=left_out,
     )
 
 
-def _shared_scope(shared: Sequence[torch.Tensor]) -> str:
-    return f"shared parameters ({sum(p.numel() for p in shared)} values in {len(shared)} tensors)"
+def _shared_scope(shared: Sequence[torch.Tensor], left_out: Sequence[str] = ()) -> str:
+    scope = f"shared parameters ({sum(p.numel() for p in shared)} values in {len(shared)} tensors)"
+    return f"{scope}; left out: {', '.join(left_out)} (no gradient on them)" if left_out else scope
 
 
 def compute_task_balance(
@@ -229,22 +271,24 @@ def compute_task_balance(
     does the step's backward. One host transfer."""
     weights = task_weights(losses, weights)
     _require_graphs(losses)
+    left_out: tuple[str, ...] = ()
     if representation is not None:
         targets: list[torch.Tensor] = [representation]
         scope = f"shared representation {tuple(representation.shape)}"
     else:
-        targets = resolve_shared(model, losses, shared_parameters)
-        scope = _shared_scope(targets)
+        targets, left_out = resolve_shared(model, losses, shared_parameters)
+        scope = _shared_scope(targets, left_out)
+    measured = {name: loss for name, loss in losses.items() if name not in left_out}
     try:
         grads = {
             name: torch.autograd.grad(loss, targets, retain_graph=True, allow_unused=True)
-            for name, loss in losses.items()
+            for name, loss in measured.items()
         }
     except RuntimeError as exc:
         if "donated buffer" not in str(exc):
             raise
         raise BalanceUnavailable(DONATED_BUFFERS) from None
-    return _balance(grads, targets, losses, weights, scope)
+    return _balance(grads, targets, measured, weights, scope, left_out)
 
 
 class FusedBackward:
@@ -273,7 +317,7 @@ class FusedBackward:
     ) -> None:
         self.losses = losses
         self.weights = task_weights(losses, weights)
-        self.shared = resolve_shared(model, losses, shared_parameters)
+        self.shared, self.left_out = resolve_shared(model, losses, shared_parameters)
         leaves: dict[int, torch.Tensor] = {}
         for loss in losses.values():
             leaves.update((key, t) for key, t in _reached_leaves(loss).items() if t.requires_grad)
@@ -313,11 +357,13 @@ class FusedBackward:
             {
                 name: [grads[where[id(p)]] if id(p) in where else None for p in self.shared]
                 for name, grads in self.grads.items()
+                if name not in self.left_out
             },
             self.shared,
-            self.losses,
+            {name: loss for name, loss in self.losses.items() if name not in self.left_out},
             self.weights,
-            _shared_scope(self.shared),
+            _shared_scope(self.shared, self.left_out),
+            self.left_out,
         )
 
 

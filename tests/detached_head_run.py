@@ -1,0 +1,40 @@
+"""A real training loop whose third head reads a detached input: ``python detached_head_run.py LOG``.
+
+Heads ``a`` and ``b`` share a trunk and are balanced; head ``c`` reads ``trunk(x).detach()`` (a linear probe,
+or the bug of a head that never trains the trunk). The monitor measures every step, its warnings going where
+a library's go by default (the ``moola`` logger, shown on stderr).
+"""
+
+import sys
+
+import torch
+from torch import nn
+
+from moola.utils.monitoring import GradientMonitor
+
+STEPS = 40
+
+
+def main(log: str) -> None:
+    torch.manual_seed(0)
+    trunk, heads = nn.Sequential(nn.Linear(8, 16), nn.Tanh()), nn.ModuleDict({t: nn.Linear(16, 1) for t in "abc"})
+    model = nn.ModuleDict({"trunk": trunk, "heads": heads})
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with GradientMonitor(every_n_steps=1, log_path=log) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for _step in range(STEPS):
+            x = torch.randn(16, 8)
+            h = trunk(x)
+            losses = {
+                "a": nn.functional.mse_loss(heads["a"](h).squeeze(1), x[:, 0]),
+                "b": nn.functional.mse_loss(heads["b"](h).squeeze(1), x[:, 1]),
+                "c": nn.functional.mse_loss(heads["c"](h.detach()).squeeze(1), x[:, 2]),
+            }
+            monitor.backward(model, losses)
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
