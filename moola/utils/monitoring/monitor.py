@@ -523,6 +523,14 @@ class GradientMonitor:
         """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
         measured, at the current step and epoch."""
         self._last_balance_at = (self.epoch, self.step)
+        if balance.left_out:
+            many = len(balance.left_out) > 1
+            self._warn_once(
+                f"left out {balance.left_out}",
+                f"WARNING: task balance: the {' and '.join(balance.left_out)} task{'s get' if many else ' gets'} no "
+                "gradient on the parameters the other tasks share (a head fed a detached input?): left out of the "
+                f"balance, measured for {', '.join(balance.norms)}",
+            )
         if balance.ratio is not None:
             if not math.isnan(balance.ratio):
                 self._echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, self.epoch, self.thresholds)}")

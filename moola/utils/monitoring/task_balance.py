@@ -12,7 +12,6 @@ probe) is left out of the balance, which is measured for the others, and named o
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,8 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from moola.utils.monitoring.console import LOGGER
-from moola.utils.monitoring.distributed import distributed_rank, full_tensor, synchronised_backward_reason
+from moola.utils.monitoring.distributed import full_tensor, synchronised_backward_reason
 
 
 class BalanceUnavailable(ValueError):
@@ -166,22 +164,8 @@ def resolve_shared(
     if given is None and alone and len(rest) >= 2:
         shared = shared_parameters_of(model, *(losses[name] for name in rest))
         if shared:
-            _announce_left_out(tuple(alone), tuple(rest))
             return shared, tuple(alone)
     raise BalanceUnavailable(f"the task losses share no trainable parameters{_why_unshared(alone)}")
-
-
-@functools.cache  # once per process for each set of tasks, as the monitor warns once per kind of failure
-def _announce_left_out(left_out: tuple[str, ...], measured: tuple[str, ...]) -> None:
-    """Say, on rank 0 only (as the monitor does), which tasks the balance leaves out and why."""
-    if distributed_rank()[0] != 0:
-        return
-    many = len(left_out) > 1
-    LOGGER.warning(
-        f"WARNING: task balance: the {' and '.join(left_out)} task{'s get' if many else ' gets'} no gradient on the "
-        f"parameters the other tasks share (a head fed a detached input?): left out of the balance, measured "
-        f"for {', '.join(measured)}"
-    )
 
 
 def _flat(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> torch.Tensor:
