@@ -119,7 +119,7 @@ def test_spec_scenario_collapse():
     assert collapse.message == (
         "TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0) over 10 samples (steps 10-100); and the type task "
         "is starving (its loss stalled: down less than 5%, share below 10%, still 100% of its first loss 0.69): type "
-        "loss 0.69 -> 0.69 (+0%) from epoch 1, step 10 to epoch 9, step 90 [pointer -43%], 1.0% of the update"
+        "loss 0.69 -> 0.69 (+0.0%) from epoch 1, step 10 to epoch 9, step 90 [pointer -43%], 1.0% of the update"
     )
     assert collapse.recommendation == (
         "Urgent: increase alpha by 2x or decrease beta by 0.5x: set `--loss-beta` 2.5 (from 8) or `--loss-alpha` 3.2 "
@@ -392,3 +392,11 @@ def test_a_collapse_error_raised_during_the_run_keeps_its_words_at_the_end():
     log = ended_run(loss=lambda epoch: 1.0)  # flat: starving within the window already
     (alert,) = [a for a in ended_collapses(log) if a.severity == "error"]
     assert alert.first_time < log.records[-1]["time"] and "is starving" in alert.message
+
+
+def test_no_weights_are_recommended_when_the_change_would_not_show():
+    """A window a hair beyond the band's edge: 'the cls loss weight 1 (from 1)' would recommend nothing."""
+    assert rules.weight_fix("cls", "reg", 2.004, 2.0, {"cls": 1.0, "reg": 0.1}) == ""
+    assert rules.weight_fix("cls", "reg", 3.0, 2.0, {"cls": 1.0, "reg": 0.1}) == (
+        "set the reg loss weight 0.067 (from 0.1) or the cls loss weight 1.5 (from 1) to bring the ratio 3.00 to 2"
+    )

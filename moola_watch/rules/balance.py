@@ -77,10 +77,12 @@ def weight_fix(
     healthy (a starved task that recovers takes a bigger share by itself, so aiming further overshoots).
     ``dominant`` None (more than two tasks, where lowering one dominating task can starve another): only the
     starved task's weight. ``flags`` name the weights by command-line flag. '' when the weights are not
-    recorded or the ratio is infinite."""
+    recorded, the ratio is infinite, or the change would not show in two significant figures."""
     factor, flags = ratio / target, flags or {}
     if starved not in weights or not math.isfinite(factor) or not factor > 0:
         return ""
+    if f"{weights[starved] * factor:.2g}" == f"{weights[starved]:.2g}":
+        return ""  # a window at the band's edge: no change shows at the precision a weight is given in
     raise_starved = _weight(starved, weights[starved], factor, flags)
     if dominant is None:
         return f"set {raise_starved} to bring the ratio {ratio:.2f} to {target:.2g}"
@@ -88,6 +90,12 @@ def weight_fix(
         return ""
     return (f"set {_weight(dominant, weights[dominant], 1 / factor, flags)} or {raise_starved} to bring the ratio "
             f"{ratio:.2f} to {target:.2g}")  # fmt: skip
+
+
+def _change(fraction: float) -> str:
+    """A loss change in percent, to a tenth under 10% (so that -1.8% is not shown as the -2% a 2% bound
+    compares with)."""
+    return f"{fraction:+.1%}" if abs(fraction) < 0.1 else f"{fraction:+.0%}"
 
 
 def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
@@ -104,8 +112,8 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
         return "warning", f"gradients dominated; {unknown}"
     share = ev.mean_share(task)
     share_words = f"{share:.1%} of the update" if share is not None else "its share of the update not recorded"
-    others = ", ".join(f"{p.task} {p.change:+.0%}" for p in progress.values() if p.task != task)
-    figures = (f"{task} loss {own.earlier:.3g} -> {own.recent:.3g} ({own.change:+.0%}) from {own.span} "
+    others = ", ".join(f"{p.task} {_change(p.change)}" for p in progress.values() if p.task != task)
+    figures = (f"{task} loss {own.earlier:.3g} -> {own.recent:.3g} ({_change(own.change)}) from {own.span} "
                f"[{others}], {share_words}")  # fmt: skip
     if own.change <= -th.starve_drop:
         return "warning", f"gradients dominated, but the {task} loss is still falling: {figures}"
