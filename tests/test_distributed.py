@@ -16,13 +16,19 @@ from moola_watch.schema import decode_record
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
 def torchrun(mode: str, out: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(WORKER), mode, str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    result = subprocess.run([*TORCHRUN, str(WORKER), mode, str(out)], cwd=REPO, capture_output=True, text=True,
+                            timeout=180)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def torchrun_train(*args: str) -> subprocess.CompletedProcess:
+    """``moola train ARGS`` on two CPU ranks under torchrun."""
+    return subprocess.run([*TORCHRUN, "-m", "moola.cli", "train", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
 
 
 def single_process_reference() -> dict:
@@ -64,11 +70,9 @@ def test_torchrun_trains_on_two_cpu_ranks_with_one_log_and_one_voice(tmp_path):
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
     log = tmp_path / "run.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "moola.cli",
-         "train", "--predict-pointers", "--monitor-gradients", "--epochs", "3", "--n-samples", "120",
-         "--gradient-log-freq", "1", "--task-balance-freq", "1", "--grad-log", str(log)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+    result = torchrun_train(
+        "--predict-pointers", "--monitor-gradients", "--epochs", "3", "--n-samples", "120",
+        "--gradient-log-freq", "1", "--task-balance-freq", "1", "--grad-log", str(log),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("[PHASE 4] Gradient Monitoring Summary:") == 1  # rank 1 is silent
@@ -86,11 +90,9 @@ def test_halt_on_under_torchrun_stops_every_rank_at_the_same_step_with_the_reaso
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
     log = tmp_path / "run.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "moola.cli",
-         "train", "--predict-pointers", "--monitor-gradients", "--every-n-steps", "1", "--loss-alpha", "0.0001",
-         "--hidden-size", "4", "--epochs", "10", "--n-samples", "300", "--halt-on", "error", "--grad-log", str(log)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+    result = torchrun_train(
+        "--predict-pointers", "--monitor-gradients", "--every-n-steps", "1", "--loss-alpha", "0.0001",
+        "--hidden-size", "4", "--epochs", "10", "--n-samples", "300", "--halt-on", "error", "--grad-log", str(log),
     )  # fmt: skip
     output = result.stdout + result.stderr
     # torchrun itself exits 1 when its workers fail; each rank exited 3 (halted), none lost its peer.
@@ -133,12 +135,10 @@ def assert_same_weights_on_both_ranks(out: Path) -> None:
 def test_torchrun_auto_balance_trains_every_rank_with_rank_0s_weights(tmp_path):
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "moola.cli",
-         "train", "--predict-pointers", "--monitor-gradients", "--auto-balance", "ratio", "--loss-beta", "50",
-         "--epochs", "2", "--n-samples", "80", "--batch-size", "16", "--hidden-size", "8", "--every-n-steps", "1",
-         "--per-rank-log", "--grad-log", str(tmp_path / "run.jsonl")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+    result = torchrun_train(
+        "--predict-pointers", "--monitor-gradients", "--auto-balance", "ratio", "--loss-beta", "50",
+        "--epochs", "2", "--n-samples", "80", "--batch-size", "16", "--hidden-size", "8", "--every-n-steps", "1",
+        "--per-rank-log", "--grad-log", str(tmp_path / "run.jsonl"),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert_same_weights_on_both_ranks(tmp_path)
