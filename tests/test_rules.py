@@ -400,3 +400,12 @@ def test_no_weights_are_recommended_when_the_change_would_not_show():
     assert rules.weight_fix("cls", "reg", 3.0, 2.0, {"cls": 1.0, "reg": 0.1}) == (
         "set the reg loss weight 0.067 (from 0.1) or the cls loss weight 1.5 (from 1) to bring the ratio 3.00 to 2"
     )
+
+
+def test_the_summary_calls_any_tasks_beyond_the_healthy_band_imbalanced_not_balanced():
+    log = LogBuilder().start()
+    for i in range(1, 11):
+        log.add("task_balance", step=i, norms={"a": 1.0, "b": 0.4, "c": 0.9})
+    verdict = rules.replay(log.records).balance()
+    assert verdict.state == "imbalanced" and verdict.mean == pytest.approx(2.5)
+    assert verdict.text == "Tasks imbalanced (largest/smallest gradient ratio=2.50, healthy up to 2.0)"

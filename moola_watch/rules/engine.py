@@ -220,6 +220,11 @@ class RuleEngine:
             return CollapseVerdict(
                 "dominated", worst, th.window, f"{task} task dominated (ratio={worst:.2f} > {th.collapse_high})"
             )
+        if worst > th.balance_high:  # the pointer/type window's "imbalanced", for any tasks
+            return CollapseVerdict(
+                "imbalanced", worst, th.window,
+                f"Tasks imbalanced (largest/smallest gradient ratio={worst:.2f}, healthy up to {th.balance_high})",
+            )  # fmt: skip
         return CollapseVerdict(
             "balanced", worst, th.window, f"Tasks balanced (largest/smallest gradient ratio={worst:.2f})"
         )
