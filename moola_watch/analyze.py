@@ -45,8 +45,8 @@ def run_verdict(engine: RuleEngine) -> str:
 
 RUN_COLUMNS = ("run", "verdict", "model", "status", "records", "epoch", "step", "started", "last_time",
                "thresholds_from")  # fmt: skip
-ALERT_COLUMNS = ("run", "rule", "severity", "state", "subject", "value", "message", "recommendation", "first_step",
-                 "first_epoch", "last_step", "resolved_step", "layers")  # fmt: skip
+ALERT_COLUMNS = ("run", "rule", "severity", "counts_as", "state", "subject", "value", "message", "recommendation",
+                 "first_step", "first_epoch", "last_step", "resolved_step", "layers")  # fmt: skip
 
 
 @dataclass

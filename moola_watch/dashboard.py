@@ -84,36 +84,22 @@ class LogView:
     runs: dict[str, RunView] = field(default_factory=dict)
     # Per run, how far the watcher's clock is ahead of the writer's (seconds): the latest live record's arrival
     # minus its ``time``. A trainer on another host whose clock is off is judged on its own clock, so its
-    # records never look minutes old (or from the future) the moment they arrive.
+    # records never look minutes old (or from the future) the moment they arrive. History keeps its own times
+    # (a log copied from a finished or killed run is as old as its records), except a record from the future,
+    # which was written at the latest when it was read.
     clock_offsets: dict[str, float] = field(default_factory=dict)
-    # Until a record arrives live, the same from the log's last write (its mtime) for the run that wrote last:
-    # for staleness only. A fresh file whose records look old is a writer whose clock is behind, or a copied log:
-    # either way it is not called stale before ``stale_seconds`` of silence on the file; its records keep their
-    # own age on the screen.
-    history_offsets: dict[str, float] = field(default_factory=dict)
 
-    def observe(self, record: schema.Record, arrived: float | None = None) -> None:
-        """Take a record; ``arrived`` (unix seconds, watcher's clock): when it was read as it was written, None
-        for history (whose age is its own)."""
+    def observe(self, record: schema.Record, arrived: float | None = None, *, live: bool = False) -> None:
+        """Take a record read at ``arrived`` (unix seconds, the watcher's clock; None: not known); ``live``: it
+        was read as it was written, not as history."""
         self.runs.setdefault(record["run"], RunView()).observe(record)
-        if arrived is not None and math.isfinite(record["time"]):
-            self.clock_offsets[record["run"]] = arrived - record["time"]
-
-    def history_read(self, modified: float) -> None:
-        """The log's history has been read; the file was last written at ``modified`` (unix seconds, its mtime)."""
-        current = self.scan.current
-        if current is not None and current.run.run is not None and current.run.last_time is not None:
-            self.history_offsets[current.run.run] = modified - current.run.last_time
+        written = record["time"]
+        if arrived is not None and math.isfinite(written) and (live or written > arrived):
+            self.clock_offsets[record["run"]] = arrived - written
 
     def writer_now(self, run: str, now: float) -> float:
-        """The watcher's ``now`` (unix seconds) on ``run``'s writer's clock, as its live records tell it."""
+        """The watcher's ``now`` (unix seconds) on ``run``'s writer's clock."""
         return now - self.clock_offsets.get(run, 0.0)
-
-    def stale_now(self, run: str, now: float) -> float:
-        """:meth:`writer_now`, or before any live record, ``now`` on the clock of the log's last write."""
-        if run in self.clock_offsets:
-            return self.writer_now(run, now)
-        return now - self.history_offsets.get(run, 0.0)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ Reading never waits on drawing: all new data is consumed first, and redraws are 
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sys
 import time
@@ -122,7 +121,7 @@ class Follower:
             return False
         run = None
         if isinstance(item, RecordItem):
-            view.observe(item.record, time.time() if self._started else None)
+            view.observe(item.record, time.time(), live=self._started)
             run = item.record["run"]
         self._alerts(path, run, events)
         return True
@@ -133,7 +132,7 @@ class Follower:
             self._notify_notices(self.notifier.drain())
         for path, view in self.views.items():
             for run, engine in view.scan.engines.items():
-                self._alerts(path, run, engine.check_stale(view.stale_now(run, now)))
+                self._alerts(path, run, engine.check_stale(view.writer_now(run, now)))
                 status = engine.run_status
                 if self._statuses.get((path, run)) != status:
                     self._statuses[(path, run)] = status
@@ -272,9 +271,6 @@ class Follower:
     def _run(self) -> int:
         while self.pump() or self.behind:  # history first, at full speed (a long line may fill a whole read)
             pass
-        for path, view in self.views.items():
-            with contextlib.suppress(OSError):  # gone since: its runs keep their own clocks
-                view.history_read(path.stat().st_mtime)
         self._started = True
         self.tick(time.time())
         if self.options.once and not any(view.scan.records for view in self.views.values()):

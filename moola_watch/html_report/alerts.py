@@ -135,7 +135,9 @@ def alert_rows(runs: Sequence[RunData]) -> list[dict[str, str]]:
             rows.append(
                 {
                     "severity": alert.severity,
-                    "state": alert.state,
+                    "state": alert.state
+                    if rules.verdict_severity(alert) == alert.severity
+                    else f"{alert.state} (recovered: counts as a {rules.verdict_severity(alert)})",
                     "run": data.label,
                     "rule": f"{alert.rule} ({alert.subject})",
                     "since": rules.position(alert.first_epoch, alert.first_step),
