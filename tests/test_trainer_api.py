@@ -434,3 +434,13 @@ def test_measuring_once_per_accumulated_step_warns_nothing():
     warnings: list[str] = []
     plain_loop(GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warnings.append), steps=6, accumulate=2)
     assert warnings == []
+
+
+def test_the_runs_own_end_is_not_a_reason_to_halt_it():
+    """run_end's run_failed alert goes to on_alert, but the run has ended: it does not set the halt."""
+    seen = []
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), halt_on="error", on_alert=seen.append)
+    monitor.on_run_start(nn.Linear(2, 2))
+    monitor.on_run_end("failed", error="RuntimeError: out of memory")
+    assert [alert.rule for alert in seen] == ["run_failed"]
+    assert monitor.halted_by is None and not monitor.should_stop and monitor.halt_reason is None
