@@ -99,3 +99,16 @@ def exploding_scenario() -> LogBuilder:
         norms = {"a": 0.3, "b": 40.0 * epoch}
         log.grad(epoch, sum(norms.values()) / 2, max(norms.values()), norms).epoch(epoch)
     return log.end()
+
+
+def recovered_collapse_scenario(run: str = "recovered") -> LogBuilder:
+    """The pointer task starves for ten balance samples (a collapse error), then gets an equal share and
+    learns: by the run's end it has recovered."""
+    log = LogBuilder(run).start()
+    for epoch in range(1, 31):
+        starving = epoch <= 10
+        share = 0.01 if starving else 0.5
+        losses = {"pointer": 1.0 if starving else 1.0 / (epoch - 9), "type": 1.0 / epoch}
+        log.balance(epoch, 0.3 if starving else 1.0, shares={"pointer": share, "type": 1 - share}, losses=losses,
+                    weights={"pointer": 0.1, "type": 1.0})  # fmt: skip
+    return log.end()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from helpers import REPO, run_cli
-from logs import LogBuilder, collapse_scenario, healthy_scenario
+from logs import LogBuilder, collapse_scenario, healthy_scenario, recovered_collapse_scenario
 from rich.console import Console
 
 from moola_watch.analyze import scan_log
@@ -205,23 +205,10 @@ def test_check_help_lists_the_declared_rules_and_the_starvation_thresholds():
     assert "--final-share" in result.stdout and "--final-rate" in result.stdout
 
 
-def recovered_run(path):
-    """The pointer task starves for ten balance samples (a collapse error), then gets an equal share and
-    learns: by the run's end it has recovered."""
-    log = LogBuilder("recovered").start()
-    for epoch in range(1, 31):
-        starving = epoch <= 10
-        share = 0.01 if starving else 0.5
-        log.balance(epoch, 0.3 if starving else 1.0, shares={"pointer": share, "type": 1 - share},
-                    losses={"pointer": 1.0 if starving else 1.0 / (epoch - 9), "type": 1.0 / epoch},
-                    weights={"pointer": 0.1, "type": 1.0})  # fmt: skip
-    return log.end().write(path)
-
-
 def test_a_collapse_that_resolved_before_the_run_ended_is_a_warning_in_the_verdict_not_a_failure(tmp_path):
     """Starvation is judged on the outcome: the episode is shown (at its worst words), but a task that recovered
     does not fail the run; a NaN step that passed still would (tests above)."""
-    path = recovered_run(tmp_path / "recovered.jsonl")
+    path = recovered_collapse_scenario().write(tmp_path / "recovered.jsonl")
     result, (report,) = check("--json", path)
     (collapse,) = [a for a in report["alerts"] if a["rule"] == "collapse"]
     assert collapse["severity"] == "error" and collapse["state"] == "resolved" and collapse["counts_as"] == "warning"

@@ -169,3 +169,27 @@ def test_a_long_log_gives_a_report_of_reasonable_size(tmp_path: Path) -> None:
 def test_analyze_points_to_the_report() -> None:
     result = run_cli("moola_watch.cli", "analyze", str(SAMPLES / "healthy.jsonl"))
     assert f"moola-watch report {SAMPLES / 'healthy.jsonl'} -o report.html" in result.stdout
+
+
+def test_each_runs_verdict_in_the_report_is_checks(tmp_path: Path) -> None:
+    """A run that measured nothing, a run a later one superseded, a collapse that recovered: the report's
+    verdicts are the ones ``check --json`` gives (it called the first two healthy)."""
+    from logs import LogBuilder, recovered_collapse_scenario
+
+    from moola_watch.html_report.runs import collect_runs
+
+    nothing = LogBuilder("only-epochs").start().epoch(1).epoch(2).end()
+    superseded, later = LogBuilder("killed").start().grad(1, 0.3, 0.3), LogBuilder("after").start().grad(1, 0.3, 0.3)
+    recovered = recovered_collapse_scenario()
+    logs = [nothing.write(tmp_path / "nothing.jsonl"), recovered.write(tmp_path / "recovered.jsonl")]
+    (tmp_path / "two.jsonl").write_bytes(b"".join(superseded.lines() + later.end().lines()))
+    logs.append(tmp_path / "two.jsonl")
+    scans = [analyze.scan_log(str(path), frames=True) for path in logs]
+    reported = {data.run: data.verdict for data in collect_runs(scans)}
+    checked = {}
+    for path in logs:
+        for line in run_cli("moola_watch.cli", "check", "--json", str(path)).stdout.splitlines():
+            checked.update({run["run"]: run["verdict"] for run in json.loads(line)["runs"]})
+    assert reported == checked
+    assert checked == {"only-epochs": "no_measurements", "recovered": "warning", "killed": "unterminated",
+                       "after": "healthy"}  # fmt: skip

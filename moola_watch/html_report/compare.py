@@ -32,8 +32,9 @@ def last_value(frame: pd.DataFrame, column: str) -> float | None:
 
 
 def alert_counts(alerts: Sequence[rules.Alert]) -> str:
-    """``1 error, 2 warning`` (worst first), or ``none``."""
-    counts = Counter(a.severity for a in alerts)
+    """``1 error, 2 warning`` (worst first), or ``none``: each alert at the severity it gives the run's verdict
+    (a recovered collapse: a warning)."""
+    counts = Counter(rules.verdict_severity(a) for a in alerts)
     ranked = sorted(counts, key=lambda s: -rules.SEVERITY_RANK.get(s, 0))
     return ", ".join(f"{counts[s]} {s}" for s in ranked) or "none"
 

@@ -28,12 +28,8 @@ class RunData:
 
     @property
     def verdict(self) -> str:
-        """The worst severity that fired in this run; else healthy if it ended, else its status."""
-        worst = self.engine.worst_severity()
-        if worst:
-            return worst
-        status = self.engine.run_status
-        return analyze.VERDICT_HEALTHY if status != "running" else analyze.VERDICT_UNTERMINATED
+        """This run's verdict, as ``check`` gives it (:func:`moola_watch.analyze.run_verdict`)."""
+        return analyze.run_verdict(self.engine)
 
 
 def _rows_of(frame: pd.DataFrame, run: str) -> pd.DataFrame:

@@ -376,13 +376,13 @@ class GradientMonitor:
 
     @property
     def halt_reason(self) -> str | None:
-        """Why the run halts, in words (the alert, its step, and under torch.distributed the rank it was seen
-        on), or None while it goes on."""
+        """Why the run halts, in words (the alert, the step it halted at, and under torch.distributed the rank it
+        was seen on), or None while it goes on."""
         alert = self.halted_by
         if alert is None:
             return self.halted_elsewhere
         where = f" on rank {self.rank}" if self.world_size > 1 else ""
-        return (f"halted on {alert.severity} alert {alert.rule} ({alert.subject}) at step {alert.first_step}{where}: "
+        return (f"halted on {alert.severity} alert {alert.rule} ({alert.subject}) at step {alert.last_step}{where}: "
                 f"{alert.message}")  # fmt: skip
 
     def update(
