@@ -282,3 +282,20 @@ def test_halt_on_stops_the_trainer_after_the_step_whose_gradients_raised_the_ale
     assert end["status"] == "failed" and end["error"].startswith(
         "halted on critical alert nonfinite (gradients) at step 6"
     )
+
+
+def test_under_ddp_halt_on_stops_every_rank_at_the_step_one_ranks_balance_probe_alerted(tmp_path):
+    """Statistics every 5 steps, balance every step: rank 1's probe raises a collapse error on a step whose
+    statistics are not due. The ranks still agree: both stop at that step (one alone left the other waiting in
+    its next all-reduce), and both logs say why."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(REPO / "tests" / "hf_halt_worker.py"), str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    stopped = sorted(line for line in result.stdout.splitlines() if " stopped at step " in line)
+    assert stopped == ["rank 0 stopped at step 6", "rank 1 stopped at step 6"], result.stdout[-3000:]
+    for rank in (0, 1):
+        end = strict_lines(tmp_path / f"run.rank{rank}.jsonl")[-1]
+        assert end["error"].startswith("halted on error alert collapse (b) at step 6 on rank 1"), end

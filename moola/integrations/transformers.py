@@ -197,6 +197,9 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         control: transformers.TrainerControl,
         **kwargs: Any,
     ) -> None:
+        # The step's statistics are measured only when due, but an alert from a balance probe can come on any
+        # step: under torch.distributed the ranks agree on every step, or one stops while the others wait.
+        self.monitor.agree_on_halting()
         if self.monitor.should_stop:  # halt_on: the Trainer gives a callback no way to skip the step itself
             control.should_training_stop = True
 

@@ -356,15 +356,18 @@ class GradientMonitor:
                 " with gradient accumulation call it once per optimizer step, after the last micro-batch's backward;"
                 " its first call measured a partial gradient",
             )
-        if self.halt_on is not None and self.world_size > 1 and not self._halting_agreed:
-            self._agree_on_halting()
+        self.agree_on_halting()
         if not self._counting_optimizer:
             self.steps_done += 1
         return stats
 
-    def _agree_on_halting(self) -> None:
-        """Under torch.distributed, one small all-reduce per step (only with ``halt_on``): if any rank halted,
-        every rank learns why and stops at this step. Every rank calls this at the same point of each step."""
+    def agree_on_halting(self) -> None:
+        """Under torch.distributed with ``halt_on``, one small all-reduce: if any rank halted, every rank learns
+        why and stops at this step (until then, and without ``halt_on`` or with one process, nothing). A
+        collective: every rank calls it at the same point of each step. :meth:`on_before_optimizer_step` does; a
+        loop that calls that only on some steps calls this on every step."""
+        if self.halt_on is None or self.world_size < 2 or self._halting_agreed:
+            return
         try:
             halted = halted_anywhere(self.halt_reason if self.halted_by is not None else None)
         except Exception as exc:  # a broken process group: each rank decides alone, as before
