@@ -31,8 +31,10 @@ from moola_watch.render import (
     text,
     where,
 )
+from moola_watch.rules import run as run_rules
 
 HISTORY = 60  # recent values kept per run for the trend sparklines
+MIN_STALE_GRACE_S = 1.0  # the shortest grace a log's history gets before it can make its run stale
 
 
 @dataclass
@@ -84,18 +86,34 @@ class LogView:
     runs: dict[str, RunView] = field(default_factory=dict)
     # Per run, how far the watcher's clock is ahead of the writer's (seconds): the latest live record's arrival
     # minus its ``time``. A trainer on another host whose clock is off is judged on its own clock, so its
-    # records never look minutes old (or from the future) the moment they arrive. History keeps its own times
-    # (a log copied from a finished or killed run is as old as its records), except a record from the future,
-    # which was written at the latest when it was read.
+    # records never look minutes old (or from the future) the moment they arrive. What the log held when it was
+    # first read is history and keeps its own times (a log copied from a finished or killed run is as old as its
+    # records), except a record from the future, which was written at the latest when it was read.
     clock_offsets: dict[str, float] = field(default_factory=dict)
+    history_read: bool = False  # the log's first read is done: what comes now is live
+    # Per run, until when (the watcher's clock) its history is not called stale: long enough for a trainer whose
+    # clock is behind to show, by its next record, that it is alive (twice its longest wait between records).
+    stale_grace: dict[str, float] = field(default_factory=dict)
 
-    def observe(self, record: schema.Record, arrived: float | None = None, *, live: bool = False) -> None:
-        """Take a record read at ``arrived`` (unix seconds, the watcher's clock; None: not known); ``live``: it
-        was read as it was written, not as history."""
+    def observe(self, record: schema.Record, arrived: float) -> None:
+        """Take a record read at ``arrived`` (unix seconds, the watcher's clock)."""
         self.runs.setdefault(record["run"], RunView()).observe(record)
         written = record["time"]
-        if arrived is not None and math.isfinite(written) and (live or written > arrived):
+        if math.isfinite(written) and (self.history_read or written > arrived):
             self.clock_offsets[record["run"]] = arrived - written
+
+    def end_history(self, now: float) -> None:
+        """The log's first read is done at ``now`` (unix seconds): later records are live, and the run that
+        wrote last gets its grace before its history can make it stale."""
+        self.history_read = True
+        current = self.scan.current
+        if current is not None and current.run.run is not None:
+            wait = max(run_rules.STALE_GAPS * current.run.longest_gap, MIN_STALE_GRACE_S)
+            self.stale_grace[current.run.run] = now + min(current.thresholds.stale_seconds, wait)
+
+    def stale_judged(self, run: str, now: float) -> bool:
+        """Whether ``run``'s silence is judged at ``now``: not in its grace, unless a record came live since."""
+        return run in self.clock_offsets or now >= self.stale_grace.get(run, 0.0)
 
     def writer_now(self, run: str, now: float) -> float:
         """The watcher's ``now`` (unix seconds) on ``run``'s writer's clock."""

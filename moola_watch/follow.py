@@ -110,6 +110,9 @@ class Follower:
         for path, tail in self.tails.items():
             for item in tail.poll():
                 changed |= self._take(path, item)
+            view = self.views[path]
+            if not view.history_read and view.scan.records and not tail.behind:
+                view.end_history(time.time())  # whenever the file appeared: its first read is its history
         self.behind = any(tail.behind for tail in self.tails.values())
         return changed
 
@@ -121,7 +124,7 @@ class Follower:
             return False
         run = None
         if isinstance(item, RecordItem):
-            view.observe(item.record, time.time(), live=self._started)
+            view.observe(item.record, time.time())
             run = item.record["run"]
         self._alerts(path, run, events)
         return True
@@ -132,7 +135,8 @@ class Follower:
             self._notify_notices(self.notifier.drain())
         for path, view in self.views.items():
             for run, engine in view.scan.engines.items():
-                self._alerts(path, run, engine.check_stale(view.writer_now(run, now)))
+                if self.options.once or view.stale_judged(run, now):  # --once cannot wait for a next record
+                    self._alerts(path, run, engine.check_stale(view.writer_now(run, now)))
                 status = engine.run_status
                 if self._statuses.get((path, run)) != status:
                     self._statuses[(path, run)] = status

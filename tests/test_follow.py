@@ -327,21 +327,44 @@ def skewed_trainer(log: Path, skew_s: float, steps: int, end: bool) -> subproces
 
 
 @pytest.mark.parametrize("skew_s", [-3600.0, 3600.0])
-def test_a_live_run_whose_writer_clock_is_an_hour_off_is_judged_on_its_own_clock(tmp_path, skew_s):
-    """A trainer on another host an hour behind (or ahead), followed from its start: while its records keep
-    coming, follow never calls the run stale; it ends with the run."""
+@pytest.mark.parametrize("watcher", ["first", "after some history"])
+def test_a_live_run_whose_writer_clock_is_an_hour_off_is_judged_on_its_own_clock(tmp_path, skew_s, watcher):
+    """A trainer on another host an hour behind (or ahead), followed from its start or joined later: while its
+    records keep coming, follow never calls the run stale (its history, an hour old by its own clock, gets the
+    time of its next record to show it is alive); it ends with the run."""
     log = tmp_path / "skewed.jsonl"
-    follow = subprocess.Popen(
-        [*WATCH.split(), "follow", "--json", "--exit-on-end", "--stale-seconds", "1.5", str(log)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
-    time.sleep(1.0)  # the watcher waits for the file
-    assert skewed_trainer(log, skew_s, steps=20, end=True).wait(timeout=60) == 0
+    command = [*WATCH.split(), "follow", "--json", "--exit-on-end", "--stale-seconds", "1.5", str(log)]
+    if watcher == "first":
+        follow = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        time.sleep(1.0)  # the watcher waits for the file
+        trainer = skewed_trainer(log, skew_s, steps=20, end=True)
+    else:
+        trainer = skewed_trainer(log, skew_s, steps=20, end=True)
+        while not log.exists() or log.stat().st_size < 1000:
+            time.sleep(0.05)
+        follow = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert trainer.wait(timeout=60) == 0
     out, _ = follow.communicate(timeout=60)
     events = [json.loads(line) for line in out.splitlines()]
     assert follow.returncode == 0, out
     assert not [e for e in events if e["event"] == "alert" and e["rule"] == rules.STALE], out
     assert [e["status"] for e in events if e["event"] == "status"][-1] == "completed"
+
+
+def test_a_killed_runs_log_copied_into_a_followed_directory_is_stale_as_its_records_say(tmp_path):
+    """Its records are an hour old: the first read of a file that appears is its history, not live records."""
+    killed = tmp_path / "killed.jsonl"
+    assert skewed_trainer(killed, -3600.0, steps=3, end=False).wait(timeout=60) == 0
+    watched = tmp_path / "runs"
+    watched.mkdir()
+    follow = subprocess.Popen([*WATCH.split(), "follow", "--json", "--exit-on-end", str(watched)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    time.sleep(1.0)
+    shutil.copy(killed, watched / "killed.jsonl")
+    out, _ = follow.communicate(timeout=30)
+    events = [json.loads(line) for line in out.splitlines()]
+    (stale,) = [e for e in events if e["event"] == "alert" and e["rule"] == rules.STALE]
+    assert stale["state"] == rules.FIRING and "No record for 1 h" in stale["message"], stale
 
 
 def test_a_dead_run_whose_writer_clock_was_ahead_goes_stale_after_stale_seconds_not_an_hour_late(tmp_path):
