@@ -356,7 +356,8 @@ class GradientMonitor:
                 " with gradient accumulation call it once per optimizer step, after the last micro-batch's backward;"
                 " its first call measured a partial gradient",
             )
-        self.agree_on_halting()
+        if self.halt_on is not None:  # (no call on the every-step path of a run without halt_on)
+            self.agree_on_halting()
         if not self._counting_optimizer:
             self.steps_done += 1
         return stats
