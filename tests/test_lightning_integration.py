@@ -205,11 +205,19 @@ def test_16_mixed_gradients_are_measured_unscaled_and_before_clipping(tmp_path):
 def test_under_ddp_every_rank_measures_and_rank_0_alone_writes(tmp_path):
     """Two CPU processes (gloo): one run in the log, written by rank 0, every record of it whole."""
     torch.manual_seed(0)
-    lightning.Trainer(
+    trainer = lightning.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
         callbacks=[GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)],
-    ).fit(TwoTaskModule({"cls": 1.0, "reg": 1.0}), loader())  # fmt: skip
+    )  # fmt: skip
+    try:
+        trainer.fit(TwoTaskModule({"cls": 1.0, "reg": 1.0}), loader())
+    except torch.multiprocessing.ProcessExitedException as exc:
+        # Gloo's worker threads can abort a spawned process as its interpreter finalizes, after all its work is
+        # done ("terminate called without an active exception", pytorch/pytorch#179291; tests/dist_worker.py
+        # leaves by os._exit for it). Nothing else is excused: the log below must still be whole and complete.
+        if exc.signal_name != "SIGABRT":
+            raise
     records = strict_lines(tmp_path / "run.jsonl")
     assert [r["kind"] for r in records].count("run_start") == 1
     assert records[0]["rank"] == 0 and records[0]["world_size"] == 2
