@@ -86,6 +86,7 @@ class Follower:
         self._statuses: dict[tuple[Path, str], str] = {}
         self._started = False
         self.behind = False  # some log has more data waiting than the last pump read
+        self._read_at = 0.0  # when the log being read now was read (unix seconds)
         self.live_mode = console.is_terminal and not options.json
         watch_dirs = [self.directory or target.parent]
         self.waker = Waker(watch_dirs, poll=options.poll, interval=options.interval)
@@ -108,11 +109,12 @@ class Follower:
         self._discover()
         changed = False
         for path, tail in self.tails.items():
+            self._read_at = time.time()  # one clock reading per read, not per record: it dates them all
             for item in tail.poll():
                 changed |= self._take(path, item)
             view = self.views[path]
             if not view.history_read and view.scan.records and not tail.behind:
-                view.end_history(time.time())  # whenever the file appeared: its first read is its history
+                view.end_history(self._read_at)  # whenever the file appeared: its first read is its history
         self.behind = any(tail.behind for tail in self.tails.values())
         return changed
 
@@ -124,7 +126,7 @@ class Follower:
             return False
         run = None
         if isinstance(item, RecordItem):
-            view.observe(item.record, time.time())
+            view.observe(item.record, self._read_at)
             run = item.record["run"]
         self._alerts(path, run, events)
         return True
