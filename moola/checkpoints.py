@@ -5,6 +5,10 @@ A collapse or critical alert saves the model and optimizer state at once (the mo
 optimizer step, so a non-finite gradient has not yet reached the weights); :meth:`AlertCheckpointer.keep`
 rolls ``last-good.pt`` forward, e.g. each epoch, until the first non-finite gradient, after which it is never
 overwritten.
+
+Under torch.distributed (DDP) every rank keeps the same weights, so rank 0 alone writes: the other ranks' calls
+do nothing (no file, no line, no collective: a rank never waits on another to save). A checkpoint is taken on
+rank 0's alerts; an alert only another rank's batches raised saves nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from torch import nn
 
 from moola.utils.monitoring.console import LOGGER, PREFIX
+from moola.utils.monitoring.distributed import distributed_rank
 from moola_watch.rules import Alert
 
 #: Rules whose firing saves a checkpoint (besides any critical alert).
@@ -41,6 +46,12 @@ class AlertCheckpointer:
         self.nonfinite_seen = False
         self.saved: list[Path] = []
 
+    @staticmethod
+    def writes() -> bool:
+        """Whether this process writes checkpoints: rank 0 (or the only process); the replicas hold the same
+        weights, and every rank writing the same files raced on them."""
+        return distributed_rank()[0] == 0
+
     def _save(self, name: str, **info: Any) -> Path | None:
         path = self.directory / name
         state = {"model": self.model.state_dict(), **info}
@@ -60,7 +71,7 @@ class AlertCheckpointer:
     def keep(self, step: int, epoch: int | None = None) -> None:
         """Roll ``last-good.pt`` forward, unless a non-finite gradient has been seen (or the weights are not
         finite): the last one taken before it is what a person resumes from."""
-        if not self.nonfinite_seen and weights_finite(self.model):
+        if self.writes() and not self.nonfinite_seen and weights_finite(self.model):
             self._save(LAST_GOOD, step=step, epoch=epoch)
 
     def __call__(self, alert: Alert) -> None:
@@ -68,7 +79,7 @@ class AlertCheckpointer:
         critical = alert.severity == "critical"
         if critical:
             self.nonfinite_seen = True
-        if not (critical or alert.rule in CHECKPOINT_RULES):
+        if not (critical or alert.rule in CHECKPOINT_RULES) or not self.writes():
             return
         step = alert.first_step if alert.first_step is not None else -1
         if not weights_finite(self.model):

@@ -21,7 +21,7 @@ from rich.text import Text
 from moola_watch import rules
 from moola_watch.analyze import LogScan, alert_json
 from moola_watch.dashboard import LogView, ViewOptions, overview, run_dashboard
-from moola_watch.exit_codes import EXIT_OK, EXIT_USAGE, exit_code, worst
+from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, exit_code, worst
 from moola_watch.notify import Notifier
 from moola_watch.rules import AlertEvent, Thresholds
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
@@ -256,6 +256,27 @@ class Follower:
             for view in self.views.values()
         )
 
+    def run_verdicts(self) -> list[str]:
+        """For each log holding several runs, one line naming the runs whose verdict is not ok (they fail the
+        check, or measured nothing): the dashboard shows one run, and exit 1 beside a healthy header must say
+        which run it is for. Nothing for a log of one run, or under ``--run`` (that run is the one shown)."""
+        if self.options.run is not None:
+            return []
+        lines = []
+        for view in self.views.values():
+            scan = view.scan
+            if len(scan.engines) < 2:
+                continue
+            bad = [
+                f"{run} (verdict={scan.run_report(run)['verdict']}"
+                + (f", fails --fail-on {self.options.fail_on})" if code == EXIT_ALERT else ")")
+                for run in scan.engines
+                if (code := exit_code(scan, [run], self.options.fail_on)) != EXIT_OK
+            ]
+            where = f"{len(scan.engines)} runs in {scan.path}"
+            lines.append(f"{where}; not ok: {', '.join(bad)}" if bad else f"{where}; every run's verdict is ok")
+        return lines
+
     def summary(self) -> dict[str, Any]:
         return {"event": "summary", "logs": [view.scan.report() for view in self.views.values()]}
 
@@ -287,15 +308,24 @@ class Follower:
         if self.options.once or (self.options.exit_on_end and self.ended()):
             if not self.options.json:
                 self.console.print(self.render(time.time()))
+                self._print_run_verdicts()
             return self.exit_code()
         if not self.live_mode:
-            return self._loop(None)
+            code = self._loop(None)
+            if not self.options.json:
+                self._print_run_verdicts()
+            return code
         with Live(
             self.render(time.time()), console=self.console, auto_refresh=False, screen=True, redirect_stderr=False
         ) as live:
             code = self._loop(live)
         self.console.print(self.render(time.time()))
+        self._print_run_verdicts()
         return code
+
+    def _print_run_verdicts(self) -> None:
+        for line in self.run_verdicts():  # literally: run ids are untrusted text
+            self.console.print(inert(line, limit=4000), markup=False, highlight=False, soft_wrap=True)
 
     def _nothing_to_judge(self) -> int:
         """``--once`` on an empty or foreign file (or a folder of them): an error, as ``check`` says, never a

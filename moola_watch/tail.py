@@ -3,16 +3,19 @@
 :class:`LineDecoder` is the pure core: byte chunks in, items out (records, bad lines), holding back a
 partial last line and never buffering more than one over-long line's cap. :class:`LogTail` is the file
 shell: it reads from a saved offset to EOF, waits for a file that does not exist yet, and detects
-deletion, rotation (a new inode at the path: the old file is drained first) and truncation (the size fell
-below the offset, or the head of the file changed: a new run rewrote it). :class:`Waker` blocks until
-watchdog reports a change in the file's directory or a short interval passes, the periodic stat being a
-safety net for dropped inotify events and the only mechanism under ``--poll``.
+deletion, rotation (a new inode at the path) and truncation (the size fell below the offset, or the head of the
+file changed: a new run rewrote it). A file renamed or deleted away is not dropped at once: its writer notices
+only later (the trainer's writer checks the path every 64 lines or 0.1 s) and appends to it until then, so the
+old file stays open and is read to its end until the writer has moved on (see ``LogTail._retire``).
+:class:`Waker` blocks until watchdog reports a change in the file's directory or a short interval passes, the
+periodic stat being a safety net for dropped inotify events and the only mechanism under ``--poll``.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -22,6 +25,10 @@ from moola_watch.schema import Record, Rejected
 
 READ_CHUNK = 1 << 20
 HEAD_BYTES = 256  # how much of the file's start identifies "the same file" for rewrite detection
+#: A file renamed or deleted away that has grown for this long is taken as left by its writer (when the path names
+#: nothing, or an empty file). The trainer's writer checks the path at least every 0.1 s while it writes; ``tail -F``
+#: checks once a second.
+RETIRE_QUIET_S = 1.0
 
 
 class RecordItem(NamedTuple):
@@ -244,9 +251,20 @@ class LogTail:
     most about one chunk of new data per call (:attr:`behind` says when more is waiting); a file being
     replaced or deleted is drained whole first."""
 
-    def __init__(self, path: str | Path, *, from_end: bool = False, max_line: int = schema.MAX_LINE_BYTES) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        from_end: bool = False,
+        max_line: int = schema.MAX_LINE_BYTES,
+        retire_quiet_s: float = RETIRE_QUIET_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = Path(path)
         self.from_end = from_end
+        self.retire_quiet_s = retire_quiet_s
+        self._clock = clock
+        self._retiring_since: float | None = None  # the open file left the path: last time it was seen to grow
         self.decoder = LineDecoder(str(self.path), max_line)
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None
@@ -265,6 +283,7 @@ class LogTail:
             os.close(self._fd)
         self._fd = None
         self._identity = None
+        self._retiring_since = None
 
     def poll(self) -> list[Item]:
         """Read everything new: records, bad lines, and notices about the file itself."""
@@ -279,17 +298,7 @@ class LogTail:
             items.append(Notice(str(self.path), "error", f"cannot stat: {exc.strerror}"))
             return items
         if stat is None or (stat.st_dev, stat.st_ino) != self._identity:
-            # Deleted or replaced: what was written to the old file before that still counts.
-            items += self._read_to_end()
-            items += self.decoder.finish()
-            self.close()
-            if stat is None:
-                items.append(Notice(str(self.path), "deleted", "file deleted; waiting for it to reappear"))
-                self._waiting_announced = True
-                return items
-            items.append(Notice(str(self.path), "rotated", "file replaced (rotated); reading the new one"))
-            self._open(items)
-            return items + self._read_to_end(READ_CHUNK)
+            return items + self._retire(stat)
         assert self._fd is not None
         if stat.st_size < self.offset or self._head_changed():
             items.append(
@@ -298,6 +307,42 @@ class LogTail:
             self.offset = 0
             self._head = b""
             self.decoder.reset()
+        return items + self._read_to_end(READ_CHUNK)
+
+    def _retire(self, stat: os.stat_result | None) -> list[Item]:
+        """The path no longer names the open file (renamed away, as logrotate's ``create`` does, or deleted).
+
+        Its writer may still be appending to it: it notices only at its next check of the path. So the old
+        file is read on, poll after poll, and left only once its writer has moved on: the path names a file
+        with data in it (one writer writes one file at a time, so once the new file has data the old one is
+        complete), or the old file has not grown for ``retire_quiet_s``. The new file's size is taken before
+        the old file is read: whatever the old file held by then is all it will ever hold."""
+        items: list[Item] = []
+        moved_on = stat is not None and stat.st_size > 0
+        now = self._clock()
+        if self._retiring_since is None:
+            self._retiring_since = now
+            if stat is None:  # say so at once; the file that reappears is announced as opened
+                items.append(Notice(str(self.path), "deleted", "file deleted; waiting for it to reappear"))
+                self._waiting_announced = True
+        before = self.offset
+        items += self._read_to_end(READ_CHUNK)
+        if self.behind:  # a backlog in the old file: the rest of it on the next polls, before anything new
+            return items
+        if self.offset != before:  # still growing: its writer has not noticed yet
+            self._retiring_since = now
+        quiet = now - self._retiring_since >= self.retire_quiet_s
+        if not (moved_on or quiet):
+            return items
+        # What was written to the old file before the writer moved on all counts; a partial line is cut off.
+        items += self.decoder.finish()
+        deleted = self._waiting_announced
+        self.close()
+        if stat is None:
+            return items
+        if not deleted:
+            items.append(Notice(str(self.path), "rotated", "file replaced (rotated); reading the new one"))
+        self._open(items)
         return items + self._read_to_end(READ_CHUNK)
 
     def _open(self, items: list[Item]) -> bool:

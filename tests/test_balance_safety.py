@@ -274,3 +274,53 @@ def test_a_task_whose_head_reads_a_detached_input_is_left_out_of_the_others_bala
     assert balance.scope == f"{alone.scope}; left out: c (no gradient on them)"
     with pytest.raises(BalanceUnavailable, match="the a and c tasks reach no parameter another task reaches"):
         compute_task_balance({name: losses[name] for name in "ac"}, model)  # one task left to balance: none
+
+
+def two_heads(seed: int = 0) -> nn.ModuleDict:
+    torch.manual_seed(seed)
+    return nn.ModuleDict({"trunk": nn.Linear(4, 8), "a": nn.Linear(8, 1), "b": nn.Linear(8, 1)})
+
+
+def train_three_steps(monitor: GradientMonitor | None, task_losses) -> nn.ModuleDict:
+    """Three SGD steps of a user's own loop (its own scalar total and backward); ``task_losses`` turns the two
+    per-sample loss vectors into what the user hands the monitor."""
+    model = two_heads()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        h = model["trunk"](torch.randn(32, 4, generator=generator))
+        per_sample = ((model["a"](h).squeeze(1) - 1) ** 2, (model["b"](h).squeeze(1) + 1) ** 2)
+        optimizer.zero_grad()
+        if monitor is not None:
+            monitor.on_before_backward(model, task_losses(*per_sample))
+        (per_sample[0].mean() + per_sample[1].mean()).backward()
+        if monitor is not None:
+            monitor.on_before_optimizer_step(model)
+        optimizer.step()
+    return model
+
+
+def test_integer_task_names_are_measured_under_their_text():
+    out, warnings = io.BytesIO(), []
+    monitor = GradientMonitor(every_n_steps=1, stream=out, warn=warnings.append)
+    train_three_steps(monitor, lambda a, b: {0: a.mean(), 1: b.mean()})
+    balances = [r for r in map(decode_record, out.getvalue().splitlines()) if r["kind"] == "task_balance"]
+    assert warnings == [] and len(balances) == 3
+    assert set(balances[0]["norms"]) == {"0", "1"} and set(balances[0]["losses"]) == {"0", "1"}
+
+
+def test_a_per_sample_loss_vector_is_one_clear_warning_and_the_training_is_unchanged():
+    plain = train_three_steps(None, lambda a, b: {})
+    warnings: list[str] = []
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warnings.append)
+    monitored = train_three_steps(monitor, lambda a, b: {"type": a, "pointer": b.mean()})
+    assert warnings == ["WARNING: task balance: task loss 'type' has shape (32,): pass a scalar (call .mean())"]
+    for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_task_name_that_is_not_text_or_a_whole_number_is_named_in_the_warning():
+    with pytest.raises(BalanceUnavailable, match=r"^task name \(1, 2\) is a tuple: name each task with a string$"):
+        model = two_heads()
+        h = model["trunk"](torch.randn(8, 4))
+        compute_task_balance({(1, 2): model["a"](h).mean(), "b": model["b"](h).mean()}, model)

@@ -391,3 +391,21 @@ def test_from_end_once_with_nothing_after_the_skipped_history_says_so(tmp_path):
     result = subprocess.run([*WATCH.split(), "follow", "--from-end", "--once", str(path)],
                             capture_output=True, text=True, timeout=60, cwd=REPO)  # fmt: skip
     assert result.returncode == 2 and "holds no record after what it held when followed" in result.stderr
+
+
+def test_once_on_a_log_of_two_runs_names_the_run_that_failed(tmp_path):
+    """The dashboard shows the log's latest run (healthy here); the run before it collapsed and fails the check:
+    the output must say which run that was, not leave a healthy header beside exit 1."""
+    failing, healthy = SAMPLES / "pointer_collapse.jsonl", SAMPLES / "healthy.jsonl"
+    two = tmp_path / "two.jsonl"
+    two.write_bytes(failing.read_bytes() + healthy.read_bytes())
+    failing_run, healthy_run = (decode_record(path.read_bytes().splitlines()[0])["run"] for path in (failing, healthy))
+    result = follow_once("--once", two)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stdout.splitlines() if "not ok:" in line]
+    assert f"{failing_run} (verdict=error" in line and healthy_run not in line, line
+    assert "2 runs" in line
+    both_ok = tmp_path / "both_ok.jsonl"
+    both_ok.write_bytes(healthy.read_bytes() * 2)
+    result = follow_once("--once", both_ok)
+    assert result.returncode == 0 and "not ok:" not in result.stdout and "2 runs" in result.stdout

@@ -313,3 +313,39 @@ def test_halt_on_stops_the_fit_after_the_step_whose_gradients_raised_the_alert(t
     assert end["status"] == "failed" and end["error"].startswith(
         "halted on critical alert nonfinite (gradients) at step 6"
     )
+
+
+class LossesOnEvenBatches(TwoTaskModule):
+    """Odd batches come from a source without regression labels: ``training_step`` sets ``task_losses`` only on
+    even batches (the attribute then still holds the previous batch's losses, whose graph backward has freed).
+    ``set_at`` keeps, per optimizer step, the losses this step set."""
+
+    def __init__(self, weights: dict[str, float]):
+        super().__init__(weights)
+        self.set_at: dict[int, dict[str, float]] = {}
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx % 2 == 0:
+            loss = super().training_step(batch, batch_idx)
+            self.set_at[self.trainer.global_step + 1] = {k: v.item() for k, v in self.task_losses.items()}
+            return loss
+        x, labels, _ = batch
+        loss = nn.functional.cross_entropy(self.cls(self.trunk(x)), labels)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+
+def test_task_losses_of_an_earlier_step_are_never_measured_as_this_steps(tmp_path, capfd, caplog):
+    torch.manual_seed(0)
+    log = tmp_path / "run.jsonl"
+    module = LossesOnEvenBatches({"cls": 1.0, "reg": 1.0})
+    trainer = lightning.Trainer(accelerator="cpu", devices=1, max_steps=12, logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False,
+                                callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=1)])  # fmt: skip
+    trainer.fit(module, loader())
+    balances = [r for r in strict_lines(log) if r["kind"] == "task_balance"]
+    assert [r["step"] for r in balances] == sorted(module.set_at) == [1, 3, 5, 7, 9, 11]
+    for record in balances:  # each measured the losses its own step set
+        assert record["losses"] == pytest.approx(module.set_at[record["step"]]), record["step"]
+    captured = capfd.readouterr()
+    assert "could not be measured" not in captured.out + captured.err + caplog.text

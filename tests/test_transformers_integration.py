@@ -301,3 +301,28 @@ def test_under_ddp_halt_on_stops_every_rank_at_the_step_one_ranks_balance_probe_
     for rank in (0, 1):
         end = strict_lines(tmp_path / f"run.rank{rank}.jsonl")[-1]
         assert end["error"].startswith("halted on error alert collapse (b) at step 6 on rank 1"), end
+
+
+def test_an_epoch_in_which_the_trainer_logged_no_loss_is_recorded_and_check_is_happy(tmp_path):
+    """``logging_steps`` (25) longer than an epoch (10 steps): epochs 1 and 2 log no ``loss``. Each still gets
+    its record, with the mean of the losses its training forwards returned; ``check`` reads the log as good."""
+    torch.manual_seed(0)
+    model = tiny_bert()
+    returned: list[float] = []
+    model.register_forward_hook(lambda m, _a, out: returned.append(out["loss"].item()) if m.training else None)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), num_train_epochs=3, per_device_train_batch_size=4, learning_rate=1e-3,
+        logging_steps=25, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    transformers.Trainer(model=model, args=args, train_dataset=Sentences(40), callbacks=[callback]).train()
+    assert len(returned) == 30
+    epochs = [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3]
+    assert [r["step"] for r in epochs] == [10, 20, 30]
+    assert epochs[0]["train_loss"] == pytest.approx(sum(returned[:10]) / 10, rel=1e-5)
+    assert epochs[1]["train_loss"] == pytest.approx(sum(returned[10:20]) / 10, rel=1e-5)
+    check = subprocess.run([sys.executable, "-m", "moola_watch.cli", "check", "--json", str(tmp_path / "run.jsonl")],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+    report = json.loads(check.stdout.splitlines()[0])
+    assert check.returncode == 0 and report["bad_lines"] == 0 and report["verdict"] == "healthy", check.stdout

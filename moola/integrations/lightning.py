@@ -6,7 +6,10 @@
 - task balance in ``on_before_backward``, from the LightningModule's attribute ``task_losses`` (task name ->
   loss tensor of the current batch, set in ``training_step``) and optional ``task_weights`` (name -> weight in
   the total): measured by ``torch.autograd.grad`` on the shared parameters, so the step's gradient and any
-  DDP synchronisation are untouched;
+  DDP synchronisation are untouched. Only the losses ``training_step`` set for *this* batch are measured: a
+  loss tensor the attribute already held when the batch started (a step that set no ``task_losses``, or not
+  every task's) is an earlier step's and is left out, so a batch without two fresh task losses is not
+  measured. The attribute itself is left as the module set it (the callback never assigns to it);
 - ``run_start`` when fitting starts, ``run_end`` when it ends: ``completed``, ``failed`` (with the error) or
   ``interrupted`` (Ctrl-C).
 
@@ -17,6 +20,7 @@ rank 0's batch.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +45,23 @@ def run_config(trainer: lightning.Trainer, module: lightning.LightningModule) ->
         "world_size": trainer.world_size,
         "hparams": dict(module.hparams),
     }
+
+
+def loss_refs(losses: object) -> list[weakref.ref[torch.Tensor]]:
+    """Weak references to the loss tensors ``losses`` (a module's ``task_losses``) holds now: enough to know them
+    again by identity later, without keeping their graphs alive."""
+    if not isinstance(losses, Mapping):
+        return []
+    return [weakref.ref(value) for value in losses.values() if isinstance(value, torch.Tensor)]
+
+
+def fresh_losses(losses: object, earlier: list[weakref.ref[torch.Tensor]]) -> dict[str, Any]:
+    """The entries of ``losses`` that are not one of the ``earlier`` tensors (those held before this batch): the
+    losses set for this step. Anything that is not a tensor is passed on, for the monitor to say what is wrong."""
+    if not isinstance(losses, Mapping):
+        return {}
+    stale = {id(tensor) for ref in earlier if (tensor := ref()) is not None}
+    return {name: value for name, value in losses.items() if id(value) not in stale}
 
 
 def grad_scaler(trainer: lightning.Trainer) -> torch.amp.GradScaler | None:
@@ -80,13 +101,24 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         self.monitor.on_epoch_start(trainer.current_epoch + 1)
         self._metrics_before = dict(trainer.callback_metrics)
 
+    def on_train_batch_start(
+        self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # What task_losses holds before training_step runs is an earlier step's: remember it, to leave it out.
+        self._earlier_losses = loss_refs(getattr(pl_module, TASK_LOSSES, None))
+
     def on_before_backward(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, loss: torch.Tensor
     ) -> None:
-        losses = getattr(pl_module, TASK_LOSSES, None)
+        losses = fresh_losses(getattr(pl_module, TASK_LOSSES, None), getattr(self, "_earlier_losses", []))
         if losses:
+            weights = getattr(pl_module, TASK_WEIGHTS, None)
+            if isinstance(weights, Mapping):  # a weight for a task left out (stale) is not a mistake here
+                weights = {name: weight for name, weight in weights.items() if name in losses}
             self.monitor.at_step(trainer.global_step + 1)
-            self.monitor.on_before_backward(pl_module, losses, getattr(pl_module, TASK_WEIGHTS, None))
+            self.monitor.on_before_backward(pl_module, losses, weights)
+        # A second backward in the same batch (manual optimisation) measures only what was set after this one.
+        self._earlier_losses = loss_refs(getattr(pl_module, TASK_LOSSES, None))
 
     def on_before_optimizer_step(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, optimizer: torch.optim.Optimizer

@@ -16,8 +16,11 @@ measure by ``torch.autograd.grad`` before the backward: the step's gradients are
 Epochs: an ``epoch`` record per epoch, with the mean of the training ``loss`` the Trainer logged in it, the
 learning rate, and the evaluation it ran for that epoch (``eval_loss`` as ``val_loss``, every other
 ``eval_*`` metric under ``metrics``). The Trainer evaluates after ``on_epoch_end``, so the record is written
-when the next epoch begins or training ends. An epoch in which no loss was logged (``logging_steps`` longer
-than the epoch) has no record.
+when the next epoch begins or training ends. An epoch in which the Trainer logged no loss (``logging_steps``
+longer than the epoch) is recorded too, with the mean of the ``loss`` its training forwards returned (kept on
+the device, summed without a sync per step; under DDP, rank 0's own batches); only an epoch whose forwards
+returned no loss either (a ``compute_loss`` that computes it outside the model) has no record, with one warning:
+the record contract requires ``train_loss``.
 
 Under fp16 the gradients at the end of the backward still carry the GradScaler's scale (the Trainer unscales
 them inside its clip): the callback divides the norms by the scale, and a step the scaler skips for an
@@ -55,6 +58,14 @@ class EpochNotes:
         self.losses: list[float] = []
         self.lr: float | None = None
         self.evaluation: dict[str, float] = {}
+        self.returned: torch.Tensor | None = None  # the sum of the losses the epoch's training forwards returned
+        self.forwards = 0
+
+    def see(self, loss: torch.Tensor) -> None:
+        """One training forward's returned loss: summed where it lies, without waiting for the device."""
+        loss = loss.detach().float().reshape(())
+        self.returned = loss if self.returned is None else self.returned + loss
+        self.forwards += 1
 
     def add(self, logs: Mapping[str, Any]) -> None:
         """One ``on_log`` entry: a training log (``loss``, ``learning_rate``) or an evaluation (``eval_*``)."""
@@ -67,12 +78,24 @@ class EpochNotes:
                 self.evaluation[name] = float(value)
 
     def fields(self) -> dict[str, Any] | None:
-        """The ``epoch`` record's fields, or None when no training loss was logged in the epoch."""
-        if not self.losses:
+        """The ``epoch`` record's fields: the training loss is the mean of the losses the Trainer logged in the
+        epoch, else (none logged) of those its training forwards returned; None when there was neither."""
+        if self.losses:
+            train_loss = sum(self.losses) / len(self.losses)
+        elif self.returned is not None:
+            train_loss = self.returned.item() / self.forwards
+        else:
             return None
         metrics = {name: value for name, value in self.evaluation.items() if name != "eval_loss"}
-        return {"train_loss": sum(self.losses) / len(self.losses), "val_loss": self.evaluation.get("eval_loss"),
-                "lr": self.lr, "metrics": metrics}  # fmt: skip
+        return {"train_loss": train_loss, "val_loss": self.evaluation.get("eval_loss"), "lr": self.lr,
+                "metrics": metrics}  # fmt: skip
+
+
+def returned_loss(output: Any) -> torch.Tensor | None:
+    """The loss a model's forward returned (``output["loss"]``, as the Trainer reads it from a ``ModelOutput``
+    or a dict), if it is a one-element tensor; else None."""
+    loss = output.get("loss") if isinstance(output, Mapping) else None
+    return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
 
 
 def run_config(args: transformers.TrainingArguments) -> dict[str, Any]:
@@ -142,7 +165,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         control: transformers.TrainerControl,
         **kwargs: Any,
     ) -> None:
-        self._write_epoch()
+        self._write_epoch(state.global_step)
         self._epoch = EpochNotes(int(state.epoch or 0) + 1)
         self.monitor.on_epoch_start(self._epoch.epoch)
 
@@ -167,11 +190,22 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         if self._epoch is not None:
             self._epoch.ended = True  # its evaluation comes next: written at the next epoch or the end
 
-    def _write_epoch(self) -> None:
+    def _write_epoch(self, global_step: int) -> None:
+        """Write the ended epoch's record, numbered ``global_step``: the last optimizer step taken in it (the
+        monitor counts only to the last step it prepared, one short when the epoch's last step measured nothing)."""
         notes, self._epoch = self._epoch, None
-        fields = notes.fields() if notes is not None and notes.ended else None
-        if notes is not None and fields is not None:
+        if notes is None or not notes.ended:
+            return
+        self.monitor.at_step(global_step + 1)
+        fields = notes.fields()
+        if fields is not None:
             self.monitor.on_epoch_end(notes.epoch, **fields)
+        else:  # once (the monitor's own once-only warning, quiet on ranks that do not write): every epoch is alike
+            self.monitor._warn_once(
+                "no epoch loss",
+                f"WARNING: epoch {notes.epoch}: the Trainer logged no training loss and the model's forward returned "
+                "none, so it has no epoch record (set logging_steps to at most the steps of an epoch)",
+            )
 
     def on_step_begin(
         self,
@@ -211,7 +245,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         **kwargs: Any,
     ) -> None:
         self._release()
-        self._write_epoch()
+        self._write_epoch(state.global_step)
         self.monitor.on_run_end("completed")
 
     # -------------------------------------------------------------- task balance
@@ -224,9 +258,14 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         self.monitor.at_step(self._step)
         self.monitor.on_before_backward(model, losses, weights)
 
-    def _on_forward(self, module: nn.Module, _args: Any, _output: Any) -> None:
+    def _on_forward(self, module: nn.Module, _args: Any, output: Any) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return  # an evaluation, not a training step
+        loss = returned_loss(output)
+        if loss is not None and self._epoch is not None:
+            self._epoch.see(loss)
         losses = getattr(module, TASK_LOSSES, None)
-        if losses and module.training and torch.is_grad_enabled():
+        if losses:
             self.on_task_losses(module, losses, getattr(module, TASK_WEIGHTS, None))
 
     # -------------------------------------------------------------- gradient statistics

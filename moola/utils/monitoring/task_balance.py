@@ -3,7 +3,10 @@ every task reaches (or at a shared representation), their norms, pairwise cosine
 from one Gram matrix and one host transfer. Pure measuring: no records, no rules.
 
 The one way in is ``losses: Mapping[str, Tensor]`` with ``weights: Mapping[str, float]`` (each loss's weight
-in the total, default 1): names, not argument positions, say which loss is which.
+in the total, default 1): names, not argument positions, say which loss is which. A whole-number name (``{0:
+loss_a, 1: loss_b}``) is taken as its text (``"0"``, ``"1"``), as it is written in the records; any other name,
+and a loss that is not one number (a per-sample loss vector), is refused with a :class:`BalanceUnavailable` that
+names the task and says what to pass, before any gradient is computed.
 
 A task that reaches no parameter any other task reaches (a head fed a detached input, by mistake or as a linear
 probe) is left out of the balance, which is measured for the others, and named once in a warning of the
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,6 +78,35 @@ def task_weights(
     return {
         name: float(w.detach()) if isinstance(w := given.get(name, 1.0), torch.Tensor) else float(w) for name in losses
     }
+
+
+def _task_name(name: object) -> str:
+    """A task's name as the records hold it: a string, or a whole number's text."""
+    if isinstance(name, str):
+        return name
+    if isinstance(name, int) and not isinstance(name, bool):
+        return str(name)
+    raise BalanceUnavailable(f"task name {name!r} is a {type(name).__name__}: name each task with a string")
+
+
+def named_task_losses(
+    losses: Mapping[Any, Any], weights: Mapping[Any, Any] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``losses`` and ``weights`` keyed by text, each loss checked to be a one-number tensor: what a user is told
+    (one line naming the task) instead of an error from deep inside the measuring."""
+    named: dict[str, torch.Tensor] = {}
+    for key, loss in losses.items():
+        name = _task_name(key)
+        if name in named:
+            raise BalanceUnavailable(f"two task losses are named {name!r} (once as text, once as a number)")
+        if not isinstance(loss, torch.Tensor):
+            raise BalanceUnavailable(f"task loss {name!r} is a {type(loss).__name__}: pass the loss tensor")
+        if loss.numel() != 1:
+            raise BalanceUnavailable(f"task loss {name!r} has shape {tuple(loss.shape)}: pass a scalar (call .mean())")
+        named[name] = loss
+    if weights is None:
+        return named, None
+    return named, {_task_name(key): weight for key, weight in weights.items()}
 
 
 def _require_graphs(losses: Mapping[str, torch.Tensor]) -> None:
@@ -252,7 +285,9 @@ def compute_task_balance(
 
     Uses ``torch.autograd.grad(..., retain_graph=True)``: the graph, ``.grad`` and any gradient
     synchronisation are untouched, so it is safe under DDP, FSDP, accelerate and a GradScaler; the caller still
-    does the step's backward. One host transfer."""
+    does the step's backward. One host transfer. Task names and losses are checked first (see
+    :func:`named_task_losses`)."""
+    losses, weights = named_task_losses(losses, weights)
     weights = task_weights(losses, weights)
     _require_graphs(losses)
     left_out: tuple[str, ...] = ()
@@ -299,8 +334,9 @@ class FusedBackward:
         weights: Mapping[str, float] | None = None,
         shared_parameters: Sequence[nn.Parameter] | None = None,
     ) -> None:
+        losses, named_weights = named_task_losses(losses, weights)
         self.losses = losses
-        self.weights = task_weights(losses, weights)
+        self.weights = task_weights(losses, named_weights)
         self.shared, self.left_out = resolve_shared(model, losses, shared_parameters)
         leaves: dict[int, torch.Tensor] = {}
         for loss in losses.values():
