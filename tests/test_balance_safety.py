@@ -324,3 +324,13 @@ def test_a_task_name_that_is_not_text_or_a_whole_number_is_named_in_the_warning(
         model = two_heads()
         h = model["trunk"](torch.randn(8, 4))
         compute_task_balance({(1, 2): model["a"](h).mean(), "b": model["b"](h).mean()}, model)
+
+
+def test_a_first_task_loss_that_is_a_number_is_one_clear_warning_and_the_training_is_unchanged():
+    plain = train_three_steps(None, lambda a, b: {})
+    warnings: list[str] = []
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warnings.append)
+    monitored = train_three_steps(monitor, lambda a, b: {"b": 0.5, "a": a.mean()})
+    assert warnings == ["WARNING: task balance: task loss 'b' is a float: pass the loss tensor"]
+    for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

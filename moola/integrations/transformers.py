@@ -201,7 +201,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         if fields is not None:
             self.monitor.on_epoch_end(notes.epoch, **fields)
         else:  # once (the monitor's own once-only warning, quiet on ranks that do not write): every epoch is alike
-            self.monitor._warn_once(
+            self.monitor.warn_once(
                 "no epoch loss",
                 f"WARNING: epoch {notes.epoch}: the Trainer logged no training loss and the model's forward returned "
                 "none, so it has no epoch record (set logging_steps to at most the steps of an epoch)",

@@ -79,7 +79,7 @@ def static_graph_first_iteration(losses: Iterable[torch.Tensor]) -> bool:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return False
     seen: set[object] = set()
-    todo = [loss.grad_fn for loss in losses if loss.grad_fn is not None]
+    todo = [node for loss in losses if (node := getattr(loss, "grad_fn", None)) is not None]
     while todo:
         node = todo.pop()
         if node in seen:

@@ -284,8 +284,11 @@ class GradientMonitor:
         :func:`~moola.utils.monitoring.task_balance.compute_task_balance`), record and return it. Safe
         wherever someone else does the backward (DDP, FSDP, accelerate, a GradScaler). None when not due or
         not measurable (one warning saying why)."""
-        if len(losses) < 2 or not any(loss.requires_grad for loss in losses.values()) or not self.balance_due():
+        # (A loss that is not a tensor counts as requiring grad here: the probe then says what is wrong with it.)
+        if len(losses) < 2 or not any(getattr(loss, "requires_grad", True) for loss in losses.values()):
             return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
+        if not self.balance_due():
+            return None
         self._last_balance_at = (self.epoch, self.step)
 
         def measure() -> TaskGradients:
@@ -339,7 +342,7 @@ class GradientMonitor:
             self.at_step(step)
         stats = None
         if self.enabled and self.every_n_steps is None and self.epoch is None:
-            self._warn_once(
+            self.warn_once(
                 "no-epoch",
                 "WARNING: GradientMonitor counts epochs but was given none: pass every_n_steps= to measure by "
                 "optimizer steps, or the epoch to update()/on_epoch_start()",
@@ -350,7 +353,7 @@ class GradientMonitor:
             if stats is not None and "amp" in stats and stats["amp"]["overflow"]:
                 self._last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
         elif self._counting_optimizer and step is None and self._last_stats_at == (self.epoch, self.step):
-            self._warn_once(
+            self.warn_once(
                 "again",
                 f"WARNING: on_before_optimizer_step was called again before the optimizer stepped (step {self.step}):"
                 " with gradient accumulation call it once per optimizer step, after the last micro-batch's backward;"
@@ -372,7 +375,7 @@ class GradientMonitor:
         try:
             halted = halted_anywhere(self.halt_reason if self.halted_by is not None else None)
         except Exception as exc:  # a broken process group: each rank decides alone, as before
-            self._warn_once("halt agreement", f"WARNING: the ranks could not agree on halting ({exc})")
+            self.warn_once("halt agreement", f"WARNING: the ranks could not agree on halting ({exc})")
             return
         self._halting_agreed = halted is not None
         if halted is not None and self.halted_by is None:
@@ -529,7 +532,7 @@ class GradientMonitor:
         self._last_balance_at = (self.epoch, self.step)
         if balance.left_out:
             many = len(balance.left_out) > 1
-            self._warn_once(
+            self.warn_once(
                 f"left out {balance.left_out}",
                 f"WARNING: task balance: the {' and '.join(balance.left_out)} task{'s get' if many else ' gets'} no "
                 "gradient on the parameters the other tasks share (a head fed a detached input?): left out of the "
@@ -578,9 +581,9 @@ class GradientMonitor:
                 self.on_run_start(model)
             return measure()
         except BalanceUnavailable as exc:
-            self._warn_once(f"{what}: {exc}", f"WARNING: {what}: {exc}")
+            self.warn_once(f"{what}: {exc}", f"WARNING: {what}: {exc}")
         except Exception as exc:  # monitoring must never take training down
-            self._warn_once(
+            self.warn_once(
                 what, f"WARNING: {what} could not be measured ({type(exc).__name__}: {exc}); training continues"
             )
         return None
@@ -591,7 +594,7 @@ class GradientMonitor:
             try:
                 self._on_alert(alert)
             except Exception as exc:  # a broken callback must not take training down
-                self._warn_once("on_alert", f"WARNING: on_alert raised {type(exc).__name__}: {exc}; training continues")
+                self.warn_once("on_alert", f"WARNING: on_alert raised {type(exc).__name__}: {exc}; training continues")
         if (
             self.halt_on is not None
             and not self._ended  # run_end's own alerts (the run failed) are its end, not a reason to stop it
@@ -602,7 +605,8 @@ class GradientMonitor:
             self.halted_by = alert
             self._echo(f"{PREFIX} Halting: {alert.severity} alert {alert.rule} ({alert.subject})")
 
-    def _warn_once(self, key: str, message: str) -> None:
+    def warn_once(self, key: str, message: str) -> None:
+        """Give ``message`` through the monitor's warning channel, the first time ``key`` is seen."""
         if key not in self._warned:
             self._warned.add(key)
             self._warn(message)
@@ -616,7 +620,7 @@ class GradientMonitor:
             return
         fields, problems = schema.clean_fields(kind, fields)
         for problem in problems:
-            self._warn_once(problem, f"WARNING: {problem} in {'an' if kind[0] in 'aeiou' else 'a'} {kind} record")
+            self.warn_once(problem, f"WARNING: {problem} in {'an' if kind[0] in 'aeiou' else 'a'} {kind} record")
         if any("(left out)" not in problem for problem in problems):
             return  # a required field is unusable: a record no reader would accept is not written
         self._write(kind, fields)
@@ -654,7 +658,7 @@ class GradientMonitor:
             try:
                 line = schema.encode_native(record) if native else schema.encode_record(record)
             except (TypeError, ValueError) as exc:  # a value no encoder takes: that record, never the run
-                self._warn_once(f"encode {kind}", f"WARNING: a {kind} record could not be written ({exc})")
+                self.warn_once(f"encode {kind}", f"WARNING: a {kind} record could not be written ({exc})")
             else:
                 self._writer.write_line(line, kind)
         if events:
