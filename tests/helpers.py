@@ -37,10 +37,16 @@ def strict_lines(path: Path) -> list[dict]:
     return [json.loads(line, parse_constant=refuse) for line in path.read_text("utf-8").splitlines()]
 
 
-def run_readme_example(marker: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run the README's Python block that follows ``<!-- marker -->`` as written, in a fresh process in ``cwd``."""
+def run_readme_example(
+    marker: str, cwd: Path, timeout: float = 240, edit: tuple[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the README's Python block that follows ``<!-- marker -->`` as written (or with the one ``edit``, old
+    text -> new, that the README itself describes), in a fresh process in ``cwd``."""
     readme = (REPO / "README.md").read_text("utf-8")
     code = readme[readme.index(f"<!-- {marker} -->") :].split("```python\n", 1)[1].split("```", 1)[0]
+    if edit is not None:
+        assert edit[0] in code, edit
+        code = code.replace(*edit)
     script = cwd / "example.py"
     script.write_text(code, "utf-8")
     result = subprocess.run([sys.executable, str(script)], cwd=cwd, capture_output=True, text=True, timeout=timeout)

@@ -232,7 +232,16 @@ def test_readme_lightning_example_runs_as_written_and_check_names_the_starved_ta
     run_readme_example("lightning example", tmp_path)
     code, verdict = check(tmp_path, "runs/lightning.jsonl")
     assert code == 1
-    assert {alert["subject"] for alert in verdict["alerts"] if alert["rule"] == "collapse"} == {"cls"}
+    collapse = [alert for alert in verdict["alerts"] if alert["rule"] == "collapse"]
+    assert [(alert["subject"], alert["counts_as"]) for alert in collapse] == [("cls", "error")]
+    weighted = verdict["runs"][0]["metrics"]["val_cls_acc"]
+    # "With `TwoTasks()` (both weights 1) the same run passes", and its classifier learns more.
+    balanced = tmp_path / "balanced"
+    balanced.mkdir()
+    run_readme_example("lightning example", balanced, edit=("TwoTasks(reg_weight=1e4)", "TwoTasks()"))
+    code, verdict = check(balanced, "runs/lightning.jsonl")
+    assert code == 0 and verdict["runs"][0]["verdict"] == "healthy"
+    assert verdict["runs"][0]["metrics"]["val_cls_acc"] > weighted + 0.05
 
 
 class ValidatedEveryOtherEpoch(TwoTaskModule):
