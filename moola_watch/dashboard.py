@@ -267,29 +267,42 @@ def tasks_panel(engine: rules.RuleEngine, latest: schema.Record, history: RunVie
 
 
 def layers_table(engine: rules.RuleEngine, options: ViewOptions) -> RenderableType:
+    """The latest measurement's layers, largest and smallest norms first, flagged as the layer rules flag them
+    (a bias zero by construction is not vanishing); for a model whose record groups its tensors, the tensors it
+    names (the extremes), which are what the rules judge."""
     stats = engine.last_grad_stats
     if stats is None:
         return Text("")
-    th = engine.thresholds
-    norms = stats["layer_norms"]
+    norms = rules.judged_layer_norms(stats)
+    flags = rules.flag_layers(norms, engine.thresholds)
+    flagged = {
+        **{name: ("vanishing", "yellow") for name in flags.vanishing},
+        **{name: ("exploding", "bold red") for name in flags.exploding},
+        **{name: ("NON-FINITE", "bold white on red") for name in flags.nonfinite},
+    }
     names = [n for n in norms if options.layers is None or options.layers.search(n)]
-    ordered = sorted(names, key=lambda n: (math.isfinite(norms[n]), -norms[n] if math.isfinite(norms[n]) else 0))
+    # A bias below the vanishing bound that the rules do not flag is zero by construction: not one of the
+    # smallest worth a row (a transformer has one per attention layer, and they would hide the flagged ones).
+    structural = {n for n in names if norms[n] < engine.thresholds.vanishing and n not in flagged}
+    ordered = sorted(
+        (n for n in names if n not in structural),
+        key=lambda n: (math.isfinite(norms[n]), -norms[n] if math.isfinite(norms[n]) else 0),
+    )
     shown = ordered[: options.top] + [n for n in ordered[-options.top :] if n not in ordered[: options.top]]
-    table = Table(title=layers_title(len(shown), len(names), len(norms)), title_justify="left", expand=True)
+    groups = stats.get("layer_groups")
+    tensors = groups.get("tensors") if isinstance(groups, dict) else None
+    title = layers_title(len(shown), len(names), len(norms))
+    if isinstance(tensors, int) and tensors > len(norms):  # the record names only the model's extremes
+        title = f"Layers ({len(shown)} of the {len(names)} named of {tensors} tensors: the largest and smallest)"
+    if structural:
+        title += f"; {len(structural)} biases zero by construction not shown"
+    table = Table(title=title, title_justify="left", expand=True)
     table.add_column("layer", ratio=1, overflow="fold")
     table.add_column("norm", justify="right", no_wrap=True)
     table.add_column("flag", no_wrap=True)
     for name in shown:
-        norm = norms[name]
-        if not math.isfinite(norm):
-            flag, style = "NON-FINITE", "bold white on red"
-        elif norm > th.exploding:
-            flag, style = "exploding", "bold red"
-        elif norm < th.vanishing:
-            flag, style = "vanishing", "yellow"
-        else:
-            flag, style = "", ""
-        table.add_row(text(name, style), Text(number(norm), style=style), Text(flag, style=style))
+        flag, style = flagged.get(name, ("", ""))
+        table.add_row(text(name, style), Text(number(norms[name]), style=style), Text(flag, style=style))
     return table
 
 

@@ -212,6 +212,8 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("max_norm", _number, True),
         ("nonfinite_count", _integer, True),
         ("nonfinite_layers", _text_list, False),
+        ("top_layers", _number_map, False),  # a model of more tensors than layer_norms names: the extremes
+        ("layer_groups", _object, False),
         ("cost_ms", _number, False),
         ("amp", _object, False),  # {"scale": float, "overflow": bool} when a GradScaler is in use
     ),

@@ -138,6 +138,22 @@ def test_layer_table_counts_what_it_shows() -> None:
     assert "Layers (2 of 8 matching --layers, 13 in all" in filtered
 
 
+def test_layer_table_flags_as_the_rules_do_and_leaves_out_biases_zero_by_construction(tmp_path: Path) -> None:
+    norms = {"attn.key.weight": 0.3, "attn.key.bias": 1e-14, "dead.weight": 1e-12, "dead.bias": 1e-13}
+    norms |= {f"block{i}.weight": 0.2 + i / 100 for i in range(6)}
+    builder = LogBuilder().start()
+    for epoch in (1, 2, 3):  # the vanishing rule confirms over 3 samples
+        builder.grad(epoch, 0.2, 0.3, norms)
+    log = builder.end().write(tmp_path / "log.jsonl")
+    table = watch("--once", "--top", "2", log).stdout
+    assert "Layers (4 of 10: the largest and smallest norms); 1 biases zero by construction not shown" in table
+    assert "attn.key.bias" not in table  # the key bias's gradient is zero by construction: not vanishing
+    rows = table[table.index("Layers (") :].splitlines()
+    assert [line.split()[1] for line in rows if "vanishing" in line] == ["dead.weight", "dead.bias"]
+    alerts = watch("check", log).stdout
+    assert "Vanishing gradients in 2 layers (norm < 1e-07): dead.weight, dead.bias" in alerts
+
+
 def test_durations_over_a_minute_are_in_human_units(tmp_path: Path) -> None:
     log = LogBuilder(t0=time.time() - 2 * 86400 - 3 * 3600 - 600).start().epoch(1).write(tmp_path / "log.jsonl")
     result = watch("check", log)

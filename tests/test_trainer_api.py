@@ -2,6 +2,7 @@
 what it records, on models that are not the project's LSTM."""
 
 import io
+import json
 import logging
 import math
 import subprocess
@@ -14,6 +15,7 @@ from torch import nn
 
 from moola.utils.monitoring import GradientMonitor
 from moola.utils.monitoring.console import console_lines
+from moola.utils.monitoring.records import compact_layer_norms
 from moola_watch.schema import MAX_LINE_BYTES, Rejected, decode_record
 
 
@@ -182,6 +184,54 @@ def test_a_model_of_20k_tensors_writes_records_the_watcher_reads_with_every_faul
     assert result.returncode == 1 and "nonfinite" in result.stdout, result.stdout
 
 
+class Blocks(nn.Module):
+    """A stack of small blocks whose summed output every block feeds (no block shadows another's gradient)."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(count))
+        self.out = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(sum(torch.tanh(layer(x)) for layer in self.layers) / len(self.layers))
+
+
+def test_a_model_of_more_tensors_than_a_record_names_is_judged_by_its_tensors_not_its_groups(tmp_path):
+    """Beyond max_layer_norms the record's layer_norms are module groups, each the L2 norm of many tensors: the
+    layer rules judge the tensors the record names (top_layers), so a group of healthy tensors is not
+    'exploding', a vanishing tensor is not hidden in its group, and alerts name tensors."""
+    torch.manual_seed(0)
+    model = Blocks(600)  # 1202 tensors, grouped into 2 module groups (layers, out) at a limit of 100
+    log = tmp_path / "blocks.jsonl"
+    with GradientMonitor(every_n_steps=1, log_path=log, max_layer_norms=100) as monitor:
+        for step in range(1, 8):
+            model.zero_grad()
+            model(torch.randn(16, 4)).pow(2).mean().backward()
+            for p in model.parameters():
+                p.grad.mul_(0.3 / max(torch.linalg.vector_norm(p.grad).item(), 1e-12))  # each tensor 0.3
+            if step >= 4:
+                model.layers[40].weight.grad.mul_(1e-9)  # one dead layer, its module's bias with it
+                model.layers[40].bias.grad.mul_(1e-9)
+            monitor.on_before_optimizer_step(model)
+    grad = [r for r in strict_lines(log) if r["kind"] == "grad_stats"][-1]
+    assert grad["layer_groups"] == {"depth": 1, "tensors": 1202, "groups": 2}
+    assert grad["layer_norms"]["layers"] > 10 > grad["max_norm"]  # the group's L2 norm is beyond the bound
+    assert {"layers.40.weight", "layers.40.bias"} <= set(grad["top_layers"])
+    result = run_cli("moola_watch.cli", "check", "--json", str(log))
+    alerts = {(a["rule"], a["first_step"]): a for a in json.loads(result.stdout.splitlines()[0])["alerts"]}
+    assert ("exploding", 1) not in alerts and set(alerts) == {("vanishing", 4)}, alerts
+    assert alerts[("vanishing", 4)]["layers"] == ["layers.40.weight", "layers.40.bias"]
+
+
+def test_a_big_models_record_names_the_smallest_tensors_that_are_not_zero_by_construction():
+    """Biases before a normalization (or attention key biases) get no gradient by construction: named among the
+    smallest, they would hide the one dead layer the watcher must see."""
+    norms = {f"layers.{i}.{kind}": 0.3 if kind == "weight" else 1e-14 for i in range(30) for kind in ("weight", "bias")}
+    norms["dead.weight"] = 1e-9
+    top = compact_layer_norms(norms, limit=10, top=3, vanishing=1e-7)["top_layers"]
+    assert "dead.weight" in top and not any(name.endswith(".bias") for name in top), top
+
+
 def test_a_layer_added_or_replaced_after_the_first_measurement_is_measured():
     model = TwoHeadMLP()
     monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO())
@@ -235,7 +285,8 @@ def test_a_loop_that_calls_only_on_epoch_end_gets_each_records_own_epoch():
                 optimizer.zero_grad()
             monitor.on_epoch_end(epoch, train_loss=0.5)
     records = records_of(sink.getvalue())
-    assert [(r["kind"], r["epoch"]) for r in records if r["kind"] != "run_start"] == [
+    # (An alert record, when a random batch's norm leaves the healthy band, is beside the point here.)
+    assert [(r["kind"], r["epoch"]) for r in records if r["kind"] not in ("run_start", "alert")] == [
         ("grad_stats", None), ("grad_stats", None), ("epoch", 1), ("grad_stats", 2), ("grad_stats", 2),
         ("epoch", 2), ("grad_stats", 3), ("grad_stats", 3), ("epoch", 3), ("run_end", 3),
     ]  # fmt: skip

@@ -68,9 +68,11 @@ def decode_grad_stats(data: bytes) -> GradStats | None:
     if b'"grad_stats"' not in data or len(data) > schema.MAX_LINE_BYTES:
         return None
     try:
-        return _DECODER.decode(data)
+        record = _DECODER.decode(data)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: nested past msgspec's depth limit
         return None
+    # A big model's record judges its top_layers, not the groups the columns would summarise: the engine reads it.
+    return record if record.layer_groups is None else None
 
 
 _NumberMap = dict[str, float]  # JSON integers become floats, as decode_record's number maps make them

@@ -28,6 +28,7 @@ from moola_watch.rules.verdicts import (
     collapse_verdict,
     exploding_layers,
     flag_layers,
+    judged_layer_norms,
     mean_ratio,
     position,
     recommend_ratio,
@@ -39,6 +40,7 @@ __all__ = [
     "RESOLVED", "RULES", "RUN_FAILED", "RUN_INTERRUPTED", "SEVERITY_RANK", "STALE", "TASK_PAIR", "VANISHING",
     "Alert", "AlertEvent", "CollapseVerdict", "Evidence", "GradSummary", "LayerFlags", "MonitoringSummary",
     "Observation", "Rule", "RuleEngine", "RunState", "TaskProgress", "Thresholds", "Verdict", "balance_message",
-    "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "mean_ratio", "position",
+    "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "judged_layer_norms", "mean_ratio",
+    "position",
     "recommend_ratio", "replay", "run_thresholds", "vanishing_layers", "verdict_severity", "weight_fix",
 ]  # fmt: skip

@@ -20,6 +20,7 @@ from moola_watch.rules.verdicts import (
     LayerFlags,
     collapse_verdict,
     flag_layers,
+    judged_layer_norms,
     position,
 )
 
@@ -275,7 +276,7 @@ class Evidence:
         if quiet:
             self.layer_flags, self.nonfinite = NO_LAYER_FLAGS, (0, False)
             return
-        self.layer_flags = flags = flag_layers(record["layer_norms"], self.thresholds)
+        self.layer_flags = flags = flag_layers(judged_layer_norms(record), self.thresholds)
         self.nonfinite = count, overflow = nonfinite_count(record, len(flags.nonfinite))
         if overflow:
             self.amp_overflows += 1

@@ -15,7 +15,7 @@ from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import classify_norm_level
+from moola_watch.rules.verdicts import classify_norm_level, judged_layer_norms
 
 VANISHING = "vanishing"
 EXPLODING = "exploding"
@@ -65,7 +65,7 @@ def _amp_overflow(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findi
 
 
 def _vanishing(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
-    norms = record["layer_norms"]
+    norms = judged_layer_norms(record)
     low = ev.layer_flags.vanishing
     if not low:
         return [("layers", None)]
@@ -82,7 +82,7 @@ def _vanishing_columns(cols: GradColumns, th: Thresholds) -> np.ndarray:
 
 
 def _exploding(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
-    norms = record["layer_norms"]
+    norms = judged_layer_norms(record)
     high = ev.layer_flags.exploding
     if not high:
         return [("layers", None)]

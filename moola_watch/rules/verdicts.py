@@ -26,6 +26,18 @@ class LayerFlags:
 NO_LAYER_FLAGS = LayerFlags((), (), ())
 
 
+def judged_layer_norms(record: Mapping[str, object]) -> Mapping[str, float]:
+    """The per-tensor norms of a ``grad_stats`` record that the layer rules judge: its ``layer_norms``, or for a
+    model of more tensors than a record names (``layer_groups`` present: ``layer_norms`` holds module groups,
+    the L2 norm of many tensors each, which no per-tensor threshold fits) its ``top_layers``, the tensors at
+    both ends of the ranking and the non-finite ones, by name."""
+    if "layer_groups" in record and isinstance(top := record.get("top_layers"), Mapping):
+        return top
+    norms = record["layer_norms"]
+    assert isinstance(norms, Mapping)
+    return norms
+
+
 def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
     """Judge every layer norm. The common all-healthy case is decided by C-level ``sum``/``min``/``max``
     with no per-layer Python work (a model may have thousands of tensors).

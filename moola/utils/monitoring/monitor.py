@@ -484,7 +484,7 @@ class GradientMonitor:
             stats["amp"] = {"scale": amp_scale, "overflow": overflow}
         if self._console_on():
             self._echo(self._stats_lines(stats, norms, overflow))
-        stats.update(compact_layer_norms(norms, self.max_layer_norms))
+        stats.update(compact_layer_norms(norms, self.max_layer_norms, vanishing=self.thresholds.vanishing))
         if stats["nonfinite_count"] > self.max_layer_norms:
             stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
         stats["cost_ms"] = (time.perf_counter() - began) * 1e3

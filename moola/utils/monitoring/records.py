@@ -8,8 +8,11 @@ layers by name.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -74,32 +77,73 @@ def _group_norm(norms: list[float]) -> float:
     return math.sqrt(math.fsum(n * n for n in norms))
 
 
+def _is_bias(name: str) -> bool:
+    return name.rpartition(".")[2].startswith("bias")
+
+
+@dataclass(frozen=True)
+class LayerGrouping:
+    """How a model's tensor names (in model order) are grouped in a record: each group's name and the indices of
+    its members; ``depth`` is the module-prefix depth used. ``siblings`` maps each bias to the other tensors of
+    its module: a bias whose module's weight gets gradient is zero by construction, not vanishing (the rule the
+    watcher applies to the tensors it is shown), so it is not one of the smallest to name."""
+
+    depth: int
+    groups: tuple[tuple[str, tuple[int, ...]], ...]
+    siblings: tuple[tuple[int, tuple[int, ...]], ...]
+
+
+@lru_cache(maxsize=8)
+def layer_grouping(names: tuple[str, ...], limit: int) -> LayerGrouping:
+    """The grouping of ``names`` into at most ``limit`` groups: by the deepest module prefix that gives at most
+    ``limit`` groups, or (flat names, such as a huge ParameterList) by runs of neighbours in model order. Made
+    once per set of names (a model's do not change from step to step)."""
+    depth = max(name.count(".") for name in names) + 1
+    while depth > 1 and len({_prefix(name, depth) for name in names}) > limit:
+        depth -= 1
+    members: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        members.setdefault(_prefix(name, depth), []).append(index)
+    if len(members) > limit:
+        size = math.ceil(len(names) / limit)
+        members = {f"{names[i]}..{names[min(i + size, len(names)) - 1]}": list(range(i, min(i + size, len(names))))
+                   for i in range(0, len(names), size)}  # fmt: skip
+    modules: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        modules.setdefault(name.rpartition(".")[0], []).append(index)
+    siblings = tuple(
+        (index, tuple(other for other in modules[name.rpartition(".")[0]] if not _is_bias(names[other])))
+        for index, name in enumerate(names)
+        if _is_bias(name)
+    )
+    return LayerGrouping(depth, tuple((key, tuple(value)) for key, value in members.items()), siblings)
+
+
 def compact_layer_norms(
-    layer_norms: dict[str, float], limit: int = MAX_LAYER_NORMS, top: int = TOP_LAYERS
+    layer_norms: dict[str, float], limit: int = MAX_LAYER_NORMS, top: int = TOP_LAYERS, vanishing: float = 0.0
 ) -> dict[str, Any]:
     """The per-layer fields of a ``grad_stats`` record: ``layer_norms`` as they are up to ``limit`` tensors;
-    beyond, grouped by the deepest module prefix that gives at most ``limit`` groups (``layer_groups`` says
-    how), with ``top_layers`` naming the ``top`` largest and smallest tensors and up to ``top`` non-finite
-    ones, so the worst are never hidden inside a group."""
+    beyond, grouped (see :func:`layer_grouping`; ``layer_groups`` says how), with ``top_layers`` naming the ``top``
+    largest and smallest tensors and up to ``top`` non-finite ones, so the worst are never hidden inside a group:
+    those are what the watcher's layer rules judge. A bias below ``vanishing`` (a gradient L2 norm) whose module's
+    weight is at or above it is zero by construction and not ranked among the smallest."""
     if len(layer_norms) <= limit:
         return {"layer_norms": layer_norms}
-    depth = max(name.count(".") for name in layer_norms) + 1
-    while depth > 1 and len({_prefix(name, depth) for name in layer_norms}) > limit:
-        depth -= 1
-    members: dict[str, list[float]] = {}
-    for name, norm in layer_norms.items():
-        members.setdefault(_prefix(name, depth), []).append(norm)
-    if len(members) > limit:  # flat names (a huge ParameterList): runs of neighbours in model order
-        names = list(layer_norms)
-        size = math.ceil(len(names) / limit)
-        runs = [names[i : i + size] for i in range(0, len(names), size)]
-        members = {f"{run[0]}..{run[-1]}": [layer_norms[name] for name in run] for run in runs}
-    grouped = {prefix: _group_norm(norms) for prefix, norms in members.items()}
-    finite = sorted((norm, name) for name, norm in layer_norms.items() if math.isfinite(norm))
-    nonfinite = [name for name, norm in layer_norms.items() if not math.isfinite(norm)][:top]
-    kept = [name for _, name in finite[:top]] + [name for _, name in finite[-top:]] + nonfinite
+    names, values = tuple(layer_norms), list(layer_norms.values())
+    grouping = layer_grouping(names, limit)
+    grouped = {key: _group_norm([values[i] for i in members]) for key, members in grouping.groups}
+    finite = [i for i, value in enumerate(values) if math.isfinite(value)]
+    structural = {
+        bias
+        for bias, others in grouping.siblings
+        if values[bias] < vanishing and any(values[other] >= vanishing for other in others)
+    }
+    ranked = [i for i in finite if i not in structural] if structural else finite
+    nonfinite = [i for i, value in enumerate(values) if not math.isfinite(value)][:top]
+    kept = [*heapq.nsmallest(top, ranked, key=values.__getitem__), *heapq.nlargest(top, finite, key=values.__getitem__),
+            *nonfinite]  # fmt: skip
     return {
         "layer_norms": grouped,
-        "layer_groups": {"depth": depth, "tensors": len(layer_norms), "groups": len(grouped)},
-        "top_layers": {name: layer_norms[name] for name in dict.fromkeys(kept)},
+        "layer_groups": {"depth": grouping.depth, "tensors": len(layer_norms), "groups": len(grouped)},
+        "top_layers": {names[i]: values[i] for i in sorted(set(kept))},
     }
