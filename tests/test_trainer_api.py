@@ -422,6 +422,20 @@ def test_a_model_cast_after_the_first_measurement_is_measured_in_its_new_dtype()
         assert norms[name] == torch.linalg.vector_norm(p.grad.float()).item(), name  # widened, as planned anew
 
 
+def test_part_of_a_model_cast_after_the_first_measurement_keeps_float32_norms():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.Linear(64, 2))
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO())
+    model(torch.randn(3, 4)).sum().backward()
+    monitor.on_before_optimizer_step(model)
+    model[1].to(torch.bfloat16)  # one layer only: the plan still holds one (device, dtype) group
+    model.zero_grad(set_to_none=True)
+    model[1](model[0](torch.randn(3, 4)).bfloat16()).float().pow(2).sum().backward()
+    norms = monitor.on_before_optimizer_step(model)["layer_norms"]
+    for name, p in model.named_parameters():
+        assert norms[name] == pytest.approx(torch.linalg.vector_norm(p.grad.float()).item(), rel=1e-6), name
+
+
 def test_numpy_and_tensor_counts_are_kept_as_numbers(tmp_path):
     """Loops count with numpy (np.arange) or tensors (a global step buffer): the records keep those counts."""
     import numpy as np
