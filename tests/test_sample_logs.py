@@ -8,6 +8,7 @@ import pytest
 from helpers import REPO, run_cli
 
 from moola.sample_logs import SAMPLES
+from moola_watch.rules import Thresholds
 
 SAMPLE_DIR = REPO / "sample_logs"
 ROW = re.compile(r"^\| `(?P<file>[^`]+)` \|.*\| `moola-watch check (?P<check>[^`]+)` \| (?P<verdict>\w+) \| "
@@ -47,3 +48,12 @@ def test_regenerated_log_matches_the_shipped_one(tmp_path):
     assert {a["rule"] for a in fresh["alerts"]} == {a["rule"] for a in shipped["alerts"]}
     assert fresh["records"] == shipped["records"]
     assert not (tmp_path / "README.md").exists()  # a partial regeneration leaves the README alone
+
+
+@pytest.mark.parametrize("row", promises(), ids=lambda row: row["file"])
+def test_shipped_log_records_todays_default_thresholds(row):
+    """A log judges by the thresholds its run recorded: a sample recorded before the defaults changed would show
+    bounds the README no longer documents."""
+    start = json.loads((SAMPLE_DIR / row["file"]).read_bytes().splitlines()[0])
+    assert start["kind"] == "run_start"
+    assert start["thresholds"] == Thresholds().to_dict()
