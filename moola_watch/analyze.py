@@ -102,12 +102,16 @@ class LogScan:
         """Take one valid record (into the frame columns too, unless ``frame`` is False: the caller adds its row).
 
         A ``run_start`` under a run id that already started is a restart (a fixed ``run_id`` appending to its
-        own log): a new run, ``ID#2``, so that its windows never mix with the first run's."""
+        own log): a new run, ``ID#2``, so that its windows never mix with the first run's; unless it is marked
+        ``continued``: the run's header at the top of a rotated log's new file, read after the old one, and the
+        run goes on."""
         self.records += 1
         if record["kind"] == schema.ALERT:
             self.trainer_alerts += 1
         original = record["run"]
         if self.is_restart(record):
+            if record.get(schema.CONTINUED) is True:
+                return []
             self._run_keys[original] = self._restart_key(original)
         key = self._run_keys.setdefault(original, original)
         if key != original:

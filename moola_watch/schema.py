@@ -27,6 +27,9 @@ ALERT = "alert"
 RUN_END = "run_end"
 LOSS_WEIGHTS = "loss_weights"  # an automatic loss balancer changed the task weights
 KINDS = (RUN_START, GRAD_STATS, TASK_BALANCE, EPOCH, ALERT, RUN_END, LOSS_WEIGHTS)
+#: A ``run_start`` field, ``true`` on the copy of a run's ``run_start`` that opens a rotated log's new file: the run
+#: goes on (read after the old file, it is not a restart under the same id).
+CONTINUED = "continued"
 
 RUN_STATUSES = ("completed", "failed", "interrupted")
 SEVERITIES = ("info", "warning", "error", "critical")
@@ -149,6 +152,12 @@ def _text(value: Any) -> str:
     raise _Invalid(f"expected a string, got {_describe(value)}")
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid(f"expected true or false, got {_describe(value)}")
+
+
 def _optional_text(value: Any) -> str | None:
     return None if value is None else _text(value)
 
@@ -202,6 +211,7 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("parameter_count", _integer, False),
         ("config", _object, False),
         ("thresholds", _object, False),
+        (CONTINUED, _boolean, False),
     ),
     GRAD_STATS: (
         ("layer_norms", _number_map, True),
@@ -268,6 +278,7 @@ _PLAIN_TYPES: dict[Validator, frozenset[type]] = {
     _text: frozenset({str}),
     _optional_text: frozenset({str, type(None)}),
     _object: frozenset({dict}),
+    _boolean: frozenset({bool}),
 }
 _COUNTS = (_integer, _optional_integer)  # their ints must also lie in INT64
 _FAST: dict[str, list[tuple[str, Validator, frozenset[type] | None, bool, bool]]] = {

@@ -126,3 +126,38 @@ def test_a_renamed_file_is_left_only_when_the_new_one_has_data_or_the_old_one_ha
     log.write_bytes(lines[0])
     assert [type(i).__name__ for i in tail.poll()] == ["Notice", "RecordItem"]  # no waiting when the new has data
     tail.close()
+
+
+def test_a_rotated_logs_new_file_opens_with_the_runs_start_and_the_run_goes_on(tmp_path):
+    """The trainer's monitor starts the new file with its run_start: the new file alone is judged by the run's
+    own thresholds, and read after the old one it is the same run going on, not a restart."""
+    import torch
+    from torch import nn
+
+    from moola.utils.monitoring import GradientMonitor
+    from moola_watch.rules import Thresholds
+
+    torch.manual_seed(0)
+    log, warnings = tmp_path / "train.jsonl", []
+    model = nn.Linear(4, 2)
+    with GradientMonitor(every_n_steps=1, log_path=log, thresholds=Thresholds(exploding=5.0),
+                         warn=warnings.append) as monitor:  # fmt: skip
+        for step in range(100):
+            model.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            monitor.on_before_optimizer_step(model)
+            if step == 30:
+                logrotate_create(log)
+    assert warnings == [f"WARNING: gradient log {log} was deleted or replaced; writing a new file there"]
+    old, new = log.with_name("train.jsonl.1"), log
+    first = json.loads(new.read_bytes().splitlines()[0])
+    assert first == {**json.loads(old.read_bytes().splitlines()[0]), "continued": True}
+    check = [*WATCH, "check", "--json"]
+    alone = json.loads(subprocess.run([*check, str(new)], cwd=REPO, capture_output=True, text=True).stdout)
+    assert alone["runs"][0]["thresholds_from"] == "recorded in run_start"
+    assert alone["runs"][0]["thresholds"]["exploding"] == 5.0
+    both = tmp_path / "both.jsonl"
+    both.write_bytes(old.read_bytes() + new.read_bytes())
+    joined = json.loads(subprocess.run([*check, str(both)], cwd=REPO, capture_output=True, text=True).stdout)
+    assert [run["run"] for run in joined["runs"]] == [first["run"]]  # one run: the header is not a restart
+    assert joined["runs"][0]["records"] == lines_in(old, new) - 1 and joined["runs"][0]["status"] == "completed"

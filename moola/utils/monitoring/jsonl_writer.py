@@ -9,7 +9,9 @@ so records do not vanish into an unlinked file. ``grad_stats`` lines, the ones w
 path only every ``IDENTITY_CHECK_LINES`` lines or ``IDENTITY_CHECK_S`` seconds (a ``stat`` is as long as the
 ``write``; ``tail -F`` checks once a second): the few written between a deletion and the next check go to the
 deleted file, where a follower that has it open still reads them. Every other record checks first, so
-``run_end`` always lands in the file at the path.
+``run_end`` always lands in the file at the path. A file started afresh opens with the ``header`` line (the
+run's ``run_start``, as the monitor sets it), so that a rotated log's new file still says which run it is and
+by which thresholds it is judged.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class JsonlRecordWriter:
         self._checked_at = time.monotonic()
         self._stream: BinaryIO | None = None
         self.path: Path | None = None
+        self.header: bytes | None = None  # the line a file started afresh at the path opens with
         self.records_written = 0
         self.failed = False
         if isinstance(target, str | Path):
@@ -139,8 +142,14 @@ class JsonlRecordWriter:
         os.close(self._fd)
         self._fd = None
         self._open_path(self.path, make_dirs=False)
-        if self._fd is not None:
-            self._warn(f"WARNING: gradient log {self.path} was deleted or replaced; writing a new file there")
+        if self._fd is None:
+            return
+        self._warn(f"WARNING: gradient log {self.path} was deleted or replaced; writing a new file there")
+        if self.header is not None and not os.fstat(self._fd).st_size:
+            try:
+                _append(self._fd, self.header)
+            except OSError as exc:
+                self._fail(exc)
 
     def close(self, *, sync: bool = True) -> None:
         """Flush the file to disk (``fsync``) when ``sync``, then release it. A stream is left open (its

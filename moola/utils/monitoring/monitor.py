@@ -661,6 +661,8 @@ class GradientMonitor:
                 self.warn_once(f"encode {kind}", f"WARNING: a {kind} record could not be written ({exc})")
             else:
                 self._writer.write_line(line, kind)
+                if kind == schema.RUN_START:  # a rotated log's new file opens with it, marked as going on
+                    self._writer.header = schema.encode_record({**record, schema.CONTINUED: True})
         if events:
             self._report(events, record)
 
