@@ -123,6 +123,10 @@ class LogScan:
             engine = self._new_run(record)
         return engine.observe(record)
 
+    def run_key(self, run: str) -> str:
+        """The key the latest run under id ``run`` is known by (``ID``, or ``ID#2`` after a restart)."""
+        return self._run_keys.get(run, run)
+
     def is_restart(self, record: schema.Record) -> bool:
         """Is ``record`` a ``run_start`` for a run id whose run has started already?"""
         key = self._run_keys.get(record["run"])

@@ -368,10 +368,12 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
 
     worst = EXIT_OK
     labels = loader.log_labels(args.logs)
+    analyzed: list[Path] = []
     for path, scan in _scans(args, console, frames=True):
         if scan is None or not scan.records:
             worst = EXIT_USAGE
             continue
+        analyzed.append(path)
         frames = analyze.to_frames(scan)
         if args.csv:
             try:
@@ -390,8 +392,8 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
             console.print(analyze_report(scan, frames))
         if worst == EXIT_OK and scan.fails("error"):
             worst = EXIT_ALERT
-    if not args.json:
-        logs = " ".join(str(path) for path in args.logs)
+    if analyzed and not args.json:  # (a hint naming a file that failed would fail too)
+        logs = " ".join(str(path) for path in analyzed)
         console.print(inert(f"Plots: moola-watch report {logs} -o report.html"), style="dim", markup=False)
     return worst
 
@@ -576,11 +578,28 @@ def with_default_command(argv: list[str]) -> list[str]:
     return argv
 
 
+def log_files(paths: Sequence[Path]) -> list[Path]:
+    """The logs named on the command line, each directory among them as its ``*.jsonl`` files in name order (as
+    ``follow DIR`` and ``moola_watch.load`` take one); a directory without any is a usage error."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.jsonl"))
+            if not found:
+                raise UsageError(f"{path} is a directory with no *.jsonl log in it")
+            files += found
+        else:
+            files.append(path)
+    return files
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(with_default_command(list(sys.argv[1:] if argv is None else argv)))
     console = Console()
     try:
+        if "logs" in args:
+            args.logs = log_files(args.logs)
         return COMMANDS[args.command](args, console)
     except UsageError as exc:
         _error(str(exc))

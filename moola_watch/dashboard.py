@@ -367,6 +367,10 @@ class Overview:
     def _rows(self, view: LogView) -> list[dict[str, Text]]:
         log = text(Path(view.scan.path).name)  # file names, not paths: the directory is one for all of them
         if not view.scan.engines:
+            if view.scan.bad_lines:  # whole lines, none of them a record: another tool's file, not a log yet to come
+                return [{"log": log, "run": Text("-"), "status": Text("not a log", style="red"), "records": Text("0"),
+                         "worst alert": Text(f"not a moola log: no valid record ({view.scan.bad_lines} bad lines)",
+                                             style="red")}]  # fmt: skip
             return [{"log": log, "run": Text("-"), "status": Text("waiting", style="dim"), "records": Text("0")}]
         rows = []
         for run, engine in view.scan.engines.items():

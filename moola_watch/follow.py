@@ -127,9 +127,15 @@ class Follower:
         run = None
         if isinstance(item, RecordItem):
             view.observe(item.record, self._read_at)
-            run = item.record["run"]
+            run = view.scan.run_key(item.record["run"])
         self._alerts(path, run, events)
         return True
+
+    def _followed(self, path: Path, run: str | None) -> bool:
+        """Whether ``run`` of the log at ``path`` is one this follower reports: every run, or the ``--run`` one
+        (by run id or log name, as the dashboard picks it)."""
+        wanted = self.options.run
+        return wanted is None or run is None or wanted in (run, path.stem)
 
     def tick(self, now: float) -> None:
         """Staleness and run-status changes, judged against the wall clock ``now``; the notifier's notices."""
@@ -181,6 +187,8 @@ class Follower:
             self._notice(Notice(str(self.target), "notify", message))
 
     def _alerts(self, path: Path, run: str | None, events: list[AlertEvent]) -> None:
+        if not self._followed(path, run):
+            return
         for event in events:
             alert = event.alert
             obj = alert_event(path, run, event)
@@ -201,6 +209,8 @@ class Follower:
                 )
 
     def _emit_status(self, path: Path, run: str, status: str) -> None:
+        if not self._followed(path, run):
+            return
         if self.options.json:
             self._write_json({"event": "status", "log": str(path), "run": run, "status": status})
         else:

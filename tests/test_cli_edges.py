@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -224,3 +225,47 @@ def test_readme_points_inside_the_repository() -> None:
     for target in [link for link in links if "://" not in link] + paths:
         resolved = (REPO / target).resolve()
         assert resolved.is_relative_to(REPO) and resolved.exists(), target
+
+
+# ------------------------------------------------------------------------------------------------ folders
+
+
+def test_check_and_analyze_take_a_folder_as_its_logs_as_follow_does(tmp_path: Path) -> None:
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    healthy_scenario().write(folder / "a.jsonl")
+    collapse_scenario().write(folder / "b.jsonl")
+    (folder / "notes.txt").write_text("not a log, not a *.jsonl")
+    result = watch("check", "--json", folder)
+    assert result.returncode == 1, result.stderr
+    assert [json.loads(line)["log"] for line in result.stdout.splitlines()] == [str(folder / "a.jsonl"),
+                                                                                str(folder / "b.jsonl")]  # fmt: skip
+    analyzed = watch("analyze", folder)
+    hint = f"moola-watch report {folder / 'a.jsonl'} {folder / 'b.jsonl'} -o report.html"
+    assert analyzed.returncode == 1 and hint in " ".join(analyzed.stdout.split())  # (the line may wrap)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = watch("check", empty)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"moola-watch: error: {empty} is a directory with no *.jsonl log in it"
+
+
+def test_analyze_of_a_missing_log_gives_the_error_and_no_hint_to_plot_it(tmp_path: Path) -> None:
+    result = watch("analyze", tmp_path / "missing.jsonl")
+    assert result.returncode == 2 and "No such file or directory" in result.stderr
+    assert "moola-watch report" not in result.stdout
+
+
+def test_follow_once_on_a_folder_calls_another_tools_file_not_a_log(tmp_path: Path) -> None:
+    healthy_scenario().write(tmp_path / "run.jsonl")
+    (tmp_path / "metrics.jsonl").write_text('{"loss": 0.5}\n')
+    table = watch("--once", tmp_path).stdout
+    (row,) = [line for line in table.splitlines() if "metrics.jsonl" in line]
+    assert "not a log" in row and "waiting" not in row
+
+
+def test_follow_once_with_an_unknown_run_prints_only_the_error(tmp_path: Path) -> None:
+    log = collapse_scenario().write(tmp_path / "log.jsonl")
+    result = watch("--once", "--run", "nope", log)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == f"moola-watch: error: no run 'nope' in {log} (runs: run-1)"
