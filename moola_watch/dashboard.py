@@ -295,7 +295,7 @@ def layers_table(engine: rules.RuleEngine, options: ViewOptions) -> RenderableTy
     if isinstance(tensors, int) and tensors > len(norms):  # the record names only the model's extremes
         title = f"Layers ({len(shown)} of the {len(names)} named of {tensors} tensors: the largest and smallest)"
     if structural:
-        title += f"; {len(structural)} biases zero by construction not shown"
+        title += f"; {len(structural)} bias{'es' if len(structural) > 1 else ''} zero by construction not shown"
     table = Table(title=title, title_justify="left", expand=True)
     table.add_column("layer", ratio=1, overflow="fold")
     table.add_column("norm", justify="right", no_wrap=True)

@@ -147,7 +147,7 @@ def test_layer_table_flags_as_the_rules_do_and_leaves_out_biases_zero_by_constru
         builder.grad(epoch, 0.2, 0.3, norms)
     log = builder.end().write(tmp_path / "log.jsonl")
     table = watch("--once", "--top", "2", log).stdout
-    assert "Layers (4 of 10: the largest and smallest norms); 1 biases zero by construction not shown" in table
+    assert "Layers (4 of 10: the largest and smallest norms); 1 bias zero by construction not shown" in table
     assert "attn.key.bias" not in table  # the key bias's gradient is zero by construction: not vanishing
     rows = table[table.index("Layers (") :].splitlines()
     assert [line.split()[1] for line in rows if "vanishing" in line] == ["dead.weight", "dead.bias"]
