@@ -321,8 +321,12 @@ def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
     return out
 
 
-def worst_layers(layers: pd.DataFrame, top: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per layer: last, peak and lowest norm; the ``top`` with the highest peak and the lowest minimum."""
+def worst_layers(
+    layers: pd.DataFrame, top: int = 10, thresholds: Thresholds | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per layer: last, peak and lowest norm; the ``top`` with the highest peak and the lowest minimum, leaving
+    out of the lowest the biases zero by construction under ``thresholds`` (default: the watcher's), which the
+    vanishing rule never flags (see :func:`~moola_watch.rules.zero_by_construction`, on each layer's peak)."""
     import pandas as pd
 
     if layers.empty:
@@ -340,7 +344,10 @@ def worst_layers(layers: pd.DataFrame, top: int = 10) -> tuple[pd.DataFrame, pd.
             "nonfinite": grouped["nonfinite"].sum(),
         }
     ).reset_index()
-    return table.nlargest(top, "peak"), table.nsmallest(top, "lowest")
+    peaks = dict(zip(table["layer"].astype(str), table["peak"].fillna(math.inf), strict=True))
+    structural = rules.zero_by_construction(peaks, thresholds or Thresholds())
+    candidates = table[~table["layer"].astype(str).isin(structural)] if structural else table
+    return table.nlargest(top, "peak"), candidates.nsmallest(top, "lowest")
 
 
 def window_means(ratios: Iterable[float], thresholds: Thresholds) -> list[float | None]:

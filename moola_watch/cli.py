@@ -382,7 +382,7 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
                 raise UsageError(f"cannot write CSV to {args.csv}: {exc.strerror or exc}") from None
         if args.json:
             report = scan.report()
-            largest, smallest = analyze.worst_layers(frames["layers"])
+            largest, smallest = analyze.worst_layers(frames["layers"], thresholds=thresholds_from(args))
             report["worst_layers"] = {
                 "largest": largest.to_dict(orient="records"),
                 "smallest": smallest.to_dict(orient="records"),

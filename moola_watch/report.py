@@ -105,7 +105,7 @@ def gradient_trend(grad: pd.DataFrame) -> RenderableType:
 def layers_table(layers: pd.DataFrame, thresholds: rules.Thresholds, top: int = 8) -> RenderableType:
     if layers.empty:
         return Text("No per-layer norms in this log.", style="dim")
-    largest, smallest = worst_layers(layers, top)
+    largest, smallest = worst_layers(layers, top, thresholds)
     any_nonfinite = bool(largest["nonfinite"].any() or smallest["nonfinite"].any())
     table = Table(title="Worst layers", title_justify="left", expand=True)
     table.add_column("", no_wrap=True)

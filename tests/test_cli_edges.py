@@ -155,6 +155,20 @@ def test_layer_table_flags_as_the_rules_do_and_leaves_out_biases_zero_by_constru
     assert "Vanishing gradients in 2 layers (norm < 1e-07): dead.weight, dead.bias" in alerts
 
 
+def test_offline_views_leave_biases_zero_by_construction_out_of_the_smallest(tmp_path: Path) -> None:
+    from moola_watch import load
+    from moola_watch.html_report.heatmap import choose_rows
+
+    norms = {"attn.key.weight": 0.3, "attn.key.bias": 1e-14, "dead.weight": 1e-9, "dead.bias": 1e-10}
+    norms |= {f"block{i}.weight": 0.2 + i / 100 for i in range(6)}
+    log = LogBuilder().start().grad(1, 0.2, 0.3, norms).grad(2, 0.2, 0.3, norms).end().write(tmp_path / "log.jsonl")
+    report = json.loads(watch("analyze", "--json", log).stdout.splitlines()[0])
+    smallest = [row["layer"] for row in report["worst_layers"]["smallest"]]
+    assert smallest[:2] == ["dead.bias", "dead.weight"] and "attn.key.bias" not in smallest
+    rows = choose_rows(load(log)["layers"], center=-0.8, max_rows=4, worst=2, th=Thresholds())
+    assert rows.labels[:2] == ["worst: dead.bias", "worst: dead.weight"]
+
+
 def test_durations_over_a_minute_are_in_human_units(tmp_path: Path) -> None:
     log = LogBuilder(t0=time.time() - 2 * 86400 - 3 * 3600 - 600).start().epoch(1).write(tmp_path / "log.jsonl")
     result = watch("check", log)

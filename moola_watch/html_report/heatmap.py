@@ -105,12 +105,23 @@ def badness(layers: pd.DataFrame, center: float) -> pd.Series:
     return grouped["dev"].max() + grouped["bad"].any() * 1000.0
 
 
-def choose_rows(layers: pd.DataFrame, center: float, max_rows: int = MAX_ROWS, worst: int = WORST) -> Rows:
-    """Every layer as a row when they fit; else the worst layers, then module groups."""
+def choose_rows(
+    layers: pd.DataFrame,
+    center: float,
+    max_rows: int = MAX_ROWS,
+    worst: int = WORST,
+    th: rules.Thresholds | None = None,
+) -> Rows:
+    """Every layer as a row when they fit; else the worst layers (never a bias zero by construction under ``th``:
+    a transformer has one per attention layer, all of them decades below the band), then module groups."""
     names = list(pd.unique(layers["layer"].astype(str)))
     if len(names) <= max_rows:
         return Rows(names, [[n] for n in names], 0)
-    ranked = list(badness(layers, center).sort_values(ascending=False, kind="stable").index[:worst])
+    ranking = badness(layers, center)
+    if th is not None:
+        peaks = layers.assign(layer=layers["layer"].astype(str)).groupby("layer", sort=False)["norm"].max()
+        ranking = ranking.drop(index=list(rules.zero_by_construction(peaks.to_dict(), th)))
+    ranked = list(ranking.sort_values(ascending=False, kind="stable").index[:worst])
     groups = module_groups(names, max_rows - worst)
     labels = [f"worst: {name}" for name in ranked]
     labels += [label if len(members) == 1 else f"{label} ({len(members)} layers)" for label, members in groups]
@@ -177,7 +188,7 @@ def heatmap_figure(data: RunData, axis: str, th: rules.Thresholds, slug: str) ->
     if layers.empty:
         return None
     center = math.log10(math.sqrt(max(th.healthy_norm_low, 1e-30) * max(th.healthy_norm_high, 1e-30)))
-    rows = choose_rows(layers, center)
+    rows = choose_rows(layers, center, th=th)
     values = row_values(layers, rows, positions(layers, axis))
     z, bin_x, bad = extremes(values, len(rows.labels), MAX_COLUMNS, center)
     zmin, zmax = math.floor(math.log10(max(th.vanishing, 1e-30))), math.ceil(math.log10(max(th.exploding, 1e-30))) + 1

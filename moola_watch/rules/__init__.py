@@ -33,6 +33,7 @@ from moola_watch.rules.verdicts import (
     position,
     recommend_ratio,
     vanishing_layers,
+    zero_by_construction,
 )
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "judged_layer_norms", "mean_ratio",
     "position",
     "recommend_ratio", "replay", "run_thresholds", "vanishing_layers", "verdict_severity", "weight_fix",
+    "zero_by_construction",
 ]  # fmt: skip

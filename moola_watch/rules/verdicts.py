@@ -60,6 +60,13 @@ def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
     return LayerFlags(tuple(nonfinite), tuple(name for name in vanishing if name not in structural), tuple(exploding))
 
 
+def zero_by_construction(layer_norms: Mapping[str, float], th: Thresholds) -> set[str]:
+    """The biases below the vanishing bound whose module has a non-bias tensor at or above it: zero by
+    construction, not vanishing (see :func:`flag_layers`). Given each layer's peak norm over a run, the biases
+    that were never more than that."""
+    return _zero_by_construction([name for name, norm in layer_norms.items() if norm < th.vanishing], layer_norms, th)
+
+
 def _is_bias(name: str) -> bool:
     return name.rpartition(".")[2].startswith("bias")
 
