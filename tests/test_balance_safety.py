@@ -334,3 +334,11 @@ def test_a_first_task_loss_that_is_a_number_is_one_clear_warning_and_the_trainin
     assert warnings == ["WARNING: task balance: task loss 'b' is a float: pass the loss tensor"]
     for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_one_element_loss_beside_a_scalar_one_is_measured_as_a_scalar():
+    out, warnings = io.BytesIO(), []
+    monitor = GradientMonitor(every_n_steps=1, stream=out, warn=warnings.append)
+    train_three_steps(monitor, lambda a, b: {"a": a.mean().reshape(1), "b": b.mean()})
+    balances = [r for r in map(decode_record, out.getvalue().splitlines()) if r["kind"] == "task_balance"]
+    assert warnings == [] and len(balances) == 3 and set(balances[0]["norms"]) == {"a", "b"}

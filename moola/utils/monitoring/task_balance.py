@@ -103,7 +103,7 @@ def named_task_losses(
             raise BalanceUnavailable(f"task loss {name!r} is a {type(loss).__name__}: pass the loss tensor")
         if loss.numel() != 1:
             raise BalanceUnavailable(f"task loss {name!r} has shape {tuple(loss.shape)}: pass a scalar (call .mean())")
-        named[name] = loss
+        named[name] = loss.reshape(())  # a one-element loss of shape (1,) is a scalar too (same graph, same gradient)
     if weights is None:
         return named, None
     return named, {_task_name(key): weight for key, weight in weights.items()}
