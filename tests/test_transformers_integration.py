@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -301,6 +303,40 @@ def test_under_ddp_halt_on_stops_every_rank_at_the_step_one_ranks_balance_probe_
     for rank in (0, 1):
         end = strict_lines(tmp_path / f"run.rank{rank}.jsonl")[-1]
         assert end["error"].startswith("halted on error alert collapse (b) at step 6 on rank 1"), end
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Random token sequences, each its own language-modelling target."""
+
+    def __init__(self, count: int):
+        self.input_ids = torch.randint(0, 40, (count, 8), generator=torch.Generator().manual_seed(count))
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.input_ids[i], "labels": self.input_ids[i]}
+
+
+def test_an_unlogged_epochs_loss_under_accumulation_is_the_trainers_for_a_model_normalising_by_the_step():
+    """A causal LM takes ``num_items_in_batch``: each micro-batch's returned loss is normalised by the items of the
+    whole accumulated step (a quarter of the step's loss here), so an epoch's loss is their sum per step."""
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1,
+                                                                 n_head=2))  # fmt: skip
+    with tempfile.TemporaryDirectory() as out:
+        args = transformers.TrainingArguments(
+            output_dir=out, num_train_epochs=2, per_device_train_batch_size=4, gradient_accumulation_steps=4,
+            logging_steps=100, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        )  # fmt: skip
+        log = Path(out) / "run.jsonl"
+        callback = GradientMonitorCallback(log_path=log, every_n_steps=EVERY)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(32), callbacks=[callback])
+        assert trainer.model_accepts_loss_kwargs
+        result = trainer.train()
+        epochs = [r for r in strict_lines(log) if r["kind"] == "epoch"]
+    assert [r["step"] for r in epochs] == [2, 4]  # two steps of four micro-batches an epoch
+    assert sum(r["train_loss"] for r in epochs) / 2 == pytest.approx(result.training_loss, rel=1e-5)
 
 
 def test_an_epoch_in_which_the_trainer_logged_no_loss_is_recorded_and_check_is_happy(tmp_path):

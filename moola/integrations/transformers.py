@@ -60,12 +60,18 @@ class EpochNotes:
         self.evaluation: dict[str, float] = {}
         self.returned: torch.Tensor | None = None  # the sum of the losses the epoch's training forwards returned
         self.forwards = 0
+        self.steps = 0  # optimizer steps taken in the epoch
+        self.per_step = False  # a returned loss is a share of its step's (normalised by the whole step's items)
 
-    def see(self, loss: torch.Tensor) -> None:
-        """One training forward's returned loss: summed where it lies, without waiting for the device."""
+    def see(self, loss: torch.Tensor, *, share_of_step: bool) -> None:
+        """One training forward's returned loss: summed where it lies, without waiting for the device.
+        ``share_of_step``: the forward was given ``num_items_in_batch`` (the Trainer does so for a model that
+        takes loss kwargs, such as a causal LM): its loss is normalised by the items of the whole accumulated
+        step, so the step's micro-batch losses add up to the step's loss rather than averaging to it."""
         loss = loss.detach().float().reshape(())
         self.returned = loss if self.returned is None else self.returned + loss
         self.forwards += 1
+        self.per_step |= share_of_step
 
     def add(self, logs: Mapping[str, Any]) -> None:
         """One ``on_log`` entry: a training log (``loss``, ``learning_rate``) or an evaluation (``eval_*``)."""
@@ -83,7 +89,7 @@ class EpochNotes:
         if self.losses:
             train_loss = sum(self.losses) / len(self.losses)
         elif self.returned is not None:
-            train_loss = self.returned.item() / self.forwards
+            train_loss = self.returned.item() / (self.steps if self.per_step and self.steps else self.forwards)
         else:
             return None
         metrics = {name: value for name, value in self.evaluation.items() if name != "eval_loss"}
@@ -155,7 +161,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         self.monitor = self._make_monitor()
         self.monitor.on_run_start(model, model_name=type(model).__name__, config=run_config(args))
         self._model = model
-        self._forward_hook = model.register_forward_hook(self._on_forward)
+        self._forward_hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
         self._scaler = getattr(optimizer, "scaler", None)  # fp16: accelerate's optimizer holds the GradScaler
 
     def on_epoch_begin(
@@ -233,6 +239,8 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
     ) -> None:
         # The step's statistics are measured only when due, but an alert from a balance probe can come on any
         # step: under torch.distributed the ranks agree on every step, or one stops while the others wait.
+        if self._epoch is not None:
+            self._epoch.steps += 1
         self.monitor.agree_on_halting()
         if self.monitor.should_stop:  # halt_on: the Trainer gives a callback no way to skip the step itself
             control.should_training_stop = True
@@ -258,12 +266,12 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         self.monitor.at_step(self._step)
         self.monitor.on_before_backward(model, losses, weights)
 
-    def _on_forward(self, module: nn.Module, _args: Any, output: Any) -> None:
+    def _on_forward(self, module: nn.Module, _args: Any, kwargs: Mapping[str, Any], output: Any) -> None:
         if not (module.training and torch.is_grad_enabled()):
             return  # an evaluation, not a training step
         loss = returned_loss(output)
         if loss is not None and self._epoch is not None:
-            self._epoch.see(loss)
+            self._epoch.see(loss, share_of_step=kwargs.get("num_items_in_batch") is not None)
         losses = getattr(module, TASK_LOSSES, None)
         if losses:
             self.on_task_losses(module, losses, getattr(module, TASK_WEIGHTS, None))
