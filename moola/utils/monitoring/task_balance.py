@@ -103,7 +103,8 @@ def named_task_losses(
             raise BalanceUnavailable(f"task loss {name!r} is a {type(loss).__name__}: pass the loss tensor")
         if loss.numel() != 1:
             raise BalanceUnavailable(f"task loss {name!r} has shape {tuple(loss.shape)}: pass a scalar (call .mean())")
-        named[name] = loss.reshape(())  # a one-element loss of shape (1,) is a scalar too (same graph, same gradient)
+        # A one-element loss of shape (1,) is a scalar too (same graph, same gradient); a 0-d one stays itself.
+        named[name] = loss if loss.dim() == 0 else loss.reshape(())
     if weights is None:
         return named, None
     return named, {_task_name(key): weight for key, weight in weights.items()}
