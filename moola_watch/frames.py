@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moola_watch import schema
+from moola_watch import rules, schema
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,7 +99,9 @@ class FrameColumns:
             grad = self.grad
             for name in self.GRAD:
                 grad[name].append(record.get(name))
-            norms: dict[str, float] = record["layer_norms"]
+            # Per tensor: a big model's record names its extreme tensors in top_layers (its layer_norms are module
+            # groups, each the L2 norm of many tensors, which no per-tensor bound or colour scale fits).
+            norms = rules.judged_layer_norms(record)
             self.layer_sets.append(self._key_set(tuple(norms)))
             self.layer_counts.append(len(norms))
             self.layer_norm.extend(norms.values())

@@ -221,6 +221,10 @@ def test_a_model_of_more_tensors_than_a_record_names_is_judged_by_its_tensors_no
     alerts = {(a["rule"], a["first_step"]): a for a in json.loads(result.stdout.splitlines()[0])["alerts"]}
     assert ("exploding", 1) not in alerts and set(alerts) == {("vanishing", 4)}, alerts
     assert alerts[("vanishing", 4)]["layers"] == ["layers.40.weight", "layers.40.bias"]
+    # The offline tables are of the tensors named too: the dead layer is among the smallest, no group is largest.
+    worst = json.loads(run_cli("moola_watch.cli", "analyze", "--json", str(log)).stdout.splitlines()[0])["worst_layers"]
+    assert {row["layer"] for row in worst["smallest"][:2]} == {"layers.40.weight", "layers.40.bias"}
+    assert max(row["peak"] for row in worst["largest"]) == pytest.approx(0.3)
 
 
 def test_a_big_models_record_names_the_smallest_tensors_that_are_not_zero_by_construction():
