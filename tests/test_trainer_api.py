@@ -178,7 +178,7 @@ def test_a_model_of_20k_tensors_writes_records_the_watcher_reads_with_every_faul
     assert stats is not None and stats["nonfinite_count"] == 21_000 - 1
     assert max(len(line) for line in log.read_bytes().splitlines()) < MAX_LINE_BYTES
     grad = next(r for r in records_of(log.read_bytes()) if r["kind"] == "grad_stats")
-    assert grad["layer_groups"] == {"depth": 1, "tensors": 21_000, "groups": 1}
+    assert grad["layer_groups"] == {"depth": 1, "tensors": 21_000, "groups": 1, "top": 20}
     assert math.isnan(grad["layer_norms"]["experts"]) and "experts.7.weight" in grad["top_layers"]
     result = run_cli("moola_watch.cli", "check", str(log))
     assert result.returncode == 1 and "nonfinite" in result.stdout, result.stdout
@@ -214,7 +214,7 @@ def test_a_model_of_more_tensors_than_a_record_names_is_judged_by_its_tensors_no
                 model.layers[40].bias.grad.mul_(1e-9)
             monitor.on_before_optimizer_step(model)
     grad = [r for r in strict_lines(log) if r["kind"] == "grad_stats"][-1]
-    assert grad["layer_groups"] == {"depth": 1, "tensors": 1202, "groups": 2}
+    assert grad["layer_groups"] == {"depth": 1, "tensors": 1202, "groups": 2, "top": 20}
     assert grad["layer_norms"]["layers"] > 10 > grad["max_norm"]  # the group's L2 norm is beyond the bound
     assert {"layers.40.weight", "layers.40.bias"} <= set(grad["top_layers"])
     result = run_cli("moola_watch.cli", "check", "--json", str(log))
@@ -225,6 +225,19 @@ def test_a_model_of_more_tensors_than_a_record_names_is_judged_by_its_tensors_no
     worst = json.loads(run_cli("moola_watch.cli", "analyze", "--json", str(log)).stdout.splitlines()[0])["worst_layers"]
     assert {row["layer"] for row in worst["smallest"][:2]} == {"layers.40.weight", "layers.40.bias"}
     assert max(row["peak"] for row in worst["largest"]) == pytest.approx(0.3)
+
+
+def test_more_exploding_tensors_than_a_big_models_record_names_are_counted_as_at_least_that_many(tmp_path):
+    model, log = Blocks(600), tmp_path / "blocks.jsonl"
+    with GradientMonitor(every_n_steps=1, log_path=log, max_layer_norms=100, echo=lambda _line: None) as monitor:
+        for _step in range(4):  # past the exploding rule's confirmation
+            for p in model.parameters():
+                p.grad = torch.full_like(p, 0.01)
+            for layer in model.layers[:30]:
+                layer.weight.grad.fill_(10.0)  # 30 tensors of norm 40, beyond the bound of 10
+            monitor.on_before_optimizer_step(model)
+    result = run_cli("moola_watch.cli", "check", str(log))
+    assert "Exploding gradients in at least 20 layers (norm > 10): layers.0.weight" in result.stdout, result.stdout
 
 
 def test_a_big_models_record_names_the_smallest_tensors_that_are_not_zero_by_construction():

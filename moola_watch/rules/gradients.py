@@ -31,6 +31,14 @@ def names(layers: Sequence[str], limit: int = 3) -> str:
     return shown + (f" (+{len(layers) - limit} more)" if len(layers) > limit else "")
 
 
+def count_of(layers: Sequence[str], record: schema.Record) -> str:
+    """How many layers, in words: 'at least N' when a big model's record names only its ``top`` extremes
+    (``layer_groups``) and every one of them at that end is flagged, so more may be."""
+    groups = record.get("layer_groups")
+    top = groups.get("top") if isinstance(groups, dict) else None
+    return f"at least {len(layers)}" if isinstance(top, int) and len(layers) >= top else str(len(layers))
+
+
 def _bad_layers(ev: Evidence, record: schema.Record) -> Sequence[str]:
     return ev.layer_flags.nonfinite or tuple(record.get("nonfinite_layers") or ())
 
@@ -71,7 +79,7 @@ def _vanishing(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
         return [("layers", None)]
     return [("layers", Observation(
         "warning", min(norms[n] for n in low),
-        f"Vanishing gradients in {len(low)} layers (norm < {th.vanishing:g}): {names(low)}",
+        f"Vanishing gradients in {count_of(low, record)} layers (norm < {th.vanishing:g}): {names(low)}",
         "Look for dead ReLUs or saturated activations (often a learning rate too high) and unnormalized inputs; "
         "if the whole network's gradients are small, increase the learning rate", tuple(low),
     ))]  # fmt: skip
@@ -88,7 +96,7 @@ def _exploding(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
         return [("layers", None)]
     return [("layers", Observation(
         "error", max(norms[n] for n in high),
-        f"Exploding gradients in {len(high)} layers (norm > {th.exploding:g}): {names(high)}",
+        f"Exploding gradients in {count_of(high, record)} layers (norm > {th.exploding:g}): {names(high)}",
         "Reduce learning rate or clip gradients (clip_grad_norm_)", tuple(high),
     ))]  # fmt: skip
 

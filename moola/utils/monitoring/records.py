@@ -144,6 +144,6 @@ def compact_layer_norms(
             *nonfinite]  # fmt: skip
     return {
         "layer_norms": grouped,
-        "layer_groups": {"depth": grouping.depth, "tensors": len(layer_norms), "groups": len(grouped)},
+        "layer_groups": {"depth": grouping.depth, "tensors": len(layer_norms), "groups": len(grouped), "top": top},
         "top_layers": {names[i]: values[i] for i in sorted(set(kept))},
     }
