@@ -161,3 +161,35 @@ def test_a_rotated_logs_new_file_opens_with_the_runs_start_and_the_run_goes_on(t
     joined = json.loads(subprocess.run([*check, str(both)], cwd=REPO, capture_output=True, text=True).stdout)
     assert [run["run"] for run in joined["runs"]] == [first["run"]]  # one run: the header is not a restart
     assert joined["runs"][0]["records"] == lines_in(old, new) - 1 and joined["runs"][0]["status"] == "completed"
+
+
+def test_a_log_truncated_under_the_writer_starts_again_with_the_runs_start(tmp_path):
+    """logrotate's copytruncate: the log is copied away and truncated in place (same inode). The writer's next
+    line lands at the start of the empty file; the run's run_start goes back in front of it."""
+    import shutil
+
+    import torch
+    from torch import nn
+
+    from moola.utils.monitoring import GradientMonitor
+    from moola_watch.rules import Thresholds
+
+    torch.manual_seed(0)
+    log, warnings = tmp_path / "train.jsonl", []
+    model = nn.Linear(4, 2)
+    with GradientMonitor(every_n_steps=1, log_path=log, thresholds=Thresholds(exploding=5.0),
+                         warn=warnings.append) as monitor:  # fmt: skip
+        for step in range(60):
+            model.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            monitor.on_before_optimizer_step(model)
+            if step == 30:
+                shutil.copy(log, log.with_name("train.jsonl.1"))
+                os.truncate(log, 0)
+    assert warnings == [f"WARNING: gradient log {log} was truncated under the writer; writing on from its start"]
+    records = [json.loads(line) for line in log.read_bytes().splitlines()]
+    assert records[0]["kind"] == "run_start" and records[0]["continued"] is True
+    assert [r["step"] for r in records if r["kind"] == "grad_stats"] == list(range(32, 61))
+    check = [*WATCH, "check", "--json", str(log)]
+    alone = json.loads(subprocess.run(check, cwd=REPO, capture_output=True, text=True).stdout)
+    assert alone["runs"][0]["thresholds_from"] == "recorded in run_start"

@@ -11,7 +11,8 @@ path only every ``IDENTITY_CHECK_LINES`` lines or ``IDENTITY_CHECK_S`` seconds (
 deleted file, where a follower that has it open still reads them. Every other record checks first, so
 ``run_end`` always lands in the file at the path. A file started afresh opens with the ``header`` line (the
 run's ``run_start``, as the monitor sets it), so that a rotated log's new file still says which run it is and
-by which thresholds it is judged.
+by which thresholds it is judged; so does our file when it was truncated to nothing under us (logrotate's
+``copytruncate``), which a write notices from where it landed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class JsonlRecordWriter:
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
         self._unchecked = 0  # lines written since the path was last found to name our file
+        self._end = 0  # where our last line ended in the file (its size then)
         self._checked_at = time.monotonic()
         self._stream: BinaryIO | None = None
         self.path: Path | None = None
@@ -99,7 +101,11 @@ class JsonlRecordWriter:
             return False
         try:
             if self._fd is not None:
-                _append(self._fd, line)
+                end = _append(self._fd, line)
+                if end == len(line) and self._end and self.header is not None:
+                    self._restart_truncated(line)
+                else:
+                    self._end = end
             else:
                 assert self._stream is not None
                 self._stream.write(line)
@@ -110,6 +116,14 @@ class JsonlRecordWriter:
         self._unchecked += 1
         self.records_written += 1
         return True
+
+    def _restart_truncated(self, line: bytes) -> None:
+        """Our last write landed at the start of the file: it was truncated to nothing under us (``copytruncate``
+        copied it away). Put the ``header`` back first, so the file still says which run it is."""
+        assert self._fd is not None and self.header is not None
+        os.ftruncate(self._fd, 0)
+        self._end = _append(self._fd, self.header + line)
+        self._warn(f"WARNING: gradient log {self.path} was truncated under the writer; writing on from its start")
 
     def _check_due(self, kind: str | None) -> bool:
         return (
@@ -147,7 +161,7 @@ class JsonlRecordWriter:
         self._warn(f"WARNING: gradient log {self.path} was deleted or replaced; writing a new file there")
         if self.header is not None and not os.fstat(self._fd).st_size:
             try:
-                _append(self._fd, self.header)
+                self._end = _append(self._fd, self.header)
             except OSError as exc:
                 self._fail(exc)
 
@@ -166,13 +180,15 @@ class JsonlRecordWriter:
             os.close(fd)
 
 
-def _append(fd: int, lines: bytes) -> None:
-    """Write whole lines to ``fd`` in one ``write``, or none of them (``OSError`` ENOSPC)."""
+def _append(fd: int, lines: bytes) -> int:
+    """Write whole lines to ``fd`` (``O_APPEND``) in one ``write``, or none of them (``OSError`` ENOSPC); return
+    where they ended: the file's size just after (an ``lseek``, 0.2 us)."""
     written = os.write(fd, lines)
     if written != len(lines):  # a short write on a regular file means the disk is full
         # Take the partial line back so the file stays whole lines; then fail as a full disk.
         os.ftruncate(fd, os.fstat(fd).st_size - written)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return os.lseek(fd, 0, os.SEEK_CUR)
 
 
 def _ends_with_newline(path: Path, size: int) -> bool:
