@@ -40,7 +40,8 @@ def run_verdict(engine: RuleEngine) -> str:
         return worst
     if not engine.measured():
         return VERDICT_NO_MEASUREMENTS
-    return VERDICT_HEALTHY if engine.run.status != "running" else VERDICT_UNTERMINATED
+    ended = engine.run.status != "running" or engine.run.continued_in  # (rotated: it goes on in another log)
+    return VERDICT_HEALTHY if ended else VERDICT_UNTERMINATED
 
 
 RUN_COLUMNS = ("run", "verdict", "model", "status", "records", "epoch", "step", "started", "last_time",

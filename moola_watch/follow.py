@@ -18,7 +18,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from moola_watch import rules
+from moola_watch import rules, schema
 from moola_watch.analyze import LogScan, alert_json
 from moola_watch.dashboard import LogView, ViewOptions, overview, run_dashboard
 from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, exit_code, worst
@@ -84,6 +84,7 @@ class Follower:
         self.tails: dict[Path, LogTail] = {}
         self.views: dict[Path, LogView] = {}
         self._statuses: dict[tuple[Path, str], str] = {}
+        self._continued_in: dict[str, Path] = {}  # run id -> the log its continued run_start came in
         self._started = False
         self.behind = False  # some log has more data waiting than the last pump read
         self._read_at = 0.0  # when the log being read now was read (unix seconds)
@@ -128,8 +129,22 @@ class Follower:
         if isinstance(item, RecordItem):
             view.observe(item.record, self._read_at)
             run = view.scan.run_key(item.record["run"])
+            if item.record["kind"] == schema.RUN_START and item.record.get(schema.CONTINUED) is True:
+                self._continued_in[item.record["run"]] = path
+                self._mark_continued()
         self._alerts(path, run, events)
         return True
+
+    def _mark_continued(self) -> None:
+        """A run whose ``continued`` run_start came in one log goes on there (its log was rotated to a name this
+        folder also follows, read as a log of its own): where it is still running in another log, that part of
+        it has ended, and is not stale. Also on every tick: the rotated file may be found after the new one."""
+        for run, path in self._continued_in.items():
+            for other, view in self.views.items():
+                if other != path:
+                    for engine in view.scan.engines.values():
+                        if engine.run.run == run and engine.run.status == "running" and not engine.run.continued_in:
+                            engine.run.continued_in = path.name
 
     def _followed(self, path: Path, run: str | None) -> bool:
         """Whether ``run`` of the log at ``path`` is one this follower reports: every run, or the ``--run`` one
@@ -141,6 +156,7 @@ class Follower:
         """Staleness and run-status changes, judged against the wall clock ``now``; the notifier's notices."""
         if self.notifier is not None:
             self._notify_notices(self.notifier.drain())
+        self._mark_continued()
         for path, view in self.views.items():
             for run, engine in view.scan.engines.items():
                 if self.options.once or view.stale_judged(run, now):  # --once cannot wait for a next record

@@ -29,6 +29,7 @@ STATUS_STYLE = {
     "interrupted": "yellow",
     "stale": "bold yellow",
     "unterminated": "yellow",
+    "continued": "dim",  # the run goes on in another log of the folder (its log was rotated there)
     "empty": "dim",
 }
 VERDICT_STYLE = {"healthy": HEALTHY_STYLE, "unterminated": "yellow", "no_measurements": "yellow", **SEVERITY_STYLE}

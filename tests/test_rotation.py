@@ -193,3 +193,29 @@ def test_a_log_truncated_under_the_writer_starts_again_with_the_runs_start(tmp_p
     check = [*WATCH, "check", "--json", str(log)]
     alone = json.loads(subprocess.run(check, cwd=REPO, capture_output=True, text=True).stdout)
     assert alone["runs"][0]["thresholds_from"] == "recorded in run_start"
+
+
+def test_a_folder_that_also_follows_the_rotated_file_sees_the_run_go_on_in_the_new_one(tmp_path):
+    """Rotated to another *.jsonl name of the followed folder, the old file is a log of its own whose run never
+    ends there: its part of the run has ended (continued in the new file), not gone stale."""
+    import torch
+    from torch import nn
+
+    from moola.utils.monitoring import GradientMonitor
+
+    log, model = tmp_path / "train.jsonl", nn.Linear(4, 2)
+    with GradientMonitor(every_n_steps=1, log_path=log, warn=lambda _message: None) as monitor:
+        for step in range(40):
+            model.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            monitor.on_before_optimizer_step(model)
+            if step == 20:
+                os.rename(log, tmp_path / "train-1.jsonl")
+                time.sleep(0.15)  # the writer checks its path every 0.1 s: the rest goes to the new file
+    time.sleep(1.0)  # older than the staleness bound below, with no run_end in the renamed file
+    follow = subprocess.run([*WATCH, "follow", "--once", "--stale-seconds", "0.5", str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"})  # fmt: skip
+    assert follow.returncode == 0, follow.stderr
+    rows = {line.split()[1]: line for line in follow.stdout.splitlines() if "train" in line and "│" in line}
+    assert "continued" in rows["train-1.jsonl"] and "stale" not in follow.stdout, follow.stdout
+    assert "completed" in rows["train.jsonl"]

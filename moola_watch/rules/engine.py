@@ -187,7 +187,7 @@ class RuleEngine:
     def check_stale(self, now: float) -> list[AlertEvent]:
         """Fire or resolve the stale alert given the wall clock ``now`` (unix seconds)."""
         state = self.run
-        if state.status != "running" or state.superseded or state.last_time is None:
+        if state.status != "running" or state.superseded or state.continued_in or state.last_time is None:
             return []
         seen = run.stale_observation(state, now, self.thresholds)
         return self.lifecycle.apply(run.STALE, "run", seen, Where(state.step, state.epoch, now))
@@ -201,6 +201,8 @@ class RuleEngine:
         a later run started in its log (one process writes a log at a time: it ended, unrecorded)."""
         if self.run.status == "running" and self.run.superseded:
             return "unterminated"
+        if self.run.status == "running" and self.run.continued_in:
+            return "continued"
         stale = self.lifecycle.open.get((run.STALE, "run"))
         if self.run.status == "running" and stale is not None and stale.state == FIRING:
             return "stale"

@@ -43,6 +43,7 @@ class RunState:
     steps_backwards: int = 0  # records whose step went below the last seen (a restart in one file)
     longest_gap: float = 0.0  # seconds: the longest time between two consecutive records so far
     superseded: bool = False  # a later run started in the same log before this one wrote run_end: it ended
+    continued_in: str | None = None  # another log in which the run goes on (rotated there): this file's part ended
     config: dict[str, Any] = field(default_factory=dict)
 
 

@@ -62,6 +62,7 @@ def stale_observation(run: RunState, now: float, th: Thresholds) -> Observation 
     if (
         run.status != "running"
         or run.superseded
+        or run.continued_in
         or run.last_time is None
         or now - run.last_time <= stale_after(run, th)
     ):
