@@ -249,7 +249,7 @@ class Follower:
 
     def _missing_run(self) -> str:
         """``--run ID`` names no run the logs hold (yet): say which they do hold, as ``check --run`` does."""
-        runs = ", ".join(run for view in self.views.values() for run in view.scan.engines) or "none"
+        runs = ", ".join(dict.fromkeys(run for view in self.views.values() for run in view.scan.engines)) or "none"
         return f"no run {self.options.run!r} in {self.target} (runs: {runs})"
 
     def _focus(self) -> tuple[LogView, str] | None:
@@ -275,10 +275,13 @@ class Follower:
         return bool(engines) and all(e.run_status != "running" for e in engines)
 
     def exit_code(self) -> int:
-        """``check``'s exit code for what was followed (``--run``: that run's)."""
+        """``check``'s exit code for what was followed (``--run``: that run's): a log of a folder without a valid
+        record (another tool's file, or one still empty) is not a log, as ``check DIR`` says (2)."""
         wanted = self.options.run
         return worst(
-            exit_code(view.scan, [run for run in view.scan.engines if wanted in (None, run)], self.options.fail_on)
+            EXIT_USAGE
+            if wanted is None and not view.scan.records
+            else exit_code(view.scan, [run for run in view.scan.engines if wanted in (None, run)], self.options.fail_on)
             for view in self.views.values()
         )
 

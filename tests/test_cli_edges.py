@@ -273,9 +273,10 @@ def test_analyze_of_a_missing_log_gives_the_error_and_no_hint_to_plot_it(tmp_pat
 def test_follow_once_on_a_folder_calls_another_tools_file_not_a_log(tmp_path: Path) -> None:
     healthy_scenario().write(tmp_path / "run.jsonl")
     (tmp_path / "metrics.jsonl").write_text('{"loss": 0.5}\n')
-    table = watch("--once", tmp_path).stdout
-    (row,) = [line for line in table.splitlines() if "metrics.jsonl" in line]
+    followed = watch("--once", tmp_path)
+    (row,) = [line for line in followed.stdout.splitlines() if "metrics.jsonl" in line]
     assert "not a log" in row and "waiting" not in row
+    assert followed.returncode == watch("check", tmp_path).returncode == 2  # --once exits as check does
 
 
 def test_follow_once_with_an_unknown_run_prints_only_the_error(tmp_path: Path) -> None:
