@@ -33,12 +33,13 @@ VERDICT_NOT_A_LOG = "not_a_log"  # not one valid record in the file
 
 
 def run_verdict(engine: RuleEngine) -> str:
-    """One run's verdict: the worst severity that fired; else no_measurements if it measured nothing; else
-    healthy if it ended, unterminated if not."""
+    """One run's verdict: the worst severity that fired; else no_measurements if it measured nothing (unless it
+    continues a run begun in another log: its rest may be its run_end alone); else healthy if it ended,
+    unterminated if not."""
     worst = engine.worst_severity()
     if worst:
         return worst
-    if not engine.measured():
+    if not engine.measured() and not engine.run.continues:  # (a rotated log's rest may hold its run_end alone)
         return VERDICT_NO_MEASUREMENTS
     ended = engine.run.status != "running" or engine.run.continued_in  # (rotated: it goes on in another log)
     return VERDICT_HEALTHY if ended else VERDICT_UNTERMINATED

@@ -218,3 +218,16 @@ def test_a_collapse_that_resolved_before_the_run_ended_is_a_warning_in_the_verdi
     junit = tmp_path / "junit.xml"
     assert run_cli("moola_watch.cli", "check", "--junit", str(junit), str(path)).returncode == 0
     assert "<failure" not in junit.read_text()
+
+
+def test_the_rest_of_a_rotated_run_that_holds_only_its_end_is_not_a_run_that_measured_nothing(tmp_path):
+    """A log rotated just before the run ended: the new file holds the run's start marked continued (the
+    measurements are in the old file) and its run_end. 'No measurements' would fail a run that measured."""
+    builder = LogBuilder("r").start()
+    builder.records[0]["continued"] = True
+    rest = builder.end().write(tmp_path / "train.jsonl")
+    result, (report,) = check("--json", rest)
+    assert result.returncode == 0 and report["verdict"] == "healthy", report
+    fresh = LogBuilder("r").start().end().write(tmp_path / "fresh.jsonl")  # not continued: nothing measured
+    result, (report,) = check("--json", fresh)
+    assert result.returncode == 3 and report["verdict"] == "no_measurements"

@@ -44,6 +44,7 @@ class RunState:
     longest_gap: float = 0.0  # seconds: the longest time between two consecutive records so far
     superseded: bool = False  # a later run started in the same log before this one wrote run_end: it ended
     continued_in: str | None = None  # another log in which the run goes on (rotated there): this file's part ended
+    continues: bool = False  # this log holds the rest of a run begun in another (its run_start is "continued")
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -197,6 +198,7 @@ class Evidence:
             self._grad_stats(record, quiet)
         elif kind == schema.RUN_START:
             self.run.run, self.run.model, self.run.started = record["run"], record["model"], record["time"]
+            self.run.continues = record.get(schema.CONTINUED) is True
             self.run.config = record.get("config") or {}
         elif kind == schema.TASK_BALANCE:
             self._balance(record, where)
