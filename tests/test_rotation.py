@@ -5,13 +5,19 @@ new one: no record lost or repeated, and in order."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from helpers import REPO
+from torch import nn
 
+from moola.utils.monitoring import GradientMonitor
+from moola_watch.rules import Thresholds
 from moola_watch.tail import LogTail, Notice, RecordItem
 
 TRAINER_WRITER = Path(__file__).with_name("trainer_writer.py")
@@ -128,26 +134,28 @@ def test_a_renamed_file_is_left_only_when_the_new_one_has_data_or_the_old_one_ha
     tail.close()
 
 
-def test_a_rotated_logs_new_file_opens_with_the_runs_start_and_the_run_goes_on(tmp_path):
-    """The trainer's monitor starts the new file with its run_start: the new file alone is judged by the run's
-    own thresholds, and read after the old one it is the same run going on, not a restart."""
-    import torch
-    from torch import nn
-
-    from moola.utils.monitoring import GradientMonitor
-    from moola_watch.rules import Thresholds
-
+def train_rotating(log: Path, steps: int, rotate_at: int, rotate: Callable[[], object],
+                   thresholds: Thresholds | None = None) -> list[str]:  # fmt: skip
+    """A monitored training loop of ``steps`` steps writing ``log``, calling ``rotate`` after step ``rotate_at``
+    (what logrotate does to the file meanwhile); returns the monitor's warnings."""
     torch.manual_seed(0)
-    log, warnings = tmp_path / "train.jsonl", []
+    warnings: list[str] = []
     model = nn.Linear(4, 2)
-    with GradientMonitor(every_n_steps=1, log_path=log, thresholds=Thresholds(exploding=5.0),
-                         warn=warnings.append) as monitor:  # fmt: skip
-        for step in range(100):
+    with GradientMonitor(every_n_steps=1, log_path=log, thresholds=thresholds, warn=warnings.append) as monitor:
+        for step in range(steps):
             model.zero_grad()
             model(torch.randn(8, 4)).pow(2).mean().backward()
             monitor.on_before_optimizer_step(model)
-            if step == 30:
-                logrotate_create(log)
+            if step == rotate_at:
+                rotate()
+    return warnings
+
+
+def test_a_rotated_logs_new_file_opens_with_the_runs_start_and_the_run_goes_on(tmp_path):
+    """The trainer's monitor starts the new file with its run_start: the new file alone is judged by the run's
+    own thresholds, and read after the old one it is the same run going on, not a restart."""
+    log = tmp_path / "train.jsonl"
+    warnings = train_rotating(log, 100, 30, lambda: logrotate_create(log), Thresholds(exploding=5.0))
     assert warnings == [f"WARNING: gradient log {log} was deleted or replaced; writing a new file there"]
     old, new = log.with_name("train.jsonl.1"), log
     first = json.loads(new.read_bytes().splitlines()[0])
@@ -166,26 +174,13 @@ def test_a_rotated_logs_new_file_opens_with_the_runs_start_and_the_run_goes_on(t
 def test_a_log_truncated_under_the_writer_starts_again_with_the_runs_start(tmp_path):
     """logrotate's copytruncate: the log is copied away and truncated in place (same inode). The writer's next
     line lands at the start of the empty file; the run's run_start goes back in front of it."""
-    import shutil
+    log = tmp_path / "train.jsonl"
 
-    import torch
-    from torch import nn
+    def copytruncate() -> None:
+        shutil.copy(log, log.with_name("train.jsonl.1"))
+        os.truncate(log, 0)
 
-    from moola.utils.monitoring import GradientMonitor
-    from moola_watch.rules import Thresholds
-
-    torch.manual_seed(0)
-    log, warnings = tmp_path / "train.jsonl", []
-    model = nn.Linear(4, 2)
-    with GradientMonitor(every_n_steps=1, log_path=log, thresholds=Thresholds(exploding=5.0),
-                         warn=warnings.append) as monitor:  # fmt: skip
-        for step in range(60):
-            model.zero_grad()
-            model(torch.randn(8, 4)).pow(2).mean().backward()
-            monitor.on_before_optimizer_step(model)
-            if step == 30:
-                shutil.copy(log, log.with_name("train.jsonl.1"))
-                os.truncate(log, 0)
+    warnings = train_rotating(log, 60, 30, copytruncate, Thresholds(exploding=5.0))
     assert warnings == [f"WARNING: gradient log {log} was truncated under the writer; writing on from its start"]
     records = [json.loads(line) for line in log.read_bytes().splitlines()]
     assert records[0]["kind"] == "run_start" and records[0]["continued"] is True
@@ -198,20 +193,13 @@ def test_a_log_truncated_under_the_writer_starts_again_with_the_runs_start(tmp_p
 def test_a_folder_that_also_follows_the_rotated_file_sees_the_run_go_on_in_the_new_one(tmp_path):
     """Rotated to another *.jsonl name of the followed folder, the old file is a log of its own whose run never
     ends there: its part of the run has ended (continued in the new file), not gone stale."""
-    import torch
-    from torch import nn
+    log = tmp_path / "train.jsonl"
 
-    from moola.utils.monitoring import GradientMonitor
+    def rename() -> None:
+        os.rename(log, tmp_path / "train-1.jsonl")
+        time.sleep(0.15)  # the writer checks its path every 0.1 s: the rest goes to the new file
 
-    log, model = tmp_path / "train.jsonl", nn.Linear(4, 2)
-    with GradientMonitor(every_n_steps=1, log_path=log, warn=lambda _message: None) as monitor:
-        for step in range(40):
-            model.zero_grad()
-            model(torch.randn(8, 4)).pow(2).mean().backward()
-            monitor.on_before_optimizer_step(model)
-            if step == 20:
-                os.rename(log, tmp_path / "train-1.jsonl")
-                time.sleep(0.15)  # the writer checks its path every 0.1 s: the rest goes to the new file
+    train_rotating(log, 40, 20, rename)
     time.sleep(1.0)  # older than the staleness bound below, with no run_end in the renamed file
     follow = subprocess.run([*WATCH, "follow", "--once", "--stale-seconds", "0.5", str(tmp_path)], cwd=REPO,
                             capture_output=True, text=True, env={**os.environ, "COLUMNS": "160"})  # fmt: skip
