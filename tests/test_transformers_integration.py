@@ -239,6 +239,23 @@ def test_fp16_gradients_that_are_still_scaled_are_recorded_unscaled(tmp_path):
 
 
 @pytest.mark.slow
+def test_under_ddp_an_unlogged_epochs_loss_is_the_trainers_not_a_share_of_it(tmp_path):
+    """With average_tokens_across_devices a returned loss is divided by every rank's items (the Trainer multiplies
+    it back by the number of processes): rank 0's epoch loss from its forwards is the loss, not half of it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(REPO / "tests" / "hf_ddp_loss_worker.py"), str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trainer_loss = json.loads((tmp_path / "trainer.json").read_text())["training_loss"]
+    epochs = [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "epoch"]
+    assert len(epochs) == 2
+    for epoch in epochs:  # rank 0's own batches against the mean over both ranks: close, not a factor 2 apart
+        assert epoch["train_loss"] == pytest.approx(trainer_loss, rel=0.02)
+
+
+@pytest.mark.slow
 def test_under_ddp_the_totals_are_the_synchronised_pre_clip_grad_norm(tmp_path):
     """Two CPU processes (gloo): rank 0 alone writes, and its totals are the Trainer's logged grad_norm, i.e. the
     norms after DDP's all-reduce (its own end-of-backward work) and before the clip, not the rank's local ones."""

@@ -145,6 +145,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         self._forward_hook: RemovableHandle | None = None
         self._queued = False
         self._epoch: EpochNotes | None = None
+        self._items_scale = 1  # what a loss normalised by all ranks' items is multiplied by (set at train begin)
 
     # -------------------------------------------------------------- Trainer events
 
@@ -161,6 +162,9 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         self.monitor = self._make_monitor()
         self.monitor.on_run_start(model, model_name=type(model).__name__, config=run_config(args))
         self._model = model
+        # With average_tokens_across_devices a returned loss divides by every rank's items, and the Trainer
+        # multiplies it back by the number of processes: so do we, for the epoch's loss from the forwards.
+        self._items_scale = args.world_size if getattr(args, "average_tokens_across_devices", False) else 1
         self._forward_hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
         self._scaler = getattr(optimizer, "scaler", None)  # fp16: accelerate's optimizer holds the GradScaler
 
@@ -271,7 +275,8 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
             return  # an evaluation, not a training step
         loss = returned_loss(output)
         if loss is not None and self._epoch is not None:
-            self._epoch.see(loss, share_of_step=kwargs.get("num_items_in_batch") is not None)
+            share = kwargs.get("num_items_in_batch") is not None
+            self._epoch.see(loss * self._items_scale if share else loss, share_of_step=share)
         losses = getattr(module, TASK_LOSSES, None)
         if losses:
             self.on_task_losses(module, losses, getattr(module, TASK_WEIGHTS, None))
