@@ -359,14 +359,14 @@ def test_two_optimizers_count_one_step_and_an_accelerate_optimizer_is_counted_by
     assert counting.steps_done == 1
 
 
-def test_a_scaler_that_skips_every_step_is_measured_every_time_and_not_healthy(tmp_path):
+def test_a_scaler_that_skips_every_step_is_measured_every_time_and_critical_once_no_scale_helps(tmp_path):
     model = TwoHeadMLP()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     log = tmp_path / "overflow.jsonl"
     with GradientMonitor(every_n_steps=1, log_path=log) as monitor:
         monitor.watch_optimizer(optimizer)
-        for _ in range(8):
+        for _ in range(14):
             x = torch.randn(4, 6)
             losses = task_losses(model, x, torch.randint(0, 3, (4,)), x[:, 0])
             scaler.scale(losses["reg"] * math.inf).backward()
@@ -375,10 +375,18 @@ def test_a_scaler_that_skips_every_step_is_measured_every_time_and_not_healthy(t
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad()
-    grads = [r for r in records_of(log.read_bytes()) if r["kind"] == "grad_stats"]
-    assert len(grads) == 8 and all(r["amp"]["overflow"] and r["step"] == 1 for r in grads)
-    result = run_cli("moola_watch.cli", "check", "--fail-on", "warning", str(log))
+    lines = log.read_bytes().splitlines(keepends=True)
+    grads = [r for r in records_of(b"".join(lines)) if r["kind"] == "grad_stats"]
+    assert len(grads) == 14 and all(r["amp"]["overflow"] and r["step"] == 1 for r in grads)
+    assert [r["amp"]["scale"] for r in grads][9:12] == [2.0, 1.0, 0.5]
+    calibrating = tmp_path / "first-eight.jsonl"  # scale 1024 down to 8: could still be the scale calibrating
+    calibrating.write_bytes(b"".join(lines[:9]))
+    assert run_cli("moola_watch.cli", "check", str(calibrating)).returncode == 0
+    result = run_cli("moola_watch.cli", "check", "--fail-on", "warning", str(calibrating))
     assert result.returncode == 1 and "amp_overflow" in result.stdout, result.stdout
+    result = run_cli("moola_watch.cli", "check", str(log))  # below a scale of 1: a real NaN, and critical
+    assert result.returncode == 1 and "critical firing   amp_overflow" in result.stdout, result.stdout
+    assert "no overflow but a real NaN/Inf" in result.stdout
 
 
 def test_frozen_layers_holding_zeroed_gradients_are_not_vanishing():

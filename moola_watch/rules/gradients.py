@@ -59,13 +59,27 @@ def _any_nonfinite_columns(cols: GradColumns, _th: Thresholds) -> np.ndarray:
     return cols.nonfinite > 0
 
 
+#: A GradScaler that has halved its scale below this has skipped step after step (from its initial 65536,
+#: sixteen in a row): no calibration gets there; its gradients are non-finite whatever the scale, a real NaN/Inf.
+SCALE_GIVEN_UP = 1.0
+
+
 def _amp_overflow(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
     count, overflow = ev.nonfinite
     if not overflow:
         return [("scaler", None)]
     scale = (record.get("amp") or {}).get("scale")
+    value = scale if isinstance(scale, int | float) else None
+    if value is not None and value < SCALE_GIVEN_UP:
+        return [("scaler", Observation(
+            "critical", value,
+            f"Non-finite gradients (NaN/Inf) in {count} layers under the GradScaler at every scale: it has skipped "
+            f"step after step down to a scale of {scale:.3g}, so this is no overflow but a real NaN/Inf, and no step "
+            "is being taken",
+            "Lower the learning rate, clip gradients, check inputs and loss for NaN", tuple(_bad_layers(ev, record)),
+        ))]  # fmt: skip
     return [("scaler", Observation(
-        "warning", scale if isinstance(scale, int | float) else None,
+        "warning", value,
         f"GradScaler overflow in {count} layers, step skipped (scale {scale})",
         "Normal now and then while the scale calibrates; if it persists, lower the learning rate and check "
         "inputs and loss for NaN", tuple(_bad_layers(ev, record)),
