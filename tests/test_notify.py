@@ -3,6 +3,7 @@ and a real trainer; the formatting functions on their own."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import os
@@ -43,12 +44,14 @@ class Hook:
 
     def __init__(self, delay: float = 0.0, failures: int = 0) -> None:
         self.bodies: list[tuple[float, dict]] = []
+        self.authorizations: list[str | None] = []
         self.requests = 0
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.authorizations.append(self.headers["Authorization"])
                 time.sleep(delay)
                 hook.requests += 1
                 if hook.requests <= failures:
@@ -295,6 +298,14 @@ def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_confi
     sent = [body["alert"] for _, body in hook.bodies]
     assert len(printed) >= 4 and sent == printed  # all of them, in order, before the watcher exited
     assert {a["severity"] for a in sent} >= {"warning", "error"}
+
+
+def test_a_webhook_url_with_a_user_and_password_sends_them_as_basic_auth_and_never_shows_them(hook):
+    url = hook.url.replace("http://", "http://alerts:pa%40ss-w0rd@")
+    result = run_watch("--once", "--json", "--notify-on", "warning", "--webhook", url,
+                       str(SAMPLES / "type_collapse.jsonl"))  # fmt: skip
+    assert hook.bodies and set(hook.authorizations) == {"Basic " + base64.b64encode(b"alerts:pa@ss-w0rd").decode()}
+    assert "pa%40ss" not in result.stdout + result.stderr and "alerts:" not in result.stdout + result.stderr
 
 
 def test_on_alert_gets_the_alert_on_stdin_and_in_the_environment_and_log_text_runs_nothing(tmp_path):

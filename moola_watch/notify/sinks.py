@@ -5,6 +5,7 @@ user's own flag, and the alert travels as JSON on stdin and in ``MOOLA_*`` envir
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -80,13 +81,28 @@ def command_env(event: Mapping[str, Any]) -> dict[str, str]:
 # ------------------------------------------------------------------------------ shells
 
 
+def basic_auth(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without the ``user:password@`` it may hold, and the Basic ``Authorization`` header that says it
+    instead (urllib would take the user info for part of the host name)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    host = parts.netloc.rpartition("@")[2]
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
+
+
 def post_json(url: str, body: bytes, timeout: float) -> None:
-    """POST ``body`` as JSON; any 2xx is delivered. ``timeout`` is seconds per connect and per read."""
+    """POST ``body`` as JSON; any 2xx is delivered. ``timeout`` is seconds per connect and per read. A URL's
+    ``user:password@`` is sent as Basic authentication."""
+    url, auth = basic_auth(url)
     request = urllib.request.Request(
         url,
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": f"moola-watch/{__version__}"},
+        headers={"Content-Type": "application/json", "User-Agent": f"moola-watch/{__version__}", **auth},
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
