@@ -169,6 +169,18 @@ def test_offline_views_leave_biases_zero_by_construction_out_of_the_smallest(tmp
     assert rows.labels[:2] == ["worst: dead.bias", "worst: dead.weight"]
 
 
+def test_a_big_models_heatmap_rows_follow_the_module_order_not_the_order_the_extremes_were_first_named():
+    import pandas as pd
+
+    from moola_watch.html_report.heatmap import choose_rows
+
+    named = [["blocks.30.w", "blocks.2.w"], ["blocks.10.w", "blocks.1.w"], ["blocks.20.w", "blocks.3.w"]]
+    layers = pd.DataFrame([{"epoch": 1, "step": step, "layer": name, "norm": 0.3}
+                           for step, names in enumerate(named) for name in names])  # fmt: skip
+    rows = choose_rows(layers, center=-0.5, max_rows=10, worst=0)
+    assert rows.labels == ["blocks.1.w", "blocks.2.w", "blocks.3.w", "blocks.10.w", "blocks.20.w", "blocks.30.w"]
+
+
 def test_durations_over_a_minute_are_in_human_units(tmp_path: Path) -> None:
     log = LogBuilder(t0=time.time() - 2 * 86400 - 3 * 3600 - 600).start().epoch(1).write(tmp_path / "log.jsonl")
     result = watch("check", log)

@@ -10,6 +10,7 @@ Steps are binned to ``MAX_COLUMNS``; a cell shows the most extreme value of its 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,6 +96,11 @@ def split_children(
     return out
 
 
+def numbered(name: str) -> list[str | int]:
+    """A sort key that puts ``blocks.9`` before ``blocks.10``: a module list's order, as far as names tell it."""
+    return [int(part) if index % 2 else part for index, part in enumerate(re.split(r"(\d+)", name))]
+
+
 def badness(layers: pd.DataFrame, center: float) -> pd.Series:
     """Per layer: how far (in decades) its norm strayed from ``center``; non-finite layers rank first."""
     norms = layers["norm"].to_numpy(dtype=float)
@@ -115,6 +121,8 @@ def choose_rows(
     """Every layer as a row when they fit; else the worst layers (never a bias zero by construction under ``th``:
     a transformer has one per attention layer, all of them decades below the band), then module groups."""
     names = list(pd.unique(layers["layer"].astype(str)))
+    if len(names) > layers.groupby(["epoch", "step"], dropna=False, sort=False).size().max():
+        names.sort(key=numbered)  # a big model's records name a few extremes each: first seen is no model order
     if len(names) <= max_rows:
         return Rows(names, [[n] for n in names], 0)
     ranking = badness(layers, center)
