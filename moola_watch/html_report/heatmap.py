@@ -121,7 +121,8 @@ def choose_rows(
     """Every layer as a row when they fit; else the worst layers (never a bias zero by construction under ``th``:
     a transformer has one per attention layer, all of them decades below the band), then module groups."""
     names = list(pd.unique(layers["layer"].astype(str)))
-    if len(names) > layers.groupby(["epoch", "step"], dropna=False, sort=False).size().max():
+    where = [column for column in ("run", "epoch", "step") if column in layers]  # what tells records apart
+    if where and len(names) > layers.groupby(where, dropna=False, sort=False).size().max():
         names.sort(key=numbered)  # a big model's records name a few extremes each: first seen is no model order
     if len(names) <= max_rows:
         return Rows(names, [[n] for n in names], 0)
