@@ -281,8 +281,10 @@ class Follower:
         return worst(
             EXIT_USAGE
             if wanted is None and not view.scan.records
-            else exit_code(view.scan, [run for run in view.scan.engines if wanted in (None, run)], self.options.fail_on)
-            for view in self.views.values()
+            else exit_code(
+                view.scan, [run for run in view.scan.engines if self._followed(path, run)], self.options.fail_on
+            )
+            for path, view in self.views.items()
         )
 
     def run_verdicts(self) -> list[str]:

@@ -296,3 +296,11 @@ def test_follow_once_with_an_unknown_run_prints_only_the_error(tmp_path: Path) -
     result = watch("--once", "--run", "nope", log)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip() == f"moola-watch: error: no run 'nope' in {log} (runs: run-1)"
+
+
+def test_follow_once_with_run_naming_a_log_of_a_folder_exits_as_check_on_that_log(tmp_path: Path) -> None:
+    collapse_scenario().write(tmp_path / "collapsed.jsonl")
+    healthy_scenario().write(tmp_path / "fine.jsonl")
+    assert watch("check", tmp_path / "collapsed.jsonl").returncode == 1
+    assert watch("--once", "--run", "collapsed", tmp_path).returncode == 1  # the dashboard's run, by log name
+    assert watch("--once", "--run", "fine", tmp_path).returncode == 0
