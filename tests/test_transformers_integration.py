@@ -238,16 +238,21 @@ def test_fp16_gradients_that_are_still_scaled_are_recorded_unscaled(tmp_path):
     assert overflow["amp"]["overflow"] is True and overflow["nonfinite_count"] > 0
 
 
+def torchrun_two_ranks(worker: str, out: Path) -> None:
+    """Run ``tests/WORKER OUT`` as two CPU processes under torchrun (gloo); it must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(REPO / "tests" / worker), str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_under_ddp_an_unlogged_epochs_loss_is_the_trainers_not_a_share_of_it(tmp_path):
     """With average_tokens_across_devices a returned loss is divided by every rank's items (the Trainer multiplies
     it back by the number of processes): rank 0's epoch loss from its forwards is the loss, not half of it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(REPO / "tests" / "hf_ddp_loss_worker.py"), str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    torchrun_two_ranks("hf_ddp_loss_worker.py", tmp_path)
     trainer_loss = json.loads((tmp_path / "trainer.json").read_text())["training_loss"]
     epochs = [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "epoch"]
     assert len(epochs) == 2
@@ -259,12 +264,7 @@ def test_under_ddp_an_unlogged_epochs_loss_is_the_trainers_not_a_share_of_it(tmp
 def test_under_ddp_the_totals_are_the_synchronised_pre_clip_grad_norm(tmp_path):
     """Two CPU processes (gloo): rank 0 alone writes, and its totals are the Trainer's logged grad_norm, i.e. the
     norms after DDP's all-reduce (its own end-of-backward work) and before the clip, not the rank's local ones."""
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(REPO / "tests" / "hf_ddp_worker.py"), str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "tests")},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    torchrun_two_ranks("hf_ddp_worker.py", tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["run.jsonl"]
     history = json.loads((tmp_path / "history.json").read_text())
     logged = {entry["step"]: entry["grad_norm"] for entry in history if "grad_norm" in entry}
