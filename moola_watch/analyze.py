@@ -39,7 +39,7 @@ def run_verdict(engine: RuleEngine) -> str:
     worst = engine.worst_severity()
     if worst:
         return worst
-    if not engine.measured() and not engine.run.continues:  # (a rotated log's rest may hold its run_end alone)
+    if not engine.measured() and not engine.run.continues:
         return VERDICT_NO_MEASUREMENTS
     ended = engine.run.status != "running" or engine.run.continued_in  # (rotated: it goes on in another log)
     return VERDICT_HEALTHY if ended else VERDICT_UNTERMINATED

@@ -281,9 +281,9 @@ def layers_table(engine: rules.RuleEngine, options: ViewOptions) -> RenderableTy
         **{name: ("NON-FINITE", "bold white on red") for name in flags.nonfinite},
     }
     names = [n for n in norms if options.layers is None or options.layers.search(n)]
-    # A bias below the vanishing bound that the rules do not flag is zero by construction: not one of the
-    # smallest worth a row (a transformer has one per attention layer, and they would hide the flagged ones).
-    structural = {n for n in names if norms[n] < engine.thresholds.vanishing and n not in flagged}
+    # A bias zero by construction is not one of the smallest worth a row (a transformer has one per attention
+    # layer, and they would hide the flagged ones).
+    structural = rules.zero_by_construction(norms, engine.thresholds).intersection(names)
     ordered = sorted(
         (n for n in names if n not in structural),
         key=lambda n: (math.isfinite(norms[n]), -norms[n] if math.isfinite(norms[n]) else 0),
