@@ -21,6 +21,7 @@ from moola_watch.frames import FrameColumns, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
 from moola_watch.tail import BadLine, Item, Notice, RecordItem, SkippedHistory, read_log
+from moola_watch.writer_process import writer_gone
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: check and follow never need its 0.2 s import
     import pandas as pd
@@ -158,6 +159,16 @@ class LogScan:
 
     def check_stale(self, now: float) -> list[AlertEvent]:
         return [event for engine in self.engines.values() for event in engine.check_stale(now)]
+
+    def check_writers(self, gone: Callable[[object, object, object], bool | None], now: float) -> list[AlertEvent]:
+        """Fire run_died for each run not ended whose writer has exited: ``gone(host, pid, process)`` judges
+        the writer its ``run_start`` names (:func:`moola_watch.writer_process.writer_gone`); ``now``: unix s."""
+        return [
+            event
+            for engine in self.engines.values()
+            if engine.run.status == "running" and not engine.run.superseded and not engine.run.continued_in
+            for event in engine.check_writer(gone(*engine.run.writer), now)
+        ]
 
     @property
     def current(self) -> RuleEngine | None:
@@ -301,7 +312,9 @@ def scan_log(
             scan = streamed()  # a line the typed decoder misjudged: take the reference's answer
     else:
         scan = streamed()
-    scan.check_stale(time.time() if now is None else now)
+    now = time.time() if now is None else now
+    scan.check_writers(writer_gone, now)
+    scan.check_stale(now)
     return scan
 
 

@@ -7,6 +7,7 @@ Reading never waits on drawing: all new data is consumed first, and redraws are 
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import time
@@ -26,6 +27,7 @@ from moola_watch.notify import Notifier
 from moola_watch.rules import AlertEvent, Thresholds
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
 from moola_watch.textsafe import inert, json_line
+from moola_watch.writer_process import writer_gone
 
 MAX_FPS = 10.0
 AGE_REFRESH_S = 1.0  # redraw at least this often so "last record N s ago" and staleness stay true
@@ -85,6 +87,7 @@ class Follower:
         self.views: dict[Path, LogView] = {}
         self._statuses: dict[tuple[Path, str], str] = {}
         self._continued_in: dict[str, Path] = {}  # run id -> the log its continued run_start came in
+        self._writers_checked_at = -math.inf  # when the runs' writers were last looked for (unix seconds)
         self._started = False
         self.behind = False  # some log has more data waiting than the last pump read
         self._read_at = 0.0  # when the log being read now was read (unix seconds)
@@ -110,13 +113,19 @@ class Follower:
         self._discover()
         changed = False
         for path, tail in self.tails.items():
-            self._read_at = time.time()  # one clock reading per read, not per record: it dates them all
-            for item in tail.poll():
-                changed |= self._take(path, item)
-            view = self.views[path]
-            if not view.history_read and view.scan.records and not tail.behind:
-                view.end_history(self._read_at)  # whenever the file appeared: its first read is its history
+            changed |= self._read(path, tail)
         self.behind = any(tail.behind for tail in self.tails.values())
+        return changed
+
+    def _read(self, path: Path, tail: LogTail) -> bool:
+        """Consume what one log has new; True if any record or bad line arrived."""
+        self._read_at = time.time()  # one clock reading per read, not per record: it dates them all
+        changed = False
+        for item in tail.poll():
+            changed |= self._take(path, item)
+        view = self.views[path]
+        if not view.history_read and view.scan.records and not tail.behind:
+            view.end_history(self._read_at)  # whenever the file appeared: its first read is its history
         return changed
 
     def _take(self, path: Path, item: Item) -> bool:
@@ -146,6 +155,24 @@ class Follower:
                         if engine.run.run == run and engine.run.status == "running" and not engine.run.continued_in:
                             engine.run.continued_in = path.name
 
+    def _check_writers(self, now: float) -> None:
+        """A run whose writer has exited without a run_end has died. Judged at most every ``AGE_REFRESH_S`` (it
+        costs a read of ``/proc`` per running run), and only on what the writer left: its last lines were
+        written before it exited, so the log is read to its end before the run is called dead."""
+        if now < self._writers_checked_at + AGE_REFRESH_S:
+            return
+        self._writers_checked_at = now
+        for path, view in self.views.items():
+            running = [e for e in view.scan.engines.values() if e.run_status in ("running", "stale")]
+            if not any(writer_gone(*engine.run.writer) for engine in running):
+                continue
+            self._read(path, self.tails[path])
+            while self.tails[path].behind:
+                self._read(path, self.tails[path])
+            for run, engine in list(view.scan.engines.items()):
+                if engine.run_status in ("running", "stale"):
+                    self._alerts(path, run, engine.check_writer(writer_gone(*engine.run.writer), now))
+
     def _followed(self, path: Path, run: str | None) -> bool:
         """Whether ``run`` of the log at ``path`` is one this follower reports: every run, or the ``--run`` one
         (by run id or log name, as the dashboard picks it)."""
@@ -157,6 +184,7 @@ class Follower:
         if self.notifier is not None:
             self._notify_notices(self.notifier.drain())
         self._mark_continued()
+        self._check_writers(now)
         for path, view in self.views.items():
             for run, engine in view.scan.engines.items():
                 if self.options.once or view.stale_judged(run, now):  # --once cannot wait for a next record

@@ -26,6 +26,7 @@ STATUS_STYLE = {
     "running": "green",
     "completed": "bold green",
     "failed": "bold red",
+    "dead": "bold red",  # its writer exited without a run_end (killed, or a crash outside Python)
     "interrupted": "yellow",
     "stale": "bold yellow",
     "unterminated": "yellow",

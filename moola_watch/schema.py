@@ -212,6 +212,7 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("config", _object, False),
         ("thresholds", _object, False),
         (CONTINUED, _boolean, False),
+        ("process", _object, False),  # what tells the writer from a later process given its pid (Linux)
     ),
     GRAD_STATS: (
         ("layer_norms", _number_map, True),

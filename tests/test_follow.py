@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 from logs import LogBuilder
+from processes import start_trainer, wait_for_epochs
 
 from moola_watch import rules
 from moola_watch.schema import decode_record
@@ -303,9 +304,11 @@ def test_a_running_run_without_alerts_is_not_called_healthy(tmp_path):
 
 
 SKEWED_TRAINER = """
-import sys, time
+import socket, sys, time
 import torch
 from moola.utils.monitoring import GradientMonitor
+
+socket.gethostname = lambda: "other-host"  # another machine: no watcher here can see whether it still runs
 
 log, skew, steps, end = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "end"
 model = torch.nn.Linear(4, 2)
@@ -321,7 +324,8 @@ if end:
 
 
 def skewed_trainer(log: Path, skew_s: float, steps: int, end: bool) -> subprocess.Popen:
-    """A real trainer whose host clock is ``skew_s`` seconds off the watcher's (its records' ``time``)."""
+    """A real trainer on another host, whose clock is ``skew_s`` seconds off the watcher's (its records'
+    ``time``)."""
     return subprocess.Popen([sys.executable, "-c", SKEWED_TRAINER, str(log), str(skew_s), str(steps),
                              "end" if end else "open"], cwd=REPO)  # fmt: skip
 
@@ -382,6 +386,40 @@ def test_a_dead_run_whose_writer_clock_was_ahead_goes_stale_after_stale_seconds_
     (stale,) = [e for e in events if e["event"] == "alert" and e["rule"] == rules.STALE]
     assert stale["state"] == rules.FIRING and "No record for 3 s" in stale["message"], stale
     assert 2.0 < waited < 30, waited
+
+
+def test_a_trainer_killed_while_followed_is_dead_within_seconds_and_fails(tmp_path):
+    """kill -9 (what the OOM killer sends) leaves no run_end: the watcher on the trainer's host sees the process
+    is gone, fires run_died (an error: sent by default) and --exit-on-end exits 1, without waiting to go stale.
+    A run that ends normally while followed, its process exiting right after its run_end, never died."""
+    log = tmp_path / "run.jsonl"
+    command = [*WATCH.split(), "follow", "--json", "--exit-on-end", "--stale-seconds", "600", str(log)]
+    follow = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    trainer = start_trainer(log, 200)
+    try:
+        wait_for_epochs(log, 3)
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait()
+        killed_at = time.monotonic()
+        out, _ = follow.communicate(timeout=60)
+    finally:
+        trainer.kill()
+        follow.kill()
+    assert time.monotonic() - killed_at < 10 and follow.returncode == 1
+    events = [json.loads(line) for line in out.splitlines()]
+    (died,) = [e for e in events if e["event"] == "alert"]
+    assert (died["rule"], died["severity"], died["state"]) == ("run_died", "error", "firing"), died
+    assert f"(pid {trainer.pid} on " in died["message"] and "resume from the last checkpoint" in died["recommendation"]
+    assert [e["status"] for e in events if e["event"] == "status"][-1] == "dead"
+
+    ended = tmp_path / "ended.jsonl"
+    follow = subprocess.Popen([*WATCH.split(), "follow", "--json", "--exit-on-end", str(ended)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    assert start_trainer(ended, 3).wait(timeout=120) == 0
+    out, _ = follow.communicate(timeout=60)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert not [e for e in events if e["event"] == "alert" and e["rule"] == "run_died"]
+    assert follow.returncode == 0 and events[-1]["logs"][0]["status"] == "completed"
 
 
 def test_from_end_once_with_nothing_after_the_skipped_history_says_so(tmp_path):

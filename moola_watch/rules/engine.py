@@ -189,20 +189,36 @@ class RuleEngine:
         state = self.run
         if state.status != "running" or state.superseded or state.continued_in or state.last_time is None:
             return []
+        if (run.RUN_DIED, "run") in self.lifecycle.open:  # it has ended: its silence says nothing more
+            return []
         seen = run.stale_observation(state, now, self.thresholds)
         return self.lifecycle.apply(run.STALE, "run", seen, Where(state.step, state.epoch, now))
+
+    def check_writer(self, gone: bool | None, now: float) -> list[AlertEvent]:
+        """Fire the run_died alert when the process writing this run has exited (``gone``, as the caller found
+        with :func:`moola_watch.writer_process.writer_gone`) and the run has not ended; ``now`` is unix seconds."""
+        state = self.run
+        if gone is not True or state.status != "running" or state.superseded or state.continued_in:
+            return []
+        if (run.RUN_DIED, "run") in self.lifecycle.open:
+            return []
+        where = Where(state.step, state.epoch, now)
+        return self.lifecycle.apply(run.RUN_DIED, "run", run.died_observation(state), where)
 
     def firing(self) -> list[Alert]:
         return [alert for alert in self.alerts if alert.state == FIRING]
 
     @property
     def run_status(self) -> str:
-        """running, stale, completed, failed or interrupted; unterminated for a run that wrote no run_end before
-        a later run started in its log (one process writes a log at a time: it ended, unrecorded)."""
+        """running, stale, completed, failed or interrupted; dead for a run whose writer exited without a
+        run_end; unterminated for a run that wrote no run_end before a later run started in its log (one process
+        writes a log at a time: it ended, unrecorded)."""
         if self.run.status == "running" and self.run.superseded:
             return "unterminated"
         if self.run.status == "running" and self.run.continued_in:
             return "continued"
+        if self.run.status == "running" and (run.RUN_DIED, "run") in self.lifecycle.open:
+            return "dead"
         stale = self.lifecycle.open.get((run.STALE, "run"))
         if self.run.status == "running" and stale is not None and stale.state == FIRING:
             return "stale"

@@ -45,6 +45,7 @@ class RunState:
     superseded: bool = False  # a later run started in the same log before this one wrote run_end: it ended
     continued_in: str | None = None  # another log in which the run goes on (rotated there): this file's part ended
     continues: bool = False  # this log holds the rest of a run begun in another (its run_start is "continued")
+    writer: tuple[object, object, object] = (None, None, None)  # run_start's host, pid and process, as written
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -199,6 +200,7 @@ class Evidence:
         elif kind == schema.RUN_START:
             self.run.run, self.run.model, self.run.started = record["run"], record["model"], record["time"]
             self.run.continues = record.get(schema.CONTINUED) is True
+            self.run.writer = (record.get("host"), record.get("pid"), record.get("process"))
             self.run.config = record.get("config") or {}
         elif kind == schema.TASK_BALANCE:
             self._balance(record, where)

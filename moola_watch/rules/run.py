@@ -1,4 +1,5 @@
-"""Rules on the run itself: a non-finite training loss, how the run ended, and a run gone quiet (stale)."""
+"""Rules on the run itself: a non-finite training loss, how the run ended, a run whose writer died without
+saying so, and a run gone quiet (stale)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ NONFINITE = "nonfinite"
 STALE = "stale"
 RUN_FAILED = "run_failed"
 RUN_INTERRUPTED = "run_interrupted"
+RUN_DIED = "run_died"
 
 
 def _loss(_ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
@@ -77,12 +79,30 @@ def stale_observation(run: RunState, now: float, th: Thresholds) -> Observation 
     )  # fmt: skip
 
 
+def died_observation(run: RunState) -> Observation:
+    """The run's writer has exited without a ``run_end`` (the watcher saw it: :mod:`moola_watch.writer_process`).
+    A Python exception or Ctrl-C writes one; what does not is the OOM killer, ``kill -9``, a preempted job or a
+    crash in native code."""
+    host, pid, _process = run.writer
+    return Observation(
+        "error", None,
+        f"The trainer (pid {pid} on {host}) exited without a run_end: killed (the OOM killer, kill -9, a preempted "
+        "job) or crashed outside Python",
+        "Find why in the kernel log (dmesg: 'Killed process') or the scheduler's; resume from the last checkpoint",
+    )  # fmt: skip
+
+
 STALE_RULE = Rule(STALE, "warning", False, frozenset(schema.KINDS), _any_record,
                   "no record for `stale_seconds` (or twice the run's longest wait for one, if longer) while the run "
                   "has not ended (judged on the clock)",
                   never)  # fmt: skip
+DIED_RULE = Rule(RUN_DIED, "error", False, frozenset(schema.KINDS), _any_record,
+                 "the process writing the run exited without a run_end (seen by a watcher on its host, in its "
+                 "PID namespace: the run_start records which process it is)",
+                 never)  # fmt: skip
 RULES = (
     STALE_RULE,
+    DIED_RULE,
     Rule(NONFINITE, "critical", False, frozenset({schema.EPOCH}), _loss, "a non-finite training loss"),
     Rule(RUN_FAILED, "error", False, frozenset({schema.RUN_END}), _failed, "the run ended with status failed"),
     Rule(RUN_INTERRUPTED, "warning", False, frozenset({schema.RUN_END}), _interrupted, "the run was interrupted"),

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -140,7 +141,9 @@ def test_appending_after_a_crashed_run_keeps_the_cut_line_one_bad_line(tmp_path,
     assert after["records"] == before["records"] + len(new_lines)
 
 
-def test_kill_9_leaves_only_whole_records_and_is_never_called_completed(tmp_path, trainer):
+def test_kill_9_leaves_only_whole_records_and_the_run_is_dead_not_completed(tmp_path, trainer):
+    """On the trainer's host the watcher sees its writer is gone: the run died (an error, exit 1), at once. A
+    copy read where the writer cannot be seen (another host) is unterminated, then stale once quiet."""
     log = tmp_path / "run.jsonl"
     process = trainer(log, 200)
     wait_for_epochs(log, 4)
@@ -149,12 +152,18 @@ def test_kill_9_leaves_only_whole_records_and_is_never_called_completed(tmp_path
     lines = log.read_bytes().splitlines()
     report = check_json(log)
     assert report["bad_lines"] == 0 and report["records"] == len(lines)
+    assert report["status"] == "dead" and report["verdict"] == "error"
+    (died,) = report["alerts"]
+    assert died["rule"] == "run_died" and died["state"] == "firing" and f"(pid {process.pid} on " in died["message"]
+    copied = tmp_path / "copied.jsonl"
+    copied.write_bytes(log.read_bytes().replace(f'"host":"{socket.gethostname()}"'.encode(), b'"host":"elsewhere"'))
+    report = check_json(copied)
     assert report["status"] == "running" and report["verdict"] == "unterminated"
     # Stale once the silence outlasts twice the run's longest wait between records (however busy the machine).
     times = [json.loads(line)["time"] for line in lines]
     longest = max(b - a for a, b in itertools.pairwise(times))
     time.sleep(max(0.0, times[-1] + 2 * longest + 0.5 - time.time()))
-    stale = check_json(log, "--stale-seconds", "0")
+    stale = check_json(copied, "--stale-seconds", "0")
     assert stale["status"] == "stale" and [a["rule"] for a in stale["alerts"]] == ["stale"]
 
 

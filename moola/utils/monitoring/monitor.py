@@ -52,6 +52,7 @@ from moola.utils.monitoring.records import (
 from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, compute_task_balance, task_weights
 from moola_watch import rules, schema
 from moola_watch.rules import Alert, AlertEvent, GradSummary, MonitoringSummary, Thresholds
+from moola_watch.writer_process import this_process
 
 _T = TypeVar("_T")
 #: Severities a run can be halted on, lowest first ("warning" only ranks below them).
@@ -266,6 +267,7 @@ class GradientMonitor:
             versions={"torch": torch.__version__, "moola": __version__, "schema": schema.SCHEMA_VERSION},
             host=socket.gethostname(),
             pid=os.getpid(),
+            process=this_process(),  # what tells this process from a later one given its pid: a watcher knows it died
             rank=self.rank,
             world_size=self.world_size,
         )
