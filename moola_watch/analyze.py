@@ -94,7 +94,10 @@ class LogScan:
         if skipped.run_start is None:
             return []
         events = self.observe(skipped.run_start)
-        run = self.engines[self._run_keys[skipped.run_start["run"]]].run
+        engine = self.engines[self._run_keys[skipped.run_start["run"]]]
+        if skipped.last is not None and skipped.last is not skipped.run_start:
+            engine.evidence.start_unknown = "followed from its middle: follow --from-end skipped its start"
+        run = engine.run
         run.last_time = skipped.written if run.last_time is None else max(run.last_time, skipped.written)
         last = skipped.last
         if last is not None and last["kind"] == schema.RUN_END and last["run"] == skipped.run_start["run"]:
@@ -154,7 +157,11 @@ class LogScan:
         recorded = record.get("thresholds") if record["kind"] == schema.RUN_START else None
         thresholds, source = run_thresholds(recorded, self.thresholds, self.overridden)
         self.threshold_sources[record["run"]] = source
+        before = self.current
         engine = self.engines[record["run"]] = RuleEngine(thresholds)
+        if before is not None and record["kind"] == schema.RUN_START and before.run.model == record["model"]:
+            # If this run began late, it may be that one resumed from a checkpoint: its training rates start there.
+            engine.evidence.resumes = before.evidence.first_losses
         return engine
 
     def check_stale(self, now: float) -> list[AlertEvent]:

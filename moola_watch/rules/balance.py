@@ -119,6 +119,10 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
         return "warning", f"gradients dominated, but the {task} loss is still falling: {figures}"
     if share is None or share >= th.starve_share:
         return "warning", f"gradients dominated, but the {task} task still gets a share of the update: {figures}"
+    if own.rate is None:
+        return "warning", (f"gradients dominated and the {task} loss stalled, but whether the {task} task had already "
+                           f"learned cannot be told: this run's first losses are unknown ({ev.start_unknown}): "
+                           f"{figures}")  # fmt: skip
     if own.rate <= th.starve_rate:
         return "warning", (f"gradients dominated, but the {task} task has learned: its loss is {own.rate:.0%} of "
                            f"where it started ({own.start:.3g}): {figures}")  # fmt: skip
@@ -236,6 +240,8 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
         share, own = ev.mean_share(task), progress.get(task)
         if share is None or own is None or run_share.count < th.window:
             continue
+        if own.rate is None:
+            continue  # the run's start is unknown: whether the task learned cannot be told
         if share < th.final_share * equal and run_share.mean < th.final_run_share * equal and own.rate > th.final_rate:
             dominance = pair_dominance(ev, th) if spec_pair else task_dominance(ev, task, th)
             dominated = f"{dominance.text}; " if dominance and dominance.starved == task else ""

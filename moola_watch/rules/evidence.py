@@ -46,6 +46,9 @@ class RunState:
     continued_in: str | None = None  # another log in which the run goes on (rotated there): this file's part ended
     continues: bool = False  # this log holds the rest of a run begun in another (its run_start is "continued")
     writer: tuple[object, object, object] = (None, None, None)  # run_start's host, pid and process, as written
+    cadence: tuple[int | None, int | None] = (None, None)  # measured every N steps, else every N epochs (run_start)
+    first_step: int | None = None  # of the first record that has one
+    first_epoch: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,9 +103,10 @@ class TaskProgress:
         return self.recent / self.earlier - 1.0
 
     @property
-    def rate(self) -> float:
-        """The loss now over its loss at the run's start (GradNorm's training rate; 0.2: down to a fifth)."""
-        return self.recent / self.start
+    def rate(self) -> float | None:
+        """The loss now over its loss at the run's start (GradNorm's training rate; 0.2: down to a fifth); None
+        when the run's start is unknown."""
+        return None if self.start is None else self.recent / self.start
 
 
 class LossSeries:
@@ -123,7 +127,7 @@ class LossSeries:
 
     def progress(self, start: Mapping[str, float]) -> dict[str, TaskProgress]:
         """Each task's change over the window, or {} with fewer than ``2 * RECENT_SAMPLES`` samples; ``start``
-        holds each task's first loss of the run."""
+        holds each task's first loss of the run (a task without one has no training rate)."""
         if not self.ready():
             return {}
         first, last = list(self.samples)[:RECENT_SAMPLES], list(self.samples)[-RECENT_SAMPLES:]
@@ -133,11 +137,11 @@ class LossSeries:
                 task,
                 earlier=_mean(s[task] for s in first),
                 recent=_mean(s[task] for s in last),
-                start=start[task],
+                start=start.get(task),
                 span=span,
             )
             for task in self.samples[-1]
-            if all(task in s for s in (*first, *last)) and task in start
+            if all(task in s for s in (*first, *last))
         }
 
 
@@ -160,6 +164,17 @@ class QuietGradStats(NamedTuple):
     record: Callable[[int], schema.Record]
 
 
+def _cadence(start: schema.Record) -> tuple[int | None, int | None]:
+    """How often a run measures, from its ``run_start``: every N optimizer steps (the least of its step
+    frequencies), else every N epochs; None where not recorded."""
+
+    def least(*names: str) -> int | None:
+        values = [value for name in names if type(value := start.get(name)) is int and value > 0]
+        return min(values, default=None)
+
+    return least("every_n_steps", "balance_every_n_steps"), least("log_frequency", "task_balance_frequency")
+
+
 class Evidence:
     """The memory of one run that the rules read. Windows hold the last ``thresholds.window`` balance samples."""
 
@@ -176,6 +191,10 @@ class Evidence:
         self.epoch_losses = LossSeries(window)
         self.batch_losses = LossSeries(window)
         self.first_losses: dict[str, float] = {}  # each task's first usable training loss in the run
+        # Why the run's first losses are not its start (None: they are): it began late, or was read from its middle.
+        self.start_unknown: str | None = None
+        self.resumes: Mapping[str, float] = {}  # the first losses of the run before it in its log (same model)
+        self._start_judged = False
         self.balance_samples = 0
         self._window: tuple[int, Thresholds, CollapseVerdict] | None = None  # the last window_verdict, and of what
         self.grad_samples = 0
@@ -201,6 +220,7 @@ class Evidence:
             self.run.run, self.run.model, self.run.started = record["run"], record["model"], record["time"]
             self.run.continues = record.get(schema.CONTINUED) is True
             self.run.writer = (record.get("host"), record.get("pid"), record.get("process"))
+            self.run.cadence = _cadence(record)
             self.run.config = record.get("config") or {}
         elif kind == schema.TASK_BALANCE:
             self._balance(record, where)
@@ -243,6 +263,8 @@ class Evidence:
             self._step(step)
         run = self.run
         run.epoch = next((epoch for epoch in reversed(epochs) if epoch is not None), run.epoch)
+        if run.first_epoch is None:
+            run.first_epoch = next((epoch for epoch in epochs if epoch is not None), None)
         for time in times:
             if time is not None:
                 self._time(time)
@@ -252,6 +274,8 @@ class Evidence:
         self._step(where.step)
         if where.epoch is not None:
             self.run.epoch = where.epoch
+            if self.run.first_epoch is None:
+                self.run.first_epoch = where.epoch
         if where.time is not None:
             self._time(where.time)
 
@@ -261,6 +285,8 @@ class Evidence:
         if step is not None:
             if run.step is not None and step < run.step:
                 run.steps_backwards += 1
+            elif run.first_step is None:
+                run.first_step = step
             run.step = step
 
     def _time(self, time: float) -> None:
@@ -327,9 +353,29 @@ class Evidence:
 
     def _losses(self, series: LossSeries, losses: Mapping[str, float], where: Where) -> None:
         series.add(losses, where)
+        if not self._start_judged:
+            self._judge_start()
+        if self.start_unknown is not None:
+            return  # these are not the run's first losses: a training rate from them would call a learned task new
         for task, loss in losses.items():
             if task not in self.first_losses and math.isfinite(loss) and loss > 0:
                 self.first_losses[task] = loss
+
+    def _judge_start(self) -> None:
+        """Once, at the run's first losses: are they its start? Not when its first record came later than its
+        cadence allows a fresh run's (it resumed from a checkpoint, or was read from its middle), unless the
+        run before it in its log, of the same model, holds its start: a resumed run appending to its log."""
+        self._start_judged = True
+        run = self.run
+        steps, epochs = run.cadence
+        late = (steps is not None and run.first_step is not None and run.first_step > 2 * steps + 1) or (
+            steps is None and epochs is not None and run.first_epoch is not None and run.first_epoch > 2 * epochs + 1
+        )
+        if late and self.resumes:
+            self.first_losses.update(self.resumes)
+        elif late and self.start_unknown is None:
+            self.start_unknown = (f"its first records are from {position(run.first_epoch, run.first_step)}, "
+                                  "past its start (resumed from a checkpoint?)")  # fmt: skip
 
     def progress(self) -> dict[str, TaskProgress]:
         """Every task's own progress over the window: from the epoch records' losses once there are enough,

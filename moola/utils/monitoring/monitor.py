@@ -55,6 +55,15 @@ from moola_watch.rules import Alert, AlertEvent, GradSummary, MonitoringSummary,
 from moola_watch.writer_process import this_process
 
 _T = TypeVar("_T")
+
+
+def steps_taken(optimizer: torch.optim.Optimizer) -> int:
+    """The steps ``optimizer`` has taken, as its state counts them (0 for one that keeps no count, or none
+    yet): the most any parameter's ``step`` says. One read at set-up, not per step."""
+    counts = [state["step"] for state in optimizer.state.values() if "step" in state]
+    return max((int(count) for count in counts), default=0)
+
+
 #: Severities a run can be halted on, lowest first ("warning" only ranks below them).
 HALT_SEVERITIES = ("warning", "error", "critical")
 _OPTIONAL_INT = (int, type(None))
@@ -220,11 +229,15 @@ class GradientMonitor:
         accumulated batch, and a step a GradScaler skips is not one. Several optimizers stepping together
         (sparse and dense parameters) make one training step: the first one watched counts, later calls are
         ignored. accelerate's ``AcceleratedOptimizer`` is counted by the optimizer it wraps, which steps only
-        on the accumulated batch."""
+        on the accumulated batch. An optimizer restored from a checkpoint that counts its steps (Adam, AdamW,
+        and most but plain SGD) starts the count where it left off, unless :meth:`at_step` said otherwise: a
+        resumed run's records go on from the steps it resumed at."""
         if self._counting_optimizer:
             return
         inner = getattr(optimizer, "optimizer", None)
         counted_optimizer = inner if isinstance(inner, torch.optim.Optimizer) else optimizer
+        if self.steps_done == 0:
+            self.steps_done = steps_taken(counted_optimizer)
 
         def counted(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
             self.steps_done += 1

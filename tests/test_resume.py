@@ -1,0 +1,130 @@
+"""A run resumed from a checkpoint, or followed from its middle, is judged as the same training uninterrupted:
+its tasks' training rates start where the training did, not where the watcher began to read."""
+
+import copy
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import REPO
+from logs import LogBuilder
+from torch import nn
+
+from moola.utils.monitoring import GradientMonitor
+from moola_watch import rules
+
+STEPS, CRASH_AT, EVERY, PER_EPOCH = 300, 150, 5, 30
+WATCH = [sys.executable, "-m", "moola_watch.cli"]
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def train(log, first: int, last: int, checkpoint=None, crash: bool = False):
+    """Steps ``first`` to ``last`` of a two-task loop (an easy classification the regression's 5x weight
+    dominates, so its gradients are dominated after it has learned), from ``checkpoint`` if given; returns the
+    checkpoint taken after step ``CRASH_AT``, where a run crashing later resumes from."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"trunk": nn.Linear(8, 16), "cls": nn.Linear(16, 2), "reg": nn.Linear(16, 1)})
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    if checkpoint is not None:
+        checkpoint = copy.deepcopy(checkpoint)  # as torch.load gives it: the optimizer takes its tensors as they are
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    weights, saved = {"cls": 1.0, "reg": 5.0}, None
+    with GradientMonitor(every_n_steps=EVERY, log_path=log, echo=lambda _line: None) as monitor:
+        monitor.watch_optimizer(optimizer)  # a restored Adam counts on from its checkpoint's steps
+        for i in range(first, last):
+            monitor.on_epoch_start(i // PER_EPOCH + 1)
+            x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1000 + i))
+            y = torch.randn(32, generator=torch.Generator().manual_seed(2000 + i))
+            h = model["trunk"](x).relu()
+            losses = {"cls": nn.functional.cross_entropy(model["cls"](h), (x[:, 1] > 0).long()),
+                      "reg": nn.functional.mse_loss(model["reg"](h).squeeze(1), x[:, 0] + y)}  # fmt: skip
+            monitor.backward(model, losses, weights)
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+            if i + 1 == CRASH_AT:  # a copy, as torch.save makes: the optimizer's step counts change in place
+                saved = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        if crash:
+            raise Crash("CUDA error: an illegal memory access was encountered")
+    return saved
+
+
+def check(log, *args):
+    result = subprocess.run([*WATCH, "check", "--json", *args, str(log)], capture_output=True, text=True, cwd=REPO)
+    return result.returncode, json.loads(result.stdout)
+
+
+def collapse(report) -> dict:
+    (alert,) = [a for a in report["alerts"] if a["rule"] == "collapse" and a["state"] == "firing"]
+    return alert
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    log = tmp_path_factory.mktemp("full") / "full.jsonl"
+    train(log, 0, STEPS)
+    return log
+
+
+def test_a_run_resumed_into_its_log_is_judged_as_the_uninterrupted_one(tmp_path, uninterrupted):
+    code, full = check(uninterrupted)
+    assert code == 0 and collapse(full)["severity"] == "warning" and "has learned" in collapse(full)["message"]
+    log = tmp_path / "resumed.jsonl"
+    checkpoint = train(tmp_path / "first.jsonl", 0, CRASH_AT)  # what the run that crashes saves
+    with pytest.raises(Crash):
+        train(log, 0, CRASH_AT + 20, crash=True)
+    train(log, CRASH_AT, STEPS, checkpoint)
+    code, resumed = check(log, "--latest")
+    (run,) = resumed["runs"]
+    assert run["step"] == STEPS and run["status"] == "completed"  # its steps go on from the checkpoint's
+    assert code == 0 and collapse(resumed)["message"] == collapse(full)["message"]
+
+
+def test_a_run_resumed_into_a_new_log_does_not_call_a_learned_task_starving(tmp_path):
+    checkpoint = train(tmp_path / "first.jsonl", 0, CRASH_AT)
+    log = tmp_path / "resumed.jsonl"
+    train(log, CRASH_AT, STEPS, checkpoint)
+    code, report = check(log)
+    message = collapse(report)["message"]
+    assert code == 0 and collapse(report)["severity"] == "warning", message
+    assert "whether the cls task had already learned cannot be told" in message
+    assert "its first records are from epoch 6, step 155, past its start" in message
+
+
+def test_follow_from_end_judges_what_it_did_not_read_as_unknown_not_as_a_fresh_start(tmp_path, uninterrupted):
+    lines = uninterrupted.read_bytes().splitlines(keepends=True)
+    middle = next(i for i, line in enumerate(lines) if b'"step":150' in line)
+    log = tmp_path / "live.jsonl"
+    log.write_bytes(b"".join(lines[:middle]))
+    follow = subprocess.Popen([*WATCH, "follow", "--from-end", "--exit-on-end", "--json", str(log)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    time.sleep(1.5)
+    with log.open("ab") as out:
+        for line in lines[middle:]:
+            out.write(line)
+            out.flush()
+    events = [json.loads(line) for line in follow.communicate(timeout=60)[0].splitlines()]
+    collapses = [e for e in events if e["event"] == "alert" and e["rule"] == "collapse"]
+    assert follow.returncode == 0 and collapses and all(e["severity"] == "warning" for e in collapses), collapses
+    assert "follow --from-end skipped its start" in collapses[-1]["message"]
+
+
+def test_a_late_first_record_is_a_start_only_by_the_runs_own_cadence():
+    """Measured every 5 steps, a fresh run's first record is by step 11; one from step 155 began elsewhere.
+    Without a cadence recorded (another writer) the first record is the start, as before."""
+
+    def first_losses(first_step: int, **cadence) -> dict:
+        log = LogBuilder().add("run_start", model="m", **cadence)
+        log.add("task_balance", step=first_step, norms={"a": 1.0, "b": 1.0}, losses={"a": 0.5, "b": 0.7})
+        return rules.replay(log.records).evidence.first_losses
+
+    assert first_losses(5, every_n_steps=5, balance_every_n_steps=5) == {"a": 0.5, "b": 0.7}
+    assert first_losses(155, every_n_steps=5, balance_every_n_steps=5) == {}
+    assert first_losses(155) == {"a": 0.5, "b": 0.7}
