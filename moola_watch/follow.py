@@ -340,11 +340,17 @@ class Follower:
         return {"event": "summary", "logs": [view.scan.report() for view in self.views.values()]}
 
     def run(self) -> int:
-        """Follow until Ctrl-C (exit 0), or the run ends with ``--exit-on-end``, or once with ``--once``."""
+        """Follow until Ctrl-C or SIGTERM, or the run ends with ``--exit-on-end``, or once with ``--once``.
+        Stopped, it exits 0 unless what it saw already fails ``--fail-on`` (1): a CI job stopped by its
+        timeout must not pass a run whose gradients were already non-finite."""
         try:
             return self._run()
         except KeyboardInterrupt:
-            return EXIT_OK
+            failing = any(
+                view.scan.fails(self.options.fail_on, [run for run in view.scan.engines if self._followed(path, run)])
+                for path, view in self.views.items()
+            )
+            return EXIT_ALERT if failing else EXIT_OK
         finally:
             self.waker.stop()
             if self.notifier is not None:

@@ -422,6 +422,20 @@ def test_a_trainer_killed_while_followed_is_dead_within_seconds_and_fails(tmp_pa
     assert follow.returncode == 0 and events[-1]["logs"][0]["status"] == "completed"
 
 
+@pytest.mark.parametrize(("norm", "code"), [(float("nan"), 1), (0.3, 0)])
+def test_follow_stopped_by_sigterm_exits_1_only_if_what_it_saw_fails(tmp_path, norm, code):
+    """A CI job's timeout (SIGTERM) must not pass a run whose gradients were already non-finite; a healthy one
+    stopped so is 0, as Ctrl-C leaves it."""
+    log = LogBuilder().start().grad(1, norm, norm, {"encoder.weight_ih_l0": norm}).write(tmp_path / "run.jsonl")
+    follow = subprocess.Popen([*WATCH.split(), "follow", "--exit-on-end", str(log)], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)  # fmt: skip
+    while "run-1 is running" not in follow.stdout.readline():
+        pass
+    follow.send_signal(signal.SIGTERM)
+    follow.communicate(timeout=30)
+    assert follow.returncode == code
+
+
 def test_from_end_once_with_nothing_after_the_skipped_history_says_so(tmp_path):
     """Nothing was judged: not the lines --from-end skipped (here no log at all), nor anything after them."""
     path = tmp_path / "notes.txt"

@@ -3,6 +3,7 @@ what ``moola-watch check`` concludes from the log."""
 
 import json
 import math
+import os
 import signal
 from pathlib import Path
 
@@ -25,7 +26,10 @@ class TwoTaskModule(lightning.LightningModule):
     """A shared trunk, a classification head and a regression head; ``training_step`` exposes the per-task
     losses as ``task_losses`` and their weights as ``task_weights``."""
 
-    def __init__(self, weights: dict[str, float], fail_at: int | None = None, interrupt_at: int | None = None):
+    def __init__(
+        self, weights: dict[str, float], fail_at: int | None = None, interrupt_at: int | None = None,
+        terminate_at: int | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.save_hyperparameters()
         self.trunk = nn.Sequential(nn.Linear(6, 16), nn.Tanh())
@@ -38,6 +42,8 @@ class TwoTaskModule(lightning.LightningModule):
             raise RuntimeError("data loader returned garbage")
         if batch_idx == self.hparams.interrupt_at:
             raise KeyboardInterrupt
+        if batch_idx == self.hparams.terminate_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stopping the job: Lightning's handler takes it
         x, labels, target = batch
         h = self.trunk(x)
         self.task_losses = {
@@ -166,6 +172,17 @@ def test_ctrl_c_ends_the_run_interrupted(tmp_path, sigint_restored):
         fit(tmp_path, {"cls": 1.0, "reg": 1.0}, interrupt_at=9)
     end = strict_lines(tmp_path / "run.jsonl")[-1]
     assert end["kind"] == "run_end" and end["status"] == "interrupted" and end["step"] == 9
+
+
+def test_sigterm_ends_the_run_interrupted_not_failed(tmp_path):
+    """Lightning turns SIGTERM into its SIGTERMException (a SystemExit): the job was stopped, to be resumed; it
+    did not fail (a failed run is an error that pages someone)."""
+    with pytest.raises(SystemExit):
+        fit(tmp_path, {"cls": 1.0, "reg": 1.0}, terminate_at=9)
+    end = strict_lines(tmp_path / "run.jsonl")[-1]
+    assert end["kind"] == "run_end" and end["status"] == "interrupted" and end["error"].startswith("SIGTERM: ")
+    code, report = check(tmp_path)
+    assert code == 0 and report["verdict"] == "warning" and report["status"] == "interrupted"
 
 
 class NormSeeingModule(TwoTaskModule):

@@ -26,8 +26,10 @@ from typing import Any
 
 import lightning
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from moola.integrations.settings import MonitorSettings
+from moola.utils.monitoring.run_end import SIGTERM_WORDS, ending
 
 TASK_LOSSES = "task_losses"
 TASK_WEIGHTS = "task_weights"
@@ -93,7 +95,9 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
     :class:`~moola.integrations.settings.MonitorSettings`'."""
 
     def on_fit_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
-        self.monitor = self._make_monitor()
+        # Lightning handles SIGTERM (its SIGTERMException, SLURM requeueing; it chains a handler set before it):
+        # the run ends through on_exception, never by a handler of the monitor's.
+        self.monitor = self._make_monitor(end_on_sigterm=False)
         self.monitor.on_run_start(pl_module, model_name=type(pl_module).__name__, config=run_config(trainer, pl_module))
         self._metrics_before: dict[str, Any] = {}
 
@@ -141,7 +145,7 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
     ) -> None:
         if self.monitor is None:
             return  # failed before fitting started: nothing was logged
-        if isinstance(exception, KeyboardInterrupt):
-            self.monitor.on_run_end("interrupted")
+        if isinstance(exception, SIGTERMException):  # Lightning's own SIGTERM handler: the job was stopped
+            self.monitor.on_run_end("interrupted", error=SIGTERM_WORDS)
         else:
-            self.monitor.on_run_end("failed", error=f"{type(exception).__name__}: {exception}")
+            self.monitor.on_run_end(*ending(exception))

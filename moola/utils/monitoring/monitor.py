@@ -49,6 +49,7 @@ from moola.utils.monitoring.records import (
     learning_rate,
     plain,
 )
+from moola.utils.monitoring.run_end import ending, on_sigterm
 from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, compute_task_balance, task_weights
 from moola_watch import rules, schema
 from moola_watch.rules import Alert, AlertEvent, GradSummary, MonitoringSummary, Thresholds
@@ -108,6 +109,10 @@ class GradientMonitor:
     With ``enabled=False`` every hook does only the plain work (``backward`` a plain backward) and nothing is
     measured, printed or written: a loop can call the hooks unconditionally.
 
+    With ``end_on_sigterm`` (the default), while the run writes its log and SIGTERM has its default action, a
+    SIGTERM (a scheduler stopping the job) first writes ``run_end`` ``interrupted``, then ends the process by
+    that signal as it would have; a loop that handles SIGTERM itself (Lightning does) keeps its own handling.
+
     Acting on alerts: ``on_alert`` is called with each alert that starts firing (an exception in it is one
     warning); with ``halt_on="critical"`` (or ``"error"``) the first alert at or above that severity sets
     :attr:`halted_by`, which the loop checks to stop before the optimizer step applies the bad gradient
@@ -133,6 +138,7 @@ class GradientMonitor:
         on_alert: Callable[[Alert], None] | None = None,
         halt_on: str | None = None,
         enabled: bool = True,
+        end_on_sigterm: bool = True,
     ) -> None:
         for name, value in (
             ("log_frequency", log_frequency),
@@ -179,6 +185,8 @@ class GradientMonitor:
         self._last_balance_at: tuple[int | None, int] | None = None
         self._started = False
         self._ended = False
+        self.end_on_sigterm = end_on_sigterm
+        self._undo_sigterm: Callable[[], None] = lambda: None  # the SIGTERM handler on_run_start set, if any
         self._last_step = 0  # the highest step recorded so far
         self._last_epoch: int | None = None  # the epoch of the latest record (run_end's, not the one after it)
         self._warned: set[str] = set()
@@ -263,6 +271,8 @@ class GradientMonitor:
         if self._started or not self.enabled:
             return
         self._started = True
+        if self._writer is not None and self.end_on_sigterm:  # a scheduler stopping the job: the log says so
+            self._undo_sigterm = on_sigterm(self.on_run_end)
         params = named_parameters(model) if model is not None else []
         names = [name for name, p in params if p.requires_grad]
         self._emit(
@@ -452,6 +462,7 @@ class GradientMonitor:
         self._echo("\n" + "\n".join(summary.lines()))
         if self._writer:
             self._writer.close(sync=True)
+        self._undo_sigterm()
         return summary
 
     def get_summary(self) -> MonitoringSummary:
@@ -464,12 +475,7 @@ class GradientMonitor:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc_type is None:
-            self.on_run_end("completed")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.on_run_end("interrupted")
-        else:
-            self.on_run_end("failed", error=f"{exc_type.__name__}: {exc}")
+        self.on_run_end(*ending(exc))
 
     # -------------------------------------------------------------- measuring
 

@@ -1,0 +1,91 @@
+"""How a run ends in its log: the exception or signal that ended it, as a scheduler or a loop ends runs."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+from processes import start_trainer, wait_for_epochs
+
+from moola.utils.monitoring.run_end import SIGTERM_WORDS, ending
+
+LOOP = """
+import signal, sys, time
+import torch
+from moola.utils.monitoring import GradientMonitor
+
+log, how = sys.argv[1], sys.argv[2]
+if how == "handler":  # the user's own SIGTERM handler, exiting with the signal's status
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+model = torch.nn.Linear(4, 2)
+with GradientMonitor(every_n_steps=1, log_path=log) as monitor:
+    for step in range(10_000):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        monitor.on_before_optimizer_step(model)
+        model.zero_grad()
+        if how == "exit" and step == 3:
+            print("target reached", flush=True)
+            sys.exit(0)
+        if step == 3:
+            print("ready", flush=True)
+        time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "error"),
+    [
+        (None, "completed", None),
+        (KeyboardInterrupt(), "interrupted", None),
+        (SystemExit(0), "completed", None),
+        (SystemExit(None), "completed", None),
+        (SystemExit(143), "interrupted", "exit status 143 (SIGTERM)"),
+        (SystemExit(2), "failed", "SystemExit: 2"),
+        (RuntimeError("boom"), "failed", "RuntimeError: boom"),
+    ],
+)
+def test_the_status_a_run_ends_with(exc, status, error):
+    assert ending(exc) == (status, error)
+
+
+def run_loop(tmp_path, how: str) -> tuple[subprocess.Popen, list[dict]]:
+    log = tmp_path / "run.jsonl"
+    loop = subprocess.Popen([sys.executable, "-c", LOOP, str(log), how], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    if how != "exit":
+        assert loop.stdout.readline().strip() == "ready"
+        loop.send_signal(signal.SIGTERM)
+    loop.communicate(timeout=60)
+    return loop, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_sigterm_writes_run_end_and_the_process_still_ends_by_it(tmp_path):
+    loop, records = run_loop(tmp_path, "default")
+    assert loop.returncode == -signal.SIGTERM  # as without moola: killed by the signal
+    end = records[-1]
+    assert end["kind"] == "run_end" and end["status"] == "interrupted" and end["error"] == SIGTERM_WORDS
+
+
+def test_a_users_sigterm_handler_is_kept_and_its_exit_is_an_interruption(tmp_path):
+    loop, records = run_loop(tmp_path, "handler")
+    assert loop.returncode == 143
+    assert records[-1]["status"] == "interrupted" and records[-1]["error"] == "exit status 143 (SIGTERM)"
+
+
+def test_sys_exit_0_in_the_loop_is_a_completed_run(tmp_path):
+    loop, records = run_loop(tmp_path, "exit")
+    assert loop.returncode == 0 and records[-1]["status"] == "completed" and records[-1]["error"] is None
+
+
+def test_moola_train_stopped_by_sigterm_is_interrupted_not_unterminated(tmp_path):
+    log = tmp_path / "train.jsonl"
+    trainer = start_trainer(log, 200)
+    wait_for_epochs(log, 2)
+    trainer.send_signal(signal.SIGTERM)
+    trainer.communicate(timeout=60)
+    assert trainer.returncode == -signal.SIGTERM
+    report = json.loads(subprocess.run([sys.executable, "-m", "moola_watch.cli", "check", "--json", str(log)],
+                                       capture_output=True, text=True, cwd=REPO).stdout)  # fmt: skip
+    assert report["status"] == "interrupted" and report["verdict"] == "warning"
