@@ -48,13 +48,15 @@ class FollowOptions:
     overridden: frozenset[str] = frozenset()  # thresholds a flag or config set: they beat a run's recorded ones
 
 
-def alert_event(path: Path, run: str | None, event: AlertEvent) -> dict[str, Any]:
-    """A transition as ``--json`` prints it and notifications carry it: the alert, its log, and where it stands."""
+def alert_event(path: Path, run: str | None, event: AlertEvent, host: str | None = None) -> dict[str, Any]:
+    """A transition as ``--json`` prints it and notifications carry it: the alert, its log, the host its run's
+    trainer runs on (from its run_start; None if not recorded), and where it stands."""
     alert = event.alert
     resolved = alert.state == rules.RESOLVED
     return {
         "event": "alert",
         "log": str(path),
+        "host": host,
         **alert_json(run, alert),
         "escalated": event.escalated,
         "epoch": alert.resolved_epoch if resolved else alert.last_epoch,
@@ -235,7 +237,9 @@ class Follower:
             return
         for event in events:
             alert = event.alert
-            obj = alert_event(path, run, event)
+            engine = self.views[path].scan.engines.get(run) if run is not None else None
+            host = engine.run.writer[0] if engine is not None else None
+            obj = alert_event(path, run, event, host if isinstance(host, str) else None)
             if self.notifier is not None:
                 self.notifier.send(obj)
             if self.options.json:

@@ -120,8 +120,12 @@ class _Worker:
         if self.failing:
             return
         self.failing = True
-        then = "its alerts wait, in order, until it works again" if kept else "its further failures are not said"
-        self.report(f"{self.sink.label} failed: {error}; alerts still show here, {then}")
+        then = (
+            "its alerts are kept, in order, and sent when it works again"
+            if kept
+            else "the alerts it refuses are dropped, not retried (counted when it works again)"
+        )
+        self.report(f"{self.sink.label} failed: {error}; {then} (every alert still shows here)")
 
     def _works(self) -> None:
         with self.lock:

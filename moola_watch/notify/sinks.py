@@ -47,11 +47,13 @@ def wanted(event: Mapping[str, Any], notify_on: str) -> bool:
 
 
 def headline(event: Mapping[str, Any]) -> str:
-    """One line for a person: state, severity, rule, subject, run, where, message and what to do."""
+    """One line for a person: state, severity, rule, subject, run, the host its trainer runs on, where, message
+    and what to do."""
     state = "ESCALATED" if event.get("escalated") else str(event["state"]).upper()
+    host = f" on {event['host']}" if event.get("host") else ""
     text = (
         f"moola-watch {state} {str(event['severity']).upper()} {event['rule']} ({event['subject']}) in run "
-        f"{event['run']} at {rules.position(event.get('epoch'), event.get('step'))}: {event['message']}"
+        f"{event['run']}{host} at {rules.position(event.get('epoch'), event.get('step'))}: {event['message']}"
     )
     if event["state"] != rules.RESOLVED and event.get("recommendation"):
         text += f" -> {event['recommendation']}"
