@@ -173,6 +173,7 @@ def test_webhook_receives_the_collapse_alert_while_the_trainer_is_still_running(
     run_id = json.loads(log.read_bytes().splitlines()[0])["run"]
     alert = body["alert"]
     assert alert["run"] == run_id and alert["log"] == str(log) and alert["severity"] == "error"
+    assert alert["host"] == socket.gethostname() and f" on {alert['host']} at " in body["content"]
     assert alert["message"].startswith("TASK COLLAPSE: Pointer task dominating") and alert["recommendation"]
     assert alert["step"] is not None and alert["epoch"] is not None
     assert body["content"].startswith("moola-watch FIRING ERROR collapse (type)")
@@ -437,6 +438,8 @@ def test_chat_text_cannot_ping_or_link_and_is_one_inert_line():
     assert "->" not in body["content"]  # a resolved alert needs no action
     assert body["alert"]["message"] == "<!channel> @everyone\n\x1b[2Jhi"  # the full alert keeps the real text
     assert len(notify.headline(event(message="m" * 10_000))) <= notify.CHAT_LIMIT + 1
+    assert notify.headline(event(host="gpu-7")).startswith("moola-watch FIRING ERROR collapse (pointer/type) in run r1 "
+                                                           "on gpu-7 at epoch 15, step 300")  # fmt: skip
 
 
 def test_command_env_is_strings_without_nul_and_bounded():
