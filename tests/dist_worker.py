@@ -66,7 +66,7 @@ def measured_step(mode: str, out: Path, rank: int, world: int) -> None:
         wrapped, measured = model, model
     else:
         wrapped = nn.parallel.DistributedDataParallel(model, static_graph=mode == "ddp-static-balance")
-        measured = model  # names without DDP's "module." prefix
+        measured = wrapped  # as a user passes it: recorded under the names of the model inside, no "module."
     if mode in ("ddp-balance", "ddp-static-balance"):
         balance_step(wrapped, model, x[rows], y[rows], out, rank)
     else:

@@ -534,3 +534,20 @@ def test_the_runs_own_end_is_not_a_reason_to_halt_it():
     monitor.on_run_end("failed", error="RuntimeError: out of memory")
     assert [alert.rule for alert in seen] == ["run_failed"]
     assert monitor.halted_by is None and not monitor.should_stop and monitor.halt_reason is None
+
+
+def test_a_wrapped_model_is_recorded_under_the_names_and_class_of_the_model_it_wraps():
+    """DataParallel (and DDP) prefix every name with ``module.``, torch.compile with ``_orig_mod.``: the same
+    model, however wrapped, must give the same layers and model name (run to run, one process or several)."""
+    model = TwoHeadMLP()
+    wrapped = nn.DataParallel(torch.compile(model))
+    x = torch.randn(8, 6)
+    sum(task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0]).values()).backward()
+    logs = []
+    for measured in (model, wrapped):
+        stream = io.BytesIO()
+        GradientMonitor(every_n_steps=1, stream=stream, echo=None).on_before_optimizer_step(measured)
+        logs.append(records_of(stream.getvalue()))
+    (plain_start, plain_stats), (start, stats) = logs
+    assert start["model"] == plain_start["model"] == "TwoHeadMLP" and start["parameters"] == plain_start["parameters"]
+    assert list(stats["layer_norms"]) == list(plain_stats["layer_norms"]) and "trunk.0.weight" in stats["layer_norms"]

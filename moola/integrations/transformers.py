@@ -160,7 +160,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         **kwargs: Any,
     ) -> None:
         self.monitor = self._make_monitor()
-        self.monitor.on_run_start(model, model_name=type(model).__name__, config=run_config(args))
+        self.monitor.on_run_start(model, config=run_config(args))
         self._model = model
         # With average_tokens_across_devices a returned loss divides by every rank's items, and the Trainer
         # multiplies it back by the number of processes: so do we, for the epoch's loss from the forwards.

@@ -41,7 +41,7 @@ from moola.utils.monitoring.distributed import (
     static_graph_first_iteration,
 )
 from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
-from moola.utils.monitoring.norms import NormPlan, gradient_statistics, named_parameters
+from moola.utils.monitoring.norms import NormPlan, gradient_statistics, named_parameters, unwrapped
 from moola.utils.monitoring.records import (
     MAX_LAYER_NORMS,
     compact_layer_norms,
@@ -277,7 +277,7 @@ class GradientMonitor:
         names = [name for name, p in params if p.requires_grad]
         self._emit(
             schema.RUN_START,
-            model=model_name or (type(model).__name__ if model is not None else "unknown"),
+            model=model_name or (type(unwrapped(model)).__name__ if model is not None else "unknown"),
             parameters=names[: self.max_layer_norms],
             parameter_count=sum(p.numel() for _, p in params if p.requires_grad),
             parameter_tensors=len(names),

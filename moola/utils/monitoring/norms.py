@@ -73,10 +73,27 @@ def _mixed_norms(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
     return torch.cat(parts), position
 
 
+#: Wrappers whose ``module`` is the model they run (DDP's and DataParallel's ``module.`` name prefix).
+_PARALLEL = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DDP, DataParallel and ``torch.compile`` wrappers (any nesting): the same parameters,
+    under the names and the class the user wrote, however the run wrapped it (one process or several)."""
+    while True:
+        if isinstance(model, _PARALLEL):
+            model = model.module
+        elif isinstance(inner := getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = inner
+        else:
+            return model
+
+
 def named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """``model.named_parameters()`` with ``torch.compile``'s wrapper (``_orig_mod.``) left out of the names: a
-    compiled model's layers are recorded under the names of the model it compiled."""
-    return [(name.replace("_orig_mod.", ""), p) for name, p in model.named_parameters()]
+    """``model.named_parameters()`` of the :func:`unwrapped` model, with ``torch.compile``'s ``_orig_mod.`` also
+    left out of compiled submodules' names: a wrapped model's layers are recorded under the names of the model
+    it wraps."""
+    return [(name.replace("_orig_mod.", ""), p) for name, p in unwrapped(model).named_parameters()]
 
 
 class NormPlan:
