@@ -156,3 +156,10 @@ def test_a_config_that_says_one_threshold_twice_or_a_fraction_of_a_window_is_a_u
     log = healthy_scenario().write(tmp_path / "log.jsonl")
     result = run_cli("moola_watch.cli", "check", "--config", str(tmp_path / "c.toml"), str(log))
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("package", "words"), [("moola_watch", "verdict=healthy"), ("moola", "usage: moola")])
+def test_python_dash_m_runs_each_command_where_its_script_is_not_on_the_path(package, words):
+    args = ["check", str(REPO / "sample_logs" / "healthy.jsonl")] if package == "moola_watch" else ["--help"]
+    result = subprocess.run([sys.executable, "-m", package, *args], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and words in result.stdout, result.stderr

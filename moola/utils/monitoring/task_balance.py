@@ -34,8 +34,8 @@ class BalanceUnavailable(ValueError):
 #: buffers, on by default): the probe's backward per task must keep the graph for the step's own backward.
 DONATED_BUFFERS = (
     "this torch.compile'd model frees what its backward saved (donated buffers), so the graph cannot be kept for "
-    "the step's own backward: set torch._functorch.config.donated_buffer = False before torch.compile, or "
-    "measure at the shared representation with a RepresentationTap"
+    "the step's own backward: `import torch._functorch.config` and set torch._functorch.config.donated_buffer = "
+    "False before torch.compile, or measure at the shared representation with a RepresentationTap"
 )
 
 
