@@ -551,3 +551,13 @@ def test_a_wrapped_model_is_recorded_under_the_names_and_class_of_the_model_it_w
     (plain_start, plain_stats), (start, stats) = logs
     assert start["model"] == plain_start["model"] == "TwoHeadMLP" and start["parameters"] == plain_start["parameters"]
     assert list(stats["layer_norms"]) == list(plain_stats["layer_norms"]) and "trunk.0.weight" in stats["layer_norms"]
+
+
+@pytest.mark.parametrize("hook", ["on_before_backward", "backward"])
+def test_task_losses_in_a_list_are_refused_in_one_line_naming_what_to_pass(hook):
+    model = TwoHeadMLP()
+    x = torch.randn(8, 6)
+    losses = list(task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0]).values())
+    with pytest.raises(TypeError, match=r"^task losses must be a mapping of task name to loss tensor.*not a list$"):
+        getattr(GradientMonitor(every_n_steps=1), hook)(model, losses)
+    assert all(p.grad is None for p in model.parameters())  # refused before any backward

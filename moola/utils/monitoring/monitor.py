@@ -50,7 +50,13 @@ from moola.utils.monitoring.records import (
     plain,
 )
 from moola.utils.monitoring.run_end import ending, on_sigterm
-from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, compute_task_balance, task_weights
+from moola.utils.monitoring.task_balance import (
+    BalanceUnavailable,
+    TaskGradients,
+    compute_task_balance,
+    require_named,
+    task_weights,
+)
 from moola_watch import rules, schema
 from moola_watch.rules import Alert, AlertEvent, GradSummary, MonitoringSummary, Thresholds
 from moola_watch.writer_process import this_process
@@ -309,6 +315,7 @@ class GradientMonitor:
         :func:`~moola.utils.monitoring.task_balance.compute_task_balance`), record and return it. Safe
         wherever someone else does the backward (DDP, FSDP, accelerate, a GradScaler). None when not due or
         not measurable (one warning saying why)."""
+        require_named(losses)
         # (A loss that is not a tensor counts as requiring grad here: the probe then says what is wrong with it.)
         if len(losses) < 2 or not any(getattr(loss, "requires_grad", True) for loss in losses.values()):
             return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
@@ -341,6 +348,7 @@ class GradientMonitor:
         :meth:`on_before_backward` measured the task balance if a probe is due: the step gets exactly the
         gradients it would have without moola, whatever hooks, custom autograd functions or synchronisation
         its backward holds. A weight may be a tensor (a learnable loss weight): the total keeps its graph."""
+        require_named(losses)
         task_weights(losses, weights)  # a weight for a task without a loss is a mistake: say so before anything
         total = sum((weights or {}).get(name, 1.0) * loss for name, loss in losses.items())
         assert isinstance(total, torch.Tensor)

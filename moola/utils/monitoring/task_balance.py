@@ -66,6 +66,16 @@ class TaskGradients:
         return math.nan if self.ratio is None else self.ratio
 
 
+def require_named(losses: object) -> None:
+    """Task losses come as a mapping of task name to loss: a list or a tuple says nothing of which is which (a
+    weight or an alert could name the wrong task), so it is refused in one line instead of failing deep down."""
+    if not isinstance(losses, Mapping):
+        raise TypeError(
+            f"task losses must be a mapping of task name to loss tensor, such as {{'cls': cls_loss, 'reg': reg_loss}}"
+            f", not a {type(losses).__name__}"
+        )
+
+
 def task_weights(
     losses: Mapping[str, torch.Tensor], weights: Mapping[str, float | torch.Tensor] | None
 ) -> dict[str, float]:
