@@ -6,7 +6,10 @@ this rank's own balance measurement, then synchronised; ``fit-auto-balance``: th
 automatic balancing and a log per rank. Both save what this rank ended with.
 
     torchrun --standalone --nproc-per-node 2 tests/dist_worker.py MODE OUT_DIR
-    MODE: ddp|fsdp|ddp-per-rank|ddp-balance|ddp-static-balance|balancer|fit-auto-balance
+    MODE: ddp|ddp-early|fsdp|ddp-per-rank|ddp-balance|ddp-static-balance|balancer|fit-auto-balance
+
+``ddp-early`` makes the monitor before the process group exists (as a loop that makes it before
+``Accelerator()``): it must still know from the launcher that only rank 0 writes.
 """
 
 import os
@@ -32,6 +35,7 @@ def model_and_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
+    early = GradientMonitor(1, log_path=out / "run.jsonl", echo=None) if mode == "ddp-early" else None
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     if mode == "balancer":
@@ -39,7 +43,7 @@ def main() -> None:
     elif mode == "fit-auto-balance":
         fit_auto_balance(out, rank)
     else:
-        measured_step(mode, out, rank, world)
+        measured_step(mode, out, rank, world, early)
     dist.barrier()  # rank 0 may still be writing: tearing gloo down under it can abort a process
     dist.destroy_process_group()
     # Gloo's worker threads can still hold tensors when the interpreter finalizes and abort the process
@@ -50,7 +54,7 @@ def main() -> None:
     os._exit(0)
 
 
-def measured_step(mode: str, out: Path, rank: int, world: int) -> None:
+def measured_step(mode: str, out: Path, rank: int, world: int, early: GradientMonitor | None) -> None:
     """One step of the shared model (DDP or FSDP2) on this rank's half of the batch, measured."""
     model, x, y = model_and_batch()
     rows = slice(rank * len(x) // world, (rank + 1) * len(x) // world)  # this rank's half of the batch
@@ -71,7 +75,8 @@ def measured_step(mode: str, out: Path, rank: int, world: int) -> None:
         balance_step(wrapped, model, x[rows], y[rows], out, rank)
     else:
         nn.functional.mse_loss(wrapped(x[rows]), y[rows]).backward()
-        with GradientMonitor(1, log_path=out / "run.jsonl", per_rank=mode == "ddp-per-rank", echo=None) as monitor:
+        made = early or GradientMonitor(1, log_path=out / "run.jsonl", per_rank=mode == "ddp-per-rank", echo=None)
+        with made as monitor:
             monitor.update(1, measured)
 
 

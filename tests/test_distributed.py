@@ -42,12 +42,15 @@ def grad_stats(path: Path) -> dict:
     return next(r for r in records if isinstance(r, dict) and r["kind"] == "grad_stats")
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "ddp-early", "fsdp"])
 def test_rank_0_logs_the_norms_of_the_full_gradients(tmp_path, mode):
+    """``ddp-early``: the monitor was made before the process group (before ``Accelerator()``)."""
     if not torch.distributed.is_available():
         pytest.skip("this torch build has no torch.distributed")
     torchrun(mode, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]  # rank 1 wrote nothing
+    start = decode_record((tmp_path / "run.jsonl").read_bytes().splitlines()[0])
+    assert start["world_size"] == 2 and start["rank"] == 0  # so halting is agreed on by both ranks
     expected, logged = single_process_reference(), grad_stats(tmp_path / "run.jsonl")
     assert logged["total_norm"] == pytest.approx(expected["total_norm"], rel=1e-5)
     assert set(logged["layer_norms"]) == set(expected["layer_norms"])

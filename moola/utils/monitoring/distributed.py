@@ -3,6 +3,7 @@ whether a backward it does itself would bypass the framework's gradient synchron
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,14 @@ def distributed_rank() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def launcher_rank() -> int:
+    """This process's rank, as the launcher (torchrun, ``accelerate launch``) set it in ``RANK`` before any
+    process group exists; 0 without one. A monitor made before ``Accelerator()`` or ``init_process_group``
+    must still know that only rank 0 writes."""
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
 
 
 def rank_log_path(path: str | Path, rank: int) -> Path:

@@ -37,6 +37,7 @@ from moola.utils.monitoring.console import LOGGER, PREFIX
 from moola.utils.monitoring.distributed import (
     distributed_rank,
     halted_anywhere,
+    launcher_rank,
     rank_log_path,
     static_graph_first_iteration,
 )
@@ -161,6 +162,8 @@ class GradientMonitor:
         # only rank 0 writes and prints, its gradients being the all-reduced ones; per_rank=True gives each
         # rank its own file, named and marked with the rank.
         self.rank, self.world_size = distributed_rank()
+        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            self.rank = launcher_rank()  # made before the process group: the launcher says who writes
         self.per_rank = per_rank
         self.enabled = enabled
         self._echo = echo or LOGGER.info
@@ -277,6 +280,9 @@ class GradientMonitor:
         if self._started or not self.enabled:
             return
         self._started = True
+        rank, world_size = distributed_rank()
+        if world_size > 1:  # a process group set up since the monitor was made: halting must agree across it
+            self.rank, self.world_size = rank, world_size
         if self._writer is not None and self.end_on_sigterm:  # a scheduler stopping the job: the log says so
             self._undo_sigterm = on_sigterm(self.on_run_end)
         params = named_parameters(model) if model is not None else []
