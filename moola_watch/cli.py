@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     follow_cmd.add_argument("--layers", metavar="REGEX", help="only layers whose name matches")
     notify = follow_cmd.add_argument_group(
-        "notifications (also from --config's [notify] table: on_alert, webhook, notify_on, timeout, retries)"
+        "notifications (also from --config's [notify] table: on_alert, webhook, notify_on, timeout, retries, "
+        "resolve_after)"
     )
     notify.add_argument(
         "--on-alert", action="append", default=[], metavar="CMD",

@@ -184,6 +184,7 @@ class Follower:
     def tick(self, now: float) -> None:
         """Staleness and run-status changes, judged against the wall clock ``now``; the notifier's notices."""
         if self.notifier is not None:
+            self.notifier.tick()
             self._notify_notices(self.notifier.drain())
         self._mark_continued()
         self._check_writers(now)

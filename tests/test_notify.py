@@ -487,7 +487,7 @@ def test_a_failing_sink_is_one_notice_and_one_more_when_it_works_again():
     sink = notify.Sink("--webhook x", flaky([False, False, False, True, False], calls), retries=0)
     notifier = notify.Notifier([sink])
     for step in range(5):
-        notifier.send(event(step=step))
+        notifier.send(event(step=step, subject=f"layer{step}"))  # five alerts, not one flapping
     notifier.send(event(state="pending"))  # not wanted: never delivered
     notices = notifier.close()
     assert [c["step"] for c in calls] == [0, 1, 2, 3, 4]
@@ -513,7 +513,7 @@ def test_a_sink_that_is_down_keeps_what_fits_in_its_queue_and_sends_it_in_order_
 
     notifier = notify.Notifier([notify.Sink("--webhook x", deliver, retries=2)], pause=lambda attempt: 0.01)
     for step in range(notify.QUEUE_SIZE + 30):
-        notifier.send(event(step=step))
+        notifier.send(event(step=step, subject=f"layer{step}"))
     (worker,) = notifier.workers
     time.sleep(0.3)  # dozens of attempts at the first alert, all failing
     assert len(worker.queue) == notify.QUEUE_SIZE and calls == []  # bounded while down, nothing lost from it
@@ -536,11 +536,11 @@ def test_a_stuck_sink_drops_beyond_its_queue_says_so_once_and_exit_is_bounded():
     entered, gate = threading.Event(), threading.Event()
     sink = notify.Sink("--on-alert page", flaky([True] * 200, calls, entered, gate), retries=0)
     notifier = notify.Notifier([sink], grace=0.2)
-    notifier.send(event(step=0))
+    notifier.send(event(step=0, subject="layer0"))
     assert entered.wait(5)  # the first alert is in flight, stuck, still in the queue; 99 more fit in it
     began = time.monotonic()
     for step in range(1, notify.QUEUE_SIZE + 50):
-        notifier.send(event(step=step))
+        notifier.send(event(step=step, subject=f"layer{step}"))
     assert time.monotonic() - began < 0.5  # sending never waits for the sink
     assert notifier.drain() == ["--on-alert page is falling behind: 100 alerts queued, dropping new ones"]
     notices = notifier.close()
@@ -548,3 +548,34 @@ def test_a_stuck_sink_drops_beyond_its_queue_says_so_once_and_exit_is_bounded():
         "--on-alert page: 150 alert(s) not delivered (100 still queued at exit, 50 dropped beyond its queue of 100)"
     ]
     gate.set()
+
+
+def test_a_flapping_alert_is_one_incident_firing_once_and_resolved_once_it_stays_resolved():
+    hold = notify.ResolveHold(60.0)
+    firing, resolved = event(state="firing"), event(state="resolved")
+    assert hold.admit(firing, 0.0) == [firing] and hold.admit(resolved, 1.0) == []  # held
+    assert hold.admit(firing, 2.0) == [] and hold.due(1000.0) == []  # it came back: the same incident
+    assert hold.admit(resolved, 3.0) == [] and hold.due(62.9) == [] and hold.due(63.0) == [resolved]
+    assert hold.admit(firing, 64.0) == [firing]  # over: a new incident is news again
+    worse = event(state="firing", severity="critical")
+    assert hold.admit(resolved, 65.0) == [] and hold.admit(worse, 66.0) == [worse]  # back worse: news
+    assert hold.flush() == [] and hold.admit(resolved, 67.0) == [] and hold.flush() == [resolved]
+    assert notify.ResolveHold(0.0).admit(resolved, 0.0) == [resolved]
+
+
+def test_a_layer_exploding_on_and_off_pages_once_not_at_every_flap(tmp_path):
+    """An exploding layer that fires and resolves five times: the webhook gets one firing and, at exit, one
+    resolution; follow's own lines still show every transition."""
+    log = LogBuilder().start()
+    for epoch in range(1, 24):  # ends healthy: resolved
+        norm = 50.0 if epoch % 5 < 3 else 0.3
+        log.grad(epoch, 0.3, norm, {"a": 0.3, "b": norm})
+    hook = Hook()
+    try:
+        result = run_watch("--once", "--json", str(log.write(tmp_path / "flap.jsonl")), "--webhook", hook.url)
+    finally:
+        hook.close()
+    shown = [e for e in json_events(result.stdout) if e["event"] == "alert" and e["rule"] == "exploding"]
+    assert [e["state"] for e in shown].count("firing") == [e["state"] for e in shown].count("resolved") == 5, shown
+    sent = [(b["alert"]["rule"], b["alert"]["state"]) for _, b in hook.bodies]
+    assert sent == [("exploding", "firing"), ("exploding", "resolved")], sent

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from moola_watch.notify.flapping import ResolveHold
 from moola_watch.notify.settings import NotifySettings
 from moola_watch.notify.sinks import DeliveryError, Sink, sinks_for, wanted
 
@@ -19,6 +20,7 @@ QUEUE_SIZE = 100  # alerts waiting per sink; beyond this new ones are dropped (s
 CLOSE_GRACE_S = 5.0  # at exit, seconds the sinks get to finish what is queued
 MAX_BACKOFF_S = 30.0  # longest wait between attempts at a destination that is down
 EXIT_RETRY_S = 1.0  # longest wait between attempts during the exit grace, so a recovery within it is used
+RESOLVE_AFTER_S = 60.0  # an alert must stay resolved this long before that is sent: a flap is one incident
 
 
 def backoff(attempt: int) -> float:
@@ -142,22 +144,35 @@ class Notifier:
 
     def __init__(
         self, sinks: Sequence[Sink], notify_on: str = "error", grace: float = CLOSE_GRACE_S,
-        pause: Callable[[int], float] = backoff,
+        pause: Callable[[int], float] = backoff, resolve_after: float = RESOLVE_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
         """``grace``: seconds the sinks get at ``close`` to finish what is queued; ``pause(n)``: seconds a sink
-        waits before retry number ``n`` of one alert."""
+        waits before retry number ``n`` of one alert; ``resolve_after``: seconds an alert must stay resolved
+        before its resolution is sent (a flapping alert is one incident: :mod:`.flapping`; 0 sends at once)."""
         self.notify_on = notify_on
         self.grace = grace
+        self.hold = ResolveHold(resolve_after)
+        self.clock = clock
         self._notices: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.workers = [_Worker(sink, self._notices.put, pause) for sink in sinks]
 
     @classmethod
     def from_settings(cls, settings: NotifySettings) -> Notifier:
-        return cls(sinks_for(settings), settings.notify_on)
+        return cls(sinks_for(settings), settings.notify_on, resolve_after=settings.resolve_after)
 
     def send(self, event: Mapping[str, Any]) -> None:
-        """Queue ``event`` for every sink if it is wanted; never blocks."""
+        """Queue ``event`` for every sink if it is wanted and news (not a flapping alert's repeat); never
+        blocks."""
         if wanted(event, self.notify_on):
+            self._offer(self.hold.admit(event, self.clock()))
+
+    def tick(self) -> None:
+        """Send the resolutions that have now stayed resolved long enough (the follow loop calls this often)."""
+        self._offer(self.hold.due(self.clock()))
+
+    def _offer(self, events: list[Mapping[str, Any]]) -> None:
+        for event in events:
             for worker in self.workers:
                 worker.offer(event)
 
@@ -170,7 +185,9 @@ class Notifier:
 
     def close(self) -> list[str]:
         """Let the sinks finish for at most ``grace`` seconds in all, then stop commands still running; the
-        notices, and one line for each sink that did not deliver every alert, saying how many and why."""
+        notices, and one line for each sink that did not deliver every alert, saying how many and why. Held
+        resolutions go out first: each alert's last state is known at exit."""
+        self._offer(self.hold.flush())
         for worker in self.workers:
             worker.close()
         deadline = time.monotonic() + self.grace

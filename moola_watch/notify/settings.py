@@ -21,13 +21,15 @@ from moola_watch.textsafe import inert
 class NotifySettings:
     """Where alerts go and which ones. ``timeout`` is seconds per attempt (HTTP request or command run);
     ``retries`` is quick extra webhook attempts at one alert before the webhook counts as failing (it is still
-    tried after that, with longer backoff)."""
+    tried after that, with longer backoff); ``resolve_after`` is seconds an alert must stay resolved before its
+    resolution is sent (firing again meanwhile, it is the same incident: nothing more is sent)."""
 
     commands: tuple[str, ...] = ()
     webhooks: tuple[str, ...] = ()
     notify_on: str = "error"
     timeout: float = 10.0
     retries: int = 2
+    resolve_after: float = 60.0  # seconds an alert must stay resolved before that is sent (flapping: one incident)
 
     @property
     def enabled(self) -> bool:
@@ -54,7 +56,7 @@ def settings_from(
 ) -> NotifySettings:
     """A config file's ``[notify]`` table, then the flags: commands and webhooks add up, the rest override.
     Raises ValueError on anything unusable, before following starts."""
-    known = {"on_alert", "webhook", "notify_on", "timeout", "retries"}
+    known = {"on_alert", "webhook", "notify_on", "timeout", "retries", "resolve_after"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ValueError(f"[notify] has unknown key(s): {', '.join(unknown)}")
@@ -64,6 +66,7 @@ def settings_from(
         notify_on=notify_on or table.get("notify_on", "error"),
         timeout=timeout if timeout is not None else table.get("timeout", 10.0),
         retries=table.get("retries", 2),
+        resolve_after=table.get("resolve_after", 60.0),
     )
     if settings.notify_on not in schema.SEVERITIES:
         raise ValueError(f"notify_on must be one of {', '.join(schema.SEVERITIES)}, got {settings.notify_on!r}")
@@ -72,6 +75,9 @@ def settings_from(
         raise ValueError(f"notify timeout must be a finite number of seconds above 0, got {timeout!r}")
     if isinstance(settings.retries, bool) or not isinstance(settings.retries, int) or not 0 <= settings.retries <= 10:
         raise ValueError(f"[notify] retries must be a whole number from 0 to 10, got {settings.retries!r}")
+    hold = settings.resolve_after
+    if isinstance(hold, bool) or not isinstance(hold, int | float) or not 0 <= hold < math.inf:
+        raise ValueError(f"[notify] resolve_after must be a finite number of seconds, 0 or more, got {hold!r}")
     for command in settings.commands:
         command_argv(command)
     for url in settings.webhooks:
