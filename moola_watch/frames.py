@@ -210,17 +210,18 @@ class GroupColumns:
     def __init__(self) -> None:
         self.records: list[tuple[Any, Any, Any]] = []  # run, epoch, step of each record taken
         self.counts = array("q")  # groups in each record taken
-        self.codes = array("q")
+        # int32 codes and sizes: a long run of a big model is thousands of groups a record, millions of rows
+        self.codes = array("i")
         self.norms = array("d")
-        self.sizes = array("q")  # 0: not said
+        self.sizes = array("i")  # 0: not said
         self._names: dict[str, int] = {}
-        self._last: tuple[tuple[str, ...], array] = ((), array("q"))  # a model's groups rarely change: their codes
+        self._last: tuple[tuple[str, ...], array] = ((), array("i"))  # a model's groups rarely change: their codes
 
     def add(self, record: schema.Record) -> None:
         norms = record["layer_norms"]
         keys = tuple(norms)
         if keys != self._last[0]:
-            self._last = (keys, array("q", [self._names.setdefault(key, len(self._names)) for key in keys]))
+            self._last = (keys, array("i", [self._names.setdefault(key, len(self._names)) for key in keys]))
         self.records.append((record["run"], record.get("epoch"), record.get("step")))
         self.counts.append(len(keys))
         self.codes.extend(self._last[1])
@@ -236,9 +237,9 @@ class GroupColumns:
         per_record = per_record.astype({"run": "category", "epoch": "Int64", "step": "Int64"})
         rows = np.repeat(np.arange(len(self.records)), np.frombuffer(self.counts, np.int64))
         out = per_record.iloc[rows].reset_index(drop=True)
-        out["group"] = pd.Categorical.from_codes(np.frombuffer(self.codes, np.int64), categories=list(self._names))
+        out["group"] = pd.Categorical.from_codes(np.frombuffer(self.codes, np.int32), categories=list(self._names))
         out["norm"] = np.frombuffer(self.norms, np.float64)
-        sizes = np.frombuffer(self.sizes, np.int64)
+        sizes = np.frombuffer(self.sizes, np.int32)
         out["tensors"] = pd.arrays.IntegerArray(sizes, sizes == 0)
         return out
 

@@ -126,7 +126,7 @@ def choose_rows(
     names = list(pd.unique(layers["layer"].astype(str)))
     where = [column for column in ("run", "epoch", "step") if column in layers]  # what tells records apart
     if where and len(names) > layers.groupby(where, dropna=False, sort=False).size().max():
-        names.sort(key=numbered)  # a big model's records name a few extremes each: first seen is no model order
+        names.sort(key=numbered)  # records name different layers (one replaced mid-run): first seen is no model order
     if len(names) <= max_rows:
         return Rows(names, [[n] for n in names], 0)
     ranked = worst_layers(layers, center, worst, th)
@@ -195,7 +195,8 @@ def rows_and_values(
     if groups.empty:
         rows = choose_rows(layers, center, th=th)
         return rows, row_values(layers, rows, positions(layers, axis))
-    sized = groups.dropna(subset=["tensors"])  # a group's norm is read per tensor only where its size is known
+    unsized = groups["tensors"].isna()  # a group's norm is read per tensor only where its size is known
+    sized = groups[~unsized] if unsized.any() else groups
     rows = group_rows(layers, sized, center, th=th)
     worst = Rows(rows.labels[: rows.worst], rows.members[: rows.worst], rows.worst)
     parts = [row_values(layers, worst, positions(layers, axis)), group_values(sized, rows, positions(sized, axis))]
@@ -270,7 +271,7 @@ def rows_caption(rows: Rows) -> str:
             "from the healthy band among the largest and smallest each record names first (blank where a record "
             "did not name one), then the records' module groups in model order (a group's value is the root mean "
             "square of its layers' norms: its L2 norm over the root of its layer count, which lies between its "
-            "smallest and largest layer's norm, so the layer thresholds still apply)"
+            "smallest and largest layer's norm, so a group coloured vanishing or exploding holds such a layer)"
         )
     n_layers = sum(len(m) for m in rows.members[rows.worst :])
     if rows.worst:
