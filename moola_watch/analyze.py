@@ -343,6 +343,14 @@ def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
     return out
 
 
+def group_norms(scan: LogScan) -> pd.DataFrame:
+    """A big model's module-group norms of a scan made with ``frames=True`` (see
+    :class:`~moola_watch.frames.GroupColumns`; empty for a log of smaller models). Not one of :func:`to_frames`'
+    tables: those of the layers hold the tensors the rules judge."""
+    assert scan.columns is not None, "scan_log(..., frames=True) collects the columns"
+    return scan.columns.groups.frame()
+
+
 def worst_layers(
     layers: pd.DataFrame, top: int = 10, thresholds: Thresholds | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -92,6 +92,7 @@ class FrameColumns:
         self._last_keys: tuple[str, ...] | None = None
         self.balance: list[dict[str, Any]] = []
         self.epochs: list[dict[str, Any]] = []
+        self.groups = GroupColumns()
 
     def add(self, record: schema.Record) -> None:
         kind = record["kind"]
@@ -100,7 +101,10 @@ class FrameColumns:
             for name in self.GRAD:
                 grad[name].append(record.get(name))
             # Per tensor: a big model's record names its extreme tensors in top_layers (its layer_norms are module
-            # groups, each the L2 norm of many tensors, which no per-tensor bound or colour scale fits).
+            # groups, each the L2 norm of many tensors, which no per-tensor bound or colour scale fits: those go
+            # to their own table).
+            if "layer_groups" in record:
+                self.groups.add(record)
             norms = rules.judged_layer_norms(record)
             self.layer_sets.append(self._key_set(tuple(norms)))
             self.layer_counts.append(len(norms))
@@ -193,6 +197,62 @@ class FrameColumns:
             "balance": table(self.balance, self.BALANCE),
             "epochs": table(self.epochs, self.EPOCH),
         }
+
+
+class GroupColumns:
+    """A big model's module-group norms, from the ``grad_stats`` records whose ``layer_norms`` are groups (those
+    with ``layer_groups``), as a long table (:meth:`frame`): run, epoch, step, group, norm (the group's L2 norm),
+    tensors (how many it holds, ``layer_groups["sizes"]``; missing where a record does not say: a log written
+    before records did, whose group norms cannot be read per tensor)."""
+
+    COLUMNS = ("run", "epoch", "step", "group", "norm", "tensors")
+
+    def __init__(self) -> None:
+        self.records: list[tuple[Any, Any, Any]] = []  # run, epoch, step of each record taken
+        self.counts = array("q")  # groups in each record taken
+        # int32 codes and sizes: a long run of a big model is thousands of groups a record, millions of rows
+        self.codes = array("i")
+        self.norms = array("d")
+        self.sizes = array("i")  # 0: not said
+        self._names: dict[str, int] = {}
+        self._last: tuple[tuple[str, ...], array] = ((), array("i"))  # a model's groups rarely change: their codes
+
+    def add(self, record: schema.Record) -> None:
+        norms = record["layer_norms"]
+        keys = tuple(norms)
+        if keys != self._last[0]:
+            self._last = (keys, array("i", [self._names.setdefault(key, len(self._names)) for key in keys]))
+        self.records.append((record["run"], record.get("epoch"), record.get("step")))
+        self.counts.append(len(keys))
+        self.codes.extend(self._last[1])
+        self.norms.extend(norms.values())
+        self.sizes.extend(group_sizes(record) or [0] * len(keys))
+
+    def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        if not self.records:
+            return pd.DataFrame(columns=list(self.COLUMNS))
+        per_record = pd.DataFrame(self.records, columns=["run", "epoch", "step"])
+        per_record = per_record.astype({"run": "category", "epoch": "Int64", "step": "Int64"})
+        rows = np.repeat(np.arange(len(self.records)), np.frombuffer(self.counts, np.int64))
+        out = per_record.iloc[rows].reset_index(drop=True)
+        out["group"] = pd.Categorical.from_codes(np.frombuffer(self.codes, np.int32), categories=list(self._names))
+        out["norm"] = np.frombuffer(self.norms, np.float64)
+        sizes = np.frombuffer(self.sizes, np.int32)
+        out["tensors"] = pd.arrays.IntegerArray(sizes, sizes == 0)
+        return out
+
+
+def group_sizes(record: schema.Record) -> list[int] | None:
+    """How many tensors each of a grouped record's ``layer_norms`` holds, in their order; None where the record
+    does not say (a log written before records did) or says something else."""
+    groups = record.get("layer_groups")
+    sizes = groups.get("sizes") if isinstance(groups, Mapping) else None
+    norms = record.get("layer_norms")
+    if not isinstance(sizes, list) or not isinstance(norms, Mapping) or len(sizes) != len(norms):
+        return None
+    return sizes if all(type(size) is int and size > 0 for size in sizes) else None
 
 
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:

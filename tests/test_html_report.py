@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers import REPO, run_cli
 from report_logs import distinct_bytes, hostile_log, write_log
 
+from moola.utils.monitoring import GradientMonitor
 from moola_watch import analyze
 from moola_watch.html_report import build_page
 from moola_watch.html_report.heatmap import choose_rows, module_groups
@@ -69,6 +71,98 @@ def test_thousands_of_layers_become_module_groups_with_the_worst_layers_first() 
     assert rows.labels[rows.worst] == "model.layers.0 … 9 (40 layers)"
     assert module_groups(["a", "b", "c"], 2) == [("a … b", ["a", "b"]), ("c", ["c"])]
     assert module_groups(["enc.w", "enc.b", "head.w"], 2) == [("enc.*", ["enc.w", "enc.b"]), ("head.w", ["head.w"])]
+
+
+class Stack(torch.nn.Module):
+    """80 blocks of two small layers and a head: 322 tensors, each block's layer a module group (``blocks.3.a``)
+    once a record may name only 200."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = torch.nn.Linear
+        self.blocks = torch.nn.ModuleList(torch.nn.ModuleDict({"a": layer(4, 4), "b": layer(4, 4)}) for _ in range(80))
+        self.out = layer(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(sum(torch.tanh(block["b"](torch.tanh(block["a"](x)))) for block in self.blocks))
+
+
+def big_model_log(path: Path) -> tuple[Path, list[dict[str, float]]]:
+    """A log of :class:`Stack` whose records hold module groups (``max_layer_norms=200``), one dead tensor and one
+    exploding; and each step's true norm of every tensor, taken from the gradients themselves."""
+    torch.manual_seed(0)
+    model = Stack()
+    model.blocks[30]["a"].weight.register_hook(lambda grad: grad * 0)
+    model.blocks[50]["b"].weight.register_hook(lambda grad: grad * 1e4)
+    truth = []
+    with GradientMonitor(every_n_steps=1, log_path=path, max_layer_norms=200) as monitor:
+        for _step in range(6):
+            model.zero_grad()
+            model(torch.randn(16, 4)).pow(2).mean().backward()
+            truth.append(
+                {name: torch.linalg.vector_norm(p.grad.double()).item() for name, p in model.named_parameters()}
+            )
+            monitor.on_before_optimizer_step(model)
+    return path, truth
+
+
+def tensors_of(label: str, names: list[str]) -> tuple[list[str], int]:
+    """The tensors a heatmap row's label covers (``blocks.0 … 1``, ``out.*``, a module or tensor name), and the
+    count its label says."""
+    base, _, count = label.partition(" (")
+    if match := re.fullmatch(r"(.+)\.(\d+) … (\d+)", base):
+        prefixes = [f"{match[1]}.{i}" for i in range(int(match[2]), int(match[3]) + 1)]
+    else:
+        prefixes = [base.removesuffix(".*")]
+    covered = [name for name in names if any(name == p or name.startswith(f"{p}.") for p in prefixes)]
+    return covered, int(count.split()[0]) if count else 1
+
+
+def test_a_big_models_heatmap_draws_each_module_group_from_its_norm_at_every_step(tmp_path: Path) -> None:
+    """A big model's records hold module-group norms and name only their extreme tensors: each group row is the
+    root mean square of its tensors' true norms at every step, labelled with how many tensors it holds (it was
+    drawn from the few extremes named, blank or swinging from step to step), with the worst tensors above."""
+    log, truth = big_model_log(tmp_path / "big.jsonl")
+    grads = [json.loads(line) for line in log.read_text().splitlines() if '"grad_stats"' in line]
+    assert all(len(g["layer_norms"]) == 162 and g["layer_groups"]["tensors"] == 322 for g in grads)  # grouped
+    _page, figures = build_page([analyze.scan_log(log, frames=True)])
+    heatmap = next(f for f in figures if f.slug.startswith("layers"))
+    trace = heatmap.figure.data[0]
+    z = np.asarray(trace.z, dtype=float)
+    labels = list(trace.y)
+    worst = sum(label.startswith("worst: ") for label in labels)
+    assert labels[:2] == ["worst: blocks.30.a.weight", "worst: blocks.50.b.weight"]  # dead, then exploding
+    assert z.shape == (len(labels), 6) and list(trace.x) == [1, 2, 3, 4, 5, 6]
+    names, counted = list(truth[0]), 0
+    for row, label in enumerate(labels[worst:], start=worst):
+        covered, count = tensors_of(label, names)
+        assert count == len(covered) > 0, label
+        counted += count
+        for step, norms in enumerate(truth):
+            rms = np.sqrt(np.mean([norms[name] ** 2 for name in covered]))
+            assert 10.0 ** z[row, step] == pytest.approx(rms, rel=1e-5), (label, step)
+    assert counted == 322 and "blocks.0 … 1 (8 layers)" in labels and "out.weight" in labels
+    assert "322 layers of a big model" in heatmap.caption and "root mean square of its layers' norms" in heatmap.caption
+    # The row holding the exploding tensor shows it; the one holding the dead tensor is its healthy neighbours'.
+    rows = {label: row for row, label in enumerate(labels)}
+    assert z[rows["blocks.50 … 51 (8 layers)"]].min() > z[rows["blocks.48 … 49 (8 layers)"]].max() + 2
+    assert np.all(np.abs(z[rows["blocks.30 … 31 (8 layers)"]] - z[rows["blocks.28 … 29 (8 layers)"]]) < 1)
+
+
+def test_a_big_models_log_whose_records_do_not_size_their_groups_draws_only_the_tensors_named(
+    tmp_path: Path,
+) -> None:
+    """Without sizes a group's norm cannot be read per tensor: no group row is drawn rather than a wrong one."""
+    log, _truth = big_model_log(tmp_path / "big.jsonl")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    for record in records:
+        record.get("layer_groups", {}).pop("sizes", None)
+    log.write_text("".join(json.dumps(record) + "\n" for record in records))
+    _page, figures = build_page([analyze.scan_log(log, frames=True)])
+    heatmap = next(f for f in figures if f.slug.startswith("layers"))
+    labels = list(heatmap.figure.data[0].y)
+    assert labels[0] == "worst: blocks.30.a.weight" and all(label.startswith("worst: ") for label in labels)
+    assert "no group is drawn" in heatmap.caption
 
 
 def test_log_strings_are_escaped_for_html_and_plotly() -> None:

@@ -53,7 +53,8 @@ class GradStats(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     cost_ms: _Number = None  # type: ignore[assignment]
     amp: dict[str, _Number | bool | None] = None  # type: ignore[assignment]
     rank: _Int = None  # type: ignore[assignment]  # a per-rank log's
-    layer_groups: dict[str, _Int] = None  # type: ignore[assignment]  # a model of more tensors than the limit
+    # a model of more tensors than the limit: how they are grouped, and each group's size
+    layer_groups: dict[str, _Int | list[_Int]] = None  # type: ignore[assignment]
     top_layers: dict[str, _Number] = None  # type: ignore[assignment]
 
 

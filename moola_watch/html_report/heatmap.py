@@ -3,7 +3,9 @@
 Thousands of layers do not fit on a screen: past ``MAX_ROWS`` layers, the rows are module groups (see
 ``module_groups``; a group's value is the root mean square of its layers' norms, so one layer's thresholds
 still read), and the ``WORST`` individual layers furthest from the healthy band (non-finite first) are shown
-above them.
+above them. A big model's records hold module-group norms and name only their extreme tensors: its group rows
+are made of the records' groups (``group_rows``, ``group_values``: the same root mean square, from each group's
+L2 norm and size), its worst rows of the tensors named.
 Steps are binned to ``MAX_COLUMNS``; a cell shows the most extreme value of its bin, so spikes stay visible.
 """
 
@@ -34,8 +36,9 @@ class Rows:
     """Which heatmap row each layer feeds, and the rows' labels (raw names) top to bottom."""
 
     labels: list[str]
-    members: list[list[str]]  # layers of each row
+    members: list[list[str]]  # layers of each row; a big model's group rows: the records' module groups
     worst: int  # rows at the top that are single worst layers
+    tensors: int | None = None  # a big model's: the layers its group rows hold (0: none drawn; None: one per member)
 
 
 def prefix(name: str, depth: int) -> str:
@@ -123,18 +126,81 @@ def choose_rows(
     names = list(pd.unique(layers["layer"].astype(str)))
     where = [column for column in ("run", "epoch", "step") if column in layers]  # what tells records apart
     if where and len(names) > layers.groupby(where, dropna=False, sort=False).size().max():
-        names.sort(key=numbered)  # a big model's records name a few extremes each: first seen is no model order
+        names.sort(key=numbered)  # records name different layers (one replaced mid-run): first seen is no model order
     if len(names) <= max_rows:
         return Rows(names, [[n] for n in names], 0)
-    ranking = badness(layers, center)
-    if th is not None:
-        peaks = layers.assign(layer=layers["layer"].astype(str)).groupby("layer", sort=False)["norm"].max()
-        ranking = ranking.drop(index=list(rules.zero_by_construction(peaks.to_dict(), th)))
-    ranked = list(ranking.sort_values(ascending=False, kind="stable").index[:worst])
+    ranked = worst_layers(layers, center, worst, th)
     groups = module_groups(names, max_rows - worst)
     labels = [f"worst: {name}" for name in ranked]
     labels += [label if len(members) == 1 else f"{label} ({len(members)} layers)" for label, members in groups]
     return Rows(labels, [[n] for n in ranked] + [members for _label, members in groups], len(ranked))
+
+
+def worst_layers(layers: pd.DataFrame, center: float, worst: int, th: rules.Thresholds | None) -> list[str]:
+    """The ``worst`` layers furthest from ``center`` (non-finite first), never a bias zero by construction under
+    ``th``."""
+    ranking = badness(layers, center)
+    if th is not None:
+        peaks = layers.assign(layer=layers["layer"].astype(str)).groupby("layer", sort=False)["norm"].max()
+        ranking = ranking.drop(index=list(rules.zero_by_construction(peaks.to_dict(), th)))
+    return list(ranking.sort_values(ascending=False, kind="stable").index[:worst])
+
+
+def group_rows(
+    layers: pd.DataFrame,
+    groups: pd.DataFrame,
+    center: float,
+    max_rows: int = MAX_ROWS,
+    worst: int = WORST,
+    th: rules.Thresholds | None = None,
+) -> Rows:
+    """A big model's rows: the worst tensors its records name (``layers``, as :func:`choose_rows` picks them),
+    then its records' module groups (``groups``: group, tensors, each of a known size), in model order, merged
+    into the rows left; each label says how many layers (tensors) the row holds, the most it held at a step.
+    Without groups (records that do not say their sizes), the rows are all the worst tensors."""
+    names = [str(name) for name in groups["group"].unique()]  # in model order: as the first record lists them
+    ranked = worst_layers(layers, center, worst if names else max_rows, th)
+    peak = groups.groupby("group", observed=True, sort=False)["tensors"].max()
+    sizes = dict(zip(map(str, peak.index), peak.to_numpy().tolist(), strict=True))
+    blocks = module_groups(names, max_rows - worst)
+    held = [sum(sizes[name] for name in members) for _label, members in blocks]
+    labels = [f"worst: {name}" for name in ranked]
+    labels += [label if n == 1 else f"{label} ({n} layers)" for (label, _members), n in zip(blocks, held, strict=True)]
+    members = [[name] for name in ranked] + [members for _label, members in blocks]
+    return Rows(labels, members, len(ranked), sum(held))
+
+
+def group_values(groups: pd.DataFrame, rows: Rows, x: np.ndarray) -> pd.DataFrame:
+    """Long table (row, x, value) of a big model's group rows: the root mean square of the row's layers' norms,
+    from its records' groups, each the L2 norm of ``tensors`` layers: the root of (the sum of their squared norms
+    over the sum of their sizes) (non-finite if any member is)."""
+    row_of = {name: row for row in range(rows.worst, len(rows.members)) for name in rows.members[row]}
+    names = groups["group"].astype("category")
+    lookup = np.array([row_of.get(str(name), -1) for name in names.cat.categories], dtype=np.int64)
+    mine = lookup[names.cat.codes.to_numpy()]
+    norms = groups["norm"].to_numpy(dtype=float)
+    keep = mine >= 0
+    frame = pd.DataFrame({"row": mine[keep], "x": x[keep], "sq": np.where(np.isfinite(norms), norms**2, np.inf)[keep],
+                          "n": groups["tensors"].to_numpy(dtype=float)[keep]})  # fmt: skip
+    summed = frame.groupby(["row", "x"], sort=True)[["sq", "n"]].sum().reset_index()
+    return summed.assign(value=np.sqrt(summed["sq"].to_numpy() / summed["n"].to_numpy()))
+
+
+def rows_and_values(
+    layers: pd.DataFrame, groups: pd.DataFrame, axis: str, center: float, th: rules.Thresholds
+) -> tuple[Rows, pd.DataFrame]:
+    """The heatmap's rows and the long table (row, x, value) of what they show: a big model's (``groups``, its
+    records' module-group norms, not empty) from its group norms, its worst tensors above them from ``layers``;
+    any other model's from ``layers`` alone."""
+    if groups.empty:
+        rows = choose_rows(layers, center, th=th)
+        return rows, row_values(layers, rows, positions(layers, axis))
+    unsized = groups["tensors"].isna()  # a group's norm is read per tensor only where its size is known
+    sized = groups[~unsized] if unsized.any() else groups
+    rows = group_rows(layers, sized, center, th=th)
+    worst = Rows(rows.labels[: rows.worst], rows.members[: rows.worst], rows.worst)
+    parts = [row_values(layers, worst, positions(layers, axis)), group_values(sized, rows, positions(sized, axis))]
+    return rows, pd.concat(parts, ignore_index=True)
 
 
 def row_values(layers: pd.DataFrame, rows: Rows, x: np.ndarray) -> pd.DataFrame:
@@ -191,14 +257,38 @@ def colorscale(th: rules.Thresholds, zmin: float, zmax: float) -> list[list]:
     return [*scale, [1.0, "#67000d"]]
 
 
+def rows_caption(rows: Rows) -> str:
+    """What the rows show, in words: the figure's caption begins with it."""
+    if rows.tensors == 0:
+        return (
+            f"The {rows.worst} layers furthest from the healthy band among the largest and smallest each record "
+            "names (blank where a record did not name one): this big model's records hold module-group norms but "
+            "not how many layers each group holds (written before records said), so no group is drawn"
+        )
+    if rows.tensors is not None:
+        return (
+            f"{rows.tensors} layers of a big model, whose records hold module-group norms: the {rows.worst} furthest "
+            "from the healthy band among the largest and smallest each record names first (blank where a record "
+            "did not name one), then the records' module groups in model order (a group's value is the root mean "
+            "square of its layers' norms: its L2 norm over the root of its layer count, which lies between its "
+            "smallest and largest layer's norm, so a group coloured vanishing or exploding holds such a layer)"
+        )
+    n_layers = sum(len(m) for m in rows.members[rows.worst :])
+    if rows.worst:
+        return (
+            f"{n_layers} layers: the {rows.worst} furthest from the healthy band first, then module groups in model "
+            "order (a group's value is the root mean square of its layers' norms)"
+        )
+    return f"{n_layers} layers in model order"
+
+
 def heatmap_figure(data: RunData, axis: str, th: rules.Thresholds, slug: str) -> ReportFigure | None:
     """The heatmap of one run's per-layer norms."""
     layers = data.frames["layers"]
     if layers.empty:
         return None
     center = math.log10(math.sqrt(max(th.healthy_norm_low, 1e-30) * max(th.healthy_norm_high, 1e-30)))
-    rows = choose_rows(layers, center, th=th)
-    values = row_values(layers, rows, positions(layers, axis))
+    rows, values = rows_and_values(layers, data.frames["groups"], axis, center, th)
     z, bin_x, bad = extremes(values, len(rows.labels), MAX_COLUMNS, center)
     zmin, zmax = math.floor(math.log10(max(th.vanishing, 1e-30))), math.ceil(math.log10(max(th.exploding, 1e-30))) + 1
     ticks, tick_text = log_ticks(zmin, zmax)
@@ -210,7 +300,8 @@ def heatmap_figure(data: RunData, axis: str, th: rules.Thresholds, slug: str) ->
             z=z, x=bin_x, y=labels, zmin=zmin, zmax=zmax, colorscale=colorscale(th, zmin, zmax), hoverongaps=False,
             customdata=np.repeat(full[:, None], z.shape[1], axis=1), text=hover,
             hovertemplate=f"%{{customdata}}<br>{axis} %{{x}}<br>norm %{{text}}<extra></extra>",
-            colorbar={"title": {"text": "norm"}, "tickvals": ticks, "ticktext": tick_text},
+            colorbar={"title": {"text": "norm;<br>group:<br>RMS per<br>layer" if rows.tensors else "norm"},
+                      "tickvals": ticks, "ticktext": tick_text},
         )
     )  # fmt: skip
     rows_bad, cols_bad = np.nonzero(bad)
@@ -225,20 +316,13 @@ def heatmap_figure(data: RunData, axis: str, th: rules.Thresholds, slug: str) ->
     fig.update_layout(**base_layout(max(320, 110 + 17 * len(labels)), axis))
     fig.update_layout(margin={"l": 300, "r": 20})
     fig.update_yaxes(autorange="reversed", type="category", tickfont={"size": 10})
-    if rows.worst:
+    if 0 < rows.worst < len(rows.labels):
         fig.add_shape(type="line", xref="paper", x0=0, x1=1, yref="y", y0=rows.worst - 0.5, y1=rows.worst - 0.5,
                       line={"color": "#333", "width": 2})  # fmt: skip
-    n_layers = sum(len(m) for m in rows.members[rows.worst :])
-    grouped = (
-        f"{n_layers} layers: the {rows.worst} furthest from the healthy band first, then module groups in model "
-        "order (a group's value is the root mean square of its layers' norms)"
-        if rows.worst
-        else f"{n_layers} layers in model order"
-    )
     return ReportFigure(
         slug,
         f"Per-layer gradient norms · {data.label}",
-        f"{grouped}; log colour: blue vanishing (< {th.vanishing:g}), green healthy, red exploding "
+        f"{rows_caption(rows)}; log colour: blue vanishing (< {th.vanishing:g}), green healthy, red exploding "
         f"(> {th.exploding:g}); x marks a non-finite norm. Each cell is the most extreme value of its step bin.",
         fig,
     )

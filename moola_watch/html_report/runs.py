@@ -11,7 +11,7 @@ import pandas as pd
 
 from moola_watch import analyze, rules
 
-FRAMES = ("grad", "layers", "balance", "epochs")
+FRAMES = ("grad", "layers", "groups", "balance", "epochs")  # groups: a big model's (analyze.group_norms)
 STEP, EPOCH = "step", "epoch"
 
 
@@ -55,7 +55,7 @@ def _labels(logs: Sequence[tuple[str, list[str]]]) -> list[str]:
 
 def collect_runs(scans: Sequence[analyze.LogScan]) -> list[RunData]:
     """Every run of every scan (made with ``frames=True``), in the order of the logs and of the runs in them."""
-    per_log = [(scan, analyze.to_frames(scan)) for scan in scans]
+    per_log = [(scan, {**analyze.to_frames(scan), "groups": analyze.group_norms(scan)}) for scan in scans]
     labels = iter(_labels([(scan.path, list(scan.engines)) for scan in scans]))
     out: list[RunData] = []
     for scan, frames in per_log:

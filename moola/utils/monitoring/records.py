@@ -123,9 +123,10 @@ def compact_layer_norms(
     layer_norms: dict[str, float], limit: int = MAX_LAYER_NORMS, top: int = TOP_LAYERS, vanishing: float = 0.0
 ) -> dict[str, Any]:
     """The per-layer fields of a ``grad_stats`` record: ``layer_norms`` as they are up to ``limit`` tensors;
-    beyond, grouped (see :func:`layer_grouping`; ``layer_groups`` says how), with ``top_layers`` naming the ``top``
-    largest and smallest tensors and up to ``top`` non-finite ones, so the worst are never hidden inside a group:
-    those are what the watcher's layer rules judge. A bias below ``vanishing`` (a gradient L2 norm) whose module's
+    beyond, grouped (see :func:`layer_grouping`; ``layer_groups`` says how, its ``sizes`` how many tensors each
+    group holds, in ``layer_norms``' order), with ``top_layers`` naming the ``top`` largest and smallest tensors
+    and up to ``top`` non-finite ones, so the worst are never hidden inside a group: those are what the
+    watcher's layer rules judge. A bias below ``vanishing`` (a gradient L2 norm) whose module's
     weight is at or above it is zero by construction and not ranked among the smallest."""
     if len(layer_norms) <= limit:
         return {"layer_norms": layer_norms}
@@ -142,8 +143,11 @@ def compact_layer_norms(
     nonfinite = [i for i, value in enumerate(values) if not math.isfinite(value)][:top]
     kept = [*heapq.nsmallest(top, ranked, key=values.__getitem__), *heapq.nlargest(top, finite, key=values.__getitem__),
             *nonfinite]  # fmt: skip
+    # sizes: a reader's RMS per tensor of a group is its norm over the root of its size (the heatmap's rows)
+    sizes = [len(members) for _key, members in grouping.groups]
+    groups = {"depth": grouping.depth, "tensors": len(layer_norms), "groups": len(grouped), "top": top, "sizes": sizes}
     return {
         "layer_norms": grouped,
-        "layer_groups": {"depth": grouping.depth, "tensors": len(layer_norms), "groups": len(grouped), "top": top},
+        "layer_groups": groups,
         "top_layers": {names[i]: values[i] for i in sorted(set(kept))},
     }
