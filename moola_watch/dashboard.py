@@ -6,15 +6,18 @@ Pure rendering of state handed in (:class:`RunView`, :class:`LogView`); the loop
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.panel import Panel
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -22,11 +25,13 @@ from moola_watch import rules, schema
 from moola_watch.analyze import VERDICT_UNTERMINATED, LogScan, run_verdict
 from moola_watch.durations import human_duration
 from moola_watch.render import (
+    HEALTHY_STYLE,
     SEVERITY_STYLE,
     STATUS_STYLE,
     VERDICT_STYLE,
     alerts_table,
     number,
+    ordered_alerts,
     sparkline,
     text,
     where,
@@ -169,7 +174,16 @@ def verdict_text(engine: rules.RuleEngine) -> Text:
     return verdict
 
 
-def header(view: LogView, run: str, options: ViewOptions) -> Group:
+def one_line(line: Text, cut: bool = True) -> Text:
+    """``line``, kept to one line and cut to the width with an ellipsis when ``cut``."""
+    if cut:
+        line.no_wrap, line.overflow = True, "ellipsis"
+    return line
+
+
+def header(view: LogView, run: str, options: ViewOptions, short: bool = False) -> Group:
+    """The run, its status and verdict; where it is and how fresh; the log and its thresholds. ``short``: the
+    lines after the first two (the log, an error) take one line each, cut to the width."""
     engine = view.scan.engines[run]
     status = engine.run_status
     verdict = verdict_text(engine)
@@ -190,19 +204,35 @@ def header(view: LogView, run: str, options: ViewOptions) -> Group:
     lines = [first, second, text(f"{view.scan.path}   thresholds: {view.scan.threshold_sources[run]}", "dim")]
     if engine.run.error:
         lines.append(text(f"error: {engine.run.error}", "red"))
-    return Group(*lines)
+    return Group(*lines[:2], *(one_line(line, short) for line in lines[2:]))
 
 
-def gradients_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
+def header_panel(view: LogView, run: str, options: ViewOptions, short: bool = False) -> Panel:
+    return Panel(header(view, run, options, short), title="moola-watch", title_align="left")
+
+
+def label_grid(short: bool) -> Table:
+    """A panel's body: bold labels and their values; ``short``: each value on one line, cut to the width."""
+    if not short:
+        body = Table.grid(padding=(0, 1))
+        body.add_column(style="bold")
+        body.add_column()
+        return body
+    # The values take what the labels leave: a table narrower than its lines squeezes its labels out first.
+    body = Table.grid(padding=(0, 1), expand=True)
+    body.add_column(style="bold", no_wrap=True)
+    body.add_column(no_wrap=True, ratio=1)
+    return body
+
+
+def gradients_panel(engine: rules.RuleEngine, history: RunView, short: bool = False) -> Panel:
     stats = engine.last_grad_stats
     th = engine.thresholds
     if stats is None:
         return Panel(Text("waiting for gradient statistics…", style="dim"), title="Gradients")
     level = rules.classify_norm_level(stats["mean_norm"], th) if math.isfinite(stats["mean_norm"]) else None
     style = "" if level is None or level.severity is None else SEVERITY_STYLE[level.severity]
-    body = Table.grid(padding=(0, 1))
-    body.add_column(style="bold")
-    body.add_column()
+    body = label_grid(short)
     body.add_row("mean norm", Text(number(stats["mean_norm"]), style=style or "green"))
     body.add_row("max norm", Text(number(stats["max_norm"])))
     body.add_row("total norm", Text(number(stats["total_norm"])))
@@ -217,20 +247,18 @@ def gradients_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
     return Panel(body, title=f"Gradients (epoch {stats.get('epoch')})", border_style=style or "green")
 
 
-def balance_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
+def balance_panel(engine: rules.RuleEngine, history: RunView, short: bool = False) -> Panel:
     latest = engine.last_balance
     th = engine.thresholds
     if latest is None:
         return Panel(Text("no task-balance samples yet (single-task run?)", style="dim"), title="Task balance")
     if latest.get("ratio") is None:
-        return tasks_panel(engine, latest, history)
+        return tasks_panel(engine, latest, history, short)
     verdict = engine.balance()
     judged = verdict.mean if verdict.mean is not None else latest["ratio"]
     advice = rules.recommend_ratio(judged, th) if not math.isnan(judged) else None
     style = "green" if advice is None or advice.severity is None else SEVERITY_STYLE[advice.severity]
-    body = Table.grid(padding=(0, 1))
-    body.add_column(style="bold")
-    body.add_column()
+    body = label_grid(short)
     body.add_row(
         "ratio", Text(f"{number(latest['ratio'], 3)}  (pointer/type, healthy {th.balance_low}-{th.balance_high})")
     )
@@ -245,13 +273,14 @@ def balance_panel(engine: rules.RuleEngine, history: RunView) -> Panel:
     return Panel(body, title=f"Task balance (epoch {latest.get('epoch')})", border_style=style)
 
 
-def tasks_panel(engine: rules.RuleEngine, latest: schema.Record, history: RunView) -> Panel:
-    """Any set of tasks: each task's weighted gradient norm and share of the update, and the verdict."""
+def tasks_panel(engine: rules.RuleEngine, latest: schema.Record, history: RunView, short: bool = False) -> Panel:
+    """Any set of tasks: each task's weighted gradient norm and share of the update, and the verdict (``short``:
+    each on one line, cut to the width)."""
     verdict = engine.balance()
     style = SEVERITY_STYLE["error"] if verdict.collapsed else "green"
     body = Table(box=None, padding=(0, 1), expand=True)
     for name in ("task", "norm", "share"):
-        body.add_column(name, justify="left" if name == "task" else "right")
+        body.add_column(name, justify="left" if name == "task" else "right", no_wrap=short)
     shares = latest.get("shares") or {}
     for task, norm in latest["norms"].items():
         dominated = any(a.rule == rules.COLLAPSE and a.subject == task for a in engine.firing())
@@ -260,16 +289,20 @@ def tasks_panel(engine: rules.RuleEngine, latest: schema.Record, history: RunVie
         )
     weights = weights_text(history)
     return Panel(
-        Group(body, *([text(f"weights: {weights}")] if weights else []), Text(verdict.text, style=style)),
+        Group(
+            body,
+            *([one_line(text(f"weights: {weights}"), short)] if weights else []),
+            one_line(Text(verdict.text, style=style), short),
+        ),
         title=f"Task balance, {len(latest['norms'])} tasks (epoch {latest.get('epoch')})",
         border_style=style,
     )
 
 
-def layers_table(engine: rules.RuleEngine, options: ViewOptions) -> RenderableType:
+def layers_table(engine: rules.RuleEngine, options: ViewOptions, short: bool = False) -> RenderableType:
     """The latest measurement's layers, largest and smallest norms first, flagged as the layer rules flag them
     (a bias zero by construction is not vanishing); for a model whose record groups its tensors, the tensors it
-    names (the extremes), which are what the rules judge."""
+    names (the extremes), which are what the rules judge. ``short``: a title and one line a layer, no rules."""
     stats = engine.last_grad_stats
     if stats is None:
         return Text("")
@@ -296,8 +329,12 @@ def layers_table(engine: rules.RuleEngine, options: ViewOptions) -> RenderableTy
         title = f"Layers ({len(shown)} of the {len(names)} named of {tensors} tensors: the largest and smallest)"
     if structural:
         title += f"; {len(structural)} bias{'es' if len(structural) > 1 else ''} zero by construction not shown"
-    table = Table(title=title, title_justify="left", expand=True)
-    table.add_column("layer", ratio=1, overflow="fold")
+    if short:  # a short screen's lines are for the layers: no borders, no header (the columns speak for themselves)
+        table = Table(title=one_line(Text(title, style="table.title")), title_justify="left", expand=True,
+                      box=None, show_header=False)  # fmt: skip
+    else:
+        table = Table(title=title, title_justify="left", expand=True)
+    table.add_column("layer", ratio=1, overflow="ellipsis" if short else "fold", no_wrap=short)
     table.add_column("norm", justify="right", no_wrap=True)
     table.add_column("flag", no_wrap=True)
     for name in shown:
@@ -314,22 +351,217 @@ def layers_title(shown: int, matching: int, total: int) -> str:
     return f"Layers ({shown} of {of}: the largest and smallest norms)"
 
 
+def panels_row(engine: rules.RuleEngine, history: RunView, short: bool = False, rows: int | None = None) -> Table:
+    """The gradients and task balance panels side by side; ``short``: one line a row, and with ``rows``, at most
+    that many of them (see :class:`Shortened`)."""
+    panels = [gradients_panel(engine, history, short), balance_panel(engine, history, short)]
+    row = Table.grid(expand=True, padding=(0, 1))
+    row.add_column(ratio=1)
+    row.add_column(ratio=1)
+    row.add_row(*(panels if rows is None else (Shortened(panel, rows) for panel in panels)))
+    return row
+
+
 def run_dashboard(view: LogView, run: str, options: ViewOptions) -> RenderableType:
     """Everything about one run."""
     engine = view.scan.engines[run]
     history = view.runs.get(run, RunView())
-    run_alerts = [(run, alert) for alert in engine.alerts]
-    panels = Table.grid(expand=True, padding=(0, 1))
-    panels.add_column(ratio=1)
-    panels.add_column(ratio=1)
-    panels.add_row(gradients_panel(engine, history), balance_panel(engine, history))
     # Alerts come right after the header: on a short terminal they are what must stay visible.
     return Group(
-        Panel(header(view, run, options), title="moola-watch", title_align="left"),
-        alerts_table(run_alerts, limit=8),
-        panels,
+        header_panel(view, run, options),
+        alerts_table([(run, alert) for alert in engine.alerts], limit=FULL_ALERTS),
+        panels_row(engine, history),
         layers_table(engine, options),
     )
+
+
+FULL_ALERTS = 8  # alerts the whole dashboard's table shows
+MIN_PANEL_ROWS = 3  # a panel's rows that come before the layer table gets any
+
+
+@dataclass(frozen=True)
+class Shortened:
+    """``panel`` showing at most ``rows`` lines of its body; its bottom border says how many it leaves out."""
+
+    panel: Panel
+    rows: int
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        body = len(console.render_lines(self.panel, options.reset_height(), pad=False)) - 2  # less its borders
+        if body <= self.rows:
+            yield self.panel
+            return
+        short = copy.copy(self.panel)
+        short.height = self.rows + 2  # a Panel crops its body to its height
+        short.subtitle = Text(f"{body - self.rows} more rows", style="dim")
+        yield short
+
+
+def alert_lines(alerts: Sequence[tuple[str, rules.Alert]], shown: int, advised: int = 0) -> Table:
+    """The first ``shown`` alerts in :func:`ordered_alerts`' order, one line each: severity, rule, subject and the
+    message cut to the width (a pending or resolved alert, dimmed, says so first); the first ``advised`` with their
+    recommendation on a line of its own; ``none`` when there is no alert."""
+    table = Table(title="Alerts", title_justify="left", expand=True, box=None, show_header=False)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("rule", no_wrap=True)
+    table.add_column("subject", no_wrap=True, max_width=24)  # a task's name, from the log: any length
+    table.add_column("message", ratio=1, no_wrap=True)
+    for index, (_, alert) in enumerate(ordered_alerts(alerts)[:shown]):
+        if alert.state == rules.FIRING:
+            severity, muted, message = SEVERITY_STYLE[alert.severity], "", text(alert.message)
+        else:
+            when = f" at {where(alert.resolved_epoch, alert.resolved_step)}" if alert.state == rules.RESOLVED else ""
+            severity, muted, message = "dim", "dim", text(f"{alert.state}{when}: {alert.message}", "dim")
+        if index < advised:
+            message.append("\n→ ", style="dim")
+            message.append_text(text(alert.recommendation, "italic"))
+        row = Text(alert.severity, style=severity), text(alert.rule, muted), text(alert.subject, muted), message
+        table.add_row(*row)
+    if not alerts:
+        table.add_row(Text("none", style=HEALTHY_STYLE))
+    return table
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How much of each part a short dashboard shows, below its header."""
+
+    alerts: int = 0  # alert lines, the firing ones first
+    panel_rows: int = 0  # lines of each panel's body (0: no panels)
+    layer_ends: int = 0  # layers at each end of the norm order (0: no layer table)
+    advised: int = 0  # of the firing alerts shown, how many have their recommendation on a second line
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a short dashboard's parts hold, and their heights in lines."""
+
+    firing: int  # alerts firing
+    alerts: int  # alerts in all
+    panel_rows: int  # lines of the longer panel's body, one line a row
+    layers: tuple[int, ...]  # lines of the layer table showing 1, 2, ... layers at each end; () with none
+
+    def whole(self) -> Fit:
+        """All of every part; recommendations only fill what room is left, never missed."""
+        return Fit(self.alerts, self.panel_rows, len(self.layers))
+
+    def advised(self, fit: Fit) -> int:
+        """The recommendations ``fit`` shows: only a firing alert's, and only under its line."""
+        return min(fit.advised, fit.alerts, self.firing)
+
+    def height(self, fit: Fit) -> int:
+        """Lines taken by what ``fit`` shows: each part's title or borders with its lines."""
+        alerts = 2 if not self.alerts else 1 + fit.alerts + self.advised(fit) if fit.alerts else 0  # "none" shows
+        panels = fit.panel_rows + 2 if fit.panel_rows else 0
+        layers = self.layers[fit.layer_ends - 1] if fit.layer_ends else 0
+        return alerts + panels + layers
+
+
+def fit_short(room: int, parts: Parts) -> Fit:
+    """What ``room`` lines show of ``parts``: each part grown in turn while it fits (every firing alert, the
+    panels' first rows, the layer table's extremes, the panels' other rows, the table's other layers, the pending
+    and resolved alerts, then the firing alerts' recommendations), with a line kept to say what is left out unless
+    all of every part fits."""
+    whole = parts.whole()
+    if parts.height(whole) > room:
+        room -= 1  # the line that says what is left out
+    growth = (("alerts", parts.firing), ("panel_rows", min(MIN_PANEL_ROWS, whole.panel_rows)),
+              ("layer_ends", min(1, whole.layer_ends)), ("panel_rows", whole.panel_rows),
+              ("layer_ends", whole.layer_ends), ("alerts", whole.alerts), ("advised", parts.firing))  # fmt: skip
+    shown = Fit()
+    for part, most in growth:
+        while getattr(shown, part) < most:
+            grown = replace(shown, **{part: getattr(shown, part) + 1})
+            if parts.height(grown) > room:
+                break
+            shown = grown
+    return shown
+
+
+def left_out(parts: Parts, fit: Fit) -> list[str]:
+    """What a short dashboard leaves out, in words."""
+    missing = []
+    if hidden := parts.alerts - fit.alerts:
+        firing = f" ({parts.firing - fit.alerts} firing)" if parts.firing > fit.alerts else ""
+        missing.append(f"{hidden} more alert{'s' if hidden > 1 else ''}{firing}")
+    if not fit.panel_rows:
+        missing.append("the gradient and task balance panels")
+    elif fit.panel_rows < parts.panel_rows:
+        missing.append(f"{parts.panel_rows - fit.panel_rows} panel rows")
+    if parts.layers and not fit.layer_ends:
+        missing.append("the layer table")
+    elif parts.layers and fit.layer_ends < len(parts.layers):
+        missing.append(f"{parts.layers[-1] - parts.layers[fit.layer_ends - 1]} layer rows")
+    return missing
+
+
+def left_out_line(missing: list[str]) -> Text:
+    return one_line(Text(f"… {', '.join(missing)}: enlarge the terminal or run moola-watch --once LOG", "yellow"))
+
+
+@dataclass(frozen=True)
+class FittedDashboard:
+    """:func:`run_dashboard` fitted to the screen (the live view): all of it when it fits; else with fewer layers;
+    else a short dashboard (see :func:`fit_short`) whose header, alerts and panels take one line a row and whose
+    last line says what it leaves out."""
+
+    view: LogView
+    run: str
+    options: ViewOptions
+
+    @property
+    def engine(self) -> rules.RuleEngine:
+        return self.view.scan.engines[self.run]
+
+    @property
+    def history(self) -> RunView:
+        return self.view.runs.get(self.run, RunView())
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # Rich renders a Live screen's children with no height but the screen's as max_height.
+        unbounded = options.reset_height()
+        lines = self.fitted(lambda part: console.render_lines(part, unbounded, pad=False), options.max_height)
+        for line in lines:
+            yield from line
+            yield Segment.line()
+
+    def fitted(self, render: Callable[[RenderableType], list[list[Segment]]], height: int) -> list[list[Segment]]:
+        """The lines that fit ``height``, each part rendered by ``render``."""
+        alerts = [(self.run, alert) for alert in self.engine.alerts]
+        whole: list[list[Segment]] = []
+        for part in (header_panel(self.view, self.run, self.options), alerts_table(alerts, limit=FULL_ALERTS),
+                     panels_row(self.engine, self.history)):  # fmt: skip
+            whole += render(part)
+            if len(whole) >= height:  # not a line left for the layers: the short dashboard
+                break
+        else:
+            for ends in range(self.options.top, 0, -1):
+                layers = render(layers_table(self.engine, replace(self.options, top=ends)))
+                if len(whole) + len(layers) <= height:
+                    return whole + layers
+        return self.short(render, height)
+
+    def short(self, render: Callable[[RenderableType], list[list[Segment]]], height: int) -> list[list[Segment]]:
+        """The short dashboard's lines for ``height`` (see :func:`fit_short`)."""
+        engine, history = self.engine, self.history
+        alerts = [(self.run, alert) for alert in engine.alerts]
+        head = render(header_panel(self.view, self.run, self.options, short=True))
+        panels = render(panels_row(engine, history, short=True))
+        tables = [render(layers_table(engine, replace(self.options, top=ends), short=True))
+                  for ends in range(1, self.options.top + 1)] if engine.last_grad_stats else []  # fmt: skip
+        parts = Parts(len(engine.firing()), len(alerts), len(panels) - 2, tuple(len(table) for table in tables))
+        fit = fit_short(height - len(head), parts)
+        lines = head
+        if fit.alerts or not alerts:
+            lines += render(alert_lines(alerts, fit.alerts, parts.advised(fit)))
+        if fit.panel_rows:
+            cut = fit.panel_rows < parts.panel_rows
+            lines += render(panels_row(engine, history, short=True, rows=fit.panel_rows)) if cut else panels
+        if fit.layer_ends:
+            lines += tables[fit.layer_ends - 1]
+        if missing := left_out(parts, fit):
+            lines += render(left_out_line(missing))
+        return lines
 
 
 #: The overview's columns in order: (name, the narrowest terminal that shows it, in characters, its layout). The

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from moola_watch import rules, schema
 from moola_watch.analyze import LogScan, alert_json
-from moola_watch.dashboard import LogView, ViewOptions, overview, run_dashboard
+from moola_watch.dashboard import FittedDashboard, LogView, ViewOptions, overview, run_dashboard
 from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, exit_code, worst
 from moola_watch.notify import Notifier
 from moola_watch.rules import AlertEvent, Thresholds
@@ -265,12 +265,14 @@ class Follower:
         else:
             self._plain(f"{time.strftime('%H:%M:%S')} run {run} is {status}  [{path.name}]")
 
-    def render(self, now: float) -> RenderableType:
+    def render(self, now: float, fit: bool = False) -> RenderableType:
+        """What is shown at ``now``; with ``fit``, a run's dashboard is fitted to the screen (the live view, where
+        what does not fit is cut off), else whole (printed, it scrolls)."""
         options = ViewOptions(top=self.options.top, layers=self.layers, now=now)
         focus = self._focus()
         if focus is not None:
             view, run = focus
-            return run_dashboard(view, run, options)
+            return FittedDashboard(view, run, options) if fit else run_dashboard(view, run, options)
         if self.directory is None and not self.target.exists():
             hint = f"it does not exist yet; {self.waiting_hint()}"
             return Text(f"waiting for records in {inert(self.target)} ({hint})", style="dim")
@@ -386,7 +388,11 @@ class Follower:
                 self._print_run_verdicts()
             return code
         with Live(
-            self.render(time.time()), console=self.console, auto_refresh=False, screen=True, redirect_stderr=False
+            self.render(time.time(), fit=True),
+            console=self.console,
+            auto_refresh=False,
+            screen=True,
+            redirect_stderr=False,
         ) as live:
             code = self._loop(live)
         self.console.print(self.render(time.time()))
@@ -423,7 +429,7 @@ class Follower:
             moment = time.monotonic()
             due = moment - last_draw >= (1.0 / MAX_FPS if dirty else AGE_REFRESH_S)
             if live is not None and due:
-                live.update(self.render(now), refresh=True)
+                live.update(self.render(now, fit=True), refresh=True)
                 last_draw, dirty = moment, False
             elif live is None:
                 dirty = False

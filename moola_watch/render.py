@@ -80,12 +80,14 @@ def severity_text(severity: str | None) -> Text:
     return Text(severity, style=SEVERITY_STYLE.get(severity, ""))
 
 
+def ordered_alerts(alerts: Sequence[tuple[str, rules.Alert]]) -> list[tuple[str, rules.Alert]]:
+    """Firing first, then pending, then resolved; the most severe first within each."""
+    return sorted(alerts, key=lambda item: (STATE_ORDER[item[1].state], -rules.SEVERITY_RANK[item[1].severity]))
+
+
 def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = False, limit: int = 50) -> Table:
-    """Alerts, firing first, then pending, then resolved; each with when it began and what to do."""
-    ordered = sorted(
-        alerts,
-        key=lambda item: (STATE_ORDER[item[1].state], -rules.SEVERITY_RANK[item[1].severity]),
-    )
+    """Alerts in :func:`ordered_alerts`' order; each with when it began and what to do."""
+    ordered = ordered_alerts(alerts)
     table = Table(title="Alerts", title_justify="left", expand=True, show_lines=False)
     if show_run:
         table.add_column("run", overflow="fold", max_width=24)

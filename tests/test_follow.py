@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -461,3 +462,56 @@ def test_once_on_a_log_of_two_runs_names_the_run_that_failed(tmp_path):
     both_ok.write_bytes(healthy.read_bytes() * 2)
     result = follow_once("--once", both_ok)
     assert result.returncode == 0 and "not ok:" not in result.stdout and "2 runs" in result.stdout
+
+
+BOX_TOPS, BOX_BOTTOMS = "╭┏┌", "╰└"
+
+
+def firing_alerts(log: Path) -> list[dict]:
+    check = subprocess.run([*WATCH.split(), "check", "--json", str(log)], capture_output=True, text=True, cwd=REPO)
+    return [alert for alert in json.loads(check.stdout)["alerts"] if alert["state"] == "firing"]
+
+
+def test_an_80x24_terminal_shows_every_firing_alert_and_the_panels_and_says_what_it_left_out(terminal):
+    """A review's case: at 80x24 the dashboard stopped mid-sentence after its second alert, with no panel and
+    nothing saying so. Each firing alert gets a line (severity, rule, subject, the message or its start and an
+    ellipsis), the panels are there, every box is closed, and the last line says what did not fit."""
+    log = SAMPLES / "exploding_gradients.jsonl"  # three alerts firing, two resolved
+    term = terminal(f"{WATCH} follow {log}", width=80, height=24)
+    term.wait_for("enlarge the terminal")  # the last line: the screen is drawn
+    lines = term.screen().splitlines()
+    screen = "\n".join(lines)
+    assert len(lines) <= 24 and all(len(line) <= 80 for line in lines), screen
+    for alert in firing_alerts(log):
+        line = next((line for line in lines if line.split()[:3] == [alert["severity"], alert["rule"],
+                                                                  alert["subject"]]), None)  # fmt: skip
+        assert line is not None, (alert["rule"], screen)
+        shown = line.rstrip().split(alert["subject"], 1)[1].strip()
+        assert alert["message"] == shown or alert["message"].startswith(shown.removesuffix("…")), (shown, screen)
+    assert "Gradients (epoch 20)" in screen and "Task balance (epoch 20)" in screen, screen
+    assert "Layers (" in screen, screen
+    assert sum(screen.count(c) for c in BOX_TOPS) == sum(screen.count(c) for c in BOX_BOTTOMS), screen
+    last = [line for line in lines if line.strip()][-1]
+    assert last.startswith("… 1 more alert, ") and "layer rows" in last, screen
+    term.keys("C-c")
+    assert term.exit_code() == 0
+
+
+def test_a_200x50_terminal_shows_the_whole_dashboard_as_printed(terminal):
+    """Where it all fits, the live view is the dashboard ``--once`` prints, line for line."""
+    log = SAMPLES / "exploding_gradients.jsonl"
+    live = terminal(f"{WATCH} follow {log}", width=200, height=50)
+    printed = terminal(f"{WATCH} follow --once {log}", width=200, height=50)
+    live.wait_for("Layers (8 of 13")
+    printed.exit_code()
+    age = re.compile(r"last record .*? ago")
+
+    def shown(term: Terminal) -> list[str]:
+        return [age.sub("last record", line).rstrip() for line in term.screen().splitlines()]
+
+    whole = shown(printed)
+    whole = whole[: max(i for i, line in enumerate(whole) if line.startswith("└")) + 1]  # the layer table's end
+    assert "→ Reduce learning rate" in "\n".join(whole) and len(whole) > 40
+    assert shown(live)[: len(whole)] == whole, "\n".join(shown(live))
+    live.keys("C-c")
+    assert live.exit_code() == 0

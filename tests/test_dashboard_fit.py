@@ -1,0 +1,76 @@
+"""The live dashboard fitted to the terminal: what a short screen keeps, in which order, and what it says it left
+out (the real CLI in a real terminal is in test_follow.py)."""
+
+import re
+
+import pytest
+from helpers import REPO
+from rich.console import Console
+
+from moola_watch.analyze import scan_log
+from moola_watch.dashboard import Fit, FittedDashboard, LogView, Parts, ViewOptions, fit_short, left_out, run_dashboard
+
+SAMPLES = sorted((REPO / "sample_logs").glob("*.jsonl"))
+# Three alerts firing and two resolved; panels of 7 rows; a layer table of 3, 5, 7, 9 lines (1 to 4 a side).
+PARTS = Parts(firing=3, alerts=5, panel_rows=7, layers=(3, 5, 7, 9))
+
+
+def test_a_screen_that_holds_it_all_shows_it_all_with_the_recommendations_in_what_is_left():
+    assert PARTS.height(PARTS.whole()) == 6 + 9 + 9
+    assert fit_short(24, PARTS) == Fit(alerts=5, panel_rows=7, layer_ends=4)
+    assert fit_short(27, PARTS) == Fit(alerts=5, panel_rows=7, layer_ends=4, advised=3)
+    assert left_out(PARTS, fit_short(24, PARTS)) == []
+
+
+@pytest.mark.parametrize(
+    ("room", "fit", "missing"),
+    [
+        # One line short: the resolved alerts go first, and a line says so.
+        (23, Fit(3, 7, 4), ["2 more alerts"]),
+        # The firing alerts, the panels' first rows, then the layers' extremes, before the panels' other rows.
+        (13, Fit(3, 3, 1), ["2 more alerts", "4 panel rows", "6 layer rows"]),
+        (5, Fit(3, 0, 0), ["2 more alerts", "the gradient and task balance panels", "the layer table"]),
+        (4, Fit(2, 0, 0), ["3 more alerts (1 firing)", "the gradient and task balance panels", "the layer table"]),
+    ],
+)
+def test_a_short_screen_keeps_the_firing_alerts_then_the_panels_then_the_layers(room, fit, missing):
+    assert fit_short(room, PARTS) == fit
+    assert PARTS.height(fit) <= room - 1  # and the line that says what is left out
+    assert left_out(PARTS, fit) == missing
+
+
+def test_no_alert_still_says_none_and_a_run_without_layers_misses_no_table():
+    parts = Parts(firing=0, alerts=0, panel_rows=1, layers=())
+    assert parts.height(Fit()) == 2  # "Alerts" and "none"
+    assert fit_short(5, parts) == Fit(panel_rows=1) and left_out(parts, Fit(panel_rows=1)) == []
+
+
+def lines_of(console: Console, renderable) -> list[str]:
+    return ["".join(s.text for s in line).rstrip() for line in console.render_lines(renderable, pad=False)]
+
+
+@pytest.mark.parametrize("log", SAMPLES, ids=lambda path: path.stem)
+@pytest.mark.parametrize("size", [(80, 24), (80, 16), (60, 20), (100, 30), (120, 40), (200, 50)])
+def test_the_fitted_dashboard_fits_and_shows_every_firing_alert(log, size):
+    width, height = size
+    scan = scan_log(log)
+    run = scan.current.run.run
+    view, options = LogView(scan), ViewOptions(now=scan.current.run.last_time)
+    console = Console(width=width, height=height, color_system=None, legacy_windows=False)
+    fitted = lines_of(console, FittedDashboard(view, run, options))
+    whole = lines_of(console, run_dashboard(view, run, options))
+    assert len(fitted) <= height and all(len(line) <= width for line in fitted), "\n".join(fitted)
+    if len(whole) <= height:
+        assert fitted == whole  # where it all fits, as printed
+        return
+    screen = "\n".join(fitted)
+    layers = next(i for i, line in enumerate(whole) if line.startswith("Layers ("))
+    if fitted[:layers] == whole[:layers]:  # all but some layers fit: as printed, with fewer rows in the layer table
+        assert fitted[layers].startswith("Layers (") and len(fitted) > layers + 5, screen
+        return
+    for alert in scan.engines[run].firing():
+        assert re.search(rf"^ {alert.severity} +{alert.rule} +{re.escape(alert.subject)} ", screen, re.M), screen
+    if fitted[-1].startswith("… "):  # the line saying what is left out
+        assert fitted[-1].endswith(("LOG", "…")), screen
+    if "panel rows" in fitted[-1]:
+        assert "more rows ─" in screen, screen
