@@ -47,11 +47,18 @@ def _signal_name(number: int) -> str:
 def on_sigterm(end_run: Callable[[str, str], object]) -> Callable[[], None]:
     """Have SIGTERM call ``end_run("interrupted", why)`` before the process ends by it as it would have. Only
     from the main thread (where Python runs handlers) and only while SIGTERM has its default action (a
-    framework or the user that handles it, as Lightning does, keeps its own). Returns what undoes it."""
+    framework or the user that handles it, as Lightning does, keeps its own; one that takes over later and
+    calls the handler it replaced gets the run ended, and the process is left to it). Returns what undoes
+    it."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         return _nothing
 
     def terminated(signum: int, _frame: FrameType | None) -> None:
+        if signal.getsignal(signal.SIGTERM) is not terminated:
+            # Called by a handler set after ours that chains to it (Lightning's does): the run ends here, and
+            # what the process does next is that handler's business.
+            end_run("interrupted", SIGTERM_WORDS)
+            return
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
             end_run("interrupted", SIGTERM_WORDS)
