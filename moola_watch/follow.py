@@ -348,11 +348,14 @@ class Follower:
 
     def run(self) -> int:
         """Follow until Ctrl-C or SIGTERM, or the run ends with ``--exit-on-end``, or once with ``--once``.
-        Stopped, it exits 0 unless what it saw already fails ``--fail-on`` (1): a CI job stopped by its
-        timeout must not pass a run whose gradients were already non-finite."""
+        Stopped, it exits 0; with ``--exit-on-end`` (a verdict is what its exit code is for) 1 if what it saw
+        already fails ``--fail-on``: a CI job stopped by its timeout must not pass a run whose gradients were
+        already non-finite."""
         try:
             return self._run()
         except KeyboardInterrupt:
+            if not self.options.exit_on_end:
+                return EXIT_OK
             failing = any(
                 view.scan.fails(self.options.fail_on, [run for run in view.scan.engines if self._followed(path, run)])
                 for path, view in self.views.items()

@@ -21,7 +21,15 @@ if how == "handler":  # the user's own SIGTERM handler, exiting with the signal'
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 model = torch.nn.Linear(4, 2)
 with GradientMonitor(every_n_steps=1, log_path=log) as monitor:
+    monitor.on_run_start(model)
+    if how == "chained":  # a framework's handler set later, calling the one it replaced, then stopping gracefully
+        replaced = signal.getsignal(signal.SIGTERM)
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: (stopping.append(signum), replaced(signum, frame)))
     for step in range(10_000):
+        if how == "chained" and stopping:
+            print("stopped gracefully", flush=True)
+            break
         model(torch.randn(8, 4)).pow(2).mean().backward()
         monitor.on_before_optimizer_step(model)
         model.zero_grad()
@@ -72,6 +80,14 @@ def test_a_users_sigterm_handler_is_kept_and_its_exit_is_an_interruption(tmp_pat
     loop, records = run_loop(tmp_path, "handler")
     assert loop.returncode == 143
     assert records[-1]["status"] == "interrupted" and records[-1]["error"] == "exit status 143 (SIGTERM)"
+
+
+def test_a_handler_set_later_that_chains_to_the_monitors_keeps_the_process(tmp_path):
+    """Lightning's way: its handler notes the signal, calls the one it replaced, and stops at the next step."""
+    loop, records = run_loop(tmp_path, "chained")
+    assert loop.returncode == 0  # the later handler decided: the process was not killed under it
+    assert records[-1]["status"] == "interrupted" and records[-1]["error"] == SIGTERM_WORDS
+    assert [r["kind"] for r in records].count("run_end") == 1
 
 
 def test_sys_exit_0_in_the_loop_is_a_completed_run(tmp_path):
