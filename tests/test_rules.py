@@ -265,23 +265,42 @@ def test_the_fix_is_the_weights_that_bring_the_window_to_the_healthy_edge_either
     assert rules.weight_fix("small", "big", math.inf, 2.0, {"small": 3.0, "big": 1.0}) == ""  # no finite fix
 
 
-def test_with_three_tasks_the_fix_raises_the_starved_task_only_and_a_type_pointer_pair_is_judged_as_any_tasks():
-    """Lowering one dominating task can starve a third, and which one dominates changes from sample to sample;
-    with a third task beside type and pointer, the pointer/type window must not judge ``type`` too (the two
-    rules would fire and resolve it in turn)."""
+def three_task_collapse(aux_norm) -> rules.Alert:
+    """The type task starved beside pointer and aux; ``aux_norm(i)`` is aux's weighted norm at sample i. With a
+    third task beside type and pointer, the pointer/type window must not judge ``type`` too (the two rules
+    would fire and resolve it in turn)."""
     log = LogBuilder()
     log.add("run_start", model="MultiTask", parameters=[], config={})
     for i in range(1, 31):
-        norms = {"type": 0.01, "pointer": 0.01 * (3.0 if i % 2 else 0.9), "aux": 1.0 if i % 3 else 0.5}
+        norms = {"type": 0.01, "pointer": 0.01 * (3.0 if i % 2 else 0.9), "aux": aux_norm(i)}
         losses = {"type": 0.7, "pointer": 0.8 * 0.9**i, "aux": 5 * 0.9**i}
         log.add("task_balance", epoch=i, step=i * 10, ratio=norms["pointer"] / norms["type"], norms=norms,
                 shares={"type": 0.001, "pointer": 0.01, "aux": 0.989}, losses=losses,
                 weights={"type": 1.0, "pointer": 1.0, "aux": 1.0}).epoch(i, task_losses=losses)  # fmt: skip
-    engine = rules.replay(log.records)
-    typed = [a for a in collapse_alerts(engine) if a.subject == "type"]
+    typed = [a for a in collapse_alerts(rules.replay(log.records)) if a.subject == "type"]
     assert len(typed) == 1 and typed[0].state == FIRING and typed[0].severity == "error"
-    assert typed[0].recommendation.endswith("set the type loss weight 40 (from 1) to bring the ratio 80.00 to 2")
-    assert "lower" not in typed[0].recommendation and "--loss" not in typed[0].recommendation
+    assert "--loss" not in typed[0].recommendation
+    return typed[0]
+
+
+def test_with_three_tasks_a_task_that_led_every_sample_is_the_one_to_lower():
+    collapse = three_task_collapse(lambda i: 1.0 if i % 3 else 0.5)  # aux is the largest in every sample
+    assert collapse.recommendation.endswith(
+        "or lower the aux task's: set the aux loss weight 0.025 (from 1) or the type loss weight 40 (from 1) to "
+        "bring the ratio 80.00 to 2"
+    ), collapse.recommendation
+
+
+def test_with_three_tasks_and_no_steady_leader_the_starved_task_is_raised_keeping_the_weights_sum():
+    """Lowering one of two tasks that take turns leading could starve a third; raising the starved one alone by
+    25x would scale the whole update by as much (gradients that explode): every weight is rescaled so that
+    their sum stays."""
+    collapse = three_task_collapse(lambda i: 1.0 if i % 2 else 0.001)  # aux and pointer take turns
+    assert collapse.recommendation.endswith(
+        "set the loss weights type 2.8 (from 1), pointer 0.11 (from 1), aux 0.11 (from 1): the type weight 25x the "
+        "others', their sum kept at 3, to bring the ratio 50.50 to 2"
+    ), collapse.recommendation
+    assert "lower" not in collapse.recommendation
 
 
 def test_weights_are_named_by_flag_only_for_the_projects_trainer():

@@ -75,21 +75,35 @@ def weight_fix(
     """Concrete weights that bring the window's ratio (dominant / starved weighted gradient norm, linear in
     each weight) down to ``target``, the healthy band's edge: the smallest change that makes the window
     healthy (a starved task that recovers takes a bigger share by itself, so aiming further overshoots).
-    ``dominant`` None (more than two tasks, where lowering one dominating task can starve another): only the
-    starved task's weight. ``flags`` name the weights by command-line flag. '' when the weights are not
-    recorded, the ratio is infinite, or the change would not show in two significant figures."""
+    ``dominant`` None (more than two tasks, where which task dominates changes from sample to sample and lowering
+    one can starve another): the starved task's weight raised against all the others alike, every weight then
+    scaled so that their sum stays (raising one weight alone by a large factor scales the whole update by it,
+    which can make the gradients explode). ``flags`` name the weights by command-line flag. '' when the weights
+    are not recorded, the ratio is infinite, or the change would not show in two significant figures."""
     factor, flags = ratio / target, flags or {}
     if starved not in weights or not math.isfinite(factor) or not factor > 0:
         return ""
     if f"{weights[starved] * factor:.2g}" == f"{weights[starved]:.2g}":
         return ""  # a window at the band's edge: no change shows at the precision a weight is given in
-    raise_starved = _weight(starved, weights[starved], factor, flags)
     if dominant is None:
-        return f"set {raise_starved} to bring the ratio {ratio:.2f} to {target:.2g}"
+        return _sum_kept(starved, factor, weights, flags) + f" to bring the ratio {ratio:.2f} to {target:.2g}"
+    raise_starved = _weight(starved, weights[starved], factor, flags)
     if dominant not in weights:
         return ""
     return (f"set {_weight(dominant, weights[dominant], 1 / factor, flags)} or {raise_starved} to bring the ratio "
             f"{ratio:.2f} to {target:.2g}")  # fmt: skip
+
+
+def _sum_kept(starved: str, factor: float, weights: Mapping[str, float], flags: Mapping[str, str]) -> str:
+    """Every weight, the ``starved`` one ``factor`` times the others' relative to now, their sum as it is."""
+    total = math.fsum(weights.values())
+    kept = total / (total + weights[starved] * (factor - 1))
+    listed = ", ".join(
+        f"{flags.get(task, task)} {value * kept * (factor if task == starved else 1.0):.2g} (from {value:g})"
+        for task, value in weights.items()
+    )
+    kept_words = f"the {starved} weight {factor:.2g}x the others', their sum kept at {total:g}"
+    return f"set the loss weights {listed}: {kept_words},"
 
 
 def _change(fraction: float) -> str:
@@ -165,15 +179,16 @@ def pair_dominance(ev: Evidence, th: Thresholds) -> Dominance | None:
 
 def task_dominance(ev: Evidence, task: str, th: Thresholds) -> Dominance | None:
     """Any set of tasks: the window mean of the largest task's weighted gradient norm over ``task``'s, when
-    it is full and beyond the healthy band, else None. With two tasks the fix may lower the other; with more,
-    only raise the starved one (which task dominates changes from sample to sample, and lowering one can starve
-    a third)."""
+    it is full and beyond the healthy band, else None. The fix may lower the dominant task: the other of two,
+    or of more the one that was the largest in every sample of the window; when the lead changed hands, only
+    the starved task is raised against all the others (lowering one could starve a third)."""
     window = ev.dominance.get(task, ())
     mean = mean_ratio(window) if len(window) == th.window else None
     if mean is None or not mean > th.balance_high:
         return None
     others = [other for other in ev.dominance if other != task]
-    dominant = others[0] if len(others) == 1 else None
+    steady = ev.steady_dominant()
+    dominant = others[0] if len(others) == 1 else (steady if steady != task else None)
     beyond = mean > th.collapse_high
     bound = th.collapse_high if beyond else th.balance_high
     lower = f", or lower the {dominant} task's" if dominant else ""

@@ -184,6 +184,7 @@ class Evidence:
         window = thresholds.window
         self.ratios: deque[float] = deque(maxlen=window)  # pointer/type, NaN ratios left out
         self.dominance: dict[str, deque[float]] = {}  # per task: largest task's weighted norm / its own
+        self.largest: deque[str] = deque(maxlen=window)  # which task's weighted norm was the largest, per sample
         self.balance_steps: deque[int | None] = deque(maxlen=window)  # the steps of the window's samples
         self.weights: dict[str, float] = {}  # the loss weights of the latest balance sample
         self.shares: dict[str, deque[float]] = {}  # per task: its share of the update, over the window
@@ -331,6 +332,7 @@ class Evidence:
             for task, norm in measured.items():
                 window = self.dominance.setdefault(task, deque(maxlen=self.thresholds.window))
                 window.append(largest / norm if norm > 0 else math.inf)
+            self.largest.append(max(measured, key=measured.__getitem__))
             counted = True
         if not counted:
             return
@@ -341,6 +343,13 @@ class Evidence:
             self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
             self.run_shares.setdefault(task, RunningStats()).add(share)
         self._losses(self.batch_losses, record.get("losses") or {}, where)
+
+    def steady_dominant(self) -> str | None:
+        """The task whose weighted gradient was the largest in every sample of the full window, or None (the
+        window is not full, or the lead changed hands)."""
+        if len(self.largest) < self.thresholds.window or len(set(self.largest)) != 1:
+            return None
+        return self.largest[0]
 
     def window_verdict(self, th: Thresholds) -> CollapseVerdict:
         """The pointer/type window's verdict under ``th``: :func:`collapse_verdict` of ``ratios``. The imbalance and
