@@ -1,6 +1,7 @@
 """How a run ends in its log: the exception or signal that ended it, as a scheduler or a loop ends runs."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,9 +27,21 @@ with GradientMonitor(every_n_steps=1, log_path=log) as monitor:
         replaced = signal.getsignal(signal.SIGTERM)
         stopping = []
         signal.signal(signal.SIGTERM, lambda signum, frame: (stopping.append(signum), replaced(signum, frame)))
+    if how == "two":  # a second run in the same process, with its own log
+        second = GradientMonitor(every_n_steps=1, log_path=log + ".second")
+        second.on_run_start(model)
+    if how == "fork":  # a child process the loop starts and stops: its SIGTERM is not the run's
+        import multiprocessing
+
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        child.start()
+        child.terminate()
+        child.join()
     for step in range(10_000):
         if how == "chained" and stopping:
             print("stopped gracefully", flush=True)
+            break
+        if how == "fork" and step == 5:
             break
         model(torch.randn(8, 4)).pow(2).mean().backward()
         monitor.on_before_optimizer_step(model)
@@ -58,11 +71,11 @@ def test_the_status_a_run_ends_with(exc, status, error):
     assert ending(exc) == (status, error)
 
 
-def run_loop(tmp_path, how: str) -> tuple[subprocess.Popen, list[dict]]:
+def run_loop(tmp_path, how: str, **env: str) -> tuple[subprocess.Popen, list[dict]]:
     log = tmp_path / "run.jsonl"
     loop = subprocess.Popen([sys.executable, "-c", LOOP, str(log), how], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-    if how != "exit":
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, **env})  # fmt: skip
+    if how not in ("exit", "fork"):
         assert loop.stdout.readline().strip() == "ready"
         loop.send_signal(signal.SIGTERM)
     loop.communicate(timeout=60)
@@ -105,3 +118,23 @@ def test_moola_train_stopped_by_sigterm_is_interrupted_not_unterminated(tmp_path
     report = json.loads(subprocess.run([sys.executable, "-m", "moola_watch.cli", "check", "--json", str(log)],
                                        capture_output=True, text=True, cwd=REPO).stdout)  # fmt: skip
     assert report["status"] == "interrupted" and report["verdict"] == "warning"
+
+
+def test_every_run_of_the_process_ends_interrupted_on_one_sigterm(tmp_path):
+    loop, records = run_loop(tmp_path, "two")
+    second = [json.loads(line) for line in (tmp_path / "run.jsonl.second").read_text().splitlines()]
+    assert loop.returncode == -signal.SIGTERM
+    assert records[-1]["status"] == second[-1]["status"] == "interrupted"
+
+
+def test_a_forked_childs_sigterm_does_not_end_the_parents_run(tmp_path):
+    loop, records = run_loop(tmp_path, "fork")
+    assert loop.returncode == 0 and [r["kind"] for r in records].count("run_end") == 1
+    assert records[-1]["status"] == "completed"
+
+
+def test_in_a_distributed_job_sigterm_keeps_its_default_action(tmp_path):
+    """A rank blocked in a collective must still die at once: no Python handler, which runs only between
+    bytecodes (the watcher on its host calls the run dead instead)."""
+    loop, records = run_loop(tmp_path, "default", WORLD_SIZE="2")
+    assert loop.returncode == -signal.SIGTERM and records[-1]["kind"] != "run_end"

@@ -1,9 +1,13 @@
 """How a run ended, in the log's words: from the exception that ended it, or from a SIGTERM.
 
 A scheduler (Slurm, Kubernetes, ``timeout``) stops a job with SIGTERM, whose default action ends the process
-at once, before any ``finally`` or ``with`` block: the log would get no ``run_end``. While a run writes its
-log, and only where nobody else handles SIGTERM, :func:`on_sigterm` lets the monitor write ``run_end``
-first, then ends the process by the same signal, exactly as it would have ended without moola.
+at once, before any ``finally`` or ``with`` block: the log would get no ``run_end``. While runs write their
+logs, and only where nobody else handles SIGTERM, one handler ends every such run (:func:`on_sigterm`), then
+ends the process by the same signal, as it would have ended without moola.
+
+A Python handler runs between two bytecodes of the main thread: a process blocked in native code (a
+collective waiting on a stuck peer) would die only when that call returns. Distributed jobs are where that
+happens, so there the signal keeps its default action (the watcher sees such a process die: ``run_died``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-#: Exit statuses from 128 up are a process ended by a signal (128 + its number), as shells report them.
-SIGNAL_EXIT_BASE = 128
+#: Exit statuses 129-192 are a process ended by a signal (128 + its number), as shells report them.
+SIGNAL_EXIT_BASE, HIGHEST_SIGNAL = 128, 64
 SIGTERM_WORDS = "SIGTERM: the job was told to stop (preempted, cancelled, or out of time); resume it"
+
+EndRun = Callable[[str, str], object]
 
 
 def ending(exc: BaseException | None) -> tuple[str, str | None]:
@@ -32,7 +38,7 @@ def ending(exc: BaseException | None) -> tuple[str, str | None]:
         code = exc.code
         if code is None or code == 0:
             return "completed", None
-        if type(code) is int and code > SIGNAL_EXIT_BASE:
+        if type(code) is int and SIGNAL_EXIT_BASE < code <= SIGNAL_EXIT_BASE + HIGHEST_SIGNAL:
             return "interrupted", f"exit status {code} ({_signal_name(code - SIGNAL_EXIT_BASE)})"
     return "failed", f"{type(exc).__name__}: {exc}"
 
@@ -44,31 +50,60 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def on_sigterm(end_run: Callable[[str, str], object]) -> Callable[[], None]:
-    """Have SIGTERM call ``end_run("interrupted", why)`` before the process ends by it as it would have. Only
-    from the main thread (where Python runs handlers) and only while SIGTERM has its default action (a
-    framework or the user that handles it, as Lightning does, keeps its own; one that takes over later and
-    calls the handler it replaced gets the run ended, and the process is left to it). Returns what undoes
-    it."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+class _Runs:
+    """The runs one SIGTERM ends: those of this process that registered, in order."""
+
+    def __init__(self) -> None:
+        self.ends: dict[int, EndRun] = {}
+        self.owner = 0  # the pid that installed the handler: a forked child's SIGTERM is not its parent's
+        self.next_id = 0
+        self.handler = self._handle  # one object, so that signal.getsignal() can be recognised as it
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        chained = signal.getsignal(signal.SIGTERM) is not self.handler  # a later handler calls the one it replaced
+        if os.getpid() == self.owner:
+            for end_run in list(self.ends.values()):
+                end_run("interrupted", SIGTERM_WORDS)
+        if not chained:  # ours is the handler: the default action now, as without moola
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+_RUNS = _Runs()
+
+
+def _distributed() -> bool:
+    """A job of several processes (a process group, or a launcher's ``WORLD_SIZE``): its processes may block in
+    collectives, where a Python handler cannot run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return True
+    size = os.environ.get("WORLD_SIZE", "1")
+    return size.isdigit() and int(size) > 1
+
+
+def on_sigterm(end_run: EndRun) -> Callable[[], None]:
+    """Have SIGTERM call ``end_run("interrupted", why)`` (with every other run registered so), then end the
+    process by it as it would have. Only from the main thread (where Python runs handlers), only while SIGTERM
+    has its default action or is already ours (a framework or the user that handles it, as Lightning does,
+    keeps its own; one that takes over later and calls the handler it replaced gets the runs ended, and the
+    process is left to it), and not in a distributed job. Returns what undoes it for this run."""
+    if threading.current_thread() is not threading.main_thread() or _distributed():
         return _nothing
-
-    def terminated(signum: int, _frame: FrameType | None) -> None:
-        if signal.getsignal(signal.SIGTERM) is not terminated:
-            # Called by a handler set after ours that chains to it (Lightning's does): the run ends here, and
-            # what the process does next is that handler's business.
-            end_run("interrupted", SIGTERM_WORDS)
-            return
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            end_run("interrupted", SIGTERM_WORDS)
-        finally:
-            os.kill(os.getpid(), signum)  # the default action now: the process ends as it would have
-
-    signal.signal(signal.SIGTERM, terminated)
+    current = signal.getsignal(signal.SIGTERM)
+    if current is not _RUNS.handler or _RUNS.owner != os.getpid():
+        if current != signal.SIG_DFL and current is not _RUNS.handler:
+            return _nothing
+        signal.signal(signal.SIGTERM, _RUNS.handler)
+        _RUNS.owner, _RUNS.ends = os.getpid(), {}  # (a forked child's inherited runs are its parent's)
+    key = _RUNS.next_id = _RUNS.next_id + 1
+    _RUNS.ends[key] = end_run
 
     def undo() -> None:
-        if signal.getsignal(signal.SIGTERM) is terminated and threading.current_thread() is threading.main_thread():
+        _RUNS.ends.pop(key, None)
+        main = threading.current_thread() is threading.main_thread()
+        if not _RUNS.ends and main and signal.getsignal(signal.SIGTERM) is _RUNS.handler:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     return undo
