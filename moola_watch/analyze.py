@@ -21,7 +21,7 @@ from moola_watch.frames import FrameColumns, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
 from moola_watch.tail import BadLine, Item, Notice, RecordItem, SkippedHistory, read_log
-from moola_watch.writer_process import writer_gone
+from moola_watch.writer_process import log_writer_gone
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: check and follow never need its 0.2 s import
     import pandas as pd
@@ -159,22 +159,27 @@ class LogScan:
         self.threshold_sources[record["run"]] = source
         before = self.current
         engine = self.engines[record["run"]] = RuleEngine(thresholds)
-        if before is not None and record["kind"] == schema.RUN_START and before.run.model == record["model"]:
-            # If this run began late, it may be that one resumed from a checkpoint: its training rates start there.
-            engine.evidence.resumes = before.evidence.first_losses
+        if (
+            before is not None
+            and record["kind"] == schema.RUN_START
+            and before.run.model == record["model"]
+            and before.run.status != "completed"
+        ):  # if this run began late, it may be that one resumed from a checkpoint: its training rates start there
+            engine.evidence.resumes = (before.evidence.first_losses, before.run.step, before.run.epoch)
         return engine
 
     def check_stale(self, now: float) -> list[AlertEvent]:
         return [event for engine in self.engines.values() for event in engine.check_stale(now)]
 
-    def check_writers(self, gone: Callable[[object, object, object], bool | None], now: float) -> list[AlertEvent]:
-        """Fire run_died for each run not ended whose writer has exited: ``gone(host, pid, process)`` judges
-        the writer its ``run_start`` names (:func:`moola_watch.writer_process.writer_gone`); ``now``: unix s."""
+    def check_writers(self, gone: Callable[..., bool | None], now: float) -> list[AlertEvent]:
+        """Fire run_died for each run not ended whose writer has exited: ``gone(path, host, pid, process, log)``
+        judges the writer its ``run_start`` names, for this log (:func:`moola_watch.writer_process.
+        log_writer_gone`); ``now``: unix seconds."""
         return [
             event
             for engine in self.engines.values()
-            if engine.run.status == "running" and not engine.run.superseded and not engine.run.continued_in
-            for event in engine.check_writer(gone(*engine.run.writer), now)
+            if engine.run_status in ("running", "stale")
+            for event in engine.check_writer(gone(self.path, *engine.run.writer), now)
         ]
 
     @property
@@ -320,7 +325,7 @@ def scan_log(
     else:
         scan = streamed()
     now = time.time() if now is None else now
-    scan.check_writers(writer_gone, now)
+    scan.check_writers(log_writer_gone, now)
     scan.check_stale(now)
     return scan
 

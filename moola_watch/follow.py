@@ -27,7 +27,7 @@ from moola_watch.notify import Notifier
 from moola_watch.rules import AlertEvent, Thresholds
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
 from moola_watch.textsafe import inert, json_line
-from moola_watch.writer_process import writer_gone
+from moola_watch.writer_process import log_writer_gone
 
 MAX_FPS = 10.0
 AGE_REFRESH_S = 1.0  # redraw at least this often so "last record N s ago" and staleness stay true
@@ -166,14 +166,14 @@ class Follower:
         self._writers_checked_at = now
         for path, view in self.views.items():
             running = [e for e in view.scan.engines.values() if e.run_status in ("running", "stale")]
-            if not any(writer_gone(*engine.run.writer) for engine in running):
+            if not any(log_writer_gone(path, *engine.run.writer) for engine in running):
                 continue
             self._read(path, self.tails[path])
             while self.tails[path].behind:
                 self._read(path, self.tails[path])
             for run, engine in list(view.scan.engines.items()):
                 if engine.run_status in ("running", "stale"):
-                    self._alerts(path, run, engine.check_writer(writer_gone(*engine.run.writer), now))
+                    self._alerts(path, run, engine.check_writer(log_writer_gone(path, *engine.run.writer), now))
 
     def _followed(self, path: Path, run: str | None) -> bool:
         """Whether ``run`` of the log at ``path`` is one this follower reports: every run, or the ``--run`` one
@@ -190,6 +190,8 @@ class Follower:
         self._check_writers(now)
         for path, view in self.views.items():
             for run, engine in view.scan.engines.items():
+                if engine.run.superseded or engine.run.continued_in:  # a run_died it had resolves
+                    self._alerts(path, run, engine.check_writer(None, now))
                 if self.options.once or view.stale_judged(run, now):  # --once cannot wait for a next record
                     self._alerts(path, run, engine.check_stale(view.writer_now(run, now)))
                 status = engine.run_status

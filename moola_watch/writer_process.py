@@ -51,7 +51,13 @@ def _pid_namespace() -> str | None:
 def this_process() -> dict[str, Any]:
     """What, beside the host and pid, identifies this process for :func:`writer_gone`: ``boot_id``,
     ``pid_namespace`` and ``start_ticks`` (its start, in clock ticks since boot). Empty where ``/proc`` does
-    not say (not Linux)."""
+    not say (not Linux), or is not this PID namespace's (a namespace that did not mount its own: its pids are
+    not the ones ``/proc`` lists)."""
+    try:
+        if os.readlink(PROC / "self") != str(os.getpid()):
+            return {}
+    except OSError:
+        return {}
     fields = _stat_fields("self")
     boot_id = _read(PROC / "sys" / "kernel" / "random" / "boot_id")
     namespace = _pid_namespace()
@@ -73,11 +79,25 @@ def writer_gone(host: object, pid: object, process: object) -> bool | None:
     if not isinstance(process, Mapping) or any(process.get(key) != here[key] for key in ("boot_id", "pid_namespace")):
         return None
     fields = _stat_fields(pid)
-    if fields is None:
-        return True
+    if fields is None:  # gone, or hidden from this user (/proc mounted hidepid=2): kill(pid, 0) tells which
+        return True if _no_such_pid(pid) else None
     if fields[0] in ENDED_STATES:
         return True
     return len(fields) > START_TICKS_FIELD and fields[START_TICKS_FIELD] != str(process.get("start_ticks"))
+
+
+def log_writer_gone(read_path: str | Path, host: object, pid: object, process: object, log: object) -> bool | None:
+    """:func:`writer_gone` for a log read at ``read_path`` whose ``run_start`` recorded that its writer wrote
+    ``log``: None (cannot tell) unless it is that very file. A copy, or the part of a rotated log renamed away,
+    holds no run_end because its writer went on elsewhere, not because it died."""
+    if not isinstance(log, str):
+        return None
+    try:
+        if not os.path.samefile(read_path, log):
+            return None
+    except OSError:  # the recorded file is gone (deleted, or renamed away by rotation)
+        return None
+    return writer_gone(host, pid, process)
 
 
 def _no_such_pid(pid: int) -> bool:

@@ -154,3 +154,19 @@ def test_fit_with_auto_balance_under_ddp_keeps_the_ranks_identical(tmp_path):
     assert_same_weights_on_both_ranks(tmp_path)
     nets = [torch.load(tmp_path / f"net.rank{rank}.pt") for rank in (0, 1)]
     assert all(torch.equal(nets[0][name], nets[1][name]) for name in nets[0])
+
+
+def test_ranks_spawned_without_a_launcher_still_leave_the_log_to_rank_0(tmp_path):
+    """torch.multiprocessing.spawn sets no RANK: a monitor made before the process group learns its rank at
+    its first record, so the rank that opens the file first is not the one that writes."""
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "spawn_worker.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=180, cwd=REPO)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [decode_record(line) for line in (tmp_path / "run.jsonl").read_bytes().splitlines()]
+    start = records[0]
+    assert start["rank"] == 0 and start["world_size"] == 2
+    assert start["pid"] == int((tmp_path / "pid.rank0.txt").read_text())
+    assert [r["kind"] for r in records] == ["run_start", "grad_stats", "run_end"]
+    assert (tmp_path / "warnings.rank0.txt").read_text() == (tmp_path / "warnings.rank1.txt").read_text() == ""

@@ -15,6 +15,7 @@ from torch import nn
 
 from moola.utils.monitoring import GradientMonitor
 from moola_watch import rules
+from moola_watch.analyze import scan_log
 
 STEPS, CRASH_AT, EVERY, PER_EPOCH = 300, 150, 5, 30
 WATCH = [sys.executable, "-m", "moola_watch.cli"]
@@ -24,10 +25,12 @@ class Crash(RuntimeError):
     pass
 
 
-def train(log, first: int, last: int, checkpoint=None, crash: bool = False):
+def train(
+    log, first: int, last: int, checkpoint=None, crash: bool = False, every: int = EVERY, save_at: int = CRASH_AT
+):
     """Steps ``first`` to ``last`` of a two-task loop (an easy classification the regression's 5x weight
     dominates, so its gradients are dominated after it has learned), from ``checkpoint`` if given; returns the
-    checkpoint taken after step ``CRASH_AT``, where a run crashing later resumes from."""
+    checkpoint taken after step ``save_at``, where a run crashing later resumes from."""
     torch.manual_seed(0)
     model = nn.ModuleDict({"trunk": nn.Linear(8, 16), "cls": nn.Linear(16, 2), "reg": nn.Linear(16, 1)})
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
@@ -36,7 +39,7 @@ def train(log, first: int, last: int, checkpoint=None, crash: bool = False):
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
     weights, saved = {"cls": 1.0, "reg": 5.0}, None
-    with GradientMonitor(every_n_steps=EVERY, log_path=log, echo=lambda _line: None) as monitor:
+    with GradientMonitor(every_n_steps=every, log_path=log, echo=lambda _line: None) as monitor:
         monitor.watch_optimizer(optimizer)  # a restored Adam counts on from its checkpoint's steps
         for i in range(first, last):
             monitor.on_epoch_start(i // PER_EPOCH + 1)
@@ -49,7 +52,7 @@ def train(log, first: int, last: int, checkpoint=None, crash: bool = False):
             monitor.on_before_optimizer_step(model)
             optimizer.step()
             optimizer.zero_grad()
-            if i + 1 == CRASH_AT:  # a copy, as torch.save makes: the optimizer's step counts change in place
+            if i + 1 == save_at:  # a copy, as torch.save makes: the optimizer's step counts change in place
                 saved = copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
         if crash:
             raise Crash("CUDA error: an illegal memory access was encountered")
@@ -128,3 +131,31 @@ def test_a_late_first_record_is_a_start_only_by_the_runs_own_cadence():
     assert first_losses(5, every_n_steps=5, balance_every_n_steps=5) == {"a": 0.5, "b": 0.7}
     assert first_losses(155, every_n_steps=5, balance_every_n_steps=5) == {}
     assert first_losses(155) == {"a": 0.5, "b": 0.7}
+
+
+def test_a_run_resumed_before_twice_its_cadence_still_takes_the_start_of_the_run_it_resumes(tmp_path):
+    """Measured every 20 steps, resumed from step 30: its first record, at step 40, is past a fresh run's first
+    (20), and the crashed run before it in the log got to step 50."""
+    full = tmp_path / "full.jsonl"
+    train(full, 0, STEPS, every=20)
+    log = tmp_path / "resumed.jsonl"
+    checkpoint = train(tmp_path / "first.jsonl", 0, 30, every=20, save_at=30)
+    with pytest.raises(Crash):
+        train(log, 0, 50, crash=True, every=20)
+    train(log, 30, STEPS, checkpoint, every=20)
+    (_full_code, full_report), (_code, resumed) = check(full), check(log, "--latest")
+    assert collapse(resumed)["message"] == collapse(full_report)["message"]
+    first_losses = [scan.current.evidence.first_losses for scan in (scan_log(full), scan_log(log))]
+    assert first_losses[0] == first_losses[1] and first_losses[0]  # the training's start, not step 40's
+    assert resumed["runs"][0]["step"] == STEPS
+
+
+def test_a_completed_experiment_before_it_in_the_log_lends_no_start(tmp_path):
+    """Another experiment of the same model that ran to its end is not the run this one resumes: its first
+    losses would judge this one's tasks by another training's start."""
+    log = tmp_path / "two.jsonl"
+    train(log, 0, 20)  # a short smoke test, completed
+    checkpoint = train(tmp_path / "first.jsonl", 0, CRASH_AT)
+    train(log, CRASH_AT, STEPS, checkpoint)
+    _code, report = check(log, "--latest")
+    assert "whether the cls task had already learned cannot be told" in collapse(report)["message"]

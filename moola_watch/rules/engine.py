@@ -196,13 +196,14 @@ class RuleEngine:
 
     def check_writer(self, gone: bool | None, now: float) -> list[AlertEvent]:
         """Fire the run_died alert when the process writing this run has exited (``gone``, as the caller found
-        with :func:`moola_watch.writer_process.writer_gone`) and the run has not ended; ``now`` is unix seconds."""
-        state = self.run
-        if gone is not True or state.status != "running" or state.superseded or state.continued_in:
-            return []
-        if (run.RUN_DIED, "run") in self.lifecycle.open:
-            return []
+        with :func:`moola_watch.writer_process.writer_gone`) and the run has not ended; resolve it once a later
+        run in its log (or its continuation in another) shows the training went on. ``now``: unix seconds."""
+        state, died = self.run, (run.RUN_DIED, "run") in self.lifecycle.open
         where = Where(state.step, state.epoch, now)
+        if died and (state.superseded or state.continued_in):  # a later run (or file) goes on from it: resolved
+            return self.lifecycle.apply(run.RUN_DIED, "run", None, where)
+        if gone is not True or died or state.status != "running" or state.superseded or state.continued_in:
+            return []
         return self.lifecycle.apply(run.RUN_DIED, "run", run.died_observation(state), where)
 
     def firing(self) -> list[Alert]:

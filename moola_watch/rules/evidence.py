@@ -45,7 +45,7 @@ class RunState:
     superseded: bool = False  # a later run started in the same log before this one wrote run_end: it ended
     continued_in: str | None = None  # another log in which the run goes on (rotated there): this file's part ended
     continues: bool = False  # this log holds the rest of a run begun in another (its run_start is "continued")
-    writer: tuple[object, object, object] = (None, None, None)  # run_start's host, pid and process, as written
+    writer: tuple[object, ...] = (None, None, None, None)  # run_start's host, pid, process and log_path, as written
     cadence: tuple[int | None, int | None] = (None, None)  # measured every N steps, else every N epochs (run_start)
     first_step: int | None = None  # of the first record that has one
     first_epoch: int | None = None
@@ -194,7 +194,8 @@ class Evidence:
         self.first_losses: dict[str, float] = {}  # each task's first usable training loss in the run
         # Why the run's first losses are not its start (None: they are): it began late, or was read from its middle.
         self.start_unknown: str | None = None
-        self.resumes: Mapping[str, float] = {}  # the first losses of the run before it in its log (same model)
+        # The run before it in its log, if it did not complete (same model): its first losses and where it got to.
+        self.resumes: tuple[Mapping[str, float], int | None, int | None] = ({}, None, None)
         self._start_judged = False
         self.balance_samples = 0
         self._window: tuple[int, Thresholds, CollapseVerdict] | None = None  # the last window_verdict, and of what
@@ -220,7 +221,7 @@ class Evidence:
         elif kind == schema.RUN_START:
             self.run.run, self.run.model, self.run.started = record["run"], record["model"], record["time"]
             self.run.continues = record.get(schema.CONTINUED) is True
-            self.run.writer = (record.get("host"), record.get("pid"), record.get("process"))
+            self.run.writer = tuple(record.get(name) for name in ("host", "pid", "process", "log_path"))
             self.run.cadence = _cadence(record)
             self.run.config = record.get("config") or {}
         elif kind == schema.TASK_BALANCE:
@@ -372,16 +373,23 @@ class Evidence:
 
     def _judge_start(self) -> None:
         """Once, at the run's first losses: are they its start? Not when its first record came later than its
-        cadence allows a fresh run's (it resumed from a checkpoint, or was read from its middle), unless the
-        run before it in its log, of the same model, holds its start: a resumed run appending to its log."""
+        cadence allows a fresh run's first measurement (it resumed from a checkpoint, or was read from its
+        middle), unless the run before it in its log, of the same model, did not complete and got at least to
+        where this one begins: a run resumed from that run's checkpoint, appending to its log."""
         self._start_judged = True
         run = self.run
         steps, epochs = run.cadence
-        late = (steps is not None and run.first_step is not None and run.first_step > 2 * steps + 1) or (
-            steps is None and epochs is not None and run.first_epoch is not None and run.first_epoch > 2 * epochs + 1
-        )
-        if late and self.resumes:
-            self.first_losses.update(self.resumes)
+        losses, got_to_step, got_to_epoch = self.resumes
+        if steps is not None and run.first_step is not None:
+            late = run.first_step > steps + 1
+            resumes = bool(losses) and got_to_step is not None and run.first_step <= got_to_step + steps + 1
+        elif epochs is not None and run.first_epoch is not None:
+            late = run.first_epoch > epochs + 1
+            resumes = bool(losses) and got_to_epoch is not None and run.first_epoch <= got_to_epoch + epochs + 1
+        else:
+            late = resumes = False
+        if late and resumes:
+            self.first_losses.update(losses)
         elif late and self.start_unknown is None:
             self.start_unknown = (f"its first records are from {position(run.first_epoch, run.first_step)}, "
                                   "past its start (resumed from a checkpoint?)")  # fmt: skip

@@ -83,7 +83,7 @@ def died_observation(run: RunState) -> Observation:
     """The run's writer has exited without a ``run_end`` (the watcher saw it: :mod:`moola_watch.writer_process`).
     A Python exception or Ctrl-C writes one; what does not is the OOM killer, ``kill -9``, a preempted job or a
     crash in native code."""
-    host, pid, _process = run.writer
+    host, pid = run.writer[:2]
     return Observation(
         "error", None,
         f"The trainer (pid {pid} on {host}) exited without a run_end: killed (the OOM killer, kill -9, a preempted "
@@ -98,8 +98,9 @@ STALE_RULE = Rule(STALE, "warning", False, frozenset(schema.KINDS), _any_record,
                   never)  # fmt: skip
 DIED_RULE = Rule(RUN_DIED, "error", False, frozenset(schema.KINDS), _any_record,
                  "the process writing the run exited without a run_end (seen by a watcher on its host, in its "
-                 "PID namespace: the run_start records which process it is)",
-                 never)  # fmt: skip
+                 "PID namespace: the run_start records which process it is); resolved, a warning, when a later "
+                 "run in its log goes on from it",
+                 never, outcome=True)  # fmt: skip
 RULES = (
     STALE_RULE,
     DIED_RULE,

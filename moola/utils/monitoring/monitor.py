@@ -171,8 +171,9 @@ class GradientMonitor:
         if not enabled or (self.rank != 0 and not per_rank):
             log_path = stream = None
             self._echo = self._warn = _quiet
-        elif per_rank and log_path is not None:
-            log_path = rank_log_path(log_path, self.rank)
+        # Opened at the run's first record (:meth:`_open_log`): by then a process group made after the monitor
+        # (torch.multiprocessing.spawn sets no RANK) says which process writes.
+        self._log_target: str | Path | BinaryIO | None = log_path if stream is None else stream
         self.log_frequency = log_frequency
         self.task_balance_frequency = task_balance_frequency
         self.every_n_steps = every_n_steps
@@ -182,13 +183,10 @@ class GradientMonitor:
         self.run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}{id(self) % 100:02d}"
         self.engine = rules.RuleEngine(self.thresholds)
         self._clock = clock
-        self._writer = (
-            JsonlRecordWriter(log_path if stream is None else stream, warn=self._warn)
-            if log_path is not None or stream is not None
-            else None
-        )
+        self._writer: JsonlRecordWriter | None = None
         self.epoch: int | None = None
         self.steps_done = 0  # optimizer steps taken so far
+        self._step_given = False  # at_step said which step it is: a restored optimizer's count does not override it
         self._counting_optimizer = False
         self._last_stats_at: tuple[int | None, int] | None = None  # (epoch, step) of the last measurement
         self._last_balance_at: tuple[int | None, int] | None = None
@@ -210,7 +208,10 @@ class GradientMonitor:
 
     @property
     def log_path(self) -> Path | None:
-        return self._writer.path if self._writer else None
+        if self._writer is not None:
+            return self._writer.path
+        target = self._log_target
+        return self._rank_path(Path(target)) if isinstance(target, str | Path) else None
 
     @property
     def should_stop(self) -> bool:
@@ -253,7 +254,7 @@ class GradientMonitor:
             return
         inner = getattr(optimizer, "optimizer", None)
         counted_optimizer = inner if isinstance(inner, torch.optim.Optimizer) else optimizer
-        if self.steps_done == 0:
+        if not self._step_given:
             self.steps_done = steps_taken(counted_optimizer)
 
         def counted(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
@@ -266,6 +267,7 @@ class GradientMonitor:
         """Take a framework's own step count: ``step`` (1-based) is the optimizer step now being prepared, the
         one the next measurements are numbered with and scheduled by."""
         self.steps_done = whole(step) - 1
+        self._step_given = True
 
     def on_epoch_start(self, epoch: int) -> None:
         """The epoch the next records belong to."""
@@ -280,9 +282,7 @@ class GradientMonitor:
         if self._started or not self.enabled:
             return
         self._started = True
-        rank, world_size = distributed_rank()
-        if world_size > 1:  # a process group set up since the monitor was made: halting must agree across it
-            self.rank, self.world_size = rank, world_size
+        self._open_log()
         if self._writer is not None and self.end_on_sigterm:  # a scheduler stopping the job: the log says so
             self._undo_sigterm = on_sigterm(self.on_run_end)
         params = named_parameters(model) if model is not None else []
@@ -303,9 +303,29 @@ class GradientMonitor:
             host=socket.gethostname(),
             pid=os.getpid(),
             process=this_process(),  # what tells this process from a later one given its pid: a watcher knows it died
+            log_path=str(self._writer.path.resolve()) if self._writer and self._writer.path else None,
             rank=self.rank,
             world_size=self.world_size,
         )
+
+    def _open_log(self) -> None:
+        """Open the log for the run's first record. A process group set up since the monitor was made says
+        which process this is (halting must agree across it): only rank 0 writes, or each its own file."""
+        rank, world_size = distributed_rank()
+        if world_size > 1:
+            self.rank, self.world_size = rank, world_size
+        target = self._log_target
+        if target is None:
+            return
+        if self.rank != 0 and not self.per_rank:
+            self._log_target, self._echo, self._warn = None, _quiet, _quiet
+            return
+        self._writer = JsonlRecordWriter(
+            self._rank_path(Path(target)) if isinstance(target, str | Path) else target, warn=self._warn
+        )
+
+    def _rank_path(self, path: Path) -> Path:
+        return rank_log_path(path, self.rank) if self.per_rank else path
 
     def on_before_backward(
         self,
@@ -462,7 +482,7 @@ class GradientMonitor:
         self._ended = True
         if self.should_stop and status == "completed":
             status, error = "failed", self.halt_reason
-        if self._writer is not None or self._started:  # _emit writes a run_start first if none was written
+        if self._log_target is not None or self._started:  # _emit writes a run_start first if none was written
             summary = self.engine.summary().to_dict()
             self._emit(
                 schema.RUN_END,
