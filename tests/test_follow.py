@@ -437,6 +437,38 @@ def test_follow_stopped_by_sigterm_exits_1_only_if_what_it_saw_fails(tmp_path, n
     assert follow.returncode == code
 
 
+def test_a_killed_run_that_a_resumed_run_supersedes_is_judged_alike_live_and_offline(tmp_path):
+    """Killed, then restarted into the same log: live, its run_died fired, then resolved when the new run
+    started (the training goes on), so it counts as a warning; check, reading it all at once, calls it
+    unterminated. Both exit 0 once the new run completes."""
+    log = tmp_path / "run.jsonl"
+    follow = subprocess.Popen([*WATCH.split(), "follow", "--json", str(log)], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO)  # fmt: skip
+    killed = start_trainer(log, 200)
+    try:
+        wait_for_epochs(log, 2)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        time.sleep(2.5)  # the watcher looks for writers every second
+        assert start_trainer(log, 2).wait(timeout=120) == 0
+        time.sleep(1.5)
+        follow.send_signal(signal.SIGINT)
+        out, _ = follow.communicate(timeout=30)
+    finally:
+        killed.kill()
+        follow.kill()
+    events = [json.loads(line) for line in out.splitlines()]
+    died = [(e["state"], e["run"]) for e in events if e["event"] == "alert" and e["rule"] == "run_died"]
+    first = died[0][1]
+    assert died == [("firing", first), ("resolved", first)], died
+    (summary,) = [e for e in events if e["event"] == "summary"]
+    verdicts = {run["run"]: run["verdict"] for run in summary["logs"][0]["runs"]}
+    assert verdicts[first] == "warning" and list(verdicts.values())[-1] in ("healthy", "warning")
+    checked = subprocess.run([*WATCH.split(), "check", "--json", str(log)], capture_output=True, text=True,
+                             cwd=REPO)  # fmt: skip
+    assert checked.returncode == 0 and json.loads(checked.stdout)["runs"][0]["verdict"] == "unterminated"
+
+
 def test_from_end_once_with_nothing_after_the_skipped_history_says_so(tmp_path):
     """Nothing was judged: not the lines --from-end skipped (here no log at all), nor anything after them."""
     path = tmp_path / "notes.txt"
