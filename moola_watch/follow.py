@@ -243,8 +243,8 @@ class Follower:
             engine = self.views[path].scan.engines.get(run) if run is not None else None
             host = engine.run.writer[0] if engine is not None else None
             obj = alert_event(path, run, event, host if isinstance(host, str) else None)
-            if self.notifier is not None:
-                self.notifier.send(obj)
+            if self.notifier is not None:  # when it happened: its run's latest record's time
+                self.notifier.send(obj, engine.run.last_time if engine is not None else None)
             if self.options.json:
                 self._write_json(obj)
             else:

@@ -561,6 +561,26 @@ def test_a_flapping_alert_is_one_incident_firing_once_and_resolved_once_it_stays
     assert notify.ResolveHold(0.0).admit(resolved, 0.0) == [resolved]
 
 
+def test_incidents_apart_in_a_runs_own_time_stay_apart_when_its_history_is_read_in_a_moment():
+    hold = notify.ResolveHold(60.0)
+    firing, resolved = event(state="firing"), event(state="resolved")
+    assert hold.admit(firing, 0.0, at=1000.0) == [firing] and hold.admit(resolved, 0.0, at=1010.0) == []
+    assert hold.admit(firing, 0.0, at=4610.0) == [resolved, firing]  # an hour later by its records: a new one
+    assert hold.admit(resolved, 0.0, at=4620.0) == [] and hold.admit(firing, 0.0, at=4630.0) == []  # a flap
+
+
+def test_an_alert_firing_again_below_notify_on_is_the_same_incident_not_an_all_clear():
+    sent: list[dict] = []
+    notifier = notify.Notifier([notify.Sink("--on-alert x", sent.append, retries=0)], "error", clock=lambda: 0.0)
+    notifier.send(event(state="firing", severity="error"))
+    notifier.send(event(state="resolved", severity="error"))
+    notifier.send(event(state="firing", severity="warning"))  # not sent, but it is still going on
+    notifier.send(event(state="firing", severity="error"))
+    notifier.tick()
+    notifier.close()
+    assert [(e["state"], e["severity"]) for e in sent] == [("firing", "error")]
+
+
 def test_a_layer_exploding_on_and_off_pages_once_not_at_every_flap(tmp_path):
     """An exploding layer that fires and resolves five times: the webhook gets one firing and, at exit, one
     resolution; follow's own lines still show every transition."""

@@ -161,11 +161,12 @@ class Notifier:
     def from_settings(cls, settings: NotifySettings) -> Notifier:
         return cls(sinks_for(settings), settings.notify_on, resolve_after=settings.resolve_after)
 
-    def send(self, event: Mapping[str, Any]) -> None:
-        """Queue ``event`` for every sink if it is wanted and news (not a flapping alert's repeat); never
-        blocks."""
-        if wanted(event, self.notify_on):
-            self._offer(self.hold.admit(event, self.clock()))
+    def send(self, event: Mapping[str, Any], at: float | None = None) -> None:
+        """Queue ``event`` for every sink if it is news (not a flapping alert's repeat) and wanted; never blocks.
+        ``at``: when it happened by the run's own records (unix seconds), so that a log's history replayed in
+        a moment still has its incidents apart. Every event goes through the hold, those below ``notify_on``
+        too: an alert firing again at a milder severity is the same incident going on, not its end."""
+        self._offer(self.hold.admit(event, self.clock(), at))
 
     def tick(self) -> None:
         """Send the resolutions that have now stayed resolved long enough (the follow loop calls this often)."""
@@ -173,8 +174,9 @@ class Notifier:
 
     def _offer(self, events: list[Mapping[str, Any]]) -> None:
         for event in events:
-            for worker in self.workers:
-                worker.offer(event)
+            if wanted(event, self.notify_on):
+                for worker in self.workers:
+                    worker.offer(event)
 
     def drain(self) -> list[str]:
         """Notices the sinks reported since the last call (thread-safe)."""

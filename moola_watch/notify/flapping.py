@@ -27,28 +27,40 @@ class ResolveHold:
 
     def __init__(self, hold_s: float) -> None:
         self.hold_s = hold_s
-        self.sent: dict[Key, str] = {}  # open incidents: the worst severity sent for each
-        self.held: dict[Key, tuple[Event, float]] = {}  # resolutions waiting, and since when (seconds)
+        self.sent: dict[Key, str] = {}  # open incidents: the worst severity they reached (sent or not)
+        # Resolutions waiting: the event, when it came (the caller's clock) and when it happened (the run's).
+        self.held: dict[Key, tuple[Event, float, float | None]] = {}
 
-    def admit(self, event: Event, now: float) -> list[Event]:
-        """The events to send now for ``event``, at ``now`` (seconds, any monotonic clock)."""
+    def admit(self, event: Event, now: float, at: float | None = None) -> list[Event]:
+        """The events to send for ``event``, which came at ``now`` (seconds, any monotonic clock) and happened
+        at ``at`` (the run's own time, unix seconds; None: not known). A firing that follows its held
+        resolution by ``hold_s`` of the run's time is a new incident (a log's history is replayed in a moment):
+        the resolution goes out first."""
         key = incident(event)
+        if event["state"] == rules.PENDING:  # not confirmed: no incident yet
+            return [event]
         if event["state"] == rules.RESOLVED:
             if self.hold_s > 0 and key in self.sent:
-                self.held[key] = (event, now)
+                self.held[key] = (event, now, at)
                 return []
             self.sent.pop(key, None)
             return [event]
-        self.held.pop(key, None)  # firing again before its resolution went out: the same incident goes on
+        out = []
+        if key in self.held:
+            _event, _came, happened = self.held[key]
+            if at is not None and happened is not None and at - happened >= self.hold_s:
+                out.append(self._release(key))  # it stayed resolved long enough: that incident was over
+            else:
+                del self.held[key]  # firing again before its resolution went out: the same incident goes on
         worst = self.sent.get(key)
         if worst is not None and rules.SEVERITY_RANK[event["severity"]] <= rules.SEVERITY_RANK[worst]:
-            return []  # the person already knows of it, at this severity or worse
+            return out  # the person already knows of it, at this severity or worse
         self.sent[key] = event["severity"]
-        return [event]
+        return [*out, event]
 
     def due(self, now: float) -> list[Event]:
         """Resolutions that stayed resolved for ``hold_s`` by ``now``: send them; those incidents are over."""
-        ready = [key for key, (_event, since) in self.held.items() if now - since >= self.hold_s]
+        ready = [key for key, (_event, came, _at) in self.held.items() if now - came >= self.hold_s]
         return [self._release(key) for key in ready]
 
     def flush(self) -> list[Event]:
@@ -56,6 +68,6 @@ class ResolveHold:
         return [self._release(key) for key in list(self.held)]
 
     def _release(self, key: Key) -> Event:
-        event, _since = self.held.pop(key)
+        event, _came, _at = self.held.pop(key)
         self.sent.pop(key, None)
         return event
