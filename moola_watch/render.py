@@ -86,8 +86,10 @@ def ordered_alerts(alerts: Sequence[tuple[str, rules.Alert]]) -> list[tuple[str,
 
 
 def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = False, limit: int = 50) -> Table:
-    """Alerts in :func:`ordered_alerts`' order; each with when it began and what to do."""
+    """Alerts in :func:`ordered_alerts`' order; each with when it began and what to do. Every firing alert is
+    shown; ``limit`` caps the rows only as far as pending and resolved ones fill them."""
     ordered = ordered_alerts(alerts)
+    limit = max(limit, sum(1 for _run, alert in alerts if alert.state == rules.FIRING))
     table = Table(title="Alerts", title_justify="left", expand=True, show_lines=False)
     if show_run:
         table.add_column("run", overflow="fold", max_width=24)
@@ -114,5 +116,5 @@ def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = 
     if not alerts:
         table.add_row(*([Text("")] if show_run else []), Text("none", style=HEALTHY_STYLE), *[Text("")] * 4)
     elif len(ordered) > limit:
-        table.caption = f"{len(ordered) - limit} more not shown"
+        table.caption = f"{len(ordered) - limit} more not shown (pending or resolved)"
     return table

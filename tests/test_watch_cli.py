@@ -1,6 +1,8 @@
 """The real `moola-watch check` and `analyze` in subprocesses."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -163,3 +165,20 @@ def test_python_dash_m_runs_each_command_where_its_script_is_not_on_the_path(pac
     args = ["check", str(REPO / "sample_logs" / "healthy.jsonl")] if package == "moola_watch" else ["--help"]
     result = subprocess.run([sys.executable, "-m", package, *args], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and words in result.stdout, result.stderr
+
+
+def test_once_shows_every_firing_alert_however_many(tmp_path):
+    """Eleven tasks dominated by a twelfth: eleven firing collapse alerts, every one listed (a cap of rows
+    may hide only pending or resolved ones)."""
+    log = LogBuilder().start()
+    tasks = [f"task{i:02d}" for i in range(12)]
+    for epoch in range(1, 12):
+        norms = {task: 100.0 if task == "task00" else 0.01 for task in tasks}
+        log.add("task_balance", epoch=epoch, step=epoch * 10, norms=norms)
+    result = subprocess.run([sys.executable, "-m", "moola_watch", "--once", str(log.write(tmp_path / "many.jsonl"))],
+                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+    checked = json.loads(run_cli("moola_watch.cli", "check", "--json", str(tmp_path / "many.jsonl")).stdout)
+    firing = [a for a in checked["alerts"] if a["state"] == "firing"]
+    rows = re.findall(r"^│ firing ", result.stdout, flags=re.MULTILINE)  # the state column of the alert table
+    assert len(firing) >= 11 and len(rows) == len(firing), result.stdout[-3000:]
+    assert "more not shown" not in result.stdout
