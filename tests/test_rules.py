@@ -428,3 +428,18 @@ def test_the_summary_calls_any_tasks_beyond_the_healthy_band_imbalanced_not_bala
     verdict = rules.replay(log.records).balance()
     assert verdict.state == "imbalanced" and verdict.mean == pytest.approx(2.5)
     assert verdict.text == "Tasks imbalanced (largest/smallest gradient ratio=2.50, healthy up to 2.0)"
+
+
+def test_a_steady_leader_is_not_the_fix_when_the_runner_up_would_still_dominate():
+    """c leads every sample, but d alone is 17x a: lowering c would leave a dominated by d (a reviewer trained
+    with the weight it named: a collapsed again at once). The fix raises a against all the others instead."""
+    log = LogBuilder()
+    log.add("run_start", model="FourTasks", parameters=[], config={})
+    for i in range(1, 13):
+        norms = {"a": 0.167, "b": 0.3, "c": 46.8, "d": 2.9}
+        losses = {"a": 0.7, "b": 0.6 * 0.9**i, "c": 5 * 0.9**i, "d": 2 * 0.9**i}
+        log.add("task_balance", epoch=i, step=i * 10, norms=norms, losses=losses,
+                shares={"a": 0.001, "b": 0.01, "c": 0.9, "d": 0.089},
+                weights={"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}).epoch(i, task_losses=losses)  # fmt: skip
+    (alert,) = [a for a in collapse_alerts(rules.replay(log.records)) if a.subject == "a"]
+    assert "lower" not in alert.recommendation and "their sum kept at 4" in alert.recommendation, alert.recommendation

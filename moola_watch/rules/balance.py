@@ -180,21 +180,37 @@ def pair_dominance(ev: Evidence, th: Thresholds) -> Dominance | None:
 def task_dominance(ev: Evidence, task: str, th: Thresholds) -> Dominance | None:
     """Any set of tasks: the window mean of the largest task's weighted gradient norm over ``task``'s, when
     it is full and beyond the healthy band, else None. The fix may lower the dominant task: the other of two,
-    or of more the one that was the largest in every sample of the window; when the lead changed hands, only
-    the starved task is raised against all the others (lowering one could starve a third)."""
+    or of more the one that led every sample of the window, if lowering it alone is enough
+    (:func:`_lowerable_leader`); else the starved task is raised against all the others (lowering one could
+    leave another dominating, or starve a third)."""
     window = ev.dominance.get(task, ())
     mean = mean_ratio(window) if len(window) == th.window else None
     if mean is None or not mean > th.balance_high:
         return None
     others = [other for other in ev.dominance if other != task]
-    steady = ev.steady_dominant()
-    dominant = others[0] if len(others) == 1 else (steady if steady != task else None)
+    dominant = others[0] if len(others) == 1 else _lowerable_leader(ev, task, mean, th)
     beyond = mean > th.collapse_high
     bound = th.collapse_high if beyond else th.balance_high
     lower = f", or lower the {dominant} task's" if dominant else ""
     return Dominance(task, dominant, mean, th.balance_high,
                      f"{task} task dominated (largest task gradient / its gradient = {mean:.2f} > {bound})", beyond,
                      f"Urgent: raise the weight of the {task} loss{lower}")  # fmt: skip
+
+
+def _lowerable_leader(ev: Evidence, task: str, mean: float, th: Thresholds) -> str | None:
+    """Of more than two tasks, the one whose lowering alone would bring ``task`` into the band: the task that led
+    every sample of the window, when every other task's gradient is within the band of ``task``'s (each one's
+    window mean over ``task``'s, from how far each is below the leader). None otherwise: lowering the leader
+    would leave the runner-up dominating."""
+    leader = ev.steady_dominant()
+    if leader is None or leader == task:
+        return None
+    for other, window in ev.dominance.items():
+        if other not in (task, leader) and len(window) == th.window:
+            behind = mean_ratio(window)
+            if math.isfinite(behind) and behind > 0 and mean / behind > th.balance_high:
+                return None
+    return leader
 
 
 def _weights_fix(ev: Evidence, dominance: Dominance, action: str) -> str:
