@@ -567,14 +567,16 @@ class FittedDashboard:
 #: The overview's columns in order: (name, the narrowest terminal that shows it, in characters, its layout). The
 #: log, status, verdict and alert always show; the others only where they leave those their room.
 OVERVIEW_COLUMNS: tuple[tuple[str, int, dict[str, Any]], ...] = (
-    ("log", 0, {"min_width": 8, "max_width": 28, "overflow": "fold"}),
+    # One line per run, so that a folder of logs fits a small terminal: the worst alert is cut to the width
+    # (`check DIR` prints every message whole).
+    ("log", 0, {"min_width": 8, "max_width": 28, "no_wrap": True, "overflow": "ellipsis"}),
     ("run", 125, {"no_wrap": True, "max_width": 24, "overflow": "ellipsis"}),  # --run ID takes the whole id
     ("status", 0, {"no_wrap": True}),
     ("at", 125, {"no_wrap": True}),
     ("records", 155, {"no_wrap": True, "justify": "right"}),
     ("last record", 155, {"no_wrap": True}),
     ("verdict", 0, {"no_wrap": True}),
-    ("worst alert", 0, {"ratio": 1, "min_width": 20, "overflow": "fold"}),
+    ("worst alert", 0, {"ratio": 1, "min_width": 20, "no_wrap": True, "overflow": "ellipsis"}),
 )
 
 

@@ -529,6 +529,23 @@ def test_an_80x24_terminal_shows_every_firing_alert_and_the_panels_and_says_what
     assert term.exit_code() == 0
 
 
+def test_a_folder_of_thirteen_logs_fits_an_80x24_terminal_one_line_per_run(tmp_path, terminal):
+    """A review's case: the worst alert folded over ten lines per log, so 2 of 13 logs showed and the critical
+    one was off-screen, unsaid. One line per run: every log is on the screen."""
+    logs = sorted(SAMPLES.glob("*.jsonl"))
+    for i in range(13):
+        shutil.copy(logs[i % len(logs)], tmp_path / f"{i:02d}-{logs[i % len(logs)].stem[:12]}.jsonl")
+    term = terminal(f"{WATCH} follow {tmp_path}", width=80, height=24)
+    term.wait_for("13 logs")
+    time.sleep(1.0)
+    screen = term.screen()
+    lines = screen.splitlines()
+    assert len(lines) <= 24 and all(len(line) <= 80 for line in lines), screen
+    for path in tmp_path.glob("*.jsonl"):
+        assert path.name[:8] in screen, (path.name, screen)
+    term.keys("C-c")
+
+
 def test_a_200x50_terminal_shows_the_whole_dashboard_as_printed(terminal):
     """Where it all fits, the live view is the dashboard ``--once`` prints, line for line."""
     log = SAMPLES / "exploding_gradients.jsonl"
