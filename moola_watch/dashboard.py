@@ -279,8 +279,10 @@ def tasks_panel(engine: rules.RuleEngine, latest: schema.Record, history: RunVie
     verdict = engine.balance()
     style = SEVERITY_STYLE["error"] if verdict.collapsed else "green"
     body = Table(box=None, padding=(0, 1), expand=True)
-    for name in ("task", "norm", "share"):
-        body.add_column(name, justify="left" if name == "task" else "right", no_wrap=short)
+    # The numbers are never cut (a dominant task's 2.5e+04 must not read 2.…): the task name gives way.
+    body.add_column("task", justify="left", no_wrap=short, overflow="ellipsis", ratio=1)
+    for name in ("norm", "share"):
+        body.add_column(name, justify="right", no_wrap=True, min_width=9 if name == "norm" else 6)
     shares = latest.get("shares") or {}
     for task, norm in latest["norms"].items():
         dominated = any(a.rule == rules.COLLAPSE and a.subject == task for a in engine.firing())

@@ -5,8 +5,10 @@ import re
 
 import pytest
 from helpers import REPO
+from logs import LogBuilder
 from rich.console import Console
 
+from moola_watch import dashboard, rules
 from moola_watch.analyze import scan_log
 from moola_watch.dashboard import Fit, FittedDashboard, LogView, Parts, ViewOptions, fit_short, left_out, run_dashboard
 
@@ -74,3 +76,19 @@ def test_the_fitted_dashboard_fits_and_shows_every_firing_alert(log, size):
         assert fitted[-1].endswith(("LOG", "…")), screen
     if "panel rows" in fitted[-1]:
         assert "more rows ─" in screen, screen
+
+
+def test_a_narrow_task_balance_panel_cuts_task_names_never_numbers():
+    """A review's case: at 80 columns a dominant task's 2.521e+04 read ``2.…``: the smallest at a glance."""
+    names = ["a_rather_long_task_name_for_classification", "regression_of_the_price_target_long", "c"]
+    log = LogBuilder().start()
+    for i in range(1, 12):
+        log.add("task_balance", epoch=i, step=i * 10, norms=dict(zip(names, (279.5, 2.521e4, 167.6), strict=True)),
+                shares=dict(zip(names, (-0.0017, 0.95, 0.05), strict=True)))  # fmt: skip
+    engine = rules.replay(log.records)
+    console = Console(width=40, record=True)
+    console.print(dashboard.tasks_panel(engine, engine.last_balance, dashboard.RunView(), short=True))
+    shown = console.export_text()
+    for value in ("279.5", "2.521e+04", "167.6", "-0.0017", "0.95"):
+        assert value in shown, shown
+    assert "a_rather_long…" in shown, shown
