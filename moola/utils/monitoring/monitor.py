@@ -118,7 +118,8 @@ class GradientMonitor:
 
     With ``end_on_sigterm`` (the default), while the run writes its log and SIGTERM has its default action, a
     SIGTERM (a scheduler stopping the job) first writes ``run_end`` ``interrupted``, then ends the process by
-    that signal as it would have; a loop that handles SIGTERM itself (Lightning does) keeps its own handling.
+    that signal as it would have (:mod:`~moola.utils.monitoring.run_end`); a loop that handles SIGTERM itself
+    (Lightning does) keeps its own handling, and a distributed job keeps the default action.
 
     Acting on alerts: ``on_alert`` is called with each alert that starts firing (an exception in it is one
     warning); with ``halt_on="critical"`` (or ``"error"``) the first alert at or above that severity sets
