@@ -64,6 +64,7 @@ with GradientMonitor(every_n_steps=1, log_path=log) as monitor:
         (SystemExit(None), "completed", None),
         (SystemExit(143), "interrupted", "exit status 143 (SIGTERM)"),
         (SystemExit(2), "failed", "SystemExit: 2"),
+        (SystemExit(255), "failed", "SystemExit: 255"),  # 128 + 127: no signal
         (RuntimeError("boom"), "failed", "RuntimeError: boom"),
     ],
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from logs import LogBuilder
 
-from moola_watch import rules
+from moola_watch import rules, writer_process
 from moola_watch.writer_process import this_process, writer_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the identity is read from /proc")
@@ -83,3 +83,20 @@ def test_the_engine_calls_a_run_dead_only_while_it_has_not_ended():
     assert engine.check_writer(True, time.time()) == [] and engine.check_stale(time.time() + 1e6) == []
     ended = rules.replay(log.grad(2, 0.3, 0.3).end().records)
     assert ended.check_writer(True, time.time()) == [] and ended.run_status == "completed"
+
+
+def test_a_live_writer_hidden_by_proc_is_not_called_gone(child, monkeypatch):
+    """/proc mounted hidepid=2 hides other users' processes: no /proc/PID is not proof of an exit."""
+    identity = identity_of(child.pid)
+    real = writer_process._stat_fields
+    monkeypatch.setattr(writer_process, "_stat_fields", lambda pid: None if str(pid) == str(child.pid) else real(pid))
+    assert writer_gone(HOST, child.pid, identity) is None
+    child.kill()
+    child.wait()
+    assert writer_gone(HOST, child.pid, identity) is True  # kill(pid, 0): no such process
+
+
+def test_a_proc_that_is_not_this_pid_namespaces_identifies_nothing(monkeypatch):
+    """A PID namespace that did not mount its own /proc: /proc/self is another pid than os.getpid()."""
+    monkeypatch.setattr(writer_process.os, "getpid", lambda: 2)
+    assert this_process() == {}
