@@ -498,7 +498,8 @@ def left_out(parts: Parts, fit: Fit) -> list[str]:
 
 
 def left_out_line(missing: list[str]) -> Text:
-    return one_line(Text(f"… {', '.join(missing)}: enlarge the terminal or run moola-watch --once LOG", "yellow"))
+    """What did not fit, the way to see it first (a line cut to the width must keep its advice)."""
+    return one_line(Text(f"… not shown (a taller terminal or --once shows it): {', '.join(missing)}", "yellow"))
 
 
 @dataclass(frozen=True)

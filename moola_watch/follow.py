@@ -384,25 +384,32 @@ class Follower:
             return EXIT_USAGE
         if self.options.once or (self.options.exit_on_end and self.ended()):
             if not self.options.json:
-                self.console.print(self.render(time.time()))
-                self._print_run_verdicts()
+                self._print_view()
             return self.exit_code()
         if not self.live_mode:
             code = self._loop(None)
             if not self.options.json:
                 self._print_run_verdicts()
             return code
-        with Live(
-            self.render(time.time(), fit=True),
-            console=self.console,
-            auto_refresh=False,
-            screen=True,
-            redirect_stderr=False,
-        ) as live:
-            code = self._loop(live)
+        try:
+            with Live(
+                self.render(time.time(), fit=True),
+                console=self.console,
+                auto_refresh=False,
+                screen=True,
+                redirect_stderr=False,
+            ) as live:
+                code = self._loop(live)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: the screen is gone, what it showed stays printed
+            self._print_view()
+            raise
+        self._print_view()
+        return code
+
+    def _print_view(self) -> None:
+        """The whole view, and which runs fail, printed where the live screen was (as ``--once`` prints it)."""
         self.console.print(self.render(time.time()))
         self._print_run_verdicts()
-        return code
 
     def _print_run_verdicts(self) -> None:
         for line in self.run_verdicts():  # literally: run ids are untrusted text

@@ -510,7 +510,7 @@ def test_an_80x24_terminal_shows_every_firing_alert_and_the_panels_and_says_what
     ellipsis), the panels are there, every box is closed, and the last line says what did not fit."""
     log = SAMPLES / "exploding_gradients.jsonl"  # three alerts firing, two resolved
     term = terminal(f"{WATCH} follow {log}", width=80, height=24)
-    term.wait_for("enlarge the terminal")  # the last line: the screen is drawn
+    term.wait_for("… not shown (")  # the last line: the screen is drawn
     lines = term.screen().splitlines()
     screen = "\n".join(lines)
     assert len(lines) <= 24 and all(len(line) <= 80 for line in lines), screen
@@ -524,7 +524,8 @@ def test_an_80x24_terminal_shows_every_firing_alert_and_the_panels_and_says_what
     assert "Layers (" in screen, screen
     assert sum(screen.count(c) for c in BOX_TOPS) == sum(screen.count(c) for c in BOX_BOTTOMS), screen
     last = [line for line in lines if line.strip()][-1]
-    assert last.startswith("… 1 more alert, ") and "layer rows" in last, screen
+    assert last.startswith("… not shown (a taller terminal or --once shows it): 1 more alert, "), screen
+    assert "layer rows" in last, screen
     term.keys("C-c")
     assert term.exit_code() == 0
 
@@ -544,6 +545,24 @@ def test_a_folder_of_thirteen_logs_fits_an_80x24_terminal_one_line_per_run(tmp_p
     for path in tmp_path.glob("*.jsonl"):
         assert path.name[:8] in screen, (path.name, screen)
     term.keys("C-c")
+
+
+@pytest.mark.parametrize("stop", ["C-c", "SIGTERM"])
+def test_leaving_the_live_view_by_a_signal_prints_the_whole_view(terminal, stop):
+    """The live view is on the terminal's alternate screen, gone when follow ends: Ctrl-C or a SIGTERM (the
+    only ways to leave a plain follow) must leave the whole view printed, as --once prints it."""
+    log = SAMPLES / "exploding_gradients.jsonl"
+    term = terminal(f"{WATCH} follow {log}", width=80, height=24)
+    term.wait_for("… not shown (")
+    if stop == "C-c":
+        term.keys("C-c")
+    else:
+        shell = term._tmux("list-panes", "-F", "#{pane_pid}").split()[0]  # the pane's shell runs follow
+        follow = subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True).stdout.split()[0]
+        os.kill(int(follow), signal.SIGTERM)
+    assert term.exit_code() == 0
+    term.wait_for("Layers (8 of 13")  # the whole dashboard: its layer table is the full one
+    assert "… not shown (" not in term.screen()
 
 
 def test_a_200x50_terminal_shows_the_whole_dashboard_as_printed(terminal):
