@@ -171,13 +171,13 @@ class LogScan:
     def check_stale(self, now: float) -> list[AlertEvent]:
         return [event for engine in self.engines.values() for event in engine.check_stale(now)]
 
-    def check_writers(self, gone: Callable[..., bool | None], now: float) -> list[AlertEvent]:
+    def check_writers(self, gone: Callable[..., bool | None], now: float) -> list[tuple[str, AlertEvent]]:
         """Fire run_died for each run not ended whose writer has exited: ``gone(path, host, pid, process, log)``
         judges the writer its ``run_start`` names, for this log (:func:`moola_watch.writer_process.
-        log_writer_gone`); ``now``: unix seconds."""
+        log_writer_gone`); ``now``: unix seconds. Returns (run id, event) pairs."""
         return [
-            event
-            for engine in self.engines.values()
+            (run, event)
+            for run, engine in self.engines.items()
             if engine.run_status in ("running", "stale")
             for event in engine.check_writer(gone(self.path, *engine.run.writer), now)
         ]

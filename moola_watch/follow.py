@@ -171,9 +171,8 @@ class Follower:
             self._read(path, self.tails[path])
             while self.tails[path].behind:
                 self._read(path, self.tails[path])
-            for run, engine in list(view.scan.engines.items()):
-                if engine.run_status in ("running", "stale"):
-                    self._alerts(path, run, engine.check_writer(log_writer_gone(path, *engine.run.writer), now))
+            for run, event in view.scan.check_writers(log_writer_gone, now):
+                self._alerts(path, run, [event])
 
     def _followed(self, path: Path, run: str | None) -> bool:
         """Whether ``run`` of the log at ``path`` is one this follower reports: every run, or the ``--run`` one
