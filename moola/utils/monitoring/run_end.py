@@ -12,6 +12,7 @@ happens, so there the signal keeps its default action (the watcher sees such a p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -61,7 +62,7 @@ class _Runs:
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         chained = signal.getsignal(signal.SIGTERM) is not self.handler  # a later handler calls the one it replaced
-        if os.getpid() == self.owner:
+        if os.getpid() == self.owner:  # (a forked child gets the default action: see _after_fork_in_child)
             for end_run in list(self.ends.values()):
                 end_run("interrupted", SIGTERM_WORDS)
         if not chained:  # ours is the handler: the default action now, as without moola
@@ -70,6 +71,31 @@ class _Runs:
 
 
 _RUNS = _Runs()
+_TERM = {signal.SIGTERM}
+
+
+# A forked child must get SIGTERM's default action, not a handler for its parent's runs; and one sent to it
+# before Python in it runs would be lost (the interpreter clears pending signals after a fork): so SIGTERM
+# is held back across the fork, and the child lets it in only once its handler is the default again.
+def _before_fork() -> None:
+    if signal.getsignal(signal.SIGTERM) is _RUNS.handler:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _TERM)
+
+
+def _after_fork_in_parent() -> None:
+    if signal.getsignal(signal.SIGTERM) is _RUNS.handler:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _TERM)
+
+
+def _after_fork_in_child() -> None:
+    if signal.getsignal(signal.SIGTERM) is _RUNS.handler:
+        _RUNS.ends = {}
+        with contextlib.suppress(ValueError):  # forked from a thread Python does not count as the child's main one
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _TERM)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
 
 def _distributed() -> bool:
