@@ -40,7 +40,8 @@ with open(sys.argv[1], "a") as out:
 
 class Hook:
     """A real HTTP server on 127.0.0.1: records each POSTed JSON body with the wall time it arrived. It answers
-    after ``delay`` seconds, and its first ``failures`` requests with 500 (those bodies are not recorded)."""
+    after ``delay`` seconds, and its first ``failures`` requests with 500 (those bodies are not recorded). A POST
+    to ``/moved/CODE`` is answered CODE with its ``moved_to`` (by default, its own URL) as the Location."""
 
     def __init__(self, delay: float = 0.0, failures: int = 0) -> None:
         self.bodies: list[tuple[float, dict]] = []
@@ -51,6 +52,11 @@ class Hook:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.startswith("/moved/"):
+                    self.send_response(int(self.path.rsplit("/", 1)[1]))
+                    self.send_header("Location", hook.moved_to or "/hooks/SECRET-TOKEN")
+                    self.end_headers()
+                    return
                 hook.authorizations.append(self.headers["Authorization"])
                 time.sleep(delay)
                 hook.requests += 1
@@ -66,7 +72,9 @@ class Hook:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/SECRET-TOKEN"
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"{self.base}/hooks/SECRET-TOKEN"
+        self.moved_to: str | None = None
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def wait_for(self, predicate, timeout: float) -> tuple[float, dict]:
@@ -309,6 +317,30 @@ def test_a_webhook_url_with_a_user_and_password_sends_them_as_basic_auth_and_nev
                        str(SAMPLES / "type_collapse.jsonl"))  # fmt: skip
     assert hook.bodies and set(hook.authorizations) == {"Basic " + base64.b64encode(b"alerts:pa@ss-w0rd").decode()}
     assert "pa%40ss" not in result.stdout + result.stderr and "alerts:" not in result.stdout + result.stderr
+
+
+def test_a_webhook_moved_by_308_gets_the_same_posts_with_its_credentials(hook):
+    url = f"{hook.base}/moved/308".replace("http://", "http://alerts:secret@")
+    result = run_watch("--once", "--json", "--notify-on", "warning", "--webhook", url,
+                       str(SAMPLES / "type_collapse.jsonl"))  # fmt: skip
+    sent = [body["alert"] for _, body in hook.bodies]
+    printed = [e for e in json_events(result.stdout) if e["event"] == "alert" and e["state"] != "pending"]
+    assert printed and sent == printed
+    assert set(hook.authorizations) == {"Basic " + base64.b64encode(b"alerts:secret").decode()}
+
+
+def test_a_307_to_another_host_keeps_the_post_but_not_the_credentials_and_a_302_is_a_plain_refusal(hook):
+    elsewhere = Hook()
+    try:
+        hook.moved_to = elsewhere.url
+        body = json.dumps({"alert": {"rule": "moved"}}).encode()
+        notify.sinks.post_json(f"{hook.base}/moved/307".replace("http://", "http://alerts:secret@"), body, 5)
+        assert [b["alert"]["rule"] for _, b in elsewhere.bodies] == ["moved"] and elsewhere.authorizations == [None]
+        with pytest.raises(notify.sinks.DeliveryError, match=r"HTTP 302 .*give the webhook its new URL") as refused:
+            notify.sinks.post_json(f"{hook.base}/moved/302", body, 5)
+        assert not refused.value.retry and len(elsewhere.bodies) == 1 and not hook.bodies
+    finally:
+        elsewhere.close()
 
 
 def test_on_alert_gets_the_alert_on_stdin_and_in_the_environment_and_log_text_runs_nothing(tmp_path):

@@ -96,9 +96,27 @@ def basic_auth(url: str) -> tuple[str, dict[str, str]]:
     return urllib.parse.urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
 
 
+class _PostRedirects(urllib.request.HTTPRedirectHandler):
+    """307 and 308 keep the method and the body (RFC 9110), so the POST goes on to the new URL (an endpoint moved
+    to HTTPS, a path given its slash), its Basic authentication only to the same host. 301, 302 and 303 would
+    turn it into a GET that delivers nothing: they stay errors."""
+
+    def redirect_request(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        if code not in (307, 308):
+            return None
+        same_host = urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc
+        kept = {name: value for name, value in req.header_items() if same_host or name.lower() != "authorization"}
+        return urllib.request.Request(newurl, data=req.data, method="POST", headers=kept)
+
+
+_OPENER = urllib.request.build_opener(_PostRedirects)
+
+
 def post_json(url: str, body: bytes, timeout: float) -> None:
     """POST ``body`` as JSON; any 2xx is delivered. ``timeout`` is seconds per connect and per read. A URL's
-    ``user:password@`` is sent as Basic authentication."""
+    ``user:password@`` is sent as Basic authentication. A 307 or 308 is followed with the same POST."""
     url, auth = basic_auth(url)
     request = urllib.request.Request(
         url,
@@ -107,10 +125,11 @@ def post_json(url: str, body: bytes, timeout: float) -> None:
         headers={"Content-Type": "application/json", "User-Agent": f"moola-watch/{__version__}", **auth},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             response.read(1 << 16)
     except urllib.error.HTTPError as exc:
-        raise DeliveryError(f"HTTP {exc.code} {exc.reason}", retry=exc.code in RETRY_STATUSES) from None
+        moved = " (it redirects elsewhere: give the webhook its new URL)" if exc.code in (301, 302, 303) else ""
+        raise DeliveryError(f"HTTP {exc.code} {exc.reason}{moved}", retry=exc.code in RETRY_STATUSES) from None
     except urllib.error.URLError as exc:
         raise DeliveryError(f"cannot reach it: {exc.reason}", retry=True) from None
     except TimeoutError:
