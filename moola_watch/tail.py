@@ -13,6 +13,7 @@ periodic stat being a safety net for dropped inotify events and the only mechani
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -407,6 +408,12 @@ class LogTail:
             items += self.decoder.feed(chunk)
 
 
+def _not_the_stop_race(record: logging.LogRecord) -> bool:
+    """False for the error watchdog's inotify thread logs when a read it began ends after ``stop()`` (a race inside
+    watchdog: nothing is lost, the watcher is exiting), which would be the last line a person sees."""
+    return "called when the thread is inactive" not in record.getMessage()
+
+
 class Waker:
     """Blocks in :meth:`wait` until watchdog reports a change under the watched directories, or ``interval``
     seconds pass. With ``poll=True``, or when watchdog cannot start (inotify limits), only the interval."""
@@ -430,6 +437,7 @@ class Waker:
             def on_any_event(self, _event: FileSystemEvent) -> None:
                 event.set()
 
+        logging.getLogger("watchdog.observers.inotify").addFilter(_not_the_stop_race)  # added once (kept by identity)
         observer = Observer()
         try:
             for directory in {d.resolve() for d in directories if d.is_dir()}:

@@ -1,6 +1,7 @@
 """LogTail against a real writer process: every complete valid line is delivered exactly once."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -151,6 +152,15 @@ def test_waker_is_woken_by_a_write_in_the_directory(tmp_path):
         waker.stop()
     polling = Waker([tmp_path], poll=True, interval=0.01)
     assert polling.mode == "poll" and polling.wait() is False
+
+
+def test_watchdogs_own_stop_race_error_is_not_shown_but_its_other_errors_are(tmp_path, caplog):
+    waker = Waker([tmp_path], interval=5.0)
+    waker.stop()
+    inotify = logging.getLogger("watchdog.observers.inotify")
+    inotify.error("InotifyEmitter.queue_events() called when the thread is inactive")
+    inotify.error("inotify watch limit reached")
+    assert [record.getMessage() for record in caplog.records] == ["inotify watch limit reached"]
 
 
 def test_a_big_backlog_is_read_a_chunk_per_poll_and_delivered_once(tmp_path):
