@@ -87,21 +87,25 @@ class Stack(torch.nn.Module):
         return self.out(sum(torch.tanh(block["b"](torch.tanh(block["a"](x)))) for block in self.blocks))
 
 
-def big_model_log(path: Path) -> tuple[Path, list[dict[str, float]]]:
+def big_model_log(path: Path, frozen_at: tuple[int, ...] = ()) -> tuple[Path, list[dict[str, float]]]:
     """A log of :class:`Stack` whose records hold module groups (``max_layer_norms=200``), one dead tensor and one
-    exploding; and each step's true norm of every tensor, taken from the gradients themselves."""
+    exploding; and each step's true norm of every tensor with a gradient, taken from the gradients themselves.
+    At the steps ``frozen_at`` (0-based) the first 70 blocks are frozen: the record names its 42 tensors one by
+    one."""
     torch.manual_seed(0)
     model = Stack()
     model.blocks[30]["a"].weight.register_hook(lambda grad: grad * 0)
     model.blocks[50]["b"].weight.register_hook(lambda grad: grad * 1e4)
     truth = []
     with GradientMonitor(every_n_steps=1, log_path=path, max_layer_norms=200) as monitor:
-        for _step in range(6):
+        for step in range(6):
             model.zero_grad()
+            model.blocks[:70].requires_grad_(step not in frozen_at)
             model(torch.randn(16, 4)).pow(2).mean().backward()
             truth.append(
-                {name: torch.linalg.vector_norm(p.grad.double()).item() for name, p in model.named_parameters()}
-            )
+                {name: torch.linalg.vector_norm(p.grad.double()).item()
+                 for name, p in model.named_parameters() if p.grad is not None}
+            )  # fmt: skip
             monitor.on_before_optimizer_step(model)
     return path, truth
 
@@ -147,6 +151,31 @@ def test_a_big_models_heatmap_draws_each_module_group_from_its_norm_at_every_ste
     rows = {label: row for row, label in enumerate(labels)}
     assert z[rows["blocks.50 … 51 (8 layers)"]].min() > z[rows["blocks.48 … 49 (8 layers)"]].max() + 2
     assert np.all(np.abs(z[rows["blocks.30 … 31 (8 layers)"]] - z[rows["blocks.28 … 29 (8 layers)"]]) < 1)
+
+
+def test_a_big_models_group_rows_at_steps_whose_records_name_every_tensor_are_drawn_from_those_tensors(
+    tmp_path: Path,
+) -> None:
+    """At steps where most of a big model is frozen, its records hold per-tensor norms: the group rows there are
+    the RMS of the tensors that had a gradient (they were blank), and blank only for groups that had none."""
+    log, truth = big_model_log(tmp_path / "big.jsonl", frozen_at=(2, 3))
+    grads = [json.loads(line) for line in log.read_text().splitlines() if '"grad_stats"' in line]
+    assert ["layer_groups" in g for g in grads] == [True, True, False, False, True, True]
+    _page, figures = build_page([analyze.scan_log(log, frames=True)])
+    trace = next(f for f in figures if f.slug.startswith("layers")).figure.data[0]
+    z, labels = np.asarray(trace.z, dtype=float), list(trace.y)
+    worst = sum(label.startswith("worst: ") for label in labels)
+    drawn = 0
+    for row, label in enumerate(labels[worst:], start=worst):
+        covered, _count = tensors_of(label, list(truth[0]))
+        for step in (2, 3):
+            present = [truth[step][name] for name in covered if name in truth[step]]
+            if present:
+                assert 10.0 ** z[row, step] == pytest.approx(np.sqrt(np.mean(np.square(present))), rel=1e-5)
+                drawn += 1
+            else:
+                assert np.isnan(z[row, step]), label
+    assert drawn == 2 * sum(bool(tensors_of(label, [n for n in truth[2]])[0]) for label in labels[worst:]) > 0
 
 
 def test_a_big_models_log_whose_records_do_not_size_their_groups_draws_only_the_tensors_named(

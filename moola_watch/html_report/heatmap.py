@@ -197,10 +197,34 @@ def rows_and_values(
         return rows, row_values(layers, rows, positions(layers, axis))
     unsized = groups["tensors"].isna()  # a group's norm is read per tensor only where its size is known
     sized = groups[~unsized] if unsized.any() else groups
+    sized = pd.concat([sized, tensors_as_groups(layers, sized, axis)], ignore_index=True)
     rows = group_rows(layers, sized, center, th=th)
     worst = Rows(rows.labels[: rows.worst], rows.members[: rows.worst], rows.worst)
     parts = [row_values(layers, worst, positions(layers, axis)), group_values(sized, rows, positions(sized, axis))]
     return rows, pd.concat(parts, ignore_index=True)
+
+
+def tensors_as_groups(layers: pd.DataFrame, groups: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """A big model's records that hold per-tensor norms (at a step when no more tensors had a gradient than a
+    record names one by one) as rows of ``groups``: each of its module groups the L2 norm of its tensors there
+    (a tensor joins the group whose name is the longest prefix of its own), so its group rows are not blank at
+    those steps. The groups of flat names (runs of neighbours, ``first..last``) are left out."""
+    grouped_at = np.unique(positions(groups, axis))
+    own = layers[~np.isin(positions(layers, axis), grouped_at)]
+    names = [str(name) for name in groups["group"].unique() if ".." not in str(name)]
+    if own.empty or not names:
+        return groups.iloc[:0]
+    known = set(names)
+
+    def group_of(layer: str) -> str | None:
+        parts = layer.split(".")
+        return next((p for depth in range(len(parts), 0, -1) if (p := ".".join(parts[:depth])) in known), None)
+
+    group = own["layer"].astype(str).map(group_of)
+    kept = own.assign(group=group, sq=np.square(own["norm"].to_numpy(dtype=float)))[group.notna()]
+    summed = kept.groupby(["run", "epoch", "step", "group"], sort=False, dropna=False, observed=True)
+    out = summed.agg(sq=("sq", "sum"), tensors=("sq", "size")).reset_index()
+    return out.assign(norm=np.sqrt(out.pop("sq")))[list(groups.columns)].astype({"tensors": "Int64"})
 
 
 def row_values(layers: pd.DataFrame, rows: Rows, x: np.ndarray) -> pd.DataFrame:
