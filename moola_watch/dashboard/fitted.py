@@ -1,0 +1,187 @@
+"""One run's dashboard fitted to a terminal too short for all of it: what each part shows, and the line that
+says what is left out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.segment import Segment
+from rich.table import Table
+from rich.text import Text
+
+from moola_watch import rules
+from moola_watch.dashboard.panels import FULL_ALERTS, header_panel, layers_table, one_line, panels_row
+from moola_watch.dashboard.state import LogView, RunView, ViewOptions
+from moola_watch.render import HEALTHY_STYLE, SEVERITY_STYLE, alerts_table, ordered_alerts, text, where
+
+MIN_PANEL_ROWS = 3  # a panel's rows that come before the layer table gets any
+
+
+def alert_lines(alerts: Sequence[tuple[str, rules.Alert]], shown: int, advised: int = 0) -> Table:
+    """The first ``shown`` alerts in :func:`ordered_alerts`' order, one line each: severity, rule, subject and the
+    message cut to the width (a pending or resolved alert, dimmed, says so first); the first ``advised`` with their
+    recommendation on a line of its own; ``none`` when there is no alert."""
+    table = Table(title="Alerts", title_justify="left", expand=True, box=None, show_header=False)
+    table.add_column("severity", no_wrap=True)
+    table.add_column("rule", no_wrap=True)
+    table.add_column("subject", no_wrap=True, max_width=24)  # a task's name, from the log: any length
+    table.add_column("message", ratio=1, no_wrap=True)
+    for index, (_, alert) in enumerate(ordered_alerts(alerts)[:shown]):
+        if alert.state == rules.FIRING:
+            severity, muted, message = SEVERITY_STYLE[alert.severity], "", text(alert.message)
+        else:
+            when = f" at {where(alert.resolved_epoch, alert.resolved_step)}" if alert.state == rules.RESOLVED else ""
+            severity, muted, message = "dim", "dim", text(f"{alert.state}{when}: {alert.message}", "dim")
+        if index < advised:
+            message.append("\n→ ", style="dim")
+            message.append_text(text(alert.recommendation, "italic"))
+        row = Text(alert.severity, style=severity), text(alert.rule, muted), text(alert.subject, muted), message
+        table.add_row(*row)
+    if not alerts:
+        table.add_row(Text("none", style=HEALTHY_STYLE))
+    return table
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How much of each part a short dashboard shows, below its header."""
+
+    alerts: int = 0  # alert lines, the firing ones first
+    panel_rows: int = 0  # lines of each panel's body (0: no panels)
+    layer_ends: int = 0  # layers at each end of the norm order (0: no layer table)
+    advised: int = 0  # of the firing alerts shown, how many have their recommendation on a second line
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What a short dashboard's parts hold, and their heights in lines."""
+
+    firing: int  # alerts firing
+    alerts: int  # alerts in all
+    panel_rows: int  # lines of the longer panel's body, one line a row
+    layers: tuple[int, ...]  # lines of the layer table showing 1, 2, ... layers at each end; () with none
+
+    def whole(self) -> Fit:
+        """All of every part; recommendations only fill what room is left, never missed."""
+        return Fit(self.alerts, self.panel_rows, len(self.layers))
+
+    def advised(self, fit: Fit) -> int:
+        """The recommendations ``fit`` shows: only a firing alert's, and only under its line."""
+        return min(fit.advised, fit.alerts, self.firing)
+
+    def height(self, fit: Fit) -> int:
+        """Lines taken by what ``fit`` shows: each part's title or borders with its lines."""
+        alerts = 2 if not self.alerts else 1 + fit.alerts + self.advised(fit) if fit.alerts else 0  # "none" shows
+        panels = fit.panel_rows + 2 if fit.panel_rows else 0
+        layers = self.layers[fit.layer_ends - 1] if fit.layer_ends else 0
+        return alerts + panels + layers
+
+
+def fit_short(room: int, parts: Parts) -> Fit:
+    """What ``room`` lines show of ``parts``: each part grown in turn while it fits (every firing alert, the
+    panels' first rows, the layer table's extremes, the panels' other rows, the table's other layers, the pending
+    and resolved alerts, then the firing alerts' recommendations), with a line kept to say what is left out unless
+    all of every part fits."""
+    whole = parts.whole()
+    if parts.height(whole) > room:
+        room -= 1  # the line that says what is left out
+    growth = (("alerts", parts.firing), ("panel_rows", min(MIN_PANEL_ROWS, whole.panel_rows)),
+              ("layer_ends", min(1, whole.layer_ends)), ("panel_rows", whole.panel_rows),
+              ("layer_ends", whole.layer_ends), ("alerts", whole.alerts), ("advised", parts.firing))  # fmt: skip
+    shown = Fit()
+    for part, most in growth:
+        while getattr(shown, part) < most:
+            grown = replace(shown, **{part: getattr(shown, part) + 1})
+            if parts.height(grown) > room:
+                break
+            shown = grown
+    return shown
+
+
+def left_out(parts: Parts, fit: Fit) -> list[str]:
+    """What a short dashboard leaves out, in words."""
+    missing = []
+    if hidden := parts.alerts - fit.alerts:
+        firing = f" ({parts.firing - fit.alerts} firing)" if parts.firing > fit.alerts else ""
+        missing.append(f"{hidden} more alert{'s' if hidden > 1 else ''}{firing}")
+    if not fit.panel_rows:
+        missing.append("the gradient and task balance panels")
+    elif fit.panel_rows < parts.panel_rows:
+        missing.append(f"{parts.panel_rows - fit.panel_rows} panel rows")
+    if parts.layers and not fit.layer_ends:
+        missing.append("the layer table")
+    elif parts.layers and fit.layer_ends < len(parts.layers):
+        missing.append(f"{parts.layers[-1] - parts.layers[fit.layer_ends - 1]} layer rows")
+    return missing
+
+
+def left_out_line(missing: list[str]) -> Text:
+    """What did not fit, the way to see it first (a line cut to the width must keep its advice)."""
+    return one_line(Text(f"… not shown (a taller terminal or --once shows it): {', '.join(missing)}", "yellow"))
+
+
+@dataclass(frozen=True)
+class FittedDashboard:
+    """:func:`run_dashboard` fitted to the screen (the live view): all of it when it fits; else with fewer layers;
+    else a short dashboard (see :func:`fit_short`) whose header, alerts and panels take one line a row and whose
+    last line says what it leaves out."""
+
+    view: LogView
+    run: str
+    options: ViewOptions
+
+    @property
+    def engine(self) -> rules.RuleEngine:
+        return self.view.scan.engines[self.run]
+
+    @property
+    def history(self) -> RunView:
+        return self.view.runs.get(self.run, RunView())
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # Rich renders a Live screen's children with no height but the screen's as max_height.
+        unbounded = options.reset_height()
+        lines = self.fitted(lambda part: console.render_lines(part, unbounded, pad=False), options.max_height)
+        for line in lines:
+            yield from line
+            yield Segment.line()
+
+    def fitted(self, render: Callable[[RenderableType], list[list[Segment]]], height: int) -> list[list[Segment]]:
+        """The lines that fit ``height``, each part rendered by ``render``."""
+        alerts = [(self.run, alert) for alert in self.engine.alerts]
+        whole: list[list[Segment]] = []
+        for part in (header_panel(self.view, self.run, self.options), alerts_table(alerts, limit=FULL_ALERTS),
+                     panels_row(self.engine, self.history)):  # fmt: skip
+            whole += render(part)
+            if len(whole) >= height:  # not a line left for the layers: the short dashboard
+                break
+        else:
+            for ends in range(self.options.top, 0, -1):
+                layers = render(layers_table(self.engine, replace(self.options, top=ends)))
+                if len(whole) + len(layers) <= height:
+                    return whole + layers
+        return self.short(render, height)
+
+    def short(self, render: Callable[[RenderableType], list[list[Segment]]], height: int) -> list[list[Segment]]:
+        """The short dashboard's lines for ``height`` (see :func:`fit_short`)."""
+        engine, history = self.engine, self.history
+        alerts = [(self.run, alert) for alert in engine.alerts]
+        head = render(header_panel(self.view, self.run, self.options, short=True))
+        panels = render(panels_row(engine, history, short=True))
+        tables = [render(layers_table(engine, replace(self.options, top=ends), short=True))
+                  for ends in range(1, self.options.top + 1)] if engine.last_grad_stats else []  # fmt: skip
+        parts = Parts(len(engine.firing()), len(alerts), len(panels) - 2, tuple(len(table) for table in tables))
+        fit = fit_short(height - len(head), parts)
+        lines = head
+        if fit.alerts or not alerts:
+            lines += render(alert_lines(alerts, fit.alerts, parts.advised(fit)))
+        if fit.panel_rows:
+            cut = fit.panel_rows < parts.panel_rows
+            lines += render(panels_row(engine, history, short=True, rows=fit.panel_rows)) if cut else panels
+        if fit.layer_ends:
+            lines += tables[fit.layer_ends - 1]
+        if missing := left_out(parts, fit):
+            lines += render(left_out_line(missing))
+        return lines
