@@ -53,8 +53,8 @@ def _position_columns(table: Table, with_run: bool) -> None:
         table.add_column(name, justify="right", no_wrap=True)
 
 
-def _position_cells(values: dict[str, object], with_run: bool) -> list[str]:
-    return [*([str(values["run"])] if with_run else []), count(values["epoch"]), count(values["step"])]
+def _position_cells(values: dict[str, object], with_run: bool) -> list[str | Text]:
+    return [*([text(values["run"])] if with_run else []), count(values["epoch"]), count(values["step"])]
 
 
 def run_table(scan: LogScan) -> Table:
@@ -181,9 +181,9 @@ def tasks_trend(balance: pd.DataFrame) -> Table:
     with_run = _runs_shown(frame)
     _position_columns(table, with_run)
     for name in (*tasks, *(["loss weights"] if weights else [])):
-        table.add_column(name, justify="right")
-    for index, row in enumerate(frame.itertuples(index=False)):
-        values = row._asdict()
+        table.add_column(text(name), justify="right")
+    # Records as dicts: itertuples would rename a column that is no identifier (a task called "cls-head").
+    for index, values in enumerate(frame.to_dict("records")):
         cells = [f"{number(values[f'norm_{t}'])} / {number(values.get(f'share_{t}'), 2)}" for t in tasks]
         table.add_row(*_position_cells(values, with_run), *cells, *([weights[index]] if weights else []))
     return table

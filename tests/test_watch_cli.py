@@ -131,6 +131,21 @@ def test_analyze_tables_keep_a_nan_step_name_each_run_and_print_epochs_whole(tmp
     assert {row[1] for row in rows if int(row[2]) <= 10} == {"-"} and not any(row[1][-2:] == ".0" for row in rows)
 
 
+def test_analyze_shows_tasks_whose_names_are_no_identifiers_as_written(tmp_path):
+    """Task names as users write them (a hyphen, a space, a dot, a bracket) head their columns, literally."""
+    tasks = ("cls-head", "reg head", "a.b", "[bold]x[/bold]")
+    log = LogBuilder("[red]run").start()
+    for epoch in range(1, 4):
+        norms = {task: 0.1 * (i + 1) for i, task in enumerate(tasks)}
+        shares = {task: 0.25 for task in tasks}
+        log.add("task_balance", epoch=epoch, step=epoch * 10, norms=norms, shares=shares)
+    result = run_cli("moola_watch.cli", "analyze", str(log.end().write(tmp_path / "log.jsonl")),
+                     env={"COLUMNS": "200"})  # fmt: skip
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    table = result.stdout.split("Task balance, 4 tasks", 1)[1]
+    assert all(task in table for task in tasks) and "0.3 / 0.25" in table
+
+
 def test_watcher_runs_where_torch_cannot_be_imported(tmp_path):
     log = collapse_scenario().write(tmp_path / "log.jsonl")
     code = (
