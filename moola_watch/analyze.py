@@ -34,14 +34,18 @@ VERDICT_NOT_A_LOG = "not_a_log"  # not one valid record in the file
 
 
 def run_verdict(engine: RuleEngine) -> str:
-    """One run's verdict: the worst severity that fired; else no_measurements if it measured nothing (unless it
-    continues a run begun in another log: its rest may be its run_end alone); else healthy if it ended,
-    unterminated if not."""
+    """One run's verdict: an error or critical that fired (a run that failed or died measured enough to say so);
+    else no_measurements if it measured nothing (unless it continues a run begun in another log: its rest may be
+    its run_end alone), whatever warnings its silence or its end raised (a stale warning must not turn a log
+    that checked nothing into a pass an hour later); else the worst severity that fired; else healthy if it
+    ended, unterminated if not."""
     worst = engine.worst_severity()
-    if worst:
+    if worst in ("error", "critical"):
         return worst
     if not engine.measured() and not engine.run.continues:
         return VERDICT_NO_MEASUREMENTS
+    if worst:
+        return worst
     ended = engine.run.status != "running" or engine.run.continued_in  # (rotated: it goes on in another log)
     return VERDICT_HEALTHY if ended else VERDICT_UNTERMINATED
 

@@ -179,6 +179,21 @@ def test_a_run_that_measured_nothing_is_not_a_pass(tmp_path):
     assert check(path, both)[0].returncode == 1  # an alert elsewhere is the more telling exit code
 
 
+@pytest.mark.parametrize("ending", ["none", "interrupted", "failed"])
+def test_a_run_that_measured_nothing_stays_no_pass_whatever_warnings_its_silence_or_end_raise(tmp_path, ending):
+    """A run_start alone goes stale (a warning) once its records are old; an interrupted one warns: neither
+    makes a run that checked nothing pass. A failed run is an error, the more telling word."""
+    log = LogBuilder(t0=1000.0).start()  # written long ago: stale by now
+    if ending != "none":
+        log.end(ending, error="boom" if ending == "failed" else None)
+    result, (report,) = check("--json", log.write(tmp_path / "log.jsonl"))
+    if ending == "failed":
+        assert result.returncode == 1 and report["verdict"] == "error"
+    else:
+        assert result.returncode == 3 and report["verdict"] == "no_measurements", report
+        assert report["alerts"]  # the warning is still shown
+
+
 @pytest.mark.parametrize("label", json.loads((PINNED / "labels.json").read_text()), ids=lambda row: row["log"])
 def test_labelled_runs_get_the_verdict_their_held_out_metrics_call_for(label):
     """Real runs of the corpus (benchmarks/detection_corpus.py), two per family and two LSTMs whose pointer task
