@@ -213,6 +213,8 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("thresholds", _object, False),
         (CONTINUED, _boolean, False),
         ("process", _object, False),  # what tells the writer from a later process given its pid (Linux)
+        ("first_step", _optional_integer, False),  # where the writing process began monitoring (resumed: late)
+        ("first_epoch", _optional_integer, False),
     ),
     GRAD_STATS: (
         ("layer_norms", _number_map, True),

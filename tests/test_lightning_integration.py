@@ -111,6 +111,70 @@ def test_records_every_n_steps_numbered_by_global_step(tmp_path):
     assert records[-1]["status"] == "completed" and records[-1]["step"] == STEPS
 
 
+def test_a_fit_resumed_from_a_checkpoint_says_where_it_began(tmp_path):
+    """run_start is written once Lightning restored the checkpoint's loop: its first step is the resumed one, so a
+    watcher knows the run's first losses are not its tasks' start (and a fresh fit's are)."""
+
+    def trainer(log: Path, epochs: int) -> lightning.Trainer:
+        return lightning.Trainer(
+            accelerator="cpu", max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    first = trainer(tmp_path / "first.jsonl", 1)
+    first.fit(TwoTaskModule({"cls": 1.0, "reg": 1.0}), loader())
+    first.save_checkpoint(tmp_path / "one-epoch.ckpt")
+    trainer(tmp_path / "resumed.jsonl", 2).fit(
+        TwoTaskModule({"cls": 1.0, "reg": 1.0}), loader(), ckpt_path=tmp_path / "one-epoch.ckpt"
+    )
+    starts = [strict_lines(tmp_path / name)[0] for name in ("first.jsonl", "resumed.jsonl")]
+    assert [start["first_step"] for start in starts] == [1, STEPS + 1]
+    resumed = [r for r in strict_lines(tmp_path / "resumed.jsonl") if r["kind"] == "grad_stats"]
+    assert resumed[0]["step"] == STEPS + EVERY
+
+
+class ManualTwoOptimizers(TwoTaskModule):
+    """Manual optimisation stepping two optimizers each batch: Lightning's global_step moves by two a batch."""
+
+    def __init__(self, weights: dict[str, float]):
+        super().__init__(weights)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        trunk_and_cls, reg = self.optimizers()
+        x, labels, target = batch
+        h = self.trunk(x)
+        self.task_losses = {
+            "cls": nn.functional.cross_entropy(self.cls(h), labels),
+            "reg": nn.functional.mse_loss(self.reg(h).squeeze(1), target),
+        }
+        self.manual_backward(sum(self.task_weights[name] * value for name, value in self.task_losses.items()))
+        for optimizer in (trunk_and_cls, reg):
+            optimizer.step()
+            optimizer.zero_grad()
+
+    def configure_optimizers(self):
+        shared = [*self.trunk.parameters(), *self.cls.parameters()]
+        return torch.optim.Adam(shared, lr=1e-3), torch.optim.Adam(self.reg.parameters(), lr=1e-3)
+
+
+def test_manual_optimisation_with_two_optimizers_measures_the_balance_every_n_steps(tmp_path):
+    """The probe runs before the batch's first optimizer step, always at an odd global_step + 1: an even
+    every_n_steps must not mean never (the balance was silently never measured)."""
+    log = tmp_path / "manual.jsonl"
+    torch.manual_seed(0)
+    lightning.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
+    ).fit(ManualTwoOptimizers({"cls": 1.0, "reg": 1.0}), loader())  # fmt: skip
+    records = strict_lines(log)
+    balances = [r["step"] for r in records if r["kind"] == "task_balance"]
+    grads = [r["step"] for r in records if r["kind"] == "grad_stats"]
+    assert balances == list(range(EVERY + 1, 2 * STEPS, EVERY)), balances  # the first odd step past each multiple
+    assert len(grads) == 2 * STEPS // EVERY, grads
+
+
 @pytest.mark.slow
 def test_measuring_leaves_the_training_unchanged(tmp_path):
     """The balance probe runs before each measured step's backward: the trained weights are those of a fit

@@ -98,7 +98,9 @@ def test_a_run_resumed_into_a_new_log_does_not_call_a_learned_task_starving(tmp_
     message = collapse(report)["message"]
     assert code == 0 and collapse(report)["severity"] == "warning", message
     assert "whether the cls task had already learned cannot be told" in message
-    assert "its first records are from epoch 6, step 155, past its start" in message
+    assert "it began at epoch 6, step 151, past its start" in message
+    (start,) = [json.loads(line) for line in log.read_text().splitlines() if '"run_start"' in line]
+    assert (start["first_step"], start["first_epoch"]) == (151, 6)
 
 
 def test_follow_from_end_judges_what_it_did_not_read_as_unknown_not_as_a_fresh_start(tmp_path, uninterrupted):
@@ -159,3 +161,42 @@ def test_a_completed_experiment_before_it_in_the_log_lends_no_start(tmp_path):
     train(log, CRASH_AT, STEPS, checkpoint)
     _code, report = check(log, "--latest")
     assert "whether the cls task had already learned cannot be told" in collapse(report)["message"]
+
+
+def starved_aux_run(log, joins_at: int) -> None:
+    """A fresh two-task run whose aux task (weight 0.002) truly starves; its labels (and loss) join the batches
+    at step ``joins_at``: the first balance records come late, in a run that began at step 1."""
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Linear(8, 4), nn.Tanh())
+    heads = nn.ModuleDict({"main": nn.Linear(4, 1), "aux": nn.Linear(4, 2)})
+    model = nn.ModuleDict({"trunk": trunk, "heads": heads})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    generator = torch.Generator().manual_seed(1)
+    with GradientMonitor(every_n_steps=50, balance_every_n_steps=5, log_path=log, echo=lambda _line: None) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for step in range(1, 301):
+            monitor.on_epoch_start((step - 1) // 30 + 1)
+            x = torch.randn(32, 8, generator=generator)
+            h = trunk(x)
+            losses = {"main": nn.functional.mse_loss(heads["main"](h).squeeze(1), 3 * x[:, 0] + x[:, 1])}
+            if step >= joins_at:
+                losses["aux"] = nn.functional.cross_entropy(heads["aux"](h), (x[:, 5] * x[:, 6] > 0).long())
+            monitor.backward(model, losses, {task: {"main": 1.0, "aux": 0.002}[task] for task in losses})
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_a_task_whose_losses_join_a_fresh_run_late_is_judged_as_from_the_start_not_as_a_resumed_run(tmp_path):
+    """The first balance record comes at step 20 (no aux labels before), past the cadence of 5: the run still
+    began at step 1, as its run_start says, so the starving aux task is an error as when it is there at once."""
+    verdicts = []
+    for joins_at in (1, 20):
+        log = tmp_path / f"joins-at-{joins_at}.jsonl"
+        starved_aux_run(log, joins_at)
+        code, report = check(log)
+        errors = [a for a in report["alerts"] if a["rule"] == "collapse" and a["counts_as"] == "error"]
+        assert code == 1 and [a["subject"] for a in errors] == ["aux"], report["alerts"]
+        assert "cannot be told" not in errors[0]["message"]
+        verdicts.append(report["verdict"])
+    assert verdicts == ["error", "error"]

@@ -98,8 +98,13 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         # Lightning handles SIGTERM (its SIGTERMException, SLURM requeueing; it chains a handler set before it):
         # the run ends through on_exception, never by a handler of the monitor's.
         self.monitor = self._make_monitor(end_on_sigterm=False)
-        self.monitor.on_run_start(pl_module, model_name=type(pl_module).__name__, config=run_config(trainer, pl_module))
         self._metrics_before: dict[str, Any] = {}
+
+    def on_train_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        # Here, not at fit start: a checkpoint's loop state (global_step) is restored in between, and run_start
+        # says at which step this process began (a resumed run's tasks did not start learning there).
+        self.monitor.at_step(trainer.global_step + 1)
+        self.monitor.on_run_start(pl_module, model_name=type(pl_module).__name__, config=run_config(trainer, pl_module))
 
     def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         self.monitor.on_epoch_start(trainer.current_epoch + 1)

@@ -160,6 +160,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         **kwargs: Any,
     ) -> None:
         self.monitor = self._make_monitor()
+        self.monitor.at_step(state.global_step + 1)  # restored by now when resuming: run_start says where it began
         self.monitor.on_run_start(model, config=run_config(args))
         self._model = model
         # With average_tokens_across_devices a returned loss divides by every rank's items, and the Trainer

@@ -49,6 +49,7 @@ class RunState:
     cadence: tuple[int | None, int | None] = (None, None)  # measured every N steps, else every N epochs (run_start)
     first_step: int | None = None  # of the first record that has one
     first_epoch: int | None = None
+    began: tuple[int, int | None] | None = None  # run_start's first step and epoch: where its writer began
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -223,6 +224,9 @@ class Evidence:
             self.run.continues = record.get(schema.CONTINUED) is True
             self.run.writer = tuple(record.get(name) for name in ("host", "pid", "process", "log_path"))
             self.run.cadence = _cadence(record)
+            if type(first_step := record.get("first_step")) is int:
+                first_epoch = record.get("first_epoch")
+                self.run.began = (first_step, first_epoch if type(first_epoch) is int else None)
             self.run.config = record.get("config") or {}
         elif kind == schema.TASK_BALANCE:
             self._balance(record, where)
@@ -372,10 +376,11 @@ class Evidence:
                 self.first_losses[task] = loss
 
     def _judge_start(self) -> None:
-        """Once, at the run's first losses: are they its start? Not when its first record came later than its
-        cadence allows a fresh run's first measurement (it resumed from a checkpoint, or was read from its
-        middle), unless the run before it in its log, of the same model, did not complete and got at least to
-        where this one begins: a run resumed from that run's checkpoint, appending to its log."""
+        """Once, at the run's first losses: are they its start? Not when its writer began past the first step
+        or epoch (``run_start`` says where it began), or, in a log that does not say, when its first record came
+        later than its cadence allows a fresh run's first measurement (it resumed from a checkpoint, or was read
+        from its middle); unless the run before it in its log, of the same model, did not complete and got at
+        least to where this one begins: a run resumed from that run's checkpoint, appending to its log."""
         self._start_judged = True
         run = self.run
         steps, epochs = run.cadence
@@ -388,11 +393,15 @@ class Evidence:
             resumes = bool(losses) and got_to_epoch is not None and run.first_epoch <= got_to_epoch + epochs + 1
         else:
             late = resumes = False
+        if run.began is not None:  # the writer knew: a task whose losses join late is no resumed run
+            began_step, began_epoch = run.began
+            late = began_step > 1 or (began_epoch is not None and began_epoch > 1)
         if late and resumes:
             self.first_losses.update(losses)
         elif late and self.start_unknown is None:
-            self.start_unknown = (f"its first records are from {position(run.first_epoch, run.first_step)}, "
-                                  "past its start (resumed from a checkpoint?)")  # fmt: skip
+            where = (f"it began at {position(run.began[1], run.began[0])}" if run.began
+                     else f"its first records are from {position(run.first_epoch, run.first_step)}")  # fmt: skip
+            self.start_unknown = f"{where}, past its start (resumed from a checkpoint?)"
 
     def progress(self) -> dict[str, TaskProgress]:
         """Every task's own progress over the window: from the epoch records' losses once there are enough,

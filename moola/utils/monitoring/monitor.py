@@ -193,6 +193,8 @@ class GradientMonitor:
         self._last_balance_at: tuple[int | None, int] | None = None
         self._started = False
         self._ended = False
+        # (step, epoch) at the first step hook: where this process began monitoring (a resumed run's is late).
+        self._began: tuple[int, int | None] | None = None
         self.end_on_sigterm = end_on_sigterm
         self._undo_sigterm: Callable[[], None] = lambda: None  # the SIGTERM handler on_run_start set, if any
         self._last_step = 0  # the highest step recorded so far
@@ -230,7 +232,11 @@ class GradientMonitor:
         if not self.enabled:
             return False
         if every_steps is not None:
-            return self.step % every_steps == 0 and (last is None or last[1] != self.step)
+            # The first step at or past each multiple of N not measured yet, rather than the multiples alone: a
+            # step count that moves by more than one (two optimizers stepping Lightning's global_step each batch,
+            # a loop numbering micro-batches) would never land on one.
+            done = last[1] if last is not None else (self._began[0] if self._began else self.step) - 1
+            return self.step // every_steps > done // every_steps
         if self.epoch is None:
             return False
         return self.epoch % every_epochs == 0 and (last is None or last[0] != self.epoch)
@@ -270,6 +276,10 @@ class GradientMonitor:
         self.steps_done = whole(step) - 1
         self._step_given = True
 
+    def _note_began(self) -> None:
+        if self._began is None:
+            self._began = (self.step, self.epoch)
+
     def on_epoch_start(self, epoch: int) -> None:
         """The epoch the next records belong to."""
         self.epoch = whole(epoch)
@@ -288,6 +298,9 @@ class GradientMonitor:
             self._undo_sigterm = on_sigterm(self.on_run_end)
         params = named_parameters(model) if model is not None else []
         names = [name for name, p in params if p.requires_grad]
+        # Where this process began: known once a step hook ran, or a framework or restored optimizer said which
+        # step this is; otherwise not said (a watcher then judges by when the first records came).
+        began = self._began or ((self.step, self.epoch) if self._step_given or self.steps_done else None)
         self._emit(
             schema.RUN_START,
             model=model_name or (type(unwrapped(model)).__name__ if model is not None else "unknown"),
@@ -307,6 +320,7 @@ class GradientMonitor:
             log_path=str(self._writer.path.resolve()) if self._writer and self._writer.path else None,
             rank=self.rank,
             world_size=self.world_size,
+            **({"first_step": began[0], "first_epoch": began[1]} if began else {}),
         )
 
     def _open_log(self) -> None:
@@ -343,6 +357,7 @@ class GradientMonitor:
         wherever someone else does the backward (DDP, FSDP, accelerate, a GradScaler). None when not due or
         not measurable (one warning saying why)."""
         require_named(losses)
+        self._note_began()
         # (A loss that is not a tensor counts as requiring grad here: the probe then says what is wrong with it.)
         if len(losses) < 2 or not any(getattr(loss, "requires_grad", True) for loss in losses.values()):
             return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
@@ -400,6 +415,7 @@ class GradientMonitor:
         norm is divided by it."""
         if step is not None:
             self.at_step(step)
+        self._note_began()
         stats = None
         if self.enabled and self.every_n_steps is None and self.epoch is None:
             self.warn_once(
