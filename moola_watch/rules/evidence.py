@@ -176,6 +176,17 @@ def _cadence(start: schema.Record) -> tuple[int | None, int | None]:
     return least("every_n_steps", "balance_every_n_steps"), least("log_frequency", "task_balance_frequency")
 
 
+def measured_nothing(norm: float, loss: float | None, weight: float | None) -> bool:
+    """Whether a task was not in a balance sample, given its gradient norm there, its loss and its weight: a norm
+    that is not finite (a step the scaler skips), a loss that is not finite (a batch without the task's labels:
+    a mean over none), or no gradient with nothing to have one from: a loss of 0 (a masked loss over no labels)
+    or a weight of 0 (the task switched off, as in a warm-up). A task with a loss and a weight whose gradient
+    on the shared parameters is 0 did take part: nothing of it reached them."""
+    if not math.isfinite(norm) or (loss is not None and not math.isfinite(loss)):
+        return True
+    return norm == 0 and (loss == 0 or weight == 0)
+
+
 class Evidence:
     """The memory of one run that the rules read. Windows hold the last ``thresholds.window`` balance samples."""
 
@@ -330,8 +341,10 @@ class Evidence:
         if ratio is not None and not math.isnan(ratio):
             self.ratios.append(ratio)
             counted = True
-        # A NaN or infinite norm (a NaN task loss, a step the scaler skips) measured nothing of its task.
-        measured = {task: norm for task, norm in norms.items() if math.isfinite(norm)}
+        losses: Mapping[str, float] = record.get("losses") or {}
+        weights: Mapping[str, float] = record.get("weights") or {}
+        absent = {task for task, norm in norms.items() if measured_nothing(norm, losses.get(task), weights.get(task))}
+        measured = {task: norm for task, norm in norms.items() if task not in absent}
         largest = max(measured.values(), default=math.nan)
         if (ratio is None or len(norms) > 2) and largest > 0:
             for task, norm in measured.items():
@@ -345,9 +358,10 @@ class Evidence:
         self.balance_steps.append(where.step)
         self.weights = dict(record.get("weights") or {})
         for task, share in (record.get("shares") or {}).items():
-            self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
-            self.run_shares.setdefault(task, RunningStats()).add(share)
-        self._losses(self.batch_losses, record.get("losses") or {}, where)
+            if task not in absent:
+                self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
+                self.run_shares.setdefault(task, RunningStats()).add(share)
+        self._losses(self.batch_losses, {t: loss for t, loss in losses.items() if t not in absent}, where)
 
     def steady_dominant(self) -> str | None:
         """The task whose weighted gradient was the largest in every sample of the full window, or None (the
