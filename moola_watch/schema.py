@@ -7,6 +7,7 @@ Pure and torch-free; the trainer writes with :func:`encode_record` and every rea
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -367,6 +368,18 @@ def clean_fields(kind: str, fields: Mapping[str, Any]) -> tuple[dict[str, Any], 
     return out, problems
 
 
+def _with_bare_nonfinite(line: bytes | str) -> Any:
+    """The line as Python's ``json`` reads it, if it is JSON but for bare ``NaN``/``Infinity`` tokens (what
+    ``json.dumps`` writes by default: another writer's non-finite gradient, the very thing to catch), else None."""
+    text = line.decode("utf-8") if isinstance(line, bytes | bytearray) else line
+    if "NaN" not in text and "Infinity" not in text:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
 def decode_record(line: bytes | str) -> Record | Rejected:
     """Decode and validate one line (with or without its newline).
 
@@ -383,7 +396,9 @@ def decode_record(line: bytes | str) -> Record | Rejected:
                 line.decode("utf-8")
             except UnicodeDecodeError as utf8_error:
                 return Rejected("bad_utf8", f"invalid UTF-8 at byte {utf8_error.start}")
-        return Rejected("bad_json", f"not JSON: {exc}")
+        record = _with_bare_nonfinite(line)
+        if record is None:
+            return Rejected("bad_json", f"not JSON: {exc}")
     if not isinstance(record, dict):
         return Rejected("bad_json", f"not a JSON object but {type(record).__name__}")
     schema = record.get("schema")

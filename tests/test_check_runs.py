@@ -135,6 +135,22 @@ def test_runs_killed_before_a_later_run_in_their_log_are_unterminated_not_runnin
     assert alerts == [("third", "stale")], alerts
 
 
+def test_a_nan_gradient_written_as_a_bare_nan_token_is_judged_not_dropped(tmp_path):
+    """Python's json.dumps writes NaN and Infinity as bare tokens: another writer's non-finite gradient, the very
+    thing to catch, was a bad line and the log passed."""
+    lines = (REPO / "sample_logs" / "healthy.jsonl").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if '"grad_stats"' in line)
+    record = json.loads(lines[at])
+    record["layer_norms"][next(iter(record["layer_norms"]))] = float("nan")
+    record["max_norm"] = float("inf")
+    lines[at] = json.dumps(record)
+    assert "NaN" in lines[at] and "Infinity" in lines[at]
+    log = tmp_path / "bare.jsonl"
+    log.write_text("\n".join(lines) + "\n")
+    result, (report,) = check("--json", log)
+    assert result.returncode == 1 and report["verdict"] == "critical" and report["bad_lines"] == 0, report
+
+
 def test_a_file_that_is_not_a_log_exits_2(tmp_path):
     path = tmp_path / "notes.jsonl"
     path.write_text("this is not\na moola log\n")

@@ -168,8 +168,22 @@ def builders(tmp: Path) -> dict[str, Callable[[], Path]]:
         "not_a_log": lambda: lines_log(tmp / "text.jsonl", [b"hello\n", b"world\n"]),
         "big": lambda: (write_big_log(tmp / "big.jsonl", 20_000), tmp / "big.jsonl")[1],
         "bom": lambda: bom_log(tmp / "bom.jsonl"),
+        "bare_nonfinite": lambda: bare_nonfinite_log(tmp / "bare.jsonl"),
     }
     return out
+
+
+def bare_nonfinite_log(path: Path) -> Path:
+    """The healthy sample log whose third grad_stats record another writer wrote with Python's ``json.dumps``:
+    a NaN layer norm and an infinite max as bare ``NaN``/``Infinity`` tokens, not the contract's strings."""
+    lines = (REPO / "sample_logs" / "healthy.jsonl").read_bytes().splitlines(keepends=True)
+    at = [i for i, line in enumerate(lines) if b'"grad_stats"' in line][2]
+    record = json.loads(lines[at])
+    record["layer_norms"][next(iter(record["layer_norms"]))] = math.nan
+    record["max_norm"] = math.inf
+    lines[at] = json.dumps(record).encode() + b"\n"
+    path.write_bytes(b"".join(lines))
+    return path
 
 
 def bom_log(path: Path) -> Path:

@@ -71,7 +71,10 @@ def test_rejections_name_the_problem():
     assert "no 'norms'" in rejected(encode_record(make_record("task_balance", "r", 1.0, ratio=1.0))).reason
     assert rejected(b'{"schema": true, "kind": "epoch"}').category == "invalid"
     assert rejected(b'{"schema": 1, "kind": ["x"], "run": "r", "time": 1}').category == "unknown_kind"
-    assert rejected(b'{"schema": 1, "kind": "epoch", "run": "r", "time": 1, "train_loss": NaN}').category == "bad_json"
+    assert rejected(b'{"schema": 1, "kind": "epoch", "run": "r", "time": 1, "train_loss": NaNa}').category == "bad_json"
+    # Bare NaN/Infinity (Python's json.dumps): another writer's non-finite value is read, not dropped.
+    bare = decode_record(b'{"schema": 1, "kind": "epoch", "run": "r", "time": 1, "train_loss": -Infinity}')
+    assert not isinstance(bare, Rejected) and bare["train_loss"] == -math.inf
 
 
 def test_too_long_line_is_rejected_unparsed():
