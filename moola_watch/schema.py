@@ -241,6 +241,7 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("losses", _number_map, False),
         ("weights", _number_map, False),
         ("scope", _text, False),
+        ("left_out", _text_list, False),  # tasks with no gradient on the shared parameters (a detached head)
     ),
     EPOCH: (
         ("train_loss", _number, True),

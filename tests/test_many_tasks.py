@@ -148,6 +148,24 @@ def test_one_nan_task_loss_is_not_a_collapse_of_that_task(tmp_path):
     assert not [alert for alert in report["alerts"] if alert["rule"] in ("collapse", "imbalance")], report["alerts"]
 
 
+def test_a_head_cut_off_the_trunk_mid_run_is_a_left_out_warning_and_its_old_window_is_not_judged(tmp_path):
+    """Head c reads the trunk until step 20, then a detached input: from step 20 it is left out of the balance
+    (the records say so), one warning says since when, and no collapse is judged on its window from before."""
+    log = tmp_path / "cut.jsonl"
+    script = Path(__file__).with_name("detached_head_run.py")
+    run = subprocess.run([sys.executable, str(script), str(log), "20"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    balance = [r for r in map(decode_record, log.read_bytes().splitlines()) if r["kind"] == "task_balance"]
+    assert [r["step"] for r in balance if r.get("left_out") == ["c"]] == list(range(20, 41))
+    result = run_cli("moola_watch.cli", "check", "--json", str(log))
+    report = json.loads(result.stdout)
+    (left_out,) = [a for a in report["alerts"] if a["rule"] == "left_out"]
+    assert left_out["subject"] == "c" and left_out["severity"] == "warning" and left_out["state"] == "firing"
+    assert "since step 20 (it had one until step 19)" in left_out["message"]
+    assert result.returncode == 0 and not [a for a in report["alerts"] if a["rule"] == "collapse"]
+
+
 def test_a_head_on_a_detached_input_is_left_out_and_the_others_balance_is_recorded_and_judged(tmp_path):
     log = tmp_path / "detached.jsonl"
     script = Path(__file__).with_name("detached_head_run.py")

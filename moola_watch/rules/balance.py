@@ -24,10 +24,11 @@ from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import band, mean_ratio, recommend_ratio
+from moola_watch.rules.verdicts import band, mean_ratio, position, recommend_ratio
 
 IMBALANCE = "imbalance"
 COLLAPSE = "collapse"
+LEFT_OUT = "left_out"
 TASK_PAIR = "pointer/type"
 BALANCE = frozenset({schema.TASK_BALANCE})
 #: The project trainer's flags for the two spec weights (total = alpha * type_loss + beta * pointer_loss).
@@ -248,10 +249,28 @@ def _collapse_tasks(ev: Evidence, record: schema.Record, th: Thresholds) -> Find
     norms: dict[str, float] = record["norms"]
     if _spec_pair(record) or not max(norms.values(), default=math.nan) > 0:
         return []
-    findings: list[tuple[str, Observation | None]] = []
+    findings: list[tuple[str, Observation | None]] = [(task, None) for task in ev.left_out_since]
     for task in ev.dominance:
         dominance = task_dominance(ev, task, th)
         findings.append((task, _collapse_observation(ev, dominance, th) if dominance else None))
+    return findings
+
+
+def _left_out(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
+    """A task measured in an earlier sample that now gets no gradient on the shared parameters: it stopped
+    training them (a head that was made to read a detached input, a trunk frozen for it). A task left out from
+    the first sample (a linear probe on frozen features) is the run's design, not news."""
+    findings: list[tuple[str, Observation | None]] = [(task, None) for task in record["norms"]]
+    for task, since in ev.left_out_since.items():
+        last = ev.last_measured[task]
+        findings.append((task, Observation(
+            "warning", None,
+            f"The {task} task has had no gradient on the shared parameters since {position(since.epoch, since.step)} "
+            f"(it had one until {position(last.epoch, last.step)}): it no longer trains the layers it shares, so "
+            "its balance is no longer judged",
+            f"Check that the {task} head still reads the shared features undetached (no .detach(), no "
+            "torch.no_grad(), no trunk frozen for it)",
+        )))  # fmt: skip
     return findings
 
 
@@ -298,6 +317,8 @@ RULES = (
     Rule(COLLAPSE, "error", False, BALANCE, _collapse_tasks,
          "a task's gradient dominated (window mean > balance_high) and starving: an error; beyond collapse_high "
          "without starving: a warning", outcome=True),
+    Rule(LEFT_OUT, "warning", False, BALANCE, _left_out,
+         "a task measured before gets no gradient on the shared parameters (left out of the balance)"),
     Rule(COLLAPSE, "error", False, frozenset({schema.RUN_END}), _starved_at_the_end,
          "a completed run ended with a task starved: its share of the update below final_share of an equal share "
          "over the last window and final_run_share over the run, its loss above final_rate of its first",

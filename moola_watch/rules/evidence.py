@@ -201,6 +201,8 @@ class Evidence:
         self.weights: dict[str, float] = {}  # the loss weights of the latest balance sample
         self.shares: dict[str, deque[float]] = {}  # per task: its share of the update, over the window
         self.run_shares: dict[str, RunningStats] = {}  # per task: its share of the update, over the whole run
+        self.last_measured: dict[str, Where] = {}  # per task: its latest balance sample
+        self.left_out_since: dict[str, Where] = {}  # tasks measured once, left out of the balance since then
         self.epoch_losses = LossSeries(window)
         self.batch_losses = LossSeries(window)
         self.first_losses: dict[str, float] = {}  # each task's first usable training loss in the run
@@ -345,6 +347,7 @@ class Evidence:
         weights: Mapping[str, float] = record.get("weights") or {}
         absent = {task for task, norm in norms.items() if measured_nothing(norm, losses.get(task), weights.get(task))}
         measured = {task: norm for task, norm in norms.items() if task not in absent}
+        self._left_out(record.get("left_out") or (), measured, where)
         largest = max(measured.values(), default=math.nan)
         if (ratio is None or len(norms) > 2) and largest > 0:
             for task, norm in measured.items():
@@ -362,6 +365,18 @@ class Evidence:
                 self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
                 self.run_shares.setdefault(task, RunningStats()).add(share)
         self._losses(self.batch_losses, {t: loss for t, loss in losses.items() if t not in absent}, where)
+
+    def _left_out(self, left_out: Iterable[str], measured: Mapping[str, float], where: Where) -> None:
+        """A task measured before and left out of this sample (no gradient on the shared parameters) stopped
+        training them: remember since when, and forget its windows, which describe a balance it is no longer in."""
+        for task in left_out:
+            if task in self.last_measured and task not in self.left_out_since:
+                self.left_out_since[task] = where
+                self.dominance.pop(task, None)
+                self.shares.pop(task, None)
+        for task in measured:
+            self.last_measured[task] = where
+            self.left_out_since.pop(task, None)
 
     def steady_dominant(self) -> str | None:
         """The task whose weighted gradient was the largest in every sample of the full window, or None (the

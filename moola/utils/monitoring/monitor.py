@@ -618,6 +618,8 @@ class GradientMonitor:
             where = f"epoch {self.epoch}" if self.epoch is not None else f"step {self.step}"
             self._echo(f"\n{PREFIX} Task balance at {where}: {parts} (gradient norm, share of the update)")
         fields: dict[str, Any] = {"ratio": balance.ratio} if balance.ratio is not None else {}
+        if balance.left_out:  # a task measured before and left out now stopped training the shared layers
+            fields["left_out"] = list(balance.left_out)
         self._emit(
             schema.TASK_BALANCE,
             epoch=self.epoch,
