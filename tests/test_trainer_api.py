@@ -520,6 +520,35 @@ def test_measuring_every_micro_batch_under_accumulation_is_one_warning_and_the_l
     assert "called again before the optimizer stepped (step 1)" in warning and "partial gradient" in warning
 
 
+def test_batches_of_one_task_in_turn_are_one_warning_that_the_balance_is_never_measured():
+    """Round-robin over datasets: each batch carries one task's loss. The balance needs two tasks' losses of one
+    batch: said once; a run whose other task only joins later (one name) says nothing."""
+    warnings: list[str] = []
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warnings.append)
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    with monitor:
+        for step in range(6):
+            x = torch.randn(8, 6)
+            losses = task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])
+            task = sorted(losses)[step % 2]
+            monitor.backward(model, {task: losses[task]})
+            monitor.on_before_optimizer_step(model)
+            model.zero_grad()
+    (warning,) = warnings
+    assert "calls name one task each" in warning and "is not measured" in warning
+    joins_late: list[str] = []
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=joins_late.append)
+    with monitor:
+        for step in range(4):
+            x = torch.randn(8, 6)
+            losses = task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])
+            monitor.backward(model, losses if step >= 2 else {"cls": losses["cls"]})
+            monitor.on_before_optimizer_step(model)
+            model.zero_grad()
+    assert joins_late == []
+
+
 def test_measuring_once_per_accumulated_step_warns_nothing():
     warnings: list[str] = []
     plain_loop(GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warnings.append), steps=6, accumulate=2)

@@ -195,6 +195,7 @@ class GradientMonitor:
         self._ended = False
         # (step, epoch) at the first step hook: where this process began monitoring (a resumed run's is late).
         self._began: tuple[int, int | None] | None = None
+        self._single_task: str | None = None  # the task of the first call to name only one
         self.end_on_sigterm = end_on_sigterm
         self._undo_sigterm: Callable[[], None] = lambda: None  # the SIGTERM handler on_run_start set, if any
         self._last_step = 0  # the highest step recorded so far
@@ -275,6 +276,20 @@ class GradientMonitor:
         one the next measurements are numbered with and scheduled by."""
         self.steps_done = whole(step) - 1
         self._step_given = True
+
+    def _one_task_per_call(self, task: str) -> None:
+        """Calls naming one task each, a different one now and then (batches of one task in turn, from several
+        datasets): the balance compares tasks' losses on one batch, so it would never be measured. Say so once."""
+        first = self._single_task
+        if first is None:
+            self._single_task = task
+        elif task != first:
+            self.warn_once(
+                "one task per call",
+                f"WARNING: task balance: calls name one task each ({first}, then {task}): the balance compares the "
+                "losses of two or more tasks on the same batch, so it is not measured; pass every task's loss of "
+                "a batch together",
+            )
 
     def _note_began(self) -> None:
         if self._began is None:
@@ -359,6 +374,8 @@ class GradientMonitor:
         require_named(losses)
         self._note_began()
         # (A loss that is not a tensor counts as requiring grad here: the probe then says what is wrong with it.)
+        if len(losses) == 1:
+            self._one_task_per_call(next(iter(losses)))
         if len(losses) < 2 or not any(getattr(loss, "requires_grad", True) for loss in losses.values()):
             return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
         if not self.balance_due():
