@@ -297,8 +297,9 @@ def test_with_three_tasks_and_no_steady_leader_the_starved_task_is_raised_keepin
     their sum stays."""
     collapse = three_task_collapse(lambda i: 1.0 if i % 2 else 0.001)  # aux and pointer take turns
     assert collapse.recommendation.endswith(
-        "set the loss weights type 2.8 (from 1), pointer 0.11 (from 1), aux 0.11 (from 1): the type weight 25x the "
-        "others', their sum kept at 3, to bring the ratio 50.50 to 2"
+        "set the loss weights type 2.8 (from 1), pointer 0.11 (from 1), aux 0.11 (from 1): the type weight raised "
+        "25x against the others (each kept in proportion to the rest), their sum kept at 3, to bring the ratio "
+        "50.50 to 2"
     ), collapse.recommendation
     assert "lower" not in collapse.recommendation
 

@@ -103,7 +103,8 @@ def _sum_kept(starved: str, factor: float, weights: Mapping[str, float], flags: 
         f"{flags.get(task, task)} {value * kept * (factor if task == starved else 1.0):.2g} (from {value:g})"
         for task, value in weights.items()
     )
-    kept_words = f"the {starved} weight {factor:.2g}x the others', their sum kept at {total:g}"
+    kept_words = (f"the {starved} weight raised {factor:.2g}x against the others (each kept in proportion to the "
+                  f"rest), their sum kept at {total:g}")  # fmt: skip
     return f"set the loss weights {listed}: {kept_words},"
 
 
