@@ -9,8 +9,11 @@ the lines on for its own console.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
+
+from moola_watch import rules
 
 PREFIX = "[PHASE 4]"
 LOGGER = logging.getLogger("moola")
@@ -39,3 +42,26 @@ def console_lines(echo: Callable[[str], None] = print) -> Iterator[None]:
         LOGGER.removeHandler(handler)
         LOGGER.setLevel(level)
         LOGGER.propagate = propagate
+
+
+def stats_block(
+    where: str, stats: Mapping[str, Any], norms: Mapping[str, float], overflow: bool, thresholds: rules.Thresholds
+) -> str:
+    """The spec's gradient-statistics block for one measurement ``where`` (``Epoch 5``, ``Step 120``): the mean
+    and max layer norm and how many layers each rule flags (a GradScaler ``overflow`` names the non-finite ones
+    as the skipped step they are)."""
+    flags = rules.flag_layers(dict(norms), thresholds)
+    lines = [
+        f"{where} Gradient Stats:",
+        f"  Mean norm: {stats['mean_norm']:.4f}",
+        f"  Max norm:  {stats['max_norm']:.4f}",
+    ]
+    nonfinite_label = "AMP: GradScaler overflow (step skipped)" if overflow else "CRITICAL: Non-finite gradients"
+    for label, layers in (
+        ("WARNING: Vanishing gradients", flags.vanishing),
+        ("WARNING: Exploding gradients", flags.exploding),
+        (nonfinite_label, flags.nonfinite),
+    ):
+        if layers:
+            lines.append(f"  {label} in {len(layers)} layers")
+    return "\n" + "\n".join(lines)

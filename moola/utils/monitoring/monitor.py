@@ -33,14 +33,14 @@ import torch
 from torch import nn
 
 from moola import __version__
-from moola.utils.monitoring.console import LOGGER, PREFIX
+from moola.utils.monitoring.console import LOGGER, PREFIX, stats_block
 from moola.utils.monitoring.distributed import (
     distributed_rank,
-    halted_anywhere,
     launcher_rank,
     rank_log_path,
     static_graph_first_iteration,
 )
+from moola.utils.monitoring.halting import Halting
 from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
 from moola.utils.monitoring.norms import NormPlan, gradient_statistics, named_parameters, unwrapped
 from moola.utils.monitoring.records import (
@@ -72,8 +72,6 @@ def steps_taken(optimizer: torch.optim.Optimizer) -> int:
     return max((int(count) for count in counts), default=0)
 
 
-#: Severities a run can be halted on, lowest first ("warning" only ranks below them).
-HALT_SEVERITIES = ("warning", "error", "critical")
 _OPTIONAL_INT = (int, type(None))
 
 
@@ -157,8 +155,7 @@ class GradientMonitor:
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        if halt_on is not None and halt_on not in HALT_SEVERITIES:
-            raise ValueError(f"halt_on must be one of {', '.join(HALT_SEVERITIES)}, got {halt_on!r}")
+        self._halting = Halting(halt_on) if halt_on is not None else None
         # Under torch.distributed every rank measures (sharded norms need every rank in the reduction), but
         # only rank 0 writes and prints, its gradients being the all-reduced ones; per_rank=True gives each
         # rank its own file, named and marked with the rank.
@@ -203,12 +200,6 @@ class GradientMonitor:
         self._warned: set[str] = set()
         self._norm_plan = NormPlan([])
         self._on_alert = on_alert
-        self.halt_on = halt_on
-        self.halted_by: Alert | None = None  # the first alert at or above halt_on: the loop should stop
-        # Under torch.distributed, why another rank halted (its alerts come from its own batches): every rank
-        # stops at the same step, or the ones that go on block in the next all-reduce.
-        self.halted_elsewhere: str | None = None
-        self._halting_agreed = False  # the ranks found one of them halted: no more agreement is needed
 
     @property
     def log_path(self) -> Path | None:
@@ -219,8 +210,24 @@ class GradientMonitor:
 
     @property
     def should_stop(self) -> bool:
-        """True once an alert at or above ``halt_on`` has fired: stop before the next optimizer step."""
-        return self.halted_by is not None or self.halted_elsewhere is not None
+        """True once an alert at or above ``halt_on`` has fired (here, or under torch.distributed on another
+        rank): stop before the next optimizer step."""
+        return self._halting is not None and self._halting.should_stop
+
+    @property
+    def halt_on(self) -> str | None:
+        return self._halting.halt_on if self._halting else None
+
+    @property
+    def halted_by(self) -> Alert | None:
+        """The alert this process halted on, if any."""
+        return self._halting.halted_by if self._halting else None
+
+    @property
+    def halt_reason(self) -> str | None:
+        """Why the run halts, in words (the alert, the step it halted at, and under torch.distributed the rank it
+        was seen on), or None while it goes on."""
+        return self._halting.reason(self.rank, self.world_size) if self._halting else None
 
     @property
     def step(self) -> int:
@@ -452,7 +459,7 @@ class GradientMonitor:
                 " with gradient accumulation call it once per optimizer step, after the last micro-batch's backward;"
                 " its first call measured a partial gradient",
             )
-        if self.halt_on is not None:  # (no call on the every-step path of a run without halt_on)
+        if self._halting is not None:  # (no call on the every-step path of a run without halt_on)
             self.agree_on_halting()
         if not self._counting_optimizer:
             self.steps_done += 1
@@ -463,27 +470,8 @@ class GradientMonitor:
         why and stops at this step (until then, and without ``halt_on`` or with one process, nothing). A
         collective: every rank calls it at the same point of each step. :meth:`on_before_optimizer_step` does; a
         loop that calls that only on some steps calls this on every step."""
-        if self.halt_on is None or self.world_size < 2 or self._halting_agreed:
-            return
-        try:
-            halted = halted_anywhere(self.halt_reason if self.halted_by is not None else None)
-        except Exception as exc:  # a broken process group: each rank decides alone, as before
-            self.warn_once("halt agreement", f"WARNING: the ranks could not agree on halting ({exc})")
-            return
-        self._halting_agreed = halted is not None
-        if halted is not None and self.halted_by is None:
-            self.halted_elsewhere = halted
-
-    @property
-    def halt_reason(self) -> str | None:
-        """Why the run halts, in words (the alert, the step it halted at, and under torch.distributed the rank it
-        was seen on), or None while it goes on."""
-        alert = self.halted_by
-        if alert is None:
-            return self.halted_elsewhere
-        where = f" on rank {self.rank}" if self.world_size > 1 else ""
-        return (f"halted on {alert.severity} alert {alert.rule} ({alert.subject}) at step {alert.last_step}{where}: "
-                f"{alert.message}")  # fmt: skip
+        if self._halting is not None:
+            self._halting.agree(self.rank, self.world_size, lambda text: self.warn_once("halt agreement", text))
 
     def update(
         self, epoch: int, model: nn.Module, step: int | None = None, *, scaler: torch.amp.GradScaler | None = None
@@ -572,7 +560,8 @@ class GradientMonitor:
             overflow = stats["nonfinite_count"] > 0
             stats["amp"] = {"scale": amp_scale, "overflow": overflow}
         if self._console_on():
-            self._echo(self._stats_lines(stats, norms, overflow))
+            where = f"Epoch {self.epoch}" if self.epoch is not None else f"Step {self.step}"
+            self._echo(stats_block(where, stats, norms, overflow, self.thresholds))
         stats.update(compact_layer_norms(norms, self.max_layer_norms, vanishing=self.thresholds.vanishing))
         if stats["nonfinite_count"] > self.max_layer_norms:
             stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
@@ -595,25 +584,6 @@ class GradientMonitor:
     def _console_on(self) -> bool:
         """False when nobody would see a console line (the logger's default), so none is built."""
         return self._echo is not _quiet and (self._echo != LOGGER.info or LOGGER.isEnabledFor(logging.INFO))
-
-    def _stats_lines(self, stats: dict[str, Any], norms: dict[str, float], overflow: bool) -> str:
-        """The spec's gradient-statistics block."""
-        flags = rules.flag_layers(norms, self.thresholds)
-        where = f"Epoch {self.epoch}" if self.epoch is not None else f"Step {self.step}"
-        lines = [
-            f"{where} Gradient Stats:",
-            f"  Mean norm: {stats['mean_norm']:.4f}",
-            f"  Max norm:  {stats['max_norm']:.4f}",
-        ]
-        nonfinite_label = "AMP: GradScaler overflow (step skipped)" if overflow else "CRITICAL: Non-finite gradients"
-        for label, layers in (
-            ("WARNING: Vanishing gradients", flags.vanishing),
-            ("WARNING: Exploding gradients", flags.exploding),
-            (nonfinite_label, flags.nonfinite),
-        ):
-            if layers:
-                lines.append(f"  {label} in {len(layers)} layers")
-        return "\n" + "\n".join(lines)
 
     def record_balance(self, balance: TaskGradients) -> None:
         """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
@@ -686,14 +656,8 @@ class GradientMonitor:
                 self._on_alert(alert)
             except Exception as exc:  # a broken callback must not take training down
                 self.warn_once("on_alert", f"WARNING: on_alert raised {type(exc).__name__}: {exc}; training continues")
-        if (
-            self.halt_on is not None
-            and not self._ended  # run_end's own alerts (the run failed) are its end, not a reason to stop it
-            and self.halted_by is None
-            and HALT_SEVERITIES.index(alert.severity if alert.severity in HALT_SEVERITIES else "warning")
-            >= HALT_SEVERITIES.index(self.halt_on)
-        ):
-            self.halted_by = alert
+        # (run_end's own alerts, a run that failed, are its end, not a reason to stop it)
+        if self._halting is not None and not self._ended and self._halting.consider(alert):
             self._echo(f"{PREFIX} Halting: {alert.severity} alert {alert.rule} ({alert.subject})")
 
     def warn_once(self, key: str, message: str) -> None:
