@@ -439,7 +439,8 @@ class GradientMonitor:
         norm is divided by it."""
         if step is not None:
             self.at_step(step)
-        self._note_began()
+        if self._began is None:  # (checked here: this runs every step)
+            self._note_began()
         stats = None
         if self.enabled and self.every_n_steps is None and self.epoch is None:
             self.warn_once(
