@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import re
 import signal
 import sys
@@ -341,9 +342,30 @@ def _scan(
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def _stdout_gone() -> None:
+    """The reader of stdout went away (``| head``): whatever is left to print goes nowhere, and the command goes on
+    judging every log, writes its files, and exits with the code a full read would give."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+class PipeSafeConsole(Console):
+    """A console that, when its reader closes the pipe, stops printing instead of exiting (Rich's default raises
+    ``SystemExit(1)``, whatever the verdict, and leaves the logs after it unjudged and ``--junit`` unwritten)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _stdout_gone()
+
+
 def _print_json(obj: Any) -> None:
-    sys.stdout.buffer.write(json_line(obj))
-    sys.stdout.flush()
+    try:
+        sys.stdout.buffer.write(json_line(obj))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
 
 
 def _scans(
@@ -597,7 +619,8 @@ def log_files(paths: Sequence[Path]) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(with_default_command(list(sys.argv[1:] if argv is None else argv)))
-    console = Console()
+    # Judging saved logs goes on to the end when stdout's reader leaves early; following stops.
+    console = Console() if args.command == "follow" else PipeSafeConsole()
     try:
         if "logs" in args:
             args.logs = log_files(args.logs)
