@@ -1,8 +1,10 @@
 """``moola-watch``: ``follow`` a live log (``moola-watch LOG`` for short); ``analyze``, ``check`` and ``export``
 saved ones.
 
-Exit codes: 0 nothing at or above ``--fail-on`` fired; 1 something did; 2 usage error, unreadable file or a file
-that is not a log (no valid record); 3 (``check``) a run that recorded no measurement, nothing having fired.
+Exit codes: 0 nothing at or above ``--fail-on`` fired; 1 something did, or (``check``, ``follow``) a log held more
+than ``--max-bad-lines`` lines it could not judge; 2 usage error, unreadable file or a file that is not a log (no
+valid record); 3 (``check``) a run that recorded no measurement, nothing having fired. Several logs: 2 beats 1
+beats 3 beats 0.
 Each run is judged by the thresholds its ``run_start`` recorded, except those a flag or ``--config`` sets.
 """
 
@@ -31,6 +33,7 @@ from moola_watch.exit_codes import (
     EXIT_NO_MEASUREMENTS,
     EXIT_OK,
     EXIT_USAGE,
+    bad_lines,
     exit_code,
     worst,
 )
@@ -83,6 +86,8 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
     "final_rate": ("FRACTION", "... while its training loss is still above this fraction of its first"),
 }
 CONFIG_TABLES = ("thresholds", "notify")
+#: Settings of the config's top level (before any table), in flag spelling: ``max-bad-lines = 10``.
+CONFIG_KEYS = ("max-bad-lines",)
 
 
 def _count(text: str) -> int:
@@ -93,6 +98,17 @@ def _count(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text}")
+    return value
+
+
+def _at_least_0(text: str) -> int:
+    """A whole number, at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text}")
     return value
 
 
@@ -133,9 +149,9 @@ def add_threshold_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """The ``[name]`` table of ``--config`` (empty without a config or without that table). Unknown tables or
-    top-level keys are errors listing the valid ones."""
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--config`` file (empty without one). Unknown tables or top-level keys are errors listing the valid
+    ones."""
     if args.config is None:
         return {}
     path = args.config
@@ -145,11 +161,21 @@ def config_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(config) - set(CONFIG_TABLES))
+    keys = {*CONFIG_KEYS, *(key.replace("-", "_") for key in CONFIG_KEYS)}
+    unknown = sorted(set(config) - set(CONFIG_TABLES) - keys)
     if unknown:
         valid = ", ".join(f"[{table}]" for table in CONFIG_TABLES)
-        raise UsageError(f"config {path}: unknown key(s) {', '.join(unknown)}; the valid tables are {valid}")
-    table = config.get(name, {})
+        raise UsageError(
+            f"config {path}: unknown key(s) {', '.join(unknown)}; the valid tables are {valid}, and the valid "
+            f"top-level keys {', '.join(CONFIG_KEYS)}"
+        )
+    return config
+
+
+def config_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The ``[name]`` table of ``--config`` (empty without a config or without that table)."""
+    path = args.config
+    table = _config(args).get(name, {})
     if not isinstance(table, dict):
         raise UsageError(f"config {path}: [{name}] must be a table")
     return table
@@ -173,6 +199,33 @@ def config_thresholds(args: argparse.Namespace) -> dict[str, Any]:
             + ", ".join(map(flag_name, valid))
         )
     return values
+
+
+def max_bad_lines_from(args: argparse.Namespace) -> int:
+    """``--max-bad-lines``, else the config's top-level ``max-bad-lines`` (or ``max_bad_lines``), else 0."""
+    if args.max_bad_lines is not None:
+        return args.max_bad_lines
+    config = _config(args)
+    given = [config[key] for key in ("max-bad-lines", "max_bad_lines") if key in config]
+    if not given:
+        return 0
+    if len(given) > 1:
+        raise UsageError(f"config {args.config}: max-bad-lines is set twice (as max-bad-lines and max_bad_lines)")
+    value = given[0]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"config {args.config}: max-bad-lines must be a whole number of at least 0, got {value!r}")
+    return value
+
+
+def add_max_bad_lines_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-bad-lines",
+        type=_at_least_0,
+        default=None,
+        metavar="N",
+        help="a log with more than N lines that are not valid records (a cut-off last line aside) fails, exit 1; "
+        "also the config's top-level max-bad-lines; 0 if neither sets it",
+    )
 
 
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
@@ -207,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moola-watch",
         description="Follow, judge and summarise moola's JSONL gradient logs.",
-        epilog="Exit codes: 0 nothing at or above --fail-on fired, 1 something did, 2 usage, unreadable file or not "
-        "a log, 3 (check) a run with no measurement. Runs are judged by the thresholds their run_start recorded, "
+        epilog="Exit codes: 0 nothing at or above --fail-on fired, 1 something did (or a log held more than "
+        "--max-bad-lines bad lines), 2 usage, unreadable file or not a log, 3 (check) a run with no measurement; "
+        "with several logs 2 beats 1 beats 3 beats 0. Runs are judged by the thresholds their run_start recorded, "
         "except those a flag or --config sets.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-on", choices=SEVERITY_CHOICES, default="error", help="lowest severity that exits 1 (default: error)"
     )
     follow_cmd.add_argument("--run", metavar="ID", help="focus one run (its id, or its log's file name stem)")
+    add_max_bad_lines_flag(follow_cmd)
     follow_cmd.add_argument(
         "--top", type=int, default=4, metavar="N", help="layers shown at each end of the ranking (default: 4)"
     )
@@ -269,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd = commands.add_parser(
         "check",
         help="verdict and exit code for CI",
-        description="Judge saved logs run by run; exit 0 ok, 1 something at or above --fail-on fired, 2 usage, "
-        "unreadable or not a log, 3 a run that measured nothing.",
+        description="Judge saved logs run by run; exit 0 ok, 1 something at or above --fail-on fired or a log held "
+        "more than --max-bad-lines lines that are not valid records (a cut-off last line aside), 2 usage, "
+        "unreadable or not a log, 3 a run that measured nothing; with several logs 2 beats 1 beats 3 beats 0.",
         epilog=rules_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -288,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write a JUnit XML report: one testcase per run, failing with its alerts at or above --fail-on",
     )
+    add_max_bad_lines_flag(check_cmd)
     add_threshold_flags(check_cmd)
     report_cmd = commands.add_parser(
         "report",
@@ -424,6 +481,7 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
 def _check(args: argparse.Namespace, console: Console) -> int:
     codes = {EXIT_OK}
     results: list[junit.LogResult] = []
+    max_bad_lines = max_bad_lines_from(args)
     for path, scan in _scans(args, console, frames=False):
         if scan is None or not scan.records:
             results.append(junit.LogResult(str(path), scan.report() if scan else None))
@@ -437,31 +495,51 @@ def _check(args: argparse.Namespace, console: Console) -> int:
             _error(exc.args[0])
             codes.add(EXIT_USAGE)
             continue
-        codes.add(exit_code(scan, runs, args.fail_on))
-        results.append(junit.LogResult(str(path), scan.report(runs)))
+        report = _check_report(scan, runs, max_bad_lines)
+        codes.add(exit_code(scan, runs, args.fail_on, max_bad_lines))
+        results.append(junit.LogResult(str(path), report))
         if args.json:
-            _print_json(scan.report(runs))
+            _print_json(report)
         else:
-            _print_check(console, path, scan, runs, args.fail_on)
+            _print_check(console, path, scan, runs, args.fail_on, report)
     if args.junit:
         _write_junit(args.junit, results, args.fail_on)
     return worst(codes)
 
 
-def _print_check(console: Console, path: Path, scan: analyze.LogScan, runs: list[str], fail_on: str) -> None:
-    """The log's line, then per run: its verdict, where its thresholds came from, and its alerts."""
+def _check_report(scan: analyze.LogScan, runs: list[str], max_bad_lines: int) -> dict[str, Any]:
+    """``check --json``'s object for ``runs`` of a log: the scan's report, and how its bad lines are judged."""
+    report = scan.report(runs)
+    judged = bad_lines(scan, max_bad_lines)
+    report.update(
+        bad_lines_counted=judged.counted,
+        max_bad_lines=max_bad_lines,
+        bad_lines_fail=judged.fail,
+        bad_lines_summary=judged.describe(),
+    )
+    return report
+
+
+def _print_check(
+    console: Console, path: Path, scan: analyze.LogScan, runs: list[str], fail_on: str, report: dict[str, Any]
+) -> None:
+    """The log's line (its bad lines and whether they fail it), then per run: its verdict, where its thresholds
+    came from, and its alerts."""
 
     def line(text: str) -> None:
         console.print(inert(text, limit=4000), markup=False, highlight=False, soft_wrap=True)
 
-    status = {EXIT_OK: "ok", EXIT_ALERT: "FAIL", EXIT_NO_MEASUREMENTS: "EMPTY"}[exit_code(scan, runs, fail_on)]
+    code = exit_code(scan, runs, fail_on, report["max_bad_lines"])
+    status = {EXIT_OK: "ok", EXIT_ALERT: "FAIL", EXIT_NO_MEASUREMENTS: "EMPTY"}[code]
     shown = f"{len(runs)} of {len(scan.engines)} runs" if len(runs) < len(scan.engines) else f"{len(runs)} run(s)"
-    line(f"{status}  {path}  verdict={scan.verdict(runs)}  {shown}  records={scan.records}  bad_lines={scan.bad_lines}")
+    bad = f" ({report['bad_lines_summary']})" if report["bad_lines_summary"] else ""
+    line(f"{status}  {path}  verdict={scan.verdict(runs)}  {shown}  records={scan.records}  "
+         f"bad_lines={scan.bad_lines}{bad}")  # fmt: skip
     for run in runs:
-        report = scan.run_report(run)
-        metrics = "  ".join(f"{name}={value:.4g}" for name, value in report["metrics"].items())
-        line(f"  run {run}  verdict={report['verdict']}  status={report['status']}  "
-             f"thresholds: {report['thresholds_from']}")  # fmt: skip
+        about = scan.run_report(run)
+        metrics = "  ".join(f"{name}={value:.4g}" for name, value in about["metrics"].items())
+        line(f"  run {run}  verdict={about['verdict']}  status={about['status']}  "
+             f"thresholds: {about['thresholds_from']}")  # fmt: skip
         if metrics:  # what the run's own held-out metrics say, next to the verdict
             line(f"    last epoch's metrics: {metrics}")
         for _run, alert in scan.alerts([run]):
@@ -559,6 +637,7 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
         once=args.once,
         exit_on_end=args.exit_on_end,
         fail_on=args.fail_on,
+        max_bad_lines=max_bad_lines_from(args),
         run=args.run,
         top=args.top,
         layers=args.layers,

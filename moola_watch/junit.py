@@ -3,7 +3,8 @@
 One ``<testsuite>`` per log, one ``<testcase>`` per run in it. A run fails when an alert at or above
 ``--fail-on`` fired in it; the ``<failure>`` names the worst and lists every alert of the run with its
 recommendation. A run that measured nothing (``no_measurements``: ``check`` exits 3), and a log that could not be
-read or holds no valid record, are an ``<error>``: nothing checked is no pass.
+read or holds no valid record, are an ``<error>``: nothing checked is no pass. A log with lines that are not valid
+records gets a ``bad lines`` testcase, failing when they fail the log (more than ``--max-bad-lines``).
 Pure: results in, bytes out.
 """
 
@@ -90,6 +91,19 @@ def run_case(
     return "failures" if failing else None
 
 
+def bad_lines_case(suite: ET.Element, log: str, report: Mapping[str, Any]) -> str | None:
+    """The ``bad lines`` testcase of a log holding lines that are not valid records (a cut-off last line is not
+    counted); "failures" if they fail the log, None if accepted (``--max-bad-lines``)."""
+    case = _element(suite, "testcase", classname=log, name="bad lines")
+    summary = f"bad_lines={report['bad_lines']}: {report['bad_lines_summary']}"
+    if report["bad_lines_fail"]:
+        details = "\n".join(f"line {bad['line']}: {bad['reason']}" for bad in report.get("bad_line_details", ()))
+        _element(case, "failure", details, message=summary, type="bad_lines")
+        return "failures"
+    _element(case, "system-out", summary)
+    return None
+
+
 def junit_xml(results: Sequence[LogResult], fail_on: str) -> bytes:
     """The JUnit XML of ``check``'s results: a run fails on an alert of severity ``fail_on`` or worse."""
     bar = _rank(fail_on)
@@ -107,6 +121,10 @@ def junit_xml(results: Sequence[LogResult], fail_on: str) -> bytes:
             case = _element(suite, "testcase", classname=result.log, name="read")
             _element(case, "error", message="not a moola log: no valid record", type="not_a_log")
             counts.update(tests=1, errors=1)
+        elif report.get("bad_lines_counted"):
+            counts["tests"] += 1
+            if bad_lines_case(suite, result.log, report) is not None:
+                counts["failures"] += 1
         for run in report["runs"] if report else ():
             alerts = [a for a in report["alerts"] if a["run"] == run["run"]]
             counts["tests"] += 1

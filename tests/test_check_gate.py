@@ -1,4 +1,5 @@
-"""`moola-watch check` as a CI gate, through the real CLI: a reader closing the pipe early changes nothing."""
+"""`moola-watch check` as a CI gate, through the real CLI: lines nobody judged are no pass, and a reader closing the
+pipe early changes nothing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
+import pytest
 from helpers import REPO, run_cli
 from logs import LogBuilder, collapse_scenario, healthy_scenario
 
@@ -25,6 +27,113 @@ def with_line(builder: LogBuilder, index: int, line: bytes) -> bytes:
     """The builder's log with ``line`` put before its record ``index``."""
     lines = builder.lines()
     return b"".join([*lines[:index], line, *lines[index:]])
+
+
+# ------------------------------------------------------------------------------------------------ bad lines
+
+
+def no_std(builder: LogBuilder) -> bytes:
+    """Every grad_stats record without its std_norm: none of them is judged."""
+    for record in builder.records:
+        if record["kind"] == "grad_stats":
+            del record["std_norm"]
+    return b"".join(builder.lines())
+
+
+def newer_schema(builder: LogBuilder) -> bytes:
+    """A second run, written by a newer writer: none of its records is judged."""
+    newer = collapse_scenario()
+    for record in newer.records:
+        record["schema"] = 2
+        record["run"] = "newer"
+    return b"".join(builder.lines() + newer.lines())
+
+
+def garbage(builder: LogBuilder) -> bytes:
+    return b"".join(builder.lines()) + b"not a record\n" * 3
+
+
+@pytest.mark.parametrize(
+    ("make", "count", "reason"),
+    [
+        (no_std, 4, "grad_stats record has no 'std_norm'"),
+        (newer_schema, len(collapse_scenario().records), "schema 2 is newer than this reader (1)"),
+        (garbage, 3, "not JSON"),
+    ],
+    ids=["field_missing", "newer_schema", "garbage"],
+)
+def test_lines_nobody_judged_fail_the_log_unless_max_bad_lines_accepts_them(tmp_path, make, count, reason):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(make(healthy_scenario()))
+    result = watch("check", log)
+    assert result.returncode == 1, result.stdout
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(f"FAIL  {log}  verdict=")
+    assert f"bad_lines={count} ({count} lines not judged, the first at line " in first and reason in first
+    assert first.endswith(f"; --max-bad-lines {count} accepts them)")
+
+    result, (report,) = check_json(log)
+    assert result.returncode == 1
+    assert (report["bad_lines"], report["bad_lines_counted"], report["max_bad_lines"], report["bad_lines_fail"]) == (
+        count, count, 0, True,
+    )  # fmt: skip
+    result, (report,) = check_json("--max-bad-lines", count, log)
+    assert report["bad_lines_fail"] is False and result.returncode in (0, 3)  # (no_std: nothing left measured)
+    assert f"accepted: --max-bad-lines {count}" in report["bad_lines_summary"]
+    assert watch("check", "--max-bad-lines", count - 1, log).returncode == 1
+
+
+def test_max_bad_lines_is_read_from_the_config_and_the_flag_beats_it(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(garbage(healthy_scenario()))
+    config = tmp_path / "moola-watch.toml"
+    config.write_text("max-bad-lines = 3\n[thresholds]\nwindow = 10\n")
+    assert watch("check", "--config", config, log).returncode == 0
+    assert watch("check", "--config", config, "--max-bad-lines", 2, log).returncode == 1
+    config.write_text("max_bad_lines = -1\n")
+    result = watch("check", "--config", config, log)
+    assert result.returncode == 2 and "max-bad-lines must be a whole number of at least 0, got -1" in result.stderr
+
+
+def test_only_a_cut_off_last_line_is_not_counted(tmp_path):
+    """A writer killed mid-write leaves its last line cut: normal. The same cut line with more after it is not."""
+    healthy = healthy_scenario()
+    cut = healthy.lines()[-1][:30]
+    log = tmp_path / "killed.jsonl"
+    log.write_bytes(b"".join(healthy.lines()) + cut)
+    result = watch("check", log)
+    assert result.returncode == 0, result.stdout
+    assert "bad_lines=1 (the last line was cut off mid-write (a writer stopped): not counted)" in result.stdout
+    result, (report,) = check_json(log)
+    assert (report["bad_lines"], report["bad_lines_counted"], report["bad_lines_fail"]) == (1, 0, False)
+    middle = tmp_path / "middle.jsonl"
+    middle.write_bytes(with_line(healthy, 5, cut + b"\n"))
+    assert watch("check", middle).returncode == 1
+
+
+def test_junit_fails_a_log_whose_bad_lines_fail_it(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(garbage(healthy_scenario()))
+    junit = tmp_path / "junit.xml"
+    assert watch("check", "--junit", junit, log).returncode == 1
+    root = ET.parse(junit).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("2", "1", "0")
+    (failure,) = root.iter("failure")
+    assert failure.get("type") == "bad_lines" and failure.get("message").startswith("bad_lines=3: 3 lines not judged")
+    assert failure.text.startswith(f"line {len(healthy_scenario().records) + 1}: not JSON")
+    assert watch("check", "--max-bad-lines", 3, "--junit", junit, log).returncode == 0
+    assert ET.parse(junit).getroot().get("failures") == "0"
+
+
+def test_follow_once_and_exit_on_end_judge_bad_lines_as_check_does(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(garbage(healthy_scenario()))
+    once = watch("follow", "--once", log, timeout=60)
+    assert once.returncode == 1
+    assert f"{log}: bad_lines=3 (3 lines not judged" in " ".join(once.stdout.split())
+    assert watch("follow", "--once", "--max-bad-lines", 3, log, timeout=60).returncode == 0
+    assert watch("follow", "--exit-on-end", "--poll", log, timeout=60).returncode == 1
+    assert watch("follow", "--exit-on-end", "--poll", "--max-bad-lines", 3, log, timeout=60).returncode == 0
 
 
 # ------------------------------------------------------------------------------------------------ broken pipe
