@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from moola_watch import analyze, export, junit, loader
+from moola_watch import analyze, export, junit, loader, sources
 from moola_watch.exit_codes import (
     EXIT_ALERT,
     EXIT_NO_MEASUREMENTS,
@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 nothing at or above --fail-on fired, 1 something did (or a log held more than "
         "--max-bad-lines bad lines), 2 usage, unreadable file or not a log, 3 (check) a run with no measurement; "
         "with several logs 2 beats 1 beats 3 beats 0. Runs are judged by the thresholds their run_start recorded, "
-        "except those a flag or --config sets.",
+        "except those a flag or --config sets. LOG may be - (stdin), gzip, bzip2 or xz compressed, or a folder: its "
+        "*.jsonl logs, each with its rotated parts (run.jsonl.2.gz, run.jsonl.1, run.jsonl) read oldest first.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     follow_cmd = commands.add_parser(
@@ -326,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="verdict and exit code for CI",
         description="Judge saved logs run by run; exit 0 ok, 1 something at or above --fail-on fired or a log held "
         "more than --max-bad-lines lines that are not valid records (a cut-off last line aside), 2 usage, "
-        "unreadable or not a log, 3 a run that measured nothing; with several logs 2 beats 1 beats 3 beats 0.",
+        "unreadable or not a log, 3 a run that measured nothing; with several logs 2 beats 1 beats 3 beats 0. "
+        "LOG may be - (stdin) or gzip/bzip2/xz compressed; a folder stands for its *.jsonl logs, each read with "
+        "its rotated parts (run.jsonl.1, run.jsonl.2.gz, ...) oldest first as one log.",
         epilog=rules_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -370,12 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scan(
-    path: Path, thresholds: Thresholds, overridden: frozenset[str], console: Console, *, frames: bool
+    path: Path,
+    parts: list[Path] | None,
+    thresholds: Thresholds,
+    overridden: frozenset[str],
+    console: Console,
+    *,
+    frames: bool,
 ) -> analyze.LogScan:
+    """One log read whole: ``path``, or its rotated ``parts`` one after another."""
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise UsageError(f"{path} is not a regular file")
+        for source in parts or [path]:
+            if not sources.readable_kind(source):
+                raise UsageError(f"{source} is not a regular file")
+        size = path.stat().st_size if parts is None and sources.plain_file(path) else 0
         if console.is_terminal and size >= PROGRESS_MIN_BYTES:
             with Progress(
                 TextColumn("reading {task.description}"),
@@ -394,9 +405,11 @@ def _scan(
 
                 scan = analyze.scan_log(path, thresholds, overridden=overridden, frames=frames, on_progress=advance)
                 return scan
-        return analyze.scan_log(path, thresholds, overridden=overridden, frames=frames)
+        return analyze.scan_log(path, thresholds, parts=parts, overridden=overridden, frames=frames)
+    except sources.UnreadableLog as exc:
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
 
 
 def _stdout_gone() -> None:
@@ -431,9 +444,10 @@ def _scans(
     """Each log of the command line scanned, or None (after a one-line error) if it cannot be read. A scan
     with no valid record (not a log) comes with a one-line error too."""
     thresholds, overridden = thresholds_from(args), overridden_from(args)
+    parts_of: dict[Path, list[Path]] = getattr(args, "parts", {})
     for path in args.logs:
         try:
-            scan = _scan(path, thresholds, overridden, console, frames=frames)
+            scan = _scan(path, parts_of.get(path), thresholds, overridden, console, frames=frames)
         except UsageError as exc:
             _error(str(exc))
             yield path, None
@@ -482,6 +496,7 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     codes = {EXIT_OK}
     results: list[junit.LogResult] = []
     max_bad_lines = max_bad_lines_from(args)
+    parts_of: dict[Path, list[Path]] = getattr(args, "parts", {})
     for path, scan in _scans(args, console, frames=False):
         if scan is None or not scan.records:
             results.append(junit.LogResult(str(path), scan.report() if scan else None))
@@ -495,7 +510,7 @@ def _check(args: argparse.Namespace, console: Console) -> int:
             _error(exc.args[0])
             codes.add(EXIT_USAGE)
             continue
-        report = _check_report(scan, runs, max_bad_lines)
+        report = _check_report(scan, runs, max_bad_lines, parts_of.get(path))
         codes.add(exit_code(scan, runs, args.fail_on, max_bad_lines))
         results.append(junit.LogResult(str(path), report))
         if args.json:
@@ -507,8 +522,11 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     return worst(codes)
 
 
-def _check_report(scan: analyze.LogScan, runs: list[str], max_bad_lines: int) -> dict[str, Any]:
-    """``check --json``'s object for ``runs`` of a log: the scan's report, and how its bad lines are judged."""
+def _check_report(
+    scan: analyze.LogScan, runs: list[str], max_bad_lines: int, parts: list[Path] | None
+) -> dict[str, Any]:
+    """``check --json``'s object for ``runs`` of a log: the scan's report, how its bad lines are judged, and the
+    rotated parts it was read from."""
     report = scan.report(runs)
     judged = bad_lines(scan, max_bad_lines)
     report.update(
@@ -517,14 +535,16 @@ def _check_report(scan: analyze.LogScan, runs: list[str], max_bad_lines: int) ->
         bad_lines_fail=judged.fail,
         bad_lines_summary=judged.describe(),
     )
+    if parts is not None:
+        report["parts"] = [str(part) for part in parts]
     return report
 
 
 def _print_check(
     console: Console, path: Path, scan: analyze.LogScan, runs: list[str], fail_on: str, report: dict[str, Any]
 ) -> None:
-    """The log's line (its bad lines and whether they fail it), then per run: its verdict, where its thresholds
-    came from, and its alerts."""
+    """The log's line (its rotated parts, its bad lines and whether they fail it), then per run: its verdict, where
+    its thresholds came from, and its alerts."""
 
     def line(text: str) -> None:
         console.print(inert(text, limit=4000), markup=False, highlight=False, soft_wrap=True)
@@ -532,8 +552,9 @@ def _print_check(
     code = exit_code(scan, runs, fail_on, report["max_bad_lines"])
     status = {EXIT_OK: "ok", EXIT_ALERT: "FAIL", EXIT_NO_MEASUREMENTS: "EMPTY"}[code]
     shown = f"{len(runs)} of {len(scan.engines)} runs" if len(runs) < len(scan.engines) else f"{len(runs)} run(s)"
+    parts = f"  parts={','.join(Path(part).name for part in report['parts'])}" if "parts" in report else ""
     bad = f" ({report['bad_lines_summary']})" if report["bad_lines_summary"] else ""
-    line(f"{status}  {path}  verdict={scan.verdict(runs)}  {shown}  records={scan.records}  "
+    line(f"{status}  {path}{parts}  verdict={scan.verdict(runs)}  {shown}  records={scan.records}  "
          f"bad_lines={scan.bad_lines}{bad}")  # fmt: skip
     for run in runs:
         about = scan.run_report(run)
@@ -625,6 +646,8 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
             re.compile(args.layers)
         except re.error as exc:
             raise UsageError(f"--layers is not a valid regular expression: {exc}") from None
+    if sources.is_stdin(args.target):
+        raise UsageError("follow reads a file or a folder, not stdin (-): check, analyze, report and export read -")
     if args.target.exists() and not (args.target.is_file() or args.target.is_dir()):
         raise UsageError(f"{args.target} is neither a file nor a directory")
     if args.once and not args.target.exists():
@@ -680,19 +703,53 @@ def with_default_command(argv: list[str]) -> list[str]:
     return argv
 
 
-def log_files(paths: Sequence[Path]) -> list[Path]:
-    """The logs named on the command line, each directory among them as its ``*.jsonl`` files in name order (as
-    ``follow DIR`` and ``moola_watch.load`` take one); a directory without any is a usage error."""
+def log_files(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, list[Path]]]:
+    """The logs named on the command line, each directory among them as its logs in name order: its ``*.jsonl``
+    files, each with the rotated parts of it there (``run.jsonl.1``, ``run.jsonl.2.gz``), which are read oldest
+    first as one log (:func:`moola_watch.sources.directory_logs`). Returns the logs, and the parts of those made
+    of several. A directory without any log is a usage error; a file given that is one part of a rotated log is
+    read alone, and a note says so."""
     files: list[Path] = []
+    parts: dict[Path, list[Path]] = {}
     for path in paths:
-        if path.is_dir():
-            found = sorted(path.glob("*.jsonl"))
-            if not found:
+        if sources.is_stdin(path):
+            if any(map(sources.is_stdin, files)):
+                raise UsageError("- (stdin) is named twice: it can be read once")
+            files.append(path)
+        elif path.is_dir():
+            try:
+                logs = sources.directory_logs(path)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            except OSError as exc:
+                raise UsageError(f"cannot read the directory {path}: {exc.strerror or exc}") from None
+            if not logs:
                 raise UsageError(f"{path} is a directory with no *.jsonl log in it")
-            files += found
+            for log, its_parts in logs:
+                files.append(log)
+                if its_parts != [log]:
+                    parts[log] = its_parts
         else:
             files.append(path)
-    return files
+            _note_rotated_part(path)
+    return files, parts
+
+
+def _note_rotated_part(path: Path) -> None:
+    """Say so when ``path`` is one part of a rotated log: only it is read."""
+    try:
+        rotated = sources.log_parts(path)
+    except (OSError, ValueError):
+        return
+    if rotated is not None:
+        log, parts = rotated
+        names = ", ".join(part.name for part in parts)
+        print(
+            f"moola-watch: note: {inert(str(path), limit=1000)} is one part of the rotated log {inert(str(log))} "
+            f"(parts, oldest first: {inert(names, limit=1000)}); only this part is read. Give its folder "
+            f"({inert(str(path.parent))}) to read them all as one log.",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -702,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console() if args.command == "follow" else PipeSafeConsole()
     try:
         if "logs" in args:
-            args.logs = log_files(args.logs)
+            args.logs, args.parts = log_files(args.logs)
         return COMMANDS[args.command](args, console)
     except UsageError as exc:
         _error(str(exc))

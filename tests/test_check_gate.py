@@ -1,13 +1,17 @@
-"""`moola-watch check` as a CI gate, through the real CLI: lines nobody judged are no pass, and a reader closing the
-pipe early changes nothing."""
+"""`moola-watch check` as a CI gate, through the real CLI: lines nobody judged are no pass, a reader closing the pipe
+early changes nothing, a rotated log is read whole, and stdin and compressed logs are read."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from helpers import REPO, run_cli
@@ -164,3 +168,98 @@ def test_a_reader_closing_the_pipe_early_changes_neither_the_exit_code_nor_the_j
     assert code == 0 and "Traceback" not in stderr, stderr
     code, _ = closed_early(*healthy, collapse)
     assert code == 1
+
+
+# ------------------------------------------------------------------------------------------------ rotated logs
+
+
+def rotated(folder: Path) -> tuple[Path, bytes]:
+    """A collapsing run rotated twice, logrotate's way (the oldest part compressed): each new file opens with the
+    run's run_start marked continued; the newest holds only that and the run_end. Also the parts joined."""
+    records = collapse_scenario().lines()
+    header = json.dumps({**json.loads(records[0]), "continued": True}).encode() + b"\n"
+    middle = len(records) // 2
+    parts = {
+        "run.jsonl.2.gz": b"".join(records[:middle]),
+        "run.jsonl.1": header + b"".join(records[middle:-1]),
+        "run.jsonl": header + records[-1],
+    }
+    folder.mkdir()
+    for name, data in parts.items():
+        (folder / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    return folder, b"".join(parts.values())
+
+
+def test_a_folder_reads_a_rotated_logs_parts_oldest_first_as_one_log(tmp_path):
+    folder, joined = rotated(tmp_path / "runs")
+    whole = tmp_path / "cat.jsonl"
+    whole.write_bytes(joined)
+    result, (report,) = check_json(folder)
+    _, (expected,) = check_json(whole)
+    assert result.returncode == 1 and report["verdict"] == expected["verdict"] == "error"
+    assert report["log"] == str(folder / "run.jsonl")
+    assert report["parts"] == [str(folder / name) for name in ("run.jsonl.2.gz", "run.jsonl.1", "run.jsonl")]
+    assert report["alerts"] == expected["alerts"] and report["records"] == expected["records"]
+    text = watch("check", folder).stdout.splitlines()[0]
+    assert text.startswith(f"FAIL  {folder / 'run.jsonl'}  parts=run.jsonl.2.gz,run.jsonl.1,run.jsonl  verdict=error")
+
+
+def test_a_rotated_part_named_alone_is_read_alone_and_a_note_says_so(tmp_path):
+    folder, _ = rotated(tmp_path / "runs")
+    result = watch("check", folder / "run.jsonl")
+    assert result.returncode == 0  # the newest part holds only the run's end
+    assert (
+        f"moola-watch: note: {folder / 'run.jsonl'} is one part of the rotated log {folder / 'run.jsonl'} (parts, "
+        "oldest first: run.jsonl.2.gz, run.jsonl.1, run.jsonl); only this part is read. Give its folder"
+    ) in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ stdin, compressed
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compress"),
+    [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress), ("", gzip.compress)],
+    ids=["gzip", "bzip2", "xz", "gzip_named_jsonl"],
+)
+def test_compressed_logs_are_read_decompressed(tmp_path, suffix, compress):
+    data = b"".join(collapse_scenario().lines())
+    log = tmp_path / f"log.jsonl{suffix}"
+    log.write_bytes(compress(data))
+    plain = tmp_path / "plain.jsonl"
+    plain.write_bytes(data)
+    result, (report,) = check_json(log)
+    _, (expected,) = check_json(plain)
+    assert result.returncode == 1 and report["verdict"] == "error" and report["bad_lines"] == 0
+    assert report["alerts"] == expected["alerts"]
+
+
+def test_stdin_is_read_as_a_log(tmp_path):
+    data = b"".join(collapse_scenario().lines())
+    result = subprocess.run(
+        [sys.executable, "-m", "moola_watch.cli", "check", "--json", "-"], input=gzip.compress(data),
+        cwd=REPO, capture_output=True, timeout=120,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["log"] == "-" and report["verdict"] == "error"
+    analyzed = subprocess.run(
+        [sys.executable, "-m", "moola_watch.cli", "analyze", "--json", "-"], input=data, cwd=REPO,
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert analyzed.returncode == 1 and json.loads(analyzed.stdout)["verdict"] == "error"
+    follow = watch("follow", "--once", "-")
+    assert follow.returncode == 2 and follow.stderr.count("\n") == 1 and "not stdin" in follow.stderr
+
+
+def test_zstd_and_damaged_compressed_logs_are_one_line_errors(tmp_path):
+    zst = tmp_path / "log.jsonl.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 40)
+    result, (report,) = check_json(zst)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"decompress it first: zstd -d {zst}" in result.stderr
+    assert report == {"log": str(zst), "verdict": "unreadable"}
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(b"".join(healthy_scenario().lines()))[:-30])
+    result = watch("check", cut)
+    assert result.returncode == 2 and "gzip-compressed, but its data is damaged or cut short" in result.stderr
+    assert "Traceback" not in result.stderr
