@@ -339,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check_cmd.add_argument("--json", action="store_true", help="one JSON object per log on stdout")
     which = check_cmd.add_mutually_exclusive_group()
-    which.add_argument("--run", metavar="ID", help="judge only this run (a log may hold several)")
+    which.add_argument(
+        "--run", metavar="ID", help="judge only this run (a log may hold several; of several logs, those holding it)"
+    )
     which.add_argument("--latest", action="store_true", help="judge only the run that wrote last in each log")
     check_cmd.add_argument(
         "--junit",
@@ -440,9 +442,9 @@ def _print_json(obj: Any) -> None:
 
 def _scans(
     args: argparse.Namespace, console: Console, *, frames: bool
-) -> Iterator[tuple[Path, analyze.LogScan | None]]:
-    """Each log of the command line scanned, or None (after a one-line error) if it cannot be read. A scan
-    with no valid record (not a log) comes with a one-line error too."""
+) -> Iterator[tuple[Path, analyze.LogScan | None, str | None]]:
+    """Each log of the command line scanned, or None (after a one-line error, also given as the third item) if it
+    cannot be read. A scan with no valid record (not a log) comes with a one-line error too."""
     thresholds, overridden = thresholds_from(args), overridden_from(args)
     parts_of: dict[Path, list[Path]] = getattr(args, "parts", {})
     for path in args.logs:
@@ -450,11 +452,13 @@ def _scans(
             scan = _scan(path, parts_of.get(path), thresholds, overridden, console, frames=frames)
         except UsageError as exc:
             _error(str(exc))
-            yield path, None
+            yield path, None, str(exc)
             continue
+        error = None
         if not scan.records:
-            _error(f"{path} is not a moola log: no valid record ({scan.bad_lines} bad lines)")
-        yield path, scan
+            error = f"{path} is not a moola log: no valid record ({scan.bad_lines} bad lines)"
+            _error(error)
+        yield path, scan, error
 
 
 def _analyze(args: argparse.Namespace, console: Console) -> int:
@@ -463,7 +467,7 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
     worst = EXIT_OK
     labels = loader.log_labels(args.logs)
     analyzed: list[Path] = []
-    for path, scan in _scans(args, console, frames=True):
+    for path, scan, _error_text in _scans(args, console, frames=True):
         if scan is None or not scan.records:
             worst = EXIT_USAGE
             continue
@@ -497,19 +501,26 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     results: list[junit.LogResult] = []
     max_bad_lines = max_bad_lines_from(args)
     parts_of: dict[Path, list[Path]] = getattr(args, "parts", {})
-    for path, scan in _scans(args, console, frames=False):
+    lacking: list[dict[str, Any]] = []  # logs without --run's run: an error only if no log holds it
+    held = False
+    for path, scan, error in _scans(args, console, frames=False):
         if scan is None or not scan.records:
-            results.append(junit.LogResult(str(path), scan.report() if scan else None))
+            report = scan.report() if scan else {"log": str(path), "verdict": "unreadable"}
+            report["error"] = error
+            results.append(junit.LogResult(str(path), report))
             if args.json:
-                _print_json(scan.report() if scan else {"log": str(path), "verdict": "unreadable"})
+                _print_json(report)
             codes.add(EXIT_USAGE)
             continue
         try:
             runs = scan.select(args.run, latest=args.latest)
         except KeyError as exc:
-            _error(exc.args[0])
-            codes.add(EXIT_USAGE)
+            lacking.append(
+                {"log": str(path), "verdict": "no_such_run", "run": args.run, "runs": [],
+                 "runs_in_log": list(scan.engines), "error": exc.args[0]}
+            )  # fmt: skip
             continue
+        held = True
         report = _check_report(scan, runs, max_bad_lines, parts_of.get(path))
         codes.add(exit_code(scan, runs, args.fail_on, max_bad_lines))
         results.append(junit.LogResult(str(path), report))
@@ -517,6 +528,13 @@ def _check(args: argparse.Namespace, console: Console) -> int:
             _print_json(report)
         else:
             _print_check(console, path, scan, runs, args.fail_on, report)
+    if lacking and not held:
+        for report in lacking:  # no log holds the run (with a folder or several logs, those without it are skipped)
+            _error(report["error"])
+            results.append(junit.LogResult(report["log"], report))
+            if args.json:
+                _print_json(report)
+        codes.add(EXIT_USAGE)
     if args.junit:
         _write_junit(args.junit, results, args.fail_on)
     return worst(codes)
@@ -574,7 +592,7 @@ def _print_check(
 def _report(args: argparse.Namespace, console: Console) -> int:
     from moola_watch import html_report
 
-    scans = [(path, scan) for path, scan in _scans(args, console, frames=True)]
+    scans = [(path, scan) for path, scan, _error_text in _scans(args, console, frames=True)]
     readable = [scan for _path, scan in scans if scan is not None and scan.records]
     if not readable:
         return EXIT_USAGE
@@ -604,7 +622,7 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     """Every run of every log as a TensorBoard run under ``--tensorboard``."""
     worst = EXIT_OK
     frames_of: dict[tuple[str, str], dict[str, Any]] = {}
-    for path, scan in _scans(args, console, frames=True):
+    for path, scan, _error_text in _scans(args, console, frames=True):
         if scan is None or not scan.records:
             worst = EXIT_USAGE
             continue

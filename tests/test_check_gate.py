@@ -1,5 +1,6 @@
 """`moola-watch check` as a CI gate, through the real CLI: lines nobody judged are no pass, a reader closing the pipe
-early changes nothing, a rotated log is read whole, and stdin and compressed logs are read."""
+early changes nothing, a rotated log is read whole, stdin and compressed logs are read, and a run no log holds is
+an error that every output shows."""
 
 from __future__ import annotations
 
@@ -257,9 +258,64 @@ def test_zstd_and_damaged_compressed_logs_are_one_line_errors(tmp_path):
     result, (report,) = check_json(zst)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert f"decompress it first: zstd -d {zst}" in result.stderr
-    assert report == {"log": str(zst), "verdict": "unreadable"}
+    assert report == {"log": str(zst), "verdict": "unreadable", "error": result.stderr.split("error: ", 1)[1].strip()}
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(gzip.compress(b"".join(healthy_scenario().lines()))[:-30])
     result = watch("check", cut)
     assert result.returncode == 2 and "gzip-compressed, but its data is damaged or cut short" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ --run, unreadable
+
+
+def test_a_run_the_log_does_not_hold_is_an_error_in_json_and_junit(tmp_path):
+    log = healthy_scenario().write(tmp_path / "log.jsonl")
+    junit = tmp_path / "junit.xml"
+    result, (report,) = check_json("--run", "typo", "--junit", junit, log)
+    assert result.returncode == 2
+    assert report["verdict"] == "no_such_run" and report["run"] == "typo" and report["runs_in_log"] == ["run-1"]
+    assert report["error"] == f"no run 'typo' in {log} (runs: run-1)"
+    root = ET.parse(junit).getroot()
+    assert (root.get("tests"), root.get("errors")) == ("1", "1")
+    case = root.find("testsuite/testcase")
+    assert case.get("name") == "typo" and case.find("error").get("type") == "no_such_run"
+
+
+def test_run_over_a_folder_judges_only_the_logs_holding_it(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    healthy_scenario().write(folder / "a.jsonl")
+    collapse = collapse_scenario()
+    collapse.run = "second"
+    for record in collapse.records:
+        record["run"] = "second"
+    collapse.write(folder / "b.jsonl")
+    result, reports = check_json("--run", "second", folder)
+    assert result.returncode == 1 and [r["log"] for r in reports] == [str(folder / "b.jsonl")]
+    assert watch("check", "--run", "run-1", folder).returncode == 0
+    result, reports = check_json("--run", "third", folder)
+    assert result.returncode == 2 and [r["verdict"] for r in reports] == ["no_such_run", "no_such_run"]
+
+
+def test_an_unreadable_log_in_json_and_junit_says_why(tmp_path):
+    junit = tmp_path / "junit.xml"
+    result, (report,) = check_json("--junit", junit, tmp_path / "missing.jsonl")
+    assert result.returncode == 2
+    why = f"cannot read {tmp_path / 'missing.jsonl'}: No such file or directory"
+    assert report == {"log": str(tmp_path / "missing.jsonl"), "verdict": "unreadable", "error": why}
+    error = ET.parse(junit).getroot().find("testsuite/testcase/error")
+    assert error.get("type") == "unreadable" and error.get("message") == f"the log could not be read: {why}"
+
+
+def test_junit_shows_a_dash_for_a_position_the_run_never_recorded(tmp_path):
+    log = LogBuilder(t0=1000.0).start()  # written long ago, no run_end: stale since its start
+    log.add("grad_stats", layer_norms={"a": 0.3}, total_norm=0.3, mean_norm=0.3, std_norm=0.0, min_norm=0.3,
+            max_norm=0.3, nonfinite_count=0)  # fmt: skip
+    path = log.write(tmp_path / "log.jsonl")
+    junit = tmp_path / "junit.xml"
+    assert watch("check", "--fail-on", "warning", "--junit", junit, path).returncode == 1
+    case = ET.parse(junit).getroot().find("testsuite/testcase")
+    out = case.find("system-out").text
+    assert out.startswith("status=stale at epoch -, step -;"), out
+    assert case.find("failure").text.startswith("warning firing stale (run) since the start: No record for ")
