@@ -11,16 +11,16 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from moola_watch import columnar, rules, schema
+from moola_watch import columnar, rules, schema, sources
 from moola_watch.frames import FrameColumns, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
-from moola_watch.tail import BadLine, Item, Notice, RecordItem, SkippedHistory, read_log
+from moola_watch.tail import BadLine, Item, LineDecoder, Notice, RecordItem, SkippedHistory
 from moola_watch.writer_process import log_writer_gone
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: check and follow never need its 0.2 s import
@@ -300,6 +300,7 @@ def scan_log(
     path: str | Path,
     thresholds: Thresholds | None = None,
     *,
+    parts: Sequence[str | Path] | None = None,
     overridden: frozenset[str] = frozenset(),
     frames: bool = False,
     now: float | None = None,
@@ -312,18 +313,22 @@ def scan_log(
     ``on_progress`` gets the bytes read so far; ``overridden`` names the thresholds that beat a run's recorded
     ones; ``fast`` reads typed and in batches (:mod:`moola_watch.columnar`; ``parallel``: decoding in a second
     process too, by default for a big file when a CPU is idle), else item by item (the reference), with the
-    same result. Raises ``OSError`` if the file cannot be read."""
+    same result. ``path`` may be ``-`` (stdin) or a compressed file (gzip, bzip2, xz); ``parts``, the files read one
+    after another as this one log (a rotated log's, oldest first: :mod:`moola_watch.sources`). Those are read item
+    by item. Raises ``OSError`` if a file cannot be read (:class:`~moola_watch.sources.UnreadableLog`: its
+    message says why whole)."""
+    sources_of = [path] if parts is None else list(parts)
 
     def streamed() -> LogScan:
         scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
-        for item in read_log(path, on_progress=on_progress):
+        for item in _read_sources(sources_of, str(path), on_progress):
             scan.add(item)
         return scan
 
-    if fast:
+    if fast and len(sources_of) == 1 and sources.plain_file(sources_of[0]):
         scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
         try:
-            columnar.scan_into(scan, path, parallel=parallel, on_progress=on_progress)
+            columnar.scan_into(scan, sources_of[0], parallel=parallel, on_progress=on_progress)
         except columnar.UnsupportedInput:
             scan = streamed()  # a line the typed decoder misjudged: take the reference's answer
     else:
@@ -332,6 +337,21 @@ def scan_log(
     scan.check_writers(log_writer_gone, now)
     scan.check_stale(now)
     return scan
+
+
+def _read_sources(
+    paths: Sequence[str | Path], name: str, on_progress: Callable[[int], None] | None
+) -> Iterator[RecordItem | BadLine]:
+    """Every item of ``paths`` read one after another, as ``cat`` would join them (line numbers run on through
+    them; only the very last line can be a cut-off one); ``on_progress`` gets the bytes read so far."""
+    decoder = LineDecoder(name)
+    done = 0
+    for chunk in sources.chunks(paths):
+        yield from decoder.feed(chunk)
+        done += len(chunk)
+        if on_progress:
+            on_progress(done)
+    yield from decoder.finish()
 
 
 def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:

@@ -1,8 +1,10 @@
 """``moola-watch``: ``follow`` a live log (``moola-watch LOG`` for short); ``analyze``, ``check`` and ``export``
 saved ones.
 
-Exit codes: 0 nothing at or above ``--fail-on`` fired; 1 something did; 2 usage error, unreadable file or a file
-that is not a log (no valid record); 3 (``check``) a run that recorded no measurement, nothing having fired.
+Exit codes: 0 nothing at or above ``--fail-on`` fired; 1 something did, or (``check``, ``follow``) a log held more
+than ``--max-bad-lines`` lines it could not judge; 2 usage error, unreadable file or a file that is not a log (no
+valid record); 3 (``check``) a run that recorded no measurement, nothing having fired. Several logs: 2 beats 1
+beats 3 beats 0.
 Each run is judged by the thresholds its ``run_start`` recorded, except those a flag or ``--config`` sets.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import re
 import signal
 import sys
@@ -24,12 +27,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from moola_watch import analyze, export, junit, loader
+from moola_watch import analyze, export, junit, loader, sources
 from moola_watch.exit_codes import (
     EXIT_ALERT,
     EXIT_NO_MEASUREMENTS,
     EXIT_OK,
     EXIT_USAGE,
+    bad_lines,
     exit_code,
     worst,
 )
@@ -82,6 +86,8 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
     "final_rate": ("FRACTION", "... while its training loss is still above this fraction of its first"),
 }
 CONFIG_TABLES = ("thresholds", "notify")
+#: Settings of the config's top level (before any table), in flag spelling: ``max-bad-lines = 10``.
+CONFIG_KEYS = ("max-bad-lines",)
 
 
 def _count(text: str) -> int:
@@ -92,6 +98,17 @@ def _count(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text}")
+    return value
+
+
+def _at_least_0(text: str) -> int:
+    """A whole number, at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text}")
     return value
 
 
@@ -132,9 +149,9 @@ def add_threshold_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """The ``[name]`` table of ``--config`` (empty without a config or without that table). Unknown tables or
-    top-level keys are errors listing the valid ones."""
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--config`` file (empty without one). Unknown tables or top-level keys are errors listing the valid
+    ones."""
     if args.config is None:
         return {}
     path = args.config
@@ -144,11 +161,21 @@ def config_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
         raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config {path} is not valid TOML: {exc}") from None
-    unknown = sorted(set(config) - set(CONFIG_TABLES))
+    keys = {*CONFIG_KEYS, *(key.replace("-", "_") for key in CONFIG_KEYS)}
+    unknown = sorted(set(config) - set(CONFIG_TABLES) - keys)
     if unknown:
         valid = ", ".join(f"[{table}]" for table in CONFIG_TABLES)
-        raise UsageError(f"config {path}: unknown key(s) {', '.join(unknown)}; the valid tables are {valid}")
-    table = config.get(name, {})
+        raise UsageError(
+            f"config {path}: unknown key(s) {', '.join(unknown)}; the valid tables are {valid}, and the valid "
+            f"top-level keys {', '.join(CONFIG_KEYS)}"
+        )
+    return config
+
+
+def config_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The ``[name]`` table of ``--config`` (empty without a config or without that table)."""
+    path = args.config
+    table = _config(args).get(name, {})
     if not isinstance(table, dict):
         raise UsageError(f"config {path}: [{name}] must be a table")
     return table
@@ -172,6 +199,33 @@ def config_thresholds(args: argparse.Namespace) -> dict[str, Any]:
             + ", ".join(map(flag_name, valid))
         )
     return values
+
+
+def max_bad_lines_from(args: argparse.Namespace) -> int:
+    """``--max-bad-lines``, else the config's top-level ``max-bad-lines`` (or ``max_bad_lines``), else 0."""
+    if args.max_bad_lines is not None:
+        return args.max_bad_lines
+    config = _config(args)
+    given = [config[key] for key in ("max-bad-lines", "max_bad_lines") if key in config]
+    if not given:
+        return 0
+    if len(given) > 1:
+        raise UsageError(f"config {args.config}: max-bad-lines is set twice (as max-bad-lines and max_bad_lines)")
+    value = given[0]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"config {args.config}: max-bad-lines must be a whole number of at least 0, got {value!r}")
+    return value
+
+
+def add_max_bad_lines_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-bad-lines",
+        type=_at_least_0,
+        default=None,
+        metavar="N",
+        help="a log with more than N lines that are not valid records (a cut-off last line aside) fails, exit 1; "
+        "also the config's top-level max-bad-lines; 0 if neither sets it",
+    )
 
 
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
@@ -206,9 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moola-watch",
         description="Follow, judge and summarise moola's JSONL gradient logs.",
-        epilog="Exit codes: 0 nothing at or above --fail-on fired, 1 something did, 2 usage, unreadable file or not "
-        "a log, 3 (check) a run with no measurement. Runs are judged by the thresholds their run_start recorded, "
-        "except those a flag or --config sets.",
+        epilog="Exit codes: 0 nothing at or above --fail-on fired, 1 something did (or a log held more than "
+        "--max-bad-lines bad lines), 2 usage, unreadable file or not a log, 3 (check) a run with no measurement; "
+        "with several logs 2 beats 1 beats 3 beats 0. Runs are judged by the thresholds their run_start recorded, "
+        "except those a flag or --config sets. LOG may be - (stdin), gzip, bzip2 or xz compressed, or a folder: its "
+        "*.jsonl logs, each with its rotated parts (run.jsonl.2.gz, run.jsonl.1, run.jsonl) read oldest first.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     follow_cmd = commands.add_parser(
@@ -232,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-on", choices=SEVERITY_CHOICES, default="error", help="lowest severity that exits 1 (default: error)"
     )
     follow_cmd.add_argument("--run", metavar="ID", help="focus one run (its id, or its log's file name stem)")
+    add_max_bad_lines_flag(follow_cmd)
     follow_cmd.add_argument(
         "--top", type=int, default=4, metavar="N", help="layers shown at each end of the ranking (default: 4)"
     )
@@ -268,8 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd = commands.add_parser(
         "check",
         help="verdict and exit code for CI",
-        description="Judge saved logs run by run; exit 0 ok, 1 something at or above --fail-on fired, 2 usage, "
-        "unreadable or not a log, 3 a run that measured nothing.",
+        description="Judge saved logs run by run; exit 0 ok, 1 something at or above --fail-on fired or a log held "
+        "more than --max-bad-lines lines that are not valid records (a cut-off last line aside), 2 usage, "
+        "unreadable or not a log, 3 a run that measured nothing; with several logs 2 beats 1 beats 3 beats 0. "
+        "LOG may be - (stdin) or gzip/bzip2/xz compressed; a folder stands for its *.jsonl logs, each read with "
+        "its rotated parts (run.jsonl.1, run.jsonl.2.gz, ...) oldest first as one log.",
         epilog=rules_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -279,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check_cmd.add_argument("--json", action="store_true", help="one JSON object per log on stdout")
     which = check_cmd.add_mutually_exclusive_group()
-    which.add_argument("--run", metavar="ID", help="judge only this run (a log may hold several)")
+    which.add_argument(
+        "--run", metavar="ID", help="judge only this run (a log may hold several; of several logs, those holding it)"
+    )
     which.add_argument("--latest", action="store_true", help="judge only the run that wrote last in each log")
     check_cmd.add_argument(
         "--junit",
@@ -287,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write a JUnit XML report: one testcase per run, failing with its alerts at or above --fail-on",
     )
+    add_max_bad_lines_flag(check_cmd)
     add_threshold_flags(check_cmd)
     report_cmd = commands.add_parser(
         "report",
@@ -312,12 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scan(
-    path: Path, thresholds: Thresholds, overridden: frozenset[str], console: Console, *, frames: bool
+    path: Path,
+    parts: list[Path] | None,
+    thresholds: Thresholds,
+    overridden: frozenset[str],
+    console: Console,
+    *,
+    frames: bool,
 ) -> analyze.LogScan:
+    """One log read whole: ``path``, or its rotated ``parts`` one after another."""
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise UsageError(f"{path} is not a regular file")
+        for source in parts or [path]:
+            if not sources.readable_kind(source):
+                raise UsageError(f"{source} is not a regular file")
+        size = path.stat().st_size if parts is None and sources.plain_file(path) else 0
         if console.is_terminal and size >= PROGRESS_MIN_BYTES:
             with Progress(
                 TextColumn("reading {task.description}"),
@@ -336,32 +407,58 @@ def _scan(
 
                 scan = analyze.scan_log(path, thresholds, overridden=overridden, frames=frames, on_progress=advance)
                 return scan
-        return analyze.scan_log(path, thresholds, overridden=overridden, frames=frames)
+        return analyze.scan_log(path, thresholds, parts=parts, overridden=overridden, frames=frames)
+    except sources.UnreadableLog as exc:
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
+
+
+def _stdout_gone() -> None:
+    """The reader of stdout went away (``| head``): whatever is left to print goes nowhere, and the command goes on
+    judging every log, writes its files, and exits with the code a full read would give."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+class PipeSafeConsole(Console):
+    """A console that, when its reader closes the pipe, stops printing instead of exiting (Rich's default raises
+    ``SystemExit(1)``, whatever the verdict, and leaves the logs after it unjudged and ``--junit`` unwritten)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _stdout_gone()
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.buffer.write(json_line(obj))
-    sys.stdout.flush()
+    try:
+        sys.stdout.buffer.write(json_line(obj))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_gone()
 
 
 def _scans(
     args: argparse.Namespace, console: Console, *, frames: bool
-) -> Iterator[tuple[Path, analyze.LogScan | None]]:
-    """Each log of the command line scanned, or None (after a one-line error) if it cannot be read. A scan
-    with no valid record (not a log) comes with a one-line error too."""
+) -> Iterator[tuple[Path, analyze.LogScan | None, str | None]]:
+    """Each log of the command line scanned, or None (after a one-line error, also given as the third item) if it
+    cannot be read. A scan with no valid record (not a log) comes with a one-line error too."""
     thresholds, overridden = thresholds_from(args), overridden_from(args)
+    parts_of: dict[Path, list[Path]] = getattr(args, "parts", {})
     for path in args.logs:
         try:
-            scan = _scan(path, thresholds, overridden, console, frames=frames)
+            scan = _scan(path, parts_of.get(path), thresholds, overridden, console, frames=frames)
         except UsageError as exc:
             _error(str(exc))
-            yield path, None
+            yield path, None, str(exc)
             continue
+        error = None
         if not scan.records:
-            _error(f"{path} is not a moola log: no valid record ({scan.bad_lines} bad lines)")
-        yield path, scan
+            error = f"{path} is not a moola log: no valid record ({scan.bad_lines} bad lines)"
+            _error(error)
+        yield path, scan, error
 
 
 def _analyze(args: argparse.Namespace, console: Console) -> int:
@@ -370,7 +467,7 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
     worst = EXIT_OK
     labels = loader.log_labels(args.logs)
     analyzed: list[Path] = []
-    for path, scan in _scans(args, console, frames=True):
+    for path, scan, _error_text in _scans(args, console, frames=True):
         if scan is None or not scan.records:
             worst = EXIT_USAGE
             continue
@@ -402,44 +499,86 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
 def _check(args: argparse.Namespace, console: Console) -> int:
     codes = {EXIT_OK}
     results: list[junit.LogResult] = []
-    for path, scan in _scans(args, console, frames=False):
+    max_bad_lines = max_bad_lines_from(args)
+    parts_of: dict[Path, list[Path]] = getattr(args, "parts", {})
+    lacking: list[dict[str, Any]] = []  # logs without --run's run: an error only if no log holds it
+    held = False
+    for path, scan, error in _scans(args, console, frames=False):
         if scan is None or not scan.records:
-            results.append(junit.LogResult(str(path), scan.report() if scan else None))
+            report = scan.report() if scan else {"log": str(path), "verdict": "unreadable"}
+            report["error"] = error
+            results.append(junit.LogResult(str(path), report))
             if args.json:
-                _print_json(scan.report() if scan else {"log": str(path), "verdict": "unreadable"})
+                _print_json(report)
             codes.add(EXIT_USAGE)
             continue
         try:
             runs = scan.select(args.run, latest=args.latest)
         except KeyError as exc:
-            _error(exc.args[0])
-            codes.add(EXIT_USAGE)
+            lacking.append(
+                {"log": str(path), "verdict": "no_such_run", "run": args.run, "runs": [],
+                 "runs_in_log": list(scan.engines), "error": exc.args[0]}
+            )  # fmt: skip
             continue
-        codes.add(exit_code(scan, runs, args.fail_on))
-        results.append(junit.LogResult(str(path), scan.report(runs)))
+        held = True
+        report = _check_report(scan, runs, max_bad_lines, parts_of.get(path))
+        codes.add(exit_code(scan, runs, args.fail_on, max_bad_lines))
+        results.append(junit.LogResult(str(path), report))
         if args.json:
-            _print_json(scan.report(runs))
+            _print_json(report)
         else:
-            _print_check(console, path, scan, runs, args.fail_on)
+            _print_check(console, path, scan, runs, args.fail_on, report)
+    if lacking and not held:
+        for report in lacking:  # no log holds the run (with a folder or several logs, those without it are skipped)
+            _error(report["error"])
+            results.append(junit.LogResult(report["log"], report))
+            if args.json:
+                _print_json(report)
+        codes.add(EXIT_USAGE)
     if args.junit:
         _write_junit(args.junit, results, args.fail_on)
     return worst(codes)
 
 
-def _print_check(console: Console, path: Path, scan: analyze.LogScan, runs: list[str], fail_on: str) -> None:
-    """The log's line, then per run: its verdict, where its thresholds came from, and its alerts."""
+def _check_report(
+    scan: analyze.LogScan, runs: list[str], max_bad_lines: int, parts: list[Path] | None
+) -> dict[str, Any]:
+    """``check --json``'s object for ``runs`` of a log: the scan's report, how its bad lines are judged, and the
+    rotated parts it was read from."""
+    report = scan.report(runs)
+    judged = bad_lines(scan, max_bad_lines)
+    report.update(
+        bad_lines_counted=judged.counted,
+        max_bad_lines=max_bad_lines,
+        bad_lines_fail=judged.fail,
+        bad_lines_summary=judged.describe(),
+    )
+    if parts is not None:
+        report["parts"] = [str(part) for part in parts]
+    return report
+
+
+def _print_check(
+    console: Console, path: Path, scan: analyze.LogScan, runs: list[str], fail_on: str, report: dict[str, Any]
+) -> None:
+    """The log's line (its rotated parts, its bad lines and whether they fail it), then per run: its verdict, where
+    its thresholds came from, and its alerts."""
 
     def line(text: str) -> None:
         console.print(inert(text, limit=4000), markup=False, highlight=False, soft_wrap=True)
 
-    status = {EXIT_OK: "ok", EXIT_ALERT: "FAIL", EXIT_NO_MEASUREMENTS: "EMPTY"}[exit_code(scan, runs, fail_on)]
+    code = exit_code(scan, runs, fail_on, report["max_bad_lines"])
+    status = {EXIT_OK: "ok", EXIT_ALERT: "FAIL", EXIT_NO_MEASUREMENTS: "EMPTY"}[code]
     shown = f"{len(runs)} of {len(scan.engines)} runs" if len(runs) < len(scan.engines) else f"{len(runs)} run(s)"
-    line(f"{status}  {path}  verdict={scan.verdict(runs)}  {shown}  records={scan.records}  bad_lines={scan.bad_lines}")
+    parts = f"  parts={','.join(Path(part).name for part in report['parts'])}" if "parts" in report else ""
+    bad = f" ({report['bad_lines_summary']})" if report["bad_lines_summary"] else ""
+    line(f"{status}  {path}{parts}  verdict={scan.verdict(runs)}  {shown}  records={scan.records}  "
+         f"bad_lines={scan.bad_lines}{bad}")  # fmt: skip
     for run in runs:
-        report = scan.run_report(run)
-        metrics = "  ".join(f"{name}={value:.4g}" for name, value in report["metrics"].items())
-        line(f"  run {run}  verdict={report['verdict']}  status={report['status']}  "
-             f"thresholds: {report['thresholds_from']}")  # fmt: skip
+        about = scan.run_report(run)
+        metrics = "  ".join(f"{name}={value:.4g}" for name, value in about["metrics"].items())
+        line(f"  run {run}  verdict={about['verdict']}  status={about['status']}  "
+             f"thresholds: {about['thresholds_from']}")  # fmt: skip
         if metrics:  # what the run's own held-out metrics say, next to the verdict
             line(f"    last epoch's metrics: {metrics}")
         for _run, alert in scan.alerts([run]):
@@ -453,7 +592,7 @@ def _print_check(console: Console, path: Path, scan: analyze.LogScan, runs: list
 def _report(args: argparse.Namespace, console: Console) -> int:
     from moola_watch import html_report
 
-    scans = [(path, scan) for path, scan in _scans(args, console, frames=True)]
+    scans = [(path, scan) for path, scan, _error_text in _scans(args, console, frames=True)]
     readable = [scan for _path, scan in scans if scan is not None and scan.records]
     if not readable:
         return EXIT_USAGE
@@ -483,7 +622,7 @@ def _export(args: argparse.Namespace, console: Console) -> int:
     """Every run of every log as a TensorBoard run under ``--tensorboard``."""
     worst = EXIT_OK
     frames_of: dict[tuple[str, str], dict[str, Any]] = {}
-    for path, scan in _scans(args, console, frames=True):
+    for path, scan, _error_text in _scans(args, console, frames=True):
         if scan is None or not scan.records:
             worst = EXIT_USAGE
             continue
@@ -525,6 +664,8 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
             re.compile(args.layers)
         except re.error as exc:
             raise UsageError(f"--layers is not a valid regular expression: {exc}") from None
+    if sources.is_stdin(args.target):
+        raise UsageError("follow reads a file or a folder, not stdin (-): check, analyze, report and export read -")
     if args.target.exists() and not (args.target.is_file() or args.target.is_dir()):
         raise UsageError(f"{args.target} is neither a file nor a directory")
     if args.once and not args.target.exists():
@@ -537,6 +678,7 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
         once=args.once,
         exit_on_end=args.exit_on_end,
         fail_on=args.fail_on,
+        max_bad_lines=max_bad_lines_from(args),
         run=args.run,
         top=args.top,
         layers=args.layers,
@@ -579,28 +721,63 @@ def with_default_command(argv: list[str]) -> list[str]:
     return argv
 
 
-def log_files(paths: Sequence[Path]) -> list[Path]:
-    """The logs named on the command line, each directory among them as its ``*.jsonl`` files in name order (as
-    ``follow DIR`` and ``moola_watch.load`` take one); a directory without any is a usage error."""
+def log_files(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, list[Path]]]:
+    """The logs named on the command line, each directory among them as its logs in name order: its ``*.jsonl``
+    files, each with the rotated parts of it there (``run.jsonl.1``, ``run.jsonl.2.gz``), which are read oldest
+    first as one log (:func:`moola_watch.sources.directory_logs`). Returns the logs, and the parts of those made
+    of several. A directory without any log is a usage error; a file given that is one part of a rotated log is
+    read alone, and a note says so."""
     files: list[Path] = []
+    parts: dict[Path, list[Path]] = {}
     for path in paths:
-        if path.is_dir():
-            found = sorted(path.glob("*.jsonl"))
-            if not found:
+        if sources.is_stdin(path):
+            if any(map(sources.is_stdin, files)):
+                raise UsageError("- (stdin) is named twice: it can be read once")
+            files.append(path)
+        elif path.is_dir():
+            try:
+                logs = sources.directory_logs(path)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            except OSError as exc:
+                raise UsageError(f"cannot read the directory {path}: {exc.strerror or exc}") from None
+            if not logs:
                 raise UsageError(f"{path} is a directory with no *.jsonl log in it")
-            files += found
+            for log, its_parts in logs:
+                files.append(log)
+                if its_parts != [log]:
+                    parts[log] = its_parts
         else:
             files.append(path)
-    return files
+            _note_rotated_part(path)
+    return files, parts
+
+
+def _note_rotated_part(path: Path) -> None:
+    """Say so when ``path`` is one part of a rotated log: only it is read."""
+    try:
+        rotated = sources.log_parts(path)
+    except (OSError, ValueError):
+        return
+    if rotated is not None:
+        log, parts = rotated
+        names = ", ".join(part.name for part in parts)
+        print(
+            f"moola-watch: note: {inert(str(path), limit=1000)} is one part of the rotated log {inert(str(log))} "
+            f"(parts, oldest first: {inert(names, limit=1000)}); only this part is read. Give its folder "
+            f"({inert(str(path.parent))}) to read them all as one log.",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(with_default_command(list(sys.argv[1:] if argv is None else argv)))
-    console = Console()
+    # Judging saved logs goes on to the end when stdout's reader leaves early; following stops.
+    console = Console() if args.command == "follow" else PipeSafeConsole()
     try:
         if "logs" in args:
-            args.logs = log_files(args.logs)
+            args.logs, args.parts = log_files(args.logs)
         return COMMANDS[args.command](args, console)
     except UsageError as exc:
         _error(str(exc))

@@ -4,17 +4,72 @@ log's runs give."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from moola_watch.analyze import VERDICT_NO_MEASUREMENTS, LogScan, run_verdict
 
 EXIT_OK, EXIT_ALERT, EXIT_USAGE, EXIT_NO_MEASUREMENTS = 0, 1, 2, 3
 #: Which exit code wins when several logs or runs disagree (most telling first).
 EXIT_PRECEDENCE = (EXIT_USAGE, EXIT_ALERT, EXIT_NO_MEASUREMENTS, EXIT_OK)
+#: The bad-line category of a last line cut off mid-write (a writer stopped or killed; or a rotated file's end,
+#: when ``follow`` reads on into the new one): normal, never counted against ``--max-bad-lines``.
+CUT_OFF = "cut_off"
 
 
-def exit_code(scan: LogScan, runs: Sequence[str], fail_on: str) -> int:
-    """``check``'s exit code for ``runs`` of one log: an alert at or above ``fail_on`` fails (1); else a run
-    that measured nothing is no pass (3); else 0."""
+@dataclass(frozen=True)
+class BadLines:
+    """A log's rejected lines as the exit code judges them: ``counted`` are all but a cut-off last line, and fail
+    the log when there are more than ``limit`` (``--max-bad-lines``); ``first`` is where the first of them is
+    and why (None if not known)."""
+
+    total: int
+    counted: int
+    limit: int
+    first: tuple[int, str] | None = None
+
+    @property
+    def fail(self) -> bool:
+        return self.counted > self.limit
+
+    def describe(self) -> str:
+        """One plain sentence: how many lines were not judged, the first one's reason, and whether they fail;
+        empty if there were none."""
+        said = []
+        if self.counted:
+            lines = f"{self.counted} line{'s' if self.counted != 1 else ''} not judged"
+            if self.first is not None:
+                lines += f", the first at line {self.first[0]}: {self.first[1]}"
+            said.append(lines)
+            if self.fail:
+                said.append(f"--max-bad-lines {self.counted} accepts {'them' if self.counted != 1 else 'it'}")
+            else:
+                said.append(f"accepted: --max-bad-lines {self.limit}")
+        if self.total > self.counted:
+            said.append("the last line was cut off mid-write (a writer stopped): not counted")
+        return "; ".join(said)
+
+
+def bad_lines(scan: LogScan, max_bad_lines: int = 0) -> BadLines:
+    """``scan``'s rejected lines against ``max_bad_lines``: all but a cut-off last line count."""
+    cut_off = scan.bad_by_category.get(CUT_OFF, 0)
+    first = next(
+        ((bad.line_no, bad.rejected.reason) for bad in scan.bad_details if bad.rejected.category != CUT_OFF), None
+    )
+    return BadLines(scan.bad_lines, scan.bad_lines - cut_off, max_bad_lines, first)
+
+
+def exit_code(scan: LogScan, runs: Sequence[str], fail_on: str, max_bad_lines: int = 0) -> int:
+    """``check``'s exit code for ``runs`` of one log: more than ``max_bad_lines`` rejected lines fail it (1: a log
+    with lines nobody judged is not a pass, whichever run they belonged to; a cut-off last line aside); else
+    :func:`runs_exit_code`."""
+    if bad_lines(scan, max_bad_lines).fail:
+        return EXIT_ALERT
+    return runs_exit_code(scan, runs, fail_on)
+
+
+def runs_exit_code(scan: LogScan, runs: Sequence[str], fail_on: str) -> int:
+    """The exit code ``runs`` of one log give by their own records: an alert at or above ``fail_on`` fails (1);
+    else a run that measured nothing is no pass (3); else 0."""
     if scan.fails(fail_on, runs):
         return EXIT_ALERT
     if any(run_verdict(scan.engines[run]) == VERDICT_NO_MEASUREMENTS for run in runs):

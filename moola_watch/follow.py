@@ -22,7 +22,7 @@ from rich.text import Text
 from moola_watch import rules, schema
 from moola_watch.analyze import LogScan, alert_json
 from moola_watch.dashboard import FittedDashboard, LogView, ViewOptions, overview, run_dashboard
-from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, exit_code, worst
+from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, exit_code, runs_exit_code, worst
 from moola_watch.notify import Notifier
 from moola_watch.rules import AlertEvent, Thresholds
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
@@ -42,6 +42,7 @@ class FollowOptions:
     once: bool = False
     exit_on_end: bool = False
     fail_on: str = "error"
+    max_bad_lines: int = 0  # a log with more bad lines than this (a cut-off last line aside) fails, as in check
     run: str | None = None
     top: int = 4
     layers: str | None = None
@@ -317,10 +318,9 @@ class Follower:
         return worst(
             EXIT_USAGE
             if wanted is None and not view.scan.records
-            else exit_code(
-                view.scan, [run for run in view.scan.engines if self._followed(path, run)], self.options.fail_on
-            )
+            else exit_code(view.scan, runs, self.options.fail_on, self._bad_lines_allowed(runs))
             for path, view in self.views.items()
+            for runs in [self._followed_runs(path, view)]
         )
 
     def run_verdicts(self) -> list[str]:
@@ -338,11 +338,30 @@ class Follower:
                 f"{run} (verdict={scan.run_report(run)['verdict']}"
                 + (f", fails --fail-on {self.options.fail_on})" if code == EXIT_ALERT else ")")
                 for run in scan.engines
-                if (code := exit_code(scan, [run], self.options.fail_on)) != EXIT_OK
+                if (code := runs_exit_code(scan, [run], self.options.fail_on)) != EXIT_OK
             ]
             where = f"{len(scan.engines)} runs in {scan.path}"
             lines.append(f"{where}; not ok: {', '.join(bad)}" if bad else f"{where}; every run's verdict is ok")
         return lines
+
+    def bad_line_verdicts(self) -> list[str]:
+        """For each log whose bad lines fail it (more than ``--max-bad-lines``), one line saying so: exit 1 beside
+        healthy runs must say why."""
+        judged = [
+            (view.scan.path, bad_lines(view.scan, self._bad_lines_allowed(runs)))
+            for path, view in self.views.items()
+            if view.scan.records  # (a file without one is not a log, which the view says)
+            for runs in [self._followed_runs(path, view)]
+        ]
+        return [f"{path}: bad_lines={lines.total} ({lines.describe()})" for path, lines in judged if lines.fail]
+
+    def _followed_runs(self, path: Path, view: LogView) -> list[str]:
+        return [run for run in view.scan.engines if self._followed(path, run)]
+
+    def _bad_lines_allowed(self, runs: list[str]) -> int:
+        """``--max-bad-lines`` for a log of which ``runs`` are followed; under ``--run``, a log that does not hold
+        that run is not judged, its bad lines neither."""
+        return self.options.max_bad_lines if runs or self.options.run is None else sys.maxsize
 
     def summary(self) -> dict[str, Any]:
         return {"event": "summary", "logs": [view.scan.report() for view in self.views.values()]}
@@ -358,8 +377,9 @@ class Follower:
             if not self.options.exit_on_end:
                 return EXIT_OK
             failing = any(
-                view.scan.fails(self.options.fail_on, [run for run in view.scan.engines if self._followed(path, run)])
+                view.scan.fails(self.options.fail_on, runs) or bad_lines(view.scan, self._bad_lines_allowed(runs)).fail
                 for path, view in self.views.items()
+                for runs in [self._followed_runs(path, view)]
             )
             return EXIT_ALERT if failing else EXIT_OK
         finally:
@@ -411,7 +431,7 @@ class Follower:
         self._print_run_verdicts()
 
     def _print_run_verdicts(self) -> None:
-        for line in self.run_verdicts():  # literally: run ids are untrusted text
+        for line in self.run_verdicts() + self.bad_line_verdicts():  # literally: run ids are untrusted text
             self.console.print(inert(line, limit=4000), markup=False, highlight=False, soft_wrap=True)
 
     def _nothing_to_judge(self) -> int:

@@ -2,9 +2,10 @@
 
 One ``<testsuite>`` per log, one ``<testcase>`` per run in it. A run fails when an alert at or above
 ``--fail-on`` fired in it; the ``<failure>`` names the worst and lists every alert of the run with its
-recommendation. A run that measured nothing (``no_measurements``: ``check`` exits 3), and a log that could not be
-read or holds no valid record, are an ``<error>``: nothing checked is no pass.
-Pure: results in, bytes out.
+recommendation. A run that measured nothing (``no_measurements``: ``check`` exits 3), a log that could not be
+read or holds no valid record, and a run ``--run`` names that no log holds, are an ``<error>``: nothing checked is
+no pass. A log with lines that are not valid records gets a ``bad lines`` testcase, failing when they fail the log
+(more than ``--max-bad-lines``). Pure: results in, bytes out.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 @dataclass(frozen=True)
 class LogResult:
-    """One log on the command line: the object ``check --json`` prints for it, or None if it was unreadable."""
+    """One log on the command line: the object ``check --json`` prints for it (None: unreadable, reason unknown)."""
 
     log: str
     report: Mapping[str, Any] | None
@@ -45,8 +46,9 @@ def _counts_as(alert: Mapping[str, Any]) -> str:
 
 def alert_line(alert: Mapping[str, Any]) -> str:
     """One alert as a line of the failure's body."""
+    since = "the start" if alert["first_step"] is None else f"step {alert['first_step']}"
     return (
-        f"{alert['severity']} {alert['state']} {alert['rule']} ({alert['subject']}) since step {alert['first_step']}: "
+        f"{alert['severity']} {alert['state']} {alert['rule']} ({alert['subject']}) since {since}: "
         f"{alert['message']} -> {alert['recommendation']}"
     )
 
@@ -84,10 +86,51 @@ def run_case(
     _element(
         case,
         "system-out",
-        f"status={run['status']} at epoch {run['epoch']}, step {run['step']}; {run['records']} records; "
-        f"{len(alerts)} alert(s)",
+        f"status={run['status']} at epoch {_shown(run['epoch'])}, step {_shown(run['step'])}; {run['records']} "
+        f"records; {len(alerts)} alert(s)",
     )
     return "failures" if failing else None
+
+
+def _shown(value: object) -> object:
+    """A position as the report shows it: ``-`` where the run recorded none."""
+    return "-" if value is None else value
+
+
+#: Why a log could not be judged at all, by its verdict (``check --json`` adds the error it printed).
+UNJUDGED = {
+    "unreadable": "the log could not be read",
+    "not_a_log": "not a moola log: no valid record",
+    "no_such_run": "the run is in no log",
+}
+
+
+def unjudged_case(suite: ET.Element, log: str, report: Mapping[str, Any] | None) -> None:
+    """The ``<error>`` testcase of a log that could not be judged: unreadable, not a log, or without ``--run``'s
+    run (that testcase is named after the run)."""
+    verdict = "unreadable" if report is None else report.get("verdict", "unreadable")
+    error = None if report is None else report.get("error")
+    message = UNJUDGED.get(verdict, verdict)
+    if verdict == "unreadable" and error:
+        message = f"{message}: {error}"
+    elif verdict == "no_such_run":
+        message = error or message
+    name = report["run"] if verdict == "no_such_run" and report is not None else "read"
+    case = _element(suite, "testcase", classname=log, name=name)
+    _element(case, "error", message=message, type=verdict)
+
+
+def bad_lines_case(suite: ET.Element, log: str, report: Mapping[str, Any]) -> str | None:
+    """The ``bad lines`` testcase of a log holding lines that are not valid records (a cut-off last line is not
+    counted); "failures" if they fail the log, None if accepted (``--max-bad-lines``)."""
+    case = _element(suite, "testcase", classname=log, name="bad lines")
+    summary = f"bad_lines={report['bad_lines']}: {report['bad_lines_summary']}"
+    if report["bad_lines_fail"]:
+        details = "\n".join(f"line {bad['line']}: {bad['reason']}" for bad in report.get("bad_line_details", ()))
+        _element(case, "failure", details, message=summary, type="bad_lines")
+        return "failures"
+    _element(case, "system-out", summary)
+    return None
 
 
 def junit_xml(results: Sequence[LogResult], fail_on: str) -> bytes:
@@ -99,15 +142,14 @@ def junit_xml(results: Sequence[LogResult], fail_on: str) -> bytes:
         suite = _element(root, "testsuite", name=result.log)
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
         report = result.report
-        if report is None:
-            case = _element(suite, "testcase", classname=result.log, name="read")
-            _element(case, "error", message="the log could not be read", type="unreadable")
+        if report is None or not report.get("runs"):  # unreadable, empty, foreign, or no such run: not a pass
+            unjudged_case(suite, result.log, report)
             counts.update(tests=1, errors=1)
-        elif not report["runs"]:  # an empty or foreign file: nothing was checked, which is not a pass
-            case = _element(suite, "testcase", classname=result.log, name="read")
-            _element(case, "error", message="not a moola log: no valid record", type="not_a_log")
-            counts.update(tests=1, errors=1)
-        for run in report["runs"] if report else ():
+        elif report.get("bad_lines_counted"):
+            counts["tests"] += 1
+            if bad_lines_case(suite, result.log, report) is not None:
+                counts["failures"] += 1
+        for run in report.get("runs", ()) if report else ():
             alerts = [a for a in report["alerts"] if a["run"] == run["run"]]
             counts["tests"] += 1
             outcome = run_case(suite, result.log, run, alerts, bar)

@@ -1,0 +1,134 @@
+"""Where a saved log's bytes come from: a file, stdin (``-``), a compressed file (gzip, bzip2 or xz, known by its
+magic number whatever its name), or a rotated log's parts read oldest first as one log, as ``cat`` would join them.
+
+Rotated parts are named the way logrotate names them (README "Reliability"): ``run.jsonl`` is the newest,
+``run.jsonl.1`` the one before it, ``run.jsonl.2.gz`` an older one compressed. zstd has no module in Python 3.11's
+standard library: a zstd file is refused with a one-line error that says how to read it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import os
+import re
+import stat
+import sys
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import BinaryIO
+
+STDIN = "-"
+CHUNK = 1 << 20
+#: The first bytes of each compressed format, and its name.
+MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+HEAD = max(map(len, MAGIC))
+#: A log or one of its rotated parts: ``run.jsonl``, ``run.jsonl.1``, ``run.jsonl.2.gz``, ``run.jsonl.gz``.
+PART = re.compile(r"(?P<log>.+\.jsonl)(?:\.(?P<number>[0-9]+))?(?:\.(?:gz|bz2|xz|zst))?")
+
+
+class UnreadableLog(OSError):
+    """A log that cannot be read for a reason its one-line message says whole (zstd, damaged compressed data)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def is_stdin(path: str | Path) -> bool:
+    return str(path) == STDIN
+
+
+def compression(head: bytes) -> str | None:
+    """The compressed format whose magic number ``head`` starts with, or None."""
+    return next((name for magic, name in MAGIC.items() if head.startswith(magic)), None)
+
+
+def readable_kind(path: str | Path) -> bool:
+    """Is ``path`` something a log can be read from to its end: stdin, a regular file or a pipe (``<(zcat x.gz)``)?
+    Not a directory, nor a device that never ends. Raises ``OSError`` if it cannot be looked at."""
+    if is_stdin(path):
+        return True
+    mode = os.stat(path).st_mode
+    return stat.S_ISREG(mode) or stat.S_ISFIFO(mode)
+
+
+def plain_file(path: str | Path) -> bool:
+    """Is ``path`` a regular file that is not compressed (one that can be read at any offset, and again)?"""
+    if is_stdin(path) or not os.path.isfile(path):
+        return False
+    with open(path, "rb") as handle:
+        return compression(handle.read(HEAD)) is None
+
+
+def chunks(sources: Sequence[str | Path], size: int = CHUNK) -> Iterator[bytes]:
+    """The bytes of ``sources`` one after another, decompressed. Raises ``OSError`` (a source that cannot be
+    opened) and :class:`UnreadableLog` (zstd; compressed data that is damaged or cut short)."""
+    for source in sources:
+        yield from _chunks(source, size)
+
+
+def _chunks(source: str | Path, size: int) -> Iterator[bytes]:
+    name = "stdin" if is_stdin(source) else str(source)
+    with ExitStack() as closing:
+        raw: BinaryIO = sys.stdin.buffer if is_stdin(source) else closing.enter_context(open(source, "rb"))
+        kind = compression(raw.peek(HEAD)[:HEAD] if hasattr(raw, "peek") else b"")
+        if kind == "zstd":
+            how = "zstd -dc FILE | moola-watch check -" if is_stdin(source) else f"zstd -d {source}"
+            raise UnreadableLog(f"{name} is zstd-compressed, which this Python cannot read: decompress it first: {how}")
+        stream: BinaryIO = raw
+        if kind is not None:
+            stream = closing.enter_context(DECOMPRESS[kind](raw))
+        try:
+            while chunk := stream.read(size):
+                yield chunk
+        except (EOFError, lzma.LZMAError, zlib.error, OSError) as exc:
+            if kind is None:
+                raise
+            raise UnreadableLog(f"{name} is {kind}-compressed, but its data is damaged or cut short ({exc})") from None
+
+
+#: How each compressed format is read (closing one leaves the file under it open).
+DECOMPRESS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
+    "gzip": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    "bzip2": bz2.BZ2File,
+    "xz": lzma.LZMAFile,
+}
+
+
+def log_parts(path: Path) -> tuple[Path, list[Path]] | None:
+    """The rotated log that file ``path`` is a part of, and all its parts oldest first, if its folder holds
+    another part of it; else None."""
+    match = PART.fullmatch(path.name)
+    if match is None or not path.parent.is_dir():
+        return None
+    for log, parts in directory_logs(path.parent):
+        if len(parts) > 1 and path in parts:
+            return log, parts
+    return None
+
+
+def directory_logs(directory: Path) -> list[tuple[Path, list[Path]]]:
+    """Each log in ``directory``, by name: its ``*.jsonl`` file and rotated parts (``run.jsonl.1``,
+    ``run.jsonl.2.gz``, ...), oldest first. A log of one part is named by that part; of several, by its newest
+    name (``run.jsonl``, whether or not that part is still there). Raises ``ValueError`` for two files that would
+    be the same part (``run.jsonl`` and ``run.jsonl.gz``)."""
+    ranked: dict[str, dict[int, list[Path]]] = {}
+    for child in directory.iterdir():
+        match = PART.fullmatch(child.name)
+        if match is None or child.is_dir():
+            continue
+        number = int(match["number"]) if match["number"] else 0
+        ranked.setdefault(match["log"], {}).setdefault(number, []).append(child)
+    logs = []
+    for name in sorted(ranked):
+        parts = ranked[name]
+        for same in parts.values():
+            if len(same) > 1:
+                names = " and ".join(sorted(part.name for part in same))
+                raise ValueError(f"{directory}: {names} would be the same part of the rotated log {name}; keep one")
+        ordered = [parts[number][0] for number in sorted(parts, reverse=True)]
+        logs.append((ordered[0] if len(ordered) == 1 else directory / name, ordered))
+    return logs

@@ -1,0 +1,321 @@
+"""`moola-watch check` as a CI gate, through the real CLI: lines nobody judged are no pass, a reader closing the pipe
+early changes nothing, a rotated log is read whole, stdin and compressed logs are read, and a run no log holds is
+an error that every output shows."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_cli
+from logs import LogBuilder, collapse_scenario, healthy_scenario
+
+
+def watch(*args: object, **kwargs) -> subprocess.CompletedProcess:
+    return run_cli("moola_watch.cli", *map(str, args), **kwargs)
+
+
+def check_json(*args: object, **kwargs) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    result = watch("check", "--json", *args, **kwargs)
+    return result, [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def with_line(builder: LogBuilder, index: int, line: bytes) -> bytes:
+    """The builder's log with ``line`` put before its record ``index``."""
+    lines = builder.lines()
+    return b"".join([*lines[:index], line, *lines[index:]])
+
+
+# ------------------------------------------------------------------------------------------------ bad lines
+
+
+def no_std(builder: LogBuilder) -> bytes:
+    """Every grad_stats record without its std_norm: none of them is judged."""
+    for record in builder.records:
+        if record["kind"] == "grad_stats":
+            del record["std_norm"]
+    return b"".join(builder.lines())
+
+
+def newer_schema(builder: LogBuilder) -> bytes:
+    """A second run, written by a newer writer: none of its records is judged."""
+    newer = collapse_scenario()
+    for record in newer.records:
+        record["schema"] = 2
+        record["run"] = "newer"
+    return b"".join(builder.lines() + newer.lines())
+
+
+def garbage(builder: LogBuilder) -> bytes:
+    return b"".join(builder.lines()) + b"not a record\n" * 3
+
+
+@pytest.mark.parametrize(
+    ("make", "count", "reason"),
+    [
+        (no_std, 4, "grad_stats record has no 'std_norm'"),
+        (newer_schema, len(collapse_scenario().records), "schema 2 is newer than this reader (1)"),
+        (garbage, 3, "not JSON"),
+    ],
+    ids=["field_missing", "newer_schema", "garbage"],
+)
+def test_lines_nobody_judged_fail_the_log_unless_max_bad_lines_accepts_them(tmp_path, make, count, reason):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(make(healthy_scenario()))
+    result = watch("check", log)
+    assert result.returncode == 1, result.stdout
+    first = result.stdout.splitlines()[0]
+    assert first.startswith(f"FAIL  {log}  verdict=")
+    assert f"bad_lines={count} ({count} lines not judged, the first at line " in first and reason in first
+    assert first.endswith(f"; --max-bad-lines {count} accepts them)")
+
+    result, (report,) = check_json(log)
+    assert result.returncode == 1
+    assert (report["bad_lines"], report["bad_lines_counted"], report["max_bad_lines"], report["bad_lines_fail"]) == (
+        count, count, 0, True,
+    )  # fmt: skip
+    result, (report,) = check_json("--max-bad-lines", count, log)
+    assert report["bad_lines_fail"] is False and result.returncode in (0, 3)  # (no_std: nothing left measured)
+    assert f"accepted: --max-bad-lines {count}" in report["bad_lines_summary"]
+    assert watch("check", "--max-bad-lines", count - 1, log).returncode == 1
+
+
+def test_max_bad_lines_is_read_from_the_config_and_the_flag_beats_it(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(garbage(healthy_scenario()))
+    config = tmp_path / "moola-watch.toml"
+    config.write_text("max-bad-lines = 3\n[thresholds]\nwindow = 10\n")
+    assert watch("check", "--config", config, log).returncode == 0
+    assert watch("check", "--config", config, "--max-bad-lines", 2, log).returncode == 1
+    config.write_text("max_bad_lines = -1\n")
+    result = watch("check", "--config", config, log)
+    assert result.returncode == 2 and "max-bad-lines must be a whole number of at least 0, got -1" in result.stderr
+
+
+def test_only_a_cut_off_last_line_is_not_counted(tmp_path):
+    """A writer killed mid-write leaves its last line cut: normal. The same cut line with more after it is not."""
+    healthy = healthy_scenario()
+    cut = healthy.lines()[-1][:30]
+    log = tmp_path / "killed.jsonl"
+    log.write_bytes(b"".join(healthy.lines()) + cut)
+    result = watch("check", log)
+    assert result.returncode == 0, result.stdout
+    assert "bad_lines=1 (the last line was cut off mid-write (a writer stopped): not counted)" in result.stdout
+    result, (report,) = check_json(log)
+    assert (report["bad_lines"], report["bad_lines_counted"], report["bad_lines_fail"]) == (1, 0, False)
+    middle = tmp_path / "middle.jsonl"
+    middle.write_bytes(with_line(healthy, 5, cut + b"\n"))
+    assert watch("check", middle).returncode == 1
+
+
+def test_junit_fails_a_log_whose_bad_lines_fail_it(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(garbage(healthy_scenario()))
+    junit = tmp_path / "junit.xml"
+    assert watch("check", "--junit", junit, log).returncode == 1
+    root = ET.parse(junit).getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("2", "1", "0")
+    (failure,) = root.iter("failure")
+    assert failure.get("type") == "bad_lines" and failure.get("message").startswith("bad_lines=3: 3 lines not judged")
+    assert failure.text.startswith(f"line {len(healthy_scenario().records) + 1}: not JSON")
+    assert watch("check", "--max-bad-lines", 3, "--junit", junit, log).returncode == 0
+    assert ET.parse(junit).getroot().get("failures") == "0"
+
+
+def test_follow_once_and_exit_on_end_judge_bad_lines_as_check_does(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(garbage(healthy_scenario()))
+    once = watch("follow", "--once", log, timeout=60)
+    assert once.returncode == 1
+    assert f"{log}: bad_lines=3 (3 lines not judged" in " ".join(once.stdout.split())
+    assert watch("follow", "--once", "--max-bad-lines", 3, log, timeout=60).returncode == 0
+    assert watch("follow", "--exit-on-end", "--poll", log, timeout=60).returncode == 1
+    assert watch("follow", "--exit-on-end", "--poll", "--max-bad-lines", 3, log, timeout=60).returncode == 0
+
+
+# ------------------------------------------------------------------------------------------------ broken pipe
+
+
+def closed_early(*args: object) -> tuple[int, str]:
+    """Run check with stdout a real pipe whose reader closes it after a few bytes; its exit code and stderr."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moola_watch.cli", "check", *map(str, args)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert process.stdout.read(20)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    return process.wait(timeout=120), stderr
+
+
+def test_a_reader_closing_the_pipe_early_changes_neither_the_exit_code_nor_the_junit_file(tmp_path):
+    healthy = [healthy_scenario().write(tmp_path / f"healthy{i:02}.jsonl") for i in range(12)]
+    collapse = collapse_scenario().write(tmp_path / "zz_collapse.jsonl")  # judged last, after the reader left
+    junit = tmp_path / "junit.xml"
+    code, stderr = closed_early("--json", "--junit", junit, *healthy, collapse)
+    assert code == 1 and "Traceback" not in stderr and "Broken" not in stderr, stderr
+    root = ET.parse(junit).getroot()
+    assert (root.get("tests"), root.get("failures")) == ("13", "1")
+    code, stderr = closed_early(*healthy)  # text: Rich's own handling exited 1, whatever the verdict
+    assert code == 0 and "Traceback" not in stderr, stderr
+    code, _ = closed_early(*healthy, collapse)
+    assert code == 1
+
+
+# ------------------------------------------------------------------------------------------------ rotated logs
+
+
+def rotated(folder: Path) -> tuple[Path, bytes]:
+    """A collapsing run rotated twice, logrotate's way (the oldest part compressed): each new file opens with the
+    run's run_start marked continued; the newest holds only that and the run_end. Also the parts joined."""
+    records = collapse_scenario().lines()
+    header = json.dumps({**json.loads(records[0]), "continued": True}).encode() + b"\n"
+    middle = len(records) // 2
+    parts = {
+        "run.jsonl.2.gz": b"".join(records[:middle]),
+        "run.jsonl.1": header + b"".join(records[middle:-1]),
+        "run.jsonl": header + records[-1],
+    }
+    folder.mkdir()
+    for name, data in parts.items():
+        (folder / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    return folder, b"".join(parts.values())
+
+
+def test_a_folder_reads_a_rotated_logs_parts_oldest_first_as_one_log(tmp_path):
+    folder, joined = rotated(tmp_path / "runs")
+    whole = tmp_path / "cat.jsonl"
+    whole.write_bytes(joined)
+    result, (report,) = check_json(folder)
+    _, (expected,) = check_json(whole)
+    assert result.returncode == 1 and report["verdict"] == expected["verdict"] == "error"
+    assert report["log"] == str(folder / "run.jsonl")
+    assert report["parts"] == [str(folder / name) for name in ("run.jsonl.2.gz", "run.jsonl.1", "run.jsonl")]
+    assert report["alerts"] == expected["alerts"] and report["records"] == expected["records"]
+    text = watch("check", folder).stdout.splitlines()[0]
+    assert text.startswith(f"FAIL  {folder / 'run.jsonl'}  parts=run.jsonl.2.gz,run.jsonl.1,run.jsonl  verdict=error")
+
+
+def test_a_rotated_part_named_alone_is_read_alone_and_a_note_says_so(tmp_path):
+    folder, _ = rotated(tmp_path / "runs")
+    result = watch("check", folder / "run.jsonl")
+    assert result.returncode == 0  # the newest part holds only the run's end
+    assert (
+        f"moola-watch: note: {folder / 'run.jsonl'} is one part of the rotated log {folder / 'run.jsonl'} (parts, "
+        "oldest first: run.jsonl.2.gz, run.jsonl.1, run.jsonl); only this part is read. Give its folder"
+    ) in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ stdin, compressed
+
+
+@pytest.mark.parametrize(
+    ("suffix", "compress"),
+    [(".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress), ("", gzip.compress)],
+    ids=["gzip", "bzip2", "xz", "gzip_named_jsonl"],
+)
+def test_compressed_logs_are_read_decompressed(tmp_path, suffix, compress):
+    data = b"".join(collapse_scenario().lines())
+    log = tmp_path / f"log.jsonl{suffix}"
+    log.write_bytes(compress(data))
+    plain = tmp_path / "plain.jsonl"
+    plain.write_bytes(data)
+    result, (report,) = check_json(log)
+    _, (expected,) = check_json(plain)
+    assert result.returncode == 1 and report["verdict"] == "error" and report["bad_lines"] == 0
+    assert report["alerts"] == expected["alerts"]
+
+
+def test_stdin_is_read_as_a_log(tmp_path):
+    data = b"".join(collapse_scenario().lines())
+    result = subprocess.run(
+        [sys.executable, "-m", "moola_watch.cli", "check", "--json", "-"], input=gzip.compress(data),
+        cwd=REPO, capture_output=True, timeout=120,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and report["log"] == "-" and report["verdict"] == "error"
+    analyzed = subprocess.run(
+        [sys.executable, "-m", "moola_watch.cli", "analyze", "--json", "-"], input=data, cwd=REPO,
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert analyzed.returncode == 1 and json.loads(analyzed.stdout)["verdict"] == "error"
+    follow = watch("follow", "--once", "-")
+    assert follow.returncode == 2 and follow.stderr.count("\n") == 1 and "not stdin" in follow.stderr
+
+
+def test_zstd_and_damaged_compressed_logs_are_one_line_errors(tmp_path):
+    zst = tmp_path / "log.jsonl.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 40)
+    result, (report,) = check_json(zst)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert f"decompress it first: zstd -d {zst}" in result.stderr
+    assert report == {"log": str(zst), "verdict": "unreadable", "error": result.stderr.split("error: ", 1)[1].strip()}
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(b"".join(healthy_scenario().lines()))[:-30])
+    result = watch("check", cut)
+    assert result.returncode == 2 and "gzip-compressed, but its data is damaged or cut short" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ --run, unreadable
+
+
+def test_a_run_the_log_does_not_hold_is_an_error_in_json_and_junit(tmp_path):
+    log = healthy_scenario().write(tmp_path / "log.jsonl")
+    junit = tmp_path / "junit.xml"
+    result, (report,) = check_json("--run", "typo", "--junit", junit, log)
+    assert result.returncode == 2
+    assert report["verdict"] == "no_such_run" and report["run"] == "typo" and report["runs_in_log"] == ["run-1"]
+    assert report["error"] == f"no run 'typo' in {log} (runs: run-1)"
+    root = ET.parse(junit).getroot()
+    assert (root.get("tests"), root.get("errors")) == ("1", "1")
+    case = root.find("testsuite/testcase")
+    assert case.get("name") == "typo" and case.find("error").get("type") == "no_such_run"
+
+
+def test_run_over_a_folder_judges_only_the_logs_holding_it(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    healthy_scenario().write(folder / "a.jsonl")
+    collapse = collapse_scenario()
+    collapse.run = "second"
+    for record in collapse.records:
+        record["run"] = "second"
+    collapse.write(folder / "b.jsonl")
+    result, reports = check_json("--run", "second", folder)
+    assert result.returncode == 1 and [r["log"] for r in reports] == [str(folder / "b.jsonl")]
+    assert watch("check", "--run", "run-1", folder).returncode == 0
+    result, reports = check_json("--run", "third", folder)
+    assert result.returncode == 2 and [r["verdict"] for r in reports] == ["no_such_run", "no_such_run"]
+
+
+def test_an_unreadable_log_in_json_and_junit_says_why(tmp_path):
+    junit = tmp_path / "junit.xml"
+    result, (report,) = check_json("--junit", junit, tmp_path / "missing.jsonl")
+    assert result.returncode == 2
+    why = f"cannot read {tmp_path / 'missing.jsonl'}: No such file or directory"
+    assert report == {"log": str(tmp_path / "missing.jsonl"), "verdict": "unreadable", "error": why}
+    error = ET.parse(junit).getroot().find("testsuite/testcase/error")
+    assert error.get("type") == "unreadable" and error.get("message") == f"the log could not be read: {why}"
+
+
+def test_junit_shows_a_dash_for_a_position_the_run_never_recorded(tmp_path):
+    log = LogBuilder(t0=1000.0).start()  # written long ago, no run_end: stale since its start
+    log.add("grad_stats", layer_norms={"a": 0.3}, total_norm=0.3, mean_norm=0.3, std_norm=0.0, min_norm=0.3,
+            max_norm=0.3, nonfinite_count=0)  # fmt: skip
+    path = log.write(tmp_path / "log.jsonl")
+    junit = tmp_path / "junit.xml"
+    assert watch("check", "--fail-on", "warning", "--junit", junit, path).returncode == 1
+    case = ET.parse(junit).getroot().find("testsuite/testcase")
+    out = case.find("system-out").text
+    assert out.startswith("status=stale at epoch -, step -;"), out
+    assert case.find("failure").text.startswith("warning firing stale (run) since the start: No record for ")
