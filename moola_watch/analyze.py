@@ -20,7 +20,7 @@ from moola_watch import columnar, rules, schema, sources
 from moola_watch.frames import FrameColumns, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
-from moola_watch.tail import BadLine, Item, LineDecoder, Notice, RecordItem, SkippedHistory
+from moola_watch.tail import CUT_OFF, BadLine, Item, LineDecoder, Notice, RecordItem, SkippedHistory
 from moola_watch.writer_process import log_writer_gone
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: check and follow never need its 0.2 s import
@@ -75,6 +75,7 @@ class LogScan:
     notices: list[Notice] = field(default_factory=list)
     trainer_alerts: int = 0  # alert records written by the trainer (the watcher recomputes its own)
     _run_keys: dict[str, str] = field(default_factory=dict)  # run id -> the key of its latest run (ID, ID#2, ...)
+    _bad_before: BadLine | None = None  # the bad line just taken, if no record came after it yet
 
     def add(self, item: Item) -> list[AlertEvent]:
         """Take one tail item; return the alert transitions it caused."""
@@ -87,6 +88,7 @@ class LogScan:
             self.bad_by_category[item.rejected.category] += 1
             if len(self.bad_details) < MAX_BAD_LINE_DETAILS:
                 self.bad_details.append(item)
+            self._bad_before = item
         else:
             self.notices.append(item)
         return []
@@ -116,6 +118,8 @@ class LogScan:
         ``continued``: the run's header at the top of a rotated log's new file, read after the old one, and the
         run goes on."""
         self.records += 1
+        if self._bad_before is not None:
+            self._cut_by_a_crash(record)
         if record["kind"] == schema.ALERT:
             self.trainer_alerts += 1
         original = record["run"]
@@ -132,6 +136,21 @@ class LogScan:
         if engine is None:
             engine = self._new_run(record)
         return engine.observe(record)
+
+    def _cut_by_a_crash(self, record: schema.Record) -> None:
+        """A bad line right before a ``run_start`` is the line a crashed writer was writing when it died, which
+        the next run's writer ended with a newline before its own first line: a cut-off line, as a last one is,
+        not a record lost from a run that went on."""
+        bad, self._bad_before = self._bad_before, None
+        if bad is None or record["kind"] != schema.RUN_START or bad.rejected.category not in ("bad_json", "bad_utf8"):
+            return
+        self.bad_by_category[bad.rejected.category] -= 1
+        if not self.bad_by_category[bad.rejected.category]:
+            del self.bad_by_category[bad.rejected.category]
+        self.bad_by_category[CUT_OFF] += 1
+        cut = BadLine(bad.path, bad.line_no, schema.Rejected(CUT_OFF, f"cut off by a crash before a new run began "
+                                                                      f"({bad.rejected.reason})"))  # fmt: skip
+        self.bad_details = [cut if detail is bad else detail for detail in self.bad_details]
 
     def run_key(self, run: str) -> str:
         """The key the latest run under id ``run`` is known by (``ID``, or ``ID#2`` after a restart)."""
@@ -152,6 +171,7 @@ class LogScan:
         """Take grad_stats records of a run already seen, in which no rule finds its condition (not their rows:
         the caller adds those)."""
         self.records += len(quiet.steps)
+        self._bad_before = None
         return self.engines[quiet.run].observe_quiet(quiet)
 
     def _new_run(self, record: schema.Record) -> RuleEngine:

@@ -7,13 +7,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from moola_watch.analyze import VERDICT_NO_MEASUREMENTS, LogScan, run_verdict
+from moola_watch.tail import CUT_OFF
 
 EXIT_OK, EXIT_ALERT, EXIT_USAGE, EXIT_NO_MEASUREMENTS = 0, 1, 2, 3
 #: Which exit code wins when several logs or runs disagree (most telling first).
 EXIT_PRECEDENCE = (EXIT_USAGE, EXIT_ALERT, EXIT_NO_MEASUREMENTS, EXIT_OK)
 #: The bad-line category of a last line cut off mid-write (a writer stopped or killed; or a rotated file's end,
 #: when ``follow`` reads on into the new one): normal, never counted against ``--max-bad-lines``.
-CUT_OFF = "cut_off"
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class BadLines:
                 said.append(f"--max-bad-lines {self.counted} accepts {'them' if self.counted != 1 else 'it'}")
             else:
                 said.append(f"accepted: --max-bad-lines {self.limit}")
-        if self.total > self.counted:
-            said.append("the last line was cut off mid-write (a writer stopped): not counted")
+        if (cut := self.total - self.counted) > 0:
+            said.append(f"{'a line' if cut == 1 else f'{cut} lines'} cut off mid-write (a writer stopped): not counted")
         return "; ".join(said)
 
 

@@ -40,6 +40,10 @@ class RecordItem(NamedTuple):
     record: Record
 
 
+#: The category of a line a writer was still writing (or died writing): not a record lost from a run that went on.
+CUT_OFF = "cut_off"
+
+
 class BadLine(NamedTuple):
     """A complete line that is not a valid record; skipped and counted."""
 
@@ -165,7 +169,7 @@ class LineDecoder:
         size = self.pending_bytes
         self.reset_partial()
         self.line_no += 1
-        return [BadLine(self.path, self.line_no, Rejected("cut_off", f"last line cut off after {size} bytes"))]
+        return [BadLine(self.path, self.line_no, Rejected(CUT_OFF, f"last line cut off after {size} bytes"))]
 
     def _take(self, piece: bytes) -> None:
         room = self.max_line + 1 - len(self._partial)

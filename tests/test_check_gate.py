@@ -108,12 +108,32 @@ def test_only_a_cut_off_last_line_is_not_counted(tmp_path):
     log.write_bytes(b"".join(healthy.lines()) + cut)
     result = watch("check", log)
     assert result.returncode == 0, result.stdout
-    assert "bad_lines=1 (the last line was cut off mid-write (a writer stopped): not counted)" in result.stdout
+    assert "bad_lines=1 (a line cut off mid-write (a writer stopped): not counted)" in result.stdout
     result, (report,) = check_json(log)
     assert (report["bad_lines"], report["bad_lines_counted"], report["bad_lines_fail"]) == (1, 0, False)
     middle = tmp_path / "middle.jsonl"
     middle.write_bytes(with_line(healthy, 5, cut + b"\n"))
     assert watch("check", middle).returncode == 1
+
+
+def test_a_line_cut_by_a_crash_then_a_new_run_appended_by_a_real_writer_is_not_counted(tmp_path):
+    """A trainer killed mid-write, then resumed into the same log: the writer ends the cut line with a newline
+    before its run_start. That cut line is the crash's, not a record lost from a run that went on."""
+    torch = pytest.importorskip("torch")
+    from moola.utils.monitoring import GradientMonitor
+
+    log = tmp_path / "resumed.jsonl"
+    log.write_bytes(b"".join(healthy_scenario().lines()) + healthy_scenario().lines()[-1][:30])
+    model = torch.nn.Linear(4, 2)
+    with GradientMonitor(every_n_steps=1, log_path=log, echo=lambda _line: None) as monitor:
+        for _step in range(3):
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            monitor.on_before_optimizer_step(model)
+            model.zero_grad()
+    result, (report,) = check_json(log)
+    assert result.returncode == 0 and report["bad_lines"] == 1 and report["bad_lines_counted"] == 0, report
+    assert report["bad_line_categories"] == {"cut_off": 1}
+    assert "cut off by a crash before a new run began" in report["bad_line_details"][0]["reason"]
 
 
 def test_junit_fails_a_log_whose_bad_lines_fail_it(tmp_path):

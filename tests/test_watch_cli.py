@@ -86,8 +86,11 @@ def test_bad_lines_are_counted_with_line_numbers(tmp_path):
 def test_killed_run_is_never_healthy(tmp_path):
     log = LogBuilder(t0=1000.0).start().epoch(1).epoch(2).write(tmp_path / "log.jsonl")
     _, (report,) = check_json(log)
-    assert report["status"] == "stale" and report["verdict"] == "warning"
+    assert report["status"] == "stale" and report["verdict"] == "no_measurements"  # its epochs measured no gradient
     assert [a["rule"] for a in report["alerts"]] == ["stale"]
+    measured = LogBuilder(t0=1000.0).start().grad(1, 0.3, 0.5).epoch(1).write(tmp_path / "measured.jsonl")
+    _, (report,) = check_json(measured)
+    assert report["status"] == "stale" and report["verdict"] == "warning"
 
 
 def test_analyze_shows_tables_and_writes_csv_and_json(tmp_path):
