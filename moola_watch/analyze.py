@@ -247,15 +247,25 @@ class LogScan:
             "summary": engine.summary().to_dict(),
         }
 
-    def report(self, runs: Iterable[str] | None = None) -> dict[str, Any]:
-        """The machine-readable verdict of this log (``check --json``), of ``runs`` (default: all)."""
+    def deciding_run(self, runs: Iterable[str] | None = None) -> str | None:
+        """The run of ``runs`` (default: all) whose verdict is the log's: of several, the latest; None if there
+        is no run."""
         chosen = list(self.engines if runs is None else runs)
-        last = self.engines[chosen[-1]] if chosen else None
+        verdict = self.verdict(chosen)
+        return next((run for run in reversed(chosen) if run_verdict(self.engines[run]) == verdict), None)
+
+    def report(self, runs: Iterable[str] | None = None) -> dict[str, Any]:
+        """The machine-readable verdict of this log (``check --json``), of ``runs`` (default: all). Its top-level
+        ``run``, ``status`` and ``summary`` are those of the run that decided the verdict (:meth:`deciding_run`),
+        so that they never speak of a healthy run next to another run's error; ``runs`` holds every run's."""
+        chosen = list(self.engines if runs is None else runs)
+        deciding = self.deciding_run(chosen)
+        engine = self.engines[deciding] if deciding is not None else None
         return {
             "log": self.path,
             "verdict": self.verdict(chosen),
-            "status": last.run_status if last else "empty",
-            "run": last.run.run if last else None,
+            "status": engine.run_status if engine else "empty",
+            "run": deciding,  # (the key it has in runs: ID, or ID#2 after a restart)
             "runs": [self.run_report(run) for run in chosen],
             "alerts": [alert_json(run, alert) for run, alert in self.alerts(chosen)],
             "records": self.records,
@@ -265,7 +275,7 @@ class LogScan:
                 {"line": bad.line_no, "category": bad.rejected.category, "reason": bad.rejected.reason}
                 for bad in self.bad_details
             ],
-            "summary": last.summary().to_dict() if last else None,
+            "summary": engine.summary().to_dict() if engine else None,
         }
 
 
