@@ -373,17 +373,23 @@ def group_norms(scan: LogScan) -> pd.DataFrame:
 def worst_layers(
     layers: pd.DataFrame, top: int = 10, thresholds: Thresholds | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per layer: last, peak and lowest norm; the ``top`` with the highest peak and the lowest minimum, leaving
-    out of the lowest the biases zero by construction under ``thresholds`` (default: the watcher's), which the
-    vanishing rule never flags (see :func:`~moola_watch.rules.zero_by_construction`, on each layer's peak)."""
+    """Per run and layer: last, peak and lowest norm; of each run, the ``top`` with the highest peak and the
+    lowest minimum, leaving out of the lowest the biases zero by construction under ``thresholds`` (default: the
+    watcher's), which the vanishing rule never flags (see :func:`~moola_watch.rules.zero_by_construction`, on
+    each layer's peak in its run). Runs in the order they appear in ``layers``, each with its ``run`` (a layer's
+    last norm of one run never stands beside its peak of another); a table without a ``run`` column is one run
+    (and the result has none)."""
+    import numpy as np
     import pandas as pd
 
+    by_run = "run" in layers
+    keys = ["run", "layer"] if by_run else ["layer"]
     if layers.empty:
-        empty = pd.DataFrame(columns=["layer", "last", "peak", "lowest", "nonfinite"])
+        empty = pd.DataFrame(columns=[*keys, "last", "peak", "lowest", "nonfinite"])
         return empty, empty
     finite = layers["norm"].where(layers["norm"].abs() != math.inf)
-    grouped = layers.assign(finite=finite, nonfinite=~layers["norm"].apply(math.isfinite)).groupby(
-        "layer", observed=True
+    grouped = layers.assign(finite=finite, nonfinite=~np.isfinite(layers["norm"].to_numpy())).groupby(
+        keys, observed=True, sort=False
     )
     table = pd.DataFrame(
         {
@@ -393,10 +399,14 @@ def worst_layers(
             "nonfinite": grouped["nonfinite"].sum(),
         }
     ).reset_index()
-    peaks = dict(zip(table["layer"].astype(str), table["peak"].fillna(math.inf), strict=True))
-    structural = rules.zero_by_construction(peaks, thresholds or Thresholds())
-    candidates = table[~table["layer"].astype(str).isin(structural)] if structural else table
-    return table.nlargest(top, "peak"), candidates.nsmallest(top, "lowest")
+    largest, smallest = [], []
+    for _run, of_run in table.groupby("run", observed=True, sort=False) if by_run else [(None, table)]:
+        peaks = dict(zip(of_run["layer"].astype(str), of_run["peak"].fillna(math.inf), strict=True))
+        structural = rules.zero_by_construction(peaks, thresholds or Thresholds())
+        candidates = of_run[~of_run["layer"].astype(str).isin(structural)] if structural else of_run
+        largest.append(of_run.nlargest(top, "peak"))
+        smallest.append(candidates.nsmallest(top, "lowest"))
+    return pd.concat(largest, ignore_index=True), pd.concat(smallest, ignore_index=True)
 
 
 def window_means(ratios: Iterable[float], thresholds: Thresholds) -> list[float | None]:

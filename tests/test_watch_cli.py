@@ -197,3 +197,21 @@ def test_once_shows_every_firing_alert_however_many(tmp_path):
     rows = re.findall(r"^│ firing ", result.stdout, flags=re.MULTILINE)  # the state column of the alert table
     assert len(firing) >= 11 and len(rows) == len(firing), result.stdout[-3000:]
     assert "more not shown" not in result.stdout
+
+
+def test_analyze_worst_layers_are_each_runs_own(tmp_path):
+    """A layer that exploded in one run and stayed small in the next: each run has its own row (the JSON a run on
+    every row), never one row with the last norm of one run beside the peak of the other."""
+    log = tmp_path / "two.jsonl"
+    first, second = LogBuilder("first").start(), LogBuilder("second").start()
+    for epoch, norm in ((1, 40.0), (2, 0.3)):
+        first.grad(epoch, norm, norm, {"w.weight": norm, "v.weight": 0.1})
+    for epoch in (1, 2):
+        second.grad(epoch, 0.2, 0.2, {"w.weight": 0.2, "v.weight": 0.05})
+    log.write_bytes(b"".join(first.end().lines() + second.end().lines()))
+    report = json.loads(run_cli("moola_watch.cli", "analyze", "--json", str(log)).stdout)
+    rows = {(row["run"], row["layer"]): row for row in report["worst_layers"]["largest"]}
+    assert set(rows) == {(run, layer) for run in ("first", "second") for layer in ("w.weight", "v.weight")}
+    assert (rows[("first", "w.weight")]["last"], rows[("first", "w.weight")]["peak"]) == (0.3, 40.0)
+    assert (rows[("second", "w.weight")]["last"], rows[("second", "w.weight")]["peak"]) == (0.2, 0.2)
+    assert {row["run"] for row in report["worst_layers"]["smallest"]} == {"first", "second"}
