@@ -8,6 +8,7 @@ row per layer per record), ``balance`` (ratio, cosines, per-task norms, shares, 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -77,11 +78,31 @@ def log_labels(paths: Sequence[Path]) -> dict[Path, str]:
 
 
 def write_csv(directory: Path, label: str, frames: Mapping[str, pd.DataFrame]) -> list[Path]:
-    """Each table as ``directory/label.table.csv`` (an empty table as its header line); the paths written."""
+    """Each table as ``directory/label.table.csv`` (an empty table as its header line); the paths written. A
+    list or a mapping in a cell (an alert's ``layers``) is written as JSON (``["a.weight", "b.bias"]``), which
+    any reader parses, never as Python's repr; a missing step or epoch is an empty cell, the others whole
+    numbers (``12``, not ``12.0``)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, frame in frames.items():
         path = directory / f"{label}.{name}.csv"
-        frame.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+        _json_cells(frame).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
         written.append(path)
     return written
+
+
+def _json_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each list or mapping in a column of objects as its JSON text."""
+    nested = [
+        column
+        for column in frame.columns
+        if frame[column].dtype == object and frame[column].map(lambda v: isinstance(v, list | dict)).any()
+    ]
+    if not nested:
+        return frame
+    return frame.assign(
+        **{
+            column: frame[column].map(lambda v: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v)
+            for column in nested
+        }
+    )
