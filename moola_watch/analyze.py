@@ -267,15 +267,25 @@ class LogScan:
             "summary": engine.summary().to_dict(),
         }
 
-    def report(self, runs: Iterable[str] | None = None) -> dict[str, Any]:
-        """The machine-readable verdict of this log (``check --json``), of ``runs`` (default: all)."""
+    def deciding_run(self, runs: Iterable[str] | None = None) -> str | None:
+        """The run of ``runs`` (default: all) whose verdict is the log's: of several, the latest; None if there
+        is no run."""
         chosen = list(self.engines if runs is None else runs)
-        last = self.engines[chosen[-1]] if chosen else None
+        verdict = self.verdict(chosen)
+        return next((run for run in reversed(chosen) if run_verdict(self.engines[run]) == verdict), None)
+
+    def report(self, runs: Iterable[str] | None = None) -> dict[str, Any]:
+        """The machine-readable verdict of this log (``check --json``), of ``runs`` (default: all). Its top-level
+        ``run``, ``status`` and ``summary`` are those of the run that decided the verdict (:meth:`deciding_run`),
+        so that they never speak of a healthy run next to another run's error; ``runs`` holds every run's."""
+        chosen = list(self.engines if runs is None else runs)
+        deciding = self.deciding_run(chosen)
+        engine = self.engines[deciding] if deciding is not None else None
         return {
             "log": self.path,
             "verdict": self.verdict(chosen),
-            "status": last.run_status if last else "empty",
-            "run": last.run.run if last else None,
+            "status": engine.run_status if engine else "empty",
+            "run": deciding,  # (the key it has in runs: ID, or ID#2 after a restart)
             "runs": [self.run_report(run) for run in chosen],
             "alerts": [alert_json(run, alert) for run, alert in self.alerts(chosen)],
             "records": self.records,
@@ -285,7 +295,7 @@ class LogScan:
                 {"line": bad.line_no, "category": bad.rejected.category, "reason": bad.rejected.reason}
                 for bad in self.bad_details
             ],
-            "summary": last.summary().to_dict() if last else None,
+            "summary": engine.summary().to_dict() if engine else None,
         }
 
 
@@ -403,17 +413,23 @@ def group_norms(scan: LogScan) -> pd.DataFrame:
 def worst_layers(
     layers: pd.DataFrame, top: int = 10, thresholds: Thresholds | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per layer: last, peak and lowest norm; the ``top`` with the highest peak and the lowest minimum, leaving
-    out of the lowest the biases zero by construction under ``thresholds`` (default: the watcher's), which the
-    vanishing rule never flags (see :func:`~moola_watch.rules.zero_by_construction`, on each layer's peak)."""
+    """Per run and layer: last, peak and lowest norm; of each run, the ``top`` with the highest peak and the
+    lowest minimum, leaving out of the lowest the biases zero by construction under ``thresholds`` (default: the
+    watcher's), which the vanishing rule never flags (see :func:`~moola_watch.rules.zero_by_construction`, on
+    each layer's peak in its run). Runs in the order they appear in ``layers``, each with its ``run`` (a layer's
+    last norm of one run never stands beside its peak of another); a table without a ``run`` column is one run
+    (and the result has none)."""
+    import numpy as np
     import pandas as pd
 
+    by_run = "run" in layers
+    keys = ["run", "layer"] if by_run else ["layer"]
     if layers.empty:
-        empty = pd.DataFrame(columns=["layer", "last", "peak", "lowest", "nonfinite"])
+        empty = pd.DataFrame(columns=[*keys, "last", "peak", "lowest", "nonfinite"])
         return empty, empty
     finite = layers["norm"].where(layers["norm"].abs() != math.inf)
-    grouped = layers.assign(finite=finite, nonfinite=~layers["norm"].apply(math.isfinite)).groupby(
-        "layer", observed=True
+    grouped = layers.assign(finite=finite, nonfinite=~np.isfinite(layers["norm"].to_numpy())).groupby(
+        keys, observed=True, sort=False
     )
     table = pd.DataFrame(
         {
@@ -423,10 +439,14 @@ def worst_layers(
             "nonfinite": grouped["nonfinite"].sum(),
         }
     ).reset_index()
-    peaks = dict(zip(table["layer"].astype(str), table["peak"].fillna(math.inf), strict=True))
-    structural = rules.zero_by_construction(peaks, thresholds or Thresholds())
-    candidates = table[~table["layer"].astype(str).isin(structural)] if structural else table
-    return table.nlargest(top, "peak"), candidates.nsmallest(top, "lowest")
+    largest, smallest = [], []
+    for _run, of_run in table.groupby("run", observed=True, sort=False) if by_run else [(None, table)]:
+        peaks = dict(zip(of_run["layer"].astype(str), of_run["peak"].fillna(math.inf), strict=True))
+        structural = rules.zero_by_construction(peaks, thresholds or Thresholds())
+        candidates = of_run[~of_run["layer"].astype(str).isin(structural)] if structural else of_run
+        largest.append(of_run.nlargest(top, "peak"))
+        smallest.append(candidates.nsmallest(top, "lowest"))
+    return pd.concat(largest, ignore_index=True), pd.concat(smallest, ignore_index=True)
 
 
 def window_means(ratios: Iterable[float], thresholds: Thresholds) -> list[float | None]:

@@ -11,6 +11,7 @@ under the same id gets a directory of its own.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -131,10 +132,14 @@ def run_events(name: str, run: str, frames: Mapping[str, pd.DataFrame]) -> RunEv
     timed.sort(key=lambda item: item[1])
     scalars = sum(len(values) for _, _, values in timed)
     alerts = of_run(frames["alerts"])
+    steps = [step for _, step, _ in timed]  # in order: each alert's clock is found by bisection, not a scan
+    texts = []
     for alert in alerts.to_dict(orient="records"):
         step = int(alert["first_step"]) if _present(alert.get("first_step")) else 0
-        wall = next((w for w, s, _ in timed if s >= step), timed[-1][0] if timed else 0.0)  # the clock at that step
-        timed.append((wall, step, [tbevents.text_value(ALERTS_TAG, alert_text(alert))]))
+        at = bisect.bisect_left(steps, step)  # the first event at or after the alert's step: the clock then
+        wall = timed[at][0] if at < len(timed) else (timed[-1][0] if timed else 0.0)
+        texts.append((wall, step, [tbevents.text_value(ALERTS_TAG, alert_text(alert))]))
+    timed += texts
     timed.sort(key=lambda item: item[1])
     start = min((wall for wall, _, _ in timed), default=0.0)
     events = [tbevents.event(wall, step, values) for wall, step, values in timed]

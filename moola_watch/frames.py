@@ -190,7 +190,8 @@ class FrameColumns:
     def frames(self) -> dict[str, pd.DataFrame]:
         import pandas as pd
 
-        grad = {name: column.values() for name, column in self.grad.items()}
+        grad: dict[str, Any] = {name: column.values() for name, column in self.grad.items()}
+        grad.update({name: pd.array(grad[name], dtype="Int64") for name in ("epoch", "step")})
         return {
             "grad": pd.DataFrame(grad),
             "layers": self._layers(grad),
@@ -255,8 +256,16 @@ def group_sizes(record: schema.Record) -> list[int] | None:
     return sizes if all(type(size) is int and size > 0 for size in sizes) else None
 
 
+#: The columns that hold a step or an epoch, in every frame: nullable integers (``Int64``), whether or not a
+#: record lacked one (pandas would make floats of whole numbers beside a None, or objects of Nones alone).
+POSITION_COLUMNS = ("epoch", "step", "first_epoch", "first_step", "last_step", "resolved_step")
+
+
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows as a DataFrame; with no rows, still with ``columns`` (an empty table keeps its header)."""
+    """Rows as a DataFrame; with no rows, still with ``columns`` (an empty table keeps its header). Its step and
+    epoch columns (:data:`POSITION_COLUMNS`) are nullable integers."""
     import pandas as pd
 
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(columns))
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(columns))
+    positions = {name: "Int64" for name in POSITION_COLUMNS if name in frame}
+    return frame.astype(positions) if positions else frame

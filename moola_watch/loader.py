@@ -7,11 +7,21 @@ row per layer per record), ``balance`` (ratio, cosines, per-task norms, shares, 
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import json
+import lzma
 import re
+import shutil
+import tempfile
+import warnings
+import zlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 
@@ -22,22 +32,66 @@ TABLES = ("grad", "layers", "balance", "epochs", "alerts", "runs")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+class NotALogError(ValueError):
+    """A file with not one valid record: another tool's file, or no log at all (``check`` exits 2 on it)."""
+
+
 def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd.DataFrame]:
     """The DataFrames of one log, or of every ``*.jsonl`` in a directory, by table name (see :data:`TABLES`).
 
     The same tables ``moola-watch analyze --csv`` writes, each with a ``log`` column first (the file a row came
     from), so one call gives a whole sweep. ``thresholds`` as ``--config`` would set them (default: the spec's).
-    Raises ``FileNotFoundError`` when there is no log there, ``OSError`` when one cannot be read.
+    A log compressed with gzip, bzip2 or xz (``run.jsonl.gz``) is read decompressed, whatever its name.
+    Raises ``FileNotFoundError`` when there is no log there, ``OSError`` when one cannot be read or
+    decompressed, :class:`NotALogError` when the file holds not one valid record (as ``check`` calls it "not a
+    moola log"); such a file in a directory is skipped with a warning, unless no file there is a log.
     """
     path = Path(path)
     logs = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     if not logs:
         raise FileNotFoundError(f"no *.jsonl log in {path}")
-    per_log = []
+    per_log, foreign = [], []
     for log in logs:
-        frames = analyze.to_frames(analyze.scan_log(log, thresholds, frames=True))
+        with readable(log) as plain:
+            scan = analyze.scan_log(plain, thresholds, frames=True)
+        if not scan.records:
+            foreign.append(NotALogError(f"{log} is not a moola log: no valid record ({scan.bad_lines} bad lines)"))
+            continue
+        frames = analyze.to_frames(scan)
         per_log.append({name: frame.assign(log=str(log))[["log", *frame.columns]] for name, frame in frames.items()})
+    if not per_log:
+        raise foreign[0]
+    for error in foreign:
+        warnings.warn(f"skipped: {error}", stacklevel=2)
     return {name: _concat([frames[name] for frames in per_log]) for name in TABLES}
+
+
+#: The first bytes of each compressed format the standard library reads, and its module (``open(path, "rb")``).
+COMPRESSED: dict[bytes, ModuleType] = {b"\x1f\x8b": gzip, b"BZh": bz2, b"\xfd7zXZ\x00": lzma}
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@contextmanager
+def readable(path: Path) -> Iterator[Path]:
+    """``path``, or, if it is compressed (gzip, bzip2, xz: told by its first bytes, not its name), a decompressed
+    copy of it in a temporary directory, removed afterwards. Raises ``OSError`` if it cannot be read or
+    decompressed (a zstd file among them: the standard library reads none before Python 3.14)."""
+    with path.open("rb") as file:
+        head = file.read(6)
+    module = next((found for magic, found in COMPRESSED.items() if head.startswith(magic)), None)
+    if module is None:
+        if head.startswith(ZSTD_MAGIC):
+            raise OSError(f"cannot read {path}: compressed with zstd; decompress it first (zstd -d)")
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="moola-watch-") as directory:
+        plain = Path(directory) / path.name.removesuffix(path.suffix)
+        try:
+            with module.open(path, "rb") as source, plain.open("wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+        except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
+            raise OSError(f"cannot decompress {path} ({module.__name__}): {exc}") from None
+        yield plain
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -77,11 +131,31 @@ def log_labels(paths: Sequence[Path]) -> dict[Path, str]:
 
 
 def write_csv(directory: Path, label: str, frames: Mapping[str, pd.DataFrame]) -> list[Path]:
-    """Each table as ``directory/label.table.csv`` (an empty table as its header line); the paths written."""
+    """Each table as ``directory/label.table.csv`` (an empty table as its header line); the paths written. A
+    list or a mapping in a cell (an alert's ``layers``) is written as JSON (``["a.weight", "b.bias"]``), which
+    any reader parses, never as Python's repr; a missing step or epoch is an empty cell, the others whole
+    numbers (``12``, not ``12.0``)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, frame in frames.items():
         path = directory / f"{label}.{name}.csv"
-        frame.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+        _json_cells(frame).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
         written.append(path)
     return written
+
+
+def _json_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each list or mapping in a column of objects as its JSON text."""
+    nested = [
+        column
+        for column in frame.columns
+        if frame[column].dtype == object and frame[column].map(lambda v: isinstance(v, list | dict)).any()
+    ]
+    if not nested:
+        return frame
+    return frame.assign(
+        **{
+            column: frame[column].map(lambda v: json.dumps(v, ensure_ascii=False) if isinstance(v, list | dict) else v)
+            for column in nested
+        }
+    )

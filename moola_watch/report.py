@@ -1,28 +1,51 @@
-"""Rich renderables of an offline report (``moola-watch analyze``): one per concept."""
+"""Rich renderables of an offline report (``moola-watch analyze``): one per concept.
+
+Every table fits the console it is printed on (80 columns is a CI job's default): a number is never cut or
+ellipsized. Columns of numbers keep their width; text (run ids, layer names, messages) folds; where even that
+does not fit, the least needed columns are left out, and the caption says which (:class:`FittedTable`). A log
+of several runs has a run column in every table, showing each run id by the part that tells it from the
+others (:func:`run_labels`), and one trend line per run.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-from rich.console import Group, RenderableType
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, JustifyMethod, RenderableType, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from moola_watch import rules
-from moola_watch.analyze import LogScan, window_means, worst_layers
+from moola_watch.analyze import LogScan, run_verdict, window_means, worst_layers
 from moola_watch.render import (
+    SEVERITY_STYLE,
     STATUS_STYLE,
     VERDICT_STYLE,
-    alerts_table,
     number,
+    ordered_alerts,
+    severity_text,
     sparkline,
     text,
     where,
 )
+from moola_watch.textsafe import inert
 
 TREND_ROWS = 12  # rows of a trend table; longer histories are sampled evenly, keeping the last
+RUN_LABEL_WIDTH = 16  # run ids longer than this are shown by the part that tells them apart
+MAX_RUNS_SHOWN = 10  # runs given their own trend line and worst layers (the worst verdicts first)
+TOP_LAYERS = 8  # worst layers of each kind shown for a log of one run
+SPARK_WIDTH = 40
+MESSAGE_LIMIT = 2000  # characters of an alert's message shown (it carries numbers: never cut at 200)
+SEPARATORS = frozenset("-_.:/#@+ ")
+LAYER_FLOOR = 16  # a layer name up to this long is never folded
+RULE_FLOOR = 16  # nor a rule's subject (a layer, a task pair)
+MESSAGE_FLOOR = 30  # an alert's message keeps at least this many columns
 
 
 def _sampled(frame: pd.DataFrame, rows: int = TREND_ROWS, keep: pd.Series | None = None) -> pd.DataFrame:
@@ -41,32 +64,267 @@ def count(value: object) -> str:
     return "-" if value is None or pd.isna(value) else str(int(value))  # type: ignore[call-overload]
 
 
-def _runs_shown(frame: pd.DataFrame) -> bool:
-    """Whether a trend table needs a run column: its rows come from more than one run of the log."""
-    return "run" in frame and frame["run"].nunique() > 1
+# ------------------------------------------------------------------------------------------------ runs
 
 
-def _position_columns(table: Table, with_run: bool) -> None:
-    if with_run:
-        table.add_column("run", no_wrap=True, max_width=20, overflow="ellipsis")
-    for name in ("epoch", "step"):
-        table.add_column(name, justify="right", no_wrap=True)
+def run_labels(runs: Iterable[str], width: int = RUN_LABEL_WIDTH) -> dict[str, str]:
+    """How each run id is shown in a table column: as it is when every id is at most ``width`` characters (or
+    there is one run); else without the start all of them share, cut back to a separator (``-``, ``_``, ...) and
+    marked ``…``: ``enhanced_simple_lstm-20261130-101332-9713`` and ``...-101327-9710`` become ``…101332-9713``
+    and ``…101327-9710``. A label still too long folds in its column, never cut."""
+    runs = list(dict.fromkeys(runs))
+    if len(runs) < 2 or all(len(run) <= width for run in runs):
+        return {run: run for run in runs}
+    prefix = _common_start(runs)
+    shortest = min(map(len, runs))
+    cuts = [i + 1 for i, ch in enumerate(prefix) if ch in SEPARATORS and i + 1 < shortest]  # each keeps a tail
+    cut = max(cuts, default=0)
+    if cut < 2:  # nothing worth leaving out
+        return {run: run for run in runs}
+    return {run: "…" + run[cut:] for run in runs}
 
 
-def _position_cells(values: dict[str, object], with_run: bool) -> list[str | Text]:
-    return [*([text(values["run"])] if with_run else []), count(values["epoch"]), count(values["step"])]
+def _common_start(texts: Sequence[str]) -> str:
+    """The longest start all of ``texts`` share: that of the first and the last in sorted order."""
+    first, last = min(texts), max(texts)
+    length = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), None)
+    return first[:length] if length is not None else first[: len(last)]
 
 
-def run_table(scan: LogScan) -> Table:
+def runs_shown(scan: LogScan, limit: int = MAX_RUNS_SHOWN) -> list[str]:
+    """The runs given a line or block of their own, in log order: all of them, or the ``limit`` with the worst
+    verdicts (the latest first among equals)."""
+    runs = list(scan.engines)
+    if len(runs) <= limit:
+        return runs
+    rank = {run: verdict_rank(run_verdict(scan.engines[run])) for run in runs}
+    chosen = set(sorted(reversed(runs), key=lambda run: -rank[run])[:limit])
+    return [run for run in runs if run in chosen]
+
+
+def verdict_rank(verdict: str) -> int:
+    """Worse verdicts rank higher: a severity above nothing measured above unterminated above healthy."""
+    order = ("healthy", "unterminated", "no_measurements")
+    return order.index(verdict) if verdict in order else len(order) + rules.SEVERITY_RANK.get(verdict, 0)
+
+
+def _run_label(labels: Mapping[str, str], run: object) -> str:
+    return labels.get(str(run), str(run))
+
+
+# ------------------------------------------------------------------------------------------------ fitting
+
+
+def _width(cell: RenderableType) -> int:
+    """The widest line of a cell."""
+    plain = cell.plain if isinstance(cell, Text) else str(cell)
+    return max((cell_len(line) for line in plain.split("\n")), default=0)
+
+
+def _longest_word(cells: Iterable[RenderableType]) -> int:
+    plain = " ".join(cell.plain if isinstance(cell, Text) else str(cell) for cell in cells)
+    return max((cell_len(word) for word in plain.split()), default=0)
+
+
+@dataclass
+class Column:
+    """One column of a :class:`FittedTable`. A column of ``number`` cells (or of any cell that must not be cut:
+    a position, a state) is as wide as its widest cell. Text folds, keeping at least ``floor`` cells (default:
+    its longest word, so that a number in it is never broken), or its natural width if less. ``drop`` > 0:
+    left out when the table does not fit, the highest first."""
+
+    header: str  # shown as it is, never as markup
+    cells: list[RenderableType]
+    number: bool = False
+    drop: int = 0
+    justify: JustifyMethod = "left"
+    style: str = ""
+    floor: int | None = None
+    narrow_header: str | None = None  # the header where the table is short of room ("window\nmean")
+    narrow_cells: list[RenderableType] | None = None  # the cells there (each number on a line of its own)
+
+    def natural(self) -> int:
+        return max([_width(Text(self.header)), *map(_width, self.cells)])
+
+    def least(self) -> int:
+        """The width it must keep: a number column all of it, a text column its floor (at most its natural)."""
+        if self.number:
+            return self.natural()
+        return min(self.natural(), _longest_word(self.cells) if self.floor is None else self.floor)
+
+    def narrowed(self) -> Column:
+        """The column as it is where the table is short of room."""
+        return replace(
+            self,
+            header=self.header if self.narrow_header is None else self.narrow_header,
+            cells=self.cells if self.narrow_cells is None else self.narrow_cells,
+            narrow_header=None,
+            narrow_cells=None,
+        )
+
+
+@dataclass
+class FittedTable:
+    """A table that fits the width it is printed at: each column keeps :meth:`Column.least` cells, as Rich lays
+    it out (the widest text columns give way first, down to a common width). Where that does not fit, long
+    headers break (``narrow_header``), then droppable columns go, and the caption says so. Rows in
+    ``sections`` end a section (a rule under them)."""
+
+    title: str
+    columns: list[Column]
+    caption: list[Text] = field(default_factory=list)
+    sections: set[int] = field(default_factory=set)
+    show_header: bool = True
+
+    @staticmethod
+    def fits_with(kept: Sequence[Column], width: int) -> bool:
+        """Whether ``kept`` fit ``width``: borders and padding take 3 cells a column and 1 more; numbers their
+        natural width; Rich narrows the widest text columns to a common level, which must leave each text column
+        its least width."""
+        texts = [column for column in kept if not column.number]
+        room = width - 3 * len(kept) - 1 - sum(column.natural() for column in kept if column.number)
+        naturals = [column.natural() for column in texts]
+        if room < 0 or sum(naturals) <= room:
+            return room >= 0
+        level = 0  # the widest common level at which the text columns fit the room
+        while sum(min(natural, level + 1) for natural in naturals) <= room:
+            level += 1
+        return all(min(natural, level) >= column.least() for natural, column in zip(naturals, texts, strict=True))
+
+    def fit(self, width: int) -> tuple[list[Column], list[Column]]:
+        """(the columns kept, the columns left out) at ``width``: all, else all under their narrow headers,
+        else without the droppable ones, the highest ``drop`` first."""
+        kept = list(self.columns)
+        if self.fits_with(kept, width):
+            return kept, []
+        kept = [column.narrowed() for column in kept]
+        dropped: list[Column] = []
+        for level in sorted({c.drop for c in self.columns if c.drop}, reverse=True):
+            if self.fits_with(kept, width) or all(c.drop == level for c in kept):  # (never every column)
+                break
+            dropped += [c for c in kept if c.drop == level]
+            kept = [c for c in kept if c.drop != level]
+        return kept, dropped
+
+    def fits(self, width: int) -> bool:
+        return self.fits_with(self.fit(width)[0], width)
+
+    def table(self, width: int) -> Table:
+        kept, dropped = self.fit(width)
+        table = Table(
+            title=Text(self.title),
+            title_justify="left",
+            expand=True,
+            caption_justify="left",
+            show_header=self.show_header,
+        )
+        for column in kept:
+            if column.number:
+                table.add_column(
+                    Text(column.header),
+                    justify=column.justify,
+                    no_wrap=True,
+                    min_width=column.natural(),
+                    style=column.style,
+                )
+            else:
+                table.add_column(Text(column.header), justify=column.justify, overflow="fold", style=column.style)
+        rows = len(self.columns[0].cells) if self.columns else 0
+        for index in range(rows):
+            table.add_row(*(column.cells[index] for column in kept), end_section=index in self.sections)
+        caption = list(self.caption)
+        if dropped:
+            names = ", ".join(column.header.replace("\n", " ") for column in dropped)
+            caption.append(Text(f"(not shown at {width} columns: {names})", style="dim"))
+        if caption:
+            table.caption = Text("\n").join(caption)
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.table(options.max_width))
+
+
+@dataclass
+class Choice:
+    """The first of ``layouts`` that fits the width it is printed at (the last if none does)."""
+
+    layouts: list[FittedTable]
+
+    def chosen(self, width: int) -> FittedTable:
+        return next((layout for layout in self.layouts if layout.fits(width)), self.layouts[-1])
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.chosen(options.max_width).table(options.max_width)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.chosen(options.max_width))
+
+
+def _positions(frame: pd.DataFrame, labels: Mapping[str, str] | None) -> list[Column]:
+    """The run (when the table holds several), epoch and step columns of a trend table's rows. The epoch goes
+    first when the table is too narrow, if the rows have steps."""
+    columns = []
+    if labels is not None:
+        columns.append(_run_column([_run_label(labels, run) for run in frame["run"]]))
+    has_steps = "step" in frame and bool(frame["step"].notna().any())
+    columns.append(
+        Column("epoch", [count(v) for v in frame["epoch"]], number=True, drop=9 if has_steps else 0, justify="right")
+    )
+    columns.append(Column("step", [count(v) for v in frame["step"]], number=True, justify="right"))
+    return columns
+
+
+def _run_column(labels: Sequence[str], header: str = "run") -> Column:
+    """Run labels, kept whole where they are at most :data:`RUN_LABEL_WIDTH` wide (longer ones fold)."""
+    return Column(
+        header, [text(label) for label in labels], floor=min(RUN_LABEL_WIDTH, max(map(cell_len, labels), default=0))
+    )
+
+
+def _labels_if_several(frame: pd.DataFrame, labels: Mapping[str, str]) -> Mapping[str, str] | None:
+    """``labels`` if ``frame``'s rows come from more than one run (a run column is needed), else None."""
+    return labels if "run" in frame and frame["run"].nunique() > 1 else None
+
+
+def _trend_lines(
+    frame: pd.DataFrame, column: str, title: str, labels: Mapping[str, str], runs: Sequence[str]
+) -> list[Text]:
+    """A log-scale sparkline of ``column``'s last values: one line for one run, else one per run shown (each
+    run's own values: the runs never run together), then how many runs were not shown."""
+    if "run" not in frame or frame["run"].nunique() < 2:
+        return [Text(f"{title}: {sparkline(frame[column].tolist(), SPARK_WIDTH, log=True)}")]
+    by_run = {str(run): values for run, values in frame.groupby("run", observed=True, sort=False)[column]}
+    shown = [run for run in runs if run in by_run]
+    width = max(cell_len(_run_label(labels, run)) for run in shown) if shown else 0
+    lines = [Text(f"{title}, per run:")]
+    for run in shown:
+        line = text(_run_label(labels, run).ljust(width) + "  ")
+        line.append(sparkline(by_run[run].tolist(), SPARK_WIDTH, log=True))
+        lines.append(line)
+    if len(by_run) > len(shown):
+        lines.append(Text(f"({len(by_run) - len(shown)} more runs not shown)", style="dim"))
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+
+def run_table(scan: LogScan, labels: Mapping[str, str] | None = None) -> Table:
     verdict = scan.verdict()
-    table = Table(title=Text(f"Log {scan.path}"), title_justify="left", show_header=False, expand=True)
+    labels = labels or {}
+    table = Table(title=text(f"Log {scan.path}"), title_justify="left", show_header=False, expand=True)
     table.add_column(style="bold", no_wrap=True)
-    table.add_column(ratio=1)
+    table.add_column(ratio=1, overflow="fold")
     table.add_row("verdict", Text(verdict, style=VERDICT_STYLE.get(verdict, "")))
     for run, engine in scan.engines.items():
         state = engine.run_status
         line = text(f"{run}  ")
         line.append(state, style=STATUS_STYLE.get(state, ""))
+        if labels.get(run, run) != run:
+            line.append(f"  (shown as {inert(labels[run])})", style="dim")
         table.add_row("run", line)
         table.add_row("", text(f"model {engine.run.model or '?'}, at {where(engine.run.epoch, engine.run.step)}"))
         if engine.run.error:
@@ -80,51 +338,97 @@ def run_table(scan: LogScan) -> Table:
     return table
 
 
-def gradient_trend(grad: pd.DataFrame) -> RenderableType:
+def gradient_trend(
+    grad: pd.DataFrame, labels: Mapping[str, str] | None = None, runs: Sequence[str] | None = None
+) -> RenderableType:
     if grad.empty:
         return Text("No gradient statistics in this log.", style="dim")
-    table = Table(title="Gradient norms", title_justify="left", expand=True)
-    with_run = _runs_shown(grad)
-    _position_columns(table, with_run)
-    for name in ("mean", "max", "total", "non-finite"):
-        table.add_column(name, justify="right")
-    for row in _sampled(grad, keep=grad["nonfinite_count"] > 0).itertuples(index=False):
-        level = rules.classify_norm_level(row.mean_norm) if math.isfinite(row.mean_norm) else None
-        style = "red" if row.nonfinite_count else ("yellow" if level and level.severity else "")
-        table.add_row(
-            *_position_cells(row._asdict(), with_run),
-            Text(number(row.mean_norm), style=style),
-            number(row.max_norm),
-            number(row.total_norm),
-            Text(str(row.nonfinite_count), style="red" if row.nonfinite_count else "dim"),
-        )
-    table.caption = f"mean norm trend (log scale): {sparkline(grad['mean_norm'].tolist(), 40, log=True)}"
-    return table
+    labels = labels or {}
+    frame = _sampled(grad, keep=grad["nonfinite_count"] > 0)
+    styles = []
+    for mean, nonfinite in zip(frame["mean_norm"], frame["nonfinite_count"], strict=True):
+        level = rules.classify_norm_level(mean) if math.isfinite(mean) else None
+        styles.append("red" if nonfinite else ("yellow" if level and level.severity else ""))
+    columns = [
+        *_positions(frame, _labels_if_several(frame, labels)),
+        Column(
+            "mean",
+            [Text(number(v), style=s) for v, s in zip(frame["mean_norm"], styles, strict=True)],
+            number=True,
+            justify="right",
+        ),
+        Column("max", [number(v) for v in frame["max_norm"]], number=True, justify="right"),
+        Column("total", [number(v) for v in frame["total_norm"]], number=True, drop=5, justify="right"),
+        Column(
+            "nan/inf",
+            [Text(str(v), style="red" if v else "dim") for v in frame["nonfinite_count"]],
+            number=True,
+            justify="right",
+        ),
+    ]
+    caption = _trend_lines(
+        grad, "mean_norm", "mean norm trend (log scale)", labels, runs or list(map(str, grad["run"].unique()))
+    )
+    return FittedTable("Gradient norms", columns, caption)
 
 
-def layers_table(layers: pd.DataFrame, thresholds: rules.Thresholds, top: int = 8) -> RenderableType:
+def layers_table(
+    layers: pd.DataFrame,
+    thresholds: rules.Thresholds,
+    top: int = TOP_LAYERS,
+    labels: Mapping[str, str] | None = None,
+    runs: Sequence[str] | None = None,
+) -> RenderableType:
+    """Each run's layers with the highest peak and the lowest minimum (see :func:`worst_layers`); with a run
+    column, each run a section, when the log holds several."""
     if layers.empty:
         return Text("No per-layer norms in this log.", style="dim")
+    labels = labels or {}
+    several = "run" in layers and layers["run"].nunique() > 1
+    every = list(map(str, pd.unique(layers["run"]))) if "run" in layers else []
+    shown = [run for run in (runs or every) if run in set(every)] if several else every
+    if several:
+        top = max(3, top // len(shown))
+        layers = layers[layers["run"].isin(shown)]
     largest, smallest = worst_layers(layers, top, thresholds)
     any_nonfinite = bool(largest["nonfinite"].any() or smallest["nonfinite"].any())
-    table = Table(title="Worst layers", title_justify="left", expand=True)
-    table.add_column("", no_wrap=True)
-    table.add_column("layer", ratio=1, overflow="fold")
-    for name in ("last", "peak", "lowest", *(["nan/inf"] if any_nonfinite else [])):
-        table.add_column(name, justify="right", no_wrap=True)  # a number is never broken over two lines
-    for label, frame in (("largest", largest), ("smallest", smallest)):
-        for row in frame.itertuples():
-            flag = ""
-            if row.nonfinite:
-                flag = "bold white on red"
-            elif row.peak > thresholds.exploding:
-                flag = "bold red"
-            elif row.lowest < thresholds.vanishing:
-                flag = "yellow"
-            cells = [number(row.last), number(row.peak), number(row.lowest)]
-            table.add_row(label, text(row.layer, flag), *cells, *([str(row.nonfinite)] if any_nonfinite else []))
-            label = ""
-    return table
+    cells: dict[str, list[RenderableType]] = {name: [] for name in ("run", "", "layer", "last", "peak", "lowest")}
+    cells["nan/inf"] = []
+    sections: set[int] = set()
+    for run in shown if several else [None]:
+        first = True
+        for label, frame in (("largest", largest), ("smallest", smallest)):
+            rows = frame[frame["run"] == run] if several else frame
+            for row in rows.itertuples():
+                flag = ""
+                if row.nonfinite:
+                    flag = "bold white on red"
+                elif row.peak > thresholds.exploding:
+                    flag = "bold red"
+                elif row.lowest < thresholds.vanishing:
+                    flag = "yellow"
+                cells["run"].append(text(_run_label(labels, run)) if first else Text(""))
+                cells[""].append(label)
+                cells["layer"].append(text(row.layer, flag))
+                cells["last"].append(number(row.last))
+                cells["peak"].append(number(row.peak))
+                cells["lowest"].append(number(row.lowest))
+                cells["nan/inf"].append(str(row.nonfinite))
+                first, label = False, ""
+        sections.add(len(cells["layer"]) - 1)
+    columns = [
+        *([Column("run", cells["run"], floor=min(RUN_LABEL_WIDTH, max(map(_width, cells["run"]))))] if several else []),
+        Column("", cells[""], number=True),
+        Column("layer", cells["layer"], floor=LAYER_FLOOR),  # a longer name folds where the table is short of room
+        *(Column(name, cells[name], number=True, justify="right") for name in ("last", "peak", "lowest")),
+        *([Column("nan/inf", cells["nan/inf"], number=True, justify="right")] if any_nonfinite else []),
+    ]
+    caption = []
+    if several and len(shown) < len(every):
+        caption.append(
+            Text(f"{len(every) - len(shown)} more runs not shown (analyze --json lists every run's)", style="dim")
+        )
+    return FittedTable("Worst layers", columns, caption)
 
 
 def weights_cells(frame: pd.DataFrame) -> list[str] | None:
@@ -138,75 +442,187 @@ def weights_cells(frame: pd.DataFrame) -> list[str] | None:
     ]
 
 
-def balance_trend(balance: pd.DataFrame, thresholds: rules.Thresholds) -> RenderableType:
+def balance_trend(
+    balance: pd.DataFrame,
+    thresholds: rules.Thresholds,
+    labels: Mapping[str, str] | None = None,
+    runs: Sequence[str] | None = None,
+) -> RenderableType:
     if balance.empty:
         return Text("No task-balance samples in this log (single-task run?).", style="dim")
     if "ratio" not in balance or balance["ratio"].isna().all():
-        return tasks_trend(balance)
-    frame = _sampled(balance.assign(window_mean=window_means(balance["ratio"].tolist(), thresholds)))
+        return tasks_trend(balance, labels)
+    labels = labels or {}
+    frame = _sampled(balance.assign(window_mean=_window_means_per_run(balance, thresholds)))
     weights = weights_cells(frame)
-    table = Table(title="Task balance (pointer/type)", title_justify="left", expand=True)
-    with_run = _runs_shown(frame)
-    _position_columns(table, with_run)
-    for name in ("ratio", "window mean", "cosine", *(["loss weights"] if weights else [])):
-        table.add_column(name, justify="right", no_wrap=True)
-    table.add_column("status", ratio=1)
+    ratio_cells, statuses = [], []
     actions: dict[str, str] = {}  # each status's action, told once under the table rather than on every row
-    for index, row in enumerate(frame.itertuples(index=False)):
-        advice = rules.recommend_ratio(row.ratio, thresholds) if not math.isnan(row.ratio) else None
+    for ratio in frame["ratio"]:
+        advice = rules.recommend_ratio(ratio, thresholds) if not math.isnan(ratio) else None
         style = "" if advice is None or advice.severity is None else rules_style(advice.severity)
-        table.add_row(
-            *_position_cells(row._asdict(), with_run),
-            Text(number(row.ratio, 3), style=style),
-            number(None if pd.isna(row.window_mean) else row.window_mean, 3),
-            number(getattr(row, "cosine", None), 2),
-            *([weights[index]] if weights else []),
-            Text(advice.status if advice else "-", style=style),
-        )
+        ratio_cells.append(Text(number(ratio, 3), style=style))
+        statuses.append(Text(advice.status if advice else "-", style=style))
         if advice is not None and advice.severity is not None:
             actions[advice.status] = advice.action
+    cosines = frame["cosine"] if "cosine" in frame else [None] * len(frame)
+    columns = [
+        *_positions(frame, _labels_if_several(frame, labels)),
+        Column("ratio", ratio_cells, number=True, justify="right"),
+        Column(
+            "window mean",
+            [number(None if pd.isna(v) else v, 3) for v in frame["window_mean"]],
+            number=True,
+            drop=7,
+            justify="right",
+            narrow_header="window\nmean",
+        ),
+        Column(
+            "cosine",
+            [number(None if v is None or pd.isna(v) else v, 2) for v in cosines],
+            number=True,
+            drop=8,
+            justify="right",
+        ),
+        *([Column("loss weights", list(weights), justify="right")] if weights else []),
+        Column("status", statuses),
+    ]
     band = f"healthy {thresholds.balance_low}-{thresholds.balance_high}"
-    caption = [f"ratio trend (log scale, {band}): {sparkline(frame['ratio'].tolist(), 40, log=True)}"]
-    caption += [f"{status} → {action}" for status, action in actions.items()]
-    table.caption = "\n".join(caption)
-    return table
+    caption = _trend_lines(
+        balance, "ratio", f"ratio trend (log scale, {band})", labels, runs or list(map(str, balance["run"].unique()))
+    )
+    caption += [Text(f"{status} → {action}") for status, action in actions.items()]
+    return FittedTable("Task balance (pointer/type)", columns, caption)
 
 
-def tasks_trend(balance: pd.DataFrame) -> Table:
+def _window_means_per_run(balance: pd.DataFrame, thresholds: rules.Thresholds) -> list[float | None]:
+    """The collapse window's mean after each balance sample, each run's window its own (a run's first samples
+    never average in the run before it)."""
+    if "run" not in balance:
+        return window_means(balance["ratio"].tolist(), thresholds)
+    means: dict[int, float | None] = {}
+    for _run, ratios in balance.reset_index(drop=True).groupby("run", observed=True, sort=False)["ratio"]:
+        means.update(zip(ratios.index, window_means(ratios.tolist(), thresholds), strict=True))
+    return [means[position] for position in range(len(balance))]
+
+
+def tasks_trend(balance: pd.DataFrame, labels: Mapping[str, str] | None = None) -> RenderableType:
     """Any set of tasks: each task's gradient norm and share of the update over time."""
     tasks = [column[len("norm_") :] for column in balance.columns if column.startswith("norm_")]
-    table = Table(title=f"Task balance, {len(tasks)} tasks (gradient norm / share of the update)", title_justify="left")
     frame = _sampled(balance)
     weights = weights_cells(frame)
-    with_run = _runs_shown(frame)
-    _position_columns(table, with_run)
-    for name in (*tasks, *(["loss weights"] if weights else [])):
-        table.add_column(text(name), justify="right")
     # Records as dicts: itertuples would rename a column that is no identifier (a task called "cls-head").
-    for index, values in enumerate(frame.to_dict("records")):
-        cells = [f"{number(values[f'norm_{t}'])} / {number(values.get(f'share_{t}'), 2)}" for t in tasks]
-        table.add_row(*_position_cells(values, with_run), *cells, *([weights[index]] if weights else []))
-    return table
+    rows = frame.to_dict("records")
+    columns = [
+        *_positions(frame, _labels_if_several(frame, labels or {})),
+        *(_task_column(task, rows) for task in tasks),
+        *([Column("loss weights", list(weights), justify="right")] if weights else []),
+    ]
+    title = f"Task balance, {len(tasks)} tasks (gradient norm / share of the update)"
+    return FittedTable(title, columns)
+
+
+def _task_column(task: str, rows: list[dict]) -> Column:
+    """A task's ``norm / share`` cells; where the table is short of room, each number on a line of its own."""
+    pairs = [(number(row[f"norm_{task}"]), number(row.get(f"share_{task}"), 2)) for row in rows]
+    return Column(
+        inert(task),
+        [f"{norm} / {share}" for norm, share in pairs],
+        justify="right",
+        narrow_cells=[f"{norm}\n/ {share}" for norm, share in pairs],
+    )
 
 
 def rules_style(severity: str) -> str:
     return "red" if severity == "error" else "yellow"
 
 
-def summary_text(scan: LogScan) -> Text:
-    current = scan.current
-    if current is None:
+def alerts_view(
+    alerts: Sequence[tuple[str, rules.Alert]], labels: Mapping[str, str] | None = None, *, limit: int = 50
+) -> RenderableType:
+    """Alerts in :func:`~moola_watch.render.ordered_alerts`' order, each with when it began and what to do; a
+    run column when ``labels`` is given (several runs). Every firing alert is shown; ``limit`` caps the rows
+    only as far as pending and resolved ones fill them. Where the columns leave the message too little room
+    (a run column at 80 columns), state, rule, start and value stack in one column beside it."""
+    ordered = ordered_alerts(alerts)
+    limit = max(limit, sum(1 for _run, alert in alerts if alert.state == rules.FIRING))
+    rows = ordered[:limit]
+    caption = (
+        [Text(f"{len(ordered) - limit} more not shown (pending or resolved)", style="dim")] if rows != ordered else []
+    )
+    run_column = [_run_column([_run_label(labels, run) for run, _ in rows])] if labels is not None else []
+    states, rule_cells, since, values, details, stacked = [], [], [], [], [], []
+    for _run, alert in rows:
+        state = Text(alert.state, style=SEVERITY_STYLE[alert.severity] if alert.state == rules.FIRING else "dim")
+        severity = severity_text(alert.severity)
+        detail = Text(inert(alert.message, limit=MESSAGE_LIMIT))
+        detail.append("\n→ ", style="dim")
+        detail.append(inert(alert.recommendation, limit=MESSAGE_LIMIT), style="italic")
+        if alert.state == rules.RESOLVED:
+            detail.append(f"  (resolved at {where(alert.resolved_epoch, alert.resolved_step)})", style="dim")
+        begun = where(alert.first_epoch, alert.first_step)
+        states.append(Text("\n").join([state, severity]))
+        rule_cells.append(Text("\n").join([text(alert.rule), text(alert.subject)]))
+        since.append(Text(begun.replace(", ", "\n")))
+        values.append(number(alert.value))
+        details.append(detail)
+        summary = Text("\n").join(
+            [
+                Text(" ").join([state, severity]),
+                text(alert.rule),
+                text(alert.subject),
+                Text(f"since {begun}"),
+                Text(f"value {number(alert.value)}"),
+            ]
+        )
+        stacked.append(summary)
+    if not rows:
+        return FittedTable("Alerts", [Column("", [Text("none", style="green")])], show_header=False)
+    wide = FittedTable(
+        "Alerts",
+        [
+            *run_column,
+            Column("state", states, number=True),
+            Column("rule", rule_cells, floor=RULE_FLOOR),
+            Column("since", since, number=True),
+            Column("value", values, number=True, justify="right"),
+            Column("message / recommendation", details, floor=MESSAGE_FLOOR),
+        ],
+        caption,
+    )
+    narrow = FittedTable(
+        "Alerts",
+        [
+            *run_column,
+            Column("alert", stacked, floor=RULE_FLOOR),
+            Column("message / recommendation", details, floor=MESSAGE_FLOOR),
+        ],
+        caption,
+    )
+    return Choice([wide, narrow])
+
+
+def summary_text(scan: LogScan, labels: Mapping[str, str] | None = None) -> RenderableType:
+    """The spec's summary block: of the log's one run, or of the run that decided a log's verdict."""
+    run = scan.deciding_run()
+    if run is None:
         return Text("No records.", style="dim")
-    return Text("\n").join(text(line) for line in current.summary().lines())
+    lines = [text(line) for line in scan.engines[run].summary().lines()]
+    if len(scan.engines) > 1:
+        lines.insert(
+            0, text(f"Summary of run {run} (its verdict, {run_verdict(scan.engines[run])}, is the log's):", "bold")
+        )
+    return Text("\n").join(lines)
 
 
 def analyze_report(scan: LogScan, frames: dict[str, pd.DataFrame]) -> Group:
     """The whole report of one log."""
+    labels = run_labels(scan.engines)
+    runs = runs_shown(scan)
     return Group(
-        run_table(scan),
-        gradient_trend(frames["grad"]),
-        layers_table(frames["layers"], scan.thresholds),
-        balance_trend(frames["balance"], scan.thresholds),
-        alerts_table(scan.alerts(), show_run=len(scan.engines) > 1),
-        summary_text(scan),
+        run_table(scan, labels),
+        gradient_trend(frames["grad"], labels, runs),
+        layers_table(frames["layers"], scan.thresholds, labels=labels, runs=runs),
+        balance_trend(frames["balance"], scan.thresholds, labels, runs),
+        alerts_view(scan.alerts(), labels if len(scan.engines) > 1 else None),
+        summary_text(scan, labels),
     )

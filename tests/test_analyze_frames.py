@@ -45,8 +45,10 @@ def grad_record(run: str, step: int | None, names: list[str], time: float | int)
 
 
 def reference_frames(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The grad frame from one list per column, the layer table from one row per layer norm."""
+    """The grad frame from one list per column (a step or an epoch a nullable integer), the layer table from one
+    row per layer norm."""
     grad = pd.DataFrame({name: [r.get(name) for r in records] for name in FrameColumns.GRAD})
+    grad = grad.astype({"epoch": "Int64", "step": "Int64"})
     rows = [(r["run"], r.get("epoch"), r.get("step"), k, v) for r in records for k, v in r["layer_norms"].items()]
     names = list(dict.fromkeys(row[3] for row in rows))
     layers = pd.DataFrame(

@@ -59,6 +59,26 @@ def test_a_log_of_two_runs_is_judged_run_by_run(tmp_path):
         assert (tmp_path / "csv" / f"two.{name}.csv").read_text().startswith("run,")
 
 
+def test_check_json_top_level_speaks_of_the_run_that_decided_the_verdict(tmp_path):
+    """A collapse, then a healthy run: the log's verdict is the collapse's error, and so are the top-level run,
+    status and summary beside it (they were the last, healthy run's); ``runs`` still lists both."""
+    log = tmp_path / "collapse-then-healthy.jsonl"
+    collapse, healthy = collapse_scenario(), healthy_scenario()
+    for builder, run in ((collapse, "collapsed"), (healthy, "fine")):
+        for record in builder.records:
+            record["run"] = run
+    log.write_bytes(b"".join(collapse.lines() + healthy.lines()))
+    result, (report,) = check("--json", log)
+    assert result.returncode == 1 and report["verdict"] == "error"
+    assert [run["run"] for run in report["runs"]] == ["collapsed", "fine"]
+    collapsed = report["runs"][0]
+    assert report["run"] == "collapsed" and collapsed["verdict"] == "error"
+    assert report["summary"] == collapsed["summary"] and report["summary"]["alerts_fired"] >= 1
+    assert report["status"] == collapsed["status"]
+    result, (report,) = check("--json", "--run", "fine", log)  # one run chosen: it decides
+    assert report["verdict"] == "healthy" and report["run"] == "fine" and report["summary"]["alerts_fired"] == 0
+
+
 def test_the_dashboard_header_names_the_run_its_alerts_belong_to(tmp_path):
     scan = scan_log(two_runs(tmp_path))
     console = Console(width=160, record=True)

@@ -130,3 +130,46 @@ def test_unreadable_log_exits_2_and_exports_the_others(tmp_path: Path) -> None:
                      cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2 and "cannot read" in result.stderr
     assert [p.name for p in (tmp_path / "tb").iterdir()] == ["run-1"]
+
+
+def grad_and_alerts(rows: int, alert_steps: list[int]) -> dict:
+    """A run's frames as ``analyze`` makes them: ``rows`` gradient records a step apart (time 1e9 + step), and
+    an alert beginning at each of ``alert_steps``."""
+    import numpy as np
+    import pandas as pd
+
+    grad = pd.DataFrame({"run": "r", "epoch": pd.array([None] * rows, dtype="Int64"), "step": np.arange(rows),
+                         "time": 1e9 + np.arange(rows, dtype=float), "total_norm": 0.5})  # fmt: skip
+    empty = pd.DataFrame({"run": pd.Series([], dtype=object), "step": pd.Series([], dtype="Int64")})
+    alerts = pd.DataFrame({"run": "r", "rule": "exploding", "severity": "error", "state": "firing",
+                           "subject": "layers", "message": "m", "recommendation": "r",
+                           "first_step": pd.array(alert_steps, dtype="Int64"), "resolved_step": pd.NA})  # fmt: skip
+    return {"grad": grad, "balance": empty, "epochs": empty, "alerts": alerts}
+
+
+def test_export_time_grows_with_the_alerts_not_with_alerts_times_records() -> None:
+    """Each alert is written at the clock of its first step, found by bisection: a 100 MB log with 3,470 alerts
+    took 67 s when each alert scanned every event (8,000 alerts over 100,000 records: about 25 s, now about 1)."""
+    import time
+
+    from moola_watch import export
+
+    rows = 100_000
+    started = time.perf_counter()
+    export.run_events("r", "r", grad_and_alerts(rows, []))
+    without = time.perf_counter() - started
+    started = time.perf_counter()
+    events = export.run_events("r", "r", grad_and_alerts(rows, list(range(rows - 8000, rows))))
+    with_alerts = time.perf_counter() - started
+    assert events.alerts == 8000 and len(events.events) == rows + 8000
+    assert with_alerts < 2 * without + 1.0, (with_alerts, without)
+
+
+def test_an_alert_is_written_at_the_clock_of_its_first_step(tmp_path: Path) -> None:
+    from moola_watch import export
+
+    frames = grad_and_alerts(10, [0, 4, 9, 30])  # 30: after the last record, at the last record's clock
+    frames["grad"] = frames["grad"][frames["grad"]["step"] % 2 == 0]  # steps 0, 2, ..., 8: 9 has none
+    written = export.write_run(tmp_path, export.run_events("r", "r", frames), str(tmp_path / "log.jsonl"))
+    alerts = accumulator(written.parent).Tensors("alerts")
+    assert [(e.step, e.wall_time) for e in alerts] == [(0, 1e9), (4, 1e9 + 4), (9, 1e9 + 8), (30, 1e9 + 8)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from helpers import REPO, run_cli
-from logs import collapse_scenario, healthy_scenario
+from logs import LogBuilder, collapse_scenario, healthy_scenario
 
 import moola_watch
-from moola_watch.loader import TABLES
+from moola_watch.loader import TABLES, NotALogError
 
 
 def test_load_of_a_log_is_what_csv_writes_plus_the_log(tmp_path: Path) -> None:
@@ -54,3 +56,107 @@ def test_load_of_the_shipped_samples_and_of_nothing(tmp_path: Path) -> None:
 def test_importing_moola_watch_stays_light() -> None:
     code = "import sys, moola_watch; assert 'pandas' not in sys.modules and callable(moola_watch.load)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0
+
+
+def exploded_then_recovered(path: Path, *, positions: bool = True) -> Path:
+    """Layer b explodes at steps 10-30 and recovers at 40 (a resolved exploding alert naming b); with
+    ``positions`` False, every other record carries neither epoch nor step."""
+    log = LogBuilder().start()
+    for epoch in range(1, 6):
+        norms = {"a.weight": 0.3, "b.weight": 40.0 if epoch <= 3 else 0.3}
+        log.grad(epoch, sum(norms.values()) / 2, max(norms.values()), norms).balance(epoch, 1.2).epoch(epoch)
+    if not positions:
+        for index, record in enumerate(log.records):
+            if record["kind"] in ("grad_stats", "task_balance", "epoch") and index % 2:
+                del record["epoch"], record["step"]
+    return log.end().write(path)
+
+
+def test_alerts_csv_writes_layers_as_json_and_steps_as_whole_numbers(tmp_path: Path) -> None:
+    log = exploded_then_recovered(tmp_path / "log.jsonl")
+    assert run_cli("moola_watch.cli", "analyze", str(log), "--csv", str(tmp_path / "csv")).returncode == 1
+    with (tmp_path / "csv" / "log.alerts.csv").open(newline="") as file:
+        rows = {row["rule"]: row for row in csv.DictReader(file)}
+    exploding = rows["exploding"]
+    assert json.loads(exploding["layers"]) == ["b.weight"]  # JSON, not Python's "['b.weight']"
+    assert (exploding["first_step"], exploding["resolved_step"], exploding["first_epoch"]) == ("10", "40", "1")
+    assert json.loads(rows["norm_level"]["layers"]) == [] and rows["norm_level"]["resolved_step"] == "40"
+    with (tmp_path / "csv" / "log.runs.csv").open(newline="") as file:
+        (run,) = csv.DictReader(file)
+    assert (run["epoch"], run["step"]) == ("5", "50")
+    firing = collapse_scenario().write(tmp_path / "collapse.jsonl")
+    assert run_cli("moola_watch.cli", "analyze", str(firing), "--csv", str(tmp_path / "csv")).returncode == 1
+    with (tmp_path / "csv" / "collapse.alerts.csv").open(newline="") as file:
+        collapse = next(row for row in csv.DictReader(file) if row["rule"] == "collapse")
+    assert (collapse["state"], collapse["first_step"], collapse["resolved_step"]) == ("firing", "100", "")
+
+
+def test_every_frames_step_and_epoch_are_nullable_integers(tmp_path: Path) -> None:
+    """Records without an epoch or a step: the column is still of integers (Int64), so arithmetic on it keeps
+    the missing ones missing; pandas made objects of them (epoch + 1 gave NaN) or floats (12.0)."""
+    frames = moola_watch.load(exploded_then_recovered(tmp_path / "log.jsonl", positions=False))
+    for name in ("grad", "layers", "balance", "epochs", "runs"):
+        for column in ("epoch", "step"):
+            assert frames[name][column].dtype == "Int64", (name, column, frames[name][column].dtype)
+        assert frames[name]["epoch"].isna().any() or name == "runs", name
+    assert (frames["grad"]["epoch"] + 1).dropna().tolist() == [3, 5]  # the epochs 2 and 4 kept theirs
+    for column in ("first_step", "first_epoch", "last_step", "resolved_step"):
+        assert frames["alerts"][column].dtype == "Int64", column
+    whole = moola_watch.load(exploded_then_recovered(tmp_path / "whole.jsonl"))
+    assert all(whole[name]["step"].dtype == "Int64" for name in ("grad", "layers", "balance", "epochs", "runs"))
+    assert whole["grad"]["step"].tolist() == [10, 20, 30, 40, 50]
+
+
+@pytest.mark.parametrize("module", ["gzip", "bz2", "lzma"])
+def test_a_compressed_log_is_read_decompressed(tmp_path: Path, module: str) -> None:
+    """What ``gzip run.jsonl`` (bzip2, xz) leaves is read as the log it holds: its frames were six empty tables."""
+    opener = __import__(module)
+    plain = collapse_scenario().write(tmp_path / "run.jsonl")
+    packed = tmp_path / ("run.jsonl." + {"gzip": "gz", "bz2": "bz2", "lzma": "xz"}[module])
+    packed.write_bytes(opener.compress(plain.read_bytes()))
+    expected, frames = moola_watch.load(plain), moola_watch.load(packed)
+    for name in TABLES:
+        assert (frames[name]["log"] == str(packed)).all(), name
+        pd.testing.assert_frame_equal(frames[name].drop(columns="log"), expected[name].drop(columns="log"))
+    assert len(frames["grad"]) == 10 and "collapse" in set(frames["alerts"]["rule"])
+    misnamed = tmp_path / "misnamed.jsonl"  # told by its first bytes, not its name
+    misnamed.write_bytes(packed.read_bytes())
+    assert len(moola_watch.load(misnamed)["grad"]) == 10
+
+
+def test_a_file_that_is_not_a_log_is_an_error_as_check_says_it(tmp_path: Path) -> None:
+    foreign = tmp_path / "metrics.jsonl"
+    foreign.write_text('{"loss": 0.5}\n{"loss": 0.4}\n')
+    with pytest.raises(NotALogError) as raised:
+        moola_watch.load(foreign)
+    message = str(raised.value)
+    assert message == f"{foreign} is not a moola log: no valid record (2 bad lines)" and "\n" not in message
+    assert message in run_cli("moola_watch.cli", "check", str(foreign)).stderr  # the CLI's words
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    with pytest.raises(NotALogError, match="no valid record"):
+        moola_watch.load(empty)
+
+    healthy_scenario().write(tmp_path / "run.jsonl")  # in a folder with a log, another tool's file is skipped
+    with pytest.warns(UserWarning) as caught:
+        frames = moola_watch.load(tmp_path)
+    skipped = [f"skipped: {empty} is not a moola log: no valid record (0 bad lines)", f"skipped: {message}"]
+    assert sorted(str(w.message) for w in caught) == skipped
+    assert frames["runs"]["log"].tolist() == [str(tmp_path / "run.jsonl")]
+    (tmp_path / "run.jsonl").unlink()
+    with pytest.raises(NotALogError):  # a folder of no log at all
+        moola_watch.load(tmp_path)
+
+
+def test_a_damaged_or_unreadable_compressed_log_is_an_os_error(tmp_path: Path) -> None:
+    import gzip
+
+    whole = gzip.compress(healthy_scenario().write(tmp_path / "run.jsonl").read_bytes())
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(OSError, match=r"cannot decompress .*cut\.jsonl\.gz \(gzip\)"):
+        moola_watch.load(cut)
+    zstd = tmp_path / "run.jsonl.zst"
+    zstd.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 20)
+    with pytest.raises(OSError, match="compressed with zstd; decompress it first"):
+        moola_watch.load(zstd)

@@ -200,3 +200,69 @@ def test_once_shows_every_firing_alert_however_many(tmp_path):
     rows = re.findall(r"^│ firing ", result.stdout, flags=re.MULTILINE)  # the state column of the alert table
     assert len(firing) >= 11 and len(rows) == len(firing), result.stdout[-3000:]
     assert "more not shown" not in result.stdout
+
+
+LONG_IDS = ("enhanced_simple_lstm-20261130-101332-9713", "enhanced_simple_lstm-20261130-101327-9710")
+
+
+def collapse_then_healthy(path, runs=LONG_IDS):
+    """Two runs of one log, as a sweep writes them: a collapse, then a healthy run; ids that differ at the end."""
+    builders = (collapse_scenario(), healthy_scenario())
+    for builder, run in zip(builders, runs, strict=True):
+        for record in builder.records:
+            record["run"] = run
+    path.write_bytes(b"".join(line for builder in builders for line in builder.lines()))
+    return path
+
+
+def test_analyze_worst_layers_are_each_runs_own(tmp_path):
+    """A layer that exploded in one run and stayed small in the next: each run has its own row (the text table a
+    run column, the JSON a run on every row), never one row with the last norm of one run beside the peak of the
+    other."""
+    log = tmp_path / "two.jsonl"
+    first, second = LogBuilder("first").start(), LogBuilder("second").start()
+    for epoch, norm in ((1, 40.0), (2, 0.3)):
+        first.grad(epoch, norm, norm, {"w.weight": norm, "v.weight": 0.1})
+    for epoch in (1, 2):
+        second.grad(epoch, 0.2, 0.2, {"w.weight": 0.2, "v.weight": 0.05})
+    log.write_bytes(b"".join(first.end().lines() + second.end().lines()))
+    report = json.loads(run_cli("moola_watch.cli", "analyze", "--json", str(log)).stdout)
+    rows = {(row["run"], row["layer"]): row for row in report["worst_layers"]["largest"]}
+    assert set(rows) == {(run, layer) for run in ("first", "second") for layer in ("w.weight", "v.weight")}
+    assert (rows[("first", "w.weight")]["last"], rows[("first", "w.weight")]["peak"]) == (0.3, 40.0)
+    assert (rows[("second", "w.weight")]["last"], rows[("second", "w.weight")]["peak"]) == (0.2, 0.2)
+    assert {row["run"] for row in report["worst_layers"]["smallest"]} == {"first", "second"}
+
+    shown = run_cli("moola_watch.cli", "analyze", str(log)).stdout
+    table = shown.split("Worst layers", 1)[1].split("\n\n", 1)[0].split("Alerts", 1)[0]
+    header = next(line for line in table.splitlines() if line.startswith("┃"))
+    assert header.split("┃")[1].strip() == "run"
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]
+    w_rows = [row for row in cells if row[2] == "w.weight"]
+    assert {(row[3], row[4]) for row in w_rows} == {("0.3", "40"), ("0.2", "0.2")}  # (largest and smallest)
+    assert [row[0] for row in cells if row[0]] == ["first", "second"]  # each run's block begins with its run
+
+
+def test_analyze_of_several_runs_reads_at_80_columns(tmp_path):
+    """A CI job's 80 columns, two runs with long ids: every line fits, no number is cut (no '3.…'), each run is
+    shown by what tells it apart, the alerts' message column is wide enough to read, and each run has its own
+    trend line."""
+    log = collapse_then_healthy(tmp_path / "two.jsonl")
+    result = run_cli("moola_watch.cli", "analyze", str(log), env={"COLUMNS": "80"})
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 80
+    assert not re.search(r"[\d.-]…", result.stdout), result.stdout  # a cut number ends in an ellipsis
+    for title in ("Gradient norms", "Task balance"):
+        table = result.stdout.split(title, 1)[1].split("└", 1)[0]
+        runs = {line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")} - {""}
+        assert runs == {"…101332-9713", "…101327-9710"}, (title, runs)
+    for trend in ("mean norm trend (log scale), per run:", "ratio trend (log scale, healthy 0.5-2.0), per run:"):
+        at = lines.index(next(line for line in lines if line.startswith(trend)))
+        assert [line.split()[0] for line in lines[at + 1 : at + 3]] == ["…101332-9713", "…101327-9710"], trend
+    alerts = result.stdout.split("\nAlerts", 1)[1]
+    header = next(line for line in alerts.splitlines() if "message / recommendation" in line)
+    assert len(header.split("┃")[-2]) >= 32, header  # the message column: 30 cells and its padding
+    assert "TASK COLLAPSE: Pointer task" in " ".join(alerts.replace("│", " ").split())
+    words = " ".join(result.stdout.replace("│", " ").split())
+    assert f"{LONG_IDS[0]} completed (shown as …101332-9713)" in words  # the labels' key

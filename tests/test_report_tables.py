@@ -1,0 +1,94 @@
+"""The tables of ``moola-watch analyze`` (:mod:`moola_watch.report`): they fit the console without cutting a
+number, and runs are shown by what tells them apart."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+
+from moola_watch.render import number
+from moola_watch.report import Choice, Column, FittedTable, run_labels
+
+numbers = st.floats(allow_nan=True, allow_infinity=True).map(number)
+words = st.text(alphabet="abcdefghij_.", min_size=1, max_size=24)
+
+
+def rendered(table: FittedTable | Choice, width: int) -> str:
+    console = Console(width=width, file=io.StringIO(), record=True, color_system=None)
+    console.print(table)
+    return console.export_text()
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> FittedTable:
+    rows = draw(st.integers(1, 5))
+    columns = []
+    for index in range(draw(st.integers(1, 9))):
+        if draw(st.booleans()):
+            cells = [draw(numbers) for _ in range(rows)]
+            columns.append(Column(f"n{index}", cells, number=True, drop=draw(st.integers(0, 2)), justify="right"))
+        else:
+            cells = [" ".join(draw(st.lists(words, min_size=1, max_size=6))) for _ in range(rows)]
+            columns.append(Column(f"t{index}", cells, drop=draw(st.integers(0, 2))))
+    return FittedTable("T", columns)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tables(), st.integers(30, 200))
+def test_a_table_that_fits_shows_every_number_and_word_whole(table: FittedTable, width: int) -> None:
+    """Where the table says it fits, every number of a kept column is on one line, whole, and so is every word
+    of a text column no longer than the least width it keeps; the columns left out are named under it."""
+    out = rendered(table, width)
+    assert max(map(len, out.splitlines())) <= width
+    if not table.fits(width):
+        return
+    kept, dropped = table.fit(width)
+    tokens = set(re.split(r"[\s│┃]+", out))
+    for column in kept:
+        for cell in column.cells:
+            for word in str(cell).split():
+                if column.number or len(word) <= column.least():
+                    assert word in tokens, (column.header, word, out)
+    if dropped:
+        assert f"(not shown at {width} columns: {', '.join(c.header for c in dropped)})" in " ".join(out.split())
+
+
+def test_a_number_column_goes_before_a_number_is_cut() -> None:
+    columns = [
+        Column("step", ["123456"], number=True, justify="right"),
+        Column("cosine", ["-0.12345"], number=True, drop=1, justify="right"),
+        Column("ratio", ["1.234e+05"], number=True, justify="right"),
+        Column("status", ["Significant imbalance"]),
+    ]
+    table = FittedTable("Balance", columns)
+    wide, narrow = rendered(table, 80), rendered(table, 42)
+    assert "-0.12345" in wide and "not shown" not in wide
+    assert "-0.12345" not in narrow and "1.234e+05" in narrow and "123456" in narrow
+    assert "(not shown at 42 columns: cosine)" in narrow
+
+
+def test_alerts_stack_their_facts_where_the_message_would_get_too_little_room() -> None:
+    message = Column("message", ["TASK COLLAPSE: Pointer task dominating (ratio=19.06 > 5.0) over 10 samples"],
+                     floor=30)  # fmt: skip
+    wide = FittedTable("Alerts", [Column("run", ["…101332-9713"]), Column("state", ["firing"], number=True),
+                                  Column("since", ["epoch 10"], number=True), message])  # fmt: skip
+    narrow = FittedTable("Alerts", [Column("run", ["…101332-9713"]), Column("alert", ["firing since epoch 10"]),
+                                    message])  # fmt: skip
+    choice = Choice([wide, narrow])
+    assert choice.chosen(120) is wide and choice.chosen(60) is narrow
+    assert "ratio=19.06" in rendered(choice, 60)
+
+
+def test_run_labels_keep_what_tells_runs_apart() -> None:
+    long = ["enhanced_simple_lstm-20261130-101332-9713", "enhanced_simple_lstm-20261130-101327-9710"]
+    assert list(run_labels(long).values()) == ["…101332-9713", "…101327-9710"]
+    assert run_labels(["first-run", "second-run"]) == {"first-run": "first-run", "second-run": "second-run"}
+    assert run_labels([long[0]]) == {long[0]: long[0]}  # one run: no run column, its id in full above
+    restarted = ["a-very-long-run-name-of-a-job", "a-very-long-run-name-of-a-job#2"]
+    assert list(run_labels(restarted).values()) == ["…job", "…job#2"]  # every label keeps a tail
+    apart_at_start = ["x-0123456789abcdefghij", "y-0123456789abcdefghij"]
+    assert run_labels(apart_at_start) == {run: run for run in apart_at_start}  # nothing shared to leave out
