@@ -162,7 +162,8 @@ def test_export_time_grows_with_the_alerts_not_with_alerts_times_records() -> No
     events = export.run_events("r", "r", grad_and_alerts(rows, list(range(rows - 8000, rows))))
     with_alerts = time.perf_counter() - started
     assert events.alerts == 8000 and len(events.events) == rows + 8000
-    assert with_alerts < 2 * without + 1.0, (with_alerts, without)
+    # A bound loose enough for a loaded CI machine, far below the quadratic 25 s: a complexity check, not a timing
+    assert with_alerts < 5 * without + 3.0, (with_alerts, without)
 
 
 def test_an_alert_is_written_at_the_clock_of_its_first_step(tmp_path: Path) -> None:
