@@ -289,6 +289,26 @@ def test_a_long_log_gives_a_report_of_reasonable_size(tmp_path: Path) -> None:
     assert peak == 500.0  # the one-step spike survived thinning
 
 
+def test_a_log_of_many_runs_draws_the_most_telling_runs_and_tables_them_all(tmp_path: Path) -> None:
+    """A sweep appended into one log: 30 runs, one of them exploding. The figures draw 12 (that one among them,
+    it was one heatmap of 30), the comparison table lists every run, and the subtitle says so."""
+    from logs import LogBuilder
+
+    lines = []
+    for i in range(30):
+        log = LogBuilder(f"sweep-{i:02d}", t0=1_700_000_000.0 + 1000 * i).start()
+        for epoch in range(1, 4):
+            peak = 500.0 if i == 7 else 0.5
+            log.grad(epoch, 0.3, peak, {"enc.weight": 0.3, "head.weight": peak})
+        lines += log.end().lines()
+    path = tmp_path / "sweep.jsonl"
+    path.write_bytes(b"".join(lines))
+    page, figures = build_page([analyze.scan_log(path, frames=True)])
+    heatmaps = [f for f in figures if f.slug.startswith("layers")]
+    assert len(heatmaps) == 12 and any("sweep-07" in f.title for f in heatmaps)
+    assert "the figures draw 12 of the 30 runs" in page.subtitle and len(page.comparison.headers) == 1 + 30
+
+
 def test_analyze_points_to_the_report() -> None:
     result = run_cli("moola_watch.cli", "analyze", str(SAMPLES / "healthy.jsonl"))
     assert f"moola-watch report {SAMPLES / 'healthy.jsonl'} -o report.html" in result.stdout

@@ -27,6 +27,12 @@ from moola_watch.html_report.style import ReportFigure
 __all__ = ["PngError", "ReportError", "Written", "build_figures", "build_page", "write_report"]
 
 ALERT_COLUMNS = ("severity", "state", "run", "rule", "since", "resolved", "message", "recommendation", "evidence")
+#: Runs drawn at most (a sweep appended into one log can hold hundreds: one heatmap and trace each would make a
+#: page no browser draws in reasonable time); every run is in the comparison table and the alerts table.
+MAX_DRAWN_RUNS = 12
+#: Verdicts, most telling first: which runs are drawn when not all are.
+VERDICT_ORDER = ("critical", "error", "warning", analyze.VERDICT_NO_MEASUREMENTS, analyze.VERDICT_UNTERMINATED,
+                 analyze.VERDICT_HEALTHY)  # fmt: skip
 
 
 class ReportError(Exception):
@@ -57,6 +63,16 @@ def build_figures(runs: Sequence[RunData], thresholds: rules.Thresholds) -> list
     return [figure for figure in candidates if figure is not None]
 
 
+def drawn_runs(runs: Sequence[RunData], limit: int = MAX_DRAWN_RUNS) -> list[RunData]:
+    """The runs the figures draw: all of them up to ``limit``; beyond, those with the most telling verdicts
+    (the latest first among equals), in their own order."""
+    if len(runs) <= limit:
+        return list(runs)
+    rank = {verdict: i for i, verdict in enumerate(VERDICT_ORDER)}
+    order = sorted(range(len(runs)), key=lambda i: (rank.get(runs[i].verdict, len(rank)), -i))
+    return [runs[i] for i in sorted(order[:limit])]
+
+
 def thresholds_text(th: rules.Thresholds) -> str:
     return "Thresholds: " + ", ".join(f"{name} {value:g}" for name, value in th.to_dict().items())
 
@@ -65,16 +81,20 @@ def build_page(scans: Sequence[analyze.LogScan], now: float | None = None) -> tu
     """The page (and its figures) for logs scanned with ``frames=True``."""
     runs = collect_runs(scans)
     thresholds = scans[0].thresholds if scans else rules.Thresholds()
-    figures = build_figures(runs, thresholds)
+    drawn = drawn_runs(runs)
+    figures = build_figures(drawn, thresholds)
     headers, rows = comparison(runs)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() if now is None else now))
     logs = ", ".join(Path(scan.path).name for scan in scans)
     bad = sum(scan.bad_lines for scan in scans)
     subtitle = (
         f"{len(runs)} run{'s' if len(runs) != 1 else ''} from {len(scans)} log{'s' if len(scans) != 1 else ''} "
-        f"({logs}) · {sum(s.records for s in scans)} records, {bad} bad lines skipped · x axis: {x_axis(runs)} · "
+        f"({logs}) · {sum(s.records for s in scans)} records, {bad} bad lines skipped · x axis: {x_axis(drawn)} · "
         f"generated {when}"
     )
+    if len(drawn) < len(runs):
+        subtitle += (f" · the figures draw {len(drawn)} of the {len(runs)} runs, those with the most telling "
+                     "verdicts (every run is in the tables)")  # fmt: skip
     page = Page(
         title="moola-watch report",
         subtitle=subtitle,
