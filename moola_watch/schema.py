@@ -392,6 +392,8 @@ def decode_record(line: bytes | str) -> Record | Rejected:
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
+        if line[:3] == b"\xef\xbb\xbf" or line[:1] == "\ufeff":  # a file's byte order mark, files joined by cat
+            return decode_record(line[3:] if isinstance(line, bytes | bytearray) else line[1:])
         if isinstance(line, bytes | bytearray):
             try:
                 line.decode("utf-8")

@@ -171,6 +171,16 @@ def test_a_nan_gradient_written_as_a_bare_nan_token_is_judged_not_dropped(tmp_pa
     assert result.returncode == 1 and report["verdict"] == "critical" and report["bad_lines"] == 0, report
 
 
+def test_two_logs_with_byte_order_marks_joined_by_cat_are_two_runs_and_no_bad_line(tmp_path):
+    """The second file's byte order mark is mid-file: its run_start was a bad line, its run merged into nothing."""
+    joined = tmp_path / "joined.jsonl"
+    joined.write_bytes(b"".join(b"\xef\xbb\xbf" + (REPO / "sample_logs" / name).read_bytes()
+                                for name in ("healthy.jsonl", "exploding_gradients.jsonl")))  # fmt: skip
+    result, (report,) = check("--json", joined)
+    assert report["bad_lines"] == 0 and len(report["runs"]) == 2 and result.returncode == 1, report
+    assert [run["verdict"] for run in report["runs"]] == ["healthy", "error"]
+
+
 def test_a_file_that_is_not_a_log_exits_2(tmp_path):
     path = tmp_path / "notes.jsonl"
     path.write_text("this is not\na moola log\n")

@@ -169,8 +169,18 @@ def builders(tmp: Path) -> dict[str, Callable[[], Path]]:
         "big": lambda: (write_big_log(tmp / "big.jsonl", 20_000), tmp / "big.jsonl")[1],
         "bom": lambda: bom_log(tmp / "bom.jsonl"),
         "bare_nonfinite": lambda: bare_nonfinite_log(tmp / "bare.jsonl"),
+        "boms_joined": lambda: boms_joined_log(tmp / "joined.jsonl"),
     }
     return out
+
+
+def boms_joined_log(path: Path) -> Path:
+    """Two logs a Windows tool rewrote (each with a byte order mark), joined by ``cat``: the second's mark is
+    mid-file, before its run_start."""
+    first, second = (b"\xef\xbb\xbf" + (REPO / "sample_logs" / name).read_bytes()
+                     for name in ("healthy.jsonl", "exploding_gradients.jsonl"))  # fmt: skip
+    path.write_bytes(first + second)
+    return path
 
 
 def bare_nonfinite_log(path: Path) -> Path:
