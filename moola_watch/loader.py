@@ -7,26 +7,19 @@ row per layer per record), ``balance`` (ratio, cosines, per-task norms, shares, 
 
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
 import json
-import lzma
 import re
-import shutil
-import tempfile
 import warnings
-import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 
 import pandas as pd
 
 from moola_watch import analyze
 from moola_watch.rules import Thresholds
+from moola_watch.sources import directory_logs
 
 TABLES = ("grad", "layers", "balance", "epochs", "alerts", "runs")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -41,19 +34,19 @@ def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd
 
     The same tables ``moola-watch analyze --csv`` writes, each with a ``log`` column first (the file a row came
     from), so one call gives a whole sweep. ``thresholds`` as ``--config`` would set them (default: the spec's).
-    A log compressed with gzip, bzip2 or xz (``run.jsonl.gz``) is read decompressed, whatever its name.
+    A log compressed with gzip, bzip2 or xz (``run.jsonl.gz``) is read decompressed, whatever its name; in a
+    directory, a rotated log's parts (``run.jsonl.1``, ``run.jsonl``) are read oldest first as one log.
     Raises ``FileNotFoundError`` when there is no log there, ``OSError`` when one cannot be read or
     decompressed, :class:`NotALogError` when the file holds not one valid record (as ``check`` calls it "not a
     moola log"); such a file in a directory is skipped with a warning, unless no file there is a log.
     """
     path = Path(path)
-    logs = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    logs = directory_logs(path) if path.is_dir() else [(path, [path])]
     if not logs:
         raise FileNotFoundError(f"no *.jsonl log in {path}")
     per_log, foreign = [], []
-    for log in logs:
-        with readable(log) as plain:
-            scan = analyze.scan_log(plain, thresholds, frames=True)
+    for log, parts in logs:  # a rotated log's parts oldest first, as one log (as check reads a folder)
+        scan = analyze.scan_log(log, thresholds, parts=parts if len(parts) > 1 else None, frames=True)
         if not scan.records:
             foreign.append(NotALogError(f"{log} is not a moola log: no valid record ({scan.bad_lines} bad lines)"))
             continue
@@ -64,34 +57,6 @@ def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd
     for error in foreign:
         warnings.warn(f"skipped: {error}", stacklevel=2)
     return {name: _concat([frames[name] for frames in per_log]) for name in TABLES}
-
-
-#: The first bytes of each compressed format the standard library reads, and its module (``open(path, "rb")``).
-COMPRESSED: dict[bytes, ModuleType] = {b"\x1f\x8b": gzip, b"BZh": bz2, b"\xfd7zXZ\x00": lzma}
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-@contextmanager
-def readable(path: Path) -> Iterator[Path]:
-    """``path``, or, if it is compressed (gzip, bzip2, xz: told by its first bytes, not its name), a decompressed
-    copy of it in a temporary directory, removed afterwards. Raises ``OSError`` if it cannot be read or
-    decompressed (a zstd file among them: the standard library reads none before Python 3.14)."""
-    with path.open("rb") as file:
-        head = file.read(6)
-    module = next((found for magic, found in COMPRESSED.items() if head.startswith(magic)), None)
-    if module is None:
-        if head.startswith(ZSTD_MAGIC):
-            raise OSError(f"cannot read {path}: compressed with zstd; decompress it first (zstd -d)")
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="moola-watch-") as directory:
-        plain = Path(directory) / path.name.removesuffix(path.suffix)
-        try:
-            with module.open(path, "rb") as source, plain.open("wb") as target:
-                shutil.copyfileobj(source, target, 1 << 20)
-        except (OSError, EOFError, lzma.LZMAError, zlib.error) as exc:
-            raise OSError(f"cannot decompress {path} ({module.__name__}): {exc}") from None
-        yield plain
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

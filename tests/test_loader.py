@@ -154,9 +154,25 @@ def test_a_damaged_or_unreadable_compressed_log_is_an_os_error(tmp_path: Path) -
     whole = gzip.compress(healthy_scenario().write(tmp_path / "run.jsonl").read_bytes())
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(OSError, match=r"cannot decompress .*cut\.jsonl\.gz \(gzip\)"):
+    with pytest.raises(OSError, match=r"cut\.jsonl\.gz is gzip-compressed, but its data is damaged or cut short"):
         moola_watch.load(cut)
     zstd = tmp_path / "run.jsonl.zst"
     zstd.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 20)
-    with pytest.raises(OSError, match="compressed with zstd; decompress it first"):
+    with pytest.raises(OSError, match="is zstd-compressed, which this Python cannot read: decompress it first"):
         moola_watch.load(zstd)
+
+
+def test_a_folders_rotated_log_is_loaded_as_one_log_oldest_part_first(tmp_path: Path) -> None:
+    """As check reads a folder: run.jsonl.1 (the older half) then run.jsonl, one log, its rows in order."""
+    lines = collapse_scenario().lines()
+    folder = tmp_path / "rotated"
+    folder.mkdir()
+    (folder / "run.jsonl.1").write_bytes(b"".join(lines[:15]))
+    (folder / "run.jsonl").write_bytes(b"".join(lines[15:]))
+    joined = tmp_path / "joined" / "run.jsonl"
+    joined.parent.mkdir()
+    joined.write_bytes(b"".join(lines))
+    parts, whole = moola_watch.load(folder), moola_watch.load(joined)
+    for name in ("grad", "balance", "epochs", "alerts"):
+        assert parts[name].drop(columns="log").equals(whole[name].drop(columns="log")), name
+    assert set(parts["runs"]["log"]) == {str(folder / "run.jsonl")}
