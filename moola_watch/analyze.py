@@ -20,7 +20,7 @@ from moola_watch import columnar, rules, schema, sources
 from moola_watch.frames import FrameColumns, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
-from moola_watch.tail import CUT_OFF, BadLine, Item, LineDecoder, Notice, RecordItem, SkippedHistory
+from moola_watch.tail import CUT_OFF, REPEATED, BadLine, Item, LineDecoder, Notice, RecordItem, SkippedHistory
 from moola_watch.writer_process import log_writer_gone
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: check and follow never need its 0.2 s import
@@ -84,6 +84,8 @@ class LogScan:
         if isinstance(item, SkippedHistory):
             return self._resume(item)
         if isinstance(item, BadLine):
+            if item.rejected.category == REPEATED and self._bad_before is not None:
+                item = item._replace(rejected=self._bad_before.rejected)  # the repeat of a bad line is as bad
             self.bad_lines += 1
             self.bad_by_category[item.rejected.category] += 1
             if len(self.bad_details) < MAX_BAD_LINE_DETAILS:

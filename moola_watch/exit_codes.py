@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from moola_watch.analyze import VERDICT_NO_MEASUREMENTS, LogScan, run_verdict
-from moola_watch.tail import CUT_OFF
+from moola_watch.tail import CUT_OFF, REPEATED
 
 EXIT_OK, EXIT_ALERT, EXIT_USAGE, EXIT_NO_MEASUREMENTS = 0, 1, 2, 3
 #: Which exit code wins when several logs or runs disagree (most telling first).
@@ -18,14 +18,17 @@ EXIT_PRECEDENCE = (EXIT_USAGE, EXIT_ALERT, EXIT_NO_MEASUREMENTS, EXIT_OK)
 
 @dataclass(frozen=True)
 class BadLines:
-    """A log's rejected lines as the exit code judges them: ``counted`` are all but a cut-off last line, and fail
-    the log when there are more than ``limit`` (``--max-bad-lines``); ``first`` is where the first of them is
-    and why (None if not known)."""
+    """A log's rejected lines as the exit code judges them: ``counted`` are all but the ``cut`` ones (cut off
+    mid-write) and the ``repeated`` ones (the same line twice in a row, taken once), and fail the log when there
+    are more than ``limit`` (``--max-bad-lines``); ``first`` is where the first counted one is and why (None if
+    not known)."""
 
     total: int
     counted: int
     limit: int
     first: tuple[int, str] | None = None
+    cut: int = 0
+    repeated: int = 0
 
     @property
     def fail(self) -> bool:
@@ -44,18 +47,29 @@ class BadLines:
                 said.append(f"--max-bad-lines {self.counted} accepts {'them' if self.counted != 1 else 'it'}")
             else:
                 said.append(f"accepted: --max-bad-lines {self.limit}")
-        if (cut := self.total - self.counted) > 0:
-            said.append(f"{'a line' if cut == 1 else f'{cut} lines'} cut off mid-write (a writer stopped): not counted")
+        if self.cut:
+            said.append(f"{_lines(self.cut)} cut off mid-write (a writer stopped): not counted")
+        if self.repeated:
+            said.append(f"{_lines(self.repeated)} the same as the line before (sent twice): taken once, not counted")
         return "; ".join(said)
 
 
+def _lines(count: int) -> str:
+    return "a line" if count == 1 else f"{count} lines"
+
+
+#: Rejected lines that do not count against a log: nothing of a run that went on was lost.
+NOT_COUNTED = frozenset({CUT_OFF, REPEATED})
+
+
 def bad_lines(scan: LogScan, max_bad_lines: int = 0) -> BadLines:
-    """``scan``'s rejected lines against ``max_bad_lines``: all but a cut-off last line count."""
-    cut_off = scan.bad_by_category.get(CUT_OFF, 0)
+    """``scan``'s rejected lines against ``max_bad_lines``: all but cut-off and repeated lines count."""
+    cut, repeated = scan.bad_by_category.get(CUT_OFF, 0), scan.bad_by_category.get(REPEATED, 0)
     first = next(
-        ((bad.line_no, bad.rejected.reason) for bad in scan.bad_details if bad.rejected.category != CUT_OFF), None
+        ((bad.line_no, bad.rejected.reason) for bad in scan.bad_details if bad.rejected.category not in NOT_COUNTED),
+        None,
     )
-    return BadLines(scan.bad_lines, scan.bad_lines - cut_off, max_bad_lines, first)
+    return BadLines(scan.bad_lines, scan.bad_lines - cut - repeated, max_bad_lines, first, cut, repeated)
 
 
 def exit_code(scan: LogScan, runs: Sequence[str], fail_on: str, max_bad_lines: int = 0) -> int:

@@ -14,10 +14,12 @@ periodic stat being a safety net for dropped inotify events and the only mechani
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,6 +44,9 @@ class RecordItem(NamedTuple):
 
 #: The category of a line a writer was still writing (or died writing): not a record lost from a run that went on.
 CUT_OFF = "cut_off"
+#: The category of a line the same as the one before it (a log shipper that sends at least once sent it twice):
+#: taken once, as the writer wrote it once (every record holds its own time, so no two records are the same line).
+REPEATED = "repeated"
 
 
 class BadLine(NamedTuple):
@@ -96,6 +101,8 @@ class LineDecoder:
         self._partial = bytearray()
         self._overflow = 0  # bytes of the current over-long line dropped so far
         self._discarding = False  # dropping the rest of a line whose start we never saw
+        self._previous = b""  # the last whole line (a line the same as it is a repeat)
+        self.repeats = 0  # lines found the same as the one before them
 
     @property
     def pending_bytes(self) -> int:
@@ -105,6 +112,7 @@ class LineDecoder:
     def reset(self) -> None:
         """Forget any partial line and restart line numbers (the file was truncated or replaced)."""
         self.line_no = 0
+        self._previous = b""
         self.reset_partial()
 
     def reset_partial(self) -> None:
@@ -153,14 +161,31 @@ class LineDecoder:
             if self.line_no == 0:
                 lines[0] = without_bom(lines[0])
             numbered: Iterable[Line] = zip(range(self.line_no + 1, self.line_no + 1 + len(lines)), lines, strict=True)
+            # (compared in C: a Python loop per line only in a chunk that has a repeat)
+            if lines[0] == self._previous or any(map(operator.eq, lines, islice(lines, 1, None))):
+                numbered = self._repeated(list(numbered))
             self.line_no += len(lines)
+            self._previous = lines[-1]
             if b"" in lines or any(map(bytes.isspace, lines)):
-                numbered = [line for line in numbered if not _blank(line[1])]
+                numbered = [line for line in numbered if isinstance(line, BadLine) or not _blank(line[1])]
             items += numbered
             start = last + 1
         if start < len(chunk):
             self._take(chunk[start:])
         return items
+
+    def _repeated(self, numbered: list[Line]) -> list[Line | BadLine]:
+        """``numbered`` with each line the same as the one before it (not blank) as a repeated bad line."""
+        out: list[Line | BadLine] = []
+        previous = self._previous
+        for line_no, data in numbered:
+            if data == previous and not _blank(data):
+                self.repeats += 1
+                out.append(BadLine(self.path, line_no, Rejected(REPEATED, "the same line as the one before it")))
+            else:
+                out.append((line_no, data))
+            previous = data
+        return out
 
     def finish(self) -> list[BadLine]:
         """The file ended for good (rotated away, deleted): a held-back partial line is a cut-off line."""
@@ -189,7 +214,8 @@ class LineDecoder:
             reason = f"line of {size} bytes exceeds the {self.max_line}-byte limit"
             items.append(BadLine(self.path, self.line_no, Rejected("too_long", reason)))
         elif not _blank(line):
-            items.append((self.line_no, line))
+            items += self._repeated([(self.line_no, line)])
+        self._previous = line
 
 
 def _blank(line: bytes) -> bool:

@@ -136,6 +136,23 @@ def test_a_line_cut_by_a_crash_then_a_new_run_appended_by_a_real_writer_is_not_c
     assert "cut off by a crash before a new run began" in report["bad_line_details"][0]["reason"]
 
 
+def test_a_log_whose_lines_a_shipper_sent_twice_is_judged_as_the_log_it_copies(tmp_path):
+    """An at-least-once log shipper (or `awk '{print; print}'`): every line twice in a row. One pre-clip spike
+    must not be confirmed by its own copy, nor the repeated run_start make a second run."""
+    log = LogBuilder().start()
+    for step in range(1, 13):
+        peak = 12.0 if step == 6 else 0.8
+        log.grad(step, 0.3, peak, {"encoder.weight": 0.3, "head.weight": peak})
+    once = tmp_path / "once.jsonl"
+    log.end().write(once)
+    twice = tmp_path / "twice.jsonl"
+    twice.write_bytes(b"".join(line + line for line in log.lines()))
+    (_, (original,)), (result, (copied,)) = check_json(once), check_json(twice)
+    assert result.returncode == 0 and original["verdict"] == copied["verdict"] and len(copied["runs"]) == 1, copied
+    assert copied["bad_line_categories"] == {"repeated": len(log.lines())} and copied["bad_lines_counted"] == 0
+    assert "the same as the line before (sent twice): taken once, not counted" in watch("check", twice).stdout
+
+
 def test_junit_fails_a_log_whose_bad_lines_fail_it(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_bytes(garbage(healthy_scenario()))

@@ -170,6 +170,9 @@ def builders(tmp: Path) -> dict[str, Callable[[], Path]]:
         "bom": lambda: bom_log(tmp / "bom.jsonl"),
         "bare_nonfinite": lambda: bare_nonfinite_log(tmp / "bare.jsonl"),
         "boms_joined": lambda: boms_joined_log(tmp / "joined.jsonl"),
+        "every_line_twice": lambda: lines_log(tmp / "twice.jsonl", [line for line in
+                                              (REPO / "sample_logs" / "exploding_gradients.jsonl").read_bytes()
+                                              .splitlines(keepends=True) for line in (line, line)]),
     }
     return out
 
@@ -244,9 +247,14 @@ def assert_same(
     try:
         columnar.scan_into(fast, path, parallel=parallel, **sizes)  # no fallback to the streaming engine here
     except columnar.UnsupportedInput as exc:
-        # The one input the fast path hands back by design: a run restarted under its own id (a new key).
+        # The inputs the fast path hands back by design: a run restarted under its own id (a new key), and a line
+        # the same as the one before it (the second decoding process would take it twice).
+        lines = path.read_bytes().splitlines()
+        if str(exc) == "a line the same as the one before it":
+            assert any(a == b and a.strip() for a, b in zip(lines, lines[1:], strict=False))
+            return
         assert str(exc) == "a run restarted under the same run id", exc
-        starts = [json.loads(line)["run"] for line in path.read_bytes().splitlines() if b'"run_start"' in line]
+        starts = [json.loads(line)["run"] for line in lines if b'"run_start"' in line]
         assert len(starts) > len(set(starts))
         return
     fast.check_stale(NOW)

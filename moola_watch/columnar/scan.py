@@ -96,6 +96,8 @@ def _read(
             while chunk := handle.read(chunk_bytes):
                 first_line = decoder.line_no + 1
                 lines = decoder.lines(chunk)
+                if decoder.repeats:  # (the worker's lines would count it): the streaming reader takes it once
+                    raise UnsupportedInput("a line the same as the one before it")
                 last = chunk.rfind(b"\n")
                 end = offset + last  # where the chunk's last whole line ends (if it completes one)
                 if worker is not None and worker.pending < AHEAD and 0 <= end - line_start <= longest:
