@@ -1,9 +1,9 @@
-"""A real training loop whose third head reads a detached input: ``python detached_head_run.py LOG [STEP]``.
+"""A real training loop whose last head reads a detached input: ``python detached_head_run.py LOG [STEP [TASKS]]``.
 
 Heads ``a`` and ``b`` share a trunk and are balanced; head ``c`` reads ``trunk(x).detach()`` (a linear probe,
 or the bug of a head that never trains the trunk), from the start or, given ``STEP``, from that optimizer step
-on (a change that cut it off the trunk mid-run). The monitor measures every step, its warnings going where
-a library's go by default (the ``moola`` logger, shown on stderr).
+on (a change that cut it off the trunk mid-run). ``TASKS`` 2: heads ``a`` and ``c`` only. The monitor measures
+every step, its warnings going where a library's go by default (the ``moola`` logger, shown on stderr).
 """
 
 import sys
@@ -16,7 +16,7 @@ from moola.utils.monitoring import GradientMonitor
 STEPS = 40
 
 
-def main(log: str, detached_from: int = 1) -> None:
+def main(log: str, detached_from: int = 1, tasks: int = 3) -> None:
     torch.manual_seed(0)
     trunk, heads = nn.Sequential(nn.Linear(8, 16), nn.Tanh()), nn.ModuleDict({t: nn.Linear(16, 1) for t in "abc"})
     model = nn.ModuleDict({"trunk": trunk, "heads": heads})
@@ -32,6 +32,8 @@ def main(log: str, detached_from: int = 1) -> None:
                 "b": nn.functional.mse_loss(heads["b"](h).squeeze(1), x[:, 1]),
                 "c": nn.functional.mse_loss(heads["c"](c_input).squeeze(1), x[:, 2]),
             }
+            if tasks == 2:
+                del losses["b"]
             monitor.backward(model, losses)
             monitor.on_before_optimizer_step(model)
             optimizer.step()

@@ -148,13 +148,16 @@ def test_one_nan_task_loss_is_not_a_collapse_of_that_task(tmp_path):
     assert not [alert for alert in report["alerts"] if alert["rule"] in ("collapse", "imbalance")], report["alerts"]
 
 
-def test_a_head_cut_off_the_trunk_mid_run_is_a_left_out_warning_and_its_old_window_is_not_judged(tmp_path):
+@pytest.mark.parametrize("tasks", [3, 2])
+def test_a_head_cut_off_the_trunk_mid_run_is_a_left_out_warning_and_its_old_window_is_not_judged(tmp_path, tasks):
     """Head c reads the trunk until step 20, then a detached input: from step 20 it is left out of the balance
-    (the records say so), one warning says since when, and no collapse is judged on its window from before."""
+    (the records say so), one warning says since when, and no collapse is judged on its window from before. Of
+    two tasks, the other is then measured alone on the layers they shared (the balance stopped, and its last
+    window called the other task starved at the run's end)."""
     log = tmp_path / "cut.jsonl"
     script = Path(__file__).with_name("detached_head_run.py")
-    run = subprocess.run([sys.executable, str(script), str(log), "20"], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    run = subprocess.run([sys.executable, str(script), str(log), "20", str(tasks)], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     balance = [r for r in map(decode_record, log.read_bytes().splitlines()) if r["kind"] == "task_balance"]
     assert [r["step"] for r in balance if r.get("left_out") == ["c"]] == list(range(20, 41))

@@ -193,6 +193,8 @@ class GradientMonitor:
         # (step, epoch) at the first step hook: where this process began monitoring (a resumed run's is late).
         self._began: tuple[int, int | None] | None = None
         self._single_task: str | None = None  # the task of the first call to name only one
+        # The parameters the last balance was measured on: a task cut off them later is left out, not the end of it
+        self._shared_before: tuple[torch.Tensor, ...] = ()
         self.end_on_sigterm = end_on_sigterm
         self._undo_sigterm: Callable[[], None] = lambda: None  # the SIGTERM handler on_run_start set, if any
         self._last_step = 0  # the highest step recorded so far
@@ -393,11 +395,13 @@ class GradientMonitor:
             if static_graph_first_iteration(losses.values()):
                 raise BalanceUnavailable(STATIC_GRAPH_FIRST_ITERATION)
             return compute_task_balance(
-                losses, model, weights=weights, shared_parameters=shared_parameters, representation=representation
-            )
+                losses, model, weights=weights, shared_parameters=shared_parameters, representation=representation,
+                before=self._shared_before,
+            )  # fmt: skip
 
         balance = self._guarded("task balance", measure, model)
         if balance is not None:
+            self._shared_before = balance.parameters or self._shared_before
             self.record_balance(balance)
         return balance
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -49,7 +49,8 @@ class TaskGradients:
     the Gram matrix of the weighted task gradients (they sum to 1; a negative share pulls against the rest).
     ``ratio`` and ``cosine`` are the spec's pointer/type figures, None without those two tasks. ``left_out``
     names the tasks not measured: they reach none of the parameters the others share (``scope`` says so too).
-    ``float(result)`` is the ratio."""
+    ``parameters`` are the shared parameters measured on (none for a representation's balance). ``float(result)``
+    is the ratio."""
 
     ratio: float | None
     norms: dict[str, float]
@@ -61,6 +62,7 @@ class TaskGradients:
     shares: dict[str, float]
     weights: dict[str, float]
     left_out: tuple[str, ...] = ()
+    parameters: tuple[torch.Tensor, ...] = field(default=(), repr=False, compare=False)
 
     def __float__(self) -> float:
         return math.nan if self.ratio is None else self.ratio
@@ -194,21 +196,33 @@ def shared_parameters_of(model: nn.Module, *losses: torch.Tensor) -> list[nn.Par
 
 
 def resolve_shared(
-    model: nn.Module, losses: Mapping[str, torch.Tensor], given: Sequence[nn.Parameter] | None
+    model: nn.Module,
+    losses: Mapping[str, torch.Tensor],
+    given: Sequence[nn.Parameter] | None,
+    before: Sequence[nn.Parameter] = (),
 ) -> tuple[list[nn.Parameter], tuple[str, ...]]:
     """``given``, or the parameters every loss reaches, and the tasks left out of the balance. When no parameter
     is reached by every task, the tasks that reach none another task reaches (a head fed a detached input) are
     left out, with one warning, and the parameters the others all reach are measured, if at least two others
-    share some; otherwise an error that names a task sharing nothing with any other."""
+    share some. Else, given the parameters an earlier balance was measured on (``before``), the tasks that
+    reach none of them any more are left out and the rest measured on those they reach (even one task: of two
+    tasks, the one cut off the shared layers is news, not a reason to stop measuring). Otherwise an error that
+    names a task sharing nothing with any other."""
     shared = list(given) if given is not None else shared_parameters_of(model, *losses.values())
     if shared:
         return shared, ()
-    alone = _alone(_reached_by_task(model, losses))
+    reached = _reached_by_task(model, losses)
+    alone = _alone(reached)
     rest = [name for name in losses if name not in alone]
     if given is None and alone and len(rest) >= 2:
         shared = shared_parameters_of(model, *(losses[name] for name in rest))
         if shared:
             return shared, tuple(alone)
+    earlier = {id(p) for p in before}
+    sharing = [name for name in losses if reached[name] & earlier]
+    if given is None and sharing and len(sharing) < len(losses):
+        measured = [p for p in before if any(id(p) in reached[name] for name in sharing)]
+        return measured, tuple(name for name in losses if name not in sharing)
     raise BalanceUnavailable(f"the task losses share no trainable parameters{_why_unshared(alone)}")
 
 
@@ -290,9 +304,11 @@ def compute_task_balance(
     weights: Mapping[str, float | torch.Tensor] | None = None,
     shared_parameters: Sequence[nn.Parameter] | None = None,
     representation: torch.Tensor | None = None,
+    before: Sequence[nn.Parameter] = (),
 ) -> TaskGradients:
     """Balance of any number of named tasks on the parameters every loss reaches (or ``shared_parameters``),
     or at ``representation`` (the shared encoder's output of this forward: a backward through the heads only).
+    ``before``: the parameters an earlier balance of the run was measured on (see :func:`resolve_shared`).
 
     Uses ``torch.autograd.grad(..., retain_graph=True)``: the graph, ``.grad`` and any gradient
     synchronisation are untouched, so it is safe under DDP, FSDP, accelerate and a GradScaler; the caller still
@@ -306,7 +322,7 @@ def compute_task_balance(
         targets: list[torch.Tensor] = [representation]
         scope = f"shared representation {tuple(representation.shape)}"
     else:
-        targets, left_out = resolve_shared(model, losses, shared_parameters)
+        targets, left_out = resolve_shared(model, losses, shared_parameters, before)
         scope = _shared_scope(targets, left_out)
     measured = {name: loss for name, loss in losses.items() if name not in left_out}
     try:
@@ -318,7 +334,8 @@ def compute_task_balance(
         if "donated buffer" not in str(exc):
             raise
         raise BalanceUnavailable(DONATED_BUFFERS) from None
-    return _balance(grads, targets, measured, weights, scope, left_out)
+    balance = _balance(grads, targets, measured, weights, scope, left_out)
+    return balance if representation is not None else replace(balance, parameters=tuple(targets))
 
 
 class FusedBackward:
