@@ -64,10 +64,17 @@ def plain_file(path: str | Path) -> bool:
 
 
 def chunks(sources: Sequence[str | Path], size: int = CHUNK) -> Iterator[bytes]:
-    """The bytes of ``sources`` one after another, decompressed. Raises ``OSError`` (a source that cannot be
-    opened) and :class:`UnreadableLog` (zstd; compressed data that is damaged or cut short)."""
-    for source in sources:
-        yield from _chunks(source, size)
+    """The bytes of ``sources`` one after another, decompressed, each but the last ended with a newline if it does
+    not end with one (a part whose last line a killed writer cut: that line stays one line, and the next part's
+    first line, its run's header, stays whole). Raises ``OSError`` (a source that cannot be opened) and
+    :class:`UnreadableLog` (zstd; compressed data that is damaged or cut short)."""
+    for number, source in enumerate(sources, start=1):
+        last = b"\n"
+        for chunk in _chunks(source, size):
+            yield chunk
+            last = chunk[-1:]
+        if last != b"\n" and number < len(sources):
+            yield b"\n"
 
 
 def _chunks(source: str | Path, size: int) -> Iterator[bytes]:

@@ -187,13 +187,20 @@ class LineDecoder:
             previous = data
         return out
 
-    def finish(self) -> list[BadLine]:
-        """The file ended for good (rotated away, deleted): a held-back partial line is a cut-off line."""
+    def finish(self) -> list[RecordItem | BadLine]:
+        """The file ended for good (rotated away, deleted, read to its end offline): a held-back last line is a
+        record if it is a whole one (a file whose writer, another tool, wrote no final newline), else a cut-off
+        line."""
         if not self.pending_bytes:
             return []
-        size = self.pending_bytes
+        size, line = self.pending_bytes, bytes(self._partial)
+        whole = not self._overflow and not self._discarding
         self.reset_partial()
         self.line_no += 1
+        if whole and not _blank(line):
+            item = self.decode((self.line_no, without_bom(line) if self.line_no == 1 else line))
+            if isinstance(item, RecordItem):
+                return [item]
         return [BadLine(self.path, self.line_no, Rejected(CUT_OFF, f"last line cut off after {size} bytes"))]
 
     def _take(self, piece: bytes) -> None:

@@ -242,6 +242,29 @@ def test_a_folder_reads_a_rotated_logs_parts_oldest_first_as_one_log(tmp_path):
     assert text.startswith(f"FAIL  {folder / 'run.jsonl'}  parts=run.jsonl.2.gz,run.jsonl.1,run.jsonl  verdict=error")
 
 
+def test_a_part_whose_last_line_was_cut_keeps_the_next_parts_first_line_whole(tmp_path):
+    """A killed run's log rotated, then a new run in the new file: joined like cat, the cut line swallowed the new
+    run's run_start (its thresholds lost, one bad line counted). Each part's end is a line's end."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    killed = healthy_scenario().lines()
+    (folder / "run.jsonl.1").write_bytes(b"".join(killed[:-1]) + killed[-1][:30])
+    fresh = LogBuilder("fresh").start()
+    fresh.records[0]["thresholds"] = {"window": 7}
+    (folder / "run.jsonl").write_bytes(b"".join(fresh.grad(1, 0.3, 0.5).end().lines()))
+    result, (report,) = check_json(folder)
+    assert result.returncode == 0 and report["bad_lines_counted"] == 0 and len(report["runs"]) == 2, report
+    assert report["runs"][1]["thresholds_from"].startswith("recorded in run_start")
+
+
+def test_a_whole_last_record_without_a_final_newline_is_a_record(tmp_path):
+    """Another tool that wrote no newline after its last record: the run's run_end is read, not a cut-off line."""
+    log = tmp_path / "noeol.jsonl"
+    log.write_bytes(b"".join(healthy_scenario().lines()).rstrip(b"\n"))
+    result, (report,) = check_json(log)
+    assert result.returncode == 0 and report["status"] == "completed" and report["bad_lines"] == 0, report
+
+
 def test_a_rotated_part_named_alone_is_read_alone_and_a_note_says_so(tmp_path):
     folder, _ = rotated(tmp_path / "runs")
     result = watch("check", folder / "run.jsonl")
