@@ -46,12 +46,14 @@ class Hook:
     def __init__(self, delay: float = 0.0, failures: int = 0) -> None:
         self.bodies: list[tuple[float, dict]] = []
         self.authorizations: list[str | None] = []
+        self.hosts: list[str | None] = []  # each request's Host header
         self.requests = 0
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.hosts.append(self.headers["Host"])
                 if self.path.startswith("/moved/"):
                     self.send_response(int(self.path.rsplit("/", 1)[1]))
                     self.send_header("Location", hook.moved_to or "/hooks/SECRET-TOKEN")
@@ -336,6 +338,7 @@ def test_a_307_to_another_host_keeps_the_post_but_not_the_credentials_and_a_302_
         body = json.dumps({"alert": {"rule": "moved"}}).encode()
         notify.sinks.post_json(f"{hook.base}/moved/307".replace("http://", "http://alerts:secret@"), body, 5)
         assert [b["alert"]["rule"] for _, b in elsewhere.bodies] == ["moved"] and elsewhere.authorizations == [None]
+        assert elsewhere.hosts == [elsewhere.base.removeprefix("http://")]  # its own name, not the first host's
         with pytest.raises(notify.sinks.DeliveryError, match=r"HTTP 302 .*give the webhook its new URL") as refused:
             notify.sinks.post_json(f"{hook.base}/moved/302", body, 5)
         assert not refused.value.retry and len(elsewhere.bodies) == 1 and not hook.bodies

@@ -106,8 +106,11 @@ class _PostRedirects(urllib.request.HTTPRedirectHandler):
     ) -> urllib.request.Request | None:
         if code not in (307, 308):
             return None
+        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+            return None
         same_host = urllib.parse.urlsplit(newurl).netloc == urllib.parse.urlsplit(req.full_url).netloc
-        kept = {name: value for name, value in req.header_items() if same_host or name.lower() != "authorization"}
+        dropped = {"host", "content-length"} | (set() if same_host else {"authorization"})  # the new URL's own
+        kept = {name: value for name, value in req.header_items() if name.lower() not in dropped}
         return urllib.request.Request(newurl, data=req.data, method="POST", headers=kept)
 
 
@@ -129,7 +132,8 @@ def post_json(url: str, body: bytes, timeout: float) -> None:
             response.read(1 << 16)
     except urllib.error.HTTPError as exc:
         moved = " (it redirects elsewhere: give the webhook its new URL)" if exc.code in (301, 302, 303) else ""
-        raise DeliveryError(f"HTTP {exc.code} {exc.reason}{moved}", retry=exc.code in RETRY_STATUSES) from None
+        reason = str(exc.reason).splitlines()[0] if exc.reason else ""  # (urllib's redirect loop says it in lines)
+        raise DeliveryError(f"HTTP {exc.code} {reason}{moved}", retry=exc.code in RETRY_STATUSES) from None
     except urllib.error.URLError as exc:
         raise DeliveryError(f"cannot reach it: {exc.reason}", retry=True) from None
     except TimeoutError:
