@@ -140,11 +140,13 @@ class LogScan:
         return engine.observe(record)
 
     def _cut_by_a_crash(self, record: schema.Record) -> None:
-        """A bad line right before a ``run_start`` is the line a crashed writer was writing when it died, which
-        the next run's writer ended with a newline before its own first line: a cut-off line, as a last one is,
-        not a record lost from a run that went on."""
+        """A torn line (the start of a record, or NULs) right before a ``run_start`` is the line a crashed writer
+        was writing when it died, which the next run's writer ended with a newline before its own first line: a
+        cut-off line, as a last one is, not a record lost from a run that went on. Other junk there counts."""
         bad, self._bad_before = self._bad_before, None
-        if bad is None or record["kind"] != schema.RUN_START or bad.rejected.category not in ("bad_json", "bad_utf8"):
+        if bad is None or record["kind"] != schema.RUN_START or not bad.torn:
+            return
+        if bad.rejected.category not in ("bad_json", "bad_utf8"):  # a whole line, only a wrong record
             return
         self.bad_by_category[bad.rejected.category] -= 1
         if not self.bad_by_category[bad.rejected.category]:

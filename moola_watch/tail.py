@@ -50,11 +50,13 @@ REPEATED = "repeated"
 
 
 class BadLine(NamedTuple):
-    """A complete line that is not a valid record; skipped and counted."""
+    """A complete line that is not a valid record; skipped and counted. ``torn``: it begins as a record does (or
+    with the NULs a crash can leave), so it may be a record whose end was never written."""
 
     path: str
     line_no: int
     rejected: Rejected
+    torn: bool = False
 
 
 class Notice(NamedTuple):
@@ -133,7 +135,7 @@ class LineDecoder:
         line_no, data = line
         result = schema.decode_record(data)
         if isinstance(result, Rejected):
-            return BadLine(self.path, line_no, result)
+            return BadLine(self.path, line_no, result, data.startswith((b'{"', b"\0")))
         return RecordItem(self.path, line_no, result)
 
     def lines(self, chunk: bytes) -> list[Line | BadLine]:

@@ -134,6 +134,10 @@ def test_a_line_cut_by_a_crash_then_a_new_run_appended_by_a_real_writer_is_not_c
     assert result.returncode == 0 and report["bad_lines"] == 1 and report["bad_lines_counted"] == 0, report
     assert report["bad_line_categories"] == {"cut_off": 1}
     assert "cut off by a crash before a new run began" in report["bad_line_details"][0]["reason"]
+    junk = tmp_path / "junk.jsonl"  # a line that never began as a record is no crash's: it counts
+    junk.write_bytes(b"".join(healthy_scenario().lines()) + b"this is not json at all\n" + log.read_bytes())
+    result, (report,) = check_json(junk)
+    assert result.returncode == 1 and report["bad_lines_counted"] == 1, report
 
 
 def test_a_log_whose_lines_a_shipper_sent_twice_is_judged_as_the_log_it_copies(tmp_path):
