@@ -200,3 +200,18 @@ def test_a_task_whose_losses_join_a_fresh_run_late_is_judged_as_from_the_start_n
         assert "cannot be told" not in errors[0]["message"]
         verdicts.append(report["verdict"])
     assert verdicts == ["error", "error"]
+
+
+def test_a_resumed_run_that_ends_with_a_task_starved_says_it_cannot_tell_rather_than_nothing(tmp_path):
+    """Resumed at step 151 into a new log: the cls task gets 5% of the update to the end (not dominated enough for
+    a collapse during the run), its loss flat. Whether it had learned before cannot be told (its first loss is
+    unknown): a warning says so; it said nothing."""
+    log = LogBuilder().add("run_start", model="m", every_n_steps=5, first_step=151, first_epoch=6)
+    for i in range(12):
+        losses = {"cls": 0.6, "reg": 0.9 - 0.01 * i}
+        log.add("task_balance", step=155 + 5 * i, norms={"cls": 0.4, "reg": 1.0}, shares={"cls": 0.05, "reg": 0.95},
+                losses=losses, weights={"cls": 1.0, "reg": 5.0})  # fmt: skip
+    code, report = check(log.end().write(tmp_path / "resumed.jsonl"))
+    ended = [a for a in report["alerts"] if a["rule"] == "collapse" and "POSSIBLE TASK COLLAPSE" in a["message"]]
+    assert code == 0 and [a["severity"] for a in ended] == ["warning"], report["alerts"]
+    assert "whether it had learned cannot be told: it began at epoch 6, step 151" in ended[0]["message"]

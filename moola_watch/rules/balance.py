@@ -291,9 +291,20 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
         share, own = ev.mean_share(task), progress.get(task)
         if share is None or own is None or run_share.count < th.window:
             continue
-        if own.rate is None:
-            continue  # the run's start is unknown: whether the task learned cannot be told
-        if share < th.final_share * equal and run_share.mean < th.final_run_share * equal and own.rate > th.final_rate:
+        if not (share < th.final_share * equal and run_share.mean < th.final_run_share * equal):
+            continue
+        if own.rate is None:  # the run's start is unknown: whether the task learned cannot be told, so say that
+            findings.append((task, Observation(
+                "warning", share,
+                f"POSSIBLE TASK COLLAPSE: the run ended with the {task} task getting {share:.1%} of the update over "
+                f"its last {len(ev.shares[task])} balance samples ({ev.window_span() or 'steps unknown'}), "
+                f"{run_share.mean:.1%} over the run (an equal share: {equal:.0%}); whether it had learned cannot be "
+                f"told: {ev.start_unknown}",
+                f"Check the {task} task's held-out metric; judge the whole training from its start (its log from the "
+                "first run, or the run it resumed appending to the same log)",
+            )))  # fmt: skip
+            continue
+        if own.rate > th.final_rate:
             dominance = pair_dominance(ev, th) if spec_pair else task_dominance(ev, task, th)
             dominated = f"{dominance.text}; " if dominance and dominance.starved == task else ""
             action = f"Raise the weight of the {task} loss, or give the tasks more shared capacity"
