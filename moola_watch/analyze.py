@@ -355,7 +355,7 @@ def scan_log(
 
     def streamed() -> LogScan:
         scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
-        for item in _read_sources(sources_of, str(path), on_progress):
+        for item in read_sources(sources_of, str(path), on_progress):
             scan.add(item)
         return scan
 
@@ -373,7 +373,7 @@ def scan_log(
     return scan
 
 
-def _read_sources(
+def read_sources(
     paths: Sequence[str | Path], name: str, on_progress: Callable[[int], None] | None
 ) -> Iterator[RecordItem | BadLine]:
     """Every item of ``paths`` read one after another, as ``cat`` would join them (line numbers run on through

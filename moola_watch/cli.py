@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import re
 import signal
 import sys
@@ -37,6 +36,7 @@ from moola_watch.exit_codes import (
     exit_code,
     worst,
 )
+from moola_watch.render import stdout_gone
 from moola_watch.rules import RULES, Thresholds, position, verdict_severity
 from moola_watch.textsafe import inert, json_line
 
@@ -414,22 +414,13 @@ def _scan(
         raise UsageError(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
 
 
-def _stdout_gone() -> None:
-    """The reader of stdout went away (``| head``): whatever is left to print goes nowhere, and the command goes on
-    judging every log, writes its files, and exits with the code a full read would give."""
-    with contextlib.suppress(OSError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-
-
 class PipeSafeConsole(Console):
     """A console that, when its reader closes the pipe, stops printing instead of exiting (Rich's default raises
     ``SystemExit(1)``, whatever the verdict, and leaves the logs after it unjudged and ``--junit`` unwritten)."""
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
-        _stdout_gone()
+        stdout_gone()
 
 
 def _print_json(obj: Any) -> None:
@@ -437,7 +428,7 @@ def _print_json(obj: Any) -> None:
         sys.stdout.buffer.write(json_line(obj))
         sys.stdout.flush()
     except BrokenPipeError:
-        _stdout_gone()
+        stdout_gone()
 
 
 def _scans(
@@ -773,8 +764,8 @@ def _note_rotated_part(path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(with_default_command(list(sys.argv[1:] if argv is None else argv)))
-    # Judging saved logs goes on to the end when stdout's reader leaves early; following stops.
-    console = Console() if args.command == "follow" else PipeSafeConsole()
+    # Judging saved logs (follow --once too) goes on to the end when stdout's reader leaves early; following stops.
+    console = Console() if args.command == "follow" and not args.once else PipeSafeConsole()
     try:
         if "logs" in args:
             args.logs, args.parts = log_files(args.logs)

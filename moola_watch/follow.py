@@ -20,11 +20,13 @@ from rich.live import Live
 from rich.text import Text
 
 from moola_watch import rules, schema
-from moola_watch.analyze import LogScan, alert_json
+from moola_watch.analyze import LogScan, alert_json, read_sources
 from moola_watch.dashboard import FittedDashboard, LogView, ViewOptions, overview, run_dashboard
 from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, exit_code, runs_exit_code, worst
 from moola_watch.notify import Notifier
+from moola_watch.render import stdout_gone
 from moola_watch.rules import AlertEvent, Thresholds
+from moola_watch.sources import directory_logs
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
 from moola_watch.textsafe import inert, json_line
 from moola_watch.writer_process import log_writer_gone
@@ -103,13 +105,28 @@ class Follower:
     # ------------------------------------------------------------------ reading
 
     def _discover(self) -> None:
-        paths = sorted(self.directory.glob("*.jsonl")) if self.directory else [self.target]
-        for path in paths:
+        for path, older in self._logs():
             if path not in self.tails:
                 # In a directory, logs that appear later are new runs: read them from their start.
                 from_end = self.options.from_end and not self._started
                 self.tails[path] = LogTail(path, from_end=from_end)
                 self.views[path] = LogView(LogScan(str(path), self.thresholds, overridden=self.options.overridden))
+                if older and not from_end:  # its rotated parts first, oldest first: the log as check reads it
+                    self._read_at = time.time()
+                    for item in read_sources(older, str(path), None):
+                        self._take(path, item)
+
+    def _logs(self) -> list[tuple[Path, list[Path]]]:
+        """The logs followed (a folder's ``*.jsonl``, or the file given), each with its older rotated parts in a
+        folder (``run.jsonl.2.gz``, ``run.jsonl.1``: see :mod:`moola_watch.sources`)."""
+        if self.directory is None:
+            return [(self.target, [])]
+        try:
+            logs = directory_logs(self.directory)
+        except ValueError:  # two files that would be the same part: their logs are followed alone
+            return [(path, []) for path in sorted(self.directory.glob("*.jsonl"))]
+        newest = [(log, [part for part in parts if part != log]) for log, parts in logs]
+        return [(log, older) for log, older in newest if log.name.endswith(".jsonl")]
 
     def pump(self) -> bool:
         """Consume everything new in every log; emit transitions. True if any record or bad line arrived."""
@@ -202,8 +219,13 @@ class Follower:
     # ------------------------------------------------------------------ output
 
     def _write_json(self, obj: dict[str, Any]) -> None:
-        self.stdout.write(json_line(obj))
-        self.stdout.flush()
+        try:
+            self.stdout.write(json_line(obj))
+            self.stdout.flush()
+        except BrokenPipeError:
+            if not self.options.once:
+                raise  # following stops with its reader
+            stdout_gone()  # a one-shot read is judged to its end, as check judges it
 
     def _plain(self, line: str) -> None:
         if not self.live_mode:

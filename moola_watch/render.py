@@ -6,7 +6,10 @@ Rich markup and no terminal control sequence from a file is ever interpreted.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from collections.abc import Sequence
 
 from rich.table import Table
@@ -118,3 +121,12 @@ def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = 
     elif len(ordered) > limit:
         table.caption = f"{len(ordered) - limit} more not shown (pending or resolved)"
     return table
+
+
+def stdout_gone() -> None:
+    """The reader of stdout went away (``| head``): whatever is left to print goes nowhere, and a command that
+    judges saved logs goes on judging every one, writes its files, and exits with the code a full read gives."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -185,11 +185,12 @@ def test_follow_once_and_exit_on_end_judge_bad_lines_as_check_does(tmp_path):
 # ------------------------------------------------------------------------------------------------ broken pipe
 
 
-def closed_early(*args: object) -> tuple[int, str]:
-    """Run check with stdout a real pipe whose reader closes it after a few bytes; its exit code and stderr."""
+def closed_early(*args: object, command: str = "check") -> tuple[int, str]:
+    """Run check (or ``command``) with stdout a real pipe whose reader closes it after a few bytes; its exit code
+    and stderr."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "moola_watch.cli", "check", *map(str, args)],
+        [sys.executable, "-m", "moola_watch.cli", command, *map(str, args)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     assert process.stdout.read(20)
@@ -210,6 +211,16 @@ def test_a_reader_closing_the_pipe_early_changes_neither_the_exit_code_nor_the_j
     assert code == 0 and "Traceback" not in stderr, stderr
     code, _ = closed_early(*healthy, collapse)
     assert code == 1
+
+
+@pytest.mark.parametrize("output", [[], ["--json"]], ids=["text", "json"])
+def test_follow_once_keeps_its_exit_code_when_its_reader_leaves_early(tmp_path, output):
+    """follow --once judges a log as check does: its reader leaving (`| head -1` under pipefail) gave 1 for a
+    healthy log, or 0 for a failing one."""
+    healthy = healthy_scenario().write(tmp_path / "healthy.jsonl")
+    collapse = collapse_scenario().write(tmp_path / "collapse.jsonl")
+    assert closed_early("--once", *output, healthy, command="follow")[0] == 0
+    assert closed_early("--once", *output, collapse, command="follow")[0] == 1
 
 
 # ------------------------------------------------------------------------------------------------ rotated logs
@@ -267,6 +278,16 @@ def test_a_whole_last_record_without_a_final_newline_is_a_record(tmp_path):
     log.write_bytes(b"".join(healthy_scenario().lines()).rstrip(b"\n"))
     result, (report,) = check_json(log)
     assert result.returncode == 0 and report["status"] == "completed" and report["bad_lines"] == 0, report
+
+
+@pytest.mark.parametrize("mode", ["--once", "--exit-on-end"])
+def test_follow_reads_a_folders_rotated_parts_first_as_check_does(tmp_path, mode):
+    """follow --once or --exit-on-end on a folder read only run.jsonl (the run's end): healthy, exit 0, where check
+    read the collapse in the older parts and failed."""
+    folder, _ = rotated(tmp_path / "runs")
+    result = watch("follow", mode, "--json", folder)
+    (summary,) = [event for event in map(json.loads, result.stdout.splitlines()) if event["event"] == "summary"]
+    assert result.returncode == 1 and [log["verdict"] for log in summary["logs"]] == ["error"], result.stdout[-2000:]
 
 
 def test_a_rotated_part_named_alone_is_read_alone_and_a_note_says_so(tmp_path):
