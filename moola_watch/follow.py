@@ -247,7 +247,9 @@ class Follower:
         if self.options.json:
             self._write_json({"event": "notice", "log": notice.path, "kind": notice.event, "message": notice.message})
         elif not self.live_mode:
-            print(f"moola-watch: {inert(notice.path)}: {inert(notice.message)}", file=sys.stderr, flush=True)
+            print(
+                f"moola-watch: {inert(notice.path)}: {inert(notice.message, limit=2000)}", file=sys.stderr, flush=True
+            )
 
     def _notify_notices(self, messages: list[str]) -> None:
         """The notifier's notices about its sinks; the dashboard shows none, so there they wait for its end."""

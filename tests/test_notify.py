@@ -247,6 +247,8 @@ def test_a_dead_webhook_and_a_failing_command_are_one_notice_each(tmp_path):
     # The dead webhook was tried through the exit grace; nothing went out, and both say how much was lost.
     assert notices[-2] == f"--on-alert false: {len(alerts)} alert(s) not delivered ({len(alerts)} refused or failed)"
     assert re.fullmatch(r"--webhook .*: (\d+) alert\(s\) not delivered \(\1 still queued at exit\)", notices[-1])
+    text = run_watch("--once", str(SAMPLES / "pointer_collapse.jsonl"), "--on-alert", "false", "--notify-on", "warning")
+    assert "(counted when it works again) (every alert still shows here)" in text.stderr, text.stderr  # not cut
 
 
 def test_alerts_wait_out_a_short_webhook_outage_and_go_out_in_order(tmp_path):
