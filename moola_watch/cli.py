@@ -194,8 +194,9 @@ def config_thresholds(args: argparse.Namespace) -> dict[str, Any]:
         values[name] = value
     unknown = sorted(key for key in table if key.replace("-", "_") not in valid)
     if unknown:
+        top = " (max-bad-lines goes at the top of the file, before any table)" if "max_bad_lines" in values else ""
         raise UsageError(
-            f"config {args.config}: unknown threshold(s): {', '.join(unknown)}; valid keys of [thresholds]: "
+            f"config {args.config}: unknown threshold(s): {', '.join(unknown)}{top}; valid keys of [thresholds]: "
             + ", ".join(map(flag_name, valid))
         )
     return values

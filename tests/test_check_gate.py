@@ -98,6 +98,9 @@ def test_max_bad_lines_is_read_from_the_config_and_the_flag_beats_it(tmp_path):
     config.write_text("max_bad_lines = -1\n")
     result = watch("check", "--config", config, log)
     assert result.returncode == 2 and "max-bad-lines must be a whole number of at least 0, got -1" in result.stderr
+    config.write_text("[thresholds]\nmax-bad-lines = 3\n")  # in the table: where to put it instead
+    result = watch("check", "--config", config, log)
+    assert result.returncode == 2 and "(max-bad-lines goes at the top of the file, before any table)" in result.stderr
 
 
 def test_only_a_cut_off_last_line_is_not_counted(tmp_path):

@@ -129,7 +129,7 @@ def test_a_fit_resumed_from_a_checkpoint_says_where_it_began(tmp_path):
         TwoTaskModule({"cls": 1.0, "reg": 1.0}), loader(), ckpt_path=tmp_path / "one-epoch.ckpt"
     )
     starts = [strict_lines(tmp_path / name)[0] for name in ("first.jsonl", "resumed.jsonl")]
-    assert [start["first_step"] for start in starts] == [1, STEPS + 1]
+    assert [(start["first_step"], start["first_epoch"]) for start in starts] == [(1, 1), (STEPS + 1, 2)]
     resumed = [r for r in strict_lines(tmp_path / "resumed.jsonl") if r["kind"] == "grad_stats"]
     assert resumed[0]["step"] == STEPS + EVERY
 

@@ -104,6 +104,7 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         # Here, not at fit start: a checkpoint's loop state (global_step) is restored in between, and run_start
         # says at which step this process began (a resumed run's tasks did not start learning there).
         self.monitor.at_step(trainer.global_step + 1)
+        self.monitor.on_epoch_start(trainer.current_epoch + 1)
         self.monitor.on_run_start(pl_module, model_name=type(pl_module).__name__, config=run_config(trainer, pl_module))
 
     def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
