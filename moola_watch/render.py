@@ -41,9 +41,13 @@ STATE_ORDER = {rules.FIRING: 0, rules.PENDING: 1, rules.RESOLVED: 2}
 SPARK = "▁▂▃▄▅▆▇█"
 
 
-def text(value: object, style: str = "") -> Text:
-    """Untrusted ``value`` as inert Rich text."""
-    return Text(inert(value), style=style)
+#: Characters of an alert's message or recommendation shown (they quote the evidence: a few hundred as a rule).
+ALERT_TEXT = 2000
+
+
+def text(value: object, style: str = "", limit: int | None = None) -> Text:
+    """Untrusted ``value`` as inert Rich text (cut at ``limit`` characters; default :data:`inert`'s)."""
+    return Text(inert(value) if limit is None else inert(value, limit), style=style)
 
 
 def number(value: float | None, digits: int = 4) -> str:
@@ -102,9 +106,9 @@ def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = 
     table.add_column("message / recommendation", ratio=1, min_width=30, overflow="fold")
     for run, alert in ordered[:limit]:
         state_style = SEVERITY_STYLE[alert.severity] if alert.state == rules.FIRING else "dim"
-        detail = text(alert.message)
+        detail = text(alert.message, limit=ALERT_TEXT)
         detail.append("\n→ ", style="dim")
-        detail.append_text(text(alert.recommendation, "italic"))
+        detail.append_text(text(alert.recommendation, "italic", ALERT_TEXT))
         if alert.state == rules.RESOLVED:
             detail.append(f"  (resolved at {where(alert.resolved_epoch, alert.resolved_step)})", style="dim")
         state = Text(alert.state, style=state_style)

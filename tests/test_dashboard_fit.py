@@ -78,6 +78,22 @@ def test_the_fitted_dashboard_fits_and_shows_every_firing_alert(log, size):
         assert "more rows ─" in screen, screen
 
 
+def test_rows_a_short_screen_has_to_spare_show_the_firing_alerts_recommendation_whole(tmp_path):
+    """At 100x28 the short dashboard left rows blank while the collapse's recommendation, the weights to set, was
+    cut to one line ("set t…"): those rows now carry it whole."""
+    from logs import collapse_scenario
+
+    scan = scan_log(collapse_scenario().write(tmp_path / "collapse.jsonl"))
+    run = scan.current.run.run
+    view, options = LogView(scan), ViewOptions(now=scan.current.run.last_time)
+    console = Console(width=100, height=28, color_system=None, legacy_windows=False)
+    screen = lines_of(console, FittedDashboard(view, run, options))
+    assert len(screen) <= 28 and len(lines_of(console, run_dashboard(view, run, options))) > 28  # the short one
+    (collapse,) = [alert for alert in scan.engines[run].firing() if alert.rule == "collapse"]
+    words = " ".join(" ".join(screen).split())
+    assert " ".join(collapse.recommendation.split()) in words, "\n".join(screen)
+
+
 def test_a_narrow_task_balance_panel_cuts_task_names_never_numbers():
     """A review's case: at 80 columns a dominant task's 2.521e+04 read ``2.…``: the smallest at a glance."""
     names = ["a_rather_long_task_name_for_classification", "regression_of_the_price_target_long", "c"]

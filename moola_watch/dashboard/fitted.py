@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
@@ -14,30 +14,36 @@ from rich.text import Text
 from moola_watch import rules
 from moola_watch.dashboard.panels import FULL_ALERTS, header_panel, layers_table, one_line, panels_row
 from moola_watch.dashboard.state import LogView, RunView, ViewOptions
-from moola_watch.render import HEALTHY_STYLE, SEVERITY_STYLE, alerts_table, ordered_alerts, text, where
+from moola_watch.render import ALERT_TEXT, HEALTHY_STYLE, SEVERITY_STYLE, alerts_table, ordered_alerts, text, where
 
 MIN_PANEL_ROWS = 3  # a panel's rows that come before the layer table gets any
 
 
-def alert_lines(alerts: Sequence[tuple[str, rules.Alert]], shown: int, advised: int = 0) -> Table:
+def alert_lines(
+    alerts: Sequence[tuple[str, rules.Alert]], shown: int, advised: int = 0, whole: int = 0, whole_advice: int = 0
+) -> Table:
     """The first ``shown`` alerts in :func:`ordered_alerts`' order, one line each: severity, rule, subject and the
     message cut to the width (a pending or resolved alert, dimmed, says so first); the first ``advised`` with their
-    recommendation on a line of its own; ``none`` when there is no alert."""
+    recommendation on a line of its own; of those, the first ``whole_advice`` with it whole, folded over as many
+    lines as it takes, and the first ``whole`` with the message whole too; ``none`` when there is no alert."""
     table = Table(title="Alerts", title_justify="left", expand=True, box=None, show_header=False)
     table.add_column("severity", no_wrap=True)
     table.add_column("rule", no_wrap=True)
     table.add_column("subject", no_wrap=True, max_width=24)  # a task's name, from the log: any length
-    table.add_column("message", ratio=1, no_wrap=True)
+    table.add_column("message", ratio=1, overflow="fold")
     for index, (_, alert) in enumerate(ordered_alerts(alerts)[:shown]):
         if alert.state == rules.FIRING:
-            severity, muted, message = SEVERITY_STYLE[alert.severity], "", text(alert.message)
+            severity, muted, message = SEVERITY_STYLE[alert.severity], "", text(alert.message, limit=ALERT_TEXT)
         else:
             when = f" at {where(alert.resolved_epoch, alert.resolved_step)}" if alert.state == rules.RESOLVED else ""
-            severity, muted, message = "dim", "dim", text(f"{alert.state}{when}: {alert.message}", "dim")
-        if index < advised:
-            message.append("\n→ ", style="dim")
-            message.append_text(text(alert.recommendation, "italic"))
-        row = Text(alert.severity, style=severity), text(alert.rule, muted), text(alert.subject, muted), message
+            severity, muted = "dim", "dim"
+            message = text(f"{alert.state}{when}: {alert.message}", "dim", ALERT_TEXT)
+        cell: list[RenderableType] = [message if index < whole else one_line(message)]
+        if index < max(advised, whole_advice, whole):
+            advice = Text("→ ", style="dim")
+            advice.append_text(text(alert.recommendation, "italic", ALERT_TEXT))
+            cell.append(advice if index < max(whole, whole_advice) else one_line(advice))
+        row = Text(alert.severity, style=severity), text(alert.rule, muted), text(alert.subject, muted), Group(*cell)
         table.add_row(*row)
     if not alerts:
         table.add_row(Text("none", style=HEALTHY_STYLE))
@@ -174,14 +180,22 @@ class FittedDashboard:
                   for ends in range(1, self.options.top + 1)] if engine.last_grad_stats else []  # fmt: skip
         parts = Parts(len(engine.firing()), len(alerts), len(panels) - 2, tuple(len(table) for table in tables))
         fit = fit_short(height - len(head), parts)
-        lines = head
-        if fit.alerts or not alerts:
-            lines += render(alert_lines(alerts, fit.alerts, parts.advised(fit)))
+        alert_block = render(alert_lines(alerts, fit.alerts, parts.advised(fit))) if fit.alerts or not alerts else []
+        rest = []
         if fit.panel_rows:
             cut = fit.panel_rows < parts.panel_rows
-            lines += render(panels_row(engine, history, short=True, rows=fit.panel_rows)) if cut else panels
+            rest += render(panels_row(engine, history, short=True, rows=fit.panel_rows)) if cut else panels
         if fit.layer_ends:
-            lines += tables[fit.layer_ends - 1]
+            rest += tables[fit.layer_ends - 1]
         if missing := left_out(parts, fit):
-            lines += render(left_out_line(missing))
-        return lines
+            rest += render(left_out_line(missing))
+        # Rows to spare go to the firing alerts shown: their recommendations whole first (the weights to set are
+        # what a person acts on), then their messages whole, as many as fit.
+        room = height - len(head) - len(rest)
+        firing = min(fit.alerts, parts.firing)
+        for whole, advice in [*((0, n) for n in range(1, firing + 1)), *((n, firing) for n in range(1, firing + 1))]:
+            longer = render(alert_lines(alerts, fit.alerts, parts.advised(fit), whole, advice))
+            if len(longer) > room:
+                break
+            alert_block = longer
+        return head + alert_block + rest
