@@ -82,8 +82,10 @@ class AlertCheckpointer:
         if not (critical or alert.rule in CHECKPOINT_RULES) or not self.writes():
             return
         step = alert.first_step if alert.first_step is not None else -1
-        if not weights_finite(self.model):
-            LOGGER.info(f"{PREFIX} Weights already non-finite at step {step}: kept {self.directory / LAST_GOOD}")
+        if not weights_finite(self.model):  # a bad gradient applied on a step not measured: say so, loudly
+            LOGGER.warning(f"{PREFIX} Weights already non-finite at step {step} (a bad gradient was applied on a step "
+                           f"the monitor did not measure): not saved; the last good weights are in "
+                           f"{self.directory / LAST_GOOD}")  # fmt: skip
             return
         safe_rule = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in alert.rule)
         path = self._save(f"alert-{safe_rule}-step{step}.pt", step=step, epoch=alert.first_epoch, alert=alert.to_dict())

@@ -64,7 +64,11 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
     "healthy_norm_low": ("NORM", "lower end of the healthy mean layer norm, shown beside the trend"),
     "healthy_norm_high": ("NORM", "upper end of the healthy mean layer norm, shown beside the trend"),
     "stale_seconds": ("SECONDS", "a run with no new record for this long and no run_end is stale"),
-    "confirm": ("N", "consecutive samples a warning-level condition must hold before its alert fires"),
+    "confirm": (
+        "N",
+        "consecutive samples a confirmed rule's condition must hold before its alert fires (those "
+        "the rules list calls confirmed: vanishing, exploding, norm level, imbalance, AMP overflow)",
+    ),
     "starve_share": (
         "FRACTION",
         "a dominated task is starving (collapse is an error) only below this share of the update",

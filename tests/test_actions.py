@@ -89,6 +89,23 @@ def test_the_last_good_checkpoint_is_never_overwritten_after_a_nonfinite_gradien
     assert not weights_finite(model)
 
 
+def test_an_alert_on_weights_a_step_not_measured_already_made_non_finite_warns_and_saves_nothing(tmp_path, caplog):
+    """Measured every 10 steps, a NaN applied on step 4 is seen at step 10: the weights are NaN by then. That is a
+    WARNING naming the last good checkpoint (it was an INFO line nobody sees), and no alert checkpoint of NaNs."""
+    model = Net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpointer = AlertCheckpointer(tmp_path, model, optimizer)
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), on_alert=checkpointer, halt_on="critical")
+    with torch.no_grad():
+        model.layer.weight.fill_(math.nan)  # a step not measured applied a NaN gradient
+    nan_step(model)
+    with caplog.at_level("WARNING", logger="moola"):
+        monitor.on_before_optimizer_step(model)
+    assert monitor.should_stop and not list(tmp_path.glob("alert-*.pt"))
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING" and "already non-finite" in r.getMessage()]
+    assert "last-good.pt" in warning.getMessage() and "did not measure" in warning.getMessage()
+
+
 def balance_of(norms, losses=None):
     return TaskGradients(
         ratio=None, norms=norms, raw_norms=norms, cosine=None, scope="test", losses=losses or dict.fromkeys(norms, 1.0),
