@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from moola_watch import columnar, rules, schema, sources
 from moola_watch.frames import FrameColumns, table
@@ -26,6 +26,7 @@ from moola_watch.writer_process import log_writer_gone
 if TYPE_CHECKING:  # pandas is imported where frames are made: check and follow never need its 0.2 s import
     import pandas as pd
 
+_T = TypeVar("_T")
 MAX_BAD_LINE_DETAILS = 20
 VERDICT_HEALTHY = "healthy"
 VERDICT_UNTERMINATED = "unterminated"  # no alert, but no run_end either: not known to be healthy
@@ -48,6 +49,21 @@ def run_verdict(engine: RuleEngine) -> str:
         return worst
     ended = engine.run.status != "running" or engine.run.continued_in  # (rotated: it goes on in another log)
     return VERDICT_HEALTHY if ended else VERDICT_UNTERMINATED
+
+
+def verdict_rank(verdict: str) -> int:
+    """Worse verdicts rank higher: a severity above nothing measured above unterminated above healthy."""
+    order = (VERDICT_HEALTHY, VERDICT_UNTERMINATED, VERDICT_NO_MEASUREMENTS)
+    return order.index(verdict) if verdict in order else len(order) + rules.SEVERITY_RANK.get(verdict, 0)
+
+
+def most_telling(items: Sequence[_T], verdict: Callable[[_T], str], limit: int) -> list[_T]:
+    """All of ``items`` up to ``limit``; beyond, the ``limit`` whose ``verdict`` ranks worst (the latest first among
+    equals), in their own order: which runs a table or a page shows when it cannot show them all."""
+    if len(items) <= limit:
+        return list(items)
+    worst_first = sorted(range(len(items)), key=lambda i: (-verdict_rank(verdict(items[i])), -i))
+    return [items[i] for i in sorted(worst_first[:limit])]
 
 
 RUN_COLUMNS = ("run", "verdict", "model", "status", "records", "epoch", "step", "started", "last_time",

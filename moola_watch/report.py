@@ -22,8 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from moola_watch import rules
-from moola_watch.analyze import LogScan, run_verdict, window_means, worst_layers
+from moola_watch.analyze import LogScan, most_telling, run_verdict, window_means, worst_layers
 from moola_watch.render import (
+    ALERT_TEXT,
     SEVERITY_STYLE,
     STATUS_STYLE,
     VERDICT_STYLE,
@@ -41,7 +42,6 @@ RUN_LABEL_WIDTH = 16  # run ids longer than this are shown by the part that tell
 MAX_RUNS_SHOWN = 10  # runs given their own trend line and worst layers (the worst verdicts first)
 TOP_LAYERS = 8  # worst layers of each kind shown for a log of one run
 SPARK_WIDTH = 40
-MESSAGE_LIMIT = 2000  # characters of an alert's message shown (it carries numbers: never cut at 200)
 SEPARATORS = frozenset("-_.:/#@+ ")
 LAYER_FLOOR = 16  # a layer name up to this long is never folded
 RULE_FLOOR = 16  # nor a rule's subject (a layer, a task pair)
@@ -94,18 +94,7 @@ def _common_start(texts: Sequence[str]) -> str:
 def runs_shown(scan: LogScan, limit: int = MAX_RUNS_SHOWN) -> list[str]:
     """The runs given a line or block of their own, in log order: all of them, or the ``limit`` with the worst
     verdicts (the latest first among equals)."""
-    runs = list(scan.engines)
-    if len(runs) <= limit:
-        return runs
-    rank = {run: verdict_rank(run_verdict(scan.engines[run])) for run in runs}
-    chosen = set(sorted(reversed(runs), key=lambda run: -rank[run])[:limit])
-    return [run for run in runs if run in chosen]
-
-
-def verdict_rank(verdict: str) -> int:
-    """Worse verdicts rank higher: a severity above nothing measured above unterminated above healthy."""
-    order = ("healthy", "unterminated", "no_measurements")
-    return order.index(verdict) if verdict in order else len(order) + rules.SEVERITY_RANK.get(verdict, 0)
+    return most_telling(list(scan.engines), lambda run: run_verdict(scan.engines[run]), limit)
 
 
 def _run_label(labels: Mapping[str, str], run: object) -> str:
@@ -554,9 +543,9 @@ def alerts_view(
     for _run, alert in rows:
         state = Text(alert.state, style=SEVERITY_STYLE[alert.severity] if alert.state == rules.FIRING else "dim")
         severity = severity_text(alert.severity)
-        detail = Text(inert(alert.message, limit=MESSAGE_LIMIT))
+        detail = Text(inert(alert.message, limit=ALERT_TEXT))
         detail.append("\n→ ", style="dim")
-        detail.append(inert(alert.recommendation, limit=MESSAGE_LIMIT), style="italic")
+        detail.append(inert(alert.recommendation, limit=ALERT_TEXT), style="italic")
         if alert.state == rules.RESOLVED:
             detail.append(f"  (resolved at {where(alert.resolved_epoch, alert.resolved_step)})", style="dim")
         begun = where(alert.first_epoch, alert.first_step)

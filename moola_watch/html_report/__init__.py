@@ -30,9 +30,6 @@ ALERT_COLUMNS = ("severity", "state", "run", "rule", "since", "resolved", "messa
 #: Runs drawn at most (a sweep appended into one log can hold hundreds: one heatmap and trace each would make a
 #: page no browser draws in reasonable time); every run is in the comparison table and the alerts table.
 MAX_DRAWN_RUNS = 12
-#: Verdicts, most telling first: which runs are drawn when not all are.
-VERDICT_ORDER = ("critical", "error", "warning", analyze.VERDICT_NO_MEASUREMENTS, analyze.VERDICT_UNTERMINATED,
-                 analyze.VERDICT_HEALTHY)  # fmt: skip
 
 
 class ReportError(Exception):
@@ -64,13 +61,8 @@ def build_figures(runs: Sequence[RunData], thresholds: rules.Thresholds) -> list
 
 
 def drawn_runs(runs: Sequence[RunData], limit: int = MAX_DRAWN_RUNS) -> list[RunData]:
-    """The runs the figures draw: all of them up to ``limit``; beyond, those with the most telling verdicts
-    (the latest first among equals), in their own order."""
-    if len(runs) <= limit:
-        return list(runs)
-    rank = {verdict: i for i, verdict in enumerate(VERDICT_ORDER)}
-    order = sorted(range(len(runs)), key=lambda i: (rank.get(runs[i].verdict, len(rank)), -i))
-    return [runs[i] for i in sorted(order[:limit])]
+    """The runs the figures draw: all of them up to ``limit``; beyond, those with the most telling verdicts."""
+    return analyze.most_telling(runs, lambda data: data.verdict, limit)
 
 
 def thresholds_text(th: rules.Thresholds) -> str:
