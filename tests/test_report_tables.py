@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
+from moola_watch.fitted_table import Choice, Column, FittedTable
 from moola_watch.render import number
-from moola_watch.report import Choice, Column, FittedTable, run_labels
+from moola_watch.report import run_labels
 
 numbers = st.floats(allow_nan=True, allow_infinity=True).map(number)
 words = st.text(alphabet="abcdefghij_.", min_size=1, max_size=24)
