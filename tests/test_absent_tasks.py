@@ -68,6 +68,8 @@ def test_a_task_without_labels_in_most_batches_is_not_called_starving(tmp_path, 
     collapse = [a for a in report["alerts"] if a["rule"] == "collapse"]
     assert accuracy > 0.65  # it learned (held out)
     assert code == 0 and not [a for a in collapse if a["severity"] == "error"], collapse
+    # Its head gets no gradient on the batches it sat out (exactly 0): that is no vanishing layer.
+    assert not [a for a in report["alerts"] if a["rule"] == "vanishing"], report["alerts"]
 
 
 def test_a_task_switched_off_by_a_weight_of_0_is_not_starving_and_halts_nothing(tmp_path):
@@ -94,6 +96,7 @@ def test_a_task_switched_off_by_a_weight_of_0_is_not_starving_and_halts_nothing(
             optimizer.zero_grad()
     code, report = check(log)
     assert code == 0 and report["runs"][0]["status"] == "completed", report["alerts"]
+    assert not [a for a in report["alerts"] if a["rule"] == "vanishing"], report["alerts"]  # its idle head
 
 
 def test_what_a_task_measured_nothing_in_a_sample_is():

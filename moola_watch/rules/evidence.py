@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from moola_watch import schema
@@ -202,6 +202,7 @@ class Evidence:
         self.shares: dict[str, deque[float]] = {}  # per task: its share of the update, over the window
         self.run_shares: dict[str, RunningStats] = {}  # per task: its share of the update, over the whole run
         self.last_measured: dict[str, Where] = {}  # per task: its latest balance sample
+        self.absent_at: int | None = None  # the step of the latest balance sample, if a task measured nothing in it
         self.left_out_since: dict[str, Where] = {}  # tasks measured once, left out of the balance since then
         self.epoch_losses = LossSeries(window)
         self.batch_losses = LossSeries(window)
@@ -326,7 +327,14 @@ class Evidence:
         if quiet:
             self.layer_flags, self.nonfinite = NO_LAYER_FLAGS, (0, False)
             return
-        self.layer_flags = flags = flag_layers(judged_layer_norms(record), self.thresholds)
+        norms = judged_layer_norms(record)
+        flags = flag_layers(norms, self.thresholds)
+        if flags.vanishing and self.absent_at is not None and self.absent_at == record.get("step"):
+            # A task sat this step out (its balance sample says so): layers with no gradient at all are its head's,
+            # idle, not vanishing. A layer with a tiny gradient, or any layer on a step every task took part in,
+            # still is.
+            flags = replace(flags, vanishing=tuple(name for name in flags.vanishing if norms[name] != 0.0))
+        self.layer_flags = flags
         self.nonfinite = count, overflow = nonfinite_count(record, len(flags.nonfinite))
         if overflow:
             self.amp_overflows += 1
@@ -348,6 +356,7 @@ class Evidence:
         absent = {task for task, norm in norms.items() if measured_nothing(norm, losses.get(task), weights.get(task))}
         measured = {task: norm for task, norm in norms.items() if task not in absent}
         self._left_out(record.get("left_out") or (), measured, where)
+        self.absent_at = where.step if absent else None
         largest = max(measured.values(), default=math.nan)
         if (ratio is None or len(norms) > 2) and largest > 0:
             for task, norm in measured.items():
