@@ -11,14 +11,24 @@ if TYPE_CHECKING:
     from moola_watch.rules import Thresholds
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load"]
+__all__ = ["NotALogError", "__version__", "load"]
 
 
 def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd.DataFrame]:
-    """A log's DataFrames, or a directory's (every ``*.jsonl``): see :func:`moola_watch.loader.load`.
+    """A log's DataFrames, or a directory's (every log there, its rotated parts as one): see
+    :func:`moola_watch.loader.load`.
 
     Imported on use, so that ``import moola_watch`` (the trainer does) stays free of pandas.
     """
     from moola_watch.loader import load as load_tables
 
     return load_tables(path, thresholds)
+
+
+def __getattr__(name: str) -> object:
+    """``moola_watch.NotALogError`` (what :func:`load` raises for a file that is not a log), imported on use too."""
+    if name == "NotALogError":
+        from moola_watch.loader import NotALogError
+
+        return NotALogError
+    raise AttributeError(f"module 'moola_watch' has no attribute {name!r}")

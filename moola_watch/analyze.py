@@ -410,6 +410,10 @@ def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
     with columnar.cyclic_gc_paused():  # pandas turns the balance and epoch rows into columns: no cycles either
         out = scan.columns.frames()
     out["alerts"] = table([alert_json(run, alert) for run, alert in scan.alerts()], ALERT_COLUMNS)
+    import pandas as pd  # (imported where frames are made: check and follow never need it)
+
+    # JSON spells a non-finite value as a string; a frame's column is numbers
+    out["alerts"]["value"] = pd.to_numeric(out["alerts"]["value"], errors="coerce").astype("float64")
     out["runs"] = table(
         [
             {"run": run, "verdict": run_verdict(e), "model": e.run.model, "status": e.run_status,

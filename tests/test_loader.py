@@ -176,3 +176,11 @@ def test_a_folders_rotated_log_is_loaded_as_one_log_oldest_part_first(tmp_path: 
     for name in ("grad", "balance", "epochs", "alerts"):
         assert parts[name].drop(columns="log").equals(whole[name].drop(columns="log")), name
     assert set(parts["runs"]["log"]) == {str(folder / "run.jsonl")}
+
+
+def test_an_alerts_value_is_a_number_column_and_not_a_log_error_is_the_packages() -> None:
+    """JSON spells a NaN value "nan": the frame's column held floats and strings (no .mean(), no comparison)."""
+    frames = moola_watch.load(REPO / "sample_logs" / "nonfinite_gradients.jsonl")
+    values = frames["alerts"]["value"]
+    assert values.dtype == "float64" and values.isna().any() and values.notna().any()
+    assert moola_watch.NotALogError is NotALogError
