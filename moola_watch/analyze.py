@@ -393,7 +393,7 @@ def read_sources(
     paths: Sequence[str | Path], name: str, on_progress: Callable[[int], None] | None
 ) -> Iterator[RecordItem | BadLine]:
     """Every item of ``paths`` read one after another, as ``cat`` would join them (line numbers run on through
-    them; only the very last line can be a cut-off one); ``on_progress`` gets the bytes read so far."""
+    them, each ending a line); ``on_progress`` gets the bytes read so far."""
     decoder = LineDecoder(name)
     done = 0
     for chunk in sources.chunks(paths):

@@ -228,8 +228,8 @@ def add_max_bad_lines_flag(parser: argparse.ArgumentParser) -> None:
         type=_at_least_0,
         default=None,
         metavar="N",
-        help="a log with more than N lines that are not valid records (a cut-off last line aside) fails, exit 1; "
-        "also the config's top-level max-bad-lines; 0 if neither sets it",
+        help="a log with more than N lines that are not valid records (cut-off and repeated lines aside) fails, "
+        "exit 1; also the config's top-level max-bad-lines; 0 if neither sets it",
     )
 
 
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="verdict and exit code for CI",
         description="Judge saved logs run by run; exit 0 ok, 1 something at or above --fail-on fired or a log held "
-        "more than --max-bad-lines lines that are not valid records (a cut-off last line aside), 2 usage, "
+        "more than --max-bad-lines lines that are not valid records (cut-off and repeated lines aside), 2 usage, "
         "unreadable or not a log, 3 a run that measured nothing; with several logs 2 beats 1 beats 3 beats 0. "
         "LOG may be - (stdin) or gzip/bzip2/xz compressed; a folder stands for its *.jsonl logs, each read with "
         "its rotated parts (run.jsonl.1, run.jsonl.2.gz, ...) oldest first as one log.",

@@ -12,8 +12,6 @@ from moola_watch.tail import CUT_OFF, REPEATED
 EXIT_OK, EXIT_ALERT, EXIT_USAGE, EXIT_NO_MEASUREMENTS = 0, 1, 2, 3
 #: Which exit code wins when several logs or runs disagree (most telling first).
 EXIT_PRECEDENCE = (EXIT_USAGE, EXIT_ALERT, EXIT_NO_MEASUREMENTS, EXIT_OK)
-#: The bad-line category of a last line cut off mid-write (a writer stopped or killed; or a rotated file's end,
-#: when ``follow`` reads on into the new one): normal, never counted against ``--max-bad-lines``.
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ def bad_lines(scan: LogScan, max_bad_lines: int = 0) -> BadLines:
 
 def exit_code(scan: LogScan, runs: Sequence[str], fail_on: str, max_bad_lines: int = 0) -> int:
     """``check``'s exit code for ``runs`` of one log: more than ``max_bad_lines`` rejected lines fail it (1: a log
-    with lines nobody judged is not a pass, whichever run they belonged to; a cut-off last line aside); else
+    with lines nobody judged is not a pass, whichever run they belonged to; cut-off and repeated lines aside); else
     :func:`runs_exit_code`."""
     if bad_lines(scan, max_bad_lines).fail:
         return EXIT_ALERT

@@ -44,7 +44,7 @@ class FollowOptions:
     once: bool = False
     exit_on_end: bool = False
     fail_on: str = "error"
-    max_bad_lines: int = 0  # a log with more bad lines than this (a cut-off last line aside) fails, as in check
+    max_bad_lines: int = 0  # a log with more bad lines than this (cut-off, repeated aside) fails, as check
     run: str | None = None
     top: int = 4
     layers: str | None = None

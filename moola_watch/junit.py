@@ -121,8 +121,8 @@ def unjudged_case(suite: ET.Element, log: str, report: Mapping[str, Any] | None)
 
 
 def bad_lines_case(suite: ET.Element, log: str, report: Mapping[str, Any]) -> str | None:
-    """The ``bad lines`` testcase of a log holding lines that are not valid records (a cut-off last line is not
-    counted); "failures" if they fail the log, None if accepted (``--max-bad-lines``)."""
+    """The ``bad lines`` testcase of a log holding lines that are not valid records (cut-off and repeated
+    lines are not counted); "failures" if they fail the log, None if accepted (``--max-bad-lines``)."""
     case = _element(suite, "testcase", classname=log, name="bad lines")
     summary = f"bad_lines={report['bad_lines']}: {report['bad_lines_summary']}"
     if report["bad_lines_fail"]:
