@@ -270,6 +270,7 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("status", _one_of(RUN_STATUSES), True),
         ("summary", _object, False),
         ("error", _optional_text, False),
+        ("tasks", _text_list, False),  # the tasks the writer was given losses of (a balance never measured: said)
     ),
 }
 

@@ -549,6 +549,33 @@ def test_batches_of_one_task_in_turn_are_one_warning_that_the_balance_is_never_m
     assert joins_late == []
 
 
+def test_a_log_of_batches_of_one_task_in_turn_says_at_its_end_that_the_balance_was_never_judged(tmp_path):
+    """The trainer's stderr warning is gone by the time someone runs ``check`` on the log: the log's run_end
+    names the tasks, and a run of several tasks with no balance sample is a warning there. A run that measured
+    its balance, and a single-task run, have none."""
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+
+    def run(path, losses_of_step):
+        with GradientMonitor(every_n_steps=1, log_path=path, warn=lambda _message: None) as monitor:
+            for step in range(6):
+                x = torch.randn(8, 6)
+                monitor.backward(model, losses_of_step(step, task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])))
+                monitor.on_before_optimizer_step(model)
+                model.zero_grad()
+        return run_cli("moola_watch", "check", str(path))
+
+    in_turn = run(tmp_path / "in_turn.jsonl", lambda step, losses: {(task := sorted(losses)[step % 2]): losses[task]})
+    assert strict_lines(tmp_path / "in_turn.jsonl")[-1]["tasks"] == ["cls", "reg"]
+    assert in_turn.returncode == 0, in_turn.stdout  # a warning: the gradients were judged
+    assert "balance_unmeasured" in in_turn.stdout and "losses of 2 tasks (cls, reg)" in in_turn.stdout
+    together = run(tmp_path / "together.jsonl", lambda _step, losses: losses)
+    single = run(tmp_path / "single.jsonl", lambda _step, losses: {"cls": losses["cls"]})
+    for result in (together, single):
+        assert "balance_unmeasured" not in result.stdout and "measured no task balance" not in result.stdout
+    assert strict_lines(tmp_path / "single.jsonl")[-1]["tasks"] == ["cls"]
+
+
 def test_measuring_once_per_accumulated_step_warns_nothing():
     warnings: list[str] = []
     plain_loop(GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warnings.append), steps=6, accumulate=2)

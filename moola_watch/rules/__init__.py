@@ -10,7 +10,7 @@ lines and summary and the watcher's alerts all come from here, so the two sides 
 * :mod:`.evidence` what the rules remember of a run; :mod:`.engine` feeds records through the rules.
 """
 
-from moola_watch.rules.balance import COLLAPSE, IMBALANCE, LEFT_OUT, TASK_PAIR, weight_fix
+from moola_watch.rules.balance import BALANCE_UNMEASURED, COLLAPSE, IMBALANCE, LEFT_OUT, TASK_PAIR, weight_fix
 from moola_watch.rules.columns import GradSummary
 from moola_watch.rules.engine import RULES, MonitoringSummary, RuleEngine, replay, verdict_severity
 from moola_watch.rules.evidence import Evidence, RunState, TaskProgress
@@ -37,8 +37,9 @@ from moola_watch.rules.verdicts import (
 )
 
 __all__ = [
-    "AMP_OVERFLOW", "COLLAPSE", "EXPLODING", "FIRING", "IMBALANCE", "LEFT_OUT", "NONFINITE", "NORM_LEVEL", "PENDING",
-    "RESOLVED", "RULES", "RUN_FAILED", "RUN_INTERRUPTED", "SEVERITY_RANK", "STALE", "TASK_PAIR", "VANISHING",
+    "AMP_OVERFLOW", "BALANCE_UNMEASURED", "COLLAPSE", "EXPLODING", "FIRING", "IMBALANCE", "LEFT_OUT", "NONFINITE",
+    "NORM_LEVEL", "PENDING", "RESOLVED", "RULES", "RUN_FAILED", "RUN_INTERRUPTED", "SEVERITY_RANK", "STALE",
+    "TASK_PAIR", "VANISHING",
     "Alert", "AlertEvent", "CollapseVerdict", "Evidence", "GradSummary", "LayerFlags", "MonitoringSummary",
     "Observation", "Rule", "RuleEngine", "RunState", "TaskProgress", "Thresholds", "Verdict", "balance_message",
     "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "judged_layer_norms", "mean_ratio",

@@ -29,6 +29,7 @@ from moola_watch.rules.verdicts import band, mean_ratio, position, recommend_rat
 IMBALANCE = "imbalance"
 COLLAPSE = "collapse"
 LEFT_OUT = "left_out"
+BALANCE_UNMEASURED = "balance_unmeasured"
 TASK_PAIR = "pointer/type"
 BALANCE = frozenset({schema.TASK_BALANCE})
 #: The project trainer's flags for the two spec weights (total = alpha * type_loss + beta * pointer_loss).
@@ -275,6 +276,21 @@ def _left_out(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
     return findings
 
 
+def _never_measured(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
+    """At ``run_end``: a run whose writer was given the losses of several tasks (its ``tasks``) but recorded no
+    balance sample. Collapse was never judged, which a log with no balance would otherwise pass in silence."""
+    tasks = record.get("tasks") or []
+    if len(tasks) < 2 or ev.balance_samples:
+        return []
+    return [("tasks", Observation(
+        "warning", None,
+        f"The trainer was given the losses of {len(tasks)} tasks ({', '.join(tasks)}) but measured no task "
+        "balance: whether a task starved was never judged",
+        "Pass every task's loss of a batch together (batches of one task each cannot be compared), and probe "
+        "within the run's length (balance_every_n_steps)",
+    ))]  # fmt: skip
+
+
 def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     """At a completed run's ``run_end``: each task that ended starved. Judged on the whole run, this is the
     verdict on outcomes (``benchmarks/detection.py``): a task may look starved for a while in a healthy run (not
@@ -331,6 +347,8 @@ RULES = (
          "without starving: a warning", outcome=True),
     Rule(LEFT_OUT, "warning", False, BALANCE, _left_out,
          "a task measured before gets no gradient on the shared parameters (left out of the balance)"),
+    Rule(BALANCE_UNMEASURED, "warning", False, frozenset({schema.RUN_END}), _never_measured,
+         "a run given the losses of several tasks (run_end's tasks) ended with no balance sample"),
     Rule(COLLAPSE, "error", False, frozenset({schema.RUN_END}), _starved_at_the_end,
          "a completed run ended with a task starved: its share of the update below final_share of an equal share "
          "over the last window and final_run_share over the run, its loss above final_rate of its first",

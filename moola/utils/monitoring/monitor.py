@@ -24,7 +24,7 @@ import operator
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
@@ -73,6 +73,7 @@ def steps_taken(optimizer: torch.optim.Optimizer) -> int:
 
 
 _OPTIONAL_INT = (int, type(None))
+MAX_TASK_NAMES = 64  # task names run_end lists (a loss dict keyed by something per batch must not grow it)
 
 
 def _quiet(_text: str) -> None:
@@ -193,6 +194,7 @@ class GradientMonitor:
         # (step, epoch) at the first step hook: where this process began monitoring (a resumed run's is late).
         self._began: tuple[int, int | None] | None = None
         self._single_task: str | None = None  # the task of the first call to name only one
+        self._tasks: dict[str, None] = {}  # the task names losses were given under, in order (run_end's tasks)
         # The parameters the last balance was measured on: a task cut off them later is left out, not the end of it
         self._shared_before: tuple[torch.Tensor, ...] = ()
         self.end_on_sigterm = end_on_sigterm
@@ -300,6 +302,15 @@ class GradientMonitor:
                 "a batch together",
             )
 
+    def _saw_tasks(self, names: Iterable[str]) -> None:
+        """Remember task names for ``run_end`` (at most ``MAX_TASK_NAMES``): a log whose run trained several tasks
+        but holds no balance sample then says so, where stderr's warning is long gone."""
+        if len(self._tasks) < MAX_TASK_NAMES:
+            for name in names:
+                self._tasks.setdefault(name)
+            while len(self._tasks) > MAX_TASK_NAMES:
+                self._tasks.popitem()
+
     def _note_began(self) -> None:
         if self._began is None:
             self._began = (self.step, self.epoch)
@@ -382,6 +393,7 @@ class GradientMonitor:
         not measurable (one warning saying why)."""
         require_named(losses)
         self._note_began()
+        self._saw_tasks(losses)
         # (A loss that is not a tensor counts as requiring grad here: the probe then says what is wrong with it.)
         if len(losses) == 1:
             self._one_task_per_call(next(iter(losses)))
@@ -518,6 +530,7 @@ class GradientMonitor:
                 status=status,
                 error=error,
                 summary=summary,
+                **({"tasks": list(self._tasks)} if self._tasks else {}),
             )
         summary = self.engine.summary()
         self._echo("\n" + "\n".join(summary.lines()))
@@ -594,6 +607,7 @@ class GradientMonitor:
         """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
         measured, at the current step and epoch."""
         self._last_balance_at = (self.epoch, self.step)
+        self._saw_tasks(balance.norms)
         if balance.left_out:
             many = len(balance.left_out) > 1
             self.warn_once(
