@@ -14,15 +14,20 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from moola_watch.dotted_name import DottedName
+
+
+def _plain(cell: RenderableType) -> str:
+    return cell.plain if isinstance(cell, Text | DottedName) else str(cell)
+
 
 def cell_width(cell: RenderableType) -> int:
     """The widest line of a cell."""
-    plain = cell.plain if isinstance(cell, Text) else str(cell)
-    return max((cell_len(line) for line in plain.split("\n")), default=0)
+    return max((cell_len(line) for line in _plain(cell).split("\n")), default=0)
 
 
 def _longest_word(cells: Iterable[RenderableType]) -> int:
-    plain = " ".join(cell.plain if isinstance(cell, Text) else str(cell) for cell in cells)
+    plain = " ".join(map(_plain, cells))
     return max((cell_len(word) for word in plain.split()), default=0)
 
 

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from moola_watch import rules
 from moola_watch.analyze import LogScan, most_telling, run_verdict, window_means, worst_layers
+from moola_watch.dotted_name import DottedName
 from moola_watch.fitted_table import Choice, Column, FittedTable, cell_width
 from moola_watch.render import (
     ALERT_TEXT,
@@ -247,7 +248,7 @@ def layers_table(
                     flag = "yellow"
                 cells["run"].append(text(_run_label(labels, run)) if first else Text(""))
                 cells[""].append(label)
-                cells["layer"].append(text(row.layer, flag))
+                cells["layer"].append(DottedName(text(row.layer, flag)))
                 cells["last"].append(number(row.last))
                 cells["peak"].append(number(row.peak))
                 cells["lowest"].append(number(row.lowest))
@@ -258,7 +259,7 @@ def layers_table(
     columns = [
         *([Column("run", cells["run"], floor=run_floor)] if several else []),
         Column("", cells[""], number=True),
-        Column("layer", cells["layer"], floor=LAYER_FLOOR),  # a longer name folds where the table is short of room
+        Column("layer", cells["layer"], floor=LAYER_FLOOR),  # a longer name breaks after a dot where short of room
         *(Column(name, cells[name], number=True, justify="right") for name in ("last", "peak", "lowest")),
         *([Column("nan/inf", cells["nan/inf"], number=True, justify="right")] if any_nonfinite else []),
     ]

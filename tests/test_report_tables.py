@@ -9,7 +9,9 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
+from rich.text import Text
 
+from moola_watch.dotted_name import DottedName
 from moola_watch.fitted_table import Choice, Column, FittedTable
 from moola_watch.render import number
 from moola_watch.report import run_labels
@@ -56,6 +58,36 @@ def test_a_table_that_fits_shows_every_number_and_word_whole(table: FittedTable,
                     assert word in tokens, (column.header, word, out)
     if dropped:
         assert f"(not shown at {width} columns: {', '.join(c.header for c in dropped)})" in " ".join(out.split())
+
+
+names = st.lists(
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123", min_size=1, max_size=30), min_size=1, max_size=9
+).map(".".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(names, min_size=1, max_size=4), st.integers(40, 120))
+def test_a_long_layer_name_breaks_after_its_dots_not_inside_a_part(layers: list[str], width: int) -> None:
+    """A big model's names are wider than the column at 80 columns: each line of a name holds whole parts, so
+    ``LayerNorm`` is never ``La`` / ``yerNorm``; only a part wider than the column itself folds. Read back, the
+    lines make the name."""
+    columns = [Column("layer", [DottedName(Text(name)) for name in layers], floor=16),
+               Column("peak", ["1.234e-05"] * len(layers), number=True, justify="right")]  # fmt: skip
+    out = rendered(FittedTable("Worst layers", columns), width)
+    assert max(map(len, out.splitlines())) <= width
+    rows: list[list[str]] = []  # each name's lines: a row starts where its number is
+    for line in out.splitlines():
+        if line.startswith("│"):
+            _, name, peak, _ = line.split("│")
+            rows.append([]) if peak.strip() else None
+            rows[-1].append(name.strip())
+    assert ["".join(lines) for lines in rows] == layers
+    column = max(len(line) for lines in rows for line in lines)
+    for name, lines in zip(layers, rows, strict=True):
+        part_starts = {match.start() for match in re.finditer(r"[^.]*\.|[^.]+", name)}
+        line_starts = [sum(map(len, lines[:at])) for at in range(len(lines))]
+        if all(len(part) <= column for part in re.findall(r"[^.]*\.|[^.]+", name)):
+            assert set(line_starts) <= part_starts, (name, lines)
 
 
 def test_a_number_column_goes_before_a_number_is_cut() -> None:

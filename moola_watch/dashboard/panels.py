@@ -15,6 +15,7 @@ from rich.text import Text
 from moola_watch import rules, schema
 from moola_watch.dashboard.state import LogView, RunView, ViewOptions
 from moola_watch.dashboard.summary import ago, verdict_text
+from moola_watch.dotted_name import DottedName
 from moola_watch.render import SEVERITY_STYLE, STATUS_STYLE, alerts_table, number, sparkline, text, where
 
 
@@ -197,7 +198,9 @@ def layers_table(engine: rules.RuleEngine, options: ViewOptions, short: bool = F
     table.add_column("flag", no_wrap=True)
     for name in shown:
         flag, style = flagged.get(name, ("", ""))
-        table.add_row(text(name, style), Text(number(norms[name]), style=style), Text(flag, style=style))
+        name_cell = text(name, style)
+        table.add_row(name_cell if short else DottedName(name_cell), Text(number(norms[name]), style=style),
+                      Text(flag, style=style))  # fmt: skip
     return table
 
 
