@@ -2,8 +2,9 @@
 magic number whatever its name), or a rotated log's parts read oldest first as one log, as ``cat`` would join them.
 
 Rotated parts are named the way logrotate names them (README "Reliability"): ``run.jsonl`` is the newest,
-``run.jsonl.1`` the one before it, ``run.jsonl.2.gz`` an older one compressed. zstd has no module in Python 3.11's
-standard library: a zstd file is refused with a one-line error that says how to read it.
+``run.jsonl.1`` the one before it, ``run.jsonl.2.gz`` an older one compressed; with ``dateext``, the parts
+``run.jsonl-20240101`` (``.gz``) are older than ``run.jsonl``, the earlier date the older. zstd has no module in
+Python 3.11's standard library: a zstd file is refused with a one-line error that says how to read it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ CHUNK = 1 << 20
 #: The first bytes of each compressed format, and its name.
 MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 HEAD = max(map(len, MAGIC))
-#: A log or one of its rotated parts: ``run.jsonl``, ``run.jsonl.1``, ``run.jsonl.2.gz``, ``run.jsonl.gz``.
-PART = re.compile(r"(?P<log>.+\.jsonl)(?:\.(?P<number>[0-9]+))?(?:\.(?:gz|bz2|xz|zst))?")
+#: A log or one of its rotated parts: ``run.jsonl``, ``run.jsonl.1``, ``run.jsonl.2.gz``, ``run.jsonl.gz``, and
+#: with logrotate's ``dateext`` (RHEL's default) ``run.jsonl-20240101``, ``run.jsonl-20240101-1704067200.gz``.
+PART = re.compile(r"(?P<log>.+\.jsonl)(?:\.(?P<number>[0-9]+)|-(?P<date>[0-9]{8}[0-9_-]*))?(?:\.(?:gz|bz2|xz|zst))?")
 
 
 class UnreadableLog(OSError):
@@ -105,6 +107,19 @@ DECOMPRESS: dict[str, Callable[[BinaryIO], BinaryIO]] = {
 }
 
 
+_DATED, _NUMBERED, _CURRENT = range(3)
+
+
+def _age_rank(part: re.Match[str]) -> tuple[int, str] | tuple[int, int]:
+    """Sorts a log's parts oldest first: dated ones by date, numbered ones the highest number first, the current
+    file last (two ranks of different kinds never compare their second items)."""
+    if part["date"]:
+        return _DATED, part["date"]
+    if part["number"]:
+        return _NUMBERED, -int(part["number"])
+    return _CURRENT, 0
+
+
 def log_parts(path: Path) -> tuple[Path, list[Path]] | None:
     """The rotated log that file ``path`` is a part of, and all its parts oldest first, if its folder holds
     another part of it; else None."""
@@ -121,14 +136,15 @@ def directory_logs(directory: Path) -> list[tuple[Path, list[Path]]]:
     """Each log in ``directory``, by name: its ``*.jsonl`` file and rotated parts (``run.jsonl.1``,
     ``run.jsonl.2.gz``, ...), oldest first. A log of one part is named by that part; of several, by its newest
     name (``run.jsonl``, whether or not that part is still there). Raises ``ValueError`` for two files that would
-    be the same part (``run.jsonl`` and ``run.jsonl.gz``)."""
-    ranked: dict[str, dict[int, list[Path]]] = {}
+    be the same part (``run.jsonl`` and ``run.jsonl.gz``), and for numbered and dated parts of one log, whose order
+    between them no name tells."""
+    ranked: dict[str, dict[tuple[int, str] | tuple[int, int], list[Path]]] = {}
     for child in directory.iterdir():
         match = PART.fullmatch(child.name)
         if match is None or child.is_dir():
             continue
-        number = int(match["number"]) if match["number"] else 0
-        ranked.setdefault(match["log"], {}).setdefault(number, []).append(child)
+        rank = _age_rank(match)
+        ranked.setdefault(match["log"], {}).setdefault(rank, []).append(child)
     logs = []
     for name in sorted(ranked):
         parts = ranked[name]
@@ -136,6 +152,9 @@ def directory_logs(directory: Path) -> list[tuple[Path, list[Path]]]:
             if len(same) > 1:
                 names = " and ".join(sorted(part.name for part in same))
                 raise ValueError(f"{directory}: {names} would be the same part of the rotated log {name}; keep one")
-        ordered = [parts[number][0] for number in sorted(parts, reverse=True)]
+        if {kind for kind, _ in parts} >= {_NUMBERED, _DATED}:
+            raise ValueError(f"{directory}: the rotated log {name} has numbered ({name}.1) and dated ({name}-DATE) "
+                             "parts, whose order no name tells; move one kind aside")  # fmt: skip
+        ordered = [parts[rank][0] for rank in sorted(parts)]
         logs.append((ordered[0] if len(ordered) == 1 else directory / name, ordered))
     return logs

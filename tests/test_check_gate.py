@@ -229,17 +229,17 @@ def test_follow_once_keeps_its_exit_code_when_its_reader_leaves_early(tmp_path, 
 # ------------------------------------------------------------------------------------------------ rotated logs
 
 
-def rotated(folder: Path) -> tuple[Path, bytes]:
-    """A collapsing run rotated twice, logrotate's way (the oldest part compressed): each new file opens with the
-    run's run_start marked continued; the newest holds only that and the run_end. Also the parts joined."""
+def rotated(
+    folder: Path, names: tuple[str, str, str] = ("run.jsonl.2.gz", "run.jsonl.1", "run.jsonl")
+) -> tuple[Path, bytes]:
+    """A collapsing run rotated twice, logrotate's way (the oldest part compressed), into parts of these
+    ``names``, oldest first: each new file opens with the run's run_start marked continued; the newest holds only
+    that and the run_end. Also the parts joined."""
     records = collapse_scenario().lines()
     header = json.dumps({**json.loads(records[0]), "continued": True}).encode() + b"\n"
     middle = len(records) // 2
-    parts = {
-        "run.jsonl.2.gz": b"".join(records[:middle]),
-        "run.jsonl.1": header + b"".join(records[middle:-1]),
-        "run.jsonl": header + records[-1],
-    }
+    parts = dict(zip(names, (b"".join(records[:middle]), header + b"".join(records[middle:-1]), header + records[-1]),
+                     strict=True))  # fmt: skip
     folder.mkdir()
     for name, data in parts.items():
         (folder / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
@@ -258,6 +258,21 @@ def test_a_folder_reads_a_rotated_logs_parts_oldest_first_as_one_log(tmp_path):
     assert report["alerts"] == expected["alerts"] and report["records"] == expected["records"]
     text = watch("check", folder).stdout.splitlines()[0]
     assert text.startswith(f"FAIL  {folder / 'run.jsonl'}  parts=run.jsonl.2.gz,run.jsonl.1,run.jsonl  verdict=error")
+
+
+def test_logrotates_dated_parts_are_read_oldest_date_first_and_a_mix_with_numbered_ones_is_refused(tmp_path):
+    """logrotate's ``dateext`` (RHEL's default) names parts by date: read in date order before the current file,
+    whatever order the folder lists them in. Numbered and dated parts of one log are in no order a name tells."""
+    names = ("run.jsonl-20241231.gz", "run.jsonl-20250101", "run.jsonl")
+    folder, joined = rotated(tmp_path / "runs", names)
+    result, (report,) = check_json(folder)
+    assert result.returncode == 1 and report["parts"] == [str(folder / name) for name in names], report
+    whole = tmp_path / "cat.jsonl"
+    whole.write_bytes(joined)
+    assert report["alerts"] == check_json(whole)[1][0]["alerts"]
+    (folder / "run.jsonl.1").write_bytes(b"")
+    mixed = watch("check", folder)
+    assert mixed.returncode == 2 and "numbered (run.jsonl.1) and dated (run.jsonl-DATE) parts" in mixed.stderr
 
 
 def test_a_part_whose_last_line_was_cut_keeps_the_next_parts_first_line_whole(tmp_path):
