@@ -410,6 +410,34 @@ def test_an_epoch_before_any_measurement_still_opens_the_log_with_the_runs_thres
     assert records[0]["kind"] == "run_start" and records[0]["thresholds"]["exploding"] == 1000.0
 
 
+@pytest.mark.parametrize("spec_epochs", [False, True])
+def test_a_model_given_to_a_hook_before_the_first_record_is_named_when_an_epochs_record_comes_first(spec_epochs):
+    """Measured every 100 steps (or, the spec's way, every 10th epoch from epoch 1), the first record is the first
+    epoch's: its ``run_start`` still names the model the step hooks were given all along, and its parameters."""
+    sink = io.BytesIO()
+    model = TwoHeadMLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    options = {"log_frequency": 10} if spec_epochs else {"every_n_steps": 100}
+    with GradientMonitor(**options, stream=sink, echo=lambda _line: None) as monitor:
+        for epoch in (1, 2):
+            for _ in range(5):
+                x = torch.randn(8, 6)
+                losses = task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])
+                monitor.backward(model, losses)
+                if spec_epochs:
+                    monitor.update(epoch, model)
+                else:
+                    monitor.on_before_optimizer_step(model)
+                optimizer.step()
+                optimizer.zero_grad()
+            monitor.on_epoch_end(epoch, train_loss=0.5)
+    start, first = records_of(sink.getvalue())[:2]
+    assert first["kind"] == "epoch"  # nothing was measured yet
+    # Before, the model the hooks were given was forgotten: model "unknown", no parameters, a count of 0.
+    assert start["model"] == "TwoHeadMLP" and start["parameters"][:2] == ["trunk.0.weight", "trunk.0.bias"]
+    assert start["parameter_count"] == sum(p.numel() for p in model.parameters())
+
+
 def test_an_evaluation_under_no_grad_uses_no_probe_and_a_loss_without_a_graph_is_named():
     model = TwoHeadMLP()
     x = torch.randn(4, 6)
