@@ -15,7 +15,7 @@ from torch import nn
 
 from moola.utils.monitoring import GradientMonitor
 from moola.utils.monitoring.console import console_lines
-from moola.utils.monitoring.records import compact_layer_norms
+from moola.utils.monitoring.records import MAX_LAYER_NORMS, compact_layer_norms
 from moola_watch.schema import MAX_LINE_BYTES, Rejected, decode_record
 
 
@@ -247,6 +247,58 @@ def test_a_big_models_record_names_the_smallest_tensors_that_are_not_zero_by_con
     norms["dead.weight"] = 1e-9
     top = compact_layer_norms(norms, limit=10, top=3, vanishing=1e-7)["top_layers"]
     assert "dead.weight" in top and not any(name.endswith(".bias") for name in top), top
+    # BitFit: only biases are measured, a key bias's rounding error is not named, a dead unit's exact 0 is
+    bitfit = {f"layers.{i}.{kind}.bias": 1e-13 if kind == "k" else 0.01 for i in range(30) for kind in "kv"}
+    top = compact_layer_norms({**bitfit, "dead.bias": 0.0}, limit=10, top=3, vanishing=1e-7)["top_layers"]
+    assert "dead.bias" in top and not any(".k." in name for name in top), top
+
+
+class SelfAttention(nn.Module):
+    """One softmax self-attention block and a ReLU layer: ``key.bias`` gets no gradient by construction (softmax
+    over the keys ignores a shift common to them all). ``dead``: every unit of ``hidden`` is off, so it and all
+    before it get none at all."""
+
+    def __init__(self, dim: int = 16, dead: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, dim)
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.hidden = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 3)
+        if dead:
+            nn.init.constant_(self.hidden.bias, -100.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        scores = self.query(h) @ self.key(h).transpose(1, 2) / h.shape[-1] ** 0.5
+        h = torch.relu(self.hidden(torch.softmax(scores, dim=-1) @ self.value(h)))
+        return self.head(h.mean(1))
+
+
+def bitfit_vanishing(dead: bool, max_layer_norms: int) -> list[list[str]]:
+    """BitFit (every weight frozen, the biases trained) for 20 steps; the layers of each vanishing alert fired."""
+    torch.manual_seed(0)
+    model = SelfAttention(dead=dead)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.endswith("bias"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with GradientMonitor(every_n_steps=1, echo=lambda _line: None, max_layer_norms=max_layer_norms) as m:
+        m.watch_optimizer(optimizer)
+        for _ in range(20):
+            x = torch.randn(8, 6, 8)
+            nn.functional.cross_entropy(model(x), (x[:, 0, 0] > 0).long()).backward()
+            m.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+    return [list(alert.layers) for alert in m.engine.alerts if alert.rule == "vanishing"]
+
+
+@pytest.mark.parametrize("max_layer_norms", [MAX_LAYER_NORMS, 3])  # 3: the record names its extreme tensors
+def test_a_bitfit_run_raises_no_vanishing_alert_and_a_dead_layer_in_one_still_does(max_layer_norms):
+    # Before, key.bias was vanishing: the rule took a bias for zero by construction only when its module's weight
+    # got gradient, and a frozen weight gets none. Its gradient is rounding error (1e-13), a dead unit's exactly 0.
+    assert bitfit_vanishing(dead=False, max_layer_norms=max_layer_norms) == []
+    (flagged,) = bitfit_vanishing(dead=True, max_layer_norms=max_layer_norms)
+    assert "hidden.bias" in flagged and "key.bias" in flagged and "head.bias" not in flagged  # all behind it: 0
 
 
 def test_a_layer_added_or_replaced_after_the_first_measurement_is_measured():
