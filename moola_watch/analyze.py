@@ -409,7 +409,7 @@ def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
     assert scan.columns is not None, "scan_log(..., frames=True) collects the columns"
     with columnar.cyclic_gc_paused():  # pandas turns the balance and epoch rows into columns: no cycles either
         out = scan.columns.frames()
-    out["alerts"] = table([alert_json(run, alert) for run, alert in scan.alerts()], ALERT_COLUMNS)
+    out["alerts"] = alerts_table(scan)
     import pandas as pd  # (imported where frames are made: check and follow never need it)
 
     # JSON spells a non-finite value as a string; a frame's column is numbers
@@ -424,6 +424,19 @@ def to_frames(scan: LogScan) -> dict[str, pd.DataFrame]:
         RUN_COLUMNS,
     )  # fmt: skip
     return out
+
+
+def alerts_table(scan: LogScan) -> pd.DataFrame:
+    """The alerts of a scan as the JSON outputs show them, one row each: a non-finite value is its text (``nan``)."""
+    return table([alert_json(run, alert) for run, alert in scan.alerts()], ALERT_COLUMNS)
+
+
+def as_recorded(scan: LogScan) -> dict[str, pd.DataFrame]:
+    """The ``balance``, ``epochs`` and ``alerts`` tables of a scan made with ``frames=True`` for a person to read
+    (``analyze --csv``, the report's comparison): a NaN the log recorded (a loss gone NaN) is the text ``nan``,
+    a value it did not record is missing (an empty CSV cell). :func:`to_frames`' are numbers, NaN for both."""
+    assert scan.columns is not None, "scan_log(..., frames=True) collects the columns"
+    return {**scan.columns.measurements(nan_as_text=True), "alerts": alerts_table(scan)}
 
 
 def group_norms(scan: LogScan) -> pd.DataFrame:

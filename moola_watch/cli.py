@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv",
         type=Path,
         metavar="DIR",
-        help="also write the DataFrames as CSV files here: LOG.grad.csv, .layers, .balance, .epochs, .alerts, .runs",
+        help="also write the DataFrames as CSV files here: LOG.grad.csv, .layers, .balance, .epochs, .alerts, .runs "
+        "(in .balance, .epochs and .alerts a value recorded as NaN is nan, one not recorded an empty cell)",
     )
     add_threshold_flags(analyze_cmd)
     check_cmd = commands.add_parser(
@@ -471,7 +472,7 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
         frames = analyze.to_frames(scan)
         if args.csv:
             try:
-                loader.write_csv(args.csv, labels[path], frames)
+                loader.write_csv(args.csv, labels[path], {**frames, **analyze.as_recorded(scan)})
             except OSError as exc:
                 raise UsageError(f"cannot write CSV to {args.csv}: {exc.strerror or exc}") from None
         if args.json:

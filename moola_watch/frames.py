@@ -4,6 +4,7 @@ Pure: records in, frames out. pandas is imported only when the frames are made (
 
 from __future__ import annotations
 
+import math
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
@@ -192,11 +193,13 @@ class FrameColumns:
 
         grad: dict[str, Any] = {name: column.values() for name, column in self.grad.items()}
         grad.update({name: pd.array(grad[name], dtype="Int64") for name in ("epoch", "step")})
+        return {"grad": pd.DataFrame(grad), "layers": self._layers(grad), **self.measurements()}
+
+    def measurements(self, *, nan_as_text: bool = False) -> dict[str, pd.DataFrame]:
+        """The ``balance`` and ``epochs`` tables; ``nan_as_text``: see :func:`table`."""
         return {
-            "grad": pd.DataFrame(grad),
-            "layers": self._layers(grad),
-            "balance": table(self.balance, self.BALANCE),
-            "epochs": table(self.epochs, self.EPOCH),
+            "balance": table(self.balance, self.BALANCE, nan_as_text=nan_as_text),
+            "epochs": table(self.epochs, self.EPOCH, nan_as_text=nan_as_text),
         }
 
 
@@ -261,11 +264,19 @@ def group_sizes(record: schema.Record) -> list[int] | None:
 POSITION_COLUMNS = ("epoch", "step", "first_epoch", "first_step", "last_step", "resolved_step")
 
 
-def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+def table(rows: list[dict[str, Any]], columns: Sequence[str], *, nan_as_text: bool = False) -> pd.DataFrame:
     """Rows as a DataFrame; with no rows, still with ``columns`` (an empty table keeps its header). Its step and
-    epoch columns (:data:`POSITION_COLUMNS`) are nullable integers."""
+    epoch columns (:data:`POSITION_COLUMNS`) are nullable integers. With ``nan_as_text``, a NaN a row holds (a
+    loss the record said was NaN) is the text ``nan``, for a person to tell it from a value the row lacks (NaN);
+    its column is then one of objects."""
     import pandas as pd
 
+    if nan_as_text:
+        rows = [{key: "nan" if _is_nan(value) else value for key, value in row.items()} for row in rows]
     frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(columns))
     positions = {name: "Int64" for name in POSITION_COLUMNS if name in frame}
     return frame.astype(positions) if positions else frame
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)

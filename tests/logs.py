@@ -112,3 +112,17 @@ def recovered_collapse_scenario(run: str = "recovered") -> LogBuilder:
         log.balance(epoch, 0.3 if starving else 1.0, shares={"pointer": share, "type": 1 - share}, losses=losses,
                     weights={"pointer": 0.1, "type": 1.0})  # fmt: skip
     return log.end()
+
+
+def nan_loss_scenario() -> LogBuilder:
+    """The type loss goes NaN at epoch 4 and the training loss at 5 (of 5); the balance sample of epoch 2 and the
+    epoch record of epoch 3 have no type loss at all, and only epoch 1 has a validation loss."""
+    nan = float("nan")
+    log = LogBuilder().start()
+    for epoch in range(1, 6):
+        losses = {"pointer": 0.5, "type": nan if epoch >= 4 else 0.9}
+        sampled = {name: loss for name, loss in losses.items() if epoch != 2 or name == "pointer"}
+        recorded = {name: loss for name, loss in losses.items() if epoch != 3 or name == "pointer"}
+        log.grad(epoch, 0.3, 0.4).balance(epoch, 1.2, losses=sampled)
+        log.epoch(epoch, nan if epoch == 5 else 0.7, task_losses=recorded, **({"val_loss": 0.6} if epoch == 1 else {}))
+    return log.end()

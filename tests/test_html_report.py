@@ -232,6 +232,18 @@ def test_report_cli_overlays_two_logs_and_compares_them(tmp_path: Path) -> None:
     assert "http://" not in html.split("<script>")[0] and "src=" not in html.split("<script>")[0]
 
 
+def test_the_comparison_shows_a_final_loss_gone_nan_as_nan_and_a_loss_not_recorded_lately_as_its_last(
+    tmp_path: Path,
+) -> None:
+    from logs import nan_loss_scenario
+
+    page, _figures = build_page([analyze.scan_log(nan_loss_scenario().write(tmp_path / "nan.jsonl"), frames=True)])
+    finals = {row[0]: row[1] for row in page.comparison.rows if row[0].startswith("final ")}
+    # Before, NaN was skipped as if missing: the final training loss read 0.7, the type loss 0.9.
+    assert finals["final train_loss"] == finals["final loss_type"] == "nan"
+    assert finals["final val_loss"] == "0.6" and finals["final loss_pointer"] == "0.5"
+
+
 def test_report_cli_writes_the_same_figures_as_pngs(tmp_path: Path) -> None:
     pngs = tmp_path / "png"
     result = run_cli("moola_watch.cli", "report", str(SAMPLES / "type_collapse.jsonl"), "-o",

@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 lightning = pytest.importorskip("lightning")
 
+from lightning.pytorch.utilities.model_helpers import is_overridden  # noqa: E402
+
 from moola.integrations.lightning import GradientMonitorCallback  # noqa: E402
 
 STEPS = 40
@@ -65,8 +67,9 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, labels, x[:, 0] * 0.5), batch_size=BATCH)
 
 
-def fit(tmp_path, weights, **module_options) -> list[dict]:
-    """One epoch of ``STEPS`` optimizer steps under the callback; the log's records."""
+def fit(tmp_path, weights, module=TwoTaskModule, **module_options) -> list[dict]:
+    """One epoch of ``STEPS`` optimizer steps under the callback (validated on the same batches when ``module``
+    has a ``validation_step``); the log's records."""
     torch.manual_seed(0)
     log = tmp_path / "run.jsonl"
     trainer = lightning.Trainer(
@@ -79,7 +82,8 @@ def fit(tmp_path, weights, **module_options) -> list[dict]:
         enable_model_summary=False,
         callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
     )
-    trainer.fit(TwoTaskModule(weights, **module_options), loader())
+    validates = is_overridden("validation_step", module, lightning.LightningModule)
+    trainer.fit(module(weights, **module_options), loader(), loader() if validates else None)
     return strict_lines(log)
 
 
@@ -220,6 +224,20 @@ def test_an_exception_ends_the_run_failed(tmp_path):
     assert end["kind"] == "run_end" and end["status"] == "failed"
     assert end["error"] == "RuntimeError: data loader returned garbage"
     assert end["step"] == 10
+
+
+class FailingValidation(TwoTaskModule):
+    def validation_step(self, batch, batch_idx):
+        raise RuntimeError("validation set missing")
+
+
+def test_a_fit_that_fails_in_its_sanity_check_names_its_module(tmp_path):
+    with pytest.raises(RuntimeError, match="validation set missing"):
+        fit(tmp_path, {"cls": 1.0, "reg": 1.0}, module=FailingValidation)
+    start, end = strict_lines(tmp_path / "run.jsonl")
+    # Before, the run failed before training started, and its run_start said model "unknown", no parameters.
+    assert start["model"] == "FailingValidation" and start["parameter_count"] == 180
+    assert end["status"] == "failed" and end["error"] == "RuntimeError: validation set missing"
 
 
 @pytest.fixture

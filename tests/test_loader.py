@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from helpers import REPO, run_cli
-from logs import LogBuilder, collapse_scenario, healthy_scenario
+from logs import LogBuilder, collapse_scenario, healthy_scenario, nan_loss_scenario
 
 import moola_watch
 from moola_watch.loader import TABLES, NotALogError
@@ -184,3 +184,26 @@ def test_an_alerts_value_is_a_number_column_and_not_a_log_error_is_the_packages(
     values = frames["alerts"]["value"]
     assert values.dtype == "float64" and values.isna().any() and values.notna().any()
     assert moola_watch.NotALogError is NotALogError
+
+
+def test_a_nan_loss_is_nan_in_the_csv_and_a_loss_not_recorded_an_empty_cell(tmp_path: Path) -> None:
+    """A person reading the tables must tell a loss that was NaN from one the record did not have."""
+    nan_loss_scenario().write(tmp_path / "log.jsonl")
+    result = run_cli("moola_watch.cli", "analyze", str(tmp_path / "log.jsonl"), "--csv", str(tmp_path / "csv"))
+    assert result.returncode == 1, result.stderr  # the NaN training loss: a critical alert
+
+    def cells(table: str, column: str) -> list[str]:
+        with (tmp_path / "csv" / f"log.{table}.csv").open(newline="") as file:
+            return [row[column] for row in csv.DictReader(file)]
+
+    # Before, every one of these "nan" cells was empty, like the values the records did not have.
+    assert cells("balance", "loss_type") == ["0.9", "", "0.9", "nan", "nan"]
+    assert cells("epochs", "loss_type") == ["0.9", "0.9", "", "nan", "nan"]
+    assert cells("epochs", "train_loss") == ["0.7", "0.7", "0.7", "0.7", "nan"]
+    assert cells("epochs", "val_loss") == ["0.6", "", "", "", ""]
+    assert "nan" in cells("alerts", "value")  # the non-finite loss alert's
+    frames = moola_watch.load(tmp_path / "log.jsonl")  # numbers: NaN for both, as pandas has it
+    assert frames["epochs"]["loss_type"].dtype == "float64" and frames["epochs"]["loss_type"].isna().tolist() == [
+        False, False, True, True, True,
+    ]  # fmt: skip
+    assert frames["alerts"]["value"].dtype == "float64"

@@ -45,6 +45,7 @@ class Hook:
 
     def __init__(self, delay: float = 0.0, failures: int = 0) -> None:
         self.bodies: list[tuple[float, dict]] = []
+        self.keys: list[str | None] = []  # each recorded body's Idempotency-Key header
         self.authorizations: list[str | None] = []
         self.hosts: list[str | None] = []  # each request's Host header
         self.requests = 0
@@ -66,6 +67,7 @@ class Hook:
                     self.send_response(500)
                     self.end_headers()
                     return
+                hook.keys.append(self.headers["Idempotency-Key"])
                 hook.bodies.append((time.time(), body))
                 self.send_response(204)
                 self.end_headers()
@@ -305,6 +307,33 @@ def test_sigterm_ends_follow_like_ctrl_c_queued_alerts_go_out_and_the_summary_is
     assert events[-1]["event"] == "summary"
 
 
+def test_a_webhook_slower_than_its_timeout_gets_every_alert_and_can_tell_a_retry_by_its_key(tmp_path):
+    """A receiver that takes 1.5 s to answer, a watcher that waits 1 s: the first attempt at an alert times out
+    after the whole POST was sent, so the receiver may have it; the retry carries the same key and waits longer."""
+    log = tmp_path / "run.jsonl"
+    log.write_bytes((SAMPLES / "pointer_collapse.jsonl").read_bytes())
+    hook = Hook(delay=1.5)
+    watcher = watch("--json", str(log), "--webhook", hook.url, "--notify-timeout", "1")
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and len(set(hook.keys)) < 2:  # the two firing; the resolution is held
+            time.sleep(0.1)
+        time.sleep(2.0)  # a retry still on its way would arrive now
+        out, _ = stop(watcher)
+    finally:
+        watcher.kill()
+        hook.close()
+    events = json_events(out)
+    printed = [e for e in events if e["event"] == "alert" and e["severity"] == "error" and e["state"] != "pending"]
+    bodies = [body for _, body in hook.bodies]
+    assert all(key and body["idempotency_key"] == key for key, body in zip(hook.keys, bodies, strict=True))
+    firsts = {body["idempotency_key"]: body["alert"] for body in bodies}  # a receiver keeping the first of each key
+    # Before, no key told a retry from a new alert, and every attempt timed out: each alert arrived again and again.
+    assert len(printed) == 3 and list(firsts.values()) == printed, hook.keys
+    assert len(bodies) > len(firsts)  # the timed-out first attempt did arrive: the retry is a repeat ...
+    assert len(bodies) <= 2 * len(firsts)  # ... one, not one every backoff
+
+
 def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_config(tmp_path, hook):
     config = tmp_path / "watch.toml"
     config.write_text(f'[notify]\nwebhook = "{hook.url}"\nnotify_on = "warning"\n')
@@ -364,6 +393,7 @@ def test_on_alert_gets_the_alert_on_stdin_and_in_the_environment_and_log_text_ru
     assert env["MOOLA_RULE"] == "exploding" and env["MOOLA_SEVERITY"] == "error" and env["MOOLA_STATE"] == "firing"
     assert env["MOOLA_RUN"] == f"run {EVIL}" and EVIL in env["MOOLA_MESSAGE"] and env["MOOLA_LOG"] == "evil.jsonl"
     assert env["MOOLA_STEP"] == "20" and env["MOOLA_EPOCH"] == "2" and float(env["MOOLA_VALUE"]) == 40.0
+    assert len({g["env"]["MOOLA_IDEMPOTENCY_KEY"] for g in got}) == len(got)  # one key per alert
     assert EVIL in (tmp_path / "sh.txt").read_text()  # the shell got the text as data, and ran none of it
 
 
@@ -466,7 +496,7 @@ def test_wanted_sends_confirmed_transitions_at_or_above_notify_on():
 
 
 def test_chat_text_cannot_ping_or_link_and_is_one_inert_line():
-    body = json.loads(notify.webhook_body(event(message="<!channel> @everyone\n\x1b[2Jhi", state="resolved")))
+    body = json.loads(notify.webhook_body(event(message="<!channel> @everyone\n\x1b[2Jhi", state="resolved"), "k1"))
     assert "<!channel>" not in body["text"] and "&lt;!channel&gt;" in body["text"]
     assert body["allowed_mentions"] == {"parse": []} and "\n" not in body["content"] and "\x1b" not in body["content"]
     assert body["content"].startswith("moola-watch RESOLVED ERROR collapse (pointer/type) in run r1 at epoch 15, st")
@@ -506,7 +536,7 @@ def flaky(outcomes: list[bool], calls: list[dict], entered: threading.Event | No
     """A sink's deliver: sets ``entered`` and waits for ``gate`` if given, then fails or succeeds as ``outcomes``
     says, in turn."""
 
-    def deliver(alert) -> None:
+    def deliver(alert, key: str) -> None:
         if entered is not None:
             entered.set()
             gate.wait(10)
@@ -541,7 +571,7 @@ def test_a_sink_that_is_down_keeps_what_fits_in_its_queue_and_sends_it_in_order_
     down.set()
     calls: list[int] = []
 
-    def deliver(alert) -> None:
+    def deliver(alert, key: str) -> None:
         if down.is_set():
             raise notify.DeliveryError("HTTP 503 Service Unavailable", retry=True)
         calls.append(alert["step"])
@@ -608,7 +638,8 @@ def test_incidents_apart_in_a_runs_own_time_stay_apart_when_its_history_is_read_
 
 def test_an_alert_firing_again_below_notify_on_is_the_same_incident_not_an_all_clear():
     sent: list[dict] = []
-    notifier = notify.Notifier([notify.Sink("--on-alert x", sent.append, retries=0)], "error", clock=lambda: 0.0)
+    sink = notify.Sink("--on-alert x", lambda alert, key: sent.append(alert), retries=0)
+    notifier = notify.Notifier([sink], "error", clock=lambda: 0.0)
     notifier.send(event(state="firing", severity="error"))
     notifier.send(event(state="resolved", severity="error"))
     notifier.send(event(state="firing", severity="warning"))  # not sent, but it is still going on

@@ -15,7 +15,7 @@ from torch import nn
 
 from moola.utils.monitoring import GradientMonitor
 from moola.utils.monitoring.console import console_lines
-from moola.utils.monitoring.records import compact_layer_norms
+from moola.utils.monitoring.records import MAX_LAYER_NORMS, compact_layer_norms
 from moola_watch.schema import MAX_LINE_BYTES, Rejected, decode_record
 
 
@@ -247,6 +247,58 @@ def test_a_big_models_record_names_the_smallest_tensors_that_are_not_zero_by_con
     norms["dead.weight"] = 1e-9
     top = compact_layer_norms(norms, limit=10, top=3, vanishing=1e-7)["top_layers"]
     assert "dead.weight" in top and not any(name.endswith(".bias") for name in top), top
+    # BitFit: only biases are measured, a key bias's rounding error is not named, a dead unit's exact 0 is
+    bitfit = {f"layers.{i}.{kind}.bias": 1e-13 if kind == "k" else 0.01 for i in range(30) for kind in "kv"}
+    top = compact_layer_norms({**bitfit, "dead.bias": 0.0}, limit=10, top=3, vanishing=1e-7)["top_layers"]
+    assert "dead.bias" in top and not any(".k." in name for name in top), top
+
+
+class SelfAttention(nn.Module):
+    """One softmax self-attention block and a ReLU layer: ``key.bias`` gets no gradient by construction (softmax
+    over the keys ignores a shift common to them all). ``dead``: every unit of ``hidden`` is off, so it and all
+    before it get none at all."""
+
+    def __init__(self, dim: int = 16, dead: bool = False) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, dim)
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.hidden = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 3)
+        if dead:
+            nn.init.constant_(self.hidden.bias, -100.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        scores = self.query(h) @ self.key(h).transpose(1, 2) / h.shape[-1] ** 0.5
+        h = torch.relu(self.hidden(torch.softmax(scores, dim=-1) @ self.value(h)))
+        return self.head(h.mean(1))
+
+
+def bitfit_vanishing(dead: bool, max_layer_norms: int) -> list[list[str]]:
+    """BitFit (every weight frozen, the biases trained) for 20 steps; the layers of each vanishing alert fired."""
+    torch.manual_seed(0)
+    model = SelfAttention(dead=dead)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.endswith("bias"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with GradientMonitor(every_n_steps=1, echo=lambda _line: None, max_layer_norms=max_layer_norms) as m:
+        m.watch_optimizer(optimizer)
+        for _ in range(20):
+            x = torch.randn(8, 6, 8)
+            nn.functional.cross_entropy(model(x), (x[:, 0, 0] > 0).long()).backward()
+            m.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+    return [list(alert.layers) for alert in m.engine.alerts if alert.rule == "vanishing"]
+
+
+@pytest.mark.parametrize("max_layer_norms", [MAX_LAYER_NORMS, 3])  # 3: the record names its extreme tensors
+def test_a_bitfit_run_raises_no_vanishing_alert_and_a_dead_layer_in_one_still_does(max_layer_norms):
+    # Before, key.bias was vanishing: the rule took a bias for zero by construction only when its module's weight
+    # got gradient, and a frozen weight gets none. Its gradient is rounding error (1e-13), a dead unit's exactly 0.
+    assert bitfit_vanishing(dead=False, max_layer_norms=max_layer_norms) == []
+    (flagged,) = bitfit_vanishing(dead=True, max_layer_norms=max_layer_norms)
+    assert "hidden.bias" in flagged and "key.bias" in flagged and "head.bias" not in flagged  # all behind it: 0
 
 
 def test_a_layer_added_or_replaced_after_the_first_measurement_is_measured():
@@ -408,6 +460,34 @@ def test_an_epoch_before_any_measurement_still_opens_the_log_with_the_runs_thres
         monitor.on_epoch_end(1, train_loss=0.5)
     records = records_of(log.read_bytes())
     assert records[0]["kind"] == "run_start" and records[0]["thresholds"]["exploding"] == 1000.0
+
+
+@pytest.mark.parametrize("spec_epochs", [False, True])
+def test_a_model_given_to_a_hook_before_the_first_record_is_named_when_an_epochs_record_comes_first(spec_epochs):
+    """Measured every 100 steps (or, the spec's way, every 10th epoch from epoch 1), the first record is the first
+    epoch's: its ``run_start`` still names the model the step hooks were given all along, and its parameters."""
+    sink = io.BytesIO()
+    model = TwoHeadMLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    options = {"log_frequency": 10} if spec_epochs else {"every_n_steps": 100}
+    with GradientMonitor(**options, stream=sink, echo=lambda _line: None) as monitor:
+        for epoch in (1, 2):
+            for _ in range(5):
+                x = torch.randn(8, 6)
+                losses = task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])
+                monitor.backward(model, losses)
+                if spec_epochs:
+                    monitor.update(epoch, model)
+                else:
+                    monitor.on_before_optimizer_step(model)
+                optimizer.step()
+                optimizer.zero_grad()
+            monitor.on_epoch_end(epoch, train_loss=0.5)
+    start, first = records_of(sink.getvalue())[:2]
+    assert first["kind"] == "epoch"  # nothing was measured yet
+    # Before, the model the hooks were given was forgotten: model "unknown", no parameters, a count of 0.
+    assert start["model"] == "TwoHeadMLP" and start["parameters"][:2] == ["trunk.0.weight", "trunk.0.bias"]
+    assert start["parameter_count"] == sum(p.numel() for p in model.parameters())
 
 
 def test_an_evaluation_under_no_grad_uses_no_probe_and_a_loss_without_a_graph_is_named():

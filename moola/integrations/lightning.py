@@ -10,8 +10,8 @@
   loss tensor the attribute already held when the batch started (a step that set no ``task_losses``, or not
   every task's) is an earlier step's and is left out, so a batch without two fresh task losses is not
   measured. The attribute itself is left as the module set it (the callback never assigns to it);
-- ``run_start`` when fitting starts, ``run_end`` when it ends: ``completed``, ``failed`` (with the error) or
-  ``interrupted`` (Ctrl-C).
+- ``run_start`` when training starts (or when the fit fails before it, in the sanity check), ``run_end`` when
+  it ends: ``completed``, ``failed`` (with the error) or ``interrupted`` (Ctrl-C).
 
 The monitor is made in ``on_fit_start``, once the strategy has set up the process group: under DDP every rank
 measures and only rank 0 writes; its gradient statistics are of the all-reduced gradients, its task balance of
@@ -105,6 +105,10 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         # says at which step this process began (a resumed run's tasks did not start learning there).
         self.monitor.at_step(trainer.global_step + 1)
         self.monitor.on_epoch_start(trainer.current_epoch + 1)
+        self._start(trainer, pl_module)
+
+    def _start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        """``run_start``, naming the module and the fit (nothing once written)."""
         self.monitor.on_run_start(pl_module, model_name=type(pl_module).__name__, config=run_config(trainer, pl_module))
 
     def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
@@ -151,6 +155,7 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
     ) -> None:
         if self.monitor is None:
             return  # failed before fitting started: nothing was logged
+        self._start(trainer, pl_module)  # failed before training did (in the sanity check): its log names the module
         if isinstance(exception, SIGTERMException):  # Lightning's own SIGTERM handler: the job was stopped
             self.monitor.on_run_end("interrupted", error=SIGTERM_WORDS)
         else:

@@ -17,17 +17,18 @@ QUANTITIES = ("log", "run id", "model", "status", "verdict", "last record at", "
 
 
 def number(value: float | None, digits: int = 4) -> str:
-    """A compact number, ``-`` when unknown."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """A compact number, ``-`` when unknown, ``nan`` when it was NaN."""
+    if value is None:
         return "-"
     return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
 
 
-def last_value(frame: pd.DataFrame, column: str) -> float | None:
-    """The column's last recorded value."""
-    if column not in frame:
+def last_value(recorded: pd.DataFrame, column: str) -> float | None:
+    """The column's last recorded value, NaN where the log recorded NaN (``recorded``: a table of
+    :func:`moola_watch.analyze.as_recorded`, whose missing cells are values not recorded)."""
+    if column not in recorded:
         return None
-    values = frame[column].dropna()
+    values = recorded[column].dropna()
     return float(values.iloc[-1]) if len(values) else None
 
 
@@ -70,7 +71,7 @@ def comparison(runs: Sequence[RunData]) -> tuple[list[str], list[list[str]]]:
                 number(summary.max_norm_peak),
                 str(summary.nonfinite_samples),
                 f"{number(balance.mean, 3)} ({balance.state})" if balance.mean is not None else balance.state,
-                *(number(last_value(data.frames["epochs"], column)) for column in finals),
+                *(number(last_value(data.recorded_epochs, column)) for column in finals),
             ]
         )
     names = [*QUANTITIES, *(f"final {c}" for c in finals)]

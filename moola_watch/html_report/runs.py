@@ -17,13 +17,15 @@ STEP, EPOCH = "step", "epoch"
 
 @dataclass(frozen=True)
 class RunData:
-    """One run of one log: its frames (rows of this run only), its rule engine and the alerts that fired."""
+    """One run of one log: its frames (rows of this run only), its epochs as recorded (a NaN loss the text ``nan``:
+    :func:`moola_watch.analyze.as_recorded`), its rule engine and the alerts that fired."""
 
     label: str  # unique among the runs of a report; raw text from the log (escaped where drawn)
     log: str
     run: str
     engine: rules.RuleEngine
     frames: dict[str, pd.DataFrame]
+    recorded_epochs: pd.DataFrame
     alerts: list[rules.Alert]
 
     @property
@@ -60,6 +62,7 @@ def collect_runs(scans: Sequence[analyze.LogScan]) -> list[RunData]:
     out: list[RunData] = []
     for scan, frames in per_log:
         fired = scan.alerts()
+        recorded_epochs = analyze.as_recorded(scan)["epochs"]
         for run, engine in scan.engines.items():
             out.append(
                 RunData(
@@ -68,6 +71,7 @@ def collect_runs(scans: Sequence[analyze.LogScan]) -> list[RunData]:
                     run=run,
                     engine=engine,
                     frames={name: _rows_of(frames[name], run) for name in FRAMES},
+                    recorded_epochs=_rows_of(recorded_epochs, run),
                     alerts=[alert for alert_run, alert in fired if alert_run == run],
                 )
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -41,7 +42,7 @@ class _Worker:
         self.sink = sink
         self.report = report
         self.pause = pause
-        self.queue: deque[Mapping[str, Any]] = deque()
+        self.queue: deque[tuple[Mapping[str, Any], str]] = deque()  # each alert with its key
         self.lock = threading.Condition()  # guards the queue and the counts; notified on a new alert and on close
         self.closing = False
         self.failing = False
@@ -51,10 +52,10 @@ class _Worker:
         self.thread = threading.Thread(target=self._run, name=f"moola-notify {sink.label}", daemon=True)
         self.thread.start()
 
-    def offer(self, event: Mapping[str, Any]) -> None:
+    def offer(self, event: Mapping[str, Any], key: str) -> None:
         with self.lock:
             if len(self.queue) < QUEUE_SIZE:
-                self.queue.append(event)
+                self.queue.append((event, key))
                 self.lock.notify()
                 return
             self.overflow += 1
@@ -79,24 +80,26 @@ class _Worker:
         return f"{self.sink.label}: {sum(counts.values())} alert(s) not delivered ({said})" if said else None
 
     def _run(self) -> None:
-        while (event := self._next()) is not None:
-            self._deliver(event)
+        while (queued := self._next()) is not None:
+            self._deliver(*queued)
             with self.lock:
                 self.queue.popleft()
 
-    def _next(self) -> Mapping[str, Any] | None:
-        """The oldest queued alert, left in the queue while it is being sent; None once closed and empty."""
+    def _next(self) -> tuple[Mapping[str, Any], str] | None:
+        """The oldest queued alert and its key, left in the queue while it is being sent; None once closed and
+        empty."""
         with self.lock:
             self.lock.wait_for(lambda: self.queue or self.closing)
             return self.queue[0] if self.queue else None
 
-    def _deliver(self, event: Mapping[str, Any]) -> None:
-        """Attempts until ``event`` is delivered or refused. After ``retries`` quick retries the sink is failing,
-        and the attempts go on with backoff: the alerts behind this one wait, in order, for it to work again."""
+    def _deliver(self, event: Mapping[str, Any], key: str) -> None:
+        """Attempts, each with ``key``, until ``event`` is delivered or refused. After ``retries`` quick retries
+        the sink is failing, and the attempts go on with backoff: the alerts behind this one wait, in order, for
+        it to work again."""
         attempt = 0
         while True:
             try:
-                self.sink.deliver(event)
+                self.sink.deliver(event, key)
             except DeliveryError as exc:
                 if not exc.retry:
                     self._failed(exc, kept=False)
@@ -173,10 +176,12 @@ class Notifier:
         self._offer(self.hold.due(self.clock()))
 
     def _offer(self, events: list[Mapping[str, Any]]) -> None:
+        """Queue each wanted event for every sink, with one new key for it that every attempt at it carries."""
         for event in events:
             if wanted(event, self.notify_on):
+                key = uuid.uuid4().hex
                 for worker in self.workers:
-                    worker.offer(event)
+                    worker.offer(event, key)
 
     def drain(self) -> list[str]:
         """Notices the sinks reported since the last call (thread-safe)."""

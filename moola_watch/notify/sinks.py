@@ -1,7 +1,8 @@
 """Where an alert goes and in what words: which events are sent, the chat line and JSON body of a webhook, the
-environment of a command, and the thin shells that deliver them (``post_json`` over HTTP, :class:`Command` as a
-process in its own group). Log text never reaches a shell: a command's argv comes from ``shlex.split`` of the
-user's own flag, and the alert travels as JSON on stdin and in ``MOOLA_*`` environment variables."""
+environment of a command, and the thin shells that deliver them (``post_json`` and :class:`Webhook` over HTTP,
+:class:`Command` as a process in its own group). Log text never reaches a shell: a command's argv comes from
+``shlex.split`` of the user's own flag, and the alert travels as JSON on stdin and in ``MOOLA_*`` environment
+variables. Each alert sent has a key, the same on every attempt at it, so that a receiver can drop a repeat."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from moola_watch.textsafe import inert, json_line
 CHAT_LIMIT = 1900  # characters of the chat line (Discord refuses content over 2000)
 ENV_LIMIT = 4000  # characters of one MOOLA_* environment value
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_PATIENCE = 8  # a webhook that answers too late is waited on up to this many times the timeout
 ENV_FIELDS = ("rule", "severity", "state", "subject", "value", "message", "recommendation", "run", "log", "step",
               "epoch")  # fmt: skip
 
@@ -37,6 +39,13 @@ class DeliveryError(Exception):
     def __init__(self, reason: str, *, retry: bool) -> None:
         super().__init__(reason)
         self.retry = retry
+
+
+class NoAnswer(DeliveryError):
+    """The whole request was sent and no answer came in time: the receiver may have taken the alert, or not."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retry=True)
 
 
 def wanted(event: Mapping[str, Any], notify_on: str) -> bool:
@@ -65,10 +74,14 @@ def slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def webhook_body(event: Mapping[str, Any]) -> bytes:
-    """The POST body: ``text`` for Slack, ``content`` for Discord (mentions disabled), the full alert."""
+def webhook_body(event: Mapping[str, Any], key: str) -> bytes:
+    """The POST body: ``text`` for Slack, ``content`` for Discord (mentions disabled), the full alert, and its
+    ``idempotency_key`` (the same on a retry of this alert, another for the next one)."""
     line = headline(event)
-    body = {"text": slack_escape(line), "content": line, "allowed_mentions": {"parse": []}, "alert": dict(event)}
+    body = {
+        "text": slack_escape(line), "content": line, "allowed_mentions": {"parse": []}, "alert": dict(event),
+        "idempotency_key": key,
+    }  # fmt: skip
     return json_line(body)
 
 
@@ -117,16 +130,15 @@ class _PostRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_PostRedirects)
 
 
-def post_json(url: str, body: bytes, timeout: float) -> None:
+def post_json(url: str, body: bytes, timeout: float, key: str | None = None) -> None:
     """POST ``body`` as JSON; any 2xx is delivered. ``timeout`` is seconds per connect and per read. A URL's
-    ``user:password@`` is sent as Basic authentication. A 307 or 308 is followed with the same POST."""
+    ``user:password@`` is sent as Basic authentication, ``key`` as the ``Idempotency-Key`` header. A 307 or 308 is
+    followed with the same POST. Raises :class:`NoAnswer` when the request was sent but not answered in time."""
     url, auth = basic_auth(url)
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": f"moola-watch/{__version__}", **auth},
-    )
+    headers = {"Content-Type": "application/json", "User-Agent": f"moola-watch/{__version__}", **auth}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             response.read(1 << 16)
@@ -136,10 +148,29 @@ def post_json(url: str, body: bytes, timeout: float) -> None:
         raise DeliveryError(f"HTTP {exc.code} {reason}{moved}", retry=exc.code in RETRY_STATUSES) from None
     except urllib.error.URLError as exc:
         raise DeliveryError(f"cannot reach it: {exc.reason}", retry=True) from None
-    except TimeoutError:
-        raise DeliveryError(f"no answer within {timeout:g} s", retry=True) from None
+    except TimeoutError:  # urllib wraps a timeout while connecting or sending in URLError: this one is the answer's
+        raise NoAnswer(f"no answer within {timeout:g} s") from None
     except (OSError, HTTPException) as exc:
         raise DeliveryError(f"{type(exc).__name__}: {exc}", retry=True) from None
+
+
+class Webhook:
+    """One ``--webhook`` URL. A request sent whole but not answered within the timeout may have been taken: it is
+    tried again (the alert must not be lost), with the same key, and from then on this webhook is waited on twice
+    as long, up to ``MAX_PATIENCE`` times the timeout, so that a slow receiver gets a repeat, not one per retry."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        """``timeout``: seconds to wait for a connection and for the answer, until an answer comes too late."""
+        self.url = url
+        self.timeout = timeout
+        self.wait = timeout  # seconds per request now
+
+    def deliver(self, event: Mapping[str, Any], key: str) -> None:
+        try:
+            post_json(self.url, webhook_body(event, key), self.wait, key)
+        except NoAnswer:
+            self.wait = min(2 * self.wait, MAX_PATIENCE * self.timeout)
+            raise
 
 
 class Command:
@@ -155,8 +186,8 @@ class Command:
         self._running: subprocess.Popen[bytes] | None = None
         self._stopped = False
 
-    def deliver(self, event: Mapping[str, Any]) -> None:
-        self.run(json_line(dict(event)), command_env(event))
+    def deliver(self, event: Mapping[str, Any], key: str) -> None:
+        self.run(json_line(dict(event)), {**command_env(event), "MOOLA_IDEMPOTENCY_KEY": key})
 
     def run(self, stdin: bytes, env: Mapping[str, str]) -> None:
         """Run the command (no shell) with ``stdin`` and ``env`` added to ours; done when it exits. Its output is
@@ -215,10 +246,11 @@ def last_line(stderr: IO[bytes]) -> str:
 
 @dataclass(frozen=True)
 class Sink:
-    """A named destination: ``deliver`` sends one alert event or raises DeliveryError."""
+    """A named destination: ``deliver(event, key)`` sends one alert event or raises DeliveryError; ``key`` is the
+    alert's, the same on every attempt at it."""
 
     label: str
-    deliver: Callable[[Mapping[str, Any]], None]
+    deliver: Callable[[Mapping[str, Any], str], None]
     retries: int
     stop: Callable[[], None] | None = None  # ends a delivery still in progress at exit
 
@@ -231,9 +263,5 @@ def sinks_for(settings: NotifySettings) -> list[Sink]:
         runner = Command(command_argv(command), settings.timeout)
         sinks.append(Sink(f"--on-alert {os.path.basename(runner.argv[0])}", runner.deliver, 0, runner.stop))
     for url in settings.webhooks:
-
-        def deliver_webhook(event: Mapping[str, Any], url: str = url) -> None:
-            post_json(url, webhook_body(event), settings.timeout)
-
-        sinks.append(Sink(f"--webhook {redact(url)}", deliver_webhook, settings.retries))
+        sinks.append(Sink(f"--webhook {redact(url)}", Webhook(url, settings.timeout).deliver, settings.retries))
     return sinks

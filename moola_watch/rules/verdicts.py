@@ -44,7 +44,10 @@ def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
 
     A bias whose module's weight gets gradient is not vanishing: its gradient is zero by construction (a bias
     before a normalization, which removes it; a key bias in softmax attention, which ignores it). A dead ReLU
-    silences a layer's weight and bias together, so real vanishing stays flagged."""
+    silences a layer's weight and bias together, so real vanishing stays flagged. Where the module's weight is
+    frozen (BitFit trains the biases alone) there is no weight to tell by: such a bias is zero by construction
+    unless its gradient is exactly zero, as a dead unit's is (one zero by construction is rounding error,
+    1e-13)."""
     values = layer_norms.values()
     if not values or (math.isfinite(sum(values)) and th.vanishing <= min(values) and max(values) <= th.exploding):
         return NO_LAYER_FLAGS
@@ -61,9 +64,9 @@ def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
 
 
 def zero_by_construction(layer_norms: Mapping[str, float], th: Thresholds) -> set[str]:
-    """The biases below the vanishing bound whose module has a non-bias tensor at or above it: zero by
-    construction, not vanishing (see :func:`flag_layers`). Given each layer's peak norm over a run, the biases
-    that were never more than that."""
+    """The biases below the vanishing bound whose module has a non-bias tensor at or above it, or, not exactly
+    zero, none at all: zero by construction, not vanishing (see :func:`flag_layers`). Given each layer's peak
+    norm over a run, the biases that were never more than that."""
     return _zero_by_construction([name for name, norm in layer_norms.items() if norm < th.vanishing], layer_norms, th)
 
 
@@ -73,16 +76,23 @@ def _is_bias(name: str) -> bool:
 
 def _zero_by_construction(low: list[str], layer_norms: Mapping[str, float], th: Thresholds) -> set[str]:
     """The biases among ``low`` whose module has a non-bias tensor with a gradient norm at or above the
-    vanishing threshold."""
+    vanishing threshold, and those not exactly zero whose module has no non-bias tensor in ``layer_norms``
+    (frozen: measured tensors are those that get gradient)."""
     modules = {name.rpartition(".")[0] for name in low if _is_bias(name)}
     if not modules:
         return set()
-    fed = {
-        module
-        for name, norm in layer_norms.items()
-        if (module := name.rpartition(".")[0]) in modules and not _is_bias(name) and norm >= th.vanishing
+    weighted, fed = set(), set()
+    for name, norm in layer_norms.items():
+        if (module := name.rpartition(".")[0]) in modules and not _is_bias(name):
+            weighted.add(module)
+            if norm >= th.vanishing:
+                fed.add(module)
+    return {
+        name
+        for name in low
+        if _is_bias(name)
+        and ((module := name.rpartition(".")[0]) in fed or (module not in weighted and layer_norms[name] != 0.0))
     }
-    return {name for name in low if _is_bias(name) and name.rpartition(".")[0] in fed}
 
 
 def vanishing_layers(layer_norms: Mapping[str, float], threshold: float = 1e-7) -> list[str]:

@@ -24,6 +24,7 @@ import operator
 import os
 import socket
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -191,6 +192,8 @@ class GradientMonitor:
         self._last_balance_at: tuple[int | None, int] | None = None
         self._started = False
         self._ended = False
+        # The model the hooks were last given, until run_start names it: an epoch's record may come first.
+        self._model: weakref.ref[nn.Module] | None = None
         # (step, epoch) at the first step hook: where this process began monitoring (a resumed run's is late).
         self._began: tuple[int, int | None] | None = None
         self._single_task: str | None = None  # the task of the first call to name only one
@@ -311,6 +314,12 @@ class GradientMonitor:
             while len(self._tasks) > MAX_TASK_NAMES:
                 self._tasks.popitem()
 
+    def _meet(self, model: nn.Module) -> None:
+        """Remember ``model`` (weakly, never keeping it alive) until ``run_start`` is written: a record written
+        before anything was measured (an epoch's, ``run_end``'s) opens the log with a ``run_start`` naming it."""
+        if not self._started and isinstance(model, nn.Module):  # (anything else: the measurement says what)
+            self._model = weakref.ref(model)
+
     def _note_began(self) -> None:
         if self._began is None:
             self._began = (self.step, self.epoch)
@@ -324,10 +333,14 @@ class GradientMonitor:
     def on_run_start(
         self, model: nn.Module | None = None, *, model_name: str | None = None, config: dict[str, Any] | None = None
     ) -> None:
-        """Write ``run_start`` (done by the first measurement if not called before)."""
+        """Write ``run_start`` (done by the first record if not called before). Without ``model``, the model the
+        hooks were given so far, if any: the record says ``unknown`` only when no hook has been given one."""
         if self._started or not self.enabled:
             return
+        if model is None and self._model is not None:
+            model = self._model()
         self._started = True
+        self._model = None
         self._open_log()
         if self._writer is not None and self.end_on_sigterm:  # a scheduler stopping the job: the log says so
             self._undo_sigterm = on_sigterm(self.on_run_end)
@@ -394,6 +407,7 @@ class GradientMonitor:
         require_named(losses)
         self._note_began()
         self._saw_tasks(losses)
+        self._meet(model)
         # (A loss that is not a tensor counts as requiring grad here: the probe then says what is wrong with it.)
         if len(losses) == 1:
             self._one_task_per_call(next(iter(losses)))
@@ -457,6 +471,8 @@ class GradientMonitor:
             self.at_step(step)
         if self._began is None:  # (checked here: this runs every step)
             self._note_began()
+        if not self._started:
+            self._meet(model)
         stats = None
         if self.enabled and self.every_n_steps is None and self.epoch is None:
             self.warn_once(

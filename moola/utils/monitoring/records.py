@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from moola_watch.rules import Thresholds, zero_by_construction
+
 #: Beyond this many tensors, ``layer_norms`` holds module-prefix groups (a line stays well under the
 #: reader's 1 MiB limit: 2,000 names of ~60 bytes are ~120 kB).
 MAX_LAYER_NORMS = 2000
@@ -77,20 +79,13 @@ def _group_norm(norms: list[float]) -> float:
     return math.sqrt(math.fsum(n * n for n in norms))
 
 
-def _is_bias(name: str) -> bool:
-    return name.rpartition(".")[2].startswith("bias")
-
-
 @dataclass(frozen=True)
 class LayerGrouping:
     """How a model's tensor names (in model order) are grouped in a record: each group's name and the indices of
-    its members; ``depth`` is the module-prefix depth used. ``siblings`` maps each bias to the other tensors of
-    its module: a bias whose module's weight gets gradient is zero by construction, not vanishing (the rule the
-    watcher applies to the tensors it is shown), so it is not one of the smallest to name."""
+    its members; ``depth`` is the module-prefix depth used."""
 
     depth: int
     groups: tuple[tuple[str, tuple[int, ...]], ...]
-    siblings: tuple[tuple[int, tuple[int, ...]], ...]
 
 
 @lru_cache(maxsize=8)
@@ -108,15 +103,7 @@ def layer_grouping(names: tuple[str, ...], limit: int) -> LayerGrouping:
         size = math.ceil(len(names) / limit)
         members = {f"{names[i]}..{names[min(i + size, len(names)) - 1]}": list(range(i, min(i + size, len(names))))
                    for i in range(0, len(names), size)}  # fmt: skip
-    modules: dict[str, list[int]] = {}
-    for index, name in enumerate(names):
-        modules.setdefault(name.rpartition(".")[0], []).append(index)
-    siblings = tuple(
-        (index, tuple(other for other in modules[name.rpartition(".")[0]] if not _is_bias(names[other])))
-        for index, name in enumerate(names)
-        if _is_bias(name)
-    )
-    return LayerGrouping(depth, tuple((key, tuple(value)) for key, value in members.items()), siblings)
+    return LayerGrouping(depth, tuple((key, tuple(value)) for key, value in members.items()))
 
 
 def compact_layer_norms(
@@ -126,20 +113,17 @@ def compact_layer_norms(
     beyond, grouped (see :func:`layer_grouping`; ``layer_groups`` says how, its ``sizes`` how many tensors each
     group holds, in ``layer_norms``' order), with ``top_layers`` naming the ``top`` largest and smallest tensors
     and up to ``top`` non-finite ones, so the worst are never hidden inside a group: those are what the
-    watcher's layer rules judge. A bias below ``vanishing`` (a gradient L2 norm) whose module's
-    weight is at or above it is zero by construction and not ranked among the smallest."""
+    watcher's layer rules judge. A bias below ``vanishing`` (a gradient L2 norm) that is zero by construction
+    (:func:`moola_watch.rules.zero_by_construction`: the rule the watcher applies to the tensors it is shown) is
+    not ranked among the smallest."""
     if len(layer_norms) <= limit:
         return {"layer_norms": layer_norms}
     names, values = tuple(layer_norms), list(layer_norms.values())
     grouping = layer_grouping(names, limit)
     grouped = {key: _group_norm([values[i] for i in members]) for key, members in grouping.groups}
     finite = [i for i, value in enumerate(values) if math.isfinite(value)]
-    structural = {
-        bias
-        for bias, others in grouping.siblings
-        if values[bias] < vanishing and any(values[other] >= vanishing for other in others)
-    }
-    ranked = [i for i in finite if i not in structural] if structural else finite
+    structural = zero_by_construction(layer_norms, Thresholds(vanishing=vanishing))
+    ranked = [i for i in finite if names[i] not in structural] if structural else finite
     nonfinite = [i for i, value in enumerate(values) if not math.isfinite(value)][:top]
     kept = [*heapq.nsmallest(top, ranked, key=values.__getitem__), *heapq.nlargest(top, finite, key=values.__getitem__),
             *nonfinite]  # fmt: skip
