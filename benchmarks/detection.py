@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/detection.py            # builds the corpus first if runs/detection-corpus is empty
     .venv/bin/python benchmarks/detection.py --tune     # first choose the verdict's numbers on the tuning runs
+    .venv/bin/python benchmarks/detection.py --cut-at 12   # every run as if it had completed after epoch 12
 
 The *old rule* is the spec's dominance window alone at error level (what ``check`` failed on before): the
 first step a ``collapse`` alert raised by a balance sample is firing with its window beyond ``collapse_high``,
@@ -26,8 +27,10 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from detection_labels import Run, cut, label
 
 from moola_watch import schema
 from moola_watch.rules import COLLAPSE, RuleEngine, Thresholds, run_thresholds, verdict_severity
@@ -137,8 +140,11 @@ def _earliest(first: dict[str, tuple[int, bool]]) -> Alarm:
 
 
 def judge(run: dict, chosen: Chosen) -> Outcome:
-    """Replay one labelled run's log through the old rule and the new verdict, with ``chosen`` thresholds."""
+    """Replay one labelled run's log through the old rule and the new verdict, with ``chosen`` thresholds; a run
+    cut short (``until``, see :func:`cut_short`) as if it had completed there."""
     log = records(run["log"])
+    if "until" in run:
+        log = ended_at(log, run["until"])
     start = next(r for r in log if r["kind"] == schema.RUN_START)
     recorded, _source = run_thresholds(start.get("thresholds"), Thresholds(), frozenset())
     starved = run["starved_tasks"]
@@ -270,16 +276,36 @@ def tune(runs: list[dict]) -> Chosen:
     return kept[0]
 
 
+def cut_short(runs: list[dict], epochs: int) -> list[dict]:
+    """Every labelled run as if it had completed after ``epochs`` epochs (the same training, shorter), relabelled
+    from its held-out metrics up to there against the runs of its family and seed cut alike; ``until`` is the step
+    its log is cut at."""
+    short = [cut(Run(**row), epochs) for row in runs]
+    label(short)
+    return [{**asdict(run), "until": run.steps[-1]} for run in short]
+
+
+def ended_at(log: list[schema.Record], step: int) -> list[schema.Record]:
+    """``log``'s records up to ``step``, then its ``run_end`` moved there."""
+    kept = [r for r in log if r["kind"] != schema.RUN_END and (r.get("step") is None or r["step"] <= step)]
+    end = next(r for r in log if r["kind"] == schema.RUN_END)
+    return [*kept, {**end, "step": step, "epoch": max(r["epoch"] for r in kept if r.get("epoch") is not None)}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--tune", action="store_true", help="choose the verdict's numbers on the tuning runs")
+    parser.add_argument("--cut-at", type=int, metavar="EPOCH",
+                        help="judge every run as if it had completed after this epoch, relabelled there")  # fmt: skip
     args = parser.parse_args()
     labels = args.corpus / "labels.json"
     if not labels.exists():
         subprocess.run([sys.executable, str(Path(__file__).with_name("detection_corpus.py")), "--out",
                         str(args.corpus)], check=True)  # fmt: skip
     runs = json.loads(labels.read_text())
+    if args.cut_at:
+        runs = cut_short(runs, args.cut_at)
     defaults = Thresholds().to_dict()
     chosen = tune(runs) if args.tune else {name: defaults[name] for _fixed, stage in TUNING_STAGES for name in stage}
     print(

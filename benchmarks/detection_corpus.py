@@ -28,7 +28,7 @@ the competition for them (of two tasks: the other one is). A run of three tasks 
 and ``starved`` names that first one. Several poor tasks with none doing well is a model that learned nothing
 well (too small, a bad learning rate), not a competition.
 
-Writes ``OUT/<family>/<run>.jsonl`` and ``OUT/labels.json``.
+Writes ``OUT/<family>/<run>.jsonl`` and ``OUT/labels.json``; the labelling is ``detection_labels.py``'s.
 """
 
 from __future__ import annotations
@@ -39,43 +39,19 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from detection_labels import Run, label
 from rich.console import Console
 from torch import nn
 
 from moola.data import make_synthetic
 from moola.models.enhanced_simple_lstm import EnhancedSimpleLSTM
 from moola.utils.monitoring.gradient_diagnostics import GradientMonitor
-
-STARVED_PROGRESS = 0.5  # a task reaching less than half of its achievable progress is starved
-TAIL_EPOCHS = 3  # the final metric is the mean of this many last epochs (one epoch's value is noisy)
-#: The seeds of every family whose runs are held out of threshold tuning.
-HELD_OUT_SEEDS = frozenset({4, 5})
-
-
-@dataclass
-class Run:
-    """One finished run: its log, its weights, each task's validation metric per epoch (and the step at each
-    epoch's end), and each task's trivial-predictor baseline on the held-out split."""
-
-    family: str
-    seed: int
-    weights: dict[str, float]
-    log: str
-    steps: list[int]
-    metrics: dict[str, list[float]]
-    baselines: dict[str, float]
-    label: str = ""
-    starved: str | None = None  # the most starved task (the least progress)
-    starved_tasks: list[str] = field(default_factory=list)  # every starved task, the most starved first
-    progress: dict[str, float] = field(default_factory=dict)
-    plateau_step: dict[str, int] = field(default_factory=dict)
-    held_out: bool = False
 
 
 def _quiet_monitor(path: Path, run_id: str) -> GradientMonitor:
@@ -305,51 +281,13 @@ def trio_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
                 yield Run("trio", seed, weights, str(path), steps, history, baselines)
 
 
-#: family -> (runs, {task: metric direction}, epochs)
-FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], dict[str, bool], int]] = {
-    "lstm": (lstm_runs, {"type": True, "pointer": False}, 20),
-    "gradnorm": (gradnorm_runs, {"small": False, "big": False}, 30),
-    "cancer": (cancer_runs, {"diagnosis": True, "fractal": False}, 30),
-    "trio": (trio_runs, {"sign": True, "level": False, "bucket": True}, 30),
+#: family -> (its runs, epochs); each task's metric direction is in ``detection_labels.DIRECTIONS``
+FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], int]] = {
+    "lstm": (lstm_runs, 20),
+    "gradnorm": (gradnorm_runs, 30),
+    "cancer": (cancer_runs, 30),
+    "trio": (trio_runs, 30),
 }
-
-
-# ---------------------------------------------------------------------------------------------- labels
-
-
-def final_metric(values: list[float]) -> float:
-    """The mean of the last ``TAIL_EPOCHS`` epochs' metric."""
-    return float(np.mean(values[-TAIL_EPOCHS:]))
-
-
-def plateau_step(values: list[float], steps: list[int], higher_is_better: bool, share: float = 0.9) -> int:
-    """The step at the end of the first epoch whose best-so-far metric reached ``share`` of the run's whole
-    improvement over its first epoch (the step from which the metric stops moving much)."""
-    signed = np.asarray(values) * (1 if higher_is_better else -1)
-    best_so_far = np.maximum.accumulate(signed)
-    gained = best_so_far - signed[0]
-    total = gained[-1]
-    reached = np.flatnonzero(gained >= share * total) if total > 0 else np.array([0])
-    return steps[int(reached[0])]
-
-
-def label_family(runs: list[Run], directions: dict[str, bool]) -> None:
-    """Progress, label and plateau steps of each run, against the best of its family and seed."""
-    for seed in {run.seed for run in runs}:
-        group = [run for run in runs if run.seed == seed]
-        for task, higher in directions.items():
-            sign = 1 if higher else -1
-            best = max(sign * final_metric(run.metrics[task]) for run in group)
-            for run in group:
-                base = sign * run.baselines[task]
-                run.progress[task] = (sign * final_metric(run.metrics[task]) - base) / (best - base)
-                run.plateau_step[task] = plateau_step(run.metrics[task], run.steps, higher)
-        for run in group:
-            poor = sorted((task for task, p in run.progress.items() if p < STARVED_PROGRESS), key=run.progress.get)
-            run.held_out = seed in HELD_OUT_SEEDS
-            run.starved_tasks = poor if len(poor) < len(run.progress) else []
-            run.starved = run.starved_tasks[0] if run.starved_tasks else None
-            run.label = "healthy" if not poor else "starved" if run.starved_tasks else "all_poor"
 
 
 def merged(path: Path, built: list[Run]) -> list[Run]:
@@ -358,10 +296,8 @@ def merged(path: Path, built: list[Run]) -> list[Run]:
     rebuilt = {run.family for run in built}
     kept = [Run(**row) for row in json.loads(path.read_text())] if path.exists() else []
     runs = [run for run in kept if run.family not in rebuilt] + built
-    by_family = [[run for run in runs if run.family == name] for name in FAMILIES]
-    for name, family in zip(FAMILIES, by_family, strict=True):
-        label_family(family, FAMILIES[name][1])
-    return [run for family in by_family for run in family]
+    label(runs)
+    return sorted(runs, key=lambda run: list(FAMILIES).index(run.family))
 
 
 def main() -> None:
@@ -374,13 +310,13 @@ def main() -> None:
     torch.set_num_threads(1)
     built: list[Run] = []
     for name in args.families.split(","):
-        make, directions, epochs = FAMILIES[name]
+        make, epochs = FAMILIES[name]
         (args.out / name).mkdir(parents=True, exist_ok=True)
         for stale in (args.out / name).glob("*.jsonl"):
             stale.unlink()  # the monitor appends: a rerun must not add a second run to an old log
         began = time.perf_counter()
         runs = list(make(args.out, list(range(args.seeds)), epochs))
-        label_family(runs, directions)
+        label(runs)
         built += runs
         counts = {label: sum(r.label == label for r in runs) for label in ("healthy", "starved", "all_poor")}
         print(f"{name}: {len(runs)} runs in {time.perf_counter() - began:.0f} s, {counts}", flush=True)
