@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/detection.py            # builds the corpus first if runs/detection-corpus is empty
     .venv/bin/python benchmarks/detection.py --tune     # first choose the verdict's numbers on the tuning runs
+    .venv/bin/python benchmarks/detection.py --cut-at 12   # every run as if it had completed after epoch 12
 
 The *old rule* is the spec's dominance window alone at error level (what ``check`` failed on before): the
 first step a ``collapse`` alert raised by a balance sample is firing with its window beyond ``collapse_high``,
@@ -26,8 +27,10 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from detection_labels import Run, cut, label
 
 from moola_watch import schema
 from moola_watch.rules import COLLAPSE, RuleEngine, Thresholds, run_thresholds, verdict_severity
@@ -53,11 +56,13 @@ Chosen = dict[str, float]  # threshold name -> value, over the run's recorded on
 
 @dataclass(frozen=True)
 class Alarm:
-    """The first step a verdict named a task (None: it never did), and whether it was at the run's end."""
+    """The first step a verdict named a task (None: it never did), the tasks it named at that step (more than one
+    of three may starve at once), whether that was at the run's end, and every task it named in the run."""
 
-    task: str | None
-    step: int | None
+    tasks: tuple[str, ...] = ()
+    step: int | None = None
     at_end: bool = False
+    named: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -67,56 +72,86 @@ class Outcome:
     run: str
     family: str
     label: str
-    starved: str | None
+    starved: tuple[str, ...]  # the starved tasks, the least progress first (of three tasks, two may starve)
     held_out: bool
-    plateau: int | None  # the step the starved task's validation metric plateaued
-    progress: float | None  # the starved task's share of its achievable held-out progress
+    plateaus: dict[str, int]  # the step each task's validation metric plateaued
+    progress: float | None  # the most starved task's share of its achievable held-out progress
     old: Alarm
     new: Alarm
+    paged: Alarm  # the new verdict's first error-level collapse, even one that resolved: what --notify-on error sends
+
+    def right(self, alarm: Alarm) -> bool:
+        """Whether ``alarm`` first names a starved task."""
+        return any(task in self.starved for task in alarm.tasks)
+
+    def lead(self, alarm: Alarm) -> int | None:
+        """A right alarm's step minus the plateau step of the starved task it names (the earliest plateau)."""
+        plateaus = [self.plateaus[task] for task in alarm.tasks if task in self.starved]
+        return None if alarm.step is None or not plateaus else alarm.step - min(plateaus)
+
+    def overnamed(self, alarm: Alarm) -> frozenset[str]:
+        """The tasks ``alarm`` named in a starved run that did not starve."""
+        return alarm.named - set(self.starved) if self.label == "starved" else frozenset()
 
 
 def records(path: str) -> list[schema.Record]:
     return [item.record for item in read_log(path) if isinstance(item, RecordItem)]
 
 
-def alarms(log: list[schema.Record], thresholds: Thresholds) -> list[Alarm]:
-    """The old rule's and the new verdict's first alarm on one log."""
+def alarms(log: list[schema.Record], thresholds: Thresholds) -> tuple[Alarm, Alarm, Alarm]:
+    """The old rule's and the new verdict's first alarm on one log, and the new verdict's first page."""
     # The old rule is the spec's window alone: with the healthy band widened to the collapse bounds, a collapse
     # alert raised by a balance sample fires (at any severity) exactly when the window is beyond them.
     spec_window = replace(thresholds, balance_low=thresholds.collapse_low, balance_high=thresholds.collapse_high)
-    return [_first_collapse(log, spec_window, kinds={schema.TASK_BALANCE}),
-            _first_collapse(log, thresholds, kinds=set(schema.KINDS), verdict=True)]  # fmt: skip
+    old, _ = _first_collapse(log, spec_window, kinds={schema.TASK_BALANCE})
+    new, paged = _first_collapse(log, thresholds, kinds=set(schema.KINDS), verdict=True)
+    return old, new, paged
 
 
-def _first_collapse(log: list[schema.Record], thresholds: Thresholds, kinds: set[str], verdict: bool = False) -> Alarm:
-    """The first step a collapse alert raised by a record of ``kinds`` is firing, and the task it names. With
-    ``verdict``, as ``check`` judges: at error level, and only an alert that counts as an error in the run's
-    verdict at its end (a collapse that resolved, its task recovered, counts as a warning)."""
+def _first_collapse(
+    log: list[schema.Record], thresholds: Thresholds, kinds: set[str], verdict: bool = False
+) -> tuple[Alarm, Alarm]:
+    """The first step a collapse alert raised by a record of ``kinds`` is firing, and the task it names; twice:
+    as ``check`` judges and as a page. With ``verdict``, at error level, and for ``check`` only an alert that
+    counts as an error in the run's verdict at its end (a collapse that resolved, its task recovered, counts as
+    a warning); a page is any error that fired."""
     engine = RuleEngine(thresholds)
-    first: dict[str, Alarm] = {}  # per task, when its collapse first fired at the severity asked
+    first: dict[str, tuple[int, bool]] = {}  # per task, the step its collapse first fired at the severity asked
     for record in log:
         if record["kind"] not in kinds:
             continue
         engine.observe(record)
         for alert in engine.firing():
             if alert.rule == COLLAPSE and alert.subject not in first and (not verdict or alert.severity == "error"):
-                first[alert.subject] = Alarm(alert.subject, record.get("step"), at_end=record["kind"] == schema.RUN_END)
+                first[alert.subject] = (record.get("step") or 0, record["kind"] == schema.RUN_END)
+    paged = _earliest(first)
     if verdict:
         counted = {a.subject for a in engine.alerts if a.rule == COLLAPSE and verdict_severity(a) == "error"}
-        first = {task: alarm for task, alarm in first.items() if task in counted}
-    return min(first.values(), key=lambda alarm: alarm.step or 0, default=Alarm(None, None))
+        first = {task: when for task, when in first.items() if task in counted}
+    return _earliest(first), paged
+
+
+def _earliest(first: dict[str, tuple[int, bool]]) -> Alarm:
+    """The alarm of the earliest step in ``first`` (task -> its first step, and whether at the run's end)."""
+    if not first:
+        return Alarm()
+    step, at_end = min(first.values())
+    return Alarm(tuple(task for task, when in first.items() if when[0] == step), step, at_end, frozenset(first))
 
 
 def judge(run: dict, chosen: Chosen) -> Outcome:
-    """Replay one labelled run's log through the old rule and the new verdict, with ``chosen`` thresholds."""
+    """Replay one labelled run's log through the old rule and the new verdict, with ``chosen`` thresholds; a run
+    cut short (``until``, see :func:`cut_short`) as if it had completed there."""
     log = records(run["log"])
+    if "until" in run:
+        log = ended_at(log, run["until"])
     start = next(r for r in log if r["kind"] == schema.RUN_START)
     recorded, _source = run_thresholds(start.get("thresholds"), Thresholds(), frozenset())
-    old, new = alarms(log, replace(recorded, **chosen))
-    starved = run["starved"]
-    return Outcome(run["log"].rsplit("/", 1)[-1].removesuffix(".jsonl"), run["family"], run["label"], starved,
-                   run["held_out"], run["plateau_step"].get(starved) if starved else None,
-                   run["progress"].get(starved) if starved else None, old, new)  # fmt: skip
+    starved = run["starved_tasks"]
+    progress = run["progress"][starved[0]] if starved else None
+    name = run["log"].rsplit("/", 1)[-1].removesuffix(".jsonl")
+    return Outcome(name, run["family"], run["label"], tuple(starved), run["held_out"], run["plateau_step"], progress,
+                   *alarms(log, replace(recorded, **chosen)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -124,13 +159,14 @@ class Score:
     """The confusion counts of one verdict over a set of runs, and the lead times of its right catches."""
 
     starved: int
-    right: int  # starved runs alarmed, naming the starved task
-    wrong_task: int  # alarmed, naming the other task
+    right: int  # starved runs alarmed, naming a starved task
+    wrong_task: int  # alarmed, naming a task that did not starve
     missed: int
     healthy: int
     false_alarms: int  # healthy runs given an error
-    both_poor: int
-    both_poor_alarmed: int
+    paged: int  # healthy runs given an error at some time, even one that resolved (--notify-on error pages them)
+    all_poor: int
+    all_poor_alarmed: int
     leads: list[int]
     at_end: int  # right catches first named at the run's end
 
@@ -148,19 +184,21 @@ def score(outcomes: Iterable[Outcome], verdict: str) -> Score:
     runs = list(outcomes)
     alarm = {o.run: getattr(o, verdict) for o in runs}
     starved = [o for o in runs if o.label == "starved"]
-    right = [o for o in starved if alarm[o.run].task == o.starved]
+    right = [o for o in starved if o.right(alarm[o.run])]
     healthy = [o for o in runs if o.label == "healthy"]
-    poor = [o for o in runs if o.label == "both_poor"]
-    leads = [alarm[o.run].step - o.plateau for o in right if alarm[o.run].step is not None and o.plateau is not None]
+    poor = [o for o in runs if o.label == "all_poor"]
+    leads = [lead for o in right if (lead := o.lead(alarm[o.run])) is not None]
+    paged = {o.run: o.paged if verdict == "new" else alarm[o.run] for o in healthy}
     return Score(
         starved=len(starved),
         right=len(right),
-        wrong_task=sum(1 for o in starved if alarm[o.run].task not in (None, o.starved)),
-        missed=sum(1 for o in starved if alarm[o.run].task is None),
+        wrong_task=sum(1 for o in starved if alarm[o.run].tasks and not o.right(alarm[o.run])),
+        missed=sum(1 for o in starved if not alarm[o.run].tasks),
         healthy=len(healthy),
-        false_alarms=sum(1 for o in healthy if alarm[o.run].task is not None),
-        both_poor=len(poor),
-        both_poor_alarmed=sum(1 for o in poor if alarm[o.run].task is not None),
+        false_alarms=sum(1 for o in healthy if alarm[o.run].tasks),
+        paged=sum(1 for o in healthy if paged[o.run].tasks),
+        all_poor=len(poor),
+        all_poor_alarmed=sum(1 for o in poor if alarm[o.run].tasks),
         leads=leads,
         at_end=sum(1 for o in right if alarm[o.run].at_end),
     )
@@ -182,8 +220,8 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
     """A markdown table: per family and in total, old rule and new verdict side by side."""
     lines = [f"**{title}**", "",
              "| runs | verdict | starved caught, right task | wrong task | missed | healthy given an error | "
-             "lead time (alert - plateau) |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "healthy paged (an error, even resolved) | lead time (alert - plateau) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     families = sorted({o.family for o in outcomes})
     for group in [*families, "all"]:
         chosen = [o for o in outcomes if group in ("all", o.family)]
@@ -191,19 +229,24 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
             s = score(chosen, verdict)
             lines.append(
                 f"| {group} ({len(chosen)}) | {name} | {fraction(s.right, s.starved)} | {s.wrong_task} | "
-                f"{s.missed} | {fraction(s.false_alarms, s.healthy)} | {lead_text(s.leads, s.at_end)} |"
+                f"{s.missed} | {fraction(s.false_alarms, s.healthy)} | {fraction(s.paged, s.healthy)} | "
+                f"{lead_text(s.leads, s.at_end)} |"
             )
     starved = [o for o in outcomes if o.label == "starved" and o.progress is not None]
-    missed = sorted(o.progress for o in starved if o.new.task != o.starved)
+    missed = sorted(o.progress for o in starved if not o.right(o.new))
     if missed:
         clear = [o for o in starved if o.progress < CLEARLY_STARVED]
-        caught = sum(o.new.task == o.starved for o in clear)
+        caught = sum(o.right(o.new) for o in clear)
         lines += ["", f"Starved runs the new verdict missed, by the starved task's held-out progress: "
                       f"{', '.join(f'{p:.2f}' for p in missed)}. Clearly starved (progress below "
                       f"{CLEARLY_STARVED}): {fraction(caught, len(clear))} caught."]  # fmt: skip
-    poor = [o for o in outcomes if o.label == "both_poor"]
+    overnamed = [f"{o.run} ({', '.join(sorted(o.overnamed(o.new)))})" for o in outcomes if o.overnamed(o.new)]
+    if overnamed:
+        lines += ["", f"Starved runs in which the new verdict also named a task that did not starve: "
+                      f"{', '.join(overnamed)}."]  # fmt: skip
+    poor = [o for o in outcomes if o.label == "all_poor"]
     if poor:
-        lines += ["", f"Both tasks poor (not scored): {', '.join(o.run for o in poor)}"]
+        lines += ["", f"Every task poor (not scored): {', '.join(o.run for o in poor)}"]
     return lines
 
 
@@ -233,16 +276,36 @@ def tune(runs: list[dict]) -> Chosen:
     return kept[0]
 
 
+def cut_short(runs: list[dict], epochs: int) -> list[dict]:
+    """Every labelled run as if it had completed after ``epochs`` epochs (the same training, shorter), relabelled
+    from its held-out metrics up to there against the runs of its family and seed cut alike; ``until`` is the step
+    its log is cut at."""
+    short = [cut(Run(**row), epochs) for row in runs]
+    label(short)
+    return [{**asdict(run), "until": run.steps[-1]} for run in short]
+
+
+def ended_at(log: list[schema.Record], step: int) -> list[schema.Record]:
+    """``log``'s records up to ``step``, then its ``run_end`` moved there."""
+    kept = [r for r in log if r["kind"] != schema.RUN_END and (r.get("step") is None or r["step"] <= step)]
+    end = next(r for r in log if r["kind"] == schema.RUN_END)
+    return [*kept, {**end, "step": step, "epoch": max(r["epoch"] for r in kept if r.get("epoch") is not None)}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--tune", action="store_true", help="choose the verdict's numbers on the tuning runs")
+    parser.add_argument("--cut-at", type=int, metavar="EPOCH",
+                        help="judge every run as if it had completed after this epoch, relabelled there")  # fmt: skip
     args = parser.parse_args()
     labels = args.corpus / "labels.json"
     if not labels.exists():
         subprocess.run([sys.executable, str(Path(__file__).with_name("detection_corpus.py")), "--out",
                         str(args.corpus)], check=True)  # fmt: skip
     runs = json.loads(labels.read_text())
+    if args.cut_at:
+        runs = cut_short(runs, args.cut_at)
     defaults = Thresholds().to_dict()
     chosen = tune(runs) if args.tune else {name: defaults[name] for _fixed, stage in TUNING_STAGES for name in stage}
     print(

@@ -1,9 +1,10 @@
-"""The labelled corpus for detection quality: real training runs of three model families, each a grid of loss
+"""The labelled corpus for detection quality: real training runs of four model families, each a grid of loss
 weights x seeds, monitored by moola's ``GradientMonitor``, labelled from held-out metrics only.
 
-    .venv/bin/python benchmarks/detection_corpus.py --out runs/detection-corpus   # about 2 minutes on 2 idle cores
+    .venv/bin/python benchmarks/detection_corpus.py --out runs/detection-corpus   # about 3 minutes on 2 idle cores
+    .venv/bin/python benchmarks/detection_corpus.py --families trio   # one family; the others' runs are kept
 
-Families (every one has two tasks sharing a small trunk, so that the tasks really compete):
+Families (every one has tasks sharing a small trunk, so that the tasks really compete):
 
 * ``lstm``: the project's trainer (``EnhancedSimpleLSTM``) at hidden size 4 on synthetic OHLC windows; type
   classification + pointer regression; ``--loss-beta`` over a grid.
@@ -11,14 +12,23 @@ Families (every one has two tasks sharing a small trunk, so that the tasks reall
   ``sigma_i * tanh((B + eps_i) x)`` with task scales sigma = (1, 100); the small task's weight over a grid.
 * ``cancer``: an MLP on scikit-learn's breast-cancer table: diagnosis classification + regression of the
   mean fractal dimension (its columns removed from the inputs); the regression weight over a grid.
+* ``trio``: three tasks on orthogonal projections of synthetic Gaussian inputs (two classifications, one
+  regression), one shared ReLU layer of 3 units (they compete) or 32 (they do not); the regression's weight
+  over a grid.
 
 Ground truth never looks at gradients. For each task, ``progress = (baseline - final) / (baseline - best)`` on
 the held-out split, where ``baseline`` is a trivial predictor's metric (majority class, the training mean),
-``final`` the mean of the last three epochs' validation metric and ``best`` the best ``final`` any weight
-setting of the same family and seed reached. A task below ``STARVED_PROGRESS`` while the other task is at or
-above it is *starved*; both at or above: *healthy*; both below: *both_poor* (reported, not scored).
+``final`` the mean of the last three epochs' validation metric and ``best`` the best ``final`` any setting of
+the same family and seed reached (any weight; for ``trio`` any trunk width too). A task below
+``STARVED_PROGRESS`` while the others do well is *starved*; every task at or above it: *healthy*; every task
+below: *all_poor* (reported, not scored). "The others do well", for any number of tasks: at least one other
+task is at or above ``STARVED_PROGRESS``, so that the shared layers served some task and the poor ones lost
+the competition for them (of two tasks: the other one is). A run of three tasks can so have two starved tasks
+(one weight so large that its task owns the trunk); ``starved_tasks`` lists them, the least progress first,
+and ``starved`` names that first one. Several poor tasks with none doing well is a model that learned nothing
+well (too small, a bad learning rate), not a competition.
 
-Writes ``OUT/<family>/<run>.jsonl`` and ``OUT/labels.json``.
+Writes ``OUT/<family>/<run>.jsonl`` and ``OUT/labels.json``; the labelling is ``detection_labels.py``'s.
 """
 
 from __future__ import annotations
@@ -29,42 +39,19 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from detection_labels import Run, label
 from rich.console import Console
 from torch import nn
 
 from moola.data import make_synthetic
 from moola.models.enhanced_simple_lstm import EnhancedSimpleLSTM
 from moola.utils.monitoring.gradient_diagnostics import GradientMonitor
-
-STARVED_PROGRESS = 0.5  # a task reaching less than half of its achievable progress is starved
-TAIL_EPOCHS = 3  # the final metric is the mean of this many last epochs (one epoch's value is noisy)
-#: The seeds of every family whose runs are held out of threshold tuning.
-HELD_OUT_SEEDS = frozenset({4, 5})
-
-
-@dataclass
-class Run:
-    """One finished run: its log, its weights, each task's validation metric per epoch (and the step at each
-    epoch's end), and each task's trivial-predictor baseline on the held-out split."""
-
-    family: str
-    seed: int
-    weights: dict[str, float]
-    log: str
-    steps: list[int]
-    metrics: dict[str, list[float]]
-    baselines: dict[str, float]
-    label: str = ""
-    starved: str | None = None
-    progress: dict[str, float] = field(default_factory=dict)
-    plateau_step: dict[str, int] = field(default_factory=dict)
-    held_out: bool = False
 
 
 def _quiet_monitor(path: Path, run_id: str) -> GradientMonitor:
@@ -106,7 +93,7 @@ def _epoch_steps(path: Path) -> dict[int, int]:
     return {r["epoch"]: r["step"] for r in records if r["kind"] == "epoch"}
 
 
-class TwoHeads(nn.Module):
+class Heads(nn.Module):
     """A shared ReLU trunk and one linear head per task."""
 
     def __init__(self, inputs: int, widths: tuple[int, ...], outputs: dict[str, int]) -> None:
@@ -125,7 +112,7 @@ class TwoHeads(nn.Module):
 
 @dataclass(frozen=True)
 class Split:
-    """Tensors of a two-task problem: inputs and per-task targets, train and held-out."""
+    """Tensors of a multi-task problem: inputs and per-task targets, train and held-out."""
 
     x_train: torch.Tensor
     x_val: torch.Tensor
@@ -137,8 +124,8 @@ Losses = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, 
 Metrics = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, float]]
 
 
-def train_two_heads(
-    model: TwoHeads, split: Split, weights: dict[str, float], losses: Losses, metrics: Metrics, *,
+def train_heads(
+    model: Heads, split: Split, weights: dict[str, float], losses: Losses, metrics: Metrics, *,
     epochs: int, batch_size: int, lr: float, seed: int, path: Path, run_id: str,
 ) -> tuple[list[int], dict[str, list[float]]]:  # fmt: skip
     """Adam on ``sum(weights[t] * loss_t)``, balance measured on each epoch's first batch, an epoch record per
@@ -207,9 +194,9 @@ def gradnorm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
             run_id = f"gradnorm-s{seed}-w{small:g}"
             path = out / "gradnorm" / f"{run_id}.jsonl"
             torch.manual_seed(seed)
-            model = TwoHeads(inputs, (16, 4), {t: outputs for t in sigmas})
-            steps, history = train_two_heads(model, split, weights, _mse, metrics, epochs=epochs, batch_size=100,
-                                             lr=3e-3, seed=seed, path=path, run_id=run_id)  # fmt: skip
+            model = Heads(inputs, (16, 4), {t: outputs for t in sigmas})
+            steps, history = train_heads(model, split, weights, _mse, metrics, epochs=epochs, batch_size=100,
+                                         lr=3e-3, seed=seed, path=path, run_id=run_id)  # fmt: skip
             yield Run("gradnorm", seed, weights, str(path), steps, history, baselines)
 
 
@@ -249,81 +236,92 @@ def cancer_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
             run_id = f"cancer-s{seed}-w{weight:g}"
             path = out / "cancer" / f"{run_id}.jsonl"
             torch.manual_seed(seed)
-            model = TwoHeads(features.shape[1], (2,), {"diagnosis": 2, "fractal": 1})
-            steps, history = train_two_heads(model, split, weights, losses, metrics, epochs=epochs, batch_size=32,
-                                             lr=1e-2, seed=seed, path=path, run_id=run_id)  # fmt: skip
+            model = Heads(features.shape[1], (2,), {"diagnosis": 2, "fractal": 1})
+            steps, history = train_heads(model, split, weights, losses, metrics, epochs=epochs, batch_size=32,
+                                         lr=1e-2, seed=seed, path=path, run_id=run_id)  # fmt: skip
             yield Run("cancer", seed, weights, str(path), steps, history, baselines)
 
 
-#: family -> (runs, {task: metric direction}, epochs)
-FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], dict[str, bool], int]] = {
-    "lstm": (lstm_runs, {"type": True, "pointer": False}, 20),
-    "gradnorm": (gradnorm_runs, {"small": False, "big": False}, 30),
-    "cancer": (cancer_runs, {"diagnosis": True, "fractal": False}, 30),
+def trio_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
+    """Three tasks on three orthogonal directions of Gaussian inputs (12 features; 1000 train, 500 held out), so
+    that each needs trunk units of its own: ``sign`` (is the first projection positive: accuracy), ``level``
+    (``tanh(2 z)`` of the second: MSE) and ``bucket`` (which third of the third projection's distribution:
+    accuracy). A one-layer ReLU trunk of 3 units (one per task: they compete) or 32 (room for all: they do not);
+    the ``level`` weight over a grid, the others at 1."""
+    inputs = 12
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        x = rng.normal(0, 1, (1500, inputs))
+        z = x @ np.linalg.qr(rng.normal(0, 1, (inputs, 3)))[0]
+        tertile = 0.4307  # the standard normal's tertiles are -0.4307 and 0.4307
+        targets = {"sign": (z[:, 0] > 0).astype(np.int64), "level": np.tanh(2 * z[:, 1:2]),
+                   "bucket": np.digitize(z[:, 2], [-tertile, tertile])}  # fmt: skip
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32 if a.dtype.kind == "f" else torch.int64)  # noqa: E731
+        split = Split(as_t(x[:1000]), as_t(x[1000:]), {t: as_t(y[:1000]) for t, y in targets.items()},
+                      {t: as_t(y[1000:]) for t, y in targets.items()})  # fmt: skip
+        baselines = {t: float(np.bincount(targets[t][1000:]).max() / 500) for t in ("sign", "bucket")}
+        baselines["level"] = float(((targets["level"][1000:] - targets["level"][:1000].mean()) ** 2).mean())
+
+        def losses(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {t: F.mse_loss(pred[t], y[t]) if t == "level" else F.cross_entropy(pred[t], y[t]) for t in y}
+
+        def metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
+            return {t: F.mse_loss(pred[t], y[t]).item() if t == "level"
+                    else (pred[t].argmax(dim=1) == y[t]).double().mean().item() for t in y}  # fmt: skip
+
+        for width in (3, 32):
+            for level in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
+                weights = {"sign": 1.0, "level": level, "bucket": 1.0}
+                run_id = f"trio-s{seed}-h{width}-w{level:g}"
+                path = out / "trio" / f"{run_id}.jsonl"
+                torch.manual_seed(seed)
+                model = Heads(inputs, (width,), {"sign": 2, "level": 1, "bucket": 3})
+                steps, history = train_heads(model, split, weights, losses, metrics, epochs=epochs, batch_size=50,
+                                             lr=1e-2, seed=seed, path=path, run_id=run_id)  # fmt: skip
+                yield Run("trio", seed, weights, str(path), steps, history, baselines)
+
+
+#: family -> (its runs, epochs); each task's metric direction is in ``detection_labels.DIRECTIONS``
+FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], int]] = {
+    "lstm": (lstm_runs, 20),
+    "gradnorm": (gradnorm_runs, 30),
+    "cancer": (cancer_runs, 30),
+    "trio": (trio_runs, 30),
 }
 
 
-# ---------------------------------------------------------------------------------------------- labels
-
-
-def final_metric(values: list[float]) -> float:
-    """The mean of the last ``TAIL_EPOCHS`` epochs' metric."""
-    return float(np.mean(values[-TAIL_EPOCHS:]))
-
-
-def plateau_step(values: list[float], steps: list[int], higher_is_better: bool, share: float = 0.9) -> int:
-    """The step at the end of the first epoch whose best-so-far metric reached ``share`` of the run's whole
-    improvement over its first epoch (the step from which the metric stops moving much)."""
-    signed = np.asarray(values) * (1 if higher_is_better else -1)
-    best_so_far = np.maximum.accumulate(signed)
-    gained = best_so_far - signed[0]
-    total = gained[-1]
-    reached = np.flatnonzero(gained >= share * total) if total > 0 else np.array([0])
-    return steps[int(reached[0])]
-
-
-def label_family(runs: list[Run], directions: dict[str, bool]) -> None:
-    """Progress, label and plateau steps of each run, against the best of its family and seed."""
-    for seed in {run.seed for run in runs}:
-        group = [run for run in runs if run.seed == seed]
-        for task, higher in directions.items():
-            sign = 1 if higher else -1
-            best = max(sign * final_metric(run.metrics[task]) for run in group)
-            for run in group:
-                base = sign * run.baselines[task]
-                run.progress[task] = (sign * final_metric(run.metrics[task]) - base) / (best - base)
-                run.plateau_step[task] = plateau_step(run.metrics[task], run.steps, higher)
-        for run in group:
-            poor = [task for task, p in run.progress.items() if p < STARVED_PROGRESS]
-            run.held_out = seed in HELD_OUT_SEEDS
-            if not poor:
-                run.label = "healthy"
-            elif len(poor) == len(run.progress):
-                run.label = "both_poor"
-            else:
-                run.label, run.starved = "starved", poor[0]
+def merged(path: Path, built: list[Run]) -> list[Run]:
+    """``built`` beside the runs of the other families already labelled in ``path`` (their logs kept), all
+    relabelled by today's rule from their recorded metrics, in the order of ``FAMILIES``."""
+    rebuilt = {run.family for run in built}
+    kept = [Run(**row) for row in json.loads(path.read_text())] if path.exists() else []
+    runs = [run for run in kept if run.family not in rebuilt] + built
+    label(runs)
+    return sorted(runs, key=lambda run: list(FAMILIES).index(run.family))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/detection-corpus"))
     parser.add_argument("--seeds", type=int, default=6, help="seeds per family (seeds 4 and 5 are held out)")
-    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--families", default=",".join(FAMILIES),
+                        help="the families to build (those already in OUT are kept, and relabelled)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
-    labelled: list[Run] = []
+    built: list[Run] = []
     for name in args.families.split(","):
-        make, directions, epochs = FAMILIES[name]
+        make, epochs = FAMILIES[name]
         (args.out / name).mkdir(parents=True, exist_ok=True)
         for stale in (args.out / name).glob("*.jsonl"):
             stale.unlink()  # the monitor appends: a rerun must not add a second run to an old log
         began = time.perf_counter()
         runs = list(make(args.out, list(range(args.seeds)), epochs))
-        label_family(runs, directions)
-        labelled += runs
-        counts = {label: sum(r.label == label for r in runs) for label in ("healthy", "starved", "both_poor")}
+        label(runs)
+        built += runs
+        counts = {label: sum(r.label == label for r in runs) for label in ("healthy", "starved", "all_poor")}
         print(f"{name}: {len(runs)} runs in {time.perf_counter() - began:.0f} s, {counts}", flush=True)
-    (args.out / "labels.json").write_text(json.dumps([asdict(run) for run in labelled], indent=1))
+    labels = args.out / "labels.json"
+    labels.write_text(json.dumps([asdict(run) for run in merged(labels, built)], indent=1))
 
 
 if __name__ == "__main__":

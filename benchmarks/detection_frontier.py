@@ -48,7 +48,7 @@ GRID = {
 class LabelledRun:
     family: str
     label: str
-    starved: str | None
+    starved: tuple[str, ...]  # every starved task (of three, two may starve)
     held_out: bool
     samples: list[dict[str, Signals]]  # per balance sample with a full window: task -> signals
 
@@ -102,11 +102,11 @@ def alarm(run: LabelledRun, met: Condition) -> str | None:
 
 
 def score(runs: list[LabelledRun], met: Condition) -> tuple[int, int, int, int]:
-    """(starved runs caught naming the starved task, starved runs, healthy runs alarmed, healthy runs)."""
+    """(starved runs caught naming a starved task, starved runs, healthy runs alarmed, healthy runs)."""
     named = [(run, alarm(run, met)) for run in runs if run.label in ("starved", "healthy")]
     starved = [(run, task) for run, task in named if run.label == "starved"]
     healthy = [(run, task) for run, task in named if run.label == "healthy"]
-    return (sum(task == run.starved for run, task in starved), len(starved),
+    return (sum(task in run.starved for run, task in starved), len(starved),
             sum(task is not None for _, task in healthy), len(healthy))  # fmt: skip
 
 
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--top", type=int, default=5)
     args = parser.parse_args()
-    runs = [LabelledRun(r["family"], r["label"], r["starved"], r["held_out"], signals(records(r["log"])))
+    runs = [LabelledRun(r["family"], r["label"], tuple(r["starved_tasks"]), r["held_out"], signals(records(r["log"])))
             for r in json.loads((args.corpus / "labels.json").read_text())]  # fmt: skip
     tuning = [run for run in runs if not run.held_out]
     held_out = [run for run in runs if run.held_out]
