@@ -178,7 +178,7 @@ def test_a_model_of_20k_tensors_writes_records_the_watcher_reads_with_every_faul
     assert stats is not None and stats["nonfinite_count"] == 21_000 - 1
     assert max(len(line) for line in log.read_bytes().splitlines()) < MAX_LINE_BYTES
     grad = next(r for r in records_of(log.read_bytes()) if r["kind"] == "grad_stats")
-    assert grad["layer_groups"] == {"depth": 1, "tensors": 21_000, "groups": 1, "top": 20, "sizes": [21_000]}
+    assert grad["layer_groups"] == {"depth": 1, "tensors": 21_000, "groups": 1, "top": 20, "sizes": [21_000], "with_weights": True}
     assert math.isnan(grad["layer_norms"]["experts"]) and "experts.7.weight" in grad["top_layers"]
     result = run_cli("moola_watch.cli", "check", str(log))
     assert result.returncode == 1 and "nonfinite" in result.stdout, result.stdout
@@ -214,7 +214,7 @@ def test_a_model_of_more_tensors_than_a_record_names_is_judged_by_its_tensors_no
                 model.layers[40].bias.grad.mul_(1e-9)
             monitor.on_before_optimizer_step(model)
     grad = [r for r in strict_lines(log) if r["kind"] == "grad_stats"][-1]
-    assert grad["layer_groups"] == {"depth": 1, "tensors": 1202, "groups": 2, "top": 20, "sizes": [1200, 2]}
+    assert grad["layer_groups"] == {"depth": 1, "tensors": 1202, "groups": 2, "top": 20, "sizes": [1200, 2], "with_weights": True}
     assert grad["layer_norms"]["layers"] > 10 > grad["max_norm"]  # the group's L2 norm is beyond the bound
     assert {"layers.40.weight", "layers.40.bias"} <= set(grad["top_layers"])
     result = run_cli("moola_watch.cli", "check", "--json", str(log))
@@ -299,6 +299,35 @@ def test_a_bitfit_run_raises_no_vanishing_alert_and_a_dead_layer_in_one_still_do
     assert bitfit_vanishing(dead=False, max_layer_norms=max_layer_norms) == []
     (flagged,) = bitfit_vanishing(dead=True, max_layer_norms=max_layer_norms)
     assert "hidden.bias" in flagged and "key.bias" in flagged and "head.bias" not in flagged  # all behind it: 0
+
+
+def test_a_big_models_vanishing_biases_are_flagged_when_their_trained_weights_vanish_too(tmp_path):
+    """A model past max_layer_norms whose smallest tensors are biases: the record names them with their modules'
+    weights, so the watcher sees the weights trained and vanishing, not missing (a frozen weight is not
+    measured). A record of the old form, the biases without their weights, is judged as before: vanishing."""
+    torch.manual_seed(0)
+    layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(60))
+    log = tmp_path / "big.jsonl"
+    with GradientMonitor(every_n_steps=1, log_path=log, max_layer_norms=20) as monitor:
+        for _ in range(3):
+            x = torch.randn(16, 4)
+            sum((1e-10 if i < 30 else 0.02) * layer(10 * x) for i, layer in enumerate(layers)).pow(2).mean().backward()
+            monitor.on_before_optimizer_step(layers)
+            layers.zero_grad()
+    records = strict_lines(log)
+    top = next(r["top_layers"] for r in records if r["kind"] == "grad_stats")
+    assert {name.rpartition(".")[0] for name in top if name.endswith("bias")} <= {
+        name.rpartition(".")[0] for name in top if name.endswith("weight")
+    }
+    old_form = tmp_path / "old.jsonl"
+    for record in records:
+        if record["kind"] == "grad_stats":
+            record["top_layers"] = {k: v for k, v in record["top_layers"].items() if k.endswith("bias") or v > 1e-7}
+            del record["layer_groups"]["with_weights"]
+    old_form.write_text("".join(json.dumps(record) + "\n" for record in records))
+    for path in (log, old_form):
+        result = run_cli("moola_watch", "check", str(path))
+        assert "Vanishing gradients in at least" in result.stdout and " 0.bias" in result.stdout, result.stdout
 
 
 def test_a_layer_added_or_replaced_after_the_first_measurement_is_measured():

@@ -166,7 +166,7 @@ def layers_table(engine: rules.RuleEngine, options: ViewOptions, short: bool = F
     if stats is None:
         return Text("")
     norms = rules.judged_layer_norms(stats)
-    flags = rules.flag_layers(norms, engine.thresholds)
+    flags = rules.flag_layers(norms, engine.thresholds, complete=rules.names_every_weight(stats))
     flagged = {
         **{name: ("vanishing", "yellow") for name in flags.vanishing},
         **{name: ("exploding", "bold red") for name in flags.exploding},
@@ -175,7 +175,8 @@ def layers_table(engine: rules.RuleEngine, options: ViewOptions, short: bool = F
     names = [n for n in norms if options.layers is None or options.layers.search(n)]
     # A bias zero by construction is not one of the smallest worth a row (a transformer has one per attention
     # layer, and they would hide the flagged ones).
-    structural = rules.zero_by_construction(norms, engine.thresholds).intersection(names)
+    structural = rules.zero_by_construction(norms, engine.thresholds, complete=rules.names_every_weight(stats))
+    structural = structural.intersection(names)
     ordered = sorted(
         (n for n in names if n not in structural),
         key=lambda n: (math.isfinite(norms[n]), -norms[n] if math.isfinite(norms[n]) else 0),

@@ -20,6 +20,7 @@ from moola_watch.rules.rule import Rule
 from moola_watch.rules.run import RUN_FAILED, RUN_INTERRUPTED, STALE
 from moola_watch.rules.thresholds import Thresholds, run_thresholds
 from moola_watch.rules.verdicts import (
+    WITH_WEIGHTS,
     CollapseVerdict,
     LayerFlags,
     Verdict,
@@ -28,8 +29,10 @@ from moola_watch.rules.verdicts import (
     collapse_verdict,
     exploding_layers,
     flag_layers,
+    is_bias,
     judged_layer_norms,
     mean_ratio,
+    names_every_weight,
     position,
     recommend_ratio,
     vanishing_layers,
@@ -39,11 +42,11 @@ from moola_watch.rules.verdicts import (
 __all__ = [
     "AMP_OVERFLOW", "BALANCE_UNMEASURED", "COLLAPSE", "EXPLODING", "FIRING", "IMBALANCE", "LEFT_OUT", "NONFINITE",
     "NORM_LEVEL", "PENDING", "RESOLVED", "RULES", "RUN_FAILED", "RUN_INTERRUPTED", "SEVERITY_RANK", "STALE",
-    "TASK_PAIR", "VANISHING",
+    "TASK_PAIR", "VANISHING", "WITH_WEIGHTS",
     "Alert", "AlertEvent", "CollapseVerdict", "Evidence", "GradSummary", "LayerFlags", "MonitoringSummary",
     "Observation", "Rule", "RuleEngine", "RunState", "TaskProgress", "Thresholds", "Verdict", "balance_message",
-    "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "judged_layer_norms", "mean_ratio",
-    "position",
+    "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "is_bias", "judged_layer_norms",
+    "mean_ratio", "names_every_weight", "position",
     "recommend_ratio", "replay", "run_thresholds", "vanishing_layers", "verdict_severity", "weight_fix",
     "zero_by_construction",
 ]  # fmt: skip

@@ -21,6 +21,7 @@ from moola_watch.rules.verdicts import (
     collapse_verdict,
     flag_layers,
     judged_layer_norms,
+    names_every_weight,
     position,
 )
 
@@ -328,7 +329,7 @@ class Evidence:
             self.layer_flags, self.nonfinite = NO_LAYER_FLAGS, (0, False)
             return
         norms = judged_layer_norms(record)
-        flags = flag_layers(norms, self.thresholds)
+        flags = flag_layers(norms, self.thresholds, complete=names_every_weight(record))
         if flags.vanishing and self.absent_at is not None and self.absent_at == record.get("step"):
             # A task sat this step out (its balance sample says so): layers with no gradient at all are its head's,
             # idle, not vanishing. A layer with a tiny gradient, or any layer on a step every task took part in,

@@ -38,7 +38,19 @@ def judged_layer_norms(record: Mapping[str, object]) -> Mapping[str, float]:
     return norms
 
 
-def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
+#: In a big model's ``layer_groups``: every bias the record names comes with its module's measured weights.
+WITH_WEIGHTS = "with_weights"
+
+
+def names_every_weight(record: Mapping[str, object]) -> bool:
+    """Whether a ``grad_stats`` record names the weight of each bias it names wherever that weight was measured
+    (a weight it does not name is frozen): every record that names every tensor, and a big model's record whose
+    ``layer_groups`` say ``with_weights`` (older ones named their extreme tensors alone)."""
+    groups = record.get("layer_groups")
+    return groups is None or (isinstance(groups, Mapping) and groups.get(WITH_WEIGHTS) is True)
+
+
+def flag_layers(layer_norms: Mapping[str, float], th: Thresholds, *, complete: bool = True) -> LayerFlags:
     """Judge every layer norm. The common all-healthy case is decided by C-level ``sum``/``min``/``max``
     with no per-layer Python work (a model may have thousands of tensors).
 
@@ -47,7 +59,9 @@ def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
     silences a layer's weight and bias together, so real vanishing stays flagged. Where the module's weight is
     frozen (BitFit trains the biases alone) there is no weight to tell by: such a bias is zero by construction
     unless its gradient is exactly zero, as a dead unit's is (one zero by construction is rounding error,
-    1e-13)."""
+    1e-13). That needs each bias's measured weight named: not ``complete`` (see :func:`names_every_weight`), a
+    weight may be missing only from the record, and a bias counts as zero by construction only beside its
+    weight."""
     values = layer_norms.values()
     if not values or (math.isfinite(sum(values)) and th.vanishing <= min(values) and max(values) <= th.exploding):
         return NO_LAYER_FLAGS
@@ -59,39 +73,44 @@ def flag_layers(layer_norms: Mapping[str, float], th: Thresholds) -> LayerFlags:
             vanishing.append(name)
         elif norm > th.exploding:
             exploding.append(name)
-    structural = _zero_by_construction(vanishing, layer_norms, th)
+    structural = _zero_by_construction(vanishing, layer_norms, th, complete)
     return LayerFlags(tuple(nonfinite), tuple(name for name in vanishing if name not in structural), tuple(exploding))
 
 
-def zero_by_construction(layer_norms: Mapping[str, float], th: Thresholds) -> set[str]:
+def zero_by_construction(layer_norms: Mapping[str, float], th: Thresholds, *, complete: bool = True) -> set[str]:
     """The biases below the vanishing bound whose module has a non-bias tensor at or above it, or, not exactly
     zero, none at all: zero by construction, not vanishing (see :func:`flag_layers`). Given each layer's peak
     norm over a run, the biases that were never more than that."""
-    return _zero_by_construction([name for name, norm in layer_norms.items() if norm < th.vanishing], layer_norms, th)
+    low = [name for name, norm in layer_norms.items() if norm < th.vanishing]
+    return _zero_by_construction(low, layer_norms, th, complete)
 
 
-def _is_bias(name: str) -> bool:
+def is_bias(name: str) -> bool:
+    """Is ``name`` a bias (its last part ``bias``, ``bias_k``, ...)?"""
     return name.rpartition(".")[2].startswith("bias")
 
 
-def _zero_by_construction(low: list[str], layer_norms: Mapping[str, float], th: Thresholds) -> set[str]:
+def _zero_by_construction(low: list[str], layer_norms: Mapping[str, float], th: Thresholds, complete: bool) -> set[str]:
     """The biases among ``low`` whose module has a non-bias tensor with a gradient norm at or above the
-    vanishing threshold, and those not exactly zero whose module has no non-bias tensor in ``layer_norms``
-    (frozen: measured tensors are those that get gradient)."""
-    modules = {name.rpartition(".")[0] for name in low if _is_bias(name)}
+    vanishing threshold, and, where ``layer_norms`` is ``complete``, those not exactly zero whose module has no
+    non-bias tensor in it (frozen: measured tensors are those that get gradient)."""
+    modules = {name.rpartition(".")[0] for name in low if is_bias(name)}
     if not modules:
         return set()
     weighted, fed = set(), set()
     for name, norm in layer_norms.items():
-        if (module := name.rpartition(".")[0]) in modules and not _is_bias(name):
+        if (module := name.rpartition(".")[0]) in modules and not is_bias(name):
             weighted.add(module)
             if norm >= th.vanishing:
                 fed.add(module)
     return {
         name
         for name in low
-        if _is_bias(name)
-        and ((module := name.rpartition(".")[0]) in fed or (module not in weighted and layer_norms[name] != 0.0))
+        if is_bias(name)
+        and (
+            (module := name.rpartition(".")[0]) in fed
+            or (complete and module not in weighted and layer_norms[name] != 0.0)
+        )
     }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from moola_watch.rules import Thresholds, zero_by_construction
+from moola_watch.rules import WITH_WEIGHTS, Thresholds, is_bias, zero_by_construction
 
 #: Beyond this many tensors, ``layer_norms`` holds module-prefix groups (a line stays well under the
 #: reader's 1 MiB limit: 2,000 names of ~60 bytes are ~120 kB).
@@ -82,10 +82,13 @@ def _group_norm(norms: list[float]) -> float:
 @dataclass(frozen=True)
 class LayerGrouping:
     """How a model's tensor names (in model order) are grouped in a record: each group's name and the indices of
-    its members; ``depth`` is the module-prefix depth used."""
+    its members; ``depth`` is the module-prefix depth used. ``siblings`` maps each bias to the other tensors of
+    its module (its weight): a bias named in a record comes with them, so that the watcher can tell a bias
+    whose weight is merely not named from one whose weight is frozen (not measured)."""
 
     depth: int
     groups: tuple[tuple[str, tuple[int, ...]], ...]
+    siblings: dict[int, tuple[int, ...]]
 
 
 @lru_cache(maxsize=8)
@@ -103,7 +106,15 @@ def layer_grouping(names: tuple[str, ...], limit: int) -> LayerGrouping:
         size = math.ceil(len(names) / limit)
         members = {f"{names[i]}..{names[min(i + size, len(names)) - 1]}": list(range(i, min(i + size, len(names))))
                    for i in range(0, len(names), size)}  # fmt: skip
-    return LayerGrouping(depth, tuple((key, tuple(value)) for key, value in members.items()))
+    modules: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        modules.setdefault(name.rpartition(".")[0], []).append(index)
+    siblings = {
+        index: tuple(other for other in modules[name.rpartition(".")[0]] if not is_bias(names[other]))
+        for index, name in enumerate(names)
+        if is_bias(name)
+    }
+    return LayerGrouping(depth, tuple((key, tuple(value)) for key, value in members.items()), siblings)
 
 
 def compact_layer_norms(
@@ -112,7 +123,8 @@ def compact_layer_norms(
     """The per-layer fields of a ``grad_stats`` record: ``layer_norms`` as they are up to ``limit`` tensors;
     beyond, grouped (see :func:`layer_grouping`; ``layer_groups`` says how, its ``sizes`` how many tensors each
     group holds, in ``layer_norms``' order), with ``top_layers`` naming the ``top`` largest and smallest tensors
-    and up to ``top`` non-finite ones, so the worst are never hidden inside a group: those are what the
+    and up to ``top`` non-finite ones, each bias with its module's weights (``layer_groups`` says
+    ``with_weights``), so the worst are never hidden inside a group: those are what the
     watcher's layer rules judge. A bias below ``vanishing`` (a gradient L2 norm) that is zero by construction
     (:func:`moola_watch.rules.zero_by_construction`: the rule the watcher applies to the tensors it is shown) is
     not ranked among the smallest."""
@@ -127,9 +139,11 @@ def compact_layer_norms(
     nonfinite = [i for i, value in enumerate(values) if not math.isfinite(value)][:top]
     kept = [*heapq.nsmallest(top, ranked, key=values.__getitem__), *heapq.nlargest(top, finite, key=values.__getitem__),
             *nonfinite]  # fmt: skip
+    kept += [other for i in kept for other in grouping.siblings.get(i, ())]  # each named bias's weight
     # sizes: a reader's RMS per tensor of a group is its norm over the root of its size (the heatmap's rows)
     sizes = [len(members) for _key, members in grouping.groups]
-    groups = {"depth": grouping.depth, "tensors": len(layer_norms), "groups": len(grouped), "top": top, "sizes": sizes}
+    groups = {"depth": grouping.depth, "tensors": len(layer_norms), "groups": len(grouped), "top": top, "sizes": sizes,
+              WITH_WEIGHTS: True}  # fmt: skip
     return {
         "layer_norms": grouped,
         "layer_groups": groups,
