@@ -289,7 +289,9 @@ def balance_trend(
     runs: Sequence[str] | None = None,
 ) -> RenderableType:
     if balance.empty:
-        return Text("No task-balance samples in this log (single-task run?).", style="dim")
+        return Text(
+            "No task-balance samples in this log (one task, or tasks never in one batch together?).", style="dim"
+        )
     if "ratio" not in balance or balance["ratio"].isna().all():
         return tasks_trend(balance, labels)
     labels = labels or {}

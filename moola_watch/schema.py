@@ -19,6 +19,8 @@ import orjson
 SCHEMA_VERSION = 1
 #: A line longer than this is rejected unparsed: it cannot be a record we wrote.
 MAX_LINE_BYTES = 1 << 20
+#: run_end's ``tasks`` names at most this many (a loss dict keyed by something per batch must not grow it).
+MAX_TASK_NAMES = 64
 
 RUN_START = "run_start"
 GRAD_STATS = "grad_stats"

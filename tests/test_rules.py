@@ -444,3 +444,35 @@ def test_a_steady_leader_is_not_the_fix_when_the_runner_up_would_still_dominate(
                 weights={"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}).epoch(i, task_losses=losses)  # fmt: skip
     (alert,) = [a for a in collapse_alerts(rules.replay(log.records)) if a.subject == "a"]
     assert "lower" not in alert.recommendation and "their sum kept at 4" in alert.recommendation, alert.recommendation
+
+
+def _unmeasured(samples: list[dict], tasks: list[str]) -> list[str]:
+    """The balance_unmeasured messages at the end of a run of these task_balance fields, given ``tasks``' losses."""
+    log = LogBuilder().start()
+    for step, fields in enumerate(samples, start=1):
+        log.add("task_balance", epoch=1, step=step, **fields)
+    log.add("run_end", status="completed", tasks=tasks)
+    engine = RuleEngine()
+    for record in log.records:
+        engine.observe(record)
+    return [a.message for a in engine.alerts if a.rule == rules.BALANCE_UNMEASURED]
+
+
+def test_a_task_whose_balance_was_never_judged_is_named_at_the_runs_end_and_why():
+    """run_end's tasks against the balance samples: none recorded; a task no sample held (batches alternate
+    {a, b} and {c}); a task whose every sample measured nothing of it (NaN). A task left out by design (no
+    gradient on the shared layers) and a run that measured every task say nothing."""
+    both = {"norms": {"a": 1.0, "b": 0.5}, "shares": {"a": 0.6, "b": 0.4}}
+    (none,) = _unmeasured([], ["a", "b"])
+    assert "losses of 2 tasks (a, b) but recorded no task balance" in none
+    (c_missing,) = _unmeasured([both] * 3, ["a", "b", "c"])
+    assert "of the c task was never judged: no balance sample held it (3 balance records; tasks measured: a, b)" in (
+        c_missing
+    )
+    nan = {"norms": {"a": 1.0, "b": math.nan}, "losses": {"a": 0.3, "b": math.nan}}
+    (b_nan,) = _unmeasured([nan] * 3, ["a", "b"])
+    assert "of the b task was never judged: its samples measured nothing of it" in b_nan
+    probe = {"norms": {"a": 1.0, "b": 0.5}, "left_out": ["c"]}
+    assert _unmeasured([probe] * 3, ["a", "b", "c"]) == _unmeasured([both], ["a", "b"]) == []
+    many = [f"t{i}" for i in range(64)]
+    assert "losses of at least 64 tasks (t0, t1" in _unmeasured([], many)[0]

@@ -178,7 +178,14 @@ def test_a_model_of_20k_tensors_writes_records_the_watcher_reads_with_every_faul
     assert stats is not None and stats["nonfinite_count"] == 21_000 - 1
     assert max(len(line) for line in log.read_bytes().splitlines()) < MAX_LINE_BYTES
     grad = next(r for r in records_of(log.read_bytes()) if r["kind"] == "grad_stats")
-    assert grad["layer_groups"] == {"depth": 1, "tensors": 21_000, "groups": 1, "top": 20, "sizes": [21_000], "with_weights": True}
+    assert grad["layer_groups"] == {
+        "depth": 1,
+        "tensors": 21_000,
+        "groups": 1,
+        "top": 20,
+        "sizes": [21_000],
+        "with_weights": True,
+    }
     assert math.isnan(grad["layer_norms"]["experts"]) and "experts.7.weight" in grad["top_layers"]
     result = run_cli("moola_watch.cli", "check", str(log))
     assert result.returncode == 1 and "nonfinite" in result.stdout, result.stdout
@@ -214,7 +221,14 @@ def test_a_model_of_more_tensors_than_a_record_names_is_judged_by_its_tensors_no
                 model.layers[40].bias.grad.mul_(1e-9)
             monitor.on_before_optimizer_step(model)
     grad = [r for r in strict_lines(log) if r["kind"] == "grad_stats"][-1]
-    assert grad["layer_groups"] == {"depth": 1, "tensors": 1202, "groups": 2, "top": 20, "sizes": [1200, 2], "with_weights": True}
+    assert grad["layer_groups"] == {
+        "depth": 1,
+        "tensors": 1202,
+        "groups": 2,
+        "top": 20,
+        "sizes": [1200, 2],
+        "with_weights": True,
+    }
     assert grad["layer_norms"]["layers"] > 10 > grad["max_norm"]  # the group's L2 norm is beyond the bound
     assert {"layers.40.weight", "layers.40.bias"} <= set(grad["top_layers"])
     result = run_cli("moola_watch.cli", "check", "--json", str(log))

@@ -19,6 +19,12 @@ from moola_watch.dotted_name import DottedName
 from moola_watch.render import SEVERITY_STYLE, STATUS_STYLE, alerts_table, number, sparkline, text, where
 
 
+def _at(record: schema.Record) -> str:
+    """Where a panel's record was taken: its epoch, else its step ('-' when neither is recorded)."""
+    epoch = record.get("epoch")
+    return f"epoch {epoch}" if epoch is not None else where(None, record.get("step"))
+
+
 def weights_text(history: RunView) -> str | None:
     """The task loss weights now, and what they started as when they changed (``type 1 -> 2.3``)."""
     if not history.weights:
@@ -101,14 +107,17 @@ def gradients_panel(engine: rules.RuleEngine, history: RunView, short: bool = Fa
     body.add_row(
         "status", Text(f"{status} (healthy {th.healthy_norm_low}-{th.healthy_norm_high}){action}", style=style)
     )
-    return Panel(body, title=f"Gradients (epoch {stats.get('epoch')})", border_style=style or "green")
+    return Panel(body, title=f"Gradients ({_at(stats)})", border_style=style or "green")
 
 
 def balance_panel(engine: rules.RuleEngine, history: RunView, short: bool = False) -> Panel:
     latest = engine.last_balance
     th = engine.thresholds
     if latest is None:
-        return Panel(Text("no task-balance samples yet (single-task run?)", style="dim"), title="Task balance")
+        return Panel(
+            Text("no task-balance samples yet (one task, or tasks never in one batch together?)", style="dim"),
+            title="Task balance",
+        )
     if latest.get("ratio") is None:
         return tasks_panel(engine, latest, history, short)
     verdict = engine.balance()
@@ -127,7 +136,7 @@ def balance_panel(engine: rules.RuleEngine, history: RunView, short: bool = Fals
     body.add_row("verdict", Text(verdict.text, style=style))
     if advice is not None:
         body.add_row("action", Text(f"{advice.status}: {advice.action}", style=style))
-    return Panel(body, title=f"Task balance (epoch {latest.get('epoch')})", border_style=style)
+    return Panel(body, title=f"Task balance ({_at(latest)})", border_style=style)
 
 
 def tasks_panel(engine: rules.RuleEngine, latest: schema.Record, history: RunView, short: bool = False) -> Panel:
@@ -153,7 +162,7 @@ def tasks_panel(engine: rules.RuleEngine, latest: schema.Record, history: RunVie
             *([one_line(text(f"weights: {weights}"), short)] if weights else []),
             one_line(Text(verdict.text, style=style), short),
         ),
-        title=f"Task balance, {len(latest['norms'])} tasks (epoch {latest.get('epoch')})",
+        title=f"Task balance, {len(latest['norms'])} tasks ({_at(latest)})",
         border_style=style,
     )
 

@@ -24,7 +24,7 @@ from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import band, mean_ratio, position, recommend_ratio
+from moola_watch.rules.verdicts import band, mean_ratio, names, position, recommend_ratio
 
 IMBALANCE = "imbalance"
 COLLAPSE = "collapse"
@@ -277,17 +277,42 @@ def _left_out(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
 
 
 def _never_measured(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
-    """At ``run_end``: a run whose writer was given the losses of several tasks (its ``tasks``) but recorded no
-    balance sample. Collapse was never judged, which a log with no balance would otherwise pass in silence."""
+    """At ``run_end``: tasks whose losses the writer was given (its ``tasks``) but whose balance was never judged:
+    no balance sample named them, or every one that did measured nothing of them (non-finite, or absent). A log
+    without them would otherwise pass in silence where collapse was never looked for."""
     tasks = record.get("tasks") or []
-    if len(tasks) < 2 or ev.balance_samples:
+    if len(tasks) < 2:
         return []
+    unjudged = [task for task in tasks if task not in ev.last_measured and task not in ev.left_out_tasks]
+    if not unjudged:
+        return []
+    many = "at least " if len(tasks) >= schema.MAX_TASK_NAMES else ""
+    span = f" (the run recorded {position(ev.run.epoch, ev.run.step)} last)" if ev.run.step is not None else ""
+    if not ev.balance_records:
+        return [("tasks", Observation(
+            "warning", None,
+            f"The trainer was given the losses of {many}{len(tasks)} tasks ({names(tasks, 8)}) but recorded no "
+            f"task balance{span}: whether a task starved was never judged",
+            "Pass every task's loss of a batch together (batches of one task each cannot be compared); if the probe "
+            "failed, the trainer's warning says why; a run shorter than balance_every_n_steps has no sample",
+        ))]  # fmt: skip
+    never_named = [task for task in unjudged if task not in ev.balance_tasks]
+    plural = len(unjudged) > 1
+    if never_named:
+        why = f"no balance sample held {'them' if plural else 'it'}"
+        action = "Pass every task's loss of a batch together, on batches that hold each task's labels"
+    else:
+        why = (f"{'their' if plural else 'its'} samples measured nothing of {'them' if plural else 'it'} (a "
+               "non-finite norm or loss, or no gradient and nothing to have one from)")  # fmt: skip
+        action = (
+            "Find why its loss or gradient was non-finite or absent in every balance sample (its labels, its weight)"
+        )
+    compared = names(sorted(ev.last_measured), 8) or "none"
     return [("tasks", Observation(
         "warning", None,
-        f"The trainer was given the losses of {len(tasks)} tasks ({', '.join(tasks)}) but measured no task "
-        "balance: whether a task starved was never judged",
-        "Pass every task's loss of a batch together (batches of one task each cannot be compared), and probe "
-        "within the run's length (balance_every_n_steps)",
+        f"The balance of the {names(unjudged, 8)} task{'s' if plural else ''} was never judged: {why} "
+        f"({ev.balance_records} balance records; tasks measured: {compared})",
+        action,
     ))]  # fmt: skip
 
 
@@ -348,7 +373,8 @@ RULES = (
     Rule(LEFT_OUT, "warning", False, BALANCE, _left_out,
          "a task measured before gets no gradient on the shared parameters (left out of the balance)"),
     Rule(BALANCE_UNMEASURED, "warning", False, frozenset({schema.RUN_END}), _never_measured,
-         "a run given the losses of several tasks (run_end's tasks) ended with no balance sample"),
+         "a run given the losses of several tasks (run_end's tasks) ended with a task never measured in a balance "
+         "sample"),
     Rule(COLLAPSE, "error", False, frozenset({schema.RUN_END}), _starved_at_the_end,
          "a completed run ended with a task starved: its share of the update below final_share of an equal share "
          "over the last window and final_run_share over the run, its loss above final_rate of its first",

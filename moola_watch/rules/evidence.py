@@ -205,6 +205,9 @@ class Evidence:
         self.last_measured: dict[str, Where] = {}  # per task: its latest balance sample
         self.absent_at: int | None = None  # the step of the latest balance sample, if a task measured nothing in it
         self.left_out_since: dict[str, Where] = {}  # tasks measured once, left out of the balance since then
+        self.balance_tasks: set[str] = set()  # every task a balance record named, measured or left out
+        self.left_out_tasks: set[str] = set()  # every task a balance record left out (no gradient on shared layers)
+        self.balance_records = 0  # task_balance records, usable or not
         self.epoch_losses = LossSeries(window)
         self.batch_losses = LossSeries(window)
         self.first_losses: dict[str, float] = {}  # each task's first usable training loss in the run
@@ -346,8 +349,12 @@ class Evidence:
         """A balance sample counts when it measured something: a non-NaN pointer/type ratio, or for other task
         sets a largest task norm above zero."""
         self.last_balance = record
+        self.balance_records += 1
         ratio: float | None = record.get("ratio")
         norms: dict[str, float] = record["norms"]
+        left_out = record.get("left_out") or ()
+        self.balance_tasks.update(norms, left_out)
+        self.left_out_tasks.update(left_out)
         counted = False
         if ratio is not None and not math.isnan(ratio):
             self.ratios.append(ratio)
@@ -356,7 +363,7 @@ class Evidence:
         weights: Mapping[str, float] = record.get("weights") or {}
         absent = {task for task, norm in norms.items() if measured_nothing(norm, losses.get(task), weights.get(task))}
         measured = {task: norm for task, norm in norms.items() if task not in absent}
-        self._left_out(record.get("left_out") or (), measured, where)
+        self._left_out(left_out, measured, where)
         self.absent_at = where.step if absent else None
         largest = max(measured.values(), default=math.nan)
         if (ratio is None or len(norms) > 2) and largest > 0:

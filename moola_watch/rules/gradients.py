@@ -15,7 +15,7 @@ from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import classify_norm_level, judged_layer_norms
+from moola_watch.rules.verdicts import classify_norm_level, judged_layer_norms, names
 
 VANISHING = "vanishing"
 EXPLODING = "exploding"
@@ -23,12 +23,6 @@ NONFINITE = "nonfinite"
 NORM_LEVEL = "norm_level"
 AMP_OVERFLOW = "amp_overflow"
 GRAD = frozenset({schema.GRAD_STATS})
-
-
-def names(layers: Sequence[str], limit: int = 3) -> str:
-    """The first ``limit`` layer names, and how many more."""
-    shown = ", ".join(layers[:limit])
-    return shown + (f" (+{len(layers) - limit} more)" if len(layers) > limit else "")
 
 
 def count_of(layers: Sequence[str], record: schema.Record) -> str:

@@ -227,6 +227,12 @@ def collapse_verdict(ratios: Sequence[float], th: Thresholds = DEFAULTS) -> Coll
     return CollapseVerdict(state, mean, len(usable), text)
 
 
+def names(items: Sequence[str], limit: int = 3) -> str:
+    """The first ``limit`` names (of layers, of tasks), and how many more."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
 def position(epoch: int | None, step: int | None) -> str:
     """'epoch 12, step 340', whichever is known, or 'the start' when neither is."""
     parts = [f"epoch {epoch}" if epoch is not None else "", f"step {step}" if step is not None else ""]

@@ -74,7 +74,6 @@ def steps_taken(optimizer: torch.optim.Optimizer) -> int:
 
 
 _OPTIONAL_INT = (int, type(None))
-MAX_TASK_NAMES = 64  # task names run_end lists (a loss dict keyed by something per batch must not grow it)
 
 
 def _quiet(_text: str) -> None:
@@ -306,12 +305,12 @@ class GradientMonitor:
             )
 
     def _saw_tasks(self, names: Iterable[str]) -> None:
-        """Remember task names for ``run_end`` (at most ``MAX_TASK_NAMES``): a log whose run trained several tasks
-        but holds no balance sample then says so, where stderr's warning is long gone."""
-        if len(self._tasks) < MAX_TASK_NAMES:
+        """Remember task names for ``run_end`` (at most ``schema.MAX_TASK_NAMES``): a log whose run trained several
+        tasks but never measured the balance of one of them then says so, where stderr's warning is long gone."""
+        if len(self._tasks) < schema.MAX_TASK_NAMES:
             for name in names:
                 self._tasks.setdefault(name)
-            while len(self._tasks) > MAX_TASK_NAMES:
+            while len(self._tasks) > schema.MAX_TASK_NAMES:
                 self._tasks.popitem()
 
     def _meet(self, model: nn.Module) -> None:
