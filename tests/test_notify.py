@@ -334,6 +334,29 @@ def test_a_webhook_slower_than_its_timeout_gets_every_alert_and_can_tell_a_retry
     assert len(bodies) <= 2 * len(firsts)  # ... one, not one every backoff
 
 
+def test_a_restarted_watcher_resends_a_logs_history_with_the_same_keys_and_a_flap_gets_new_ones(tmp_path, hook):
+    """``follow`` re-sends a log's history when it starts: a watcher restarted (by systemd, say) on the same log
+    must send each alert event with the key the first one used, so that the receiver can drop them; the same
+    alert firing again after it resolved is another event, with a key of its own."""
+    log = LogBuilder().start()
+    for epoch in range(1, 12):  # the exploding alert fires, resolves and fires again
+        norm = 50.0 if epoch % 5 < 2 else 0.3
+        log.grad(epoch, 0.3, norm, {"a": 0.3, "b": norm})
+    path = log.write(tmp_path / "run.jsonl")
+    config = tmp_path / "watch.toml"
+    config.write_text(f'[notify]\nwebhook = "{hook.url}"\nresolve_after = 0\n')
+    first = run_watch("--once", "--json", "--config", str(config), str(path))
+    sent_first = list(hook.keys)
+    second = run_watch("--once", "--json", "--config", str(config), str(tmp_path))  # the folder: the same log
+    assert first.returncode == second.returncode == 1, first.stderr + second.stderr
+    sent = [(body["alert"]["rule"], body["alert"]["state"], body["alert"]["step"]) for _, body in hook.bodies]
+    assert sent[: len(sent_first)] == sent[len(sent_first) :], sent
+    assert [state for rule, state, _ in sent[: len(sent_first)]] == ["firing", "resolved", "firing"], sent
+    # Before, every watcher made up new random keys: the receiver could not tell the second lot for repeats.
+    assert hook.keys[len(sent_first) :] == sent_first and len(set(sent_first)) == len(sent_first) == 3
+    assert [body["idempotency_key"] for _, body in hook.bodies] == hook.keys
+
+
 def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_config(tmp_path, hook):
     config = tmp_path / "watch.toml"
     config.write_text(f'[notify]\nwebhook = "{hook.url}"\nnotify_on = "warning"\n')
@@ -493,6 +516,15 @@ def test_wanted_sends_confirmed_transitions_at_or_above_notify_on():
     assert not notify.wanted(event(state="pending"), "warning")
     assert not notify.wanted(event(severity="warning"), "error")
     assert notify.wanted(event(severity="critical"), "error") and not notify.wanted(event(), "critical")
+
+
+def test_an_alert_events_key_is_what_identifies_it_not_where_the_watcher_found_the_log():
+    key = notify.alert_key(event())
+    assert notify.alert_key(event(log="/srv/runs/a.jsonl", value=9.0, message="other words")) == key
+    others = [event(state="resolved"), event(step=310), event(epoch=16), event(first_step=200), event(run="r2"),
+              event(subject="pointer/cls"), event(rule="exploding"), event(severity="critical", escalated=True),
+              event(log="b.jsonl")]  # fmt: skip
+    assert len({key, *map(notify.alert_key, others)}) == 1 + len(others)
 
 
 def test_chat_text_cannot_ping_or_link_and_is_one_inert_line():

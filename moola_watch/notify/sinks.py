@@ -2,12 +2,15 @@
 environment of a command, and the thin shells that deliver them (``post_json`` and :class:`Webhook` over HTTP,
 :class:`Command` as a process in its own group). Log text never reaches a shell: a command's argv comes from
 ``shlex.split`` of the user's own flag, and the alert travels as JSON on stdin and in ``MOOLA_*`` environment
-variables. Each alert sent has a key, the same on every attempt at it, so that a receiver can drop a repeat."""
+variables. Each alert event sent has a key made from what identifies the event (:func:`alert_key`), the same on
+every attempt at it and in every watcher that reads the same log, so that a receiver can drop a repeat."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -53,6 +56,21 @@ def wanted(event: Mapping[str, Any], notify_on: str) -> bool:
     confirmed yet, and paging on them would undo the rules' ``confirm``."""
     rank = schema.SEVERITIES.index
     return event["state"] != rules.PENDING and rank(event["severity"]) >= rank(notify_on)
+
+
+#: What tells one alert event from another, stable across reads of the same log: where it is (the log's file name,
+#: its run), which alert (rule, subject, where it began), and which transition (state, severity, escalation, where).
+KEY_FIELDS = ("run", "rule", "subject", "first_step", "first_epoch", "state", "severity", "escalated", "step",
+              "epoch")  # fmt: skip
+
+
+def alert_key(event: Mapping[str, Any]) -> str:
+    """The idempotency key of one alert event: a hash of the log's file name and the event's :data:`KEY_FIELDS`.
+    A watcher restarted on a log re-sends its history with the keys the first one used, so a receiver can drop
+    what it already has; the same alert firing again after it resolved is another event, with another key."""
+    log = os.path.basename(str(event.get("log") or ""))  # not the path: `follow DIR` and `follow DIR/LOG` agree
+    identity = [log, *(event.get(name) for name in KEY_FIELDS)]
+    return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:32]
 
 
 def headline(event: Mapping[str, Any]) -> str:
