@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -149,17 +150,18 @@ _OPENER = urllib.request.build_opener(_PostRedirects)
 
 
 def post_json(url: str, body: bytes, timeout: float, key: str | None = None) -> None:
-    """POST ``body`` as JSON; any 2xx is delivered. ``timeout`` is seconds per connect and per read. A URL's
+    """POST ``body`` as JSON; any 2xx status is delivered, and the answer's body is not read (a receiver that sends
+    its status and then stalls has taken the alert). ``timeout`` is seconds per connect and per read. A URL's
     ``user:password@`` is sent as Basic authentication, ``key`` as the ``Idempotency-Key`` header. A 307 or 308 is
-    followed with the same POST. Raises :class:`NoAnswer` when the request was sent but not answered in time."""
+    followed with the same POST. Raises :class:`NoAnswer` when the request was sent but no status came in time."""
     url, auth = basic_auth(url)
     headers = {"Content-Type": "application/json", "User-Agent": f"moola-watch/{__version__}", **auth}
     if key is not None:
         headers["Idempotency-Key"] = key
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            response.read(1 << 16)
+        with _OPENER.open(request, timeout=timeout):  # returns once the status and headers are in
+            pass
     except urllib.error.HTTPError as exc:
         moved = " (it redirects elsewhere: give the webhook its new URL)" if exc.code in (301, 302, 303) else ""
         reason = str(exc.reason).splitlines()[0] if exc.reason else ""  # (urllib's redirect loop says it in lines)
@@ -173,9 +175,11 @@ def post_json(url: str, body: bytes, timeout: float, key: str | None = None) -> 
 
 
 class Webhook:
-    """One ``--webhook`` URL. A request sent whole but not answered within the timeout may have been taken: it is
-    tried again (the alert must not be lost), with the same key, and from then on this webhook is waited on twice
-    as long, up to ``MAX_PATIENCE`` times the timeout, so that a slow receiver gets a repeat, not one per retry."""
+    """One ``--webhook`` URL. A request sent whole but not answered within the wait may have been taken: it is
+    tried again (the alert must not be lost), with the same key, and this webhook is waited on twice as long from
+    then on, up to ``MAX_PATIENCE`` times the timeout; each answer that comes within the timeout again halves the
+    wait, back down to the timeout. A receiver k times slower than the timeout gets about log2(k) + 1 copies of
+    the first alert it is slow on (waits of 1, 2, 4, ... timeouts), and one of each alert after it."""
 
     def __init__(self, url: str, timeout: float) -> None:
         """``timeout``: seconds to wait for a connection and for the answer, until an answer comes too late."""
@@ -184,11 +188,14 @@ class Webhook:
         self.wait = timeout  # seconds per request now
 
     def deliver(self, event: Mapping[str, Any], key: str) -> None:
+        began = time.monotonic()
         try:
             post_json(self.url, webhook_body(event, key), self.wait, key)
         except NoAnswer:
             self.wait = min(2 * self.wait, MAX_PATIENCE * self.timeout)
             raise
+        if time.monotonic() - began <= self.timeout:  # prompt again: it need not be waited on so long
+            self.wait = max(self.timeout, self.wait / 2)
 
 
 class Command:
