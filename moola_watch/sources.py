@@ -3,8 +3,10 @@ magic number whatever its name), or a rotated log's parts read oldest first as o
 
 Rotated parts are named the way logrotate names them (README "Reliability"): ``run.jsonl`` is the newest,
 ``run.jsonl.1`` the one before it, ``run.jsonl.2.gz`` an older one compressed; with ``dateext``, the parts
-``run.jsonl-20240101`` (``.gz``) are older than ``run.jsonl``, the earlier date the older. zstd has no module in
-Python 3.11's standard library: a zstd file is refused with a one-line error that says how to read it.
+``run.jsonl-20240101`` (``.gz``; any ``dateformat`` of 8 digits or more, ``-``/``_`` between them:
+``run.jsonl-2024-01-01``, ``run.jsonl-1704067200``) are older than ``run.jsonl``, the earlier date the older. zstd
+has no module in Python 3.11's standard library: a zstd file is refused with a one-line error that says how to
+read it.
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ CHUNK = 1 << 20
 MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 HEAD = max(map(len, MAGIC))
 #: A log or one of its rotated parts: ``run.jsonl``, ``run.jsonl.1``, ``run.jsonl.2.gz``, ``run.jsonl.gz``, and
-#: with logrotate's ``dateext`` (RHEL's default) ``run.jsonl-20240101``, ``run.jsonl-20240101-1704067200.gz``.
-PART = re.compile(r"(?P<log>.+\.jsonl)(?:\.(?P<number>[0-9]+)|-(?P<date>[0-9]{8}[0-9_-]*))?(?:\.(?:gz|bz2|xz|zst))?")
+#: with logrotate's ``dateext`` (RHEL's default) a date of at least 8 digits, single ``-`` or ``_`` between them
+#: (its ``dateformat``: ``run.jsonl-20240101``, ``run.jsonl-2024-01-01``, ``run.jsonl-2024010112``,
+#: ``run.jsonl-1704067200.gz``, ``run.jsonl-20240101-1704067200.gz``); not ``run.jsonl-backup`` nor ``run.jsonl-2``.
+PART = re.compile(
+    r"(?P<log>.+\.jsonl)(?:\.(?P<number>[0-9]+)|-(?P<date>[0-9](?:[-_]?[0-9]){7,}))?(?:\.(?:gz|bz2|xz|zst))?"
+)
 
 
 class UnreadableLog(OSError):
@@ -111,10 +117,11 @@ _DATED, _NUMBERED, _CURRENT = range(3)
 
 
 def _age_rank(part: re.Match[str]) -> tuple[int, str] | tuple[int, int]:
-    """Sorts a log's parts oldest first: dated ones by date, numbered ones the highest number first, the current
-    file last (two ranks of different kinds never compare their second items)."""
+    """Sorts a log's parts oldest first: dated ones by the digits of their date (``2024-01-01`` as ``20240101``),
+    numbered ones the highest number first, the current file last (two ranks of different kinds never compare
+    their second items)."""
     if part["date"]:
-        return _DATED, part["date"]
+        return _DATED, re.sub("[-_]", "", part["date"])
     if part["number"]:
         return _NUMBERED, -int(part["number"])
     return _CURRENT, 0

@@ -18,6 +18,8 @@ import pytest
 from helpers import REPO, run_cli
 from logs import LogBuilder, collapse_scenario, healthy_scenario
 
+from moola_watch import sources
+
 
 def watch(*args: object, **kwargs) -> subprocess.CompletedProcess:
     return run_cli("moola_watch.cli", *map(str, args), **kwargs)
@@ -258,6 +260,41 @@ def test_a_folder_reads_a_rotated_logs_parts_oldest_first_as_one_log(tmp_path):
     assert report["alerts"] == expected["alerts"] and report["records"] == expected["records"]
     text = watch("check", folder).stdout.splitlines()[0]
     assert text.startswith(f"FAIL  {folder / 'run.jsonl'}  parts=run.jsonl.2.gz,run.jsonl.1,run.jsonl  verdict=error")
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [("20241231.gz", "20250101"), ("2024-12-31.gz", "2025-01-01"), ("1735603200.gz", "1735689600")],
+    ids=["%Y%m%d", "%Y-%m-%d", "%s"],
+)
+def test_logrotates_dated_parts_are_read_oldest_date_first(tmp_path, dates):
+    """logrotate's ``dateext`` (RHEL's default) names parts by date, in its ``dateformat``: read in date order
+    before the current file, whatever order the folder lists them in. Before, ``run.jsonl-2025-01-01`` was not a
+    part at all: only the current file was judged (healthy, where the older parts hold a collapse)."""
+    names = (f"run.jsonl-{dates[0]}", f"run.jsonl-{dates[1]}", "run.jsonl")
+    folder, joined = rotated(tmp_path / "runs", names)
+    result, (report,) = check_json(folder)
+    assert result.returncode == 1 and report["parts"] == [str(folder / name) for name in names], report
+    whole = tmp_path / "cat.jsonl"
+    whole.write_bytes(joined)
+    assert report["alerts"] == check_json(whole)[1][0]["alerts"]
+
+
+def test_a_dated_part_is_a_date_of_8_digits_or_more_whatever_its_separators_and_no_other_suffix_is(tmp_path):
+    """logrotate's ``dateformat`` may be ``-%Y%m%d%H``, ``-%Y_%m_%d``, ``-%Y%m%d-%s``, ...: each log's parts in its
+    own format, read oldest date first. A suffix of fewer digits, or not digits, names no part."""
+    logs = {
+        "a.jsonl": ["a.jsonl-2024123123", "a.jsonl-2025010100.gz", "a.jsonl-2025010101", "a.jsonl"],
+        "b.jsonl": ["b.jsonl-2024_12_31.gz", "b.jsonl-2025_01_01", "b.jsonl"],
+        "c.jsonl": ["c.jsonl-20241231-1735603200.xz", "c.jsonl-20250101-1735689600", "c.jsonl"],
+        "d.jsonl": ["d.jsonl"],
+        "d.jsonl-2": ["d.jsonl-2"], "d.jsonl-2025-01": ["d.jsonl-2025-01"], "d.jsonl-backup": ["d.jsonl-backup"],
+        "d.jsonl-2025--01-01": ["d.jsonl-2025--01-01"], "d.jsonl-20250101-": ["d.jsonl-20250101-"],
+    }  # fmt: skip
+    for name in (name for parts in logs.values() for name in parts):
+        (tmp_path / name).write_bytes(b"")
+    found = {log.name: [part.name for part in parts] for log, parts in sources.directory_logs(tmp_path)}
+    assert found == {name: parts for name, parts in logs.items() if name.endswith(".jsonl")}, found
 
 
 def test_logrotates_dated_parts_are_read_oldest_date_first_and_a_mix_with_numbered_ones_is_refused(tmp_path):
