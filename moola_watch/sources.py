@@ -4,9 +4,10 @@ magic number whatever its name), or a rotated log's parts read oldest first as o
 Rotated parts are named the way logrotate names them (README "Reliability"): ``run.jsonl`` is the newest,
 ``run.jsonl.1`` the one before it, ``run.jsonl.2.gz`` an older one compressed; with ``dateext``, the parts
 ``run.jsonl-20240101`` (``.gz``; any ``dateformat`` of 8 digits or more, ``-``/``_`` between them:
-``run.jsonl-2024-01-01``, ``run.jsonl-1704067200``) are older than ``run.jsonl``, the earlier date the older. zstd
-has no module in Python 3.11's standard library: a zstd file is refused with a one-line error that says how to
-read it.
+``run.jsonl-2024-01-01``, ``run.jsonl-1704067200``) are older than ``run.jsonl``, the earlier date the older. A
+log with parts of both kinds has its rotated parts ordered by when they were last modified, since no name orders
+them. zstd has no module in Python 3.11's standard library: a zstd file is refused with a one-line error that says
+how to read it.
 """
 
 from __future__ import annotations
@@ -139,12 +140,13 @@ def log_parts(path: Path) -> tuple[Path, list[Path]] | None:
     return None
 
 
-def directory_logs(directory: Path) -> list[tuple[Path, list[Path]]]:
+def directory_logs(directory: Path, note: Callable[[str], None] | None = None) -> list[tuple[Path, list[Path]]]:
     """Each log in ``directory``, by name: its ``*.jsonl`` file and rotated parts (``run.jsonl.1``,
     ``run.jsonl.2.gz``, ...), oldest first. A log of one part is named by that part; of several, by its newest
-    name (``run.jsonl``, whether or not that part is still there). Raises ``ValueError`` for two files that would
-    be the same part (``run.jsonl`` and ``run.jsonl.gz``), and for numbered and dated parts of one log, whose order
-    between them no name tells."""
+    name (``run.jsonl``, whether or not that part is still there). A log with numbered and dated parts, whose
+    order between them no name tells, has its rotated parts ordered by when each was last modified, and
+    ``note`` is told so, once per such log. Raises ``ValueError`` for two files that would be the same part
+    (``run.jsonl`` and ``run.jsonl.gz``)."""
     ranked: dict[str, dict[tuple[int, str] | tuple[int, int], list[Path]]] = {}
     for child in directory.iterdir():
         match = PART.fullmatch(child.name)
@@ -159,9 +161,22 @@ def directory_logs(directory: Path) -> list[tuple[Path, list[Path]]]:
             if len(same) > 1:
                 names = " and ".join(sorted(part.name for part in same))
                 raise ValueError(f"{directory}: {names} would be the same part of the rotated log {name}; keep one")
-        if {kind for kind, _ in parts} >= {_NUMBERED, _DATED}:
-            raise ValueError(f"{directory}: the rotated log {name} has numbered ({name}.1) and dated ({name}-DATE) "
-                             "parts, whose order no name tells; move one kind aside")  # fmt: skip
-        ordered = [parts[rank][0] for rank in sorted(parts)]
-        logs.append((ordered[0] if len(ordered) == 1 else directory / name, ordered))
+        ranks = sorted(parts)
+        if {kind for kind, _ in ranks} >= {_NUMBERED, _DATED}:  # by when modified, the current file still last
+            rotated = sorted((rank for rank in ranks if rank[0] != _CURRENT), key=lambda r: (_modified(parts[r][0]), r))
+            ranks = rotated + [rank for rank in ranks if rank[0] == _CURRENT]
+            if note is not None:
+                said = ", ".join(parts[rank][0].name for rank in ranks)
+                note(f"{directory}: the rotated log {name} has numbered ({name}.1) and dated ({name}-DATE) parts, "
+                     f"whose order no name tells: read in the order they were last modified, {said}")  # fmt: skip
+        paths = [parts[rank][0] for rank in ranks]
+        logs.append((paths[0] if len(paths) == 1 else directory / name, paths))
     return logs
+
+
+def _modified(path: Path) -> int:
+    """When ``path`` was last modified (ns); 0 if it is gone already (its read will say so)."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0

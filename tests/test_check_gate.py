@@ -297,19 +297,34 @@ def test_a_dated_part_is_a_date_of_8_digits_or_more_whatever_its_separators_and_
     assert found == {name: parts for name, parts in logs.items() if name.endswith(".jsonl")}, found
 
 
-def test_logrotates_dated_parts_are_read_oldest_date_first_and_a_mix_with_numbered_ones_is_refused(tmp_path):
-    """logrotate's ``dateext`` (RHEL's default) names parts by date: read in date order before the current file,
-    whatever order the folder lists them in. Numbered and dated parts of one log are in no order a name tells."""
-    names = ("run.jsonl-20241231.gz", "run.jsonl-20250101", "run.jsonl")
+def test_numbered_and_dated_parts_of_one_log_are_read_by_when_each_was_modified_and_a_note_says_so(tmp_path):
+    """Numbered and dated parts of one log are in no order a name tells: its rotated parts are read oldest
+    modified first, the current file last, and one note says so; check, analyze, follow and load agree. Before,
+    check and analyze refused the whole folder (exit 2: a healthy log beside it was not judged either) and follow
+    read only the current file."""
+    names = ("run.jsonl.1", "run.jsonl-20250102", "run.jsonl")  # oldest first by time, not as the names sort
     folder, joined = rotated(tmp_path / "runs", names)
-    result, (report,) = check_json(folder)
-    assert result.returncode == 1 and report["parts"] == [str(folder / name) for name in names], report
+    for age, name in enumerate(names):
+        os.utime(folder / name, (1_700_000_000 + age, 1_700_000_000 + age))
+    healthy_scenario().write(folder / "other.jsonl")
     whole = tmp_path / "cat.jsonl"
     whole.write_bytes(joined)
-    assert report["alerts"] == check_json(whole)[1][0]["alerts"]
-    (folder / "run.jsonl.1").write_bytes(b"")
-    mixed = watch("check", folder)
-    assert mixed.returncode == 2 and "numbered (run.jsonl.1) and dated (run.jsonl-DATE) parts" in mixed.stderr
+    expected = check_json(whole)[1][0]["alerts"]
+    note = (
+        f"{folder}: the rotated log run.jsonl has numbered (run.jsonl.1) and dated (run.jsonl-DATE) parts, whose "
+        "order no name tells: read in the order they were last modified, run.jsonl.1, run.jsonl-20250102, run.jsonl"
+    )
+    result, reports = check_json(folder)
+    assert result.returncode == 1 and [r["verdict"] for r in reports] == ["healthy", "error"], result.stderr
+    assert reports[1]["parts"] == [str(folder / name) for name in names] and reports[1]["alerts"] == expected
+    assert result.stderr == f"moola-watch: note: {note}\n"
+    analyzed = watch("analyze", "--json", folder)
+    assert [json.loads(line)["verdict"] for line in analyzed.stdout.splitlines()] == ["healthy", "error"]
+    assert analyzed.stderr == f"moola-watch: note: {note}\n"
+    followed = watch("follow", "--once", "--json", folder)
+    events = [json.loads(line) for line in followed.stdout.splitlines()]
+    assert [e["message"] for e in events if e["event"] == "notice"] == [note], followed.stdout[-2000:]
+    assert followed.returncode == 1 and [log["verdict"] for log in events[-1]["logs"]] == ["healthy", "error"]
 
 
 def test_a_part_whose_last_line_was_cut_keeps_the_next_parts_first_line_whole(tmp_path):
