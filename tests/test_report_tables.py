@@ -126,6 +126,20 @@ def test_worst_layers_keep_their_names_at_every_width_from_40_columns(tmp_path: 
             assert f"(not shown at {width} columns: last" in " ".join(out.split()), (width, out)
 
 
+@settings(max_examples=300, deadline=None)
+@given(names, st.integers(3, 40))
+def test_a_folded_parts_last_dot_never_stands_alone_on_a_line(name: str, width: int) -> None:
+    """A part one cell wider than the column left its dot alone on a line (``attention`` / ``.`` /
+    ``LayerNorm``): the dot leads the next part instead. The lines still make the name and fit the column."""
+    lines = DottedName(Text(name)).lines(width)
+    assert "".join(lines) == name and max(map(len, lines)) <= width and "." not in lines, lines
+
+
+def test_a_name_whose_part_is_one_cell_too_wide_folds_without_a_line_for_its_dot() -> None:
+    assert DottedName(Text("attention.LayerNorm.weight")).lines(9) == ["attention", ".LayerNor", "m.weight"]
+    assert DottedName(Text("attention.LayerNorm.weight")).lines(10) == ["attention.", "LayerNorm.", "weight"]
+
+
 def test_a_number_column_goes_before_a_number_is_cut() -> None:
     columns = [
         Column("step", ["123456"], number=True, justify="right"),
