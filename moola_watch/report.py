@@ -220,7 +220,8 @@ def layers_table(
     runs: Sequence[str] | None = None,
 ) -> RenderableType:
     """Each run's layers with the highest peak and the lowest minimum (see :func:`worst_layers`); with a run
-    column, each run a section, when the log holds several."""
+    column, each run a section, when the log holds several. Short of room, the layer names keep their floor:
+    the last norms go first, then peak and lowest stack in one column."""
     if layers.empty:
         return Text("No per-layer norms in this log.", style="dim")
     labels = labels or {}
