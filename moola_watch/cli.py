@@ -723,7 +723,7 @@ def log_files(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, list[Path]]
     files, each with the rotated parts of it there (``run.jsonl.1``, ``run.jsonl.2.gz``), which are read oldest
     first as one log (:func:`moola_watch.sources.directory_logs`). Returns the logs, and the parts of those made
     of several. A directory without any log is a usage error; a file given that is one part of a rotated log is
-    read alone, and a note says so."""
+    read alone, and a note says so, as it says when a log's numbered and dated parts are read by time."""
     files: list[Path] = []
     parts: dict[Path, list[Path]] = {}
     for path in paths:
@@ -733,7 +733,7 @@ def log_files(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, list[Path]]
             files.append(path)
         elif path.is_dir():
             try:
-                logs = sources.directory_logs(path)
+                logs = sources.directory_logs(path, note=_note)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             except OSError as exc:
@@ -748,6 +748,11 @@ def log_files(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, list[Path]]
             files.append(path)
             _note_rotated_part(path)
     return files, parts
+
+
+def _note(message: str) -> None:
+    """One note on stderr (about how a log is read: it is still judged)."""
+    print(f"moola-watch: note: {inert(message, limit=2000)}", file=sys.stderr)
 
 
 def _note_rotated_part(path: Path) -> None:

@@ -13,7 +13,9 @@ from rich.text import Text
 class DottedName:
     """A dotted name (``enc.encoder.layer.3.output.LayerNorm.bias``) that breaks after its dots where its column
     is narrower than it, so each line holds whole parts (``enc.encoder.layer.3.output.`` / ``LayerNorm.bias``);
-    only a part wider than the column folds. Rich text breaks at spaces alone, and a name has none."""
+    only a part wider than the column folds, and the dot it ends with, if that is all that is left of it, leads
+    the next line rather than stand alone (``attention`` / ``.LayerNor`` / ``m.weight`` in 9 cells). Rich text
+    breaks at spaces alone, and a name has none."""
 
     def __init__(self, text: Text) -> None:
         self.text = text
@@ -25,10 +27,11 @@ class DottedName:
         width = max(1, width)
         lines, line = [], ""
         for part in self.parts:
-            if line and cell_len(line + part) > width:
+            lone_dot = line == "." and width > 2  # what a fold left of a part: it goes on with the next one
+            if line and not lone_dot and cell_len(line + part) > width:
                 lines.append(line)
                 line = ""
-            while cell_len(line + part) > width:  # a part wider than the column: fold it
+            while cell_len(line + part) > width:  # a part wider than the column (or than what is left): fold it
                 cut = next(at for at in range(len(part), 0, -1) if cell_len(line + part[:at]) <= width or at == 1)
                 lines.append(line + part[:cut])
                 line, part = "", part[cut:]

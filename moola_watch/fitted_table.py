@@ -73,13 +73,16 @@ class FittedTable:
     """A table that fits the width it is printed at: each column keeps :meth:`Column.least` cells, as Rich lays
     it out (the widest text columns give way first, down to a common width). Where that does not fit, long
     headers break (``narrow_header``), then droppable columns go, and the caption says so. Rows in
-    ``sections`` end a section (a rule under them)."""
+    ``sections`` end a section (a rule under them). ``left_out``: the headers of columns this layout never has
+    (a narrower one of a :class:`Choice` than the wide one that has them), named in the caption with those that
+    go."""
 
     title: str
     columns: list[Column]
     caption: list[Text] = field(default_factory=list)
     sections: set[int] = field(default_factory=set)
     show_header: bool = True
+    left_out: tuple[str, ...] = ()
 
     @staticmethod
     def fits_with(kept: Sequence[Column], width: int) -> bool:
@@ -138,8 +141,8 @@ class FittedTable:
         for index in range(rows):
             table.add_row(*(column.cells[index] for column in kept), end_section=index in self.sections)
         caption = list(self.caption)
-        if dropped:
-            names = ", ".join(column.header.replace("\n", " ") for column in dropped)
+        if dropped or self.left_out:
+            names = ", ".join([*self.left_out, *(column.header.replace("\n", " ") for column in dropped)])
             caption.append(Text(f"(not shown at {width} columns: {names})", style="dim"))
         if caption:
             table.caption = Text("\n").join(caption)

@@ -86,7 +86,8 @@ class Follower:
         self.console = console
         self.stdout = stdout or sys.stdout.buffer
         self.notifier = notifier
-        self._held_notices: list[str] = []
+        self._held_notices: list[str] = []  # notices said after the dashboard closes
+        self._noted: set[str] = set()  # notes said once (:meth:`_note_once`)
         self.layers = re.compile(options.layers) if options.layers else None
         self.tails: dict[Path, LogTail] = {}
         self.views: dict[Path, LogView] = {}
@@ -122,11 +123,22 @@ class Follower:
         if self.directory is None:
             return [(self.target, [])]
         try:
-            logs = directory_logs(self.directory)
+            logs = directory_logs(self.directory, note=self._note_once)
         except ValueError:  # two files that would be the same part: their logs are followed alone
             return [(path, []) for path in sorted(self.directory.glob("*.jsonl"))]
         newest = [(log, [part for part in parts if part != log]) for log, parts in logs]
         return [(log, older) for log, older in newest if log.name.endswith(".jsonl")]
+
+    def _note_once(self, message: str) -> None:
+        """A note about how the folder's logs are read (a log's numbered and dated parts ordered by time), said
+        once however often the folder is looked at; on a terminal, after the dashboard closes."""
+        if message in self._noted:
+            return
+        self._noted.add(message)
+        if self.live_mode:
+            self._held_notices.append(message)
+        else:
+            self._notice(Notice(str(self.directory), "rotated_parts", message))
 
     def pump(self) -> bool:
         """Consume everything new in every log; emit transitions. True if any record or bad line arrived."""
@@ -410,8 +422,8 @@ class Follower:
             self.waker.stop()
             if self.notifier is not None:
                 self._notify_notices(self.notifier.close())
-                for message in self._held_notices:
-                    print(f"moola-watch: {inert(message)}", file=sys.stderr, flush=True)
+            for message in self._held_notices:
+                print(f"moola-watch: {inert(message, limit=2000)}", file=sys.stderr, flush=True)
             if self.options.json:
                 self._write_json(self.summary())
 

@@ -35,13 +35,14 @@ def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd
     The same tables ``moola-watch analyze --csv`` writes, each with a ``log`` column first (the file a row came
     from), so one call gives a whole sweep. ``thresholds`` as ``--config`` would set them (default: the spec's).
     A log compressed with gzip, bzip2 or xz (``run.jsonl.gz``) is read decompressed, whatever its name; in a
-    directory, a rotated log's parts (``run.jsonl.1``, ``run.jsonl``) are read oldest first as one log.
-    Raises ``FileNotFoundError`` when there is no log there, ``OSError`` when one cannot be read or
-    decompressed, :class:`NotALogError` when the file holds not one valid record (as ``check`` calls it "not a
-    moola log"); such a file in a directory is skipped with a warning, unless no file there is a log.
+    directory, a rotated log's parts (``run.jsonl.1``, ``run.jsonl``) are read oldest first as one log (those of a
+    log with numbered and dated parts by when each was last modified, and a warning says so). Raises
+    ``FileNotFoundError`` when there is no log there, ``OSError`` when one cannot be read or decompressed,
+    :class:`NotALogError` when the file holds not one valid record (as ``check`` calls it "not a moola log");
+    such a file in a directory is skipped with a warning, unless no file there is a log.
     """
     path = Path(path)
-    logs = directory_logs(path) if path.is_dir() else [(path, [path])]
+    logs = directory_logs(path, note=_note) if path.is_dir() else [(path, [path])]
     if not logs:
         raise FileNotFoundError(f"no *.jsonl log in {path}")
     per_log, foreign = [], []
@@ -57,6 +58,12 @@ def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd
     for error in foreign:
         warnings.warn(f"skipped: {error}", stacklevel=2)
     return {name: _concat([frames[name] for frames in per_log]) for name in TABLES}
+
+
+def _note(message: str) -> None:
+    """How a directory's log is read (its numbered and dated parts ordered by time), as a warning to ``load``'s
+    caller."""
+    warnings.warn(message, stacklevel=4)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

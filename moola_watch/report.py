@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -219,7 +220,8 @@ def layers_table(
     runs: Sequence[str] | None = None,
 ) -> RenderableType:
     """Each run's layers with the highest peak and the lowest minimum (see :func:`worst_layers`); with a run
-    column, each run a section, when the log holds several."""
+    column, each run a section, when the log holds several. Short of room, the layer names keep their floor:
+    the last norms go first, then peak and lowest stack in one column."""
     if layers.empty:
         return Text("No per-layer norms in this log.", style="dim")
     labels = labels or {}
@@ -256,19 +258,27 @@ def layers_table(
                 first, label = False, ""
         sections.add(len(cells["layer"]) - 1)
     run_floor = min(RUN_LABEL_WIDTH, max(map(cell_width, cells["run"]), default=0))
-    columns = [
-        *([Column("run", cells["run"], floor=run_floor)] if several else []),
-        Column("", cells[""], number=True),
-        Column("layer", cells["layer"], floor=LAYER_FLOOR),  # a longer name breaks after a dot where short of room
-        *(Column(name, cells[name], number=True, justify="right") for name in ("last", "peak", "lowest")),
-        *([Column("nan/inf", cells["nan/inf"], number=True, justify="right")] if any_nonfinite else []),
-    ]
+    run = [Column("run", cells["run"], floor=run_floor)] if several else []
+    layer = Column("layer", cells["layer"], floor=LAYER_FLOOR)  # a longer name breaks after a dot if short of room
+    last = Column("last", cells["last"], number=True, drop=2, justify="right")  # the least needed: it goes first
+    nonfinite = [Column("nan/inf", cells["nan/inf"], number=True, justify="right")] if any_nonfinite else []
+    peak, lowest = (Column(name, cells[name], number=True, justify="right") for name in ("peak", "lowest"))
     caption = []
     if several and len(shown) < len(every):
         caption.append(
             Text(f"{len(every) - len(shown)} more runs not shown (analyze --json lists every run's)", style="dim")
         )
-    return FittedTable("Worst layers", columns, caption)
+    wide = FittedTable("Worst layers", [*run, Column("", cells[""], number=True), layer, last, peak, lowest,
+                                        *nonfinite], caption)  # fmt: skip
+    # Where even without last the names get too little room (under 55 columns, 65 with nan/inf): peak over
+    # lowest in one column, the halves called max and min, and nan/inf left out if still short of room.
+    short = [{"largest": "max", "smallest": "min"}.get(label, label) for label in cells[""]]
+    stacked = [f"{high}\n{low}" for high, low in zip(cells["peak"], cells["lowest"], strict=True)]
+    narrow = FittedTable("Worst layers", [*run, Column("", short, number=True), layer,
+                                          Column("peak\nlowest", stacked, number=True, justify="right"),
+                                          *(replace(column, drop=1) for column in nonfinite)], caption,
+                         left_out=("last",))  # fmt: skip
+    return Choice([wide, narrow])
 
 
 def weights_cells(frame: pd.DataFrame) -> list[str] | None:

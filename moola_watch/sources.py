@@ -3,8 +3,11 @@ magic number whatever its name), or a rotated log's parts read oldest first as o
 
 Rotated parts are named the way logrotate names them (README "Reliability"): ``run.jsonl`` is the newest,
 ``run.jsonl.1`` the one before it, ``run.jsonl.2.gz`` an older one compressed; with ``dateext``, the parts
-``run.jsonl-20240101`` (``.gz``) are older than ``run.jsonl``, the earlier date the older. zstd has no module in
-Python 3.11's standard library: a zstd file is refused with a one-line error that says how to read it.
+``run.jsonl-20240101`` (``.gz``; any ``dateformat`` of 8 digits or more, ``-``/``_`` between them:
+``run.jsonl-2024-01-01``, ``run.jsonl-1704067200``) are older than ``run.jsonl``, the earlier date the older. A
+log with parts of both kinds has its rotated parts ordered by when they were last modified, since no name orders
+them. zstd has no module in Python 3.11's standard library: a zstd file is refused with a one-line error that says
+how to read it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ CHUNK = 1 << 20
 MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 HEAD = max(map(len, MAGIC))
 #: A log or one of its rotated parts: ``run.jsonl``, ``run.jsonl.1``, ``run.jsonl.2.gz``, ``run.jsonl.gz``, and
-#: with logrotate's ``dateext`` (RHEL's default) ``run.jsonl-20240101``, ``run.jsonl-20240101-1704067200.gz``.
-PART = re.compile(r"(?P<log>.+\.jsonl)(?:\.(?P<number>[0-9]+)|-(?P<date>[0-9]{8}[0-9_-]*))?(?:\.(?:gz|bz2|xz|zst))?")
+#: with logrotate's ``dateext`` (RHEL's default) a date of at least 8 digits, single ``-`` or ``_`` between them
+#: (its ``dateformat``: ``run.jsonl-20240101``, ``run.jsonl-2024-01-01``, ``run.jsonl-2024010112``,
+#: ``run.jsonl-1704067200.gz``, ``run.jsonl-20240101-1704067200.gz``); not ``run.jsonl-backup`` nor ``run.jsonl-2``.
+PART = re.compile(
+    r"(?P<log>.+\.jsonl)(?:\.(?P<number>[0-9]+)|-(?P<date>[0-9](?:[-_]?[0-9]){7,}))?(?:\.(?:gz|bz2|xz|zst))?"
+)
 
 
 class UnreadableLog(OSError):
@@ -111,10 +118,11 @@ _DATED, _NUMBERED, _CURRENT = range(3)
 
 
 def _age_rank(part: re.Match[str]) -> tuple[int, str] | tuple[int, int]:
-    """Sorts a log's parts oldest first: dated ones by date, numbered ones the highest number first, the current
-    file last (two ranks of different kinds never compare their second items)."""
+    """Sorts a log's parts oldest first: dated ones by the digits of their date (``2024-01-01`` as ``20240101``),
+    numbered ones the highest number first, the current file last (two ranks of different kinds never compare
+    their second items)."""
     if part["date"]:
-        return _DATED, part["date"]
+        return _DATED, re.sub("[-_]", "", part["date"])
     if part["number"]:
         return _NUMBERED, -int(part["number"])
     return _CURRENT, 0
@@ -132,12 +140,13 @@ def log_parts(path: Path) -> tuple[Path, list[Path]] | None:
     return None
 
 
-def directory_logs(directory: Path) -> list[tuple[Path, list[Path]]]:
+def directory_logs(directory: Path, note: Callable[[str], None] | None = None) -> list[tuple[Path, list[Path]]]:
     """Each log in ``directory``, by name: its ``*.jsonl`` file and rotated parts (``run.jsonl.1``,
     ``run.jsonl.2.gz``, ...), oldest first. A log of one part is named by that part; of several, by its newest
-    name (``run.jsonl``, whether or not that part is still there). Raises ``ValueError`` for two files that would
-    be the same part (``run.jsonl`` and ``run.jsonl.gz``), and for numbered and dated parts of one log, whose order
-    between them no name tells."""
+    name (``run.jsonl``, whether or not that part is still there). A log with numbered and dated parts, whose
+    order between them no name tells, has its rotated parts ordered by when each was last modified, and
+    ``note`` is told so, once per such log. Raises ``ValueError`` for two files that would be the same part
+    (``run.jsonl`` and ``run.jsonl.gz``)."""
     ranked: dict[str, dict[tuple[int, str] | tuple[int, int], list[Path]]] = {}
     for child in directory.iterdir():
         match = PART.fullmatch(child.name)
@@ -152,9 +161,22 @@ def directory_logs(directory: Path) -> list[tuple[Path, list[Path]]]:
             if len(same) > 1:
                 names = " and ".join(sorted(part.name for part in same))
                 raise ValueError(f"{directory}: {names} would be the same part of the rotated log {name}; keep one")
-        if {kind for kind, _ in parts} >= {_NUMBERED, _DATED}:
-            raise ValueError(f"{directory}: the rotated log {name} has numbered ({name}.1) and dated ({name}-DATE) "
-                             "parts, whose order no name tells; move one kind aside")  # fmt: skip
-        ordered = [parts[rank][0] for rank in sorted(parts)]
-        logs.append((ordered[0] if len(ordered) == 1 else directory / name, ordered))
+        ranks = sorted(parts)
+        if {kind for kind, _ in ranks} >= {_NUMBERED, _DATED}:  # by when modified, the current file still last
+            rotated = sorted((rank for rank in ranks if rank[0] != _CURRENT), key=lambda r: (_modified(parts[r][0]), r))
+            ranks = rotated + [rank for rank in ranks if rank[0] == _CURRENT]
+            if note is not None:
+                said = ", ".join(parts[rank][0].name for rank in ranks)
+                note(f"{directory}: the rotated log {name} has numbered ({name}.1) and dated ({name}-DATE) parts, "
+                     f"whose order no name tells: read in the order they were last modified, {said}")  # fmt: skip
+        paths = [parts[rank][0] for rank in ranks]
+        logs.append((paths[0] if len(paths) == 1 else directory / name, paths))
     return logs
+
+
+def _modified(path: Path) -> int:
+    """When ``path`` was last modified (ns); 0 if it is gone already (its read will say so)."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0

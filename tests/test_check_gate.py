@@ -18,6 +18,8 @@ import pytest
 from helpers import REPO, run_cli
 from logs import LogBuilder, collapse_scenario, healthy_scenario
 
+from moola_watch import sources
+
 
 def watch(*args: object, **kwargs) -> subprocess.CompletedProcess:
     return run_cli("moola_watch.cli", *map(str, args), **kwargs)
@@ -260,19 +262,69 @@ def test_a_folder_reads_a_rotated_logs_parts_oldest_first_as_one_log(tmp_path):
     assert text.startswith(f"FAIL  {folder / 'run.jsonl'}  parts=run.jsonl.2.gz,run.jsonl.1,run.jsonl  verdict=error")
 
 
-def test_logrotates_dated_parts_are_read_oldest_date_first_and_a_mix_with_numbered_ones_is_refused(tmp_path):
-    """logrotate's ``dateext`` (RHEL's default) names parts by date: read in date order before the current file,
-    whatever order the folder lists them in. Numbered and dated parts of one log are in no order a name tells."""
-    names = ("run.jsonl-20241231.gz", "run.jsonl-20250101", "run.jsonl")
+@pytest.mark.parametrize(
+    "dates",
+    [("20241231.gz", "20250101"), ("2024-12-31.gz", "2025-01-01"), ("1735603200.gz", "1735689600")],
+    ids=["%Y%m%d", "%Y-%m-%d", "%s"],
+)
+def test_logrotates_dated_parts_are_read_oldest_date_first(tmp_path, dates):
+    """logrotate's ``dateext`` (RHEL's default) names parts by date, in its ``dateformat``: read in date order
+    before the current file, whatever order the folder lists them in. Before, ``run.jsonl-2025-01-01`` was not a
+    part at all: only the current file was judged (healthy, where the older parts hold a collapse)."""
+    names = (f"run.jsonl-{dates[0]}", f"run.jsonl-{dates[1]}", "run.jsonl")
     folder, joined = rotated(tmp_path / "runs", names)
     result, (report,) = check_json(folder)
     assert result.returncode == 1 and report["parts"] == [str(folder / name) for name in names], report
     whole = tmp_path / "cat.jsonl"
     whole.write_bytes(joined)
     assert report["alerts"] == check_json(whole)[1][0]["alerts"]
-    (folder / "run.jsonl.1").write_bytes(b"")
-    mixed = watch("check", folder)
-    assert mixed.returncode == 2 and "numbered (run.jsonl.1) and dated (run.jsonl-DATE) parts" in mixed.stderr
+
+
+def test_a_dated_part_is_a_date_of_8_digits_or_more_whatever_its_separators_and_no_other_suffix_is(tmp_path):
+    """logrotate's ``dateformat`` may be ``-%Y%m%d%H``, ``-%Y_%m_%d``, ``-%Y%m%d-%s``, ...: each log's parts in its
+    own format, read oldest date first. A suffix of fewer digits, or not digits, names no part."""
+    logs = {
+        "a.jsonl": ["a.jsonl-2024123123", "a.jsonl-2025010100.gz", "a.jsonl-2025010101", "a.jsonl"],
+        "b.jsonl": ["b.jsonl-2024_12_31.gz", "b.jsonl-2025_01_01", "b.jsonl"],
+        "c.jsonl": ["c.jsonl-20241231-1735603200.xz", "c.jsonl-20250101-1735689600", "c.jsonl"],
+        "d.jsonl": ["d.jsonl"],
+        "d.jsonl-2": ["d.jsonl-2"], "d.jsonl-2025-01": ["d.jsonl-2025-01"], "d.jsonl-backup": ["d.jsonl-backup"],
+        "d.jsonl-2025--01-01": ["d.jsonl-2025--01-01"], "d.jsonl-20250101-": ["d.jsonl-20250101-"],
+    }  # fmt: skip
+    for name in (name for parts in logs.values() for name in parts):
+        (tmp_path / name).write_bytes(b"")
+    found = {log.name: [part.name for part in parts] for log, parts in sources.directory_logs(tmp_path)}
+    assert found == {name: parts for name, parts in logs.items() if name.endswith(".jsonl")}, found
+
+
+def test_numbered_and_dated_parts_of_one_log_are_read_by_when_each_was_modified_and_a_note_says_so(tmp_path):
+    """Numbered and dated parts of one log are in no order a name tells: its rotated parts are read oldest
+    modified first, the current file last, and one note says so; check, analyze, follow and load agree. Before,
+    check and analyze refused the whole folder (exit 2: a healthy log beside it was not judged either) and follow
+    read only the current file."""
+    names = ("run.jsonl.1", "run.jsonl-20250102", "run.jsonl")  # oldest first by time, not as the names sort
+    folder, joined = rotated(tmp_path / "runs", names)
+    for age, name in enumerate(names):
+        os.utime(folder / name, (1_700_000_000 + age, 1_700_000_000 + age))
+    healthy_scenario().write(folder / "other.jsonl")
+    whole = tmp_path / "cat.jsonl"
+    whole.write_bytes(joined)
+    expected = check_json(whole)[1][0]["alerts"]
+    note = (
+        f"{folder}: the rotated log run.jsonl has numbered (run.jsonl.1) and dated (run.jsonl-DATE) parts, whose "
+        "order no name tells: read in the order they were last modified, run.jsonl.1, run.jsonl-20250102, run.jsonl"
+    )
+    result, reports = check_json(folder)
+    assert result.returncode == 1 and [r["verdict"] for r in reports] == ["healthy", "error"], result.stderr
+    assert reports[1]["parts"] == [str(folder / name) for name in names] and reports[1]["alerts"] == expected
+    assert result.stderr == f"moola-watch: note: {note}\n"
+    analyzed = watch("analyze", "--json", folder)
+    assert [json.loads(line)["verdict"] for line in analyzed.stdout.splitlines()] == ["healthy", "error"]
+    assert analyzed.stderr == f"moola-watch: note: {note}\n"
+    followed = watch("follow", "--once", "--json", folder)
+    events = [json.loads(line) for line in followed.stdout.splitlines()]
+    assert [e["message"] for e in events if e["event"] == "notice"] == [note], followed.stdout[-2000:]
+    assert followed.returncode == 1 and [log["verdict"] for log in events[-1]["logs"]] == ["healthy", "error"]
 
 
 def test_a_part_whose_last_line_was_cut_keeps_the_next_parts_first_line_whole(tmp_path):

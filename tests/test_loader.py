@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,30 @@ def test_a_folders_rotated_log_is_loaded_as_one_log_oldest_part_first(tmp_path: 
     for name in ("grad", "balance", "epochs", "alerts"):
         assert parts[name].drop(columns="log").equals(whole[name].drop(columns="log")), name
     assert set(parts["runs"]["log"]) == {str(folder / "run.jsonl")}
+
+
+def test_a_logs_numbered_and_dated_parts_are_loaded_by_when_each_was_modified_with_one_warning(
+    tmp_path: Path,
+) -> None:
+    """As check reads them: no name orders run.jsonl.1 and run.jsonl-20250102, so the older by modification time
+    comes first, and a warning says so. Before, load raised ValueError for the whole folder."""
+    lines = collapse_scenario().lines()
+    folder = tmp_path / "rotated"
+    folder.mkdir()
+    for age, (name, data) in enumerate(
+        [("run.jsonl.1", lines[:10]), ("run.jsonl-20250102", lines[10:20]), ("run.jsonl", lines[20:])]
+    ):
+        (folder / name).write_bytes(b"".join(data))
+        os.utime(folder / name, (1_700_000_000 + age, 1_700_000_000 + age))
+    joined = tmp_path / "joined" / "run.jsonl"
+    joined.parent.mkdir()
+    joined.write_bytes(b"".join(lines))
+    with pytest.warns(UserWarning, match=r"read in the order they were last modified, run\.jsonl\.1, ") as said:
+        parts = moola_watch.load(folder)
+    assert len(said) == 1
+    whole = moola_watch.load(joined)
+    for name in ("grad", "balance", "epochs", "alerts"):
+        assert parts[name].drop(columns="log").equals(whole[name].drop(columns="log")), name
 
 
 def test_an_alerts_value_is_a_number_column_and_not_a_log_error_is_the_packages() -> None:

@@ -4,6 +4,7 @@ and a real trainer; the formatting functions on their own."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import os
@@ -40,15 +41,22 @@ with open(sys.argv[1], "a") as out:
 
 class Hook:
     """A real HTTP server on 127.0.0.1: records each POSTed JSON body with the wall time it arrived. It answers
-    after ``delay`` seconds, and its first ``failures`` requests with 500 (those bodies are not recorded). A POST
-    to ``/moved/CODE`` is answered CODE with its ``moved_to`` (by default, its own URL) as the Location."""
+    after ``delay`` seconds (its first requests after ``delays``, one each), and its first ``failures`` requests
+    with 500 (those bodies are not recorded); ``stall``: it sends a 200 and its headers at once, then holds back
+    the body it announced until it is closed. A POST to ``/moved/CODE`` is answered CODE with its ``moved_to``
+    (by default, its own URL) as the Location."""
 
-    def __init__(self, delay: float = 0.0, failures: int = 0) -> None:
+    def __init__(
+        self, delay: float = 0.0, failures: int = 0, delays: tuple[float, ...] = (), stall: bool = False
+    ) -> None:
         self.bodies: list[tuple[float, dict]] = []
         self.keys: list[str | None] = []  # each recorded body's Idempotency-Key header
         self.authorizations: list[str | None] = []
         self.hosts: list[str | None] = []  # each request's Host header
         self.requests = 0
+        self.arrived = 0  # POSTs to the hook's URL that came in
+        self.closed = threading.Event()
+        lock = threading.Lock()
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -61,7 +69,10 @@ class Hook:
                     self.end_headers()
                     return
                 hook.authorizations.append(self.headers["Authorization"])
-                time.sleep(delay)
+                with lock:
+                    index = hook.arrived
+                    hook.arrived += 1
+                time.sleep(delays[index] if index < len(delays) else delay)
                 hook.requests += 1
                 if hook.requests <= failures:
                     self.send_response(500)
@@ -69,6 +80,14 @@ class Hook:
                     return
                 hook.keys.append(self.headers["Idempotency-Key"])
                 hook.bodies.append((time.time(), body))
+                if stall:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                    self.wfile.flush()
+                    hook.closed.wait(30)
+                    return
                 self.send_response(204)
                 self.end_headers()
 
@@ -91,6 +110,7 @@ class Hook:
         raise AssertionError(f"no matching alert arrived; got {[b['alert']['rule'] for _, b in self.bodies]}")
 
     def close(self) -> None:
+        self.closed.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -334,6 +354,79 @@ def test_a_webhook_slower_than_its_timeout_gets_every_alert_and_can_tell_a_retry
     assert len(bodies) <= 2 * len(firsts)  # ... one, not one every backoff
 
 
+def test_a_webhook_waited_on_longer_after_a_late_answer_is_waited_on_less_again_once_it_answers_promptly():
+    """The first alert's attempts time out at 0.4 s and 0.8 s; the third, waiting 1.6 s, is answered at 1 s. The
+    wait stays 1.6 s while answers are late (the second alert's too), and halves with each prompt one, back down
+    to the timeout."""
+    hook = Hook(delays=(1.0, 1.0, 1.0, 1.0))
+    webhook = notify.sinks.Webhook(hook.url, timeout=0.4)
+    waits = []
+    try:
+        for step in range(5):
+            for _attempt in range(3):
+                with contextlib.suppress(notify.sinks.NoAnswer):
+                    webhook.deliver(event(step=step), f"k{step}")
+                    break
+            waits.append(webhook.wait)
+    finally:
+        hook.close()
+    assert hook.keys == ["k0", "k0", "k0", "k1", "k2", "k3", "k4"], hook.keys  # each answered late received
+    # Before, the wait stayed doubled for good: a receiver slow once was waited on 4 x as long ever after.
+    assert waits == [1.6, 1.6, 0.8, 0.4, 0.4], waits
+
+
+def test_a_receiver_2_5_times_slower_than_the_timeout_gets_its_first_alert_three_times_and_the_rest_once():
+    """What the README promises a slow receiver: the first alert's attempts wait 1, 2 and 4 timeouts, the third is
+    answered, and the wait stays there for the alerts after it; every copy carries its alert's key."""
+    hook = Hook(delay=1.0)
+    settings = notify.NotifySettings(webhooks=(hook.url,), timeout=0.4, resolve_after=0)
+    notifier = notify.Notifier(notify.sinks_for(settings), grace=30.0)
+    try:
+        for step in range(3):
+            notifier.send(event(step=step, subject=f"layer{step}"))
+        notices = notifier.close()
+    finally:
+        hook.close()
+    assert [body["alert"]["step"] for _, body in hook.bodies] == [0, 0, 0, 1, 2] and not notices, notices
+    assert hook.keys == [notify.alert_key(event(step=step, subject=f"layer{step}")) for step in (0, 0, 0, 1, 2)]
+
+
+def test_a_2xx_status_is_delivery_even_if_the_receiver_then_stalls_its_body():
+    """A receiver that sends its 200 at once and then holds back the body it announced has taken the alert:
+    before, the body's read timed out, the alert counted as not answered and was sent again and again."""
+    hook = Hook(stall=True)
+    try:
+        began = time.monotonic()
+        notify.sinks.Webhook(hook.url, timeout=1.0).deliver(event(), "k1")
+        took = time.monotonic() - began
+    finally:
+        hook.close()
+    assert hook.keys == ["k1"] and took < 0.9, took
+
+
+def test_a_restarted_watcher_resends_a_logs_history_with_the_same_keys_and_a_flap_gets_new_ones(tmp_path, hook):
+    """``follow`` re-sends a log's history when it starts: a watcher restarted (by systemd, say) on the same log
+    must send each alert event with the key the first one used, so that the receiver can drop them; the same
+    alert firing again after it resolved is another event, with a key of its own."""
+    log = LogBuilder().start()
+    for epoch in range(1, 12):  # the exploding alert fires, resolves and fires again
+        norm = 50.0 if epoch % 5 < 2 else 0.3
+        log.grad(epoch, 0.3, norm, {"a": 0.3, "b": norm})
+    path = log.write(tmp_path / "run.jsonl")
+    config = tmp_path / "watch.toml"
+    config.write_text(f'[notify]\nwebhook = "{hook.url}"\nresolve_after = 0\n')
+    first = run_watch("--once", "--json", "--config", str(config), str(path))
+    sent_first = list(hook.keys)
+    second = run_watch("--once", "--json", "--config", str(config), str(tmp_path))  # the folder: the same log
+    assert first.returncode == second.returncode == 1, first.stderr + second.stderr
+    sent = [(body["alert"]["rule"], body["alert"]["state"], body["alert"]["step"]) for _, body in hook.bodies]
+    assert sent[: len(sent_first)] == sent[len(sent_first) :], sent
+    assert [state for rule, state, _ in sent[: len(sent_first)]] == ["firing", "resolved", "firing"], sent
+    # Before, every watcher made up new random keys: the receiver could not tell the second lot for repeats.
+    assert hook.keys[len(sent_first) :] == sent_first and len(set(sent_first)) == len(sent_first) == 3
+    assert [body["idempotency_key"] for _, body in hook.bodies] == hook.keys
+
+
 def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_config(tmp_path, hook):
     config = tmp_path / "watch.toml"
     config.write_text(f'[notify]\nwebhook = "{hook.url}"\nnotify_on = "warning"\n')
@@ -493,6 +586,15 @@ def test_wanted_sends_confirmed_transitions_at_or_above_notify_on():
     assert not notify.wanted(event(state="pending"), "warning")
     assert not notify.wanted(event(severity="warning"), "error")
     assert notify.wanted(event(severity="critical"), "error") and not notify.wanted(event(), "critical")
+
+
+def test_an_alert_events_key_is_what_identifies_it_not_where_the_watcher_found_the_log():
+    key = notify.alert_key(event())
+    assert notify.alert_key(event(log="/srv/runs/a.jsonl", value=9.0, message="other words")) == key
+    others = [event(state="resolved"), event(step=310), event(epoch=16), event(first_step=200), event(run="r2"),
+              event(subject="pointer/cls"), event(rule="exploding"), event(severity="critical", escalated=True),
+              event(log="b.jsonl")]  # fmt: skip
+    assert len({key, *map(notify.alert_key, others)}) == 1 + len(others)
 
 
 def test_chat_text_cannot_ping_or_link_and_is_one_inert_line():

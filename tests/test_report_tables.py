@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
+import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from logs import LogBuilder
 from rich.console import Console
 from rich.text import Text
 
+from moola_watch import analyze
 from moola_watch.dotted_name import DottedName
 from moola_watch.fitted_table import Choice, Column, FittedTable
 from moola_watch.render import number
-from moola_watch.report import run_labels
+from moola_watch.report import LAYER_FLOOR, TOP_LAYERS, layers_table, run_labels
 
 numbers = st.floats(allow_nan=True, allow_infinity=True).map(number)
 words = st.text(alphabet="abcdefghij_.", min_size=1, max_size=24)
@@ -88,6 +93,51 @@ def test_a_long_layer_name_breaks_after_its_dots_not_inside_a_part(layers: list[
         line_starts = [sum(map(len, lines[:at])) for at in range(len(lines))]
         if all(len(part) <= column for part in re.findall(r"[^.]*\.|[^.]+", name)):
             assert set(line_starts) <= part_starts, (name, lines)
+
+
+BERT = [f"bert.encoder.layer.{i}.attention.output.{kind}" for i in range(12) for kind in ("dense.w", "LayerNorm.b")]
+
+
+@pytest.mark.parametrize("nonfinite", [False, True], ids=["finite", "nonfinite"])
+def test_worst_layers_keep_their_names_at_every_width_from_40_columns(tmp_path: Path, nonfinite: bool) -> None:
+    """A big model's layer names in ``analyze``'s Worst layers at 40 to 80 columns: the layer column keeps its
+    floor, no line is wider than the console and no number is cut; last goes first (then, with non-finite layers,
+    the peak and lowest stack), and the caption names what is not shown. Before, the layer column shrank to 0 or
+    1 cells under 60 columns (under 78 with a nan/inf column) and whole number columns went unnamed."""
+    log = LogBuilder().start()
+    for epoch in range(1, 4):
+        norms = {name: 10.0 ** (index % 9 - 6) * epoch for index, name in enumerate(BERT)}
+        if nonfinite and epoch == 3:
+            norms[BERT[0]] = float("inf")
+        log.grad(epoch, 0.3, max(norms.values()), norms)
+    scan = analyze.scan_log(log.write(tmp_path / "bert.jsonl"), frames=True)
+    layers = analyze.to_frames(scan)["layers"]
+    table = layers_table(layers, scan.thresholds)
+    worst = pd.concat(analyze.worst_layers(layers, TOP_LAYERS, scan.thresholds))
+    numbers = {number(value) for value in [*worst["peak"], *worst["lowest"]]}
+    for width in range(40, 81):
+        out = rendered(table, width)
+        lines = out.splitlines()
+        assert max(map(len, lines)) <= width, (width, out)
+        borders = lines[1].strip("┏┓").split("┳")
+        assert len(borders[1]) - 2 >= LAYER_FLOOR, (width, out)  # the layer column, padding aside
+        assert numbers <= set(re.split(r"[\s│┃]+", out)), (width, out)  # every peak and lowest, whole
+        if "last" not in "".join(lines[2:4]):
+            assert f"(not shown at {width} columns: last" in " ".join(out.split()), (width, out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(names, st.integers(3, 40))
+def test_a_folded_parts_last_dot_never_stands_alone_on_a_line(name: str, width: int) -> None:
+    """A part one cell wider than the column left its dot alone on a line (``attention`` / ``.`` /
+    ``LayerNorm``): the dot leads the next part instead. The lines still make the name and fit the column."""
+    lines = DottedName(Text(name)).lines(width)
+    assert "".join(lines) == name and max(map(len, lines)) <= width and "." not in lines, lines
+
+
+def test_a_name_whose_part_is_one_cell_too_wide_folds_without_a_line_for_its_dot() -> None:
+    assert DottedName(Text("attention.LayerNorm.weight")).lines(9) == ["attention", ".LayerNor", "m.weight"]
+    assert DottedName(Text("attention.LayerNorm.weight")).lines(10) == ["attention.", "LayerNorm.", "weight"]
 
 
 def test_a_number_column_goes_before_a_number_is_cut() -> None:

@@ -17,6 +17,7 @@ from moola_watch.notify.sinks import (
     ENV_LIMIT,
     DeliveryError,
     Sink,
+    alert_key,
     command_env,
     headline,
     post_json,
@@ -28,6 +29,6 @@ from moola_watch.notify.sinks import (
 
 __all__ = [
     "CHAT_LIMIT", "CLOSE_GRACE_S", "ENV_LIMIT", "MAX_BACKOFF_S", "QUEUE_SIZE", "DeliveryError", "Notifier",
-    "NotifySettings", "ResolveHold", "Sink", "backoff", "check_url", "command_argv", "command_env", "headline",
-    "post_json", "redact", "settings_from", "sinks_for", "slack_escape", "wanted", "webhook_body",
+    "NotifySettings", "ResolveHold", "Sink", "alert_key", "backoff", "check_url", "command_argv", "command_env",
+    "headline", "post_json", "redact", "settings_from", "sinks_for", "slack_escape", "wanted", "webhook_body",
 ]  # fmt: skip

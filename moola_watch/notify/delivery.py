@@ -8,14 +8,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from moola_watch.notify.flapping import ResolveHold
 from moola_watch.notify.settings import NotifySettings
-from moola_watch.notify.sinks import DeliveryError, Sink, sinks_for, wanted
+from moola_watch.notify.sinks import DeliveryError, Sink, alert_key, sinks_for, wanted
 
 QUEUE_SIZE = 100  # alerts waiting per sink; beyond this new ones are dropped (said once, counted at exit)
 CLOSE_GRACE_S = 5.0  # at exit, seconds the sinks get to finish what is queued
@@ -176,10 +175,11 @@ class Notifier:
         self._offer(self.hold.due(self.clock()))
 
     def _offer(self, events: list[Mapping[str, Any]]) -> None:
-        """Queue each wanted event for every sink, with one new key for it that every attempt at it carries."""
+        """Queue each wanted event for every sink, with its key (:func:`.sinks.alert_key`), which every attempt at
+        it carries."""
         for event in events:
             if wanted(event, self.notify_on):
-                key = uuid.uuid4().hex
+                key = alert_key(event)
                 for worker in self.workers:
                     worker.offer(event, key)
 

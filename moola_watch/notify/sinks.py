@@ -2,17 +2,21 @@
 environment of a command, and the thin shells that deliver them (``post_json`` and :class:`Webhook` over HTTP,
 :class:`Command` as a process in its own group). Log text never reaches a shell: a command's argv comes from
 ``shlex.split`` of the user's own flag, and the alert travels as JSON on stdin and in ``MOOLA_*`` environment
-variables. Each alert sent has a key, the same on every attempt at it, so that a receiver can drop a repeat."""
+variables. Each alert event sent has a key made from what identifies the event (:func:`alert_key`), the same on
+every attempt at it and in every watcher that reads the same log, so that a receiver can drop a repeat."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -53,6 +57,21 @@ def wanted(event: Mapping[str, Any], notify_on: str) -> bool:
     confirmed yet, and paging on them would undo the rules' ``confirm``."""
     rank = schema.SEVERITIES.index
     return event["state"] != rules.PENDING and rank(event["severity"]) >= rank(notify_on)
+
+
+#: What tells one alert event from another, stable across reads of the same log: where it is (the log's file name,
+#: its run), which alert (rule, subject, where it began), and which transition (state, severity, escalation, where).
+KEY_FIELDS = ("run", "rule", "subject", "first_step", "first_epoch", "state", "severity", "escalated", "step",
+              "epoch")  # fmt: skip
+
+
+def alert_key(event: Mapping[str, Any]) -> str:
+    """The idempotency key of one alert event: a hash of the log's file name and the event's :data:`KEY_FIELDS`.
+    A watcher restarted on a log re-sends its history with the keys the first one used, so a receiver can drop
+    what it already has; the same alert firing again after it resolved is another event, with another key."""
+    log = os.path.basename(str(event.get("log") or ""))  # not the path: `follow DIR` and `follow DIR/LOG` agree
+    identity = [log, *(event.get(name) for name in KEY_FIELDS)]
+    return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:32]
 
 
 def headline(event: Mapping[str, Any]) -> str:
@@ -131,17 +150,18 @@ _OPENER = urllib.request.build_opener(_PostRedirects)
 
 
 def post_json(url: str, body: bytes, timeout: float, key: str | None = None) -> None:
-    """POST ``body`` as JSON; any 2xx is delivered. ``timeout`` is seconds per connect and per read. A URL's
+    """POST ``body`` as JSON; any 2xx status is delivered, and the answer's body is not read (a receiver that sends
+    its status and then stalls has taken the alert). ``timeout`` is seconds per connect and per read. A URL's
     ``user:password@`` is sent as Basic authentication, ``key`` as the ``Idempotency-Key`` header. A 307 or 308 is
-    followed with the same POST. Raises :class:`NoAnswer` when the request was sent but not answered in time."""
+    followed with the same POST. Raises :class:`NoAnswer` when the request was sent but no status came in time."""
     url, auth = basic_auth(url)
     headers = {"Content-Type": "application/json", "User-Agent": f"moola-watch/{__version__}", **auth}
     if key is not None:
         headers["Idempotency-Key"] = key
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
-            response.read(1 << 16)
+        with _OPENER.open(request, timeout=timeout):  # returns once the status and headers are in
+            pass
     except urllib.error.HTTPError as exc:
         moved = " (it redirects elsewhere: give the webhook its new URL)" if exc.code in (301, 302, 303) else ""
         reason = str(exc.reason).splitlines()[0] if exc.reason else ""  # (urllib's redirect loop says it in lines)
@@ -155,9 +175,11 @@ def post_json(url: str, body: bytes, timeout: float, key: str | None = None) -> 
 
 
 class Webhook:
-    """One ``--webhook`` URL. A request sent whole but not answered within the timeout may have been taken: it is
-    tried again (the alert must not be lost), with the same key, and from then on this webhook is waited on twice
-    as long, up to ``MAX_PATIENCE`` times the timeout, so that a slow receiver gets a repeat, not one per retry."""
+    """One ``--webhook`` URL. A request sent whole but not answered within the wait may have been taken: it is
+    tried again (the alert must not be lost), with the same key, and this webhook is waited on twice as long from
+    then on, up to ``MAX_PATIENCE`` times the timeout; each answer that comes within the timeout again halves the
+    wait, back down to the timeout. A receiver k times slower than the timeout gets about log2(k) + 1 copies of
+    the first alert it is slow on (waits of 1, 2, 4, ... timeouts), and one of each alert after it."""
 
     def __init__(self, url: str, timeout: float) -> None:
         """``timeout``: seconds to wait for a connection and for the answer, until an answer comes too late."""
@@ -166,11 +188,14 @@ class Webhook:
         self.wait = timeout  # seconds per request now
 
     def deliver(self, event: Mapping[str, Any], key: str) -> None:
+        began = time.monotonic()
         try:
             post_json(self.url, webhook_body(event, key), self.wait, key)
         except NoAnswer:
             self.wait = min(2 * self.wait, MAX_PATIENCE * self.timeout)
             raise
+        if time.monotonic() - began <= self.timeout:  # prompt again: it need not be waited on so long
+            self.wait = max(self.timeout, self.wait / 2)
 
 
 class Command:
