@@ -269,7 +269,7 @@ def layers_table(
             Text(f"{len(every) - len(shown)} more runs not shown (analyze --json lists every run's)", style="dim")
         )
     wide = FittedTable("Worst layers", [*run, Column("", cells[""], number=True), layer, last, peak, lowest,
-                                        *nonfinite], caption)  # fmt: skip
+                                        *nonfinite], caption, sections)  # fmt: skip
     # Where even without last the names get too little room (under 55 columns, 65 with nan/inf): peak over
     # lowest in one column, the halves called max and min, and nan/inf left out if still short of room.
     short = [{"largest": "max", "smallest": "min"}.get(label, label) for label in cells[""]]
@@ -277,7 +277,7 @@ def layers_table(
     narrow = FittedTable("Worst layers", [*run, Column("", short, number=True), layer,
                                           Column("peak\nlowest", stacked, number=True, justify="right"),
                                           *(replace(column, drop=1) for column in nonfinite)], caption,
-                         left_out=("last",))  # fmt: skip
+                         sections, left_out=("last",))  # fmt: skip
     return Choice([wide, narrow])
 
 

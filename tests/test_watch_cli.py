@@ -241,6 +241,8 @@ def test_analyze_worst_layers_are_each_runs_own(tmp_path):
     w_rows = [row for row in cells if row[2] == "w.weight"]
     assert {(row[3], row[4]) for row in w_rows} == {("0.3", "40"), ("0.2", "0.2")}  # (largest and smallest)
     assert [row[0] for row in cells if row[0]] == ["first", "second"]  # each run's block begins with its run
+    rules_between = [line for line in table.splitlines() if line.startswith("├")]
+    assert len(rules_between) == 1  # a rule under the first run's rows, none under the last
 
 
 def test_analyze_of_several_runs_reads_at_80_columns(tmp_path):
