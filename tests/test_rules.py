@@ -189,6 +189,22 @@ def test_a_task_that_has_learned_is_not_starving_though_its_loss_is_flat_and_its
     assert collapse_alerts(rules.replay(starving_log(8.0, 0.005, lambda i: 0.7).records))[0].severity == "error"
 
 
+def test_a_collapse_error_whose_task_then_learns_resolves_and_a_dominance_warning_goes_on():
+    """A starving task that then learns (its loss far below its first) while still dominated: the error is over,
+    not merely unseen in one noisy window. It resolves (the run's verdict counts a resolved collapse as a warning)
+    and a warning with today's words opens; before, the error stayed firing, quoting the old window's loss to the
+    run's end. A task starving on, its loss flickering within the window, keeps its error."""
+    learns = starving_log(8.0, 0.005, lambda i: 0.7 if i <= 9 else 0.1)
+    engine = rules.replay(learns.records)
+    error, warning = collapse_alerts(engine)
+    assert (error.severity, error.state, error.resolved_step) == ("error", RESOLVED, 120)
+    assert (warning.severity, warning.state, warning.first_step) == ("warning", FIRING, 120)
+    assert "but the type loss is still falling: type loss 0.7 -> 0.3" in warning.message
+    assert rules.verdict_severity(error) == "warning"
+    flickers = starving_log(8.0, 0.005, lambda i: 0.7 if i % 2 else 0.62)
+    assert [(a.severity, a.state) for a in collapse_alerts(rules.replay(flickers.records))] == [("error", FIRING)]
+
+
 def test_a_starving_task_short_of_the_spec_bound_is_an_error_and_a_learning_one_is_left_to_the_imbalance_rule():
     """Between the healthy band's edge (2) and the spec's collapse bound (5), only a starving task is a collapse:
     the labelled runs chose that (benchmarks/detection_frontier.py)."""

@@ -115,8 +115,10 @@ def _change(fraction: float) -> str:
     return f"{fraction:+.1%}" if abs(fraction) < 0.1 else f"{fraction:+.0%}"
 
 
-def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
-    """The severity a dominated task's evidence gives its collapse, and that evidence in words.
+def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]:
+    """The severity a dominated task's evidence gives its collapse, that evidence in words, and whether the task
+    has learned (its loss at or below ``starve_rate`` of its first: an error raised before is over, not eased by
+    one noisy window).
 
     An error needs all of: the task's mean share of the update over the window below ``starve_share``, its own
     training loss down by less than ``starve_drop`` over the window (a plateau), and that loss still above
@@ -126,26 +128,28 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str]:
     own = progress.get(task)
     if own is None:
         unknown = f"not enough per-task losses recorded yet to tell whether the {task} task still learns"
-        return "warning", f"gradients dominated; {unknown}"
+        return "warning", f"gradients dominated; {unknown}", False
     share = ev.mean_share(task)
     share_words = f"{share:.1%} of the update" if share is not None else "its share of the update not recorded"
     others = ", ".join(f"{p.task} {_change(p.change)}" for p in progress.values() if p.task != task)
     figures = (f"{task} loss {own.earlier:.3g} -> {own.recent:.3g} ({_change(own.change)}) from {own.span} "
                f"[{others}], {share_words}")  # fmt: skip
+    learned = own.rate is not None and own.rate <= th.starve_rate
     if own.change <= -th.starve_drop:
-        return "warning", f"gradients dominated, but the {task} loss is still falling: {figures}"
+        return "warning", f"gradients dominated, but the {task} loss is still falling: {figures}", learned
     if share is None or share >= th.starve_share:
-        return "warning", f"gradients dominated, but the {task} task still gets a share of the update: {figures}"
+        words = f"gradients dominated, but the {task} task still gets a share of the update: {figures}"
+        return "warning", words, learned
     if own.rate is None:
         return "warning", (f"gradients dominated and the {task} loss stalled, but whether the {task} task had already "
                            f"learned cannot be told: this run's first losses are unknown ({ev.start_unknown}): "
-                           f"{figures}")  # fmt: skip
-    if own.rate <= th.starve_rate:
+                           f"{figures}"), False  # fmt: skip
+    if learned:
         return "warning", (f"gradients dominated, but the {task} task has learned: its loss is {own.rate:.0%} of "
-                           f"where it started ({own.start:.3g}): {figures}")  # fmt: skip
+                           f"where it started ({own.start:.3g}): {figures}"), True  # fmt: skip
     return "error", (f"and the {task} task is starving (its loss stalled: down less than {th.starve_drop:.0%}, "
                      f"share below {th.starve_share:.0%}, still {own.rate:.0%} of its first loss {own.start:.3g}): "
-                     f"{figures}")  # fmt: skip
+                     f"{figures}"), False  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -225,14 +229,14 @@ def _weights_fix(ev: Evidence, dominance: Dominance, action: str) -> str:
 
 def _collapse_observation(ev: Evidence, dominance: Dominance, th: Thresholds) -> Observation | None:
     """Short of the spec's collapse bound only a starving task makes a collapse: None otherwise."""
-    severity, words = starvation(dominance.starved, ev, th)
+    severity, words, learned = starvation(dominance.starved, ev, th)
     if severity != "error" and not dominance.beyond:
         return None
     span = ev.window_span()
     return Observation(
         severity, dominance.ratio,
         f"TASK COLLAPSE: {dominance.text} over {len(ev.balance_steps)} samples{f' ({span})' if span else ''}; {words}",
-        _weights_fix(ev, dominance, dominance.action),
+        _weights_fix(ev, dominance, dominance.action), settles=learned,
     )  # fmt: skip
 
 

@@ -5,7 +5,9 @@ consecutive samples (1: at once); it is *resolved* when a later sample no longer
 whose condition goes away is dropped silently. One condition is one alert however many records show it;
 an alert whose severity rises while firing is re-announced (escalated). Severity never falls while the
 condition holds, and the alert keeps the words (value, message, recommendation) of its latest observation at
-that severity, so what it says always justifies its severity.
+that severity, so what it says always justifies its severity; unless a milder observation *settles* it (what
+made it worse is over, not merely unseen in one sample): then the worse alert resolves and a milder one opens
+in its place, as Prometheus resolves an error rule's alert while a warning rule's goes on.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Observation:
     message: str
     recommendation: str
     layers: tuple[str, ...] = ()
+    settles: bool = False  # a worse alert of this condition is over (see the module's docstring)
 
 
 class Lifecycle:
@@ -99,6 +102,8 @@ class Lifecycle:
             alert.state = RESOLVED
             alert.resolved_step, alert.resolved_epoch = where.step, where.epoch
             return [_snapshot(alert)]
+        if alert is not None and seen.settles and SEVERITY_RANK[seen.severity] < SEVERITY_RANK[alert.severity]:
+            return self.apply(rule, subject, None, where) + self.apply(rule, subject, seen, where, confirm)
         escalated = False
         if alert is None:
             alert = Alert(
