@@ -210,10 +210,16 @@ class LogScan:
             and before.run.status != "completed"
         ):  # if this run began late, it may be that one resumed from a checkpoint: its training rates start there
             engine.evidence.resumes = (before.evidence.first_losses, before.run.step, before.run.epoch)
+            if before.run.status == "interrupted" and _began_late(record):
+                before.run.resumed_by = record["run"]
         return engine
 
     def check_stale(self, now: float) -> list[AlertEvent]:
         return [event for engine in self.engines.values() for event in engine.check_stale(now)]
+
+    def check_resumed(self, now: float) -> list[AlertEvent]:
+        """Resolve the interruption of each run a later one resumed (:meth:`RuleEngine.check_resumed`)."""
+        return [event for engine in self.engines.values() for event in engine.check_resumed(now)]
 
     def check_writers(self, gone: Callable[..., bool | None], now: float) -> list[tuple[str, AlertEvent]]:
         """Fire run_died for each run not ended whose writer has exited: ``gone(path, host, pid, process, log)``
@@ -386,7 +392,14 @@ def scan_log(
     now = time.time() if now is None else now
     scan.check_writers(log_writer_gone, now)
     scan.check_stale(now)
+    scan.check_resumed(now)
     return scan
+
+
+def _began_late(start: schema.Record) -> bool:
+    """Whether a ``run_start`` says its writer began past the first step or epoch (resumed from a checkpoint)."""
+    step, epoch = start.get("first_step"), start.get("first_epoch")
+    return (type(step) is int and step > 1) or (type(epoch) is int and epoch > 1)
 
 
 def read_sources(

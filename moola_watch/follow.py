@@ -221,6 +221,7 @@ class Follower:
             for run, engine in view.scan.engines.items():
                 if engine.run.superseded or engine.run.continued_in:  # a run_died it had resolves
                     self._alerts(path, run, engine.check_writer(None, now))
+                self._alerts(path, run, engine.check_resumed(now))
                 if self.options.once or view.stale_judged(run, now):  # --once cannot wait for a next record
                     self._alerts(path, run, engine.check_stale(view.writer_now(run, now)))
                 status = engine.run_status

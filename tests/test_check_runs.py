@@ -295,3 +295,20 @@ def test_the_rest_of_a_rotated_run_that_holds_only_its_end_is_not_a_run_that_mea
     fresh = LogBuilder("r").start().end().write(tmp_path / "fresh.jsonl")  # not continued: nothing measured
     result, (report,) = check("--json", fresh)
     assert result.returncode == 3 and report["verdict"] == "no_measurements"
+
+
+@pytest.mark.parametrize(("first_step", "state"), [(101, "resolved"), (1, "firing")])
+def test_an_interrupted_run_that_a_later_run_resumed_has_its_interruption_resolved(tmp_path, first_step, state):
+    """Ctrl-C, then a run resumed from a checkpoint appending to the same log (its run_start says it began at
+    step 101): the first run's 'Resume or rerun training' was done, so it resolves; a fresh restart (step 1) did
+    not resume it, and it stays firing."""
+    interrupted = LogBuilder("first").start()
+    interrupted.grad(1, 0.3, 0.5).grad(2, 0.3, 0.5).end("interrupted")
+    resumed = LogBuilder("second", t0=1_700_000_100.0).start()
+    resumed.records[0].update(first_step=first_step, first_epoch=1)
+    resumed.grad(3, 0.3, 0.5).end()
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"".join(interrupted.lines() + resumed.lines()))
+    report = json.loads(run_cli("moola_watch", "check", "--json", "--run", "first", str(log)).stdout)
+    (interruption,) = [alert for alert in report["alerts"] if alert["rule"] == "run_interrupted"]
+    assert interruption["state"] == state

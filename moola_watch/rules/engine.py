@@ -206,6 +206,14 @@ class RuleEngine:
             return []
         return self.lifecycle.apply(run.RUN_DIED, "run", run.died_observation(state), where)
 
+    def check_resumed(self, now: float) -> list[AlertEvent]:
+        """Resolve the run_interrupted alert once a later run in its log resumed the run (``resumed_by``): its
+        advice, resume, was taken. ``now``: unix seconds."""
+        state = self.run
+        if state.resumed_by is None or (run.RUN_INTERRUPTED, "run") not in self.lifecycle.open:
+            return []
+        return self.lifecycle.apply(run.RUN_INTERRUPTED, "run", None, Where(state.step, state.epoch, now))
+
     def firing(self) -> list[Alert]:
         return [alert for alert in self.alerts if alert.state == FIRING]
 

@@ -45,6 +45,7 @@ class RunState:
     longest_gap: float = 0.0  # seconds: the longest time between two consecutive records so far
     superseded: bool = False  # a later run started in the same log before this one wrote run_end: it ended
     continued_in: str | None = None  # another log in which the run goes on (rotated there): this file's part ended
+    resumed_by: str | None = None  # a later run in its log that resumed it (same model, began past step 1)
     continues: bool = False  # this log holds the rest of a run begun in another (its run_start is "continued")
     writer: tuple[object, ...] = (None, None, None, None)  # run_start's host, pid, process and log_path, as written
     cadence: tuple[int | None, int | None] = (None, None)  # measured every N steps, else every N epochs (run_start)
