@@ -492,3 +492,20 @@ def test_a_task_whose_balance_was_never_judged_is_named_at_the_runs_end_and_why(
     assert _unmeasured([probe] * 3, ["a", "b", "c"]) == _unmeasured([both], ["a", "b"]) == []
     many = [f"t{i}" for i in range(64)]
     assert "losses of at least 64 tasks (t0, t1" in _unmeasured([], many)[0]
+
+
+def test_exploding_advice_knows_the_trainer_already_clips():
+    """The HF Trainer (max_grad_norm) and Lightning (gradient_clip_val) clip after the monitor measures: advising
+    clip_grad_norm_ there is advice already taken. The advice says the norms are pre-clip and what to do."""
+
+    def advice(config):
+        log = LogBuilder().start()
+        log.records[0]["config"] = config
+        log.grad(1, 0.3, 29.0, {"emb.weight": 29.0, "head.weight": 0.3}).grad(2, 0.3, 29.0, {"emb.weight": 29.0})
+        (alert,) = [a for a in rules.replay(log.records).alerts if a.rule == rules.EXPLODING]
+        return alert.recommendation
+
+    assert advice({}) == "Reduce learning rate or clip gradients (clip_grad_norm_)"
+    assert advice({"max_grad_norm": 1.0}).startswith("These norms are before the trainer's clip at 1:")
+    assert "raise --exploding" in advice({"gradient_clip_val": 0.5})
+    assert advice({"gradient_clip_val": None}) == advice({"max_grad_norm": 0}) == advice({})

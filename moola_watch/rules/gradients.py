@@ -5,7 +5,7 @@ and over a batch's columns (``_..._columns``: where in a batch it may hold, for 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -102,11 +102,26 @@ def _exploding(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     high = ev.layer_flags.exploding
     if not high:
         return [("layers", None)]
+    clip = clipped_at(ev.run.config)
+    action = ("Reduce learning rate or clip gradients (clip_grad_norm_)" if clip is None else
+              f"These norms are before the trainer's clip at {clip:g}: if the loss is healthy, the tensor's gradient "
+              "is large by nature (an embedding's sums every token's): raise --exploding for this model; else "
+              "reduce the learning rate")  # fmt: skip
     return [("layers", Observation(
         "error", max(norms[n] for n in high),
         f"Exploding gradients in {count_of(high, record)} layers (norm > {th.exploding:g}): {names(high)}",
-        "Reduce learning rate or clip gradients (clip_grad_norm_)", tuple(high),
+        action, tuple(high),
     ))]  # fmt: skip
+
+
+def clipped_at(config: Mapping[str, object]) -> float | None:
+    """The gradient-norm clip a run's recorded config names (the HF Trainer's ``max_grad_norm``, Lightning's
+    ``gradient_clip_val``), if one is on."""
+    for name in ("max_grad_norm", "gradient_clip_val"):
+        value = config.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+            return float(value)
+    return None
 
 
 def _exploding_columns(cols: GradColumns, th: Thresholds) -> np.ndarray:
