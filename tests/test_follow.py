@@ -547,6 +547,22 @@ def test_a_folder_of_thirteen_logs_fits_an_80x24_terminal_one_line_per_run(tmp_p
     term.keys("C-c")
 
 
+def test_folder_overview_at_80_columns_tells_runs_apart_and_ctrl_c_names_every_failing_run(tmp_path, terminal):
+    """A review's case: at 80 columns (no run column) a log of two runs showed two rows alike, its file name
+    twice. Each row of a log of several runs now ends with its run's label (as analyze labels it)."""
+    failing, healthy = SAMPLES / "pointer_collapse.jsonl", SAMPLES / "healthy.jsonl"
+    (tmp_path / "two.jsonl").write_bytes(failing.read_bytes() + healthy.read_bytes())
+    shutil.copy(SAMPLES / "exploding_gradients.jsonl", tmp_path / "one.jsonl")
+    shutil.copy(healthy, tmp_path / "ok.jsonl")
+    term = terminal(f"{WATCH} follow {tmp_path}", width=80, height=24)
+    term.wait_for("completed", count=4)
+    rows = [line for line in term.screen().splitlines() if "two.jsonl" in line]
+    assert len(rows) == 2 and rows[0] != rows[1], rows
+    assert "two.jsonl …101332-9713" in rows[0] and "two.jsonl …101327-9710" in rows[1], rows
+    term.keys("C-c")
+    assert term.exit_code() == 0
+
+
 @pytest.mark.parametrize("stop", ["C-c", "SIGTERM"])
 def test_leaving_the_live_view_by_a_signal_prints_the_whole_view(terminal, stop):
     """The live view is on the terminal's alternate screen, gone when follow ends: Ctrl-C or a SIGTERM (the
