@@ -549,7 +549,9 @@ def test_a_folder_of_thirteen_logs_fits_an_80x24_terminal_one_line_per_run(tmp_p
 
 def test_folder_overview_at_80_columns_tells_runs_apart_and_ctrl_c_names_every_failing_run(tmp_path, terminal):
     """A review's case: at 80 columns (no run column) a log of two runs showed two rows alike, its file name
-    twice. Each row of a log of several runs now ends with its run's label (as analyze labels it)."""
+    twice; and at Ctrl-C the summary named the failing runs of that log only, not another log's failing run.
+    Each row of a log of several runs now ends with its run's label (as analyze labels it), and the summary names
+    every run that fails, as ``check DIR`` does."""
     failing, healthy = SAMPLES / "pointer_collapse.jsonl", SAMPLES / "healthy.jsonl"
     (tmp_path / "two.jsonl").write_bytes(failing.read_bytes() + healthy.read_bytes())
     shutil.copy(SAMPLES / "exploding_gradients.jsonl", tmp_path / "one.jsonl")
@@ -561,6 +563,29 @@ def test_folder_overview_at_80_columns_tells_runs_apart_and_ctrl_c_names_every_f
     assert "two.jsonl …101332-9713" in rows[0] and "two.jsonl …101327-9710" in rows[1], rows
     term.keys("C-c")
     assert term.exit_code() == 0
+    said = term._tmux("capture-pane", "-p", "-J")  # the summary's long lines joined where the terminal wrapped them
+    checked = subprocess.run([*WATCH.split(), "check", "--json", str(tmp_path)], capture_output=True, text=True,
+                             cwd=REPO)  # fmt: skip
+    assert checked.returncode == 1
+    logs = [json.loads(line) for line in checked.stdout.splitlines()]
+    failed = {(log["log"], run["run"]) for log in logs for run in log["runs"] if run["verdict"] == "error"}
+    assert {Path(log).name for log, _run in failed} == {"one.jsonl", "two.jsonl"}
+    for log, run in failed:
+        assert re.search(rf"runs? in {re.escape(log)}; not ok: .*{re.escape(run)} \(verdict=error", said), said
+    assert "ok.jsonl;" not in said and said.count("not ok:") == 2, said
+
+
+def test_once_on_a_folder_names_each_file_that_is_no_log_to_check(tmp_path):
+    """Such a file makes ``follow --once DIR`` exit 2, as ``check DIR``: the output says which, not only the
+    overview's row, cut to the terminal."""
+    (tmp_path / "junk.jsonl").write_text("garbage\n")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    shutil.copy(SAMPLES / "healthy.jsonl", tmp_path / "ok.jsonl")
+    result = follow_once("--once", tmp_path)
+    assert result.returncode == 2
+    assert f"{tmp_path / 'junk.jsonl'} is not a moola log: no valid record (1 bad lines)" in result.stdout
+    assert f"{tmp_path / 'empty.jsonl'} holds no record yet: not a log to check" in result.stdout
+    assert "ok.jsonl;" not in result.stdout
 
 
 @pytest.mark.parametrize("stop", ["C-c", "SIGTERM"])
