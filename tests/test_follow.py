@@ -588,6 +588,31 @@ def test_once_on_a_folder_names_each_file_that_is_no_log_to_check(tmp_path):
     assert "ok.jsonl;" not in result.stdout
 
 
+def test_a_folder_overview_shows_the_alert_that_decided_a_verdict_even_when_it_resolved(tmp_path):
+    """A review's case: a row said verdict error beside a firing warning, the exploding error that decided the
+    verdict having resolved. The row shows the alert that decided it, said to have resolved; of two alerts that
+    decide it alike, the one firing now (the resolved one used to win on its rule)."""
+    from logs import LogBuilder
+
+    for name, mean in (("resolved", lambda peak: 1.5), ("firing", lambda peak: (1.5 + peak) / 2)):
+        log = LogBuilder(name).start()
+        for epoch in range(1, 10):  # a layer explodes for three samples, then settles; the mean norm stays large
+            peak = 40.0 * epoch if epoch <= 3 else 1.5
+            log.grad(epoch, mean(peak), peak, {"a": 1.5, "b": peak}).epoch(epoch)
+        log.end().write(tmp_path / f"{name}.jsonl")
+    result = follow_once("--once", tmp_path)
+    assert result.returncode == 1
+
+    def cells(log: str) -> list[str]:
+        (row,) = [line for line in result.stdout.splitlines() if log in line and "│" in line]
+        return [cell.strip() for cell in row.split("│")]
+
+    resolved, firing = cells("resolved.jsonl"), cells("firing.jsonl")
+    assert "error" in resolved and resolved[-2].startswith("resolved: Exploding gradients in 1 layers"), resolved
+    # The mean norm's error fires (the run's error is now), the layer's resolved.
+    assert "error" in firing and firing[-2].startswith("Mean gradient norm 60.75: exploding"), firing
+
+
 @pytest.mark.parametrize("stop", ["C-c", "SIGTERM"])
 def test_leaving_the_live_view_by_a_signal_prints_the_whole_view(terminal, stop):
     """The live view is on the terminal's alternate screen, gone when follow ends: Ctrl-C or a SIGTERM (the

@@ -36,8 +36,8 @@ OVERVIEW_COLUMNS: tuple[tuple[str, int, dict[str, Any]], ...] = (
 
 @dataclass
 class Overview:
-    """One row per run across many logs: status, verdict (as ``check`` gives it) and the worst alert firing
-    now (or, with none firing, the worst that fired); laid out for the terminal's width when drawn."""
+    """One row per run across many logs: status, verdict (as ``check`` gives it) and the alert that decided
+    that verdict (firing, or said to have resolved); laid out for the terminal's width when drawn."""
 
     views: list[LogView]
     options: ViewOptions
@@ -111,14 +111,17 @@ def overview(views: list[LogView], options: ViewOptions) -> Overview:
 
 
 def _worst_alert_cell(engine: rules.RuleEngine) -> Text:
-    firing = engine.firing()
-    worst = worst_alert(engine)
-    if worst is not None:
-        cell = text(worst.message, SEVERITY_STYLE[worst.severity])
-        if len(firing) > 1:
-            cell.append(f"  (+{len(firing) - 1} more)", style="dim")
-        return cell
-    past = worst_alert(engine, ever=True)
-    if past is None:
+    """The alert that decided the run's verdict (:func:`worst_alert` ``ever``), with how many more fire now; one
+    that has resolved says so, so that an error verdict is never shown beside a warning as if that were it."""
+    decided = worst_alert(engine, ever=True)
+    if decided is None:
         return Text("none", style="green")
-    return text(f"resolved: {past.message}", "dim")
+    message = text(decided.message, SEVERITY_STYLE[rules.verdict_severity(decided)])
+    firing = len(engine.firing())
+    if decided.state == rules.FIRING:
+        cell, more = message, f"+{firing - 1} more"
+    else:
+        cell, more = Text.assemble(("resolved: ", "dim"), message), f"+{firing} firing"
+    if not more.startswith("+0 "):
+        cell.append(f"  ({more})", style="dim")
+    return cell
