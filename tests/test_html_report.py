@@ -271,11 +271,19 @@ def test_epoch_only_logs_are_drawn_against_epochs(tmp_path: Path) -> None:
 def test_balance_of_any_task_set_shows_loss_weights_only_when_they_change(tmp_path: Path, reweight_at) -> None:
     log = write_log(tmp_path / "three.jsonl", tasks=("price", "volume", "regime"), reweight_at=reweight_at)
     _page, figures = build_page([analyze.scan_log(log, frames=True)])
-    balance = next(f.figure for f in figures if f.slug == "task_balance")
+    drawn = next(f for f in figures if f.slug == "task_balance")
+    balance = drawn.figure
     titles = [a.text for a in balance.layout.annotations]
     assert titles[:2] == ["task gradient norm (weighted loss)", "share of the update"]
     assert "pointer/type gradient ratio" not in titles  # no ratio for other task sets
     assert ("loss weight" in titles) == (reweight_at is not None)
+    # The caption describes what is drawn: it described a ratio panel with its healthy band here too.
+    assert "ratio" not in drawn.caption.lower() and "healthy band" not in drawn.caption, drawn.caption
+    assert ("loss weights" in drawn.caption) == (reweight_at is not None), drawn.caption
+    pointer_type = write_log(tmp_path / "two.jsonl")
+    _page, figures = build_page([analyze.scan_log(pointer_type, frames=True)])
+    caption = next(f.caption for f in figures if f.slug == "task_balance")
+    assert "Pointer/type ratio: green is the healthy band (0.5-2)" in caption and "loss weights" not in caption
     legend = {t.name for t in balance.data if t.showlegend is not False}
     assert {"price", "volume", "regime"} <= legend
 
