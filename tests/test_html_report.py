@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -230,6 +231,24 @@ def test_report_cli_overlays_two_logs_and_compares_them(tmp_path: Path) -> None:
         figure_data(html, slug)
     assert "TASK COLLAPSE: Pointer task dominating" in html and "Urgent: increase alpha" in html
     assert "http://" not in html.split("<script>")[0] and "src=" not in html.split("<script>")[0]
+
+
+def test_runs_of_logs_that_share_a_file_name_are_told_apart_by_their_folders(tmp_path: Path) -> None:
+    """A review's case: ``hf_healthy/log.jsonl`` and ``hf_starved/log.jsonl``, two runs each: every chip read
+    ``log · run-…``. Their folder goes in front, as ``analyze --csv`` names their files; a log whose name no
+    other shares keeps its stem."""
+    two = SAMPLES.joinpath("pointer_collapse.jsonl").read_bytes() + SAMPLES.joinpath("healthy.jsonl").read_bytes()
+    logs = [tmp_path / "a" / "log.jsonl", tmp_path / "b" / "log.jsonl"]
+    for log in logs:
+        log.parent.mkdir()
+        log.write_bytes(two)
+    logs.append(Path(shutil.copy(SAMPLES / "type_collapse.jsonl", tmp_path / "other.jsonl")))
+    page, _figures = build_page([analyze.scan_log(log, frames=True) for log in logs])
+    collapse, healthy = "enhanced_simple_lstm-20261130-101332-9713", "enhanced_simple_lstm-20261130-101327-9710"
+    assert [label for label, _status, _verdict in page.runs] == [
+        f"a/log · {collapse}", f"a/log · {healthy}", f"b/log · {collapse}", f"b/log · {healthy}", "other",
+    ]  # fmt: skip
+    assert page.comparison.headers[1:] == [label for label, _status, _verdict in page.runs]
 
 
 def test_the_comparison_shows_a_final_loss_gone_nan_as_nan_and_a_loss_not_recorded_lately_as_its_last(
