@@ -251,6 +251,17 @@ def test_runs_of_logs_that_share_a_file_name_are_told_apart_by_their_folders(tmp
     assert page.comparison.headers[1:] == [label for label, _status, _verdict in page.runs]
 
 
+def test_the_comparison_names_the_task_another_dominates() -> None:
+    """A review's case: a run of three tasks read ``5.66e+03 (dominated)``, not saying which task was."""
+    log = REPO / "tests" / "data" / "detection" / "trio-s2-h3-w100.jsonl"  # its sign task dominated, 18.4
+    page, _figures = build_page([analyze.scan_log(log, frames=True)])
+    (balance,) = [row for row in page.comparison.rows if row[0] == "task balance (window mean)"]
+    assert balance[1] == "18.4 (sign dominated)", balance
+    page, _figures = build_page([analyze.scan_log(SAMPLES / "pointer_collapse.jsonl", frames=True)])
+    (balance,) = [row for row in page.comparison.rows if row[0] == "task balance (window mean)"]
+    assert balance[1].endswith(" (pointer_dominating)"), balance  # pointer/type: the state names the task
+
+
 def test_the_comparison_shows_a_final_loss_gone_nan_as_nan_and_a_loss_not_recorded_lately_as_its_last(
     tmp_path: Path,
 ) -> None:
