@@ -361,15 +361,25 @@ class Follower:
         )
 
     def run_verdicts(self) -> list[str]:
-        """For each log holding several runs, one line naming the runs whose verdict is not ok (they fail the
-        check, or measured nothing): the dashboard shows one run, and exit 1 beside a healthy header must say
-        which run it is for. Nothing for a log of one run, or under ``--run`` (that run is the one shown)."""
+        """A line for each log whose verdicts the view does not give whole: a log of several runs names those whose
+        verdict is not ok (they fail the check, or measured nothing), or says every one is ok: the dashboard shows
+        one run, and exit 1 beside a healthy header must say which run it is for. Following a folder, also a log
+        of one run that is not ok, and a file with no valid record (``check``'s exit 2): every log and run that
+        fails is named, as ``check DIR`` lists them (the overview's rows are cut to the terminal). Nothing for a
+        log of one run followed alone, or under ``--run`` (that run is the one shown)."""
         if self.options.run is not None:
             return []
         lines = []
         for view in self.views.values():
             scan = view.scan
-            if len(scan.engines) < 2:
+            if not scan.records:
+                if self.directory is not None and scan.bad_lines:
+                    lines.append(f"{scan.path} is not a moola log: no valid record ({scan.bad_lines} bad lines)")
+                elif self.directory is not None:
+                    lines.append(f"{scan.path} holds no record yet: not a log to check")
+                continue
+            several = len(scan.engines) > 1
+            if not several and self.directory is None:
                 continue
             bad = [
                 f"{run} (verdict={scan.run_report(run)['verdict']}"
@@ -377,8 +387,11 @@ class Follower:
                 for run in scan.engines
                 if (code := runs_exit_code(scan, [run], self.options.fail_on)) != EXIT_OK
             ]
-            where = f"{len(scan.engines)} runs in {scan.path}"
-            lines.append(f"{where}; not ok: {', '.join(bad)}" if bad else f"{where}; every run's verdict is ok")
+            where = f"{len(scan.engines)} run{'s' if several else ''} in {scan.path}"
+            if bad:
+                lines.append(f"{where}; not ok: {', '.join(bad)}")
+            elif several:
+                lines.append(f"{where}; every run's verdict is ok")
         return lines
 
     def bad_line_verdicts(self) -> list[str]:

@@ -76,14 +76,17 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(filled, ignore_index=True)
 
 
-def log_labels(paths: Sequence[Path]) -> dict[Path, str]:
+def log_labels(paths: Sequence[Path], *, for_files: bool = True) -> dict[Path, str]:
     """A short, unique file-name label per log: its stem, or, where stems clash (``a/run.jsonl``,
-    ``b/run.jsonl``), the stem behind as many parent folders as it takes to tell them apart (``a-run``)."""
+    ``b/run.jsonl``), the stem behind as many parent folders as it takes to tell them apart (``a-run``). Not
+    ``for_files``, a label to show rather than to name a file by: the folders joined by ``/`` and no character
+    replaced (``a/run``)."""
     absolute = {path: Path(path).absolute() for path in paths}
     files = list(dict.fromkeys(absolute.values()))
 
     def label(file: Path, depth: int) -> str:
-        return _UNSAFE.sub("_", "-".join([*file.parts[1:][-1 - depth : -1], file.stem]))
+        parts = [*file.parts[1:][-1 - depth : -1], file.stem]
+        return _UNSAFE.sub("_", "-".join(parts)) if for_files else "/".join(parts)
 
     def clashes(file: Path, depth: int) -> bool:
         return any(label(other, depth) == label(file, depth) for other in files if other != file)

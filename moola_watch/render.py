@@ -10,7 +10,7 @@ import contextlib
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from rich.table import Table
 from rich.text import Text
@@ -43,6 +43,8 @@ SPARK = "▁▂▃▄▅▆▇█"
 
 #: Characters of an alert's message or recommendation shown (they quote the evidence: a few hundred as a rule).
 ALERT_TEXT = 2000
+RUN_LABEL_WIDTH = 16  # run ids longer than this are shown by the part that tells them apart
+SEPARATORS = frozenset("-_.:/#@+ ")
 
 
 def text(value: object, style: str = "", limit: int | None = None) -> Text:
@@ -79,6 +81,30 @@ def sparkline(values: Sequence[float | None], width: int = 24, log: bool = False
 def where(epoch: int | None, step: int | None) -> str:
     """'epoch 12, step 340' (whichever is known), '-' when neither is."""
     return "-" if epoch is None and step is None else rules.position(epoch, step)
+
+
+def run_labels(runs: Iterable[str], width: int = RUN_LABEL_WIDTH) -> dict[str, str]:
+    """How each run id is shown in a table column: as it is when every id is at most ``width`` characters (or
+    there is one run); else without the start all of them share, cut back to a separator (``-``, ``_``, ...) and
+    marked ``…``: ``enhanced_simple_lstm-20261130-101332-9713`` and ``...-101327-9710`` become ``…101332-9713``
+    and ``…101327-9710``. A label still too long folds in its column, never cut."""
+    runs = list(dict.fromkeys(runs))
+    if len(runs) < 2 or all(len(run) <= width for run in runs):
+        return {run: run for run in runs}
+    prefix = _common_start(runs)
+    shortest = min(map(len, runs))
+    cuts = [i + 1 for i, ch in enumerate(prefix) if ch in SEPARATORS and i + 1 < shortest]  # each keeps a tail
+    cut = max(cuts, default=0)
+    if cut < 2:  # nothing worth leaving out
+        return {run: run for run in runs}
+    return {run: "…" + run[cut:] for run in runs}
+
+
+def _common_start(texts: Sequence[str]) -> str:
+    """The longest start all of ``texts`` share: that of the first and the last in sorted order."""
+    first, last = min(texts), max(texts)
+    length = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), None)
+    return first[:length] if length is not None else first[: len(last)]
 
 
 def severity_text(severity: str | None) -> Text:

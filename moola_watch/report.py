@@ -5,13 +5,13 @@ ellipsized. Columns of numbers keep their width; text (run ids, layer names, mes
 does not fit, the least needed columns are left out, and the caption says which
 (:class:`~moola_watch.fitted_table.FittedTable`). A log
 of several runs has a run column in every table, showing each run id by the part that tells it from the
-others (:func:`run_labels`), and one trend line per run.
+others (:func:`~moola_watch.render.run_labels`), and one trend line per run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -27,11 +27,13 @@ from moola_watch.dotted_name import DottedName
 from moola_watch.fitted_table import Choice, Column, FittedTable, cell_width
 from moola_watch.render import (
     ALERT_TEXT,
+    RUN_LABEL_WIDTH,
     SEVERITY_STYLE,
     STATUS_STYLE,
     VERDICT_STYLE,
     number,
     ordered_alerts,
+    run_labels,
     severity_text,
     sparkline,
     text,
@@ -40,11 +42,9 @@ from moola_watch.render import (
 from moola_watch.textsafe import inert
 
 TREND_ROWS = 12  # rows of a trend table; longer histories are sampled evenly, keeping the last
-RUN_LABEL_WIDTH = 16  # run ids longer than this are shown by the part that tells them apart
 MAX_RUNS_SHOWN = 10  # runs given their own trend line and worst layers (the worst verdicts first)
 TOP_LAYERS = 8  # worst layers of each kind shown for a log of one run
 SPARK_WIDTH = 40
-SEPARATORS = frozenset("-_.:/#@+ ")
 LAYER_FLOOR = 16  # a layer name up to this long is never folded
 RULE_FLOOR = 16  # nor a rule's subject (a layer, a task pair)
 MESSAGE_FLOOR = 30  # an alert's message keeps at least this many columns
@@ -67,30 +67,6 @@ def count(value: object) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ runs
-
-
-def run_labels(runs: Iterable[str], width: int = RUN_LABEL_WIDTH) -> dict[str, str]:
-    """How each run id is shown in a table column: as it is when every id is at most ``width`` characters (or
-    there is one run); else without the start all of them share, cut back to a separator (``-``, ``_``, ...) and
-    marked ``…``: ``enhanced_simple_lstm-20261130-101332-9713`` and ``...-101327-9710`` become ``…101332-9713``
-    and ``…101327-9710``. A label still too long folds in its column, never cut."""
-    runs = list(dict.fromkeys(runs))
-    if len(runs) < 2 or all(len(run) <= width for run in runs):
-        return {run: run for run in runs}
-    prefix = _common_start(runs)
-    shortest = min(map(len, runs))
-    cuts = [i + 1 for i, ch in enumerate(prefix) if ch in SEPARATORS and i + 1 < shortest]  # each keeps a tail
-    cut = max(cuts, default=0)
-    if cut < 2:  # nothing worth leaving out
-        return {run: run for run in runs}
-    return {run: "…" + run[cut:] for run in runs}
-
-
-def _common_start(texts: Sequence[str]) -> str:
-    """The longest start all of ``texts`` share: that of the first and the last in sorted order."""
-    first, last = min(texts), max(texts)
-    length = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), None)
-    return first[:length] if length is not None else first[: len(last)]
 
 
 def runs_shown(scan: LogScan, limit: int = MAX_RUNS_SHOWN) -> list[str]:

@@ -547,6 +547,72 @@ def test_a_folder_of_thirteen_logs_fits_an_80x24_terminal_one_line_per_run(tmp_p
     term.keys("C-c")
 
 
+def test_folder_overview_at_80_columns_tells_runs_apart_and_ctrl_c_names_every_failing_run(tmp_path, terminal):
+    """A review's case: at 80 columns (no run column) a log of two runs showed two rows alike, its file name
+    twice; and at Ctrl-C the summary named the failing runs of that log only, not another log's failing run.
+    Each row of a log of several runs now ends with its run's label (as analyze labels it), and the summary names
+    every run that fails, as ``check DIR`` does."""
+    failing, healthy = SAMPLES / "pointer_collapse.jsonl", SAMPLES / "healthy.jsonl"
+    (tmp_path / "two.jsonl").write_bytes(failing.read_bytes() + healthy.read_bytes())
+    shutil.copy(SAMPLES / "exploding_gradients.jsonl", tmp_path / "one.jsonl")
+    shutil.copy(healthy, tmp_path / "ok.jsonl")
+    term = terminal(f"{WATCH} follow {tmp_path}", width=80, height=24)
+    term.wait_for("completed", count=4)
+    rows = [line for line in term.screen().splitlines() if "two.jsonl" in line]
+    assert len(rows) == 2 and rows[0] != rows[1], rows
+    assert "two.jsonl …101332-9713" in rows[0] and "two.jsonl …101327-9710" in rows[1], rows
+    term.keys("C-c")
+    assert term.exit_code() == 0
+    said = term._tmux("capture-pane", "-p", "-J")  # the summary's long lines joined where the terminal wrapped them
+    checked = subprocess.run([*WATCH.split(), "check", "--json", str(tmp_path)], capture_output=True, text=True,
+                             cwd=REPO)  # fmt: skip
+    assert checked.returncode == 1
+    logs = [json.loads(line) for line in checked.stdout.splitlines()]
+    failed = {(log["log"], run["run"]) for log in logs for run in log["runs"] if run["verdict"] == "error"}
+    assert {Path(log).name for log, _run in failed} == {"one.jsonl", "two.jsonl"}
+    for log, run in failed:
+        assert re.search(rf"runs? in {re.escape(log)}; not ok: .*{re.escape(run)} \(verdict=error", said), said
+    assert "ok.jsonl;" not in said and said.count("not ok:") == 2, said
+
+
+def test_once_on_a_folder_names_each_file_that_is_no_log_to_check(tmp_path):
+    """Such a file makes ``follow --once DIR`` exit 2, as ``check DIR``: the output says which, not only the
+    overview's row, cut to the terminal."""
+    (tmp_path / "junk.jsonl").write_text("garbage\n")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    shutil.copy(SAMPLES / "healthy.jsonl", tmp_path / "ok.jsonl")
+    result = follow_once("--once", tmp_path)
+    assert result.returncode == 2
+    assert f"{tmp_path / 'junk.jsonl'} is not a moola log: no valid record (1 bad lines)" in result.stdout
+    assert f"{tmp_path / 'empty.jsonl'} holds no record yet: not a log to check" in result.stdout
+    assert "ok.jsonl;" not in result.stdout
+
+
+def test_a_folder_overview_shows_the_alert_that_decided_a_verdict_even_when_it_resolved(tmp_path):
+    """A review's case: a row said verdict error beside a firing warning, the exploding error that decided the
+    verdict having resolved. The row shows the alert that decided it, said to have resolved; of two alerts that
+    decide it alike, the one firing now (the resolved one used to win on its rule)."""
+    from logs import LogBuilder
+
+    for name, mean in (("resolved", lambda peak: 1.5), ("firing", lambda peak: (1.5 + peak) / 2)):
+        log = LogBuilder(name).start()
+        for epoch in range(1, 10):  # a layer explodes for three samples, then settles; the mean norm stays large
+            peak = 40.0 * epoch if epoch <= 3 else 1.5
+            log.grad(epoch, mean(peak), peak, {"a": 1.5, "b": peak}).epoch(epoch)
+        log.end().write(tmp_path / f"{name}.jsonl")
+    result = follow_once("--once", tmp_path)
+    assert result.returncode == 1
+
+    def cells(log: str) -> list[str]:
+        (row,) = [line for line in result.stdout.splitlines() if log in line and "│" in line]
+        return [cell.strip() for cell in row.split("│")]
+
+    resolved, firing = cells("resolved.jsonl"), cells("firing.jsonl")
+    assert "error" in resolved and resolved[-2].startswith("resolved: Exploding gradients in 1 layers"), resolved
+    # The mean norm's error fires (the run's error is now), the layer's resolved.
+    assert "error" in firing and firing[-2].startswith("Mean gradient norm 60.75: exploding"), firing
+
+
 @pytest.mark.parametrize("stop", ["C-c", "SIGTERM"])
 def test_leaving_the_live_view_by_a_signal_prints_the_whole_view(terminal, stop):
     """The live view is on the terminal's alternate screen, gone when follow ends: Ctrl-C or a SIGTERM (the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -232,6 +233,35 @@ def test_report_cli_overlays_two_logs_and_compares_them(tmp_path: Path) -> None:
     assert "http://" not in html.split("<script>")[0] and "src=" not in html.split("<script>")[0]
 
 
+def test_runs_of_logs_that_share_a_file_name_are_told_apart_by_their_folders(tmp_path: Path) -> None:
+    """A review's case: ``hf_healthy/log.jsonl`` and ``hf_starved/log.jsonl``, two runs each: every chip read
+    ``log · run-…``. Their folder goes in front, as ``analyze --csv`` names their files; a log whose name no
+    other shares keeps its stem."""
+    two = SAMPLES.joinpath("pointer_collapse.jsonl").read_bytes() + SAMPLES.joinpath("healthy.jsonl").read_bytes()
+    logs = [tmp_path / "a" / "log.jsonl", tmp_path / "b" / "log.jsonl"]
+    for log in logs:
+        log.parent.mkdir()
+        log.write_bytes(two)
+    logs.append(Path(shutil.copy(SAMPLES / "type_collapse.jsonl", tmp_path / "other.jsonl")))
+    page, _figures = build_page([analyze.scan_log(log, frames=True) for log in logs])
+    collapse, healthy = "enhanced_simple_lstm-20261130-101332-9713", "enhanced_simple_lstm-20261130-101327-9710"
+    assert [label for label, _status, _verdict in page.runs] == [
+        f"a/log · {collapse}", f"a/log · {healthy}", f"b/log · {collapse}", f"b/log · {healthy}", "other",
+    ]  # fmt: skip
+    assert page.comparison.headers[1:] == [label for label, _status, _verdict in page.runs]
+
+
+def test_the_comparison_names_the_task_another_dominates() -> None:
+    """A review's case: a run of three tasks read ``5.66e+03 (dominated)``, not saying which task was."""
+    log = REPO / "tests" / "data" / "detection" / "trio-s2-h3-w100.jsonl"  # its sign task dominated, 18.4
+    page, _figures = build_page([analyze.scan_log(log, frames=True)])
+    (balance,) = [row for row in page.comparison.rows if row[0] == "task balance (window mean)"]
+    assert balance[1] == "18.4 (sign dominated)", balance
+    page, _figures = build_page([analyze.scan_log(SAMPLES / "pointer_collapse.jsonl", frames=True)])
+    (balance,) = [row for row in page.comparison.rows if row[0] == "task balance (window mean)"]
+    assert balance[1].endswith(" (pointer_dominating)"), balance  # pointer/type: the state names the task
+
+
 def test_the_comparison_shows_a_final_loss_gone_nan_as_nan_and_a_loss_not_recorded_lately_as_its_last(
     tmp_path: Path,
 ) -> None:
@@ -271,11 +301,19 @@ def test_epoch_only_logs_are_drawn_against_epochs(tmp_path: Path) -> None:
 def test_balance_of_any_task_set_shows_loss_weights_only_when_they_change(tmp_path: Path, reweight_at) -> None:
     log = write_log(tmp_path / "three.jsonl", tasks=("price", "volume", "regime"), reweight_at=reweight_at)
     _page, figures = build_page([analyze.scan_log(log, frames=True)])
-    balance = next(f.figure for f in figures if f.slug == "task_balance")
+    drawn = next(f for f in figures if f.slug == "task_balance")
+    balance = drawn.figure
     titles = [a.text for a in balance.layout.annotations]
     assert titles[:2] == ["task gradient norm (weighted loss)", "share of the update"]
     assert "pointer/type gradient ratio" not in titles  # no ratio for other task sets
     assert ("loss weight" in titles) == (reweight_at is not None)
+    # The caption describes what is drawn: it described a ratio panel with its healthy band here too.
+    assert "ratio" not in drawn.caption.lower() and "healthy band" not in drawn.caption, drawn.caption
+    assert ("loss weights" in drawn.caption) == (reweight_at is not None), drawn.caption
+    pointer_type = write_log(tmp_path / "two.jsonl")
+    _page, figures = build_page([analyze.scan_log(pointer_type, frames=True)])
+    caption = next(f.caption for f in figures if f.slug == "task_balance")
+    assert "Pointer/type ratio: green is the healthy band (0.5-2)" in caption and "loss weights" not in caption
     legend = {t.name for t in balance.data if t.showlegend is not False}
     assert {"price", "volume", "regime"} <= legend
 

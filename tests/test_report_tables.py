@@ -18,8 +18,8 @@ from rich.text import Text
 from moola_watch import analyze
 from moola_watch.dotted_name import DottedName
 from moola_watch.fitted_table import Choice, Column, FittedTable
-from moola_watch.render import number
-from moola_watch.report import LAYER_FLOOR, TOP_LAYERS, layers_table, run_labels
+from moola_watch.render import number, run_labels
+from moola_watch.report import LAYER_FLOOR, TOP_LAYERS, layers_table
 
 numbers = st.floats(allow_nan=True, allow_infinity=True).map(number)
 words = st.text(alphabet="abcdefghij_.", min_size=1, max_size=24)

@@ -27,11 +27,14 @@ _PRIORITY = {rule: rank for rank, rule in enumerate(RULE_PRIORITY)}
 
 def worst_alert(engine: rules.RuleEngine, *, ever: bool = False) -> rules.Alert | None:
     """The most severe firing alert of a run (the most telling rule among equals), if any; with ``ever``, of
-    every alert that fired, resolved ones included."""
+    every alert that fired, resolved ones included, each at the severity it gives the run's verdict (a recovered
+    collapse: a warning) and a firing one before a resolved one among equals: the alert that decided the run's
+    verdict."""
     fired = [a for a in engine.alerts if a.state != rules.PENDING] if ever else engine.firing()
     if not fired:
         return None
-    return max(fired, key=lambda a: (rules.SEVERITY_RANK[a.severity], -_PRIORITY.get(a.rule, len(_PRIORITY))))
+    return max(fired, key=lambda a: (rules.SEVERITY_RANK[rules.verdict_severity(a)], a.state == rules.FIRING,
+                                     -_PRIORITY.get(a.rule, len(_PRIORITY))))  # fmt: skip
 
 
 def run_verdict_text(engine: rules.RuleEngine) -> Text:

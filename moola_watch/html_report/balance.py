@@ -175,13 +175,31 @@ def balance_figure(runs: Sequence[RunData], axis: str, th: rules.Thresholds) -> 
         return min(max(value, 10**lo), 10**hi)
 
     add_markers(fig, runs, axis, BALANCE_RULES, at, row=marker_row)
-    return ReportFigure(
-        "task_balance",
-        "Task balance",
-        "Per-task gradient norms on the shared parameters (weighted losses), each task's share of the update and "
-        f"the cosine between the task gradients. Ratio: green is the healthy band ({th.balance_low:g}-"
-        f"{th.balance_high:g}); dashed red the collapse thresholds ({th.collapse_low:g} and {th.collapse_high:g}) "
-        f"that the mean over the last {th.window} samples (the collapse window) is held against. Loss weights are "
-        "drawn when they change. Triangles: where balance alerts began.",
-        fig,
-    )
+    return ReportFigure("task_balance", "Task balance", caption(keys, th), fig)
+
+
+#: What each panel draws, for the caption: only the panels drawn are described.
+PANEL_WORDS = {
+    "norms": "per-task gradient norms on the shared parameters (weighted losses)",
+    "shares": "each task's share of the update",
+    "cosine": "the cosine between the task gradients",
+    "weights": "the loss weights (drawn because they changed)",
+}
+
+
+def caption(keys: Sequence[str], th: rules.Thresholds) -> str:
+    """The figure's caption for the panels ``keys`` (:func:`panels`' keys, in order): what each drawn panel shows,
+    and the ratio panel's band and thresholds only when it is drawn (a run of three or more tasks has none)."""
+    shown = [PANEL_WORDS[key] for key in keys if key in PANEL_WORDS]
+    parts = []
+    if shown:
+        listed = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+        parts.append(f"{listed[0].upper()}{listed[1:]}.")
+    if "ratio" in keys:
+        parts.append(
+            f"Pointer/type ratio: green is the healthy band ({th.balance_low:g}-{th.balance_high:g}); dashed red the "
+            f"collapse thresholds ({th.collapse_low:g} and {th.collapse_high:g}) that the mean over the last "
+            f"{th.window} samples (the collapse window) is held against."
+        )
+    parts.append("Triangles: where balance alerts began.")
+    return " ".join(parts)

@@ -40,6 +40,18 @@ def alert_counts(alerts: Sequence[rules.Alert]) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in ranked) or "none"
 
 
+def balance_cell(engine: rules.RuleEngine) -> str:
+    """The collapse window's mean ratio and its verdict, naming the task another dominates (``5.66e+03 (tag
+    dominated)``; the pointer/type states name the dominating one)."""
+    balance = engine.balance()
+    if balance.mean is None:
+        return balance.state
+    state = balance.state
+    if state == "dominated" and (dominated := engine.most_dominated()) is not None:
+        state = f"{dominated[0]} dominated"
+    return f"{number(balance.mean, 3)} ({state})"
+
+
 def final_columns(runs: Sequence[RunData]) -> list[str]:
     """Loss and metric columns of the epochs frames, for the 'final value' part of the table."""
     out: list[str] = []
@@ -56,7 +68,6 @@ def comparison(runs: Sequence[RunData]) -> tuple[list[str], list[list[str]]]:
     columns = []
     for data in runs:
         summary = data.engine.summary()
-        balance = summary.balance
         state = data.engine.run
         columns.append(
             [
@@ -70,7 +81,7 @@ def comparison(runs: Sequence[RunData]) -> tuple[list[str], list[list[str]]]:
                 number(summary.mean_norm),
                 number(summary.max_norm_peak),
                 str(summary.nonfinite_samples),
-                f"{number(balance.mean, 3)} ({balance.state})" if balance.mean is not None else balance.state,
+                balance_cell(data.engine),
                 *(number(last_value(data.recorded_epochs, column)) for column in finals),
             ]
         )

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from moola_watch import analyze, rules
+from moola_watch.loader import log_labels
 
 FRAMES = ("grad", "layers", "groups", "balance", "epochs")  # groups: a big model's (analyze.group_norms)
 STEP, EPOCH = "step", "epoch"
@@ -41,11 +42,13 @@ def _rows_of(frame: pd.DataFrame, run: str) -> pd.DataFrame:
 
 
 def _labels(logs: Sequence[tuple[str, list[str]]]) -> list[str]:
-    """A short label per (log, run): the log's file name stem, with the run id when a log holds several;
-    made unique by a counter."""
+    """A short label per (log, run): the log's file name stem (behind its folder where logs share a name, as
+    ``analyze --csv`` names their files: ``a/log``, ``b/log``), with the run id when a log holds several; made
+    unique by a counter."""
+    stems = log_labels([Path(log) for log, _runs in logs], for_files=False)
     labels: list[str] = []
     for log, runs in logs:
-        stem = Path(log).stem
+        stem = stems[Path(log)]
         for run in runs:
             label = stem if len(runs) == 1 else f"{stem} · {run}"
             base, n = label, 2

@@ -233,16 +233,26 @@ class RuleEngine:
             return "stale"
         return self.run.status
 
+    def most_dominated(self) -> tuple[str, float] | None:
+        """For a task set other than pointer/type, the task the others dominate most over a full window and that
+        window's mean ratio (the largest task gradient over its own); None for pointer/type or without a full
+        window."""
+        th, ev = self.thresholds, self.evidence
+        if ev.ratios:
+            return None
+        full = {task: mean_ratio(w) for task, w in ev.dominance.items() if len(w) == th.window}
+        return max(full.items(), key=lambda item: item[1]) if full else None
+
     def balance(self) -> CollapseVerdict:
         """The pointer/type window verdict; for other task sets, the most dominated task's."""
         th, ev = self.thresholds, self.evidence
         if ev.ratios or not ev.dominance:
             return ev.window_verdict(th)
-        full = {task: mean_ratio(w) for task, w in ev.dominance.items() if len(w) == th.window}
-        if not full:
+        dominated = self.most_dominated()
+        if dominated is None:
             samples = max(len(w) for w in ev.dominance.values())
             return CollapseVerdict("not_enough_data", None, samples, "Not enough data")
-        task, worst = max(full.items(), key=lambda item: item[1])
+        task, worst = dominated
         if worst > th.collapse_high:
             return CollapseVerdict(
                 "dominated", worst, th.window, f"{task} task dominated (ratio={worst:.2f} > {th.collapse_high})"
