@@ -129,16 +129,19 @@ class FrameColumns:
             self.epochs.append(row)
 
     def add_grad(
-        self, fields: Mapping[str, Sequence[Any]], layer_names: Sequence[tuple[str, ...]], values: np.ndarray
-    ) -> None:
+        self, fields: Mapping[str, Sequence[Any]], layer_names: Iterable[tuple[tuple[str, ...], int]],
+        counts: np.ndarray, values: np.ndarray,
+    ) -> None:  # fmt: skip
         """``grad_stats`` records in bulk, as :meth:`add` would take them one by one: ``fields`` maps each grad
-        column to its values in record order, ``layer_names`` holds each record's layer names (in its order),
-        ``values`` all of their norms in one float64 array, record after record."""
+        column to its values in record order, ``layer_names`` holds the records' layer names as runs (the names in
+        their order, how many consecutive records have them), ``counts`` each record's number of layers, ``values``
+        all of their norms in one float64 array, record after record."""
         for name in self.GRAD:
             self.grad[name].extend(fields[name])
-        self.layer_sets.extend(map(self._key_set, layer_names))
-        self.layer_counts.extend(map(len, layer_names))
-        self.layer_norm.frombytes(np.ascontiguousarray(values, np.float64).tobytes())
+        for keys, records in layer_names:
+            self.layer_sets.extend(array("q", [self._key_set(keys)]) * records)
+        self.layer_counts.frombytes(memoryview(np.ascontiguousarray(counts, np.int64)).cast("B"))
+        self.layer_norm.frombytes(memoryview(np.ascontiguousarray(values, np.float64)).cast("B"))
 
     def _key_set(self, keys: tuple[str, ...]) -> int:
         """Which distinct list of layer names this is (layers rarely change between records)."""

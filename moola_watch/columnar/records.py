@@ -9,8 +9,9 @@ at all) is left to ``decode_record``, which names the problem exactly as the str
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from itertools import chain
+from itertools import chain, pairwise
 from operator import attrgetter
 from typing import Annotated, Any, Literal
 
@@ -141,21 +142,23 @@ def decode_measurement(data: bytes) -> schema.Record | None:
 
 
 class DecodedGrad(msgspec.Struct, gc=False):
-    """What typed decoding makes of some lines, in plain data (it may come from another process as msgpack).
+    """What typed decoding makes of some lines, in plain data (it may come from another process as msgpack, whose
+    binary fields come back as memoryviews of the message: no copy).
 
     ``typed`` lists the numbers of the lines that decoded; for each of those, in order: ``fields`` holds each
     scalar field's values, ``counts`` (int64) its number of layers, ``values`` (float64) all layer norms record
-    after record, ``listed`` the length of its ``nonfinite_layers``, ``key_ids`` which of ``key_sets`` (the
-    distinct layer name lists, in order of appearance) it has; the last two only when layer names are asked for.
+    after record, ``listed`` the length of its ``nonfinite_layers``. When layer names are asked for, ``key_sets``
+    holds each new list of them, in order, and ``key_starts`` the record where it begins (a model's layers rarely
+    change: usually one list for the whole batch).
     """
 
     typed: list[int]
     fields: dict[str, list[Any]]
-    counts: bytes
-    values: bytes
+    counts: memoryview
+    values: memoryview
     listed: list[int]
     key_sets: list[list[str]]
-    key_ids: list[int]
+    key_starts: list[int]
 
 
 def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool) -> DecodedGrad:
@@ -171,17 +174,17 @@ def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool)
     counts = np.fromiter(map(len, norms), np.int64, len(norms))
     values = np.fromiter(chain.from_iterable(map(dict.values, norms)), np.float64, int(counts.sum()))
     key_sets: list[list[str]] = []
-    key_ids: list[int] = []
+    key_starts: list[int] = []
     if names:
         last: tuple[str, ...] | None = None
-        for keys in map(tuple, norms):
+        for index, keys in enumerate(map(tuple, norms)):
             if keys != last:
                 last = keys
                 key_sets.append(list(keys))
-            key_ids.append(len(key_sets) - 1)
+                key_starts.append(index)
     return DecodedGrad(
-        typed, {name: list(map(attrgetter(name), records)) for name in fields}, counts.tobytes(), values.tobytes(),
-        list(map(len, map(attrgetter("nonfinite_layers"), records))), key_sets, key_ids,
+        typed, {name: list(map(attrgetter(name), records)) for name in fields}, memoryview(counts),
+        memoryview(values), list(map(len, map(attrgetter("nonfinite_layers"), records))), key_sets, key_starts,
     )  # fmt: skip
 
 
@@ -197,11 +200,11 @@ class GradBatch:
     def __init__(self, decoded: DecodedGrad, lines: list[Line]) -> None:
         self.lines = lines
         self.fields = decoded.fields
-        counts = np.frombuffer(decoded.counts, np.int64)
+        self.counts = counts = np.frombuffer(decoded.counts, np.int64)
         self.offsets = np.concatenate(([0], np.cumsum(counts)))
         self.values = np.frombuffer(decoded.values, np.float64)
-        key_sets = [tuple(keys) for keys in decoded.key_sets]
-        self.keys = [key_sets[index] for index in decoded.key_ids]
+        self.key_sets = [tuple(keys) for keys in decoded.key_sets]
+        self.key_starts = decoded.key_starts
         self.columns = GradColumns.from_norms(
             self.values, counts, decoded.listed, self.fields["nonfinite_count"], self.fields["mean_norm"]
         )
@@ -233,7 +236,15 @@ class GradBatch:
             f["max_norm"][start:stop], lambda index: self.record(start + index),
         )  # fmt: skip
 
-    def rows(self, start: int, stop: int) -> tuple[dict[str, Sequence[Any]], list[tuple[str, ...]], np.ndarray]:
-        """Records ``start`` to ``stop`` for the frames: the scalar columns, the layer names, the norms."""
+    def rows(
+        self, start: int, stop: int
+    ) -> tuple[dict[str, Sequence[Any]], list[tuple[tuple[str, ...], int]], np.ndarray, np.ndarray]:
+        """Records ``start`` to ``stop`` for the frames: the scalar columns; the layer names as runs of records that
+        share them (names, how many records); each record's number of layers; all their norms."""
+        first = bisect_right(self.key_starts, start) - 1  # the key set record start has
+        bounds = [start, *self.key_starts[first + 1 :], stop]
+        spans = zip(self.key_sets[first:], pairwise(bounds), strict=True)
+        runs = [(keys, min(b, stop) - a) for keys, (a, b) in spans if a < stop]
         values = self.values[self.offsets[start] : self.offsets[stop]]
-        return {name: column[start:stop] for name, column in self.fields.items()}, self.keys[start:stop], values
+        fields = {name: column[start:stop] for name, column in self.fields.items()}
+        return fields, runs, self.counts[start:stop], values
