@@ -7,6 +7,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -266,9 +267,18 @@ POSITION_COLUMNS = ("epoch", "step", "first_epoch", "first_step", "last_step", "
 
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
     """Rows as a DataFrame; with no rows, still with ``columns`` (an empty table keeps its header). Its step and
-    epoch columns (:data:`POSITION_COLUMNS`) are nullable integers."""
+    epoch columns (:data:`POSITION_COLUMNS`) are nullable integers.
+
+    Rows that all have the same keys (a run's records, nearly always) are handed to pandas column by column: the
+    same frame as from the rows (pandas orders the columns as the first row does and infers each column's dtype
+    from its values either way; ``tests/test_analyze_frames.py`` holds the two to each other), in half the time."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(columns))
+    if not rows:
+        frame = pd.DataFrame(columns=list(columns))
+    elif all(row.keys() == rows[0].keys() for row in rows):
+        frame = pd.DataFrame({key: list(map(itemgetter(key), rows)) for key in rows[0]})
+    else:
+        frame = pd.DataFrame(rows)
     positions = {name: "Int64" for name in POSITION_COLUMNS if name in frame}
     return frame.astype(positions) if positions else frame
