@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from itertools import chain, pairwise
 from operator import attrgetter
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import numpy as np
 import orjson
+from msgspec.structs import astuple
 
 from moola_watch import schema
 from moola_watch.rules.columns import GradColumns
@@ -161,18 +163,70 @@ class DecodedGrad(msgspec.Struct, gc=False):
     key_starts: list[int]
 
 
+class _Layout:
+    """A model's layer names, and a decoder of the ``grad_stats`` lines whose ``layer_norms`` hold exactly these
+    names (each at least once, no other), into a struct of them: the values :class:`GradStats`' dict has (the same
+    number decoder makes them), every other field the same, in 70% of the time a dict takes. A struct matches
+    fields by name, so it holds the values in its own order, whatever the line's."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        norms = msgspec.defstruct(
+            "LayerNorms", [(f"n{i}", float, msgspec.field(name=name)) for i, name in enumerate(names)],
+            gc=False, forbid_unknown_fields=True,
+        )  # fmt: skip
+        record = msgspec.defstruct(
+            "LaidOutGradStats", [("layer_norms", norms)], bases=(GradStats,), gc=False, forbid_unknown_fields=True
+        )
+        self._decoder = msgspec.json.Decoder(record)
+
+    def decode(self, data: bytes) -> Any:
+        """The line as a struct of these names, or None if it is not one this layout takes."""
+        try:
+            return self._decoder.decode(data)
+        except (msgspec.DecodeError, RecursionError):  # another layout, or a line for the dict's decoder to judge
+            return None
+
+
+@lru_cache(maxsize=16)
+def _layout(names: tuple[str, ...]) -> _Layout | None:
+    """The layout of ``names``; None if msgspec cannot name a field so (a quote, a backslash or a control
+    character in one): such lines decode into dicts."""
+    try:
+        return _Layout(names)
+    except ValueError:
+        return None
+
+
 def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool) -> DecodedGrad:
     """Decode what :func:`decode_grad_stats` takes of ``lines`` (numbered), keeping ``fields`` (and the layer names
-    if ``names``)."""
+    if ``names``).
+
+    Without the names (``check``), a line of the layer names the one before it had decodes into a struct of them
+    (:class:`_Layout`), whose values are in the struct's order: the rules read a quiet record's extremes, which
+    no order changes, and decode any other record again from its line. Only the long table of layer norms keeps
+    each record's order, which only a dict holds (proving it from a line's bytes costs more than the struct saves:
+    ``benchmarks/README.md``, Session 9)."""
     typed, records = [], []
+    layout: _Layout | None = None
     for line_no, data in lines:
-        record = decode_grad_stats(data)
-        if record is not None:
+        if b'"grad_stats"' not in data or len(data) > schema.MAX_LINE_BYTES:
+            continue
+        record = None if layout is None else layout.decode(data)
+        if record is None:
+            record = decode_grad_stats(data)
+            if record is None:
+                continue
+            if not names and record.layer_norms and (layout := _layout(tuple(record.layer_norms))) is not None:
+                record = layout.decode(data) or record
+        if record.layer_groups is None:  # a big model's record judges its top_layers: the engine reads it
             typed.append(line_no)
             records.append(record)
     norms = [record.layer_norms for record in records]
-    counts = np.fromiter(map(len, norms), np.int64, len(norms))
-    values = np.fromiter(chain.from_iterable(map(dict.values, norms)), np.float64, int(counts.sum()))
+    per_record = (
+        list(map(dict.values, norms)) if names else [n.values() if type(n) is dict else astuple(n) for n in norms]
+    )
+    counts = np.fromiter(map(len, per_record), np.int64, len(norms))
+    values = np.fromiter(chain.from_iterable(per_record), np.float64, int(counts.sum()))
     key_sets: list[list[str]] = []
     key_starts: list[int] = []
     if names:
