@@ -222,11 +222,13 @@ def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool)
             typed.append(line_no)
             records.append(record)
     norms = [record.layer_norms for record in records]
-    per_record = (
-        list(map(dict.values, norms)) if names else [n.values() if type(n) is dict else astuple(n) for n in norms]
-    )
-    counts = np.fromiter(map(len, per_record), np.int64, len(norms))
-    values = np.fromiter(chain.from_iterable(per_record), np.float64, int(counts.sum()))
+    if names:  # dicts, each in its line's order
+        counts = np.fromiter(map(len, norms), np.int64, len(norms))
+        values = np.fromiter(chain.from_iterable(map(dict.values, norms)), np.float64, int(counts.sum()))
+    else:
+        laid_out = [norm.values() if type(norm) is dict else astuple(norm) for norm in norms]
+        counts = np.fromiter(map(len, laid_out), np.int64, len(norms))
+        values = np.fromiter(chain.from_iterable(laid_out), np.float64, int(counts.sum()))
     key_sets: list[list[str]] = []
     key_starts: list[int] = []
     if names:
