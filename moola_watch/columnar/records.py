@@ -71,12 +71,17 @@ def decode_grad_stats(data: bytes) -> GradStats | None:
     """The line as a typed ``grad_stats`` record, or None if it is not one this decoder takes."""
     if b'"grad_stats"' not in data or len(data) > schema.MAX_LINE_BYTES:
         return None
+    record = _typed(_DECODER, data)
+    # A big model's record judges its top_layers, not the groups the columns would summarise: the engine reads it.
+    return record if record is None or record.layer_groups is None else None
+
+
+def _typed(decoder: msgspec.json.Decoder, data: bytes) -> Any:
+    """The line as ``decoder`` decodes it, or None if it refuses it."""
     try:
-        record = _DECODER.decode(data)
+        return decoder.decode(data)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: nested past msgspec's depth limit
         return None
-    # A big model's record judges its top_layers, not the groups the columns would summarise: the engine reads it.
-    return record if record.layer_groups is None else None
 
 
 _NumberMap = dict[str, float]  # JSON integers become floats, as decode_record's number maps make them
@@ -163,38 +168,24 @@ class DecodedGrad(msgspec.Struct, gc=False):
     key_starts: list[int]
 
 
-class _Layout:
-    """A model's layer names, and a decoder of the ``grad_stats`` lines whose ``layer_norms`` hold exactly these
-    names (each at least once, no other), into a struct of them: the values :class:`GradStats`' dict has (the same
-    number decoder makes them), every other field the same, in 70% of the time a dict takes. A struct matches
-    fields by name, so it holds the values in its own order, whatever the line's."""
-
-    def __init__(self, names: tuple[str, ...]) -> None:
+@lru_cache(maxsize=16)
+def _laid_out(names: tuple[str, ...]) -> msgspec.json.Decoder | None:
+    """A decoder of the ``grad_stats`` lines whose ``layer_norms`` hold exactly ``names`` (each at least once, no
+    other), into a struct of them: the values :class:`GradStats`' dict has (the same number decoder makes them),
+    every other field the same, in 70% of the time a dict takes. A struct matches fields by name, so it holds the
+    values in its own order, whatever the line's. None if msgspec cannot name a field so (a quote, a backslash or
+    a control character in a name): such lines decode into dicts."""
+    try:
         norms = msgspec.defstruct(
             "LayerNorms", [(f"n{i}", float, msgspec.field(name=name)) for i, name in enumerate(names)],
             gc=False, forbid_unknown_fields=True,
         )  # fmt: skip
-        record = msgspec.defstruct(
-            "LaidOutGradStats", [("layer_norms", norms)], bases=(GradStats,), gc=False, forbid_unknown_fields=True
-        )
-        self._decoder = msgspec.json.Decoder(record)
-
-    def decode(self, data: bytes) -> Any:
-        """The line as a struct of these names, or None if it is not one this layout takes."""
-        try:
-            return self._decoder.decode(data)
-        except (msgspec.DecodeError, RecursionError):  # another layout, or a line for the dict's decoder to judge
-            return None
-
-
-@lru_cache(maxsize=16)
-def _layout(names: tuple[str, ...]) -> _Layout | None:
-    """The layout of ``names``; None if msgspec cannot name a field so (a quote, a backslash or a control
-    character in one): such lines decode into dicts."""
-    try:
-        return _Layout(names)
     except ValueError:
         return None
+    record = msgspec.defstruct(
+        "LaidOutGradStats", [("layer_norms", norms)], bases=(GradStats,), gc=False, forbid_unknown_fields=True
+    )
+    return msgspec.json.Decoder(record)
 
 
 def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool) -> DecodedGrad:
@@ -202,23 +193,23 @@ def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool)
     if ``names``).
 
     Without the names (``check``), a line of the layer names the one before it had decodes into a struct of them
-    (:class:`_Layout`), whose values are in the struct's order: the rules read a quiet record's extremes, which
+    (:func:`_laid_out`), whose values are in the struct's order: the rules read a quiet record's extremes, which
     no order changes, and decode any other record again from its line. Only the long table of layer norms keeps
     each record's order, which only a dict holds (proving it from a line's bytes costs more than the struct saves:
     ``benchmarks/README.md``, Session 9)."""
     typed, records = [], []
-    layout: _Layout | None = None
+    layout: msgspec.json.Decoder | None = None  # the names of the line before, when it was laid out
     for line_no, data in lines:
         if b'"grad_stats"' not in data or len(data) > schema.MAX_LINE_BYTES:
             continue
-        record = None if layout is None else layout.decode(data)
+        record = None if layout is None else _typed(layout, data)
         if record is None:
-            record = decode_grad_stats(data)
+            record = _typed(_DECODER, data)
             if record is None:
                 continue
-            if not names and record.layer_norms and (layout := _layout(tuple(record.layer_norms))) is not None:
-                record = layout.decode(data) or record
-        if record.layer_groups is None:  # a big model's record judges its top_layers: the engine reads it
+            if not names and record.layer_norms and (layout := _laid_out(tuple(record.layer_norms))) is not None:
+                record = _typed(layout, data) or record
+        if record.layer_groups is None:  # a big model's record judges its top_layers, not its groups (as above)
             typed.append(line_no)
             records.append(record)
     norms = [record.layer_norms for record in records]
