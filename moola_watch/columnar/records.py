@@ -13,7 +13,6 @@ from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import chain, pairwise
-from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -65,6 +64,8 @@ class GradStats(msgspec.Struct, gc=False, forbid_unknown_fields=True):
 QUIET_FIELDS = ("run", "epoch", "step", "time", "mean_norm", "max_norm", "nonfinite_count")
 FRAME_FIELDS = (*QUIET_FIELDS, "total_norm", "std_norm", "min_norm", "cost_ms")
 _DECODER = msgspec.json.Decoder(GradStats)
+#: Where each field is in a record's ``astuple`` (a struct of layer names keeps GradStats' fields where they are).
+_AT = {name: index for index, name in enumerate(GradStats.__struct_fields__)}
 
 
 def decode_grad_stats(data: bytes) -> GradStats | None:
@@ -160,7 +161,7 @@ class DecodedGrad(msgspec.Struct, gc=False):
     """
 
     typed: list[int]
-    fields: dict[str, list[Any]]
+    fields: dict[str, tuple[Any, ...]]
     counts: memoryview
     values: memoryview
     listed: list[int]
@@ -212,7 +213,8 @@ def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool)
         if record.layer_groups is None:  # a big model's record judges its top_layers, not its groups (as above)
             typed.append(line_no)
             records.append(record)
-    norms = [record.layer_norms for record in records]
+    columns = list(zip(*map(astuple, records), strict=True)) or [()] * len(_AT)  # field by field
+    norms = columns[_AT["layer_norms"]]
     if names:  # dicts, each in its line's order
         counts = np.fromiter(map(len, norms), np.int64, len(norms))
         values = np.fromiter(chain.from_iterable(map(dict.values, norms)), np.float64, int(counts.sum()))
@@ -230,8 +232,8 @@ def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool)
                 key_sets.append(list(keys))
                 key_starts.append(index)
     return DecodedGrad(
-        typed, {name: list(map(attrgetter(name), records)) for name in fields}, memoryview(counts),
-        memoryview(values), list(map(len, map(attrgetter("nonfinite_layers"), records))), key_sets, key_starts,
+        typed, {name: columns[_AT[name]] for name in fields}, memoryview(counts), memoryview(values),
+        list(map(len, columns[_AT["nonfinite_layers"]])), key_sets, key_starts,
     )  # fmt: skip
 
 
@@ -242,7 +244,7 @@ class UnsupportedInput(Exception):
 
 class GradBatch:
     """Typed ``grad_stats`` records of one chunk (in file order) as columns, with their lines: each scalar field a
-    list, every layer norm in one float64 array (record after record), and the rules' :class:`GradColumns`."""
+    tuple, every layer norm in one float64 array (record after record), and the rules' :class:`GradColumns`."""
 
     def __init__(self, decoded: DecodedGrad, lines: list[Line]) -> None:
         self.lines = lines
