@@ -178,8 +178,10 @@ class LogScan:
 
     def is_restart(self, record: schema.Record) -> bool:
         """Is ``record`` a ``run_start`` for a run id whose run has started already?"""
+        if record["kind"] != schema.RUN_START:  # (asked of every record)
+            return False
         key = self._run_keys.get(record["run"])
-        return record["kind"] == schema.RUN_START and key is not None and self.engines[key].run.started is not None
+        return key is not None and self.engines[key].run.started is not None
 
     def _restart_key(self, run: str) -> str:
         number = 2

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moola_watch.frames import Column, FrameColumns
+from moola_watch.frames import Column, FrameColumns, table
 from moola_watch.schema import make_record
 
 scalars = st.one_of(
@@ -83,3 +83,22 @@ def test_grad_and_layer_frames_are_what_pandas_makes_of_the_rows(layers: int, re
     pd.testing.assert_frame_equal(frames["grad"], grad, check_exact=True)
     pd.testing.assert_frame_equal(frames["layers"], layer_table, check_exact=True)
     assert not records or math.isclose(frames["layers"]["norm"].iloc[0], 0.1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["run", "ratio", "time", "norm_a", "scope"]), min_size=1, max_size=4, unique=True),
+    st.lists(st.lists(st.one_of(scalars, st.sampled_from([math.nan, -0.0, [1], {"a": 1}])), min_size=4, max_size=4),
+             min_size=1, max_size=8),
+    st.booleans(),
+)  # fmt: skip
+def test_a_table_of_rows_with_the_same_keys_is_what_pandas_makes_of_the_rows(
+    keys: list[str], values: list[list[object]], reordered: bool
+) -> None:
+    """Rows of the same keys go to pandas column by column (:func:`moola_watch.frames.table`): the frame pandas makes
+    of the rows themselves, whatever the values, and whatever order the later rows hold their keys in (a step or an
+    epoch column, nullable integers either way, left out: only integers can be one)."""
+    rows = [dict(zip(keys, row, strict=False)) for row in values]
+    if reordered:
+        rows[1:] = [dict(reversed(row.items())) for row in rows[1:]]
+    pd.testing.assert_frame_equal(table(rows, keys), pd.DataFrame(rows), check_exact=True)

@@ -9,14 +9,16 @@ at all) is left to ``decode_record``, which names the problem exactly as the str
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from itertools import chain
-from operator import attrgetter
+from functools import lru_cache
+from itertools import chain, pairwise
 from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
 import orjson
+from msgspec.structs import astuple
 
 from moola_watch import schema
 from moola_watch.rules.columns import GradColumns
@@ -62,18 +64,25 @@ class GradStats(msgspec.Struct, gc=False, forbid_unknown_fields=True):
 QUIET_FIELDS = ("run", "epoch", "step", "time", "mean_norm", "max_norm", "nonfinite_count")
 FRAME_FIELDS = (*QUIET_FIELDS, "total_norm", "std_norm", "min_norm", "cost_ms")
 _DECODER = msgspec.json.Decoder(GradStats)
+#: Where each field is in a record's ``astuple`` (a struct of layer names keeps GradStats' fields where they are).
+_AT = {name: index for index, name in enumerate(GradStats.__struct_fields__)}
 
 
 def decode_grad_stats(data: bytes) -> GradStats | None:
     """The line as a typed ``grad_stats`` record, or None if it is not one this decoder takes."""
     if b'"grad_stats"' not in data or len(data) > schema.MAX_LINE_BYTES:
         return None
+    record = _typed(_DECODER, data)
+    # A big model's record judges its top_layers, not the groups the columns would summarise: the engine reads it.
+    return record if record is None or record.layer_groups is None else None
+
+
+def _typed(decoder: msgspec.json.Decoder, data: bytes) -> Any:
+    """The line as ``decoder`` decodes it, or None if it refuses it."""
     try:
-        record = _DECODER.decode(data)
+        return decoder.decode(data)
     except (msgspec.DecodeError, RecursionError):  # RecursionError: nested past msgspec's depth limit
         return None
-    # A big model's record judges its top_layers, not the groups the columns would summarise: the engine reads it.
-    return record if record.layer_groups is None else None
 
 
 _NumberMap = dict[str, float]  # JSON integers become floats, as decode_record's number maps make them
@@ -141,47 +150,90 @@ def decode_measurement(data: bytes) -> schema.Record | None:
 
 
 class DecodedGrad(msgspec.Struct, gc=False):
-    """What typed decoding makes of some lines, in plain data (it may come from another process as msgpack).
+    """What typed decoding makes of some lines, in plain data (it may come from another process as msgpack, whose
+    binary fields come back as memoryviews of the message: no copy).
 
     ``typed`` lists the numbers of the lines that decoded; for each of those, in order: ``fields`` holds each
     scalar field's values, ``counts`` (int64) its number of layers, ``values`` (float64) all layer norms record
-    after record, ``listed`` the length of its ``nonfinite_layers``, ``key_ids`` which of ``key_sets`` (the
-    distinct layer name lists, in order of appearance) it has; the last two only when layer names are asked for.
+    after record, ``listed`` the length of its ``nonfinite_layers``. When layer names are asked for, ``key_sets``
+    holds each new list of them, in order, and ``key_starts`` the record where it begins (a model's layers rarely
+    change: usually one list for the whole batch).
     """
 
     typed: list[int]
-    fields: dict[str, list[Any]]
-    counts: bytes
-    values: bytes
+    fields: dict[str, tuple[Any, ...]]
+    counts: memoryview
+    values: memoryview
     listed: list[int]
     key_sets: list[list[str]]
-    key_ids: list[int]
+    key_starts: list[int]
+
+
+@lru_cache(maxsize=16)
+def _laid_out(names: tuple[str, ...]) -> msgspec.json.Decoder | None:
+    """A decoder of the ``grad_stats`` lines whose ``layer_norms`` hold exactly ``names`` (each at least once, no
+    other), into a struct of them: the values :class:`GradStats`' dict has (the same number decoder makes them),
+    every other field the same, in 70% of the time a dict takes. A struct matches fields by name, so it holds the
+    values in its own order, whatever the line's. None if msgspec cannot name a field so (a quote, a backslash or
+    a control character in a name): such lines decode into dicts."""
+    try:
+        norms = msgspec.defstruct(
+            "LayerNorms", [(f"n{i}", float, msgspec.field(name=name)) for i, name in enumerate(names)],
+            gc=False, forbid_unknown_fields=True,
+        )  # fmt: skip
+    except ValueError:
+        return None
+    record = msgspec.defstruct(
+        "LaidOutGradStats", [("layer_norms", norms)], bases=(GradStats,), gc=False, forbid_unknown_fields=True
+    )
+    return msgspec.json.Decoder(record)
 
 
 def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool) -> DecodedGrad:
     """Decode what :func:`decode_grad_stats` takes of ``lines`` (numbered), keeping ``fields`` (and the layer names
-    if ``names``)."""
+    if ``names``).
+
+    Without the names (``check``), a line of the layer names the one before it had decodes into a struct of them
+    (:func:`_laid_out`), whose values are in the struct's order: the rules read a quiet record's extremes, which
+    no order changes, and decode any other record again from its line. Only the long table of layer norms keeps
+    each record's order, which only a dict holds (proving it from a line's bytes costs more than the struct saves:
+    ``benchmarks/README.md``, Session 9)."""
     typed, records = [], []
+    layout: msgspec.json.Decoder | None = None  # the names of the line before, when it was laid out
     for line_no, data in lines:
-        record = decode_grad_stats(data)
-        if record is not None:
+        if b'"grad_stats"' not in data or len(data) > schema.MAX_LINE_BYTES:
+            continue
+        record = None if layout is None else _typed(layout, data)
+        if record is None:
+            record = _typed(_DECODER, data)
+            if record is None:
+                continue
+            if not names and record.layer_norms and (layout := _laid_out(tuple(record.layer_norms))) is not None:
+                record = _typed(layout, data) or record
+        if record.layer_groups is None:  # a big model's record judges its top_layers, not its groups (as above)
             typed.append(line_no)
             records.append(record)
-    norms = [record.layer_norms for record in records]
-    counts = np.fromiter(map(len, norms), np.int64, len(norms))
-    values = np.fromiter(chain.from_iterable(map(dict.values, norms)), np.float64, int(counts.sum()))
+    columns = list(zip(*map(astuple, records), strict=True)) or [()] * len(_AT)  # field by field
+    norms = columns[_AT["layer_norms"]]
+    if names:  # dicts, each in its line's order
+        counts = np.fromiter(map(len, norms), np.int64, len(norms))
+        values = np.fromiter(chain.from_iterable(map(dict.values, norms)), np.float64, int(counts.sum()))
+    else:
+        laid_out = [norm.values() if type(norm) is dict else astuple(norm) for norm in norms]
+        counts = np.fromiter(map(len, laid_out), np.int64, len(norms))
+        values = np.fromiter(chain.from_iterable(laid_out), np.float64, int(counts.sum()))
     key_sets: list[list[str]] = []
-    key_ids: list[int] = []
+    key_starts: list[int] = []
     if names:
         last: tuple[str, ...] | None = None
-        for keys in map(tuple, norms):
+        for index, keys in enumerate(map(tuple, norms)):
             if keys != last:
                 last = keys
                 key_sets.append(list(keys))
-            key_ids.append(len(key_sets) - 1)
+                key_starts.append(index)
     return DecodedGrad(
-        typed, {name: list(map(attrgetter(name), records)) for name in fields}, counts.tobytes(), values.tobytes(),
-        list(map(len, map(attrgetter("nonfinite_layers"), records))), key_sets, key_ids,
+        typed, {name: columns[_AT[name]] for name in fields}, memoryview(counts), memoryview(values),
+        list(map(len, columns[_AT["nonfinite_layers"]])), key_sets, key_starts,
     )  # fmt: skip
 
 
@@ -192,16 +244,16 @@ class UnsupportedInput(Exception):
 
 class GradBatch:
     """Typed ``grad_stats`` records of one chunk (in file order) as columns, with their lines: each scalar field a
-    list, every layer norm in one float64 array (record after record), and the rules' :class:`GradColumns`."""
+    tuple, every layer norm in one float64 array (record after record), and the rules' :class:`GradColumns`."""
 
     def __init__(self, decoded: DecodedGrad, lines: list[Line]) -> None:
         self.lines = lines
         self.fields = decoded.fields
-        counts = np.frombuffer(decoded.counts, np.int64)
+        self.counts = counts = np.frombuffer(decoded.counts, np.int64)
         self.offsets = np.concatenate(([0], np.cumsum(counts)))
         self.values = np.frombuffer(decoded.values, np.float64)
-        key_sets = [tuple(keys) for keys in decoded.key_sets]
-        self.keys = [key_sets[index] for index in decoded.key_ids]
+        self.key_sets = [tuple(keys) for keys in decoded.key_sets]
+        self.key_starts = decoded.key_starts
         self.columns = GradColumns.from_norms(
             self.values, counts, decoded.listed, self.fields["nonfinite_count"], self.fields["mean_norm"]
         )
@@ -233,7 +285,15 @@ class GradBatch:
             f["max_norm"][start:stop], lambda index: self.record(start + index),
         )  # fmt: skip
 
-    def rows(self, start: int, stop: int) -> tuple[dict[str, Sequence[Any]], list[tuple[str, ...]], np.ndarray]:
-        """Records ``start`` to ``stop`` for the frames: the scalar columns, the layer names, the norms."""
+    def rows(
+        self, start: int, stop: int
+    ) -> tuple[dict[str, Sequence[Any]], list[tuple[tuple[str, ...], int]], np.ndarray, np.ndarray]:
+        """Records ``start`` to ``stop`` for the frames: the scalar columns; the layer names as runs of records that
+        share them (names, how many records); each record's number of layers; all their norms."""
+        first = bisect_right(self.key_starts, start) - 1  # the key set record start has
+        bounds = [start, *self.key_starts[first + 1 :], stop]
+        spans = zip(self.key_sets[first:], pairwise(bounds), strict=True)
+        runs = [(keys, min(b, stop) - a) for keys, (a, b) in spans if a < stop]
         values = self.values[self.offsets[start] : self.offsets[stop]]
-        return {name: column[start:stop] for name, column in self.fields.items()}, self.keys[start:stop], values
+        fields = {name: column[start:stop] for name, column in self.fields.items()}
+        return fields, runs, self.counts[start:stop], values

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import os
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -196,11 +197,12 @@ class _Quiet:
 
     def __init__(self, flags: np.ndarray) -> None:
         self.flags: list[bool] = flags.tolist()
-        self._loud = np.append(np.flatnonzero(~flags), len(flags))  # ascending, then the batch's length
+        # ascending, then the batch's length; a list: bisect on it costs 0.03 µs, numpy's searchsorted 1.3 µs
+        self._loud: list[int] = [*np.flatnonzero(~flags).tolist(), len(flags)]
 
     def next_loud(self, index: int) -> int:
         """The first record from ``index`` on where a condition may hold (the batch's length if none)."""
-        return int(self._loud[np.searchsorted(self._loud, index)])
+        return self._loud[bisect_left(self._loud, index)]
 
 
 class _Chunk:
