@@ -315,6 +315,43 @@ def test_a_bitfit_run_raises_no_vanishing_alert_and_a_dead_layer_in_one_still_do
     assert "hidden.bias" in flagged and "key.bias" in flagged and "head.bias" not in flagged  # all behind it: 0
 
 
+class LoRALinear(nn.Module):
+    """A frozen linear layer with a trained low-rank update, PEFT's way: ``B`` starts at zero."""
+
+    def __init__(self, width: int, rank: int = 2) -> None:
+        super().__init__()
+        self.base = nn.Linear(width, width).requires_grad_(False)
+        self.lora_A = nn.Linear(width, rank, bias=False)
+        self.lora_B = nn.Linear(rank, width, bias=False)
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.lora_B(self.lora_A(x))
+
+
+def lora_vanishing(dead_input: bool) -> list[list[str]]:
+    """A LoRA fine-tune for 15 steps (lr 1e-7: B stays young); the layers of each vanishing alert fired."""
+    torch.manual_seed(0)
+    model = nn.Sequential(LoRALinear(8), nn.ReLU(), LoRALinear(8), nn.Linear(8, 1).requires_grad_(False))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-7)
+    with GradientMonitor(every_n_steps=1, echo=lambda _line: None) as monitor:
+        for _ in range(15):
+            x = torch.randn(16, 8) * (0.0 if dead_input else 1.0)
+            model(x).pow(2).mean().backward()
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+    return [list(alert.layers) for alert in monitor.engine.alerts if alert.rule == "vanishing"]
+
+
+def test_a_lora_a_matrix_gated_by_a_young_b_is_not_vanishing_and_one_with_no_gradient_through_b_still_is():
+    """LoRA's B starts at zero and A's gradient passes through it: a healthy LoRA run had every A called vanishing
+    for as long as B was small. A whose B gets no gradient either (nothing reaches them: a zero input) is."""
+    assert lora_vanishing(dead_input=False) == []
+    (flagged,) = lora_vanishing(dead_input=True)
+    assert "0.lora_A.weight" in flagged and "0.lora_B.weight" in flagged
+
+
 def test_a_big_models_vanishing_biases_are_flagged_when_their_trained_weights_vanish_too(tmp_path):
     """A model past max_layer_norms whose smallest tensors are biases: the record names them with their modules'
     weights, so the watcher sees the weights trained and vanishing, not missing (a frozen weight is not

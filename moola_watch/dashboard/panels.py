@@ -197,7 +197,9 @@ def layers_table(engine: rules.RuleEngine, options: ViewOptions, short: bool = F
     if isinstance(tensors, int) and tensors > len(norms):  # the record names only the model's extremes
         title = f"Layers ({len(shown)} of the {len(names)} named of {tensors} tensors: the largest and smallest)"
     if structural:
-        title += f"; {len(structural)} bias{'es' if len(structural) > 1 else ''} zero by construction not shown"
+        what = "bias" if all(map(rules.is_bias, structural)) else "tensor"
+        many = "es" if what == "bias" else "s"
+        title += f"; {len(structural)} {what}{many if len(structural) > 1 else ''} zero by construction not shown"
     if short:  # a short screen's lines are for the layers: no borders, no header (the columns speak for themselves)
         table = Table(title=one_line(Text(title, style="table.title")), title_justify="left", expand=True,
                       box=None, show_header=False)  # fmt: skip

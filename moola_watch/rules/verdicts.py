@@ -59,9 +59,10 @@ def flag_layers(layer_norms: Mapping[str, float], th: Thresholds, *, complete: b
     silences a layer's weight and bias together, so real vanishing stays flagged. Where the module's weight is
     frozen (BitFit trains the biases alone) there is no weight to tell by: such a bias is zero by construction
     unless its gradient is exactly zero, as a dead unit's is (one zero by construction is rounding error,
-    1e-13). That needs each bias's measured weight named: not ``complete`` (see :func:`names_every_weight`), a
-    weight may be missing only from the record, and a bias counts as zero by construction only beside its
-    weight."""
+    1e-13). A LoRA ``A`` matrix is gated by its ``B``, which starts at zero: while ``B`` gets gradient, a small
+    ``A`` gradient is ``B`` still being young, not vanishing. The bias rule needs each bias's measured weight
+    named: not ``complete`` (see :func:`names_every_weight`), a weight may be missing only from the record, and a
+    bias counts as zero by construction only beside its weight."""
     values = layer_norms.values()
     if not values or (math.isfinite(sum(values)) and th.vanishing <= min(values) and max(values) <= th.exploding):
         return NO_LAYER_FLAGS
@@ -79,8 +80,9 @@ def flag_layers(layer_norms: Mapping[str, float], th: Thresholds, *, complete: b
 
 def zero_by_construction(layer_norms: Mapping[str, float], th: Thresholds, *, complete: bool = True) -> set[str]:
     """The biases below the vanishing bound whose module has a non-bias tensor at or above it, or, not exactly
-    zero, none at all: zero by construction, not vanishing (see :func:`flag_layers`). Given each layer's peak
-    norm over a run, the biases that were never more than that."""
+    zero, none at all, and the LoRA ``A`` matrices whose ``B`` is at or above it: zero by construction, not
+    vanishing (see :func:`flag_layers`). Given each layer's peak norm over a run, those that were never more
+    than that."""
     low = [name for name, norm in layer_norms.items() if norm < th.vanishing]
     return _zero_by_construction(low, layer_norms, th, complete)
 
@@ -94,16 +96,17 @@ def _zero_by_construction(low: list[str], layer_norms: Mapping[str, float], th: 
     """The biases among ``low`` whose module has a non-bias tensor with a gradient norm at or above the
     vanishing threshold, and, where ``layer_norms`` is ``complete``, those not exactly zero whose module has no
     non-bias tensor in it (frozen: measured tensors are those that get gradient)."""
+    gated = _gated_lora_a(low, layer_norms, th)
     modules = {name.rpartition(".")[0] for name in low if is_bias(name)}
     if not modules:
-        return set()
+        return gated
     weighted, fed = set(), set()
     for name, norm in layer_norms.items():
         if (module := name.rpartition(".")[0]) in modules and not is_bias(name):
             weighted.add(module)
             if norm >= th.vanishing:
                 fed.add(module)
-    return {
+    return gated | {
         name
         for name in low
         if is_bias(name)
@@ -112,6 +115,19 @@ def _zero_by_construction(low: list[str], layer_norms: Mapping[str, float], th: 
             or (complete and module not in weighted and layer_norms[name] != 0.0)
         )
     }
+
+
+def _gated_lora_a(low: list[str], layer_norms: Mapping[str, float], th: Thresholds) -> set[str]:
+    """The LoRA ``A`` matrices among ``low`` whose ``B`` (the same name with ``lora_B``) gets gradient. ``B``
+    starts at zero and ``A``'s gradient passes through it (``B^T`` times the output's), so ``A`` is as small as
+    ``B`` is young: gated, not vanishing. A ``B`` with no gradient either leaves ``A`` flagged."""
+    gated = set()
+    for name in low:
+        if "lora_A" in name:
+            partner = layer_norms.get(name.replace("lora_A", "lora_B"))
+            if partner is not None and partner >= th.vanishing:
+                gated.add(name)
+    return gated
 
 
 def vanishing_layers(layer_norms: Mapping[str, float], threshold: float = 1e-7) -> list[str]:
