@@ -342,3 +342,41 @@ def test_a_one_element_loss_beside_a_scalar_one_is_measured_as_a_scalar():
     train_three_steps(monitor, lambda a, b: {"a": a.mean().reshape(1), "b": b.mean()})
     balances = [r for r in map(decode_record, out.getvalue().splitlines()) if r["kind"] == "task_balance"]
     assert warnings == [] and len(balances) == 3 and set(balances[0]["norms"]) == {"a", "b"}
+
+
+class ReentrantTrunk(nn.Module):
+    """Two heads on a trunk whose second layer is checkpointed the old way (use_reentrant=True, the HF Trainer's
+    gradient_checkpointing_enable() in older transformers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(6, 16), nn.Linear(16, 16)
+        self.cls, self.reg = nn.Linear(16, 3), nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from torch.utils.checkpoint import checkpoint
+
+        features = checkpoint(lambda h: torch.relu(self.second(h)), torch.relu(self.first(x)), use_reentrant=True)
+        labels = torch.randint(0, 3, (x.shape[0],))
+        losses = {"cls": nn.functional.cross_entropy(self.cls(features), labels),
+                  "reg": self.reg(features).pow(2).mean()}  # fmt: skip
+        return features, losses
+
+
+def test_reentrant_checkpointing_says_how_to_measure_and_the_representation_scope_does():
+    """autograd.grad cannot go through a reentrant checkpoint: one warning that names both ways out, the step's
+    gradients untouched; measured at the representation the heads read (after the checkpointed blocks), it works."""
+    torch.manual_seed(0)
+    model, warnings = ReentrantTrunk(), []
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO(), warn=warnings.append)
+    features, losses = model(torch.randn(8, 6))
+    assert monitor.on_before_backward(model, losses) is None
+    (warning,) = warnings
+    assert "use_reentrant=True" in warning and "use_reentrant': False" in warning and "representation=" in warning
+    sum(losses.values()).backward()
+    assert model.second.weight.grad is not None and model.second.weight.grad.norm() > 0
+    monitor.on_before_optimizer_step(model)  # the next step
+    model.zero_grad()
+    features, losses = model(torch.randn(8, 6))
+    balance = monitor.on_before_backward(model, losses, representation=features)
+    assert balance is not None and set(balance.norms) == {"cls", "reg"} and len(warnings) == 1

@@ -37,6 +37,12 @@ DONATED_BUFFERS = (
     "the step's own backward: `import torch._functorch.config` and set torch._functorch.config.donated_buffer = "
     "False before torch.compile, or measure at the shared representation with a RepresentationTap"
 )
+REENTRANT_CHECKPOINT = (
+    "the shared layers are checkpointed with use_reentrant=True, through which torch.autograd.grad cannot "
+    "differentiate: checkpoint with use_reentrant=False (the HF Trainer: gradient_checkpointing_kwargs="
+    "{'use_reentrant': False}), or measure at the shared representation the heads read (representation=, or a "
+    "RepresentationTap), which lies after the checkpointed blocks"
+)
 
 
 @dataclass(frozen=True)
@@ -331,9 +337,11 @@ def compute_task_balance(
             for name, loss in measured.items()
         }
     except RuntimeError as exc:
-        if "donated buffer" not in str(exc):
-            raise
-        raise BalanceUnavailable(DONATED_BUFFERS) from None
+        if "donated buffer" in str(exc):
+            raise BalanceUnavailable(DONATED_BUFFERS) from None
+        if "use_reentrant=True" in str(exc):
+            raise BalanceUnavailable(REENTRANT_CHECKPOINT) from None
+        raise
     balance = _balance(grads, targets, measured, weights, scope, left_out)
     return balance if representation is not None else replace(balance, parameters=tuple(targets))
 
