@@ -251,7 +251,7 @@ def test_runs_of_logs_that_share_a_file_name_are_told_apart_by_their_folders(tmp
     assert page.comparison.headers[1:] == [label for label, _status, _verdict in page.runs]
 
 
-def test_the_comparison_names_the_task_another_dominates() -> None:
+def test_the_comparison_names_the_task_another_dominates(tmp_path: Path) -> None:
     """A review's case: a run of three tasks read ``5.66e+03 (dominated)``, not saying which task was."""
     log = REPO / "tests" / "data" / "detection" / "trio-s2-h3-w100.jsonl"  # its sign task dominated, 18.4
     page, _figures = build_page([analyze.scan_log(log, frames=True)])
@@ -260,6 +260,14 @@ def test_the_comparison_names_the_task_another_dominates() -> None:
     page, _figures = build_page([analyze.scan_log(SAMPLES / "pointer_collapse.jsonl", frames=True)])
     (balance,) = [row for row in page.comparison.rows if row[0] == "task balance (window mean)"]
     assert balance[1].endswith(" (pointer_dominating)"), balance  # pointer/type: the state names the task
+    from logs import LogBuilder
+
+    three = LogBuilder().start()  # a window of 3: imbalanced, short of the collapse bound (5)
+    for step in range(1, 12):
+        three.add("task_balance", step=step, norms={"a": 3.0, "b": 1.0, "c": 2.5})
+    page, _figures = build_page([analyze.scan_log(three.write(tmp_path / "three.jsonl"), frames=True)])
+    (balance,) = [row for row in page.comparison.rows if row[0] == "task balance (window mean)"]
+    assert balance[1] == "3 (b imbalanced)", balance
 
 
 def test_the_comparison_shows_a_final_loss_gone_nan_as_nan_and_a_loss_not_recorded_lately_as_its_last(

@@ -42,13 +42,13 @@ def alert_counts(alerts: Sequence[rules.Alert]) -> str:
 
 def balance_cell(engine: rules.RuleEngine) -> str:
     """The collapse window's mean ratio and its verdict, naming the task another dominates (``5.66e+03 (tag
-    dominated)``; the pointer/type states name the dominating one)."""
+    dominated)``, ``3.1 (tag imbalanced)``; the pointer/type states name the dominating one)."""
     balance = engine.balance()
     if balance.mean is None:
         return balance.state
     state = balance.state
-    if state == "dominated" and (dominated := engine.most_dominated()) is not None:
-        state = f"{dominated[0]} dominated"
+    if state in ("dominated", "imbalanced") and (dominated := engine.most_dominated()) is not None:
+        state = f"{dominated[0]} {state}"
     return f"{number(balance.mean, 3)} ({state})"
 
 
