@@ -68,11 +68,13 @@ _DECODER = msgspec.json.Decoder(GradStats)
 _AT = {name: index for index, name in enumerate(GradStats.__struct_fields__)}
 
 
-def decode_grad_stats(data: bytes) -> GradStats | None:
-    """The line as a typed ``grad_stats`` record, or None if it is not one this decoder takes."""
+def decode_grad_stats(data: bytes, layout: msgspec.json.Decoder | None = None) -> GradStats | None:
+    """The line as a typed ``grad_stats`` record, or None if it is not one this decoder takes. With ``layout`` (a
+    decoder from :func:`_laid_out`), its layer norms go into that struct when the line has exactly its names,
+    else into a dict."""
     if b'"grad_stats"' not in data or len(data) > schema.MAX_LINE_BYTES:
         return None
-    record = _typed(_DECODER, data)
+    record = (layout is not None and _typed(layout, data)) or _typed(_DECODER, data)
     # A big model's record judges its top_layers, not the groups the columns would summarise: the engine reads it.
     return record if record is None or record.layer_groups is None else None
 
@@ -201,18 +203,14 @@ def decode_grad_lines(lines: Iterable[Line], fields: Sequence[str], names: bool)
     typed, records = [], []
     layout: msgspec.json.Decoder | None = None  # the names of the line before, when it was laid out
     for line_no, data in lines:
-        if b'"grad_stats"' not in data or len(data) > schema.MAX_LINE_BYTES:
-            continue
-        record = None if layout is None else _typed(layout, data)
+        record = decode_grad_stats(data, layout)
         if record is None:
-            record = _typed(_DECODER, data)
-            if record is None:
-                continue
-            if not names and record.layer_norms and (layout := _laid_out(tuple(record.layer_norms))) is not None:
-                record = _typed(layout, data) or record
-        if record.layer_groups is None:  # a big model's record judges its top_layers, not its groups (as above)
-            typed.append(line_no)
-            records.append(record)
+            continue
+        if not names and type(record.layer_norms) is dict and record.layer_norms:  # names the layout did not have
+            layout = _laid_out(tuple(record.layer_norms))
+            record = (layout is not None and _typed(layout, data)) or record
+        typed.append(line_no)
+        records.append(record)
     columns = list(zip(*map(astuple, records), strict=True)) or [()] * len(_AT)  # field by field
     norms = columns[_AT["layer_norms"]]
     if names:  # dicts, each in its line's order
