@@ -300,7 +300,7 @@ def _never_measured(ev: Evidence, record: schema.Record, _th: Thresholds) -> Fin
             "Pass every task's loss of a batch together (batches of one task each cannot be compared); if the probe "
             "failed, the trainer's warning says why; a run shorter than balance_every_n_steps has no sample",
         ))]  # fmt: skip
-    never_named = [task for task in unjudged if task not in ev.balance_tasks]
+    never_named = [task for task in unjudged if task not in ev.sampled_tasks]
     plural = len(unjudged) > 1
     if never_named:
         why = f"no balance sample held {'them' if plural else 'it'}"

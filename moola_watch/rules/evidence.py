@@ -217,7 +217,7 @@ class Evidence:
         self.last_measured: dict[str, Where] = {}  # per task: its latest balance sample
         self.absent_at: int | None = None  # the step of the latest balance sample, if a task measured nothing in it
         self.left_out_since: dict[str, Where] = {}  # tasks measured once, left out of the balance since then
-        self.balance_tasks: set[str] = set()  # every task a balance record named, measured or left out
+        self.sampled_tasks: set[str] = set()  # every task a balance record held a norm of, measured or absent
         self.left_out_tasks: set[str] = set()  # every task a balance record left out (no gradient on shared layers)
         self.balance_records = 0  # task_balance records, usable or not
         self.epoch_losses = LossSeries(window)
@@ -382,7 +382,7 @@ class Evidence:
         ratio: float | None = record.get("ratio")
         norms: dict[str, float] = record["norms"]
         left_out = record.get("left_out") or ()
-        self.balance_tasks.update(norms, left_out)
+        self.sampled_tasks.update(norms)
         self.left_out_tasks.update(left_out)
         counted = False
         if ratio is not None and not math.isnan(ratio):
