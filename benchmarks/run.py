@@ -10,6 +10,7 @@ measurements, not pass/fail tests.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import math
@@ -397,18 +398,23 @@ def child(*args: str) -> dict[str, Any]:
 
 OFFLINE_MODES = ("analyze-streaming", "analyze-serial", "analyze-parallel", "pandas", "check-streaming",
                  "check-serial", "check-parallel")  # fmt: skip
+#: The reference for how fast any reader parses the log here (``pip install '.[bench]'``); skipped without it.
+HAS_POLARS = importlib.util.find_spec("polars") is not None
 
 
 def bench_analyze(quick: bool, tmp: Path) -> list[Row]:
     """Offline ``analyze`` and ``check`` on one big log: the streaming engine (the reference), the fast path in
     one process and with a second process decoding, and ``pandas.read_json(lines=True)``, each in a fresh child
-    process, taking turns round by round; the best round's time, the largest peak RSS of any round."""
+    process, taking turns round by round; the best round's time, the largest peak RSS of any round. With polars
+    installed, ``polars.read_ndjson`` as well: parsing alone, untyped, on every core, which says how much of 5x
+    pandas' time any reader leaves for validation, the rules and the frames."""
     records = 20_000 if quick else 200_000
     log = tmp / "big.jsonl"
     mb = write_big_log(log, records) / 1e6
-    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in OFFLINE_MODES}
+    modes = (*OFFLINE_MODES, "polars") if HAS_POLARS else OFFLINE_MODES
+    runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for _ in range(1 if quick else 3):
-        for mode in OFFLINE_MODES:
+        for mode in modes:
             runs[mode].append(child(mode, str(log)))
     seconds = {mode: min(r["seconds"] for r in results) for mode, results in runs.items()}
     peak = {mode: max(r["peak_mib"] for r in results) for mode, results in runs.items()}
@@ -433,6 +439,14 @@ def bench_analyze(quick: bool, tmp: Path) -> list[Row]:
             for way in ("serial", "parallel"):
                 speed = seconds["pandas"] / seconds[f"analyze-{way}"]
                 rows.append(row("analyze", f"analyze ({ways[way]}) / pandas.read_json speed", speed, "x", ">= 5"))
+            if HAS_POLARS:
+                parsing = "polars.read_ndjson, parsing alone on every core / pandas.read_json speed"
+                speed = seconds["pandas"] / seconds["polars"]
+                rows.append(row("analyze", parsing, speed, "x", "", "no validation, rules or frames"))
+                left = seconds["pandas"] / 5 - seconds["polars"]
+                rows.append(row("analyze", "5x pandas' time left after polars.read_ndjson's parse", left, "s"))
+            else:
+                print("analyze  polars.read_ndjson: skipped (pip install '.[bench]')", flush=True)
         for way in ("serial", "parallel"):
             speed = seconds[f"{command}-streaming"] / seconds[f"{command}-{way}"]
             rows.append(row("analyze", f"{command} ({ways[way]}) / streaming engine speed", speed, "x"))

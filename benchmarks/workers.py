@@ -2,7 +2,8 @@
 
 python benchmarks/workers.py MODE LOG                       -> one JSON line: seconds, records, peak_mib, worker_mib
     MODE: analyze|check with -parallel (the fast path, a second process decoding), -serial (the fast path in one
-    process) or -streaming (the reference, item by item); or pandas
+    process) or -streaming (the reference, item by item); or pandas; or polars (``polars.read_ndjson``, parse only,
+    on every core: the fastest JSON-lines reader we found, the ``bench`` extra)
 python benchmarks/workers.py writer LOG COUNT INTERVAL_S    -> appends COUNT epoch records, then run_end
 """
 
@@ -27,6 +28,10 @@ def offline(mode: str, log: str) -> None:
         import pandas as pd
 
         records = len(pd.read_json(log, lines=True))
+    elif mode == "polars":
+        import polars as pl
+
+        records = len(pl.read_ndjson(log))
     else:
         from moola_watch.analyze import scan_log, to_frames
 
