@@ -721,8 +721,8 @@ def with_default_command(argv: list[str]) -> list[str]:
 def log_files(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, list[Path]]]:
     """The logs named on the command line, each directory among them as its logs in name order: its ``*.jsonl``
     files, each with the rotated parts of it there (``run.jsonl.1``, ``run.jsonl.2.gz``), which are read oldest
-    first as one log (:func:`moola_watch.sources.directory_logs`). Returns the logs, and the parts of those made
-    of several. A directory without any log is a usage error; a file given that is one part of a rotated log is
+    first as one log, less any part that is a copy of the next (:func:`moola_watch.sources.saved_logs`). Returns the
+    logs, and the parts of those made of several. A directory without any log is a usage error; a file given that is one part of a rotated log is
     read alone, and a note says so, as it says when a log's numbered and dated parts are read by time."""
     files: list[Path] = []
     parts: dict[Path, list[Path]] = {}
@@ -733,7 +733,7 @@ def log_files(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, list[Path]]
             files.append(path)
         elif path.is_dir():
             try:
-                logs = sources.directory_logs(path, note=_note)
+                logs = sources.saved_logs(path, note=_note)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             except OSError as exc:

@@ -26,7 +26,7 @@ from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, e
 from moola_watch.notify import Notifier
 from moola_watch.render import stdout_gone
 from moola_watch.rules import AlertEvent, Thresholds
-from moola_watch.sources import directory_logs
+from moola_watch.sources import directory_logs, without_copies
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
 from moola_watch.textsafe import inert, json_line
 from moola_watch.writer_process import log_writer_gone
@@ -114,6 +114,7 @@ class Follower:
                 self.views[path] = LogView(LogScan(str(path), self.thresholds, overridden=self.options.overridden))
                 if older and not from_end:  # its rotated parts first, oldest first: the log as check reads it
                     self._read_at = time.time()
+                    older = without_copies([*older, path], note=self._note_once)[:-1]
                     for item in read_sources(older, str(path), None):
                         self._take(path, item)
 

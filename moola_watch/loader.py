@@ -19,7 +19,7 @@ import pandas as pd
 
 from moola_watch import analyze
 from moola_watch.rules import Thresholds
-from moola_watch.sources import directory_logs
+from moola_watch.sources import saved_logs
 
 TABLES = ("grad", "layers", "balance", "epochs", "alerts", "runs")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -42,7 +42,7 @@ def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd
     such a file in a directory is skipped with a warning, unless no file there is a log.
     """
     path = Path(path)
-    logs = directory_logs(path, note=_note) if path.is_dir() else [(path, [path])]
+    logs = saved_logs(path, note=_note) if path.is_dir() else [(path, [path])]
     if not logs:
         raise FileNotFoundError(f"no *.jsonl log in {path}")
     per_log, foreign = [], []

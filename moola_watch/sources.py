@@ -6,14 +6,16 @@ Rotated parts are named the way logrotate names them (README "Reliability"): ``r
 ``run.jsonl-20240101`` (``.gz``; any ``dateformat`` of 8 digits or more, ``-``/``_`` between them:
 ``run.jsonl-2024-01-01``, ``run.jsonl-1704067200``) are older than ``run.jsonl``, the earlier date the older. A
 log with parts of both kinds has its rotated parts ordered by when they were last modified, since no name orders
-them. zstd has no module in Python 3.11's standard library: a zstd file is refused with a one-line error that says
-how to read it.
+them. A part whose every byte begins the next part too is a copy someone kept (``cp run.jsonl run.jsonl-20261130``),
+not a rotated part, and is not read: its records are in the next part. zstd has no module in Python 3.11's standard
+library: a zstd file is refused with a one-line error that says how to read it.
 """
 
 from __future__ import annotations
 
 import bz2
 import gzip
+import itertools
 import lzma
 import os
 import re
@@ -21,7 +23,7 @@ import stat
 import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import BinaryIO
 
@@ -134,7 +136,7 @@ def log_parts(path: Path) -> tuple[Path, list[Path]] | None:
     match = PART.fullmatch(path.name)
     if match is None or not path.parent.is_dir():
         return None
-    for log, parts in directory_logs(path.parent):
+    for log, parts in saved_logs(path.parent):
         if len(parts) > 1 and path in parts:
             return log, parts
     return None
@@ -180,3 +182,48 @@ def _modified(path: Path) -> int:
         return path.stat().st_mtime_ns
     except OSError:
         return 0
+
+
+def saved_logs(directory: Path, note: Callable[[str], None] | None = None) -> list[tuple[Path, list[Path]]]:
+    """:func:`directory_logs` to be read once, to their ends: each log's parts less the copies of the next part
+    (:func:`without_copies`), a log left with one part named by it."""
+    logs = []
+    for log, parts in directory_logs(directory, note):
+        kept = without_copies(parts, note)
+        logs.append((kept[0] if len(kept) == 1 else log, kept))
+    return logs
+
+
+def without_copies(parts: Sequence[Path], note: Callable[[str], None] | None = None) -> list[Path]:
+    """A log's ``parts`` (oldest first) less each one that is a copy of the start of the part after it, and
+    ``note`` told of each. A rotation never makes one: logrotate moves or truncates the log, so the next part
+    starts where the older one ended; a backup (``cp run.jsonl run.jsonl-20261130``) would otherwise be read as
+    an older part and its runs judged twice. An empty part is no copy, and one that cannot be read is kept (its
+    read will say why)."""
+    kept = []
+    for older, newer in itertools.pairwise(parts):
+        if not _begins(newer, older):
+            kept.append(older)
+        elif note is not None:
+            note(f"{older} begins {newer.name} byte for byte: a copy of it, not a rotated part, so it is not read "
+                 f"(its records are in {newer.name})")  # fmt: skip
+    return [*kept, *parts[-1:]]
+
+
+def _begins(whole: Path, start: Path) -> bool:
+    """Whether the (decompressed) bytes of ``start``, at least one, are the first bytes of ``whole``."""
+    try:
+        with closing(_chunks(start, CHUNK)) as starts, closing(_chunks(whole, CHUNK)) as wholes:
+            pending, compared = b"", 0
+            for chunk in starts:
+                while len(pending) < len(chunk):
+                    more = next(wholes, b"")
+                    if not more:
+                        return False
+                    pending += more
+                if not pending.startswith(chunk):
+                    return False
+                pending, compared = pending[len(chunk) :], compared + len(chunk)
+            return compared > 0
+    except (OSError, UnreadableLog):
+        return False

@@ -327,6 +327,52 @@ def test_numbered_and_dated_parts_of_one_log_are_read_by_when_each_was_modified_
     assert followed.returncode == 1 and [log["verdict"] for log in events[-1]["logs"]] == ["healthy", "error"]
 
 
+def test_a_kept_copy_of_the_log_is_not_read_as_a_rotated_part(tmp_path):
+    """``cp run.jsonl run.jsonl-20261130`` during a run (and a gzip'd copy at its end) names dated parts, but a
+    rotation never leaves a part whose bytes begin the next one: each copy is dropped with a note, and the run
+    is judged once, as the live file alone. Before, its records were read two and three times over, the run
+    judged again as ``...#2``. A real rotated part beside them is still read."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    live = collapse_scenario().lines()
+    (folder / "run.jsonl").write_bytes(b"".join(live))
+    (folder / "run.jsonl-20261130").write_bytes(b"".join(live[: 2 * len(live) // 3]))
+    (folder / "run.jsonl-20261201.gz").write_bytes(gzip.compress(b"".join(live)))
+    healthy = healthy_scenario().lines()
+    (folder / "other.jsonl-20261129").write_bytes(b"".join(healthy[:5]))
+    (folder / "other.jsonl").write_bytes(b"".join(healthy[5:]))
+    _, (expected,) = check_json(folder / "run.jsonl")
+    result, reports = check_json(folder)
+    assert [r["verdict"] for r in reports] == ["healthy", "error"], result.stdout
+    assert reports[0]["parts"] == [str(folder / "other.jsonl-20261129"), str(folder / "other.jsonl")]
+    assert reports[1]["log"] == str(folder / "run.jsonl") and "parts" not in reports[1], reports[1]
+    assert [reports[1][key] for key in ("records", "alerts")] == [expected[key] for key in ("records", "alerts")]
+    notes = [f"moola-watch: note: {folder / older} begins {newer} byte for byte: a copy of it, not a rotated "
+             f"part, so it is not read (its records are in {newer})"
+             for older, newer in (("run.jsonl-20261130", "run.jsonl-20261201.gz"),
+                                  ("run.jsonl-20261201.gz", "run.jsonl"))]  # fmt: skip
+    assert result.stderr.splitlines() == notes
+    analyzed = watch("analyze", "--json", folder)
+    assert [json.loads(line)["verdict"] for line in analyzed.stdout.splitlines()] == ["healthy", "error"]
+    followed = watch("follow", "--once", "--json", folder)
+    events = [json.loads(line) for line in followed.stdout.splitlines()]
+    assert [e["message"] for e in events if e["event"] == "notice"] == [n.split("note: ", 1)[1] for n in notes]
+    assert [(log["verdict"], log["records"]) for log in events[-1]["logs"]] == [
+        ("healthy", reports[0]["records"]), ("error", expected["records"])], events[-1]
+
+
+def test_only_a_part_whose_every_byte_begins_the_next_is_a_copy(tmp_path):
+    """Longer than a read chunk, equal but for its last byte, empty, or gone: not a copy; kept to be read."""
+    head = b"x" * (sources.CHUNK + 10)
+    parts = {"a.jsonl-20260101": b"", "a.jsonl-20260102": head[:-1] + b"y", "a.jsonl-20260103": head,
+             "a.jsonl-20260104": head + b"z", "a.jsonl": head + b"zz"}  # fmt: skip
+    for name, data in parts.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [tmp_path / name for name in parts]
+    kept = sources.without_copies([*paths[:1], tmp_path / "a.jsonl-20251231", *paths[1:]])
+    assert [path.name for path in kept] == ["a.jsonl-20260101", "a.jsonl-20251231", "a.jsonl-20260102", "a.jsonl"]
+
+
 def test_a_part_whose_last_line_was_cut_keeps_the_next_parts_first_line_whole(tmp_path):
     """A killed run's log rotated, then a new run in the new file: joined like cat, the cut line swallowed the new
     run's run_start (its thresholds lost, one bad line counted). Each part's end is a line's end."""
