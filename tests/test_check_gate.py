@@ -358,7 +358,9 @@ def test_a_kept_copy_of_the_log_is_not_read_as_a_rotated_part(tmp_path):
     events = [json.loads(line) for line in followed.stdout.splitlines()]
     assert [e["message"] for e in events if e["event"] == "notice"] == [n.split("note: ", 1)[1] for n in notes]
     assert [(log["verdict"], log["records"]) for log in events[-1]["logs"]] == [
-        ("healthy", reports[0]["records"]), ("error", expected["records"])], events[-1]
+        ("healthy", reports[0]["records"]),
+        ("error", expected["records"]),
+    ], events[-1]
 
 
 def test_only_a_part_whose_every_byte_begins_the_next_is_a_copy(tmp_path):

@@ -15,8 +15,8 @@ from helpers import REPO, run_cli
 from logs import LogBuilder, collapse_scenario, healthy_scenario
 
 from moola_watch.analyze import ALERT_COLUMNS, alert_json, scan_log
-from moola_watch.cli import THRESHOLD_HELP
 from moola_watch.durations import human_duration
+from moola_watch.options import THRESHOLD_HELP
 from moola_watch.rules import Thresholds
 
 SAMPLE = REPO / "sample_logs" / "pointer_collapse.jsonl"
