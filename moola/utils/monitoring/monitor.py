@@ -57,7 +57,6 @@ from moola.utils.monitoring.task_balance import (
     TaskGradients,
     compute_task_balance,
     require_named,
-    task_weights,
 )
 from moola_watch import rules, schema
 from moola_watch.rules import Alert, AlertEvent, GradSummary, MonitoringSummary, Thresholds
@@ -444,7 +443,11 @@ class GradientMonitor:
         gradients it would have without moola, whatever hooks, custom autograd functions or synchronisation
         its backward holds. A weight may be a tensor (a learnable loss weight): the total keeps its graph."""
         require_named(losses)
-        task_weights(losses, weights)  # a weight for a task without a loss is a mistake: say so before anything
+        unused = sorted(set(weights or {}) - set(losses), key=str)
+        if unused:  # a batch without some tasks' labels, or a misspelt task: the loop's own sum ignores it too
+            self.warn_once("unused-weights", f"note: weights name tasks without a loss in this step: "
+                           f"{', '.join(map(str, unused))} (losses: {', '.join(map(str, losses))}); their weights "
+                           "are left out of its total, as a sum over the losses leaves them")  # fmt: skip
         total = sum((weights or {}).get(name, 1.0) * loss for name, loss in losses.items())
         assert isinstance(total, torch.Tensor)
         balance = self.on_before_backward(model, losses, weights, shared_parameters=shared_parameters)

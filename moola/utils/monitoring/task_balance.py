@@ -87,12 +87,10 @@ def require_named(losses: object) -> None:
 def task_weights(
     losses: Mapping[str, torch.Tensor], weights: Mapping[str, float | torch.Tensor] | None
 ) -> dict[str, float]:
-    """Each task's weight as a number (default 1; a tensor weight, such as a learnable one, by its value); a
-    weight for a task that has no loss is a mistake worth naming."""
+    """Each task of ``losses`` with its weight as a number (default 1; a tensor weight, such as a learnable one, by
+    its value). A weight for a task without a loss in this batch weighs nothing: a run's weights name every task,
+    and a batch may hold only some (labels on a third of the batches, one task a batch)."""
     given = dict(weights or {})
-    unknown = sorted(set(given) - set(losses))
-    if unknown:
-        raise ValueError(f"weights name tasks without a loss: {', '.join(unknown)} (tasks: {', '.join(losses)})")
     return {
         name: float(w.detach()) if isinstance(w := given.get(name, 1.0), torch.Tensor) else float(w) for name in losses
     }
