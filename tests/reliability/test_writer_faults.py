@@ -57,6 +57,21 @@ def test_log_directory_removed_mid_run_warns_once_and_training_completes(tmp_pat
     assert not log.parent.exists()  # a removed directory is not silently recreated
 
 
+def test_a_fifo_as_the_log_path_is_a_warning_and_training_completes(tmp_path):
+    """A named pipe at the log's path: opening it for writing waits for a reader, forever. Before, the trainer
+    hung before its first step."""
+    log = tmp_path / "run.jsonl"
+    os.mkfifo(log)
+    result = subprocess.run(
+        [sys.executable, "-m", "moola.cli", "train", "--predict-pointers", "--monitor-gradients", "--n-samples", "64",
+         "--epochs", "2", "--grad-log", str(log)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("cannot be written (it is a pipe (FIFO), which would stall training until read)") == 1
+    assert "[PHASE 4] Gradient Monitoring Summary:" in result.stdout and "Done:" in result.stdout
+
+
 def test_disk_full_on_a_real_tmpfs(tmp_path):
     mount = tmp_path / "tiny"
     mount.mkdir()

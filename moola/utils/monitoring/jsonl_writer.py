@@ -58,6 +58,8 @@ class JsonlRecordWriter:
         try:
             if make_dirs:
                 path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_fifo():  # opening one blocks until a reader comes, and a slow reader blocks each write
+                raise OSError(errno.ESPIPE, "it is a pipe (FIFO), which would stall training until read")
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
