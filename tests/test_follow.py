@@ -389,6 +389,29 @@ def test_a_dead_run_whose_writer_clock_was_ahead_goes_stale_after_stale_seconds_
     assert 2.0 < waited < 30, waited
 
 
+def test_a_run_that_stops_after_one_record_from_an_hour_ahead_goes_stale_after_stale_seconds(tmp_path):
+    """A writer whose clock glitched an hour ahead for one record, then stopped: followed live, the run is stale
+    --stale-seconds after its last record came. Before, the run's last time was that record's, an hour ahead:
+    the screen said "last record 0 s ago" and no stale alert came for the hour."""
+    log = LogBuilder("glitch", t0=time.time()).start()
+    for epoch in range(1, 7):
+        log.epoch(epoch)
+        if epoch == 3:
+            log.records[-1]["time"] += 3600.0
+    path = tmp_path / "glitch.jsonl"
+    path.touch()
+    began = time.monotonic()
+    follow = subprocess.Popen([*WATCH.split(), "follow", "--json", "--exit-on-end", "--stale-seconds", "3", str(path)],
+                              stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    assert start_writer(replay_steps(log.lines(), 0.1), path).wait(timeout=30) == 0
+    out, _ = follow.communicate(timeout=60)
+    waited = time.monotonic() - began
+    events = [json.loads(line) for line in out.splitlines()]
+    (stale,) = [e for e in events if e["event"] == "alert" and e["rule"] == rules.STALE]
+    assert stale["state"] == rules.FIRING and "No record for 3 s" in stale["message"], stale
+    assert waited < 30, waited
+
+
 def test_a_trainer_killed_while_followed_is_dead_within_seconds_and_fails(tmp_path):
     """kill -9 (what the OOM killer sends) leaves no run_end: the watcher on the trainer's host sees the process
     is gone, fires run_died (an error: sent by default) and --exit-on-end exits 1, without waiting to go stale.

@@ -101,6 +101,26 @@ def test_a_run_that_measures_rarely_is_stale_only_after_twice_its_own_longest_wa
     assert quick.check_stale(now=303.0)[0].alert.rule == rules.STALE  # a run that writes often: stale_seconds
 
 
+@pytest.mark.parametrize("jump_s", [3600.0, -3600.0], ids=["one record an hour ahead", "clock set back an hour"])
+def test_a_clock_glitch_neither_keeps_a_dead_run_fresh_nor_stretches_its_cadence(jump_s):
+    """One record stamped an hour ahead (then the clock back where it was), or the clock set back an hour for
+    good: the run was last heard from at its last record, and the jump is no wait between records. Before, the
+    run's last time was the largest (an hour ahead: a dead run looked fresh for that hour) and the jump counted
+    as a wait (stale only after three hours)."""
+    log = LogBuilder(t0=0.0).start()
+    for epoch in range(1, 9):
+        log.epoch(epoch)
+        if epoch == 4:
+            log.records[-1]["time"] += jump_s
+            log.time += 0.0 if jump_s > 0 else jump_s
+    engine = rules.replay(log.records, Thresholds(stale_seconds=60))
+    last = log.records[-1]["time"]
+    assert engine.run.last_time == last and engine.run.longest_gap == 1.0
+    assert engine.check_stale(now=last + 59.0) == []
+    (fired,) = engine.check_stale(now=last + 61.0)
+    assert fired.alert.rule == rules.STALE and fired.alert.message.startswith("No record for 1 min"), fired
+
+
 def test_spec_scenario_healthy():
     engine = rules.replay(healthy_scenario().records)
     assert engine.firing() == [] and engine.run_status == "completed"

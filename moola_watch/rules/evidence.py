@@ -42,12 +42,21 @@ class RunState:
     records: int = 0
     error: str | None = None
     steps_backwards: int = 0  # records whose step went below the last seen (a restart in one file)
-    longest_gap: float = 0.0  # seconds: the longest time between two consecutive records so far
+    # Seconds between consecutive records: the longest before the last record, and the wait for the last one,
+    # kept apart because a record whose time jumped ahead of the ones after it (a clock glitch) waited for nothing.
+    gap_before_last: float = 0.0
+    last_gap: float = 0.0
     superseded: bool = False  # a later run started in the same log before this one wrote run_end: it ended
     continued_in: str | None = None  # another log in which the run goes on (rotated there): this file's part ended
     resumed_by: str | None = None  # a later run in its log that resumed it (same model, began past step 1)
     continues: bool = False  # this log holds the rest of a run begun in another (its run_start is "continued")
     writer: tuple[object, ...] = (None, None, None, None)  # run_start's host, pid, process and log_path, as written
+
+    @property
+    def longest_gap(self) -> float:
+        """The longest wait between two consecutive records so far (seconds), a clock glitch's jump aside."""
+        return max(self.gap_before_last, self.last_gap)
+
     cadence: tuple[int | None, int | None] = (None, None)  # measured every N steps, else every N epochs (run_start)
     first_step: int | None = None  # of the first record that has one
     first_epoch: int | None = None
@@ -309,18 +318,19 @@ class Evidence:
         run.epoch = next((epoch for epoch in reversed(epochs) if epoch is not None), run.epoch)
         if run.first_epoch is None:
             run.first_epoch = next((epoch for epoch in epochs if epoch is not None), None)
-        latest, gap = run.last_time, run.longest_gap
-        for time in times:
-            if time is None:
+        latest, before, last = run.last_time, run.gap_before_last, run.last_gap
+        for time in times:  # what _time does for each, in its order
+            if time is None or not -math.inf < time < math.inf:
                 continue
-            if latest is None:
-                latest = time
-            else:
-                if time - latest > gap:  # max(gap, time - latest)
-                    gap = time - latest
-                if time > latest:  # max(latest, time): a NaN stays where max keeps it
-                    latest = time
-        run.last_time, run.longest_gap = latest, gap
+            if latest is not None:
+                if time < latest:
+                    last = 0.0
+                else:
+                    if last > before:
+                        before = last
+                    last = time - latest
+            latest = time
+        run.last_time, run.gap_before_last, run.last_gap = latest, before, last
 
     def _at(self, where: Where) -> None:
         """The run's position after one record taken at ``where`` (what :meth:`_advance` does for many)."""
@@ -343,14 +353,20 @@ class Evidence:
             run.step = step
 
     def _time(self, time: float) -> None:
-        """A record written at ``time`` (unix seconds): the latest time, taken as max(last, next) would (a NaN
-        stays where max keeps it), and the longest wait for a record so far."""
+        """A record written at ``time`` (unix seconds; not a finite number: ignored). The run was last heard from
+        at the last record's time, not the largest: one record from an hour ahead (a clock glitch) must not keep
+        a dead run fresh for an hour. The wait for it counts among the run's gaps once time goes on from it; a
+        record earlier than the one before takes that wait back (it was the jump, not a wait)."""
         run = self.run
-        if run.last_time is None:
-            run.last_time = time
-        else:
-            run.longest_gap = max(run.longest_gap, time - run.last_time)
-            run.last_time = max(run.last_time, time)
+        if not math.isfinite(time):
+            return
+        if run.last_time is not None:
+            if time < run.last_time:
+                run.last_gap = 0.0
+            else:
+                run.gap_before_last = max(run.gap_before_last, run.last_gap)
+                run.last_gap = time - run.last_time
+        run.last_time = time
 
     def _grad_stats(self, record: schema.Record, quiet: bool) -> None:
         self._last_grad_stats = record
