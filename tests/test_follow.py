@@ -598,6 +598,23 @@ def test_folder_overview_at_80_columns_tells_runs_apart_and_ctrl_c_names_every_f
     assert "ok.jsonl;" not in said and said.count("not ok:") == 2, said
 
 
+@pytest.mark.parametrize("columns", [90, 200])
+def test_a_folder_overview_cuts_long_names_in_the_middle_so_a_sweeps_rows_stay_apart(tmp_path, columns):
+    """A review's case: a sweep's logs named by run id (``run-20261130-201416-6361.jsonl``) differ at the end; cut
+    at their end, even at 200 columns, two runs begun in the same second looked the same. Names short of room
+    now lose their middle, and the column is wider where the terminal is."""
+    prefix = "run-20261130-201416-sweep-lr-0.001-"
+    for pid in ("6361", "6377"):
+        shutil.copy(SAMPLES / "healthy.jsonl", tmp_path / f"{prefix}{pid}.jsonl")
+    result = subprocess.run([*WATCH.split(), "follow", "--once", str(tmp_path)], capture_output=True, text=True,
+                            cwd=REPO, timeout=60, env={**os.environ, "COLUMNS": str(columns)})  # fmt: skip
+    rows = [line.split("│")[1].strip() for line in result.stdout.splitlines() if line.startswith("│ run-")]
+    assert len(rows) == 2 and rows[0].endswith("6361.jsonl") and rows[1].endswith("6377.jsonl"), result.stdout
+    assert all(row.startswith("run-20261130-") for row in rows), rows
+    if columns == 200:
+        assert rows == [f"{prefix}6361.jsonl", f"{prefix}6377.jsonl"], rows
+
+
 def test_once_on_a_folder_names_each_file_that_is_no_log_to_check(tmp_path):
     """Such a file makes ``follow --once DIR`` exit 2, as ``check DIR``: the output says which, not only the
     overview's row, cut to the terminal."""

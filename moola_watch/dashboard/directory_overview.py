@@ -15,6 +15,7 @@ from rich.text import Text
 from moola_watch import rules
 from moola_watch.dashboard.state import LogView, ViewOptions
 from moola_watch.dashboard.summary import ago, run_verdict_text, worst_alert
+from moola_watch.middle_cut import MiddleCut, middle_cut
 from moola_watch.render import SEVERITY_STYLE, STATUS_STYLE, run_labels, text, where
 
 #: The overview's columns in order: (name, the narrowest terminal that shows it, in characters, its layout). The
@@ -22,9 +23,10 @@ from moola_watch.render import SEVERITY_STYLE, STATUS_STYLE, run_labels, text, w
 OVERVIEW_COLUMNS: tuple[tuple[str, int, dict[str, Any]], ...] = (
     # One line per run, so that a folder of logs fits a small terminal: the worst alert is cut to the width
     # (`check DIR` prints every message whole).
-    ("log", 0, {"min_width": 8, "max_width": 28, "no_wrap": True, "overflow": "ellipsis"}),
+    # Names short of room lose their middle (MiddleCut): a sweep's names differ at the end.
+    ("log", 0, {"min_width": 8, "max_width": 48, "no_wrap": True}),
     # A log's runs by the part of their ids that tells them apart, as analyze labels them (run_labels).
-    ("run", 125, {"no_wrap": True, "max_width": 24, "overflow": "ellipsis"}),
+    ("run", 125, {"no_wrap": True, "max_width": 32}),
     ("status", 0, {"no_wrap": True}),
     ("at", 125, {"no_wrap": True}),
     ("records", 155, {"no_wrap": True, "justify": "right"}),
@@ -53,11 +55,11 @@ class Overview:
                 table.add_row(*(cells.get(name, Text("")) for name, _ in shown))
         yield table
 
-    def _rows(self, view: LogView, with_run: bool) -> list[dict[str, Text | LogOfRun]]:
+    def _rows(self, view: LogView, with_run: bool) -> list[dict[str, Text | MiddleCut | LogOfRun]]:
         """The rows of one log: each run's says which run it is, in the run column ``with_run``, else (a log of
         several runs) after the log's name."""
         name = Path(view.scan.path).name  # file names, not paths: the directory is one for all of them
-        log = text(name)
+        log = MiddleCut(text(name))
         if not view.scan.engines:
             if view.scan.bad_lines:  # whole lines, none of them a record: another tool's file, not a log yet to come
                 return [{"log": log, "run": Text("-"), "status": Text("not a log", style="red"), "records": Text("0"),
@@ -66,12 +68,12 @@ class Overview:
             return [{"log": log, "run": Text("-"), "status": Text("waiting", style="dim"), "records": Text("0")}]
         several = len(view.scan.engines) > 1
         labels = run_labels(view.scan.engines)
-        rows: list[dict[str, Text | LogOfRun]] = []
+        rows: list[dict[str, Text | MiddleCut | LogOfRun]] = []
         for run, engine in view.scan.engines.items():
             status = engine.run_status
             rows.append({
-                "log": LogOfRun(log, text(labels[run], "cyan")) if several and not with_run else log,
-                "run": text(labels[run]),
+                "log": LogOfRun(log.text, text(labels[run], "cyan")) if several and not with_run else log,
+                "run": MiddleCut(text(labels[run])),
                 "status": Text(status, style=STATUS_STYLE.get(status, "")),
                 "at": Text(where(engine.run.epoch, engine.run.step)),
                 "records": Text(str(engine.run.records)),
@@ -98,8 +100,7 @@ class LogOfRun:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         label = self.label.copy()
         label.truncate(options.max_width, overflow="ellipsis")
-        name = self.name.copy()
-        name.truncate(max(0, options.max_width - cell_len(label.plain) - 1), overflow="ellipsis")
+        name = middle_cut(self.name, max(0, options.max_width - cell_len(label.plain) - 1))
         cell = Text.assemble(name, " ", label) if name.plain else label
         cell.no_wrap = True
         yield cell
