@@ -11,7 +11,10 @@ import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -118,18 +121,49 @@ def ordered_alerts(alerts: Sequence[tuple[str, rules.Alert]]) -> list[tuple[str,
     return sorted(alerts, key=lambda item: (STATE_ORDER[item[1].state], -rules.SEVERITY_RANK[item[1].severity]))
 
 
-def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = False, limit: int = 50) -> Table:
-    """Alerts in :func:`ordered_alerts`' order; each with when it began and what to do. Every firing alert is
-    shown; ``limit`` caps the rows only as far as pending and resolved ones fill them."""
+#: Cells the message column keeps beside the others; short of them, each alert's state, rule, start and value
+#: stack in one narrow column (on a 60-column terminal the message was squeezed to one cell a line).
+MESSAGE_MIN_WIDTH = 30
+FIXED_COLUMNS = ("state", "rule", "since", "value")
+
+
+@dataclass(frozen=True)
+class AlertsTable:
+    """Alerts in :func:`ordered_alerts`' order, each with when it began and what to do, laid out for the width
+    they are drawn in: four narrow columns beside the message where it keeps ``MESSAGE_MIN_WIDTH`` cells, else
+    one that stacks them."""
+
+    rows: tuple[tuple[Text, ...], ...]  # per alert: (run,) state, rule, since, value, message
+    show_run: bool
+    caption: str | None
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+
+    def table(self, width: int) -> Table:
+        """The table for a width of ``width`` cells."""
+        fixed = [max((cell_len(line) for row in self.rows for line in row[i].plain.split("\n")), default=0)
+                 for i in range(len(self.rows[0]) - 1)] if self.rows else []  # fmt: skip
+        wide = width - sum(fixed) - 3 * len(fixed) - 4 >= MESSAGE_MIN_WIDTH  # each column's padding and border
+        table = Table(title="Alerts", title_justify="left", expand=True, show_lines=not wide, caption=self.caption)
+        names = (("run",) if self.show_run else ()) + FIXED_COLUMNS
+        if wide:
+            for name in names:
+                table.add_column(name, no_wrap=True)
+        else:
+            table.add_column(" / ".join(names), overflow="fold", max_width=max(12, width // 3))
+        table.add_column("message / recommendation", ratio=1, overflow="fold")
+        for *key, message in self.rows:
+            table.add_row(*(key if wide else [Text("\n").join(key)]), message)
+        return table
+
+
+def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = False, limit: int = 50) -> AlertsTable:
+    """The :class:`AlertsTable` of ``alerts``. Every firing alert is shown; ``limit`` caps the rows only as far as
+    pending and resolved ones fill them."""
     ordered = ordered_alerts(alerts)
     limit = max(limit, sum(1 for _run, alert in alerts if alert.state == rules.FIRING))
-    table = Table(title="Alerts", title_justify="left", expand=True, show_lines=False)
-    if show_run:
-        table.add_column("run", overflow="fold", max_width=24)
-    # Narrow two-line cells keep the message column wide on an 80-column terminal.
-    for name in ("state", "rule", "since", "value"):
-        table.add_column(name, no_wrap=True)
-    table.add_column("message / recommendation", ratio=1, min_width=30, overflow="fold")
+    rows = []
     for run, alert in ordered[:limit]:
         state_style = SEVERITY_STYLE[alert.severity] if alert.state == rules.FIRING else "dim"
         detail = text(alert.message, limit=ALERT_TEXT)
@@ -144,13 +178,11 @@ def alerts_table(alerts: Sequence[tuple[str, rules.Alert]], *, show_run: bool = 
         rule = text(alert.rule)
         rule.append("\n")
         rule.append_text(text(alert.subject))
-        row = [state, rule, Text(since), Text(number(alert.value)), detail]
-        table.add_row(*([text(run)] if show_run else []), *row)
+        rows.append((*([text(run)] if show_run else []), state, rule, Text(since), Text(number(alert.value)), detail))
     if not alerts:
-        table.add_row(*([Text("")] if show_run else []), Text("none", style=HEALTHY_STYLE), *[Text("")] * 4)
-    elif len(ordered) > limit:
-        table.caption = f"{len(ordered) - limit} more not shown (pending or resolved)"
-    return table
+        rows.append((*([Text("")] if show_run else []), Text("none", style=HEALTHY_STYLE), *[Text("")] * 4))
+    caption = f"{len(ordered) - limit} more not shown (pending or resolved)" if len(ordered) > limit else None
+    return AlertsTable(tuple(rows), show_run, caption)
 
 
 def stdout_gone() -> None:

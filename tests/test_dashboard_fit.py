@@ -108,3 +108,25 @@ def test_a_narrow_task_balance_panel_cuts_task_names_never_numbers():
     for value in ("279.5", "2.521e+04", "167.6", "-0.0017", "0.95"):
         assert value in shown, shown
     assert "a_rather_long…" in shown, shown
+
+
+def test_at_60_columns_the_alert_messages_and_task_names_have_room(tmp_path):
+    """A review's case, a 60-column terminal: the alerts table's four narrow columns (a long task name among them)
+    left the message one cell wide, a letter a line; and the task balance panel, beside the gradients panel, cut
+    the task names to two letters. The alerts now stack those four columns in one, and the panels stand one
+    above the other below 80 columns."""
+    names = ["quadrant class", "régression|mean", "rank.score,pairwise", "aux ✓"]
+    log = LogBuilder().start()
+    for i in range(1, 12):
+        log.grad(i, 0.3, 0.5)
+        log.add("task_balance", epoch=i, step=i * 10, norms=dict(zip(names, (0.0017, 7.4, 0.96, 0.96), strict=True)),
+                shares=dict(zip(names, (0.0001, 0.92, 0.04, 0.04), strict=True)))  # fmt: skip
+    scan = scan_log(log.write(tmp_path / "run.jsonl"))
+    run = scan.current.run.run
+    view, options = LogView(scan), ViewOptions(now=scan.current.run.last_time)
+    lines = lines_of(Console(width=60, color_system=None, legacy_windows=False), run_dashboard(view, run, options))
+    assert all(len(line) <= 60 for line in lines), "\n".join(lines)
+    screen = "\n".join(lines)
+    assert re.search(r"│ TASK COLLAPSE: \S+", screen) or re.search(r"│ \w+ task dominated", screen), screen
+    for name in names:
+        assert re.search(rf"│\s+{re.escape(name)}\s+\d", screen), (name, screen)

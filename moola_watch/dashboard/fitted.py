@@ -12,7 +12,14 @@ from rich.table import Table
 from rich.text import Text
 
 from moola_watch import rules
-from moola_watch.dashboard.panels import FULL_ALERTS, header_panel, layers_table, one_line, panels_row
+from moola_watch.dashboard.panels import (
+    FULL_ALERTS,
+    SIDE_BY_SIDE_WIDTH,
+    header_panel,
+    layers_table,
+    one_line,
+    panels_row,
+)
 from moola_watch.dashboard.state import LogView, RunView, ViewOptions
 from moola_watch.render import ALERT_TEXT, HEALTHY_STYLE, SEVERITY_STYLE, alerts_table, ordered_alerts, text, where
 
@@ -68,6 +75,7 @@ class Parts:
     alerts: int  # alerts in all
     panel_rows: int  # lines of the longer panel's body, one line a row
     layers: tuple[int, ...]  # lines of the layer table showing 1, 2, ... layers at each end; () with none
+    stacked_panels: int = 1  # panels one above the other (a narrow terminal); 1: side by side
 
     def whole(self) -> Fit:
         """All of every part; recommendations only fill what room is left, never missed."""
@@ -80,7 +88,7 @@ class Parts:
     def height(self, fit: Fit) -> int:
         """Lines taken by what ``fit`` shows: each part's title or borders with its lines."""
         alerts = 2 if not self.alerts else 1 + fit.alerts + self.advised(fit) if fit.alerts else 0  # "none" shows
-        panels = fit.panel_rows + 2 if fit.panel_rows else 0
+        panels = (fit.panel_rows + 2) * self.stacked_panels if fit.panel_rows else 0
         layers = self.layers[fit.layer_ends - 1] if fit.layer_ends else 0
         return alerts + panels + layers
 
@@ -149,13 +157,19 @@ class FittedDashboard:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         # Rich renders a Live screen's children with no height but the screen's as max_height.
         unbounded = options.reset_height()
-        lines = self.fitted(lambda part: console.render_lines(part, unbounded, pad=False), options.max_height)
+
+        def render(part: RenderableType) -> list[list[Segment]]:
+            return console.render_lines(part, unbounded, pad=False)
+
+        lines = self.fitted(render, options.max_height, options.max_width)
         for line in lines:
             yield from line
             yield Segment.line()
 
-    def fitted(self, render: Callable[[RenderableType], list[list[Segment]]], height: int) -> list[list[Segment]]:
-        """The lines that fit ``height``, each part rendered by ``render``."""
+    def fitted(
+        self, render: Callable[[RenderableType], list[list[Segment]]], height: int, width: int
+    ) -> list[list[Segment]]:
+        """The lines that fit ``height`` (of ``width`` cells), each part rendered by ``render``."""
         alerts = [(self.run, alert) for alert in self.engine.alerts]
         whole: list[list[Segment]] = []
         for part in (header_panel(self.view, self.run, self.options), alerts_table(alerts, limit=FULL_ALERTS),
@@ -168,17 +182,22 @@ class FittedDashboard:
                 layers = render(layers_table(self.engine, replace(self.options, top=ends)))
                 if len(whole) + len(layers) <= height:
                     return whole + layers
-        return self.short(render, height)
+        return self.short(render, height, width)
 
-    def short(self, render: Callable[[RenderableType], list[list[Segment]]], height: int) -> list[list[Segment]]:
-        """The short dashboard's lines for ``height`` (see :func:`fit_short`)."""
+    def short(
+        self, render: Callable[[RenderableType], list[list[Segment]]], height: int, width: int
+    ) -> list[list[Segment]]:
+        """The short dashboard's lines for ``height`` (of ``width`` cells; see :func:`fit_short`)."""
         engine, history = self.engine, self.history
         alerts = [(self.run, alert) for alert in engine.alerts]
         head = render(header_panel(self.view, self.run, self.options, short=True))
-        panels = render(panels_row(engine, history, short=True))
+        row = panels_row(engine, history, short=True)
+        panels = render(row)
+        bodies = [len(render(panel)) - 2 for panel in row.panels]  # each less its borders
+        stacked = len(bodies) if width < SIDE_BY_SIDE_WIDTH else 1
         tables = [render(layers_table(engine, replace(self.options, top=ends), short=True))
                   for ends in range(1, self.options.top + 1)] if engine.last_grad_stats else []  # fmt: skip
-        parts = Parts(len(engine.firing()), len(alerts), len(panels) - 2, tuple(len(table) for table in tables))
+        parts = Parts(len(engine.firing()), len(alerts), max(bodies), tuple(len(table) for table in tables), stacked)
         fit = fit_short(height - len(head), parts)
         alert_block = render(alert_lines(alerts, fit.alerts, parts.advised(fit))) if fit.alerts or not alerts else []
         rest = []

@@ -224,15 +224,33 @@ def layers_title(shown: int, matching: int, total: int) -> str:
     return f"Layers ({shown} of {of}: the largest and smallest norms)"
 
 
-def panels_row(engine: rules.RuleEngine, history: RunView, short: bool = False, rows: int | None = None) -> Table:
-    """The gradients and task balance panels side by side; ``short``: one line a row, and with ``rows``, at most
-    that many of them (see :class:`Shortened`)."""
+#: The narrowest terminal (cells) with the gradients and balance panels side by side; narrower, one above the
+#: other (side by side at 60 columns, task names were cut to their first two letters).
+SIDE_BY_SIDE_WIDTH = 80
+
+
+def panels_row(engine: rules.RuleEngine, history: RunView, short: bool = False, rows: int | None = None) -> PanelsRow:
+    """The gradients and task balance panels; ``short``: one line a row, and with ``rows``, at most that many of
+    them (see :class:`Shortened`)."""
     panels = [gradients_panel(engine, history, short), balance_panel(engine, history, short)]
-    row = Table.grid(expand=True, padding=(0, 1))
-    row.add_column(ratio=1)
-    row.add_column(ratio=1)
-    row.add_row(*(panels if rows is None else (Shortened(panel, rows) for panel in panels)))
-    return row
+    return PanelsRow(tuple(panels if rows is None else (Shortened(panel, rows) for panel in panels)))
+
+
+@dataclass(frozen=True)
+class PanelsRow:
+    """``panels`` side by side from ``SIDE_BY_SIDE_WIDTH`` cells, else one above the other."""
+
+    panels: tuple[RenderableType, ...]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if options.max_width < SIDE_BY_SIDE_WIDTH:
+            yield Group(*self.panels)
+            return
+        row = Table.grid(expand=True, padding=(0, 1))
+        for _panel in self.panels:
+            row.add_column(ratio=1)
+        row.add_row(*self.panels)
+        yield row
 
 
 def run_dashboard(view: LogView, run: str, options: ViewOptions) -> RenderableType:
