@@ -268,6 +268,12 @@ def test_the_comparison_names_the_task_another_dominates(tmp_path: Path) -> None
     page, _figures = build_page([analyze.scan_log(three.write(tmp_path / "three.jsonl"), frames=True)])
     (balance,) = [row for row in page.comparison.rows if row[0] == "task balance (window mean)"]
     assert balance[1] == "3 (b imbalanced)", balance
+    short = LogBuilder().start()  # 4 samples of a window of 10: said in words, not as the state's identifier
+    for step in range(1, 5):
+        short.add("task_balance", step=step, norms={"a": 3.0, "b": 1.0})
+    page, _figures = build_page([analyze.scan_log(short.write(tmp_path / "short.jsonl"), frames=True)])
+    (balance,) = [row for row in page.comparison.rows if row[0] == "task balance (window mean)"]
+    assert balance[1] == "not enough data (4 of 10 samples)", balance
 
 
 def test_the_comparison_shows_a_final_loss_gone_nan_as_nan_and_a_loss_not_recorded_lately_as_its_last(

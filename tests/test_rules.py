@@ -1,6 +1,8 @@
+import json
 import math
 
 import pytest
+from helpers import run_cli
 from logs import LogBuilder, collapse_scenario, exploding_scenario, healthy_scenario, vanishing_scenario
 
 from moola_watch import rules
@@ -401,12 +403,14 @@ def test_the_window_verdict_is_judged_once_per_sample_and_per_thresholds():
     assert ev.window_verdict(engine.thresholds) == seen[-1]
 
 
-def ended_run(status: str = "completed", *, shares=lambda epoch: 0.01, loss=lambda epoch: 1.0 - 0.008 * epoch):
-    """30 balance samples in which the pointer task gets ``shares(epoch)`` of the update (pointer/type ratio 0.3,
-    outside the healthy band) and its batch loss is ``loss(epoch)``: creeping down 0.8% of its first loss per
-    sample, more than the window's 5% plateau allows, so during the run its collapse stays a warning."""
+def ended_run(
+    status: str = "completed", *, shares=lambda epoch: 0.01, loss=lambda epoch: 1.0 - 0.008 * epoch, samples: int = 30
+):
+    """``samples`` balance samples in which the pointer task gets ``shares(epoch)`` of the update (pointer/type
+    ratio 0.3, outside the healthy band) and its batch loss is ``loss(epoch)``: creeping down 0.8% of its first
+    loss per sample, more than the window's 5% plateau allows, so during the run its collapse stays a warning."""
     log = LogBuilder().start()
-    for epoch in range(1, 31):
+    for epoch in range(1, samples + 1):
         share = shares(epoch)
         losses = {"pointer": loss(epoch), "type": 2.0 / epoch}
         log.balance(epoch, 0.3, shares={"pointer": share, "type": 1 - share}, losses=losses,
@@ -429,6 +433,31 @@ def test_a_completed_run_that_ended_with_a_task_starved_is_a_collapse_error_with
     assert "; the run ended with the pointer task starved: 1.0% of the update" in alert.message
     assert "1.0% over the run (an equal share: 50%)" in alert.message and "77% of its first" in alert.message
     assert "`--loss-beta` 0.17 (from 0.1)" in alert.recommendation  # the window's type/pointer 3.33 to 1/0.5
+
+
+def test_a_run_whose_balance_samples_never_filled_the_window_says_so_and_names_a_starved_task_as_possible(
+    tmp_path,
+):
+    """A review's case: 384 steps measured every 50 (the callbacks' default) hold 7 balance samples, fewer than
+    the window of 10, and the task that got 0% of the update and never learned passed as healthy. Now the run's
+    end judges those samples, as a warning (early in training a healthy task can look starved, and a short run is
+    all early), and says the window never filled; with fewer than 3, only that."""
+    log = ended_run(samples=7)
+    engine = rules.replay(log.records)
+    (collapse,) = [a for a in engine.alerts if a.rule == rules.COLLAPSE and a.state == FIRING]
+    assert collapse.subject == "pointer" and collapse.severity == "warning"
+    assert collapse.message.startswith("POSSIBLE TASK COLLAPSE (on 7 balance samples, fewer than the window's 10): ")
+    (unfilled,) = [a.message for a in engine.alerts if a.rule == rules.BALANCE_UNMEASURED]
+    assert unfilled.startswith("The task balance was sampled 7 times, fewer than the collapse window's 10: no window")
+    assert unfilled.endswith("only the run's end judged those 7")
+    checked = run_cli("moola_watch.cli", "check", "--json", str(log.write(tmp_path / "short.jsonl")))
+    assert checked.returncode == 0 and json.loads(checked.stdout)["verdict"] == "warning", checked.stdout
+    two = rules.replay(ended_run(samples=2).records)
+    assert [a.message.rsplit("; ", 1)[1] for a in two.alerts if a.rule == rules.BALANCE_UNMEASURED] == [
+        "whether a task starved was never judged"
+    ]
+    assert not [a for a in two.alerts if a.rule == rules.COLLAPSE]
+    assert not [a for a in rules.replay(ended_run().records).alerts if a.rule == rules.BALANCE_UNMEASURED]
 
 
 @pytest.mark.parametrize(
@@ -509,7 +538,7 @@ def test_a_task_whose_balance_was_never_judged_is_named_at_the_runs_end_and_why(
     (b_nan,) = _unmeasured([nan] * 3, ["a", "b"])
     assert "of the b task was never judged: its samples measured nothing of it" in b_nan
     probe = {"norms": {"a": 1.0, "b": 0.5}, "left_out": ["c"]}
-    assert _unmeasured([probe] * 3, ["a", "b", "c"]) == _unmeasured([both], ["a", "b"]) == []
+    assert _unmeasured([probe] * 10, ["a", "b", "c"]) == _unmeasured([both] * 10, ["a", "b"]) == []
     many = [f"t{i}" for i in range(64)]
     assert "losses of at least 64 tasks (t0, t1" in _unmeasured([], many)[0]
 

@@ -44,8 +44,8 @@ def balance_cell(engine: rules.RuleEngine) -> str:
     """The collapse window's mean ratio and its verdict, naming the task another dominates (``5.66e+03 (tag
     dominated)``, ``3.1 (tag imbalanced)``; the pointer/type states name the dominating one)."""
     balance = engine.balance()
-    if balance.mean is None:
-        return balance.state
+    if balance.mean is None:  # in words, with how far the window got: not the state's identifier
+        return f"{balance.text.lower()} ({balance.samples} of {engine.thresholds.window} samples)"
     state = balance.state
     if state in ("dominated", "imbalanced") and (dominated := engine.most_dominated()) is not None:
         state = f"{dominated[0]} {state}"

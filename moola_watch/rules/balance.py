@@ -30,6 +30,9 @@ IMBALANCE = "imbalance"
 COLLAPSE = "collapse"
 LEFT_OUT = "left_out"
 BALANCE_UNMEASURED = "balance_unmeasured"
+#: Balance samples a task needs for a completed run that never filled the collapse window to be judged at its
+#: end on the samples it has (a run of 384 steps measured every 50 holds 7: its starved task passed as healthy).
+MIN_END_SAMPLES = 3
 TASK_PAIR = "pointer/type"
 BALANCE = frozenset({schema.TASK_BALANCE})
 #: The project trainer's flags for the two spec weights (total = alpha * type_loss + beta * pointer_loss).
@@ -280,16 +283,17 @@ def _left_out(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
     return findings
 
 
-def _never_measured(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
+def _never_measured(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     """At ``run_end``: tasks whose losses the writer was given (its ``tasks``) but whose balance was never judged:
-    no balance sample named them, or every one that did measured nothing of them (non-finite, or absent). A log
-    without them would otherwise pass in silence where collapse was never looked for."""
+    no balance sample named them, or every one that did measured nothing of them (non-finite, or absent); else,
+    a run whose balance samples never filled the collapse window (:func:`_window_never_filled`). A log without
+    them would otherwise pass in silence where collapse was never looked for."""
     tasks = record.get("tasks") or []
     if len(tasks) < 2:
-        return []
+        return [] if len(ev.sampled_tasks) < 2 else _window_never_filled(ev, record, th)
     unjudged = [task for task in tasks if task not in ev.last_measured and task not in ev.left_out_tasks]
     if not unjudged:
-        return []
+        return _window_never_filled(ev, record, th)
     many = "at least " if len(tasks) >= schema.MAX_TASK_NAMES else ""
     span = f" (the run recorded {position(ev.run.epoch, ev.run.step)} last)" if ev.run.step is not None else ""
     if not ev.balance_records:
@@ -320,6 +324,24 @@ def _never_measured(ev: Evidence, record: schema.Record, _th: Thresholds) -> Fin
     ))]  # fmt: skip
 
 
+def _window_never_filled(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    """Balance samples of several tasks, but fewer than the collapse window holds: no window was judged while the
+    run went on; a completed run's end judged the samples it has (at warning level) if there were
+    ``MIN_END_SAMPLES``."""
+    samples = ev.balance_records
+    if not 0 < samples < th.window:
+        return []
+    ended = samples >= MIN_END_SAMPLES and record["status"] == "completed"
+    judged = f"only the run's end judged those {samples}" if ended else "whether a task starved was never judged"
+    return [("tasks", Observation(
+        "warning", samples,
+        f"The task balance was sampled {samples} time{'s' if samples > 1 else ''}, fewer than the collapse "
+        f"window's {th.window}: no window was judged during the run; {judged}",
+        "Measure the balance more often (GradientMonitor's balance_every_n_steps, or every_n_steps; the "
+        "callbacks' every_n_steps), or judge with a smaller --window",
+    ))]  # fmt: skip
+
+
 def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     """At a completed run's ``run_end``: each task that ended starved. Judged on the whole run, this is the
     verdict on outcomes (``benchmarks/detection.py``): a task may look starved for a while in a healthy run (not
@@ -331,10 +353,14 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
     equal = 1 / len(ev.run_shares)
     progress = ev.progress()
     spec_pair = bool(ev.ratios) and len(ev.run_shares) == 2
+    # A run whose samples never filled the window is judged on those it has (its window is all of them), at
+    # warning level: early in training a healthy task can look starved, and a short run is all early.
+    short = ev.balance_records < th.window
+    needed = MIN_END_SAMPLES if short else th.window
     findings: list[tuple[str, Observation | None]] = []
     for task, run_share in ev.run_shares.items():
         share, own = ev.mean_share(task), progress.get(task)
-        if share is None or own is None or run_share.count < th.window:
+        if share is None or own is None or run_share.count < needed:
             continue
         if not (share < th.final_share * equal and run_share.mean < th.final_run_share * equal):
             continue
@@ -353,9 +379,11 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
             dominance = pair_dominance(ev, th) if spec_pair else task_dominance(ev, task, th)
             dominated = f"{dominance.text}; " if dominance and dominance.starved == task else ""
             action = f"Raise the weight of the {task} loss, or give the tasks more shared capacity"
+            title = (f"POSSIBLE TASK COLLAPSE (on {ev.balance_records} balance samples, fewer than the window's "
+                     f"{th.window})" if short else "TASK COLLAPSE")  # fmt: skip
             findings.append((task, Observation(
-                "error", share,
-                f"TASK COLLAPSE: {dominated}the run ended with the {task} task starved: {share:.1%} of the update "
+                "warning" if short else "error", share,
+                f"{title}: {dominated}the run ended with the {task} task starved: {share:.1%} of the update "
                 f"over its last {len(ev.shares[task])} balance samples ({ev.window_span() or 'steps unknown'}), "
                 f"{run_share.mean:.1%} over the run (an equal share: {equal:.0%}), and its training loss still "
                 f"{own.rate:.0%} of its first ({own.start:.3g} -> {own.recent:.3g})",
@@ -378,9 +406,10 @@ RULES = (
          "a task measured before gets no gradient on the shared parameters (left out of the balance)"),
     Rule(BALANCE_UNMEASURED, "warning", False, frozenset({schema.RUN_END}), _never_measured,
          "a run given the losses of several tasks (run_end's tasks) ended with a task never measured in a balance "
-         "sample"),
+         "sample, or with fewer balance samples than the collapse window"),
     Rule(COLLAPSE, "error", False, frozenset({schema.RUN_END}), _starved_at_the_end,
          "a completed run ended with a task starved: its share of the update below final_share of an equal share "
-         "over the last window and final_run_share over the run, its loss above final_rate of its first",
+         "over the last window and final_run_share over the run, its loss above final_rate of its first (a run "
+         "whose samples never filled the window: judged on them, at least 3, as a warning)",
          outcome=True),
 )  # fmt: skip
