@@ -21,6 +21,7 @@ from rich.text import Text
 
 from moola_watch import rules, schema
 from moola_watch.analyze import LogScan, alert_json, read_sources
+from moola_watch.counts import counted
 from moola_watch.dashboard import FittedDashboard, LogView, ViewOptions, overview, run_dashboard
 from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, exit_code, runs_exit_code, worst
 from moola_watch.notify import Notifier
@@ -388,7 +389,7 @@ class Follower:
                 for run in scan.engines
                 if (code := runs_exit_code(scan, [run], self.options.fail_on)) != EXIT_OK
             ]
-            where = f"{len(scan.engines)} run{'s' if several else ''} in {scan.path}"
+            where = f"{counted(len(scan.engines), 'run')} in {scan.path}"
             if bad:
                 lines.append(f"{where}; not ok: {', '.join(bad)}")
             elif several:

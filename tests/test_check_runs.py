@@ -7,7 +7,7 @@ import time
 
 import pytest
 from helpers import REPO, run_cli
-from logs import LogBuilder, collapse_scenario, healthy_scenario, recovered_collapse_scenario
+from logs import LogBuilder, collapse_scenario, exploding_scenario, healthy_scenario, recovered_collapse_scenario
 from rich.console import Console
 
 from moola_watch.analyze import scan_log
@@ -33,12 +33,21 @@ def two_runs(tmp_path):
     return log
 
 
+def test_a_count_of_one_takes_a_singular_noun(tmp_path):
+    """A review's case: "1 run(s)", "in 1 layers": one of a thing is said as one."""
+    log = exploding_scenario().write(tmp_path / "one.jsonl")
+    result, _ = check(log)
+    assert result.returncode == 1
+    assert f"FAIL  {log}  verdict=error  1 run  records=" in result.stdout, result.stdout
+    assert "Exploding gradients in 1 layer (norm > 10): b" in result.stdout, result.stdout
+
+
 def test_a_log_of_two_runs_is_judged_run_by_run(tmp_path):
     log = two_runs(tmp_path)
     result, _ = check(log)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"FAIL  {log}  verdict=error  2 run(s)")
+    assert lines[0].startswith(f"FAIL  {log}  verdict=error  2 runs")
     first = next(i for i, line in enumerate(lines) if line.startswith("  run first "))
     second = next(i for i, line in enumerate(lines) if line.startswith("  run second "))
     assert "verdict=healthy" in lines[first] and "verdict=error" in lines[second]

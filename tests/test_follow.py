@@ -266,7 +266,7 @@ def test_a_passed_nan_keeps_the_runs_verdict_critical_in_the_dashboard_as_in_che
     single.keys("C-c")
     # Many logs on an 80-column terminal: the verdict and the alert keep their columns, the run id gives way.
     many = terminal(f"{WATCH} follow {logs}", width=80)
-    many.wait_for("1 logs")
+    many.wait_for("moola-watch: 1 log\n")
     screen = many.screen()
     assert "passed_nan.jsonl" in screen and "critical" in screen and "resolved: Non-finite" in screen, screen
     assert all(len(line) <= 80 for line in screen.splitlines())
@@ -608,7 +608,7 @@ def test_a_folder_overview_shows_the_alert_that_decided_a_verdict_even_when_it_r
         return [cell.strip() for cell in row.split("│")]
 
     resolved, firing = cells("resolved.jsonl"), cells("firing.jsonl")
-    assert "error" in resolved and resolved[-2].startswith("resolved: Exploding gradients in 1 layers"), resolved
+    assert "error" in resolved and resolved[-2].startswith("resolved: Exploding gradients in 1 layer "), resolved
     # The mean norm's error fires (the run's error is now), the layer's resolved.
     assert "error" in firing and firing[-2].startswith("Mean gradient norm 60.75: exploding"), firing
 

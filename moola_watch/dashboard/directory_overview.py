@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from moola_watch import rules
+from moola_watch.counts import counted
 from moola_watch.dashboard.state import LogView, ViewOptions
 from moola_watch.dashboard.summary import ago, run_verdict_text, worst_alert
 from moola_watch.render import SEVERITY_STYLE, STATUS_STYLE, run_labels, text, where
@@ -45,7 +46,7 @@ class Overview:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         shown = [(name, layout) for name, narrowest, layout in OVERVIEW_COLUMNS if options.max_width >= narrowest]
         with_run = any(name == "run" for name, _ in shown)
-        table = Table(title=f"moola-watch: {len(self.views)} logs", title_justify="left", expand=True)
+        table = Table(title=f"moola-watch: {counted(len(self.views), 'log')}", title_justify="left", expand=True)
         for name, layout in shown:
             table.add_column(name, **layout)
         for view in self.views:

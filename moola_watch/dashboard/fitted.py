@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from moola_watch import rules
+from moola_watch.counts import counted
 from moola_watch.dashboard.panels import FULL_ALERTS, header_panel, layers_table, one_line, panels_row
 from moola_watch.dashboard.state import LogView, RunView, ViewOptions
 from moola_watch.render import ALERT_TEXT, HEALTHY_STYLE, SEVERITY_STYLE, alerts_table, ordered_alerts, text, where
@@ -111,7 +112,7 @@ def left_out(parts: Parts, fit: Fit) -> list[str]:
     missing = []
     if hidden := parts.alerts - fit.alerts:
         firing = f" ({parts.firing - fit.alerts} firing)" if parts.firing > fit.alerts else ""
-        missing.append(f"{hidden} more alert{'s' if hidden > 1 else ''}{firing}")
+        missing.append(f"{counted(hidden, 'more alert')}{firing}")
     if not fit.panel_rows:
         missing.append("the gradient and task balance panels")
     elif fit.panel_rows < parts.panel_rows:
