@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from moola_watch import columnar, rules, schema, sources
+from moola_watch.counts import counted
 from moola_watch.frames import FrameColumns, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
@@ -88,6 +89,7 @@ class LogScan:
     bad_lines: int = 0
     bad_by_category: Counter[str] = field(default_factory=Counter)
     bad_details: list[BadLine] = field(default_factory=list)
+    newest_schema: int = schema.SCHEMA_VERSION  # the highest schema version a line said (a newer moola's lines)
     notices: list[Notice] = field(default_factory=list)
     trainer_alerts: int = 0  # alert records written by the trainer (the watcher recomputes its own)
     _run_keys: dict[str, str] = field(default_factory=dict)  # run id -> the key of its latest run (ID, ID#2, ...)
@@ -104,6 +106,7 @@ class LogScan:
                 item = item._replace(rejected=self._bad_before.rejected)  # the repeat of a bad line is as bad
             self.bad_lines += 1
             self.bad_by_category[item.rejected.category] += 1
+            self.newest_schema = max(self.newest_schema, item.rejected.schema or 0)
             if len(self.bad_details) < MAX_BAD_LINE_DETAILS:
                 self.bad_details.append(item)
             self._bad_before = item
@@ -325,6 +328,26 @@ class LogScan:
             ],
             "summary": engine.summary().to_dict() if engine else None,
         }
+
+
+def not_a_log(path: str | Path, scans: Iterable[LogScan]) -> str:
+    """The one line that says why ``path`` (a log, or a folder of them), whose ``scans`` hold not one valid
+    record, cannot be judged: ``check``, ``follow``, ``report`` and ``load`` say it alike."""
+    return f"{path} is {why_not_a_log(scans)}"
+
+
+def why_not_a_log(scans: Iterable[LogScan]) -> str:
+    """Why logs holding not one valid record cannot be judged, in the words after their name: written by a newer
+    moola when most of their bad lines are of a newer schema (this watcher cannot read them, upgrading it can);
+    else not a moola log at all (another tool's file)."""
+    scans = list(scans)
+    bad = sum(scan.bad_lines for scan in scans)
+    newer = sum(scan.bad_by_category[schema.NEWER_SCHEMA] for scan in scans)
+    if newer * 2 > bad:
+        version = max(scan.newest_schema for scan in scans)
+        return (f"a log of a newer moola (schema {version}; this moola-watch reads up to schema "
+                f"{schema.SCHEMA_VERSION}): upgrade moola-watch to read it")  # fmt: skip
+    return f"not a moola log: no valid record ({counted(bad, 'bad line')})"
 
 
 def alert_json(run: str | None, alert: rules.Alert) -> dict[str, Any]:

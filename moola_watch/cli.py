@@ -122,7 +122,7 @@ def _scans(
             continue
         error = None
         if not scan.records:
-            error = f"{path} is not a moola log: no valid record ({scan.bad_lines} bad lines)"
+            error = analyze.not_a_log(path, [scan])
             _error(error)
         yield path, scan, error
 

@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.text import Text
 
 from moola_watch import rules, schema
-from moola_watch.analyze import LogScan, alert_json, read_sources
+from moola_watch.analyze import LogScan, alert_json, not_a_log, read_sources
 from moola_watch.counts import counted
 from moola_watch.dashboard import FittedDashboard, LogView, ViewOptions, overview, run_dashboard
 from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, exit_code, runs_exit_code, worst
@@ -66,6 +66,14 @@ def alert_event(path: Path, run: str | None, event: AlertEvent, host: str | None
         "epoch": alert.resolved_epoch if resolved else alert.last_epoch,
         "step": alert.resolved_step if resolved else alert.last_step,
     }
+
+
+def unjudged(scan: LogScan) -> str:
+    """Why a followed log that holds not one valid record cannot be judged (``check``'s exit 2), in one line: it
+    is not a log (or one of a newer moola), or holds nothing yet."""
+    if scan.bad_lines:
+        return not_a_log(scan.path, [scan])
+    return f"{scan.path} holds no record yet: not a log to check"
 
 
 class Follower:
@@ -375,10 +383,8 @@ class Follower:
         for view in self.views.values():
             scan = view.scan
             if not scan.records:
-                if self.directory is not None and scan.bad_lines:
-                    lines.append(f"{scan.path} is not a moola log: no valid record ({scan.bad_lines} bad lines)")
-                elif self.directory is not None:
-                    lines.append(f"{scan.path} holds no record yet: not a log to check")
+                if self.directory is not None:
+                    lines.append(unjudged(scan))
                 continue
             several = len(scan.engines) > 1
             if not several and self.directory is None:
@@ -489,11 +495,18 @@ class Follower:
     def _nothing_to_judge(self) -> int:
         """``--once`` on an empty or foreign file (or a folder of them): an error, as ``check`` says, never a
         pass."""
-        bad = sum(view.scan.bad_lines for view in self.views.values())
-        what = f"is not a moola log: no valid record ({bad} bad lines)" if bad else "holds no record yet"
-        if self.options.from_end and not bad:
-            what = "holds no record after what it held when followed (--from-end skips that)"
-        print(f"moola-watch: error: {inert(str(self.target))} {what}", file=sys.stderr, flush=True)
+        scans = [view.scan for view in self.views.values()]
+        target = str(self.target)
+        if self.options.from_end and not any(scan.bad_lines for scan in scans):
+            errors = [f"{target} holds no record after what it held when followed (--from-end skips that)"]
+        elif self.directory is not None and scans:  # each of its files, as check DIR names them
+            errors = [unjudged(scan) for scan in scans]
+        elif scans and scans[0].bad_lines:
+            errors = [not_a_log(target, scans)]
+        else:
+            errors = [f"{target} holds no record yet"]
+        for error in errors:
+            print(f"moola-watch: error: {inert(error, limit=4000)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
     def _loop(self, live: Live | None) -> int:

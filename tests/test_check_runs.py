@@ -222,6 +222,37 @@ def test_no_command_passes_a_file_that_is_not_a_log(tmp_path, content):
     assert "skipped" not in xml.read_text().replace('skipped="0"', "")
 
 
+def newer_moolas_log(path):
+    """A healthy run as a newer moola would write it (schema 2), its last line cut off mid-write."""
+    log = healthy_scenario()
+    for record in log.records:
+        record["schema"] = 2
+    path.write_bytes(b"".join(log.lines()) + b'{"schema":2,"kind":"epo')
+    return path
+
+
+NEWER = "is a log of a newer moola (schema 2; this moola-watch reads up to schema 1): upgrade moola-watch to read it"
+
+
+def test_a_log_of_a_newer_moola_says_to_upgrade_not_that_it_is_no_log(tmp_path):
+    """A review's case: a schema-2 log was called "not a moola log: no valid record (94 bad lines)" by every
+    command. It is still not judged (exit 2), and each says why in the same words."""
+    path = newer_moolas_log(tmp_path / "run.jsonl")
+    result, (report,) = check("--json", path)
+    assert result.returncode == 2 and report["error"] == f"{path} {NEWER}", report
+    assert result.stderr == f"moola-watch: error: {path} {NEWER}\n"
+    once = run_cli("moola_watch.cli", "follow", "--once", str(path))
+    assert once.returncode == 2 and once.stderr == f"moola-watch: error: {path} {NEWER}\n"
+    html = run_cli("moola_watch.cli", "report", str(path), "-o", str(tmp_path / "report.html"))
+    assert html.returncode == 2 and f"{path} {NEWER}" in html.stderr
+    folder = run_cli("moola_watch.cli", "follow", "--once", str(tmp_path))  # a folder names the log too
+    assert folder.returncode == 2 and folder.stderr == f"moola-watch: error: {path} {NEWER}\n", folder.stderr
+    # Another tool's lines beside a few of a newer schema: most are not a moola's, so it is not a log.
+    path.write_bytes(b"a,b\n1,2\n3,4\n" + newer_moolas_log(tmp_path / "x").read_bytes().splitlines()[0] + b"\n")
+    result, _ = check(path)
+    assert result.returncode == 2 and "is not a moola log: no valid record (4 bad lines)" in result.stderr
+
+
 def test_a_run_that_measured_nothing_is_not_a_pass(tmp_path):
     """Epoch records alone (a callback whose every_n_steps outlasted a short run) measured no gradient."""
     path = LogBuilder().start().epoch(1).epoch(2).end().write(tmp_path / "log.jsonl")

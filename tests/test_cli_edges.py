@@ -288,7 +288,7 @@ def test_follow_once_on_a_folder_calls_another_tools_file_not_a_log(tmp_path: Pa
     followed = watch("--once", tmp_path)
     (row,) = [line for line in followed.stdout.splitlines() if "metrics.jsonl" in line and "│" in line]
     assert "not a log" in row and "waiting" not in row
-    said = f"{tmp_path / 'metrics.jsonl'} is not a moola log: no valid record (1 bad lines)"  # under the view
+    said = f"{tmp_path / 'metrics.jsonl'} is not a moola log: no valid record (1 bad line)"  # under the view
     assert said in followed.stdout.splitlines()
     assert followed.returncode == watch("check", tmp_path).returncode == 2  # --once exits as check does
 

@@ -583,7 +583,7 @@ def test_once_on_a_folder_names_each_file_that_is_no_log_to_check(tmp_path):
     shutil.copy(SAMPLES / "healthy.jsonl", tmp_path / "ok.jsonl")
     result = follow_once("--once", tmp_path)
     assert result.returncode == 2
-    assert f"{tmp_path / 'junk.jsonl'} is not a moola log: no valid record (1 bad lines)" in result.stdout
+    assert f"{tmp_path / 'junk.jsonl'} is not a moola log: no valid record (1 bad line)" in result.stdout
     assert f"{tmp_path / 'empty.jsonl'} holds no record yet: not a log to check" in result.stdout
     assert "ok.jsonl;" not in result.stdout
 

@@ -149,6 +149,20 @@ def test_a_file_that_is_not_a_log_is_an_error_as_check_says_it(tmp_path: Path) -
         moola_watch.load(tmp_path)
 
 
+def test_a_log_of_a_newer_moola_is_an_error_that_says_to_upgrade(tmp_path: Path) -> None:
+    newer = healthy_scenario()
+    for record in newer.records:
+        record["schema"] = 2
+    path = newer.write(tmp_path / "run.jsonl")
+    with pytest.raises(NotALogError) as raised:
+        moola_watch.load(path)
+    assert str(raised.value) == (
+        f"{path} is a log of a newer moola (schema 2; this moola-watch reads up to schema 1): upgrade moola-watch to "
+        "read it"
+    )
+    assert str(raised.value) in run_cli("moola_watch.cli", "check", str(path)).stderr  # the CLI's words
+
+
 def test_a_damaged_or_unreadable_compressed_log_is_an_os_error(tmp_path: Path) -> None:
     import gzip
 
