@@ -341,6 +341,10 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"{args.target} is neither a file nor a directory")
     if args.once and not args.target.exists():
         raise UsageError(f"{args.target} does not exist (without --once, follow waits for it to appear)")
+    kind = sources.file_compression(args.target)
+    if kind is not None and not args.once:  # (a folder's compressed logs are read whole, as --once reads this one)
+        raise UsageError(f"{args.target} is {kind}-compressed: a compressed log cannot grow, so there is nothing to "
+                         "follow; read it with follow --once, check or analyze")  # fmt: skip
     options = FollowOptions(
         from_end=args.from_end,
         poll=args.poll,
@@ -357,7 +361,10 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
     )
     notifier = Notifier.from_settings(notify) if notify.enabled else None
     with stops_as_interrupt():
-        return Follower(args.target, thresholds, options, console, notifier=notifier).run()
+        try:
+            return Follower(args.target, thresholds, options, console, notifier=notifier).run()
+        except sources.UnreadableLog as exc:  # a compressed log that is zstd, or damaged: its line says which
+            raise UsageError(str(exc)) from None
 
 
 #: Signals that end ``follow`` as Ctrl-C does: SIGTERM (systemd, Kubernetes, ``timeout``), SIGHUP (the terminal or

@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,7 +28,7 @@ from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, e
 from moola_watch.notify import Notifier
 from moola_watch.render import stdout_gone
 from moola_watch.rules import AlertEvent, Thresholds
-from moola_watch.sources import directory_logs, without_copies
+from moola_watch.sources import directory_logs, file_compression, without_copies
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
 from moola_watch.textsafe import inert, json_line
 from moola_watch.writer_process import log_writer_gone
@@ -68,6 +69,25 @@ def alert_event(path: Path, run: str | None, event: AlertEvent, host: str | None
     }
 
 
+class WholeLog:
+    """A log that cannot grow, read once to its end and decompressed: a compressed file (gzip, bzip2, xz), with the
+    rotated parts before it. Polled like a :class:`~moola_watch.tail.LogTail`: about ``BATCH`` items a poll, and
+    :attr:`behind` while more are waiting, so that a big file is not held in memory whole."""
+
+    BATCH = 10_000  # items a poll
+
+    def __init__(self, parts: list[Path], name: str) -> None:
+        self._items = read_sources(parts, name, None)
+        self.behind = True
+
+    def poll(self) -> list[Item]:
+        """The next items; none once the file is read. Raises :class:`~moola_watch.sources.UnreadableLog` (zstd,
+        damaged data)."""
+        batch: list[Item] = list(islice(self._items, self.BATCH))
+        self.behind = len(batch) == self.BATCH
+        return batch
+
+
 def unjudged(scan: LogScan) -> str:
     """Why a followed log that holds not one valid record cannot be judged (``check``'s exit 2), in one line: it
     is not a log (or one of a newer moola), or holds nothing yet."""
@@ -98,7 +118,7 @@ class Follower:
         self._held_notices: list[str] = []  # notices said after the dashboard closes
         self._noted: set[str] = set()  # notes said once (:meth:`_note_once`)
         self.layers = re.compile(options.layers) if options.layers else None
-        self.tails: dict[Path, LogTail] = {}
+        self.tails: dict[Path, LogTail | WholeLog] = {}
         self.views: dict[Path, LogView] = {}
         self._statuses: dict[tuple[Path, str], str] = {}
         self._continued_in: dict[str, Path] = {}  # run id -> the log its continued run_start came in
@@ -119,8 +139,12 @@ class Follower:
             if path not in self.tails:
                 # In a directory, logs that appear later are new runs: read them from their start.
                 from_end = self.options.from_end and not self._started
-                self.tails[path] = LogTail(path, from_end=from_end)
                 self.views[path] = LogView(LogScan(str(path), self.thresholds, overridden=self.options.overridden))
+                if file_compression(path) is not None:  # it cannot grow: read whole, as check reads it
+                    parts = [] if from_end else without_copies([*older, path], note=self._note_once)
+                    self.tails[path] = WholeLog(parts, str(path))
+                    continue
+                self.tails[path] = LogTail(path, from_end=from_end)
                 if older and not from_end:  # its rotated parts first, oldest first: the log as check reads it
                     self._read_at = time.time()
                     older = without_copies([*older, path], note=self._note_once)[:-1]
@@ -327,6 +351,8 @@ class Follower:
             return Text(f"waiting for records in {inert(self.target)} ({hint})", style="dim")
         if self.options.run is not None and any(view.scan.engines for view in self.views.values()):
             return Text(f"{inert(self._missing_run())}; waiting for it …", style="dim")
+        if self.directory is None and self.views[self.target].scan.bad_lines:  # lines, none of them a record
+            return Text(inert(unjudged(self.views[self.target].scan), limit=4000), style="red")
         if self.directory is None:
             return Text(f"waiting for records in {inert(self.target)} …", style="dim")
         return overview(list(self.views.values()), options)
