@@ -11,14 +11,14 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from moola_watch import columnar, rules, schema, sources
 from moola_watch.counts import counted
-from moola_watch.frames import FrameColumns, table
+from moola_watch.frames import FrameColumns, nan_text, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
 from moola_watch.tail import CUT_OFF, REPEATED, BadLine, Item, LineDecoder, Notice, RecordItem, SkippedHistory
@@ -469,12 +469,22 @@ def alerts_table(scan: LogScan) -> pd.DataFrame:
     return table([alert_json(run, alert) for run, alert in scan.alerts()], ALERT_COLUMNS)
 
 
-def as_recorded(scan: LogScan) -> dict[str, pd.DataFrame]:
+#: The columns of :func:`to_frames`' ``grad`` and ``layers`` tables that hold a gradient norm: every
+#: ``grad_stats`` record holds them (the schema requires them), so each NaN there is one the record said.
+RECORDED_NORMS = {"grad": ("total_norm", "mean_norm", "std_norm", "min_norm", "max_norm"), "layers": ("norm",)}
+
+
+def as_recorded(scan: LogScan, frames: Mapping[str, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
     """The ``balance``, ``epochs`` and ``alerts`` tables of a scan made with ``frames=True`` for a person to read
     (``analyze --csv``, the report's comparison): a NaN the log recorded (a loss gone NaN) is the text ``nan``,
-    a value it did not record is missing (an empty CSV cell). :func:`to_frames`' are numbers, NaN for both."""
+    a value it did not record is missing (an empty CSV cell). :func:`to_frames`' are numbers, NaN for both. Given
+    ``frames`` (:func:`to_frames` of the scan), its ``grad`` and ``layers`` tables too, each NaN norm the text
+    ``nan`` (:data:`RECORDED_NORMS`; ``inf`` is written ``inf`` anyway)."""
     assert scan.columns is not None, "scan_log(..., frames=True) collects the columns"
-    return {**scan.columns.measurements(nan_as_text=True), "alerts": alerts_table(scan)}
+    recorded = {**scan.columns.measurements(nan_as_text=True), "alerts": alerts_table(scan)}
+    if frames is not None:
+        recorded.update({name: nan_text(frames[name], columns) for name, columns in RECORDED_NORMS.items()})
+    return recorded
 
 
 def group_norms(scan: LogScan) -> pd.DataFrame:

@@ -141,7 +141,7 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
         frames = analyze.to_frames(scan)
         if args.csv:
             try:
-                loader.write_csv(args.csv, labels[path], {**frames, **analyze.as_recorded(scan)})
+                loader.write_csv(args.csv, labels[path], {**frames, **analyze.as_recorded(scan, frames)})
             except OSError as exc:
                 raise UsageError(f"cannot write CSV to {args.csv}: {exc.strerror or exc}") from None
         if args.json:
