@@ -498,12 +498,12 @@ def group_norms(scan: LogScan) -> pd.DataFrame:
 def worst_layers(
     layers: pd.DataFrame, top: int = 10, thresholds: Thresholds | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per run and layer: last, peak and lowest norm; of each run, the ``top`` with the highest peak and the
-    lowest minimum, leaving out of the lowest the biases zero by construction under ``thresholds`` (default: the
-    watcher's), which the vanishing rule never flags (see :func:`~moola_watch.rules.zero_by_construction`, on
-    each layer's peak in its run). Runs in the order they appear in ``layers``, each with its ``run`` (a layer's
-    last norm of one run never stands beside its peak of another); a table without a ``run`` column is one run
-    (and the result has none)."""
+    """Per run and layer: last, peak and lowest norm; of each run, the ``top`` with the highest peak and the ``top``
+    with the lowest minimum of the others (no layer is in both), leaving out of the lowest the biases zero by
+    construction under ``thresholds`` (default: the watcher's), which the vanishing rule never flags (see
+    :func:`~moola_watch.rules.zero_by_construction`, on each layer's peak in its run). Runs in the order they appear
+    in ``layers``, each with its ``run`` (a layer's last norm of one run never stands beside its peak of another); a
+    table without a ``run`` column is one run (and the result has none)."""
     import numpy as np
     import pandas as pd
 
@@ -530,7 +530,8 @@ def worst_layers(
         structural = rules.zero_by_construction(peaks, thresholds or Thresholds())
         candidates = of_run[~of_run["layer"].astype(str).isin(structural)] if structural else of_run
         largest.append(of_run.nlargest(top, "peak"))
-        smallest.append(candidates.nsmallest(top, "lowest"))
+        # Of the layers not among the largest: a model of fewer than 2 * top layers would list some twice.
+        smallest.append(candidates[~candidates["layer"].isin(largest[-1]["layer"])].nsmallest(top, "lowest"))
     return pd.concat(largest, ignore_index=True), pd.concat(smallest, ignore_index=True)
 
 

@@ -160,7 +160,8 @@ def test_offline_views_leave_biases_zero_by_construction_out_of_the_smallest(tmp
     from moola_watch.html_report.heatmap import choose_rows
 
     norms = {"attn.key.weight": 0.3, "attn.key.bias": 1e-14, "dead.weight": 1e-9, "dead.bias": 1e-10}
-    norms |= {f"block{i}.weight": 0.2 + i / 100 for i in range(6)}
+    # More layers than the ten largest: the smallest are of the others (no layer is in both).
+    norms |= {f"block{i}.weight": 0.2 + i / 100 for i in range(20)}
     log = LogBuilder().start().grad(1, 0.2, 0.3, norms).grad(2, 0.2, 0.3, norms).end().write(tmp_path / "log.jsonl")
     report = json.loads(watch("analyze", "--json", log).stdout.splitlines()[0])
     smallest = [row["layer"] for row in report["worst_layers"]["smallest"]]
