@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from moola_watch import columnar, rules, schema, sources
-from moola_watch.frames import FrameColumns, table
+from moola_watch.counts import counted
+from moola_watch.frames import FrameColumns, nan_text, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
 from moola_watch.rules.evidence import QuietGradStats
 from moola_watch.tail import CUT_OFF, REPEATED, BadLine, Item, LineDecoder, Notice, RecordItem, SkippedHistory
@@ -88,6 +89,7 @@ class LogScan:
     bad_lines: int = 0
     bad_by_category: Counter[str] = field(default_factory=Counter)
     bad_details: list[BadLine] = field(default_factory=list)
+    newest_schema: int = schema.SCHEMA_VERSION  # the highest schema version a line said (a newer moola's lines)
     notices: list[Notice] = field(default_factory=list)
     trainer_alerts: int = 0  # alert records written by the trainer (the watcher recomputes its own)
     _run_keys: dict[str, str] = field(default_factory=dict)  # run id -> the key of its latest run (ID, ID#2, ...)
@@ -104,6 +106,7 @@ class LogScan:
                 item = item._replace(rejected=self._bad_before.rejected)  # the repeat of a bad line is as bad
             self.bad_lines += 1
             self.bad_by_category[item.rejected.category] += 1
+            self.newest_schema = max(self.newest_schema, item.rejected.schema or 0)
             if len(self.bad_details) < MAX_BAD_LINE_DETAILS:
                 self.bad_details.append(item)
             self._bad_before = item
@@ -327,6 +330,26 @@ class LogScan:
         }
 
 
+def not_a_log(path: str | Path, scans: Iterable[LogScan]) -> str:
+    """The one line that says why ``path`` (a log, or a folder of them), whose ``scans`` hold not one valid
+    record, cannot be judged: ``check``, ``follow``, ``report`` and ``load`` say it alike."""
+    return f"{path} is {why_not_a_log(scans)}"
+
+
+def why_not_a_log(scans: Iterable[LogScan]) -> str:
+    """Why logs holding not one valid record cannot be judged, in the words after their name: written by a newer
+    moola when most of their bad lines are of a newer schema (this watcher cannot read them, upgrading it can);
+    else not a moola log at all (another tool's file)."""
+    scans = list(scans)
+    bad = sum(scan.bad_lines for scan in scans)
+    newer = sum(scan.bad_by_category[schema.NEWER_SCHEMA] for scan in scans)
+    if newer * 2 > bad:
+        version = max(scan.newest_schema for scan in scans)
+        return (f"a log of a newer moola (schema {version}; this moola-watch reads up to schema "
+                f"{schema.SCHEMA_VERSION}): upgrade moola-watch to read it")  # fmt: skip
+    return f"not a moola log: no valid record ({counted(bad, 'bad line')})"
+
+
 def alert_json(run: str | None, alert: rules.Alert) -> dict[str, Any]:
     """An alert as the JSON outputs (``check --json``, ``follow --json``) show it."""
     return {
@@ -446,12 +469,22 @@ def alerts_table(scan: LogScan) -> pd.DataFrame:
     return table([alert_json(run, alert) for run, alert in scan.alerts()], ALERT_COLUMNS)
 
 
-def as_recorded(scan: LogScan) -> dict[str, pd.DataFrame]:
+#: The columns of :func:`to_frames`' ``grad`` and ``layers`` tables that hold a gradient norm: every
+#: ``grad_stats`` record holds them (the schema requires them), so each NaN there is one the record said.
+RECORDED_NORMS = {"grad": ("total_norm", "mean_norm", "std_norm", "min_norm", "max_norm"), "layers": ("norm",)}
+
+
+def as_recorded(scan: LogScan, frames: Mapping[str, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
     """The ``balance``, ``epochs`` and ``alerts`` tables of a scan made with ``frames=True`` for a person to read
     (``analyze --csv``, the report's comparison): a NaN the log recorded (a loss gone NaN) is the text ``nan``,
-    a value it did not record is missing (an empty CSV cell). :func:`to_frames`' are numbers, NaN for both."""
+    a value it did not record is missing (an empty CSV cell). :func:`to_frames`' are numbers, NaN for both. Given
+    ``frames`` (:func:`to_frames` of the scan), its ``grad`` and ``layers`` tables too, each NaN norm the text
+    ``nan`` (:data:`RECORDED_NORMS`; ``inf`` is written ``inf`` anyway)."""
     assert scan.columns is not None, "scan_log(..., frames=True) collects the columns"
-    return {**scan.columns.measurements(nan_as_text=True), "alerts": alerts_table(scan)}
+    recorded = {**scan.columns.measurements(nan_as_text=True), "alerts": alerts_table(scan)}
+    if frames is not None:
+        recorded.update({name: nan_text(frames[name], columns) for name, columns in RECORDED_NORMS.items()})
+    return recorded
 
 
 def group_norms(scan: LogScan) -> pd.DataFrame:
@@ -465,12 +498,12 @@ def group_norms(scan: LogScan) -> pd.DataFrame:
 def worst_layers(
     layers: pd.DataFrame, top: int = 10, thresholds: Thresholds | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per run and layer: last, peak and lowest norm; of each run, the ``top`` with the highest peak and the
-    lowest minimum, leaving out of the lowest the biases zero by construction under ``thresholds`` (default: the
-    watcher's), which the vanishing rule never flags (see :func:`~moola_watch.rules.zero_by_construction`, on
-    each layer's peak in its run). Runs in the order they appear in ``layers``, each with its ``run`` (a layer's
-    last norm of one run never stands beside its peak of another); a table without a ``run`` column is one run
-    (and the result has none)."""
+    """Per run and layer: last, peak and lowest norm; of each run, the ``top`` with the highest peak and the ``top``
+    with the lowest minimum of the others (no layer is in both), leaving out of the lowest the biases zero by
+    construction under ``thresholds`` (default: the watcher's), which the vanishing rule never flags (see
+    :func:`~moola_watch.rules.zero_by_construction`, on each layer's peak in its run). Runs in the order they appear
+    in ``layers``, each with its ``run`` (a layer's last norm of one run never stands beside its peak of another); a
+    table without a ``run`` column is one run (and the result has none)."""
     import numpy as np
     import pandas as pd
 
@@ -497,7 +530,8 @@ def worst_layers(
         structural = rules.zero_by_construction(peaks, thresholds or Thresholds())
         candidates = of_run[~of_run["layer"].astype(str).isin(structural)] if structural else of_run
         largest.append(of_run.nlargest(top, "peak"))
-        smallest.append(candidates.nsmallest(top, "lowest"))
+        # Of the layers not among the largest: a model of fewer than 2 * top layers would list some twice.
+        smallest.append(candidates[~candidates["layer"].isin(largest[-1]["layer"])].nsmallest(top, "lowest"))
     return pd.concat(largest, ignore_index=True), pd.concat(smallest, ignore_index=True)
 
 

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from moola_watch import analyze, export, junit, loader, sources
+from moola_watch.counts import counted
 from moola_watch.exit_codes import (
     EXIT_ALERT,
     EXIT_NO_MEASUREMENTS,
@@ -121,7 +122,7 @@ def _scans(
             continue
         error = None
         if not scan.records:
-            error = f"{path} is not a moola log: no valid record ({scan.bad_lines} bad lines)"
+            error = analyze.not_a_log(path, [scan])
             _error(error)
         yield path, scan, error
 
@@ -140,7 +141,7 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
         frames = analyze.to_frames(scan)
         if args.csv:
             try:
-                loader.write_csv(args.csv, labels[path], {**frames, **analyze.as_recorded(scan)})
+                loader.write_csv(args.csv, labels[path], {**frames, **analyze.as_recorded(scan, frames)})
             except OSError as exc:
                 raise UsageError(f"cannot write CSV to {args.csv}: {exc.strerror or exc}") from None
         if args.json:
@@ -234,7 +235,11 @@ def _print_check(
 
     code = exit_code(scan, runs, fail_on, report["max_bad_lines"])
     status = {EXIT_OK: "ok", EXIT_ALERT: "FAIL", EXIT_NO_MEASUREMENTS: "EMPTY"}[code]
-    shown = f"{len(runs)} of {len(scan.engines)} runs" if len(runs) < len(scan.engines) else f"{len(runs)} run(s)"
+    shown = (
+        f"{len(runs)} of {counted(len(scan.engines), 'run')}"
+        if len(runs) < len(scan.engines)
+        else counted(len(runs), "run")
+    )
     parts = f"  parts={','.join(Path(part).name for part in report['parts'])}" if "parts" in report else ""
     bad = f" ({report['bad_lines_summary']})" if report["bad_lines_summary"] else ""
     line(f"{status}  {path}{parts}  verdict={scan.verdict(runs)}  {shown}  records={scan.records}  "
@@ -266,8 +271,8 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     except html_report.ReportError as exc:
         raise UsageError(str(exc)) from None
     console.print(
-        inert(f"wrote {written.html} ({written.size / 1e6:.1f} MB, {written.runs} runs)"
-              + (f" and {len(written.pngs)} PNGs in {args.png}" if args.png else ""), limit=4000),
+        inert(f"wrote {written.html} ({written.size / 1e6:.1f} MB, {counted(written.runs, 'run')})"
+              + (f" and {counted(len(written.pngs), 'PNG')} in {args.png}" if args.png else ""), limit=4000),
         markup=False, highlight=False, soft_wrap=True,
     )  # fmt: skip
     if len(readable) < len(scans):
@@ -301,7 +306,8 @@ def _export(args: argparse.Namespace, console: Console) -> int:
         except OSError as exc:
             raise UsageError(f"cannot write to {args.tensorboard}: {exc.strerror or exc}") from None
         console.print(
-            inert(f"{written}  {events.scalars} scalars, {events.alerts} alerts  [{Path(log).name}]", limit=4000),
+            inert(f"{written}  {counted(events.scalars, 'scalar')}, {counted(events.alerts, 'alert')}  "
+                  f"[{Path(log).name}]", limit=4000),
             markup=False, highlight=False, soft_wrap=True,
         )  # fmt: skip
     return worst
@@ -335,6 +341,10 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"{args.target} is neither a file nor a directory")
     if args.once and not args.target.exists():
         raise UsageError(f"{args.target} does not exist (without --once, follow waits for it to appear)")
+    kind = sources.file_compression(args.target)
+    if kind is not None and not args.once:  # (a folder's compressed logs are read whole, as --once reads this one)
+        raise UsageError(f"{args.target} is {kind}-compressed: a compressed log cannot grow, so there is nothing to "
+                         "follow; read it with follow --once, check or analyze")  # fmt: skip
     options = FollowOptions(
         from_end=args.from_end,
         poll=args.poll,
@@ -351,7 +361,10 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
     )
     notifier = Notifier.from_settings(notify) if notify.enabled else None
     with stops_as_interrupt():
-        return Follower(args.target, thresholds, options, console, notifier=notifier).run()
+        try:
+            return Follower(args.target, thresholds, options, console, notifier=notifier).run()
+        except sources.UnreadableLog as exc:  # a compressed log that is zstd, or damaged: its line says which
+            raise UsageError(str(exc)) from None
 
 
 #: Signals that end ``follow`` as Ctrl-C does: SIGTERM (systemd, Kubernetes, ``timeout``), SIGHUP (the terminal or

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from moola_watch.analyze import VERDICT_NO_MEASUREMENTS, LogScan, run_verdict
+from moola_watch.counts import counted
 from moola_watch.tail import CUT_OFF, REPEATED
 
 EXIT_OK, EXIT_ALERT, EXIT_USAGE, EXIT_NO_MEASUREMENTS = 0, 1, 2, 3
@@ -37,7 +38,7 @@ class BadLines:
         empty if there were none."""
         said = []
         if self.counted:
-            lines = f"{self.counted} line{'s' if self.counted != 1 else ''} not judged"
+            lines = f"{counted(self.counted, 'line')} not judged"
             if self.first is not None:
                 lines += f", the first at line {self.first[0]}: {self.first[1]}"
             said.append(lines)

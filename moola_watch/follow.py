@@ -12,6 +12,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,13 +21,14 @@ from rich.live import Live
 from rich.text import Text
 
 from moola_watch import rules, schema
-from moola_watch.analyze import LogScan, alert_json, read_sources
+from moola_watch.analyze import LogScan, alert_json, not_a_log, read_sources
+from moola_watch.counts import counted
 from moola_watch.dashboard import FittedDashboard, LogView, ViewOptions, overview, run_dashboard
 from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, exit_code, runs_exit_code, worst
 from moola_watch.notify import Notifier
 from moola_watch.render import stdout_gone
 from moola_watch.rules import AlertEvent, Thresholds
-from moola_watch.sources import directory_logs, without_copies
+from moola_watch.sources import directory_logs, file_compression, without_copies
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
 from moola_watch.textsafe import inert, json_line
 from moola_watch.writer_process import log_writer_gone
@@ -67,6 +69,33 @@ def alert_event(path: Path, run: str | None, event: AlertEvent, host: str | None
     }
 
 
+class WholeLog:
+    """A log that cannot grow, read once to its end and decompressed: a compressed file (gzip, bzip2, xz), with the
+    rotated parts before it. Polled like a :class:`~moola_watch.tail.LogTail`: about ``BATCH`` items a poll, and
+    :attr:`behind` while more are waiting, so that a big file is not held in memory whole."""
+
+    BATCH = 10_000  # items a poll
+
+    def __init__(self, parts: list[Path], name: str) -> None:
+        self._items = read_sources(parts, name, None)
+        self.behind = True
+
+    def poll(self) -> list[Item]:
+        """The next items; none once the file is read. Raises :class:`~moola_watch.sources.UnreadableLog` (zstd,
+        damaged data)."""
+        batch: list[Item] = list(islice(self._items, self.BATCH))
+        self.behind = len(batch) == self.BATCH
+        return batch
+
+
+def unjudged(scan: LogScan) -> str:
+    """Why a followed log that holds not one valid record cannot be judged (``check``'s exit 2), in one line: it
+    is not a log (or one of a newer moola), or holds nothing yet."""
+    if scan.bad_lines:
+        return not_a_log(scan.path, [scan])
+    return f"{scan.path} holds no record yet: not a log to check"
+
+
 class Follower:
     """Follows one log file, or every ``*.jsonl`` in a directory (new ones picked up as they appear)."""
 
@@ -89,7 +118,7 @@ class Follower:
         self._held_notices: list[str] = []  # notices said after the dashboard closes
         self._noted: set[str] = set()  # notes said once (:meth:`_note_once`)
         self.layers = re.compile(options.layers) if options.layers else None
-        self.tails: dict[Path, LogTail] = {}
+        self.tails: dict[Path, LogTail | WholeLog] = {}
         self.views: dict[Path, LogView] = {}
         self._statuses: dict[tuple[Path, str], str] = {}
         self._continued_in: dict[str, Path] = {}  # run id -> the log its continued run_start came in
@@ -110,8 +139,12 @@ class Follower:
             if path not in self.tails:
                 # In a directory, logs that appear later are new runs: read them from their start.
                 from_end = self.options.from_end and not self._started
-                self.tails[path] = LogTail(path, from_end=from_end)
                 self.views[path] = LogView(LogScan(str(path), self.thresholds, overridden=self.options.overridden))
+                if file_compression(path) is not None:  # it cannot grow: read whole, as check reads it
+                    parts = [] if from_end else without_copies([*older, path], note=self._note_once)
+                    self.tails[path] = WholeLog(parts, str(path))
+                    continue
+                self.tails[path] = LogTail(path, from_end=from_end)
                 if older and not from_end:  # its rotated parts first, oldest first: the log as check reads it
                     self._read_at = time.time()
                     older = without_copies([*older, path], note=self._note_once)[:-1]
@@ -318,6 +351,8 @@ class Follower:
             return Text(f"waiting for records in {inert(self.target)} ({hint})", style="dim")
         if self.options.run is not None and any(view.scan.engines for view in self.views.values()):
             return Text(f"{inert(self._missing_run())}; waiting for it …", style="dim")
+        if self.directory is None and self.views[self.target].scan.bad_lines:  # lines, none of them a record
+            return Text(inert(unjudged(self.views[self.target].scan), limit=4000), style="red")
         if self.directory is None:
             return Text(f"waiting for records in {inert(self.target)} …", style="dim")
         return overview(list(self.views.values()), options)
@@ -374,10 +409,8 @@ class Follower:
         for view in self.views.values():
             scan = view.scan
             if not scan.records:
-                if self.directory is not None and scan.bad_lines:
-                    lines.append(f"{scan.path} is not a moola log: no valid record ({scan.bad_lines} bad lines)")
-                elif self.directory is not None:
-                    lines.append(f"{scan.path} holds no record yet: not a log to check")
+                if self.directory is not None:
+                    lines.append(unjudged(scan))
                 continue
             several = len(scan.engines) > 1
             if not several and self.directory is None:
@@ -388,7 +421,7 @@ class Follower:
                 for run in scan.engines
                 if (code := runs_exit_code(scan, [run], self.options.fail_on)) != EXIT_OK
             ]
-            where = f"{len(scan.engines)} run{'s' if several else ''} in {scan.path}"
+            where = f"{counted(len(scan.engines), 'run')} in {scan.path}"
             if bad:
                 lines.append(f"{where}; not ok: {', '.join(bad)}")
             elif several:
@@ -488,11 +521,18 @@ class Follower:
     def _nothing_to_judge(self) -> int:
         """``--once`` on an empty or foreign file (or a folder of them): an error, as ``check`` says, never a
         pass."""
-        bad = sum(view.scan.bad_lines for view in self.views.values())
-        what = f"is not a moola log: no valid record ({bad} bad lines)" if bad else "holds no record yet"
-        if self.options.from_end and not bad:
-            what = "holds no record after what it held when followed (--from-end skips that)"
-        print(f"moola-watch: error: {inert(str(self.target))} {what}", file=sys.stderr, flush=True)
+        scans = [view.scan for view in self.views.values()]
+        target = str(self.target)
+        if self.options.from_end and not any(scan.bad_lines for scan in scans):
+            errors = [f"{target} holds no record after what it held when followed (--from-end skips that)"]
+        elif self.directory is not None and scans:  # each of its files, as check DIR names them
+            errors = [unjudged(scan) for scan in scans]
+        elif scans and scans[0].bad_lines:
+            errors = [not_a_log(target, scans)]
+        else:
+            errors = [f"{target} holds no record yet"]
+        for error in errors:
+            print(f"moola-watch: error: {inert(error, limit=4000)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
     def _loop(self, live: Live | None) -> int:

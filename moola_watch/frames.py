@@ -291,5 +291,14 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str], *, nan_as_text: bo
     return frame.astype(positions) if positions else frame
 
 
+def nan_text(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with each NaN in ``columns`` (of numbers, every value recorded) as the text ``nan``, as
+    :func:`table` writes it ``nan_as_text``; such a column is then one of objects. ``frame`` itself when none
+    holds a NaN (the layers table may be millions of rows: no copy of it is made for nothing)."""
+    nans = {column: frame[column].isna() for column in columns}
+    said = {column: frame[column].astype(object).mask(nan, "nan") for column, nan in nans.items() if nan.any()}
+    return frame.assign(**said) if said else frame
+
+
 def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)

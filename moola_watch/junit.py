@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from moola_watch.counts import counted
 from moola_watch.schema import SEVERITIES
 
 # Characters XML 1.0 cannot hold at all, even escaped: shown as visible escapes instead.
@@ -87,7 +88,7 @@ def run_case(
         case,
         "system-out",
         f"status={run['status']} at epoch {_shown(run['epoch'])}, step {_shown(run['step'])}; {run['records']} "
-        f"records; {len(alerts)} alert(s)",
+        f"records; {counted(len(alerts), 'alert')}",
     )
     return "failures" if failing else None
 

@@ -49,7 +49,7 @@ def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd
     for log, parts in logs:  # a rotated log's parts oldest first, as one log (as check reads a folder)
         scan = analyze.scan_log(log, thresholds, parts=parts if len(parts) > 1 else None, frames=True)
         if not scan.records:
-            foreign.append(NotALogError(f"{log} is not a moola log: no valid record ({scan.bad_lines} bad lines)"))
+            foreign.append(NotALogError(analyze.not_a_log(log, [scan])))
             continue
         frames = analyze.to_frames(scan)
         per_log.append({name: frame.assign(log=str(log))[["log", *frame.columns]] for name, frame in frames.items()})

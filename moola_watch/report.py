@@ -23,6 +23,7 @@ from rich.text import Text
 
 from moola_watch import rules
 from moola_watch.analyze import LogScan, most_telling, run_verdict, window_means, worst_layers
+from moola_watch.counts import counted
 from moola_watch.dotted_name import DottedName
 from moola_watch.fitted_table import Choice, Column, FittedTable, cell_width
 from moola_watch.render import (
@@ -345,7 +346,7 @@ def tasks_trend(balance: pd.DataFrame, labels: Mapping[str, str] | None = None) 
         *(_task_column(task, rows) for task in tasks),
         *([Column("loss weights", list(weights), justify="right")] if weights else []),
     ]
-    title = f"Task balance, {len(tasks)} tasks (gradient norm / share of the update)"
+    title = f"Task balance, {counted(len(tasks), 'task')} (gradient norm / share of the update)"
     return FittedTable(title, columns)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 
 SCHEMA_VERSION = 1
+#: The category of a line a newer moola wrote (its ``schema`` is above :data:`SCHEMA_VERSION`).
+NEWER_SCHEMA = "newer_schema"
 #: A line longer than this is rejected unparsed: it cannot be a record we wrote.
 MAX_LINE_BYTES = 1 << 20
 #: run_end's ``tasks`` names at most this many (a loss dict keyed by something per batch must not grow it).
@@ -109,6 +111,7 @@ class Rejected:
 
     category: str  # too_long | bad_utf8 | bad_json | invalid | unknown_kind | newer_schema
     reason: str
+    schema: int | None = None  # a newer_schema line's version: which moola wrote it
 
 
 class _Invalid(Exception):
@@ -411,7 +414,7 @@ def decode_record(line: bytes | str) -> Record | Rejected:
     if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
         return Rejected("invalid", f"'schema' must be a positive integer, got {_describe(schema)}")
     if schema > SCHEMA_VERSION:
-        return Rejected("newer_schema", f"schema {schema} is newer than this reader ({SCHEMA_VERSION})")
+        return Rejected(NEWER_SCHEMA, f"schema {schema} is newer than this reader ({SCHEMA_VERSION})", schema)
     kind = record.get("kind")
     if not isinstance(kind, str) or kind not in _FIELDS:
         return Rejected("unknown_kind", f"unknown record kind {_describe(kind)}")

@@ -74,6 +74,18 @@ def plain_file(path: str | Path) -> bool:
         return compression(handle.read(HEAD)) is None
 
 
+def file_compression(path: str | Path) -> str | None:
+    """The compressed format of the regular file ``path`` (``gzip``, ``bzip2``, ``xz``, ``zstd``), known by its first
+    bytes; None for a file that is not compressed, or not there, or that cannot be read (its reader says why)."""
+    if is_stdin(path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return compression(handle.read(HEAD))
+    except OSError:
+        return None
+
+
 def chunks(sources: Sequence[str | Path], size: int = CHUNK) -> Iterator[bytes]:
     """The bytes of ``sources`` one after another, decompressed, each but the last ended with a newline if it does
     not end with one (a part whose last line a killed writer cut: that line stays one line, and the next part's

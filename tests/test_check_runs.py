@@ -7,7 +7,7 @@ import time
 
 import pytest
 from helpers import REPO, run_cli
-from logs import LogBuilder, collapse_scenario, healthy_scenario, recovered_collapse_scenario
+from logs import LogBuilder, collapse_scenario, exploding_scenario, healthy_scenario, recovered_collapse_scenario
 from rich.console import Console
 
 from moola_watch.analyze import scan_log
@@ -33,12 +33,21 @@ def two_runs(tmp_path):
     return log
 
 
+def test_a_count_of_one_takes_a_singular_noun(tmp_path):
+    """A review's case: "1 run(s)", "in 1 layers": one of a thing is said as one."""
+    log = exploding_scenario().write(tmp_path / "one.jsonl")
+    result, _ = check(log)
+    assert result.returncode == 1
+    assert f"FAIL  {log}  verdict=error  1 run  records=" in result.stdout, result.stdout
+    assert "Exploding gradients in 1 layer (norm > 10): b" in result.stdout, result.stdout
+
+
 def test_a_log_of_two_runs_is_judged_run_by_run(tmp_path):
     log = two_runs(tmp_path)
     result, _ = check(log)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert lines[0].startswith(f"FAIL  {log}  verdict=error  2 run(s)")
+    assert lines[0].startswith(f"FAIL  {log}  verdict=error  2 runs")
     first = next(i for i, line in enumerate(lines) if line.startswith("  run first "))
     second = next(i for i, line in enumerate(lines) if line.startswith("  run second "))
     assert "verdict=healthy" in lines[first] and "verdict=error" in lines[second]
@@ -211,6 +220,37 @@ def test_no_command_passes_a_file_that_is_not_a_log(tmp_path, content):
     assert check("--junit", xml, path)[0].returncode == 2
     assert '<error message="not a moola log: no valid record" type="not_a_log"' in xml.read_text()
     assert "skipped" not in xml.read_text().replace('skipped="0"', "")
+
+
+def newer_moolas_log(path):
+    """A healthy run as a newer moola would write it (schema 2), its last line cut off mid-write."""
+    log = healthy_scenario()
+    for record in log.records:
+        record["schema"] = 2
+    path.write_bytes(b"".join(log.lines()) + b'{"schema":2,"kind":"epo')
+    return path
+
+
+NEWER = "is a log of a newer moola (schema 2; this moola-watch reads up to schema 1): upgrade moola-watch to read it"
+
+
+def test_a_log_of_a_newer_moola_says_to_upgrade_not_that_it_is_no_log(tmp_path):
+    """A review's case: a schema-2 log was called "not a moola log: no valid record (94 bad lines)" by every
+    command. It is still not judged (exit 2), and each says why in the same words."""
+    path = newer_moolas_log(tmp_path / "run.jsonl")
+    result, (report,) = check("--json", path)
+    assert result.returncode == 2 and report["error"] == f"{path} {NEWER}", report
+    assert result.stderr == f"moola-watch: error: {path} {NEWER}\n"
+    once = run_cli("moola_watch.cli", "follow", "--once", str(path))
+    assert once.returncode == 2 and once.stderr == f"moola-watch: error: {path} {NEWER}\n"
+    html = run_cli("moola_watch.cli", "report", str(path), "-o", str(tmp_path / "report.html"))
+    assert html.returncode == 2 and f"{path} {NEWER}" in html.stderr
+    folder = run_cli("moola_watch.cli", "follow", "--once", str(tmp_path))  # a folder names the log too
+    assert folder.returncode == 2 and folder.stderr == f"moola-watch: error: {path} {NEWER}\n", folder.stderr
+    # Another tool's lines beside a few of a newer schema: most are not a moola's, so it is not a log.
+    path.write_bytes(b"a,b\n1,2\n3,4\n" + newer_moolas_log(tmp_path / "x").read_bytes().splitlines()[0] + b"\n")
+    result, _ = check(path)
+    assert result.returncode == 2 and "is not a moola log: no valid record (4 bad lines)" in result.stderr
 
 
 def test_a_run_that_measured_nothing_is_not_a_pass(tmp_path):

@@ -160,7 +160,8 @@ def test_offline_views_leave_biases_zero_by_construction_out_of_the_smallest(tmp
     from moola_watch.html_report.heatmap import choose_rows
 
     norms = {"attn.key.weight": 0.3, "attn.key.bias": 1e-14, "dead.weight": 1e-9, "dead.bias": 1e-10}
-    norms |= {f"block{i}.weight": 0.2 + i / 100 for i in range(6)}
+    # More layers than the ten largest: the smallest are of the others (no layer is in both).
+    norms |= {f"block{i}.weight": 0.2 + i / 100 for i in range(20)}
     log = LogBuilder().start().grad(1, 0.2, 0.3, norms).grad(2, 0.2, 0.3, norms).end().write(tmp_path / "log.jsonl")
     report = json.loads(watch("analyze", "--json", log).stdout.splitlines()[0])
     smallest = [row["layer"] for row in report["worst_layers"]["smallest"]]
@@ -288,7 +289,7 @@ def test_follow_once_on_a_folder_calls_another_tools_file_not_a_log(tmp_path: Pa
     followed = watch("--once", tmp_path)
     (row,) = [line for line in followed.stdout.splitlines() if "metrics.jsonl" in line and "│" in line]
     assert "not a log" in row and "waiting" not in row
-    said = f"{tmp_path / 'metrics.jsonl'} is not a moola log: no valid record (1 bad lines)"  # under the view
+    said = f"{tmp_path / 'metrics.jsonl'} is not a moola log: no valid record (1 bad line)"  # under the view
     assert said in followed.stdout.splitlines()
     assert followed.returncode == watch("check", tmp_path).returncode == 2  # --once exits as check does
 

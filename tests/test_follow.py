@@ -1,6 +1,9 @@
 """`moola-watch follow` in a real terminal (tmux) and piped, on files a separate process is appending."""
 
+import bz2
+import gzip
 import json
+import lzma
 import os
 import re
 import shutil
@@ -266,7 +269,7 @@ def test_a_passed_nan_keeps_the_runs_verdict_critical_in_the_dashboard_as_in_che
     single.keys("C-c")
     # Many logs on an 80-column terminal: the verdict and the alert keep their columns, the run id gives way.
     many = terminal(f"{WATCH} follow {logs}", width=80)
-    many.wait_for("1 logs")
+    many.wait_for("moola-watch: 1 log\n")
     screen = many.screen()
     assert "passed_nan.jsonl" in screen and "critical" in screen and "resolved: Non-finite" in screen, screen
     assert all(len(line) <= 80 for line in screen.splitlines())
@@ -623,7 +626,7 @@ def test_once_on_a_folder_names_each_file_that_is_no_log_to_check(tmp_path):
     shutil.copy(SAMPLES / "healthy.jsonl", tmp_path / "ok.jsonl")
     result = follow_once("--once", tmp_path)
     assert result.returncode == 2
-    assert f"{tmp_path / 'junk.jsonl'} is not a moola log: no valid record (1 bad lines)" in result.stdout
+    assert f"{tmp_path / 'junk.jsonl'} is not a moola log: no valid record (1 bad line)" in result.stdout
     assert f"{tmp_path / 'empty.jsonl'} holds no record yet: not a log to check" in result.stdout
     assert "ok.jsonl;" not in result.stdout
 
@@ -648,7 +651,7 @@ def test_a_folder_overview_shows_the_alert_that_decided_a_verdict_even_when_it_r
         return [cell.strip() for cell in row.split("│")]
 
     resolved, firing = cells("resolved.jsonl"), cells("firing.jsonl")
-    assert "error" in resolved and resolved[-2].startswith("resolved: Exploding gradients in 1 layers"), resolved
+    assert "error" in resolved and resolved[-2].startswith("resolved: Exploding gradients in 1 layer "), resolved
     # The mean norm's error fires (the run's error is now), the layer's resolved.
     assert "error" in firing and firing[-2].startswith("Mean gradient norm 60.75: exploding"), firing
 
@@ -689,3 +692,55 @@ def test_a_200x50_terminal_shows_the_whole_dashboard_as_printed(terminal):
     assert shown(live)[: len(whole)] == whole, "\n".join(shown(live))
     live.keys("C-c")
     assert live.exit_code() == 0
+
+
+COMPRESS = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}
+
+
+@pytest.mark.parametrize("suffix", list(COMPRESS))
+def test_once_reads_a_compressed_log_decompressed_as_check_does(tmp_path, suffix):
+    """A review's case: ``follow --once x.jsonl.gz`` called it "not a moola log: no valid record (75 bad lines)"
+    (it read the compressed bytes), while check and the help say LOG may be compressed."""
+    plain = LogBuilder().start()
+    for epoch in (1, 2, 3):
+        plain.grad(epoch, 0.3, 40.0 * epoch, {"a": 0.3, "b": 40.0 * epoch}).epoch(epoch)
+    log = tmp_path / f"run.jsonl.{suffix}"
+    log.write_bytes(COMPRESS[suffix](b"".join(plain.end().lines())))
+    check = subprocess.run([*WATCH.split(), "check", "--json", str(log)], capture_output=True, text=True, cwd=REPO)
+    once = follow_once("--once", "--json", log)
+    summary = json.loads(once.stdout.splitlines()[-1])["logs"][0]
+    assert summary["records"] == json.loads(check.stdout)["records"] == 8 and summary["bad_lines"] == 0, summary
+    assert summary["verdict"] == "error" and once.returncode == check.returncode == 1, once.stderr
+    shown = follow_once("--once", log)
+    assert shown.returncode == 1 and "Exploding gradients in 1 layer" in shown.stdout, shown.stdout
+    misnamed = tmp_path / "folder" / "run.jsonl"  # known by its first bytes, in a folder too
+    misnamed.parent.mkdir()
+    misnamed.write_bytes(log.read_bytes())
+    in_folder = json.loads(follow_once("--once", "--json", misnamed.parent).stdout.splitlines()[-1])["logs"][0]
+    assert in_folder == {**summary, "log": str(misnamed)}
+
+
+def test_following_a_compressed_log_live_is_a_usage_error(tmp_path):
+    """A compressed file cannot grow: following it would wait forever (it showed "waiting for records")."""
+    log = tmp_path / "run.jsonl.gz"
+    log.write_bytes(gzip.compress(b"".join(LogBuilder().start().epoch(1).lines())))
+    result = subprocess.run([*WATCH.split(), "follow", str(log)], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"moola-watch: error: {log} is gzip-compressed: a compressed log cannot grow, so there is nothing to follow; "
+        "read it with follow --once, check or analyze\n"
+    )
+
+
+@pytest.mark.parametrize("content", [b"a,b\n1,2\n", bytes(range(256)) * 4], ids=["csv", "binary"])
+def test_the_live_view_of_a_file_with_no_record_says_it_is_not_a_log(tmp_path, terminal, content):
+    """A review's case: a CSV or binary file showed "waiting for records" forever, and Ctrl-C left no word that it
+    is no log (exit 0: a stopped follow judges nothing)."""
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(content)
+    term = terminal(f"{WATCH} follow {path}", width=200)
+    term.wait_for("is not a moola log: no valid record (")
+    assert "waiting for records" not in term.screen()
+    term.keys("C-c")
+    assert term.exit_code() == 0
+    term.wait_for(f"{path} is not a moola log: no valid record (")

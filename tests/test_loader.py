@@ -149,6 +149,20 @@ def test_a_file_that_is_not_a_log_is_an_error_as_check_says_it(tmp_path: Path) -
         moola_watch.load(tmp_path)
 
 
+def test_a_log_of_a_newer_moola_is_an_error_that_says_to_upgrade(tmp_path: Path) -> None:
+    newer = healthy_scenario()
+    for record in newer.records:
+        record["schema"] = 2
+    path = newer.write(tmp_path / "run.jsonl")
+    with pytest.raises(NotALogError) as raised:
+        moola_watch.load(path)
+    assert str(raised.value) == (
+        f"{path} is a log of a newer moola (schema 2; this moola-watch reads up to schema 1): upgrade moola-watch to "
+        "read it"
+    )
+    assert str(raised.value) in run_cli("moola_watch.cli", "check", str(path)).stderr  # the CLI's words
+
+
 def test_a_damaged_or_unreadable_compressed_log_is_an_os_error(tmp_path: Path) -> None:
     import gzip
 
@@ -232,3 +246,34 @@ def test_a_nan_loss_is_nan_in_the_csv_and_a_loss_not_recorded_an_empty_cell(tmp_
         False, False, True, True, True,
     ]  # fmt: skip
     assert frames["alerts"]["value"].dtype == "float64"
+
+
+def test_a_nan_norm_is_nan_in_the_grad_and_layers_csv_as_inf_is_inf(tmp_path: Path) -> None:
+    """A review's case: a NaN gradient norm was an empty cell in the grad and layers tables (inf was ``inf``), as
+    if not recorded; the other tables already said ``nan``. A value not recorded (``cost_ms``) stays empty."""
+    nan, inf = float("nan"), float("inf")
+    log = LogBuilder().start()
+    for epoch, norms, cost in ((1, {"a": 0.3, "b": 0.2}, 1.5), (2, {"a": nan, "b": inf}, None)):
+        total = 0.36 if epoch == 1 else nan
+        log.add(
+            "grad_stats", epoch=epoch, step=epoch * 10, layer_norms=norms, total_norm=total, mean_norm=total,
+            std_norm=total, min_norm=total, max_norm=total, nonfinite_count=2 * (epoch - 1),
+            nonfinite_layers=[] if epoch == 1 else ["a", "b"], **({} if cost is None else {"cost_ms": cost}),
+        )  # fmt: skip
+    log.end().write(tmp_path / "log.jsonl")
+    result = run_cli("moola_watch.cli", "analyze", str(tmp_path / "log.jsonl"), "--csv", str(tmp_path / "csv"))
+    assert result.returncode == 1, result.stderr  # the non-finite gradients: a critical alert
+
+    def rows(table: str) -> list[dict[str, str]]:
+        with (tmp_path / "csv" / f"log.{table}.csv").open(newline="") as file:
+            return list(csv.DictReader(file))
+
+    grad = rows("grad")
+    for column in ("total_norm", "mean_norm", "std_norm", "min_norm", "max_norm"):
+        assert [row[column] for row in grad] == ["0.36", "nan"], column
+    assert [row["cost_ms"] for row in grad] == ["1.5", ""]
+    assert [(row["layer"], row["norm"]) for row in rows("layers")] == [
+        ("a", "0.3"), ("b", "0.2"), ("a", "nan"), ("b", "inf"),
+    ]  # fmt: skip
+    frames = moola_watch.load(tmp_path / "log.jsonl")  # numbers, as pandas has them
+    assert frames["grad"]["total_norm"].dtype == frames["layers"]["norm"].dtype == "float64"

@@ -243,7 +243,7 @@ def test_a_hanging_webhook_does_not_delay_the_next_alert_line(tmp_path, hanging)
     assert watcher.wait(timeout=20) == 0 and "Traceback" not in err
     assert time.monotonic() - began < notify.CLOSE_GRACE_S + 3  # exit waits a bounded grace, not the endpoint
     assert re.search(
-        r"--webhook http://127\.0\.0\.1:\d+/…: (\d+) alert\(s\) not delivered \(\1 still queued at exit\)", err
+        r"--webhook http://127\.0\.0\.1:\d+/…: (\d+) alerts? not delivered \(\1 still queued at exit\)", err
     )
     assert "SECRET" not in err
 
@@ -267,8 +267,8 @@ def test_a_dead_webhook_and_a_failing_command_are_one_notice_each(tmp_path):
         "(every alert still shows here)"
     )
     # The dead webhook was tried through the exit grace; nothing went out, and both say how much was lost.
-    assert notices[-2] == f"--on-alert false: {len(alerts)} alert(s) not delivered ({len(alerts)} refused or failed)"
-    assert re.fullmatch(r"--webhook .*: (\d+) alert\(s\) not delivered \(\1 still queued at exit\)", notices[-1])
+    assert notices[-2] == f"--on-alert false: {len(alerts)} alerts not delivered ({len(alerts)} refused or failed)"
+    assert re.fullmatch(r"--webhook .*: (\d+) alerts? not delivered \(\1 still queued at exit\)", notices[-1])
     text = run_watch("--once", str(SAMPLES / "pointer_collapse.jsonl"), "--on-alert", "false", "--notify-on", "warning")
     assert "(counted when it works again) (every alert still shows here)" in text.stderr, text.stderr  # not cut
 
@@ -533,7 +533,7 @@ def test_a_command_still_running_at_exit_is_killed_with_its_process_group(tmp_pa
     if alive(child):
         os.kill(child, signal.SIGKILL)
         pytest.fail("the hung command's child outlived moola-watch")
-    assert "--on-alert sh: 3 alert(s) not delivered (3 still queued at exit)" in result.stderr, result.stderr
+    assert "--on-alert sh: 3 alerts not delivered (3 still queued at exit)" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -661,10 +661,10 @@ def test_a_failing_sink_is_one_notice_and_one_more_when_it_works_again():
     assert notices == [
         "--webhook x failed: HTTP 503 Service Unavailable; the alerts it refuses are dropped, not retried (counted "
         "when it works again) (every alert still shows here)",
-        "--webhook x works again; 3 alert(s) were lost while it failed",
+        "--webhook x works again; 3 alerts were lost while it failed",
         "--webhook x failed: HTTP 503 Service Unavailable; the alerts it refuses are dropped, not retried (counted "
         "when it works again) (every alert still shows here)",
-        "--webhook x: 4 alert(s) not delivered (4 refused or failed)",
+        "--webhook x: 4 alerts not delivered (4 refused or failed)",
     ]
 
 
@@ -693,8 +693,8 @@ def test_a_sink_that_is_down_keeps_what_fits_in_its_queue_and_sends_it_in_order_
         "--webhook x is falling behind: 100 alerts queued, dropping new ones",
     ]
     assert notices[2:] == [
-        "--webhook x works again; 30 alert(s) were lost while it failed",
-        "--webhook x: 30 alert(s) not delivered (30 dropped beyond its queue of 100)",
+        "--webhook x works again; 30 alerts were lost while it failed",
+        "--webhook x: 30 alerts not delivered (30 dropped beyond its queue of 100)",
     ]
 
 
@@ -712,7 +712,7 @@ def test_a_stuck_sink_drops_beyond_its_queue_says_so_once_and_exit_is_bounded():
     assert notifier.drain() == ["--on-alert page is falling behind: 100 alerts queued, dropping new ones"]
     notices = notifier.close()
     assert time.monotonic() - began < 2 and notices == [
-        "--on-alert page: 150 alert(s) not delivered (100 still queued at exit, 50 dropped beyond its queue of 100)"
+        "--on-alert page: 150 alerts not delivered (100 still queued at exit, 50 dropped beyond its queue of 100)"
     ]
     gate.set()
 

@@ -231,7 +231,7 @@ def test_analyze_worst_layers_are_each_runs_own(tmp_path):
     assert set(rows) == {(run, layer) for run in ("first", "second") for layer in ("w.weight", "v.weight")}
     assert (rows[("first", "w.weight")]["last"], rows[("first", "w.weight")]["peak"]) == (0.3, 40.0)
     assert (rows[("second", "w.weight")]["last"], rows[("second", "w.weight")]["peak"]) == (0.2, 0.2)
-    assert {row["run"] for row in report["worst_layers"]["smallest"]} == {"first", "second"}
+    assert report["worst_layers"]["smallest"] == []  # two layers a run, both among its largest already
 
     shown = run_cli("moola_watch.cli", "analyze", str(log)).stdout
     table = shown.split("Worst layers", 1)[1].split("\n\n", 1)[0].split("Alerts", 1)[0]
@@ -243,6 +243,24 @@ def test_analyze_worst_layers_are_each_runs_own(tmp_path):
     assert [row[0] for row in cells if row[0]] == ["first", "second"]  # each run's block begins with its run
     rules_between = [line for line in table.splitlines() if line.startswith("├")]
     assert len(rules_between) == 1  # a rule under the first run's rows, none under the last
+
+
+def test_analyze_lists_no_layer_among_both_the_largest_and_the_smallest(tmp_path):
+    """A review's case: a model of fewer layers than the two lists hold showed the same tensor among the largest
+    and among the smallest. The smallest are of the layers not among the largest, in the text and the JSON."""
+    log = LogBuilder().start()
+    norms = {f"block{index:02d}.weight": 0.01 * (index + 1) for index in range(12)}
+    for epoch in (1, 2):
+        log.grad(epoch, 0.06, 0.12, norms)
+    path = log.end().write(tmp_path / "log.jsonl")
+    worst = json.loads(run_cli("moola_watch.cli", "analyze", "--json", str(path)).stdout)["worst_layers"]
+    largest, smallest = ([row["layer"] for row in worst[end]] for end in ("largest", "smallest"))
+    assert largest == [f"block{index:02d}.weight" for index in range(11, 1, -1)]
+    assert smallest == ["block00.weight", "block01.weight"]
+    shown = run_cli("moola_watch.cli", "analyze", str(path), env={"COLUMNS": "80"}).stdout
+    table = shown.split("Worst layers", 1)[1].split("└", 1)[0]  # to the table's bottom border
+    layers = [line.split("│")[2].strip() for line in table.splitlines() if line.startswith("│")]
+    assert sorted(layers) == sorted(norms), table  # each layer once
 
 
 def test_analyze_of_several_runs_reads_at_80_columns(tmp_path):

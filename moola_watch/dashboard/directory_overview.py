@@ -13,6 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from moola_watch import rules
+from moola_watch.analyze import why_not_a_log
+from moola_watch.counts import counted
 from moola_watch.dashboard.state import LogView, ViewOptions
 from moola_watch.dashboard.summary import ago, run_verdict_text, worst_alert
 from moola_watch.middle_cut import MiddleCut, middle_cut
@@ -47,7 +49,7 @@ class Overview:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         shown = [(name, layout) for name, narrowest, layout in OVERVIEW_COLUMNS if options.max_width >= narrowest]
         with_run = any(name == "run" for name, _ in shown)
-        table = Table(title=f"moola-watch: {len(self.views)} logs", title_justify="left", expand=True)
+        table = Table(title=f"moola-watch: {counted(len(self.views), 'log')}", title_justify="left", expand=True)
         for name, layout in shown:
             table.add_column(name, **layout)
         for view in self.views:
@@ -63,8 +65,7 @@ class Overview:
         if not view.scan.engines:
             if view.scan.bad_lines:  # whole lines, none of them a record: another tool's file, not a log yet to come
                 return [{"log": log, "run": Text("-"), "status": Text("not a log", style="red"), "records": Text("0"),
-                         "worst alert": Text(f"not a moola log: no valid record ({view.scan.bad_lines} bad lines)",
-                                             style="red")}]  # fmt: skip
+                         "worst alert": Text(why_not_a_log([view.scan]), style="red")}]  # fmt: skip
             return [{"log": log, "run": Text("-"), "status": Text("waiting", style="dim"), "records": Text("0")}]
         several = len(view.scan.engines) > 1
         labels = run_labels(view.scan.engines)

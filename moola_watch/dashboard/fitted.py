@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from moola_watch import rules
+from moola_watch.counts import counted
 from moola_watch.dashboard.panels import (
     FULL_ALERTS,
     SIDE_BY_SIDE_WIDTH,
@@ -119,7 +120,7 @@ def left_out(parts: Parts, fit: Fit) -> list[str]:
     missing = []
     if hidden := parts.alerts - fit.alerts:
         firing = f" ({parts.firing - fit.alerts} firing)" if parts.firing > fit.alerts else ""
-        missing.append(f"{hidden} more alert{'s' if hidden > 1 else ''}{firing}")
+        missing.append(f"{counted(hidden, 'more alert')}{firing}")
     if not fit.panel_rows:
         missing.append("the gradient and task balance panels")
     elif fit.panel_rows < parts.panel_rows:

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from moola_watch import rules, schema
+from moola_watch.counts import counted
 from moola_watch.dashboard.state import LogView, RunView, ViewOptions
 from moola_watch.dashboard.summary import ago, verdict_text
 from moola_watch.dotted_name import DottedName
@@ -53,7 +54,9 @@ def header(view: LogView, run: str, options: ViewOptions, short: bool = False) -
     first = text(f"run {run}", "bold")
     runs = list(view.scan.engines)
     if len(runs) > 1:  # the alerts below are this run's only
-        first.append(f" ({runs.index(run) + 1} of {len(runs)} runs in this log; --run ID for another)", style="dim")
+        first.append(
+            f" ({runs.index(run) + 1} of {counted(len(runs), 'run')} in this log; --run ID for another)", style="dim"
+        )
     first.append("  ")
     first.append(f" {status.upper()} ", style=STATUS_STYLE.get(status, "") + " reverse")
     first.append("  verdict: ")
@@ -61,8 +64,8 @@ def header(view: LogView, run: str, options: ViewOptions, short: bool = False) -
     second = text(f"model {engine.run.model or '?'}   ")
     age = ago(view.writer_now(run, options.now), engine.run.last_time)
     second.append(
-        f"{where(engine.run.epoch, engine.run.step)}   {engine.run.records} records, "
-        f"{view.scan.bad_lines} bad lines skipped   last record {age}"
+        f"{where(engine.run.epoch, engine.run.step)}   {counted(engine.run.records, 'record')}, "
+        f"{counted(view.scan.bad_lines, 'bad line')} skipped   last record {age}"
     )
     lines = [first, second, text(f"{view.scan.path}   thresholds: {view.scan.threshold_sources[run]}", "dim")]
     if engine.run.error:
@@ -162,7 +165,7 @@ def tasks_panel(engine: rules.RuleEngine, latest: schema.Record, history: RunVie
             *([one_line(text(f"weights: {weights}"), short)] if weights else []),
             one_line(Text(verdict.text, style=style), short),
         ),
-        title=f"Task balance, {len(latest['norms'])} tasks ({_at(latest)})",
+        title=f"Task balance, {counted(len(latest['norms']), 'task')} ({_at(latest)})",
         border_style=style,
     )
 
@@ -283,5 +286,5 @@ class Shortened:
             return
         short = copy.copy(self.panel)
         short.height = self.rows + 2  # a Panel crops its body to its height
-        short.subtitle = Text(f"{body - self.rows} more rows", style="dim")
+        short.subtitle = Text(f"{counted(body - self.rows, 'more row')}", style="dim")
         yield short

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moola_watch import analyze, rules
+from moola_watch.counts import counted
 from moola_watch.html_report.alerts import alert_rows, timeline_figure
 from moola_watch.html_report.balance import balance_figure
 from moola_watch.html_report.compare import comparison
@@ -80,8 +81,9 @@ def build_page(scans: Sequence[analyze.LogScan], now: float | None = None) -> tu
     logs = ", ".join(Path(scan.path).name for scan in scans)
     bad = sum(scan.bad_lines for scan in scans)
     subtitle = (
-        f"{len(runs)} run{'s' if len(runs) != 1 else ''} from {len(scans)} log{'s' if len(scans) != 1 else ''} "
-        f"({logs}) · {sum(s.records for s in scans)} records, {bad} bad lines skipped · x axis: {x_axis(drawn)} · "
+        f"{counted(len(runs), 'run')} from {counted(len(scans), 'log')} "
+        f"({logs}) · {counted(sum(s.records for s in scans), 'record')}, {counted(bad, 'bad line')} skipped · "
+        f"x axis: {x_axis(drawn)} · "
         f"generated {when}"
     )
     if len(drawn) < len(runs):

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import plotly.graph_objects as go
 
 from moola_watch import rules
+from moola_watch.counts import counted
 from moola_watch.html_report.runs import RunData, alert_span, last_position
 from moola_watch.html_report.style import SEVERITY_COLORS, ReportFigure, base_layout
 from moola_watch.html_report.text import escaped, short
@@ -117,7 +118,7 @@ def _number(value: float | None) -> str:
 
 def evidence(alert: rules.Alert) -> str:
     """What the alert rests on: the value measured, how many samples showed it, which layers."""
-    parts = [f"value {_number(alert.value)}", f"{alert.samples} sample{'s' if alert.samples != 1 else ''}"]
+    parts = [f"value {_number(alert.value)}", counted(alert.samples, "sample")]
     if alert.layers:
         more = len(alert.layers) - LAYERS_SHOWN
         names = ", ".join(alert.layers[:LAYERS_SHOWN]) + (f" and {more} more" if more > 0 else "")

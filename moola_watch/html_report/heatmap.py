@@ -21,6 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from moola_watch import rules
+from moola_watch.counts import counted
 from moola_watch.html_report.runs import RunData, positions
 from moola_watch.html_report.sampling import time_bins
 from moola_watch.html_report.style import ReportFigure, base_layout, log_ticks
@@ -291,19 +292,19 @@ def rows_caption(rows: Rows) -> str:
         )
     if rows.tensors is not None:
         return (
-            f"{rows.tensors} layers of a big model, whose records hold module-group norms: the {rows.worst} furthest "
-            "from the healthy band among the largest and smallest each record names first (blank where a record "
-            "did not name one), then the records' module groups in model order (a group's value is the root mean "
-            "square of its layers' norms: its L2 norm over the root of its layer count, which lies between its "
+            f"{counted(rows.tensors, 'layer')} of a big model, whose records hold module-group norms: the {rows.worst}"
+            " furthest from the healthy band among the largest and smallest each record names first (blank where a "
+            "record did not name one), then the records' module groups in model order (a group's value is the root "
+            "mean square of its layers' norms: its L2 norm over the root of its layer count, which lies between its "
             "smallest and largest layer's norm, so a group coloured vanishing or exploding holds such a layer)"
         )
     n_layers = sum(len(m) for m in rows.members[rows.worst :])
     if rows.worst:
         return (
-            f"{n_layers} layers: the {rows.worst} furthest from the healthy band first, then module groups in model "
-            "order (a group's value is the root mean square of its layers' norms)"
+            f"{counted(n_layers, 'layer')}: the {rows.worst} furthest from the healthy band first, then module "
+            "groups in model order (a group's value is the root mean square of its layers' norms)"
         )
-    return f"{n_layers} layers in model order"
+    return f"{counted(n_layers, 'layer')} in model order"
 
 
 def heatmap_figure(data: RunData, axis: str, th: rules.Thresholds, slug: str) -> ReportFigure | None:

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from moola_watch.counts import counted
 from moola_watch.notify.flapping import ResolveHold
 from moola_watch.notify.settings import NotifySettings
 from moola_watch.notify.sinks import DeliveryError, Sink, alert_key, sinks_for, wanted
@@ -76,7 +77,7 @@ class _Worker:
                 "refused or failed": self.refused,
             }
         said = ", ".join(f"{count} {why}" for why, count in counts.items() if count)
-        return f"{self.sink.label}: {sum(counts.values())} alert(s) not delivered ({said})" if said else None
+        return f"{self.sink.label}: {counted(sum(counts.values()), 'alert')} not delivered ({said})" if said else None
 
     def _run(self) -> None:
         while (queued := self._next()) is not None:
@@ -138,7 +139,11 @@ class _Worker:
         if not self.failing:
             return
         self.failing = False
-        self.report(f"{self.sink.label} works again" + (f"; {lost} alert(s) were lost while it failed" if lost else ""))
+        were = "was" if lost == 1 else "were"
+        self.report(
+            f"{self.sink.label} works again"
+            + (f"; {counted(lost, 'alert')} {were} lost while it failed" if lost else "")
+        )
 
 
 class Notifier:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from moola_watch import schema
+from moola_watch.counts import counted
 from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
@@ -238,7 +239,8 @@ def _collapse_observation(ev: Evidence, dominance: Dominance, th: Thresholds) ->
     span = ev.window_span()
     return Observation(
         severity, dominance.ratio,
-        f"TASK COLLAPSE: {dominance.text} over {len(ev.balance_steps)} samples{f' ({span})' if span else ''}; {words}",
+        f"TASK COLLAPSE: {dominance.text} over {counted(len(ev.balance_steps), 'sample')}"
+        f"{f' ({span})' if span else ''}; {words}",
         _weights_fix(ev, dominance, dominance.action), settles=learned,
     )  # fmt: skip
 
@@ -299,8 +301,8 @@ def _never_measured(ev: Evidence, record: schema.Record, th: Thresholds) -> Find
     if not ev.balance_records:
         return [("tasks", Observation(
             "warning", None,
-            f"The trainer was given the losses of {many}{len(tasks)} tasks ({names(tasks, 8)}) but recorded no "
-            f"task balance{span}: whether a task starved was never judged",
+            f"The trainer was given the losses of {many}{counted(len(tasks), 'task')} ({names(tasks, 8)}) but "
+            f"recorded no task balance{span}: whether a task starved was never judged",
             "Pass every task's loss of a batch together (batches of one task each cannot be compared); if the probe "
             "failed, the trainer's warning says why; a run shorter than balance_every_n_steps has no sample",
         ))]  # fmt: skip
@@ -335,7 +337,7 @@ def _window_never_filled(ev: Evidence, record: schema.Record, th: Thresholds) ->
     judged = f"only the run's end judged those {samples}" if ended else "whether a task starved was never judged"
     return [("tasks", Observation(
         "warning", samples,
-        f"The task balance was sampled {samples} time{'s' if samples > 1 else ''}, fewer than the collapse "
+        f"The task balance was sampled {counted(samples, 'time')}, fewer than the collapse "
         f"window's {th.window}: no window was judged during the run; {judged}",
         "Measure the balance more often (GradientMonitor's balance_every_n_steps, or every_n_steps; the "
         "callbacks' every_n_steps), or judge with a smaller --window",

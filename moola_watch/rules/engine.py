@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from moola_watch import schema
+from moola_watch.counts import counted
 from moola_watch.rules import balance, conflict, gradients, run
 from moola_watch.rules.columns import GradColumns, GradSummary
 from moola_watch.rules.evidence import Evidence, QuietGradStats, RunState
@@ -81,9 +82,9 @@ class MonitoringSummary:
         else:
             out.append("  Mean gradient norm: n/a (no finite gradient statistics)")
         if self.nonfinite_samples:
-            out.append(f"  Non-finite gradients in {self.nonfinite_samples} measurement(s)")
+            out.append(f"  Non-finite gradients in {counted(self.nonfinite_samples, 'measurement')}")
         if self.amp_overflows:
-            out.append(f"  GradScaler overflow (step skipped) in {self.amp_overflows} measurement(s)")
+            out.append(f"  GradScaler overflow (step skipped) in {counted(self.amp_overflows, 'measurement')}")
         if self.balance.collapsed:
             out.append(f"  TASK COLLAPSE DETECTED: {self.balance.text}")
         else:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from moola_watch import schema
+from moola_watch.counts import counted
 from moola_watch.rules.columns import GradColumns
 from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
@@ -26,11 +27,13 @@ GRAD = frozenset({schema.GRAD_STATS})
 
 
 def count_of(layers: Sequence[str], record: schema.Record) -> str:
-    """How many layers, in words: 'at least N' when a big model's record names only its ``top`` extremes
-    (``layer_groups``) and every one of them at that end is flagged, so more may be."""
+    """How many layers, in words: 'at least N layers' when a big model's record names only its ``top`` extremes
+    (``layer_groups``) and every one of them at that end is flagged, so more may be; else ``N layers`` (``1
+    layer``)."""
     groups = record.get("layer_groups")
     top = groups.get("top") if isinstance(groups, dict) else None
-    return f"at least {len(layers)}" if isinstance(top, int) and len(layers) >= top else str(len(layers))
+    at_least = "at least " if isinstance(top, int) and len(layers) >= top else ""
+    return at_least + counted(len(layers), "layer")
 
 
 def _bad_layers(ev: Evidence, record: schema.Record) -> Sequence[str]:
@@ -43,7 +46,7 @@ def _nonfinite(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings
         return [("gradients", None)]
     bad = _bad_layers(ev, record)
     return [("gradients", Observation(
-        "critical", float(count), f"Non-finite gradients (NaN/Inf) in {count} layers: {names(bad)}",
+        "critical", float(count), f"Non-finite gradients (NaN/Inf) in {counted(count, 'layer')}: {names(bad)}",
         "Lower the learning rate, clip gradients, check inputs and loss for NaN", tuple(bad),
     ))]  # fmt: skip
 
@@ -67,14 +70,14 @@ def _amp_overflow(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findi
     if value is not None and value < SCALE_GIVEN_UP:
         return [("scaler", Observation(
             "critical", value,
-            f"Non-finite gradients (NaN/Inf) in {count} layers under the GradScaler at every scale: it has skipped "
-            f"step after step down to a scale of {scale:.3g}, so this is no overflow but a real NaN/Inf, and no step "
-            "is being taken",
+            f"Non-finite gradients (NaN/Inf) in {counted(count, 'layer')} under the GradScaler at every scale: it "
+            f"has skipped step after step down to a scale of {scale:.3g}, so this is no overflow but a real NaN/Inf, "
+            "and no step is being taken",
             "Lower the learning rate, clip gradients, check inputs and loss for NaN", tuple(_bad_layers(ev, record)),
         ))]  # fmt: skip
     return [("scaler", Observation(
         "warning", value,
-        f"GradScaler overflow in {count} layers, step skipped (scale {scale})",
+        f"GradScaler overflow in {counted(count, 'layer')}, step skipped (scale {scale})",
         "Normal now and then while the scale calibrates; if it persists, lower the learning rate and check "
         "inputs and loss for NaN", tuple(_bad_layers(ev, record)),
     ))]  # fmt: skip
@@ -87,7 +90,7 @@ def _vanishing(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
         return [("layers", None)]
     return [("layers", Observation(
         "warning", min(norms[n] for n in low),
-        f"Vanishing gradients in {count_of(low, record)} layers (norm < {th.vanishing:g}): {names(low)}",
+        f"Vanishing gradients in {count_of(low, record)} (norm < {th.vanishing:g}): {names(low)}",
         "Look for dead ReLUs or saturated activations (often a learning rate too high) and unnormalized inputs; "
         "if the whole network's gradients are small, increase the learning rate", tuple(low),
     ))]  # fmt: skip
@@ -109,7 +112,7 @@ def _exploding(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
               "reduce the learning rate")  # fmt: skip
     return [("layers", Observation(
         "error", max(norms[n] for n in high),
-        f"Exploding gradients in {count_of(high, record)} layers (norm > {th.exploding:g}): {names(high)}",
+        f"Exploding gradients in {count_of(high, record)} (norm > {th.exploding:g}): {names(high)}",
         action, tuple(high),
     ))]  # fmt: skip
 
