@@ -539,3 +539,51 @@ def test_task_losses_of_an_earlier_step_are_never_measured_as_this_steps(tmp_pat
         assert record["losses"] == pytest.approx(module.set_at[record["step"]]), record["step"]
     captured = capfd.readouterr()
     assert "could not be measured" not in captured.out + captured.err + caplog.text
+
+
+class LossLoggedAs(TwoTaskModule):
+    """Logs the training loss under ``loss_name`` (Lightning's common ``train/loss``, ...) and a validation
+    metric under ``val/cls_acc``."""
+
+    def __init__(self, weights: dict[str, float], loss_name: str):
+        super().__init__(weights)
+        self.loss_name = loss_name
+
+    def log(self, name, value, **options):
+        super().log(self.loss_name if name == "train_loss" else name, value, **options)
+
+    def validation_step(self, batch, batch_idx):
+        x, labels, _ = batch
+        self.log("val/cls_acc", (self.cls(self.trunk(x)).argmax(1) == labels).float().mean())
+
+
+def fit_logging(tmp_path, loss_name: str) -> list[dict]:
+    """Two short epochs of :class:`LossLoggedAs`, validated each; the log's records."""
+    torch.manual_seed(0)
+    log = tmp_path / "run.jsonl"
+    trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, max_epochs=2, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_train_batches=5, limit_val_batches=2,
+        callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
+    )  # fmt: skip
+    trainer.fit(LossLoggedAs({"cls": 1.0, "reg": 1.0}, loss_name), loader(), loader())
+    return strict_lines(log)
+
+
+@pytest.mark.parametrize("loss_name", ["train/loss", "train_loss_epoch", "train/loss_epoch"])
+def test_a_training_loss_logged_under_a_common_name_makes_the_epoch_records(tmp_path, loss_name):
+    """Before, only ``train_loss`` and ``loss`` were known: ``train/loss`` cost every epoch record, the validation
+    metrics with them, without a word."""
+    epochs = [r for r in fit_logging(tmp_path, loss_name) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(r["train_loss"] > 0 and set(r["metrics"]) == {"val/cls_acc"} for r in epochs), epochs
+
+
+def test_an_epoch_without_a_training_loss_is_one_warning_naming_what_was_logged(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="moola"):
+        records = fit_logging(tmp_path, "objective")
+    assert not [r for r in records if r["kind"] == "epoch"]  # the record contract requires train_loss
+    assert records[-1]["kind"] == "run_end" and records[-1]["status"] == "completed"
+    (warning,) = [m for m in caplog.messages if "no epoch record" in m]
+    assert warning.startswith("WARNING: epoch 1: the LightningModule logged no training loss (it logged ")
+    assert "objective" in warning and "val/cls_acc" in warning and 'self.log("train_loss"' in warning

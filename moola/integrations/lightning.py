@@ -19,6 +19,9 @@
   loss tensor the attribute already held when the batch started (a step that set no ``task_losses``, or not
   every task's) is an earlier step's and is left out, so a batch without two fresh task losses is not
   measured. The attribute itself is left as the module set it (the callback never assigns to it);
+- an ``epoch`` record at each training epoch's end, with the training loss logged under one of
+  :data:`TRAIN_LOSS_NAMES` and every other metric the epoch logged; an epoch without one gets no record (the
+  record contract requires ``train_loss``), and one warning names the metrics it logged;
 - ``run_start`` when training starts (or when the fit fails before it, in the sanity check), ``run_end`` when
   it ends: ``completed``, ``failed`` (with the error) or ``interrupted`` (Ctrl-C).
 
@@ -93,9 +96,16 @@ def still_scaled(
     return [p for p in module.parameters() if p.grad is not None and id(p) not in unscaled]
 
 
+#: The names a training loss is logged under, in the order they are looked for: the first one an epoch logged is
+#: its record's ``train_loss`` (the others, if logged too, are metrics). ``X_epoch`` is ``X`` logged by that name
+#: (Lightning's own ``X_epoch``, from ``on_step`` and ``on_epoch`` both, comes with ``X``, which is taken).
+TRAIN_LOSS_NAMES = ("train_loss", "train/loss", "train_loss_epoch", "train/loss_epoch", "loss")
+
+
 def epoch_values(metrics: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any] | None:
-    """An ``epoch`` record's fields from ``trainer.callback_metrics``: ``train_loss`` from the metric logged as
-    ``train_loss`` (or ``loss``), every other metric under ``metrics``; None when no training loss was logged.
+    """An ``epoch`` record's fields from ``trainer.callback_metrics``: ``train_loss`` from the first metric of
+    :data:`TRAIN_LOSS_NAMES` logged (``train_loss``, ``train/loss``, ``train_loss_epoch``, ``train/loss_epoch``,
+    ``loss``), every other metric under ``metrics``; None when no training loss was logged.
 
     Only what this epoch computed: Lightning keeps the last value of every metric, so a validation metric from
     an epoch without validation would be recorded as this epoch's. ``before`` holds the values at the epoch's
@@ -106,7 +116,7 @@ def epoch_values(metrics: Mapping[str, Any], before: Mapping[str, Any]) -> dict[
         stem = name.removesuffix("_step").removesuffix("_epoch")
         if stem != name and stem in metrics:
             del fresh[name]
-    key = next((name for name in ("train_loss", "loss") if name in fresh), None)
+    key = next((name for name in TRAIN_LOSS_NAMES if name in fresh), None)
     if key is None:
         return None
     return {"train_loss": fresh[key], "metrics": {name: value for name, value in fresh.items() if name != key}}
@@ -234,6 +244,16 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         if values is not None:
             lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
             self.monitor.on_epoch_end(trainer.current_epoch + 1, lr=lrs, **values)
+        else:  # the record contract requires train_loss: say so, rather than lose every epoch's metrics unseen
+            names = list(trainer.callback_metrics)
+            logged = ", ".join(names[:8]) + (f" (+{len(names) - 8} more)" if len(names) > 8 else "")
+            self._no_epoch_record(
+                trainer.current_epoch + 1,
+                f"the LightningModule logged no training loss ({'it logged ' + logged if names else 'nor any metric'})",
+                f"log it as {', '.join(TRAIN_LOSS_NAMES[:-1])} or {TRAIN_LOSS_NAMES[-1]}, e.g. "
+                'self.log("train_loss", loss, on_epoch=True): the epoch record holds it and every other metric '
+                "the epoch logged, validation ones included",
+            )
 
     def on_fit_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         self._caught_up(trainer)
