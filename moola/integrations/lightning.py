@@ -90,9 +90,10 @@ def still_scaled(
     ``on_before_optimizer_step`` under ``16-mixed``: the precision plugin unscaled ``optimizer``'s alone (empty
     without an enabled scaler)."""
     scaler = grad_scaler(trainer)
-    if scaler is None or not scaler.is_enabled():
+    groups = getattr(optimizer, "param_groups", None)  # (a Steppable without them: whose it unscaled is unknown)
+    if scaler is None or not scaler.is_enabled() or groups is None:
         return []
-    unscaled = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    unscaled = {id(p) for group in groups for p in group["params"]}
     return [p for p in module.parameters() if p.grad is not None and id(p) not in unscaled]
 
 
@@ -221,7 +222,7 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         measured = self._measured or {}
         missed = {
             id(p)
-            for group in optimizer.param_groups
+            for group in getattr(optimizer, "param_groups", ())
             for p in group["params"]
             if p.grad is not None and ((ref := measured.get(id(p))) is None or ref() is not p.grad)
         }
