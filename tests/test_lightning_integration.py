@@ -153,7 +153,9 @@ class ManualTwoOptimizers(TwoTaskModule):
             "cls": nn.functional.cross_entropy(self.cls(h), labels),
             "reg": nn.functional.mse_loss(self.reg(h).squeeze(1), target),
         }
-        self.manual_backward(sum(self.task_weights[name] * value for name, value in self.task_losses.items()))
+        loss = sum(self.task_weights[name] * value for name, value in self.task_losses.items())
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        self.manual_backward(loss)
         for optimizer in (trunk_and_cls, reg):
             optimizer.step()
             optimizer.zero_grad()
@@ -163,20 +165,100 @@ class ManualTwoOptimizers(TwoTaskModule):
         return torch.optim.Adam(shared, lr=1e-3), torch.optim.Adam(self.reg.parameters(), lr=1e-3)
 
 
-def test_manual_optimisation_with_two_optimizers_measures_the_balance_every_n_steps(tmp_path):
-    """The probe runs before the batch's first optimizer step, always at an odd global_step + 1: an even
-    every_n_steps must not mean never (the balance was silently never measured)."""
-    log = tmp_path / "manual.jsonl"
+def fit_manual(log: Path, module: lightning.LightningModule, **trainer_options) -> list[dict]:
+    """One epoch of ``module`` (manual optimization) under the callback; the log's records."""
     torch.manual_seed(0)
     lightning.Trainer(
         accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
-    ).fit(ManualTwoOptimizers({"cls": 1.0, "reg": 1.0}), loader())  # fmt: skip
-    records = strict_lines(log)
+        **trainer_options,
+    ).fit(module, loader())  # fmt: skip
+    return strict_lines(log)
+
+
+def test_manual_optimisation_with_two_optimizers_measures_every_gradient_of_a_batch(tmp_path):
+    """global_step moves by two a batch: the probe and the statistics both run at a batch's first optimizer
+    step, always at an odd global_step + 1 (an even every_n_steps must not mean never), under one step number.
+    Before, the statistics landed on the second optimizer's step, after the first had stepped and zeroed its
+    gradients: every record held the reg head alone, never the trunk."""
+    torch.manual_seed(0)
+    records = fit_manual(tmp_path / "manual.jsonl", ManualTwoOptimizers({"cls": 1.0, "reg": 1.0}))
     balances = [r["step"] for r in records if r["kind"] == "task_balance"]
-    grads = [r["step"] for r in records if r["kind"] == "grad_stats"]
+    grads = [r for r in records if r["kind"] == "grad_stats"]
     assert balances == list(range(EVERY + 1, 2 * STEPS, EVERY)), balances  # the first odd step past each multiple
-    assert len(grads) == 2 * STEPS // EVERY, grads
+    assert [r["step"] for r in grads] == balances
+    assert all(set(r["layer_norms"]) == set(records[0]["parameters"]) for r in grads), grads[0]["layer_norms"]
+    (epoch,) = [r for r in records if r["kind"] == "epoch"]
+    assert epoch["step"] == records[-1]["step"] == 2 * STEPS  # trainer.global_step: every optimizer's steps
+
+
+class ManualSeeingNorms(ManualTwoOptimizers):
+    """Keeps, per batch (by global_step + 1 as it began), the unscaled gradient norm of every parameter after the
+    backward, before any optimizer steps: what the batch's record must hold."""
+
+    def __init__(self, weights: dict[str, float]):
+        super().__init__(weights)
+        self.seen: dict[int, dict[str, float]] = {}
+
+    def manual_backward(self, loss, *args, **kwargs):
+        super().manual_backward(loss, *args, **kwargs)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale = scaler.get_scale() if scaler is not None else 1.0
+        self.seen[self.trainer.global_step + 1] = {
+            name: p.grad.norm().item() / scale for name, p in self.named_parameters() if p.grad is not None
+        }
+
+
+def test_manual_optimisation_under_16_mixed_measures_every_gradient_unscaled(tmp_path):
+    """At the first optimizer's step the precision plugin has unscaled that optimizer's gradients alone: the
+    other optimizer's still carry the GradScaler's scale (65536), and are recorded divided by it."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    torch.manual_seed(0)
+    module = ManualSeeingNorms({"cls": 1.0, "reg": 1.0})
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    grads = [r for r in fit_manual(tmp_path / "run.jsonl", module, plugins=[plugin]) if r["kind"] == "grad_stats"]
+    assert [r["step"] for r in grads] == list(range(EVERY + 1, 2 * STEPS, EVERY))
+    for record in grads:
+        assert record["amp"]["scale"] >= 1024 and not record["amp"]["overflow"]
+        assert record["layer_norms"] == pytest.approx(module.seen[record["step"]], rel=1e-4), record["step"]
+
+
+def test_manual_optimisation_with_the_callback_trains_the_same_weights(tmp_path):
+    torch.manual_seed(0)
+    plain = ManualTwoOptimizers({"cls": 1.0, "reg": 1.0})
+    lightning.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(plain, loader())  # fmt: skip
+    torch.manual_seed(0)
+    monitored = ManualTwoOptimizers({"cls": 1.0, "reg": 1.0})
+    fit_manual(tmp_path / "run.jsonl", monitored)
+    for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+class AlternatingUpdates(ManualTwoOptimizers):
+    """A GAN's shape: each optimizer gets its own backward, between the two steps."""
+
+    def training_step(self, batch, batch_idx):
+        trunk_and_cls, reg = self.optimizers()
+        x, labels, target = batch
+        trunk_and_cls.zero_grad()
+        self.manual_backward(nn.functional.cross_entropy(self.cls(self.trunk(x)), labels))
+        trunk_and_cls.step()
+        reg.zero_grad()
+        self.manual_backward(nn.functional.mse_loss(self.reg(self.trunk(x).detach()).squeeze(1), target))
+        reg.step()
+
+
+def test_gradients_made_after_a_batchs_first_step_are_named_as_not_measured(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="moola"):
+        records = fit_manual(tmp_path / "run.jsonl", AlternatingUpdates({"cls": 1.0, "reg": 1.0}))
+    grads = [r for r in records if r["kind"] == "grad_stats"]
+    assert grads and all({"trunk.0.weight", "cls.weight"} <= set(r["layer_norms"]) for r in grads)
+    warnings = [m for m in caplog.messages if "not measured" in m]
+    assert len(warnings) == 1 and "reg.weight, reg.bias were computed after it" in warnings[0], caplog.messages
 
 
 @pytest.mark.slow
@@ -457,3 +539,51 @@ def test_task_losses_of_an_earlier_step_are_never_measured_as_this_steps(tmp_pat
         assert record["losses"] == pytest.approx(module.set_at[record["step"]]), record["step"]
     captured = capfd.readouterr()
     assert "could not be measured" not in captured.out + captured.err + caplog.text
+
+
+class LossLoggedAs(TwoTaskModule):
+    """Logs the training loss under ``loss_name`` (Lightning's common ``train/loss``, ...) and a validation
+    metric under ``val/cls_acc``."""
+
+    def __init__(self, weights: dict[str, float], loss_name: str):
+        super().__init__(weights)
+        self.loss_name = loss_name
+
+    def log(self, name, value, **options):
+        super().log(self.loss_name if name == "train_loss" else name, value, **options)
+
+    def validation_step(self, batch, batch_idx):
+        x, labels, _ = batch
+        self.log("val/cls_acc", (self.cls(self.trunk(x)).argmax(1) == labels).float().mean())
+
+
+def fit_logging(tmp_path, loss_name: str) -> list[dict]:
+    """Two short epochs of :class:`LossLoggedAs`, validated each; the log's records."""
+    torch.manual_seed(0)
+    log = tmp_path / "run.jsonl"
+    trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, max_epochs=2, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_train_batches=5, limit_val_batches=2,
+        callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
+    )  # fmt: skip
+    trainer.fit(LossLoggedAs({"cls": 1.0, "reg": 1.0}, loss_name), loader(), loader())
+    return strict_lines(log)
+
+
+@pytest.mark.parametrize("loss_name", ["train/loss", "train_loss_epoch", "train/loss_epoch"])
+def test_a_training_loss_logged_under_a_common_name_makes_the_epoch_records(tmp_path, loss_name):
+    """Before, only ``train_loss`` and ``loss`` were known: ``train/loss`` cost every epoch record, the validation
+    metrics with them, without a word."""
+    epochs = [r for r in fit_logging(tmp_path, loss_name) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert all(r["train_loss"] > 0 and set(r["metrics"]) == {"val/cls_acc"} for r in epochs), epochs
+
+
+def test_an_epoch_without_a_training_loss_is_one_warning_naming_what_was_logged(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="moola"):
+        records = fit_logging(tmp_path, "objective")
+    assert not [r for r in records if r["kind"] == "epoch"]  # the record contract requires train_loss
+    assert records[-1]["kind"] == "run_end" and records[-1]["status"] == "completed"
+    (warning,) = [m for m in caplog.messages if "no epoch record" in m]
+    assert warning.startswith("WARNING: epoch 1: the LightningModule logged no training loss (it logged ")
+    assert "objective" in warning and "val/cls_acc" in warning and 'self.log("train_loss"' in warning

@@ -3,6 +3,15 @@
 - gradient statistics in ``on_before_optimizer_step``: after the backward (and, under ``16-mixed``, after the
   precision plugin's ``scaler.unscale_``), before gradient clipping; numbered ``trainer.global_step + 1``, the
   optimizer step the gradients are applied in (``trainer.global_step`` once it is taken);
+- under manual optimization (``automatic_optimization = False``) Lightning's ``global_step`` counts every
+  optimizer's ``step()`` (two optimizers: two a batch), and each ``opt.step()`` calls
+  ``on_before_optimizer_step``. A batch is measured once, at its first ``opt.step()``, before any optimizer of
+  the batch has stepped (or zeroed its gradients): every gradient its backward produced, not just the last
+  optimizer's parameters. Every record of a batch (gradient statistics, task balance) is numbered
+  ``trainer.global_step + 1`` as the batch began, and ``every_n_steps`` counts those steps (two optimizers,
+  ``every_n_steps=8``: every fourth batch). Under ``16-mixed`` only the stepping optimizer's gradients are
+  unscaled at that moment: the others' norms are divided by the scale. Gradients a backward between two of a
+  batch's steps produces (a GAN's alternating updates) come after the measurement: one warning names them;
 - task balance in ``on_before_backward``, from the LightningModule's attribute ``task_losses`` (task name ->
   loss tensor of the current batch, set in ``training_step``) and optional ``task_weights`` (name -> weight in
   the total): measured by ``torch.autograd.grad`` on the shared parameters, so the step's gradient and any
@@ -10,6 +19,9 @@
   loss tensor the attribute already held when the batch started (a step that set no ``task_losses``, or not
   every task's) is an earlier step's and is left out, so a batch without two fresh task losses is not
   measured. The attribute itself is left as the module set it (the callback never assigns to it);
+- an ``epoch`` record at each training epoch's end, with the training loss logged under one of
+  :data:`TRAIN_LOSS_NAMES` and every other metric the epoch logged; an epoch without one gets no record (the
+  record contract requires ``train_loss``), and one warning names the metrics it logged;
 - ``run_start`` when training starts (or when the fit fails before it, in the sanity check), ``run_end`` when
   it ends: ``completed``, ``failed`` (with the error) or ``interrupted`` (Ctrl-C).
 
@@ -71,9 +83,30 @@ def grad_scaler(trainer: lightning.Trainer) -> torch.amp.GradScaler | None:
     return getattr(trainer.precision_plugin, "scaler", None)
 
 
+def still_scaled(
+    trainer: lightning.Trainer, module: lightning.LightningModule, optimizer: torch.optim.Optimizer
+) -> list[torch.Tensor]:
+    """The parameters whose gradients still carry the GradScaler's scale in ``optimizer``'s
+    ``on_before_optimizer_step`` under ``16-mixed``: the precision plugin unscaled ``optimizer``'s alone (empty
+    without an enabled scaler)."""
+    scaler = grad_scaler(trainer)
+    groups = getattr(optimizer, "param_groups", None)  # (a Steppable without them: whose it unscaled is unknown)
+    if scaler is None or not scaler.is_enabled() or groups is None:
+        return []
+    unscaled = {id(p) for group in groups for p in group["params"]}
+    return [p for p in module.parameters() if p.grad is not None and id(p) not in unscaled]
+
+
+#: The names a training loss is logged under, in the order they are looked for: the first one an epoch logged is
+#: its record's ``train_loss`` (the others, if logged too, are metrics). ``X_epoch`` is ``X`` logged by that name
+#: (Lightning's own ``X_epoch``, from ``on_step`` and ``on_epoch`` both, comes with ``X``, which is taken).
+TRAIN_LOSS_NAMES = ("train_loss", "train/loss", "train_loss_epoch", "train/loss_epoch", "loss")
+
+
 def epoch_values(metrics: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any] | None:
-    """An ``epoch`` record's fields from ``trainer.callback_metrics``: ``train_loss`` from the metric logged as
-    ``train_loss`` (or ``loss``), every other metric under ``metrics``; None when no training loss was logged.
+    """An ``epoch`` record's fields from ``trainer.callback_metrics``: ``train_loss`` from the first metric of
+    :data:`TRAIN_LOSS_NAMES` logged (``train_loss``, ``train/loss``, ``train_loss_epoch``, ``train/loss_epoch``,
+    ``loss``), every other metric under ``metrics``; None when no training loss was logged.
 
     Only what this epoch computed: Lightning keeps the last value of every metric, so a validation metric from
     an epoch without validation would be recorded as this epoch's. ``before`` holds the values at the epoch's
@@ -84,7 +117,7 @@ def epoch_values(metrics: Mapping[str, Any], before: Mapping[str, Any]) -> dict[
         stem = name.removesuffix("_step").removesuffix("_epoch")
         if stem != name and stem in metrics:
             del fresh[name]
-    key = next((name for name in ("train_loss", "loss") if name in fresh), None)
+    key = next((name for name in TRAIN_LOSS_NAMES if name in fresh), None)
     if key is None:
         return None
     return {"train_loss": fresh[key], "metrics": {name: value for name, value in fresh.items() if name != key}}
@@ -99,6 +132,11 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         # the run ends through on_exception, never by a handler of the monitor's.
         self.monitor = self._make_monitor(end_on_sigterm=False)
         self._metrics_before: dict[str, Any] = {}
+        # Manual optimization: the batch's step number (global_step + 1 as it began), whether an optimizer has
+        # stepped in it yet, and, in a measured batch, the gradient each parameter held when it was measured.
+        self._batch_step: int | None = None
+        self._batch_stepped = False
+        self._measured: dict[int, weakref.ref[torch.Tensor]] | None = None
 
     def on_train_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         # Here, not at fit start: a checkpoint's loop state (global_step) is restored in between, and run_start
@@ -120,6 +158,21 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
     ) -> None:
         # What task_losses holds before training_step runs is an earlier step's: remember it, to leave it out.
         self._earlier_losses = loss_refs(getattr(pl_module, TASK_LOSSES, None))
+        self._batch_step = trainer.global_step + 1
+        self._batch_stepped = False
+        self._measured = None
+
+    def _step(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> int:
+        """The step a record made now is numbered with (1-based): ``trainer.global_step + 1``, as the batch began
+        under manual optimization, where each optimizer's ``step()`` moves ``global_step`` within the batch."""
+        if pl_module.automatic_optimization or self._batch_step is None:
+            return trainer.global_step + 1
+        return self._batch_step
+
+    def _caught_up(self, trainer: lightning.Trainer) -> None:
+        """Have the monitor count ``trainer.global_step`` steps taken, for an epoch's or run_end's record: under
+        manual optimization it saw only each batch's first step."""
+        self.monitor.at_step(trainer.global_step + 1)
 
     def on_before_backward(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, loss: torch.Tensor
@@ -129,7 +182,7 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
             weights = getattr(pl_module, TASK_WEIGHTS, None)
             if isinstance(weights, Mapping):  # a weight for a task left out (stale) is not a mistake here
                 weights = {name: weight for name, weight in weights.items() if name in losses}
-            self.monitor.at_step(trainer.global_step + 1)
+            self.monitor.at_step(self._step(trainer, pl_module))
             self.monitor.on_before_backward(pl_module, losses, weights)
         # A second backward in the same batch (manual optimisation) measures only what was set after this one.
         self._earlier_losses = loss_refs(getattr(pl_module, TASK_LOSSES, None))
@@ -137,17 +190,74 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
     def on_before_optimizer_step(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        self.monitor.on_before_optimizer_step(pl_module, scaler=grad_scaler(trainer), step=trainer.global_step + 1)
+        if pl_module.automatic_optimization:
+            self.monitor.on_before_optimizer_step(pl_module, scaler=grad_scaler(trainer), step=trainer.global_step + 1)
+        elif not self._batch_stepped:  # the batch's first step: no optimizer has stepped or zeroed its grads yet
+            self._batch_stepped = True
+            self._first_manual_step(trainer, pl_module, optimizer)
+        elif self._measured is not None:
+            self._unmeasured(pl_module, optimizer)
         if self.monitor.should_stop:  # halt_on: a callback cannot skip this step, so the fit ends after it
             trainer.should_stop = True
 
+    def _first_manual_step(
+        self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Manual optimization: measure (if due) every gradient the batch's backward produced, at its first
+        ``opt.step()``, and remember what was measured, for :meth:`_unmeasured`."""
+        step = self._step(trainer, pl_module)
+        self.monitor.at_step(step)
+        scaled: list[torch.Tensor] = []
+        if self.monitor.stats_due():  # (only then: a walk over the parameters, not one every batch)
+            self._measured = {id(p): weakref.ref(p.grad) for p in pl_module.parameters() if p.grad is not None}
+            scaled = still_scaled(trainer, pl_module, optimizer)
+        self.monitor.on_before_optimizer_step(
+            pl_module, scaler=grad_scaler(trainer), step=step, still_scaled=scaled or False
+        )
+
+    def _unmeasured(self, pl_module: lightning.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+        """A later ``opt.step()`` of a measured batch: warn once if ``optimizer`` applies a gradient that was not
+        there when the batch was measured (made by a backward after the first step: a GAN's discriminator).
+        A new gradient is a new tensor (``zero_grad()`` sets it to None); one accumulated in place is not seen."""
+        measured = self._measured or {}
+        missed = {
+            id(p)
+            for group in getattr(optimizer, "param_groups", ())
+            for p in group["params"]
+            if p.grad is not None and ((ref := measured.get(id(p))) is None or ref() is not p.grad)
+        }
+        if missed:
+            names = [name for name, p in pl_module.named_parameters() if id(p) in missed]
+            shown = ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+            self.monitor.warn_once(
+                "manual: not measured",
+                f"WARNING: gradient statistics: under manual optimization a batch is measured once, at its first "
+                f"optimizer step; the gradients of {shown} were computed after it (a backward between two "
+                "optimizer steps), so they are not measured (the records hold what they were at the first step: "
+                "an earlier batch's, or none): call manual_backward for all of a batch's losses before its first "
+                "opt.step() to have every gradient measured",
+            )
+            self._measured = None  # warned once: no more looks
+
     def on_train_epoch_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         values = epoch_values(trainer.callback_metrics, self._metrics_before)
+        self._caught_up(trainer)
         if values is not None:
             lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]
             self.monitor.on_epoch_end(trainer.current_epoch + 1, lr=lrs, **values)
+        else:  # the record contract requires train_loss: say so, rather than lose every epoch's metrics unseen
+            names = list(trainer.callback_metrics)
+            logged = ", ".join(names[:8]) + (f" (+{len(names) - 8} more)" if len(names) > 8 else "")
+            self._no_epoch_record(
+                trainer.current_epoch + 1,
+                f"the LightningModule logged no training loss ({'it logged ' + logged if names else 'nor any metric'})",
+                f"log it as {', '.join(TRAIN_LOSS_NAMES[:-1])} or {TRAIN_LOSS_NAMES[-1]}, e.g. "
+                'self.log("train_loss", loss, on_epoch=True): the epoch record holds it and every other metric '
+                "the epoch logged, validation ones included",
+            )
 
     def on_fit_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        self._caught_up(trainer)
         self.monitor.on_run_end("completed")
 
     def on_exception(
@@ -156,6 +266,7 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         if self.monitor is None:
             return  # failed before fitting started: nothing was logged
         self._start(trainer, pl_module)  # failed before training did (in the sanity check): its log names the module
+        self._caught_up(trainer)
         if isinstance(exception, SIGTERMException):  # Lightning's own SIGTERM handler: the job was stopped
             self.monitor.on_run_end("interrupted", error=SIGTERM_WORDS)
         else:

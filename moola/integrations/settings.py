@@ -32,3 +32,10 @@ class MonitorSettings:
             **monitor_options,
         )
         self.monitor: GradientMonitor | None = None
+
+    def _no_epoch_record(self, epoch: int, why: str, fix: str) -> None:
+        """Say once (every epoch is alike; quiet on ranks that do not write) that epoch ``epoch`` has no ``epoch``
+        record, ``why`` and how to ``fix`` it: the record contract requires a ``train_loss``, so an epoch without
+        one loses its other metrics (validation ones included) too."""
+        if self.monitor is not None:
+            self.monitor.warn_once("no epoch loss", f"WARNING: epoch {epoch}: {why}, so it has no epoch record ({fix})")

@@ -211,11 +211,11 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         fields = notes.fields()
         if fields is not None:
             self.monitor.on_epoch_end(notes.epoch, **fields)
-        else:  # once (the monitor's own once-only warning, quiet on ranks that do not write): every epoch is alike
-            self.monitor.warn_once(
-                "no epoch loss",
-                f"WARNING: epoch {notes.epoch}: the Trainer logged no training loss and the model's forward returned "
-                "none, so it has no epoch record (set logging_steps to at most the steps of an epoch)",
+        else:
+            self._no_epoch_record(
+                notes.epoch,
+                "the Trainer logged no training loss and the model's forward returned none",
+                "set logging_steps to at most the steps of an epoch",
             )
 
     def on_step_begin(

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
@@ -460,7 +460,7 @@ class GradientMonitor:
         *,
         scaler: torch.amp.GradScaler | None = None,
         step: int | None = None,
-        still_scaled: bool = False,
+        still_scaled: bool | Collection[torch.Tensor] = False,
     ) -> dict[str, Any] | None:
         """Measure the gradients now in ``model`` if due, after any ``scaler.unscale_(optimizer)`` and before
         clipping; return the ``grad_stats`` body. ``step`` overrides the counted step (a framework's own).
@@ -468,7 +468,8 @@ class GradientMonitor:
         With mixed precision pass the ``scaler``: the scale is recorded, and an inf is recorded as the scaler's
         overflow (a skipped step) rather than a model fault. ``still_scaled``: the gradients still carry the
         scale (measured before ``unscale_``, as a framework that unscales inside its clip leaves them): every
-        norm is divided by it."""
+        norm is divided by it; or the parameters whose gradients still carry it, the others' being unscaled
+        already (several optimizers, only the stepping one's unscaled): only their norms are divided."""
         if step is not None:
             self.at_step(step)
         if self._began is None:  # (checked here: this runs every step)
@@ -578,7 +579,9 @@ class GradientMonitor:
             self._norm_plan = NormPlan(named_parameters(model), model)
         return self._norm_plan
 
-    def _measure(self, model: nn.Module, scaler: torch.amp.GradScaler | None, still_scaled: bool) -> dict[str, Any]:
+    def _measure(
+        self, model: nn.Module, scaler: torch.amp.GradScaler | None, still_scaled: bool | Collection[torch.Tensor]
+    ) -> dict[str, Any]:
         began = time.perf_counter()
         scaler = scaler if scaler is not None and scaler.is_enabled() else None
         # The scale rides along with the norms: one host sync, not a second one for get_scale()'s .item(). A
@@ -587,8 +590,14 @@ class GradientMonitor:
         if not names:
             raise ValueError("no parameter has a gradient yet: measure after backward()")
         amp_scale = (scale[0] if scale else scaler.get_scale()) if scaler is not None else None
-        if still_scaled and amp_scale:
+        if amp_scale and still_scaled is True:
             values = [value / amp_scale for value in values]  # the norm is linear in the gradient
+        elif amp_scale and not isinstance(still_scaled, bool) and still_scaled:  # some parameters' gradients only
+            scaled = {id(p) for p in still_scaled}
+            scaled_names = {name for name, p in self._plan(model).named if id(p) in scaled}
+            values = [
+                value / amp_scale if name in scaled_names else value for name, value in zip(names, values, strict=True)
+            ]
         stats = gradient_statistics(names, values)
         norms = dict(zip(names, values, strict=True))
         overflow = False
