@@ -731,13 +731,13 @@ def test_batches_of_one_task_in_turn_are_one_warning_that_the_balance_is_never_m
 def test_a_log_of_batches_of_one_task_in_turn_says_at_its_end_that_the_balance_was_never_judged(tmp_path):
     """The trainer's stderr warning is gone by the time someone runs ``check`` on the log: the log's run_end
     names the tasks, and a run of several tasks with no balance sample is a warning there. A run that measured
-    its balance, and a single-task run, have none."""
+    its balance (a window's worth of samples), and a single-task run, have none."""
     torch.manual_seed(0)
     model = TwoHeadMLP()
 
     def run(path, losses_of_step):
         with GradientMonitor(every_n_steps=1, log_path=path, warn=lambda _message: None) as monitor:
-            for step in range(6):
+            for step in range(12):
                 x = torch.randn(8, 6)
                 monitor.backward(model, losses_of_step(step, task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])))
                 monitor.on_before_optimizer_step(model)
