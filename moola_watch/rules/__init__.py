@@ -6,14 +6,12 @@ lines and summary and the watcher's alerts all come from here, so the two sides 
 * :mod:`.thresholds` every number, and which a run is judged by (its recorded ones unless overridden);
 * :mod:`.verdicts` what one norm, ratio or window means, in the spec's words;
 * :mod:`.lifecycle` the one pending -> firing -> resolved lifecycle, keyed by (rule, subject);
-* :mod:`.rule` a rule as a declared object; :mod:`.gradients`, :mod:`.balance`, :mod:`.conflict`, :mod:`.run`
-  the rules;
+* :mod:`.rule` a rule as a declared object; :mod:`.gradients`, :mod:`.balance`, :mod:`.run` the rules;
 * :mod:`.evidence` what the rules remember of a run; :mod:`.engine` feeds records through the rules.
 """
 
 from moola_watch.rules.balance import BALANCE_UNMEASURED, COLLAPSE, IMBALANCE, LEFT_OUT, TASK_PAIR, weight_fix
 from moola_watch.rules.columns import GradSummary
-from moola_watch.rules.conflict import CONFLICT
 from moola_watch.rules.engine import RULES, MonitoringSummary, RuleEngine, replay, verdict_severity
 from moola_watch.rules.evidence import Evidence, RunState, TaskProgress
 from moola_watch.rules.gradients import AMP_OVERFLOW, EXPLODING, NONFINITE, NORM_LEVEL, VANISHING
@@ -42,9 +40,9 @@ from moola_watch.rules.verdicts import (
 )
 
 __all__ = [
-    "AMP_OVERFLOW", "BALANCE_UNMEASURED", "COLLAPSE", "CONFLICT", "EXPLODING", "FIRING", "IMBALANCE", "LEFT_OUT",
-    "NONFINITE", "NORM_LEVEL", "PENDING", "RESOLVED", "RULES", "RUN_FAILED", "RUN_INTERRUPTED", "SEVERITY_RANK",
-    "STALE", "TASK_PAIR", "VANISHING", "WITH_WEIGHTS",
+    "AMP_OVERFLOW", "BALANCE_UNMEASURED", "COLLAPSE", "EXPLODING", "FIRING", "IMBALANCE", "LEFT_OUT", "NONFINITE",
+    "NORM_LEVEL", "PENDING", "RESOLVED", "RULES", "RUN_FAILED", "RUN_INTERRUPTED", "SEVERITY_RANK", "STALE",
+    "TASK_PAIR", "VANISHING", "WITH_WEIGHTS",
     "Alert", "AlertEvent", "CollapseVerdict", "Evidence", "GradSummary", "LayerFlags", "MonitoringSummary",
     "Observation", "Rule", "RuleEngine", "RunState", "TaskProgress", "Thresholds", "Verdict", "balance_message",
     "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "is_bias", "judged_layer_norms",

@@ -16,7 +16,7 @@ import numpy as np
 
 from moola_watch import schema
 from moola_watch.counts import counted
-from moola_watch.rules import balance, conflict, gradients, run
+from moola_watch.rules import balance, gradients, run
 from moola_watch.rules.columns import GradColumns, GradSummary
 from moola_watch.rules.evidence import Evidence, QuietGradStats, RunState
 from moola_watch.rules.lifecycle import (
@@ -35,7 +35,7 @@ from moola_watch.rules.thresholds import Thresholds
 from moola_watch.rules.verdicts import CollapseVerdict, mean_ratio
 
 #: Every rule, in the order they judge a record.
-RULES: tuple[Rule, ...] = (*run.RULES, *gradients.RULES, *balance.RULES, *conflict.RULES)
+RULES: tuple[Rule, ...] = (*run.RULES, *gradients.RULES, *balance.RULES)
 _BY_KIND: dict[str, tuple[Rule, ...]] = {kind: tuple(r for r in RULES if kind in r.kinds) for kind in schema.KINDS}
 _GRAD_RULE_NAMES = frozenset(rule.name for rule in _BY_KIND[schema.GRAD_STATS])
 _OUTCOME_RULES = frozenset(rule.name for rule in RULES if rule.outcome)

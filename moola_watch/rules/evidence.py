@@ -223,8 +223,6 @@ class Evidence:
         self.weights: dict[str, float] = {}  # the loss weights of the latest balance sample
         self.shares: dict[str, deque[float]] = {}  # per task: its share of the update, over the window
         self.run_shares: dict[str, RunningStats] = {}  # per task: its share of the update, over the whole run
-        # per pair of tasks (as the balance records' ``cosines`` order them): their gradients' cosine, over the window
-        self.cosines: dict[tuple[str, str], deque[float]] = {}
         self.last_measured: dict[str, Where] = {}  # per task: its latest balance sample
         self.absent_at: int | None = None  # the step of the latest balance sample, if a task measured nothing in it
         self.left_out_since: dict[str, Where] = {}  # tasks measured once, left out of the balance since then
@@ -429,16 +427,6 @@ class Evidence:
                 self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
                 self.run_shares.setdefault(task, RunningStats()).add(share)
         self._losses(self.batch_losses, {t: loss for t, loss in losses.items() if t not in absent}, where)
-        self._cosines(record.get("cosines") or {}, measured)
-
-    def _cosines(self, cosines: Mapping[str, float], measured: Mapping[str, float]) -> None:
-        """Each finite cosine of two measured tasks into its pair's window. A pair is keyed ``a|b`` in the record;
-        the tasks are found by name, so a task whose name holds ``|`` is still one task."""
-        pairs = {f"{a}|{b}": (a, b) for a in measured for b in measured if a != b}
-        for key, cosine in cosines.items():
-            pair = pairs.get(key)
-            if pair is not None and math.isfinite(cosine):
-                self.cosines.setdefault(pair, deque(maxlen=self.thresholds.window)).append(cosine)
 
     def _left_out(self, left_out: Iterable[str], measured: Mapping[str, float], where: Where) -> None:
         """A task measured before and left out of this sample (no gradient on the shared parameters) stopped
