@@ -441,7 +441,9 @@ def test_a_run_whose_balance_samples_never_filled_the_window_says_so_and_names_a
     """A review's case: 384 steps measured every 50 (the callbacks' default) hold 7 balance samples, fewer than
     the window of 10, and the task that got 0% of the update and never learned passed as healthy. Now the run's
     end judges those samples, as a warning (early in training a healthy task can look starved, and a short run is
-    all early), and says the window never filled; with fewer than 3, only that."""
+    all early), and says the window never filled; with fewer than its progress needs (6), only that (a review:
+    4 samples were said to be judged, and were not). A task in fewer samples than the window in a long run (its
+    labels in few batches) is named too."""
     log = ended_run(samples=7)
     engine = rules.replay(log.records)
     (collapse,) = [a for a in engine.alerts if a.rule == rules.COLLAPSE and a.state == FIRING]
@@ -452,11 +454,19 @@ def test_a_run_whose_balance_samples_never_filled_the_window_says_so_and_names_a
     assert unfilled.endswith("only the run's end judged those 7")
     checked = run_cli("moola_watch.cli", "check", "--json", str(log.write(tmp_path / "short.jsonl")))
     assert checked.returncode == 0 and json.loads(checked.stdout)["verdict"] == "warning", checked.stdout
-    two = rules.replay(ended_run(samples=2).records)
-    assert [a.message.rsplit("; ", 1)[1] for a in two.alerts if a.rule == rules.BALANCE_UNMEASURED] == [
+    four = rules.replay(ended_run(samples=4).records)
+    assert [a.message.rsplit("; ", 1)[1] for a in four.alerts if a.rule == rules.BALANCE_UNMEASURED] == [
         "whether a task starved was never judged"
     ]
-    assert not [a for a in two.alerts if a.rule == rules.COLLAPSE]
+    assert not [a for a in four.alerts if a.rule == rules.COLLAPSE]
+    sparse = LogBuilder().start()
+    for i in range(1, 25):
+        tasks = ("a", "b", "c") if i % 3 == 0 else ("a", "b")
+        sparse.add("task_balance", epoch=1, step=i, norms=dict.fromkeys(tasks, 1.0),
+                   shares=dict.fromkeys(tasks, 1 / len(tasks)), losses=dict.fromkeys(tasks, 1.0 / i))  # fmt: skip
+    (c_few,) = [a.message for a in rules.replay(sparse.end().records).alerts if a.rule == rules.BALANCE_UNMEASURED]
+    assert c_few == ("The c task was in fewer balance samples than the collapse window's 10 (c: 8, of 24): its "
+                     "balance was never judged in a window")  # fmt: skip
     assert not [a for a in rules.replay(ended_run().records).alerts if a.rule == rules.BALANCE_UNMEASURED]
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from moola_watch import schema
 from moola_watch.counts import counted
-from moola_watch.rules.evidence import Evidence
+from moola_watch.rules.evidence import RECENT_SAMPLES, Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
 from moola_watch.rules.thresholds import Thresholds
@@ -32,8 +32,9 @@ COLLAPSE = "collapse"
 LEFT_OUT = "left_out"
 BALANCE_UNMEASURED = "balance_unmeasured"
 #: Balance samples a task needs for a completed run that never filled the collapse window to be judged at its
-#: end on the samples it has (a run of 384 steps measured every 50 holds 7: its starved task passed as healthy).
-MIN_END_SAMPLES = 3
+#: end on the samples it has (a run of 384 steps measured every 50 holds 7: its starved task passed as healthy):
+#: as many as its own progress needs (the mean of the first and of the last RECENT_SAMPLES).
+MIN_END_SAMPLES = 2 * RECENT_SAMPLES
 TASK_PAIR = "pointer/type"
 BALANCE = frozenset({schema.TASK_BALANCE})
 #: The project trainer's flags for the two spec weights (total = alpha * type_loss + beta * pointer_loss).
@@ -327,18 +328,31 @@ def _never_measured(ev: Evidence, record: schema.Record, th: Thresholds) -> Find
 
 
 def _window_never_filled(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
-    """Balance samples of several tasks, but fewer than the collapse window holds: no window was judged while the
-    run went on; a completed run's end judged the samples it has (at warning level) if there were
-    ``MIN_END_SAMPLES``."""
+    """Balance samples of several tasks, but fewer than the collapse window holds, of the run or of some tasks (a
+    task labelled in few batches): no window of theirs was judged while the run went on. A completed run's end
+    judges a task on the samples it has (at warning level) where its progress can be told."""
     samples = ev.balance_records
     if not 0 < samples < th.window:
-        return []
-    ended = samples >= MIN_END_SAMPLES and record["status"] == "completed"
-    judged = f"only the run's end judged those {samples}" if ended else "whether a task starved was never judged"
+        counts = {task: stats.count for task, stats in ev.run_shares.items() if stats.count < th.window}
+        if not counts or not samples:
+            return []
+        unfilled = sorted(counts)
+        return [("tasks", Observation(
+            "warning", min(counts.values()),
+            f"The {names(unfilled, 8)} task{'s were' if len(unfilled) > 1 else ' was'} in fewer balance samples "
+            f"than the collapse window's {th.window} ({', '.join(f'{task}: {counts[task]}' for task in unfilled)}, "
+            f"of {samples}): {'their' if len(unfilled) > 1 else 'its'} balance was never judged in a window",
+            "Give every task's loss in more of the measured batches, measure the balance more often, or judge with "
+            "a smaller --window",
+        ))]  # fmt: skip
+    progress = ev.progress() if record["status"] == "completed" else {}
+    judged = sorted(task for task, n in ev.run_shares.items() if n.count >= MIN_END_SAMPLES and task in progress)
+    only = "" if len(judged) == len(ev.run_shares) else f" (of the {names(judged, 8)} task{'s' * (len(judged) > 1)})"
+    said = f"only the run's end judged those {samples}{only}" if judged else "whether a task starved was never judged"
     return [("tasks", Observation(
         "warning", samples,
         f"The task balance was sampled {counted(samples, 'time')}, fewer than the collapse "
-        f"window's {th.window}: no window was judged during the run; {judged}",
+        f"window's {th.window}: no window was judged during the run; {said}",
         "Measure the balance more often (GradientMonitor's balance_every_n_steps, or every_n_steps; the "
         "callbacks' every_n_steps), or judge with a smaller --window",
     ))]  # fmt: skip
