@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import itertools
 import lzma
 import os
 import re
@@ -171,10 +170,17 @@ def directory_logs(directory: Path, note: Callable[[str], None] | None = None) -
     logs = []
     for name in sorted(ranked):
         parts = ranked[name]
-        for same in parts.values():
-            if len(same) > 1:
-                names = " and ".join(sorted(part.name for part in same))
-                raise ValueError(f"{directory}: {names} would be the same part of the rotated log {name}; keep one")
+        for rank, same in parts.items():
+            if len(same) > 1:  # one may be a kept copy (run.jsonl-DATE beside logrotate's run.jsonl-DATE.gz)
+                others = [part for other, paths in parts.items() if other != rank for part in paths]
+                copies = {part: of for part in same if (of := _copied(part, others)) is not None}
+                if len(same) - len(copies) != 1:
+                    names = " and ".join(sorted(part.name for part in same))
+                    raise ValueError(f"{directory}: {names} would be the same part of the rotated log {name}; keep one")
+                for copy, of in copies.items():
+                    if note is not None:
+                        note(_copy_note(copy, of))
+                parts[rank] = [part for part in same if part not in copies]
         ranks = sorted(parts)
         if {kind for kind, _ in ranks} >= {_NUMBERED, _DATED}:  # by when modified, the current file still last
             rotated = sorted((rank for rank in ranks if rank[0] != _CURRENT), key=lambda r: (_modified(parts[r][0]), r))
@@ -213,13 +219,24 @@ def without_copies(parts: Sequence[Path], note: Callable[[str], None] | None = N
     an older part and its runs judged twice. An empty part is no copy, and one that cannot be read is kept (its
     read will say why)."""
     kept = []
-    for older, newer in itertools.pairwise(parts):
-        if not _begins(newer, older):
+    for index, older in enumerate(parts[:-1]):
+        newer = _copied(older, parts[index + 1 :])
+        if newer is None:
             kept.append(older)
         elif note is not None:
-            note(f"{older} begins {newer.name} byte for byte: a copy of it, not a rotated part, so it is not read "
-                 f"(its records are in {newer.name})")  # fmt: skip
+            note(_copy_note(older, newer))
     return [*kept, *parts[-1:]]
+
+
+def _copied(part: Path, others: Sequence[Path]) -> Path | None:
+    """The first of ``others`` whose start ``part`` is a copy of (a backup dated before a real rotated part is
+    still a copy of the live file), or None."""
+    return next((other for other in others if _begins(other, part)), None)
+
+
+def _copy_note(copy: Path, of: Path) -> str:
+    return (f"{copy} begins {of.name} byte for byte: a copy of it, not a rotated part, so it is not read (its records "
+            f"are in {of.name})")  # fmt: skip
 
 
 def _begins(whole: Path, start: Path) -> bool:

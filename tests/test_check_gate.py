@@ -363,6 +363,35 @@ def test_a_kept_copy_of_the_log_is_not_read_as_a_rotated_part(tmp_path):
     ], events[-1]
 
 
+def test_a_copy_dated_before_a_real_part_or_named_as_one_is_dropped_too(tmp_path):
+    """A review's cases: a backup named by the run's start date sorts before logrotate's part named by its
+    rotation date (its records were read twice); a backup with the same date as a compressed part made the whole
+    folder a usage error (exit 2, no log judged). Each is a copy of a later file: dropped with a note."""
+    lines = collapse_scenario().lines()
+    header = json.dumps({**json.loads(lines[0]), "continued": True}).encode() + b"\n"
+    rotated, live = b"".join(lines[:9]), header + b"".join(lines[9:])
+    (whole := tmp_path / "whole.jsonl").write_bytes(rotated + live)
+    expected = check_json(whole)[1][0]
+    for case, files in {
+        "before": {"run.jsonl-20261128": live, "run.jsonl-20261129": rotated},
+        "same-date": {"run.jsonl-20261130": live, "run.jsonl-20261130.gz": gzip.compress(rotated)},
+    }.items():
+        folder = tmp_path / case
+        folder.mkdir()
+        (folder / "run.jsonl").write_bytes(live)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        result, (report,) = check_json(folder)
+        copy = next(name for name in files if files[name] == live)
+        real = next(name for name in files if name != copy)
+        assert report["parts"] == [str(folder / real), str(folder / "run.jsonl")], (case, report)
+        assert [report[key] for key in ("records", "alerts")] == [expected[key] for key in ("records", "alerts")]
+        assert result.stderr == (
+            f"moola-watch: note: {folder / copy} begins run.jsonl byte for byte: a copy of it, "
+            "not a rotated part, so it is not read (its records are in run.jsonl)\n"
+        ), case
+
+
 def test_only_a_part_whose_every_byte_begins_the_next_is_a_copy(tmp_path):
     """Longer than a read chunk, equal but for its last byte, empty, or gone: not a copy; kept to be read."""
     head = b"x" * (sources.CHUNK + 10)
