@@ -130,3 +130,23 @@ def test_at_60_columns_the_alert_messages_and_task_names_have_room(tmp_path):
     assert re.search(r"│ TASK COLLAPSE: \S+", screen) or re.search(r"│ \w+ task dominated", screen), screen
     for name in names:
         assert re.search(rf"│\s+{re.escape(name)}\s+\d", screen), (name, screen)
+
+
+def test_at_40_columns_each_short_alert_line_keeps_room_for_its_message(tmp_path):
+    """A review's case: at 40 columns the short dashboard's alert lines held severity, rule and a long task name,
+    and no message at all. Those three are now cut to leave the message its cells."""
+    log = LogBuilder().start()
+    names = ["分類タスク用の非常に長い名前のヘッド", "regression_of_the_very_long_target"]
+    for i in range(1, 12):
+        log.grad(i, 0.3, 0.5)
+        log.add("task_balance", epoch=i, step=i * 10, norms=dict(zip(names, (0.7, 137.0), strict=True)),
+                shares=dict(zip(names, (0.0, 1.0), strict=True)))  # fmt: skip
+    scan = scan_log(log.write(tmp_path / "run.jsonl"))
+    run = scan.current.run.run
+    view, options = LogView(scan), ViewOptions(now=scan.current.run.last_time)
+    console = Console(width=40, height=24, color_system=None, legacy_windows=False)
+    screen = lines_of(console, FittedDashboard(view, run, options))
+    alerts = screen[screen.index("Alerts") + 1 :]
+    (collapse,) = [line for line in alerts if "TASK COLLAPSE" in line]
+    assert len(screen) <= 24 and all(len(line) <= 40 for line in screen), "\n".join(screen)
+    assert collapse.rstrip().endswith(("…", "TASK COLLAPSE:")) or "TASK COLLAPSE: " in collapse, collapse

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
+from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.segment import Segment
 from rich.table import Table
@@ -25,21 +27,43 @@ from moola_watch.dashboard.state import LogView, RunView, ViewOptions
 from moola_watch.render import ALERT_TEXT, HEALTHY_STYLE, SEVERITY_STYLE, alerts_table, ordered_alerts, text, where
 
 MIN_PANEL_ROWS = 3  # a panel's rows that come before the layer table gets any
+MESSAGE_MIN_CELLS = 16  # an alert line's message keeps this many cells however narrow the terminal
+
+
+def key_widths(needed: Sequence[int], width: int) -> tuple[int, int, int]:
+    """The widest (cells) an alert line's severity, rule and subject may be on a ``width``-cell terminal, for the
+    ``needed`` widths of those shown (a subject, a task's name from the log, at most 24): as needed, less in
+    proportion where the message would otherwise keep fewer than ``MESSAGE_MIN_CELLS`` (at 40 columns it had
+    none left)."""
+    wanted = (needed[0], needed[1], min(needed[2], 24))
+    room = width - MESSAGE_MIN_CELLS - 8  # each column's padding
+    if sum(wanted) <= room:
+        return wanted
+    severity, rule, subject = (max(3, most * room // sum(wanted)) for most in wanted)
+    return severity, rule, subject
 
 
 def alert_lines(
-    alerts: Sequence[tuple[str, rules.Alert]], shown: int, advised: int = 0, whole: int = 0, whole_advice: int = 0
+    alerts: Sequence[tuple[str, rules.Alert]],
+    shown: int,
+    advised: int = 0,
+    whole: int = 0,
+    whole_advice: int = 0,
+    width: int = 200,
 ) -> Table:
     """The first ``shown`` alerts in :func:`ordered_alerts`' order, one line each: severity, rule, subject and the
     message cut to the width (a pending or resolved alert, dimmed, says so first); the first ``advised`` with their
     recommendation on a line of its own; of those, the first ``whole_advice`` with it whole, folded over as many
-    lines as it takes, and the first ``whole`` with the message whole too; ``none`` when there is no alert."""
+    lines as it takes, and the first ``whole`` with the message whole too; ``none`` when there is no alert. The
+    first three columns are cut (…) to :func:`key_widths` of the terminal's ``width`` cells."""
     table = Table(title="Alerts", title_justify="left", expand=True, box=None, show_header=False)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("rule", no_wrap=True)
-    table.add_column("subject", no_wrap=True, max_width=24)  # a task's name, from the log: any length
+    listed = [alert for _run, alert in ordered_alerts(alerts)[:shown]]
+    needed = tuple(max((cell_len(str(getattr(a, key))) for a in listed), default=0)
+                   for key in ("severity", "rule", "subject"))  # fmt: skip
+    for name, most in zip(("severity", "rule", "subject"), key_widths(needed, width), strict=True):
+        table.add_column(name, no_wrap=True, max_width=most, overflow="ellipsis")
     table.add_column("message", ratio=1, overflow="fold")
-    for index, (_, alert) in enumerate(ordered_alerts(alerts)[:shown]):
+    for index, alert in enumerate(listed):
         if alert.state == rules.FIRING:
             severity, muted, message = SEVERITY_STYLE[alert.severity], "", text(alert.message, limit=ALERT_TEXT)
         else:
@@ -200,7 +224,8 @@ class FittedDashboard:
                   for ends in range(1, self.options.top + 1)] if engine.last_grad_stats else []  # fmt: skip
         parts = Parts(len(engine.firing()), len(alerts), max(bodies), tuple(len(table) for table in tables), stacked)
         fit = fit_short(height - len(head), parts)
-        alert_block = render(alert_lines(alerts, fit.alerts, parts.advised(fit))) if fit.alerts or not alerts else []
+        lines = partial(alert_lines, alerts, fit.alerts, parts.advised(fit), width=width)
+        alert_block = render(lines()) if fit.alerts or not alerts else []
         rest = []
         if fit.panel_rows:
             cut = fit.panel_rows < parts.panel_rows
@@ -214,7 +239,7 @@ class FittedDashboard:
         room = height - len(head) - len(rest)
         firing = min(fit.alerts, parts.firing)
         for whole, advice in [*((0, n) for n in range(1, firing + 1)), *((n, firing) for n in range(1, firing + 1))]:
-            longer = render(alert_lines(alerts, fit.alerts, parts.advised(fit), whole, advice))
+            longer = render(lines(whole=whole, whole_advice=advice))
             if len(longer) > room:
                 break
             alert_block = longer
