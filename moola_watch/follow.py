@@ -257,7 +257,8 @@ class Follower:
                     self._alerts(path, run, engine.check_writer(None, now))
                 self._alerts(path, run, engine.check_resumed(now))
                 if self.options.once or view.stale_judged(run, now):  # --once cannot wait for a next record
-                    self._alerts(path, run, engine.check_stale(view.writer_now(run, now)))
+                    gap = view.longest_gap(run, engine.run.longest_gap)
+                    self._alerts(path, run, engine.check_stale(view.writer_now(run, now), gap))
                 status = engine.run_status
                 if self._statuses.get((path, run)) != status:
                     self._statuses[(path, run)] = status

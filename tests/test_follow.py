@@ -392,20 +392,28 @@ def test_a_dead_run_whose_writer_clock_was_ahead_goes_stale_after_stale_seconds_
     assert 2.0 < waited < 30, waited
 
 
-def test_a_run_that_stops_after_one_record_from_an_hour_ahead_goes_stale_after_stale_seconds(tmp_path):
-    """A writer whose clock glitched an hour ahead for one record, then stopped: followed live, the run is stale
-    --stale-seconds after its last record came. Before, the run's last time was that record's, an hour ahead:
-    the screen said "last record 0 s ago" and no stale alert came for the hour."""
+@pytest.mark.parametrize(
+    "ahead",
+    [lambda epoch: epoch == 3, lambda epoch: epoch >= 3, lambda epoch: epoch == 6],
+    ids=["one record", "for good", "the last record"],
+)
+def test_a_run_that_stops_after_its_clock_jumped_an_hour_ahead_goes_stale_after_stale_seconds(tmp_path, ahead):
+    """A writer whose clock jumped an hour ahead (for one record, for good, or at its last), then stopped:
+    followed live, the run is stale --stale-seconds after its last record came. Before, the run's last time was
+    the largest, an hour ahead ("last record 0 s ago", no stale alert for the hour); then the jump counted as an
+    hour's wait between records, and the run went stale only after two. The wait between live records is taken
+    from when they arrived."""
     log = LogBuilder("glitch", t0=time.time()).start()
     for epoch in range(1, 7):
         log.epoch(epoch)
-        if epoch == 3:
+        if ahead(epoch):
             log.records[-1]["time"] += 3600.0
     path = tmp_path / "glitch.jsonl"
     path.touch()
     began = time.monotonic()
     follow = subprocess.Popen([*WATCH.split(), "follow", "--json", "--exit-on-end", "--stale-seconds", "3", str(path)],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    time.sleep(1.5)  # the watcher has read the empty file: every record comes live
     assert start_writer(replay_steps(log.lines(), 0.1), path).wait(timeout=30) == 0
     out, _ = follow.communicate(timeout=60)
     waited = time.monotonic() - began

@@ -63,18 +63,32 @@ class LogView:
     # Per run, until when (the watcher's clock) its history is not called stale: long enough for a trainer whose
     # clock is behind to show, by its next record, that it is alive (twice its longest wait between records).
     stale_grace: dict[str, float] = field(default_factory=dict)
+    # Per run, the longest wait (seconds) between records: in its history by their times, then between the ones
+    # that came live by when they arrived, on the watcher's clock. A writer's clock stepped an hour ahead is no
+    # hour's wait (its records' times would say so, and keep a dead run from going stale for two).
+    history_gaps: dict[str, float] = field(default_factory=dict)
+    live_gaps: dict[str, float] = field(default_factory=dict)
+    last_arrival: dict[str, float] = field(default_factory=dict)  # per run, when its latest live record came
 
     def observe(self, record: schema.Record, arrived: float) -> None:
         """Take a record read at ``arrived`` (unix seconds, the watcher's clock)."""
-        self.runs.setdefault(record["run"], RunView()).observe(record)
+        run = record["run"]
+        self.runs.setdefault(run, RunView()).observe(record)
         written = record["time"]
         if math.isfinite(written) and (self.history_read or written > arrived):
-            self.clock_offsets[record["run"]] = arrived - written
+            self.clock_offsets[run] = arrived - written
+        if self.history_read:
+            if run in self.last_arrival:
+                self.live_gaps[run] = max(self.live_gaps.get(run, 0.0), arrived - self.last_arrival[run])
+            self.last_arrival[run] = arrived
 
     def end_history(self, now: float) -> None:
         """The log's first read is done at ``now`` (unix seconds): later records are live, and the run that
         wrote last gets its grace before its history can make it stale."""
         self.history_read = True
+        for engine in self.scan.engines.values():
+            if engine.run.run is not None:
+                self.history_gaps[engine.run.run] = engine.run.longest_gap
         current = self.scan.current
         if current is not None and current.run.run is not None:
             wait = max(run_rules.STALE_GAPS * current.run.longest_gap, MIN_STALE_GRACE_S)
@@ -83,6 +97,15 @@ class LogView:
     def stale_judged(self, run: str, now: float) -> bool:
         """Whether ``run``'s silence is judged at ``now``: not in its grace, unless a record came live since."""
         return run in self.clock_offsets or now >= self.stale_grace.get(run, 0.0)
+
+    def longest_gap(self, run: str, by_times: float) -> float | None:
+        """The longest wait between ``run``'s records (seconds) once some came live: in its history, by their
+        times (``by_times``, the run's longest gap as the records' times give it now, but no longer than when
+        the history was read: a jump the live records took back since was none), and among the live ones by when
+        they arrived. None before (the times are all there is)."""
+        if run not in self.last_arrival:
+            return None
+        return max(min(by_times, self.history_gaps.get(run, 0.0)), self.live_gaps.get(run, 0.0))
 
     def writer_now(self, run: str, now: float) -> float:
         """The watcher's ``now`` (unix seconds) on ``run``'s writer's clock."""

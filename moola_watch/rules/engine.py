@@ -185,14 +185,15 @@ class RuleEngine:
         self.evidence.observe_quiet(quiet, start)
         return events
 
-    def check_stale(self, now: float) -> list[AlertEvent]:
-        """Fire or resolve the stale alert given the wall clock ``now`` (unix seconds)."""
+    def check_stale(self, now: float, longest_gap: float | None = None) -> list[AlertEvent]:
+        """Fire or resolve the stale alert given the wall clock ``now`` (unix seconds) and, where the caller saw
+        the records arrive, the longest wait between them (seconds; else the records' times say it)."""
         state = self.run
         if state.status != "running" or state.superseded or state.continued_in or state.last_time is None:
             return []
         if (run.RUN_DIED, "run") in self.lifecycle.open:  # it has ended: its silence says nothing more
             return []
-        seen = run.stale_observation(state, now, self.thresholds)
+        seen = run.stale_observation(state, now, self.thresholds, longest_gap)
         return self.lifecycle.apply(run.STALE, "run", seen, Where(state.step, state.epoch, now))
 
     def check_writer(self, gone: bool | None, now: float) -> list[AlertEvent]:

@@ -52,26 +52,30 @@ def _any_record(_ev: Evidence, _record: schema.Record, _th: Thresholds) -> Findi
 STALE_GAPS = 2.0
 
 
-def stale_after(run: RunState, th: Thresholds) -> float:
+def stale_after(run: RunState, th: Thresholds, longest_gap: float | None = None) -> float:
     """Seconds without a record after which the run is stale: ``stale_seconds``, or ``STALE_GAPS`` times the
-    longest wait between two of its records so far, whichever is longer."""
-    return max(th.stale_seconds, STALE_GAPS * run.longest_gap)
+    longest wait between two of its records so far (``longest_gap``, seconds, where the caller knows it better
+    than the records' times: by when they arrived), whichever is longer."""
+    return max(th.stale_seconds, STALE_GAPS * (run.longest_gap if longest_gap is None else longest_gap))
 
 
-def stale_observation(run: RunState, now: float, th: Thresholds) -> Observation | None:
+def stale_observation(
+    run: RunState, now: float, th: Thresholds, longest_gap: float | None = None
+) -> Observation | None:
     """The stale condition at wall-clock ``now`` (unix seconds), or None while the run is fresh or ended (with
-    a run_end, or superseded by a later run in its log)."""
+    a run_end, or superseded by a later run in its log); ``longest_gap`` as :func:`stale_after` takes it."""
     if (
         run.status != "running"
         or run.superseded
         or run.continued_in
         or run.last_time is None
-        or now - run.last_time <= stale_after(run, th)
+        or now - run.last_time <= stale_after(run, th, longest_gap)
     ):
         return None
     age = now - run.last_time
-    cadence = (f"; its records came at most {human_duration(run.longest_gap)} apart"
-               if STALE_GAPS * run.longest_gap > th.stale_seconds else "")  # fmt: skip
+    gap = run.longest_gap if longest_gap is None else longest_gap
+    cadence = (f"; its records came at most {human_duration(gap)} apart"
+               if STALE_GAPS * gap > th.stale_seconds else "")  # fmt: skip
     return Observation(
         "warning", age,
         f"No record for {human_duration(age)} and no run_end (last at {position(run.epoch, run.step)}){cadence}",
