@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -65,26 +66,22 @@ CONFIG_TABLES = ("thresholds", "notify")
 CONFIG_KEYS = ("max-bad-lines",)
 
 
-def _count(text: str) -> int:
-    """A threshold that counts samples: a whole number, at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text}")
-    return value
+def _whole_at_least(least: int) -> Callable[[str], int]:
+    """A flag's type: a whole number, at least ``least`` (a threshold that counts samples: 1)."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {least}, got {text}")
+        return value
+
+    return whole
 
 
-def _at_least_0(text: str) -> int:
-    """A whole number, at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 0, got {text}")
-    return value
+_count, _at_least_0 = _whole_at_least(1), _whole_at_least(0)
 
 
 def _level(text: str) -> float:

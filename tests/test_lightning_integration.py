@@ -165,14 +165,23 @@ class ManualTwoOptimizers(TwoTaskModule):
         return torch.optim.Adam(shared, lr=1e-3), torch.optim.Adam(self.reg.parameters(), lr=1e-3)
 
 
-def fit_manual(log: Path, module: lightning.LightningModule, **trainer_options) -> list[dict]:
-    """One epoch of ``module`` (manual optimization) under the callback; the log's records."""
+def one_epoch(module: lightning.LightningModule, **trainer_options) -> None:
+    """Fit ``module`` for one epoch on CPU, seeded, with nothing but ``trainer_options`` (callbacks, plugins)."""
     torch.manual_seed(0)
     lightning.Trainer(
         accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
-        **trainer_options,
+        enable_model_summary=False, **trainer_options,
     ).fit(module, loader())  # fmt: skip
+
+
+def assert_same_weights(plain: nn.Module, monitored: nn.Module) -> None:
+    for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def fit_manual(log: Path, module: lightning.LightningModule, **trainer_options) -> list[dict]:
+    """One epoch of ``module`` (manual optimization) under the callback; the log's records."""
+    one_epoch(module, callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)], **trainer_options)
     return strict_lines(log)
 
 
@@ -227,15 +236,11 @@ def test_manual_optimisation_under_16_mixed_measures_every_gradient_unscaled(tmp
 def test_manual_optimisation_with_the_callback_trains_the_same_weights(tmp_path):
     torch.manual_seed(0)
     plain = ManualTwoOptimizers({"cls": 1.0, "reg": 1.0})
-    lightning.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(plain, loader())  # fmt: skip
+    one_epoch(plain)
     torch.manual_seed(0)
     monitored = ManualTwoOptimizers({"cls": 1.0, "reg": 1.0})
     fit_manual(tmp_path / "run.jsonl", monitored)
-    for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+    assert_same_weights(plain, monitored)
 
 
 class AlternatingUpdates(ManualTwoOptimizers):
@@ -267,18 +272,11 @@ def test_measuring_leaves_the_training_unchanged(tmp_path):
     without the callback."""
     torch.manual_seed(0)
     plain = TwoTaskModule({"cls": 1.0, "reg": 1.0})
-    lightning.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(plain, loader())  # fmt: skip
+    one_epoch(plain)
     torch.manual_seed(0)
     monitored = TwoTaskModule({"cls": 1.0, "reg": 1.0})
-    lightning.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[GradientMonitorCallback(log_path=tmp_path / "m.jsonl", every_n_steps=1)],
-    ).fit(monitored, loader())  # fmt: skip
-    for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
-        assert torch.equal(a, b), name
+    one_epoch(monitored, callbacks=[GradientMonitorCallback(log_path=tmp_path / "m.jsonl", every_n_steps=1)])
+    assert_same_weights(plain, monitored)
 
 
 @pytest.mark.parametrize(("weights", "starved"), [({"cls": 1e4, "reg": 1.0}, "reg"), ({"cls": 1.0, "reg": 1e4}, "cls")])
