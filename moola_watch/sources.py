@@ -6,8 +6,8 @@ Rotated parts are named the way logrotate names them (README "Reliability"): ``r
 ``run.jsonl-20240101`` (``.gz``; any ``dateformat`` of 8 digits or more, ``-``/``_`` between them:
 ``run.jsonl-2024-01-01``, ``run.jsonl-1704067200``) are older than ``run.jsonl``, the earlier date the older. A
 log with parts of both kinds has its rotated parts ordered by when they were last modified, since no name orders
-them. A part whose every byte begins the next part too is a copy someone kept (``cp run.jsonl run.jsonl-20261130``),
-not a rotated part, and is not read: its records are in the next part. zstd has no module in Python 3.11's standard
+them. A part whose every byte begins a later part too is a copy someone kept (``cp run.jsonl run.jsonl-20261130``),
+not a rotated part, and is not read: its records are in that part. zstd has no module in Python 3.11's standard
 library: a zstd file is refused with a one-line error that says how to read it.
 """
 
@@ -67,10 +67,7 @@ def readable_kind(path: str | Path) -> bool:
 
 def plain_file(path: str | Path) -> bool:
     """Is ``path`` a regular file that is not compressed (one that can be read at any offset, and again)?"""
-    if is_stdin(path) or not os.path.isfile(path):
-        return False
-    with open(path, "rb") as handle:
-        return compression(handle.read(HEAD)) is None
+    return not is_stdin(path) and os.path.isfile(path) and file_compression(path) is None
 
 
 def file_compression(path: str | Path) -> str | None:
@@ -203,7 +200,7 @@ def _modified(path: Path) -> int:
 
 
 def saved_logs(directory: Path, note: Callable[[str], None] | None = None) -> list[tuple[Path, list[Path]]]:
-    """:func:`directory_logs` to be read once, to their ends: each log's parts less the copies of the next part
+    """:func:`directory_logs` to be read once, to their ends: each log's parts less the copies of a later part
     (:func:`without_copies`), a log left with one part named by it."""
     logs = []
     for log, parts in directory_logs(directory, note):
@@ -213,11 +210,11 @@ def saved_logs(directory: Path, note: Callable[[str], None] | None = None) -> li
 
 
 def without_copies(parts: Sequence[Path], note: Callable[[str], None] | None = None) -> list[Path]:
-    """A log's ``parts`` (oldest first) less each one that is a copy of the start of the part after it, and
-    ``note`` told of each. A rotation never makes one: logrotate moves or truncates the log, so the next part
-    starts where the older one ended; a backup (``cp run.jsonl run.jsonl-20261130``) would otherwise be read as
-    an older part and its runs judged twice. An empty part is no copy, and one that cannot be read is kept (its
-    read will say why)."""
+    """A log's ``parts`` (oldest first) less each one that is a copy of the start of a later part, and ``note``
+    told of each. A rotation never makes one: logrotate moves or truncates the log, so the next part starts
+    where the older one ended; a backup (``cp run.jsonl run.jsonl-20261130``, dated before or after the rotated
+    parts) would otherwise be read as an older part and its runs judged twice. An empty part is no copy, and one
+    that cannot be read is kept (its read will say why)."""
     kept = []
     for index, older in enumerate(parts[:-1]):
         newer = _copied(older, parts[index + 1 :])
