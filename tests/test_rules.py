@@ -470,6 +470,19 @@ def test_a_run_whose_balance_samples_never_filled_the_window_says_so_and_names_a
     assert not [a for a in rules.replay(ended_run().records).alerts if a.rule == rules.BALANCE_UNMEASURED]
 
 
+def test_the_runs_first_step_losses_are_its_start_when_its_first_balance_sample_came_later():
+    """every_n_steps=50 takes the first balance sample after 49 updates, when an easy task has learned already:
+    from that sample, a task flat since (0.2 -> 0.2) never started, and a starved share made it 'ended starved'.
+    The first balance record carries the losses of step 1 (start_losses): from those it is down to a fifth."""
+    flat = ended_run(loss=lambda epoch: 0.2)
+    assert [a.severity for a in ended_collapses(flat) if a.severity == "error"] == ["error"]
+    flat.records[1].update(start_losses={"pointer": 1.0, "type": 2.0}, start_step=1)
+    assert not [a for a in ended_collapses(flat) if a.severity == "error"]
+    later = ended_run(loss=lambda epoch: 0.2)
+    later.records[1].update(start_losses={"pointer": 1.0, "type": 2.0}, start_step=7)  # a resumed run's: no start
+    assert [a.severity for a in ended_collapses(later) if a.severity == "error"] == ["error"]
+
+
 @pytest.mark.parametrize(
     "log",
     [

@@ -796,3 +796,26 @@ def test_task_losses_in_a_list_are_refused_in_one_line_naming_what_to_pass(hook)
     with pytest.raises(TypeError, match=r"^task losses must be a mapping of task name to loss tensor.*not a list$"):
         getattr(GradientMonitor(every_n_steps=1), hook)(model, losses)
     assert all(p.grad is None for p in model.parameters())  # refused before any backward
+
+
+def test_the_first_balance_record_carries_the_first_steps_losses_when_it_comes_later():
+    """every_n_steps=5: the first balance sample is at step 5, after 4 updates; its record also carries the task
+    losses of step 1 (the run's start, GradNorm's L(0)) and that step. Later records do not."""
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink, first = io.BytesIO(), {}
+    with GradientMonitor(every_n_steps=5, stream=sink) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for _ in range(11):
+            x = torch.randn(8, 6)
+            losses = task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])
+            first = first or {name: float(loss) for name, loss in losses.items()}
+            monitor.backward(model, losses)
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+    balance = [json.loads(line) for line in sink.getvalue().splitlines() if b'"task_balance"' in line]
+    assert [r["step"] for r in balance] == [5, 10]
+    assert balance[0]["start_step"] == 1 and balance[0]["start_losses"] == pytest.approx(first)
+    assert "start_losses" not in balance[1] and "start_step" not in balance[1]

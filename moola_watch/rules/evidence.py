@@ -428,7 +428,19 @@ class Evidence:
             if task not in absent:
                 self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
                 self.run_shares.setdefault(task, RunningStats()).add(share)
+        self._start_losses(record)
         self._losses(self.batch_losses, {t: loss for t, loss in losses.items() if t not in absent}, where)
+
+    def _start_losses(self, record: schema.Record) -> None:
+        """A first balance record taken after the run's first step carries that step's losses (``start_losses``):
+        taken at step 1, they are the run's start, whatever came between."""
+        start: Mapping[str, float] = record.get("start_losses") or {}
+        if not start or record.get("start_step") != 1 or self._start_judged:
+            return
+        self._start_judged = True  # the start is known: no later first losses are taken for it
+        for task, loss in start.items():
+            if math.isfinite(loss) and loss > 0:
+                self.first_losses.setdefault(task, loss)
 
     def _left_out(self, left_out: Iterable[str], measured: Mapping[str, float], where: Where) -> None:
         """A task measured before and left out of this sample (no gradient on the shared parameters) stopped

@@ -188,6 +188,11 @@ class GradientMonitor:
         self._counting_optimizer = False
         self._last_stats_at: tuple[int | None, int] | None = None  # (epoch, step) of the last measurement
         self._last_balance_at: tuple[int | None, int] | None = None
+        # The task losses of the first training step the hooks saw, and its step: the first balance record carries
+        # them (the run's L(0), GradNorm's start) when that record comes later (every_n_steps=50: after 49 updates,
+        # when an easy task has learned already and would look as if it never started). None once recorded.
+        self._start_losses: tuple[dict[str, torch.Tensor | float], int] | None = None
+        self._start_recorded = False
         self._started = False
         self._ended = False
         # The model the hooks were last given, until run_start names it: an epoch's record may come first.
@@ -411,6 +416,9 @@ class GradientMonitor:
             self._one_task_per_call(next(iter(losses)))
         if len(losses) < 2 or not any(getattr(loss, "requires_grad", True) for loss in losses.values()):
             return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
+        if self._start_losses is None and not self._start_recorded:  # detached: no host sync until it is recorded
+            start = {name: loss.detach() if isinstance(loss, torch.Tensor) else loss for name, loss in losses.items()}
+            self._start_losses = (start, self.step)
         if not self.balance_due():
             return None
         self._last_balance_at = (self.epoch, self.step)
@@ -653,6 +661,7 @@ class GradientMonitor:
         fields: dict[str, Any] = {"ratio": balance.ratio} if balance.ratio is not None else {}
         if balance.left_out:  # a task measured before and left out now stopped training the shared layers
             fields["left_out"] = list(balance.left_out)
+        fields.update(self._take_start_losses())
         self._emit(
             schema.TASK_BALANCE,
             epoch=self.epoch,
@@ -667,6 +676,18 @@ class GradientMonitor:
             weights=balance.weights,
             scope=balance.scope,
         )
+
+    def _take_start_losses(self) -> dict[str, Any]:
+        """The first balance record's ``start_losses`` and ``start_step`` (see ``_start_losses``), when the losses
+        were taken at an earlier step than this record's; {} after the first."""
+        if self._start_recorded:
+            return {}
+        self._start_recorded = True
+        start, self._start_losses = self._start_losses, None
+        if start is None or start[1] >= self.step:
+            return {}
+        losses = {name: float(loss) for name, loss in start[0].items() if isinstance(loss, torch.Tensor | float | int)}
+        return {"start_losses": losses, "start_step": start[1]}
 
     def record_weights(self, weights: Mapping[str, float], *, previous: Mapping[str, float], method: str) -> None:
         """Record (and say) that an automatic balancer changed the task loss weights."""
