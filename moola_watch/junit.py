@@ -114,7 +114,7 @@ def unjudged_case(suite: ET.Element, log: str, report: Mapping[str, Any] | None)
     message = UNJUDGED.get(verdict, verdict)
     if verdict == "unreadable" and error:
         message = f"{message}: {error}"
-    elif verdict == "no_such_run":
+    elif verdict in ("no_such_run", "not_a_log"):  # check's own line: which run, or why not (a newer moola's)
         message = error or message
     name = report["run"] if verdict == "no_such_run" and report is not None else "read"
     case = _element(suite, "testcase", classname=log, name=name)

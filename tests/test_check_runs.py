@@ -218,7 +218,8 @@ def test_no_command_passes_a_file_that_is_not_a_log(tmp_path, content):
     assert ("is not a moola log: no valid record (2 bad lines)" if content else "holds no record yet") in once.stderr
     xml = tmp_path / "junit.xml"
     assert check("--junit", xml, path)[0].returncode == 2
-    assert '<error message="not a moola log: no valid record" type="not_a_log"' in xml.read_text()
+    why = f"is not a moola log: no valid record ({2 if content else 0} bad lines)"  # check's own line
+    assert f'<error message="{path} {why}" type="not_a_log"' in xml.read_text(), xml.read_text()
     assert "skipped" not in xml.read_text().replace('skipped="0"', "")
 
 
@@ -249,6 +250,9 @@ def test_a_log_of_a_newer_moola_says_to_upgrade_not_that_it_is_no_log(tmp_path):
     assert folder.returncode == 2 and folder.stderr == f"moola-watch: error: {path} {NEWER}\n", folder.stderr
     # Another tool's lines beside a few of a newer schema: most are not a moola's, so it is not a log.
     path.write_bytes(b"a,b\n1,2\n3,4\n" + newer_moolas_log(tmp_path / "x").read_bytes().splitlines()[0] + b"\n")
+    junit = tmp_path / "junit.xml"
+    assert check("--junit", junit, newer_moolas_log(tmp_path / "y.jsonl"))[0].returncode == 2
+    assert f'<error message="{tmp_path / "y.jsonl"} {NEWER}" type="not_a_log"' in junit.read_text()
     result, _ = check(path)
     assert result.returncode == 2 and "is not a moola log: no valid record (4 bad lines)" in result.stderr
 
