@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.text import Text
 
 from moola_watch import rules, schema
-from moola_watch.analyze import LogScan, alert_json, not_a_log, read_sources
+from moola_watch.analyze import LogScan, alert_json, not_a_log, read_sources, why_not_a_log
 from moola_watch.counts import counted
 from moola_watch.dashboard import FittedDashboard, LogView, ViewOptions, overview, run_dashboard
 from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, exit_code, runs_exit_code, worst
@@ -117,6 +117,7 @@ class Follower:
         self.notifier = notifier
         self._held_notices: list[str] = []  # notices said after the dashboard closes
         self._noted: set[str] = set()  # notes said once (:meth:`_note_once`)
+        self._foreign: set[Path] = set()  # files said to hold lines but no record (said once each)
         self.layers = re.compile(options.layers) if options.layers else None
         self.tails: dict[Path, LogTail | WholeLog] = {}
         self.views: dict[Path, LogView] = {}
@@ -192,6 +193,9 @@ class Follower:
         view = self.views[path]
         if not view.history_read and view.scan.records and not tail.behind:
             view.end_history(self._read_at)  # whenever the file appeared: its first read is its history
+        if not view.scan.records and view.scan.bad_lines and not tail.behind and path not in self._foreign:
+            self._foreign.add(path)  # piped or --json, nothing else would say so until Ctrl-C (the live view does)
+            self._notice(Notice(str(path), "not_a_log", f"{why_not_a_log([view.scan])}; still watching it for records"))
         return changed
 
     def _take(self, path: Path, item: Item) -> bool:

@@ -752,3 +752,22 @@ def test_the_live_view_of_a_file_with_no_record_says_it_is_not_a_log(tmp_path, t
     term.keys("C-c")
     assert term.exit_code() == 0
     term.wait_for(f"{path} is not a moola log: no valid record (")
+
+
+def test_piped_or_json_follow_of_a_file_with_no_record_says_once_it_is_not_a_log(tmp_path):
+    """Without a terminal the dashboard's word is not there: a CSV followed piped said nothing until Ctrl-C. Once
+    its lines are read, one line (or one --json notice) says it is no log, and it is still watched."""
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"a,b\n1,2\n3,4\n")
+    said = "not a moola log: no valid record (3 bad lines); still watching it for records"
+    for extra in ([], ["--json"]):
+        follow = subprocess.Popen([*WATCH.split(), "follow", *extra, str(path)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+        time.sleep(3.0)
+        follow.send_signal(signal.SIGINT)
+        out, err = follow.communicate(timeout=30)
+        if extra:
+            notices = [json.loads(line) for line in out.splitlines() if '"notice"' in line]
+            assert [(n["kind"], n["message"]) for n in notices] == [("not_a_log", said)], out
+        else:
+            assert err.count(said) == 1 and err.startswith(f"moola-watch: {path}: {said}"), err
