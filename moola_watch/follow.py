@@ -193,7 +193,8 @@ class Follower:
         view = self.views[path]
         if not view.history_read and view.scan.records and not tail.behind:
             view.end_history(self._read_at)  # whenever the file appeared: its first read is its history
-        if not view.scan.records and view.scan.bad_lines and not tail.behind and path not in self._foreign:
+        foreign = not view.scan.records and view.scan.bad_lines and not tail.behind and not self.options.once
+        if foreign and path not in self._foreign:  # (--once says it as its error)
             self._foreign.add(path)  # piped or --json, nothing else would say so until Ctrl-C (the live view does)
             self._notice(Notice(str(path), "not_a_log", f"{why_not_a_log([view.scan])}; still watching it for records"))
         return changed

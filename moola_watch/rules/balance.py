@@ -333,7 +333,7 @@ def _window_never_filled(ev: Evidence, record: schema.Record, th: Thresholds) ->
     judges a task on the samples it has (at warning level) where its progress can be told."""
     samples = ev.balance_records
     if not 0 < samples < th.window:
-        counts = {task: stats.count for task, stats in ev.run_shares.items() if stats.count < th.window}
+        counts = {task: held for task, held in ev.sampled_tasks.items() if held < th.window}
         if not counts or not samples:
             return []
         unfilled = sorted(counts)

@@ -6,7 +6,7 @@ The engine feeds every record to :meth:`Evidence.observe` before the rules judge
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -228,7 +228,8 @@ class Evidence:
         self.last_measured: dict[str, Where] = {}  # per task: its latest balance sample
         self.absent_at: int | None = None  # the step of the latest balance sample, if a task measured nothing in it
         self.left_out_since: dict[str, Where] = {}  # tasks measured once, left out of the balance since then
-        self.sampled_tasks: set[str] = set()  # every task a balance record held a norm of, measured or absent
+        # every task a balance record held a norm of, measured or absent (NaN), with how many records held it
+        self.sampled_tasks: Counter[str] = Counter()
         self.left_out_tasks: set[str] = set()  # every task a balance record left out (no gradient on shared layers)
         self.balance_records = 0  # task_balance records, usable or not
         self.epoch_losses = LossSeries(window)
@@ -400,7 +401,7 @@ class Evidence:
         ratio: float | None = record.get("ratio")
         norms: dict[str, float] = record["norms"]
         left_out = record.get("left_out") or ()
-        self.sampled_tasks.update(norms)
+        self.sampled_tasks.update(norms.keys())
         self.left_out_tasks.update(left_out)
         counted = False
         if ratio is not None and not math.isnan(ratio):
