@@ -125,6 +125,7 @@ def ordered_alerts(alerts: Sequence[tuple[str, rules.Alert]]) -> list[tuple[str,
 #: stack in one narrow column (on a 60-column terminal the message was squeezed to one cell a line).
 MESSAGE_MIN_WIDTH = 30
 FIXED_COLUMNS = ("state", "rule", "since", "value")
+RUN_WIDTH = 24  # cells a run id's column folds at
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,17 @@ class AlertsTable:
         """The table for a width of ``width`` cells."""
         fixed = [max((cell_len(line) for row in self.rows for line in row[i].plain.split("\n")), default=0)
                  for i in range(len(self.rows[0]) - 1)] if self.rows else []  # fmt: skip
+        if self.show_run and fixed:
+            fixed[0] = min(fixed[0], RUN_WIDTH)
         wide = width - sum(fixed) - 3 * len(fixed) - 4 >= MESSAGE_MIN_WIDTH  # each column's padding and border
         table = Table(title="Alerts", title_justify="left", expand=True, show_lines=not wide, caption=self.caption)
-        names = (("run",) if self.show_run else ()) + FIXED_COLUMNS
         if wide:
-            for name in names:
+            if self.show_run:  # a run id, from the log: any length
+                table.add_column("run", overflow="fold", max_width=RUN_WIDTH)
+            for name in FIXED_COLUMNS:
                 table.add_column(name, no_wrap=True)
         else:
+            names = (("run",) if self.show_run else ()) + FIXED_COLUMNS
             table.add_column(" / ".join(names), overflow="fold", max_width=max(12, width // 3))
         table.add_column("message / recommendation", ratio=1, overflow="fold")
         for *key, message in self.rows:

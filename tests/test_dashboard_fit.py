@@ -8,7 +8,7 @@ from helpers import REPO
 from logs import LogBuilder
 from rich.console import Console
 
-from moola_watch import dashboard, rules
+from moola_watch import dashboard, render, rules
 from moola_watch.analyze import scan_log
 from moola_watch.dashboard import Fit, FittedDashboard, LogView, Parts, ViewOptions, fit_short, left_out, run_dashboard
 
@@ -150,3 +150,16 @@ def test_at_40_columns_each_short_alert_line_keeps_room_for_its_message(tmp_path
     (collapse,) = [line for line in alerts if "TASK COLLAPSE" in line]
     assert len(screen) <= 24 and all(len(line) <= 40 for line in screen), "\n".join(screen)
     assert collapse.rstrip().endswith(("…", "TASK COLLAPSE:")) or "TASK COLLAPSE: " in collapse, collapse
+
+
+def test_a_long_run_id_folds_in_its_column_and_keeps_analyzes_alerts_table_wide():
+    """analyze's alerts name their run: a 43-character id folds at 24 cells, as before the table learned its
+    narrow layout, instead of taking the room that keeps the four key columns beside the message."""
+    run = "enhanced_simple_lstm-20261130-101332-9713-x"
+    alert = rules.replay(LogBuilder(run).start().grad(1, 0.3, 40.0, {"a": 40.0}).grad(2, 0.3, 40.0, {"a": 40.0})
+                         .records).alerts[0]  # fmt: skip
+    lines = lines_of(Console(width=120, color_system=None), render.alerts_table([(run, alert)], show_run=True))
+    header = next(line for line in lines if "state" in line)
+    assert "┃ state" in header and "message / recommendation" in header, "\n".join(lines)
+    assert all(len(line) <= 120 for line in lines) and any("│ enhanced_simple_lstm-202 │" in line for line in lines)
+    assert not any(run in line for line in lines)  # folded, not whole on one line
