@@ -286,5 +286,5 @@ class Shortened:
             return
         short = copy.copy(self.panel)
         short.height = self.rows + 2  # a Panel crops its body to its height
-        short.subtitle = Text(f"{counted(body - self.rows, 'more row')}", style="dim")
+        short.subtitle = Text(counted(body - self.rows, "more row"), style="dim")
         yield short

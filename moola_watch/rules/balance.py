@@ -426,6 +426,6 @@ RULES = (
     Rule(COLLAPSE, "error", False, frozenset({schema.RUN_END}), _starved_at_the_end,
          "a completed run ended with a task starved: its share of the update below final_share of an equal share "
          "over the last window and final_run_share over the run, its loss above final_rate of its first (a run "
-         "whose samples never filled the window: judged on them, at least 3, as a warning)",
+         f"whose samples never filled the window: judged on them, at least {MIN_END_SAMPLES}, as a warning)",
          outcome=True),
 )  # fmt: skip

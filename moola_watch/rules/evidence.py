@@ -52,16 +52,16 @@ class RunState:
     continues: bool = False  # this log holds the rest of a run begun in another (its run_start is "continued")
     writer: tuple[object, ...] = (None, None, None, None)  # run_start's host, pid, process and log_path, as written
 
-    @property
-    def longest_gap(self) -> float:
-        """The longest wait between two consecutive records so far (seconds), a clock glitch's jump aside."""
-        return max(self.gap_before_last, self.last_gap)
-
     cadence: tuple[int | None, int | None] = (None, None)  # measured every N steps, else every N epochs (run_start)
     first_step: int | None = None  # of the first record that has one
     first_epoch: int | None = None
     began: tuple[int, int | None] | None = None  # run_start's first step and epoch: where its writer began
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def longest_gap(self) -> float:
+        """The longest wait between two consecutive records so far (seconds), a clock glitch's jump aside."""
+        return max(self.gap_before_last, self.last_gap)
 
 
 @dataclass

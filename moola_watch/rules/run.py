@@ -64,16 +64,16 @@ def stale_observation(
 ) -> Observation | None:
     """The stale condition at wall-clock ``now`` (unix seconds), or None while the run is fresh or ended (with
     a run_end, or superseded by a later run in its log); ``longest_gap`` as :func:`stale_after` takes it."""
+    gap = run.longest_gap if longest_gap is None else longest_gap
     if (
         run.status != "running"
         or run.superseded
         or run.continued_in
         or run.last_time is None
-        or now - run.last_time <= stale_after(run, th, longest_gap)
+        or now - run.last_time <= stale_after(run, th, gap)
     ):
         return None
     age = now - run.last_time
-    gap = run.longest_gap if longest_gap is None else longest_gap
     cadence = (f"; its records came at most {human_duration(gap)} apart"
                if STALE_GAPS * gap > th.stale_seconds else "")  # fmt: skip
     return Observation(

@@ -79,6 +79,11 @@ def _quiet(_text: str) -> None:
     """Where a rank other than 0 sends its console lines."""
 
 
+def _one_number(value: object) -> bool:
+    """Whether ``value`` is a plain number or a tensor holding one."""
+    return isinstance(value, float | int) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+
+
 def whole(count: Any) -> Any:
     """An epoch or step as a Python int when it is any integer (numpy, a 0-d integer tensor), so the record
     keeps it; anything else as given, for the record's check to name."""
@@ -190,7 +195,7 @@ class GradientMonitor:
         self._last_balance_at: tuple[int | None, int] | None = None
         # The task losses of the first training step the hooks saw, and its step: the first balance record carries
         # them (the run's L(0), GradNorm's start) when that record comes later (every_n_steps=50: after 49 updates,
-        # when an easy task has learned already and would look as if it never started). None once recorded.
+        # when an easy task has learned already and would look as if it never started).
         self._start_losses: tuple[dict[str, torch.Tensor | float], int] | None = None
         self._start_recorded = False
         self._started = False
@@ -416,7 +421,7 @@ class GradientMonitor:
             self._one_task_per_call(next(iter(losses)))
         if len(losses) < 2 or not any(getattr(loss, "requires_grad", True) for loss in losses.values()):
             return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
-        if self._start_losses is None and not self._start_recorded:  # detached: no host sync until it is recorded
+        if self._start_losses is None:  # detached: no host sync until it is recorded
             start = {name: loss.detach() if isinstance(loss, torch.Tensor) else loss for name, loss in losses.items()}
             self._start_losses = (start, self.step)
         if not self.balance_due():
@@ -683,10 +688,11 @@ class GradientMonitor:
         if self._start_recorded:
             return {}
         self._start_recorded = True
-        start, self._start_losses = self._start_losses, None
+        start = self._start_losses
         if start is None or start[1] >= self.step:
             return {}
-        losses = {name: float(loss) for name, loss in start[0].items() if isinstance(loss, torch.Tensor | float | int)}
+        # (a loss of more than one number, which that step's probe refused, is left out rather than raise here)
+        losses = {name: float(loss) for name, loss in start[0].items() if _one_number(loss)}
         return {"start_losses": losses, "start_step": start[1]}
 
     def record_weights(self, weights: Mapping[str, float], *, previous: Mapping[str, float], method: str) -> None:
