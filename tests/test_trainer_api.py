@@ -819,3 +819,27 @@ def test_the_first_balance_record_carries_the_first_steps_losses_when_it_comes_l
     assert [r["step"] for r in balance] == [5, 10]
     assert balance[0]["start_step"] == 1 and balance[0]["start_losses"] == pytest.approx(first)
     assert "start_losses" not in balance[1] and "start_step" not in balance[1]
+
+
+def test_a_first_step_loss_of_more_than_one_number_is_left_out_of_the_start_losses_and_training_goes_on():
+    """The probe refuses a loss that is not one number (one warning); the first step's losses are recorded later,
+    with the first balance record, and such a loss among them must not raise there: training goes on."""
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink, warned = io.BytesIO(), []
+    with GradientMonitor(every_n_steps=3, stream=sink, warn=warned.append) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for step in range(1, 7):
+            x = torch.randn(8, 6)
+            losses = task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])
+            if step == 1:  # per-sample losses for one task, by mistake
+                losses["reg"] = (model(x)[1] - x[:, 0]).pow(2)
+            monitor.on_before_backward(model, losses)
+            sum(loss.mean() for loss in losses.values()).backward()
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+    balance = [json.loads(line) for line in sink.getvalue().splitlines() if b'"task_balance"' in line]
+    assert [r["step"] for r in balance] == [3, 6]
+    assert balance[0]["start_step"] == 1 and set(balance[0]["start_losses"]) == {"cls"}
