@@ -28,7 +28,7 @@ from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, e
 from moola_watch.notify import Notifier
 from moola_watch.render import stdout_gone
 from moola_watch.rules import AlertEvent, Thresholds
-from moola_watch.sources import directory_logs, file_compression, without_copies
+from moola_watch.sources import UnreadableLog, directory_logs, file_compression, without_copies
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
 from moola_watch.textsafe import inert, json_line
 from moola_watch.writer_process import log_writer_gone
@@ -72,18 +72,31 @@ def alert_event(path: Path, run: str | None, event: AlertEvent, host: str | None
 class WholeLog:
     """A log that cannot grow, read once to its end and decompressed: a compressed file (gzip, bzip2, xz), with the
     rotated parts before it. Polled like a :class:`~moola_watch.tail.LogTail`: about ``BATCH`` items a poll, and
-    :attr:`behind` while more are waiting, so that a big file is not held in memory whole."""
+    :attr:`behind` while more are waiting, so that a big file is not held in memory whole. One of a folder's logs
+    (``in_folder``) that cannot be read on (zstd, damaged data) ends in an ``unreadable`` notice, its records
+    before that kept: the folder's other logs are still followed."""
 
     BATCH = 10_000  # items a poll
 
-    def __init__(self, parts: list[Path], name: str) -> None:
+    def __init__(self, parts: list[Path], name: str, *, in_folder: bool = False) -> None:
+        self.name = name
+        self.in_folder = in_folder
         self._items = read_sources(parts, name, None)
         self.behind = True
 
     def poll(self) -> list[Item]:
         """The next items; none once the file is read. Raises :class:`~moola_watch.sources.UnreadableLog` (zstd,
-        damaged data)."""
-        batch: list[Item] = list(islice(self._items, self.BATCH))
+        damaged data) unless ``in_folder``."""
+        batch: list[Item] = []
+        try:
+            batch.extend(islice(self._items, self.BATCH))
+        except UnreadableLog as exc:
+            if not self.in_folder:
+                raise
+            self._items = iter(())
+            why = str(exc).removeprefix(f"{self.name} ")
+            batch.append(Notice(self.name, "unreadable", f"cannot be read to its end: it {why}; the folder's other "
+                                                         "logs are still followed"))  # fmt: skip
         self.behind = len(batch) == self.BATCH
         return batch
 
@@ -143,7 +156,7 @@ class Follower:
                 self.views[path] = LogView(LogScan(str(path), self.thresholds, overridden=self.options.overridden))
                 if file_compression(path) is not None:  # it cannot grow: read whole, as check reads it
                     parts = [] if from_end else without_copies([*older, path], note=self._note_once)
-                    self.tails[path] = WholeLog(parts, str(path))
+                    self.tails[path] = WholeLog(parts, str(path), in_folder=self.directory is not None)
                     continue
                 self.tails[path] = LogTail(path, from_end=from_end)
                 if older and not from_end:  # its rotated parts first, oldest first: the log as check reads it
@@ -203,6 +216,8 @@ class Follower:
         view = self.views[path]
         events = view.scan.add(item)
         if isinstance(item, Notice):
+            if item.event == "unreadable":
+                view.unreadable = item.message
             self._notice(item)
             return False
         run = None
@@ -303,6 +318,8 @@ class Follower:
             print(
                 f"moola-watch: {inert(notice.path)}: {inert(notice.message, limit=2000)}", file=sys.stderr, flush=True
             )
+        elif notice.event == "unreadable":  # the dashboard shows what was read of it: why no more, after it closes
+            self._held_notices.append(f"{notice.path}: {notice.message}")
 
     def _notify_notices(self, messages: list[str]) -> None:
         """The notifier's notices about its sinks; the dashboard shows none, so there they wait for its end."""
@@ -392,11 +409,12 @@ class Follower:
 
     def exit_code(self) -> int:
         """``check``'s exit code for what was followed (``--run``: that run's): a log of a folder without a valid
-        record (another tool's file, or one still empty) is not a log, as ``check DIR`` says (2)."""
+        record (another tool's file, or one still empty) is not a log, and one that could not be read to its end
+        (damaged compressed data) is not judged, as ``check DIR`` says (2)."""
         wanted = self.options.run
         return worst(
             EXIT_USAGE
-            if wanted is None and not view.scan.records
+            if (wanted is None and not view.scan.records) or view.unreadable
             else exit_code(view.scan, runs, self.options.fail_on, self._bad_lines_allowed(runs))
             for path, view in self.views.items()
             for runs in [self._followed_runs(path, view)]
@@ -414,6 +432,9 @@ class Follower:
         lines = []
         for view in self.views.values():
             scan = view.scan
+            if view.unreadable:
+                lines.append(f"{scan.path} {view.unreadable.partition('; ')[0]}: not judged")
+                continue
             if not scan.records:
                 if self.directory is not None:
                     lines.append(unjudged(scan))

@@ -104,11 +104,12 @@ def _chunks(source: str | Path, size: int) -> Iterator[bytes]:
         if kind == "zstd":
             how = "zstd -dc FILE | moola-watch check -" if is_stdin(source) else f"zstd -d {source}"
             raise UnreadableLog(f"{name} is zstd-compressed, which this Python cannot read: decompress it first: {how}")
-        stream: BinaryIO = raw
+        read = raw.read
         if kind is not None:
-            stream = closing.enter_context(DECOMPRESS[kind](raw))
+            # read1: what one read of the file decompressed to, so the data before damage is given before the error
+            read = closing.enter_context(DECOMPRESS[kind](raw)).read1
         try:
-            while chunk := stream.read(size):
+            while chunk := read(size):
                 yield chunk
         except (EOFError, lzma.LZMAError, zlib.error, OSError) as exc:
             if kind is None:

@@ -771,3 +771,37 @@ def test_piped_or_json_follow_of_a_file_with_no_record_says_once_it_is_not_a_log
             assert [(n["kind"], n["message"]) for n in notices] == [("not_a_log", said)], out
         else:
             assert err.count(said) == 1 and err.startswith(f"moola-watch: {path}: {said}"), err
+
+
+def test_a_damaged_compressed_log_in_a_followed_folder_is_said_and_the_rest_still_followed(tmp_path):
+    """A review's case: one damaged gzip file (named ``*.jsonl``) in a folder ended ``follow DIR`` with a usage error,
+    the other logs unjudged. Now its records before the damage are kept, one notice says why no more, ``--once``
+    exits 2 (as ``check DIR``), and live the folder's other logs are still followed."""
+    damaged = LogBuilder().start()
+    for epoch in range(1, 41):
+        damaged.grad(epoch, 0.3, 0.4, {"a": 0.3, "b": 0.4}).epoch(epoch)
+    whole = gzip.compress(b"".join(damaged.end().lines()))
+    (tmp_path / "damaged.jsonl").write_bytes(whole[: len(whole) * 2 // 3])
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(b"".join(LogBuilder().start().grad(1, 0.3, 0.4, {"a": 0.3, "b": 0.4}).epoch(1).lines()))
+    once = follow_once("--once", "--json", tmp_path)
+    assert once.returncode == 2, once.stderr
+    lines = [json.loads(line) for line in once.stdout.splitlines()]
+    notices = [(n["log"], n["kind"]) for n in lines if n["event"] == "notice"]
+    assert notices == [(str(tmp_path / "damaged.jsonl"), "unreadable")], lines
+    logs = {Path(log["log"]).name: log for log in lines[-1]["logs"]}
+    assert set(logs) == {"damaged.jsonl", "good.jsonl"} and logs["good.jsonl"]["records"] == 3
+    assert 1 < logs["damaged.jsonl"]["records"] < 82, logs["damaged.jsonl"]  # those before the damage
+    said = follow_once("--once", tmp_path)
+    assert said.returncode == 2 and "damaged.jsonl: cannot be read to its end: it is gzip-compressed" in said.stderr
+    assert f"{tmp_path / 'damaged.jsonl'} cannot be read to its end" in said.stdout and "not judged" in said.stdout
+    follow = subprocess.Popen([*WATCH.split(), "follow", str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO)  # fmt: skip
+    time.sleep(3.0)
+    with good.open("ab") as out:  # the live log goes on: its exploding layer is still told
+        out.write(b"".join(LogBuilder().grad(2, 0.3, 40.0, {"a": 0.3, "b": 40.0}).lines()))
+    time.sleep(3.0)
+    follow.send_signal(signal.SIGINT)
+    out, err = follow.communicate(timeout=30)
+    assert "Exploding gradients in 1 layer" in out and "[good.jsonl]" in out, (out, err)
+    assert err.count("cannot be read to its end") == 1, err

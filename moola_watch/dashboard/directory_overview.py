@@ -63,6 +63,9 @@ class Overview:
         name = Path(view.scan.path).name  # file names, not paths: the directory is one for all of them
         log = MiddleCut(text(name))
         if not view.scan.engines:
+            if view.unreadable:  # damaged compressed data before any record
+                return [{"log": log, "run": Text("-"), "status": Text("unreadable", style="red"), "records": Text("0"),
+                         "worst alert": Text(view.unreadable.partition("; ")[0], style="red")}]  # fmt: skip
             if view.scan.bad_lines:  # whole lines, none of them a record: another tool's file, not a log yet to come
                 return [{"log": log, "run": Text("-"), "status": Text("not a log", style="red"), "records": Text("0"),
                          "worst alert": Text(why_not_a_log([view.scan]), style="red")}]  # fmt: skip

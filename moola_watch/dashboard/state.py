@@ -69,6 +69,7 @@ class LogView:
     history_gaps: dict[str, float] = field(default_factory=dict)
     live_gaps: dict[str, float] = field(default_factory=dict)
     last_arrival: dict[str, float] = field(default_factory=dict)  # per run, when its latest live record came
+    unreadable: str | None = None  # why it could not be read on (damaged compressed data): no more will come
 
     def observe(self, record: schema.Record, arrived: float) -> None:
         """Take a record read at ``arrived`` (unix seconds, the watcher's clock)."""
