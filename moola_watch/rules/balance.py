@@ -238,12 +238,21 @@ def _collapse_observation(ev: Evidence, dominance: Dominance, th: Thresholds) ->
     if severity != "error" and not dominance.beyond:
         return None
     span = ev.window_span()
+    action = _weights_fix(ev, dominance, dominance.action)
+    if severity != "error":  # the words say the task still learns (or cannot tell yet): no "Urgent" beside them
+        action = f"Not urgent while the {dominance.starved} task learns; if it stalls: {_unurged(action)}"
     return Observation(
         severity, dominance.ratio,
         f"TASK COLLAPSE: {dominance.text} over {counted(len(ev.balance_steps), 'sample')}"
         f"{f' ({span})' if span else ''}; {words}",
-        _weights_fix(ev, dominance, dominance.action), settles=learned,
+        action, settles=learned,
     )  # fmt: skip
+
+
+def _unurged(action: str) -> str:
+    """``action`` without the spec's "Urgent: ", its first letter lower case (it follows other words)."""
+    rest = action.removeprefix("Urgent: ")
+    return rest[:1].lower() + rest[1:]
 
 
 def _collapse_pair(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
