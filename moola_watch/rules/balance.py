@@ -69,10 +69,21 @@ def _imbalance(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     ))]  # fmt: skip
 
 
+#: A recommended change beyond this factor is a first estimate: the gradients it is computed from shift once the
+#: tasks train differently (a starved task's gradient is small because it starves). An outside review's run,
+#: ratio 3,618, told to raise a weight 1,800x, flipped into the opposite collapse; changes of 60-90x worked.
+LARGE_CHANGE = 10.0
+
+
+def significant(value: float) -> str:
+    """``value`` to two significant figures without an exponent where one is not needed (110, not 1.1e+02)."""
+    return f"{float(f'{value:.2g}'):g}"
+
+
 def _weight(task: str, value: float, factor: float, flags: Mapping[str, str]) -> str:
     flag = flags.get(task)
     name = f"`{flag}`" if flag else f"the {task} loss weight"
-    return f"{name} {value * factor:.2g} (from {value:g})"
+    return f"{name} {significant(value * factor)} (from {value:g})"
 
 
 def weight_fix(
@@ -82,23 +93,30 @@ def weight_fix(
     """Concrete weights that bring the window's ratio (dominant / starved weighted gradient norm, linear in
     each weight) down to ``target``, the healthy band's edge: the smallest change that makes the window
     healthy (a starved task that recovers takes a bigger share by itself, so aiming further overshoots).
-    ``dominant`` None (more than two tasks, where which task dominates changes from sample to sample and lowering
-    one can starve another): the starved task's weight raised against all the others alike, every weight then
-    scaled so that their sum stays (raising one weight alone by a large factor scales the whole update by it,
-    which can make the gradients explode). ``flags`` name the weights by command-line flag. '' when the weights
-    are not recorded, the ratio is infinite, or the change would not show in two significant figures."""
+    Of two tasks, lowering the dominant weight or raising the starved one; of more, lowering the ``dominant``
+    one alone (raising the starved task's weight alone would make it dominate the third). ``dominant`` None
+    (more than two tasks, where which task dominates changes from sample to sample and lowering one can starve
+    another): the starved task's weight raised against all the others alike, every weight then scaled so that
+    their sum stays (raising one weight alone by a large factor scales the whole update by it, which can make
+    the gradients explode). A change beyond ``LARGE_CHANGE`` says it is a first estimate. ``flags`` name the
+    weights by command-line flag. '' when the weights are not recorded, the ratio is infinite, or the change
+    would not show in two significant figures."""
     factor, flags = ratio / target, flags or {}
     if starved not in weights or not math.isfinite(factor) or not factor > 0:
         return ""
-    if f"{weights[starved] * factor:.2g}" == f"{weights[starved]:.2g}":
+    if significant(weights[starved] * factor) == significant(weights[starved]):
         return ""  # a window at the band's edge: no change shows at the precision a weight is given in
     if dominant is None:
-        return _sum_kept(starved, factor, weights, flags) + f" to bring the ratio {ratio:.2f} to {target:.2g}"
-    raise_starved = _weight(starved, weights[starved], factor, flags)
-    if dominant not in weights:
+        fix = _sum_kept(starved, factor, weights, flags)
+    elif dominant not in weights:
         return ""
-    return (f"set {_weight(dominant, weights[dominant], 1 / factor, flags)} or {raise_starved} to bring the ratio "
-            f"{ratio:.2f} to {target:.2g}")  # fmt: skip
+    else:
+        fix = f"set {_weight(dominant, weights[dominant], 1 / factor, flags)}"
+        if len(weights) <= 2:
+            fix += f" or {_weight(starved, weights[starved], factor, flags)}"
+    caution = (f"; {significant(factor)}x is a first estimate (the gradients shift once the tasks train "
+               "differently): re-check the balance after it" if factor > LARGE_CHANGE else "")  # fmt: skip
+    return f"{fix} to bring the ratio {ratio:.2f} to {target:.2g}{caution}"
 
 
 def _sum_kept(starved: str, factor: float, weights: Mapping[str, float], flags: Mapping[str, str]) -> str:
@@ -106,11 +124,11 @@ def _sum_kept(starved: str, factor: float, weights: Mapping[str, float], flags: 
     total = math.fsum(weights.values())
     kept = total / (total + weights[starved] * (factor - 1))
     listed = ", ".join(
-        f"{flags.get(task, task)} {value * kept * (factor if task == starved else 1.0):.2g} (from {value:g})"
+        f"{flags.get(task, task)} {significant(value * kept * (factor if task == starved else 1.0))} (from {value:g})"
         for task, value in weights.items()
     )
-    kept_words = (f"the {starved} weight raised {factor:.2g}x against the others (each kept in proportion to the "
-                  f"rest), their sum kept at {total:g}")  # fmt: skip
+    kept_words = (f"the {starved} weight raised {significant(factor)}x against the others (each kept in proportion "
+                  f"to the rest), their sum kept at {total:g}")  # fmt: skip
     return f"set the loss weights {listed}: {kept_words},"
 
 
@@ -203,10 +221,15 @@ def task_dominance(ev: Evidence, task: str, th: Thresholds) -> Dominance | None:
     dominant = others[0] if len(others) == 1 else _lowerable_leader(ev, task, mean, th)
     beyond = mean > th.collapse_high
     bound = th.collapse_high if beyond else th.balance_high
-    lower = f", or lower the {dominant} task's" if dominant else ""
+    if dominant is None:
+        action = f"Urgent: raise the weight of the {task} loss against the others"
+    elif others == [dominant]:
+        action = f"Urgent: raise the weight of the {task} loss, or lower the {dominant} task's"
+    else:  # raising the starved task's weight alone would make it dominate the third
+        action = f"Urgent: lower the weight of the {dominant} loss"
     return Dominance(task, dominant, mean, th.balance_high,
                      f"{task} task dominated (largest task gradient / its gradient = {mean:.2f} > {bound})", beyond,
-                     f"Urgent: raise the weight of the {task} loss{lower}")  # fmt: skip
+                     action)  # fmt: skip
 
 
 def _lowerable_leader(ev: Evidence, task: str, mean: float, th: Thresholds) -> str | None:
