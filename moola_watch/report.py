@@ -62,6 +62,14 @@ def _sampled(frame: pd.DataFrame, rows: int = TREND_ROWS, keep: pd.Series | None
     return frame.iloc[sorted(positions)]
 
 
+def sampled_title(title: str, shown: pd.DataFrame, whole: pd.DataFrame, what: str) -> str:
+    """``title``, and how many of the ``whole`` rows are ``shown`` where not all (a reader must not take 12 rows
+    for the whole run): ``what`` names a row ("record", "sample")."""
+    if len(shown) == len(whole):
+        return title
+    return f"{title}: {len(shown)} of {counted(len(whole), what)}, evenly spaced (analyze --csv DIR has all)"
+
+
 def count(value: object) -> str:
     """An epoch or step for a table: the whole number, ``-`` when the record had none."""
     return "-" if value is None or pd.isna(value) else str(int(value))  # type: ignore[call-overload]
@@ -186,7 +194,7 @@ def gradient_trend(
     caption = _trend_lines(
         grad, "mean_norm", "mean norm trend (log scale)", labels, runs or list(map(str, grad["run"].unique()))
     )
-    return FittedTable("Gradient norms", columns, caption)
+    return FittedTable(sampled_title("Gradient norms", frame, grad, "record"), columns, caption)
 
 
 def layers_table(
@@ -320,7 +328,7 @@ def balance_trend(
         balance, "ratio", f"ratio trend (log scale, {band})", labels, runs or list(map(str, balance["run"].unique()))
     )
     caption += [Text(f"{status} → {action}") for status, action in actions.items()]
-    return FittedTable("Task balance (pointer/type)", columns, caption)
+    return FittedTable(sampled_title("Task balance (pointer/type)", frame, balance, "sample"), columns, caption)
 
 
 def _window_means_per_run(balance: pd.DataFrame, thresholds: rules.Thresholds) -> list[float | None]:
@@ -347,7 +355,7 @@ def tasks_trend(balance: pd.DataFrame, labels: Mapping[str, str] | None = None) 
         *([Column("loss weights", list(weights), justify="right")] if weights else []),
     ]
     title = f"Task balance, {counted(len(tasks), 'task')} (gradient norm / share of the update)"
-    return FittedTable(title, columns)
+    return FittedTable(sampled_title(title, frame, balance, "sample"), columns)
 
 
 def _task_column(task: str, rows: list[dict]) -> Column:

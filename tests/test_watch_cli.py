@@ -126,6 +126,8 @@ def test_analyze_tables_keep_a_nan_step_name_each_run_and_print_epochs_whole(tmp
     result = run_cli("moola_watch.cli", "analyze", str(log), env={"COLUMNS": "150"})
     table = result.stdout.split("Gradient norms", 1)[1].split("mean norm trend", 1)[0]
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]
+    # a review's case: 12 rows of 20 read as the whole run; the title says they are some of them
+    assert f"Gradient norms: {len(rows)} of 80 records, evenly spaced (analyze --csv DIR has all)" in result.stdout
     header = [cell.strip() for cell in table.splitlines()[2].split("┃")[1:-1]]
     assert header[:3] == ["run", "epoch", "step"], header
     by_step = {(row[0], row[2]): row for row in rows}
