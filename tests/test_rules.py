@@ -595,3 +595,27 @@ def test_exploding_advice_knows_the_trainer_already_clips():
     assert advice({"max_grad_norm": 1.0}).startswith("These norms are before the trainer's clip at 1:")
     assert "raise --exploding" in advice({"gradient_clip_val": 0.5})
     assert advice({"gradient_clip_val": None}) == advice({"max_grad_norm": 0}) == advice({})
+
+
+def test_a_collapse_judged_on_batch_losses_says_so_and_a_negative_share_is_put_in_words():
+    """A review's case: window losses from single batches read "profile loss 0.487 -> 1.15 (+135%)", as if the loss
+    had blown up; and "-0.4% of the update" said nothing of what a negative share is."""
+    log = LogBuilder()
+    log.add("run_start", model="MultiTask", parameters=[], config={})
+    for i in range(1, 21):  # no epoch records: the balance samples' one-batch losses are the only ones
+        log.add("task_balance", epoch=i, step=i * 10, norms={"digit": 1.0, "profile": 0.01},
+                shares={"digit": 1.004, "profile": -0.004}, losses={"digit": 2.0 * 0.9**i, "profile": 1.0},
+                weights={"digit": 1.0, "profile": 1.0})  # fmt: skip
+    (collapse,) = [a for a in collapse_alerts(rules.replay(log.records)) if a.subject == "profile"]
+    assert collapse.severity == "error" and "profile batch loss (each the mean of 3 batches) 1 -> 1 (+0.0%)" in (
+        collapse.message
+    ), collapse.message
+    assert "-0.4% of the update (its gradient pulls against it)" in collapse.message
+    log.epoch(21, task_losses={"digit": 0.2, "profile": 1.0})  # epoch means, once there are enough, are "loss"
+    for i in range(22, 28):
+        log.epoch(i, task_losses={"digit": 0.2, "profile": 1.0})
+        log.add("task_balance", epoch=i, step=i * 10, norms={"digit": 1.0, "profile": 0.01},
+                shares={"digit": 0.9, "profile": 0.001}, losses={"digit": 0.2, "profile": 1.0},
+                weights={"digit": 1.0, "profile": 1.0})  # fmt: skip
+    (collapse,) = [a for a in collapse_alerts(rules.replay(log.records)) if a.subject == "profile"]
+    assert "profile loss 1 -> 1 (+0.0%)" in collapse.message and "batch loss" not in collapse.message

@@ -132,6 +132,11 @@ def _sum_kept(starved: str, factor: float, weights: Mapping[str, float], flags: 
     return f"set the loss weights {listed}: {kept_words},"
 
 
+def update_share(share: float) -> str:
+    """'1.6% of the update'; a negative share (the task's gradient points against the step taken) says so."""
+    return f"{share:.1%} of the update" + (" (its gradient pulls against it)" if share < 0 else "")
+
+
 def _change(fraction: float) -> str:
     """A loss change in percent, to a tenth under 10% (so that -1.8% is not shown as the -2% a 2% bound
     compares with)."""
@@ -153,9 +158,9 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
         unknown = f"not enough per-task losses recorded yet to tell whether the {task} task still learns"
         return "warning", f"gradients dominated; {unknown}", False
     share = ev.mean_share(task)
-    share_words = f"{share:.1%} of the update" if share is not None else "its share of the update not recorded"
+    share_words = update_share(share) if share is not None else "its share of the update not recorded"
     others = ", ".join(f"{p.task} {_change(p.change)}" for p in progress.values() if p.task != task)
-    figures = (f"{task} loss {own.earlier:.3g} -> {own.recent:.3g} ({_change(own.change)}) from {own.span} "
+    figures = (f"{task} {own.measure} {own.earlier:.3g} -> {own.recent:.3g} ({_change(own.change)}) from {own.span} "
                f"[{others}], {share_words}")  # fmt: skip
     learned = own.rate is not None and own.rate <= th.starve_rate
     if own.change <= -th.starve_drop:
@@ -415,7 +420,7 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
         if own.rate is None:  # the run's start is unknown: whether the task learned cannot be told, so say that
             findings.append((task, Observation(
                 "warning", share,
-                f"POSSIBLE TASK COLLAPSE: the run ended with the {task} task getting {share:.1%} of the update over "
+                f"POSSIBLE TASK COLLAPSE: the run ended with the {task} task getting {update_share(share)} over "
                 f"its last {len(ev.shares[task])} balance samples ({ev.window_span() or 'steps unknown'}), "
                 f"{run_share.mean:.1%} over the run (an equal share: {equal:.0%}); whether it had learned cannot be "
                 f"told: {ev.start_unknown}",
@@ -431,7 +436,7 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
                      f"{th.window})" if short else "TASK COLLAPSE")  # fmt: skip
             findings.append((task, Observation(
                 "warning" if short else "error", share,
-                f"{title}: {dominated}the run ended with the {task} task starved: {share:.1%} of the update "
+                f"{title}: {dominated}the run ended with the {task} task starved: {update_share(share)} "
                 f"over its last {len(ev.shares[task])} balance samples ({ev.window_span() or 'steps unknown'}), "
                 f"{run_share.mean:.1%} over the run (an equal share: {equal:.0%}), and its training loss still "
                 f"{own.rate:.0%} of its first ({own.start:.3g} -> {own.recent:.3g})",

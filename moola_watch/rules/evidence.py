@@ -121,6 +121,12 @@ class TaskProgress:
     recent: float
     start: float
     span: str
+    per_batch: bool = False  # from the balance samples' one-batch losses (noisy), not from epoch means
+
+    @property
+    def measure(self) -> str:
+        """What the losses are, in words: 'loss' (epoch means), or 'batch loss' with how many batches each is."""
+        return f"batch loss (each the mean of {RECENT_SAMPLES} batches)" if self.per_batch else "loss"
 
     @property
     def change(self) -> float:
@@ -137,7 +143,8 @@ class TaskProgress:
 class LossSeries:
     """The last ``window`` per-task training losses from one kind of record, and where each was taken."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, *, per_batch: bool = False) -> None:
+        self.per_batch = per_batch
         self.samples: deque[dict[str, float]] = deque(maxlen=max(window, 2 * RECENT_SAMPLES))
         self.where: deque[str] = deque(maxlen=self.samples.maxlen)
 
@@ -164,6 +171,7 @@ class LossSeries:
                 recent=_mean(s[task] for s in last),
                 start=start.get(task),
                 span=span,
+                per_batch=self.per_batch,
             )
             for task in self.samples[-1]
             if all(task in s for s in (*first, *last))
@@ -233,7 +241,7 @@ class Evidence:
         self.left_out_tasks: set[str] = set()  # every task a balance record left out (no gradient on shared layers)
         self.balance_records = 0  # task_balance records, usable or not
         self.epoch_losses = LossSeries(window)
-        self.batch_losses = LossSeries(window)
+        self.batch_losses = LossSeries(window, per_batch=True)
         self.first_losses: dict[str, float] = {}  # each task's first usable training loss in the run
         # Why the run's first losses are not its start (None: they are): it began late, or was read from its middle.
         self.start_unknown: str | None = None
