@@ -43,6 +43,7 @@ from moola_watch.options import (
     thresholds_from,
 )
 from moola_watch.render import stdout_gone
+from moola_watch.repeats import fold_resolved_repeats
 from moola_watch.rules import Thresholds, position, verdict_severity
 from moola_watch.textsafe import inert, json_line
 
@@ -251,11 +252,16 @@ def _print_check(
              f"thresholds: {about['thresholds_from']}")  # fmt: skip
         if metrics:  # what the run's own held-out metrics say, next to the verdict
             line(f"    last epoch's metrics: {metrics}")
-        for _run, alert in scan.alerts([run]):
+        for told in fold_resolved_repeats([alert for _run, alert in scan.alerts([run])]):
+            alert = told.alert
             since = position(alert.first_epoch, alert.first_step)
             counts = verdict_severity(alert)
-            recovered = f" (recovered: counts as a {counts})" if counts != alert.severity else ""
-            line(f"    {alert.severity:<8} {alert.state:<8} {alert.rule} ({alert.subject}) since {since}{recovered}: "
+            notes = [f"recovered: counts as a {counts}"] if counts != alert.severity else []
+            if told.last is not None:  # a flapping rule: its later episodes, each resolved, in a few words
+                last = position(told.last.first_epoch, told.last.first_step)
+                notes.append(f"then {counted(told.again, 'more time')}, the last since {last}, each resolved")
+            noted = f" ({'; '.join(notes)})" if notes else ""
+            line(f"    {alert.severity:<8} {alert.state:<8} {alert.rule} ({alert.subject}) since {since}{noted}: "
                  f"{alert.message} -> {alert.recommendation}")  # fmt: skip
 
 

@@ -228,7 +228,8 @@ def test_analyze_at_80_columns_stays_readable() -> None:
     layers = {"encoder.weight_ih_l0_reverse", "encoder.weight_hh_l0_reverse", "encoder.bias_ih_l0_reverse"}
     assert all(any(f" {name} " in line for line in lines) for name in layers)  # never folded
     start = next(i for i, line in enumerate(lines) if line.startswith("Task balance"))
-    rows = [line for line in lines[start + 4 : start + 16]]
+    start = next(i for i in range(start, len(lines)) if lines[i].startswith("┡"))  # the title may take two lines
+    rows = [line for line in lines[start + 1 : start + 13]]
     assert all(re.match(r"│ +\d+ │ +\d+ │", row) for row in rows), rows  # one line per sample
     assert "Task collapse → Urgent: increase alpha by 2x or decrease beta by 0.5x" in result.stdout
 
