@@ -104,17 +104,37 @@ def _chunks(source: str | Path, size: int) -> Iterator[bytes]:
         if kind == "zstd":
             how = "zstd -dc FILE | moola-watch check -" if is_stdin(source) else f"zstd -d {source}"
             raise UnreadableLog(f"{name} is zstd-compressed, which this Python cannot read: decompress it first: {how}")
-        read = raw.read
-        if kind is not None:
-            # read1: what one read of the file decompressed to, so the data before damage is given before the error
-            read = closing.enter_context(DECOMPRESS[kind](raw)).read1
         try:
-            while chunk := read(size):
-                yield chunk
+            if kind is None:
+                while chunk := raw.read(size):
+                    yield chunk
+            else:
+                yield from _gathered(closing.enter_context(DECOMPRESS[kind](raw)).read1, size)
         except (EOFError, lzma.LZMAError, zlib.error, OSError) as exc:
             if kind is None:
                 raise
             raise UnreadableLog(f"{name} is {kind}-compressed, but its data is damaged or cut short ({exc})") from None
+
+
+def _gathered(read1: Callable[[int], bytes], size: int) -> Iterator[bytes]:
+    """Chunks of about ``size`` bytes gathered from ``read1`` (what one read of a compressed file decompressed
+    to): where the data is damaged, what was decompressed before the damage is given before the error (a
+    ``read(size)`` that fails keeps what it had), and the chunks stay large for the line decoder."""
+    pieces: list[bytes] = []
+    held = 0
+    try:
+        while piece := read1(size):
+            pieces.append(piece)
+            held += len(piece)
+            if held >= size:
+                yield b"".join(pieces)
+                pieces, held = [], 0
+    except Exception:
+        if pieces:
+            yield b"".join(pieces)
+        raise
+    if pieces:
+        yield b"".join(pieces)
 
 
 #: How each compressed format is read (closing one leaves the file under it open).
