@@ -200,11 +200,15 @@ class FrameColumns:
         return {"grad": pd.DataFrame(grad), "layers": self._layers(grad), **self.measurements()}
 
     def measurements(self, *, nan_as_text: bool = False) -> dict[str, pd.DataFrame]:
-        """The ``balance`` and ``epochs`` tables; ``nan_as_text``: see :func:`table`."""
-        return {
-            "balance": table(self.balance, self.BALANCE, nan_as_text=nan_as_text),
-            "epochs": table(self.epochs, self.EPOCH, nan_as_text=nan_as_text),
-        }
+        """The ``balance`` and ``epochs`` tables; ``nan_as_text``: see :func:`table`. Otherwise every column but
+        the run and the balance's scope is one of numbers (float64) where its values are numbers or missing: a
+        column a log never filled (``val_loss``, the pointer/type ``ratio`` of other tasks) is NaN, not ``None``
+        objects that ``describe()`` counts as text."""
+        balance = table(self.balance, self.BALANCE, nan_as_text=nan_as_text)
+        epochs = table(self.epochs, self.EPOCH, nan_as_text=nan_as_text)
+        if nan_as_text:
+            return {"balance": balance, "epochs": epochs}
+        return {"balance": numbers(balance, text=("run", "scope")), "epochs": numbers(epochs, text=("run",))}
 
 
 class GroupColumns:
@@ -289,6 +293,19 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str], *, nan_as_text: bo
         frame = pd.DataFrame(rows)
     positions = {name: "Int64" for name in POSITION_COLUMNS if name in frame}
     return frame.astype(positions) if positions else frame
+
+
+def numbers(frame: pd.DataFrame, text: Sequence[str]) -> pd.DataFrame:
+    """``frame`` with each column of objects that hold only numbers and missing values (None) as float64, but
+    the ``text`` ones; a column holding anything else (a string, a bool, a list) is left as it is."""
+    cast = {
+        column: "float64"
+        for column in frame.columns
+        if column not in text
+        and frame[column].dtype == object
+        and all(value is None or (type(value) in (int, float)) for value in frame[column])
+    }
+    return frame.astype(cast) if cast else frame
 
 
 def nan_text(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

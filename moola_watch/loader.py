@@ -29,11 +29,14 @@ class NotALogError(ValueError):
     """A file with not one valid record: another tool's file, or no log at all (``check`` exits 2 on it)."""
 
 
-def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd.DataFrame]:
+def load(path: str | Path, thresholds: Thresholds | Mapping[str, float] | None = None) -> dict[str, pd.DataFrame]:
     """The DataFrames of one log, or of every ``*.jsonl`` in a directory, by table name (see :data:`TABLES`).
 
     The same tables ``moola-watch analyze --csv`` writes, each with a ``log`` column first (the file a row came
-    from), so one call gives a whole sweep. ``thresholds`` as ``--config`` would set them (default: the spec's).
+    from), so one call gives a whole sweep. Each run is judged by the thresholds its ``run_start`` recorded, as
+    ``check`` judges it, unless ``thresholds`` says otherwise: a :class:`Thresholds` judges every run by all of its
+    values; a mapping of threshold names to values (``{"window": 20}``) overrides those alone, as ``--config`` or a
+    flag does. Raises ``ValueError`` for an unknown name or a value out of range.
     A log compressed with gzip, bzip2 or xz (``run.jsonl.gz``) is read decompressed, whatever its name; in a
     directory, a rotated log's parts (``run.jsonl.1``, ``run.jsonl``) are read oldest first as one log (those of a
     log with numbered and dated parts by when each was last modified, and a warning says so). Raises
@@ -41,13 +44,18 @@ def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd
     :class:`NotALogError` when the file holds not one valid record (as ``check`` calls it "not a moola log");
     such a file in a directory is skipped with a warning, unless no file there is a log.
     """
+    if isinstance(thresholds, Thresholds):
+        chosen, overridden = thresholds, Thresholds.names()
+    else:
+        chosen, overridden = Thresholds.from_mapping(thresholds or {}), frozenset(thresholds or ())
     path = Path(path)
     logs = saved_logs(path, note=_note) if path.is_dir() else [(path, [path])]
     if not logs:
         raise FileNotFoundError(f"no *.jsonl log in {path}")
     per_log, foreign = [], []
     for log, parts in logs:  # a rotated log's parts oldest first, as one log (as check reads a folder)
-        scan = analyze.scan_log(log, thresholds, parts=parts if len(parts) > 1 else None, frames=True)
+        scan = analyze.scan_log(log, chosen, parts=parts if len(parts) > 1 else None, overridden=overridden,
+                                frames=True)  # fmt: skip
         if not scan.records:
             foreign.append(NotALogError(analyze.not_a_log(log, [scan])))
             continue

@@ -277,3 +277,42 @@ def test_a_nan_norm_is_nan_in_the_grad_and_layers_csv_as_inf_is_inf(tmp_path: Pa
     ]  # fmt: skip
     frames = moola_watch.load(tmp_path / "log.jsonl")  # numbers, as pandas has them
     assert frames["grad"]["total_norm"].dtype == frames["layers"]["norm"].dtype == "float64"
+
+
+def test_load_judges_with_the_thresholds_given_over_those_the_run_recorded() -> None:
+    """A review's case: ``load(path, thresholds=Thresholds(window=3))`` gave the same alerts as without it on every
+    log the trainer wrote (its run_start records thresholds, and those won); the README says it judges with them."""
+    from moola_watch.rules import Thresholds
+
+    log = REPO / "sample_logs" / "pointer_collapse.jsonl"
+    recorded = moola_watch.load(log)
+    assert (
+        "exploding" in set(recorded["alerts"]["rule"])
+        and "recorded in run_start" in recorded["runs"].iloc[0]["thresholds_from"]
+    )
+    given = moola_watch.load(log, thresholds=Thresholds(exploding=1000.0))  # every value, as given
+    assert "exploding" not in set(given["alerts"]["rule"])
+    assert given["runs"].iloc[0]["thresholds_from"].startswith("as given")
+    window = moola_watch.load(log, thresholds={"window": 3})  # that one alone; the rest as the run recorded them
+    first = [frames["alerts"].query("rule == 'collapse'")["first_step"].min() for frames in (window, recorded)]
+    assert first[0] < first[1] and "exploding" in set(window["alerts"]["rule"])
+    assert window["runs"].iloc[0]["thresholds_from"].startswith("recorded in run_start, except window")
+    with pytest.raises(ValueError, match="unknown threshold"):
+        moola_watch.load(log, thresholds={"windw": 3})
+
+
+def test_a_column_of_numbers_is_numbers_even_where_no_record_filled_it(tmp_path: Path) -> None:
+    """A review's case: tasks other than pointer/type left ``balance.ratio`` and ``cosine``, and a loop without a
+    validation loss left ``epochs.val_loss``, ``lr`` and ``duration_s``, as objects holding None; the README's
+    ``groupby("log")["ratio"].describe()`` then counted text (count/unique/top/freq)."""
+    log = LogBuilder().start()
+    for epoch in range(1, 4):
+        log.add("task_balance", epoch=epoch, step=epoch * 10, norms={"cls": 1.0, "reg": 0.5},
+                shares={"cls": 0.7, "reg": 0.3})  # fmt: skip
+        log.epoch(epoch, task_losses={"cls": 0.5, "reg": 0.4})
+    frames = moola_watch.load(log.end().write(tmp_path / "two-tasks.jsonl"))
+    for name, columns in (("balance", ["ratio", "cosine", "norm_cls", "share_reg"]),
+                          ("epochs", ["train_loss", "val_loss", "lr", "duration_s"])):  # fmt: skip
+        assert all(frames[name][column].dtype == "float64" for column in columns), frames[name].dtypes
+    assert list(frames["balance"]["run"]) == ["run-1"] * 3  # text stays text
+    assert list(frames["balance"].groupby("log")["ratio"].describe().columns)[:2] == ["count", "mean"]

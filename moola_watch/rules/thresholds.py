@@ -82,6 +82,8 @@ def run_thresholds(
     win except where overridden; recorded names this watcher does not know are ignored (a newer trainer), and
     an unusable recorded set falls back to the watcher's with the reason.
     """
+    if overridden >= Thresholds.names():  # every one chosen (moola_watch.load given a Thresholds)
+        return chosen, "as given (every threshold; the run's recorded ones not used)"
     if not recorded:
         return chosen, "watcher defaults (the run recorded none)" + _overrides(overridden)
     known = {k: v for k, v in recorded.items() if k in Thresholds.names() and k not in overridden}
