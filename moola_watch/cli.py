@@ -438,6 +438,26 @@ def log_files(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, list[Path]]
     return files, parts
 
 
+#: The options that name a file a command writes (report's -o, check's --junit), by their dest and flag.
+OUTPUT_FILES = {"output": "-o/--output", "junit": "--junit"}
+
+
+def refuse_overwriting_logs(args: argparse.Namespace) -> None:
+    """A usage error, before anything is read or written, when a file a command would write is one of the logs it
+    reads: ``report run.jsonl -o run.jsonl`` (a tab-completion slip) replaced the training's only record with HTML."""
+    parts_of: dict[Path, list[Path]] = getattr(args, "parts", {})
+    read = [path for log in args.logs if not sources.is_stdin(log) for path in parts_of.get(log, [log])]
+    for dest, flag in OUTPUT_FILES.items():
+        target = getattr(args, dest, None)
+        if target is None or not target.exists():
+            continue
+        for log in read:
+            with contextlib.suppress(OSError):
+                if target.samefile(log):
+                    raise UsageError(f"{flag} {target} is the log {log}, which this command reads: writing there "
+                                     "would overwrite it; give another file")  # fmt: skip
+
+
 def _note(message: str) -> None:
     """One note on stderr (about how a log is read: it is still judged)."""
     print(f"moola-watch: note: {inert(message, limit=2000)}", file=sys.stderr)
@@ -468,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if "logs" in args:
             args.logs, args.parts = log_files(args.logs)
+            refuse_overwriting_logs(args)
         return COMMANDS[args.command](args, console)
     except UsageError as exc:
         _error(str(exc))

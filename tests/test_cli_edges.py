@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -308,3 +309,23 @@ def test_follow_once_with_run_naming_a_log_of_a_folder_exits_as_check_on_that_lo
     assert watch("check", tmp_path / "collapsed.jsonl").returncode == 1
     assert watch("--once", "--run", "collapsed", tmp_path).returncode == 1  # the dashboard's run, by log name
     assert watch("--once", "--run", "fine", tmp_path).returncode == 0
+
+
+def test_an_output_file_that_is_a_log_read_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """A review's case: ``report a.jsonl -o a.jsonl`` and ``check b.jsonl --junit b.jsonl`` replaced the training's
+    only record with HTML or XML, exit 0 (a tab-completion slip). A log read from a folder, or through a link, too."""
+    logs = tmp_path / "runs"
+    logs.mkdir()
+    for name in ("a.jsonl", "b.jsonl"):
+        shutil.copy(SAMPLE, logs / name)
+    (tmp_path / "link.jsonl").symlink_to(logs / "a.jsonl")
+    kept = (logs / "a.jsonl").read_bytes()
+    for args, flag in ((["report", str(logs / "a.jsonl"), "-o", str(logs / "a.jsonl")], "-o/--output"),
+                       (["check", str(logs), "--junit", str(logs / "b.jsonl")], "--junit"),
+                       (["report", str(logs), "-o", str(tmp_path / "link.jsonl")], "-o/--output")):  # fmt: skip
+        result = run_cli("moola_watch.cli", *args)
+        assert result.returncode == 2 and result.stderr.startswith(f"moola-watch: error: {flag} "), result.stderr
+        assert "which this command reads: writing there would overwrite it" in result.stderr
+    assert (logs / "a.jsonl").read_bytes() == kept and (logs / "b.jsonl").read_bytes() == kept
+    fine = run_cli("moola_watch.cli", "report", str(logs), "-o", str(tmp_path / "report.html"))
+    assert fine.returncode != 2 and (tmp_path / "report.html").exists(), fine.stderr  # (1: the runs fail)
