@@ -118,6 +118,49 @@ def test_a_run_is_judged_by_the_thresholds_it_recorded_unless_a_flag_says_otherw
     assert "thresholds: recorded in run_start, except collapse_high (set by a flag or --config)" in result.stdout
 
 
+def test_a_flag_out_of_order_beside_recorded_values_sets_aside_those_alone_and_says_so(tmp_path):
+    """A review's case: ``--balance-high 4`` on a run that recorded collapse_high 3 threw all of its recorded
+    thresholds away ("watcher defaults (recorded thresholds unusable...)"): its exploding bound of 50 went back to
+    10, and its layers at 20 failed the check. The flag wins; only the recorded values of its band give way."""
+    log = LogBuilder().add("run_start", model="m", config={},
+                           thresholds={"collapse_high": 3.0, "balance_high": 1.5, "exploding": 50.0})  # fmt: skip
+    for epoch in range(1, 4):
+        log.grad(epoch, 0.3, 20.0, {"a": 0.3, "b": 20.0})
+    path = log.end().write(tmp_path / "log.jsonl")
+    result, (report,) = check("--json", "--balance-high", "4", path)
+    (run,) = report["runs"]
+    assert result.returncode == 0 and report["verdict"] == "healthy", report
+    assert run["thresholds"]["exploding"] == 50.0 and run["thresholds"]["balance_high"] == 4.0
+    assert run["thresholds"]["collapse_high"] == 5.0  # the watcher's: the recorded 3 is below the flag's 4
+    assert run["thresholds_from"] == (
+        "recorded in run_start, except balance_high (set by a flag or --config); the recorded collapse_high 3 not "
+        "used: out of order beside balance_high"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--vanishing", "100", "--exploding", "1"], "need vanishing <= exploding, got vanishing 100, exploding 1"),
+        (["--norm-low", "3", "--norm-large", "1", "--norm-exploding", "0.5"],
+         "need norm_low <= norm_large <= norm_exploding, got norm_low 3, norm_large 1, norm_exploding 0.5"),
+        (["--healthy-norm-low", "5", "--healthy-norm-high", "0.1"],
+         "need healthy_norm_low <= healthy_norm_high, got healthy_norm_low 5, healthy_norm_high 0.1"),
+        (["--starve-share", "7"], "threshold starve_share is a fraction, at most 1 (0.07 for 7%), got 7.0"),
+        (["--config", "window"], "threshold window must be a whole number from 1 to 1,000,000, got 10000000000"),
+    ],
+)  # fmt: skip
+def test_thresholds_that_contradict_each_other_or_overflow_are_a_one_line_usage_error(tmp_path, flags, said):
+    """A review's case: each of these ran as if sensible (every layer "vanishing (norm < 100)", a mean norm of
+    0.54 "exploding"), and a window of 1e20 from a config ended in a traceback."""
+    if flags[0] == "--config":
+        (tmp_path / "c.toml").write_text("[thresholds]\nwindow = 10000000000\n")
+        flags = ["--config", str(tmp_path / "c.toml")]
+    result = run_cli("moola_watch.cli", "check", *flags, str(REPO / "sample_logs" / "healthy.jsonl"))
+    assert result.returncode == 2 and result.stderr.startswith("moola-watch: error: ") and said in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
 def test_a_run_restarted_under_the_same_id_is_a_second_run(tmp_path):
     """A fixed run_id appending to its own log: the crashed first attempt and the restart are two runs, and the
     collapse window of the first does not run on into the second (the fast reader gives the same answer)."""

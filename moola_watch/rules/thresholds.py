@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 INTEGER_THRESHOLDS = frozenset({"window", "confirm"})
+MAX_SAMPLES = 1_000_000  # window and confirm: more samples than any run measures (and a deque of them fits)
+#: Thresholds that must not decrease in this order: a band inside its bounds, a low bound below its high one.
+ORDERED = (
+    ("collapse_low", "balance_low", "balance_high", "collapse_high"),
+    ("vanishing", "exploding"),
+    ("norm_low", "norm_large", "norm_exploding"),
+    ("healthy_norm_low", "healthy_norm_high"),
+)
+#: Thresholds that are fractions of a whole (a share of the update, a loss's fall over the window): at most 1.
+FRACTIONS = ("starve_share", "starve_drop")
 
 
 @dataclass(frozen=True)
@@ -43,10 +55,20 @@ class Thresholds:
             value = getattr(self, item.name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"threshold {item.name} must be a finite number >= 0, got {value}")
-        if self.window < 1 or self.confirm < 1:
-            raise ValueError("window and confirm must be at least 1")
-        if not self.collapse_low <= self.balance_low <= self.balance_high <= self.collapse_high:
-            raise ValueError("need collapse_low <= balance_low <= balance_high <= collapse_high")
+        for name in INTEGER_THRESHOLDS:
+            if not 1 <= getattr(self, name) <= MAX_SAMPLES:
+                raise ValueError(f"threshold {name} must be a whole number from 1 to {MAX_SAMPLES:,}, got "
+                                 f"{getattr(self, name)}")  # fmt: skip
+        for name in FRACTIONS:
+            if getattr(self, name) > 1:
+                raise ValueError(f"threshold {name} is a fraction, at most 1 (0.07 for 7%), got {getattr(self, name)}")
+        for order in self.disordered():
+            values = ", ".join(f"{name} {getattr(self, name):g}" for name in order)
+            raise ValueError(f"need {' <= '.join(order)}, got {values}")
+
+    def disordered(self) -> list[tuple[str, ...]]:
+        """The groups of :data:`ORDERED` whose values decrease somewhere (a band outside its bounds)."""
+        return [order for order in ORDERED if _decreases([getattr(self, name) for name in order])]
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -79,8 +101,10 @@ def run_thresholds(
 
     ``recorded`` is the ``thresholds`` object of the run's ``run_start`` (None if it has none); ``chosen`` are
     the watcher's (defaults, config, flags) and ``overridden`` the names a config or flag set. Recorded values
-    win except where overridden; recorded names this watcher does not know are ignored (a newer trainer), and
-    an unusable recorded set falls back to the watcher's with the reason.
+    win except where overridden; recorded names this watcher does not know are ignored (a newer trainer). Where an
+    overridden value is out of order beside recorded ones (``--balance-high 4``, a recorded ``collapse_high`` of 3),
+    those of its group give way and the line names them; any other unusable recorded set falls back to the
+    watcher's, with the reason.
     """
     if overridden >= Thresholds.names():  # every one chosen (moola_watch.load given a Thresholds)
         return chosen, "as given (every threshold; the run's recorded ones not used)"
@@ -90,7 +114,43 @@ def run_thresholds(
     try:
         return Thresholds.from_mapping(known, chosen), "recorded in run_start" + _overrides(overridden)
     except ValueError as exc:
-        return chosen, f"watcher defaults (recorded thresholds unusable: {exc})" + _overrides(overridden)
+        unusable = str(exc)
+    # A flag or config beside recorded values it contradicts (--balance-high 4 on a run that recorded collapse_high
+    # 3): the flag wins, and of the run's recorded values only those in an order it breaks give way (its exploding
+    # bound still judges its layers).
+    clashing = _clashing(known, chosen, overridden)
+    if clashing:
+        with contextlib.suppress(ValueError):
+            kept = {k: v for k, v in known.items() if k not in clashing}
+            words = ", ".join(f"{name} {known[name]:g}" for name in sorted(clashing))
+            beside = sorted({name for order in ORDERED if set(order) & clashing for name in order} & overridden)
+            return Thresholds.from_mapping(kept, chosen), (
+                f"recorded in run_start{_overrides(overridden)}; the recorded {words} not used: out of order beside "
+                f"{', '.join(beside)}"
+            )
+    return chosen, f"watcher defaults (recorded thresholds unusable: {unusable})" + _overrides(overridden)
+
+
+def _clashing(known: Mapping[str, Any], chosen: Thresholds, overridden: frozenset[str]) -> set[str]:
+    """The recorded names among ``known`` of each group of :data:`ORDERED` that an ``overridden`` value puts out of
+    order beside them (each value as recorded, else as ``chosen``): the run's band was drawn for other values."""
+
+    def value(name: str) -> Any:
+        return known.get(name, getattr(chosen, name))
+
+    return {
+        name
+        for order in ORDERED
+        if set(order) & overridden
+        and all(type(value(name)) in (int, float) for name in order)
+        and _decreases([value(name) for name in order])
+        for name in order
+        if name in known
+    }
+
+
+def _decreases(values: list[float]) -> bool:
+    return any(a > b for a, b in itertools.pairwise(values))
 
 
 def _overrides(overridden: frozenset[str]) -> str:
