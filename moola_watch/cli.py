@@ -438,6 +438,17 @@ def log_files(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, list[Path]]
     return files, parts
 
 
+def notify_table_checked(args: argparse.Namespace) -> None:
+    """The config's ``[notify]`` table judged as ``follow`` will judge it, by every command that reads the config:
+    a ``check`` in CI must not pass a config on which ``follow`` fails at 2 a.m."""
+    from moola_watch.notify import settings_from
+
+    try:
+        settings_from(config_table(args, "notify"))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 #: The options that name a file a command writes (report's -o, check's --junit), by their dest and flag.
 OUTPUT_FILES = {"output": "-o/--output", "junit": "--junit"}
 
@@ -489,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "logs" in args:
             args.logs, args.parts = log_files(args.logs)
             refuse_overwriting_logs(args)
+        if getattr(args, "config", None) is not None and args.command != "follow":
+            notify_table_checked(args)
         return COMMANDS[args.command](args, console)
     except UsageError as exc:
         _error(str(exc))

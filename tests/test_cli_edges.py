@@ -329,3 +329,15 @@ def test_an_output_file_that_is_a_log_read_is_refused_before_anything_is_written
     assert (logs / "a.jsonl").read_bytes() == kept and (logs / "b.jsonl").read_bytes() == kept
     fine = run_cli("moola_watch.cli", "report", str(logs), "-o", str(tmp_path / "report.html"))
     assert fine.returncode != 2 and (tmp_path / "report.html").exists(), fine.stderr  # (1: the runs fail)
+
+
+@pytest.mark.parametrize("command", ["check", "analyze", "report", "export"])
+def test_every_command_that_reads_a_config_judges_its_notify_table(tmp_path: Path, command: str) -> None:
+    """A review's case: ``check --config`` ignored a broken [notify] table, so CI passed the config on which
+    ``follow`` then failed at 2 a.m."""
+    config = tmp_path / "moola-watch.toml"
+    config.write_text('[notify]\nnotify_on = "sometimes"\n')
+    extra = {"report": ["-o", str(tmp_path / "r.html")], "export": ["--tensorboard", str(tmp_path / "tb")]}
+    result = run_cli("moola_watch.cli", command, "--config", str(config), str(SAMPLE), *extra.get(command, []))
+    assert result.returncode == 2 and "notify_on must be one of" in result.stderr, result.stderr
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "tb").exists()
