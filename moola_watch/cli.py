@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import shlex
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -131,6 +132,8 @@ def _scans(
 def _analyze(args: argparse.Namespace, console: Console) -> int:
     from moola_watch.report import analyze_report
 
+    if args.csv is not None and sources.is_stdin(args.csv):
+        raise UsageError("--csv takes a directory to write one CSV file per table in, not - (stdout)")
     worst = EXIT_OK
     labels = loader.log_labels(args.logs)
     analyzed: list[Path] = []
@@ -158,7 +161,7 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
         if worst == EXIT_OK and scan.fails("error"):
             worst = EXIT_ALERT
     if analyzed and not args.json:  # (a hint naming a file that failed would fail too)
-        logs = " ".join(str(path) for path in analyzed)
+        logs = " ".join(shlex.quote(str(path)) for path in analyzed)  # a path with a space is one argument
         console.print(inert(f"Plots: moola-watch report {logs} -o report.html"), style="dim", markup=False)
     return worst
 

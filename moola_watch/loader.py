@@ -19,7 +19,7 @@ import pandas as pd
 
 from moola_watch import analyze
 from moola_watch.rules import Thresholds
-from moola_watch.sources import saved_logs
+from moola_watch.sources import is_stdin, saved_logs
 
 TABLES = ("grad", "layers", "balance", "epochs", "alerts", "runs")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -89,7 +89,7 @@ def log_labels(paths: Sequence[Path], *, for_files: bool = True) -> dict[Path, s
     ``b/run.jsonl``), the stem behind as many parent folders as it takes to tell them apart (``a-run``). Not
     ``for_files``, a label to show rather than to name a file by: the folders joined by ``/`` and no character
     replaced (``a/run``)."""
-    absolute = {path: Path(path).absolute() for path in paths}
+    absolute = {path: Path("stdin" if is_stdin(path) else path).absolute() for path in paths}  # "-" names nothing
     files = list(dict.fromkeys(absolute.values()))
 
     def label(file: Path, depth: int) -> str:

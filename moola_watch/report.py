@@ -152,6 +152,7 @@ def run_table(scan: LogScan, labels: Mapping[str, str] | None = None) -> Table:
             line.append(f"  (shown as {inert(labels[run])})", style="dim")
         table.add_row("run", line)
         table.add_row("", text(f"model {engine.run.model or '?'}, at {where(engine.run.epoch, engine.run.step)}"))
+        table.add_row("", text(f"thresholds: {scan.threshold_sources[run]}", "dim"))  # as check says
         if engine.run.error:
             table.add_row("", text(f"error: {engine.run.error}", "red"))
     bad = f"{scan.bad_lines} skipped"

@@ -341,3 +341,20 @@ def test_every_command_that_reads_a_config_judges_its_notify_table(tmp_path: Pat
     result = run_cli("moola_watch.cli", command, "--config", str(config), str(SAMPLE), *extra.get(command, []))
     assert result.returncode == 2 and "notify_on must be one of" in result.stderr, result.stderr
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "tb").exists()
+
+
+def test_analyze_quotes_its_hint_names_stdin_csvs_and_says_which_thresholds_judged(tmp_path: Path) -> None:
+    """A review's cases: the plots hint split a path with a space in two, ``--csv -`` made a folder named ``-``,
+    CSVs read from stdin were named ``-.grad.csv`` (awkward to rm), and analyze said nothing of the thresholds
+    that judged the run (check does)."""
+    spaced = tmp_path / "r un" / "t.jsonl"
+    spaced.parent.mkdir()
+    shutil.copy(SAMPLE, spaced)
+    result = run_cli("moola_watch.cli", "analyze", str(spaced))
+    assert f"Plots: moola-watch report '{spaced}' -o report.html" in result.stdout
+    assert "thresholds: recorded in run_start" in result.stdout
+    refused = run_cli("moola_watch.cli", "analyze", str(SAMPLE), "--csv", "-")
+    assert refused.returncode == 2 and "--csv takes a directory" in refused.stderr and not Path("-").exists()
+    piped = subprocess.run([sys.executable, "-m", "moola_watch.cli", "analyze", "-", "--csv", str(tmp_path / "csv")],
+                           input=SAMPLE.read_bytes(), capture_output=True, cwd=REPO)  # fmt: skip
+    assert piped.returncode in (0, 1) and (tmp_path / "csv" / "stdin.grad.csv").exists(), piped.stderr
