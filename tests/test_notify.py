@@ -139,6 +139,47 @@ class Hanging:
             conn.close()
 
 
+class Trickle:
+    """A TCP server on 127.0.0.1 that reads each request whole, sends ``head`` at once, then ``drip`` a byte at a
+    time, one every ``every`` seconds: a receiver that answers a line, or a byte, at a time."""
+
+    def __init__(self, head: bytes, drip: bytes, every: float) -> None:
+        self.head, self.drip, self.every = head, drip, every
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hooks/SECRET-TOKEN"
+        self.requests = 0
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self.sock.accept()[0]
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(body) < length:
+                body += conn.recv(65536)
+            self.requests += 1
+            conn.sendall(self.head)
+            for byte in self.drip:
+                if self.closed.wait(self.every):
+                    return
+                conn.sendall(bytes([byte]))
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
+
+
 @pytest.fixture
 def hook():
     server = Hook()
@@ -402,6 +443,51 @@ def test_a_2xx_status_is_delivery_even_if_the_receiver_then_stalls_its_body():
     finally:
         hook.close()
     assert hook.keys == ["k1"] and took < 0.9, took
+
+
+def test_a_2xx_status_line_is_delivery_without_waiting_for_headers_trickled_after_it():
+    """A receiver that sends ``200 OK`` at once, then its headers a byte at a time (each byte well within the
+    timeout): before, every read waited anew, and one alert held its queue for as long as the headers took."""
+    trickle = Trickle(b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n" * 8, every=0.1)  # 6.4 s of headers
+    try:
+        began = time.monotonic()
+        notify.post_json(trickle.url, b"{}", timeout=1.0, key="k1")
+        took = time.monotonic() - began
+    finally:
+        trickle.close()
+    assert trickle.requests == 1 and took < 0.5, took
+
+
+def test_a_status_line_trickled_a_byte_at_a_time_is_no_answer_once_the_timeout_is_up():
+    """The timeout bounds the whole request: a status line that comes a byte every 0.3 s (5 s in all) is no
+    answer after 1 s. Before, each byte restarted the timeout, and the request took the 5 s."""
+    trickle = Trickle(b"", b"HTTP/1.1 200 OK\r\n", every=0.3)
+    try:
+        began = time.monotonic()
+        with pytest.raises(notify.sinks.NoAnswer, match="no answer within 1 s"):
+            notify.post_json(trickle.url, b"{}", timeout=1.0, key="k1")
+        took = time.monotonic() - began
+    finally:
+        trickle.close()
+    assert 0.9 < took < 1.5, took
+
+
+def test_alerts_behind_a_receiver_that_trickles_its_headers_are_not_held_up(tmp_path):
+    """What a user sees: three alerts to a receiver that answers ``200 OK`` and then drips its headers. Before,
+    each alert took the 6.4 s of headers, and at exit two were still queued."""
+    trickle = Trickle(b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n" * 8, every=0.1)
+    try:
+        began = time.monotonic()
+        result = run_watch(
+            "--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", trickle.url,
+            "--notify-timeout", "1",
+        )  # fmt: skip
+        took = time.monotonic() - began
+    finally:
+        trickle.close()
+    events = json_events(result.stdout)
+    assert not [e for e in events if e["event"] == "notice"] and "not delivered" not in result.stderr, result.stderr
+    assert trickle.requests == 3 and took < 5, took
 
 
 def test_a_restarted_watcher_resends_a_logs_history_with_the_same_keys_and_a_flap_gets_new_ones(tmp_path, hook):
