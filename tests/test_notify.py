@@ -513,9 +513,10 @@ def test_a_restarted_watcher_resends_a_logs_history_with_the_same_keys_and_a_fla
     assert [body["idempotency_key"] for _, body in hook.bodies] == hook.keys
 
 
-def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_config(tmp_path, hook):
+@pytest.mark.parametrize("key", ["notify_on", "notify-on"])  # the flag's spelling too, as [thresholds] takes it
+def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_config(tmp_path, hook, key):
     config = tmp_path / "watch.toml"
-    config.write_text(f'[notify]\nwebhook = "{hook.url}"\nnotify_on = "warning"\n')
+    config.write_text(f'[notify]\nwebhook = "{hook.url}"\n{key} = "warning"\n')
     result = run_watch("--once", "--json", "--config", str(config), str(SAMPLES / "type_collapse.jsonl"))
     printed = [e for e in json_events(result.stdout) if e["event"] == "alert" and e["state"] != "pending"]
     sent = [body["alert"] for _, body in hook.bodies]
@@ -630,11 +631,32 @@ def test_a_command_still_running_at_exit_is_killed_with_its_process_group(tmp_pa
         (["--on-alert", "python 'unbalanced"], "No closing quotation"),
         (["--notify-timeout", "0", "--webhook", "http://127.0.0.1:9/"], "above 0"),
         (["--notify-timeout", "nan", "--webhook", "http://127.0.0.1:9/"], "above 0"),
+        # Before, the webhook's thread died of an OverflowError at its first alert, and nothing was sent.
+        (["--notify-timeout", "1e10", "--webhook", "http://127.0.0.1:9/"], "at most 86400 (a day), got 1000000"),
+        (["--webhook", "http://[::1/services/SECRET"], "--webhook 'http://[::1/…' is not a valid URL"),
     ],
 )
 def test_unusable_notification_settings_are_usage_errors(args, said):
     result = run_watch("--once", str(SAMPLES / "healthy.jsonl"), *args)
-    assert result.returncode == 2 and said in result.stderr
+    assert result.returncode == 2 and said in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "SECRET" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ('notify_on = "info"', "[notify] notify_on must be one of warning, error, critical, got 'info'"),
+        ("timeout = 1e10", "[notify] timeout) must be a number of seconds above 0 and at most 86400 (a day)"),
+        ('notify-on = "error"\nnotify_on = "error"', "[notify] sets notify_on twice (as notify_on and notify-on)"),
+        ('on-alerts = "true"', "[notify] has unknown key(s): on-alerts; valid keys of [notify]: on_alert, webhook, "
+                               "notify_on, timeout, retries, resolve_after"),
+    ],
+)  # fmt: skip
+def test_unusable_notify_config_is_a_one_line_usage_error(tmp_path, setting, said):
+    config = tmp_path / "watch.toml"
+    config.write_text(f'[notify]\nwebhook = "http://127.0.0.1:9/"\n{setting}\n')
+    result = run_watch("--once", "--config", str(config), str(SAMPLES / "healthy.jsonl"))
+    assert result.returncode == 2 and said in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -646,9 +668,12 @@ def test_unusable_notification_settings_are_usage_errors(args, said):
         ("https://127.0.0.1:8799/services/T0/B0/SECRET\n", "https://127.0.0.1:8799/…: the URL holds a space"),
         ("https://127.0.0.1:8799/services/T0/B0/SECRET\x7f", "https://127.0.0.1:8799/…: the URL holds a space"),
         ("https://127.0.0.1:8799/services/SECRET/é", "https://127.0.0.1:8799/…: the URL holds a space"),
+        ("hooks.slack.com/services/T0/B0/SECRET", "needs an http:// or https:// URL, got 'hooks.slack.com/…' "
+                                                  "(nothing in front of the host: write https:// or http://)"),
+        ("hook:SECRET@127.0.0.1:8799/services/SECRET", "needs an http:// or https:// URL, got '127.0.0.1:8799/…'"),
     ],
-)
-def test_a_webhook_url_with_a_bad_port_or_a_space_is_one_line_usage_error_without_its_path(url, said):
+)  # fmt: skip
+def test_a_malformed_webhook_url_is_a_one_line_usage_error_without_its_path(url, said):
     # Before, a bad port was a traceback from redact(), and a space reached http.client, whose failure notice
     # quoted the path: the webhook's secret.
     result = run_watch("--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", url)
