@@ -828,6 +828,48 @@ def test_a_stuck_sink_drops_beyond_its_queue_says_so_once_and_exit_is_bounded():
     gate.set()
 
 
+def test_a_ctrl_c_during_the_exit_grace_ends_it_and_still_says_what_was_not_delivered():
+    calls: list[dict] = []
+    entered, gate = threading.Event(), threading.Event()
+    sink = notify.Sink("--webhook x", flaky([True] * 3, calls, entered, gate), retries=0)
+    notifier = notify.Notifier([sink], grace=30.0, resolve_after=0)
+    for step in range(3):
+        notifier.send(event(step=step, subject=f"layer{step}"))
+    assert entered.wait(5)  # the first alert is in flight, stuck; all three are queued
+    interrupt = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))  # the second Ctrl-C
+    began = time.monotonic()
+    interrupt.start()
+    try:
+        notices = notifier.close()
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped close(): the alerts not delivered were never said")
+    finally:
+        gate.set()
+    assert time.monotonic() - began < 5
+    assert notices == ["--webhook x: 3 alerts not delivered (3 still queued at exit)"]
+
+
+def test_a_second_ctrl_c_cuts_the_exit_grace_short_and_the_lost_alerts_are_still_said(tmp_path, hanging):
+    """Ctrl-C, and Ctrl-C again a second later, while a webhook hangs: before, follow exited 0 at once with no line
+    at all, and nobody learnt that the alerts queued never went out."""
+    log = tmp_path / "run.jsonl"
+    log.write_bytes((SAMPLES / "pointer_collapse.jsonl").read_bytes())
+    watcher = watch(str(log), "--webhook", hanging.url)
+    try:
+        assert hanging.accepted.wait(20)  # the first alert is on its way, and will get no answer
+        time.sleep(1.0)  # the log's history read, its other alerts queued behind it
+        watcher.send_signal(signal.SIGINT)
+        time.sleep(1.0)  # within the 5 s grace
+        began = time.monotonic()
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=20)
+        took = time.monotonic() - began
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0 and "Traceback" not in err, err
+    assert re.search(r"/…: (\d+) alerts? not delivered \(\1 still queued at exit\)\n", err) and took < 2, (err, took)
+
+
 def test_a_flapping_alert_is_one_incident_firing_once_and_resolved_once_it_stays_resolved():
     hold = notify.ResolveHold(60.0)
     firing, resolved = event(state="firing"), event(state="resolved")
