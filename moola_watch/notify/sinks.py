@@ -236,18 +236,21 @@ class _BoundedConnection(http.client.HTTPConnection):
         self._create_connection = self._connect_within  # (http.client's hook for making the socket)
 
     def _connect_within(
-        self, address: tuple[str, int], timeout: float | None = None, source_address: Any = None
+        self, address: tuple[str, int], _timeout: float | None = None, source_address: Any = None
     ) -> socket.socket:
+        """The connection's socket, made within what is left of the request's time (not a whole timeout anew)."""
         sock = socket.create_connection(address, self.deadline.left(), source_address)
         self.deadline.watch(sock)  # from here on the deadline ends it: a proxy's tunnel, TLS, the request
         return sock
 
 
 class _BoundedHTTPSConnection(_BoundedConnection, http.client.HTTPSConnection):
-    pass
+    """:class:`_BoundedConnection` over TLS: the handshake is within the deadline too."""
 
 
 class _BoundedHTTPHandler(urllib.request.HTTPHandler):
+    """urllib's http: handler, its connections within ``deadline``."""
+
     def __init__(self, deadline: _Deadline) -> None:
         super().__init__()
         self.deadline = deadline
@@ -257,6 +260,8 @@ class _BoundedHTTPHandler(urllib.request.HTTPHandler):
 
 
 class _BoundedHTTPSHandler(urllib.request.HTTPSHandler):
+    """urllib's https: handler (the default TLS context), its connections within ``deadline``."""
+
     def __init__(self, deadline: _Deadline) -> None:
         super().__init__()
         self.deadline = deadline
