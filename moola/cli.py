@@ -288,6 +288,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
+        if args.grad_log is not None and args.grad_log.is_dir():
+            # A mistake in the command, not a log that failed: caught before training, never a run left unlogged
+            # whose closing line then points `moola-watch analyze` at every other log in that directory.
+            print(
+                f"moola: error: --grad-log {args.grad_log} is a directory: give the log file, "
+                f"such as {args.grad_log / 'run.jsonl'}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         distributed = _distributed(args.device)
         # Only rank 0 talks: the others train in silence (and write no log unless asked per rank).
         quiet = distributed and int(os.environ.get("RANK", "0")) != 0

@@ -3,10 +3,10 @@
 Tags: ``gradients/*`` (total, mean, max, min norm and non-finite layer count), ``balance/*`` (ratio, cosine,
 and per task ``norm``, ``raw_norm``, ``share``, ``loss``, ``weight``, per pair ``cosine``), ``loss/*`` (train,
 val, per task), ``metrics/*``, ``lr``, and the alerts as text under ``alerts``. Values a record does not carry
-are left out, not written as zeros (a NaN gradient statistic was measured, and is written). Each run gets its
-own sub-directory, named after its run id, holding one event file with a fixed name and a note of the log it
-came from, so exporting the log again replaces it rather than doubling the points, and a run of another log
-under the same id gets a directory of its own.
+are left out, not written as zeros (a NaN gradient statistic or training loss was recorded, and is written, as
+TensorBoard shows it). Each run gets its own sub-directory, named after its run id, holding one event file with a
+fixed name and a note of the log it came from, so exporting the log again replaces it rather than doubling the
+points, and a run of another log under the same id gets a directory of its own.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ GRAD_TAGS = {
 BALANCE_PREFIXES = ("raw_norm", "norm", "share", "loss", "weight", "cosine")
 BALANCE_TAGS = {"ratio": "balance/ratio", "cosine": "balance/cosine"}
 EPOCH_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr", "duration_s": "epoch/duration_s"}
+#: Epoch columns every epoch record carries (the schema requires them): a NaN there is one the record said.
+RECORDED_EPOCH = frozenset({"train_loss"})
 ROW_KEYS = frozenset({"run", "epoch", "step", "time", "scope"})
 ALERTS_TAG = "alerts"
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -127,7 +129,7 @@ def run_events(name: str, run: str, frames: Mapping[str, pd.DataFrame]) -> RunEv
     timed = [
         *_scalar_events(grad, tags["grad"], measured=frozenset(GRAD_TAGS)),  # every grad_stats carries them
         *_scalar_events(balance, tags["balance"]),
-        *_scalar_events(epochs, tags["epochs"]),
+        *_scalar_events(epochs, tags["epochs"], measured=RECORDED_EPOCH),  # a loss gone NaN is the news
     ]
     timed.sort(key=lambda item: item[1])
     scalars = sum(len(values) for _, _, values in timed)

@@ -115,6 +115,20 @@ def test_a_nan_gradient_statistic_is_exported_as_measured(tmp_path: Path) -> Non
     assert [e.step for e in means] == [10, 20, 30] and math.isnan(means[1].value)
 
 
+def test_a_nan_training_loss_is_exported_as_recorded_and_a_missing_val_loss_is_left_out(tmp_path: Path) -> None:
+    """The epoch the loss went NaN is the one a reader looks for: before, it vanished from loss/train (inf stayed)."""
+    log = LogBuilder().start()
+    for epoch, loss in ((1, 1.0), (2, math.inf), (3, math.nan), (4, 0.5)):
+        log.epoch(epoch, loss, **({"val_loss": 0.4} if epoch != 3 else {}))
+    path = log.end().write(tmp_path / "nan-loss.jsonl")
+    export(path, "--tensorboard", tmp_path / "tb")
+    reader = accumulator(tmp_path / "tb" / "run-1")
+    train = reader.Scalars("loss/train")
+    assert [e.step for e in train] == [10, 20, 30, 40], train
+    assert train[1].value == math.inf and math.isnan(train[2].value) and train[3].value == 0.5
+    assert [e.step for e in reader.Scalars("loss/val")] == [10, 20, 40]  # not recorded at epoch 3: not written
+
+
 def test_a_run_id_cannot_escape_the_directory(tmp_path: Path) -> None:
     log = LogBuilder(run="../../escaped\x1b[2J").start().grad(1, 0.2, 0.5).end().write(tmp_path / "log.jsonl")
     out = tmp_path / "deep" / "tb"

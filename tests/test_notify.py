@@ -139,6 +139,47 @@ class Hanging:
             conn.close()
 
 
+class Trickle:
+    """A TCP server on 127.0.0.1 that reads each request whole, sends ``head`` at once, then ``drip`` a byte at a
+    time, one every ``every`` seconds: a receiver that answers a line, or a byte, at a time."""
+
+    def __init__(self, head: bytes, drip: bytes, every: float) -> None:
+        self.head, self.drip, self.every = head, drip, every
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hooks/SECRET-TOKEN"
+        self.requests = 0
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn = self.sock.accept()[0]
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(body) < length:
+                body += conn.recv(65536)
+            self.requests += 1
+            conn.sendall(self.head)
+            for byte in self.drip:
+                if self.closed.wait(self.every):
+                    return
+                conn.sendall(bytes([byte]))
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
+
+
 @pytest.fixture
 def hook():
     server = Hook()
@@ -404,6 +445,51 @@ def test_a_2xx_status_is_delivery_even_if_the_receiver_then_stalls_its_body():
     assert hook.keys == ["k1"] and took < 0.9, took
 
 
+def test_a_2xx_status_line_is_delivery_without_waiting_for_headers_trickled_after_it():
+    """A receiver that sends ``200 OK`` at once, then its headers a byte at a time (each byte well within the
+    timeout): before, every read waited anew, and one alert held its queue for as long as the headers took."""
+    trickle = Trickle(b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n" * 8, every=0.1)  # 6.4 s of headers
+    try:
+        began = time.monotonic()
+        notify.post_json(trickle.url, b"{}", timeout=1.0, key="k1")
+        took = time.monotonic() - began
+    finally:
+        trickle.close()
+    assert trickle.requests == 1 and took < 0.5, took
+
+
+def test_a_status_line_trickled_a_byte_at_a_time_is_no_answer_once_the_timeout_is_up():
+    """The timeout bounds the whole request: a status line that comes a byte every 0.3 s (5 s in all) is no
+    answer after 1 s. Before, each byte restarted the timeout, and the request took the 5 s."""
+    trickle = Trickle(b"", b"HTTP/1.1 200 OK\r\n", every=0.3)
+    try:
+        began = time.monotonic()
+        with pytest.raises(notify.sinks.NoAnswer, match="no answer within 1 s"):
+            notify.post_json(trickle.url, b"{}", timeout=1.0, key="k1")
+        took = time.monotonic() - began
+    finally:
+        trickle.close()
+    assert 0.9 < took < 1.5, took
+
+
+def test_alerts_behind_a_receiver_that_trickles_its_headers_are_not_held_up(tmp_path):
+    """What a user sees: three alerts to a receiver that answers ``200 OK`` and then drips its headers. Before,
+    each alert took the 6.4 s of headers, and at exit two were still queued."""
+    trickle = Trickle(b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n" * 8, every=0.1)
+    try:
+        began = time.monotonic()
+        result = run_watch(
+            "--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", trickle.url,
+            "--notify-timeout", "1",
+        )  # fmt: skip
+        took = time.monotonic() - began
+    finally:
+        trickle.close()
+    events = json_events(result.stdout)
+    assert not [e for e in events if e["event"] == "notice"] and "not delivered" not in result.stderr, result.stderr
+    assert trickle.requests == 3 and took < 5, took
+
+
 def test_a_restarted_watcher_resends_a_logs_history_with_the_same_keys_and_a_flap_gets_new_ones(tmp_path, hook):
     """``follow`` re-sends a log's history when it starts: a watcher restarted (by systemd, say) on the same log
     must send each alert event with the key the first one used, so that the receiver can drop them; the same
@@ -427,9 +513,10 @@ def test_a_restarted_watcher_resends_a_logs_history_with_the_same_keys_and_a_fla
     assert [body["idempotency_key"] for _, body in hook.bodies] == hook.keys
 
 
-def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_config(tmp_path, hook):
+@pytest.mark.parametrize("key", ["notify_on", "notify-on"])  # the flag's spelling too, as [thresholds] takes it
+def test_every_transition_at_or_above_notify_on_reaches_a_webhook_from_the_config(tmp_path, hook, key):
     config = tmp_path / "watch.toml"
-    config.write_text(f'[notify]\nwebhook = "{hook.url}"\nnotify_on = "warning"\n')
+    config.write_text(f'[notify]\nwebhook = "{hook.url}"\n{key} = "warning"\n')
     result = run_watch("--once", "--json", "--config", str(config), str(SAMPLES / "type_collapse.jsonl"))
     printed = [e for e in json_events(result.stdout) if e["event"] == "alert" and e["state"] != "pending"]
     sent = [body["alert"] for _, body in hook.bodies]
@@ -544,11 +631,32 @@ def test_a_command_still_running_at_exit_is_killed_with_its_process_group(tmp_pa
         (["--on-alert", "python 'unbalanced"], "No closing quotation"),
         (["--notify-timeout", "0", "--webhook", "http://127.0.0.1:9/"], "above 0"),
         (["--notify-timeout", "nan", "--webhook", "http://127.0.0.1:9/"], "above 0"),
+        # Before, the webhook's thread died of an OverflowError at its first alert, and nothing was sent.
+        (["--notify-timeout", "1e10", "--webhook", "http://127.0.0.1:9/"], "at most 86400 (a day), got 1000000"),
+        (["--webhook", "http://[::1/services/SECRET"], "--webhook 'http://[::1/…' is not a valid URL"),
     ],
 )
 def test_unusable_notification_settings_are_usage_errors(args, said):
     result = run_watch("--once", str(SAMPLES / "healthy.jsonl"), *args)
-    assert result.returncode == 2 and said in result.stderr
+    assert result.returncode == 2 and said in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "SECRET" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ('notify_on = "info"', "[notify] notify_on must be one of warning, error, critical, got 'info'"),
+        ("timeout = 1e10", "[notify] timeout) must be a number of seconds above 0 and at most 86400 (a day)"),
+        ('notify-on = "error"\nnotify_on = "error"', "[notify] sets notify_on twice (as notify_on and notify-on)"),
+        ('on-alerts = "true"', "[notify] has unknown key(s): on-alerts; valid keys of [notify]: on_alert, webhook, "
+                               "notify_on, timeout, retries, resolve_after"),
+    ],
+)  # fmt: skip
+def test_unusable_notify_config_is_a_one_line_usage_error(tmp_path, setting, said):
+    config = tmp_path / "watch.toml"
+    config.write_text(f'[notify]\nwebhook = "http://127.0.0.1:9/"\n{setting}\n')
+    result = run_watch("--once", "--config", str(config), str(SAMPLES / "healthy.jsonl"))
+    assert result.returncode == 2 and said in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -560,9 +668,12 @@ def test_unusable_notification_settings_are_usage_errors(args, said):
         ("https://127.0.0.1:8799/services/T0/B0/SECRET\n", "https://127.0.0.1:8799/…: the URL holds a space"),
         ("https://127.0.0.1:8799/services/T0/B0/SECRET\x7f", "https://127.0.0.1:8799/…: the URL holds a space"),
         ("https://127.0.0.1:8799/services/SECRET/é", "https://127.0.0.1:8799/…: the URL holds a space"),
+        ("hooks.slack.com/services/T0/B0/SECRET", "needs an http:// or https:// URL, got 'hooks.slack.com/…' "
+                                                  "(nothing in front of the host: write https:// or http://)"),
+        ("hook:SECRET@127.0.0.1:8799/services/SECRET", "needs an http:// or https:// URL, got '127.0.0.1:8799/…'"),
     ],
-)
-def test_a_webhook_url_with_a_bad_port_or_a_space_is_one_line_usage_error_without_its_path(url, said):
+)  # fmt: skip
+def test_a_malformed_webhook_url_is_a_one_line_usage_error_without_its_path(url, said):
     # Before, a bad port was a traceback from redact(), and a space reached http.client, whose failure notice
     # quoted the path: the webhook's secret.
     result = run_watch("--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", url)
@@ -715,6 +826,48 @@ def test_a_stuck_sink_drops_beyond_its_queue_says_so_once_and_exit_is_bounded():
         "--on-alert page: 150 alerts not delivered (100 still queued at exit, 50 dropped beyond its queue of 100)"
     ]
     gate.set()
+
+
+def test_a_ctrl_c_during_the_exit_grace_ends_it_and_still_says_what_was_not_delivered():
+    calls: list[dict] = []
+    entered, gate = threading.Event(), threading.Event()
+    sink = notify.Sink("--webhook x", flaky([True] * 3, calls, entered, gate), retries=0)
+    notifier = notify.Notifier([sink], grace=30.0, resolve_after=0)
+    for step in range(3):
+        notifier.send(event(step=step, subject=f"layer{step}"))
+    assert entered.wait(5)  # the first alert is in flight, stuck; all three are queued
+    interrupt = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))  # the second Ctrl-C
+    began = time.monotonic()
+    interrupt.start()
+    try:
+        notices = notifier.close()
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped close(): the alerts not delivered were never said")
+    finally:
+        gate.set()
+    assert time.monotonic() - began < 5
+    assert notices == ["--webhook x: 3 alerts not delivered (3 still queued at exit)"]
+
+
+def test_a_second_ctrl_c_cuts_the_exit_grace_short_and_the_lost_alerts_are_still_said(tmp_path, hanging):
+    """Ctrl-C, and Ctrl-C again a second later, while a webhook hangs: before, follow exited 0 at once with no line
+    at all, and nobody learnt that the alerts queued never went out."""
+    log = tmp_path / "run.jsonl"
+    log.write_bytes((SAMPLES / "pointer_collapse.jsonl").read_bytes())
+    watcher = watch(str(log), "--webhook", hanging.url)
+    try:
+        assert hanging.accepted.wait(20)  # the first alert is on its way, and will get no answer
+        time.sleep(1.0)  # the log's history read, its other alerts queued behind it
+        watcher.send_signal(signal.SIGINT)
+        time.sleep(1.0)  # within the 5 s grace
+        began = time.monotonic()
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=20)
+        took = time.monotonic() - began
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0 and "Traceback" not in err, err
+    assert re.search(r"/…: (\d+) alerts? not delivered \(\1 still queued at exit\)\n", err) and took < 2, (err, took)
 
 
 def test_a_flapping_alert_is_one_incident_firing_once_and_resolved_once_it_stays_resolved():

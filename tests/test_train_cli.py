@@ -103,6 +103,16 @@ def test_log_in_a_read_only_directory_warns_once_and_training_completes(read_onl
     assert not log.exists()
 
 
+def test_a_directory_as_the_grad_log_is_a_usage_error_before_training(tmp_path, small_train_args):
+    """Before, it warned, trained unlogged, and the closing line said `moola-watch analyze DIR`: every other log
+    in that directory."""
+    result = run_cli("moola.cli", *small_train_args, "--grad-log", str(tmp_path))
+    assert result.returncode == 2 and result.stdout == "", result.stdout
+    assert result.stderr == (
+        f"moola: error: --grad-log {tmp_path} is a directory: give the log file, such as {tmp_path / 'run.jsonl'}\n"
+    )
+
+
 def test_balance_scopes_are_recorded(tmp_path, small_train_args):
     for scope, prefix in (("shared", "shared parameters ("), ("representation", "shared representation (")):
         log = tmp_path / f"{scope}.jsonl"

@@ -5,6 +5,7 @@ at exit the sinks get a bounded grace, and one line says how many alerts a sink 
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -198,13 +199,15 @@ class Notifier:
     def close(self) -> list[str]:
         """Let the sinks finish for at most ``grace`` seconds in all, then stop commands still running; the
         notices, and one line for each sink that did not deliver every alert, saying how many and why. Held
-        resolutions go out first: each alert's last state is known at exit."""
+        resolutions go out first: each alert's last state is known at exit. A Ctrl-C (or SIGTERM, SIGHUP) during
+        the grace ends it; what did not go out is still said."""
         self._offer(self.hold.flush())
         for worker in self.workers:
             worker.close()
         deadline = time.monotonic() + self.grace
-        for worker in self.workers:
-            worker.thread.join(max(0.0, deadline - time.monotonic()))
+        with contextlib.suppress(KeyboardInterrupt):  # one who will not wait must still be told what was lost
+            for worker in self.workers:
+                worker.thread.join(max(0.0, deadline - time.monotonic()))
         lost = [line for worker in self.workers if (line := worker.lost())]
         for worker in self.workers:
             if worker.thread.is_alive() and worker.sink.stop is not None:

@@ -4,6 +4,7 @@ starts (a bad URL is a usage error then, never a failure that prints it later), 
 from __future__ import annotations
 
 import math
+import re
 import shlex
 import shutil
 import urllib.error
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from moola_watch import schema
+from moola_watch.options import SEVERITY_CHOICES
 from moola_watch.textsafe import inert
 
 
@@ -47,6 +48,29 @@ def _strings(table: Mapping[str, Any], key: str) -> list[str]:
     return value
 
 
+#: The keys of a config's [notify] table, in field spelling; the flags' spelling (``notify-on``) is taken too.
+KEYS = ("on_alert", "webhook", "notify_on", "timeout", "retries", "resolve_after")
+#: Longest timeout, in seconds: a day. A slow webhook is waited on up to 8 times it, and a socket's or lock's
+#: timeout beyond about 292 years overflows the clock (1e10 s killed the webhook's thread, nothing was sent).
+MAX_TIMEOUT_S = 86_400.0
+
+
+def _keys(table: Mapping[str, Any]) -> dict[str, Any]:
+    """``table`` with its keys in field spelling (``notify-on`` is ``notify_on``, as [thresholds] takes both).
+    Raises ValueError on a key set in both spellings, and on unknown keys, listing the valid ones."""
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name in values:
+            raise ValueError(f"[notify] sets {name} twice (as {name} and {name.replace('_', '-')})")
+        values[name] = value
+    unknown = sorted(key for key in table if key.replace("-", "_") not in KEYS)
+    if unknown:
+        valid = ", ".join(KEYS)
+        raise ValueError(f"[notify] has unknown key(s): {', '.join(unknown)}; valid keys of [notify]: {valid}")
+    return values
+
+
 def settings_from(
     table: Mapping[str, Any],
     commands: Sequence[str] = (),
@@ -56,23 +80,23 @@ def settings_from(
 ) -> NotifySettings:
     """A config file's ``[notify]`` table, then the flags: commands and webhooks add up, the rest override.
     Raises ValueError on anything unusable, before following starts."""
-    known = {"on_alert", "webhook", "notify_on", "timeout", "retries", "resolve_after"}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ValueError(f"[notify] has unknown key(s): {', '.join(unknown)}")
+    config = _keys(table)
     settings = NotifySettings(
-        commands=tuple(_strings(table, "on_alert") + list(commands)),
-        webhooks=tuple(_strings(table, "webhook") + list(webhooks)),
-        notify_on=notify_on or table.get("notify_on", "error"),
-        timeout=timeout if timeout is not None else table.get("timeout", 10.0),
-        retries=table.get("retries", 2),
-        resolve_after=table.get("resolve_after", 60.0),
+        commands=tuple(_strings(config, "on_alert") + list(commands)),
+        webhooks=tuple(_strings(config, "webhook") + list(webhooks)),
+        notify_on=notify_on or config.get("notify_on", "error"),
+        timeout=timeout if timeout is not None else config.get("timeout", 10.0),
+        retries=config.get("retries", 2),
+        resolve_after=config.get("resolve_after", 60.0),
     )
-    if settings.notify_on not in schema.SEVERITIES:
-        raise ValueError(f"notify_on must be one of {', '.join(schema.SEVERITIES)}, got {settings.notify_on!r}")
+    if settings.notify_on not in SEVERITY_CHOICES:  # --notify-on's choices: no rule fires at info
+        raise ValueError(f"[notify] notify_on must be one of {', '.join(SEVERITY_CHOICES)}, got {settings.notify_on!r}")
     timeout = settings.timeout
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
-        raise ValueError(f"notify timeout must be a finite number of seconds above 0, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_S:
+        raise ValueError(
+            f"--notify-timeout ([notify] timeout) must be a number of seconds above 0 and at most "
+            f"{MAX_TIMEOUT_S:g} (a day), got {timeout!r}"
+        )
     if isinstance(settings.retries, bool) or not isinstance(settings.retries, int) or not 0 <= settings.retries <= 10:
         raise ValueError(f"[notify] retries must be a whole number from 0 to 10, got {settings.retries!r}")
     hold = settings.resolve_after
@@ -101,15 +125,30 @@ def command_argv(command: str) -> list[str]:
 def check_url(url: str) -> str:
     """``url`` if it is an http(s) URL with a host and a valid port (urllib would also open file: and ftp: ones),
     in printable ASCII without spaces. The errors show the URL redacted: its path holds the secret."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        raise ValueError(f"--webhook {_given(url)!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"--webhook needs an http:// or https:// URL, got {redact(url)!r}")
+        missing = "" if "://" in url else " (nothing in front of the host: write https:// or http://)"
+        raise ValueError(f"--webhook needs an http:// or https:// URL, got {_given(url)!r}{missing}")
     # A pasted comment or line break would reach http.client, whose refusal quotes the whole URL, secret and all.
     if not all(" " < ch < "\x7f" for ch in url):
         raise ValueError(f"--webhook {redact(url)}: the URL holds a space, control or non-ASCII character")
     if _port(parts) == 0:
         raise ValueError(f"--webhook {redact(url)}: the port is not a number from 1 to 65535")
     return url
+
+
+def _given(url: str) -> str:
+    """A webhook URL as an error about its form shows it, parsed or not: its scheme and host, without a
+    ``user:password@``, and ``/…`` for the rest (the path holds the secret)."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    host = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    shown = scheme + separator + host.rpartition("@")[2]
+    return inert(shown) + ("/…" if len(host) < len(rest) else "")
 
 
 def _port(parts: urllib.parse.SplitResult) -> int | None:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -146,32 +149,161 @@ class _PostRedirects(urllib.request.HTTPRedirectHandler):
         return urllib.request.Request(newurl, data=req.data, method="POST", headers=kept)
 
 
-_OPENER = urllib.request.build_opener(_PostRedirects)
+class _Deadline:
+    """The end of one request, connect, send and answer together: when it comes, every connection the request
+    opened is shut down, which ends whatever read or write is blocked on it. A socket's own timeout is per read:
+    a receiver that trickles its answer a line at a time would hold the request, and every alert behind it, for
+    as long as it likes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.passed = False
+        self._lock = threading.Lock()
+        self._watched: list[socket.socket] = []  # our own duplicates: shutting one down ends the connection
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def left(self) -> float:
+        """Seconds left; TimeoutError when none are."""
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        return left
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut ``sock``'s connection down at the deadline (a duplicate of it: the TLS layer wraps the original)."""
+        duplicate = sock.dup()
+        with self._lock:
+            self._watched.append(duplicate)
+            if self.passed:
+                self._shut(duplicate)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.passed = True
+            for sock in self._watched:
+                self._shut(sock)
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the connection is gone already
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._watched:
+                sock.close()
+
+
+class _StatusLineEnds:
+    """An answer's stream that ends after a 2xx status line: that line is delivery (README), and the headers after
+    it are not waited for (``http.client`` reads headers until an empty line, which this gives at once)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._delivered = False
+
+    def readline(self, limit: int = -1) -> bytes:
+        if self._delivered:
+            return b""
+        line = self._stream.readline(limit)
+        version, _, rest = line.partition(b" ")
+        self._delivered = version.startswith(b"HTTP/") and rest[:1] == b"2"
+        return line
+
+    def __getattr__(self, name: str) -> Any:  # read, close, ...: the stream's own
+        return getattr(self._stream, name)
+
+
+class _StatusLineResponse(http.client.HTTPResponse):
+    """A response whose 2xx status line is the whole answer (:class:`_StatusLineEnds`)."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp = _StatusLineEnds(self.fp)  # type: ignore[assignment]
+
+
+class _BoundedConnection(http.client.HTTPConnection):
+    """A connection within a request's :class:`_Deadline`, its answer a :class:`_StatusLineResponse`."""
+
+    response_class = _StatusLineResponse
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+        self._create_connection = self._connect_within  # (http.client's hook for making the socket)
+
+    def _connect_within(
+        self, address: tuple[str, int], _timeout: float | None = None, source_address: Any = None
+    ) -> socket.socket:
+        """The connection's socket, made within what is left of the request's time (not a whole timeout anew)."""
+        sock = socket.create_connection(address, self.deadline.left(), source_address)
+        self.deadline.watch(sock)  # from here on the deadline ends it: a proxy's tunnel, TLS, the request
+        return sock
+
+
+class _BoundedHTTPSConnection(_BoundedConnection, http.client.HTTPSConnection):
+    """:class:`_BoundedConnection` over TLS: the handshake is within the deadline too."""
+
+
+class _BoundedHTTPHandler(urllib.request.HTTPHandler):
+    """urllib's http: handler, its connections within ``deadline``."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_BoundedConnection, deadline=self.deadline), req)
+
+
+class _BoundedHTTPSHandler(urllib.request.HTTPSHandler):
+    """urllib's https: handler (the default TLS context), its connections within ``deadline``."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_BoundedHTTPSConnection, deadline=self.deadline), req)
+
+
+def _opener(deadline: _Deadline) -> urllib.request.OpenerDirector:
+    """urllib's opener (proxies from the environment, redirects by :class:`_PostRedirects`) whose connections
+    all end at ``deadline``."""
+    return urllib.request.build_opener(_PostRedirects, _BoundedHTTPHandler(deadline), _BoundedHTTPSHandler(deadline))
 
 
 def post_json(url: str, body: bytes, timeout: float, key: str | None = None) -> None:
-    """POST ``body`` as JSON; any 2xx status is delivered, and the answer's body is not read (a receiver that sends
-    its status and then stalls has taken the alert). ``timeout`` is seconds per connect and per read. A URL's
-    ``user:password@`` is sent as Basic authentication, ``key`` as the ``Idempotency-Key`` header. A 307 or 308 is
-    followed with the same POST. Raises :class:`NoAnswer` when the request was sent but no status came in time."""
+    """POST ``body`` as JSON; a 2xx status line is delivery, and nothing after it is waited for (a receiver that
+    sends its status and then stalls has taken the alert). ``timeout`` is seconds for the whole request: connect,
+    send and the status line, redirects included. A URL's ``user:password@`` is sent as Basic authentication,
+    ``key`` as the ``Idempotency-Key`` header. A 307 or 308 is followed with the same POST. Raises
+    :class:`NoAnswer` when the request was sent but no status came in time."""
     url, auth = basic_auth(url)
     headers = {"Content-Type": "application/json", "User-Agent": f"moola-watch/{__version__}", **auth}
     if key is not None:
         headers["Idempotency-Key"] = key
     request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    deadline = _Deadline(timeout)
     try:
-        with _OPENER.open(request, timeout=timeout):  # returns once the status and headers are in
+        with _opener(deadline).open(request, timeout=timeout):  # returns at a 2xx status line
             pass
     except urllib.error.HTTPError as exc:
         moved = " (it redirects elsewhere: give the webhook its new URL)" if exc.code in (301, 302, 303) else ""
         reason = str(exc.reason).splitlines()[0] if exc.reason else ""  # (urllib's redirect loop says it in lines)
         raise DeliveryError(f"HTTP {exc.code} {reason}{moved}", retry=exc.code in RETRY_STATUSES) from None
-    except urllib.error.URLError as exc:
-        raise DeliveryError(f"cannot reach it: {exc.reason}", retry=True) from None
-    except TimeoutError:  # urllib wraps a timeout while connecting or sending in URLError: this one is the answer's
-        raise NoAnswer(f"no answer within {timeout:g} s") from None
-    except (OSError, HTTPException) as exc:
+    except urllib.error.URLError as exc:  # urllib wraps what fails while connecting or sending
+        reason = f"timed out after {timeout:g} s" if deadline.passed else exc.reason
+        raise DeliveryError(f"cannot reach it: {reason}", retry=True) from None
+    except (OSError, HTTPException) as exc:  # while waiting for the answer: the request was sent whole
+        if deadline.passed or isinstance(exc, TimeoutError):
+            raise NoAnswer(f"no answer within {timeout:g} s") from None
         raise DeliveryError(f"{type(exc).__name__}: {exc}", retry=True) from None
+    finally:
+        deadline.close()
 
 
 class Webhook:
@@ -182,7 +314,7 @@ class Webhook:
     the first alert it is slow on (waits of 1, 2, 4, ... timeouts), and one of each alert after it."""
 
     def __init__(self, url: str, timeout: float) -> None:
-        """``timeout``: seconds to wait for a connection and for the answer, until an answer comes too late."""
+        """``timeout``: seconds a request may take, connect to status line, until an answer comes too late."""
         self.url = url
         self.timeout = timeout
         self.wait = timeout  # seconds per request now
