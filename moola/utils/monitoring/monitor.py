@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 import os
 import socket
 import time
@@ -28,12 +27,13 @@ import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import torch
 from torch import nn
 
 from moola import __version__
+from moola.utils.monitoring.cadence import Cadence, whole
 from moola.utils.monitoring.console import LOGGER, PREFIX, stats_block
 from moola.utils.monitoring.distributed import (
     distributed_rank,
@@ -65,13 +65,6 @@ from moola_watch.writer_process import this_process
 _T = TypeVar("_T")
 
 
-def steps_taken(optimizer: torch.optim.Optimizer) -> int:
-    """The steps ``optimizer`` has taken, as its state counts them (0 for one that keeps no count, or none
-    yet): the most any parameter's ``step`` says. One read at set-up, not per step."""
-    counts = [state["step"] for state in optimizer.state.values() if "step" in state]
-    return max((int(count) for count in counts), default=0)
-
-
 _OPTIONAL_INT = (int, type(None))
 
 
@@ -84,20 +77,29 @@ def _one_number(value: object) -> bool:
     return isinstance(value, float | int) or (isinstance(value, torch.Tensor) and value.numel() == 1)
 
 
-def whole(count: Any) -> Any:
-    """An epoch or step as a Python int when it is any integer (numpy, a 0-d integer tensor), so the record
-    keeps it; anything else as given, for the record's check to name."""
-    try:
-        return operator.index(count)
-    except TypeError:
-        return count
-
-
 #: Why a probe waits for DDP(static_graph=True)'s second iteration (see ``static_graph_first_iteration``).
 STATIC_GRAPH_FIRST_ITERATION = (
     "not measured on DistributedDataParallel(static_graph=True)'s first iteration, whose delayed all-reduce "
     "must come from the step's own backward; the next probe measures"
 )
+
+
+class _Delegated(Generic[_T]):
+    """A public attribute of the monitor that one of its parts (the attribute named ``part``) keeps: read and
+    set there, so the monitor and the part never hold two copies that could differ."""
+
+    def __init__(self, part: str) -> None:
+        self._part = part
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    def __get__(self, monitor: object, owner: type | None = None) -> _T:
+        return getattr(getattr(monitor, self._part), self._name)
+
+    def __set__(self, monitor: object, value: _T) -> None:
+        setattr(getattr(monitor, self._part), self._name, value)
 
 
 class GradientMonitor:
@@ -129,6 +131,14 @@ class GradientMonitor:
     :attr:`halted_by`, which the loop checks to stop before the optimizer step applies the bad gradient
     (:attr:`should_stop`); ``run_end`` then says the run was halted and why.
     """
+
+    # The schedule's settings and the step count live in the cadence (:mod:`~moola.utils.monitoring.cadence`).
+    log_frequency: _Delegated[int] = _Delegated("_cadence")
+    task_balance_frequency: _Delegated[int] = _Delegated("_cadence")
+    every_n_steps: _Delegated[int | None] = _Delegated("_cadence")
+    balance_every_n_steps: _Delegated[int | None] = _Delegated("_cadence")
+    epoch: _Delegated[int | None] = _Delegated("_cadence")  # the epoch the next records belong to
+    steps_done: _Delegated[int] = _Delegated("_cadence")  # optimizer steps taken so far
 
     def __init__(
         self,
@@ -177,22 +187,13 @@ class GradientMonitor:
         # Opened at the run's first record (:meth:`_open_log`): by then a process group made after the monitor
         # (torch.multiprocessing.spawn sets no RANK) says which process writes.
         self._log_target: str | Path | BinaryIO | None = log_path if stream is None else stream
-        self.log_frequency = log_frequency
-        self.task_balance_frequency = task_balance_frequency
-        self.every_n_steps = every_n_steps
-        self.balance_every_n_steps = balance_every_n_steps or every_n_steps
+        self._cadence = Cadence(log_frequency, task_balance_frequency, every_n_steps, balance_every_n_steps)
         self.max_layer_norms = max_layer_norms
         self.thresholds = thresholds or Thresholds()
         self.run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}{id(self) % 100:02d}"
         self.engine = rules.RuleEngine(self.thresholds)
         self._clock = clock
         self._writer: JsonlRecordWriter | None = None
-        self.epoch: int | None = None
-        self.steps_done = 0  # optimizer steps taken so far
-        self._step_given = False  # at_step said which step it is: a restored optimizer's count does not override it
-        self._counting_optimizer = False
-        self._last_stats_at: tuple[int | None, int] | None = None  # (epoch, step) of the last measurement
-        self._last_balance_at: tuple[int | None, int] | None = None
         # The task losses of the first training step the hooks saw, and its step: the first balance record carries
         # them (the run's L(0), GradNorm's start) when that record comes later (every_n_steps=50: after 49 updates,
         # when an easy task has learned already and would look as if it never started).
@@ -202,8 +203,6 @@ class GradientMonitor:
         self._ended = False
         # The model the hooks were last given, until run_start names it: an epoch's record may come first.
         self._model: weakref.ref[nn.Module] | None = None
-        # (step, epoch) at the first step hook: where this process began monitoring (a resumed run's is late).
-        self._began: tuple[int, int | None] | None = None
         self._single_task: str | None = None  # the task of the first call to name only one
         self._tasks: dict[str, None] = {}  # the task names losses were given under, in order (run_end's tasks)
         # The parameters the last balance was measured on: a task cut off them later is left out, not the end of it
@@ -247,57 +246,28 @@ class GradientMonitor:
     @property
     def step(self) -> int:
         """The optimizer step now being prepared (1-based): the one the current gradients are applied in."""
-        return self.steps_done + 1
+        return self._cadence.step
 
     # -------------------------------------------------------------- schedule
 
-    def _due(self, every_steps: int | None, every_epochs: int, last: tuple[int | None, int] | None) -> bool:
-        if not self.enabled:
-            return False
-        if every_steps is not None:
-            # The first step at or past each multiple of N not measured yet, rather than the multiples alone: a
-            # step count that moves by more than one (two optimizers stepping Lightning's global_step each batch,
-            # a loop numbering micro-batches) would never land on one.
-            done = last[1] if last is not None else (self._began[0] if self._began else self.step) - 1
-            return self.step // every_steps > done // every_steps
-        if self.epoch is None:
-            return False
-        return self.epoch % every_epochs == 0 and (last is None or last[0] != self.epoch)
-
     def stats_due(self) -> bool:
         """True if :meth:`on_before_optimizer_step` would measure now."""
-        return self._due(self.every_n_steps, self.log_frequency, self._last_stats_at)
+        return self.enabled and self._cadence.stats_due()
 
     def balance_due(self) -> bool:
         """True if a task-balance probe would measure now (throttled whichever method is called)."""
-        return self._due(self.balance_every_n_steps, self.task_balance_frequency, self._last_balance_at)
+        return self.enabled and self._cadence.balance_due()
 
     def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Count ``optimizer``'s steps (a hook after each ``step()``): with gradient accumulation that is one per
-        accumulated batch, and a step a GradScaler skips is not one. Several optimizers stepping together
-        (sparse and dense parameters) make one training step: the first one watched counts, later calls are
-        ignored. accelerate's ``AcceleratedOptimizer`` is counted by the optimizer it wraps, which steps only
-        on the accumulated batch. An optimizer restored from a checkpoint that counts its steps (Adam, AdamW,
-        and most but plain SGD) starts the count where it left off, unless :meth:`at_step` said otherwise: a
-        resumed run's records go on from the steps it resumed at."""
-        if self._counting_optimizer:
-            return
-        inner = getattr(optimizer, "optimizer", None)
-        counted_optimizer = inner if isinstance(inner, torch.optim.Optimizer) else optimizer
-        if not self._step_given:
-            self.steps_done = steps_taken(counted_optimizer)
-
-        def counted(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
-            self.steps_done += 1
-
-        counted_optimizer.register_step_post_hook(counted)
-        self._counting_optimizer = True
+        """Count ``optimizer``'s steps, a step a GradScaler skips not being one (see
+        :meth:`~moola.utils.monitoring.cadence.Cadence.watch_optimizer`: with several, the first counts; a
+        restored one goes on from its own count)."""
+        self._cadence.watch_optimizer(optimizer)
 
     def at_step(self, step: int) -> None:
         """Take a framework's own step count: ``step`` (1-based) is the optimizer step now being prepared, the
         one the next measurements are numbered with and scheduled by."""
-        self.steps_done = whole(step) - 1
-        self._step_given = True
+        self._cadence.at_step(step)
 
     def _one_task_per_call(self, task: str) -> None:
         """Calls naming one task each, a different one now and then (batches of one task in turn, from several
@@ -328,10 +298,6 @@ class GradientMonitor:
         if not self._started and isinstance(model, nn.Module):  # (anything else: the measurement says what)
             self._model = weakref.ref(model)
 
-    def _note_began(self) -> None:
-        if self._began is None:
-            self._began = (self.step, self.epoch)
-
     def on_epoch_start(self, epoch: int) -> None:
         """The epoch the next records belong to."""
         self.epoch = whole(epoch)
@@ -354,9 +320,7 @@ class GradientMonitor:
             self._undo_sigterm = on_sigterm(self.on_run_end)
         params = named_parameters(model) if model is not None else []
         names = [name for name, p in params if p.requires_grad]
-        # Where this process began: known once a step hook ran, or a framework or restored optimizer said which
-        # step this is; otherwise not said (a watcher then judges by when the first records came).
-        began = self._began or ((self.step, self.epoch) if self._step_given or self.steps_done else None)
+        began = self._cadence.first_known()
         self._emit(
             schema.RUN_START,
             model=model_name or (type(unwrapped(model)).__name__ if model is not None else "unknown"),
@@ -413,7 +377,8 @@ class GradientMonitor:
         wherever someone else does the backward (DDP, FSDP, accelerate, a GradScaler). None when not due or
         not measurable (one warning saying why)."""
         require_named(losses)
-        self._note_began()
+        cadence = self._cadence
+        cadence.note_began()
         self._saw_tasks(losses)
         self._meet(model)
         # (A loss that is not a tensor counts as requiring grad here: the probe then says what is wrong with it.)
@@ -423,10 +388,10 @@ class GradientMonitor:
             return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
         if self._start_losses is None:  # detached: no host sync until it is recorded
             start = {name: loss.detach() if isinstance(loss, torch.Tensor) else loss for name, loss in losses.items()}
-            self._start_losses = (start, self.step)
+            self._start_losses = (start, cadence.step)
         if not self.balance_due():
             return None
-        self._last_balance_at = (self.epoch, self.step)
+        cadence.last_balance_at = (cadence.epoch, cadence.step)
 
         def measure() -> TaskGradients:
             if static_graph_first_iteration(losses.values()):
@@ -483,35 +448,36 @@ class GradientMonitor:
         scale (measured before ``unscale_``, as a framework that unscales inside its clip leaves them): every
         norm is divided by it; or the parameters whose gradients still carry it, the others' being unscaled
         already (several optimizers, only the stepping one's unscaled): only their norms are divided."""
+        cadence = self._cadence
         if step is not None:
-            self.at_step(step)
-        if self._began is None:  # (checked here: this runs every step)
-            self._note_began()
+            cadence.at_step(step)
+        if cadence.began is None:  # (checked here: this runs every step)
+            cadence.note_began()
         if not self._started:
             self._meet(model)
         stats = None
-        if self.enabled and self.every_n_steps is None and self.epoch is None:
+        if self.enabled and cadence.every_n_steps is None and cadence.epoch is None:
             self.warn_once(
                 "no-epoch",
                 "WARNING: GradientMonitor counts epochs but was given none: pass every_n_steps= to measure by "
                 "optimizer steps, or the epoch to update()/on_epoch_start()",
             )
         if self.stats_due():
-            self._last_stats_at = (self.epoch, self.step)
+            cadence.last_stats_at = (cadence.epoch, cadence.step)
             stats = self._guarded("gradient statistics", lambda: self._measure(model, scaler, still_scaled), model)
             if stats is not None and "amp" in stats and stats["amp"]["overflow"]:
-                self._last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
-        elif self._counting_optimizer and step is None and self._last_stats_at == (self.epoch, self.step):
+                cadence.last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
+        elif cadence.counting_optimizer and step is None and cadence.last_stats_at == (cadence.epoch, cadence.step):
             self.warn_once(
                 "again",
-                f"WARNING: on_before_optimizer_step was called again before the optimizer stepped (step {self.step}):"
-                " with gradient accumulation call it once per optimizer step, after the last micro-batch's backward;"
-                " its first call measured a partial gradient",
+                f"WARNING: on_before_optimizer_step was called again before the optimizer stepped (step "
+                f"{cadence.step}): with gradient accumulation call it once per optimizer step, after the last "
+                "micro-batch's backward; its first call measured a partial gradient",
             )
         if self._halting is not None:  # (no call on the every-step path of a run without halt_on)
             self.agree_on_halting()
-        if not self._counting_optimizer:
-            self.steps_done += 1
+        if not cadence.counting_optimizer:
+            cadence.steps_done += 1
         return stats
 
     def agree_on_halting(self) -> None:
@@ -596,6 +562,7 @@ class GradientMonitor:
         self, model: nn.Module, scaler: torch.amp.GradScaler | None, still_scaled: bool | Collection[torch.Tensor]
     ) -> dict[str, Any]:
         began = time.perf_counter()
+        cadence = self._cadence
         scaler = scaler if scaler is not None and scaler.is_enabled() else None
         # The scale rides along with the norms: one host sync, not a second one for get_scale()'s .item(). A
         # scaler that has scaled nothing yet holds no scale tensor; get_scale() then gives its initial scale.
@@ -618,7 +585,7 @@ class GradientMonitor:
             overflow = stats["nonfinite_count"] > 0
             stats["amp"] = {"scale": amp_scale, "overflow": overflow}
         if self._console_on():
-            where = f"Epoch {self.epoch}" if self.epoch is not None else f"Step {self.step}"
+            where = f"Epoch {cadence.epoch}" if cadence.epoch is not None else f"Step {cadence.step}"
             self._echo(stats_block(where, stats, norms, overflow, self.thresholds))
         stats.update(compact_layer_norms(norms, self.max_layer_norms, vanishing=self.thresholds.vanishing))
         if stats["nonfinite_count"] > self.max_layer_norms:
@@ -635,7 +602,7 @@ class GradientMonitor:
             if "layer_groups" in stats
             else GradSummary(stats["min_norm"], stats["max_norm"], stats["nonfinite_count"], stats["mean_norm"])
         )
-        fields = {"epoch": self.epoch, "step": self.step, **stats}
+        fields = {"epoch": cadence.epoch, "step": cadence.step, **stats}
         self._emit_built(schema.GRAD_STATS, fields, finite=finite, summary=summary)
         return stats
 
@@ -646,7 +613,7 @@ class GradientMonitor:
     def record_balance(self, balance: TaskGradients) -> None:
         """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
         measured, at the current step and epoch."""
-        self._last_balance_at = (self.epoch, self.step)
+        self._cadence.last_balance_at = (self.epoch, self.step)
         self._saw_tasks(balance.norms)
         if balance.left_out:
             many = len(balance.left_out) > 1
