@@ -18,7 +18,6 @@ a crashed run. The rules that judge the numbers live in :mod:`moola_watch.rules`
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import socket
@@ -34,15 +33,9 @@ from torch import nn
 
 from moola import __version__
 from moola.utils.monitoring.cadence import Cadence, whole
-from moola.utils.monitoring.console import LOGGER, PREFIX, stats_block
-from moola.utils.monitoring.distributed import (
-    distributed_rank,
-    launcher_rank,
-    rank_log_path,
-    static_graph_first_iteration,
-)
+from moola.utils.monitoring.console import PREFIX, stats_block
+from moola.utils.monitoring.distributed import static_graph_first_iteration
 from moola.utils.monitoring.halting import Halting
-from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
 from moola.utils.monitoring.norms import NormPlan, gradient_statistics, named_parameters, unwrapped
 from moola.utils.monitoring.records import (
     MAX_LAYER_NORMS,
@@ -52,6 +45,7 @@ from moola.utils.monitoring.records import (
     plain,
 )
 from moola.utils.monitoring.run_end import ending, on_sigterm
+from moola.utils.monitoring.run_output import RunOutput
 from moola.utils.monitoring.task_balance import (
     BalanceUnavailable,
     TaskGradients,
@@ -59,17 +53,10 @@ from moola.utils.monitoring.task_balance import (
     require_named,
 )
 from moola_watch import rules, schema
-from moola_watch.rules import Alert, AlertEvent, GradSummary, MonitoringSummary, Thresholds
+from moola_watch.rules import Alert, GradSummary, MonitoringSummary, Thresholds
 from moola_watch.writer_process import this_process
 
 _T = TypeVar("_T")
-
-
-_OPTIONAL_INT = (int, type(None))
-
-
-def _quiet(_text: str) -> None:
-    """Where a rank other than 0 sends its console lines."""
 
 
 def _one_number(value: object) -> bool:
@@ -139,6 +126,12 @@ class GradientMonitor:
     balance_every_n_steps: _Delegated[int | None] = _Delegated("_cadence")
     epoch: _Delegated[int | None] = _Delegated("_cadence")  # the epoch the next records belong to
     steps_done: _Delegated[int] = _Delegated("_cadence")  # optimizer steps taken so far
+    # Who writes, and what: the output's (:mod:`~moola.utils.monitoring.run_output`).
+    rank: _Delegated[int] = _Delegated("_output")
+    world_size: _Delegated[int] = _Delegated("_output")
+    per_rank: _Delegated[bool] = _Delegated("_output")
+    run_id: _Delegated[str] = _Delegated("_output")
+    engine: _Delegated[rules.RuleEngine] = _Delegated("_output")
 
     def __init__(
         self,
@@ -171,36 +164,28 @@ class GradientMonitor:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self._halting = Halting(halt_on) if halt_on is not None else None
-        # Under torch.distributed every rank measures (sharded norms need every rank in the reduction), but
-        # only rank 0 writes and prints, its gradients being the all-reduced ones; per_rank=True gives each
-        # rank its own file, named and marked with the rank.
-        self.rank, self.world_size = distributed_rank()
-        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-            self.rank = launcher_rank()  # made before the process group: the launcher says who writes
-        self.per_rank = per_rank
         self.enabled = enabled
-        self._echo = echo or LOGGER.info
-        self._warn = warn or echo or LOGGER.warning
-        if not enabled or (self.rank != 0 and not per_rank):
-            log_path = stream = None
-            self._echo = self._warn = _quiet
-        # Opened at the run's first record (:meth:`_open_log`): by then a process group made after the monitor
-        # (torch.multiprocessing.spawn sets no RANK) says which process writes.
-        self._log_target: str | Path | BinaryIO | None = log_path if stream is None else stream
         self._cadence = Cadence(log_frequency, task_balance_frequency, every_n_steps, balance_every_n_steps)
         self.max_layer_norms = max_layer_norms
         self.thresholds = thresholds or Thresholds()
-        self.run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}{id(self) % 100:02d}"
-        self.engine = rules.RuleEngine(self.thresholds)
-        self._clock = clock
-        self._writer: JsonlRecordWriter | None = None
+        self._output = RunOutput(
+            log_path if stream is None else stream,
+            run_id=run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}{id(self) % 100:02d}",
+            engine=rules.RuleEngine(self.thresholds),
+            clock=clock,
+            echo=echo,
+            warn=warn,
+            per_rank=per_rank,
+            silent=not enabled,
+            on_alert=on_alert,
+            halting=self._halting,
+            start_run=self.on_run_start,
+        )
         # The task losses of the first training step the hooks saw, and its step: the first balance record carries
         # them (the run's L(0), GradNorm's start) when that record comes later (every_n_steps=50: after 49 updates,
         # when an easy task has learned already and would look as if it never started).
         self._start_losses: tuple[dict[str, torch.Tensor | float], int] | None = None
         self._start_recorded = False
-        self._started = False
-        self._ended = False
         # The model the hooks were last given, until run_start names it: an epoch's record may come first.
         self._model: weakref.ref[nn.Module] | None = None
         self._single_task: str | None = None  # the task of the first call to name only one
@@ -209,18 +194,11 @@ class GradientMonitor:
         self._shared_before: tuple[torch.Tensor, ...] = ()
         self.end_on_sigterm = end_on_sigterm
         self._undo_sigterm: Callable[[], None] = lambda: None  # the SIGTERM handler on_run_start set, if any
-        self._last_step = 0  # the highest step recorded so far
-        self._last_epoch: int | None = None  # the epoch of the latest record (run_end's, not the one after it)
-        self._warned: set[str] = set()
         self._norm_plan = NormPlan([])
-        self._on_alert = on_alert
 
     @property
     def log_path(self) -> Path | None:
-        if self._writer is not None:
-            return self._writer.path
-        target = self._log_target
-        return self._rank_path(Path(target)) if isinstance(target, str | Path) else None
+        return self._output.log_path
 
     @property
     def should_stop(self) -> bool:
@@ -295,7 +273,7 @@ class GradientMonitor:
     def _meet(self, model: nn.Module) -> None:
         """Remember ``model`` (weakly, never keeping it alive) until ``run_start`` is written: a record written
         before anything was measured (an epoch's, ``run_end``'s) opens the log with a ``run_start`` naming it."""
-        if not self._started and isinstance(model, nn.Module):  # (anything else: the measurement says what)
+        if not self._output.started and isinstance(model, nn.Module):  # (anything else: the measurement says what)
             self._model = weakref.ref(model)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -309,14 +287,14 @@ class GradientMonitor:
     ) -> None:
         """Write ``run_start`` (done by the first record if not called before). Without ``model``, the model the
         hooks were given so far, if any: the record says ``unknown`` only when no hook has been given one."""
-        if self._started or not self.enabled:
+        if self._output.started or not self.enabled:
             return
         if model is None and self._model is not None:
             model = self._model()
-        self._started = True
         self._model = None
-        self._open_log()
-        if self._writer is not None and self.end_on_sigterm:  # a scheduler stopping the job: the log says so
+        self._output.open()
+        writer = self._output.writer
+        if writer is not None and self.end_on_sigterm:  # a scheduler stopping the job: the log says so
             self._undo_sigterm = on_sigterm(self.on_run_end)
         params = named_parameters(model) if model is not None else []
         names = [name for name, p in params if p.requires_grad]
@@ -337,30 +315,11 @@ class GradientMonitor:
             host=socket.gethostname(),
             pid=os.getpid(),
             process=this_process(),  # what tells this process from a later one given its pid: a watcher knows it died
-            log_path=str(self._writer.path.resolve()) if self._writer and self._writer.path else None,
+            log_path=str(writer.path.resolve()) if writer and writer.path else None,
             rank=self.rank,
             world_size=self.world_size,
             **({"first_step": began[0], "first_epoch": began[1]} if began else {}),
         )
-
-    def _open_log(self) -> None:
-        """Open the log for the run's first record. A process group set up since the monitor was made says
-        which process this is (halting must agree across it): only rank 0 writes, or each its own file."""
-        rank, world_size = distributed_rank()
-        if world_size > 1:
-            self.rank, self.world_size = rank, world_size
-        target = self._log_target
-        if target is None:
-            return
-        if self.rank != 0 and not self.per_rank:
-            self._log_target, self._echo, self._warn = None, _quiet, _quiet
-            return
-        self._writer = JsonlRecordWriter(
-            self._rank_path(Path(target)) if isinstance(target, str | Path) else target, warn=self._warn
-        )
-
-    def _rank_path(self, path: Path) -> Path:
-        return rank_log_path(path, self.rank) if self.per_rank else path
 
     def on_before_backward(
         self,
@@ -453,7 +412,7 @@ class GradientMonitor:
             cadence.at_step(step)
         if cadence.began is None:  # (checked here: this runs every step)
             cadence.note_began()
-        if not self._started:
+        if not self._output.started:
             self._meet(model)
         stats = None
         if self.enabled and cadence.every_n_steps is None and cadence.epoch is None:
@@ -514,16 +473,16 @@ class GradientMonitor:
     def on_run_end(self, status: str = "completed", error: str | None = None) -> MonitoringSummary:
         """Write ``run_end`` (with a ``run_start`` first if nothing was measured, so a log is never empty),
         synced to disk; print the summary block; release the log."""
-        if self._ended or not self.enabled:
+        if self._output.ended or not self.enabled:
             return self.engine.summary()
-        self._ended = True
+        self._output.ended = True
         if self.should_stop and status == "completed":
             status, error = "failed", self.halt_reason
-        if self._log_target is not None or self._started:  # _emit writes a run_start first if none was written
+        if self._output.target is not None or self._output.started:  # a run_start is written first if none was
             summary = self.engine.summary().to_dict()
             self._emit(
                 schema.RUN_END,
-                epoch=self._last_epoch if self._last_epoch is not None else self.epoch,
+                epoch=self._output.last_epoch if self._output.last_epoch is not None else self.epoch,
                 step=self.steps_done,
                 status=status,
                 error=error,
@@ -531,9 +490,8 @@ class GradientMonitor:
                 **({"tasks": list(self._tasks)} if self._tasks else {}),
             )
         summary = self.engine.summary()
-        self._echo("\n" + "\n".join(summary.lines()))
-        if self._writer:
-            self._writer.close(sync=True)
+        self._output.echo("\n" + "\n".join(summary.lines()))
+        self._output.close()
         self._undo_sigterm()
         return summary
 
@@ -584,9 +542,9 @@ class GradientMonitor:
         if scaler is not None:
             overflow = stats["nonfinite_count"] > 0
             stats["amp"] = {"scale": amp_scale, "overflow": overflow}
-        if self._console_on():
+        if self._output.console_on():
             where = f"Epoch {cadence.epoch}" if cadence.epoch is not None else f"Step {cadence.step}"
-            self._echo(stats_block(where, stats, norms, overflow, self.thresholds))
+            self._output.echo(stats_block(where, stats, norms, overflow, self.thresholds))
         stats.update(compact_layer_norms(norms, self.max_layer_norms, vanishing=self.thresholds.vanishing))
         if stats["nonfinite_count"] > self.max_layer_norms:
             stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
@@ -603,12 +561,8 @@ class GradientMonitor:
             else GradSummary(stats["min_norm"], stats["max_norm"], stats["nonfinite_count"], stats["mean_norm"])
         )
         fields = {"epoch": cadence.epoch, "step": cadence.step, **stats}
-        self._emit_built(schema.GRAD_STATS, fields, finite=finite, summary=summary)
+        self._output.emit_built(schema.GRAD_STATS, fields, finite=finite, summary=summary)
         return stats
-
-    def _console_on(self) -> bool:
-        """False when nobody would see a console line (the logger's default), so none is built."""
-        return self._echo is not _quiet and (self._echo != LOGGER.info or LOGGER.isEnabledFor(logging.INFO))
 
     def record_balance(self, balance: TaskGradients) -> None:
         """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
@@ -625,11 +579,11 @@ class GradientMonitor:
             )
         if balance.ratio is not None:
             if not math.isnan(balance.ratio):
-                self._echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, self.epoch, self.thresholds)}")
+                self._output.echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, self.epoch, self.thresholds)}")
         else:
             parts = ", ".join(f"{t} {balance.norms[t]:.4g} ({balance.shares[t]:.0%})" for t in balance.norms)
             where = f"epoch {self.epoch}" if self.epoch is not None else f"step {self.step}"
-            self._echo(f"\n{PREFIX} Task balance at {where}: {parts} (gradient norm, share of the update)")
+            self._output.echo(f"\n{PREFIX} Task balance at {where}: {parts} (gradient norm, share of the update)")
         fields: dict[str, Any] = {"ratio": balance.ratio} if balance.ratio is not None else {}
         if balance.left_out:  # a task measured before and left out now stopped training the shared layers
             fields["left_out"] = list(balance.left_out)
@@ -665,7 +619,7 @@ class GradientMonitor:
     def record_weights(self, weights: Mapping[str, float], *, previous: Mapping[str, float], method: str) -> None:
         """Record (and say) that an automatic balancer changed the task loss weights."""
         change = ", ".join(f"{name} {previous.get(name, math.nan):.3g} -> {w:.3g}" for name, w in weights.items())
-        self._echo(f"{PREFIX} Loss weights ({method}): {change}")
+        self._output.echo(f"{PREFIX} Loss weights ({method}): {change}")
         self._emit(
             schema.LOSS_WEIGHTS,
             epoch=self.epoch,
@@ -678,7 +632,7 @@ class GradientMonitor:
     def _guarded(self, what: str, measure: Callable[[], _T], model: nn.Module | None = None) -> _T | None:
         """Run a measurement; a failure is one warning per kind of failure, never a crashed run."""
         try:
-            if model is not None and not self._started:
+            if model is not None and not self._output.started:
                 self.on_run_start(model)
             return measure()
         except BalanceUnavailable as exc:
@@ -689,105 +643,12 @@ class GradientMonitor:
             )
         return None
 
-    def _act_on(self, alert: Alert) -> None:
-        """The user's ``on_alert``, then the halt decision (so a checkpoint is taken before the loop stops)."""
-        if self._on_alert is not None:
-            try:
-                self._on_alert(alert)
-            except Exception as exc:  # a broken callback must not take training down
-                self.warn_once("on_alert", f"WARNING: on_alert raised {type(exc).__name__}: {exc}; training continues")
-        # (run_end's own alerts, a run that failed, are its end, not a reason to stop it)
-        if self._halting is not None and not self._ended and self._halting.consider(alert):
-            self._echo(f"{PREFIX} Halting: {alert.severity} alert {alert.rule} ({alert.subject})")
-
     def warn_once(self, key: str, message: str) -> None:
         """Give ``message`` through the monitor's warning channel, the first time ``key`` is seen."""
-        if key not in self._warned:
-            self._warned.add(key)
-            self._warn(message)
-
-    # -------------------------------------------------------------- records
+        self._output.warn_once(key, message)
 
     def _emit(self, kind: str, **fields: Any) -> None:
-        """Write a record of ``kind`` from ``fields`` that come from the user: cleaned first (an optional value no
-        reader would accept is left out, with one warning; without a usable required one, nothing is written)."""
-        if not self.enabled:
-            return
-        fields, problems = schema.clean_fields(kind, fields)
-        for problem in problems:
-            self.warn_once(problem, f"WARNING: {problem} in {'an' if kind[0] in 'aeiou' else 'a'} {kind} record")
-        if any("(left out)" not in problem for problem in problems):
-            return  # a required field is unusable: a record no reader would accept is not written
-        self._write(kind, fields)
-
-    def _emit_built(
-        self, kind: str, fields: dict[str, Any], *, finite: bool, summary: GradSummary | None = None
-    ) -> None:
-        """Write a record of ``kind`` whose fields the monitor built itself from known types (floats from a
-        tensor's ``tolist()``, parameter names, counts): only the values a user passes in (the epoch and the
-        step) are checked, not every field, and with ``finite`` (every float in ``fields`` is finite) the line is
-        encoded as it stands. ``summary`` goes to the rule engine with the record. A test holds the watcher's
-        validators to accepting every record built here."""
-        if not (type(fields["epoch"]) in _OPTIONAL_INT and type(fields["step"]) is int):
-            self._emit(kind, **fields)  # a user's epoch or step of another type: clean field by field
-        else:
-            self._write(kind, fields, finite=finite, summary=summary)
-
-    def _write(
-        self, kind: str, fields: dict[str, Any], *, finite: bool = False, summary: GradSummary | None = None
-    ) -> None:
-        """Judge and write a record from valid ``fields``; ``finite`` and ``summary``: see :meth:`_emit_built`."""
-        if kind != schema.RUN_START and not self._started:
-            self.on_run_start()  # every log opens with its run_start (thresholds included), whatever came first
-        self._last_epoch = fields.get("epoch", self._last_epoch)
-        step = fields.get("step")
-        if step is not None:  # a step never goes back: run_end's comes after a probe of a step not yet taken
-            fields["step"] = self._last_step = max(step, self._last_step)
-        if self.per_rank:
-            fields["rank"] = self.rank
-        now = self._clock()
-        record = schema.record_of(kind, self.run_id, now, fields)
-        events = self.engine.observe(record, summary)
-        if self._writer:
-            native = finite and type(now) is float and math.isfinite(now)
-            try:
-                line = schema.encode_native(record) if native else schema.encode_record(record)
-            except (TypeError, ValueError) as exc:  # a value no encoder takes: that record, never the run
-                self.warn_once(f"encode {kind}", f"WARNING: a {kind} record could not be written ({exc})")
-            else:
-                self._writer.write_line(line, kind)
-                if kind == schema.RUN_START:  # a rotated log's new file opens with it, marked as going on
-                    self._writer.header = schema.encode_record({**record, schema.CONTINUED: True})
-        if events:
-            self._report(events, record)
-
-    def _report(self, events: list[AlertEvent], cause: schema.Record) -> None:
-        for event in events:
-            alert = event.alert
-            if alert.state == rules.PENDING:
-                continue
-            if self._writer and cause["kind"] != schema.RUN_END:  # run_end is the last record and says it all
-                self._writer.write(
-                    schema.make_record(
-                        schema.ALERT,
-                        self.run_id,
-                        self._clock(),
-                        epoch=cause.get("epoch"),
-                        step=cause.get("step"),
-                        rule=alert.rule,
-                        severity=alert.severity,
-                        state=alert.state,
-                        subject=alert.subject,
-                        value=alert.value,
-                        message=alert.message,
-                        recommendation=alert.recommendation,
-                    )
-                )
-            if alert.state == rules.FIRING:
-                self._act_on(alert)
-            if alert.rule == rules.IMBALANCE:
-                continue  # the per-sample balance line already says it, in the spec's words
-            if alert.state == rules.FIRING:
-                self._echo(f"{PREFIX} {alert.message}\n  Recommendation: {alert.recommendation}")
-            else:
-                self._echo(f"{PREFIX} Resolved ({alert.rule}): {alert.message}")
+        """Write a record of ``kind`` from ``fields`` that come from the user (see
+        :meth:`~moola.utils.monitoring.run_output.RunOutput.emit`); nothing while disabled."""
+        if self.enabled:
+            self._output.emit(kind, fields)
