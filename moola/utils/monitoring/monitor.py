@@ -23,7 +23,7 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Generic, TypeVar
@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from moola import __version__
+from moola.utils.monitoring.balance_probe import BalanceProbe
 from moola.utils.monitoring.cadence import Cadence, whole
 from moola.utils.monitoring.console import PREFIX, stats_block
-from moola.utils.monitoring.distributed import static_graph_first_iteration
 from moola.utils.monitoring.halting import Halting
 from moola.utils.monitoring.norms import NormPlan, gradient_statistics, named_parameters, unwrapped
 from moola.utils.monitoring.records import (
@@ -49,7 +49,6 @@ from moola.utils.monitoring.run_output import RunOutput
 from moola.utils.monitoring.task_balance import (
     BalanceUnavailable,
     TaskGradients,
-    compute_task_balance,
     require_named,
 )
 from moola_watch import rules, schema
@@ -57,18 +56,6 @@ from moola_watch.rules import Alert, GradSummary, MonitoringSummary, Thresholds
 from moola_watch.writer_process import this_process
 
 _T = TypeVar("_T")
-
-
-def _one_number(value: object) -> bool:
-    """Whether ``value`` is a plain number or a tensor holding one."""
-    return isinstance(value, float | int) or (isinstance(value, torch.Tensor) and value.numel() == 1)
-
-
-#: Why a probe waits for DDP(static_graph=True)'s second iteration (see ``static_graph_first_iteration``).
-STATIC_GRAPH_FIRST_ITERATION = (
-    "not measured on DistributedDataParallel(static_graph=True)'s first iteration, whose delayed all-reduce "
-    "must come from the step's own backward; the next probe measures"
-)
 
 
 class _Delegated(Generic[_T]):
@@ -181,17 +168,9 @@ class GradientMonitor:
             halting=self._halting,
             start_run=self.on_run_start,
         )
-        # The task losses of the first training step the hooks saw, and its step: the first balance record carries
-        # them (the run's L(0), GradNorm's start) when that record comes later (every_n_steps=50: after 49 updates,
-        # when an easy task has learned already and would look as if it never started).
-        self._start_losses: tuple[dict[str, torch.Tensor | float], int] | None = None
-        self._start_recorded = False
+        self._balance = BalanceProbe(self._cadence, self._output)
         # The model the hooks were last given, until run_start names it: an epoch's record may come first.
         self._model: weakref.ref[nn.Module] | None = None
-        self._single_task: str | None = None  # the task of the first call to name only one
-        self._tasks: dict[str, None] = {}  # the task names losses were given under, in order (run_end's tasks)
-        # The parameters the last balance was measured on: a task cut off them later is left out, not the end of it
-        self._shared_before: tuple[torch.Tensor, ...] = ()
         self.end_on_sigterm = end_on_sigterm
         self._undo_sigterm: Callable[[], None] = lambda: None  # the SIGTERM handler on_run_start set, if any
         self._norm_plan = NormPlan([])
@@ -246,29 +225,6 @@ class GradientMonitor:
         """Take a framework's own step count: ``step`` (1-based) is the optimizer step now being prepared, the
         one the next measurements are numbered with and scheduled by."""
         self._cadence.at_step(step)
-
-    def _one_task_per_call(self, task: str) -> None:
-        """Calls naming one task each, a different one now and then (batches of one task in turn, from several
-        datasets): the balance compares tasks' losses on one batch, so it would never be measured. Say so once."""
-        first = self._single_task
-        if first is None:
-            self._single_task = task
-        elif task != first:
-            self.warn_once(
-                "one task per call",
-                f"WARNING: task balance: calls name one task each ({first}, then {task}): the balance compares the "
-                "losses of two or more tasks on the same batch, so it is not measured; pass every task's loss of "
-                "a batch together",
-            )
-
-    def _saw_tasks(self, names: Iterable[str]) -> None:
-        """Remember task names for ``run_end`` (at most ``schema.MAX_TASK_NAMES``): a log whose run trained several
-        tasks but never measured the balance of one of them then says so, where stderr's warning is long gone."""
-        if len(self._tasks) < schema.MAX_TASK_NAMES:
-            for name in names:
-                self._tasks.setdefault(name)
-            while len(self._tasks) > schema.MAX_TASK_NAMES:
-                self._tasks.popitem()
 
     def _meet(self, model: nn.Module) -> None:
         """Remember ``model`` (weakly, never keeping it alive) until ``run_start`` is written: a record written
@@ -338,31 +294,18 @@ class GradientMonitor:
         require_named(losses)
         cadence = self._cadence
         cadence.note_began()
-        self._saw_tasks(losses)
         self._meet(model)
-        # (A loss that is not a tensor counts as requiring grad here: the probe then says what is wrong with it.)
-        if len(losses) == 1:
-            self._one_task_per_call(next(iter(losses)))
-        if len(losses) < 2 or not any(getattr(loss, "requires_grad", True) for loss in losses.values()):
-            return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
-        if self._start_losses is None:  # detached: no host sync until it is recorded
-            start = {name: loss.detach() if isinstance(loss, torch.Tensor) else loss for name, loss in losses.items()}
-            self._start_losses = (start, cadence.step)
-        if not self.balance_due():
+        if not self._balance.takes(losses) or not self.balance_due():
             return None
         cadence.last_balance_at = (cadence.epoch, cadence.step)
-
-        def measure() -> TaskGradients:
-            if static_graph_first_iteration(losses.values()):
-                raise BalanceUnavailable(STATIC_GRAPH_FIRST_ITERATION)
-            return compute_task_balance(
-                losses, model, weights=weights, shared_parameters=shared_parameters, representation=representation,
-                before=self._shared_before,
-            )  # fmt: skip
-
-        balance = self._guarded("task balance", measure, model)
+        balance = self._guarded(
+            "task balance",
+            lambda: self._balance.measure(
+                model, losses, weights, shared_parameters=shared_parameters, representation=representation
+            ),
+            model,
+        )
         if balance is not None:
-            self._shared_before = balance.parameters or self._shared_before
             self.record_balance(balance)
         return balance
 
@@ -487,7 +430,7 @@ class GradientMonitor:
                 status=status,
                 error=error,
                 summary=summary,
-                **({"tasks": list(self._tasks)} if self._tasks else {}),
+                **({"tasks": list(self._balance.tasks)} if self._balance.tasks else {}),
             )
         summary = self.engine.summary()
         self._output.echo("\n" + "\n".join(summary.lines()))
@@ -567,54 +510,7 @@ class GradientMonitor:
     def record_balance(self, balance: TaskGradients) -> None:
         """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
         measured, at the current step and epoch."""
-        self._cadence.last_balance_at = (self.epoch, self.step)
-        self._saw_tasks(balance.norms)
-        if balance.left_out:
-            many = len(balance.left_out) > 1
-            self.warn_once(
-                f"left out {balance.left_out}",
-                f"WARNING: task balance: the {' and '.join(balance.left_out)} task{'s get' if many else ' gets'} no "
-                "gradient on the parameters the other tasks share (a head fed a detached input?): left out of the "
-                f"balance, measured for {', '.join(balance.norms)}",
-            )
-        if balance.ratio is not None:
-            if not math.isnan(balance.ratio):
-                self._output.echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, self.epoch, self.thresholds)}")
-        else:
-            parts = ", ".join(f"{t} {balance.norms[t]:.4g} ({balance.shares[t]:.0%})" for t in balance.norms)
-            where = f"epoch {self.epoch}" if self.epoch is not None else f"step {self.step}"
-            self._output.echo(f"\n{PREFIX} Task balance at {where}: {parts} (gradient norm, share of the update)")
-        fields: dict[str, Any] = {"ratio": balance.ratio} if balance.ratio is not None else {}
-        if balance.left_out:  # a task measured before and left out now stopped training the shared layers
-            fields["left_out"] = list(balance.left_out)
-        fields.update(self._take_start_losses())
-        self._emit(
-            schema.TASK_BALANCE,
-            epoch=self.epoch,
-            step=self.step,
-            **fields,
-            norms=balance.norms,
-            raw_norms=balance.raw_norms,
-            cosine=balance.cosine,
-            cosines=balance.cosines,
-            shares=balance.shares,
-            losses=balance.losses,
-            weights=balance.weights,
-            scope=balance.scope,
-        )
-
-    def _take_start_losses(self) -> dict[str, Any]:
-        """The first balance record's ``start_losses`` and ``start_step`` (see ``_start_losses``), when the losses
-        were taken at an earlier step than this record's; {} after the first."""
-        if self._start_recorded:
-            return {}
-        self._start_recorded = True
-        start = self._start_losses
-        if start is None or start[1] >= self.step:
-            return {}
-        # (a loss of more than one number, which that step's probe refused, is left out rather than raise here)
-        losses = {name: float(loss) for name, loss in start[0].items() if _one_number(loss)}
-        return {"start_losses": losses, "start_step": start[1]}
+        self._emit(schema.TASK_BALANCE, **self._balance.record(balance, self.thresholds))
 
     def record_weights(self, weights: Mapping[str, float], *, previous: Mapping[str, float], method: str) -> None:
         """Record (and say) that an automatic balancer changed the task loss weights."""
