@@ -34,25 +34,25 @@ from torch import nn
 from moola import __version__
 from moola.utils.monitoring.balance_probe import BalanceProbe
 from moola.utils.monitoring.cadence import Cadence, whole
-from moola.utils.monitoring.console import PREFIX, stats_block
+from moola.utils.monitoring.console import PREFIX
 from moola.utils.monitoring.halting import Halting
-from moola.utils.monitoring.norms import NormPlan, gradient_statistics, named_parameters, unwrapped
+from moola.utils.monitoring.norms import named_parameters, unwrapped
 from moola.utils.monitoring.records import (
     MAX_LAYER_NORMS,
-    compact_layer_norms,
     config_value,
     learning_rate,
     plain,
 )
 from moola.utils.monitoring.run_end import ending, on_sigterm
 from moola.utils.monitoring.run_output import RunOutput
+from moola.utils.monitoring.stats_probe import StatsProbe
 from moola.utils.monitoring.task_balance import (
     BalanceUnavailable,
     TaskGradients,
     require_named,
 )
 from moola_watch import rules, schema
-from moola_watch.rules import Alert, GradSummary, MonitoringSummary, Thresholds
+from moola_watch.rules import Alert, MonitoringSummary, Thresholds
 from moola_watch.writer_process import this_process
 
 _T = TypeVar("_T")
@@ -168,12 +168,12 @@ class GradientMonitor:
             halting=self._halting,
             start_run=self.on_run_start,
         )
+        self._stats = StatsProbe(self._cadence, self._output)
         self._balance = BalanceProbe(self._cadence, self._output)
         # The model the hooks were last given, until run_start names it: an epoch's record may come first.
         self._model: weakref.ref[nn.Module] | None = None
         self.end_on_sigterm = end_on_sigterm
         self._undo_sigterm: Callable[[], None] = lambda: None  # the SIGTERM handler on_run_start set, if any
-        self._norm_plan = NormPlan([])
 
     @property
     def log_path(self) -> Path | None:
@@ -366,7 +366,13 @@ class GradientMonitor:
             )
         if self.stats_due():
             cadence.last_stats_at = (cadence.epoch, cadence.step)
-            stats = self._guarded("gradient statistics", lambda: self._measure(model, scaler, still_scaled), model)
+            stats = self._guarded(
+                "gradient statistics",
+                lambda: self._stats.measure(
+                    model, scaler, still_scaled, thresholds=self.thresholds, max_layer_norms=self.max_layer_norms
+                ),
+                model,
+            )
             if stats is not None and "amp" in stats and stats["amp"]["overflow"]:
                 cadence.last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
         elif cadence.counting_optimizer and step is None and cadence.last_stats_at == (cadence.epoch, cadence.step):
@@ -449,63 +455,6 @@ class GradientMonitor:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.on_run_end(*ending(exc))
-
-    # -------------------------------------------------------------- measuring
-
-    def _plan(self, model: nn.Module) -> NormPlan:
-        """The model's parameters grouped by (device, dtype), regrouped when a parameter or module was added or
-        replaced; every parameter, frozen ones too, so one unfrozen later is measured from its first gradient."""
-        if not self._norm_plan.is_current(model):
-            self._norm_plan = NormPlan(named_parameters(model), model)
-        return self._norm_plan
-
-    def _measure(
-        self, model: nn.Module, scaler: torch.amp.GradScaler | None, still_scaled: bool | Collection[torch.Tensor]
-    ) -> dict[str, Any]:
-        began = time.perf_counter()
-        cadence = self._cadence
-        scaler = scaler if scaler is not None and scaler.is_enabled() else None
-        # The scale rides along with the norms: one host sync, not a second one for get_scale()'s .item(). A
-        # scaler that has scaled nothing yet holds no scale tensor; get_scale() then gives its initial scale.
-        names, values, scale = self._plan(model).norms(scaler._get_scale_async() if scaler is not None else None)
-        if not names:
-            raise ValueError("no parameter has a gradient yet: measure after backward()")
-        amp_scale = (scale[0] if scale else scaler.get_scale()) if scaler is not None else None
-        if amp_scale and still_scaled is True:
-            values = [value / amp_scale for value in values]  # the norm is linear in the gradient
-        elif amp_scale and not isinstance(still_scaled, bool) and still_scaled:  # some parameters' gradients only
-            scaled = {id(p) for p in still_scaled}
-            scaled_names = {name for name, p in self._plan(model).named if id(p) in scaled}
-            values = [
-                value / amp_scale if name in scaled_names else value for name, value in zip(names, values, strict=True)
-            ]
-        stats = gradient_statistics(names, values)
-        norms = dict(zip(names, values, strict=True))
-        overflow = False
-        if scaler is not None:
-            overflow = stats["nonfinite_count"] > 0
-            stats["amp"] = {"scale": amp_scale, "overflow": overflow}
-        if self._output.console_on():
-            where = f"Epoch {cadence.epoch}" if cadence.epoch is not None else f"Step {cadence.step}"
-            self._output.echo(stats_block(where, stats, norms, overflow, self.thresholds))
-        stats.update(compact_layer_norms(norms, self.max_layer_norms, vanishing=self.thresholds.vanishing))
-        if stats["nonfinite_count"] > self.max_layer_norms:
-            stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
-        stats["cost_ms"] = (time.perf_counter() - began) * 1e3
-        # A finite mean is a finite sum of the norms: every norm and every statistic is finite (and a grouped
-        # norm of finite ones could still overflow, so grouped layers take the converting encoder).
-        finite = math.isfinite(stats["mean_norm"]) and not stats["nonfinite_count"] and "layer_groups" not in stats
-        if scaler is not None:
-            finite = finite and math.isfinite(stats["amp"]["scale"])
-        # The rules' summary of the record, from the statistics of the very norms it holds (grouped ones differ).
-        summary = (
-            None
-            if "layer_groups" in stats
-            else GradSummary(stats["min_norm"], stats["max_norm"], stats["nonfinite_count"], stats["mean_norm"])
-        )
-        fields = {"epoch": cadence.epoch, "step": cadence.step, **stats}
-        self._output.emit_built(schema.GRAD_STATS, fields, finite=finite, summary=summary)
-        return stats
 
     def record_balance(self, balance: TaskGradients) -> None:
         """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
