@@ -36,21 +36,11 @@ from moola.utils.monitoring.balance_probe import BalanceProbe
 from moola.utils.monitoring.cadence import Cadence, whole
 from moola.utils.monitoring.console import PREFIX
 from moola.utils.monitoring.halting import Halting
-from moola.utils.monitoring.norms import named_parameters, unwrapped
-from moola.utils.monitoring.records import (
-    MAX_LAYER_NORMS,
-    config_value,
-    learning_rate,
-    plain,
-)
+from moola.utils.monitoring.records import MAX_LAYER_NORMS, config_value, learning_rate, model_fields, plain
 from moola.utils.monitoring.run_end import ending, on_sigterm
 from moola.utils.monitoring.run_output import RunOutput
 from moola.utils.monitoring.stats_probe import StatsProbe
-from moola.utils.monitoring.task_balance import (
-    BalanceUnavailable,
-    TaskGradients,
-    require_named,
-)
+from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, require_named
 from moola_watch import rules, schema
 from moola_watch.rules import Alert, MonitoringSummary, Thresholds
 from moola_watch.writer_process import this_process
@@ -252,15 +242,10 @@ class GradientMonitor:
         writer = self._output.writer
         if writer is not None and self.end_on_sigterm:  # a scheduler stopping the job: the log says so
             self._undo_sigterm = on_sigterm(self.on_run_end)
-        params = named_parameters(model) if model is not None else []
-        names = [name for name, p in params if p.requires_grad]
         began = self._cadence.first_known()
         self._emit(
             schema.RUN_START,
-            model=model_name or (type(unwrapped(model)).__name__ if model is not None else "unknown"),
-            parameters=names[: self.max_layer_norms],
-            parameter_count=sum(p.numel() for _, p in params if p.requires_grad),
-            parameter_tensors=len(names),
+            **model_fields(model, model_name, self.max_layer_norms),
             config=config_value(config or {}),
             thresholds=self.thresholds.to_dict(),
             log_frequency=self.log_frequency,
