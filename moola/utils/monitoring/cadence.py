@@ -97,8 +97,7 @@ class Cadence:
         self.counting_optimizer = True
 
     def at_step(self, step: int) -> None:
-        """Take a framework's own step count: ``step`` (1-based) is the optimizer step now being prepared, the
-        one the next measurements are numbered with and scheduled by."""
+        """Take ``step`` (1-based) as the optimizer step now being prepared (a framework's own count)."""
         self.steps_done = whole(step) - 1
         self.step_given = True
 

@@ -1,4 +1,7 @@
-""":class:`GradientMonitor`: when to measure, the records it writes, and the alerts it raises.
+""":class:`GradientMonitor`: the hooks a training loop calls, composing when to measure
+(:mod:`~moola.utils.monitoring.cadence`), what is measured (:mod:`~moola.utils.monitoring.stats_probe`,
+:mod:`~moola.utils.monitoring.balance_probe`) and the records and alerts that come of it
+(:mod:`~moola.utils.monitoring.run_output`).
 
 The monitor's hooks are named for the moments of a training step, so a plain loop, the spec's ``fit`` and the
 framework callbacks all drive it the same way::
