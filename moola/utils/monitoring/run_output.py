@@ -82,6 +82,7 @@ class RunOutput:
 
     @property
     def log_path(self) -> Path | None:
+        """The log file (each rank's own with ``per_rank``); None for a stream or no log."""
         if self.writer is not None:
             return self.writer.path
         target = self.target
