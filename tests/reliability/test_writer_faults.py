@@ -115,7 +115,7 @@ def test_descriptor_closed_under_the_writer(tmp_path):
         model(torch.randn(2, 3)).backward()
         monitor.update(epoch, model)
         if epoch == 1:
-            os.close(monitor._writer._fd)  # the fault: something closed our descriptor
+            os.close(monitor._output.writer._fd)  # the fault: something closed our descriptor
     summary = monitor.on_run_end()
     assert sum("cannot be written (Bad file descriptor)" in line for line in echoed) == 1
     assert summary.grad_samples == 3 and any("Gradient Monitoring Summary" in line for line in echoed)

@@ -1,7 +1,8 @@
 """Gradient monitoring: :class:`GradientMonitor`, the measuring functions and the JSONL record writer.
 
 The spec's names are in :mod:`moola.utils.monitoring.gradient_diagnostics`; the work is done in ``norms``,
-``task_balance``, ``monitor``, ``records``, ``distributed`` and ``console``.
+``task_balance``, ``monitor`` (with ``cadence``, ``stats_probe``, ``balance_probe`` and ``run_output``),
+``records``, ``distributed`` and ``console``.
 """
 
 from moola.utils.monitoring.gradient_diagnostics import (

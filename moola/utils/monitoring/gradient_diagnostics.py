@@ -2,7 +2,10 @@
 
 - :mod:`~moola.utils.monitoring.norms`: per-layer gradient norms and their statistics;
 - :mod:`~moola.utils.monitoring.task_balance`: task balance on shared parameters or a representation;
-- :mod:`~moola.utils.monitoring.monitor`: :class:`GradientMonitor` (when to measure, records, alerts);
+- :mod:`~moola.utils.monitoring.monitor`: :class:`GradientMonitor`, the hooks, composing
+  :mod:`~moola.utils.monitoring.cadence` (when to measure), :mod:`~moola.utils.monitoring.stats_probe` and
+  :mod:`~moola.utils.monitoring.balance_probe` (what) and :mod:`~moola.utils.monitoring.run_output` (records,
+  alerts);
 - :mod:`~moola.utils.monitoring.distributed`: ranks, sharded gradients, synchronised backwards.
 
 The rules that judge the numbers live in :mod:`moola_watch.rules`, shared with the watcher.

@@ -1,4 +1,7 @@
-""":class:`GradientMonitor`: when to measure, the records it writes, and the alerts it raises.
+""":class:`GradientMonitor`: the hooks a training loop calls, composing when to measure
+(:mod:`~moola.utils.monitoring.cadence`), what is measured (:mod:`~moola.utils.monitoring.stats_probe`,
+:mod:`~moola.utils.monitoring.balance_probe`) and the records and alerts that come of it
+(:mod:`~moola.utils.monitoring.run_output`).
 
 The monitor's hooks are named for the moments of a training step, so a plain loop, the spec's ``fit`` and the
 framework callbacks all drive it the same way::
@@ -18,86 +21,52 @@ a crashed run. The rules that judge the numbers live in :mod:`moola_watch.rules`
 
 from __future__ import annotations
 
-import logging
 import math
-import operator
 import os
 import socket
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import torch
 from torch import nn
 
 from moola import __version__
-from moola.utils.monitoring.console import LOGGER, PREFIX, stats_block
-from moola.utils.monitoring.distributed import (
-    distributed_rank,
-    launcher_rank,
-    rank_log_path,
-    static_graph_first_iteration,
-)
+from moola.utils.monitoring.balance_probe import BalanceProbe
+from moola.utils.monitoring.cadence import Cadence, whole
+from moola.utils.monitoring.console import PREFIX
 from moola.utils.monitoring.halting import Halting
-from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
-from moola.utils.monitoring.norms import NormPlan, gradient_statistics, named_parameters, unwrapped
-from moola.utils.monitoring.records import (
-    MAX_LAYER_NORMS,
-    compact_layer_norms,
-    config_value,
-    learning_rate,
-    plain,
-)
+from moola.utils.monitoring.records import MAX_LAYER_NORMS, config_value, learning_rate, model_fields, plain
 from moola.utils.monitoring.run_end import ending, on_sigterm
-from moola.utils.monitoring.task_balance import (
-    BalanceUnavailable,
-    TaskGradients,
-    compute_task_balance,
-    require_named,
-)
+from moola.utils.monitoring.run_output import RunOutput
+from moola.utils.monitoring.stats_probe import StatsProbe
+from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, require_named
 from moola_watch import rules, schema
-from moola_watch.rules import Alert, AlertEvent, GradSummary, MonitoringSummary, Thresholds
+from moola_watch.rules import Alert, MonitoringSummary, Thresholds
 from moola_watch.writer_process import this_process
 
 _T = TypeVar("_T")
 
 
-def steps_taken(optimizer: torch.optim.Optimizer) -> int:
-    """The steps ``optimizer`` has taken, as its state counts them (0 for one that keeps no count, or none
-    yet): the most any parameter's ``step`` says. One read at set-up, not per step."""
-    counts = [state["step"] for state in optimizer.state.values() if "step" in state]
-    return max((int(count) for count in counts), default=0)
+class _Delegated(Generic[_T]):
+    """A public attribute of the monitor that one of its parts (the attribute named ``part``) keeps: read and
+    set there, so the monitor and the part never hold two copies that could differ."""
 
+    def __init__(self, part: str) -> None:
+        self._part = part
+        self._name = ""
 
-_OPTIONAL_INT = (int, type(None))
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
 
+    def __get__(self, monitor: object, owner: type | None = None) -> _T:
+        return getattr(getattr(monitor, self._part), self._name)
 
-def _quiet(_text: str) -> None:
-    """Where a rank other than 0 sends its console lines."""
-
-
-def _one_number(value: object) -> bool:
-    """Whether ``value`` is a plain number or a tensor holding one."""
-    return isinstance(value, float | int) or (isinstance(value, torch.Tensor) and value.numel() == 1)
-
-
-def whole(count: Any) -> Any:
-    """An epoch or step as a Python int when it is any integer (numpy, a 0-d integer tensor), so the record
-    keeps it; anything else as given, for the record's check to name."""
-    try:
-        return operator.index(count)
-    except TypeError:
-        return count
-
-
-#: Why a probe waits for DDP(static_graph=True)'s second iteration (see ``static_graph_first_iteration``).
-STATIC_GRAPH_FIRST_ITERATION = (
-    "not measured on DistributedDataParallel(static_graph=True)'s first iteration, whose delayed all-reduce "
-    "must come from the step's own backward; the next probe measures"
-)
+    def __set__(self, monitor: object, value: _T) -> None:
+        setattr(getattr(monitor, self._part), self._name, value)
 
 
 class GradientMonitor:
@@ -130,6 +99,20 @@ class GradientMonitor:
     (:attr:`should_stop`); ``run_end`` then says the run was halted and why.
     """
 
+    # The schedule's settings and the step count live in the cadence (:mod:`~moola.utils.monitoring.cadence`).
+    log_frequency: _Delegated[int] = _Delegated("_cadence")
+    task_balance_frequency: _Delegated[int] = _Delegated("_cadence")
+    every_n_steps: _Delegated[int | None] = _Delegated("_cadence")
+    balance_every_n_steps: _Delegated[int | None] = _Delegated("_cadence")
+    epoch: _Delegated[int | None] = _Delegated("_cadence")  # the epoch the next records belong to
+    steps_done: _Delegated[int] = _Delegated("_cadence")  # optimizer steps taken so far
+    # Who writes, and what: the output's (:mod:`~moola.utils.monitoring.run_output`).
+    rank: _Delegated[int] = _Delegated("_output")
+    world_size: _Delegated[int] = _Delegated("_output")
+    per_rank: _Delegated[bool] = _Delegated("_output")
+    run_id: _Delegated[str] = _Delegated("_output")
+    engine: _Delegated[rules.RuleEngine] = _Delegated("_output")
+
     def __init__(
         self,
         log_frequency: int = 10,
@@ -161,67 +144,33 @@ class GradientMonitor:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         self._halting = Halting(halt_on) if halt_on is not None else None
-        # Under torch.distributed every rank measures (sharded norms need every rank in the reduction), but
-        # only rank 0 writes and prints, its gradients being the all-reduced ones; per_rank=True gives each
-        # rank its own file, named and marked with the rank.
-        self.rank, self.world_size = distributed_rank()
-        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-            self.rank = launcher_rank()  # made before the process group: the launcher says who writes
-        self.per_rank = per_rank
         self.enabled = enabled
-        self._echo = echo or LOGGER.info
-        self._warn = warn or echo or LOGGER.warning
-        if not enabled or (self.rank != 0 and not per_rank):
-            log_path = stream = None
-            self._echo = self._warn = _quiet
-        # Opened at the run's first record (:meth:`_open_log`): by then a process group made after the monitor
-        # (torch.multiprocessing.spawn sets no RANK) says which process writes.
-        self._log_target: str | Path | BinaryIO | None = log_path if stream is None else stream
-        self.log_frequency = log_frequency
-        self.task_balance_frequency = task_balance_frequency
-        self.every_n_steps = every_n_steps
-        self.balance_every_n_steps = balance_every_n_steps or every_n_steps
+        self._cadence = Cadence(log_frequency, task_balance_frequency, every_n_steps, balance_every_n_steps)
         self.max_layer_norms = max_layer_norms
         self.thresholds = thresholds or Thresholds()
-        self.run_id = run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}{id(self) % 100:02d}"
-        self.engine = rules.RuleEngine(self.thresholds)
-        self._clock = clock
-        self._writer: JsonlRecordWriter | None = None
-        self.epoch: int | None = None
-        self.steps_done = 0  # optimizer steps taken so far
-        self._step_given = False  # at_step said which step it is: a restored optimizer's count does not override it
-        self._counting_optimizer = False
-        self._last_stats_at: tuple[int | None, int] | None = None  # (epoch, step) of the last measurement
-        self._last_balance_at: tuple[int | None, int] | None = None
-        # The task losses of the first training step the hooks saw, and its step: the first balance record carries
-        # them (the run's L(0), GradNorm's start) when that record comes later (every_n_steps=50: after 49 updates,
-        # when an easy task has learned already and would look as if it never started).
-        self._start_losses: tuple[dict[str, torch.Tensor | float], int] | None = None
-        self._start_recorded = False
-        self._started = False
-        self._ended = False
+        self._output = RunOutput(
+            log_path if stream is None else stream,
+            run_id=run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}{id(self) % 100:02d}",
+            engine=rules.RuleEngine(self.thresholds),
+            clock=clock,
+            echo=echo,
+            warn=warn,
+            per_rank=per_rank,
+            silent=not enabled,
+            on_alert=on_alert,
+            halting=self._halting,
+            start_run=self.on_run_start,
+        )
+        self._stats = StatsProbe(self._cadence, self._output)
+        self._balance = BalanceProbe(self._cadence, self._output)
         # The model the hooks were last given, until run_start names it: an epoch's record may come first.
         self._model: weakref.ref[nn.Module] | None = None
-        # (step, epoch) at the first step hook: where this process began monitoring (a resumed run's is late).
-        self._began: tuple[int, int | None] | None = None
-        self._single_task: str | None = None  # the task of the first call to name only one
-        self._tasks: dict[str, None] = {}  # the task names losses were given under, in order (run_end's tasks)
-        # The parameters the last balance was measured on: a task cut off them later is left out, not the end of it
-        self._shared_before: tuple[torch.Tensor, ...] = ()
         self.end_on_sigterm = end_on_sigterm
         self._undo_sigterm: Callable[[], None] = lambda: None  # the SIGTERM handler on_run_start set, if any
-        self._last_step = 0  # the highest step recorded so far
-        self._last_epoch: int | None = None  # the epoch of the latest record (run_end's, not the one after it)
-        self._warned: set[str] = set()
-        self._norm_plan = NormPlan([])
-        self._on_alert = on_alert
 
     @property
     def log_path(self) -> Path | None:
-        if self._writer is not None:
-            return self._writer.path
-        target = self._log_target
-        return self._rank_path(Path(target)) if isinstance(target, str | Path) else None
+        return self._output.log_path
 
     @property
     def should_stop(self) -> bool:
@@ -247,90 +196,34 @@ class GradientMonitor:
     @property
     def step(self) -> int:
         """The optimizer step now being prepared (1-based): the one the current gradients are applied in."""
-        return self.steps_done + 1
+        return self._cadence.step
 
     # -------------------------------------------------------------- schedule
 
-    def _due(self, every_steps: int | None, every_epochs: int, last: tuple[int | None, int] | None) -> bool:
-        if not self.enabled:
-            return False
-        if every_steps is not None:
-            # The first step at or past each multiple of N not measured yet, rather than the multiples alone: a
-            # step count that moves by more than one (two optimizers stepping Lightning's global_step each batch,
-            # a loop numbering micro-batches) would never land on one.
-            done = last[1] if last is not None else (self._began[0] if self._began else self.step) - 1
-            return self.step // every_steps > done // every_steps
-        if self.epoch is None:
-            return False
-        return self.epoch % every_epochs == 0 and (last is None or last[0] != self.epoch)
-
     def stats_due(self) -> bool:
         """True if :meth:`on_before_optimizer_step` would measure now."""
-        return self._due(self.every_n_steps, self.log_frequency, self._last_stats_at)
+        return self.enabled and self._cadence.stats_due()
 
     def balance_due(self) -> bool:
         """True if a task-balance probe would measure now (throttled whichever method is called)."""
-        return self._due(self.balance_every_n_steps, self.task_balance_frequency, self._last_balance_at)
+        return self.enabled and self._cadence.balance_due()
 
     def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Count ``optimizer``'s steps (a hook after each ``step()``): with gradient accumulation that is one per
-        accumulated batch, and a step a GradScaler skips is not one. Several optimizers stepping together
-        (sparse and dense parameters) make one training step: the first one watched counts, later calls are
-        ignored. accelerate's ``AcceleratedOptimizer`` is counted by the optimizer it wraps, which steps only
-        on the accumulated batch. An optimizer restored from a checkpoint that counts its steps (Adam, AdamW,
-        and most but plain SGD) starts the count where it left off, unless :meth:`at_step` said otherwise: a
-        resumed run's records go on from the steps it resumed at."""
-        if self._counting_optimizer:
-            return
-        inner = getattr(optimizer, "optimizer", None)
-        counted_optimizer = inner if isinstance(inner, torch.optim.Optimizer) else optimizer
-        if not self._step_given:
-            self.steps_done = steps_taken(counted_optimizer)
-
-        def counted(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
-            self.steps_done += 1
-
-        counted_optimizer.register_step_post_hook(counted)
-        self._counting_optimizer = True
+        """Count ``optimizer``'s steps, a step a GradScaler skips not being one (see
+        :meth:`~moola.utils.monitoring.cadence.Cadence.watch_optimizer`: with several, the first counts; a
+        restored one goes on from its own count)."""
+        self._cadence.watch_optimizer(optimizer)
 
     def at_step(self, step: int) -> None:
         """Take a framework's own step count: ``step`` (1-based) is the optimizer step now being prepared, the
         one the next measurements are numbered with and scheduled by."""
-        self.steps_done = whole(step) - 1
-        self._step_given = True
-
-    def _one_task_per_call(self, task: str) -> None:
-        """Calls naming one task each, a different one now and then (batches of one task in turn, from several
-        datasets): the balance compares tasks' losses on one batch, so it would never be measured. Say so once."""
-        first = self._single_task
-        if first is None:
-            self._single_task = task
-        elif task != first:
-            self.warn_once(
-                "one task per call",
-                f"WARNING: task balance: calls name one task each ({first}, then {task}): the balance compares the "
-                "losses of two or more tasks on the same batch, so it is not measured; pass every task's loss of "
-                "a batch together",
-            )
-
-    def _saw_tasks(self, names: Iterable[str]) -> None:
-        """Remember task names for ``run_end`` (at most ``schema.MAX_TASK_NAMES``): a log whose run trained several
-        tasks but never measured the balance of one of them then says so, where stderr's warning is long gone."""
-        if len(self._tasks) < schema.MAX_TASK_NAMES:
-            for name in names:
-                self._tasks.setdefault(name)
-            while len(self._tasks) > schema.MAX_TASK_NAMES:
-                self._tasks.popitem()
+        self._cadence.at_step(step)
 
     def _meet(self, model: nn.Module) -> None:
         """Remember ``model`` (weakly, never keeping it alive) until ``run_start`` is written: a record written
         before anything was measured (an epoch's, ``run_end``'s) opens the log with a ``run_start`` naming it."""
-        if not self._started and isinstance(model, nn.Module):  # (anything else: the measurement says what)
+        if not self._output.started and isinstance(model, nn.Module):  # (anything else: the measurement says what)
             self._model = weakref.ref(model)
-
-    def _note_began(self) -> None:
-        if self._began is None:
-            self._began = (self.step, self.epoch)
 
     def on_epoch_start(self, epoch: int) -> None:
         """The epoch the next records belong to."""
@@ -343,26 +236,19 @@ class GradientMonitor:
     ) -> None:
         """Write ``run_start`` (done by the first record if not called before). Without ``model``, the model the
         hooks were given so far, if any: the record says ``unknown`` only when no hook has been given one."""
-        if self._started or not self.enabled:
+        if self._output.started or not self.enabled:
             return
         if model is None and self._model is not None:
             model = self._model()
-        self._started = True
         self._model = None
-        self._open_log()
-        if self._writer is not None and self.end_on_sigterm:  # a scheduler stopping the job: the log says so
+        self._output.open()
+        writer = self._output.writer
+        if writer is not None and self.end_on_sigterm:  # a scheduler stopping the job: the log says so
             self._undo_sigterm = on_sigterm(self.on_run_end)
-        params = named_parameters(model) if model is not None else []
-        names = [name for name, p in params if p.requires_grad]
-        # Where this process began: known once a step hook ran, or a framework or restored optimizer said which
-        # step this is; otherwise not said (a watcher then judges by when the first records came).
-        began = self._began or ((self.step, self.epoch) if self._step_given or self.steps_done else None)
+        began = self._cadence.first_known()
         self._emit(
             schema.RUN_START,
-            model=model_name or (type(unwrapped(model)).__name__ if model is not None else "unknown"),
-            parameters=names[: self.max_layer_norms],
-            parameter_count=sum(p.numel() for _, p in params if p.requires_grad),
-            parameter_tensors=len(names),
+            **model_fields(model, model_name, self.max_layer_norms),
             config=config_value(config or {}),
             thresholds=self.thresholds.to_dict(),
             log_frequency=self.log_frequency,
@@ -373,30 +259,11 @@ class GradientMonitor:
             host=socket.gethostname(),
             pid=os.getpid(),
             process=this_process(),  # what tells this process from a later one given its pid: a watcher knows it died
-            log_path=str(self._writer.path.resolve()) if self._writer and self._writer.path else None,
+            log_path=str(writer.path.resolve()) if writer and writer.path else None,
             rank=self.rank,
             world_size=self.world_size,
             **({"first_step": began[0], "first_epoch": began[1]} if began else {}),
         )
-
-    def _open_log(self) -> None:
-        """Open the log for the run's first record. A process group set up since the monitor was made says
-        which process this is (halting must agree across it): only rank 0 writes, or each its own file."""
-        rank, world_size = distributed_rank()
-        if world_size > 1:
-            self.rank, self.world_size = rank, world_size
-        target = self._log_target
-        if target is None:
-            return
-        if self.rank != 0 and not self.per_rank:
-            self._log_target, self._echo, self._warn = None, _quiet, _quiet
-            return
-        self._writer = JsonlRecordWriter(
-            self._rank_path(Path(target)) if isinstance(target, str | Path) else target, warn=self._warn
-        )
-
-    def _rank_path(self, path: Path) -> Path:
-        return rank_log_path(path, self.rank) if self.per_rank else path
 
     def on_before_backward(
         self,
@@ -413,32 +280,20 @@ class GradientMonitor:
         wherever someone else does the backward (DDP, FSDP, accelerate, a GradScaler). None when not due or
         not measurable (one warning saying why)."""
         require_named(losses)
-        self._note_began()
-        self._saw_tasks(losses)
+        cadence = self._cadence
+        cadence.note_began()
         self._meet(model)
-        # (A loss that is not a tensor counts as requiring grad here: the probe then says what is wrong with it.)
-        if len(losses) == 1:
-            self._one_task_per_call(next(iter(losses)))
-        if len(losses) < 2 or not any(getattr(loss, "requires_grad", True) for loss in losses.values()):
-            return None  # one task has nothing to be balanced against; an evaluation (no_grad) is no step
-        if self._start_losses is None:  # detached: no host sync until it is recorded
-            start = {name: loss.detach() if isinstance(loss, torch.Tensor) else loss for name, loss in losses.items()}
-            self._start_losses = (start, self.step)
-        if not self.balance_due():
+        if not self._balance.takes(losses) or not self.balance_due():
             return None
-        self._last_balance_at = (self.epoch, self.step)
-
-        def measure() -> TaskGradients:
-            if static_graph_first_iteration(losses.values()):
-                raise BalanceUnavailable(STATIC_GRAPH_FIRST_ITERATION)
-            return compute_task_balance(
-                losses, model, weights=weights, shared_parameters=shared_parameters, representation=representation,
-                before=self._shared_before,
-            )  # fmt: skip
-
-        balance = self._guarded("task balance", measure, model)
+        cadence.last_balance_at = (cadence.epoch, cadence.step)
+        balance = self._guarded(
+            "task balance",
+            lambda: self._balance.measure(
+                model, losses, weights, shared_parameters=shared_parameters, representation=representation
+            ),
+            model,
+        )
         if balance is not None:
-            self._shared_before = balance.parameters or self._shared_before
             self.record_balance(balance)
         return balance
 
@@ -483,35 +338,42 @@ class GradientMonitor:
         scale (measured before ``unscale_``, as a framework that unscales inside its clip leaves them): every
         norm is divided by it; or the parameters whose gradients still carry it, the others' being unscaled
         already (several optimizers, only the stepping one's unscaled): only their norms are divided."""
+        cadence = self._cadence
         if step is not None:
-            self.at_step(step)
-        if self._began is None:  # (checked here: this runs every step)
-            self._note_began()
-        if not self._started:
+            cadence.at_step(step)
+        if cadence.began is None:  # (checked here: this runs every step)
+            cadence.note_began()
+        if not self._output.started:
             self._meet(model)
         stats = None
-        if self.enabled and self.every_n_steps is None and self.epoch is None:
+        if self.enabled and cadence.every_n_steps is None and cadence.epoch is None:
             self.warn_once(
                 "no-epoch",
                 "WARNING: GradientMonitor counts epochs but was given none: pass every_n_steps= to measure by "
                 "optimizer steps, or the epoch to update()/on_epoch_start()",
             )
         if self.stats_due():
-            self._last_stats_at = (self.epoch, self.step)
-            stats = self._guarded("gradient statistics", lambda: self._measure(model, scaler, still_scaled), model)
+            cadence.last_stats_at = (cadence.epoch, cadence.step)
+            stats = self._guarded(
+                "gradient statistics",
+                lambda: self._stats.measure(
+                    model, scaler, still_scaled, thresholds=self.thresholds, max_layer_norms=self.max_layer_norms
+                ),
+                model,
+            )
             if stats is not None and "amp" in stats and stats["amp"]["overflow"]:
-                self._last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
-        elif self._counting_optimizer and step is None and self._last_stats_at == (self.epoch, self.step):
+                cadence.last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
+        elif cadence.counting_optimizer and step is None and cadence.last_stats_at == (cadence.epoch, cadence.step):
             self.warn_once(
                 "again",
-                f"WARNING: on_before_optimizer_step was called again before the optimizer stepped (step {self.step}):"
-                " with gradient accumulation call it once per optimizer step, after the last micro-batch's backward;"
-                " its first call measured a partial gradient",
+                f"WARNING: on_before_optimizer_step was called again before the optimizer stepped (step "
+                f"{cadence.step}): with gradient accumulation call it once per optimizer step, after the last "
+                "micro-batch's backward; its first call measured a partial gradient",
             )
         if self._halting is not None:  # (no call on the every-step path of a run without halt_on)
             self.agree_on_halting()
-        if not self._counting_optimizer:
-            self.steps_done += 1
+        if not cadence.counting_optimizer:
+            cadence.steps_done += 1
         return stats
 
     def agree_on_halting(self) -> None:
@@ -548,26 +410,25 @@ class GradientMonitor:
     def on_run_end(self, status: str = "completed", error: str | None = None) -> MonitoringSummary:
         """Write ``run_end`` (with a ``run_start`` first if nothing was measured, so a log is never empty),
         synced to disk; print the summary block; release the log."""
-        if self._ended or not self.enabled:
+        if self._output.ended or not self.enabled:
             return self.engine.summary()
-        self._ended = True
+        self._output.ended = True
         if self.should_stop and status == "completed":
             status, error = "failed", self.halt_reason
-        if self._log_target is not None or self._started:  # _emit writes a run_start first if none was written
+        if self._output.target is not None or self._output.started:  # a run_start is written first if none was
             summary = self.engine.summary().to_dict()
             self._emit(
                 schema.RUN_END,
-                epoch=self._last_epoch if self._last_epoch is not None else self.epoch,
+                epoch=self._output.last_epoch if self._output.last_epoch is not None else self.epoch,
                 step=self.steps_done,
                 status=status,
                 error=error,
                 summary=summary,
-                **({"tasks": list(self._tasks)} if self._tasks else {}),
+                **({"tasks": list(self._balance.tasks)} if self._balance.tasks else {}),
             )
         summary = self.engine.summary()
-        self._echo("\n" + "\n".join(summary.lines()))
-        if self._writer:
-            self._writer.close(sync=True)
+        self._output.echo("\n" + "\n".join(summary.lines()))
+        self._output.close()
         self._undo_sigterm()
         return summary
 
@@ -583,122 +444,15 @@ class GradientMonitor:
     ) -> None:
         self.on_run_end(*ending(exc))
 
-    # -------------------------------------------------------------- measuring
-
-    def _plan(self, model: nn.Module) -> NormPlan:
-        """The model's parameters grouped by (device, dtype), regrouped when a parameter or module was added or
-        replaced; every parameter, frozen ones too, so one unfrozen later is measured from its first gradient."""
-        if not self._norm_plan.is_current(model):
-            self._norm_plan = NormPlan(named_parameters(model), model)
-        return self._norm_plan
-
-    def _measure(
-        self, model: nn.Module, scaler: torch.amp.GradScaler | None, still_scaled: bool | Collection[torch.Tensor]
-    ) -> dict[str, Any]:
-        began = time.perf_counter()
-        scaler = scaler if scaler is not None and scaler.is_enabled() else None
-        # The scale rides along with the norms: one host sync, not a second one for get_scale()'s .item(). A
-        # scaler that has scaled nothing yet holds no scale tensor; get_scale() then gives its initial scale.
-        names, values, scale = self._plan(model).norms(scaler._get_scale_async() if scaler is not None else None)
-        if not names:
-            raise ValueError("no parameter has a gradient yet: measure after backward()")
-        amp_scale = (scale[0] if scale else scaler.get_scale()) if scaler is not None else None
-        if amp_scale and still_scaled is True:
-            values = [value / amp_scale for value in values]  # the norm is linear in the gradient
-        elif amp_scale and not isinstance(still_scaled, bool) and still_scaled:  # some parameters' gradients only
-            scaled = {id(p) for p in still_scaled}
-            scaled_names = {name for name, p in self._plan(model).named if id(p) in scaled}
-            values = [
-                value / amp_scale if name in scaled_names else value for name, value in zip(names, values, strict=True)
-            ]
-        stats = gradient_statistics(names, values)
-        norms = dict(zip(names, values, strict=True))
-        overflow = False
-        if scaler is not None:
-            overflow = stats["nonfinite_count"] > 0
-            stats["amp"] = {"scale": amp_scale, "overflow": overflow}
-        if self._console_on():
-            where = f"Epoch {self.epoch}" if self.epoch is not None else f"Step {self.step}"
-            self._echo(stats_block(where, stats, norms, overflow, self.thresholds))
-        stats.update(compact_layer_norms(norms, self.max_layer_norms, vanishing=self.thresholds.vanishing))
-        if stats["nonfinite_count"] > self.max_layer_norms:
-            stats["nonfinite_layers"] = stats["nonfinite_layers"][: self.max_layer_norms]
-        stats["cost_ms"] = (time.perf_counter() - began) * 1e3
-        # A finite mean is a finite sum of the norms: every norm and every statistic is finite (and a grouped
-        # norm of finite ones could still overflow, so grouped layers take the converting encoder).
-        finite = math.isfinite(stats["mean_norm"]) and not stats["nonfinite_count"] and "layer_groups" not in stats
-        if scaler is not None:
-            finite = finite and math.isfinite(stats["amp"]["scale"])
-        # The rules' summary of the record, from the statistics of the very norms it holds (grouped ones differ).
-        summary = (
-            None
-            if "layer_groups" in stats
-            else GradSummary(stats["min_norm"], stats["max_norm"], stats["nonfinite_count"], stats["mean_norm"])
-        )
-        fields = {"epoch": self.epoch, "step": self.step, **stats}
-        self._emit_built(schema.GRAD_STATS, fields, finite=finite, summary=summary)
-        return stats
-
-    def _console_on(self) -> bool:
-        """False when nobody would see a console line (the logger's default), so none is built."""
-        return self._echo is not _quiet and (self._echo != LOGGER.info or LOGGER.isEnabledFor(logging.INFO))
-
     def record_balance(self, balance: TaskGradients) -> None:
         """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
         measured, at the current step and epoch."""
-        self._last_balance_at = (self.epoch, self.step)
-        self._saw_tasks(balance.norms)
-        if balance.left_out:
-            many = len(balance.left_out) > 1
-            self.warn_once(
-                f"left out {balance.left_out}",
-                f"WARNING: task balance: the {' and '.join(balance.left_out)} task{'s get' if many else ' gets'} no "
-                "gradient on the parameters the other tasks share (a head fed a detached input?): left out of the "
-                f"balance, measured for {', '.join(balance.norms)}",
-            )
-        if balance.ratio is not None:
-            if not math.isnan(balance.ratio):
-                self._echo(f"\n{PREFIX} {rules.balance_message(balance.ratio, self.epoch, self.thresholds)}")
-        else:
-            parts = ", ".join(f"{t} {balance.norms[t]:.4g} ({balance.shares[t]:.0%})" for t in balance.norms)
-            where = f"epoch {self.epoch}" if self.epoch is not None else f"step {self.step}"
-            self._echo(f"\n{PREFIX} Task balance at {where}: {parts} (gradient norm, share of the update)")
-        fields: dict[str, Any] = {"ratio": balance.ratio} if balance.ratio is not None else {}
-        if balance.left_out:  # a task measured before and left out now stopped training the shared layers
-            fields["left_out"] = list(balance.left_out)
-        fields.update(self._take_start_losses())
-        self._emit(
-            schema.TASK_BALANCE,
-            epoch=self.epoch,
-            step=self.step,
-            **fields,
-            norms=balance.norms,
-            raw_norms=balance.raw_norms,
-            cosine=balance.cosine,
-            cosines=balance.cosines,
-            shares=balance.shares,
-            losses=balance.losses,
-            weights=balance.weights,
-            scope=balance.scope,
-        )
-
-    def _take_start_losses(self) -> dict[str, Any]:
-        """The first balance record's ``start_losses`` and ``start_step`` (see ``_start_losses``), when the losses
-        were taken at an earlier step than this record's; {} after the first."""
-        if self._start_recorded:
-            return {}
-        self._start_recorded = True
-        start = self._start_losses
-        if start is None or start[1] >= self.step:
-            return {}
-        # (a loss of more than one number, which that step's probe refused, is left out rather than raise here)
-        losses = {name: float(loss) for name, loss in start[0].items() if _one_number(loss)}
-        return {"start_losses": losses, "start_step": start[1]}
+        self._emit(schema.TASK_BALANCE, **self._balance.record(balance, self.thresholds))
 
     def record_weights(self, weights: Mapping[str, float], *, previous: Mapping[str, float], method: str) -> None:
         """Record (and say) that an automatic balancer changed the task loss weights."""
         change = ", ".join(f"{name} {previous.get(name, math.nan):.3g} -> {w:.3g}" for name, w in weights.items())
-        self._echo(f"{PREFIX} Loss weights ({method}): {change}")
+        self._output.echo(f"{PREFIX} Loss weights ({method}): {change}")
         self._emit(
             schema.LOSS_WEIGHTS,
             epoch=self.epoch,
@@ -711,7 +465,7 @@ class GradientMonitor:
     def _guarded(self, what: str, measure: Callable[[], _T], model: nn.Module | None = None) -> _T | None:
         """Run a measurement; a failure is one warning per kind of failure, never a crashed run."""
         try:
-            if model is not None and not self._started:
+            if model is not None and not self._output.started:
                 self.on_run_start(model)
             return measure()
         except BalanceUnavailable as exc:
@@ -722,105 +476,12 @@ class GradientMonitor:
             )
         return None
 
-    def _act_on(self, alert: Alert) -> None:
-        """The user's ``on_alert``, then the halt decision (so a checkpoint is taken before the loop stops)."""
-        if self._on_alert is not None:
-            try:
-                self._on_alert(alert)
-            except Exception as exc:  # a broken callback must not take training down
-                self.warn_once("on_alert", f"WARNING: on_alert raised {type(exc).__name__}: {exc}; training continues")
-        # (run_end's own alerts, a run that failed, are its end, not a reason to stop it)
-        if self._halting is not None and not self._ended and self._halting.consider(alert):
-            self._echo(f"{PREFIX} Halting: {alert.severity} alert {alert.rule} ({alert.subject})")
-
     def warn_once(self, key: str, message: str) -> None:
         """Give ``message`` through the monitor's warning channel, the first time ``key`` is seen."""
-        if key not in self._warned:
-            self._warned.add(key)
-            self._warn(message)
-
-    # -------------------------------------------------------------- records
+        self._output.warn_once(key, message)
 
     def _emit(self, kind: str, **fields: Any) -> None:
-        """Write a record of ``kind`` from ``fields`` that come from the user: cleaned first (an optional value no
-        reader would accept is left out, with one warning; without a usable required one, nothing is written)."""
-        if not self.enabled:
-            return
-        fields, problems = schema.clean_fields(kind, fields)
-        for problem in problems:
-            self.warn_once(problem, f"WARNING: {problem} in {'an' if kind[0] in 'aeiou' else 'a'} {kind} record")
-        if any("(left out)" not in problem for problem in problems):
-            return  # a required field is unusable: a record no reader would accept is not written
-        self._write(kind, fields)
-
-    def _emit_built(
-        self, kind: str, fields: dict[str, Any], *, finite: bool, summary: GradSummary | None = None
-    ) -> None:
-        """Write a record of ``kind`` whose fields the monitor built itself from known types (floats from a
-        tensor's ``tolist()``, parameter names, counts): only the values a user passes in (the epoch and the
-        step) are checked, not every field, and with ``finite`` (every float in ``fields`` is finite) the line is
-        encoded as it stands. ``summary`` goes to the rule engine with the record. A test holds the watcher's
-        validators to accepting every record built here."""
-        if not (type(fields["epoch"]) in _OPTIONAL_INT and type(fields["step"]) is int):
-            self._emit(kind, **fields)  # a user's epoch or step of another type: clean field by field
-        else:
-            self._write(kind, fields, finite=finite, summary=summary)
-
-    def _write(
-        self, kind: str, fields: dict[str, Any], *, finite: bool = False, summary: GradSummary | None = None
-    ) -> None:
-        """Judge and write a record from valid ``fields``; ``finite`` and ``summary``: see :meth:`_emit_built`."""
-        if kind != schema.RUN_START and not self._started:
-            self.on_run_start()  # every log opens with its run_start (thresholds included), whatever came first
-        self._last_epoch = fields.get("epoch", self._last_epoch)
-        step = fields.get("step")
-        if step is not None:  # a step never goes back: run_end's comes after a probe of a step not yet taken
-            fields["step"] = self._last_step = max(step, self._last_step)
-        if self.per_rank:
-            fields["rank"] = self.rank
-        now = self._clock()
-        record = schema.record_of(kind, self.run_id, now, fields)
-        events = self.engine.observe(record, summary)
-        if self._writer:
-            native = finite and type(now) is float and math.isfinite(now)
-            try:
-                line = schema.encode_native(record) if native else schema.encode_record(record)
-            except (TypeError, ValueError) as exc:  # a value no encoder takes: that record, never the run
-                self.warn_once(f"encode {kind}", f"WARNING: a {kind} record could not be written ({exc})")
-            else:
-                self._writer.write_line(line, kind)
-                if kind == schema.RUN_START:  # a rotated log's new file opens with it, marked as going on
-                    self._writer.header = schema.encode_record({**record, schema.CONTINUED: True})
-        if events:
-            self._report(events, record)
-
-    def _report(self, events: list[AlertEvent], cause: schema.Record) -> None:
-        for event in events:
-            alert = event.alert
-            if alert.state == rules.PENDING:
-                continue
-            if self._writer and cause["kind"] != schema.RUN_END:  # run_end is the last record and says it all
-                self._writer.write(
-                    schema.make_record(
-                        schema.ALERT,
-                        self.run_id,
-                        self._clock(),
-                        epoch=cause.get("epoch"),
-                        step=cause.get("step"),
-                        rule=alert.rule,
-                        severity=alert.severity,
-                        state=alert.state,
-                        subject=alert.subject,
-                        value=alert.value,
-                        message=alert.message,
-                        recommendation=alert.recommendation,
-                    )
-                )
-            if alert.state == rules.FIRING:
-                self._act_on(alert)
-            if alert.rule == rules.IMBALANCE:
-                continue  # the per-sample balance line already says it, in the spec's words
-            if alert.state == rules.FIRING:
-                self._echo(f"{PREFIX} {alert.message}\n  Recommendation: {alert.recommendation}")
-            else:
-                self._echo(f"{PREFIX} Resolved ({alert.rule}): {alert.message}")
+        """Write a record of ``kind`` from ``fields`` that come from the user (see
+        :meth:`~moola.utils.monitoring.run_output.RunOutput.emit`); nothing while disabled."""
+        if self.enabled:
+            self._output.emit(kind, fields)

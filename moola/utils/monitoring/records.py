@@ -1,9 +1,9 @@
 """Turning what the monitor measures and what a user passes into record fields every reader accepts.
 
-Two jobs: values from a training loop (tensors, numpy scalars, a scheduler's list of learning rates, a metric
-that is None this epoch) become plain numbers or are dropped with a reason; and a model with more tensors
-than a record line can sensibly name gets its per-layer norms grouped by module prefix, keeping the extreme
-layers by name.
+Three jobs: values from a training loop (tensors, numpy scalars, a scheduler's list of learning rates, a
+metric that is None this epoch) become plain numbers or are dropped with a reason; a model is described for
+``run_start`` by its class and trainable parameters; and a model with more tensors than a record line can
+sensibly name gets its per-layer norms grouped by module prefix, keeping the extreme layers by name.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from moola.utils.monitoring.norms import named_parameters, unwrapped
 from moola_watch.rules import WITH_WEIGHTS, Thresholds, is_bias, zero_by_construction
 
 #: Beyond this many tensors, ``layer_norms`` holds module-prefix groups (a line stays well under the
@@ -66,6 +68,20 @@ def learning_rate(value: Any) -> tuple[float | None, list[float] | None]:
             return None, None
         return value[0], (value if len(value) > 1 else None)
     return value, None
+
+
+def model_fields(model: nn.Module | None, model_name: str | None, limit: int) -> dict[str, Any]:
+    """The ``run_start`` fields that describe ``model`` (None: not known): its name (``model_name``, else the
+    class of the model inside any DDP or compile wrapper), the names of its trainable parameters (the first
+    ``limit``), how many values they hold and in how many tensors."""
+    params = named_parameters(model) if model is not None else []
+    names = [name for name, p in params if p.requires_grad]
+    return {
+        "model": model_name or (type(unwrapped(model)).__name__ if model is not None else "unknown"),
+        "parameters": names[:limit],
+        "parameter_count": sum(p.numel() for _, p in params if p.requires_grad),
+        "parameter_tensors": len(names),
+    }
 
 
 def _prefix(name: str, depth: int) -> str:
