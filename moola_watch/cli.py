@@ -331,10 +331,9 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
     from moola_watch.notify import Notifier, settings_from
 
     thresholds = thresholds_from(args)
+    table = notify_table_checked(args)
     try:
-        notify = settings_from(
-            config_table(args, "notify"), args.on_alert, args.webhook, args.notify_on, args.notify_timeout
-        )
+        notify = settings_from(table, args.on_alert, args.webhook, args.notify_on, args.notify_timeout)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.interval <= 0 or args.top < 1:
@@ -441,15 +440,17 @@ def log_files(paths: Sequence[Path]) -> tuple[list[Path], dict[Path, list[Path]]
     return files, parts
 
 
-def notify_table_checked(args: argparse.Namespace) -> None:
-    """The config's ``[notify]`` table judged as ``follow`` will judge it, by every command that reads the config:
-    a ``check`` in CI must not pass a config on which ``follow`` fails at 2 a.m."""
+def notify_table_checked(args: argparse.Namespace) -> dict[str, Any]:
+    """The config's ``[notify]`` table, judged as ``follow`` will judge it, by every command that reads the config
+    (a ``check`` in CI must not pass a config on which ``follow`` fails at 2 a.m.); its error names the file."""
     from moola_watch.notify import settings_from
 
+    table = config_table(args, "notify")
     try:
-        settings_from(config_table(args, "notify"))
+        settings_from(table)
     except ValueError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(f"config {args.config}: {exc}") from None
+    return table
 
 
 #: The options that name a file a command writes (report's -o, check's --junit), by their dest and flag.

@@ -331,15 +331,19 @@ def test_an_output_file_that_is_a_log_read_is_refused_before_anything_is_written
     assert fine.returncode != 2 and (tmp_path / "report.html").exists(), fine.stderr  # (1: the runs fail)
 
 
-@pytest.mark.parametrize("command", ["check", "analyze", "report", "export"])
+@pytest.mark.parametrize("command", ["check", "analyze", "report", "export", "follow"])
 def test_every_command_that_reads_a_config_judges_its_notify_table(tmp_path: Path, command: str) -> None:
     """A review's case: ``check --config`` ignored a broken [notify] table, so CI passed the config on which
-    ``follow`` then failed at 2 a.m."""
+    ``follow`` then failed at 2 a.m.; and the error did not say which file."""
     config = tmp_path / "moola-watch.toml"
     config.write_text('[notify]\nnotify_on = "sometimes"\n')
-    extra = {"report": ["-o", str(tmp_path / "r.html")], "export": ["--tensorboard", str(tmp_path / "tb")]}
+    extra = {"report": ["-o", str(tmp_path / "r.html")], "export": ["--tensorboard", str(tmp_path / "tb")],
+             "follow": ["--once"]}  # fmt: skip
     result = run_cli("moola_watch.cli", command, "--config", str(config), str(SAMPLE), *extra.get(command, []))
-    assert result.returncode == 2 and "notify_on must be one of" in result.stderr, result.stderr
+    assert result.returncode == 2 and result.stderr.startswith(f"moola-watch: error: config {config}: [notify] "), (
+        result.stderr
+    )
+    assert "notify_on must be one of" in result.stderr
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "tb").exists()
 
 
