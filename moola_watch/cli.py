@@ -306,6 +306,8 @@ def _export(args: argparse.Namespace, console: Console) -> int:
             worst = EXIT_USAGE
             continue
         frames = analyze.to_frames(scan)
+        # balance and epochs as recorded: a val_loss gone NaN is written NaN, one never logged is left out
+        frames = {**frames, **analyze.as_recorded(scan)}
         frames_of.update({(str(path), run): frames for run in scan.engines})
     names = export.directory_names(list(frames_of))
     for (log, run), frames in frames_of.items():

@@ -88,19 +88,27 @@ def epoch_tag(column: str) -> str | None:
 def _scalar_events(
     frame: pd.DataFrame, tags: Mapping[str, str], measured: frozenset[str] = frozenset()
 ) -> Iterator[tuple[float, int, list[bytes]]]:
-    """One event per row: every present, numeric value of a tagged column. In a ``measured`` column (one every
-    record of the frame's kind must carry) a NaN is what was measured, and is written; elsewhere it is a value
-    the record did not carry."""
+    """One event per row: every value of a tagged column the record holds (:func:`_recorded`)."""
     for row in frame.to_dict(orient="records"):
         values = [
-            tbevents.scalar_value(tag, float(row[column]))
+            tbevents.scalar_value(tag, number)
             for column, tag in tags.items()
-            if (_present(row.get(column)) or (column in measured and isinstance(row.get(column), float)))
-            and isinstance(row[column], int | float)
-            and not isinstance(row[column], bool)
+            if (number := _recorded(row.get(column), column in measured)) is not None
         ]
         if values:
             yield (*_position(row), values)
+
+
+def _recorded(value: Any, measured: bool) -> float | None:
+    """A cell as the number its record held, or None where it held none. A table as recorded
+    (:func:`~moola_watch.analyze.as_recorded`) writes a NaN the record said as the text ``nan`` and leaves a value
+    it did not hold missing; in a ``measured`` column (one every record of its kind carries) a NaN is what was
+    measured either way."""
+    if isinstance(value, str):
+        return math.nan if value == "nan" else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if measured or _present(value) else None
 
 
 def alert_text(alert: Mapping[str, Any]) -> str:

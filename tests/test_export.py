@@ -119,14 +119,16 @@ def test_a_nan_training_loss_is_exported_as_recorded_and_a_missing_val_loss_is_l
     """The epoch the loss went NaN is the one a reader looks for: before, it vanished from loss/train (inf stayed)."""
     log = LogBuilder().start()
     for epoch, loss in ((1, 1.0), (2, math.inf), (3, math.nan), (4, 0.5)):
-        log.epoch(epoch, loss, **({"val_loss": 0.4} if epoch != 3 else {}))
+        log.epoch(epoch, loss, **({"val_loss": 0.4 if epoch != 2 else math.nan} if epoch != 3 else {}))
     path = log.end().write(tmp_path / "nan-loss.jsonl")
     export(path, "--tensorboard", tmp_path / "tb")
     reader = accumulator(tmp_path / "tb" / "run-1")
     train = reader.Scalars("loss/train")
     assert [e.step for e in train] == [10, 20, 30, 40], train
     assert train[1].value == math.inf and math.isnan(train[2].value) and train[3].value == 0.5
-    assert [e.step for e in reader.Scalars("loss/val")] == [10, 20, 40]  # not recorded at epoch 3: not written
+    val = reader.Scalars("loss/val")
+    assert [e.step for e in val] == [10, 20, 40]  # not recorded at epoch 3: not written
+    assert math.isnan(val[1].value) and val[2].value == pytest.approx(0.4)  # the NaN the record said: written
 
 
 def test_a_run_id_cannot_escape_the_directory(tmp_path: Path) -> None:
