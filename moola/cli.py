@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import os
 import re
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -252,12 +253,12 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         line += f", pointer error {final['pointer_err_bars']:.2f} bars"
     console.print(line, markup=False, highlight=False, soft_wrap=True)
     if args.monitor_gradients and model.monitor and model.monitor.log_path:
-        console.print(
-            f"Gradient log: {model.monitor.log_path}  (analyze: moola-watch analyze {model.monitor.log_path})",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        log = model.monitor.log_path
+        # a log it could not write (warned above) holds nothing of this run: no command to read it
+        said = f"Gradient log: none written to {log} (see the warning above)"
+        if model.monitor.records_written:
+            said = f"Gradient log: {log}  (analyze: moola-watch analyze {shlex.quote(str(log))})"
+        console.print(said, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 

@@ -101,6 +101,9 @@ def test_log_in_a_read_only_directory_warns_once_and_training_completes(read_onl
     assert "training continues without it" in result.stdout
     assert "[PHASE 4] Gradient Monitoring Summary:" in result.stdout and "Done: val type accuracy" in result.stdout
     assert not log.exists()
+    # a review's case: the closing line still said "analyze: moola-watch analyze" a log that holds nothing of it
+    assert f"Gradient log: none written to {log} (see the warning above)" in result.stdout
+    assert "moola-watch analyze" not in result.stdout
 
 
 def test_a_directory_as_the_grad_log_is_a_usage_error_before_training(tmp_path, small_train_args):

@@ -173,6 +173,12 @@ class GradientMonitor:
         return self._output.log_path
 
     @property
+    def records_written(self) -> int:
+        """Records this process appended to its log so far (0 without one, or where it could not be written: a
+        path that is a directory or read-only gives one warning and training goes on)."""
+        return self._output.records_written
+
+    @property
     def should_stop(self) -> bool:
         """True once an alert at or above ``halt_on`` has fired (here, or under torch.distributed on another
         rank): stop before the next optimizer step."""

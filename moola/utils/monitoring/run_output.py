@@ -88,6 +88,11 @@ class RunOutput:
         target = self.target
         return self._rank_path(Path(target)) if isinstance(target, str | Path) else None
 
+    @property
+    def records_written(self) -> int:
+        """Records appended to the log so far (0 without a writer)."""
+        return self.writer.records_written if self.writer is not None else 0
+
     def open(self) -> None:
         """Open the log for the run's first record (from then on :attr:`started`). A process group set up since
         the monitor was made says which process this is (halting must agree across it): only rank 0 writes, or
