@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from moola import __version__
 from moola.data import DataError, load_npz, make_synthetic
 
 EXIT_USAGE = 2
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     from moola.models.enhanced_simple_lstm import MODEL_NAME
 
     parser = argparse.ArgumentParser(prog="moola", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"moola {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser(
         "train",
@@ -277,10 +279,14 @@ def _distributed(device: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments == ["--version"]:  # said before the parser, whose choices need torch: an install without it too
+        print(f"moola {__version__}")
+        return 0
     if importlib.util.find_spec("torch") is None:
         print(NO_TORCH, file=sys.stderr)
         return EXIT_USAGE
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(arguments)
     if args.command == "train":
         if DEVICE.fullmatch(args.device) is None:
             # Checked before torch sees it: `--device gpu` is a usage error, not a traceback.

@@ -399,7 +399,7 @@ def stops_as_interrupt() -> Iterator[None]:
 
 
 COMMANDS = {"follow": _follow, "analyze": _analyze, "check": _check, "report": _report, "export": _export}
-HELP_FLAGS = ("-h", "--help")
+HELP_FLAGS = ("-h", "--help", "--version")  # said by moola-watch itself, not by follow
 
 
 def with_default_command(argv: list[str]) -> list[str]:

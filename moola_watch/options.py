@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from moola_watch import __version__
 from moola_watch.rules import RULES, Thresholds
 
 SEVERITY_CHOICES = ("warning", "error", "critical")
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "except those a flag or --config sets. LOG may be - (stdin), gzip, bzip2 or xz compressed, or a folder: its "
         "*.jsonl logs, each with its rotated parts (run.jsonl.2.gz, run.jsonl.1, run.jsonl) read oldest first.",
     )
+    parser.add_argument("--version", action="version", version=f"moola-watch {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     follow_cmd = commands.add_parser(
         "follow",

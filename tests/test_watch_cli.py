@@ -309,3 +309,16 @@ def test_check_tells_a_flapping_rule_once_with_how_often_it_fired_again(tmp_path
     ], result.stdout
     episodes = [a for a in check_json(path)[1][0]["alerts"] if a["rule"] == "exploding"]
     assert [a["first_step"] for a in episodes] == [10, 50, 90]
+
+
+def test_both_commands_say_their_version_that_of_the_package_even_without_torch():
+    """A review's case: ``moola --version`` did not exist, and ``moola-watch --version`` was taken for a log to
+    follow. The trainer's says it where torch is not installed too (the watcher's install has none)."""
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    for package, name in (("moola_watch.cli", "moola-watch"), ("moola.cli", "moola")):
+        result = run_cli(package, "--version")
+        assert result.returncode == 0 and result.stdout == f"{name} {version}\n", result.stderr
+    code = "import sys; sys.modules['torch'] = None; import importlib.util as u; u.find_spec = lambda n: None\n" \
+           "from moola.cli import main; main(['--version'])\n"  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == f"moola {version}\n", result.stderr
