@@ -400,3 +400,13 @@ def test_each_runs_verdict_in_the_report_is_checks(tmp_path: Path) -> None:
     assert reported == checked
     assert checked == {"only-epochs": "no_measurements", "recovered": "warning", "killed": "unterminated",
                        "after": "healthy"}  # fmt: skip
+
+
+def test_each_series_of_the_losses_and_metrics_figure_has_its_own_colour(tmp_path: Path) -> None:
+    """A review's case: the training loss and the first metric (accuracy) were drawn in the same blue."""
+    out = tmp_path / "r.html"
+    result = run_cli("moola_watch.cli", "report", str(REPO / "sample_logs" / "healthy.jsonl"), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    traces = [t for t in figure_data(out.read_text("utf-8"), "losses_metrics")["data"] if t.get("mode") != "markers"]
+    colours = {t["name"]: t["line"]["color"] for t in traces}
+    assert {"train", "type_acc"} <= set(colours) and len(set(colours.values())) == len(colours), colours

@@ -74,7 +74,9 @@ def progress_figure(runs: Sequence[RunData], axis: str) -> ReportFigure | None:
                 if row == 1 and np.isfinite(y).any():
                     tops.append(float(np.nanmax(np.where(np.isfinite(y), y, np.nan))))
                 name = loss_label(column) if panel == "losses" else escaped(column)
-                style = series_style(run_index, columns.index(column), several)
+                # one colour per series across the panels: a metric's is not the training loss's (both were blue)
+                series = losses.index(column) if panel == "losses" else len(losses) + metrics.index(panel)
+                style = series_style(run_index, series, several)
                 fig.add_trace(
                     go.Scatter(
                         x=x[keep], y=y[keep], mode="lines+markers" if len(keep) <= 60 else "lines",
