@@ -133,9 +133,29 @@ def test_a_flag_out_of_order_beside_recorded_values_sets_aside_those_alone_and_s
     assert run["thresholds"]["exploding"] == 50.0 and run["thresholds"]["balance_high"] == 4.0
     assert run["thresholds"]["collapse_high"] == 5.0  # the watcher's: the recorded 3 is below the flag's 4
     assert run["thresholds_from"] == (
-        "recorded in run_start, except balance_high (set by a flag or --config); the recorded collapse_high 3 not "
-        "used: out of order beside balance_high"
+        "recorded in run_start, except balance_high (set by a flag or --config); recorded but not used: "
+        "collapse_high 3.0: out of order (need collapse_low <= balance_low <= balance_high <= collapse_high)"
     )
+
+
+def test_a_recorded_threshold_an_older_trainer_allowed_out_of_order_gives_way_alone(tmp_path):
+    """A review's case: this watcher checks more orders than the trainers before it. A run that recorded a display
+    band inverted (healthy_norm_low 1.0 above healthy_norm_high 0.5) beside exploding 1000 was judged wholly by the
+    watcher's defaults: exploding 10 failed its layers at 20. Only the band gives way, and the line says so; a
+    recorded value out of range (starve_share 5, from before it had to be a fraction) too."""
+    log = LogBuilder().add("run_start", model="m", config={}, thresholds={
+        "healthy_norm_low": 1.0, "exploding": 1000.0, "norm_large": 100.0, "norm_exploding": 1000.0,
+        "starve_share": 5.0})  # fmt: skip
+    for epoch in range(1, 4):
+        log.grad(epoch, 30.0, 20.0, {"a": 0.3, "b": 20.0})
+    result, (report,) = check("--json", log.end().write(tmp_path / "log.jsonl"))
+    (run,) = report["runs"]
+    assert result.returncode == 0 and report["verdict"] == "healthy", report["alerts"]
+    assert run["thresholds"]["exploding"] == 1000.0 and run["thresholds"]["norm_exploding"] == 1000.0
+    assert run["thresholds"]["healthy_norm_low"] == 0.1 and run["thresholds"]["starve_share"] == 0.1
+    assert run["thresholds_from"].startswith("recorded in run_start; recorded but not used: healthy_norm_low 1.0: "
+                                             "out of order (need healthy_norm_low <= healthy_norm_high); ")  # fmt: skip
+    assert "starve_share 5.0: threshold starve_share is a fraction, at most 1" in run["thresholds_from"]
 
 
 @pytest.mark.parametrize(

@@ -286,6 +286,26 @@ def test_a_big_models_record_names_the_smallest_tensors_that_are_not_zero_by_con
     assert "dead.bias" in top and not any(".k." in name for name in top), top
 
 
+def test_a_big_models_statistics_are_measured_under_a_vanishing_bound_above_the_default_exploding_one(tmp_path):
+    """A review's case: with thresholds that judge layers by vanishing 20 and exploding 1000 (both valid), a model
+    of more tensors than max_layer_norms recorded no grad_stats at all: grouping its norms made thresholds of the
+    vanishing bound alone beside the default exploding 10, which are out of order. The layer helpers too."""
+    from moola_watch.rules import Thresholds, exploding_layers, vanishing_layers
+
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(40)])
+    warned: list[str] = []
+    monitor = GradientMonitor(every_n_steps=1, log_path=tmp_path / "run.jsonl", max_layer_norms=50,
+                              thresholds=Thresholds(vanishing=20.0, exploding=1000.0), warn=warned.append)  # fmt: skip
+    monitor.on_run_start(model)
+    model(torch.randn(4, 2)).sum().backward()
+    monitor.on_before_optimizer_step(model)
+    monitor.on_run_end()
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert "grad_stats" in kinds and not warned, (kinds, warned)
+    assert vanishing_layers({"a": 5.0, "b": 30.0}, threshold=20) == ["a"]
+    assert exploding_layers({"a": 5.0, "b": 1e-9}, threshold=1e-8) == ["a"]
+
+
 class SelfAttention(nn.Module):
     """One softmax self-attention block and a ReLU layer: ``key.bias`` gets no gradient by construction (softmax
     over the keys ignores a shift common to them all). ``dead``: every unit of ``hidden`` is off, so it and all

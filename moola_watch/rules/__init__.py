@@ -31,6 +31,7 @@ from moola_watch.rules.verdicts import (
     flag_layers,
     is_bias,
     judged_layer_norms,
+    layer_bounds,
     mean_ratio,
     names_every_weight,
     position,
@@ -46,7 +47,7 @@ __all__ = [
     "Alert", "AlertEvent", "CollapseVerdict", "Evidence", "GradSummary", "LayerFlags", "MonitoringSummary",
     "Observation", "Rule", "RuleEngine", "RunState", "TaskProgress", "Thresholds", "Verdict", "balance_message",
     "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "is_bias", "judged_layer_norms",
-    "mean_ratio", "names_every_weight", "position",
+    "layer_bounds", "mean_ratio", "names_every_weight", "position",
     "recommend_ratio", "replay", "run_thresholds", "vanishing_layers", "verdict_severity", "weight_fix",
     "zero_by_construction",
 ]  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Mapping
@@ -101,10 +100,11 @@ def run_thresholds(
 
     ``recorded`` is the ``thresholds`` object of the run's ``run_start`` (None if it has none); ``chosen`` are
     the watcher's (defaults, config, flags) and ``overridden`` the names a config or flag set. Recorded values
-    win except where overridden; recorded names this watcher does not know are ignored (a newer trainer). Where an
-    overridden value is out of order beside recorded ones (``--balance-high 4``, a recorded ``collapse_high`` of 3),
-    those of its group give way and the line names them; any other unusable recorded set falls back to the
-    watcher's, with the reason.
+    win except where overridden; recorded names this watcher does not know are ignored (a newer trainer). A
+    recorded value this watcher cannot use gives way alone, and the line names it: one out of range, or the
+    recorded ones of a group of :data:`ORDERED` that is out of order (as recorded by an older trainer, which
+    checked fewer orders, or beside a flag: ``--balance-high 4`` on a run that recorded ``collapse_high`` 3). The
+    run's other recorded values still judge it (its exploding bound of 1000 is not 10 for a display band's sake).
     """
     if overridden >= Thresholds.names():  # every one chosen (moola_watch.load given a Thresholds)
         return chosen, "as given (every threshold; the run's recorded ones not used)"
@@ -115,38 +115,39 @@ def run_thresholds(
         return Thresholds.from_mapping(known, chosen), "recorded in run_start" + _overrides(overridden)
     except ValueError as exc:
         unusable = str(exc)
-    # A flag or config beside recorded values it contradicts (--balance-high 4 on a run that recorded collapse_high
-    # 3): the flag wins, and of the run's recorded values only those in an order it breaks give way (its exploding
-    # bound still judges its layers).
-    clashing = _clashing(known, chosen, overridden)
-    if clashing:
-        with contextlib.suppress(ValueError):
-            kept = {k: v for k, v in known.items() if k not in clashing}
-            words = ", ".join(f"{name} {known[name]:g}" for name in sorted(clashing))
-            beside = sorted({name for order in ORDERED if set(order) & clashing for name in order} & overridden)
-            return Thresholds.from_mapping(kept, chosen), (
-                f"recorded in run_start{_overrides(overridden)}; the recorded {words} not used: out of order beside "
-                f"{', '.join(beside)}"
-            )
-    return chosen, f"watcher defaults (recorded thresholds unusable: {unusable})" + _overrides(overridden)
+    set_aside = _unusable(known, chosen)
+    kept = {name: value for name, value in known.items() if name not in set_aside}
+    try:
+        thresholds = Thresholds.from_mapping(kept, chosen)
+    except ValueError:
+        return chosen, f"watcher defaults (recorded thresholds unusable: {unusable})" + _overrides(overridden)
+    words = "; ".join(f"{name} {known[name]!r}: {why}" for name, why in sorted(set_aside.items()))
+    return thresholds, f"recorded in run_start{_overrides(overridden)}; recorded but not used: {words}"
 
 
-def _clashing(known: Mapping[str, Any], chosen: Thresholds, overridden: frozenset[str]) -> set[str]:
-    """The recorded names among ``known`` of each group of :data:`ORDERED` that an ``overridden`` value puts out of
-    order beside them (each value as recorded, else as ``chosen``): the run's band was drawn for other values."""
+def _unusable(known: Mapping[str, Any], chosen: Thresholds) -> dict[str, str]:
+    """The recorded values among ``known`` that cannot judge beside ``chosen``, each with why: each one that fails
+    alone (a type, a range), and the recorded ones of each group of :data:`ORDERED` whose values, as recorded or
+    else as ``chosen`` (a flag's among them), are out of order."""
+    grouped = {name for order in ORDERED for name in order}
+    why: dict[str, str] = {}
+    for name, value in known.items():
+        if name in grouped:  # judged in its group below; alone, only whether it is a number
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                why[name] = "not a finite number >= 0"
+            continue
+        try:
+            Thresholds.from_mapping({name: value}, chosen)
+        except ValueError as exc:
+            why[name] = str(exc)
 
     def value(name: str) -> Any:
-        return known.get(name, getattr(chosen, name))
+        return known[name] if name in known and name not in why else getattr(chosen, name)
 
-    return {
-        name
-        for order in ORDERED
-        if set(order) & overridden
-        and all(type(value(name)) in (int, float) for name in order)
-        and _decreases([value(name) for name in order])
-        for name in order
-        if name in known
-    }
+    for order in ORDERED:
+        if _decreases([value(name) for name in order]):
+            why.update({name: f"out of order (need {' <= '.join(order)})" for name in order if name in known})
+    return why
 
 
 def _decreases(values: list[float]) -> bool:

@@ -130,14 +130,26 @@ def _gated_lora_a(low: list[str], layer_norms: Mapping[str, float], th: Threshol
     return gated
 
 
+def layer_bounds(*, vanishing: float | None = None, exploding: float | None = None) -> Thresholds:
+    """The defaults with the layer bound given; the other, where the default's would be out of order beside it,
+    moved to it (a vanishing bound of 20 asks nothing of the exploding one)."""
+    low = DEFAULTS.vanishing if vanishing is None else vanishing
+    high = DEFAULTS.exploding if exploding is None else exploding
+    if vanishing is None:
+        low = min(low, high)
+    if exploding is None:
+        high = max(high, low)
+    return Thresholds(vanishing=low, exploding=high)
+
+
 def vanishing_layers(layer_norms: Mapping[str, float], threshold: float = 1e-7) -> list[str]:
     """Names of layers whose finite gradient norm is below ``threshold``."""
-    return list(flag_layers(layer_norms, Thresholds(vanishing=threshold)).vanishing)
+    return list(flag_layers(layer_norms, layer_bounds(vanishing=threshold)).vanishing)
 
 
 def exploding_layers(layer_norms: Mapping[str, float], threshold: float = 10.0) -> list[str]:
     """Names of layers whose finite gradient norm is above ``threshold``."""
-    return list(flag_layers(layer_norms, Thresholds(exploding=threshold)).exploding)
+    return list(flag_layers(layer_norms, layer_bounds(exploding=threshold)).exploding)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from moola.utils.monitoring.norms import named_parameters, unwrapped
-from moola_watch.rules import WITH_WEIGHTS, Thresholds, is_bias, zero_by_construction
+from moola_watch.rules import WITH_WEIGHTS, is_bias, layer_bounds, zero_by_construction
 
 #: Beyond this many tensors, ``layer_norms`` holds module-prefix groups (a line stays well under the
 #: reader's 1 MiB limit: 2,000 names of ~60 bytes are ~120 kB).
@@ -150,7 +150,7 @@ def compact_layer_norms(
     grouping = layer_grouping(names, limit)
     grouped = {key: _group_norm([values[i] for i in members]) for key, members in grouping.groups}
     finite = [i for i, value in enumerate(values) if math.isfinite(value)]
-    structural = zero_by_construction(layer_norms, Thresholds(vanishing=vanishing))
+    structural = zero_by_construction(layer_norms, layer_bounds(vanishing=vanishing))
     ranked = [i for i in finite if names[i] not in structural] if structural else finite
     nonfinite = [i for i, value in enumerate(values) if not math.isfinite(value)][:top]
     kept = [*heapq.nsmallest(top, ranked, key=values.__getitem__), *heapq.nlargest(top, finite, key=values.__getitem__),
