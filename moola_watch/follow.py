@@ -162,8 +162,13 @@ class Follower:
                 if older and not from_end:  # its rotated parts first, oldest first: the log as check reads it
                     self._read_at = time.time()
                     older = without_copies([*older, path], note=self._note_once)[:-1]
-                    for item in read_sources(older, str(path), None):
-                        self._take(path, item)
+                    try:
+                        for item in read_sources(older, str(path), None):
+                            self._take(path, item)
+                    except UnreadableLog as exc:  # a damaged compressed part (logrotate's compress): said, and the
+                        # log's own file still followed, as the folder's other logs are
+                        why = f"cannot be read whole: {exc}; the rest of it is still followed"
+                        self._take(path, Notice(str(path), "unreadable", why))
 
     def _logs(self) -> list[tuple[Path, list[Path]]]:
         """The logs followed (a folder's ``*.jsonl``, or the file given), each with its older rotated parts in a

@@ -805,3 +805,21 @@ def test_a_damaged_compressed_log_in_a_followed_folder_is_said_and_the_rest_stil
     out, err = follow.communicate(timeout=30)
     assert "Exploding gradients in 1 layer" in out and "[good.jsonl]" in out, (out, err)
     assert err.count("cannot be read to its end") == 1, err
+
+
+def test_a_damaged_compressed_rotated_part_of_a_followed_log_is_said_and_its_rows_are_not_judged(tmp_path):
+    """A review's case: logrotate's ``compress`` layout (``run.jsonl.1.gz`` cut short beside the live ``run.jsonl``)
+    still ended ``follow DIR`` with a usage error; and a damaged log with records before the damage showed a verdict
+    (``stale``, ``error``) in the overview while the line under it said it was not judged."""
+    lines = (SAMPLES / "pointer_collapse.jsonl").read_bytes().splitlines(keepends=True)
+    whole = gzip.compress(b"".join(lines[:30]))
+    (tmp_path / "run.jsonl.1.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    (tmp_path / "run.jsonl").write_bytes(b"".join(lines[30:]))
+    shutil.copy(SAMPLES / "healthy.jsonl", tmp_path / "good.jsonl")
+    once = follow_once("--once", tmp_path)
+    assert once.returncode == 2, once.stderr
+    said = f"{tmp_path / 'run.jsonl'}: cannot be read whole: {tmp_path / 'run.jsonl.1.gz'} is gzip-compressed"
+    assert once.stderr.count(said) == 1, once.stderr
+    rows = {line.split("│")[1].strip(): line for line in once.stdout.splitlines() if line.startswith("│")}
+    assert "not judged" in rows["run.jsonl"] and "cannot be read whole" in rows["run.jsonl"], once.stdout
+    assert "healthy" in rows["good.jsonl"]

@@ -85,6 +85,9 @@ class Overview:
                 "verdict": run_verdict_text(engine),
                 "worst alert": _worst_alert_cell(engine),
             })  # fmt: skip
+            if view.unreadable:  # judged on what came before damaged data: no verdict, and the row says why
+                rows[-1].update({"verdict": Text("not judged", style="red"),
+                                 "worst alert": Text(view.unreadable.partition("; ")[0], style="red")})  # fmt: skip
         return rows
 
 
