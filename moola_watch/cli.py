@@ -260,9 +260,9 @@ def _print_check(
             since = position(alert.first_epoch, alert.first_step)
             counts = verdict_severity(alert)
             notes = [f"recovered: counts as a {counts}"] if counts != alert.severity else []
-            if told.last is not None:  # a flapping rule: its later episodes, each resolved, in a few words
-                last = position(told.last.first_epoch, told.last.first_step)
-                notes.append(f"then {counted(told.again, 'more time')}, the last since {last}, each resolved")
+            if told.first is not None:  # a flapping rule: its earlier episodes, each resolved, in a few words
+                first = position(told.first.first_epoch, told.first.first_step)
+                notes.append(f"and {counted(told.before, 'time')} before, the first since {first}, each resolved")
             noted = f" ({'; '.join(notes)})" if notes else ""
             line(f"    {alert.severity:<8} {alert.state:<8} {alert.rule} ({alert.subject}) since {since}{noted}: "
                  f"{alert.message} -> {alert.recommendation}")  # fmt: skip

@@ -13,29 +13,30 @@ from moola_watch.rules import RESOLVED, Alert, verdict_severity
 
 @dataclass(frozen=True)
 class Told:
-    """An alert to tell, and the later episodes of the same rule on the same subject folded into it: resolved ones
-    that counted the same in the verdict (``again``), the last of them ``last``."""
+    """An alert to tell, and the earlier episodes of the same rule on the same subject folded into it: resolved
+    ones that counted the same in the verdict (``before`` of them, the first ``first``). The alert told is the
+    latest: its figures are the ones a reader acts on (the first episode's may be far milder)."""
 
     alert: Alert
-    again: int = 0
-    last: Alert | None = None
+    before: int = 0
+    first: Alert | None = None
 
 
 def fold_resolved_repeats(alerts: Sequence[Alert]) -> list[Told]:
-    """``alerts`` in order, each resolved one followed by later resolved episodes of its rule and subject, at its
-    severity and counting the same in the verdict, folded into the first of them (an error that resolved six
-    times is one line that says so). A firing alert is always told on its own."""
+    """``alerts`` in order, the resolved episodes of one rule on one subject, at one severity and counting the same in
+    the verdict, folded into the latest of them, told where the first was (an error that resolved six times is one
+    line that says so). A firing alert is always told on its own."""
     told: list[Told] = []
-    first: dict[tuple[str, str, str, str], int] = {}  # (rule, subject, severity, counts as) -> its line in told
+    at: dict[tuple[str, str, str, str], int] = {}  # (rule, subject, severity, counts as) -> its line in told
     for alert in alerts:
         if alert.state != RESOLVED:
             told.append(Told(alert))
             continue
         key = (alert.rule, alert.subject, alert.severity, verdict_severity(alert))
-        if key in first:
-            at = first[key]
-            told[at] = Told(told[at].alert, told[at].again + 1, alert)
+        if key in at:
+            earlier = told[at[key]]
+            told[at[key]] = Told(alert, earlier.before + 1, earlier.first or earlier.alert)
         else:
-            first[key] = len(told)
+            at[key] = len(told)
             told.append(Told(alert))
     return told

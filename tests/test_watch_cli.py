@@ -292,19 +292,20 @@ def test_analyze_of_several_runs_reads_at_80_columns(tmp_path):
 
 def test_check_tells_a_flapping_rule_once_with_how_often_it_fired_again(tmp_path):
     """A review's case: one task's collapse resolved and fired again six times: six lines buried the alert that
-    decided the verdict. The text tells the first episode and how often it came back; --json keeps each."""
+    decided the verdict. The text tells the latest episode (its figures are those to act on: a later one named a
+    worse layer the first did not), where and how often it came before; --json keeps each."""
     log = LogBuilder().start()
     epoch = 0
-    for _ in range(3):  # exploding twice running (it is confirmed over two samples), then healthy twice
+    for cycle in range(3):  # exploding twice running (it is confirmed over two samples), then healthy twice
         for peak in (40.0, 40.0, 0.3, 0.3):
             epoch += 1
-            log.grad(epoch, 0.3, peak, {"a": 0.3, "b": peak})
+            log.grad(epoch, 0.3, peak, {"a": 0.3, f"layer{cycle}": peak})
     path = log.end().write(tmp_path / "flapping.jsonl")
     result = run_cli("moola_watch.cli", "check", str(path))
     exploding = [line for line in result.stdout.splitlines() if "exploding (layers)" in line]
     assert exploding == [
-        "    error    resolved exploding (layers) since epoch 1, step 10 (then 2 more times, the last since epoch 9, "
-        "step 90, each resolved): Exploding gradients in 1 layer (norm > 10): b -> Reduce learning rate or clip "
+        "    error    resolved exploding (layers) since epoch 9, step 90 (and 2 times before, the first since epoch 1, "
+        "step 10, each resolved): Exploding gradients in 1 layer (norm > 10): layer2 -> Reduce learning rate or clip "
         "gradients (clip_grad_norm_)"
     ], result.stdout
     episodes = [a for a in check_json(path)[1][0]["alerts"] if a["rule"] == "exploding"]
