@@ -133,8 +133,10 @@ def _sum_kept(starved: str, factor: float, weights: Mapping[str, float], flags: 
 
 
 def update_share(share: float) -> str:
-    """'1.6% of the update'; a negative share (the task's gradient points against the step taken) says so."""
-    return f"{share:.1%} of the update" + (" (its gradient pulls against it)" if share < 0 else "")
+    """'1.6% of the update'; a negative share (the task's gradient points against the step taken) says so, where
+    it shows at a tenth of a percent (-0.0% is none)."""
+    shown = f"{share:.1%}".replace("-0.0%", "0.0%")
+    return f"{shown} of the update" + (" (its gradient pulls against it)" if shown.startswith("-") else "")
 
 
 def _change(fraction: float) -> str:
