@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shlex
 import signal
@@ -161,7 +162,9 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
         if worst == EXIT_OK and scan.fails("error"):
             worst = EXIT_ALERT
     if analyzed and not args.json:  # (a hint naming a file that failed would fail too)
-        logs = " ".join(shlex.quote(str(path)) for path in analyzed)  # a path with a space is one argument
+        # one argument each (a space), and none taken for an option (a name that starts with -)
+        logs = " ".join(shlex.quote(f"./{path}" if str(path).startswith("-") and str(path) != "-" else str(path))
+                        for path in analyzed)  # fmt: skip
         console.print(inert(f"Plots: moola-watch report {logs} -o report.html"), style="dim", markup=False)
     return worst
 
@@ -473,6 +476,18 @@ def refuse_overwriting_logs(args: argparse.Namespace) -> None:
                 if target.samefile(log):
                     raise UsageError(f"{flag} {target} is the log {log}, which this command reads: writing there "
                                      "would overwrite it; give another file")  # fmt: skip
+        if any(map(sources.is_stdin, args.logs)) and _is_stdin_file(target):
+            raise UsageError(f"{flag} {target} is the file on stdin (-), which this command reads: writing there "
+                             "would overwrite it; give another file")  # fmt: skip
+
+
+def _is_stdin_file(path: Path) -> bool:
+    """Whether stdin is redirected from the file at ``path`` (``check - --junit run.jsonl < run.jsonl``)."""
+    try:
+        there, here = path.stat(), os.fstat(sys.stdin.fileno())
+    except (OSError, ValueError, AttributeError):  # no stdin (closed, or replaced by an object without a file)
+        return False
+    return (there.st_dev, there.st_ino) == (here.st_dev, here.st_ino)
 
 
 def _note(message: str) -> None:

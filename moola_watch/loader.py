@@ -46,8 +46,9 @@ def load(path: str | Path, thresholds: Thresholds | Mapping[str, float] | None =
     """
     if isinstance(thresholds, Thresholds):
         chosen, overridden = thresholds, Thresholds.names()
-    else:
-        chosen, overridden = Thresholds.from_mapping(thresholds or {}), frozenset(thresholds or ())
+    else:  # spelled as the flags and the config allow too: collapse-high
+        given = {name.replace("-", "_"): value for name, value in (thresholds or {}).items()}
+        chosen, overridden = Thresholds.from_mapping(given), frozenset(given)
     path = Path(path)
     logs = saved_logs(path, note=_note) if path.is_dir() else [(path, [path])]
     if not logs:

@@ -203,7 +203,11 @@ def add_max_bad_lines_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
-    """Defaults, then ``--config``'s [thresholds], then flags."""
+    """Defaults, then ``--config``'s [thresholds], then flags; an error in the config's own values names the file."""
+    try:
+        Thresholds.from_mapping(config_thresholds(args))
+    except ValueError as exc:
+        raise UsageError(f"config {args.config}: [thresholds] {exc}") from None
     try:
         return Thresholds.from_mapping(_threshold_values(args))
     except ValueError as exc:

@@ -178,6 +178,8 @@ def test_thresholds_that_contradict_each_other_or_overflow_are_a_one_line_usage_
         flags = ["--config", str(tmp_path / "c.toml")]
     result = run_cli("moola_watch.cli", "check", *flags, str(REPO / "sample_logs" / "healthy.jsonl"))
     assert result.returncode == 2 and result.stderr.startswith("moola-watch: error: ") and said in result.stderr
+    if flags[0] == "--config":  # an error in the config's own values names the file
+        assert result.stderr.startswith(f"moola-watch: error: config {flags[1]}: [thresholds] "), result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 

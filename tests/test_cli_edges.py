@@ -326,6 +326,10 @@ def test_an_output_file_that_is_a_log_read_is_refused_before_anything_is_written
         result = run_cli("moola_watch.cli", *args)
         assert result.returncode == 2 and result.stderr.startswith(f"moola-watch: error: {flag} "), result.stderr
         assert "which this command reads: writing there would overwrite it" in result.stderr
+    with (logs / "a.jsonl").open("rb") as stdin:  # the log on stdin: check - --junit a.jsonl < a.jsonl
+        command = [sys.executable, "-m", "moola_watch.cli", "check", "-", "--junit", str(logs / "a.jsonl")]
+        piped = subprocess.run(command, stdin=stdin, capture_output=True, text=True, cwd=REPO)
+    assert piped.returncode == 2 and "is the file on stdin (-), which this command reads" in piped.stderr
     assert (logs / "a.jsonl").read_bytes() == kept and (logs / "b.jsonl").read_bytes() == kept
     fine = run_cli("moola_watch.cli", "report", str(logs), "-o", str(tmp_path / "report.html"))
     assert fine.returncode != 2 and (tmp_path / "report.html").exists(), fine.stderr  # (1: the runs fail)
@@ -356,6 +360,9 @@ def test_analyze_quotes_its_hint_names_stdin_csvs_and_says_which_thresholds_judg
     shutil.copy(SAMPLE, spaced)
     result = run_cli("moola_watch.cli", "analyze", str(spaced))
     assert f"Plots: moola-watch report '{spaced}' -o report.html" in result.stdout
+    shutil.copy(SAMPLE, tmp_path / "-x.jsonl")  # a name taken for an option unless it says where it is
+    dashed = run_cli("moola_watch.cli", "analyze", "./-x.jsonl", cwd=tmp_path)
+    assert "Plots: moola-watch report ./-x.jsonl -o report.html" in dashed.stdout, dashed.stdout[-300:]
     assert "thresholds: recorded in run_start" in result.stdout
     refused = run_cli("moola_watch.cli", "analyze", str(SAMPLE), "--csv", "-")
     assert refused.returncode == 2 and "--csv takes a directory" in refused.stderr and not Path("-").exists()

@@ -299,6 +299,8 @@ def test_load_judges_with_the_thresholds_given_over_those_the_run_recorded() -> 
     assert window["runs"].iloc[0]["thresholds_from"].startswith("recorded in run_start, except window")
     with pytest.raises(ValueError, match="unknown threshold"):
         moola_watch.load(log, thresholds={"windw": 3})
+    spelled = moola_watch.load(log, thresholds={"collapse-high": 50})  # as a flag spells it, as the config allows
+    assert spelled["runs"].iloc[0]["thresholds_from"].startswith("recorded in run_start, except collapse_high")
 
 
 def test_a_column_of_numbers_is_numbers_even_where_no_record_filled_it(tmp_path: Path) -> None:
