@@ -863,3 +863,25 @@ def test_a_first_step_loss_of_more_than_one_number_is_left_out_of_the_start_loss
     balance = [json.loads(line) for line in sink.getvalue().splitlines() if b'"task_balance"' in line]
     assert [r["step"] for r in balance] == [3, 6]
     assert balance[0]["start_step"] == 1 and set(balance[0]["start_losses"]) == {"cls"}
+
+
+def test_a_monitor_let_go_of_is_freed_at_once_with_no_garbage_collector(tmp_path):
+    """A review's case: since the monitor was split into parts, its output held the monitor's own on_run_start, a
+    cycle: a monitor let go of (its log open) stayed until the garbage collector ran, never with it off."""
+    import gc
+    import weakref
+
+    model = nn.Linear(2, 2)
+    gc.disable()
+    try:
+        for started in (False, True):
+            monitor = GradientMonitor(every_n_steps=1, log_path=tmp_path / f"{started}.jsonl", end_on_sigterm=False)
+            if started:
+                monitor.on_run_start(model)
+                model(torch.randn(3, 2)).sum().backward()
+                monitor.on_before_optimizer_step(model)
+            freed = weakref.ref(monitor)
+            del monitor
+            assert freed() is None, f"started={started}"
+    finally:
+        gc.enable()

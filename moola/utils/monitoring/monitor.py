@@ -69,6 +69,18 @@ class _Delegated(Generic[_T]):
         setattr(getattr(monitor, self._part), self._name, value)
 
 
+def _weakly(method: Callable[[], object]) -> Callable[[], object]:
+    """``method`` (bound) called through a weak reference to its object: a part that calls back into the monitor
+    does not keep it alive (its log's descriptor is closed when it is freed, with the garbage collector off too)."""
+    ref = weakref.WeakMethod(method)  # type: ignore[arg-type]
+
+    def call() -> object:
+        bound = ref()
+        return None if bound is None else bound()
+
+    return call
+
+
 class GradientMonitor:
     """Measures gradients during training, judges them with :mod:`moola_watch.rules`, writes the spec's
     console lines to the ``moola`` logger and appends JSONL records.
@@ -159,7 +171,7 @@ class GradientMonitor:
             silent=not enabled,
             on_alert=on_alert,
             halting=self._halting,
-            start_run=self.on_run_start,
+            start_run=_weakly(self.on_run_start),  # no cycle: a monitor let go of is freed at once
         )
         self._stats = StatsProbe(self._cadence, self._output)
         self._balance = BalanceProbe(self._cadence, self._output)
