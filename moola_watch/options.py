@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from moola_watch import __version__
+from moola_watch.config_keys import field_spelled
 from moola_watch.rules import RULES, Thresholds
 
 SEVERITY_CHOICES = ("warning", "error", "critical")
@@ -158,21 +159,12 @@ def config_thresholds(args: argparse.Namespace) -> dict[str, Any]:
     """The config's [thresholds], keys in field spelling (the flags' spelling is accepted); unknown keys are
     errors listing the valid ones."""
     table = config_table(args, "thresholds")
-    valid = [item.name for item in fields(Thresholds)]
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name in values:
-            raise UsageError(f"config {args.config}: [thresholds] sets {name} twice (as {name} and {flag_name(name)})")
-        values[name] = value
-    unknown = sorted(key for key in table if key.replace("-", "_") not in valid)
-    if unknown:
-        top = " (max-bad-lines goes at the top of the file, before any table)" if "max_bad_lines" in values else ""
-        raise UsageError(
-            f"config {args.config}: unknown threshold(s): {', '.join(unknown)}{top}; valid keys of [thresholds]: "
-            + ", ".join(map(flag_name, valid))
-        )
-    return values
+    top = " (max-bad-lines goes at the top of the file, before any table)" if "max_bad_lines" in table else ""
+    try:
+        return field_spelled(table, [item.name for item in fields(Thresholds)], "thresholds", kind="threshold(s)",
+                             hint=top, as_flags=True)  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(f"config {args.config}: {exc}") from None
 
 
 def max_bad_lines_from(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from moola_watch.config_keys import field_spelled
 from moola_watch.options import SEVERITY_CHOICES
 from moola_watch.textsafe import inert
 
@@ -58,17 +59,7 @@ MAX_TIMEOUT_S = 86_400.0
 def _keys(table: Mapping[str, Any]) -> dict[str, Any]:
     """``table`` with its keys in field spelling (``notify-on`` is ``notify_on``, as [thresholds] takes both).
     Raises ValueError on a key set in both spellings, and on unknown keys, listing the valid ones."""
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name in values:
-            raise ValueError(f"[notify] sets {name} twice (as {name} and {name.replace('_', '-')})")
-        values[name] = value
-    unknown = sorted(key for key in table if key.replace("-", "_") not in KEYS)
-    if unknown:
-        valid = ", ".join(KEYS)
-        raise ValueError(f"[notify] has unknown key(s): {', '.join(unknown)}; valid keys of [notify]: {valid}")
-    return values
+    return field_spelled(table, KEYS, "notify")
 
 
 def settings_from(
