@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from moola_watch import analyze
+from moola_watch.config_keys import field_spelled
 from moola_watch.rules import Thresholds
 from moola_watch.sources import is_stdin, saved_logs
 
@@ -47,7 +48,7 @@ def load(path: str | Path, thresholds: Thresholds | Mapping[str, float] | None =
     if isinstance(thresholds, Thresholds):
         chosen, overridden = thresholds, Thresholds.names()
     else:  # spelled as the flags and the config allow too: collapse-high
-        given = {name.replace("-", "_"): value for name, value in (thresholds or {}).items()}
+        given = field_spelled(thresholds or {}, sorted(Thresholds.names()), "thresholds", kind="threshold(s)")
         chosen, overridden = Thresholds.from_mapping(given), frozenset(given)
     path = Path(path)
     logs = saved_logs(path, note=_note) if path.is_dir() else [(path, [path])]

@@ -71,7 +71,7 @@ def _imbalance(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
 
 #: A recommended change beyond this factor is a first estimate: the gradients it is computed from shift once the
 #: tasks train differently (a starved task's gradient is small because it starves). An outside review's run,
-#: ratio 3,618, told to raise a weight 1,800x, flipped into the opposite collapse; changes of 60-90x worked.
+#: ratio 3,618, told to raise a weight 1,800x, flipped into the opposite collapse; changes of 60-110x worked.
 LARGE_CHANGE = 10.0
 
 
