@@ -159,7 +159,8 @@ def config_thresholds(args: argparse.Namespace) -> dict[str, Any]:
     """The config's [thresholds], keys in field spelling (the flags' spelling is accepted); unknown keys are
     errors listing the valid ones."""
     table = config_table(args, "thresholds")
-    top = " (max-bad-lines goes at the top of the file, before any table)" if "max_bad_lines" in table else ""
+    misplaced = any(key.replace("-", "_") == "max_bad_lines" for key in table)
+    top = " (max-bad-lines goes at the top of the file, before any table)" if misplaced else ""
     try:
         return field_spelled(table, [item.name for item in fields(Thresholds)], "thresholds", kind="threshold(s)",
                              hint=top, as_flags=True)  # fmt: skip
