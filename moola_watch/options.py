@@ -197,25 +197,25 @@ def add_max_bad_lines_flag(parser: argparse.ArgumentParser) -> None:
 
 def thresholds_from(args: argparse.Namespace) -> Thresholds:
     """Defaults, then ``--config``'s [thresholds], then flags; an error in the config's own values names the file."""
+    config = config_thresholds(args)  # (the file read once)
     try:
-        Thresholds.from_mapping(config_thresholds(args))
+        Thresholds.from_mapping(config)
     except ValueError as exc:
         raise UsageError(f"config {args.config}: [thresholds] {exc}") from None
     try:
-        return Thresholds.from_mapping(_threshold_values(args))
+        return Thresholds.from_mapping({**config, **_flag_thresholds(args)})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
 
 def overridden_from(args: argparse.Namespace) -> frozenset[str]:
     """The threshold names a flag or ``--config`` sets: these beat the ones a run recorded."""
-    return frozenset(_threshold_values(args))
+    return frozenset({**config_thresholds(args), **_flag_thresholds(args)})
 
 
-def _threshold_values(args: argparse.Namespace) -> dict[str, Any]:
-    values = config_thresholds(args)
-    values.update({k[3:]: v for k, v in vars(args).items() if k.startswith("th_") and v is not None})
-    return values
+def _flag_thresholds(args: argparse.Namespace) -> dict[str, Any]:
+    """The thresholds the command line's flags set."""
+    return {k[3:]: v for k, v in vars(args).items() if k.startswith("th_") and v is not None}
 
 
 def rules_help() -> str:
