@@ -1,4 +1,4 @@
-"""The labelled corpus for detection quality: real training runs of four model families, each a grid of loss
+"""The labelled corpus for detection quality: real training runs of six model families, each a grid of loss
 weights x seeds, monitored by moola's ``GradientMonitor``, labelled from held-out metrics only.
 
     .venv/bin/python benchmarks/detection_corpus.py --out runs/detection-corpus   # about 3 minutes on 2 idle cores
@@ -15,14 +15,23 @@ Families (every one has tasks sharing a small trunk, so that the tasks really co
 * ``trio``: three tasks on orthogonal projections of synthetic Gaussian inputs (two classifications, one
   regression), one shared ReLU layer of 3 units (they compete) or 32 (they do not); the regression's weight
   over a grid.
+* ``digits``: an MLP on scikit-learn's 8x8 digits: 10-class digit classification + regression of the image's
+  total ink (nearly independent of the class), a trunk of 32 ReLU units then a shared layer of 6 (they compete)
+  or 32 (they do not); the ink weight over a grid. At 32 units a large weight on either task leaves the other
+  one gradient-dominated yet healthy, at 6 units often short of its full progress.
+* ``diabetes``: an MLP on scikit-learn's diabetes table: three regressions with an irreducible loss floor
+  (disease progression, and the ``bmi`` and ``bp`` columns, removed from the inputs, regressed from the other
+  eight; a linear model's R^2 is 0.2-0.4: no held-out MSE ends below 60% of the baseline's, and the training
+  losses end at 50-85% of their first epoch's), one shared ReLU layer of 3
+  units (they compete), 8 (a little) or 32 (they do not); the progression weight over a grid.
 
 Ground truth never looks at gradients. For each task, ``progress = (baseline - final) / (baseline - best)`` on
 the held-out split, where ``baseline`` is a trivial predictor's metric (majority class, the training mean),
 ``final`` the mean of the last three epochs' validation metric and ``best`` the best ``final`` any setting of
-the same family and seed reached (any weight; for ``trio`` any trunk width too). A task below
-``STARVED_PROGRESS`` while the others do well is *starved*; every task at or above it: *healthy*; every task
-below: *all_poor* (reported, not scored). "The others do well", for any number of tasks: at least one other
-task is at or above ``STARVED_PROGRESS``, so that the shared layers served some task and the poor ones lost
+the same family and seed reached (any weight; for ``trio``, ``digits`` and ``diabetes`` any trunk width too). A
+task below ``STARVED_PROGRESS`` while the others do well is *starved*; every task at or above it: *healthy*;
+every task below: *all_poor* (reported, not scored). "The others do well", for any number of tasks: at least one
+other task is at or above ``STARVED_PROGRESS``, so that the shared layers served some task and the poor ones lost
 the competition for them (of two tasks: the other one is). A run of three tasks can so have two starved tasks
 (one weight so large that its task owns the trunk); ``starved_tasks`` lists them, the least progress first,
 and ``starved`` names that first one. Several poor tasks with none doing well is a model that learned nothing
@@ -281,12 +290,93 @@ def trio_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
                 yield Run("trio", seed, weights, str(path), steps, history, baselines)
 
 
+def digits_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
+    """scikit-learn's 8x8 digits (1200 train, 597 held out): ``digit`` (10 classes: accuracy) + ``ink`` (the image's
+    total ink, standardised: MSE; nearly independent of the class, so it needs trunk units of its own), an MLP
+    trunk of 32 ReLU units then a shared layer of 6 (the tasks compete: a weight far from 1 starves the other
+    task; at 3 units the digits barely learn even alone) or 32 (they do not); the ``ink`` weight over a grid,
+    ``digit``'s at 1."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    ink = data.data.sum(axis=1)
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(data.target))
+        train, val = order[:1200], order[1200:]
+        x = (data.data - data.data[train].mean()) / data.data[train].std()
+        reg = (ink - ink[train].mean()) / ink[train].std()
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        split = Split(as_t(x[train]), as_t(x[val]),
+                      {"digit": torch.as_tensor(data.target[train]), "ink": as_t(reg[train, None])},
+                      {"digit": torch.as_tensor(data.target[val]), "ink": as_t(reg[val, None])})  # fmt: skip
+        counts = np.bincount(data.target[val])
+        baselines = {"digit": float(counts.max() / counts.sum()), "ink": float((reg[val] ** 2).mean())}
+
+        def losses(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {"digit": F.cross_entropy(pred["digit"], y["digit"]), "ink": F.mse_loss(pred["ink"], y["ink"])}
+
+        def metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
+            accuracy = (pred["digit"].argmax(dim=1) == y["digit"]).double().mean().item()
+            return {"digit": accuracy, "ink": F.mse_loss(pred["ink"], y["ink"]).item()}
+
+        for width in (6, 32):
+            for weight in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
+                weights = {"digit": 1.0, "ink": weight}
+                run_id = f"digits-s{seed}-h{width}-w{weight:g}"
+                path = out / "digits" / f"{run_id}.jsonl"
+                torch.manual_seed(seed)
+                model = Heads(x.shape[1], (32, width), {"digit": 10, "ink": 1})
+                steps, history = train_heads(model, split, weights, losses, metrics, epochs=epochs, batch_size=200,
+                                             lr=6e-3, seed=seed, path=path, run_id=run_id)  # fmt: skip
+                yield Run("digits", seed, weights, str(path), steps, history, baselines)
+
+
+def diabetes_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
+    """scikit-learn's diabetes table (300 train, 142 held out): three regressions with an irreducible floor (a
+    linear model's R^2 is only 0.2-0.4), ``progression`` (the disease-progression target), ``bmi`` and ``bp``
+    (those two columns removed from the inputs and regressed from the other eight), each standardised (MSE);
+    one shared ReLU layer of 3 units (they compete), 8 (a little) or 32 (they do not); the ``progression``
+    weight over a grid, the others at 1."""
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes()
+    names = list(data.feature_names)
+    columns = {"progression": data.target, "bmi": data.data[:, names.index("bmi")],
+               "bp": data.data[:, names.index("bp")]}  # fmt: skip
+    features = data.data[:, [i for i, name in enumerate(names) if name not in columns]]
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(features))
+        train, val = order[:300], order[300:]
+        x = (features - features[train].mean(axis=0)) / features[train].std(axis=0)
+        targets = {t: ((c - c[train].mean()) / c[train].std())[:, None] for t, c in columns.items()}
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        split = Split(as_t(x[train]), as_t(x[val]), {t: as_t(y[train]) for t, y in targets.items()},
+                      {t: as_t(y[val]) for t, y in targets.items()})  # fmt: skip
+        baselines = {t: float((y[val] ** 2).mean()) for t, y in targets.items()}  # the training mean is 0
+
+        def metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
+            return {t: F.mse_loss(pred[t], y[t]).item() for t in y}
+
+        for width in (3, 8, 32):
+            for progression in (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
+                weights = {"progression": progression, "bmi": 1.0, "bp": 1.0}
+                run_id = f"diabetes-s{seed}-h{width}-w{progression:g}"
+                path = out / "diabetes" / f"{run_id}.jsonl"
+                torch.manual_seed(seed)
+                model = Heads(x.shape[1], (width,), dict.fromkeys(columns, 1))
+                steps, history = train_heads(model, split, weights, _mse, metrics, epochs=epochs, batch_size=64,
+                                             lr=3e-3, seed=seed, path=path, run_id=run_id)  # fmt: skip
+                yield Run("diabetes", seed, weights, str(path), steps, history, baselines)
+
+
 #: family -> (its runs, epochs); each task's metric direction is in ``detection_labels.DIRECTIONS``
 FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], int]] = {
     "lstm": (lstm_runs, 20),
     "gradnorm": (gradnorm_runs, 30),
     "cancer": (cancer_runs, 30),
     "trio": (trio_runs, 30),
+    "digits": (digits_runs, 20),
+    "diabetes": (diabetes_runs, 20),
 }
 
 

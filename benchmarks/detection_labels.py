@@ -20,6 +20,8 @@ DIRECTIONS: dict[str, dict[str, bool]] = {
     "gradnorm": {"small": False, "big": False},
     "cancer": {"diagnosis": True, "fractal": False},
     "trio": {"sign": True, "level": False, "bucket": True},
+    "digits": {"digit": True, "ink": False},
+    "diabetes": {"progression": False, "bmi": False, "bp": False},
 }
 
 
