@@ -120,6 +120,7 @@ class FrameColumns:
                 ("share", "shares"),
                 ("weight", "weights"),
                 ("cosine", "cosines"),
+                ("persistence", "persistence"),
             ):
                 for task, value in (record.get(values) or {}).items():
                     row[f"{prefix}_{task}"] = value

@@ -55,6 +55,12 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
         "FRACTION",
         "... and only while that loss is above this fraction of its start (below it, the task has learned)",
     ),
+    "starve_persistence": (
+        "COSINE",
+        "... unless it is at its floor: its gradient's mean cosine between consecutive samples below this over the "
+        "window (mini-batch noise around a minimum; also at the end) ...",
+    ),
+    "floor_rate": ("FRACTION", "... and its loss at or below this fraction of its first (it learned)"),
     "final_share": (
         "FRACTION",
         "a completed run ended with a task starved (collapse, an error) if over the last window it got less than "

@@ -247,6 +247,7 @@ _FIELDS: dict[str, tuple[tuple[str, Validator, bool], ...]] = {
         ("weights", _number_map, False),
         ("scope", _text, False),
         ("left_out", _text_list, False),  # tasks with no gradient on the shared parameters (a detached head)
+        ("persistence", _number_map, False),  # per task: cosine of its gradient with the previous sample's
         ("start_losses", _number_map, False),  # the first record only: the task losses of the run's first step
         ("start_step", _optional_integer, False),  # ... and that step, earlier than this record's
     ),

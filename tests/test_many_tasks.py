@@ -64,11 +64,14 @@ def test_a_dominated_task_is_named_by_the_trainer_log_and_the_watcher(tmp_path):
     model = ThreeHeads()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     weights = {"price": 1.0, "volume": 1.0, "regime": 0.001}  # the regime task is all but silenced
+    # Targets the trunk can learn: on pure noise the regime task's gradient is noise too (nothing to starve of)
+    mixing = torch.randn(6, 3)
     log = tmp_path / "three.jsonl"
     with GradientMonitor(every_n_steps=1, log_path=log) as monitor:
         monitor.watch_optimizer(optimizer)
         for _step in range(14):
-            x, y = torch.randn(32, 6), torch.randn(32, 3)
+            x = torch.randn(32, 6)
+            y = torch.tanh(x @ mixing)
             losses = losses_of(model, x, y)
             monitor.on_before_backward(model, losses, weights)
             optimizer.zero_grad()

@@ -113,6 +113,7 @@ class TaskBalance(_Measurement, tag=schema.TASK_BALANCE):
     weights: _NumberMap = None  # type: ignore[assignment]
     scope: str = None  # type: ignore[assignment]
     left_out: list[str] = None  # type: ignore[assignment]
+    persistence: _NumberMap = None  # type: ignore[assignment]
 
 
 class Epoch(_Measurement, tag=schema.EPOCH):

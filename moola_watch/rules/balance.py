@@ -1,16 +1,18 @@
 """Rules on ``task_balance`` records: the spec's pointer/type imbalance band, and task collapse.
 
 Collapse combines two kinds of evidence. Dominance: over the window, a task's weighted gradient on the shared
-parameters is smaller than the largest task's by more than the healthy band allows (for pointer/type, the
-window mean ratio outside [balance_low, balance_high]). Starving: the dominated task gets almost none of the
-update (window mean share below ``starve_share``) and its own training loss has stalled (down less than
-``starve_drop`` over the window). Both: an error. The spec's collapse (a window beyond ``collapse_high``) with a
-task that still learns: a warning that says, in words, what is still moving; an imbalance short of that with a
+parameters is smaller than the largest task's by more than the healthy band allows (for pointer/type, the window
+mean ratio outside [balance_low, balance_high]). Starving: the dominated task gets almost none of the update (window
+mean share below ``starve_share``), its own training loss has stalled (down less than ``starve_drop`` over the
+window), its gradient keeps asking the same change of the shared parameters (the window's mean ``persistence``,
+where recorded, at least ``starve_persistence``: a task at the floor its data allow has a gradient of mini-batch
+noise there), and another task learns. Both: an error. The spec's collapse (a window beyond ``collapse_high``) with
+a task that still learns: a warning that says, in words, what is still moving; an imbalance short of that with a
 task that still learns is the imbalance rule's business alone. The numbers were chosen on labelled runs
 (``benchmarks/detection.py --tune``, ``benchmarks/detection_frontier.py``). The message keeps the spec's words
-(``TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)``) and adds the evidence; the recommendation keeps
-the spec's action and adds the weights that would bring the window into the healthy band. The subject of a
-collapse alert is the task it starves.
+(``TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)``) and adds the evidence; the recommendation keeps the
+spec's action and adds the weights that would bring the window into the healthy band. The subject of a collapse
+alert is the task it starves.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 from moola_watch import schema
 from moola_watch.counts import counted
-from moola_watch.rules.evidence import RECENT_SAMPLES, Evidence
+from moola_watch.rules.evidence import RECENT_SAMPLES, Evidence, TaskProgress
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
 from moola_watch.rules.thresholds import Thresholds
@@ -139,10 +141,46 @@ def update_share(share: float) -> str:
     return f"{shown} of the update" + (" (its gradient pulls against it)" if shown.startswith("-") else "")
 
 
+def gradient_persistence(cosine: float) -> str:
+    """The window's mean cosine between a task's consecutive gradients, in words: near 1 a gradient that keeps
+    asking the same change (starving), near 0 mini-batch noise around a minimum."""
+    return f"its gradient's direction from one sample to the next: mean cosine {cosine:.2f}"
+
+
 def _change(fraction: float) -> str:
     """A loss change in percent, to a tenth under 10% (so that -1.8% is not shown as the -2% a 2% bound
     compares with)."""
     return f"{fraction:+.1%}" if abs(fraction) < 0.1 else f"{fraction:+.0%}"
+
+
+#: A task whose training loss is below this fraction of its first has learned something: a task starves only
+#: while another learns (one that has learned, or whose loss still falls); with none learning (a learning rate of
+#: 0, frozen layers) there is no competition for the shared layers, and re-weighting fixes nothing.
+LEARNED_SOMETHING = 0.9
+#: What to do when no task learns (the collapse's weights would change nothing).
+NOTHING_LEARNS = (
+    "Check that the model trains at all: the learning rate (0?), the optimizer given the model's parameters, layers "
+    "left frozen; re-weighting the losses changes nothing while no task learns"
+)
+
+
+def others_learn(task: str, progress: Mapping[str, TaskProgress], th: Thresholds) -> bool:
+    """Whether a task other than ``task`` learns: its loss down at least ``starve_drop`` over the window, or
+    below :data:`LEARNED_SOMETHING` of its first (True when no other task's progress is known: nothing says
+    otherwise)."""
+    known = [p for p in progress.values() if p.task != task]
+    return not known or any(
+        p.change <= -th.starve_drop or (p.rate is not None and p.rate <= LEARNED_SOMETHING) for p in known
+    )
+
+
+def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds) -> bool:
+    """Whether a stalled task sits at the floor its data allow: it learned (its loss at or below ``floor_rate`` of
+    its first) and its gradient on the shared parameters is now mini-batch noise around that minimum (the window's
+    mean ``persistence`` below ``starve_persistence``). A task near its first loss with a noisy gradient never got
+    going: stuck at a chance-level plateau, which more of the shared layers could lift, not at a floor."""
+    learned = own.rate is not None and own.rate <= th.floor_rate
+    return learned and persistence is not None and persistence < th.starve_persistence
 
 
 def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]:
@@ -151,9 +189,11 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
     one noisy window).
 
     An error needs all of: the task's mean share of the update over the window below ``starve_share``, its own
-    training loss down by less than ``starve_drop`` over the window (a plateau), and that loss still above
+    training loss down by less than ``starve_drop`` over the window (a plateau), that loss still above
     ``starve_rate`` of its start (below it the task has learned: a converged task needs little gradient and its
-    loss is flat too). Otherwise a warning that says which part is missing."""
+    loss is flat too), its gradient keeping its direction (window mean ``persistence`` at least
+    ``starve_persistence``, where recorded), and another task learning (:func:`others_learn`). Otherwise a warning
+    that says which part is missing."""
     progress = ev.progress()
     own = progress.get(task)
     if own is None:
@@ -162,14 +202,20 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
     share = ev.mean_share(task)
     share_words = update_share(share) if share is not None else "its share of the update not recorded"
     others = ", ".join(f"{p.task} {_change(p.change)}" for p in progress.values() if p.task != task)
+    persistence = ev.mean_persistence(task)
+    persistence_words = "" if persistence is None else f", {gradient_persistence(persistence)}"
     figures = (f"{task} {own.measure} {own.earlier:.3g} -> {own.recent:.3g} ({_change(own.change)}) from {own.span} "
-               f"[{others}], {share_words}")  # fmt: skip
+               f"[{others}], {share_words}{persistence_words}")  # fmt: skip
     learned = own.rate is not None and own.rate <= th.starve_rate
     if own.change <= -th.starve_drop:
         return "warning", f"gradients dominated, but the {task} loss is still falling: {figures}", learned
     if share is None or share >= th.starve_share:
         words = f"gradients dominated, but the {task} task still gets a share of the update: {figures}"
         return "warning", words, learned
+    if at_its_floor(own, persistence, th):
+        return "warning", (f"gradients dominated and the {task} loss stalled, but its gradient on the shared "
+                           f"parameters is mini-batch noise around a minimum it reached (a starving task's keeps "
+                           f"asking the same change): {figures}"), learned  # fmt: skip
     if own.rate is None:
         return "warning", (f"gradients dominated and the {task} loss stalled, but whether the {task} task had already "
                            f"learned cannot be told: this run's first losses are unknown ({ev.start_unknown}): "
@@ -177,9 +223,13 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
     if learned:
         return "warning", (f"gradients dominated, but the {task} task has learned: its loss is {own.rate:.0%} of "
                            f"where it started ({own.start:.3g}): {figures}"), True  # fmt: skip
+    if not others_learn(task, progress, th):
+        return "warning", (f"gradients dominated and the {task} loss stalled, but no other task learns either: not a "
+                           f"competition for the shared layers: {figures}"), False  # fmt: skip
+    kept = "" if persistence is None else f", its gradient's direction kept (cosine at least {th.starve_persistence:g})"
     return "error", (f"and the {task} task is starving (its loss stalled: down less than {th.starve_drop:.0%}, "
-                     f"share below {th.starve_share:.0%}, still {own.rate:.0%} of its first loss {own.start:.3g}): "
-                     f"{figures}"), False  # fmt: skip
+                     f"share below {th.starve_share:.0%}{kept}, still {own.rate:.0%} of its first loss "
+                     f"{own.start:.3g}): {figures}"), False  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -269,7 +319,9 @@ def _collapse_observation(ev: Evidence, dominance: Dominance, th: Thresholds) ->
         return None
     span = ev.window_span()
     action = _weights_fix(ev, dominance, dominance.action)
-    if severity != "error":  # the words say the task still learns (or cannot tell yet): no "Urgent" beside them
+    if not others_learn(dominance.starved, ev.progress(), th):
+        action = NOTHING_LEARNS
+    elif severity != "error":  # the words say the task still learns (or cannot tell yet): no "Urgent" beside them
         action = f"Not urgent while the {dominance.starved} task learns; if it stalls: {_unurged(action)}"
     return Observation(
         severity, dominance.ratio,
@@ -419,6 +471,11 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
             continue
         if not (share < th.final_share * equal and run_share.mean < th.final_run_share * equal):
             continue
+        persistence = ev.mean_persistence(task)
+        if at_its_floor(own, persistence, th):
+            continue  # its gradient is noise around a minimum it reached: it learned what it could here
+        if not others_learn(task, progress, th):
+            continue  # no other task learned: no competition for the shared layers starved this one
         if own.rate is None:  # the run's start is unknown: whether the task learned cannot be told, so say that
             findings.append((task, Observation(
                 "warning", share,
@@ -441,7 +498,8 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
                 f"{title}: {dominated}the run ended with the {task} task starved: {update_share(share)} "
                 f"over its last {len(ev.shares[task])} balance samples ({ev.window_span() or 'steps unknown'}), "
                 f"{run_share.mean:.1%} over the run (an equal share: {equal:.0%}), and its training loss still "
-                f"{own.rate:.0%} of its first ({own.start:.3g} -> {own.recent:.3g})",
+                f"{own.rate:.0%} of its first ({own.start:.3g} -> {own.recent:.3g})"
+                f"{'' if persistence is None else ', ' + gradient_persistence(persistence)}",
                 _weights_fix(ev, dominance, action) if dominated else action,
             )))  # fmt: skip
     return findings

@@ -233,6 +233,8 @@ class Evidence:
         self.weights: dict[str, float] = {}  # the loss weights of the latest balance sample
         self.shares: dict[str, deque[float]] = {}  # per task: its share of the update, over the window
         self.run_shares: dict[str, RunningStats] = {}  # per task: its share of the update, over the whole run
+        # per task: the cosine of its gradient with the sample before's, over the window (NaN where not recorded)
+        self.persistence: dict[str, deque[float]] = {}
         self.last_measured: dict[str, Where] = {}  # per task: its latest balance sample
         self.absent_at: int | None = None  # the step of the latest balance sample, if a task measured nothing in it
         self.left_out_since: dict[str, Where] = {}  # tasks measured once, left out of the balance since then
@@ -433,10 +435,13 @@ class Evidence:
         self.balance_samples += 1
         self.balance_steps.append(where.step)
         self.weights = dict(record.get("weights") or {})
+        persistence: Mapping[str, float] = record.get("persistence") or {}
         for task, share in (record.get("shares") or {}).items():
             if task not in absent:
                 self.shares.setdefault(task, deque(maxlen=self.thresholds.window)).append(share)
                 self.run_shares.setdefault(task, RunningStats()).add(share)
+                window = self.persistence.setdefault(task, deque(maxlen=self.thresholds.window))
+                window.append(persistence.get(task, math.nan))
         self._start_losses(record)
         self._losses(self.batch_losses, {t: loss for t, loss in losses.items() if t not in absent}, where)
 
@@ -459,6 +464,7 @@ class Evidence:
                 self.left_out_since[task] = where
                 self.dominance.pop(task, None)
                 self.shares.pop(task, None)
+                self.persistence.pop(task, None)
         for task in measured:
             self.last_measured[task] = where
             self.left_out_since.pop(task, None)
@@ -526,6 +532,12 @@ class Evidence:
     def mean_share(self, task: str) -> float | None:
         """The task's mean share of the update over the window (None when not recorded)."""
         window = [share for share in self.shares.get(task, ()) if math.isfinite(share)]
+        return math.fsum(window) / len(window) if window else None
+
+    def mean_persistence(self, task: str) -> float | None:
+        """The task's mean cosine between consecutive gradients over the window (None when never recorded: logs
+        of older writers, a representation's balance)."""
+        window = [value for value in self.persistence.get(task, ()) if math.isfinite(value)]
         return math.fsum(window) / len(window) if window else None
 
     def window_span(self) -> str:

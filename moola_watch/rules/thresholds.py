@@ -18,7 +18,7 @@ ORDERED = (
     ("healthy_norm_low", "healthy_norm_high"),
 )
 #: Thresholds that are fractions of a whole (a share of the update, a loss's fall over the window): at most 1.
-FRACTIONS = ("starve_share", "starve_drop")
+FRACTIONS = ("starve_share", "starve_drop", "starve_persistence")
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ class Thresholds:
     starve_share: float = 0.1  # collapse is an error only if the task's mean share of the update is below ...
     starve_drop: float = 0.05  # ... and its own training loss fell by less than this fraction over the window
     starve_rate: float = 0.5  # ... and that loss is above this fraction of its first (below: it has learned)
+    # ... unless it is at its floor: its gradient's window mean cosine between consecutive samples below this
+    # (mini-batch noise around a minimum) and its loss at or below floor_rate of its first; also at the end
+    starve_persistence: float = 0.5
+    floor_rate: float = 0.7
     final_share: float = 0.4  # a completed run ended with a task starved if, over the last window, its mean
     # share of the update was below this fraction of an equal share (1 / tasks), ...
     final_run_share: float = 0.8  # ... over the whole run below this fraction of an equal share, ...

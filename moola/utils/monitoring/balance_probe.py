@@ -17,7 +17,7 @@ from moola.utils.monitoring.cadence import Cadence
 from moola.utils.monitoring.console import PREFIX
 from moola.utils.monitoring.distributed import static_graph_first_iteration
 from moola.utils.monitoring.run_output import RunOutput
-from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, compute_task_balance
+from moola.utils.monitoring.task_balance import BalanceUnavailable, Directions, TaskGradients, compute_task_balance
 from moola_watch import rules, schema
 from moola_watch.rules import Thresholds
 
@@ -49,6 +49,7 @@ class BalanceProbe:
         self._start_recorded = False
         # The parameters the last balance was measured on: a task cut off them later is left out, not the end of it
         self._shared_before: tuple[torch.Tensor, ...] = ()
+        self._directions: Directions = {}  # each task's gradient there: the next balance's persistence
 
     def takes(self, losses: Mapping[str, torch.Tensor]) -> bool:
         """Note a call's named task ``losses`` (their names, and the first training step's values); True if a
@@ -80,9 +81,10 @@ class BalanceProbe:
             raise BalanceUnavailable(STATIC_GRAPH_FIRST_ITERATION)
         balance = compute_task_balance(
             losses, model, weights=weights, shared_parameters=shared_parameters, representation=representation,
-            before=self._shared_before,
+            before=self._shared_before, previous=self._directions,
         )  # fmt: skip
         self._shared_before = balance.parameters or self._shared_before
+        self._directions = balance.directions
         return balance
 
     def record(self, balance: TaskGradients, thresholds: Thresholds) -> dict[str, Any]:
@@ -112,6 +114,8 @@ class BalanceProbe:
             fields["ratio"] = balance.ratio
         if balance.left_out:  # a task measured before and left out now stopped training the shared layers
             fields["left_out"] = list(balance.left_out)
+        if balance.persistence:
+            fields["persistence"] = balance.persistence
         fields.update(self._take_start_losses())
         return {
             **fields,

@@ -25,6 +25,14 @@ from torch import nn
 
 from moola.utils.monitoring.distributed import full_tensor, synchronised_backward_reason
 
+#: Of a shared scope larger than this many values, each task's gradient direction is kept (for the next balance's
+#: ``persistence``) on an evenly strided sample of this many: the cosine of a sample estimates the whole one's,
+#: and the copy costs a few hundred KiB per task whatever the model's size.
+DIRECTION_SAMPLE = 65_536
+#: Each task's gradient on the shared scope as the last balance measured it (a strided sample of it, see
+#: :data:`DIRECTION_SAMPLE`), as float64: what the next balance's ``persistence`` compares with.
+Directions = dict[str, torch.Tensor]
+
 
 class BalanceUnavailable(ValueError):
     """The balance cannot be measured this way; the message says why and what to do."""
@@ -55,8 +63,12 @@ class TaskGradients:
     the Gram matrix of the weighted task gradients (they sum to 1; a negative share pulls against the rest).
     ``ratio`` and ``cosine`` are the spec's pointer/type figures, None without those two tasks. ``left_out``
     names the tasks not measured: they reach none of the parameters the others share (``scope`` says so too).
-    ``parameters`` are the shared parameters measured on (none for a representation's balance). ``float(result)``
-    is the ratio."""
+    ``parameters`` are the shared parameters measured on (none for a representation's balance). ``persistence``
+    is each task's cosine between its gradient now and at the previous balance on the same parameters (given
+    that balance's ``directions``): near 0, a gradient that is mini-batch noise around a minimum the task
+    reached; near 1, one that keeps asking the same change of the shared parameters (absent on a first balance,
+    a changed scope, a zero gradient, or at a representation, whose batches hold different samples).
+    ``directions`` are what the next balance compares with. ``float(result)`` is the ratio."""
 
     ratio: float | None
     norms: dict[str, float]
@@ -68,7 +80,9 @@ class TaskGradients:
     shares: dict[str, float]
     weights: dict[str, float]
     left_out: tuple[str, ...] = ()
+    persistence: dict[str, float] = field(default_factory=dict)
     parameters: tuple[torch.Tensor, ...] = field(default=(), repr=False, compare=False)
+    directions: Directions = field(default_factory=dict, repr=False, compare=False)
 
     def __float__(self) -> float:
         return math.nan if self.ratio is None else self.ratio
@@ -254,15 +268,20 @@ def _balance(
     weights: Mapping[str, float],
     scope: str,
     left_out: tuple[str, ...] = (),
+    previous: Directions | None = None,
 ) -> TaskGradients:
     """Task balance from each task's unweighted gradients over the same tensors ``like`` (the tasks of
-    ``task_grads``; ``left_out`` names the others): one Gram matrix, one host transfer."""
+    ``task_grads``; ``left_out`` names the others): one Gram matrix, one host transfer. Given the ``previous``
+    balance's directions (None: a representation's, which are not compared), each task's ``persistence``."""
     names = list(task_grads)
     count = len(names)
     flats = torch.stack([_flat(task_grads[name], like) for name in names])
     gram = flats @ flats.T
     loss_values = torch.stack([losses[name].detach().real.to(gram.device, torch.float64) for name in names])
-    values = torch.cat([gram.reshape(-1), loss_values.reshape(-1)]).tolist()  # the one host transfer
+    directions = _directions(flats, names) if previous is not None else {}
+    compared = [name for name in names if name in (previous or {}) and previous[name].shape == directions[name].shape]
+    persisting = _persistence_terms(directions, previous or {}, compared, gram.device)
+    values = torch.cat([gram.reshape(-1), loss_values.reshape(-1), persisting]).tolist()  # the one host transfer
     raw_gram = [values[row * count : (row + 1) * count] for row in range(count)]
     raw = [math.sqrt(max(raw_gram[i][i], 0.0)) for i in range(count)]
     weight = [weights[name] for name in names]
@@ -288,12 +307,45 @@ def _balance(
         raw_norms=dict(zip(names, raw, strict=True)),
         cosine=cosine,
         scope=scope,
-        losses=dict(zip(names, values[count * count :], strict=True)),
+        losses=dict(zip(names, values[count * count : count * count + count], strict=True)),
         cosines=cosines,
         shares=shares,
         weights=dict(zip(names, weight, strict=True)),
         left_out=left_out,
+        persistence=_cosines_of(compared, values[count * count + count :]),
+        directions=directions,
     )
+
+
+def _directions(flats: torch.Tensor, names: Sequence[str]) -> Directions:
+    """Each task's gradient (a row of ``flats``), or an evenly strided sample of :data:`DIRECTION_SAMPLE` values of
+    it, copied: kept until the next balance."""
+    stride = max(1, -(-flats.shape[1] // DIRECTION_SAMPLE))
+    sample = flats[:, ::stride] if stride > 1 else flats
+    return {name: sample[i].clone() for i, name in enumerate(names)}
+
+
+def _persistence_terms(
+    directions: Directions, previous: Directions, compared: Sequence[str], device: torch.device
+) -> torch.Tensor:
+    """For each task of ``compared``: its direction now dotted with its previous one, and both squared norms."""
+    if not compared:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    terms = []
+    for name in compared:
+        now, before = directions[name], previous[name].to(device)
+        terms += [now @ before, now @ now, before @ before]
+    return torch.stack(terms)
+
+
+def _cosines_of(compared: Sequence[str], terms: Sequence[float]) -> dict[str, float]:
+    """Each task's cosine from its (dot, squared norm now, squared norm before); none where a norm is zero."""
+    persistence = {}
+    for i, name in enumerate(compared):
+        dot, now, before = terms[3 * i : 3 * i + 3]
+        if now > 0 and before > 0:
+            persistence[name] = max(-1.0, min(1.0, dot / math.sqrt(now * before)))
+    return persistence
 
 
 def _shared_scope(shared: Sequence[torch.Tensor], left_out: Sequence[str] = ()) -> str:
@@ -309,10 +361,12 @@ def compute_task_balance(
     shared_parameters: Sequence[nn.Parameter] | None = None,
     representation: torch.Tensor | None = None,
     before: Sequence[nn.Parameter] = (),
+    previous: Directions | None = None,
 ) -> TaskGradients:
     """Balance of any number of named tasks on the parameters every loss reaches (or ``shared_parameters``),
     or at ``representation`` (the shared encoder's output of this forward: a backward through the heads only).
-    ``before``: the parameters an earlier balance of the run was measured on (see :func:`resolve_shared`).
+    ``before``: the parameters an earlier balance of the run was measured on (see :func:`resolve_shared`);
+    ``previous``: that balance's ``directions``, for each task's ``persistence`` on the same parameters.
 
     Uses ``torch.autograd.grad(..., retain_graph=True)``: the graph, ``.grad`` and any gradient
     synchronisation are untouched, so it is safe under DDP, FSDP, accelerate and a GradScaler; the caller still
@@ -340,8 +394,11 @@ def compute_task_balance(
         if "use_reentrant=True" in str(exc):
             raise BalanceUnavailable(REENTRANT_CHECKPOINT) from None
         raise
-    balance = _balance(grads, targets, measured, weights, scope, left_out)
-    return balance if representation is not None else replace(balance, parameters=tuple(targets))
+    if representation is not None:
+        return _balance(grads, targets, measured, weights, scope, left_out)
+    same_scope = previous is not None and [id(p) for p in before] == [id(p) for p in targets]
+    balance = _balance(grads, targets, measured, weights, scope, left_out, previous if same_scope else {})
+    return replace(balance, parameters=tuple(targets))
 
 
 class FusedBackward:
