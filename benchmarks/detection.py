@@ -21,12 +21,13 @@ Lead time is the alert's step minus the step at which the starved task's validat
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -49,6 +50,7 @@ TUNING_STAGES = (
                  "starve_share": (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)}),
     ({}, {"final_share": (0.1, 0.2, 0.4, 0.6, 2.0), "final_run_share": (0.2, 0.4, 0.6, 0.8, 2.0),
           "final_rate": (0.0, 0.3, 0.5, 0.6, 0.7, 0.8)}),
+    ({}, {"starve_persistence": (0.0, 0.2, 0.3, 0.4, 0.5), "floor_rate": (0.6, 0.7, 0.8, 0.9)}),
 )  # fmt: skip
 VERDICT_NAMES = (("old", "old rule (dominance)"), ("new", "new verdict (dominance + lost progress, or ended starved)"))
 Chosen = dict[str, float]  # threshold name -> value, over the run's recorded ones
@@ -94,11 +96,13 @@ class Outcome:
         return alarm.named - set(self.starved) if self.label == "starved" else frozenset()
 
 
-def records(path: str) -> list[schema.Record]:
-    return [item.record for item in read_log(path) if isinstance(item, RecordItem)]
+@functools.cache
+def records(path: str) -> tuple[schema.Record, ...]:
+    """The log's records, read once: ``--tune`` replays each log for every setting it tries."""
+    return tuple(item.record for item in read_log(path) if isinstance(item, RecordItem))
 
 
-def alarms(log: list[schema.Record], thresholds: Thresholds) -> tuple[Alarm, Alarm, Alarm]:
+def alarms(log: Sequence[schema.Record], thresholds: Thresholds) -> tuple[Alarm, Alarm, Alarm]:
     """The old rule's and the new verdict's first alarm on one log, and the new verdict's first page."""
     # The old rule is the spec's window alone: with the healthy band widened to the collapse bounds, a collapse
     # alert raised by a balance sample fires (at any severity) exactly when the window is beyond them.
@@ -109,7 +113,7 @@ def alarms(log: list[schema.Record], thresholds: Thresholds) -> tuple[Alarm, Ala
 
 
 def _first_collapse(
-    log: list[schema.Record], thresholds: Thresholds, kinds: set[str], verdict: bool = False
+    log: Sequence[schema.Record], thresholds: Thresholds, kinds: set[str], verdict: bool = False
 ) -> tuple[Alarm, Alarm]:
     """The first step a collapse alert raised by a record of ``kinds`` is firing, and the task it names; twice:
     as ``check`` judges and as a page. With ``verdict``, at error level, and for ``check`` only an alert that
@@ -250,21 +254,25 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
     return lines
 
 
-def tune(runs: list[dict]) -> Chosen:
-    """Stage by stage (``TUNING_STAGES``): each stage's grid tried beside each of the previous stage's
-    ``KEPT`` best settings; the best are those with the best recall (right task) on the tuning runs among
-    those within the false-alarm target, ties going to the fewer false alarms, then the smaller values. Prints
-    each stage's front; returns the last stage's best."""
+def tune(runs: list[dict], stages: Sequence[int]) -> Chosen:
+    """Stage by stage (the ``stages`` of ``TUNING_STAGES``, counted from 1; a stage left out keeps the watcher's
+    defaults): each stage's grid tried beside each of the previous stage's ``KEPT`` best settings; the best are
+    those with the best recall (right task) on the tuning runs among those within the false-alarm target, or, with
+    none within it, the best recall less false-alarm rate (Youden's J); ties going to the fewer false alarms, then
+    the smaller values. Prints each stage's front; returns the last stage's
+    best."""
     tuning = [run for run in runs if not run["held_out"]]
     kept: list[Chosen] = [{}]
-    for fixed, stage in TUNING_STAGES:
+    for fixed, stage in (TUNING_STAGES[number - 1] for number in stages):
         scored = []
         for before, values in itertools.product(kept, itertools.product(*stage.values())):
             trial = {**before, **fixed, **dict(zip(stage, values, strict=True))}
             s = score([judge(run, trial) for run in tuning], "new")
             chosen = {**before, **dict(zip(stage, values, strict=True))}
-            scored.append((s.false_alarm_rate <= FALSE_ALARM_TARGET, s.recall, -s.false_alarm_rate,
-                           [-x for x in chosen.values()], chosen, s))  # fmt: skip
+            within = s.false_alarm_rate <= FALSE_ALARM_TARGET
+            # Beyond the target, recall alone would choose the setting that changes least: the best trade instead
+            merit = s.recall if within else s.recall - s.false_alarm_rate
+            scored.append((within, merit, -s.false_alarm_rate, [-x for x in chosen.values()], chosen, s))
         scored.sort(key=lambda row: row[:4], reverse=True)
         print(f"{' x '.join(stage)} on the {len(tuning)} tuning runs (held-out runs not used), best first:")
         for *_rank, chosen, s in scored[:KEPT]:
@@ -285,7 +293,7 @@ def cut_short(runs: list[dict], epochs: int) -> list[dict]:
     return [{**asdict(run), "until": run.steps[-1]} for run in short]
 
 
-def ended_at(log: list[schema.Record], step: int) -> list[schema.Record]:
+def ended_at(log: Sequence[schema.Record], step: int) -> list[schema.Record]:
     """``log``'s records up to ``step``, then its ``run_end`` moved there."""
     kept = [r for r in log if r["kind"] != schema.RUN_END and (r.get("step") is None or r["step"] <= step)]
     end = next(r for r in log if r["kind"] == schema.RUN_END)
@@ -296,6 +304,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     parser.add_argument("--tune", action="store_true", help="choose the verdict's numbers on the tuning runs")
+    parser.add_argument("--stages", default=",".join(str(n) for n in range(1, len(TUNING_STAGES) + 1)),
+                        help="with --tune, the stages to choose (the others keep the defaults): 3 alone takes "
+                             "minutes, all of them about an hour on 2 cores")  # fmt: skip
     parser.add_argument("--cut-at", type=int, metavar="EPOCH",
                         help="judge every run as if it had completed after this epoch, relabelled there")  # fmt: skip
     args = parser.parse_args()
@@ -307,7 +318,9 @@ def main() -> None:
     if args.cut_at:
         runs = cut_short(runs, args.cut_at)
     defaults = Thresholds().to_dict()
-    chosen = tune(runs) if args.tune else {name: defaults[name] for _fixed, stage in TUNING_STAGES for name in stage}
+    chosen = {name: defaults[name] for _fixed, stage in TUNING_STAGES for name in stage}
+    if args.tune:
+        chosen |= tune(runs, [int(number) for number in args.stages.split(",")])
     print(
         f"\n{', '.join(f'{name} {value}' for name, value in chosen.items())}; window and ratio bounds as each run "
         "recorded them\n"

@@ -355,7 +355,9 @@ def test_labelled_runs_get_the_verdict_their_held_out_metrics_call_for(label):
     starved while its loss crept down (the verdict names it only at the run's end); in the healthy ones the old
     rule (dominance alone, at error) fired, the new verdict stays a warning. Of three tasks: a run whose weight 100
     starved the other two (both named), and a healthy one whose error at the first full window resolved when the
-    starving task began to learn (a warning in the verdict)."""
+    starving task began to learn (a warning in the verdict). Of the digits and diabetes families: a starved run
+    each, a healthy digits run with one task dominated, and two healthy diabetes runs whose dominated regression sat
+    at the floor its data allow (its gradient noise: an error before the trainer recorded persistence)."""
     result, (report,) = check("--json", PINNED / label["log"])
     collapse = [a for a in report["alerts"] if a["rule"] == "collapse"]
     errors = [a for a in collapse if a["counts_as"] == "error"]  # a collapse that resolved is a warning
