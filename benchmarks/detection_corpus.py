@@ -1,7 +1,7 @@
 """The labelled corpus for detection quality: real training runs of six model families, each a grid of loss
 weights x seeds, monitored by moola's ``GradientMonitor``, labelled from held-out metrics only.
 
-    .venv/bin/python benchmarks/detection_corpus.py --out runs/detection-corpus   # about 3 minutes on 2 idle cores
+    .venv/bin/python benchmarks/detection_corpus.py --out runs/detection-corpus   # about 10 minutes on 2 cores
     .venv/bin/python benchmarks/detection_corpus.py --families trio   # one family; the others' runs are kept
 
 Families (every one has tasks sharing a small trunk, so that the tasks really compete):
