@@ -343,6 +343,18 @@ def bench_probe(quick: bool, tmp: Path) -> list[Row]:
         compute_task_gradient_ratio(pointer, kind, net, shared_parameters=list(net.shared_parameters()))
         (kind + pointer).backward()
 
+    shared = list(net.shared_parameters())
+    last: dict[str, Any] = {"before": (), "directions": {}}
+
+    def persistence_then_backward() -> None:
+        pointer, kind, _ = losses()
+        balance = compute_task_balance(
+            {"pointer": pointer, "type": kind}, net, shared_parameters=shared, before=last["before"],
+            previous=last["directions"],
+        )  # fmt: skip
+        last.update(before=balance.parameters, directions=balance.directions)
+        (kind + pointer).backward()
+
     def representation_then_backward() -> None:
         pointer, kind, states = losses()
         compute_task_balance({"pointer": pointer, "type": kind}, net, representation=states)
@@ -365,13 +377,20 @@ def bench_probe(quick: bool, tmp: Path) -> list[Row]:
 
     timings = interleaved(
         {"forward": forward, "step": step, "measure_then_backward": measure_then_backward, "fused": fused,
+         "persistence_then_backward": persistence_then_backward,
          "representation_then_backward": representation_then_backward, "representation": representation},
         rounds=5 if quick else 40, number=5 if quick else 10,
     )  # fmt: skip
     backward = timings["step"] - timings["forward"]
     rows = [row("probe", "one normal backward (LSTM, batch 32)", backward * 1e3, "ms")]
     for name, label, target in (
-        ("measure_then_backward", "shared parameters, measured before backward() (what the monitor does)", "reported"),
+        ("measure_then_backward", "shared parameters, measured before backward(), no earlier balance", "reported"),
+        (
+            "persistence_then_backward",
+            "shared parameters, measured before backward(), each task's persistence "
+            "against the last (what the monitor does)",
+            "reported",
+        ),
         (
             "representation_then_backward",
             "shared representation, measured before backward() (representation=)",
