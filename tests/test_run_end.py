@@ -139,3 +139,28 @@ def test_in_a_distributed_job_sigterm_keeps_its_default_action(tmp_path):
     bytecodes (the watcher on its host calls the run dead instead)."""
     loop, records = run_loop(tmp_path, "default", WORLD_SIZE="2")
     assert loop.returncode == -signal.SIGTERM and records[-1]["kind"] != "run_end"
+
+
+def test_a_run_that_nobody_holds_any_more_is_not_kept_alive_for_sigterm(tmp_path):
+    """A review's case: a run that raised outside any ``with`` never ended, and the SIGTERM registry kept its
+    monitor (and the monitor's log) for the life of the process. Let go of, it is freed at once, and SIGTERM
+    gets its default action back with the last run gone."""
+    import gc
+    import weakref
+
+    import torch
+
+    from moola.utils.monitoring import GradientMonitor
+
+    model = torch.nn.Linear(2, 2)
+    gc.disable()  # freed by its reference count, not whenever the collector runs
+    try:
+        monitor = GradientMonitor(every_n_steps=1, log_path=tmp_path / "run.jsonl")
+        monitor.on_run_start(model)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # it registered: a SIGTERM would end it
+        freed = weakref.ref(monitor)
+        del monitor
+        assert freed() is None
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        gc.enable()
