@@ -164,3 +164,28 @@ def test_a_run_that_nobody_holds_any_more_is_not_kept_alive_for_sigterm(tmp_path
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         gc.enable()
+
+
+def test_a_later_run_of_the_process_writes_the_log_of_one_let_go_of_unended(tmp_path):
+    """Its writer, freed with it, releases the log's lock; one still held unended keeps it, and the warning says
+    that this process holds it, not another."""
+    import torch
+
+    from moola.utils.monitoring import GradientMonitor
+
+    log, model, warnings = tmp_path / "run.jsonl", torch.nn.Linear(2, 2), []
+    GradientMonitor(every_n_steps=1, log_path=log).on_run_start(model)  # raised, and nobody holds it
+    with GradientMonitor(every_n_steps=1, log_path=log, warn=warnings.append) as second:
+        second.on_run_start(model)
+    assert warnings == [] and [json.loads(line)["kind"] for line in log.read_text().splitlines()] == [
+        "run_start", "run_start", "run_end"
+    ]  # fmt: skip
+
+    held = GradientMonitor(every_n_steps=1, log_path=log)
+    held.on_run_start(model)
+    with GradientMonitor(every_n_steps=1, log_path=log, warn=warnings.append) as third:
+        third.on_run_start(model)
+    (warning,) = warnings
+    assert "an earlier run of this process that was not ended still holds it" in warning, warning
+    assert "another process" not in warning
+    held.on_run_end()
