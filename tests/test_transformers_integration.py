@@ -485,7 +485,36 @@ def test_a_script_whose_train_raises_uncaught_without_with_ends_its_run_with_the
     (run,) = runs_in(tmp_path / "run.jsonl")
     end = run[-1]
     assert end["kind"] == "run_end" and (end["status"], end["error"]) == (status, error)
+    assert end["step"] == (5 if how == "error" else 4)
     check = subprocess.run([sys.executable, "-m", "moola_watch.cli", "check", "--json", str(tmp_path / "run.jsonl")],
                            capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
     report = json.loads(check.stdout.splitlines()[0])
     assert report["status"] == status and "run_died" not in {alert["rule"] for alert in report["alerts"]}
+
+
+@pytest.mark.parametrize("stop", ["evaluation raises", "ctrl-c"])
+def test_run_end_is_numbered_with_the_steps_taken_when_the_run_stops_between_two_steps(tmp_path, stop):
+    """A review's case: stopped after an optimizer step that measured nothing (measured every 5 steps) and before
+    the next began, run_end said one step fewer than the Trainer had taken. It is ``state.global_step``; and
+    ``run_start`` says the run began in epoch 1, as Lightning's does."""
+
+    class Stops(transformers.Trainer):
+        def evaluate(self, *args, **kwargs):
+            raise RuntimeError(f"evaluation failed at step {self.state.global_step}")
+
+    class CtrlC(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 7:
+                raise KeyboardInterrupt
+
+    log = tmp_path / "run.jsonl"
+    callback = GradientMonitorCallback(log_path=log, every_n_steps=5)
+    args = one_epoch_args(tmp_path)
+    args.eval_strategy, args.eval_steps = ("steps", 7) if stop == "evaluation raises" else ("no", None)
+    trainer = Stops(model=TwoTaskBert(), args=args, train_dataset=Sentences(40), eval_dataset=Sentences(8),
+                    callbacks=[callback] + ([CtrlC()] if stop == "ctrl-c" else []))  # fmt: skip
+    with pytest.raises((RuntimeError, KeyboardInterrupt)), callback:
+        trainer.train()
+    (run,) = runs_in(log)
+    assert trainer.state.global_step == 7 and run[-1]["kind"] == "run_end" and run[-1]["step"] == 7
+    assert (run[0]["first_step"], run[0]["first_epoch"]) == (1, 1)

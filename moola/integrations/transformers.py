@@ -30,7 +30,8 @@ How the run ends: ``on_train_end`` writes ``completed``. The Trainer tells its c
 ``trainer.train()`` that raises is known by what comes after it (:class:`_Run`): inside ``with callback:`` the
 exception itself; else the next ``trainer.train()`` on the same log, the callback being freed, or the process
 exiting ends the run ``failed`` (with the exception when it reached the top level, as an uncaught one does:
-``interrupted`` for Ctrl-C), so that the log says so and is released.
+``interrupted`` for Ctrl-C), so that the log says so and is released. ``run_end`` is numbered
+``state.global_step``, the optimizer steps taken.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ class _Run:
         self._finalizer = weakref.finalize(callback, self.end_raised)
 
     def end(self, status: str, error: str | None = None) -> None:
-        """Write ``run_end`` (nothing once written)."""
+        """Write ``run_end`` (nothing once written), numbered ``state.global_step``: the steps taken, also when
+        the run stopped after a step that measured nothing, before the next began."""
         if self not in _Run.unended:
             return
         _Run.unended.discard(self)
@@ -207,6 +209,7 @@ class _Run:
         self.disarm()
         if self.forward_hook is not None:
             self.forward_hook.remove()
+        self.monitor.at_step(self.state.global_step + 1)
         self.monitor.on_run_end(status, error)
 
     def disarm(self) -> None:
@@ -275,6 +278,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         self.monitor, self._epoch, self._queued = monitor, None, False
         self._run = _Run(monitor, state, self)
         monitor.at_step(state.global_step + 1)  # restored by now when resuming: run_start says where it began
+        monitor.on_epoch_start(int(state.epoch or 0) + 1)
         monitor.on_run_start(model, config=run_config(args))
         self._model = model
         # With average_tokens_across_devices a returned loss divides by every rank's items, and the Trainer
