@@ -518,3 +518,17 @@ def test_run_end_is_numbered_with_the_steps_taken_when_the_run_stops_between_two
     (run,) = runs_in(log)
     assert trainer.state.global_step == 7 and run[-1]["kind"] == "run_end" and run[-1]["step"] == 7
     assert (run[0]["first_step"], run[0]["first_epoch"]) == (1, 1)
+
+
+def test_two_callbacks_of_one_training_on_one_log_do_not_end_each_other(tmp_path):
+    """A new run ends an earlier unended run on its log (a train() that raised), but not the run of another
+    callback of the same training loop: that is a mistake the lock's warning names, not a run that raised."""
+    warned: list[str] = []
+    first = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    second = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY, warn=warned.append)
+    args = one_epoch_args(tmp_path)
+    args.max_steps = 4
+    transformers.Trainer(model=TwoTaskBert(), args=args, train_dataset=Sentences(40), callbacks=[first, second]).train()
+    (run,) = runs_in(tmp_path / "run.jsonl")
+    assert run[-1]["kind"] == "run_end" and run[-1]["status"] == "completed"
+    assert len(warned) == 1 and "cannot be written" in warned[0]

@@ -232,12 +232,15 @@ class _Run:
             self.end("failed", UNSEEN_EXCEPTION)
 
 
-def end_earlier_runs(callback: GradientMonitorCallback, log: Path | None) -> None:
-    """Before ``callback``'s new run: end, as runs that raised, its own earlier run and any other run of this
-    process on the same ``log`` that never ended. A ``trainer.train()`` is not running twice on one log in one
-    process (the log takes one writer at a time): such a run's training loop was ended by an exception."""
+def end_earlier_runs(callback: GradientMonitorCallback, log: Path | None, state: transformers.TrainerState) -> None:
+    """Before ``callback``'s new run (of the training loop whose state is ``state``): end, as runs that raised,
+    its own earlier run and any other run of this process on the same ``log`` that never ended. Each training
+    loop has its own state, and one log takes one writer at a time: such a run's loop was ended by an
+    exception. (Another callback of this very loop on the same log is a mistake its lock warning names, not a
+    run that raised.)"""
     for run in list(_Run.unended):
-        if run.pid == os.getpid() and (run.callback() is callback or same_log(run.monitor.log_path, log)):
+        earlier = run.callback() is callback or same_log(run.monitor.log_path, log)
+        if earlier and run.pid == os.getpid() and run.state is not state:
             run.end_raised()
 
 
@@ -274,7 +277,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         **kwargs: Any,
     ) -> None:
         monitor = self._make_monitor()
-        end_earlier_runs(self, monitor.log_path)  # an earlier train() that raised: its run ends, its log is free
+        end_earlier_runs(self, monitor.log_path, state)  # an earlier train() that raised: its run ends, its log is free
         self.monitor, self._epoch, self._queued = monitor, None, False
         self._run = _Run(monitor, state, self)
         monitor.at_step(state.global_step + 1)  # restored by now when resuming: run_start says where it began
