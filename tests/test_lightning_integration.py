@@ -585,3 +585,35 @@ def test_an_epoch_without_a_training_loss_is_one_warning_naming_what_was_logged(
     (warning,) = [m for m in caplog.messages if "no epoch record" in m]
     assert warning.startswith("WARNING: epoch 1: the LightningModule logged no training loss (it logged ")
     assert "objective" in warning and "val/cls_acc" in warning and 'self.log("train_loss"' in warning
+
+
+def test_a_fit_that_failed_and_was_resumed_from_its_checkpoint_into_its_log_passes_check(tmp_path):
+    """A review's case: Lightning ends a fit that raised ``failed``, so a crash followed by a resume from the last
+    checkpoint into the same log failed ``check`` for ever (the same history after a kill -9 passed). The failure
+    is now a warning naming the run that resumed it, and the resuming run decides."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    log = tmp_path / "run.jsonl"
+
+    def trainer(*callbacks: lightning.Callback) -> lightning.Trainer:
+        return lightning.Trainer(
+            accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=bool(callbacks),
+            enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY), *callbacks],
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    every_10 = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=10, save_top_k=-1)
+    with pytest.raises(RuntimeError, match="garbage"):
+        trainer(every_10).fit(TwoTaskModule({"cls": 1.0, "reg": 1.0}, fail_at=25), loader())
+    (last,) = [path for path in (tmp_path / "ckpt").iterdir() if "step=20" in path.name]
+    trainer().fit(TwoTaskModule({"cls": 1.0, "reg": 1.0}), loader(), ckpt_path=last)
+    code, report = check(tmp_path)
+    failed, resumed = report["runs"]
+    assert code == 0 and (failed["status"], resumed["status"]) == ("failed", "completed"), report
+    (warning,) = [
+        alert for alert in report["alerts"] if alert["severity"] == "warning" and alert["rule"] == "run_failed"
+    ]
+    assert warning["message"] == (
+        f"Run failed (RuntimeError: data loader returned garbage) and was resumed by run {resumed['run']}"
+    )

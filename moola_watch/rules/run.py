@@ -37,6 +37,16 @@ def _failed(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
                                 "Read the error; fix and restart the run"))]  # fmt: skip
 
 
+def resumed_failure(state: RunState) -> Observation:
+    """The failure of a run that a later run in its log resumed from a checkpoint (``resumed_by``): a warning
+    that says so, settling the error (the training went on; the resuming run's verdict is the training's)."""
+    return Observation(
+        "warning", None,
+        f"Run failed ({state.error or 'no error message'}) and was resumed by run {state.resumed_by}",
+        "The training went on in that run; if the error comes back, read it and fix it", settles=True,
+    )  # fmt: skip
+
+
 def _interrupted(_ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
     if record["status"] != "interrupted":
         return []
@@ -105,10 +115,14 @@ DIED_RULE = Rule(RUN_DIED, "error", False, frozenset(schema.KINDS), _any_record,
                  "PID namespace: the run_start records which process it is); resolved, a warning, when a later "
                  "run in its log goes on from it",
                  never, outcome=True)  # fmt: skip
+FAILED_RULE = Rule(RUN_FAILED, "error", False, frozenset({schema.RUN_END}), _failed,
+                   "the run ended with status failed (a warning once a later run in its log resumed it from a "
+                   "checkpoint)",
+                   outcome=True)  # fmt: skip
 RULES = (
     STALE_RULE,
     DIED_RULE,
     Rule(NONFINITE, "critical", False, frozenset({schema.EPOCH}), _loss, "a non-finite training loss"),
-    Rule(RUN_FAILED, "error", False, frozenset({schema.RUN_END}), _failed, "the run ended with status failed"),
+    FAILED_RULE,
     Rule(RUN_INTERRUPTED, "warning", False, frozenset({schema.RUN_END}), _interrupted, "the run was interrupted"),
 )
