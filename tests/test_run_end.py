@@ -189,3 +189,30 @@ def test_a_later_run_of_the_process_writes_the_log_of_one_let_go_of_unended(tmp_
     assert "an earlier run of this process that was not ended still holds it" in warning, warning
     assert "another process" not in warning
     held.on_run_end()
+
+
+RAISES_OUTSIDE_WITH = """
+import sys, torch
+from moola.utils.monitoring import GradientMonitor
+
+model = torch.nn.Linear(4, 2)
+monitor = GradientMonitor(every_n_steps=1, log_path=sys.argv[1])
+model(torch.randn(8, 4)).pow(2).mean().backward()
+monitor.on_before_optimizer_step(model)
+raise RuntimeError("bad batch")
+"""
+
+
+def test_a_plain_loop_that_raised_outside_with_is_not_called_killed(tmp_path):
+    """A review found the HF Trainer's runs that raised called killed (they now end failed); a plain loop without
+    ``with monitor:`` still writes no run_end for a Python exception, and the watcher said the trainer was killed
+    (the OOM killer, kill -9) or crashed outside Python, which it cannot know: it names the exception too."""
+    log = tmp_path / "run.jsonl"
+    loop = subprocess.run([sys.executable, "-c", RAISES_OUTSIDE_WITH, str(log)], cwd=REPO, capture_output=True,
+                          text=True)  # fmt: skip
+    assert loop.returncode == 1 and "RuntimeError: bad batch" in loop.stderr
+    report = json.loads(subprocess.run([sys.executable, "-m", "moola_watch.cli", "check", "--json", str(log)],
+                                       capture_output=True, text=True, cwd=REPO).stdout)  # fmt: skip
+    (died,) = [alert for alert in report["alerts"] if alert["rule"] == "run_died"]
+    assert "or ended by an exception that no `with monitor:` recorded" in died["message"], died
+    assert "the trainer's output (a traceback)" in died["recommendation"]

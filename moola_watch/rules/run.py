@@ -95,14 +95,16 @@ def stale_observation(
 
 def died_observation(run: RunState) -> Observation:
     """The run's writer has exited without a ``run_end`` (the watcher saw it: :mod:`moola_watch.writer_process`).
-    A Python exception or Ctrl-C writes one; what does not is the OOM killer, ``kill -9``, a preempted job or a
-    crash in native code."""
+    What writes none is the OOM killer, ``kill -9``, a preempted job, a crash in native code, and a Python
+    exception in a loop that gave the monitor no chance to record it (no ``with monitor:``; the framework
+    callbacks record theirs): the log cannot tell which."""
     host, pid = run.writer[:2]
     return Observation(
         "error", None,
         f"The trainer (pid {pid} on {host}) exited without a run_end: killed (the OOM killer, kill -9, a preempted "
-        "job) or crashed outside Python",
-        "Find why in the kernel log (dmesg: 'Killed process') or the scheduler's; resume from the last checkpoint",
+        "job), crashed outside Python, or ended by an exception that no `with monitor:` recorded",
+        "Find why in the trainer's output (a traceback), the kernel log (dmesg: 'Killed process') or the "
+        "scheduler's; resume from the last checkpoint",
     )  # fmt: skip
 
 
