@@ -615,7 +615,7 @@ def test_a_fit_that_failed_and_was_resumed_from_its_checkpoint_into_its_log_pass
         alert for alert in report["alerts"] if alert["severity"] == "warning" and alert["rule"] == "run_failed"
     ]
     assert warning["message"] == (
-        f"Run failed (RuntimeError: data loader returned garbage) and was resumed by run {resumed['run']}"
+        f"Run failed and was resumed by run {resumed['run']}; its error: RuntimeError: data loader returned garbage"
     )
 
 

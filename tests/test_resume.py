@@ -241,7 +241,7 @@ def test_a_failed_run_that_a_later_run_resumed_is_a_warning_that_names_it(tmp_pa
         assert (warning["severity"], warning["state"]) == ("warning", "firing")
         assert (
             warning["message"]
-            == "Run failed (RuntimeError: CUDA error: an illegal memory access) and was resumed by run second"
+            == "Run failed and was resumed by run second; its error: RuntimeError: CUDA error: an illegal memory access"
         )
         assert [run["verdict"] for run in report["runs"]] == ["warning", "healthy"]
     else:

@@ -42,7 +42,7 @@ def resumed_failure(state: RunState) -> Observation:
     that says so, settling the error (the training went on; the resuming run's verdict is the training's)."""
     return Observation(
         "warning", None,
-        f"Run failed ({state.error or 'no error message'}) and was resumed by run {state.resumed_by}",
+        f"Run failed and was resumed by run {state.resumed_by}; its error: {state.error or 'no error message'}",
         "The training went on in that run; if the error comes back, read it and fix it", settles=True,
     )  # fmt: skip
 
