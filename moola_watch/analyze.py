@@ -215,7 +215,7 @@ class LogScan:
             and before.run.status != "completed"
         ):  # if this run began late, it may be that one resumed from a checkpoint: its training rates start there
             engine.evidence.resumes = (before.evidence.first_losses, before.run.step, before.run.epoch)
-            if before.run.status == "interrupted" and _began_late(record):
+            if before.run.status in ("interrupted", "failed") and _began_late(record):
                 before.run.resumed_by = record["run"]
         return engine
 
@@ -223,7 +223,8 @@ class LogScan:
         return [event for engine in self.engines.values() for event in engine.check_stale(now)]
 
     def check_resumed(self, now: float) -> list[AlertEvent]:
-        """Resolve the interruption of each run a later one resumed (:meth:`RuleEngine.check_resumed`)."""
+        """Resolve the interruption, or settle the failure, of each run a later one resumed
+        (:meth:`RuleEngine.check_resumed`)."""
         return [event for engine in self.engines.values() for event in engine.check_resumed(now)]
 
     def check_writers(self, gone: Callable[..., bool | None], now: float) -> list[tuple[str, AlertEvent]]:

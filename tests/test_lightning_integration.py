@@ -585,3 +585,76 @@ def test_an_epoch_without_a_training_loss_is_one_warning_naming_what_was_logged(
     (warning,) = [m for m in caplog.messages if "no epoch record" in m]
     assert warning.startswith("WARNING: epoch 1: the LightningModule logged no training loss (it logged ")
     assert "objective" in warning and "val/cls_acc" in warning and 'self.log("train_loss"' in warning
+
+
+def test_a_fit_that_failed_and_was_resumed_from_its_checkpoint_into_its_log_passes_check(tmp_path):
+    """A review's case: Lightning ends a fit that raised ``failed``, so a crash followed by a resume from the last
+    checkpoint into the same log failed ``check`` for ever (the same history after a kill -9 passed). The failure
+    is now a warning naming the run that resumed it, and the resuming run decides."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    log = tmp_path / "run.jsonl"
+
+    def trainer(*callbacks: lightning.Callback) -> lightning.Trainer:
+        return lightning.Trainer(
+            accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=bool(callbacks),
+            enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY), *callbacks],
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    every_10 = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=10, save_top_k=-1)
+    with pytest.raises(RuntimeError, match="garbage"):
+        trainer(every_10).fit(TwoTaskModule({"cls": 1.0, "reg": 1.0}, fail_at=25), loader())
+    (last,) = [path for path in (tmp_path / "ckpt").iterdir() if "step=20" in path.name]
+    trainer().fit(TwoTaskModule({"cls": 1.0, "reg": 1.0}), loader(), ckpt_path=last)
+    code, report = check(tmp_path)
+    failed, resumed = report["runs"]
+    assert code == 0 and (failed["status"], resumed["status"]) == ("failed", "completed"), report
+    (warning,) = [
+        alert for alert in report["alerts"] if alert["severity"] == "warning" and alert["rule"] == "run_failed"
+    ]
+    assert warning["message"] == (
+        f"Run failed and was resumed by run {resumed['run']}; its error: RuntimeError: data loader returned garbage"
+    )
+
+
+class LossLoggedHow(TwoTaskModule):
+    """Logs its training loss ``how``: per step only (``self.log``'s default in ``training_step``), so on every
+    other batch, per epoch only, or both; remembers each value it logged, by epoch."""
+
+    def __init__(self, weights: dict[str, float], how: str):
+        super().__init__(weights)
+        self.how, self.calls, self.logged = how, 0, {}
+
+    def log(self, name, value, **options):
+        if name != "train_loss":
+            return super().log(name, value, **options)
+        self.calls += 1
+        if self.how == "every other step" and self.calls % 2 == 0:
+            return None
+        self.logged.setdefault(self.current_epoch + 1, []).append(value.item())
+        if self.how in ("per step", "every other step"):
+            return super().log(name, value)
+        return super().log(name, value, on_step=self.how == "per step and epoch", on_epoch=True)
+
+
+@pytest.mark.parametrize("how", ["per step", "every other step", "per epoch", "per step and epoch"])
+def test_an_epoch_records_the_mean_of_a_loss_logged_per_step_not_its_last_batchs(tmp_path, how):
+    """A review's case: ``self.log("train_loss", loss)`` in ``training_step`` logs per step only, and the epoch
+    record held the epoch's last batch's loss. It holds the mean of the values the epoch logged, as one logged
+    with ``on_epoch=True`` does (Lightning's own mean: all batches here are as large)."""
+    torch.manual_seed(0)
+    log = tmp_path / "run.jsonl"
+    module = LossLoggedHow({"cls": 1.0, "reg": 1.0}, how)
+    lightning.Trainer(
+        accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_train_batches=6,
+        callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
+    ).fit(module, loader())  # fmt: skip
+    epochs = [r for r in strict_lines(log) if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for record in epochs:
+        logged = module.logged[record["epoch"]]
+        assert len(logged) == (3 if how == "every other step" else 6)
+        assert record["train_loss"] == pytest.approx(sum(logged) / len(logged), rel=1e-5), (logged, record)

@@ -215,3 +215,35 @@ def test_a_resumed_run_that_ends_with_a_task_starved_says_it_cannot_tell_rather_
     ended = [a for a in report["alerts"] if a["rule"] == "collapse" and "POSSIBLE TASK COLLAPSE" in a["message"]]
     assert code == 0 and [a["severity"] for a in ended] == ["warning"], report["alerts"]
     assert "whether it had learned cannot be told: it began at epoch 6, step 151" in ended[0]["message"]
+
+
+@pytest.mark.parametrize(("after", "code"), [("resumed", 0), ("restarted from step 1", 1), ("nothing", 1)])
+def test_a_failed_run_that_a_later_run_resumed_is_a_warning_that_names_it(tmp_path, after, code):
+    """A review's case: a run written ``failed`` (Lightning always, the HF Trainer inside ``with callback:``) and
+    then resumed from a checkpoint into the same log failed ``check`` for ever, while the same history after a
+    kill -9 (no run_end) passed. Resumed, its failure is a warning that says so (the error still shows) and the
+    resuming run decides; restarted from scratch, or not followed at all, it still fails."""
+    failed = LogBuilder("first").start()
+    failed.grad(1, 0.3, 0.5).grad(2, 0.3, 0.5).end("failed", "RuntimeError: CUDA error: an illegal memory access")
+    lines = failed.lines()
+    if after != "nothing":
+        later = LogBuilder("second", t0=1_700_000_100.0).start()
+        later.records[0].update(first_step=21 if after == "resumed" else 1, first_epoch=3 if after == "resumed" else 1)
+        lines += later.grad(3, 0.3, 0.5).end().lines()
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"".join(lines))
+    result, report = check(log)
+    alerts = [alert for alert in report["alerts"] if alert["run"] == "first" and alert["rule"] == "run_failed"]
+    assert result == code, report
+    if after == "resumed":
+        error, warning = alerts
+        assert (error["severity"], error["state"], error["counts_as"]) == ("error", "resolved", "warning")
+        assert (warning["severity"], warning["state"]) == ("warning", "firing")
+        assert (
+            warning["message"]
+            == "Run failed and was resumed by run second; its error: RuntimeError: CUDA error: an illegal memory access"
+        )
+        assert [run["verdict"] for run in report["runs"]] == ["warning", "healthy"]
+    else:
+        ((severity, state),) = [(alert["severity"], alert["state"]) for alert in alerts]
+        assert (severity, state) == ("error", "firing")

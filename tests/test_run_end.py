@@ -139,3 +139,80 @@ def test_in_a_distributed_job_sigterm_keeps_its_default_action(tmp_path):
     bytecodes (the watcher on its host calls the run dead instead)."""
     loop, records = run_loop(tmp_path, "default", WORLD_SIZE="2")
     assert loop.returncode == -signal.SIGTERM and records[-1]["kind"] != "run_end"
+
+
+def test_a_run_that_nobody_holds_any_more_is_not_kept_alive_for_sigterm(tmp_path):
+    """A review's case: a run that raised outside any ``with`` never ended, and the SIGTERM registry kept its
+    monitor (and the monitor's log) for the life of the process. Let go of, it is freed at once, and SIGTERM
+    gets its default action back with the last run gone."""
+    import gc
+    import weakref
+
+    import torch
+
+    from moola.utils.monitoring import GradientMonitor
+
+    model = torch.nn.Linear(2, 2)
+    gc.disable()  # freed by its reference count, not whenever the collector runs
+    try:
+        monitor = GradientMonitor(every_n_steps=1, log_path=tmp_path / "run.jsonl")
+        monitor.on_run_start(model)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # it registered: a SIGTERM would end it
+        freed = weakref.ref(monitor)
+        del monitor
+        assert freed() is None
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        gc.enable()
+
+
+def test_a_later_run_of_the_process_writes_the_log_of_one_let_go_of_unended(tmp_path):
+    """Its writer, freed with it, releases the log's lock; one still held unended keeps it, and the warning says
+    that this process holds it, not another."""
+    import torch
+
+    from moola.utils.monitoring import GradientMonitor
+
+    log, model, warnings = tmp_path / "run.jsonl", torch.nn.Linear(2, 2), []
+    GradientMonitor(every_n_steps=1, log_path=log).on_run_start(model)  # raised, and nobody holds it
+    with GradientMonitor(every_n_steps=1, log_path=log, warn=warnings.append) as second:
+        second.on_run_start(model)
+    assert warnings == [] and [json.loads(line)["kind"] for line in log.read_text().splitlines()] == [
+        "run_start", "run_start", "run_end"
+    ]  # fmt: skip
+
+    held = GradientMonitor(every_n_steps=1, log_path=log)
+    held.on_run_start(model)
+    with GradientMonitor(every_n_steps=1, log_path=log, warn=warnings.append) as third:
+        third.on_run_start(model)
+    (warning,) = warnings
+    assert "an earlier run of this process that was not ended still holds it" in warning, warning
+    assert "another process" not in warning
+    held.on_run_end()
+
+
+RAISES_OUTSIDE_WITH = """
+import sys, torch
+from moola.utils.monitoring import GradientMonitor
+
+model = torch.nn.Linear(4, 2)
+monitor = GradientMonitor(every_n_steps=1, log_path=sys.argv[1])
+model(torch.randn(8, 4)).pow(2).mean().backward()
+monitor.on_before_optimizer_step(model)
+raise RuntimeError("bad batch")
+"""
+
+
+def test_a_plain_loop_that_raised_outside_with_is_not_called_killed(tmp_path):
+    """A review found the HF Trainer's runs that raised called killed (they now end failed); a plain loop without
+    ``with monitor:`` still writes no run_end for a Python exception, and the watcher said the trainer was killed
+    (the OOM killer, kill -9) or crashed outside Python, which it cannot know: it names the exception too."""
+    log = tmp_path / "run.jsonl"
+    loop = subprocess.run([sys.executable, "-c", RAISES_OUTSIDE_WITH, str(log)], cwd=REPO, capture_output=True,
+                          text=True)  # fmt: skip
+    assert loop.returncode == 1 and "RuntimeError: bad batch" in loop.stderr
+    report = json.loads(subprocess.run([sys.executable, "-m", "moola_watch.cli", "check", "--json", str(log)],
+                                       capture_output=True, text=True, cwd=REPO).stdout)  # fmt: skip
+    (died,) = [alert for alert in report["alerts"] if alert["rule"] == "run_died"]
+    assert "or ended by an exception that no `with monitor:` recorded" in died["message"], died
+    assert "the trainer's output (a traceback)" in died["recommendation"]

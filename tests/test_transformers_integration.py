@@ -379,3 +379,156 @@ def test_an_epoch_in_which_the_trainer_logged_no_loss_is_recorded_and_check_is_h
                            capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
     report = json.loads(check.stdout.splitlines()[0])
     assert check.returncode == 0 and report["bad_lines"] == 0 and report["verdict"] == "healthy", check.stdout
+
+
+class FailsOnce(TwoTaskBert):
+    """Its ``fail_at``-th training forward raises (a bug the user then fixes: ``fail_at = None``)."""
+
+    def __init__(self, fail_at: int | None):
+        super().__init__()
+        self.fail_at, self.calls = fail_at, 0
+
+    def forward(self, input_ids, labels, target):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise RuntimeError("shape mismatch")
+        return super().forward(input_ids, labels, target)
+
+
+def one_epoch_args(tmp_path) -> transformers.TrainingArguments:
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), num_train_epochs=1, per_device_train_batch_size=4, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+
+
+def runs_in(log: Path) -> list[list[dict]]:
+    """The log's records, run by run."""
+    runs: list[list[dict]] = []
+    for record in strict_lines(log):
+        if record["kind"] == "run_start":
+            runs.append([])
+        runs[-1].append(record)
+    return runs
+
+
+@pytest.mark.parametrize("again", ["same trainer", "new trainer and callback", "let go of"])
+def test_a_train_that_raised_without_with_ends_failed_and_frees_its_log_for_the_next(tmp_path, again):
+    """A review's case, a notebook's: ``trainer.train()`` raises (no ``with callback:``), the user fixes the bug
+    and trains again in the same process. The run that raised stayed open, its log locked: the next run wrote
+    nothing. Now it ends ``failed`` when the next ``train()`` on its log begins (the exception kept alive, as
+    IPython keeps the last one), or when its callback is freed, and the next run writes its log."""
+    import gc
+
+    log = tmp_path / "run.jsonl"
+    model = FailsOnce(fail_at=6)
+    callback = GradientMonitorCallback(log_path=log, every_n_steps=EVERY)
+    trainer = transformers.Trainer(model=model, args=one_epoch_args(tmp_path), train_dataset=Sentences(40),
+                                   callbacks=[callback])  # fmt: skip
+    with pytest.raises(RuntimeError, match="shape mismatch") as raised:
+        trainer.train()
+    model.fail_at = None
+    if again == "let go of":
+        del trainer, callback, raised
+        gc.collect()
+        (failed,) = runs_in(log)
+        assert failed[-1]["kind"] == "run_end" and failed[-1]["status"] == "failed"
+    if again != "same trainer":
+        callback = GradientMonitorCallback(log_path=log, every_n_steps=EVERY)
+        trainer = transformers.Trainer(model=model, args=one_epoch_args(tmp_path), train_dataset=Sentences(40),
+                                       callbacks=[callback])  # fmt: skip
+    trainer.train()
+    failed, completed = runs_in(log)
+    assert failed[-1]["kind"] == "run_end" and failed[-1]["status"] == "failed" and failed[-1]["step"] == 5
+    assert "an exception ended the training loop" in failed[-1]["error"] and "with callback:" in failed[-1]["error"]
+    assert [r["step"] for r in completed if r["kind"] == "grad_stats"] == [3, 6, 9]
+    assert completed[-1]["kind"] == "run_end" and completed[-1]["status"] == "completed"
+    assert [r["kind"] for r in failed].count("run_end") == 1  # the old run's hooks on the model were let go of
+
+
+SCRIPT_THAT_RAISES = """
+import sys
+import transformers
+from test_transformers_integration import FailsOnce, Sentences, one_epoch_args
+from moola.integrations.transformers import GradientMonitorCallback
+from pathlib import Path
+
+tmp, how = Path(sys.argv[1]), sys.argv[2]
+
+
+class Stop(transformers.TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if how == "ctrl-c" and state.global_step == 4:
+            raise KeyboardInterrupt
+
+
+callback = GradientMonitorCallback(log_path=tmp / "run.jsonl", every_n_steps=3)
+trainer = transformers.Trainer(model=FailsOnce(fail_at=6 if how == "error" else None), args=one_epoch_args(tmp),
+                               train_dataset=Sentences(40), callbacks=[callback, Stop()])
+trainer.train()  # no `with callback:`, and nothing catches what it raises
+"""
+
+
+@pytest.mark.parametrize(("how", "status", "error"), [("error", "failed", "RuntimeError: shape mismatch"),
+                                                      ("ctrl-c", "interrupted", None)])  # fmt: skip
+def test_a_script_whose_train_raises_uncaught_without_with_ends_its_run_with_the_exception(
+    tmp_path, how, status, error
+):
+    """A review's case: without ``with callback:`` a script ended by an ordinary Python exception left no
+    ``run_end``, and the watcher called the run killed (the OOM killer, kill -9) or crashed outside Python. The
+    uncaught exception is what Python keeps as ``sys.last_value`` when it exits: the run ends with it."""
+    script = subprocess.run([sys.executable, "-c", SCRIPT_THAT_RAISES, str(tmp_path), how], capture_output=True,
+                            text=True, cwd=Path(__file__).parent, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert script.returncode != 0 and ("shape mismatch" if how == "error" else "KeyboardInterrupt") in script.stderr
+    (run,) = runs_in(tmp_path / "run.jsonl")
+    end = run[-1]
+    assert end["kind"] == "run_end" and (end["status"], end["error"]) == (status, error)
+    assert end["step"] == (5 if how == "error" else 4)
+    check = subprocess.run([sys.executable, "-m", "moola_watch.cli", "check", "--json", str(tmp_path / "run.jsonl")],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+    report = json.loads(check.stdout.splitlines()[0])
+    assert report["status"] == status and "run_died" not in {alert["rule"] for alert in report["alerts"]}
+
+
+@pytest.mark.parametrize("stop", ["evaluation raises", "ctrl-c"])
+def test_run_end_is_numbered_with_the_steps_taken_when_the_run_stops_between_two_steps(tmp_path, stop):
+    """A review's case: stopped after an optimizer step that measured nothing (measured every 5 steps) and before
+    the next began, run_end said one step fewer than the Trainer had taken. It is ``state.global_step``; and
+    ``run_start`` says the run began in epoch 1, as Lightning's does."""
+
+    class Stops(transformers.Trainer):
+        def evaluate(self, *args, **kwargs):
+            raise RuntimeError(f"evaluation failed at step {self.state.global_step}")
+
+    class CtrlC(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 7:
+                raise KeyboardInterrupt
+
+    log = tmp_path / "run.jsonl"
+    callback = GradientMonitorCallback(log_path=log, every_n_steps=5)
+    args = one_epoch_args(tmp_path)
+    args.eval_strategy, args.eval_steps = ("steps", 7) if stop == "evaluation raises" else ("no", None)
+    trainer = Stops(model=TwoTaskBert(), args=args, train_dataset=Sentences(40), eval_dataset=Sentences(8),
+                    callbacks=[callback] + ([CtrlC()] if stop == "ctrl-c" else []))  # fmt: skip
+    with pytest.raises((RuntimeError, KeyboardInterrupt)), callback:
+        trainer.train()
+    (run,) = runs_in(log)
+    assert trainer.state.global_step == 7 and run[-1]["kind"] == "run_end" and run[-1]["step"] == 7
+    assert (run[0]["first_step"], run[0]["first_epoch"]) == (1, 1)
+
+
+def test_two_callbacks_of_one_training_on_one_log_do_not_end_each_other(tmp_path):
+    """A new run ends an earlier unended run on its log (a train() that raised), but not the run of another
+    callback of the same training loop: that is a mistake the lock's warning names, not a run that raised."""
+    warned: list[str] = []
+    first = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    second = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY, warn=warned.append)
+    args = one_epoch_args(tmp_path)
+    args.max_steps = 4
+    transformers.Trainer(model=TwoTaskBert(), args=args, train_dataset=Sentences(40), callbacks=[first, second]).train()
+    (run,) = runs_in(tmp_path / "run.jsonl")
+    assert run[-1]["kind"] == "run_end" and run[-1]["status"] == "completed"
+    assert len(warned) == 1 and "cannot be written" in warned[0]

@@ -21,7 +21,9 @@
   measured. The attribute itself is left as the module set it (the callback never assigns to it);
 - an ``epoch`` record at each training epoch's end, with the training loss logged under one of
   :data:`TRAIN_LOSS_NAMES` and every other metric the epoch logged; an epoch without one gets no record (the
-  record contract requires ``train_loss``), and one warning names the metrics it logged;
+  record contract requires ``train_loss``), and one warning names the metrics it logged. A loss logged per step
+  only (``self.log``'s default in ``training_step``) is the mean of the values the epoch's batches logged, not
+  its last batch's (:class:`StepLosses`);
 - ``run_start`` when training starts (or when the fit fails before it, in the sanity check), ``run_end`` when
   it ends: ``completed``, ``failed`` (with the error) or ``interrupted`` (Ctrl-C).
 
@@ -103,10 +105,54 @@ def still_scaled(
 TRAIN_LOSS_NAMES = ("train_loss", "train/loss", "train_loss_epoch", "train/loss_epoch", "loss")
 
 
-def epoch_values(metrics: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any] | None:
+class StepLosses:
+    """The values an epoch's batches logged under the training loss names (:data:`TRAIN_LOSS_NAMES`), summed
+    where they lie (no sync per step). Logged per step only (``self.log``'s default in ``training_step``:
+    ``on_step=True, on_epoch=False``), a loss's value at the epoch's end is its last batch's alone, which is
+    not the epoch's loss a user reads in an epoch record: the mean of the batches' values is. ``before``: the
+    metrics at the epoch's start (a value left over from an earlier epoch is not one of its batches')."""
+
+    def __init__(self, before: Mapping[str, Any]) -> None:
+        self._last: dict[str, Any] = {name: before[name] for name in TRAIN_LOSS_NAMES if name in before}
+        self._sums: dict[str, torch.Tensor] = {}
+        self._counts: dict[str, int] = {}
+
+    def see(self, metrics: Mapping[str, Any]) -> None:
+        """After a batch (``trainer.callback_metrics``): take each training loss it logged."""
+        for name in TRAIN_LOSS_NAMES:
+            value = metrics.get(name)
+            if isinstance(value, torch.Tensor) and not same_value(value, self._last.get(name)):
+                self._last[name] = value  # (held: its memory is not reused for a later batch's value)
+                value = value.detach().float()
+                self._sums[name] = self._sums[name] + value if name in self._sums else value
+                self._counts[name] = self._counts.get(name, 0) + 1
+
+    def epoch_loss(self, name: str, value: Any) -> Any:
+        """The epoch's loss logged as ``name``: ``value``, what Lightning holds at the epoch's end, unless that is
+        the value the epoch's last batch logged (a loss logged per step only): then the mean of every batch's."""
+        if name in self._counts and same_value(value, self._last[name]):
+            return self._sums[name] / self._counts[name]
+        return value
+
+
+def same_value(a: object, b: object) -> bool:
+    """``a`` and ``b`` are the same logged value: the same tensor, or views of one tensor's memory. Lightning
+    hands out a fresh ``detach()`` of a step's logged value each time its metrics are read, and makes a new tensor
+    for each ``self.log``: memory tells one batch's value from the next, identity does not."""
+    if a is b:
+        return True
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return False
+    return a.device == b.device and a.data_ptr() == b.data_ptr() and a.shape == b.shape
+
+
+def epoch_values(
+    metrics: Mapping[str, Any], before: Mapping[str, Any], steps: StepLosses | None = None
+) -> dict[str, Any] | None:
     """An ``epoch`` record's fields from ``trainer.callback_metrics``: ``train_loss`` from the first metric of
     :data:`TRAIN_LOSS_NAMES` logged (``train_loss``, ``train/loss``, ``train_loss_epoch``, ``train/loss_epoch``,
-    ``loss``), every other metric under ``metrics``; None when no training loss was logged.
+    ``loss``; one logged per step only is the mean of the values ``steps`` saw), every other metric under
+    ``metrics``; None when no training loss was logged.
 
     Only what this epoch computed: Lightning keeps the last value of every metric, so a validation metric from
     an epoch without validation would be recorded as this epoch's. ``before`` holds the values at the epoch's
@@ -120,7 +166,8 @@ def epoch_values(metrics: Mapping[str, Any], before: Mapping[str, Any]) -> dict[
     key = next((name for name in TRAIN_LOSS_NAMES if name in fresh), None)
     if key is None:
         return None
-    return {"train_loss": fresh[key], "metrics": {name: value for name, value in fresh.items() if name != key}}
+    loss = steps.epoch_loss(key, fresh[key]) if steps is not None else fresh[key]
+    return {"train_loss": loss, "metrics": {name: value for name, value in fresh.items() if name != key}}
 
 
 class GradientMonitorCallback(MonitorSettings, lightning.Callback):
@@ -132,6 +179,7 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         # the run ends through on_exception, never by a handler of the monitor's.
         self.monitor = self._make_monitor(end_on_sigterm=False)
         self._metrics_before: dict[str, Any] = {}
+        self._step_losses = StepLosses({})
         # Manual optimization: the batch's step number (global_step + 1 as it began), whether an optimizer has
         # stepped in it yet, and, in a measured batch, the gradient each parameter held when it was measured.
         self._batch_step: int | None = None
@@ -152,6 +200,7 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
     def on_train_epoch_start(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
         self.monitor.on_epoch_start(trainer.current_epoch + 1)
         self._metrics_before = dict(trainer.callback_metrics)
+        self._step_losses = StepLosses(self._metrics_before)
 
     def on_train_batch_start(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule, batch: Any, batch_idx: int
@@ -239,8 +288,18 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
             )
             self._measured = None  # warned once: no more looks
 
+    def on_train_batch_end(
+        self,
+        trainer: lightning.Trainer,
+        pl_module: lightning.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._step_losses.see(trainer.callback_metrics)
+
     def on_train_epoch_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
-        values = epoch_values(trainer.callback_metrics, self._metrics_before)
+        values = epoch_values(trainer.callback_metrics, self._metrics_before, self._step_losses)
         self._caught_up(trainer)
         if values is not None:
             lrs = [group["lr"] for optimizer in trainer.optimizers for group in optimizer.param_groups]

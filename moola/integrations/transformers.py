@@ -25,14 +25,24 @@ the record contract requires ``train_loss``.
 Under fp16 the gradients at the end of the backward still carry the GradScaler's scale (the Trainer unscales
 them inside its clip): the callback divides the norms by the scale, and a step the scaler skips for an
 overflow is recorded as such.
+
+How the run ends: ``on_train_end`` writes ``completed``. The Trainer tells its callbacks of no exception, so a
+``trainer.train()`` that raises is known by what comes after it (:class:`_Run`): inside ``with callback:`` the
+exception itself; else the next ``trainer.train()`` on the same log, the callback being freed, or the process
+exiting ends the run ``failed`` (with the exception when it reached the top level, as an uncaught one does:
+``interrupted`` for Ctrl-C), so that the log says so and is released. ``run_end`` is numbered
+``state.global_step``, the optimizer steps taken.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import transformers
@@ -41,6 +51,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from moola.integrations.settings import MonitorSettings
+from moola.utils.monitoring.monitor import GradientMonitor
+from moola.utils.monitoring.run_end import ending
 
 TASK_LOSSES = "task_losses"
 TASK_WEIGHTS = "task_weights"
@@ -127,25 +139,130 @@ def after_backward(callback: Callable[[], None]) -> None:
     engine.queue_callback(lambda: engine.queue_callback(callback))
 
 
+#: run_end's error for a training loop that an exception ended where the callback could not see it.
+UNSEEN_EXCEPTION = (
+    "an exception ended the training loop (the Trainer tells its callbacks of none: run trainer.train() inside "
+    "`with callback:` to have it recorded)"
+)
+
+
+def raised_in_training(exc: BaseException, callback: transformers.TrainerCallback) -> bool:
+    """``exc`` came out of the training of a Trainer that ``callback`` is a callback of: its traceback passes
+    through a method of that Trainer (``train``, the training loop)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, transformers.Trainer) and callback in owner.callback_handler.callbacks:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def weakly(method: Callable[..., object]) -> Callable[..., None]:
+    """A hook that calls ``method`` (bound) through a weak reference to its object, and returns None: a hook left
+    on the model by a run that raised does not keep the callback (and its run) alive once the user let go of it."""
+    ref = weakref.WeakMethod(method)
+
+    def hook(*args: Any, **kwargs: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args, **kwargs)
+
+    return hook
+
+
+def same_log(a: Path | None, b: Path | None) -> bool:
+    """``a`` and ``b`` name the same log file (None: no log)."""
+    return a is not None and b is not None and a.resolve() == b.resolve()
+
+
+class _Run:
+    """One ``trainer.train()`` of a callback, from ``on_train_begin`` until its ``run_end``. It holds the monitor,
+    the Trainer's state (whose ``global_step`` the Trainer moves) and the hooks on the model, never the callback,
+    the Trainer or the model: a run whose callback was let go of is still ended, when the callback is freed or the
+    process exits, and its hooks removed."""
+
+    #: The runs of this process that have not ended (a train() that raised outside ``with callback:``, or one
+    #: still training).
+    unended: ClassVar[set[_Run]] = set()
+
+    def __init__(
+        self, monitor: GradientMonitor, state: transformers.TrainerState, callback: GradientMonitorCallback
+    ) -> None:
+        self.monitor, self.state = monitor, state
+        self.pid = os.getpid()
+        self.callback = weakref.ref(callback)
+        self.exception_before = getattr(sys, "last_value", None)  # an uncaught exception already there is not ours
+        self.forward_hook: RemovableHandle | None = None
+        self.grad_hooks: list[RemovableHandle] = []  # on a step due to be measured, until its backward ends
+        _Run.unended.add(self)
+        # Freed unended, or unended when the process exits (``finalize`` calls it then): ended as one that raised.
+        self._finalizer = weakref.finalize(callback, self.end_raised)
+
+    def end(self, status: str, error: str | None = None) -> None:
+        """Write ``run_end`` (nothing once written), numbered ``state.global_step``: the steps taken, also when
+        the run stopped after a step that measured nothing, before the next began."""
+        if self not in _Run.unended:
+            return
+        _Run.unended.discard(self)
+        self._finalizer.detach()
+        self.disarm()
+        if self.forward_hook is not None:
+            self.forward_hook.remove()
+        self.monitor.at_step(self.state.global_step + 1)
+        self.monitor.on_run_end(status, error)
+
+    def disarm(self) -> None:
+        """Remove the gradient hooks (a step's measurement is done, or the run ended)."""
+        for handle in self.grad_hooks:
+            handle.remove()
+        self.grad_hooks = []
+
+    def end_raised(self) -> None:
+        """End a run whose training loop an exception ended without ``with callback:``: ``failed`` with that
+        exception if it reached the top level since the run began (Python keeps an uncaught one as
+        ``sys.last_value``, as IPython does a cell's) and came out of this callback's Trainer, else ``failed``
+        with :data:`UNSEEN_EXCEPTION`. Not in a forked child: its exit does not end its parent's run."""
+        if os.getpid() != self.pid:
+            return
+        exc, callback = getattr(sys, "last_value", None), self.callback()
+        if exc is not None and exc is not self.exception_before and callback and raised_in_training(exc, callback):
+            self.end(*ending(exc))
+        else:
+            self.end("failed", UNSEEN_EXCEPTION)
+
+
+def end_earlier_runs(callback: GradientMonitorCallback, log: Path | None, state: transformers.TrainerState) -> None:
+    """Before ``callback``'s new run (of the training loop whose state is ``state``): end, as runs that raised,
+    its own earlier run and any other run of this process on the same ``log`` that never ended. Each training
+    loop has its own state, and one log takes one writer at a time: such a run's loop was ended by an
+    exception. (Another callback of this very loop on the same log is a mistake its lock warning names, not a
+    run that raised.)"""
+    for run in list(_Run.unended):
+        earlier = run.callback() is callback or same_log(run.monitor.log_path, log)
+        if earlier and run.pid == os.getpid() and run.state is not state:
+            run.end_raised()
+
+
 class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
     """Gradient statistics every ``every_n_steps`` optimizer steps and task balance every
     ``balance_every_n_steps`` (default the same), appended to ``log_path``; ``monitor_options`` go to
     :class:`~moola.utils.monitoring.GradientMonitor` (``thresholds``, ``run_id``, ...).
 
-    A run that raises ends the log without ``run_end`` (the Trainer has no exception event; the watcher calls
-    such a log ``unterminated``) unless ``trainer.train()`` runs inside ``with callback:``, which writes
-    ``failed`` or ``interrupted``."""
+    A run that raises ends ``failed`` (or ``interrupted``, Ctrl-C) with the exception inside ``with callback:``;
+    without it the Trainer tells the callback of no exception, and the run ends ``failed`` when the next
+    ``trainer.train()`` on its log begins, when the callback is freed or when the process exits (with the
+    exception if it went uncaught, see :class:`_Run`)."""
 
     def __init__(self, log_path: str | Path | None = None, **settings: Any) -> None:
         super().__init__(log_path, **settings)
         self._model: nn.Module | None = None
         self._step = 1  # the optimizer step being prepared, 1-based: state.global_step once it is taken
         self._scaler: torch.amp.GradScaler | None = None
-        self._grad_hooks: list[RemovableHandle] = []
-        self._forward_hook: RemovableHandle | None = None
         self._queued = False
         self._epoch: EpochNotes | None = None
         self._items_scale = 1  # what a loss normalised by all ranks' items is multiplied by (set at train begin)
+        self._run: _Run | None = None
 
     # -------------------------------------------------------------- Trainer events
 
@@ -159,14 +276,18 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         optimizer: torch.optim.Optimizer | None = None,
         **kwargs: Any,
     ) -> None:
-        self.monitor = self._make_monitor()
-        self.monitor.at_step(state.global_step + 1)  # restored by now when resuming: run_start says where it began
-        self.monitor.on_run_start(model, config=run_config(args))
+        monitor = self._make_monitor()
+        end_earlier_runs(self, monitor.log_path, state)  # an earlier train() that raised: its run ends, its log is free
+        self.monitor, self._epoch, self._queued = monitor, None, False
+        self._run = _Run(monitor, state, self)
+        monitor.at_step(state.global_step + 1)  # restored by now when resuming: run_start says where it began
+        monitor.on_epoch_start(int(state.epoch or 0) + 1)
+        monitor.on_run_start(model, config=run_config(args))
         self._model = model
         # With average_tokens_across_devices a returned loss divides by every rank's items, and the Trainer
         # multiplies it back by the number of processes: so do we, for the epoch's loss from the forwards.
         self._items_scale = args.world_size if getattr(args, "average_tokens_across_devices", False) else 1
-        self._forward_hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
+        self._run.forward_hook = model.register_forward_hook(weakly(self._on_forward), with_kwargs=True)
         self._scaler = getattr(optimizer, "scaler", None)  # fp16: accelerate's optimizer holds the GradScaler
 
     def on_epoch_begin(
@@ -227,12 +348,11 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
     ) -> None:
         self._step = state.global_step + 1
         self.monitor.at_step(self._step)
-        self._disarm()
+        self._run.disarm()
         if self.monitor.stats_due():
-            self._grad_hooks = [
-                p.register_post_accumulate_grad_hook(self._on_gradient)
-                for p in self._model.parameters()
-                if p.requires_grad
+            hook = weakly(self._on_gradient)
+            self._run.grad_hooks = [
+                p.register_post_accumulate_grad_hook(hook) for p in self._model.parameters() if p.requires_grad
             ]
 
     def on_step_end(
@@ -257,9 +377,8 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         control: transformers.TrainerControl,
         **kwargs: Any,
     ) -> None:
-        self._release()
         self._write_epoch(state.global_step)
-        self.monitor.on_run_end("completed")
+        self._run.end("completed")
 
     # -------------------------------------------------------------- task balance
 
@@ -292,19 +411,8 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
     def _on_backward_end(self) -> None:
         self._queued = False
         if GradientState().sync_gradients:  # the step's last micro-batch: these are the step's gradients
-            self._disarm()
+            self._run.disarm()
             self.monitor.on_before_optimizer_step(self._model, step=self._step, scaler=self._scaler, still_scaled=True)
-
-    def _disarm(self) -> None:
-        for handle in self._grad_hooks:
-            handle.remove()
-        self._grad_hooks = []
-
-    def _release(self) -> None:
-        self._disarm()
-        if self._forward_hook is not None:
-            self._forward_hook.remove()
-            self._forward_hook = None
 
     # -------------------------------------------------------------- with callback: trainer.train()
 
@@ -314,6 +422,5 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.monitor is not None:
-            self._release()
-            self.monitor.__exit__(exc_type, exc, tb)
+        if self._run is not None:
+            self._run.end(*ending(exc))

@@ -209,12 +209,21 @@ class RuleEngine:
         return self.lifecycle.apply(run.RUN_DIED, "run", run.died_observation(state), where)
 
     def check_resumed(self, now: float) -> list[AlertEvent]:
-        """Resolve the run_interrupted alert once a later run in its log resumed the run (``resumed_by``): its
-        advice, resume, was taken. ``now``: unix seconds."""
-        state = self.run
-        if state.resumed_by is None or (run.RUN_INTERRUPTED, "run") not in self.lifecycle.open:
+        """Once a later run in its log resumed the run from a checkpoint (``resumed_by``): its run_interrupted
+        resolves (its advice, resume, was taken), and its run_failed error settles into a warning that says it
+        failed and which run resumed it (the failure still shows; the training's verdict is the resuming run's).
+        ``now``: unix seconds."""
+        state, lifecycle = self.run, self.lifecycle
+        if state.resumed_by is None:
             return []
-        return self.lifecycle.apply(run.RUN_INTERRUPTED, "run", None, Where(state.step, state.epoch, now))
+        where = Where(state.step, state.epoch, now)
+        events: list[AlertEvent] = []
+        if (run.RUN_INTERRUPTED, "run") in lifecycle.open:
+            events += lifecycle.apply(run.RUN_INTERRUPTED, "run", None, where)
+        failed = lifecycle.open.get((run.RUN_FAILED, "run"))
+        if failed is not None and failed.severity == "error":
+            events += lifecycle.apply(run.RUN_FAILED, "run", run.resumed_failure(state), where)
+        return events
 
     def firing(self) -> list[Alert]:
         return [alert for alert in self.alerts if alert.state == FIRING]

@@ -37,6 +37,16 @@ def _failed(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
                                 "Read the error; fix and restart the run"))]  # fmt: skip
 
 
+def resumed_failure(state: RunState) -> Observation:
+    """The failure of a run that a later run in its log resumed from a checkpoint (``resumed_by``): a warning
+    that says so, settling the error (the training went on; the resuming run's verdict is the training's)."""
+    return Observation(
+        "warning", None,
+        f"Run failed and was resumed by run {state.resumed_by}; its error: {state.error or 'no error message'}",
+        "The training went on in that run; if the error comes back, read it and fix it", settles=True,
+    )  # fmt: skip
+
+
 def _interrupted(_ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
     if record["status"] != "interrupted":
         return []
@@ -85,14 +95,16 @@ def stale_observation(
 
 def died_observation(run: RunState) -> Observation:
     """The run's writer has exited without a ``run_end`` (the watcher saw it: :mod:`moola_watch.writer_process`).
-    A Python exception or Ctrl-C writes one; what does not is the OOM killer, ``kill -9``, a preempted job or a
-    crash in native code."""
+    What writes none is the OOM killer, ``kill -9``, a preempted job, a crash in native code, and a Python
+    exception in a loop that gave the monitor no chance to record it (no ``with monitor:``; the framework
+    callbacks record theirs): the log cannot tell which."""
     host, pid = run.writer[:2]
     return Observation(
         "error", None,
         f"The trainer (pid {pid} on {host}) exited without a run_end: killed (the OOM killer, kill -9, a preempted "
-        "job) or crashed outside Python",
-        "Find why in the kernel log (dmesg: 'Killed process') or the scheduler's; resume from the last checkpoint",
+        "job), crashed outside Python, or ended by an exception that no `with monitor:` recorded",
+        "Find why in the trainer's output (a traceback), the kernel log (dmesg: 'Killed process') or the "
+        "scheduler's; resume from the last checkpoint",
     )  # fmt: skip
 
 
@@ -105,10 +117,14 @@ DIED_RULE = Rule(RUN_DIED, "error", False, frozenset(schema.KINDS), _any_record,
                  "PID namespace: the run_start records which process it is); resolved, a warning, when a later "
                  "run in its log goes on from it",
                  never, outcome=True)  # fmt: skip
+FAILED_RULE = Rule(RUN_FAILED, "error", False, frozenset({schema.RUN_END}), _failed,
+                   "the run ended with status failed (a warning once a later run in its log resumed it from a "
+                   "checkpoint)",
+                   outcome=True)  # fmt: skip
 RULES = (
     STALE_RULE,
     DIED_RULE,
     Rule(NONFINITE, "critical", False, frozenset({schema.EPOCH}), _loss, "a non-finite training loss"),
-    Rule(RUN_FAILED, "error", False, frozenset({schema.RUN_END}), _failed, "the run ended with status failed"),
+    FAILED_RULE,
     Rule(RUN_INTERRUPTED, "warning", False, frozenset({schema.RUN_END}), _interrupted, "the run was interrupted"),
 )

@@ -64,7 +64,7 @@ class JsonlRecordWriter:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise OSError(errno.EBUSY, "another process is writing this log") from None
+                raise OSError(errno.EBUSY, _lock_holder(fd)) from None
             stat = os.fstat(fd)
             if stat.st_size and not _ends_with_newline(path, stat.st_size):
                 os.write(fd, b"\n")
@@ -167,6 +167,13 @@ class JsonlRecordWriter:
             except OSError as exc:
                 self._fail(exc)
 
+    def __del__(self) -> None:
+        # A writer let go of unclosed (its run raised outside any ``with`` and nobody holds its monitor any more)
+        # releases the log: its lock would keep every later run of this process from writing there.
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
     def close(self, *, sync: bool = True) -> None:
         """Flush the file to disk (``fsync``) when ``sync``, then release it. A stream is left open (its
         owner closes it); it was flushed after every record."""
@@ -180,6 +187,30 @@ class JsonlRecordWriter:
             self._fail(exc)
         finally:
             os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds the lock on the log ``fd`` is open on, in words. This process, when another of its descriptors
+    has the same file open for appending: an earlier writer of it that was never closed (a run not ended, its
+    monitor still held). Else another process (``flock`` locks are taken per open file, not per process)."""
+    mine = os.fstat(fd)
+    try:
+        names = os.listdir("/dev/fd")  # this process's descriptors (Linux, macOS)
+    except OSError:
+        names = []
+    for name in names:
+        other = int(name)
+        try:
+            stat = os.fstat(other)
+            appending = fcntl.fcntl(other, fcntl.F_GETFL) & os.O_APPEND
+        except OSError:  # (the descriptor listdir itself used, closed by now)
+            continue
+        if other != fd and appending and (stat.st_dev, stat.st_ino) == (mine.st_dev, mine.st_ino):
+            return (
+                "an earlier run of this process that was not ended still holds it: end that run (leave its `with` "
+                "block, or call its monitor's on_run_end()) or give this run another log"
+            )
+    return "another process is writing this log"
 
 
 def _append(fd: int, lines: bytes) -> int:

@@ -13,9 +13,11 @@ happens, so there the signal keeps its default action (the watcher sees such a p
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from types import FrameType
 
@@ -55,7 +57,7 @@ class _Runs:
     """The runs one SIGTERM ends: those of this process that registered, in order."""
 
     def __init__(self) -> None:
-        self.ends: dict[int, EndRun] = {}
+        self.ends: dict[int, Callable[[], EndRun | None]] = {}  # each run's end, None once its monitor is freed
         self.owner = 0  # the pid that installed the handler: a forked child's SIGTERM is not its parent's
         self.next_id = 0
         self.handler = self._handle  # one object, so that signal.getsignal() can be recognised as it
@@ -63,8 +65,10 @@ class _Runs:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         chained = signal.getsignal(signal.SIGTERM) is not self.handler  # a later handler calls the one it replaced
         if os.getpid() == self.owner:  # (a forked child gets the default action: see _after_fork_in_child)
-            for end_run in list(self.ends.values()):
-                end_run("interrupted", SIGTERM_WORDS)
+            for end_of in list(self.ends.values()):
+                end_run = end_of()
+                if end_run is not None:
+                    end_run("interrupted", SIGTERM_WORDS)
         if not chained:  # ours is the handler: the default action now, as without moola
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -124,7 +128,6 @@ def on_sigterm(end_run: EndRun) -> Callable[[], None]:
         signal.signal(signal.SIGTERM, _RUNS.handler)
         _RUNS.owner, _RUNS.ends = os.getpid(), {}  # (a forked child's inherited runs are its parent's)
     key = _RUNS.next_id = _RUNS.next_id + 1
-    _RUNS.ends[key] = end_run
 
     def undo() -> None:
         _RUNS.ends.pop(key, None)
@@ -132,7 +135,18 @@ def on_sigterm(end_run: EndRun) -> Callable[[], None]:
         if not _RUNS.ends and main and signal.getsignal(signal.SIGTERM) is _RUNS.handler:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+    _RUNS.ends[key] = _held_weakly(end_run, undo)
     return undo
+
+
+def _held_weakly(end_run: EndRun, gone: Callable[[], None]) -> Callable[[], EndRun | None]:
+    """What gives ``end_run`` back when SIGTERM comes. A bound method (a monitor's ``on_run_end``) is held through
+    a weak reference, and ``gone()`` is called once its object is freed: a run that raised outside any ``with``
+    and that nobody holds any more must not be kept alive by this registry, its log locked for the life of the
+    process (a later run there could not write it)."""
+    if not inspect.ismethod(end_run):
+        return lambda: end_run
+    return weakref.WeakMethod(end_run, lambda _ref: gone())
 
 
 def _nothing() -> None:
