@@ -190,3 +190,18 @@ def test_a_dominated_task_is_not_starving_when_no_task_learns():
     (collapse,) = collapse_alerts(rules.replay(log.end().records))
     assert collapse.severity == "warning" and "but no other task learns either" in collapse.message
     assert collapse.recommendation.startswith("Check that the model trains at all: the learning rate (0?)")
+
+
+def test_a_noisy_dominant_task_learns_and_the_error_says_kept_only_of_a_kept_direction():
+    """The dominant task on noisy labels ends at 91% of its first loss, all it can learn: it learns, so the
+    dominated task still starves (an outside review's run was excused as 'no other task learns'). A noisy
+    gradient on a task still near its first loss is an error, whose words do not claim a kept direction."""
+    log = LogBuilder().start()
+    for i in range(1, 13):
+        losses = {"type": 0.7, "pointer": 0.8 if i == 1 else 0.73}  # the pointer task: 91% of its first
+        fields = {"persistence": {"type": 0.06, "pointer": 0.1}}
+        log.balance(i, 8.0, shares={"pointer": 0.995, "type": 0.005}, losses=losses, **fields)
+        log.epoch(i, task_losses=losses)
+    (collapse,) = collapse_alerts(rules.replay(log.records))
+    assert collapse.severity == "error" and "no other task learns" not in collapse.message
+    assert "direction kept" not in collapse.message and "mean cosine 0.06" in collapse.message
