@@ -205,3 +205,25 @@ def test_a_noisy_dominant_task_learns_and_the_error_says_kept_only_of_a_kept_dir
     (collapse,) = collapse_alerts(rules.replay(log.records))
     assert collapse.severity == "error" and "no other task learns" not in collapse.message
     assert "direction kept" not in collapse.message and "mean cosine 0.06" in collapse.message
+
+
+def test_a_task_labelled_on_alternate_batches_is_compared_with_its_last_labelled_gradient(tmp_path):
+    """Every step measured, task b labelled on every other batch (its masked loss 0 there, no gradient): its
+    persistence compares its labelled batches with each other, not with the zero of the unlabelled one between."""
+    torch.manual_seed(0)
+    model = TwoHeads()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    path = tmp_path / "masked.jsonl"
+    with GradientMonitor(every_n_steps=1, log_path=path) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for step in range(8):
+            losses = losses_of(model, step)
+            if step % 2:
+                losses["b"] = losses["b"] * 0.0  # no labels for b in this batch
+            monitor.on_before_backward(model, losses)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    balances = [json.loads(line) for line in path.read_text().splitlines() if '"task_balance"' in line]
+    labelled = [record for record in balances[1:] if record["step"] % 2]  # steps 1, 3, ...: b labelled
+    assert len(labelled) >= 3 and all("b" in record["persistence"] for record in labelled[1:])

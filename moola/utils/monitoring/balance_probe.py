@@ -84,7 +84,9 @@ class BalanceProbe:
             before=self._shared_before, previous=self._directions,
         )  # fmt: skip
         self._shared_before = balance.parameters or self._shared_before
-        self._directions = balance.directions
+        # A task with no gradient in this batch (unlabelled here) keeps its last direction to be compared with
+        measured = {task: d for task, d in balance.directions.items() if balance.raw_norms.get(task, 0.0) > 0}
+        self._directions = {**self._directions, **measured} if balance.directions else {}
         return balance
 
     def record(self, balance: TaskGradients, thresholds: Thresholds) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from torch import nn
 from moola.utils.monitoring.distributed import full_tensor, synchronised_backward_reason
 
 #: Of a shared scope larger than this many values, each task's gradient direction is kept (for the next balance's
-#: ``persistence``) on an evenly strided sample of this many: the cosine of a sample estimates the whole one's,
+#: ``persistence``) on an evenly strided sample of at most this many: the cosine of a sample estimates the whole one's,
 #: and the copy costs a few hundred KiB per task whatever the model's size.
 DIRECTION_SAMPLE = 65_536
 #: Each task's gradient on the shared scope as the last balance measured it (a strided sample of it, see
@@ -65,9 +65,10 @@ class TaskGradients:
     names the tasks not measured: they reach none of the parameters the others share (``scope`` says so too).
     ``parameters`` are the shared parameters measured on (none for a representation's balance). ``persistence``
     is each task's cosine between its gradient now and at the previous balance on the same parameters (given
-    that balance's ``directions``): near 0, a gradient that is mini-batch noise around a minimum the task
-    reached; near 1, one that keeps asking the same change of the shared parameters (absent on a first balance,
-    a changed scope, a zero gradient, or at a representation, whose batches hold different samples).
+    that balance's ``directions``): near 0, a gradient dominated by mini-batch noise (around a minimum the task
+    reached, or on noisy labels); near 1, one that keeps asking the same change of the shared parameters (absent
+    on a first balance, a changed scope, a zero gradient, or at a representation, whose batches hold different
+    samples).
     ``directions`` are what the next balance compares with. ``float(result)`` is the ratio."""
 
     ratio: float | None
