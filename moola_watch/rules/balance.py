@@ -214,10 +214,6 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
     if share is None or share >= th.starve_share:
         words = f"gradients dominated, but the {task} task still gets a share of the update: {figures}"
         return "warning", words, learned
-    if at_its_floor(own, persistence, th):
-        return "warning", (f"gradients dominated and the {task} loss stalled, but its gradient on the shared "
-                           f"parameters is mini-batch noise around a minimum it reached (a starving task's keeps "
-                           f"asking the same change): {figures}"), learned  # fmt: skip
     if own.rate is None:
         return "warning", (f"gradients dominated and the {task} loss stalled, but whether the {task} task had already "
                            f"learned cannot be told: this run's first losses are unknown ({ev.start_unknown}): "
@@ -225,6 +221,10 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
     if learned:
         return "warning", (f"gradients dominated, but the {task} task has learned: its loss is {own.rate:.0%} of "
                            f"where it started ({own.start:.3g}): {figures}"), True  # fmt: skip
+    if at_its_floor(own, persistence, th):
+        return "warning", (f"gradients dominated and the {task} loss stalled, but its gradient on the shared "
+                           f"parameters is mini-batch noise around a minimum it reached (a starving task's keeps "
+                           f"asking the same change): {figures}"), learned  # fmt: skip
     if not others_learn(task, progress, th):
         return "warning", (f"gradients dominated and the {task} loss stalled, but no other task learns either: not a "
                            f"competition for the shared layers: {figures}"), False  # fmt: skip
