@@ -4,15 +4,14 @@ Collapse combines two kinds of evidence. Dominance: over the window, a task's we
 parameters is smaller than the largest task's by more than the healthy band allows (for pointer/type, the window
 mean ratio outside [balance_low, balance_high]). Starving: the dominated task gets almost none of the update (window
 mean share below ``starve_share``), its own training loss has stalled (down less than ``starve_drop`` over the
-window), its gradient keeps asking the same change of the shared parameters (the window's mean ``persistence``,
-where recorded, at least ``starve_persistence``: a task at the floor its data allow has a gradient of mini-batch
-noise there), and another task learns. Both: an error. The spec's collapse (a window beyond ``collapse_high``) with
-a task that still learns: a warning that says, in words, what is still moving; an imbalance short of that with a
-task that still learns is the imbalance rule's business alone. The numbers were chosen on labelled runs
-(``benchmarks/detection.py --tune``, ``benchmarks/detection_frontier.py``). The message keeps the spec's words
-(``TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0)``) and adds the evidence; the recommendation keeps the
-spec's action and adds the weights that would bring the window into the healthy band. The subject of a collapse
-alert is the task it starves.
+window), it is not at its floor (its loss at or below ``floor_rate`` of its first with a gradient of mini-batch
+noise: the window's mean ``persistence`` below ``starve_persistence``), and another task learns. Both: an error. The
+spec's collapse (a window beyond ``collapse_high``) with a task that still learns: a warning that says, in words,
+what is still moving; an imbalance short of that with a task that still learns is the imbalance rule's business
+alone. The numbers were chosen on labelled runs (``benchmarks/detection.py --tune``,
+``benchmarks/detection_frontier.py``). The message keeps the spec's words (``TASK COLLAPSE: Pointer task dominating
+(ratio=6.34 > 5.0)``) and adds the evidence; the recommendation keeps the spec's action and adds the weights that
+would bring the window into the healthy band. The subject of a collapse alert is the task it starves.
 """
 
 from __future__ import annotations
@@ -193,8 +192,8 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
     An error needs all of: the task's mean share of the update over the window below ``starve_share``, its own
     training loss down by less than ``starve_drop`` over the window (a plateau), that loss still above
     ``starve_rate`` of its start (below it the task has learned: a converged task needs little gradient and its
-    loss is flat too), its gradient keeping its direction (window mean ``persistence`` at least
-    ``starve_persistence``, where recorded), and another task learning (:func:`others_learn`). Otherwise a warning
+    loss is flat too), not at its floor (:func:`at_its_floor`, where ``persistence`` is
+    recorded), and another task learning (:func:`others_learn`). Otherwise a warning
     that says which part is missing."""
     progress = ev.progress()
     own = progress.get(task)
