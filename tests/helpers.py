@@ -37,6 +37,11 @@ def strict_lines(path: Path) -> list[dict]:
     return [json.loads(line, parse_constant=refuse) for line in path.read_text("utf-8").splitlines()]
 
 
+def run_id(log: Path) -> str:
+    """The run id of ``log``'s first ``run_start`` record (sample logs get new ids when they are regenerated)."""
+    return next(record["run"] for record in strict_lines(log) if record["kind"] == "run_start")
+
+
 def run_readme_example(
     marker: str, cwd: Path, timeout: float = 240, edit: tuple[str, str] | None = None
 ) -> subprocess.CompletedProcess:

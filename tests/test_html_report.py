@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO, run_cli
+from helpers import REPO, run_cli, run_id
 from report_logs import distinct_bytes, hostile_log, write_log
 
 from moola.utils.monitoring import GradientMonitor
@@ -244,7 +244,7 @@ def test_runs_of_logs_that_share_a_file_name_are_told_apart_by_their_folders(tmp
         log.write_bytes(two)
     logs.append(Path(shutil.copy(SAMPLES / "type_collapse.jsonl", tmp_path / "other.jsonl")))
     page, _figures = build_page([analyze.scan_log(log, frames=True) for log in logs])
-    collapse, healthy = "enhanced_simple_lstm-20261130-101332-9713", "enhanced_simple_lstm-20261130-101327-9710"
+    collapse, healthy = run_id(SAMPLES / "pointer_collapse.jsonl"), run_id(SAMPLES / "healthy.jsonl")
     assert [label for label, _status, _verdict in page.runs] == [
         f"a/log · {collapse}", f"a/log · {healthy}", f"b/log · {collapse}", f"b/log · {healthy}", "other",
     ]  # fmt: skip

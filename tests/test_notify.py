@@ -25,6 +25,10 @@ from processes import start_trainer
 from moola_watch import notify
 
 SAMPLES = REPO / "sample_logs"
+# A pointer_collapse sample frozen as it was on 2026-11-30: at --notify-on error it sends exactly three transitions
+# (exploding firing, norm_level firing, exploding resolved), which these delivery tests count on; a regenerated
+# sample may flap, and the flapping hold would then send fewer.
+THREE_ERRORS = REPO / "tests" / "data" / "notify" / "three_error_transitions.jsonl"
 ENV = {**os.environ, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}  # urllib would send 127.0.0.1 via a proxy
 EVIL = "$(touch PWNED1); touch PWNED2 `touch PWNED3` | touch PWNED4 && touch PWNED5 <x >PWNED6"
 RECORDER = """\
@@ -291,7 +295,7 @@ def test_a_hanging_webhook_does_not_delay_the_next_alert_line(tmp_path, hanging)
 
 def test_a_dead_webhook_and_a_failing_command_are_one_notice_each(tmp_path):
     result = run_watch(
-        "--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", dead_url() + "hooks/SECRET",
+        "--once", "--json", str(THREE_ERRORS), "--webhook", dead_url() + "hooks/SECRET",
         "--on-alert", "false", "--notify-on", "warning",
     )  # fmt: skip
     events = json_events(result.stdout)
@@ -310,14 +314,14 @@ def test_a_dead_webhook_and_a_failing_command_are_one_notice_each(tmp_path):
     # The dead webhook was tried through the exit grace; nothing went out, and both say how much was lost.
     assert notices[-2] == f"--on-alert false: {len(alerts)} alerts not delivered ({len(alerts)} refused or failed)"
     assert re.fullmatch(r"--webhook .*: (\d+) alerts? not delivered \(\1 still queued at exit\)", notices[-1])
-    text = run_watch("--once", str(SAMPLES / "pointer_collapse.jsonl"), "--on-alert", "false", "--notify-on", "warning")
+    text = run_watch("--once", str(THREE_ERRORS), "--on-alert", "false", "--notify-on", "warning")
     assert "(counted when it works again) (every alert still shows here)" in text.stderr, text.stderr  # not cut
 
 
 def test_alerts_wait_out_a_short_webhook_outage_and_go_out_in_order(tmp_path):
     hook = Hook(failures=4)  # 500 to the first four requests: more than one alert's quick retries
     try:
-        result = run_watch("--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", hook.url)
+        result = run_watch("--once", "--json", str(THREE_ERRORS), "--webhook", hook.url)
     finally:
         hook.close()
     events = json_events(result.stdout)
@@ -333,7 +337,7 @@ def test_exit_gives_queued_alerts_5_s_whatever_the_request_timeout(tmp_path):
     hook = Hook(delay=1.2)  # three alerts take 3.6 s in all, each well within its 2 s timeout
     try:
         result = run_watch(
-            "--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", hook.url, "--notify-timeout", "2"
+            "--once", "--json", str(THREE_ERRORS), "--webhook", hook.url, "--notify-timeout", "2"
         )  # fmt: skip
     finally:
         hook.close()
@@ -350,7 +354,7 @@ def test_sigterm_ends_follow_like_ctrl_c_queued_alerts_go_out_and_the_summary_is
     """SIGTERM: systemd's, Kubernetes' and timeout's way to stop a process; SIGHUP: the terminal or ssh session
     it ran in closed."""
     log = tmp_path / "run.jsonl"
-    log.write_bytes((SAMPLES / "pointer_collapse.jsonl").read_bytes())
+    log.write_bytes(THREE_ERRORS.read_bytes())
     hook = Hook(delay=1.0)  # three alerts: two are still queued when the first has arrived
     watcher = watch("--json", str(log), "--webhook", hook.url)
     try:
@@ -372,7 +376,7 @@ def test_a_webhook_slower_than_its_timeout_gets_every_alert_and_can_tell_a_retry
     """A receiver that takes 1.5 s to answer, a watcher that waits 1 s: the first attempt at an alert times out
     after the whole POST was sent, so the receiver may have it; the retry carries the same key and waits longer."""
     log = tmp_path / "run.jsonl"
-    log.write_bytes((SAMPLES / "pointer_collapse.jsonl").read_bytes())
+    log.write_bytes(THREE_ERRORS.read_bytes())
     hook = Hook(delay=1.5)
     watcher = watch("--json", str(log), "--webhook", hook.url, "--notify-timeout", "1")
     try:
@@ -479,7 +483,7 @@ def test_alerts_behind_a_receiver_that_trickles_its_headers_are_not_held_up(tmp_
     try:
         began = time.monotonic()
         result = run_watch(
-            "--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", trickle.url,
+            "--once", "--json", str(THREE_ERRORS), "--webhook", trickle.url,
             "--notify-timeout", "1",
         )  # fmt: skip
         took = time.monotonic() - began
@@ -589,7 +593,7 @@ def test_a_command_that_leaves_a_background_child_is_done_when_it_exits(tmp_path
     command = "sh -c 'echo \"$MOOLA_STATE\" >> states.txt; sleep 20 & echo $! >> children.txt'"
     began = time.monotonic()
     result = run_watch(
-        "--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--on-alert", command, "--notify-timeout", "3",
+        "--once", "--json", str(THREE_ERRORS), "--on-alert", command, "--notify-timeout", "3",
         cwd=tmp_path,
     )  # fmt: skip
     took = time.monotonic() - began
@@ -610,7 +614,7 @@ def test_a_command_that_leaves_a_background_child_is_done_when_it_exits(tmp_path
 def test_a_command_still_running_at_exit_is_killed_with_its_process_group(tmp_path):
     command = "sh -c 'sleep 60 & echo $! > child.txt; wait'"
     result = run_watch(
-        "--once", str(SAMPLES / "pointer_collapse.jsonl"), "--on-alert", command, "--notify-timeout", "60",
+        "--once", str(THREE_ERRORS), "--on-alert", command, "--notify-timeout", "60",
         cwd=tmp_path,
     )  # fmt: skip
     child = int((tmp_path / "child.txt").read_text())
@@ -676,7 +680,7 @@ def test_unusable_notify_config_is_a_one_line_usage_error(tmp_path, setting, sai
 def test_a_malformed_webhook_url_is_a_one_line_usage_error_without_its_path(url, said):
     # Before, a bad port was a traceback from redact(), and a space reached http.client, whose failure notice
     # quoted the path: the webhook's secret.
-    result = run_watch("--once", "--json", str(SAMPLES / "pointer_collapse.jsonl"), "--webhook", url)
+    result = run_watch("--once", "--json", str(THREE_ERRORS), "--webhook", url)
     assert result.returncode == 2 and result.stdout == "", result.stderr
     assert result.stderr.startswith(f"moola-watch: error: --webhook {said}") and "SECRET" not in result.stderr
     assert len(result.stderr.splitlines()) == 1
@@ -853,7 +857,7 @@ def test_a_second_ctrl_c_cuts_the_exit_grace_short_and_the_lost_alerts_are_still
     """Ctrl-C, and Ctrl-C again a second later, while a webhook hangs: before, follow exited 0 at once with no line
     at all, and nobody learnt that the alerts queued never went out."""
     log = tmp_path / "run.jsonl"
-    log.write_bytes((SAMPLES / "pointer_collapse.jsonl").read_bytes())
+    log.write_bytes(THREE_ERRORS.read_bytes())
     watcher = watch(str(log), "--webhook", hanging.url)
     try:
         assert hanging.accepted.wait(20)  # the first alert is on its way, and will get no answer
