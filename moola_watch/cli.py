@@ -165,7 +165,8 @@ def _analyze(args: argparse.Namespace, console: Console) -> int:
         # one argument each (a space), and none taken for an option (a name that starts with -)
         logs = " ".join(shlex.quote(f"./{path}" if str(path).startswith("-") and str(path) != "-" else str(path))
                         for path in analyzed)  # fmt: skip
-        console.print(inert(f"Plots: moola-watch report {logs} -o report.html"), style="dim", markup=False)
+        hint = f"Plots: moola-watch report {logs} -o report.html"  # a command to copy: never cut, never broken
+        console.print(inert(hint, limit=len(hint)), style="dim", markup=False, highlight=False, soft_wrap=True)
     return worst
 
 

@@ -260,8 +260,11 @@ def test_readme_points_inside_the_repository() -> None:
 
 
 def test_check_and_analyze_take_a_folder_as_its_logs_as_follow_does(tmp_path: Path) -> None:
-    folder = tmp_path / "runs"
-    folder.mkdir()
+    """A folder is its ``*.jsonl`` logs. The plots hint names them all, whole, on one line, however long their
+    paths (it was cut at 200 characters with an ellipsis, and broken in two at the terminal's width: a command
+    that could not be pasted)."""
+    folder = tmp_path / ("a-sweep-folder-with-a-long-name-" * 3) / "runs"
+    folder.mkdir(parents=True)
     healthy_scenario().write(folder / "a.jsonl")
     collapse_scenario().write(folder / "b.jsonl")
     (folder / "notes.txt").write_text("not a log, not a *.jsonl")
@@ -271,7 +274,7 @@ def test_check_and_analyze_take_a_folder_as_its_logs_as_follow_does(tmp_path: Pa
                                                                                 str(folder / "b.jsonl")]  # fmt: skip
     analyzed = watch("analyze", folder)
     hint = f"moola-watch report {folder / 'a.jsonl'} {folder / 'b.jsonl'} -o report.html"
-    assert analyzed.returncode == 1 and hint in " ".join(analyzed.stdout.split())  # (the line may wrap)
+    assert len(hint) > 250 and analyzed.returncode == 1 and f"Plots: {hint}" in analyzed.stdout.splitlines()
     empty = tmp_path / "empty"
     empty.mkdir()
     result = watch("check", empty)

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 from helpers import run_cli
@@ -168,6 +169,26 @@ def test_dominance_alone_is_a_warning_that_says_what_still_moves():
     (collapse,) = collapse_alerts(rules.replay(log.records))
     assert collapse.severity == "warning" and "still gets a share of the update" in collapse.message
     assert "10.0% of the update" in collapse.message
+
+
+def test_a_starving_task_whose_noisy_loss_rose_over_the_window_is_not_said_to_be_down():
+    """An outside review's case: a starved task's batch loss ended the window 60% above where it began, and the
+    error said "its loss stalled: down less than 5%". It says the loss rose, by as much as its figures show, and the
+    warnings say it too."""
+    log = LogBuilder().start()
+    for i in range(1, 13):
+        losses = {"type": 0.7 * (1.6 if i >= 10 else 1.0), "pointer": 0.8 * 0.8**i}  # the last ones noisy, higher
+        log.balance(i, 8.0, shares={"pointer": 0.99, "type": 0.01}, losses=losses).epoch(i, task_losses=losses)
+    (collapse,) = collapse_alerts(rules.replay(log.records))
+    assert collapse.severity == "error" and "down less than" not in collapse.message, collapse.message
+    rose = re.search(r"is starving \(its loss rose (\d+)% over the window, share below 10%", collapse.message)
+    assert rose and f"type loss 0.7 -> 0.98 (+{rose[1]}%)" in collapse.message, collapse.message
+    frozen = LogBuilder().start()  # no task learns: the warning says the loss rose too
+    for i in range(1, 13):
+        losses = {"type": 0.7 * (1.6 if i >= 10 else 1.0), "pointer": 0.8}
+        frozen.balance(i, 8.0, shares={"pointer": 0.99, "type": 0.01}, losses=losses).epoch(i, task_losses=losses)
+    (collapse,) = collapse_alerts(rules.replay(frozen.records))
+    assert f"gradients dominated and the type loss rose {rose[1]}%, but no other task learns" in collapse.message
 
 
 def test_a_starving_task_escalates_the_warning_to_an_error_and_works_from_steps_alone():

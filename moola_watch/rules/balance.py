@@ -184,6 +184,12 @@ def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds) -
     return learned and persistence is not None and persistence < th.starve_persistence
 
 
+def not_falling(own: TaskProgress) -> str:
+    """How a loss that did not fall by ``starve_drop`` over the window moved: "stalled", or "rose 60%" (a noisy
+    batch loss can end a window higher than it began; "stalled" would misstate the evidence)."""
+    return f"rose {_change(own.change).lstrip('+')}" if own.change > 0.0 else "stalled"
+
+
 def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]:
     """The severity a dominated task's evidence gives its collapse, that evidence in words, and whether the task
     has learned (its loss at or below ``starve_rate`` of its first: an error raised before is over, not eased by
@@ -208,30 +214,31 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
     figures = (f"{task} {own.measure} {own.earlier:.3g} -> {own.recent:.3g} ({_change(own.change)}) from {own.span} "
                f"[{others}], {share_words}{persistence_words}")  # fmt: skip
     learned = own.rate is not None and own.rate <= th.starve_rate
+    moved = not_falling(own)
     if own.change <= -th.starve_drop:
         return "warning", f"gradients dominated, but the {task} loss is still falling: {figures}", learned
     if share is None or share >= th.starve_share:
         words = f"gradients dominated, but the {task} task still gets a share of the update: {figures}"
         return "warning", words, learned
     if own.rate is None:
-        return "warning", (f"gradients dominated and the {task} loss stalled, but whether the {task} task had already "
+        return "warning", (f"gradients dominated and the {task} loss {moved}, but whether the {task} task had already "
                            f"learned cannot be told: this run's first losses are unknown ({ev.start_unknown}): "
                            f"{figures}"), False  # fmt: skip
     if learned:
         return "warning", (f"gradients dominated, but the {task} task has learned: its loss is {own.rate:.0%} of "
                            f"where it started ({own.start:.3g}): {figures}"), True  # fmt: skip
     if at_its_floor(own, persistence, th):
-        return "warning", (f"gradients dominated and the {task} loss stalled, but its gradient on the shared "
+        return "warning", (f"gradients dominated and the {task} loss {moved}, but its gradient on the shared "
                            f"parameters is mini-batch noise around a minimum it reached (a starving task's keeps "
                            f"asking the same change): {figures}"), learned  # fmt: skip
     if not others_learn(task, progress, th):
-        return "warning", (f"gradients dominated and the {task} loss stalled, but no other task learns either: not a "
+        return "warning", (f"gradients dominated and the {task} loss {moved}, but no other task learns either: not a "
                            f"competition for the shared layers: {figures}"), False  # fmt: skip
     kept = (f", its gradient's direction kept (cosine at least {th.starve_persistence:g})"
             if persistence is not None and persistence >= th.starve_persistence else "")  # fmt: skip
-    return "error", (f"and the {task} task is starving (its loss stalled: down less than {th.starve_drop:.0%}, "
-                     f"share below {th.starve_share:.0%}{kept}, still {own.rate:.0%} of its first loss "
-                     f"{own.start:.3g}): {figures}"), False  # fmt: skip
+    stall = f"stalled: down less than {th.starve_drop:.0%}" if moved == "stalled" else f"{moved} over the window"
+    return "error", (f"and the {task} task is starving (its loss {stall}, share below {th.starve_share:.0%}{kept}, "
+                     f"still {own.rate:.0%} of its first loss {own.start:.3g}): {figures}"), False  # fmt: skip
 
 
 @dataclass(frozen=True)
