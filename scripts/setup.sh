@@ -22,7 +22,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 # The framework extras are looked up, not imported: importing them takes seconds.
 if ! .venv/bin/python -c "import moola, moola_watch, pytest, hypothesis, tensorboard, importlib.util as u, sys
-sys.exit(not all(map(u.find_spec, ('lightning', 'transformers', 'accelerate', 'sklearn'))))" 2>/dev/null \
+sys.exit(not all(map(u.find_spec, ('lightning', 'transformers', 'accelerate', 'sklearn', 'xdist'))))" 2>/dev/null \
     || [ pyproject.toml -nt .venv/.moola-installed ] || [ scripts/setup.sh -nt .venv/.moola-installed ]; then
     .venv/bin/python -m pip install -q -e ".[$extras]"
     touch .venv/.moola-installed
