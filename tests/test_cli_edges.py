@@ -225,7 +225,8 @@ def test_alert_columns_are_the_alerts_json_keys(tmp_path: Path) -> None:
 def test_analyze_at_80_columns_stays_readable() -> None:
     result = watch("analyze", SAMPLE, columns=80)
     lines = result.stdout.splitlines()
-    assert max(map(len, lines)) <= 80
+    hint = f"Plots: moola-watch report {SAMPLE} -o report.html"  # a command to paste: one line, the terminal wraps it
+    assert lines[-1] == hint and max(map(len, lines[:-1])) <= 80, lines[-1]
     layers = {"encoder.weight_ih_l0_reverse", "encoder.weight_hh_l0_reverse", "encoder.bias_ih_l0_reverse"}
     assert all(any(f" {name} " in line for line in lines) for name in layers)  # never folded
     start = next(i for i, line in enumerate(lines) if line.startswith("Task balance"))
