@@ -189,6 +189,12 @@ def test_a_starving_task_whose_noisy_loss_rose_over_the_window_is_not_said_to_be
         frozen.balance(i, 8.0, shares={"pointer": 0.99, "type": 0.01}, losses=losses).epoch(i, task_losses=losses)
     (collapse,) = collapse_alerts(rules.replay(frozen.records))
     assert f"gradients dominated and the type loss rose {rose[1]}%, but no other task learns" in collapse.message
+    flat = LogBuilder().start()  # a rise within starve_drop is a stall
+    for i in range(1, 13):
+        losses = {"type": 0.7 * (1.03 if i >= 10 else 1.0), "pointer": 0.8 * 0.8**i}
+        flat.balance(i, 8.0, shares={"pointer": 0.99, "type": 0.01}, losses=losses).epoch(i, task_losses=losses)
+    (collapse,) = collapse_alerts(rules.replay(flat.records))
+    assert "is starving (its loss stalled: down less than 5%, share below 10%" in collapse.message, collapse.message
 
 
 def test_a_starving_task_escalates_the_warning_to_an_error_and_works_from_steps_alone():

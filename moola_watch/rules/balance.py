@@ -184,10 +184,11 @@ def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds) -
     return learned and persistence is not None and persistence < th.starve_persistence
 
 
-def not_falling(own: TaskProgress) -> str:
-    """How a loss that did not fall by ``starve_drop`` over the window moved: "stalled", or "rose 60%" (a noisy
-    batch loss can end a window higher than it began; "stalled" would misstate the evidence)."""
-    return f"rose {_change(own.change).lstrip('+')}" if own.change > 0.0 else "stalled"
+def not_falling(own: TaskProgress, th: Thresholds) -> str:
+    """How a loss that did not fall by ``starve_drop`` over the window moved: "stalled" (within ``starve_drop``
+    either way), or "rose 60%" (a noisy batch loss can end a window much higher than it began; "stalled: down less
+    than 5%" would misstate the evidence)."""
+    return f"rose {_change(own.change).lstrip('+')}" if own.change >= th.starve_drop else "stalled"
 
 
 def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]:
@@ -214,7 +215,7 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
     figures = (f"{task} {own.measure} {own.earlier:.3g} -> {own.recent:.3g} ({_change(own.change)}) from {own.span} "
                f"[{others}], {share_words}{persistence_words}")  # fmt: skip
     learned = own.rate is not None and own.rate <= th.starve_rate
-    moved = not_falling(own)
+    moved = not_falling(own, th)
     if own.change <= -th.starve_drop:
         return "warning", f"gradients dominated, but the {task} loss is still falling: {figures}", learned
     if share is None or share >= th.starve_share:
