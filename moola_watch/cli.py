@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from moola_watch import analyze, export, junit, loader, sources
+from moola_watch import analyze, junit, sources
 from moola_watch.counts import counted
 from moola_watch.exit_codes import (
     EXIT_ALERT,
@@ -131,6 +131,7 @@ def _scans(
 
 
 def _analyze(args: argparse.Namespace, console: Console) -> int:
+    from moola_watch import loader  # pandas: half a second that check and follow, run far more often, never need
     from moola_watch.report import analyze_report
 
     if args.csv is not None and sources.is_stdin(args.csv):
@@ -303,6 +304,8 @@ def _write_junit(path: Path, results: list[junit.LogResult], fail_on: str) -> No
 
 def _export(args: argparse.Namespace, console: Console) -> int:
     """Every run of every log as a TensorBoard run under ``--tensorboard``."""
+    from moola_watch import export  # pandas: half a second that check and follow, run far more often, never need
+
     worst = EXIT_OK
     frames_of: dict[tuple[str, str], dict[str, Any]] = {}
     for path, scan, _error_text in _scans(args, console, frames=True):

@@ -4,15 +4,16 @@ whether a backward it does itself would bypass the framework's gradient synchron
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
-if torch.distributed.is_available():
-    from torch.distributed.tensor import DTensor as _DTensor
-else:  # a torch build without distributed support has no sharded gradients either
-    _DTensor = None
+#: Where DTensor lives. Importing it costs over a second (sympy, the symbolic shapes), a third of a trainer's
+#: start, and a tensor can only be a DTensor once something (FSDP2, tensor parallel) has imported it: so it is
+#: looked up, never imported here.
+DTENSOR_MODULE = "torch.distributed.tensor"
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -38,7 +39,8 @@ def rank_log_path(path: str | Path, rank: int) -> Path:
 
 def is_sharded(tensor: torch.Tensor) -> bool:
     """True for a DTensor (FSDP2, tensor parallel): its local values are one shard of the whole."""
-    return _DTensor is not None and isinstance(tensor, _DTensor)
+    dtensor = getattr(sys.modules.get(DTENSOR_MODULE), "DTensor", None)
+    return dtensor is not None and isinstance(tensor, dtensor)
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
