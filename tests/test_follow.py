@@ -192,7 +192,7 @@ def test_piped_output_is_one_line_per_transition_and_ctrl_c_exits_0(tmp_path):
     reader = threading.Thread(target=lambda: shown.extend(iter(watcher.stdout.readline, "")), daemon=True)
     reader.start()
     deadline = time.monotonic() + 30
-    while not any("collapse (pointer/type)" in line for line in shown) and time.monotonic() < deadline:
+    while not any("FIRING" in line and "collapse (type)" in line for line in shown) and time.monotonic() < deadline:
         time.sleep(0.05)
     watcher.send_signal(signal.SIGINT)
     watcher.wait(timeout=20)
