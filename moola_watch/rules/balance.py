@@ -191,10 +191,21 @@ def not_falling(own: TaskProgress, th: Thresholds) -> str:
     return f"rose {_change(own.change).lstrip('+')}" if own.change >= th.starve_drop else "stalled"
 
 
-def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]:
-    """The severity a dominated task's evidence gives its collapse, that evidence in words, and whether the task
-    has learned (its loss at or below ``starve_rate`` of its first: an error raised before is over, not eased by
-    one noisy window).
+@dataclass(frozen=True)
+class Starvation:
+    """What a dominated task's own evidence says: the severity it gives the task's collapse, that evidence in
+    words, whether the task has learned (its loss at or below ``starve_rate`` of its first: an error raised before
+    is over, not eased by one noisy window), and whether no task learns at all (no competition for the shared
+    layers: re-weighting would change nothing)."""
+
+    severity: str
+    words: str
+    learned: bool = False
+    nothing_learns: bool = False
+
+
+def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
+    """The :class:`Starvation` of a dominated task.
 
     An error needs all of: the task's mean share of the update over the window below ``starve_share``, its own
     training loss down by less than ``starve_drop`` over the window (a plateau), that loss still above
@@ -204,9 +215,10 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
     that says which part is missing."""
     progress = ev.progress()
     own = progress.get(task)
+    nothing_learns = not others_learn(task, progress, th)
     if own is None:
         unknown = f"not enough per-task losses recorded yet to tell whether the {task} task still learns"
-        return "warning", f"gradients dominated; {unknown}", False
+        return Starvation("warning", f"gradients dominated; {unknown}", nothing_learns=nothing_learns)
     share = ev.mean_share(task)
     share_words = update_share(share) if share is not None else "its share of the update not recorded"
     others = ", ".join(f"{p.task} {_change(p.change)}" for p in progress.values() if p.task != task)
@@ -217,29 +229,35 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> tuple[str, str, bool]
     learned = own.rate is not None and own.rate <= th.starve_rate
     moved = not_falling(own, th)
     if own.change <= -th.starve_drop:
-        return "warning", f"gradients dominated, but the {task} loss is still falling: {figures}", learned
+        words = f"gradients dominated, but the {task} loss is still falling: {figures}"
+        return Starvation("warning", words, learned, nothing_learns)
     if share is None or share >= th.starve_share:
         words = f"gradients dominated, but the {task} task still gets a share of the update: {figures}"
-        return "warning", words, learned
+        return Starvation("warning", words, learned, nothing_learns)
     if own.rate is None:
-        return "warning", (f"gradients dominated and the {task} loss {moved}, but whether the {task} task had already "
-                           f"learned cannot be told: this run's first losses are unknown ({ev.start_unknown}): "
-                           f"{figures}"), False  # fmt: skip
+        return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but whether the {task} task "
+                                      f"had already learned cannot be told: this run's first losses are unknown "
+                                      f"({ev.start_unknown}): {figures}"), nothing_learns=nothing_learns)  # fmt: skip
     if learned:
-        return "warning", (f"gradients dominated, but the {task} task has learned: its loss is {own.rate:.0%} of "
-                           f"where it started ({own.start:.3g}): {figures}"), True  # fmt: skip
+        return Starvation("warning", (f"gradients dominated, but the {task} task has learned: its loss is "
+                                      f"{own.rate:.0%} of where it started ({own.start:.3g}): {figures}"), True,
+                          nothing_learns)  # fmt: skip
     if at_its_floor(own, persistence, th):
-        return "warning", (f"gradients dominated and the {task} loss {moved}, but its gradient on the shared "
-                           f"parameters is mini-batch noise around a minimum it reached (a starving task's keeps "
-                           f"asking the same change): {figures}"), learned  # fmt: skip
-    if not others_learn(task, progress, th):
-        return "warning", (f"gradients dominated and the {task} loss {moved}, but no other task learns either: not a "
-                           f"competition for the shared layers: {figures}"), False  # fmt: skip
+        return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but its gradient on the "
+                                      f"shared parameters is mini-batch noise around a minimum it reached (a starving "
+                                      f"task's keeps asking the same change): {figures}"), learned,
+                          nothing_learns)  # fmt: skip
+    if nothing_learns:
+        return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but no other task learns "
+                                      f"either: not a competition for the shared layers: {figures}"),
+                          nothing_learns=True)  # fmt: skip
     kept = (f", its gradient's direction kept (cosine at least {th.starve_persistence:g})"
             if persistence is not None and persistence >= th.starve_persistence else "")  # fmt: skip
-    stall = f"stalled: down less than {th.starve_drop:.0%}" if moved == "stalled" else f"{moved} over the window"
-    return "error", (f"and the {task} task is starving (its loss {stall}, share below {th.starve_share:.0%}{kept}, "
-                     f"still {own.rate:.0%} of its first loss {own.start:.3g}): {figures}"), False  # fmt: skip
+    rose = own.change >= th.starve_drop
+    stall = f"{moved} over the window" if rose else f"stalled: down less than {th.starve_drop:.0%}"
+    return Starvation("error", (f"and the {task} task is starving (its loss {stall}, share below "
+                                f"{th.starve_share:.0%}{kept}, still {own.rate:.0%} of its first loss "
+                                f"{own.start:.3g}): {figures}"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -324,20 +342,20 @@ def _weights_fix(ev: Evidence, dominance: Dominance, action: str) -> str:
 
 def _collapse_observation(ev: Evidence, dominance: Dominance, th: Thresholds) -> Observation | None:
     """Short of the spec's collapse bound only a starving task makes a collapse: None otherwise."""
-    severity, words, learned = starvation(dominance.starved, ev, th)
-    if severity != "error" and not dominance.beyond:
+    starving = starvation(dominance.starved, ev, th)
+    if starving.severity != "error" and not dominance.beyond:
         return None
     span = ev.window_span()
     action = _weights_fix(ev, dominance, dominance.action)
-    if not others_learn(dominance.starved, ev.progress(), th):
+    if starving.nothing_learns:
         action = NOTHING_LEARNS
-    elif severity != "error":  # the words say the task still learns (or cannot tell yet): no "Urgent" beside them
+    elif starving.severity != "error":  # the words say the task still learns (or cannot tell): no "Urgent" beside them
         action = f"Not urgent while the {dominance.starved} task learns; if it stalls: {_unurged(action)}"
     return Observation(
-        severity, dominance.ratio,
+        starving.severity, dominance.ratio,
         f"TASK COLLAPSE: {dominance.text} over {counted(len(ev.balance_steps), 'sample')}"
-        f"{f' ({span})' if span else ''}; {words}",
-        action, settles=learned,
+        f"{f' ({span})' if span else ''}; {starving.words}",
+        action, settles=starving.learned,
     )  # fmt: skip
 
 
