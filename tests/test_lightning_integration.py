@@ -17,7 +17,7 @@ lightning = pytest.importorskip("lightning")
 
 from lightning.pytorch.utilities.model_helpers import is_overridden  # noqa: E402
 
-from moola.integrations.lightning import GradientMonitorCallback  # noqa: E402
+from moola.integrations.lightning import SANITY_CHECK_WORDS, GradientMonitorCallback  # noqa: E402
 
 STEPS = 40
 EVERY = 4
@@ -317,7 +317,10 @@ def test_a_fit_that_fails_in_its_sanity_check_names_its_module(tmp_path):
     start, end = strict_lines(tmp_path / "run.jsonl")
     # Before, the run failed before training started, and its run_start said model "unknown", no parameters.
     assert start["model"] == "FailingValidation" and start["parameter_count"] == 180
-    assert end["status"] == "failed" and end["error"] == "RuntimeError: validation set missing"
+    assert end["status"] == "failed" and end["step"] == 0
+    assert end["error"] == f"RuntimeError: validation set missing ({SANITY_CHECK_WORDS})"
+    judged = run_cli("moola_watch.cli", "check", str(tmp_path / "run.jsonl"))
+    assert judged.returncode == 1 and "before the first training step" in judged.stdout, judged.stdout
 
 
 @pytest.fixture

@@ -47,6 +47,9 @@ from moola.utils.monitoring.run_end import SIGTERM_WORDS, ending
 
 TASK_LOSSES = "task_losses"
 TASK_WEIGHTS = "task_weights"
+#: Added to the error of a fit that failed in Lightning's sanity check, whose run_end says step 0: the failure is
+#: in the validation code, and no training step ran.
+SANITY_CHECK_WORDS = "in Lightning's validation sanity check, before the first training step"
 
 
 def run_config(trainer: lightning.Trainer, module: lightning.LightningModule) -> dict[str, Any]:
@@ -329,4 +332,7 @@ class GradientMonitorCallback(MonitorSettings, lightning.Callback):
         if isinstance(exception, SIGTERMException):  # Lightning's own SIGTERM handler: the job was stopped
             self.monitor.on_run_end("interrupted", error=SIGTERM_WORDS)
         else:
-            self.monitor.on_run_end(*ending(exception))
+            status, error = ending(exception)
+            if error is not None and trainer.sanity_checking:  # its run_end says step 0: say what that means
+                error += f" ({SANITY_CHECK_WORDS})"
+            self.monitor.on_run_end(status, error)
