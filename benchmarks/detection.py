@@ -306,7 +306,7 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="choose the verdict's numbers on the tuning runs")
     parser.add_argument("--stages", default=",".join(str(n) for n in range(1, len(TUNING_STAGES) + 1)),
                         help="with --tune, the stages to choose (the others keep the defaults): 3 alone takes "
-                             "minutes, all of them about an hour on 2 cores")  # fmt: skip
+                             "minutes, all of them about 20 minutes on 2 cores")  # fmt: skip
     parser.add_argument("--cut-at", type=int, metavar="EPOCH",
                         help="judge every run as if it had completed after this epoch, relabelled there")  # fmt: skip
     args = parser.parse_args()
