@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import REPO, run_readme_example, strict_lines
+from helpers import REPO, run_cli, run_readme_example, strict_lines
 from torch import nn
 
 transformers = pytest.importorskip("transformers")
@@ -302,6 +302,35 @@ def test_halt_on_stops_the_trainer_after_the_step_whose_gradients_raised_the_ale
     assert end["status"] == "failed" and end["error"].startswith(
         "halted on critical alert nonfinite (gradients) at step 6"
     )
+
+
+def test_an_epoch_whose_every_loss_was_nan_is_recorded_nan_not_the_trainers_filtered_zero(tmp_path):
+    """The Trainer's logging_nan_inf_filter logs a NaN loss as the mean of the finite ones before it: 0.0 in a run
+    that never had one. The epoch record says NaN, and check says the training loss was NaN."""
+
+    class NaNAlways(TwoTaskBert):
+        def forward(self, input_ids, labels, target):
+            return {"loss": super().forward(input_ids, labels, target)["loss"] * float("nan")}
+
+    trainer, records = train(tmp_path, NaNAlways())
+    assert {entry["loss"] for entry in trainer.state.log_history if "loss" in entry} == {0.0}  # what it logged
+    (epoch,) = [r for r in records if r["kind"] == "epoch"]
+    assert epoch["train_loss"] == "nan"  # strict JSON's spelling of NaN in a numeric field
+    judged = run_cli("moola_watch.cli", "check", str(tmp_path / "run.jsonl"))
+    assert judged.returncode == 1 and "Training loss is nan at epoch 1" in judged.stdout, judged.stdout
+
+
+def test_an_epoch_with_some_finite_losses_keeps_the_loss_the_trainer_logged(tmp_path):
+    class NaNAtStep6(TwoTaskBert):
+        def forward(self, input_ids, labels, target):
+            self.calls = getattr(self, "calls", 0) + 1
+            out = super().forward(input_ids, labels, target)
+            return {"loss": out["loss"] * float("nan")} if self.calls == 6 else out
+
+    trainer, records = train(tmp_path, NaNAtStep6())
+    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    (epoch,) = [r for r in records if r["kind"] == "epoch"]
+    assert epoch["train_loss"] == pytest.approx(sum(logged) / len(logged))
 
 
 def test_under_ddp_halt_on_stops_every_rank_at_the_step_one_ranks_balance_probe_alerted(tmp_path):

@@ -71,6 +71,7 @@ class EpochNotes:
         self.lr: float | None = None
         self.evaluation: dict[str, float] = {}
         self.returned: torch.Tensor | None = None  # the sum of the losses the epoch's training forwards returned
+        self.finite: torch.Tensor | None = None  # how many of those losses were finite (counted on the device)
         self.forwards = 0
         self.steps = 0  # optimizer steps taken in the epoch
         self.per_step = False  # a returned loss is a share of its step's (normalised by the whole step's items)
@@ -81,7 +82,9 @@ class EpochNotes:
         takes loss kwargs, such as a causal LM): its loss is normalised by the items of the whole accumulated
         step, so the step's micro-batch losses add up to the step's loss rather than averaging to it."""
         loss = loss.detach().float().reshape(())
+        finite = torch.isfinite(loss).int()
         self.returned = loss if self.returned is None else self.returned + loss
+        self.finite = finite if self.finite is None else self.finite + finite
         self.forwards += 1
         self.per_step |= share_of_step
 
@@ -97,8 +100,12 @@ class EpochNotes:
 
     def fields(self) -> dict[str, Any] | None:
         """The ``epoch`` record's fields: the training loss is the mean of the losses the Trainer logged in the
-        epoch, else (none logged) of those its training forwards returned; None when there was neither."""
-        if self.losses:
+        epoch, else (none logged) of those its training forwards returned; None when there was neither. When every
+        loss the forwards returned was NaN or infinite, it is theirs (non-finite): the Trainer's
+        ``logging_nan_inf_filter`` (on by default) logs such a loss as the mean of the finite ones before it, 0.0
+        when there were none, and a run that never had a finite loss would read as a perfect one."""
+        every_loss_nonfinite = self.finite is not None and self.finite.item() == 0
+        if self.losses and not every_loss_nonfinite:
             train_loss = sum(self.losses) / len(self.losses)
         elif self.returned is not None:
             train_loss = self.returned.item() / (self.steps if self.per_step and self.steps else self.forwards)
