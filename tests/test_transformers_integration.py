@@ -320,17 +320,80 @@ def test_an_epoch_whose_every_loss_was_nan_is_recorded_nan_not_the_trainers_filt
     assert judged.returncode == 1 and "Training loss is nan at epoch 1" in judged.stdout, judged.stdout
 
 
-def test_an_epoch_with_some_finite_losses_keeps_the_loss_the_trainer_logged(tmp_path):
-    class NaNAtStep6(TwoTaskBert):
-        def forward(self, input_ids, labels, target):
-            self.calls = getattr(self, "calls", 0) + 1
-            out = super().forward(input_ids, labels, target)
-            return {"loss": out["loss"] * float("nan")} if self.calls == 6 else out
+class RecordedLosses(TwoTaskBert):
+    """Keeps every training forward's loss, so that a test knows each epoch's true mean."""
 
-    trainer, records = train(tmp_path, NaNAtStep6())
-    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    (epoch,) = [r for r in records if r["kind"] == "epoch"]
-    assert epoch["train_loss"] == pytest.approx(sum(logged) / len(logged))
+    def __init__(self, nan_from_call: int | None = None):
+        super().__init__()
+        self.seen: list[float] = []
+        self.nan_from_call = nan_from_call
+
+    def forward(self, input_ids, labels, target):
+        loss = super().forward(input_ids, labels, target)["loss"]
+        if self.nan_from_call is not None and len(self.seen) + 1 >= self.nan_from_call:
+            loss = loss * float("nan")
+        if self.training:
+            self.seen.append(loss.item())
+        return {"loss": loss}
+
+
+def epochs_of(tmp_path, model, **arguments):
+    """Three epochs of 10 steps; the epoch records."""
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), num_train_epochs=3, per_device_train_batch_size=4, learning_rate=3e-3,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, **arguments,
+    )  # fmt: skip
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    transformers.Trainer(model=model, args=args, train_dataset=Sentences(40), callbacks=[callback]).train()
+    return [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "epoch"]
+
+
+@pytest.mark.parametrize("arguments", [{"logging_steps": 25}, {"logging_steps": 4, "gradient_accumulation_steps": 3}])
+def test_an_epochs_loss_is_its_own_when_the_trainers_logging_windows_straddle_epochs(tmp_path, arguments):
+    """The Trainer logs the mean over its logging window, which may begin epochs earlier: the epoch record
+    holds the mean of the epoch's own forwards' losses (an outside review's run read as rising in its last
+    epoch while it fell)."""
+    model = RecordedLosses()
+    epochs = epochs_of(tmp_path, model, **arguments)
+    per_epoch = len(model.seen) // 3
+    assert len(epochs) == 3 and len(model.seen) == 3 * per_epoch
+    for index, record in enumerate(epochs):
+        own = model.seen[index * per_epoch : (index + 1) * per_epoch]
+        assert record["train_loss"] == pytest.approx(sum(own) / len(own), rel=1e-5)
+
+
+def test_an_epoch_in_which_the_loss_turned_nan_is_recorded_nan_not_the_filters_mean(tmp_path):
+    model = RecordedLosses(nan_from_call=14)  # epoch 2's fourth forward: the filter logs a mean of what came before
+    epochs = epochs_of(tmp_path, model, logging_steps=5)
+    assert epochs[0]["train_loss"] == pytest.approx(sum(model.seen[:10]) / 10, rel=1e-5)
+    assert [record["train_loss"] for record in epochs[1:]] == ["nan", "nan"]
+
+
+def test_a_compute_loss_override_whose_every_loss_is_nan_records_nan(tmp_path):
+    """The README's compute_loss pattern, where the model returns no loss: the task losses tell."""
+
+    class Heads(TwoTaskBert):
+        def forward(self, input_ids, labels, target):
+            h = self.encoder(input_ids=input_ids).pooler_output
+            return {"logits": self.cls(h), "value": self.reg(h).squeeze(1) * float("nan")}
+
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+
+    class MultiTaskTrainer(transformers.Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)
+            losses = {
+                "cls": nn.functional.cross_entropy(outputs["logits"], inputs["labels"]),
+                "reg": nn.functional.mse_loss(outputs["value"], inputs["target"]),
+            }
+            callback.on_task_losses(model, losses)
+            loss = sum(losses.values())
+            return (loss, outputs) if return_outputs else loss
+
+    trainer, records = train(tmp_path, Heads(), trainer_class=MultiTaskTrainer, callback=callback)
+    assert {entry["loss"] for entry in trainer.state.log_history if "loss" in entry} == {0.0}
+    assert [r["train_loss"] for r in records if r["kind"] == "epoch"] == ["nan"]
 
 
 def test_under_ddp_halt_on_stops_every_rank_at_the_step_one_ranks_balance_probe_alerted(tmp_path):

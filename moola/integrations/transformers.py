@@ -13,14 +13,13 @@ Task balance: the Trainer does not see per-task losses. A model whose ``forward`
 ``compute_loss`` override calls :meth:`GradientMonitorCallback.on_task_losses` instead (see the README). Both
 measure by ``torch.autograd.grad`` before the backward: the step's gradients are untouched.
 
-Epochs: an ``epoch`` record per epoch, with the mean of the training ``loss`` the Trainer logged in it, the
-learning rate, and the evaluation it ran for that epoch (``eval_loss`` as ``val_loss``, every other
-``eval_*`` metric under ``metrics``). The Trainer evaluates after ``on_epoch_end``, so the record is written
-when the next epoch begins or training ends. An epoch in which the Trainer logged no loss (``logging_steps``
-longer than the epoch) is recorded too, with the mean of the ``loss`` its training forwards returned (kept on
-the device, summed without a sync per step; under DDP, rank 0's own batches); only an epoch whose forwards
-returned no loss either (a ``compute_loss`` that computes it outside the model) has no record, with one warning:
-the record contract requires ``train_loss``.
+Epochs: an ``epoch`` record per epoch, with its training loss (see :meth:`EpochNotes.fields`: the mean of the
+``loss`` its training forwards returned, kept on the device and summed without a sync per step; under DDP the
+mean of the ``loss`` the Trainer logged in it, every rank's), the learning rate, and the evaluation it ran for
+that epoch (``eval_loss`` as ``val_loss``, every other ``eval_*`` metric under ``metrics``). The Trainer
+evaluates after ``on_epoch_end``, so the record is written when the next epoch begins or training ends. Only an
+epoch with neither (a ``compute_loss`` that computes the loss outside the model, ``logging_steps`` longer than
+the epoch) has no record, with one warning: the record contract requires ``train_loss``.
 
 Under fp16 the gradients at the end of the backward still carry the GradScaler's scale (the Trainer unscales
 them inside its clip): the callback divides the norms by the scale, and a step the scaler skips for an
@@ -36,6 +35,7 @@ exiting ends the run ``failed`` (with the exception when it reached the top leve
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import weakref
@@ -61,18 +61,22 @@ EVAL_TIMINGS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_secon
 
 
 class EpochNotes:
-    """What the Trainer logged during one epoch, until its record is written: training losses, the learning
-    rate, and the evaluation's metrics."""
+    """What one epoch's training did, until its record is written: the losses its training forwards returned, the
+    losses the Trainer logged, the learning rate, and the evaluation's metrics. ``every_forward``: this process
+    sees every training forward (one process; under DDP each rank sees its own share of the batches)."""
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(self, epoch: int, *, every_forward: bool) -> None:
         self.epoch = epoch
+        self.every_forward = every_forward
         self.ended = False
         self.losses: list[float] = []
         self.lr: float | None = None
         self.evaluation: dict[str, float] = {}
         self.returned: torch.Tensor | None = None  # the sum of the losses the epoch's training forwards returned
-        self.finite: torch.Tensor | None = None  # how many of those losses were finite (counted on the device)
+        self.finite_returned: torch.Tensor | None = None  # how many of those were finite (counted on the device)
         self.forwards = 0
+        self.finite_batches: torch.Tensor | None = None  # batches whose task losses were all finite (on the device)
+        self.task_batches = 0
         self.steps = 0  # optimizer steps taken in the epoch
         self.per_step = False  # a returned loss is a share of its step's (normalised by the whole step's items)
 
@@ -84,9 +88,16 @@ class EpochNotes:
         loss = loss.detach().float().reshape(())
         finite = torch.isfinite(loss).int()
         self.returned = loss if self.returned is None else self.returned + loss
-        self.finite = finite if self.finite is None else self.finite + finite
+        self.finite_returned = finite if self.finite_returned is None else self.finite_returned + finite
         self.forwards += 1
         self.per_step |= share_of_step
+
+    def see_task_losses(self, losses: Mapping[str, torch.Tensor]) -> None:
+        """One batch's task losses (a ``compute_loss`` override's, where the model returns no loss): counted
+        finite when every one is, on the device."""
+        finite = torch.stack([torch.isfinite(loss.detach()).all() for loss in losses.values()]).all().int()
+        self.finite_batches = finite if self.finite_batches is None else self.finite_batches + finite
+        self.task_batches += 1
 
     def add(self, logs: Mapping[str, Any]) -> None:
         """One ``on_log`` entry: a training log (``loss``, ``learning_rate``) or an evaluation (``eval_*``)."""
@@ -99,21 +110,29 @@ class EpochNotes:
                 self.evaluation[name] = float(value)
 
     def fields(self) -> dict[str, Any] | None:
-        """The ``epoch`` record's fields: the training loss is the mean of the losses the Trainer logged in the
-        epoch, else (none logged) of those its training forwards returned; None when there was neither. When every
-        loss the forwards returned was NaN or infinite, it is theirs (non-finite): the Trainer's
-        ``logging_nan_inf_filter`` (on by default) logs such a loss as the mean of the finite ones before it, 0.0
-        when there were none, and a run that never had a finite loss would read as a perfect one."""
-        every_loss_nonfinite = self.finite is not None and self.finite.item() == 0
-        if self.losses and not every_loss_nonfinite:
-            train_loss = sum(self.losses) / len(self.losses)
-        elif self.returned is not None:
+        """The ``epoch`` record's fields, or None without a training loss. The training loss is the mean of the
+        losses the epoch's training forwards returned, exactly the epoch's, where this process saw them all or
+        the Trainer logged none; else (DDP) the mean of the losses the Trainer logged in the epoch (every rank's,
+        but over its logging windows, which need not start with the epoch). A loss the Trainer logged is not
+        taken where it is known to hide a NaN: its ``logging_nan_inf_filter`` (on by default) logs a NaN loss as
+        the mean of the finite ones before it, 0.0 when there were none, so an epoch whose every returned loss,
+        or every batch of task losses, was non-finite is recorded NaN."""
+        if self.returned is not None and (self.every_forward or not self.losses or not self._some_finite()):
             train_loss = self.returned.item() / (self.steps if self.per_step and self.steps else self.forwards)
+        elif self.returned is None and self.task_batches and not self._some_finite():
+            train_loss = math.nan
+        elif self.losses:
+            train_loss = sum(self.losses) / len(self.losses)
         else:
             return None
         metrics = {name: value for name, value in self.evaluation.items() if name != "eval_loss"}
         return {"train_loss": train_loss, "val_loss": self.evaluation.get("eval_loss"), "lr": self.lr,
                 "metrics": metrics}  # fmt: skip
+
+    def _some_finite(self) -> bool:
+        """Whether a returned loss, or else a batch of task losses, of the epoch was finite (one host sync)."""
+        counted = self.finite_returned if self.finite_returned is not None else self.finite_batches
+        return counted is None or counted.item() > 0
 
 
 def returned_loss(output: Any) -> torch.Tensor | None:
@@ -305,7 +324,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         **kwargs: Any,
     ) -> None:
         self._write_epoch(state.global_step)
-        self._epoch = EpochNotes(int(state.epoch or 0) + 1)
+        self._epoch = EpochNotes(int(state.epoch or 0) + 1, every_forward=args.world_size == 1)
         self.monitor.on_epoch_start(self._epoch.epoch)
 
     def on_log(
@@ -395,6 +414,8 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
         """Record the balance of this batch's task ``losses`` (each one's weight in the total: ``weights``,
         default 1) if a probe is due; call it in ``compute_loss`` before returning the loss."""
         self.monitor.at_step(self._step)
+        if self._epoch is not None:
+            self._epoch.see_task_losses(losses)
         self.monitor.on_before_backward(model, losses, weights)
 
     def _on_forward(self, module: nn.Module, _args: Any, kwargs: Mapping[str, Any], output: Any) -> None:
