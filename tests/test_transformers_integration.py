@@ -109,15 +109,21 @@ def test_a_model_that_exposes_task_losses_gets_task_balance(tmp_path):
     assert "shared parameters" in balances[0]["scope"]
 
 
-def test_a_compute_loss_override_records_task_balance(tmp_path):
-    """The documented way for a model that returns its task outputs and leaves the losses to the Trainer."""
+class Heads(TwoTaskBert):
+    """Returns its task outputs and leaves the losses to the Trainer's ``compute_loss`` (``regression_scale``
+    multiplies the regression output: NaN makes every regression loss NaN)."""
 
-    class Heads(TwoTaskBert):
-        def forward(self, input_ids, labels, target):
-            h = self.encoder(input_ids=input_ids).pooler_output
-            return {"logits": self.cls(h), "value": self.reg(h).squeeze(1)}
+    def __init__(self, regression_scale: float = 1.0):
+        super().__init__()
+        self.regression_scale = regression_scale
 
-    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    def forward(self, input_ids, labels, target):
+        h = self.encoder(input_ids=input_ids).pooler_output
+        return {"logits": self.cls(h), "value": self.reg(h).squeeze(1) * self.regression_scale}
+
+
+def multitask_trainer(callback: GradientMonitorCallback) -> type[transformers.Trainer]:
+    """The README's ``compute_loss`` override: the task losses computed there, given to ``callback``."""
 
     class MultiTaskTrainer(transformers.Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -131,7 +137,13 @@ def test_a_compute_loss_override_records_task_balance(tmp_path):
             loss = sum(weights[t] * value for t, value in losses.items())
             return (loss, outputs) if return_outputs else loss
 
-    _, records = train(tmp_path, Heads(), trainer_class=MultiTaskTrainer, callback=callback)
+    return MultiTaskTrainer
+
+
+def test_a_compute_loss_override_records_task_balance(tmp_path):
+    """The documented way for a model that returns its task outputs and leaves the losses to the Trainer."""
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    _, records = train(tmp_path, Heads(), trainer_class=multitask_trainer(callback), callback=callback)
     balances = [r for r in records if r["kind"] == "task_balance"]
     assert [r["step"] for r in balances] == list(range(EVERY, STEPS + 1, EVERY))
     assert balances[0]["weights"] == {"cls": 1.0, "reg": 4.0}
@@ -372,26 +384,9 @@ def test_an_epoch_in_which_the_loss_turned_nan_is_recorded_nan_not_the_filters_m
 
 def test_a_compute_loss_override_whose_every_loss_is_nan_records_nan(tmp_path):
     """The README's compute_loss pattern, where the model returns no loss: the task losses tell."""
-
-    class Heads(TwoTaskBert):
-        def forward(self, input_ids, labels, target):
-            h = self.encoder(input_ids=input_ids).pooler_output
-            return {"logits": self.cls(h), "value": self.reg(h).squeeze(1) * float("nan")}
-
     callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
-
-    class MultiTaskTrainer(transformers.Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            outputs = model(**inputs)
-            losses = {
-                "cls": nn.functional.cross_entropy(outputs["logits"], inputs["labels"]),
-                "reg": nn.functional.mse_loss(outputs["value"], inputs["target"]),
-            }
-            callback.on_task_losses(model, losses)
-            loss = sum(losses.values())
-            return (loss, outputs) if return_outputs else loss
-
-    trainer, records = train(tmp_path, Heads(), trainer_class=MultiTaskTrainer, callback=callback)
+    nan_regression = Heads(regression_scale=float("nan"))
+    trainer, records = train(tmp_path, nan_regression, trainer_class=multitask_trainer(callback), callback=callback)
     assert {entry["loss"] for entry in trainer.state.log_history if "loss" in entry} == {0.0}
     assert [r["train_loss"] for r in records if r["kind"] == "epoch"] == ["nan"]
 
