@@ -296,6 +296,7 @@ class LogScan:
             "thresholds_from": self.threshold_sources[run],
             "thresholds": engine.thresholds.to_dict(),
             "metrics": dict((engine.last_epoch or {}).get("metrics") or {}),
+            "metrics_epoch": (engine.last_epoch or {}).get("epoch"),
             "summary": engine.summary().to_dict(),
         }
 

@@ -259,7 +259,7 @@ def _print_check(
         line(f"  run {run}  verdict={about['verdict']}  status={about['status']}  "
              f"thresholds: {about['thresholds_from']}")  # fmt: skip
         if metrics:  # what the run's own held-out metrics say, next to the verdict
-            line(f"    last epoch's metrics: {metrics}")
+            line(f"    last epoch's metrics: {metrics}{_metrics_older_than_the_run(about)}")
         for told in fold_resolved_repeats([alert for _run, alert in scan.alerts([run])]):
             alert = told.alert
             since = position(alert.first_epoch, alert.first_step)
@@ -292,6 +292,15 @@ def _report(args: argparse.Namespace, console: Console) -> int:
     if len(readable) < len(scans):
         return EXIT_USAGE
     return EXIT_ALERT if any(scan.fails("error") for scan in readable) else EXIT_OK
+
+
+def _metrics_older_than_the_run(about: dict[str, Any]) -> str:
+    """' (epoch 2; the run got to epoch 3)' when the last epoch record is older than the run's last epoch (a run
+    that failed in an epoch's validation wrote no record for it), else ''."""
+    measured, reached = about["metrics_epoch"], about["epoch"]
+    if measured is None or reached is None or reached <= measured:
+        return ""
+    return f" (epoch {measured}; the run got to epoch {reached})"
 
 
 def _write_junit(path: Path, results: list[junit.LogResult], fail_on: str) -> None:

@@ -323,6 +323,35 @@ def test_a_fit_that_fails_in_its_sanity_check_names_its_module(tmp_path):
     assert judged.returncode == 1 and "before the first training step" in judged.stdout, judged.stdout
 
 
+class FailingLateValidation(TwoTaskModule):
+    def validation_step(self, batch, batch_idx):
+        if self.current_epoch == 2:
+            raise RuntimeError("validation set missing")
+        x, labels, _target = batch
+        self.log("val_acc", (self.cls(self.trunk(x)).argmax(1) == labels).float().mean())
+
+
+def test_a_fit_that_fails_in_a_later_validation_says_its_metrics_are_from_an_earlier_epoch(tmp_path):
+    """Epoch 3's validation raises: epoch 3 has no epoch record, so the last metrics are epoch 2's; check says so
+    beside the run that got to epoch 3 (an outside review read them as the failed epoch's)."""
+    torch.manual_seed(0)
+    log = tmp_path / "run.jsonl"
+    trainer = lightning.Trainer(
+        accelerator="cpu", devices=1, max_epochs=3, limit_train_batches=5, limit_val_batches=2,
+        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="validation set missing"):
+        trainer.fit(FailingLateValidation({"cls": 1.0, "reg": 1.0}), loader(), loader())
+    records = strict_lines(log)
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+    assert records[-1]["status"] == "failed" and records[-1]["epoch"] == 3
+    judged = run_cli("moola_watch.cli", "check", str(log))
+    assert "val_acc=" in judged.stdout and "(epoch 2; the run got to epoch 3)" in judged.stdout, judged.stdout
+    code, report = check(tmp_path)
+    assert code == 1 and report["runs"][0]["metrics_epoch"] == 2 and report["runs"][0]["epoch"] == 3
+
+
 @pytest.fixture
 def sigint_restored():
     """Lightning ignores SIGINT after a KeyboardInterrupt (so that a second Ctrl-C cannot cut its shutdown):
