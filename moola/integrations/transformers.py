@@ -413,9 +413,14 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
     ) -> None:
         """Record the balance of this batch's task ``losses`` (each one's weight in the total: ``weights``,
         default 1) if a probe is due; call it in ``compute_loss`` before returning the loss."""
-        self.monitor.at_step(self._step)
-        if self._epoch is not None:
+        if self._epoch is not None:  # the model returned no loss: whether its epoch's losses were finite is here
             self._epoch.see_task_losses(losses)
+        self._balance(model, losses, weights)
+
+    def _balance(
+        self, model: nn.Module, losses: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None
+    ) -> None:
+        self.monitor.at_step(self._step)
         self.monitor.on_before_backward(model, losses, weights)
 
     def _on_forward(self, module: nn.Module, _args: Any, kwargs: Mapping[str, Any], output: Any) -> None:
@@ -427,7 +432,7 @@ class GradientMonitorCallback(MonitorSettings, transformers.TrainerCallback):
             self._epoch.see(loss * self._items_scale if share else loss, share_of_step=share)
         losses = getattr(module, TASK_LOSSES, None)
         if losses:
-            self.on_task_losses(module, losses, getattr(module, TASK_WEIGHTS, None))
+            self._balance(module, losses, getattr(module, TASK_WEIGHTS, None))
 
     # -------------------------------------------------------------- gradient statistics
 
