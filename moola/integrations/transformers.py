@@ -76,7 +76,6 @@ class EpochNotes:
         self.finite_returned: torch.Tensor | None = None  # how many of those were finite (counted on the device)
         self.forwards = 0
         self.finite_batches: torch.Tensor | None = None  # batches whose task losses were all finite (on the device)
-        self.task_batches = 0
         self.steps = 0  # optimizer steps taken in the epoch
         self.per_step = False  # a returned loss is a share of its step's (normalised by the whole step's items)
 
@@ -97,7 +96,6 @@ class EpochNotes:
         finite when every one is, on the device."""
         finite = torch.stack([torch.isfinite(loss.detach()).all() for loss in losses.values()]).all().int()
         self.finite_batches = finite if self.finite_batches is None else self.finite_batches + finite
-        self.task_batches += 1
 
     def add(self, logs: Mapping[str, Any]) -> None:
         """One ``on_log`` entry: a training log (``loss``, ``learning_rate``) or an evaluation (``eval_*``)."""
@@ -117,9 +115,10 @@ class EpochNotes:
         taken where it is known to hide a NaN: its ``logging_nan_inf_filter`` (on by default) logs a NaN loss as
         the mean of the finite ones before it, 0.0 when there were none, so an epoch whose every returned loss,
         or every batch of task losses, was non-finite is recorded NaN."""
-        if self.returned is not None and (self.every_forward or not self.losses or not self._some_finite()):
+        nonfinite = self._every_loss_nonfinite()
+        if self.returned is not None and (self.every_forward or not self.losses or nonfinite):
             train_loss = self.returned.item() / (self.steps if self.per_step and self.steps else self.forwards)
-        elif self.returned is None and self.task_batches and not self._some_finite():
+        elif nonfinite:  # no returned loss: a compute_loss override's task losses said so
             train_loss = math.nan
         elif self.losses:
             train_loss = sum(self.losses) / len(self.losses)
@@ -129,10 +128,11 @@ class EpochNotes:
         return {"train_loss": train_loss, "val_loss": self.evaluation.get("eval_loss"), "lr": self.lr,
                 "metrics": metrics}  # fmt: skip
 
-    def _some_finite(self) -> bool:
-        """Whether a returned loss, or else a batch of task losses, of the epoch was finite (one host sync)."""
+    def _every_loss_nonfinite(self) -> bool:
+        """Whether every loss the epoch's forwards returned, or, with none returned, every batch of task losses
+        given, was NaN or infinite (False with neither); one host sync."""
         counted = self.finite_returned if self.finite_returned is not None else self.finite_batches
-        return counted is None or counted.item() > 0
+        return counted is not None and counted.item() == 0
 
 
 def returned_loss(output: Any) -> torch.Tensor | None:
