@@ -300,6 +300,13 @@ def ended_at(log: Sequence[schema.Record], step: int) -> list[schema.Record]:
     return [*kept, {**end, "step": step, "epoch": max(r["epoch"] for r in kept if r.get("epoch") is not None)}]
 
 
+def seed_span(seeds: Sequence[int]) -> str:
+    """'4-9' for consecutive seeds, else '4, 6, 9'."""
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
@@ -326,8 +333,9 @@ def main() -> None:
         "recorded them\n"
     )
     outcomes = [judge(run, chosen) for run in runs]
+    held_out = sorted({run["seed"] for run in runs if run["held_out"]})
     for title, chosen in (("Tuning runs", [o for o in outcomes if not o.held_out]),
-                          ("Held-out runs (seeds 4 and 5, never used to choose a number)",
+                          (f"Held-out runs (seeds {seed_span(held_out)}, never used to choose a number)",
                            [o for o in outcomes if o.held_out])):  # fmt: skip
         print("\n".join(table(chosen, title)), end="\n\n")
 

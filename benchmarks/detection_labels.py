@@ -12,8 +12,8 @@ import numpy as np
 
 STARVED_PROGRESS = 0.5  # a task reaching less than half of its achievable progress is starved
 TAIL_EPOCHS = 3  # the final metric is the mean of this many last epochs (one epoch's value is noisy)
-#: The seeds of every family whose runs are held out of threshold tuning.
-HELD_OUT_SEEDS = frozenset({4, 5})
+#: The seeds of every family whose runs choose the verdict's numbers; every other seed's runs are held out.
+TUNING_SEEDS = frozenset(range(4))
 #: family -> {task: whether a higher held-out metric is better}
 DIRECTIONS: dict[str, dict[str, bool]] = {
     "lstm": {"type": True, "pointer": False},
@@ -74,7 +74,7 @@ def label(runs: list[Run]) -> None:
                 run.plateau_step[task] = plateau_step(run.metrics[task], run.steps, higher)
         for run in group:
             poor = sorted((task for task, p in run.progress.items() if p < STARVED_PROGRESS), key=run.progress.get)
-            run.held_out = seed in HELD_OUT_SEEDS
+            run.held_out = seed not in TUNING_SEEDS
             run.starved_tasks = poor if len(poor) < len(run.progress) else []
             run.starved = run.starved_tasks[0] if run.starved_tasks else None
             run.label = "healthy" if not poor else "starved" if run.starved_tasks else "all_poor"
