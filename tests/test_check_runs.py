@@ -423,3 +423,52 @@ def test_an_interrupted_run_that_a_later_run_resumed_has_its_interruption_resolv
     report = json.loads(run_cli("moola_watch", "check", "--json", "--run", "first", str(log)).stdout)
     (interruption,) = [alert for alert in report["alerts"] if alert["rule"] == "run_interrupted"]
     assert interruption["state"] == state
+
+
+@pytest.mark.parametrize("hook", ["never called", "called after zero_grad"])
+def test_a_run_that_measured_its_balance_but_never_its_gradients_says_so(tmp_path, hook):
+    """An outside review's loops: task balance through monitor.backward, but the gradient hook never called, or
+    called after zero_grad() (no gradient to measure). The log held 20 balance samples and no grad_stats, and
+    check called it healthy: NaN, exploding and vanishing gradients had never been looked for."""
+    import torch
+    from torch import nn
+
+    from moola.utils.monitoring import GradientMonitor
+
+    torch.manual_seed(0)
+    trunk, a, b = nn.Linear(4, 8), nn.Linear(8, 1), nn.Linear(8, 1)
+    model = nn.ModuleDict({"trunk": trunk, "a": a, "b": b})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    log = tmp_path / "train.jsonl"
+    warnings: list[str] = []
+    with GradientMonitor(every_n_steps=1, log_path=log, warn=warnings.append, echo=lambda _line: None) as monitor:
+        monitor.watch_optimizer(optimizer)  # counts the steps (the README's loop)
+        for _step in range(12):
+            x = torch.randn(8, 4)
+            h = trunk(x).relu()
+            monitor.backward(model, {"a": a(h).pow(2).mean(), "b": b(h).abs().mean()}, {"a": 1.0, "b": 1.0})
+            optimizer.step()
+            optimizer.zero_grad()
+            if hook == "called after zero_grad":
+                monitor.on_before_optimizer_step(model)
+    if hook == "called after zero_grad":
+        assert any("no parameter has a gradient" in line for line in warnings), warnings
+    result, (report,) = check("--json", log)
+    assert result.returncode == 0 and report["verdict"] == "warning", report  # a warning: the balance was judged
+    (alert,) = [alert for alert in report["alerts"] if alert["rule"] == "grads_unmeasured"]
+    assert "No gradient statistics in this run (12 task balance samples" in alert["message"]
+    assert "on_before_optimizer_step(model) after backward()" in alert["recommendation"]
+    plain, _ = check(log)
+    assert "grads_unmeasured (gradients)" in plain.stdout and "verdict=warning" in plain.stdout
+
+
+def test_the_rest_of_a_rotated_run_with_balance_samples_alone_is_not_said_to_lack_gradients(tmp_path):
+    """A rotated run's new part may hold balance samples and none of the rarer gradient samples: those are in the
+    part before it."""
+    builder = LogBuilder("r").start()
+    builder.records[0]["continued"] = True
+    for epoch in range(1, 4):
+        builder.balance(epoch, 1.5)
+    result, (report,) = check("--json", builder.end().write(tmp_path / "train.jsonl"))
+    assert result.returncode == 0 and report["alerts"], report  # its window never filled: a warning
+    assert not [alert for alert in report["alerts"] if alert["rule"] == "grads_unmeasured"], report

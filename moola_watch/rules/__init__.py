@@ -14,7 +14,7 @@ from moola_watch.rules.balance import BALANCE_UNMEASURED, COLLAPSE, IMBALANCE, L
 from moola_watch.rules.columns import GradSummary
 from moola_watch.rules.engine import RULES, MonitoringSummary, RuleEngine, replay, verdict_severity
 from moola_watch.rules.evidence import Evidence, RunState, TaskProgress
-from moola_watch.rules.gradients import AMP_OVERFLOW, EXPLODING, NONFINITE, NORM_LEVEL, VANISHING
+from moola_watch.rules.gradients import AMP_OVERFLOW, EXPLODING, GRADS_UNMEASURED, NONFINITE, NORM_LEVEL, VANISHING
 from moola_watch.rules.lifecycle import FIRING, PENDING, RESOLVED, SEVERITY_RANK, Alert, AlertEvent, Observation
 from moola_watch.rules.rule import Rule
 from moola_watch.rules.run import RUN_FAILED, RUN_INTERRUPTED, STALE
@@ -41,9 +41,9 @@ from moola_watch.rules.verdicts import (
 )
 
 __all__ = [
-    "AMP_OVERFLOW", "BALANCE_UNMEASURED", "COLLAPSE", "EXPLODING", "FIRING", "IMBALANCE", "LEFT_OUT", "NONFINITE",
-    "NORM_LEVEL", "PENDING", "RESOLVED", "RULES", "RUN_FAILED", "RUN_INTERRUPTED", "SEVERITY_RANK", "STALE",
-    "TASK_PAIR", "VANISHING", "WITH_WEIGHTS",
+    "AMP_OVERFLOW", "BALANCE_UNMEASURED", "COLLAPSE", "EXPLODING", "FIRING", "GRADS_UNMEASURED", "IMBALANCE",
+    "LEFT_OUT", "NONFINITE", "NORM_LEVEL", "PENDING", "RESOLVED", "RULES", "RUN_FAILED", "RUN_INTERRUPTED",
+    "SEVERITY_RANK", "STALE", "TASK_PAIR", "VANISHING", "WITH_WEIGHTS",
     "Alert", "AlertEvent", "CollapseVerdict", "Evidence", "GradSummary", "LayerFlags", "MonitoringSummary",
     "Observation", "Rule", "RuleEngine", "RunState", "TaskProgress", "Thresholds", "Verdict", "balance_message",
     "classify_norm_level", "collapse_verdict", "exploding_layers", "flag_layers", "is_bias", "judged_layer_norms",
