@@ -14,10 +14,10 @@ from moola_watch.rules.balance import BALANCE_UNMEASURED, COLLAPSE, IMBALANCE, L
 from moola_watch.rules.columns import GradSummary
 from moola_watch.rules.engine import RULES, MonitoringSummary, RuleEngine, replay, verdict_severity
 from moola_watch.rules.evidence import Evidence, RunState, TaskProgress
-from moola_watch.rules.gradients import AMP_OVERFLOW, EXPLODING, GRADS_UNMEASURED, NONFINITE, NORM_LEVEL, VANISHING
+from moola_watch.rules.gradients import AMP_OVERFLOW, EXPLODING, NONFINITE, NORM_LEVEL, VANISHING
 from moola_watch.rules.lifecycle import FIRING, PENDING, RESOLVED, SEVERITY_RANK, Alert, AlertEvent, Observation
 from moola_watch.rules.rule import Rule
-from moola_watch.rules.run import RUN_FAILED, RUN_INTERRUPTED, STALE
+from moola_watch.rules.run import GRADS_UNMEASURED, RUN_FAILED, RUN_INTERRUPTED, STALE
 from moola_watch.rules.thresholds import Thresholds, run_thresholds
 from moola_watch.rules.verdicts import (
     WITH_WEIGHTS,

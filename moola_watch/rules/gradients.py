@@ -16,14 +16,13 @@ from moola_watch.rules.evidence import Evidence
 from moola_watch.rules.lifecycle import Observation
 from moola_watch.rules.rule import Findings, Rule
 from moola_watch.rules.thresholds import Thresholds
-from moola_watch.rules.verdicts import classify_norm_level, judged_layer_norms, names, position
+from moola_watch.rules.verdicts import classify_norm_level, judged_layer_norms, names
 
 VANISHING = "vanishing"
 EXPLODING = "exploding"
 NONFINITE = "nonfinite"
 NORM_LEVEL = "norm_level"
 AMP_OVERFLOW = "amp_overflow"
-GRADS_UNMEASURED = "grads_unmeasured"
 GRAD = frozenset({schema.GRAD_STATS})
 
 
@@ -150,23 +149,6 @@ def _norm_level_columns(cols: GradColumns, th: Thresholds) -> np.ndarray:
     return (mean < th.norm_low) | (mean > min(th.norm_large, th.norm_exploding))
 
 
-def _never_measured(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
-    """At ``run_end``: a run that measured its task balance but never its gradients. The gradient rules judged
-    nothing, and without this the run would pass as healthy on its balance alone. (A run that measured neither is
-    ``no_measurements``, by the engine; the rest of a rotated run may have its gradients in the part before.)"""
-    if ev.grad_samples or not ev.balance_records or ev.run.continues:
-        return []
-    last = f"; the run recorded {position(ev.run.epoch, ev.run.step)} last" if ev.run.step is not None else ""
-    return [("gradients", Observation(
-        "warning", None,
-        f"No gradient statistics in this run ({counted(ev.balance_records, 'task balance sample')}{last}): "
-        "non-finite, exploding and vanishing gradients were never looked for",
-        "Call the monitor's on_before_optimizer_step(model) after backward() and before optimizer.step() (called "
-        "after zero_grad() it finds no gradient, and the trainer warns so); a run shorter than every_n_steps has "
-        "no sample",
-    ))]  # fmt: skip
-
-
 RULES = (
     Rule(AMP_OVERFLOW, "warning", True, GRAD, _amp_overflow, "GradScaler overflow that persists",
          _any_nonfinite_columns),
@@ -178,6 +160,4 @@ RULES = (
          _exploding_columns),
     Rule(NORM_LEVEL, "error", True, GRAD, _norm_level, "the mean layer norm outside the spec's bands",
          _norm_level_columns),
-    Rule(GRADS_UNMEASURED, "warning", False, frozenset({schema.RUN_END}), _never_measured,
-         "a run that recorded task balance samples ended without a gradient statistics sample"),
 )  # fmt: skip

@@ -1,11 +1,12 @@
 """Rules on the run itself: a non-finite training loss, how the run ended, a run whose writer died without
-saying so, and a run gone quiet (stale)."""
+saying so, a run gone quiet (stale), and a run that never measured its gradients."""
 
 from __future__ import annotations
 
 import math
 
 from moola_watch import schema
+from moola_watch.counts import counted
 from moola_watch.durations import human_duration
 from moola_watch.rules.evidence import Evidence, RunState
 from moola_watch.rules.lifecycle import Observation
@@ -18,6 +19,7 @@ STALE = "stale"
 RUN_FAILED = "run_failed"
 RUN_INTERRUPTED = "run_interrupted"
 RUN_DIED = "run_died"
+GRADS_UNMEASURED = "grads_unmeasured"
 
 
 def _loss(_ev: Evidence, record: schema.Record, _th: Thresholds) -> Findings:
@@ -108,6 +110,23 @@ def died_observation(run: RunState) -> Observation:
     )  # fmt: skip
 
 
+def _gradients_never_measured(ev: Evidence, _record: schema.Record, _th: Thresholds) -> Findings:
+    """At ``run_end``: a run that measured its task balance but never its gradients. The gradient rules judged
+    nothing, and without this the run would pass as healthy on its balance alone. (A run that measured neither is
+    ``no_measurements``, by the engine; the rest of a rotated run may have its gradients in the part before.)"""
+    if ev.grad_samples or not ev.balance_records or ev.run.continues:
+        return []
+    last = f"; the run recorded {position(ev.run.epoch, ev.run.step)} last" if ev.run.step is not None else ""
+    return [("gradients", Observation(
+        "warning", None,
+        f"No gradient statistics in this run ({counted(ev.balance_records, 'task balance sample')}{last}): "
+        "non-finite, exploding and vanishing gradients were never looked for",
+        "Call the monitor's on_before_optimizer_step(model) after backward() and before optimizer.step() (called "
+        "after zero_grad() it finds no gradient, and the trainer warns so); a run shorter than every_n_steps has "
+        "no sample",
+    ))]  # fmt: skip
+
+
 STALE_RULE = Rule(STALE, "warning", False, frozenset(schema.KINDS), _any_record,
                   "no record for `stale_seconds` (or twice the run's longest wait for one, if longer) while the run "
                   "has not ended (judged on the clock)",
@@ -127,4 +146,6 @@ RULES = (
     Rule(NONFINITE, "critical", False, frozenset({schema.EPOCH}), _loss, "a non-finite training loss"),
     FAILED_RULE,
     Rule(RUN_INTERRUPTED, "warning", False, frozenset({schema.RUN_END}), _interrupted, "the run was interrupted"),
-)
+    Rule(GRADS_UNMEASURED, "warning", False, frozenset({schema.RUN_END}), _gradients_never_measured,
+         "a run that recorded task balance samples ended without a gradient statistics sample"),
+)  # fmt: skip
