@@ -1,9 +1,11 @@
 import io
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -443,3 +445,46 @@ def test_the_monitors_quiet_records_are_judged_as_a_replay_of_its_log_judges_the
     assert ("nonfinite", "resolved") in fired
     final = rules.replay(decode_record(line) for line in sink.getvalue().splitlines() if b'"alert"' not in line)
     assert monitor.engine.summary() == final.summary()
+
+
+class Branches(nn.Module):
+    """``count`` parallel Linear(8, 1) branches whose outputs are summed (scaled so the total gradient does not
+    grow with their number): twice ``count`` tensors."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Linear(8, 1) for _ in range(count))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.branches], 1).sum(1) / len(self.branches) ** 0.5
+
+
+@pytest.mark.parametrize(("branches", "loss_scale", "spread_thin"), [(1500, 0.1, True), (4, 1e-4, False)])
+def test_a_small_mean_norm_spread_over_thousands_of_tensors_is_not_told_to_raise_the_learning_rate(
+    tmp_path, branches, loss_scale, spread_thin
+):
+    """An outside review's model of 2,984 tensors: a total gradient norm of 1.5 and a mean tensor norm of 0.0036,
+    under the spec's 0.01, so check said "vanishing -> Increase learning rate". The mean of many tensors' norms
+    is small for the same total; a small model whose gradient really is tiny keeps the spec's advice."""
+    torch.manual_seed(0)
+    model = Branches(branches)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    log = tmp_path / "train.jsonl"
+    with GradientMonitor(every_n_steps=1, log_path=log, echo=lambda _line: None) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for _step in range(4):
+            x = torch.randn(16, 8)
+            ((model(x) - x[:, 0]).pow(2).mean() * loss_scale).backward()
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+    last = [json.loads(line) for line in log.read_text().splitlines() if '"grad_stats"' in line][-1]
+    assert last["mean_norm"] < 0.01 and (last["total_norm"] >= 0.1) == spread_thin, last["total_norm"]
+    report = json.loads(run_cli("moola_watch.cli", "check", "--json", str(log)).stdout)
+    (alert,) = [alert for alert in report["alerts"] if alert["rule"] == "norm_level"]
+    assert "vanishing" in alert["message"]
+    if spread_thin:
+        assert f"spread over {2 * branches} tensors, not because the gradients vanish" in alert["recommendation"]
+        assert "Increase learning rate" not in alert["recommendation"]
+    else:
+        assert alert["recommendation"] == "Increase learning rate"

@@ -136,11 +136,30 @@ def _norm_level(_ev: Evidence, record: schema.Record, th: Thresholds) -> Finding
     level = classify_norm_level(mean, th)
     if not level.severity or not math.isfinite(mean):
         return [("mean_norm", None)]
+    spread_thin = level.status == "Vanishing" and _total_norm(record) >= th.healthy_norm_low
     return [("mean_norm", Observation(
         level.severity, mean,
         f"Mean gradient norm {mean:.4g}: {level.status.lower()} (healthy {th.healthy_norm_low}-{th.healthy_norm_high})",
-        level.action,
+        _spread_thin_action(record, mean) if spread_thin else level.action,
     ))]  # fmt: skip
+
+
+def _total_norm(record: schema.Record) -> float:
+    total = record.get("total_norm")
+    return total if isinstance(total, float) and math.isfinite(total) else 0.0
+
+
+def _spread_thin_action(record: schema.Record, mean: float) -> str:
+    """What to do about a small mean layer norm whose total norm is not small: the mean is of many tensors (it
+    shrinks about as one over the square root of their number for the same total), so the spec's band, set for a
+    model of a few tensors, calls the gradient vanishing where it is not, and a higher learning rate is no cure."""
+    groups = record.get("layer_groups")
+    tensors = groups.get("tensors") if isinstance(groups, dict) else None
+    count = tensors if isinstance(tensors, int) else len(record.get("layer_norms") or ())
+    tenth = float(f"{mean / 10:.1g}")
+    return (f"The total gradient norm is {_total_norm(record):.3g}: the mean is small because it is spread over "
+            f"{counted(count, 'tensor')}, not because the gradients vanish; do not raise the learning rate for it. "
+            f"Judge this model with a lower --norm-low (a tenth of this mean: {tenth:g})")  # fmt: skip
 
 
 def _norm_level_columns(cols: GradColumns, th: Thresholds) -> np.ndarray:
