@@ -149,6 +149,8 @@ class Follower:
     # ------------------------------------------------------------------ reading
 
     def _discover(self) -> None:
+        if self.directory is None and self.target.is_dir():
+            self._follow_as_folder()
         for path, older in self._logs():
             if path not in self.tails:
                 # In a directory, logs that appear later are new runs: read them from their start.
@@ -169,6 +171,14 @@ class Follower:
                         # log's own file still followed, as the folder's other logs are
                         why = f"cannot be read whole: {exc}; the rest of it is still followed"
                         self._take(path, Notice(str(path), "unreadable", why))
+
+    def _follow_as_folder(self) -> None:
+        """The target is a folder now, not when following began (``follow runs/`` started before the trainer made
+        it): its logs are followed from here on, each from its start, as a folder given from the start is."""
+        self.directory = self.target
+        self.tails.pop(self.target, None)
+        self.views.pop(self.target, None)
+        self.waker.watch(self.target)
 
     def _logs(self) -> list[tuple[Path, list[Path]]]:
         """The logs followed (a folder's ``*.jsonl``, or the file given), each with its older rotated parts in a

@@ -13,6 +13,7 @@ periodic stat being a safety net for dropped inotify events and the only mechani
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import os
@@ -461,6 +462,7 @@ class Waker:
         self.interval = interval
         self._event = threading.Event()
         self._observer = None
+        self._wake: object = None  # watchdog's handler, shared by every directory watched
         self.mode = "poll"
         self.failure: str | None = None
         if not poll:
@@ -478,9 +480,10 @@ class Waker:
 
         logging.getLogger("watchdog.observers.inotify").addFilter(_not_the_stop_race)  # added once (kept by identity)
         observer = Observer()
+        self._wake = Wake()
         try:
             for directory in {d.resolve() for d in directories if d.is_dir()}:
-                observer.schedule(Wake(), str(directory), recursive=False)
+                observer.schedule(self._wake, str(directory), recursive=False)
             observer.daemon = True
             observer.start()
         except OSError as exc:  # e.g. inotify watch or instance limits reached
@@ -488,6 +491,14 @@ class Waker:
             return
         self._observer = observer
         self.mode = "watchdog"
+
+    def watch(self, directory: Path) -> None:
+        """Wake on changes in ``directory`` too (a folder made after watching began); polled where watchdog cannot
+        watch it."""
+        if self._observer is None:
+            return
+        with contextlib.suppress(OSError):  # inotify limits: the interval still wakes the loop
+            self._observer.schedule(self._wake, str(directory.resolve()), recursive=False)
 
     def wait(self, timeout: float | None = None) -> bool:
         """True if woken by a file event, False if the interval (or ``timeout``) passed."""

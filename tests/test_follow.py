@@ -165,6 +165,23 @@ def test_directory_mode_shows_three_concurrently_written_runs(tmp_path, terminal
     assert term.exit_code() == 0
 
 
+def test_a_folder_made_after_follow_started_is_followed_as_a_folder(tmp_path, terminal):
+    """An outside review: `follow runs/` started before the trainer made the folder waited for "records in runs"
+    for ever, while the run in it collapsed, NaN'd and died: the path was taken for a file once, at the start."""
+    runs = tmp_path / "runs"
+    term = terminal(f"{WATCH} follow {runs}/", width=200)
+    term.wait_for("does not exist yet")
+    runs.mkdir()
+    lines = (SAMPLES / "pointer_collapse.jsonl").read_bytes().splitlines(keepends=True)
+    writer = start_writer(replay_steps(lines, 0.005), runs / "pointer_collapse.jsonl")
+    writer.wait(timeout=30)
+    term.wait_for("1 log")
+    term.wait_for("pointer_collapse.jsonl")
+    term.wait_for("completed")
+    term.keys("C-c")
+    assert term.exit_code() == 0
+
+
 def test_json_stream_of_a_collapse_log_has_the_firing_event_and_a_summary():
     result = subprocess.run(
         [sys.executable, "-m", "moola_watch.cli", "follow", "--json", "--exit-on-end",
