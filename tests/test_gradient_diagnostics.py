@@ -488,3 +488,31 @@ def test_a_small_mean_norm_spread_over_thousands_of_tensors_is_not_told_to_raise
         assert "Increase learning rate" not in alert["recommendation"]
     else:
         assert alert["recommendation"] == "Increase learning rate"
+
+
+def test_gradients_that_explode_then_turn_nan_are_not_said_to_have_stopped_exploding(tmp_path):
+    """An outside review's run: a regression target 100x the inputs' scale (its gradients exploded from the first
+    step) whose loss turned NaN at step 30. At that step the exploding and norm-level alerts resolved (a NaN is
+    not above the bound) and `follow --notify-on error` paged "RESOLVED ERROR exploding"."""
+    torch.manual_seed(0)
+    trunk, head = nn.Linear(8, 4), nn.Linear(4, 1)
+    model = nn.Sequential(trunk, head)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    log = tmp_path / "train.jsonl"
+    with GradientMonitor(every_n_steps=5, log_path=log, echo=lambda _line: None) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for step in range(1, 61):
+            x = torch.randn(32, 8)
+            loss = nn.functional.mse_loss(model(x).squeeze(1), x[:, 0] * 100)
+            (loss * float("nan") if step >= 30 else loss).backward()
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+    result = run_cli("moola_watch.cli", "follow", "--once", "--json", str(log))
+    alerts = [event for line in result.stdout.splitlines() if (event := json.loads(line))["event"] == "alert"]
+    firing = {(alert["rule"], alert["state"]) for alert in alerts}
+    assert {("exploding", "firing"), ("norm_level", "firing"), ("nonfinite", "firing")} <= firing, firing
+    assert not [alert for alert in alerts if alert["state"] == "resolved"], alerts
+    report = json.loads(run_cli("moola_watch.cli", "check", "--json", str(log)).stdout)
+    states = {alert["rule"]: alert["state"] for alert in report["alerts"]}
+    assert states == {"exploding": "firing", "norm_level": "firing", "nonfinite": "firing"}, states

@@ -83,7 +83,16 @@ def _amp_overflow(ev: Evidence, record: schema.Record, _th: Thresholds) -> Findi
     ))]  # fmt: skip
 
 
+def _levels_unknown(ev: Evidence) -> bool:
+    """Whether the record has non-finite layers: then it tells nothing of the gradients' level, and an alert on
+    that keeps its state (a NaN is not below the exploding bound: an exploding alert resolved, and was paged as
+    resolved, at the step the gradients became NaN). The non-finite rules speak for the record."""
+    return ev.nonfinite[0] > 0
+
+
 def _vanishing(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    if _levels_unknown(ev):
+        return []
     norms = judged_layer_norms(record)
     low = ev.layer_flags.vanishing
     if not low:
@@ -101,6 +110,8 @@ def _vanishing_columns(cols: GradColumns, th: Thresholds) -> np.ndarray:
 
 
 def _exploding(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    if _levels_unknown(ev):
+        return []
     norms = judged_layer_norms(record)
     high = ev.layer_flags.exploding
     if not high:
@@ -131,10 +142,12 @@ def _exploding_columns(cols: GradColumns, th: Thresholds) -> np.ndarray:
     return cols.high > th.exploding
 
 
-def _norm_level(_ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+def _norm_level(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     mean = record["mean_norm"]
+    if _levels_unknown(ev) or not math.isfinite(mean):
+        return []
     level = classify_norm_level(mean, th)
-    if not level.severity or not math.isfinite(mean):
+    if not level.severity:
         return [("mean_norm", None)]
     spread_thin = level.status == "Vanishing" and _total_norm(record) >= th.healthy_norm_low
     return [("mean_norm", Observation(
