@@ -1,8 +1,10 @@
 """Shared fixtures, and one torch thread per process."""
 
 import os
+import shutil
 
 import pytest
+from terminal import Terminal
 
 # The suite runs a worker per core, each starting trainers of small models: a second torch thread per process
 # only contends for the cores (a 15-epoch hidden-size-4 run: 10.2 s of CPU with two threads, 6.4 s with one).
@@ -26,3 +28,18 @@ def small_train_args() -> list[str]:
         "--task-balance-freq",
         "1",
     ]
+
+
+@pytest.fixture
+def terminal():
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    opened: list[Terminal] = []
+
+    def open_terminal(command: str, **size) -> Terminal:
+        opened.append(Terminal(command, **size))
+        return opened[-1]
+
+    yield open_terminal
+    for term in opened:
+        term.close()
