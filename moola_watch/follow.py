@@ -23,7 +23,7 @@ from rich.text import Text
 from moola_watch import rules, schema
 from moola_watch.analyze import LogScan, alert_json, not_a_log, read_sources, why_not_a_log
 from moola_watch.counts import counted
-from moola_watch.dashboard import FittedDashboard, LogView, ViewOptions, overview, run_dashboard
+from moola_watch.dashboard import Banner, FittedDashboard, LogView, ViewOptions, overview, run_dashboard
 from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, exit_code, runs_exit_code, worst
 from moola_watch.notify import Notifier
 from moola_watch.render import stdout_gone
@@ -378,7 +378,17 @@ class Follower:
 
     def render(self, now: float, fit: bool = False) -> RenderableType:
         """What is shown at ``now``; with ``fit``, a run's dashboard is fitted to the screen (the live view, where
-        what does not fit is cut off), else whole (printed, it scrolls)."""
+        what does not fit is cut off), else whole (printed, it scrolls). The live view opens with a line while a
+        notification destination fails: the notices that say why wait for the dashboard to close."""
+        shown = self._view(now, fit)
+        failing = self.notifier.failing() if fit and self.notifier is not None else []
+        if not failing:
+            return shown
+        line = (f"NOTIFICATIONS FAILING: {inert(', '.join(failing))}; why, and what was not delivered, is printed "
+                "when the dashboard closes")  # fmt: skip
+        return Banner(Text(line, style="bold red"), shown)
+
+    def _view(self, now: float, fit: bool) -> RenderableType:
         options = ViewOptions(top=self.options.top, layers=self.layers, now=now)
         focus = self._focus()
         if focus is not None:

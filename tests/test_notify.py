@@ -924,3 +924,22 @@ def test_a_layer_exploding_on_and_off_pages_once_not_at_every_flap(tmp_path):
     assert [e["state"] for e in shown].count("firing") == [e["state"] for e in shown].count("resolved") == 5, shown
     sent = [(b["alert"]["rule"], b["alert"]["state"]) for _, b in hook.bodies]
     assert sent == [("exploding", "firing"), ("exploding", "resolved")], sent
+
+
+def test_the_live_view_says_which_destinations_fail_while_they_fail(terminal):
+    """An outside review: for ten minutes two webhooks answered 500, and the dashboard said nothing (the notices
+    wait for it to close); and two webhooks on one host read the same in those notices."""
+    broken, working = Hook(failures=10**6), Hook()
+    try:
+        term = terminal(f"{sys.executable} -m moola_watch.cli follow {THREE_ERRORS} --notify-on warning "
+                        f"--webhook {broken.base}/hooks/A --webhook {broken.base}/hooks/B --webhook {working.url}",
+                        width=220)  # fmt: skip
+        host = f"http://127.0.0.1:{broken.server.server_address[1]}/…"
+        term.wait_for(f"NOTIFICATIONS FAILING: --webhook #1 {host}, --webhook #2 {host}; why", timeout=30)
+        assert working.url.rsplit("/", 2)[0] not in term.screen().split("NOTIFICATIONS FAILING")[1].split("\n")[0]
+        working.wait_for(lambda alert: True, timeout=10)  # the working one delivers meanwhile
+        term.keys("C-c")
+        assert term.exit_code(timeout=20) == 0
+    finally:
+        broken.close()
+        working.close()

@@ -189,6 +189,10 @@ class Notifier:
                 for worker in self.workers:
                     worker.offer(event, key)
 
+    def failing(self) -> list[str]:
+        """The labels of the sinks failing now (tried and retried; none delivered since)."""
+        return [worker.sink.label for worker in self.workers if worker.failing]
+
     def drain(self) -> list[str]:
         """Notices the sinks reported since the last call (thread-safe)."""
         notices = []

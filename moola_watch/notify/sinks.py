@@ -415,10 +415,19 @@ class Sink:
 def sinks_for(settings: NotifySettings) -> list[Sink]:
     """One sink per ``--on-alert`` command and per ``--webhook`` URL. Commands are not retried (a command
     that half-ran should not page twice); webhooks are, on timeouts, connection errors, 429 and 5xx."""
-    sinks = []
-    for command in settings.commands:
-        runner = Command(command_argv(command), settings.timeout)
-        sinks.append(Sink(f"--on-alert {os.path.basename(runner.argv[0])}", runner.deliver, 0, runner.stop))
-    for url in settings.webhooks:
-        sinks.append(Sink(f"--webhook {redact(url)}", Webhook(url, settings.timeout).deliver, settings.retries))
-    return sinks
+    runners = [Command(command_argv(command), settings.timeout) for command in settings.commands]
+    commands = numbered("--on-alert", [os.path.basename(runner.argv[0]) for runner in runners])
+    webhooks = numbered("--webhook", [redact(url) for url in settings.webhooks])
+    return [
+        *(Sink(label, runner.deliver, 0, runner.stop) for label, runner in zip(commands, runners, strict=True)),
+        *(Sink(label, Webhook(url, settings.timeout).deliver, settings.retries)
+          for label, url in zip(webhooks, settings.webhooks, strict=True)),
+    ]  # fmt: skip
+
+
+def numbered(flag: str, shown: list[str]) -> list[str]:
+    """Each destination's label: its flag and what may be shown of it (a webhook's host: its path holds the
+    secret; a command's program: its arguments may hold one), with its place among that flag's (``--webhook #2
+    https://hooks.slack.com/…``) where two would read the same."""
+    alike = {text for text in shown if shown.count(text) > 1}
+    return [f"{flag} #{place} {text}" if text in alike else f"{flag} {text}" for place, text in enumerate(shown, 1)]
