@@ -410,3 +410,28 @@ def test_each_series_of_the_losses_and_metrics_figure_has_its_own_colour(tmp_pat
     traces = [t for t in figure_data(out.read_text("utf-8"), "losses_metrics")["data"] if t.get("mode") != "markers"]
     colours = {t["name"]: t["line"]["color"] for t in traces}
     assert {"train", "type_acc"} <= set(colours) and len(set(colours.values())) == len(colours), colours
+
+
+@pytest.mark.parametrize("writer", ["today's", "older"])
+def test_a_run_of_epoch_records_alone_is_drawn_against_epochs_not_all_at_step_0(tmp_path: Path, writer) -> None:
+    """An outside review: the epoch hooks alone (no optimizer counted) wrote step 0 in every epoch record, and the
+    report drew the five epochs' losses and metrics one above the other at step 0. The writer now leaves the
+    step out; a log of the older writer is read as one without steps too."""
+    log = tmp_path / "epochs.jsonl"
+    with GradientMonitor(log_path=log, echo=lambda _line: None) as monitor:
+        for epoch in range(1, 6):
+            monitor.on_epoch_start(epoch)
+            monitor.on_epoch_end(epoch, train_loss=1.0 / epoch, val_loss=1.2 / epoch, metrics={"acc": 0.5 + epoch / 20})
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    epochs = [record for record in records if record["kind"] == "epoch"]
+    assert [record.get("step") for record in epochs] == [None] * 5
+    if writer == "older":
+        log.write_text("".join(json.dumps({**r, "step": 0} if r["kind"] == "epoch" else r) + "\n" for r in records))
+    out = tmp_path / "r.html"
+    result = run_cli("moola_watch.cli", "report", str(log), "-o", str(out))
+    assert result.returncode in (0, 3), result.stderr  # no gradient measured: check's "no measurements"
+    progress = figure_data(out.read_text("utf-8"), "losses_metrics")
+    axes = [axis for name, axis in progress["layout"].items() if name.startswith("xaxis")]
+    titles = {axis.get("title", {}).get("text") for axis in axes}
+    assert titles - {None} == {"epoch"}, titles
+    assert values(progress["data"][0]["x"]) == [1.0, 2.0, 3.0, 4.0, 5.0]

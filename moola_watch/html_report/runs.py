@@ -82,13 +82,18 @@ def collect_runs(scans: Sequence[analyze.LogScan]) -> list[RunData]:
 
 
 def x_axis(runs: Sequence[RunData]) -> str:
-    """``step`` when every record drawn carries one, else ``epoch`` (the spec's epoch-only trainers)."""
+    """``step`` when every record drawn carries one and some step was counted, else ``epoch`` (the spec's
+    epoch-only trainers; logs their older writers wrote say step 0 in every epoch record)."""
+    counted = False
     for data in runs:
         for name in FRAMES:
             frame = data.frames[name]
-            if not frame.empty and (STEP not in frame or frame[STEP].isna().any()):
+            if frame.empty:
+                continue
+            if STEP not in frame or frame[STEP].isna().any():
                 return EPOCH
-    return STEP
+            counted = counted or bool((frame[STEP] > 0).any())
+    return STEP if counted else EPOCH
 
 
 def positions(frame: pd.DataFrame, axis: str) -> np.ndarray:

@@ -422,7 +422,8 @@ class GradientMonitor:
             values["lr"], every_lr = learning_rate(values["lr"])
             if every_lr is not None:
                 values["lrs"] = every_lr
-        self._emit(schema.EPOCH, epoch=epoch, step=self.steps_done, **values)
+        # No optimizer step counted (the spec's epoch API): no step, rather than every epoch drawn at step 0
+        self._emit(schema.EPOCH, epoch=epoch, step=self.steps_done or None, **values)
         self.epoch = self.epoch + 1 if type(self.epoch) is int else None
 
     def on_run_end(self, status: str = "completed", error: str | None = None) -> MonitoringSummary:
