@@ -435,3 +435,35 @@ def test_a_run_of_epoch_records_alone_is_drawn_against_epochs_not_all_at_step_0(
     titles = {axis.get("title", {}).get("text") for axis in axes}
     assert titles - {None} == {"epoch"}, titles
     assert values(progress["data"][0]["x"]) == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_a_plain_loops_task_losses_are_drawn_from_its_balance_samples(tmp_path: Path) -> None:
+    """An outside review: the README's loop gives on_epoch_end the total loss alone, so the report's losses panel,
+    captioned "each task's own loss", drew only `train`, while 300 balance samples held each task's loss (the
+    evidence a collapse alert quotes)."""
+    torch.manual_seed(0)
+    trunk, cls_head, reg_head = torch.nn.Linear(8, 16), torch.nn.Linear(16, 3), torch.nn.Linear(16, 1)
+    model = torch.nn.ModuleDict({"trunk": trunk, "cls": cls_head, "reg": reg_head})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    log = tmp_path / "mtl.jsonl"
+    with GradientMonitor(every_n_steps=5, log_path=log, echo=lambda _line: None) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for epoch in range(1, 4):
+            monitor.on_epoch_start(epoch)
+            for _batch in range(20):
+                x, labels = torch.randn(16, 8), torch.randint(0, 3, (16,))
+                h = trunk(x).relu()
+                losses = {"cls": torch.nn.functional.cross_entropy(cls_head(h), labels),
+                          "reg": torch.nn.functional.mse_loss(reg_head(h).squeeze(1), x[:, 0])}  # fmt: skip
+                monitor.backward(model, losses, {"cls": 1.0, "reg": 0.5})
+                monitor.on_before_optimizer_step(model)
+                optimizer.step()
+                optimizer.zero_grad()
+            monitor.on_epoch_end(epoch, train_loss=sum(losses.values()))
+    out = tmp_path / "r.html"
+    assert run_cli("moola_watch.cli", "report", str(log), "-o", str(out)).returncode in (0, 1)
+    traces = {trace["name"]: trace for trace in figure_data(out.read_text("utf-8"), "losses_metrics")["data"]}
+    assert {"train", "cls", "reg"} <= set(traces), set(traces)
+    assert values(traces["cls"]["x"]) == [float(step) for step in range(5, 61, 5)]  # each balance sample's step
+    logged = [json.loads(line) for line in log.read_text().splitlines() if '"task_balance"' in line]
+    assert values(traces["reg"]["y"]) == pytest.approx([record["losses"]["reg"] for record in logged])

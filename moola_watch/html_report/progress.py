@@ -43,15 +43,31 @@ def loss_label(column: str) -> str:
     return column.removesuffix("_loss")
 
 
+def task_losses(data: RunData) -> pd.DataFrame:
+    """Where a run's own per-task losses are: its epoch records' (``task_losses``, epoch means) when it recorded
+    them, else its balance samples' (one batch each: a plain loop's ``on_epoch_end`` is given the total alone)."""
+    epochs = data.frames["epochs"]
+    if any(column.startswith(LOSS_PREFIX) for column in loss_columns(epochs)):
+        return epochs
+    return data.frames["balance"]
+
+
+def loss_series(data: RunData) -> list[tuple[str, pd.DataFrame]]:
+    """Each loss drawn of a run, with the frame it comes from: the total losses of its epochs, then each task's."""
+    epochs, tasks = data.frames["epochs"], task_losses(data)
+    totals = [(column, epochs) for column in loss_columns(epochs) if not column.startswith(LOSS_PREFIX)]
+    return totals + [(column, tasks) for column in loss_columns(tasks) if column.startswith(LOSS_PREFIX)]
+
+
 def progress_figure(runs: Sequence[RunData], axis: str) -> ReportFigure | None:
     """Losses (log scale) in the first row, then one row per metric; runs overlaid."""
-    with_epochs = [(i, d) for i, d in enumerate(runs) if not d.frames["epochs"].empty]
+    drawn = [(i, d, loss_series(d)) for i, d in enumerate(runs)]
+    drawn = [(i, d, series) for i, d, series in drawn if series or not d.frames["epochs"].empty]
     losses: list[str] = []
     metrics: list[str] = []
-    for _i, data in with_epochs:
-        frame = data.frames["epochs"]
-        losses += [c for c in loss_columns(frame) if c not in losses]
-        metrics += [c for c in metric_columns(frame) if c not in metrics]
+    for _i, data, series in drawn:
+        losses += [column for column, _frame in series if column not in losses]
+        metrics += [c for c in metric_columns(data.frames["epochs"]) if c not in metrics]
     metrics = metrics[:MAX_METRICS]
     if not losses and not metrics:
         return None
@@ -60,23 +76,22 @@ def progress_figure(runs: Sequence[RunData], axis: str) -> ReportFigure | None:
     fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=titles)
     several = len(runs) > 1
     tops: list[float] = []  # the first row's highest values: where alert triangles sit
-    for run_index, data in with_epochs:
-        frame = data.frames["epochs"]
-        x = positions(frame, axis)
+    for run_index, data, series in drawn:
         label = short(data.label)
         for row, panel in enumerate(panels, start=1):
-            columns = losses if panel == "losses" else [panel]
-            for column in columns:
+            columns = series if panel == "losses" else [(panel, data.frames["epochs"])]
+            for column, frame in columns:
                 if column not in frame:
                     continue
+                x = positions(frame, axis)
                 y = frame[column].to_numpy(dtype=float, na_value=np.nan)
                 keep = keep_extremes(y)
                 if row == 1 and np.isfinite(y).any():
                     tops.append(float(np.nanmax(np.where(np.isfinite(y), y, np.nan))))
                 name = loss_label(column) if panel == "losses" else escaped(column)
                 # one colour per series across the panels: a metric's is not the training loss's (both were blue)
-                series = losses.index(column) if panel == "losses" else len(losses) + metrics.index(panel)
-                style = series_style(run_index, series, several)
+                index = losses.index(column) if panel == "losses" else len(losses) + metrics.index(panel)
+                style = series_style(run_index, index, several)
                 fig.add_trace(
                     go.Scatter(
                         x=x[keep], y=y[keep], mode="lines+markers" if len(keep) <= 60 else "lines",
@@ -96,7 +111,8 @@ def progress_figure(runs: Sequence[RunData], axis: str) -> ReportFigure | None:
     return ReportFigure(
         "losses_metrics",
         "Losses and metrics",
-        "Training and validation loss and each task's own loss (log scale), then each metric the trainer recorded. "
+        "Training and validation loss and each task's own loss (log scale: its epoch means where the trainer "
+        "recorded them, else its batch at each balance sample), then each metric the trainer recorded. "
         "A task whose gradient is dominated but whose loss still falls is still learning; a collapse also stops "
         "its progress. Triangles: where balance and run alerts (failed, interrupted, stale) began.",
         fig,
