@@ -318,3 +318,38 @@ def test_a_column_of_numbers_is_numbers_even_where_no_record_filled_it(tmp_path:
         assert all(frames[name][column].dtype == "float64" for column in columns), frames[name].dtypes
     assert list(frames["balance"]["run"]) == ["run-1"] * 3  # text stays text
     assert list(frames["balance"].groupby("log")["ratio"].describe().columns)[:2] == ["count", "mean"]
+
+
+def test_the_readmes_notebook_lines_give_numbers_for_any_task_names(tmp_path: Path) -> None:
+    """An outside review: the README's example, `frames["balance"].groupby("log")["ratio"].describe()`, gave a
+    count of 0 and NaN for tasks not named pointer/type (`ratio` is that pair's). Its lines, run on a log of a real
+    trainer whose tasks are `cls` and `reg`, must say something."""
+    import torch
+
+    from moola.utils.monitoring import GradientMonitor
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("### Notebooks\n\n```python\n", 1)[1].split("```", 1)[0]
+    torch.manual_seed(0)
+    trunk, cls_head, reg_head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2), torch.nn.Linear(8, 1)
+    model = torch.nn.ModuleDict({"trunk": trunk, "cls": cls_head, "reg": reg_head})
+    (tmp_path / "runs").mkdir()
+    with GradientMonitor(every_n_steps=1, log_path=tmp_path / "runs" / "a.jsonl", echo=lambda _line: None) as monitor:
+        for _step in range(6):
+            x = torch.randn(8, 4)
+            h = trunk(x).relu()
+            losses = {"cls": torch.nn.functional.cross_entropy(cls_head(h), (x[:, 0] > 0).long()),
+                      "reg": reg_head(h).squeeze(1).sub(x[:, 1]).pow(2).mean()}  # fmt: skip
+            monitor.backward(model, losses)
+            monitor.on_before_optimizer_step(model)
+    results = []
+    namespace: dict = {}
+    for line in block.splitlines():
+        code = line.split("  #", 1)[0].replace('"runs/"', repr(str(tmp_path / "runs")))
+        try:
+            results.append(eval(code, namespace))  # an expression: what a notebook cell shows
+        except SyntaxError:
+            exec(code, namespace)
+    shares = results[0]
+    assert list(shares.columns) == ["share_cls", "share_reg"] and shares.notna().all().all(), shares
+    assert results[1].notna().all() and len(results[2]) == len(namespace["frames"]["alerts"])
