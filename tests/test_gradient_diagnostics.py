@@ -516,3 +516,31 @@ def test_gradients_that_explode_then_turn_nan_are_not_said_to_have_stopped_explo
     report = json.loads(run_cli("moola_watch.cli", "check", "--json", str(log)).stdout)
     states = {alert["rule"]: alert["state"] for alert in report["alerts"]}
     assert states == {"exploding": "firing", "norm_level": "firing", "nonfinite": "firing"}, states
+
+
+def test_a_step_the_loop_skips_for_its_nan_gradients_is_measured_again_when_retried(tmp_path):
+    """An outside review's loop: at a NaN loss it called zero_grad() and went on to the next batch without
+    stepping. The monitor warned that the hook "was called again before the optimizer stepped ... its first call
+    measured a partial gradient" (an accumulation mistake it was not), and the step applied, the retry, was never
+    measured. As for a step a GradScaler skips, the retry is measured."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    log, warnings = tmp_path / "train.jsonl", []
+    with GradientMonitor(every_n_steps=2, log_path=log, warn=warnings.append, echo=lambda _line: None) as monitor:
+        monitor.watch_optimizer(optimizer)
+        for batch in range(12):
+            x = torch.randn(8, 4)
+            loss = model(x).squeeze(1).sub(x[:, 0]).pow(2).mean()
+            (loss * float("nan") if batch == 5 else loss).backward()
+            monitor.on_before_optimizer_step(model)
+            if batch == 5:  # step 6's gradients are NaN: skip it
+                optimizer.zero_grad()
+                continue
+            optimizer.step()
+            optimizer.zero_grad()
+    assert not [line for line in warnings if "called again" in line], warnings
+    stats = [json.loads(line) for line in log.read_text().splitlines() if '"grad_stats"' in line]
+    assert [(r["step"], r["nonfinite_count"] > 0) for r in stats] == [
+        (2, False), (4, False), (6, True), (6, False), (8, False), (10, False)
+    ]  # fmt: skip

@@ -47,6 +47,7 @@ class Cadence:
         self.step_given = False  # at_step said which step it is: a restored optimizer's count does not override it
         self.counting_optimizer = False
         self.last_stats_at: tuple[int | None, int] | None = None  # (epoch, step) of the last measurement
+        self.remeasure: tuple[int | None, int] | None = None  # (epoch, step) measured non-finite: its retry is due
         self.last_balance_at: tuple[int | None, int] | None = None
         # (step, epoch) at the first step hook: where this process began monitoring (a resumed run's is late).
         self.began: tuple[int, int | None] | None = None

@@ -370,8 +370,9 @@ class GradientMonitor:
                 "WARNING: GradientMonitor counts epochs but was given none: pass every_n_steps= to measure by "
                 "optimizer steps, or the epoch to update()/on_epoch_start()",
             )
-        if self.stats_due():
+        if self.stats_due() or cadence.remeasure == (cadence.epoch, cadence.step):
             cadence.last_stats_at = (cadence.epoch, cadence.step)
+            cadence.remeasure = None
             stats = self._guarded(
                 "gradient statistics",
                 lambda: self._stats.measure(
@@ -381,6 +382,10 @@ class GradientMonitor:
             )
             if stats is not None and "amp" in stats and stats["amp"]["overflow"]:
                 cadence.last_stats_at = None  # the scaler skips this step: measure its retry, which is applied
+            elif stats is not None and stats["nonfinite_count"]:
+                # A loop may skip a step whose gradients are NaN (zero_grad, next batch): its retry is the step
+                # applied, so measure it too should it come (and a call again at this step is no accumulation)
+                cadence.remeasure = (cadence.epoch, cadence.step)
         elif cadence.counting_optimizer and step is None and cadence.last_stats_at == (cadence.epoch, cadence.step):
             self.warn_once(
                 "again",
