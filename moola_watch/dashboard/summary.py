@@ -21,8 +21,7 @@ def ago(now: float, last: float | None) -> str:
 # Among alerts of equal severity, the one a person should read first.
 RULE_PRIORITY = (rules.NONFINITE, rules.COLLAPSE, rules.RUN_FAILED, rules.EXPLODING, rules.NORM_LEVEL,
                  rules.VANISHING, rules.IMBALANCE, rules.LEFT_OUT, rules.BALANCE_UNMEASURED, rules.GRADS_UNMEASURED,
-                 rules.AMP_OVERFLOW,
-                 rules.STALE, rules.RUN_INTERRUPTED)  # fmt: skip
+                 rules.AMP_OVERFLOW, rules.STALE, rules.RUN_INTERRUPTED)  # fmt: skip
 _PRIORITY = {rule: rank for rank, rule in enumerate(RULE_PRIORITY)}
 
 
