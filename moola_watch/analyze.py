@@ -73,6 +73,16 @@ ALERT_COLUMNS = ("run", "rule", "severity", "counts_as", "state", "subject", "va
                  "first_step", "first_epoch", "last_step", "resolved_step", "layers")  # fmt: skip
 
 
+def held_out_metrics(epoch: Mapping[str, Any]) -> dict[str, Any]:
+    """An epoch record's held-out metrics: its ``metrics``, or where it has none its ``val_loss`` (the HF
+    Trainer's ``eval_loss``, written at the top level: a Trainer without ``compute_metrics`` has nothing else)."""
+    metrics = dict(epoch.get("metrics") or {})
+    val_loss = epoch.get("val_loss")
+    if metrics or not isinstance(val_loss, int | float) or isinstance(val_loss, bool):
+        return metrics
+    return {"val_loss": val_loss}
+
+
 @dataclass
 class LogScan:
     """One log's items through the rules, one engine per run id (a file may hold several runs, or a restarted
@@ -295,7 +305,7 @@ class LogScan:
             "error": engine.run.error,
             "thresholds_from": self.threshold_sources[run],
             "thresholds": engine.thresholds.to_dict(),
-            "metrics": dict((engine.last_epoch or {}).get("metrics") or {}),
+            "metrics": held_out_metrics(engine.last_epoch or {}),
             "metrics_epoch": (engine.last_epoch or {}).get("epoch"),
             "summary": engine.summary().to_dict(),
         }

@@ -619,3 +619,25 @@ def test_two_callbacks_of_one_training_on_one_log_do_not_end_each_other(tmp_path
     (run,) = runs_in(tmp_path / "run.jsonl")
     assert run[-1]["kind"] == "run_end" and run[-1]["status"] == "completed"
     assert len(warned) == 1 and "cannot be written" in warned[0]
+
+
+def test_check_shows_the_evaluation_loss_of_a_run_without_compute_metrics(tmp_path):
+    """An outside review: the HF callback writes ``eval_loss`` as the epoch's top-level ``val_loss``, and check
+    showed only ``metrics``: a Trainer without ``compute_metrics`` (the common case) had no held-out metric next
+    to its verdict, although the README promises one."""
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=4, learning_rate=1e-3,
+        logging_steps=2, eval_strategy="epoch", report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        seed=0,
+    )  # fmt: skip
+    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
+    trainer = transformers.Trainer(
+        model=tiny_bert(), args=args, train_dataset=Sentences(40), eval_dataset=Sentences(16), callbacks=[callback]
+    )
+    trainer.train()
+    last = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h][-1]
+    judged = run_cli("moola_watch.cli", "check", str(tmp_path / "run.jsonl"))
+    assert f"last epoch's metrics: val_loss={last:.4g}" in judged.stdout, judged.stdout
+    report = json.loads(run_cli("moola_watch.cli", "check", "--json", str(tmp_path / "run.jsonl")).stdout)
+    assert report["runs"][0]["metrics"] == {"val_loss": pytest.approx(last)}
