@@ -168,13 +168,8 @@ def test_measuring_leaves_the_training_unchanged(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_each_epoch_is_recorded_with_its_training_loss_and_its_own_evaluation(tmp_path):
-    """The Trainer evaluates after ``on_epoch_end``: the record of epoch N must hold epoch N's evaluation, and
-    its training loss is the mean of the losses logged in it."""
-
-    def accuracy(prediction):
-        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
-
+def evaluating_trainer(tmp_path, compute_metrics=None) -> transformers.Trainer:
+    """A 2-epoch Trainer of the tiny BERT that evaluates after each epoch, monitored into ``run.jsonl``."""
     torch.manual_seed(0)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=4, learning_rate=1e-3,
@@ -182,10 +177,20 @@ def test_each_epoch_is_recorded_with_its_training_loss_and_its_own_evaluation(tm
         seed=0,
     )  # fmt: skip
     callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
-    trainer = transformers.Trainer(
+    return transformers.Trainer(
         model=tiny_bert(), args=args, train_dataset=Sentences(40), eval_dataset=Sentences(16),
-        compute_metrics=accuracy, callbacks=[callback],
+        compute_metrics=compute_metrics, callbacks=[callback],
     )  # fmt: skip
+
+
+def test_each_epoch_is_recorded_with_its_training_loss_and_its_own_evaluation(tmp_path):
+    """The Trainer evaluates after ``on_epoch_end``: the record of epoch N must hold epoch N's evaluation, and
+    its training loss is the mean of the losses logged in it."""
+
+    def accuracy(prediction):
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+    trainer = evaluating_trainer(tmp_path, accuracy)
     trainer.train()
     history = trainer.state.log_history
     epochs = [r for r in strict_lines(tmp_path / "run.jsonl") if r["kind"] == "epoch"]
@@ -625,16 +630,7 @@ def test_check_shows_the_evaluation_loss_of_a_run_without_compute_metrics(tmp_pa
     """An outside review: the HF callback writes ``eval_loss`` as the epoch's top-level ``val_loss``, and check
     showed only ``metrics``: a Trainer without ``compute_metrics`` (the common case) had no held-out metric next
     to its verdict, although the README promises one."""
-    torch.manual_seed(0)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=4, learning_rate=1e-3,
-        logging_steps=2, eval_strategy="epoch", report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
-        seed=0,
-    )  # fmt: skip
-    callback = GradientMonitorCallback(log_path=tmp_path / "run.jsonl", every_n_steps=EVERY)
-    trainer = transformers.Trainer(
-        model=tiny_bert(), args=args, train_dataset=Sentences(40), eval_dataset=Sentences(16), callbacks=[callback]
-    )
+    trainer = evaluating_trainer(tmp_path)
     trainer.train()
     last = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h][-1]
     judged = run_cli("moola_watch.cli", "check", str(tmp_path / "run.jsonl"))
