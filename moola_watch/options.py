@@ -61,6 +61,11 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
         "window (mini-batch noise around a minimum; also at the end) ...",
     ),
     "floor_rate": ("FRACTION", "... and its loss at or below this fraction of its first (it learned)"),
+    "noise_persistence": (
+        "COSINE",
+        "... or at a floor its loss cannot fall far below: its gradient's mean cosine below this (pure noise) ...",
+    ),
+    "noise_rate": ("FRACTION", "... and its loss at or below this fraction of its first (it fell; 0 turns this off)"),
     "final_share": (
         "FRACTION",
         "a completed run ended with a task starved (collapse, an error) if over the last window it got less than "

@@ -145,9 +145,20 @@ def test_a_task_at_its_floor_is_a_warning_and_one_that_persists_or_never_learned
     assert "mean cosine 0.80" in starving.message
     (older,) = collapse_alerts(rules.replay(persistent_log(None).records))
     assert older.severity == "error" and "cosine" not in older.message  # a log without it: judged as before
-    # Noise at 90% of its first loss: stuck at a chance-level plateau from the start, not at a floor it reached
-    (stuck,) = collapse_alerts(rules.replay(persistent_log(0.05, level=0.9).records))
+    # Noise at 98% of its first loss: stuck at a chance-level plateau from the start, not at a floor it reached
+    (stuck,) = collapse_alerts(rules.replay(persistent_log(0.05, level=0.98).records))
     assert stuck.severity == "error" and "mean cosine 0.05" in stuck.message
+
+
+@pytest.mark.parametrize(("persistence", "severity"), [(0.05, "warning"), (0.2, "error")])
+def test_a_high_floor_is_a_floor_when_the_gradient_is_pure_noise(persistence: float, severity: str) -> None:
+    """A regression of low R^2 ends at 85% of its first loss, above floor_rate: a gradient of pure noise (below
+    noise_persistence) says it is done; one that still has some direction (0.2) is starving."""
+    (alert,) = collapse_alerts(rules.replay(persistent_log(persistence, level=0.85).records))
+    assert alert.severity == severity, alert.message
+    assert ("mini-batch noise around a minimum" in alert.message) == (severity == "warning")
+    (alert,) = collapse_alerts(rules.replay(persistent_log(0.05, level=0.85).records, rules.Thresholds(noise_rate=0.8)))
+    assert alert.severity == "error"  # 85% of its first loss is above the 80% asked
 
 
 def test_the_end_of_run_verdict_leaves_a_task_at_its_floor_alone():
@@ -174,8 +185,12 @@ def test_the_threshold_is_a_cosine_a_config_and_a_flag_can_set():
         rules.Thresholds(starve_persistence=1.5)
     (alert,) = collapse_alerts(rules.replay(persistent_log(0.6).records, rules.Thresholds(starve_persistence=0.7)))
     assert alert.severity == "warning"
-    (alert,) = collapse_alerts(rules.replay(persistent_log(0.05).records, rules.Thresholds(floor_rate=0.6)))
-    assert alert.severity == "error"  # 65% of its first loss is not at a floor reached below 60%
+    (alert,) = collapse_alerts(
+        rules.replay(persistent_log(0.05).records, rules.Thresholds(floor_rate=0.6, noise_persistence=0.05))
+    )
+    assert alert.severity == "error"  # 65% of its first loss is not at a floor reached below 60%, and 0.05 not noise
+    with pytest.raises(ValueError, match="noise_persistence is a fraction, at most 1"):
+        rules.Thresholds(noise_persistence=2)
     flagged = run_cli("moola_watch.cli", "check", "--starve-persistence", "0.9", "--help")
     assert flagged.returncode == 0 and "--starve-persistence COSINE" in flagged.stdout
 

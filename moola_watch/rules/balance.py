@@ -176,12 +176,17 @@ def others_learn(task: str, progress: Mapping[str, TaskProgress], th: Thresholds
 
 
 def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds) -> bool:
-    """Whether a stalled task sits at the floor its data allow: it learned (its loss at or below ``floor_rate`` of
-    its first) and its gradient on the shared parameters is now mini-batch noise around that minimum (the window's
-    mean ``persistence`` below ``starve_persistence``). A task near its first loss with a noisy gradient never got
-    going: stuck at a chance-level plateau, which more of the shared layers could lift, not at a floor."""
-    learned = own.rate is not None and own.rate <= th.floor_rate
-    return learned and persistence is not None and persistence < th.starve_persistence
+    """Whether a stalled task sits at the floor its data allow: its gradient on the shared parameters is now
+    mini-batch noise around a minimum (the window's mean ``persistence``), either below ``starve_persistence`` with
+    its loss at or below ``floor_rate`` of its first (it learned), or below ``noise_persistence`` (no direction
+    left at all) with its loss at or below ``noise_rate`` of its first: a loss with a high floor (a regression of
+    low R^2, noisy labels) cannot fall far, and its gradient says it is done. A task near its first loss with a
+    noisy gradient never got going: stuck at a chance-level plateau, which more of the shared layers could lift
+    (an outside review's starved tasks on noisy labels had gradients as noisy as a converged task's)."""
+    if persistence is None or own.rate is None:
+        return False
+    learned = own.rate <= th.floor_rate and persistence < th.starve_persistence
+    return learned or (own.rate <= th.noise_rate and persistence < th.noise_persistence)
 
 
 def not_falling(own: TaskProgress, th: Thresholds) -> str:

@@ -18,7 +18,7 @@ ORDERED = (
     ("healthy_norm_low", "healthy_norm_high"),
 )
 #: Thresholds that are fractions of a whole (a share of the update, a loss's fall over the window): at most 1.
-FRACTIONS = ("starve_share", "starve_drop", "starve_persistence")
+FRACTIONS = ("starve_share", "starve_drop", "starve_persistence", "noise_persistence")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class Thresholds:
     # (mini-batch noise around a minimum) and its loss at or below floor_rate of its first; also at the end
     starve_persistence: float = 0.5
     floor_rate: float = 0.7
+    # ... or its gradient's window mean cosine below noise_persistence (pure noise) and its loss at or below
+    # noise_rate of its first: a task whose loss cannot fall far (a regression with a low R^2) is at its floor too
+    noise_persistence: float = 0.15
+    noise_rate: float = 0.95
     final_share: float = 0.4  # a completed run ended with a task starved if, over the last window, its mean
     # share of the update was below this fraction of an equal share (1 / tasks), ...
     final_run_share: float = 0.8  # ... over the whole run below this fraction of an equal share, ...
