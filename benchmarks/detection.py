@@ -11,8 +11,10 @@ during the run, a ratio outside the healthy band and a starving task; at a compl
 ended starved. Both are read from one replay of each log through :class:`moola_watch.rules.RuleEngine` with
 the run's recorded thresholds, the verdict's own numbers from the watcher's defaults unless ``--tune`` chose
 others: first ``starve_drop`` and ``starve_share`` (during the run), then ``final_share``,
-``final_run_share`` and ``final_rate`` (at the end). Ground truth comes from held-out metrics only (see
-``detection_corpus.py``).
+``final_run_share`` and ``final_rate`` (at the end), then the floor's ``starve_persistence`` and ``floor_rate``,
+then its second branch's ``noise_persistence`` and ``noise_rate``. Ground truth comes from held-out metrics only
+(see ``detection_corpus.py``); a second table per set of runs scores the new verdict on the runs whose label
+each half of the held-out split gives alike (the reliable ones).
 
 Lead time is the alert's step minus the step at which the starved task's validation metric plateaued
 (negative: the alert came first).
@@ -51,6 +53,7 @@ TUNING_STAGES = (
     ({}, {"final_share": (0.1, 0.2, 0.4, 0.6, 2.0), "final_run_share": (0.2, 0.4, 0.6, 0.8, 2.0),
           "final_rate": (0.0, 0.3, 0.5, 0.6, 0.7, 0.8)}),
     ({}, {"starve_persistence": (0.0, 0.2, 0.3, 0.4, 0.5), "floor_rate": (0.6, 0.7, 0.8, 0.9)}),
+    ({}, {"noise_persistence": (0.1, 0.15, 0.2, 0.25, 0.3), "noise_rate": (0.0, 0.8, 0.9, 0.95)}),
 )  # fmt: skip
 VERDICT_NAMES = (("old", "old rule (dominance)"), ("new", "new verdict (dominance + lost progress, or ended starved)"))
 Chosen = dict[str, float]  # threshold name -> value, over the run's recorded ones
@@ -78,6 +81,7 @@ class Outcome:
     held_out: bool
     plateaus: dict[str, int]  # the step each task's validation metric plateaued
     progress: float | None  # the most starved task's share of its achievable held-out progress
+    agreed: bool | None  # whether each half of the held-out split alone gives the same label (None: not recorded)
     old: Alarm
     new: Alarm
     paged: Alarm  # the new verdict's first error-level collapse, even one that resolved: what --notify-on error sends
@@ -155,7 +159,7 @@ def judge(run: dict, chosen: Chosen) -> Outcome:
     progress = run["progress"][starved[0]] if starved else None
     name = run["log"].rsplit("/", 1)[-1].removesuffix(".jsonl")
     return Outcome(name, run["family"], run["label"], tuple(starved), run["held_out"], run["plateau_step"], progress,
-                   *alarms(log, replace(recorded, **chosen)))  # fmt: skip
+                   run.get("agreed"), *alarms(log, replace(recorded, **chosen)))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,25 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
     return lines
 
 
+def reliability_table(outcomes: list[Outcome], title: str) -> list[str]:
+    """A markdown table: per family and in total, how many runs' labels each half of the held-out split gives
+    alike (the rest are as much the held-out sample's noise as the run's outcome), and the new verdict scored on
+    those runs alone. Empty when no run recorded its halves."""
+    if all(o.agreed is None for o in outcomes):
+        return []
+    lines = [f"**{title}**", "",
+             "| runs | labels both halves of the held-out split give alike | starved caught, right task | "
+             "healthy given an error |", "|---|---|---|---|"]  # fmt: skip
+    families = sorted({o.family for o in outcomes})
+    for group in [*families, "all"]:
+        chosen = [o for o in outcomes if group in ("all", o.family) and o.agreed is not None]
+        agreed = [o for o in chosen if o.agreed]
+        s = score(agreed, "new")
+        lines.append(f"| {group} ({len(chosen)}) | {fraction(len(agreed), len(chosen))} | "
+                     f"{fraction(s.right, s.starved)} | {fraction(s.false_alarms, s.healthy)} |")  # fmt: skip
+    return lines
+
+
 def tune(runs: list[dict], stages: Sequence[int]) -> Chosen:
     """Stage by stage (the ``stages`` of ``TUNING_STAGES``, counted from 1; a stage left out keeps the watcher's
     defaults): each stage's grid tried beside each of the previous stage's ``KEPT`` best settings; the best are
@@ -338,6 +361,9 @@ def main() -> None:
                           (f"Held-out runs (seeds {seed_span(held_out)}, never used to choose a number)",
                            [o for o in outcomes if o.held_out])):  # fmt: skip
         print("\n".join(table(chosen, title)), end="\n\n")
+        reliable = reliability_table(chosen, f"{title.split(' (')[0]}: the new verdict on runs whose label is reliable")
+        if reliable:
+            print("\n".join(reliable), end="\n\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The labelled corpus for detection quality: real training runs of six model families, each a grid of loss
+"""The labelled corpus for detection quality: real training runs of seven model families, each a grid of loss
 weights x seeds, monitored by moola's ``GradientMonitor``, labelled from held-out metrics only.
 
     .venv/bin/python benchmarks/detection_corpus.py --out runs/detection-corpus   # about 3 minutes on 2 cores
@@ -24,11 +24,16 @@ Families (every one has tasks sharing a small trunk, so that the tasks really co
   eight; a linear model's R^2 is 0.2-0.4: no held-out MSE ends below 60% of the baseline's, and the training
   losses end at 50-85% of their first epoch's), one shared ReLU layer of 3
   units (they compete), 8 (a little) or 32 (they do not); the progression weight over a grid.
+* ``floor``: the diabetes family's shape on synthetic data whose held-out split is large enough to trust
+  (20000 rows; diabetes' 142 give the same label from each half on under half of its runs): three regressions,
+  each ``tanh`` of its own direction of 8 Gaussian inputs plus noise that leaves R^2 about 0.25; the same widths
+  and weights.
 
 Ground truth never looks at gradients. For each task, ``progress = (baseline - final) / (baseline - best)`` on
 the held-out split, where ``baseline`` is a trivial predictor's metric (majority class, the training mean),
 ``final`` the mean of the last three epochs' validation metric and ``best`` the best ``final`` any setting of
-the same family and seed reached (any weight; for ``trio``, ``digits`` and ``diabetes`` any trunk width too). A
+the same family and seed reached (any weight; for ``trio``, ``digits``, ``diabetes`` and ``floor`` any trunk
+width too). A
 task below ``STARVED_PROGRESS`` while the others do well is *starved*; every task at or above it: *healthy*;
 every task below: *all_poor* (reported, not scored). "The others do well", for any number of tasks: at least one
 other task is at or above ``STARVED_PROGRESS``, so that the shared layers served some task and the poor ones lost
@@ -36,6 +41,9 @@ the competition for them (of two tasks: the other one is). A run of three tasks 
 (one weight so large that its task owns the trunk); ``starved_tasks`` lists them, the least progress first,
 and ``starved`` names that first one. Several poor tasks with none doing well is a model that learned nothing
 well (too small, a bad learning rate), not a competition.
+
+Each run's metrics are also taken on each half of its held-out split (alternate rows); a run that each half,
+labelled alone, gives the same label and starved task is ``agreed`` (its label is reliable).
 
 Writes ``OUT/<family>/<run>.jsonl`` and ``OUT/labels.json``; the labelling is ``detection_labels.py``'s.
 """
@@ -84,6 +92,7 @@ def lstm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
             run_id = f"lstm-s{seed}-b{beta:g}"
             path = out / "lstm" / f"{run_id}.jsonl"
             model = EnhancedSimpleLSTM(hidden_size=4, predict_pointers=True, seed=seed)
+            halves = _evaluated_in_halves(model)
             model.fit(
                 data.X, data.y, data.expansion_start, data.expansion_end,
                 epochs=epochs, loss_beta=beta, monitor_gradients=True, gradient_log_freq=5, task_balance_freq=1,
@@ -92,7 +101,25 @@ def lstm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
             steps = [_epoch_steps(path)[e["epoch"]] for e in model.history]
             metrics = {"type": [e["type_acc"] for e in model.history],
                        "pointer": [e["pointer_err_bars"] for e in model.history]}  # fmt: skip
-            yield Run("lstm", seed, {"type": 1.0, "pointer": beta}, str(path), steps, metrics, baselines)
+            yield Run("lstm", seed, {"type": 1.0, "pointer": beta}, str(path), steps, metrics, baselines, halves=halves)
+
+
+def _evaluated_in_halves(model: EnhancedSimpleLSTM) -> Halves:
+    """The metrics on each half of the held-out windows, filled at each of ``model``'s per-epoch evaluations (the
+    trainer evaluates the whole split; the label's reliability needs each half's figures from the same model)."""
+    halves: Halves = {}
+    evaluate = model._evaluate
+
+    def in_halves(x: torch.Tensor, y: torch.Tensor, pointers: torch.Tensor | None, idx: np.ndarray, bars: int
+                  ) -> dict[str, float]:  # fmt: skip
+        for half, rows in half_indices(len(idx)).items():
+            row = evaluate(x, y, pointers, idx[rows], bars)
+            for task, metric in (("type", "type_acc"), ("pointer", "pointer_err_bars")):
+                halves.setdefault(half, {}).setdefault(task, []).append(row[metric])
+        return evaluate(x, y, pointers, idx, bars)
+
+    model._evaluate = in_halves  # type: ignore[method-assign]
+    return halves
 
 
 def _epoch_steps(path: Path) -> dict[int, int]:
@@ -133,16 +160,26 @@ Losses = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, 
 Metrics = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, float]]
 
 
+Halves = dict[str, dict[str, list[float]]]  # half of the held-out split ("a", "b") -> task -> metric per epoch
+
+
+def half_indices(count: int) -> dict[str, slice]:
+    """The two halves of a held-out split of ``count`` rows, alternate rows (every split here is in random order)."""
+    return {"a": slice(0, count, 2), "b": slice(1, count, 2)}
+
+
 def train_heads(
     model: Heads, split: Split, weights: dict[str, float], losses: Losses, metrics: Metrics, *,
     epochs: int, batch_size: int, lr: float, seed: int, path: Path, run_id: str,
-) -> tuple[list[int], dict[str, list[float]]]:  # fmt: skip
+) -> tuple[list[int], dict[str, list[float]], Halves]:  # fmt: skip
     """Adam on ``sum(weights[t] * loss_t)``, balance measured on each epoch's first batch, an epoch record per
-    epoch (training task losses, held-out metrics). Returns the step at each epoch's end and the metrics."""
+    epoch (training task losses, held-out metrics). Returns the step at each epoch's end, the metrics, and the
+    metrics on each half of the held-out split."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps: list[int] = []
     history: dict[str, list[float]] = {}
+    halves: Halves = {}
     step = 0
     with _quiet_monitor(path, run_id) as monitor:
         monitor.watch_optimizer(optimizer)
@@ -163,13 +200,20 @@ def train_heads(
                 for task, loss in task_losses.items():
                     sums[task] += loss.item() * len(batch) / len(split.x_train)
             with torch.no_grad():
-                measured = metrics(model(split.x_val), split.y_val)
+                predicted = model(split.x_val)
+                measured = metrics(predicted, split.y_val)
+                for half, rows in half_indices(len(split.x_val)).items():
+                    on_half = metrics(
+                        {t: p[rows] for t, p in predicted.items()}, {t: y[rows] for t, y in split.y_val.items()}
+                    )
+                    for task, value in on_half.items():
+                        halves.setdefault(half, {}).setdefault(task, []).append(value)
             for task, value in measured.items():
                 history.setdefault(task, []).append(value)
             steps.append(step)
             monitor.on_epoch_end(epoch, train_loss=sum(weights[t] * v for t, v in sums.items()),
                                  task_losses=sums, metrics=measured)  # fmt: skip
-    return steps, history
+    return steps, history, halves
 
 
 def _mse(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -204,9 +248,20 @@ def gradnorm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
             path = out / "gradnorm" / f"{run_id}.jsonl"
             torch.manual_seed(seed)
             model = Heads(inputs, (16, 4), {t: outputs for t in sigmas})
-            steps, history = train_heads(model, split, weights, _mse, metrics, epochs=epochs, batch_size=100,
-                                         lr=3e-3, seed=seed, path=path, run_id=run_id)  # fmt: skip
-            yield Run("gradnorm", seed, weights, str(path), steps, history, baselines)
+            steps, history, halves = train_heads(
+                model,
+                split,
+                weights,
+                _mse,
+                metrics,
+                epochs=epochs,
+                batch_size=100,
+                lr=3e-3,
+                seed=seed,
+                path=path,
+                run_id=run_id,
+            )
+            yield Run("gradnorm", seed, weights, str(path), steps, history, baselines, halves=halves)
 
 
 def cancer_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
@@ -246,9 +301,20 @@ def cancer_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
             path = out / "cancer" / f"{run_id}.jsonl"
             torch.manual_seed(seed)
             model = Heads(features.shape[1], (2,), {"diagnosis": 2, "fractal": 1})
-            steps, history = train_heads(model, split, weights, losses, metrics, epochs=epochs, batch_size=32,
-                                         lr=1e-2, seed=seed, path=path, run_id=run_id)  # fmt: skip
-            yield Run("cancer", seed, weights, str(path), steps, history, baselines)
+            steps, history, halves = train_heads(
+                model,
+                split,
+                weights,
+                losses,
+                metrics,
+                epochs=epochs,
+                batch_size=32,
+                lr=1e-2,
+                seed=seed,
+                path=path,
+                run_id=run_id,
+            )
+            yield Run("cancer", seed, weights, str(path), steps, history, baselines, halves=halves)
 
 
 def trio_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
@@ -285,9 +351,20 @@ def trio_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
                 path = out / "trio" / f"{run_id}.jsonl"
                 torch.manual_seed(seed)
                 model = Heads(inputs, (width,), {"sign": 2, "level": 1, "bucket": 3})
-                steps, history = train_heads(model, split, weights, losses, metrics, epochs=epochs, batch_size=50,
-                                             lr=1e-2, seed=seed, path=path, run_id=run_id)  # fmt: skip
-                yield Run("trio", seed, weights, str(path), steps, history, baselines)
+                steps, history, halves = train_heads(
+                    model,
+                    split,
+                    weights,
+                    losses,
+                    metrics,
+                    epochs=epochs,
+                    batch_size=50,
+                    lr=1e-2,
+                    seed=seed,
+                    path=path,
+                    run_id=run_id,
+                )
+                yield Run("trio", seed, weights, str(path), steps, history, baselines, halves=halves)
 
 
 def digits_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
@@ -326,9 +403,20 @@ def digits_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
                 path = out / "digits" / f"{run_id}.jsonl"
                 torch.manual_seed(seed)
                 model = Heads(x.shape[1], (32, width), {"digit": 10, "ink": 1})
-                steps, history = train_heads(model, split, weights, losses, metrics, epochs=epochs, batch_size=200,
-                                             lr=6e-3, seed=seed, path=path, run_id=run_id)  # fmt: skip
-                yield Run("digits", seed, weights, str(path), steps, history, baselines)
+                steps, history, halves = train_heads(
+                    model,
+                    split,
+                    weights,
+                    losses,
+                    metrics,
+                    epochs=epochs,
+                    batch_size=200,
+                    lr=6e-3,
+                    seed=seed,
+                    path=path,
+                    run_id=run_id,
+                )
+                yield Run("digits", seed, weights, str(path), steps, history, baselines, halves=halves)
 
 
 def diabetes_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
@@ -364,9 +452,57 @@ def diabetes_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
                 path = out / "diabetes" / f"{run_id}.jsonl"
                 torch.manual_seed(seed)
                 model = Heads(x.shape[1], (width,), dict.fromkeys(columns, 1))
-                steps, history = train_heads(model, split, weights, _mse, metrics, epochs=epochs, batch_size=64,
-                                             lr=3e-3, seed=seed, path=path, run_id=run_id)  # fmt: skip
-                yield Run("diabetes", seed, weights, str(path), steps, history, baselines)
+                steps, history, halves = train_heads(
+                    model,
+                    split,
+                    weights,
+                    _mse,
+                    metrics,
+                    epochs=epochs,
+                    batch_size=64,
+                    lr=3e-3,
+                    seed=seed,
+                    path=path,
+                    run_id=run_id,
+                )
+                yield Run("diabetes", seed, weights, str(path), steps, history, baselines, halves=halves)
+
+
+def floor_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
+    """The diabetes family's shape with a held-out split large enough to trust: three regressions with an
+    irreducible floor on synthetic Gaussian inputs (8 features; 1000 train, 20000 held out), each target
+    ``tanh`` of its own random direction of the inputs plus noise that leaves the best model an R^2 of about 0.3,
+    standardised (MSE); one shared ReLU layer of 3 units (they compete), 8 or 32; the ``a`` weight over a grid,
+    the others at 1."""
+    inputs, explained = 8, 0.3
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        x = rng.normal(0, 1, (21000, inputs))
+        signals = {t: np.tanh(x @ rng.normal(0, 1 / math.sqrt(inputs) * 2, inputs)) for t in ("a", "b", "c")}
+        targets = {}
+        for task, signal in signals.items():
+            noisy = signal + rng.normal(0, signal.std() * math.sqrt((1 - explained) / explained), len(signal))
+            targets[task] = ((noisy - noisy[:1000].mean()) / noisy[:1000].std())[:, None]
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        split = Split(as_t(x[:1000]), as_t(x[1000:]), {t: as_t(y[:1000]) for t, y in targets.items()},
+                      {t: as_t(y[1000:]) for t, y in targets.items()})  # fmt: skip
+        baselines = {t: float((y[1000:] ** 2).mean()) for t, y in targets.items()}  # the training mean is 0
+
+        def metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
+            return {t: F.mse_loss(pred[t], y[t]).item() for t in y}
+
+        for width in (3, 8, 32):
+            for weight in (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
+                weights = {"a": weight, "b": 1.0, "c": 1.0}
+                run_id = f"floor-s{seed}-h{width}-w{weight:g}"
+                path = out / "floor" / f"{run_id}.jsonl"
+                torch.manual_seed(seed)
+                model = Heads(inputs, (width,), dict.fromkeys(targets, 1))
+                steps, history, halves = train_heads(
+                    model, split, weights, _mse, metrics, epochs=epochs, batch_size=64, lr=3e-3,
+                    seed=seed, path=path, run_id=run_id,
+                )  # fmt: skip
+                yield Run("floor", seed, weights, str(path), steps, history, baselines, halves=halves)
 
 
 #: family -> (its runs, epochs); each task's metric direction is in ``detection_labels.DIRECTIONS``
@@ -377,6 +513,7 @@ FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], int]]
     "trio": (trio_runs, 30),
     "digits": (digits_runs, 20),
     "diabetes": (diabetes_runs, 20),
+    "floor": (floor_runs, 20),
 }
 
 

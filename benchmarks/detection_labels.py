@@ -22,13 +22,15 @@ DIRECTIONS: dict[str, dict[str, bool]] = {
     "trio": {"sign": True, "level": False, "bucket": True},
     "digits": {"digit": True, "ink": False},
     "diabetes": {"progression": False, "bmi": False, "bp": False},
+    "floor": {"a": False, "b": False, "c": False},
 }
 
 
 @dataclass
 class Run:
     """One finished run: its log, its weights, each task's validation metric per epoch (and the step at each
-    epoch's end), and each task's trivial-predictor baseline on the held-out split."""
+    epoch's end), each task's trivial-predictor baseline on the held-out split, and the same metrics on each half
+    of that split (``halves["a"]``, ``halves["b"]``), which tell how far the label can be trusted."""
 
     family: str
     seed: int
@@ -43,6 +45,11 @@ class Run:
     progress: dict[str, float] = field(default_factory=dict)
     plateau_step: dict[str, int] = field(default_factory=dict)
     held_out: bool = False
+    halves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: Whether each half of the held-out split, alone, gives the run the same label and most starved task as the
+    #: whole split (None: the halves were not recorded). Where they differ, the label is the held-out sample's noise
+    #: as much as the run's outcome.
+    agreed: bool | None = None
 
 
 def final_metric(values: list[float]) -> float:
@@ -62,7 +69,25 @@ def plateau_step(values: list[float], steps: list[int], higher_is_better: bool, 
 
 
 def label(runs: list[Run]) -> None:
-    """Progress, label and plateau steps of each run, against the best of its family and seed among ``runs``."""
+    """Progress, label and plateau steps of each run, against the best of its family and seed among ``runs``; and
+    whether each half of the held-out split, labelled alone the same way, agrees (:attr:`Run.agreed`)."""
+    _label_from_metrics(runs)
+    for family, seed in {(run.family, run.seed) for run in runs}:
+        group = [run for run in runs if (run.family, run.seed) == (family, seed)]
+        if not all(run.halves for run in group):
+            continue
+        # A half's trivial predictor is taken as the whole split's: the labels differ by the metrics alone
+        by_half = {half: [replace(run, metrics=run.halves[half], progress={}, plateau_step={}) for run in group]
+                   for half in ("a", "b")}  # fmt: skip
+        for half_runs in by_half.values():
+            _label_from_metrics(half_runs)
+        for index, run in enumerate(group):
+            run.agreed = all((half_runs[index].label, half_runs[index].starved) == (run.label, run.starved)
+                             for half_runs in by_half.values())  # fmt: skip
+
+
+def _label_from_metrics(runs: list[Run]) -> None:
+    """Progress, label and plateau steps of each run from its ``metrics``, against the best of its family and seed."""
     for family, seed in {(run.family, run.seed) for run in runs}:
         group = [run for run in runs if (run.family, run.seed) == (family, seed)]
         for task, higher in DIRECTIONS[family].items():
@@ -84,5 +109,6 @@ def cut(run: Run, epochs: int) -> Run:
     """``run`` as if it had ended after ``epochs`` epochs: its steps and metrics up to there, unlabelled (the
     same training, shorter: nothing in these loops depends on the number of epochs)."""
     metrics = {task: values[:epochs] for task, values in run.metrics.items()}
-    return replace(run, steps=run.steps[:epochs], metrics=metrics, label="", starved=None, starved_tasks=[],
-                   progress={}, plateau_step={})  # fmt: skip
+    halves = {half: {task: values[:epochs] for task, values in by_task.items()} for half, by_task in run.halves.items()}
+    return replace(run, steps=run.steps[:epochs], metrics=metrics, halves=halves, label="", starved=None,
+                   starved_tasks=[], progress={}, plateau_step={}, agreed=None)  # fmt: skip
