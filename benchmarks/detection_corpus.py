@@ -216,8 +216,24 @@ def train_heads(
     return steps, history, halves
 
 
+def heads_run(
+    family: str, seed: int, weights: dict[str, float], run_id: str, model: Heads, split: Split, losses: Losses,
+    metrics: Metrics, baselines: dict[str, float], out: Path, *, epochs: int, batch_size: int, lr: float,
+) -> Run:  # fmt: skip
+    """Train ``model`` (:func:`train_heads`), its log ``out/<family>/<run_id>.jsonl``, and return the run."""
+    path = out / family / f"{run_id}.jsonl"
+    steps, history, halves = train_heads(model, split, weights, losses, metrics, epochs=epochs,
+                                         batch_size=batch_size, lr=lr, seed=seed, path=path, run_id=run_id)  # fmt: skip
+    return Run(family, seed, weights, str(path), steps, history, baselines, halves=halves)
+
+
 def _mse(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {task: F.mse_loss(out[task], target) for task, target in y.items()}
+
+
+def _mse_metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each task's held-out MSE (lower is better)."""
+    return {task: F.mse_loss(pred[task], target).item() for task, target in y.items()}
 
 
 def gradnorm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
@@ -245,23 +261,10 @@ def gradnorm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
         for small in (1.0, 1e2, 2e2, 5e2, 1e3, 2e3, 5e3, 1e4, 1e6):
             weights = {"small": small, "big": 1.0}
             run_id = f"gradnorm-s{seed}-w{small:g}"
-            path = out / "gradnorm" / f"{run_id}.jsonl"
             torch.manual_seed(seed)
             model = Heads(inputs, (16, 4), {t: outputs for t in sigmas})
-            steps, history, halves = train_heads(
-                model,
-                split,
-                weights,
-                _mse,
-                metrics,
-                epochs=epochs,
-                batch_size=100,
-                lr=3e-3,
-                seed=seed,
-                path=path,
-                run_id=run_id,
-            )
-            yield Run("gradnorm", seed, weights, str(path), steps, history, baselines, halves=halves)
+            yield heads_run("gradnorm", seed, weights, run_id, model, split, _mse, metrics, baselines, out,
+                            epochs=epochs, batch_size=100, lr=3e-3)  # fmt: skip
 
 
 def cancer_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
@@ -298,23 +301,10 @@ def cancer_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
         for weight in (0.001, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
             weights = {"diagnosis": 1.0, "fractal": weight}
             run_id = f"cancer-s{seed}-w{weight:g}"
-            path = out / "cancer" / f"{run_id}.jsonl"
             torch.manual_seed(seed)
             model = Heads(features.shape[1], (2,), {"diagnosis": 2, "fractal": 1})
-            steps, history, halves = train_heads(
-                model,
-                split,
-                weights,
-                losses,
-                metrics,
-                epochs=epochs,
-                batch_size=32,
-                lr=1e-2,
-                seed=seed,
-                path=path,
-                run_id=run_id,
-            )
-            yield Run("cancer", seed, weights, str(path), steps, history, baselines, halves=halves)
+            yield heads_run("cancer", seed, weights, run_id, model, split, losses, metrics, baselines, out,
+                            epochs=epochs, batch_size=32, lr=1e-2)  # fmt: skip
 
 
 def trio_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
@@ -348,23 +338,10 @@ def trio_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
             for level in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
                 weights = {"sign": 1.0, "level": level, "bucket": 1.0}
                 run_id = f"trio-s{seed}-h{width}-w{level:g}"
-                path = out / "trio" / f"{run_id}.jsonl"
                 torch.manual_seed(seed)
                 model = Heads(inputs, (width,), {"sign": 2, "level": 1, "bucket": 3})
-                steps, history, halves = train_heads(
-                    model,
-                    split,
-                    weights,
-                    losses,
-                    metrics,
-                    epochs=epochs,
-                    batch_size=50,
-                    lr=1e-2,
-                    seed=seed,
-                    path=path,
-                    run_id=run_id,
-                )
-                yield Run("trio", seed, weights, str(path), steps, history, baselines, halves=halves)
+                yield heads_run("trio", seed, weights, run_id, model, split, losses, metrics, baselines, out,
+                                epochs=epochs, batch_size=50, lr=1e-2)  # fmt: skip
 
 
 def digits_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
@@ -400,23 +377,10 @@ def digits_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
             for weight in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
                 weights = {"digit": 1.0, "ink": weight}
                 run_id = f"digits-s{seed}-h{width}-w{weight:g}"
-                path = out / "digits" / f"{run_id}.jsonl"
                 torch.manual_seed(seed)
                 model = Heads(x.shape[1], (32, width), {"digit": 10, "ink": 1})
-                steps, history, halves = train_heads(
-                    model,
-                    split,
-                    weights,
-                    losses,
-                    metrics,
-                    epochs=epochs,
-                    batch_size=200,
-                    lr=6e-3,
-                    seed=seed,
-                    path=path,
-                    run_id=run_id,
-                )
-                yield Run("digits", seed, weights, str(path), steps, history, baselines, halves=halves)
+                yield heads_run("digits", seed, weights, run_id, model, split, losses, metrics, baselines, out,
+                                epochs=epochs, batch_size=200, lr=6e-3)  # fmt: skip
 
 
 def diabetes_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
@@ -442,30 +406,14 @@ def diabetes_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
                       {t: as_t(y[val]) for t, y in targets.items()})  # fmt: skip
         baselines = {t: float((y[val] ** 2).mean()) for t, y in targets.items()}  # the training mean is 0
 
-        def metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
-            return {t: F.mse_loss(pred[t], y[t]).item() for t in y}
-
         for width in (3, 8, 32):
             for progression in (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
                 weights = {"progression": progression, "bmi": 1.0, "bp": 1.0}
                 run_id = f"diabetes-s{seed}-h{width}-w{progression:g}"
-                path = out / "diabetes" / f"{run_id}.jsonl"
                 torch.manual_seed(seed)
                 model = Heads(x.shape[1], (width,), dict.fromkeys(columns, 1))
-                steps, history, halves = train_heads(
-                    model,
-                    split,
-                    weights,
-                    _mse,
-                    metrics,
-                    epochs=epochs,
-                    batch_size=64,
-                    lr=3e-3,
-                    seed=seed,
-                    path=path,
-                    run_id=run_id,
-                )
-                yield Run("diabetes", seed, weights, str(path), steps, history, baselines, halves=halves)
+                yield heads_run("diabetes", seed, weights, run_id, model, split, _mse, _mse_metrics, baselines, out,
+                                epochs=epochs, batch_size=64, lr=3e-3)  # fmt: skip
 
 
 def floor_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
@@ -488,21 +436,14 @@ def floor_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
                       {t: as_t(y[1000:]) for t, y in targets.items()})  # fmt: skip
         baselines = {t: float((y[1000:] ** 2).mean()) for t, y in targets.items()}  # the training mean is 0
 
-        def metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
-            return {t: F.mse_loss(pred[t], y[t]).item() for t in y}
-
         for width in (3, 8, 32):
             for weight in (0.01, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
                 weights = {"a": weight, "b": 1.0, "c": 1.0}
                 run_id = f"floor-s{seed}-h{width}-w{weight:g}"
-                path = out / "floor" / f"{run_id}.jsonl"
                 torch.manual_seed(seed)
                 model = Heads(inputs, (width,), dict.fromkeys(targets, 1))
-                steps, history, halves = train_heads(
-                    model, split, weights, _mse, metrics, epochs=epochs, batch_size=64, lr=3e-3,
-                    seed=seed, path=path, run_id=run_id,
-                )  # fmt: skip
-                yield Run("floor", seed, weights, str(path), steps, history, baselines, halves=halves)
+                yield heads_run("floor", seed, weights, run_id, model, split, _mse, _mse_metrics, baselines, out,
+                                epochs=epochs, batch_size=64, lr=3e-3)  # fmt: skip
 
 
 #: family -> (its runs, epochs); each task's metric direction is in ``detection_labels.DIRECTIONS``
