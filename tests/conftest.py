@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 
 import pytest
 from terminal import Terminal
@@ -10,6 +11,12 @@ from terminal import Terminal
 # only contends for the cores (a 15-epoch hidden-size-4 run: 10.2 s of CPU with two threads, 6.4 s with one).
 # Set before any test imports torch; subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# A suite started in the background of a script (`pytest ... &`) inherits SIGINT ignored, and every watcher and
+# trainer it starts would too: the tests that stop one with Ctrl-C (SIGINT) then wait on a process that cannot
+# hear it. A handler here (not an ignore) is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
