@@ -2,6 +2,7 @@
 outside the model, sparse and complex gradients, compiled models. Each either gives exactly the step a plain
 ``backward()`` gives, or refuses in one clear message and measures the non-invasive way."""
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -380,3 +381,26 @@ def test_reentrant_checkpointing_says_how_to_measure_and_the_representation_scop
     features, losses = model(torch.randn(8, 6))
     balance = monitor.on_before_backward(model, losses, representation=features)
     assert balance is not None and set(balance.norms) == {"cls", "reg"} and len(warnings) == 1
+
+
+def test_a_rule_that_fails_is_one_warning_and_the_training_and_its_log_go_on(monkeypatch):
+    """The trainer runs the watcher's rules in-process: a defect in one (a division by a window mean of 0 was
+    one) must cost the live alerts, not the run or its records."""
+    from moola_watch.rules import engine
+
+    def broken(ev, record, th):
+        raise ZeroDivisionError("float division by zero")
+
+    rules = engine._BY_KIND["task_balance"]
+    monkeypatch.setitem(engine._BY_KIND, "task_balance", (*rules, dataclasses.replace(rules[0], evaluate=broken)))
+    plain = train_three_steps(None, lambda a, b: {})
+    out, warnings = io.BytesIO(), []
+    monitor = GradientMonitor(every_n_steps=1, stream=out, warn=warnings.append)
+    monitored = train_three_steps(monitor, lambda a, b: {"a": a.mean(), "b": b.mean()})
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "WARNING: moola's rules failed on a task_balance record (ZeroDivisionError: float division by zero)"
+    )
+    kinds = [r["kind"] for r in map(decode_record, out.getvalue().splitlines())]
+    assert kinds.count("task_balance") == 3 and kinds.count("grad_stats") == 3
+    for (name, a), b in zip(plain.state_dict().items(), monitored.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -228,6 +228,15 @@ def starving_log(ratio, share, losses_of_starved, starved="type"):
     return log
 
 
+def test_a_pointer_gradient_that_never_reaches_the_shared_layers_is_an_unbounded_type_lead_not_a_crash():
+    """A window mean ratio of exactly 0 (the pointer head reads a detached input; its weight and loss are not 0):
+    the rules divided by it and the in-process trainer died."""
+    log = starving_log(0.0, 0.0, lambda i: 0.7, starved="pointer")
+    (collapse,) = collapse_alerts(rules.replay(log.records))
+    assert collapse.severity == "error" and collapse.subject == "pointer"
+    assert collapse.message.startswith("TASK COLLAPSE: Type task dominating (ratio=0.00 < 0.2)")
+
+
 def test_a_task_that_has_learned_is_not_starving_though_its_loss_is_flat_and_its_gradient_small():
     """An easy task converges at once: its loss flat near zero, almost none of the update. That is done, not
     starved: the loss is far below its first (below ``starve_rate``)."""

@@ -79,6 +79,23 @@ def test_heavy_loss_weight_collapses_the_other_task(tmp_path, small_train_args, 
     assert watched["message"].startswith(message) and watched["first_step"] == collapse[0]["step"]
 
 
+@pytest.mark.parametrize(("flag", "off"), [("--loss-beta", "pointer"), ("--loss-alpha", "type")])
+def test_a_task_switched_off_with_weight_0_trains_and_is_not_called_a_collapse(tmp_path, small_train_args, flag, off):
+    """An ablation (one task's weight 0): the pointer/type ratio is 0 or infinite. With the pointer off, the
+    trainer's own rules divided by the window's mean ratio of 0 and the run died at the first full window."""
+    log = tmp_path / "run.jsonl"
+    result = run_cli("moola.cli", *small_train_args, flag, "0", "--grad-log", str(log))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "rules failed" not in result.stdout
+    assert "TASK COLLAPSE" not in result.stdout
+    check = run_cli("moola_watch.cli", "check", "--json", str(log))
+    report = json.loads(check.stdout)
+    assert report["status"] == "completed" and report["verdict"] == "warning", check.stdout
+    assert not [a for a in report["alerts"] if a["rule"] == "collapse"]
+    unjudged = [a for a in report["alerts"] if a["rule"] == "balance_unmeasured"]
+    assert unjudged and f"The balance of the {off} task was never judged" in unjudged[0]["message"]
+
+
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A directory nobody may create files in; for root (which ignores modes) made immutable."""

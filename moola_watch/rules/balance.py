@@ -289,7 +289,8 @@ def pair_dominance(ev: Evidence, th: Thresholds) -> Dominance | None:
         return None
     pointer_wins = mean > th.balance_high
     starved, dominant = ("type", "pointer") if pointer_wins else ("pointer", "type")
-    ratio, target = (mean, th.balance_high) if pointer_wins else (1 / mean, 1 / th.balance_low)
+    # A window mean of 0 (the pointer task's gradient never reached the shared layers): type's lead is unbounded.
+    ratio, target = (mean, th.balance_high) if pointer_wins else (1 / mean if mean else math.inf, 1 / th.balance_low)
     text = verdict.text
     if not verdict.collapsed:  # outside the healthy band, short of the spec's collapse bound
         edge = f"> {th.balance_high}" if pointer_wins else f"< {th.balance_low}"

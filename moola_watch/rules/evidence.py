@@ -414,12 +414,13 @@ class Evidence:
         self.sampled_tasks.update(norms.keys())
         self.left_out_tasks.update(left_out)
         counted = False
-        if ratio is not None and not math.isnan(ratio):
-            self.ratios.append(ratio)
-            counted = True
         losses: Mapping[str, float] = record.get("losses") or {}
         weights: Mapping[str, float] = record.get("weights") or {}
         absent = {task for task, norm in norms.items() if measured_nothing(norm, losses.get(task), weights.get(task))}
+        # A pointer/type ratio with either task switched off (weight 0) compares a task with nothing: 0 or inf.
+        if ratio is not None and not math.isnan(ratio) and not absent & {"pointer", "type"}:
+            self.ratios.append(ratio)
+            counted = True
         measured = {task: norm for task, norm in norms.items() if task not in absent}
         self._left_out(left_out, measured, where)
         self.absent_at = where.step if absent else None

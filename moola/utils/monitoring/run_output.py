@@ -166,7 +166,13 @@ class RunOutput:
             fields["rank"] = self.rank
         now = self._clock()
         record = schema.record_of(kind, self.run_id, now, fields)
-        events = self.engine.observe(record, summary)
+        try:
+            events = self.engine.observe(record, summary)
+        except Exception as exc:  # a defect in a rule must not end the training it watches; the record is kept
+            events = []
+            self.warn_once("rules", f"WARNING: moola's rules failed on a {kind} record ({type(exc).__name__}: {exc}); "
+                                    "records are still written but live alerts may be missing: judge the log with "
+                                    "`moola-watch check`")  # fmt: skip
         if self.writer:
             native = finite and type(now) is float and math.isfinite(now)
             try:
