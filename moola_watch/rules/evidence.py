@@ -418,7 +418,9 @@ class Evidence:
         weights: Mapping[str, float] = record.get("weights") or {}
         absent = {task for task, norm in norms.items() if measured_nothing(norm, losses.get(task), weights.get(task))}
         # A pointer/type ratio with either task switched off (weight 0) compares a task with nothing: 0 or inf.
-        if ratio is not None and not math.isnan(ratio) and not absent & {"pointer", "type"}:
+        # A batch without a task's labels (loss 0) stays a sample: the spec's ratio has no notion of it.
+        switched_off = any(weights.get(task) == 0 for task in ("pointer", "type"))
+        if ratio is not None and not math.isnan(ratio) and not switched_off:
             self.ratios.append(ratio)
             counted = True
         measured = {task: norm for task, norm in norms.items() if task not in absent}
