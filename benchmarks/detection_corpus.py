@@ -51,6 +51,7 @@ Writes ``OUT/<family>/<run>.jsonl`` and ``OUT/labels.json``; the labelling is ``
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import math
@@ -62,11 +63,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detection_labels import Run, label
+from detection_labels import TAIL_EPOCHS, Run, label
 from rich.console import Console
 from torch import nn
 
-from moola.data import make_synthetic
+from moola.data import WindowDataset, make_synthetic
 from moola.models.enhanced_simple_lstm import EnhancedSimpleLSTM
 from moola.utils.monitoring.gradient_diagnostics import GradientMonitor
 
@@ -88,6 +89,7 @@ def lstm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
             "type": float(labels.max() / labels.sum()),
             "pointer": float(np.abs(bars - bars.mean(axis=0)).mean()),
         }
+        floors = lstm_floors(out, data, seed, epochs)
         for beta in (0.03, 0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0, 25.0):
             run_id = f"lstm-s{seed}-b{beta:g}"
             path = out / "lstm" / f"{run_id}.jsonl"
@@ -101,7 +103,23 @@ def lstm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
             steps = [_epoch_steps(path)[e["epoch"]] for e in model.history]
             metrics = {"type": [e["type_acc"] for e in model.history],
                        "pointer": [e["pointer_err_bars"] for e in model.history]}  # fmt: skip
-            yield Run("lstm", seed, {"type": 1.0, "pointer": beta}, str(path), steps, metrics, baselines, halves=halves)
+            yield Run("lstm", seed, {"type": 1.0, "pointer": beta}, str(path), steps, metrics, baselines, halves=halves,
+                      floors=floors)  # fmt: skip
+
+
+def lstm_floors(out: Path, data: WindowDataset, seed: int, epochs: int) -> dict[str, float]:
+    """Each task's training loss at the end of a run of the trainer on that task's loss alone (the other weight 0)."""
+    floors = {}
+    for task, (alpha, beta) in {"type": (1.0, 0.0), "pointer": (0.0, 1.0)}.items():
+        path = out / "lstm" / SOLO / f"lstm-s{seed}-{task}.jsonl"
+        model = EnhancedSimpleLSTM(hidden_size=4, predict_pointers=True, seed=seed)
+        model.fit(
+            data.X, data.y, data.expansion_start, data.expansion_end,
+            epochs=epochs, loss_alpha=alpha, loss_beta=beta, monitor_gradients=True, gradient_log_freq=5,
+            task_balance_freq=1, grad_log=path, run_id=path.stem, console=Console(file=io.StringIO()),
+        )  # fmt: skip
+        floors[task] = training_floor(path, task)
+    return floors
 
 
 def _evaluated_in_halves(model: EnhancedSimpleLSTM) -> Halves:
@@ -120,6 +138,18 @@ def _evaluated_in_halves(model: EnhancedSimpleLSTM) -> Halves:
 
     model._evaluate = in_halves  # type: ignore[method-assign]
     return halves
+
+
+#: Where each family's single-task runs go (under ``OUT/<family>/``): the source of each task's training floor.
+SOLO = "solo"
+
+
+def training_floor(path: Path, task: str) -> float:
+    """The task's training loss at the end of the run logged at ``path``: the mean of its last ``TAIL_EPOCHS``
+    epoch records' ``task_losses`` (what a user reads off a single-task run)."""
+    with path.open("rb") as lines:
+        epochs = [r for r in map(json.loads, lines) if r["kind"] == "epoch"]
+    return float(np.mean([r["task_losses"][task] for r in epochs[-TAIL_EPOCHS:]]))
 
 
 def _epoch_steps(path: Path) -> dict[int, int]:
@@ -220,11 +250,36 @@ def heads_run(
     family: str, seed: int, weights: dict[str, float], run_id: str, model: Heads, split: Split, losses: Losses,
     metrics: Metrics, baselines: dict[str, float], out: Path, *, epochs: int, batch_size: int, lr: float,
 ) -> Run:  # fmt: skip
-    """Train ``model`` (:func:`train_heads`), its log ``out/<family>/<run_id>.jsonl``, and return the run."""
+    """Train ``model`` (:func:`train_heads`), its log ``out/<family>/<run_id>.jsonl``, and return the run, with
+    each task's training floor (:func:`heads_floors`, trained first from the same initial weights)."""
+    floors = heads_floors(model, split, weights, losses, metrics, out / family / SOLO, run_id.rsplit("-w", 1)[0],
+                          epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)  # fmt: skip
     path = out / family / f"{run_id}.jsonl"
     steps, history, halves = train_heads(model, split, weights, losses, metrics, epochs=epochs,
                                          batch_size=batch_size, lr=lr, seed=seed, path=path, run_id=run_id)  # fmt: skip
-    return Run(family, seed, weights, str(path), steps, history, baselines, halves=halves)
+    return Run(family, seed, weights, str(path), steps, history, baselines, halves=halves, floors=floors)
+
+
+#: The training floors of each setting (its family, seed and trunk: a run id less its weight), trained once.
+_SOLO_FLOORS: dict[str, dict[str, float]] = {}
+
+
+def heads_floors(
+    model: Heads, split: Split, weights: dict[str, float], losses: Losses, metrics: Metrics, out: Path, key: str,
+    *, epochs: int, batch_size: int, lr: float, seed: int,
+) -> dict[str, float]:  # fmt: skip
+    """Each task's training loss at the end of a run on its loss alone (a copy of ``model`` as it is, the other
+    weights 0), once per ``key``: the floor a user would read off a single-task run of the same model."""
+    if key in _SOLO_FLOORS:
+        return _SOLO_FLOORS[key]
+    floors = _SOLO_FLOORS[key] = {}
+    for task in weights:
+        alone = {t: float(t == task) for t in weights}
+        path = out / f"{key}-{task}.jsonl"
+        train_heads(copy.deepcopy(model), split, alone, losses, metrics, epochs=epochs, batch_size=batch_size, lr=lr,
+                    seed=seed, path=path, run_id=path.stem)  # fmt: skip
+        floors[task] = training_floor(path, task)
+    return floors
 
 
 def _mse(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -481,8 +536,8 @@ def main() -> None:
     built: list[Run] = []
     for name in args.families.split(","):
         make, epochs = FAMILIES[name]
-        (args.out / name).mkdir(parents=True, exist_ok=True)
-        for stale in (args.out / name).glob("*.jsonl"):
+        (args.out / name / SOLO).mkdir(parents=True, exist_ok=True)
+        for stale in (args.out / name).rglob("*.jsonl"):
             stale.unlink()  # the monitor appends: a rerun must not add a second run to an old log
         began = time.perf_counter()
         runs = list(make(args.out, list(range(args.seeds)), epochs))

@@ -50,6 +50,9 @@ class Run:
     #: whole split (None: the halves were not recorded). Where they differ, the label is the held-out sample's noise
     #: as much as the run's outcome.
     agreed: bool | None = None
+    #: Each task's training loss at the end of a run of the same model on that task's loss alone (its training
+    #: floor, what a user learns from a single-task run; {}: not built).
+    floors: dict[str, float] = field(default_factory=dict)
 
 
 def final_metric(values: list[float]) -> float:
