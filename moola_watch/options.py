@@ -66,6 +66,11 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
         "... or at a floor its loss cannot fall far below: its gradient's mean cosine below this (pure noise) ...",
     ),
     "noise_rate": ("FRACTION", "... and its loss at or below this fraction of its first (it fell; 0 turns this off)"),
+    "floor_progress": (
+        "FRACTION",
+        "where the run recorded a task's training floor (GradientMonitor's task_floors), the floor decides instead: "
+        "the task is at it once its loss came this fraction of the way from its first loss to the floor",
+    ),
     "final_share": (
         "FRACTION",
         "a completed run ended with a task starved (collapse, an error) if over the last window it got less than "

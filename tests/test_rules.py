@@ -228,6 +228,42 @@ def starving_log(ratio, share, losses_of_starved, starved="type"):
     return log
 
 
+def floored_log(floors):
+    """A type task dominated and stalled at 0.7 from a first loss of 1.0 (70% of its first: not learned), whose
+    gradient persistence is not recorded; ``floors`` go in its run_start's ``task_floors``."""
+    log = starving_log(8.0, 0.005, lambda i: 1.0 if i == 1 else 0.7)
+    log.records[0]["task_floors"] = floors
+    return log
+
+
+@pytest.mark.parametrize(
+    ("floors", "severity", "words"),
+    [
+        (None, "error", "type task is starving"),
+        ({"type": 0.0}, "error", "come 30% of the way from its first loss 1 to its training floor 0"),
+        ({"type": 0.6}, "warning", "but it has come at least 35% of the way to the training floor given for it"),
+        ({"type": 1.2}, "warning", "come 100% of the way from its first loss 1 to its training floor 1.2"),
+        ({"pointer": 0.6}, "error", "type task is starving"),
+        ({"type": "low"}, "error", "type task is starving"),
+        ({"type": -1}, "error", "type task is starving"),
+        ([0.6], "error", "type task is starving"),
+    ],
+)
+def test_a_training_floor_given_in_run_start_decides_whether_a_stalled_task_is_at_it(tmp_path, floors, severity, words):
+    """A stalled task 30% below its first loss: starving when a run on it alone gets it to 0, at its floor when
+    that run gets no lower than 0.6 (75% of the way there, beyond floor_progress, 35%). A floor for another task, or one
+    that is not a finite loss of at least 0, judges nothing; check says the same through the real CLI."""
+    log = floored_log(floors)
+    (collapse,) = collapse_alerts(rules.replay(log.records))
+    assert (collapse.severity, collapse.subject) == (severity, "type")
+    assert words in collapse.message
+    checked = run_cli("moola_watch.cli", "check", "--json", str(log.write(tmp_path / "floored.jsonl")))
+    assert json.loads(checked.stdout)["verdict"] == severity and checked.returncode == (severity == "error")
+    if floors == {"type": 0.6}:
+        stricter = run_cli("moola_watch.cli", "check", "--floor-progress", "0.8", str(tmp_path / "floored.jsonl"))
+        assert stricter.returncode == 1 and "come 75% of the way" in stricter.stdout
+
+
 def test_a_pointer_gradient_that_never_reaches_the_shared_layers_is_an_unbounded_type_lead_not_a_crash():
     """A window mean ratio of exactly 0 (the pointer head reads a detached input; its weight and loss are not 0):
     the rules divided by it and the in-process trainer died."""

@@ -175,18 +175,37 @@ def others_learn(task: str, progress: Mapping[str, TaskProgress], th: Thresholds
     )
 
 
-def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds) -> bool:
-    """Whether a stalled task sits at the floor its data allow: its gradient on the shared parameters is now
+def way_to_floor(own: TaskProgress, floor: float) -> float:
+    """How far the task's loss has come from its first loss to its training ``floor``: 0 not at all, 1 there (a
+    first loss at or below the floor: 1, nothing to learn here). Negative when it rose."""
+    if own.start <= floor:
+        return 1.0
+    return (own.start - own.recent) / (own.start - floor)
+
+
+def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds, floor: float | None = None) -> bool:
+    """Whether a stalled task sits at the floor its data allow. With its training ``floor`` known (run_start's
+    ``task_floors``): once its loss came ``floor_progress`` of the way there (:func:`way_to_floor`). Without one,
+    from its gradient: its gradient on the shared parameters is now
     mini-batch noise around a minimum (the window's mean ``persistence``), either below ``starve_persistence`` with
     its loss at or below ``floor_rate`` of its first (it learned), or below ``noise_persistence`` (no direction
     left at all) with its loss at or below ``noise_rate`` of its first: a loss with a high floor (a regression of
     low R^2, noisy labels) cannot fall far, and its gradient says it is done. A task near its first loss with a
     noisy gradient never got going: stuck at a chance-level plateau, which more of the shared layers could lift
     (an outside review's starved tasks on noisy labels had gradients as noisy as a converged task's)."""
+    if floor is not None:
+        return way_to_floor(own, floor) >= th.floor_progress
     if persistence is None or own.rate is None:
         return False
     learned = own.rate <= th.floor_rate and persistence < th.starve_persistence
     return learned or (own.rate <= th.noise_rate and persistence < th.noise_persistence)
+
+
+def floor_figures(own: TaskProgress, floor: float) -> str:
+    """The task's way to its training floor in words: 'come 40% of the way from its first loss 0.9 to its
+    training floor 0.3'."""
+    way = way_to_floor(own, floor)
+    return f"come {way:.0%} of the way from its first loss {own.start:.3g} to its training floor {floor:.3g}"
 
 
 def not_falling(own: TaskProgress, th: Thresholds) -> str:
@@ -229,8 +248,10 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
     others = ", ".join(f"{p.task} {_change(p.change)}" for p in progress.values() if p.task != task)
     persistence = ev.mean_persistence(task)
     persistence_words = "" if persistence is None else f", {gradient_persistence(persistence)}"
+    floor = ev.run.floors.get(task)
+    floor_words = "" if floor is None else f", {floor_figures(own, floor)}"
     figures = (f"{task} {own.measure} {own.earlier:.3g} -> {own.recent:.3g} ({_change(own.change)}) from {own.span} "
-               f"[{others}], {share_words}{persistence_words}")  # fmt: skip
+               f"[{others}], {share_words}{persistence_words}{floor_words}")  # fmt: skip
     learned = own.rate is not None and own.rate <= th.starve_rate
     moved = not_falling(own, th)
     if own.change <= -th.starve_drop:
@@ -247,7 +268,12 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
         return Starvation("warning", (f"gradients dominated, but the {task} task has learned: its loss is "
                                       f"{own.rate:.0%} of where it started ({own.start:.3g}): {figures}"), True,
                           nothing_learns)  # fmt: skip
-    if at_its_floor(own, persistence, th):
+    if floor is not None and at_its_floor(own, persistence, th, floor):
+        return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but it has come at least "
+                                      f"{th.floor_progress:.0%} of the way to the training floor given for it: "
+                                      f"{figures}"),
+                          learned, nothing_learns)  # fmt: skip
+    if floor is None and at_its_floor(own, persistence, th):
         return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but its gradient on the "
                                       f"shared parameters is mini-batch noise around a minimum it reached (a starving "
                                       f"task's keeps asking the same change): {figures}"), learned,
@@ -505,9 +531,9 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
             continue
         if not (share < th.final_share * equal and run_share.mean < th.final_run_share * equal):
             continue
-        persistence = ev.mean_persistence(task)
-        if at_its_floor(own, persistence, th):
-            continue  # its gradient is noise around a minimum it reached: it learned what it could here
+        persistence, floor = ev.mean_persistence(task), ev.run.floors.get(task)
+        if at_its_floor(own, persistence, th, floor):
+            continue  # near the floor given for it, or its gradient is noise around a minimum: it learned what it could
         if not others_learn(task, progress, th):
             continue  # no other task learned: no competition for the shared layers starved this one
         if own.rate is None:  # the run's start is unknown: whether the task learned cannot be told, so say that
@@ -533,7 +559,8 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
                 f"over its last {len(ev.shares[task])} balance samples ({ev.window_span() or 'steps unknown'}), "
                 f"{run_share.mean:.1%} over the run (an equal share: {equal:.0%}), and its training loss still "
                 f"{own.rate:.0%} of its first ({own.start:.3g} -> {own.recent:.3g})"
-                f"{'' if persistence is None else ', ' + gradient_persistence(persistence)}",
+                f"{'' if persistence is None else ', ' + gradient_persistence(persistence)}"
+                f"{'' if floor is None else ', ' + floor_figures(own, floor)}",
                 _weights_fix(ev, dominance, action) if dominated else action,
             )))  # fmt: skip
     return findings

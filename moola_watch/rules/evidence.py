@@ -57,6 +57,8 @@ class RunState:
     first_epoch: int | None = None
     began: tuple[int, int | None] | None = None  # run_start's first step and epoch: where its writer began
     config: dict[str, Any] = field(default_factory=dict)
+    # run_start's task_floors: each task's training loss at the end of a run on it alone (given by the user)
+    floors: dict[str, float] = field(default_factory=dict)
 
     @property
     def longest_gap(self) -> float:
@@ -208,6 +210,15 @@ def _cadence(start: schema.Record) -> tuple[int | None, int | None]:
     return least("every_n_steps", "balance_every_n_steps"), least("log_frequency", "task_balance_frequency")
 
 
+def task_floors(recorded: Any) -> dict[str, float]:
+    """The usable entries of a ``run_start``'s ``task_floors`` (task -> a finite loss of at least 0); others, and
+    anything that is not an object, are left out: a floor the rules cannot read judges nothing."""
+    if not isinstance(recorded, dict):
+        return {}
+    return {task: float(loss) for task, loss in recorded.items()
+            if isinstance(task, str) and type(loss) in (int, float) and 0 <= loss < math.inf}  # fmt: skip
+
+
 def measured_nothing(norm: float, loss: float | None, weight: float | None) -> bool:
     """Whether a task was not in a balance sample, given its gradient norm there, its loss and its weight: a norm
     that is not finite (a step the scaler skips), a loss that is not finite (a batch without the task's labels:
@@ -280,6 +291,7 @@ class Evidence:
                 first_epoch = record.get("first_epoch")
                 self.run.began = (first_step, first_epoch if type(first_epoch) is int else None)
             self.run.config = record.get("config") or {}
+            self.run.floors = task_floors(record.get("task_floors"))
         elif kind == schema.TASK_BALANCE:
             self._balance(record, where)
         elif kind == schema.EPOCH:

@@ -18,7 +18,7 @@ ORDERED = (
     ("healthy_norm_low", "healthy_norm_high"),
 )
 #: Thresholds that are fractions of a whole (a share of the update, a loss's fall over the window): at most 1.
-FRACTIONS = ("starve_share", "starve_drop", "starve_persistence", "noise_persistence")
+FRACTIONS = ("starve_share", "starve_drop", "starve_persistence", "noise_persistence", "floor_progress")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class Thresholds:
     # noise_rate of its first: a task whose loss cannot fall far (a regression with a low R^2) is at its floor too
     noise_persistence: float = 0.15
     noise_rate: float = 0.95
+    # Where the run_start gave a task's training floor (task_floors: its loss at the end of a run on it alone), the
+    # floor decides instead: the task is at it once its loss came this fraction of the way from its first to it
+    floor_progress: float = 0.35
     final_share: float = 0.4  # a completed run ended with a task starved if, over the last window, its mean
     # share of the update was below this fraction of an equal share (1 / tasks), ...
     final_run_share: float = 0.8  # ... over the whole run below this fraction of an equal share, ...
