@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import os
 import re
 import shlex
@@ -46,6 +47,20 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
+
+
+def _task_floor(text: str) -> tuple[str, float]:
+    """``--task-floor``'s TASK=LOSS: the task (type or pointer) and its floor, a finite loss of at least 0."""
+    task, equals, loss = text.partition("=")
+    if not equals or task not in ("type", "pointer"):
+        raise argparse.ArgumentTypeError(f"must be TASK=LOSS with TASK type or pointer, got {text}")
+    try:
+        value = float(loss)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"the {task} floor must be a finite loss of at least 0, got {loss}")
+    return task, value
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -115,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="adjust the loss weights from each task-balance measurement (see README: Automatic balancing)",
     )
     train.add_argument(
+        "--task-floor",
+        type=_task_floor,
+        action="append",
+        metavar="TASK=LOSS",
+        help="a task's training loss at the end of a run on it alone (--loss-alpha 0 or --loss-beta 0), recorded "
+        "in run_start: a stalled task near it is not called starving (repeat for both tasks)",
+    )
+    train.add_argument(
         "--balance-scope",
         choices=["shared", "representation"],
         default="shared",
@@ -180,7 +203,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from moola.utils.monitoring.console import console_lines
 
     acting = [flag for flag, value in (("--halt-on", args.halt_on), ("--checkpoint-on-alert", args.checkpoint_on_alert),
-              ("--auto-balance", args.auto_balance)) if value]  # fmt: skip
+              ("--auto-balance", args.auto_balance), ("--task-floor", args.task_floor)) if value]  # fmt: skip
     if acting and not args.monitor_gradients:
         print(f"moola: error: {', '.join(acting)} need --monitor-gradients", file=sys.stderr)
         return EXIT_USAGE
@@ -233,6 +256,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                 console=console,
                 every_n_steps=args.every_n_steps,
                 halt_on=args.halt_on,
+                task_floors=dict(args.task_floor or []),
                 checkpoint_dir=args.checkpoint_on_alert,
                 auto_balance=args.auto_balance,
                 per_rank_log=args.per_rank_log,

@@ -96,6 +96,28 @@ def test_a_task_switched_off_with_weight_0_trains_and_is_not_called_a_collapse(t
     assert unjudged and f"The balance of the {off} task was never judged" in unjudged[0]["message"]
 
 
+def test_task_floors_from_the_command_line_are_recorded_and_a_bad_one_is_a_one_line_usage_error(
+    tmp_path, small_train_args
+):
+    """``--task-floor`` (from a run on each task alone) goes in run_start, where ``check`` reads it."""
+    log = tmp_path / "run.jsonl"
+    floors = ("--task-floor", "type=0.6", "--task-floor", "pointer=0")
+    result = run_cli("moola.cli", *small_train_args, "--epochs", "2", *floors, "--grad-log", str(log))
+    assert result.returncode == 0, result.stderr
+    start = json.loads(log.read_bytes().splitlines()[0])
+    assert start["kind"] == "run_start" and start["task_floors"] == {"type": 0.6, "pointer": 0.0}
+    unmonitored = [arg for arg in small_train_args if arg != "--monitor-gradients"]
+    for args, words in (
+        ((*small_train_args, "--task-floor", "type=-1"), "the type floor must be a finite loss of at least 0"),
+        ((*small_train_args, "--task-floor", "speed=1"), "must be TASK=LOSS with TASK type or pointer"),
+        ((*small_train_args, "--task-floor", "type=nan"), "the type floor must be a finite loss of at least 0"),
+        ((*unmonitored, "--task-floor", "type=0.6"), "--task-floor need --monitor-gradients"),
+    ):
+        refused = run_cli("moola.cli", *args, "--grad-log", str(tmp_path / "never.jsonl"))
+        assert refused.returncode == 2 and words in refused.stderr.splitlines()[-1]
+        assert not (tmp_path / "never.jsonl").exists()
+
+
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A directory nobody may create files in; for root (which ignores modes) made immutable."""

@@ -885,3 +885,23 @@ def test_a_monitor_let_go_of_is_freed_at_once_with_no_garbage_collector(tmp_path
             assert freed() is None, f"started={started}"
     finally:
         gc.enable()
+
+
+def test_task_floors_given_to_the_monitor_are_recorded_judged_in_process_and_a_bad_one_is_refused(tmp_path):
+    """Training floors (each task's loss on its own, from a user's single-task runs) go in run_start, where the
+    trainer's own rules and the watcher read them; a floor that is not a finite loss is refused before training."""
+    log = tmp_path / "floors.jsonl"
+    monitor = GradientMonitor(
+        every_n_steps=5, log_path=log, echo=lambda _line: None, task_floors={"cls": 1, "reg": 0.2}
+    )
+    plain_loop(monitor, steps=10)
+    start = records_of(log.read_bytes())[0]
+    assert start["kind"] == "run_start" and start["task_floors"] == {"cls": 1.0, "reg": 0.2}
+    assert monitor.engine.evidence.run.floors == {"cls": 1.0, "reg": 0.2}
+    plain = tmp_path / "plain.jsonl"
+    plain_loop(GradientMonitor(every_n_steps=5, log_path=plain, echo=lambda _line: None), steps=10)
+    assert "task_floors" not in records_of(plain.read_bytes())[0]
+    for bad in (math.nan, -0.1, "0.3", True):
+        with pytest.raises(ValueError, match="task_floors: the reg task's floor must be a finite loss of at least 0"):
+            GradientMonitor(log_path=tmp_path / "never.jsonl", task_floors={"reg": bad})
+        assert not (tmp_path / "never.jsonl").exists()

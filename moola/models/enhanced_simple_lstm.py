@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +172,7 @@ class EnhancedSimpleLSTM:
         console: Console | None = None,
         every_n_steps: int | None = None,
         halt_on: str | None = None,
+        task_floors: Mapping[str, float] | None = None,
         checkpoint_dir: str | Path | None = None,
         auto_balance: str | None = None,
         per_rank_log: bool = False,
@@ -190,6 +191,8 @@ class EnhancedSimpleLSTM:
         :mod:`moola.balancing`) adjusts the task weights from each balance measurement (under torchrun every
         rank then uses rank 0's). ``per_rank_log``: under torchrun every rank writes its own log
         (``run.rank1.jsonl``, the rank in every record), not only rank 0.
+        ``task_floors`` (task -> loss): each task's training loss at the end of a run on it alone, recorded in
+        ``run_start`` for the rules (see :class:`~moola.utils.monitoring.GradientMonitor`).
 
         ``grad_clip`` is the max total gradient norm (None or 0: no clipping); the monitor measures before
         clipping. Raises ``moola.data.DataError`` for unusable arrays.
@@ -261,6 +264,7 @@ class EnhancedSimpleLSTM:
             run_id=run_id,
             on_alert=checkpointer,
             halt_on=halt_on,
+            task_floors=task_floors,
             enabled=monitor_gradients,
             per_rank=per_rank_log,
         )

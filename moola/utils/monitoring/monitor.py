@@ -109,6 +109,10 @@ class GradientMonitor:
     warning); with ``halt_on="critical"`` (or ``"error"``) the first alert at or above that severity sets
     :attr:`halted_by`, which the loop checks to stop before the optimizer step applies the bad gradient
     (:attr:`should_stop`); ``run_end`` then says the run was halted and why.
+
+    ``task_floors`` (task -> loss) are each task's training loss at the end of a run on that task alone (its
+    weight 1, the others 0), where known: recorded in ``run_start``, they let the rules tell a stalled task that
+    is near what it can reach from one starved short of it (``Thresholds.floor_progress``).
     """
 
     # The schedule's settings and the step count live in the cadence (:mod:`~moola.utils.monitoring.cadence`).
@@ -145,6 +149,7 @@ class GradientMonitor:
         halt_on: str | None = None,
         enabled: bool = True,
         end_on_sigterm: bool = True,
+        task_floors: Mapping[str, float] | None = None,
     ) -> None:
         for name, value in (
             ("log_frequency", log_frequency),
@@ -155,6 +160,12 @@ class GradientMonitor:
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        for task, loss in (task_floors or {}).items():
+            if isinstance(loss, bool) or not isinstance(loss, int | float) or not 0 <= loss < math.inf:
+                raise ValueError(
+                    f"task_floors: the {task} task's floor must be a finite loss of at least 0, got {loss!r}"
+                )
+        self.task_floors = {task: float(loss) for task, loss in (task_floors or {}).items()}
         self._halting = Halting(halt_on) if halt_on is not None else None
         self.enabled = enabled
         self._cadence = Cadence(log_frequency, task_balance_frequency, every_n_steps, balance_every_n_steps)
@@ -269,6 +280,7 @@ class GradientMonitor:
             **model_fields(model, model_name, self.max_layer_norms),
             config=config_value(config or {}),
             thresholds=self.thresholds.to_dict(),
+            **({"task_floors": self.task_floors} if self.task_floors else {}),
             log_frequency=self.log_frequency,
             task_balance_frequency=self.task_balance_frequency,
             every_n_steps=self.every_n_steps,
