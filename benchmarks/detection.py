@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/detection.py            # builds the corpus first if runs/detection-corpus is empty
     .venv/bin/python benchmarks/detection.py --tune     # first choose the verdict's numbers on the tuning runs
     .venv/bin/python benchmarks/detection.py --cut-at 12   # every run as if it had completed after epoch 12
+    .venv/bin/python benchmarks/detection.py --floors   # each run's training floors in its run_start, as a user
+                                                        # who ran each task alone would give them
 
 The *old rule* is the spec's dominance window alone at error level (what ``check`` failed on before): the
 first step a ``collapse`` alert raised by a balance sample is firing with its window beyond ``collapse_high``,
@@ -12,9 +14,10 @@ ended starved. Both are read from one replay of each log through :class:`moola_w
 the run's recorded thresholds, the verdict's own numbers from the watcher's defaults unless ``--tune`` chose
 others: first ``starve_drop`` and ``starve_share`` (during the run), then ``final_share``,
 ``final_run_share`` and ``final_rate`` (at the end), then the floor's ``starve_persistence`` and ``floor_rate``,
-then its second branch's ``noise_persistence`` and ``noise_rate``. Ground truth comes from held-out metrics only
-(see ``detection_corpus.py``); a second table per set of runs scores the new verdict on the runs whose label
-each half of the held-out split gives alike (the reliable ones).
+then its second branch's ``noise_persistence`` and ``noise_rate``; with ``--floors``, then ``floor_progress``
+(each run judged with its tasks' training floors from the corpus's single-task runs). Ground truth comes from
+held-out metrics only (see ``detection_corpus.py``); a second table per set of runs scores the new verdict on
+the runs whose label each half of the held-out split gives alike (the reliable ones).
 
 Lead time is the alert's step minus the step at which the starved task's validation metric plateaued
 (negative: the alert came first).
@@ -55,6 +58,8 @@ TUNING_STAGES = (
     ({}, {"starve_persistence": (0.0, 0.2, 0.3, 0.4, 0.5), "floor_rate": (0.6, 0.7, 0.8, 0.9)}),
     ({}, {"noise_persistence": (0.1, 0.15, 0.2, 0.25, 0.3), "noise_rate": (0.0, 0.8, 0.9, 0.95)}),
 )  # fmt: skip
+#: With ``--floors``, the last stage: how far towards its training floor a stalled task must have come.
+FLOOR_STAGE = ({}, {"floor_progress": (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)})
 VERDICT_NAMES = (("old", "old rule (dominance)"), ("new", "new verdict (dominance + lost progress, or ended starved)"))
 Chosen = dict[str, float]  # threshold name -> value, over the run's recorded ones
 
@@ -147,12 +152,15 @@ def _earliest(first: dict[str, tuple[int, bool]]) -> Alarm:
     return Alarm(tuple(task for task, when in first.items() if when[0] == step), step, at_end, frozenset(first))
 
 
-def judge(run: dict, chosen: Chosen) -> Outcome:
+def judge(run: dict, chosen: Chosen, floors: bool = False) -> Outcome:
     """Replay one labelled run's log through the old rule and the new verdict, with ``chosen`` thresholds; a run
-    cut short (``until``, see :func:`cut_short`) as if it had completed there."""
+    cut short (``until``, see :func:`cut_short`) as if it had completed there; with ``floors``, its run_start
+    given the run's training floors (``task_floors``)."""
     log = records(run["log"])
     if "until" in run:
         log = ended_at(log, run["until"])
+    if floors and run.get("floors"):
+        log = [{**r, "task_floors": run["floors"]} if r["kind"] == schema.RUN_START else r for r in log]
     start = next(r for r in log if r["kind"] == schema.RUN_START)
     recorded, _source = run_thresholds(start.get("thresholds"), Thresholds(), frozenset())
     starved = run["starved_tasks"]
@@ -277,20 +285,20 @@ def reliability_table(outcomes: list[Outcome], title: str) -> list[str]:
     return lines
 
 
-def tune(runs: list[dict], stages: Sequence[int]) -> Chosen:
+def tune(runs: list[dict], stages: Sequence[int], floors: bool = False) -> Chosen:
     """Stage by stage (the ``stages`` of ``TUNING_STAGES``, counted from 1; a stage left out keeps the watcher's
     defaults): each stage's grid tried beside each of the previous stage's ``KEPT`` best settings; the best are
     those with the best recall (right task) on the tuning runs among those within the false-alarm target, or, with
     none within it, the best recall less false-alarm rate (Youden's J); ties going to the fewer false alarms, then
     the smaller values. Prints each stage's front; returns the last stage's
-    best."""
+    best. With ``floors``, the runs are judged with their training floors and :data:`FLOOR_STAGE` comes last."""
     tuning = [run for run in runs if not run["held_out"]]
     kept: list[Chosen] = [{}]
-    for fixed, stage in (TUNING_STAGES[number - 1] for number in stages):
+    for fixed, stage in [*(TUNING_STAGES[number - 1] for number in stages), *([FLOOR_STAGE] if floors else [])]:
         scored = []
         for before, values in itertools.product(kept, itertools.product(*stage.values())):
             trial = {**before, **fixed, **dict(zip(stage, values, strict=True))}
-            s = score([judge(run, trial) for run in tuning], "new")
+            s = score([judge(run, trial, floors) for run in tuning], "new")
             chosen = {**before, **dict(zip(stage, values, strict=True))}
             within = s.false_alarm_rate <= FALSE_ALARM_TARGET
             # Beyond the target, recall alone would choose the setting that changes least: the best trade instead
@@ -339,6 +347,8 @@ def main() -> None:
                              "minutes, all of them about 20 minutes on 2 cores")  # fmt: skip
     parser.add_argument("--cut-at", type=int, metavar="EPOCH",
                         help="judge every run as if it had completed after this epoch, relabelled there")  # fmt: skip
+    parser.add_argument("--floors", action="store_true",
+                        help="judge each run with its tasks' training floors (task_floors) in run_start")  # fmt: skip
     args = parser.parse_args()
     labels = args.corpus / "labels.json"
     if not labels.exists():
@@ -350,12 +360,14 @@ def main() -> None:
     defaults = Thresholds().to_dict()
     chosen = {name: defaults[name] for _fixed, stage in TUNING_STAGES for name in stage}
     if args.tune:
-        chosen |= tune(runs, [int(number) for number in args.stages.split(",")])
+        chosen |= tune(runs, [int(number) for number in args.stages.split(",") if number], args.floors)
     print(
         f"\n{', '.join(f'{name} {value}' for name, value in chosen.items())}; window and ratio bounds as each run "
         "recorded them\n"
     )
-    outcomes = [judge(run, chosen) for run in runs]
+    if args.floors:
+        chosen.setdefault("floor_progress", defaults["floor_progress"])
+    outcomes = [judge(run, chosen, args.floors) for run in runs]
     held_out = sorted({run["seed"] for run in runs if run["held_out"]})
     for title, chosen in (("Tuning runs", [o for o in outcomes if not o.held_out]),
                           (f"Held-out runs (seeds {seed_span(held_out)}, never used to choose a number)",
