@@ -898,6 +898,12 @@ def test_task_floors_given_to_the_monitor_are_recorded_judged_in_process_and_a_b
     start = records_of(log.read_bytes())[0]
     assert start["kind"] == "run_start" and start["task_floors"] == {"cls": 1.0, "reg": 0.2}
     assert monitor.engine.evidence.run.floors == {"cls": 1.0, "reg": 0.2}
+    warnings = []
+    misspelt = GradientMonitor(every_n_steps=5, log_path=tmp_path / "misspelt.jsonl", echo=lambda _line: None,
+                               warn=warnings.append, task_floors={"clss": 1.0, "reg": 0.2})  # fmt: skip
+    plain_loop(misspelt, steps=10)
+    assert warnings == ["WARNING: task_floors names tasks this balance sample has no loss for: clss (its tasks: cls, "
+                        "reg); a floor judges only the task of its name"]  # fmt: skip
     plain = tmp_path / "plain.jsonl"
     plain_loop(GradientMonitor(every_n_steps=5, log_path=plain, echo=lambda _line: None), steps=10)
     assert "task_floors" not in records_of(plain.read_bytes())[0]

@@ -483,6 +483,11 @@ class GradientMonitor:
     def record_balance(self, balance: TaskGradients) -> None:
         """Print and record a balance, e.g. one a :class:`~moola.utils.monitoring.task_balance.RepresentationTap`
         measured, at the current step and epoch."""
+        unknown = sorted(set(self.task_floors) - set(balance.norms))
+        if unknown:  # a misspelt task: its floor would silently judge nothing
+            self.warn_once("floors without a task", f"WARNING: task_floors names tasks this balance sample has no "
+                           f"loss for: {', '.join(unknown)} (its tasks: {', '.join(map(str, balance.norms))}); a "
+                           "floor judges only the task of its name")  # fmt: skip
         self._emit(schema.TASK_BALANCE, **self._balance.record(balance, self.thresholds))
 
     def record_weights(self, weights: Mapping[str, float], *, previous: Mapping[str, float], method: str) -> None:
