@@ -17,6 +17,7 @@ from rich.console import Console
 
 from moola import __version__
 from moola.data import DataError, load_npz, make_synthetic
+from moola_watch.rules.evidence import checked_floors
 
 EXIT_USAGE = 2
 EXIT_HALTED = 3  # --halt-on stopped the run
@@ -52,15 +53,16 @@ def _non_negative_float(text: str) -> float:
 def _task_floor(text: str) -> tuple[str, float]:
     """``--task-floor``'s TASK=LOSS: the task (type or pointer) and its floor, a finite loss of at least 0."""
     task, equals, loss = text.partition("=")
-    if not equals or task not in ("type", "pointer"):
-        raise argparse.ArgumentTypeError(f"must be TASK=LOSS with TASK type or pointer, got {text}")
     try:
         value = float(loss)
     except ValueError:
         value = math.nan
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"the {task} floor must be a finite loss of at least 0, got {loss}")
-    return task, value
+    if not equals or task not in ("type", "pointer"):
+        raise argparse.ArgumentTypeError(f"must be TASK=LOSS with TASK type or pointer, got {text}")
+    try:
+        return task, checked_floors({task: value})[task]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import pandas as pd
 
     from moola_watch.rules import Thresholds
@@ -14,7 +16,12 @@ __version__ = "0.1.0"
 __all__ = ["NotALogError", "__version__", "load"]
 
 
-def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd.DataFrame]:
+def load(
+    path: str | Path,
+    thresholds: Thresholds | Mapping[str, float] | None = None,
+    *,
+    task_floors: Mapping[str, float] | None = None,
+) -> dict[str, pd.DataFrame]:
     """A log's DataFrames, or a directory's (every log there, its rotated parts as one): see
     :func:`moola_watch.loader.load`.
 
@@ -22,7 +29,7 @@ def load(path: str | Path, thresholds: Thresholds | None = None) -> dict[str, pd
     """
     from moola_watch.loader import load as load_tables
 
-    return load_tables(path, thresholds)
+    return load_tables(path, thresholds, task_floors=task_floors)
 
 
 def __getattr__(name: str) -> object:

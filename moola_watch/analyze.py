@@ -20,7 +20,7 @@ from moola_watch import columnar, rules, schema, sources
 from moola_watch.counts import counted
 from moola_watch.frames import FrameColumns, nan_text, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
-from moola_watch.rules.evidence import QuietGradStats
+from moola_watch.rules.evidence import QuietGradStats, task_floors
 from moola_watch.tail import CUT_OFF, REPEATED, BadLine, Item, LineDecoder, Notice, RecordItem, SkippedHistory
 from moola_watch.writer_process import log_writer_gone
 
@@ -83,16 +83,28 @@ def held_out_metrics(epoch: Mapping[str, Any]) -> dict[str, Any]:
     return {"val_loss": val_loss}
 
 
+def floors_source(recorded: Mapping[str, float], given: Mapping[str, float]) -> str:
+    """The training floors a run is judged by, in words for the thresholds line ('' with none): '; training
+    floors: pointer 0.1 (recorded in run_start), type 0.36 (given)'."""
+    floors = {**{task: (loss, "recorded in run_start") for task, loss in recorded.items()},
+              **{task: (loss, "given") for task, loss in given.items()}}  # fmt: skip
+    if not floors:
+        return ""
+    return "; training floors: " + ", ".join(f"{task} {loss:.3g} ({how})" for task, (loss, how) in floors.items())
+
+
 @dataclass
 class LogScan:
     """One log's items through the rules, one engine per run id (a file may hold several runs, or a restarted
     one). Each run is judged by the thresholds its ``run_start`` recorded, except the names in ``overridden``
-    (set by a flag or config), which come from ``thresholds``; a run without recorded ones gets ``thresholds``."""
+    (set by a flag or config), which come from ``thresholds``; a run without recorded ones gets ``thresholds``.
+    ``floors`` (task -> loss, from a flag or config) beat the training floors a run recorded."""
 
     path: str
     thresholds: Thresholds = field(default_factory=Thresholds)
     columns: FrameColumns | None = None
     overridden: frozenset[str] = frozenset()
+    floors: Mapping[str, float] = field(default_factory=dict)
     engines: dict[str, RuleEngine] = field(default_factory=dict)
     threshold_sources: dict[str, str] = field(default_factory=dict)  # per run: where its thresholds came from
     records: int = 0
@@ -215,9 +227,10 @@ class LogScan:
                 earlier.run.superseded = earlier.run.status == "running"
         recorded = record.get("thresholds") if record["kind"] == schema.RUN_START else None
         thresholds, source = run_thresholds(recorded, self.thresholds, self.overridden)
-        self.threshold_sources[record["run"]] = source
+        recorded_floors = task_floors(record.get("task_floors")) if record["kind"] == schema.RUN_START else {}
+        self.threshold_sources[record["run"]] = source + floors_source(recorded_floors, self.floors)
         before = self.current
-        engine = self.engines[record["run"]] = RuleEngine(thresholds)
+        engine = self.engines[record["run"]] = RuleEngine(thresholds, self.floors)
         if (
             before is not None
             and record["kind"] == schema.RUN_START
@@ -395,6 +408,7 @@ def scan_log(
     *,
     parts: Sequence[str | Path] | None = None,
     overridden: frozenset[str] = frozenset(),
+    floors: Mapping[str, float] | None = None,
     frames: bool = False,
     now: float | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -404,22 +418,26 @@ def scan_log(
     """Read a whole log in chunks through the rules. ``frames`` collects columns for :meth:`to_frames`;
     ``now`` (unix seconds, default: the clock) judges staleness of a run without ``run_end``;
     ``on_progress`` gets the bytes read so far; ``overridden`` names the thresholds that beat a run's recorded
-    ones; ``fast`` reads typed and in batches (:mod:`moola_watch.columnar`; ``parallel``: decoding in a second
-    process too, by default for a big file when a CPU is idle), else item by item (the reference), with the
-    same result. ``path`` may be ``-`` (stdin) or a compressed file (gzip, bzip2, xz); ``parts``, the files read one
-    after another as this one log (a rotated log's, oldest first: :mod:`moola_watch.sources`). Those are read item
-    by item. Raises ``OSError`` if a file cannot be read (:class:`~moola_watch.sources.UnreadableLog`: its
-    message says why whole)."""
+    ones, ``floors`` the training floors that beat its recorded ones; ``fast`` reads typed and in batches
+    (:mod:`moola_watch.columnar`; ``parallel``: decoding in a second process too, by default for a big file when
+    a CPU is idle), else item by item (the reference), with the same result. ``path`` may be ``-`` (stdin) or a
+    compressed file (gzip, bzip2, xz); ``parts``, the files read one after another as this one log (a rotated
+    log's, oldest first: :mod:`moola_watch.sources`). Those are read item by item. Raises ``OSError`` if a file
+    cannot be read (:class:`~moola_watch.sources.UnreadableLog`: its message says why whole)."""
     sources_of = [path] if parts is None else list(parts)
 
     def streamed() -> LogScan:
-        scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
+        scan = LogScan(
+            str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden, dict(floors or {})
+        )
         for item in read_sources(sources_of, str(path), on_progress):
             scan.add(item)
         return scan
 
     if fast and len(sources_of) == 1 and sources.plain_file(sources_of[0]):
-        scan = LogScan(str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden)
+        scan = LogScan(
+            str(path), thresholds or Thresholds(), FrameColumns() if frames else None, overridden, dict(floors or {})
+        )
         try:
             columnar.scan_into(scan, sources_of[0], parallel=parallel, on_progress=on_progress)
         except columnar.UnsupportedInput:

@@ -40,6 +40,7 @@ from moola_watch.options import (
     UsageError,
     build_parser,
     config_table,
+    floors_from,
     max_bad_lines_from,
     overridden_from,
     thresholds_from,
@@ -60,6 +61,7 @@ def _scan(
     console: Console,
     *,
     frames: bool,
+    floors: dict[str, float],
 ) -> analyze.LogScan:
     """One log read whole: ``path``, or its rotated ``parts`` one after another."""
     try:
@@ -83,9 +85,10 @@ def _scan(
                 def advance(done: int) -> None:
                     progress.update(task, completed=done, records=scan.records if scan else 0)
 
-                scan = analyze.scan_log(path, thresholds, overridden=overridden, frames=frames, on_progress=advance)
+                scan = analyze.scan_log(path, thresholds, overridden=overridden, floors=floors, frames=frames,
+                                        on_progress=advance)  # fmt: skip
                 return scan
-        return analyze.scan_log(path, thresholds, parts=parts, overridden=overridden, frames=frames)
+        return analyze.scan_log(path, thresholds, parts=parts, overridden=overridden, floors=floors, frames=frames)
     except sources.UnreadableLog as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -114,11 +117,11 @@ def _scans(
 ) -> Iterator[tuple[Path, analyze.LogScan | None, str | None]]:
     """Each log of the command line scanned, or None (after a one-line error, also given as the third item) if it
     cannot be read. A scan with no valid record (not a log) comes with a one-line error too."""
-    thresholds, overridden = thresholds_from(args), overridden_from(args)
+    thresholds, overridden, floors = thresholds_from(args), overridden_from(args), floors_from(args)
     parts_of: dict[Path, list[Path]] = getattr(args, "parts", {})
     for path in args.logs:
         try:
-            scan = _scan(path, parts_of.get(path), thresholds, overridden, console, frames=frames)
+            scan = _scan(path, parts_of.get(path), thresholds, overridden, console, frames=frames, floors=floors)
         except UsageError as exc:
             _error(str(exc))
             yield path, None, str(exc)
@@ -384,6 +387,7 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
         top=args.top,
         layers=args.layers,
         overridden=overridden_from(args),
+        floors=floors_from(args),
     )
     notifier = Notifier.from_settings(notify) if notify.enabled else None
     with stops_as_interrupt():

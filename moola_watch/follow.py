@@ -11,7 +11,7 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -51,6 +51,7 @@ class FollowOptions:
     top: int = 4
     layers: str | None = None
     overridden: frozenset[str] = frozenset()  # thresholds a flag or config set: they beat a run's recorded ones
+    floors: dict[str, float] = field(default_factory=dict)  # training floors a flag or config gave (task -> loss)
 
 
 def alert_event(path: Path, run: str | None, event: AlertEvent, host: str | None = None) -> dict[str, Any]:
@@ -155,7 +156,9 @@ class Follower:
             if path not in self.tails:
                 # In a directory, logs that appear later are new runs: read them from their start.
                 from_end = self.options.from_end and not self._started
-                self.views[path] = LogView(LogScan(str(path), self.thresholds, overridden=self.options.overridden))
+                self.views[path] = LogView(
+                    LogScan(str(path), self.thresholds, overridden=self.options.overridden, floors=self.options.floors)
+                )
                 if file_compression(path) is not None:  # it cannot grow: read whole, as check reads it
                     parts = [] if from_end else without_copies([*older, path], note=self._note_once)
                     self.tails[path] = WholeLog(parts, str(path), in_folder=self.directory is not None)

@@ -20,6 +20,7 @@ import pandas as pd
 from moola_watch import analyze
 from moola_watch.config_keys import field_spelled
 from moola_watch.rules import Thresholds
+from moola_watch.rules.evidence import checked_floors
 from moola_watch.sources import is_stdin, saved_logs
 
 TABLES = ("grad", "layers", "balance", "epochs", "alerts", "runs")
@@ -30,14 +31,20 @@ class NotALogError(ValueError):
     """A file with not one valid record: another tool's file, or no log at all (``check`` exits 2 on it)."""
 
 
-def load(path: str | Path, thresholds: Thresholds | Mapping[str, float] | None = None) -> dict[str, pd.DataFrame]:
+def load(
+    path: str | Path,
+    thresholds: Thresholds | Mapping[str, float] | None = None,
+    *,
+    task_floors: Mapping[str, float] | None = None,
+) -> dict[str, pd.DataFrame]:
     """The DataFrames of one log, or of every ``*.jsonl`` in a directory, by table name (see :data:`TABLES`).
 
     The same tables ``moola-watch analyze --csv`` writes, each with a ``log`` column first (the file a row came
     from), so one call gives a whole sweep. Each run is judged by the thresholds its ``run_start`` recorded, as
     ``check`` judges it, unless ``thresholds`` says otherwise: a :class:`Thresholds` judges every run by all of its
     values; a mapping of threshold names to values (``{"window": 20}``) overrides those alone, as ``--config`` or a
-    flag does. Raises ``ValueError`` for an unknown name or a value out of range.
+    flag does. Raises ``ValueError`` for an unknown name or a value out of range. ``task_floors`` (task -> loss,
+    its loss at the end of a run on it alone) beat the training floors a run recorded, as ``--task-floor`` does.
     A log compressed with gzip, bzip2 or xz (``run.jsonl.gz``) is read decompressed, whatever its name; in a
     directory, a rotated log's parts (``run.jsonl.1``, ``run.jsonl``) are read oldest first as one log (those of a
     log with numbered and dated parts by when each was last modified, and a warning says so). Raises
@@ -50,6 +57,7 @@ def load(path: str | Path, thresholds: Thresholds | Mapping[str, float] | None =
     else:  # spelled as the flags and the config allow too: collapse-high
         given = field_spelled(thresholds or {}, sorted(Thresholds.names()), "thresholds", kind="threshold(s)")
         chosen, overridden = Thresholds.from_mapping(given), frozenset(given)
+    floors = checked_floors(task_floors or {})
     path = Path(path)
     logs = saved_logs(path, note=_note) if path.is_dir() else [(path, [path])]
     if not logs:
@@ -57,7 +65,7 @@ def load(path: str | Path, thresholds: Thresholds | Mapping[str, float] | None =
     per_log, foreign = [], []
     for log, parts in logs:  # a rotated log's parts oldest first, as one log (as check reads a folder)
         scan = analyze.scan_log(log, chosen, parts=parts if len(parts) > 1 else None, overridden=overridden,
-                                frames=True)  # fmt: skip
+                                floors=floors, frames=True)  # fmt: skip
         if not scan.records:
             foreign.append(NotALogError(analyze.not_a_log(log, [scan])))
             continue

@@ -14,6 +14,7 @@ from typing import Any
 from moola_watch import __version__
 from moola_watch.config_keys import field_spelled
 from moola_watch.rules import RULES, Thresholds
+from moola_watch.rules.evidence import checked_floors
 
 SEVERITY_CHOICES = ("warning", "error", "critical")
 
@@ -79,7 +80,7 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
     "final_run_share": ("FRACTION", "... and over the whole run less than this fraction of an equal share ..."),
     "final_rate": ("FRACTION", "... while its training loss is still above this fraction of its first"),
 }
-CONFIG_TABLES = ("thresholds", "notify")
+CONFIG_TABLES = ("thresholds", "notify", "task_floors")
 #: Settings of the config's top level (before any table), in flag spelling: ``max-bad-lines = 10``.
 CONFIG_KEYS = ("max-bad-lines",)
 
@@ -113,6 +114,30 @@ def _level(text: str) -> float:
     return value
 
 
+def _task_floor(text: str) -> tuple[str, float]:
+    """``--task-floor``'s TASK=LOSS."""
+    task, equals, loss = text.rpartition("=")
+    try:
+        value = float(loss)
+    except ValueError:
+        value = None
+    if not equals or not task or value is None:
+        raise argparse.ArgumentTypeError(f"must be TASK=LOSS, got {text}")
+    try:
+        return task, checked_floors({task: value})[task]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def floors_from(args: argparse.Namespace) -> dict[str, float]:
+    """The training floors the command line gives: the config's [task_floors], then ``--task-floor`` flags."""
+    try:
+        floors = checked_floors(config_table(args, "task_floors"))
+    except ValueError as exc:
+        raise UsageError(f"config {args.config}: [task_floors] {exc}") from None
+    return floors | dict(args.task_floor or [])
+
+
 def flag_name(field_name: str) -> str:
     """A threshold's flag spelling, which config files accept too: ``collapse_high`` -> ``collapse-high``."""
     return field_name.replace("_", "-")
@@ -134,6 +159,15 @@ def add_threshold_flags(parser: argparse.ArgumentParser) -> None:
             metavar=metavar,
             help=f"{words} (default: {item.default:g})",
         )
+    group.add_argument(
+        "--task-floor",
+        type=_task_floor,
+        action="append",
+        metavar="TASK=LOSS",
+        help="a task's training loss at the end of a run on it alone: a stalled task that came --floor-progress of "
+        "the way from its first loss to it is at its floor, not starving (repeat per task; beats a floor the run "
+        "recorded; also the config's [task_floors] table)",
+    )
     group.add_argument(
         "--config", type=Path, default=None, metavar="TOML", help="a file with a [thresholds] table of the above"
     )

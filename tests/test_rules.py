@@ -6,6 +6,7 @@ import pytest
 from helpers import run_cli
 from logs import LogBuilder, collapse_scenario, exploding_scenario, healthy_scenario, vanishing_scenario
 
+import moola_watch
 from moola_watch import rules
 from moola_watch.rules import FIRING, PENDING, RESOLVED, RuleEngine, Thresholds, recommend_ratio
 
@@ -262,6 +263,40 @@ def test_a_training_floor_given_in_run_start_decides_whether_a_stalled_task_is_a
     if floors == {"type": 0.6}:
         stricter = run_cli("moola_watch.cli", "check", "--floor-progress", "0.8", str(tmp_path / "floored.jsonl"))
         assert stricter.returncode == 1 and "come 75% of the way" in stricter.stdout
+
+
+def test_a_training_floor_given_to_the_watcher_beats_the_recorded_one_and_the_output_says_which(tmp_path):
+    """A log judged after the fact, floors learned later: --task-floor or the config's [task_floors] give them,
+    over the run's own; the thresholds line names each floor and where it came from. A bad one is exit 2."""
+    bare, recorded = (
+        floored_log(None).write(tmp_path / "bare.jsonl"),
+        floored_log({"type": 0.6}).write(tmp_path / "rec.jsonl"),
+    )
+
+    def judged(*args):
+        result = run_cli("moola_watch.cli", "check", "--json", *args)
+        (run,) = json.loads(result.stdout)["runs"]
+        return result.returncode, run["verdict"], run["thresholds_from"]
+
+    assert judged(str(bare))[:2] == (1, "error")
+    code, verdict, source = judged("--task-floor", "type=0.6", str(bare))
+    assert (code, verdict) == (0, "warning") and source.endswith("; training floors: type 0.6 (given)")
+    code, verdict, source = judged("--task-floor", "type=0", str(recorded))
+    assert (code, verdict) == (1, "error") and source.endswith("; training floors: type 0 (given)")
+    assert judged(str(recorded))[2].endswith("; training floors: type 0.6 (recorded in run_start)")
+    config = tmp_path / "floors.toml"
+    config.write_text("[task_floors]\ntype = 0.6\n")
+    assert judged("--config", str(config), str(bare))[:2] == (0, "warning")
+    config.write_text('[task_floors]\ntype = "low"\n')
+    for args, words in ((("--config", str(config)), "[task_floors] the type task's training floor must be a finite"),
+                        (("--task-floor", "type=-1"), "the type task's training floor must be a finite loss"),
+                        (("--task-floor", "type"), "must be TASK=LOSS, got type")):  # fmt: skip
+        refused = run_cli("moola_watch.cli", "check", *args, str(bare))
+        assert refused.returncode == 2 and words in refused.stderr.splitlines()[-1], refused.stderr
+    alerts = moola_watch.load(bare, task_floors={"type": 0.6})["alerts"]
+    assert alerts[alerts.rule == "collapse"].severity.tolist() == ["warning"]
+    with pytest.raises(ValueError, match="the type task's training floor must be a finite loss of at least 0"):
+        moola_watch.load(bare, task_floors={"type": math.inf})
 
 
 def test_a_pointer_gradient_that_never_reaches_the_shared_layers_is_an_unbounded_type_lead_not_a_crash():

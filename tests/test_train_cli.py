@@ -108,9 +108,15 @@ def test_task_floors_from_the_command_line_are_recorded_and_a_bad_one_is_a_one_l
     assert start["kind"] == "run_start" and start["task_floors"] == {"type": 0.6, "pointer": 0.0}
     unmonitored = [arg for arg in small_train_args if arg != "--monitor-gradients"]
     for args, words in (
-        ((*small_train_args, "--task-floor", "type=-1"), "the type floor must be a finite loss of at least 0"),
+        (
+            (*small_train_args, "--task-floor", "type=-1"),
+            "the type task's training floor must be a finite loss of at least 0",
+        ),
         ((*small_train_args, "--task-floor", "speed=1"), "must be TASK=LOSS with TASK type or pointer"),
-        ((*small_train_args, "--task-floor", "type=nan"), "the type floor must be a finite loss of at least 0"),
+        (
+            (*small_train_args, "--task-floor", "type=nan"),
+            "the type task's training floor must be a finite loss of at least 0",
+        ),
         ((*unmonitored, "--task-floor", "type=0.6"), "--task-floor need --monitor-gradients"),
     ):
         refused = run_cli("moola.cli", *args, "--grad-log", str(tmp_path / "never.jsonl"))

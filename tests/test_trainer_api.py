@@ -908,6 +908,8 @@ def test_task_floors_given_to_the_monitor_are_recorded_judged_in_process_and_a_b
     plain_loop(GradientMonitor(every_n_steps=5, log_path=plain, echo=lambda _line: None), steps=10)
     assert "task_floors" not in records_of(plain.read_bytes())[0]
     for bad in (math.nan, -0.1, "0.3", True):
-        with pytest.raises(ValueError, match="task_floors: the reg task's floor must be a finite loss of at least 0"):
+        with pytest.raises(
+            ValueError, match="task_floors: the reg task's training floor must be a finite loss of at least 0"
+        ):
             GradientMonitor(log_path=tmp_path / "never.jsonl", task_floors={"reg": bad})
         assert not (tmp_path / "never.jsonl").exists()

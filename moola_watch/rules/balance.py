@@ -248,7 +248,7 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
     others = ", ".join(f"{p.task} {_change(p.change)}" for p in progress.values() if p.task != task)
     persistence = ev.mean_persistence(task)
     persistence_words = "" if persistence is None else f", {gradient_persistence(persistence)}"
-    floor = ev.run.floors.get(task)
+    floor = ev.floor(task)
     floor_words = "" if floor is None else f", {floor_figures(own, floor)}"
     figures = (f"{task} {own.measure} {own.earlier:.3g} -> {own.recent:.3g} ({_change(own.change)}) from {own.span} "
                f"[{others}], {share_words}{persistence_words}{floor_words}")  # fmt: skip
@@ -531,7 +531,7 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
             continue
         if not (share < th.final_share * equal and run_share.mean < th.final_run_share * equal):
             continue
-        persistence, floor = ev.mean_persistence(task), ev.run.floors.get(task)
+        persistence, floor = ev.mean_persistence(task), ev.floor(task)
         if at_its_floor(own, persistence, th, floor):
             continue  # near the floor given for it, or its gradient is noise around a minimum: it learned what it could
         if not others_learn(task, progress, th):

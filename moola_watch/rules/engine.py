@@ -8,7 +8,7 @@ the same of each record it writes, through the :class:`GradSummary` it hands :me
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -116,9 +116,10 @@ def _told(lifecycle: Lifecycle, rule: str, subject: str, seen: Observation) -> b
 class RuleEngine:
     """Feed one run's records with :meth:`observe` (and the clock with :meth:`check_stale`); get alert events."""
 
-    def __init__(self, thresholds: Thresholds | None = None) -> None:
+    def __init__(self, thresholds: Thresholds | None = None, floors: Mapping[str, float] | None = None) -> None:
+        """``floors``: training floors (task -> loss) given to the watcher; they beat the run's recorded ones."""
         self.thresholds = thresholds or Thresholds()
-        self.evidence = Evidence(self.thresholds)
+        self.evidence = Evidence(self.thresholds, floors)
         self.lifecycle = Lifecycle()
 
     @property

@@ -210,6 +210,15 @@ def _cadence(start: schema.Record) -> tuple[int | None, int | None]:
     return least("every_n_steps", "balance_every_n_steps"), least("log_frequency", "task_balance_frequency")
 
 
+def checked_floors(given: Mapping[str, Any]) -> dict[str, float]:
+    """Training floors given by a user (task -> loss) as floats; ``ValueError`` naming the first that is not a
+    finite loss of at least 0."""
+    for task, loss in given.items():
+        if isinstance(loss, bool) or not isinstance(loss, int | float) or not 0 <= loss < math.inf:
+            raise ValueError(f"the {task} task's training floor must be a finite loss of at least 0, got {loss!r}")
+    return {task: float(loss) for task, loss in given.items()}
+
+
 def task_floors(recorded: Any) -> dict[str, float]:
     """The usable entries of a ``run_start``'s ``task_floors`` (task -> a finite loss of at least 0); others, and
     anything that is not an object, are left out: a floor the rules cannot read judges nothing."""
@@ -233,8 +242,9 @@ def measured_nothing(norm: float, loss: float | None, weight: float | None) -> b
 class Evidence:
     """The memory of one run that the rules read. Windows hold the last ``thresholds.window`` balance samples."""
 
-    def __init__(self, thresholds: Thresholds) -> None:
+    def __init__(self, thresholds: Thresholds, floors: Mapping[str, float] | None = None) -> None:
         self.thresholds = thresholds
+        self.given_floors = dict(floors or {})  # a flag's or config's training floors: they beat run_start's
         self.run = RunState()
         window = thresholds.window
         self.ratios: deque[float] = deque(maxlen=window)  # pointer/type, NaN ratios left out
@@ -273,6 +283,11 @@ class Evidence:
         self._last_grad_stats: schema.Record | Callable[[], schema.Record] | None = None  # or how to decode it
         self.last_balance: schema.Record | None = None
         self.last_epoch: schema.Record | None = None
+
+    def floor(self, task: str) -> float | None:
+        """The task's training floor (its loss at the end of a run on it alone): given to the watcher, else
+        recorded in run_start, else None."""
+        return self.given_floors.get(task, self.run.floors.get(task))
 
     def observe(self, record: schema.Record, where: Where, *, quiet: bool = False) -> None:
         """Remember what ``record`` adds (before the rules judge it). ``quiet``: a ``grad_stats`` record known to

@@ -46,6 +46,7 @@ from moola.utils.monitoring.stats_probe import StatsProbe
 from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, require_named
 from moola_watch import rules, schema
 from moola_watch.rules import Alert, MonitoringSummary, Thresholds
+from moola_watch.rules.evidence import checked_floors
 from moola_watch.writer_process import this_process
 
 _T = TypeVar("_T")
@@ -160,12 +161,10 @@ class GradientMonitor:
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        for task, loss in (task_floors or {}).items():
-            if isinstance(loss, bool) or not isinstance(loss, int | float) or not 0 <= loss < math.inf:
-                raise ValueError(
-                    f"task_floors: the {task} task's floor must be a finite loss of at least 0, got {loss!r}"
-                )
-        self.task_floors = {task: float(loss) for task, loss in (task_floors or {}).items()}
+        try:
+            self.task_floors = checked_floors(task_floors or {})
+        except ValueError as exc:
+            raise ValueError(f"task_floors: {exc}") from None
         self._halting = Halting(halt_on) if halt_on is not None else None
         self.enabled = enabled
         self._cadence = Cadence(log_frequency, task_balance_frequency, every_n_steps, balance_every_n_steps)
