@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import os
 import re
 import shlex
@@ -52,17 +51,13 @@ def _non_negative_float(text: str) -> float:
 
 def _task_floor(text: str) -> tuple[str, float]:
     """``--task-floor``'s TASK=LOSS: the task (type or pointer) and its floor, a finite loss of at least 0."""
-    task, equals, loss = text.partition("=")
-    try:
-        value = float(loss)
-    except ValueError:
-        value = math.nan
+    task, equals, loss = text.rpartition("=")
     if not equals or task not in ("type", "pointer"):
         raise argparse.ArgumentTypeError(f"must be TASK=LOSS with TASK type or pointer, got {text}")
     try:
-        return task, checked_floors({task: value})[task]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        return task, checked_floors({task: float(loss)})[task]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the {task} floor must be a finite loss of at least 0, got {loss}") from None
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

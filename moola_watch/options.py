@@ -69,8 +69,9 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
     "noise_rate": ("FRACTION", "... and its loss at or below this fraction of its first (it fell; 0 turns this off)"),
     "floor_progress": (
         "FRACTION",
-        "where the run recorded a task's training floor (GradientMonitor's task_floors), the floor decides instead: "
-        "the task is at it once its loss came this fraction of the way from its first loss to the floor",
+        "where a task's training floor is known (--task-floor, or recorded by GradientMonitor's task_floors), the "
+        "floor decides instead: the task is at it once its loss came this fraction of the way from its first loss "
+        "to the floor",
     ),
     "final_share": (
         "FRACTION",
@@ -169,7 +170,11 @@ def add_threshold_flags(parser: argparse.ArgumentParser) -> None:
         "recorded; also the config's [task_floors] table)",
     )
     group.add_argument(
-        "--config", type=Path, default=None, metavar="TOML", help="a file with a [thresholds] table of the above"
+        "--config",
+        type=Path,
+        default=None,
+        metavar="TOML",
+        help="a file with a [thresholds] table of the above and a [task_floors] one (task = loss)",
     )
 
 

@@ -2,6 +2,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 from helpers import run_cli
 from logs import LogBuilder, collapse_scenario, exploding_scenario, healthy_scenario, vanishing_scenario
@@ -243,7 +244,8 @@ def floored_log(floors):
         (None, "error", "type task is starving"),
         ({"type": 0.0}, "error", "come 30% of the way from its first loss 1 to its training floor 0"),
         ({"type": 0.6}, "warning", "but it has come at least 35% of the way to the training floor given for it"),
-        ({"type": 1.2}, "warning", "come 100% of the way from its first loss 1 to its training floor 1.2"),
+        ({"type": 0.9}, "warning", "at or below its training floor 0.9 (its first loss 1)"),
+        ({"type": 1.2}, "warning", "its training floor 1.2 not below its first loss 1: alone, it did not learn"),
         ({"pointer": 0.6}, "error", "type task is starving"),
         ({"type": "low"}, "error", "type task is starving"),
         ({"type": -1}, "error", "type task is starving"),
@@ -252,8 +254,9 @@ def floored_log(floors):
 )
 def test_a_training_floor_given_in_run_start_decides_whether_a_stalled_task_is_at_it(tmp_path, floors, severity, words):
     """A stalled task 30% below its first loss: starving when a run on it alone gets it to 0, at its floor when
-    that run gets no lower than 0.6 (75% of the way there, beyond floor_progress, 35%). A floor for another task, or one
-    that is not a finite loss of at least 0, judges nothing; check says the same through the real CLI."""
+    that run gets no lower than 0.6 (75% of the way there, beyond floor_progress, 35%), than 0.9 (below it) or
+    than its first loss (alone it did not learn either; the words say so, and that the floor may be of other
+    units). A floor for another task, or not a finite loss of at least 0, judges nothing; check says the same."""
     log = floored_log(floors)
     (collapse,) = collapse_alerts(rules.replay(log.records))
     assert (collapse.severity, collapse.subject) == (severity, "type")
@@ -263,6 +266,43 @@ def test_a_training_floor_given_in_run_start_decides_whether_a_stalled_task_is_a
     if floors == {"type": 0.6}:
         stricter = run_cli("moola_watch.cli", "check", "--floor-progress", "0.8", str(tmp_path / "floored.jsonl"))
         assert stricter.returncode == 1 and "come 75% of the way" in stricter.stdout
+
+
+@pytest.mark.parametrize("ended", [False, True])
+def test_a_floor_of_a_run_whose_first_losses_are_unknown_is_not_used_and_said_so_not_a_crash(tmp_path, ended):
+    """A run resumed from a checkpoint (its run_start says it began at step 1000) does not know its first losses:
+    how far a task came to its floor cannot be told. The rules compared None with the floor, the trainer's
+    in-process rules failed and check died with a traceback (an outside review), during the run and at its end."""
+    log = floored_log({"type": 0.6, "pointer": 0.01})
+    log.records[0]["first_step"] = 1000
+    if ended:
+        log.add("run_end", status="completed")
+    alerts = collapse_alerts(rules.replay(log.records))
+    assert alerts and {a.severity for a in alerts} == {"warning"}
+    assert "its training floor 0.6 not used: its first loss is unknown" in alerts[0].message
+    checked = run_cli("moola_watch.cli", "check", str(log.write(tmp_path / "resumed.jsonl")))
+    assert checked.returncode == 0 and "Traceback" not in checked.stderr, checked.stderr
+
+
+def test_a_floor_naming_no_task_of_the_run_is_a_warning_at_its_end(tmp_path):
+    """A misspelt task's floor (recorded, or given to the watcher) judges nothing: said once the run has ended,
+    with the run's own task names; a floor of a task it measured says nothing."""
+    log = floored_log({"tpye": 0.6})
+    log.add("run_end", status="completed")
+    path = log.write(tmp_path / "misspelt.jsonl")
+    report = json.loads(run_cli("moola_watch.cli", "check", "--json", "--task-floor", "sgm=1", str(path)).stdout)
+    (unmatched,) = [a for a in report["alerts"] if a["rule"] == "floor_unmatched"]
+    assert unmatched["severity"] == "warning" and unmatched["message"].startswith(
+        "Training floors name tasks this run never measured: sgm, tpye (its tasks: pointer, type)"
+    )
+    report = json.loads(
+        run_cli(
+            "moola_watch.cli", "check", "--json", "--task-floor", "tpye=1", "--task-floor", "type=0.6", str(path)
+        ).stdout
+    )
+    assert [a["message"].split(":")[1].strip() for a in report["alerts"] if a["rule"] == "floor_unmatched"] == [
+        "tpye (its tasks"
+    ]
 
 
 def test_a_training_floor_given_to_the_watcher_beats_the_recorded_one_and_the_output_says_which(tmp_path):
@@ -295,8 +335,13 @@ def test_a_training_floor_given_to_the_watcher_beats_the_recorded_one_and_the_ou
         assert refused.returncode == 2 and words in refused.stderr.splitlines()[-1], refused.stderr
     alerts = moola_watch.load(bare, task_floors={"type": 0.6})["alerts"]
     assert alerts[alerts.rule == "collapse"].severity.tolist() == ["warning"]
-    with pytest.raises(ValueError, match="the type task's training floor must be a finite loss of at least 0"):
-        moola_watch.load(bare, task_floors={"type": math.inf})
+    for bad in (math.inf, 10**400, "0.6", True):
+        with pytest.raises(ValueError, match="the type task's training floor must be a finite loss of at least 0"):
+            moola_watch.load(bare, task_floors={"type": bad})
+    with pytest.raises(ValueError, match="training floors must map each task's name to its loss"):
+        moola_watch.load(bare, task_floors=[("type", 0.6)])
+    alerts = moola_watch.load(bare, task_floors={"type": np.float32(0.6)})["alerts"]
+    assert alerts[alerts.rule == "collapse"].severity.tolist() == ["warning"]
 
 
 def test_a_pointer_gradient_that_never_reaches_the_shared_layers_is_an_unbounded_type_lead_not_a_crash():

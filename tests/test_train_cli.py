@@ -110,12 +110,12 @@ def test_task_floors_from_the_command_line_are_recorded_and_a_bad_one_is_a_one_l
     for args, words in (
         (
             (*small_train_args, "--task-floor", "type=-1"),
-            "the type task's training floor must be a finite loss of at least 0",
+            "the type floor must be a finite loss of at least 0",
         ),
         ((*small_train_args, "--task-floor", "speed=1"), "must be TASK=LOSS with TASK type or pointer"),
         (
             (*small_train_args, "--task-floor", "type=nan"),
-            "the type task's training floor must be a finite loss of at least 0",
+            "the type floor must be a finite loss of at least 0",
         ),
         ((*unmonitored, "--task-floor", "type=0.6"), "--task-floor need --monitor-gradients"),
     ):

@@ -32,6 +32,7 @@ IMBALANCE = "imbalance"
 COLLAPSE = "collapse"
 LEFT_OUT = "left_out"
 BALANCE_UNMEASURED = "balance_unmeasured"
+FLOOR_UNMATCHED = "floor_unmatched"
 #: Balance samples a task needs for a completed run that never filled the collapse window to be judged at its
 #: end on the samples it has (a run of 384 steps measured every 50 holds 7: its starved task passed as healthy):
 #: as many as its own progress needs (the mean of the first and of the last RECENT_SAMPLES).
@@ -175,9 +176,15 @@ def others_learn(task: str, progress: Mapping[str, TaskProgress], th: Thresholds
     )
 
 
+def usable_floor(own: TaskProgress, floor: float | None) -> float | None:
+    """The task's training ``floor`` where it can judge the task (its first loss known), else None."""
+    return None if floor is None or own.start is None else floor
+
+
 def way_to_floor(own: TaskProgress, floor: float) -> float:
-    """How far the task's loss has come from its first loss to its training ``floor``: 0 not at all, 1 there (a
-    first loss at or below the floor: 1, nothing to learn here). Negative when it rose."""
+    """How far the task's loss has come from its first loss to its training ``floor``: 0 not at all, 1 there;
+    above 1 below it, negative when it rose above its first. A floor at or above the first loss: 1 (alone, the
+    task did not learn either: measured on the labelled runs, such tasks were mostly not starved)."""
     if own.start <= floor:
         return 1.0
     return (own.start - own.recent) / (own.start - floor)
@@ -185,15 +192,15 @@ def way_to_floor(own: TaskProgress, floor: float) -> float:
 
 def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds, floor: float | None = None) -> bool:
     """Whether a stalled task sits at the floor its data allow. With its training ``floor`` known (run_start's
-    ``task_floors``): once its loss came ``floor_progress`` of the way there (:func:`way_to_floor`). Without one,
-    from its gradient: its gradient on the shared parameters is now
+    ``task_floors``, :func:`usable_floor`): once its loss came ``floor_progress`` of the way there
+    (:func:`way_to_floor`). Without one, from its gradient: its gradient on the shared parameters is now
     mini-batch noise around a minimum (the window's mean ``persistence``), either below ``starve_persistence`` with
     its loss at or below ``floor_rate`` of its first (it learned), or below ``noise_persistence`` (no direction
     left at all) with its loss at or below ``noise_rate`` of its first: a loss with a high floor (a regression of
     low R^2, noisy labels) cannot fall far, and its gradient says it is done. A task near its first loss with a
     noisy gradient never got going: stuck at a chance-level plateau, which more of the shared layers could lift
     (an outside review's starved tasks on noisy labels had gradients as noisy as a converged task's)."""
-    if floor is not None:
+    if usable_floor(own, floor) is not None:
         return way_to_floor(own, floor) >= th.floor_progress
     if persistence is None or own.rate is None:
         return False
@@ -203,7 +210,16 @@ def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds, f
 
 def floor_figures(own: TaskProgress, floor: float) -> str:
     """The task's way to its training floor in words: 'come 40% of the way from its first loss 0.9 to its
-    training floor 0.3'."""
+    training floor 0.3', or why the floor was not used."""
+    if own.start is None:
+        return f"its training floor {floor:.3g} not used: its first loss is unknown"
+    if floor >= own.start:
+        return (f"its training floor {floor:.3g} not below its first loss {own.start:.3g}: alone, it did not "
+                f"learn either (or the floor is a loss of other units: a weighted or summed one?)")  # fmt: skip
+    if own.recent <= floor:
+        return f"at or below its training floor {floor:.3g} (its first loss {own.start:.3g})"
+    if own.recent >= own.start:
+        return f"no nearer its training floor {floor:.3g} than its first loss {own.start:.3g}"
     way = way_to_floor(own, floor)
     return f"come {way:.0%} of the way from its first loss {own.start:.3g} to its training floor {floor:.3g}"
 
@@ -268,12 +284,12 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
         return Starvation("warning", (f"gradients dominated, but the {task} task has learned: its loss is "
                                       f"{own.rate:.0%} of where it started ({own.start:.3g}): {figures}"), True,
                           nothing_learns)  # fmt: skip
-    if floor is not None and at_its_floor(own, persistence, th, floor):
+    if usable_floor(own, floor) is not None and at_its_floor(own, persistence, th, floor):
         return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but it has come at least "
                                       f"{th.floor_progress:.0%} of the way to the training floor given for it: "
                                       f"{figures}"),
                           learned, nothing_learns)  # fmt: skip
-    if floor is None and at_its_floor(own, persistence, th):
+    if usable_floor(own, floor) is None and at_its_floor(own, persistence, th):
         return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but its gradient on the "
                                       f"shared parameters is mini-batch noise around a minimum it reached (a starving "
                                       f"task's keeps asking the same change): {figures}"), learned,
@@ -509,6 +525,22 @@ def _window_never_filled(ev: Evidence, record: schema.Record, th: Thresholds) ->
     ))]  # fmt: skip
 
 
+def _floors_unmatched(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
+    """At ``run_end``: training floors (given or recorded) that name no task the run's balance samples measured:
+    a misspelt task, or one of another run, whose floor judged nothing."""
+    named = {**ev.run.floors, **ev.given_floors}
+    unmatched = sorted(task for task in named if task not in ev.sampled_tasks)
+    if not unmatched or not ev.sampled_tasks:  # no balance sample at all: balance_unmeasured says so
+        return []
+    return [("floors", Observation(
+        "warning", None,
+        f"Training floors name {'a task' if len(unmatched) == 1 else 'tasks'} this run never measured: "
+        f"{names(unmatched, 8)} (its tasks: {names(sorted(ev.sampled_tasks), 8)}); a floor judges only the task "
+        "of its name",
+        "Spell each floor's task as the run names it (--task-floor TASK=LOSS, [task_floors], task_floors=)",
+    ))]  # fmt: skip
+
+
 def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     """At a completed run's ``run_end``: each task that ended starved. Judged on the whole run, this is the
     verdict on outcomes (``benchmarks/detection.py``): a task may look starved for a while in a healthy run (not
@@ -581,6 +613,8 @@ RULES = (
     Rule(BALANCE_UNMEASURED, "warning", False, frozenset({schema.RUN_END}), _never_measured,
          "a run given the losses of several tasks (run_end's tasks) ended with a task never measured in a balance "
          "sample, or with fewer balance samples than the collapse window"),
+    Rule(FLOOR_UNMATCHED, "warning", False, frozenset({schema.RUN_END}), _floors_unmatched,
+         "training floors (given, or recorded in run_start) name a task the run's balance samples never measured"),
     Rule(COLLAPSE, "error", False, frozenset({schema.RUN_END}), _starved_at_the_end,
          "a completed run ended with a task starved: its share of the update below final_share of an equal share "
          "over the last window and final_run_share over the run, its loss above final_rate of its first (a run "
