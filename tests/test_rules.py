@@ -316,14 +316,18 @@ def test_a_training_floor_given_to_the_watcher_beats_the_recorded_one_and_the_ou
     def judged(*args):
         result = run_cli("moola_watch.cli", "check", "--json", *args)
         (run,) = json.loads(result.stdout)["runs"]
-        return result.returncode, run["verdict"], run["thresholds_from"]
+        return result.returncode, run["verdict"], run["thresholds_from"], run["task_floors"]
 
-    assert judged(str(bare))[:2] == (1, "error")
-    code, verdict, source = judged("--task-floor", "type=0.6", str(bare))
-    assert (code, verdict) == (0, "warning") and source.endswith("; training floors: type 0.6 (given)")
-    code, verdict, source = judged("--task-floor", "type=0", str(recorded))
-    assert (code, verdict) == (1, "error") and source.endswith("; training floors: type 0 (given)")
-    assert judged(str(recorded))[2].endswith("; training floors: type 0.6 (recorded in run_start)")
+    assert judged(str(bare)) == (1, "error", "watcher defaults (the run recorded none)", {})
+    code, verdict, source, floors = judged("--task-floor", "type=0.6", str(bare))
+    assert (code, verdict, floors) == (0, "warning", {"type": 0.6})
+    assert source.endswith("; training floors: type 0.6 (given)")
+    code, verdict, source, floors = judged("--task-floor", "type=0", str(recorded))
+    assert (code, verdict, floors) == (1, "error", {"type": 0.0})
+    assert source.endswith("; training floors: type 0 (given)")
+    code, verdict, source, floors = judged(str(recorded))
+    assert (code, verdict, floors) == (0, "warning", {"type": 0.6})
+    assert source.endswith("; training floors: type 0.6 (recorded in run_start)")
     config = tmp_path / "floors.toml"
     config.write_text("[task_floors]\ntype = 0.6\n")
     assert judged("--config", str(config), str(bare))[:2] == (0, "warning")
