@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from moola_watch import analyze, junit, sources
+from moola_watch import analyze, floors, junit, sources
 from moola_watch.counts import counted
 from moola_watch.exit_codes import (
     EXIT_ALERT,
@@ -48,6 +48,7 @@ from moola_watch.options import (
 from moola_watch.render import stdout_gone
 from moola_watch.repeats import fold_resolved_repeats
 from moola_watch.rules import Thresholds, position, verdict_severity
+from moola_watch.tail import RecordItem
 from moola_watch.textsafe import inert, json_line
 
 PROGRESS_MIN_BYTES = 8 << 20  # show a reading progress bar for logs at least this big, on a terminal
@@ -418,7 +419,46 @@ def stops_as_interrupt() -> Iterator[None]:
             signal.signal(stop, handler)
 
 
-COMMANDS = {"follow": _follow, "analyze": _analyze, "check": _check, "report": _report, "export": _export}
+def _floors(args: argparse.Namespace, console: Console) -> int:
+    """Each task's training floor from runs that trained it alone, then the ``--task-floor`` flags."""
+    found: list[floors.Floor] = []
+    worst = EXIT_OK
+    for path in args.logs:
+        try:
+            if not sources.readable_kind(path):
+                raise UsageError(f"{path} is not a regular file")
+            items = analyze.read_sources([path], str(path), None)
+            runs = floors.solo_runs(item.record for item in items if isinstance(item, RecordItem))
+        except sources.UnreadableLog as exc:
+            runs, error = [], str(exc)
+        except OSError as exc:
+            runs, error = [], f"cannot read {exc.filename or path}: {exc.strerror or exc}"
+        except UsageError as exc:
+            runs, error = [], str(exc)
+        else:
+            error = f"{path} is not a moola log: not one valid record"
+        got = [floor for run in runs if (floor := floors.floor_of(run)) is not None]
+        for run in runs:
+            if len(trained := run.trained()) > 1:
+                line = f"{path}  run {run.run}  skipped: it trained {', '.join(trained)} together, not one task alone"
+                console.print(inert(line, limit=4000), highlight=False, soft_wrap=True)
+        if not got:
+            _error(error if not runs else f"{path}: no run trained one task alone with its training loss per epoch "
+                                          "recorded (the epoch records' task_losses): no floor to read")  # fmt: skip
+            worst = EXIT_USAGE
+            continue
+        for floor in got:
+            line = (f"{path}  run {floor.run}  {floor.task} {floor.loss:.4g}  (the mean training loss of its last "
+                    f"{counted(floor.epochs, 'epoch')})")  # fmt: skip
+            console.print(inert(line, limit=4000), highlight=False, soft_wrap=True)
+        found += got
+    if found:
+        console.print(inert(floors.flags(found), limit=4000), highlight=False, soft_wrap=True)
+    return worst
+
+
+COMMANDS = {"follow": _follow, "analyze": _analyze, "check": _check, "report": _report, "export": _export,
+            "floors": _floors}  # fmt: skip
 HELP_FLAGS = ("-h", "--help", "--version")  # said by moola-watch itself, not by follow
 
 

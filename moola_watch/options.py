@@ -399,4 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     export_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
     export_cmd.add_argument("--tensorboard", type=Path, metavar="DIR", required=True, help="directory to write to")
     add_threshold_flags(export_cmd)
+    floors_cmd = commands.add_parser(
+        "floors",
+        help="each task's training floor, read off runs that trained it alone, as --task-floor flags",
+        description="For each run of each LOG that trained one task alone (the one task with a loss whose weight "
+        "is not 0), that task's training floor: the mean of its last 3 epochs' training loss (the epoch records' "
+        "task_losses). The last line gives them as --task-floor flags (a task's last one winning), for moola train "
+        "or any moola-watch command that judges a log. A run of several tasks together is skipped.",
+    )
+    floors_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")
     return parser

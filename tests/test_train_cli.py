@@ -124,6 +124,43 @@ def test_task_floors_from_the_command_line_are_recorded_and_a_bad_one_is_a_one_l
         assert not (tmp_path / "never.jsonl").exists()
 
 
+def test_floors_reads_each_tasks_floor_off_its_run_alone_and_the_flags_it_prints_judge_the_pair(
+    tmp_path, small_train_args
+):
+    """A user's way to floors: train each task alone (the other weight 0), `moola-watch floors` on those logs
+    gives each task's mean training loss over its last 3 epochs and the flags; a run of both tasks together,
+    a file that is not a log and a missing one are said so, exit 2, the good logs' floors still printed."""
+    alone = {}
+    for task, flag in (("type", "--loss-beta"), ("pointer", "--loss-alpha")):
+        alone[task] = tmp_path / f"{task}-alone.jsonl"
+        trained = run_cli("moola.cli", *small_train_args, "--epochs", "5", flag, "0", "--grad-log", str(alone[task]))
+        assert trained.returncode == 0, trained.stderr
+    expected = {}
+    for task, log in alone.items():
+        epochs = [json.loads(line) for line in log.read_bytes().splitlines() if b'"kind":"epoch"' in line]
+        expected[task] = sum(e["task_losses"][task] for e in epochs[-3:]) / 3
+    result = run_cli("moola_watch.cli", "floors", str(alone["type"]), str(alone["pointer"]))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"type {expected['type']:.4g}  (the mean training loss of its last 3 epochs)" in lines[0]
+    assert lines[-1] == f"--task-floor type={expected['type']:.4g} --task-floor pointer={expected['pointer']:.4g}"
+    together = tmp_path / "together.jsonl"
+    assert run_cli("moola.cli", *small_train_args, "--epochs", "2", "--grad-log", str(together)).returncode == 0
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("not a log\n")
+    mixed = run_cli(
+        "moola_watch.cli", "floors", str(together), str(foreign), str(alone["type"]), str(tmp_path / "gone.jsonl")
+    )
+    assert mixed.returncode == 2
+    assert "skipped: it trained type, pointer together, not one task alone" in mixed.stdout
+    assert mixed.stdout.splitlines()[-1] == f"--task-floor type={expected['type']:.4g}"
+    errors = mixed.stderr.splitlines()
+    assert len(errors) == 3 and "together.jsonl: no run trained one task alone" in errors[0]
+    assert "notes.txt is not a moola log" in errors[1] and "cannot read" in errors[2]
+    checked = json.loads(run_cli("moola_watch.cli", "check", "--json", *lines[-1].split(), str(together)).stdout)
+    assert checked["runs"][0]["task_floors"] == {task: float(f"{loss:.4g}") for task, loss in expected.items()}
+
+
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A directory nobody may create files in; for root (which ignores modes) made immutable."""
