@@ -421,6 +421,10 @@ def stops_as_interrupt() -> Iterator[None]:
 
 def _floors(args: argparse.Namespace, console: Console) -> int:
     """Each task's training floor from runs that trained it alone, then the ``--task-floor`` flags."""
+
+    def say(line: str) -> None:
+        console.print(inert(line, limit=4000), highlight=False, soft_wrap=True)
+
     found: list[floors.Floor] = []
     worst = EXIT_OK
     for path in args.logs:
@@ -429,31 +433,36 @@ def _floors(args: argparse.Namespace, console: Console) -> int:
                 raise UsageError(f"{path} is not a regular file")
             items = analyze.read_sources([path], str(path), None)
             runs = floors.solo_runs(item.record for item in items if isinstance(item, RecordItem))
-        except sources.UnreadableLog as exc:
+        except (sources.UnreadableLog, UsageError) as exc:
             runs, error = [], str(exc)
         except OSError as exc:
             runs, error = [], f"cannot read {exc.filename or path}: {exc.strerror or exc}"
-        except UsageError as exc:
-            runs, error = [], str(exc)
         else:
-            error = f"{path} is not a moola log: not one valid record"
-        got = [floor for run in runs if (floor := floors.floor_of(run)) is not None]
-        for run in runs:
-            if len(trained := run.trained()) > 1:
-                line = f"{path}  run {run.run}  skipped: it trained {', '.join(trained)} together, not one task alone"
-                console.print(inert(line, limit=4000), highlight=False, soft_wrap=True)
+            error = (f"{path}: no run trained one task alone and recorded its training loss: no floor to read" if runs
+                     else f"{path} is not a moola log: not one valid record")  # fmt: skip
+        got = []
+        for result in map(floors.floor_of, runs):
+            if isinstance(result, floors.Skipped):
+                say(f"{path}  run {result.run}  skipped: {result.why}")
+                continue
+            ended = ""
+            if result.status != "completed":
+                ended = (
+                    f"; the run did not complete ({result.status or 'no run_end'}): a floor is a finished run's loss"
+                )
+            say(f"{path}  run {result.run}  {result.task} {result.loss:.4g}  (the mean training loss of its last "
+                f"{counted(result.epochs, 'epoch')}{ended})")  # fmt: skip
+            got.append(result)
         if not got:
-            _error(error if not runs else f"{path}: no run trained one task alone with its training loss per epoch "
-                                          "recorded (the epoch records' task_losses): no floor to read")  # fmt: skip
+            _error(error)
             worst = EXIT_USAGE
-            continue
-        for floor in got:
-            line = (f"{path}  run {floor.run}  {floor.task} {floor.loss:.4g}  (the mean training loss of its last "
-                    f"{counted(floor.epochs, 'epoch')})")  # fmt: skip
-            console.print(inert(line, limit=4000), highlight=False, soft_wrap=True)
         found += got
+    twice = {task for task in (f.task for f in found) if sum(f.task == task for f in found) > 1}
+    for task in sorted(twice):
+        given = ", ".join(f"{f.loss:.4g}" for f in found if f.task == task)
+        say(f"{task}: {given} from several runs; the flags give the last")
     if found:
-        console.print(inert(floors.flags(found), limit=4000), highlight=False, soft_wrap=True)
+        say(floors.flags(found))
     return worst
 
 

@@ -1,5 +1,5 @@
 """Training floors read off single-task runs (``moola-watch floors``): each task's training loss at the end of a
-run on it alone, ready to give as ``--task-floor TASK=LOSS``. Pure: records in, floors out."""
+run on it alone, ready to give as ``--task-floor TASK=LOSS``. Pure: records in, floors (or why not) out."""
 
 from __future__ import annotations
 
@@ -18,54 +18,105 @@ TAIL_EPOCHS = 3
 
 @dataclass
 class SoloRun:
-    """What one run's records say of its tasks: each task's epoch training losses in order, and the loss weights
-    of its latest balance sample (empty when it recorded none)."""
+    """What one run's records say of its tasks: each epoch's training losses (task -> a finite loss, or None
+    where it was not finite), the loss weights of each balance sample, its ``run_start`` config and how it ended
+    (None: no ``run_end``)."""
 
     run: str
-    losses: dict[str, list[float]] = field(default_factory=dict)
-    weights: dict[str, float] = field(default_factory=dict)
+    epochs: list[dict[str, float | None]] = field(default_factory=list)
+    weights: list[dict[str, Any]] = field(default_factory=list)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    status: str | None = None
 
-    def trained(self) -> list[str]:
-        """The tasks this run trained: those with a loss whose recorded weight is not 0 (every task with a loss
-        where no weight was recorded)."""
-        return [task for task in self.losses if self.weights.get(task, 1) != 0]
+    def tasks(self) -> list[str]:
+        """Every task with a loss in some epoch, in order of first appearance."""
+        return list(dict.fromkeys(task for epoch in self.epochs for task in epoch))
+
+    def trained(self) -> list[str] | str:
+        """The tasks this run trained, or why that cannot be told. Trained: a task with a loss whose weight is
+        not 0 in every balance sample; without balance samples, by the project trainer's ``alpha`` (type) and
+        ``beta`` (pointer) in its config; with neither, every task with a loss (a loop that computes one loss)."""
+        tasks = self.tasks()
+        if self.weights:
+            kinds = {tuple(task for task in tasks if weights.get(task, 1) != 0) for weights in self.weights}
+            if len(kinds) > 1:
+                return "its loss weights changed during the run (a warm-up?): not one task alone throughout"
+            return list(kinds.pop())
+        if {"alpha", "beta"} <= set(self.config) and set(tasks) <= {"type", "pointer"}:
+            weights = {"type": self.config["alpha"], "pointer": self.config["beta"]}
+            return [task for task in tasks if weights[task] != 0]
+        return tasks
 
 
 @dataclass(frozen=True)
 class Floor:
-    """One task's training floor (loss, the mean of its last ``epochs`` epochs' training loss) from ``run``."""
+    """One task's training floor (loss, the mean of its last ``epochs`` epochs' training loss) from ``run``;
+    ``status`` is how the run ended (None: it has no ``run_end``)."""
 
     task: str
     loss: float
     run: str
     epochs: int
+    status: str | None = "completed"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A run that gives no floor, and why."""
+
+    run: str
+    why: str
 
 
 def solo_runs(records: Iterable[Mapping[str, Any]]) -> list[SoloRun]:
-    """Each run of ``records`` (a log's, in order) with its tasks' epoch losses (``task_losses``) and weights."""
+    """Each run of ``records`` (a log's, in order) with what :class:`SoloRun` keeps."""
     runs: dict[str, SoloRun] = {}
     for record in records:
         run = runs.setdefault(record["run"], SoloRun(record["run"]))
-        if record["kind"] == schema.EPOCH:
-            for task, loss in (record.get("task_losses") or {}).items():
-                if isinstance(loss, int | float) and not isinstance(loss, bool) and math.isfinite(loss):
-                    run.losses.setdefault(task, []).append(float(loss))
-        elif record["kind"] == schema.TASK_BALANCE and isinstance(record.get("weights"), Mapping):
-            run.weights = dict(record["weights"])
+        kind = record["kind"]
+        if kind == schema.EPOCH:
+            losses = record.get("task_losses") or {}
+            run.epochs.append({task: _finite(loss) for task, loss in losses.items()})
+        elif kind == schema.TASK_BALANCE and isinstance(record.get("weights"), Mapping):
+            run.weights.append(dict(record["weights"]))
+        elif kind == schema.RUN_START:
+            run.config = record.get("config") if isinstance(record.get("config"), Mapping) else {}
+        elif kind == schema.RUN_END:
+            run.status = record.get("status")
     return list(runs.values())
 
 
-def floor_of(run: SoloRun, tail: int = TAIL_EPOCHS) -> Floor | None:
-    """The training floor of the one task ``run`` trained (:meth:`SoloRun.trained`); None unless it trained
-    exactly one (a run of several tasks together says nothing of what one reaches alone)."""
+def _finite(loss: Any) -> float | None:
+    is_number = isinstance(loss, int | float) and not isinstance(loss, bool)
+    return float(loss) if is_number and math.isfinite(loss) else None
+
+
+def floor_of(run: SoloRun, tail: int = TAIL_EPOCHS) -> Floor | Skipped:
+    """The training floor of the one task ``run`` trained (:meth:`SoloRun.trained`): the mean of its losses in
+    the run's last ``tail`` epochs; or why there is none: several tasks trained together (a run of tasks
+    together says nothing of what one reaches alone), no epoch loss, a last epoch without a finite loss (a run
+    that diverged is not at a floor), or a negative mean (a floor is a loss of at least 0)."""
     trained = run.trained()
-    if len(trained) != 1:
-        return None
-    last = run.losses[trained[0]][-tail:]
-    return Floor(trained[0], math.fsum(last) / len(last), run.run, len(last))
+    if isinstance(trained, str):
+        return Skipped(run.run, trained)
+    if len(trained) > 1:
+        return Skipped(run.run, f"it trained {', '.join(trained)} together, not one task alone")
+    if not trained:
+        return Skipped(run.run, "it recorded no training loss per epoch (the epoch records' task_losses) of a "
+                                "task it trained")  # fmt: skip
+    task = trained[0]
+    last = [epoch.get(task) for epoch in run.epochs[-tail:]]
+    if any(loss is None for loss in last):
+        return Skipped(run.run, f"its {task} loss is not finite, or not recorded, in some of its last "
+                                f"{len(last)} epochs")  # fmt: skip
+    floor = math.fsum(loss for loss in last if loss is not None) / len(last)
+    if floor < 0:
+        return Skipped(run.run, f"its {task} loss ends negative ({floor:.4g}): a floor is a loss of at least 0")
+    return Floor(task, floor, run.run, len(last), run.status)
 
 
 def flags(floors: Iterable[Floor]) -> str:
-    """``--task-floor`` flags for ``floors``, a task's last one winning: '--task-floor a=0.312 --task-floor b=0.1'."""
+    """``--task-floor`` flags for ``floors``, a task's last one winning, each as one word a shell and argparse
+    take whatever the task's name: '--task-floor=a=0.312 --task-floor='my task=0.1''."""
     latest = {floor.task: floor.loss for floor in floors}
-    return " ".join(f"--task-floor {shlex.quote(f'{task}={loss:.4g}')}" for task, loss in latest.items())
+    return " ".join(shlex.quote(f"--task-floor={task}={loss:.4g}") for task, loss in latest.items())

@@ -143,7 +143,7 @@ def test_floors_reads_each_tasks_floor_off_its_run_alone_and_the_flags_it_prints
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert f"type {expected['type']:.4g}  (the mean training loss of its last 3 epochs)" in lines[0]
-    assert lines[-1] == f"--task-floor type={expected['type']:.4g} --task-floor pointer={expected['pointer']:.4g}"
+    assert lines[-1] == f"--task-floor=type={expected['type']:.4g} --task-floor=pointer={expected['pointer']:.4g}"
     together = tmp_path / "together.jsonl"
     assert run_cli("moola.cli", *small_train_args, "--epochs", "2", "--grad-log", str(together)).returncode == 0
     foreign = tmp_path / "notes.txt"
@@ -153,9 +153,9 @@ def test_floors_reads_each_tasks_floor_off_its_run_alone_and_the_flags_it_prints
     )
     assert mixed.returncode == 2
     assert "skipped: it trained type, pointer together, not one task alone" in mixed.stdout
-    assert mixed.stdout.splitlines()[-1] == f"--task-floor type={expected['type']:.4g}"
+    assert mixed.stdout.splitlines()[-1] == f"--task-floor=type={expected['type']:.4g}"
     errors = mixed.stderr.splitlines()
-    assert len(errors) == 3 and "together.jsonl: no run trained one task alone" in errors[0]
+    assert len(errors) == 3 and "together.jsonl: no run trained one task alone and recorded its training" in errors[0]
     assert "notes.txt is not a moola log" in errors[1] and "cannot read" in errors[2]
     checked = json.loads(run_cli("moola_watch.cli", "check", "--json", *lines[-1].split(), str(together)).stdout)
     assert checked["runs"][0]["task_floors"] == {task: float(f"{loss:.4g}") for task, loss in expected.items()}
