@@ -284,16 +284,13 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
         return Starvation("warning", (f"gradients dominated, but the {task} task has learned: its loss is "
                                       f"{own.rate:.0%} of where it started ({own.start:.3g}): {figures}"), True,
                           nothing_learns)  # fmt: skip
-    if usable_floor(own, floor) is not None and at_its_floor(own, persistence, th, floor):
-        return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but it has come at least "
-                                      f"{th.floor_progress:.0%} of the way to the training floor given for it: "
-                                      f"{figures}"),
+    if at_its_floor(own, persistence, th, floor):
+        reached = (f"it has come at least {th.floor_progress:.0%} of the way to the training floor given for it"
+                   if usable_floor(own, floor) is not None else
+                   "its gradient on the shared parameters is mini-batch noise around a minimum it reached (a "
+                   "starving task's keeps asking the same change)")  # fmt: skip
+        return Starvation("warning", f"gradients dominated and the {task} loss {moved}, but {reached}: {figures}",
                           learned, nothing_learns)  # fmt: skip
-    if usable_floor(own, floor) is None and at_its_floor(own, persistence, th):
-        return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but its gradient on the "
-                                      f"shared parameters is mini-batch noise around a minimum it reached (a starving "
-                                      f"task's keeps asking the same change): {figures}"), learned,
-                          nothing_learns)  # fmt: skip
     if nothing_learns:
         return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but no other task learns "
                                       f"either: not a competition for the shared layers: {figures}"),
