@@ -67,9 +67,9 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, labels, x[:, 0] * 0.5), batch_size=BATCH)
 
 
-def fit(tmp_path, weights, module=TwoTaskModule, **module_options) -> list[dict]:
-    """One epoch of ``STEPS`` optimizer steps under the callback (validated on the same batches when ``module``
-    has a ``validation_step``); the log's records."""
+def fit(tmp_path, weights, module=TwoTaskModule, monitor_options=None, **module_options) -> list[dict]:
+    """One epoch of ``STEPS`` optimizer steps under the callback (with ``monitor_options``; validated on the same
+    batches when ``module`` has a ``validation_step``); the log's records."""
     torch.manual_seed(0)
     log = tmp_path / "run.jsonl"
     trainer = lightning.Trainer(
@@ -80,7 +80,7 @@ def fit(tmp_path, weights, module=TwoTaskModule, **module_options) -> list[dict]
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY)],
+        callbacks=[GradientMonitorCallback(log_path=log, every_n_steps=EVERY, **(monitor_options or {}))],
     )
     validates = is_overridden("validation_step", module, lightning.LightningModule)
     trainer.fit(module(weights, **module_options), loader(), loader() if validates else None)
@@ -90,6 +90,14 @@ def fit(tmp_path, weights, module=TwoTaskModule, **module_options) -> list[dict]
 def check(tmp_path, log: str = "run.jsonl") -> tuple[int, dict]:
     result = run_cli("moola_watch.cli", "check", "--json", str(tmp_path / log))
     return result.returncode, json.loads(result.stdout.splitlines()[0])
+
+
+def test_training_floors_given_to_the_callback_are_recorded_and_judge_the_run(tmp_path):
+    """The callback hands task_floors to the monitor it makes at fit start: run_start records them, check uses."""
+    records = fit(tmp_path, {"cls": 1.0, "reg": 1.0}, monitor_options={"task_floors": {"cls": 0.5, "reg": 0.1}})
+    assert records[0]["task_floors"] == {"cls": 0.5, "reg": 0.1}
+    _code, report = check(tmp_path)
+    assert report["runs"][0]["task_floors"] == {"cls": 0.5, "reg": 0.1}
 
 
 def test_records_every_n_steps_numbered_by_global_step(tmp_path):
