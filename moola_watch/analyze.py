@@ -318,7 +318,7 @@ class LogScan:
             "error": engine.run.error,
             "thresholds_from": self.threshold_sources[run],
             "thresholds": engine.thresholds.to_dict(),
-            "task_floors": engine.evidence.run.floors | engine.evidence.given_floors,  # as judged: given ones win
+            "task_floors": engine.evidence.floors,
             "metrics": held_out_metrics(engine.last_epoch or {}),
             "metrics_epoch": (engine.last_epoch or {}).get("epoch"),
             "summary": engine.summary().to_dict(),

@@ -525,8 +525,7 @@ def _window_never_filled(ev: Evidence, record: schema.Record, th: Thresholds) ->
 def _floors_unmatched(ev: Evidence, record: schema.Record, th: Thresholds) -> Findings:
     """At ``run_end``: training floors (given or recorded) that name no task the run's balance samples measured:
     a misspelt task, or one of another run, whose floor judged nothing."""
-    named = {**ev.run.floors, **ev.given_floors}
-    unmatched = sorted(task for task in named if task not in ev.sampled_tasks)
+    unmatched = sorted(task for task in ev.floors if task not in ev.sampled_tasks)
     if not unmatched or not ev.sampled_tasks:  # no balance sample at all: balance_unmeasured says so
         return []
     return [("floors", Observation(

@@ -304,10 +304,15 @@ class Evidence:
         self.last_balance: schema.Record | None = None
         self.last_epoch: schema.Record | None = None
 
+    @property
+    def floors(self) -> dict[str, float]:
+        """The training floors this run is judged by (task -> its loss at the end of a run on it alone): those
+        recorded in run_start, those given to the watcher beating them."""
+        return self.run.floors | self.given_floors
+
     def floor(self, task: str) -> float | None:
-        """The task's training floor (its loss at the end of a run on it alone): given to the watcher, else
-        recorded in run_start, else None."""
-        return self.given_floors.get(task, self.run.floors.get(task))
+        """The task's training floor (:attr:`floors`), or None."""
+        return self.floors.get(task)
 
     def observe(self, record: schema.Record, where: Where, *, quiet: bool = False) -> None:
         """Remember what ``record`` adds (before the rules judge it). ``quiet``: a ``grad_stats`` record known to
