@@ -16,7 +16,7 @@ from rich.console import Console
 
 from moola import __version__
 from moola.data import DataError, load_npz, make_synthetic
-from moola_watch.rules.evidence import checked_floors
+from moola_watch.floors import checked_floors
 
 EXIT_USAGE = 2
 EXIT_HALTED = 3  # --halt-on stopped the run

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from moola_watch import columnar, rules, schema, sources
 from moola_watch.counts import counted
+from moola_watch.floors import task_floors
 from moola_watch.frames import FrameColumns, nan_text, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
-from moola_watch.rules.evidence import QuietGradStats, task_floors
+from moola_watch.rules.evidence import QuietGradStats
 from moola_watch.tail import CUT_OFF, REPEATED, BadLine, Item, LineDecoder, Notice, RecordItem, SkippedHistory
 from moola_watch.writer_process import log_writer_gone
 

@@ -1,9 +1,11 @@
-"""Training floors read off single-task runs (``moola-watch floors``): each task's training loss at the end of a
-run on it alone, ready to give as ``--task-floor TASK=LOSS``. Pure: records in, floors (or why not) out."""
+"""Training floors: each task's training loss at the end of a run on it alone. Checking those a user gives
+(``task_floors``, ``--task-floor``, ``[task_floors]``) and those a ``run_start`` recorded, and reading them off
+single-task runs (``moola-watch floors``), ready to give as ``--task-floor TASK=LOSS``. Pure: no I/O."""
 
 from __future__ import annotations
 
 import math
+import numbers
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +16,43 @@ from moola_watch import schema
 #: A floor is the mean of this many last epochs' training loss (one epoch's value is noisy), as the labelled
 #: corpus measured it (``benchmarks/detection_labels.TAIL_EPOCHS``).
 TAIL_EPOCHS = 3
+
+
+def checked_floors(given: Any) -> dict[str, float]:
+    """Training floors given by a user (task -> loss, any real number type: numpy's too) as floats;
+    ``ValueError`` for anything but a mapping of task names, or naming the first floor that is not a finite loss
+    of at least 0."""
+    if not isinstance(given, Mapping):
+        raise ValueError(f"training floors must map each task's name to its loss, got {given!r}")
+    floors: dict[str, float] = {}
+    for task, loss in given.items():
+        value = math.nan
+        if isinstance(loss, numbers.Real) and not isinstance(loss, bool):
+            try:
+                value = float(loss)
+            except OverflowError:  # an int beyond any float
+                value = math.inf
+        if not isinstance(task, str):
+            raise ValueError(f"a task's name must be text, got {task!r}")
+        if not 0 <= value < math.inf:
+            raise ValueError(f"the {task} task's training floor must be a finite loss of at least 0, got "
+                             f"{repr(loss)[:40]}")  # fmt: skip
+        floors[task] = value + 0.0  # -0.0 is 0
+    return floors
+
+
+def task_floors(recorded: Any) -> dict[str, float]:
+    """The usable entries of a ``run_start``'s ``task_floors`` (task -> a finite loss of at least 0); others, and
+    anything that is not an object, are left out: a floor the rules cannot read judges nothing."""
+    if not isinstance(recorded, Mapping):
+        return {}
+    usable: dict[str, float] = {}
+    for task, loss in recorded.items():
+        try:
+            usable |= checked_floors({task: loss})
+        except ValueError:
+            continue
+    return usable
 
 
 @dataclass

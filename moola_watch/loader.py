@@ -19,8 +19,8 @@ import pandas as pd
 
 from moola_watch import analyze
 from moola_watch.config_keys import field_spelled
+from moola_watch.floors import checked_floors
 from moola_watch.rules import Thresholds
-from moola_watch.rules.evidence import checked_floors
 from moola_watch.sources import is_stdin, saved_logs
 
 TABLES = ("grad", "layers", "balance", "epochs", "alerts", "runs")

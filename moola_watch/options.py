@@ -13,8 +13,8 @@ from typing import Any
 
 from moola_watch import __version__
 from moola_watch.config_keys import field_spelled
+from moola_watch.floors import checked_floors
 from moola_watch.rules import RULES, Thresholds
-from moola_watch.rules.evidence import checked_floors
 
 SEVERITY_CHOICES = ("warning", "error", "critical")
 

@@ -6,13 +6,13 @@ The engine feeds every record to :meth:`Evidence.observe` before the rules judge
 from __future__ import annotations
 
 import math
-import numbers
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from moola_watch import schema
+from moola_watch.floors import task_floors
 from moola_watch.rules.lifecycle import Where
 from moola_watch.rules.thresholds import Thresholds
 from moola_watch.rules.verdicts import (
@@ -209,43 +209,6 @@ def _cadence(start: schema.Record) -> tuple[int | None, int | None]:
         return min(values, default=None)
 
     return least("every_n_steps", "balance_every_n_steps"), least("log_frequency", "task_balance_frequency")
-
-
-def checked_floors(given: Any) -> dict[str, float]:
-    """Training floors given by a user (task -> loss, any real number type: numpy's too) as floats;
-    ``ValueError`` for anything but a mapping of task names, or naming the first floor that is not a finite loss
-    of at least 0."""
-    if not isinstance(given, Mapping):
-        raise ValueError(f"training floors must map each task's name to its loss, got {given!r}")
-    floors: dict[str, float] = {}
-    for task, loss in given.items():
-        value = math.nan
-        if isinstance(loss, numbers.Real) and not isinstance(loss, bool):
-            try:
-                value = float(loss)
-            except OverflowError:  # an int beyond any float
-                value = math.inf
-        if not isinstance(task, str):
-            raise ValueError(f"a task's name must be text, got {task!r}")
-        if not 0 <= value < math.inf:
-            raise ValueError(f"the {task} task's training floor must be a finite loss of at least 0, got "
-                             f"{repr(loss)[:40]}")  # fmt: skip
-        floors[task] = value + 0.0  # -0.0 is 0
-    return floors
-
-
-def task_floors(recorded: Any) -> dict[str, float]:
-    """The usable entries of a ``run_start``'s ``task_floors`` (task -> a finite loss of at least 0); others, and
-    anything that is not an object, are left out: a floor the rules cannot read judges nothing."""
-    if not isinstance(recorded, Mapping):
-        return {}
-    usable: dict[str, float] = {}
-    for task, loss in recorded.items():
-        try:
-            usable |= checked_floors({task: loss})
-        except ValueError:
-            continue
-    return usable
 
 
 def measured_nothing(norm: float, loss: float | None, weight: float | None) -> bool:

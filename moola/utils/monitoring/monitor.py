@@ -45,8 +45,8 @@ from moola.utils.monitoring.run_output import RunOutput
 from moola.utils.monitoring.stats_probe import StatsProbe
 from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, require_named
 from moola_watch import rules, schema
+from moola_watch.floors import checked_floors
 from moola_watch.rules import Alert, MonitoringSummary, Thresholds
-from moola_watch.rules.evidence import checked_floors
 from moola_watch.writer_process import this_process
 
 _T = TypeVar("_T")
