@@ -70,8 +70,8 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
     "floor_progress": (
         "FRACTION",
         "where a task's training floor is known (--task-floor, or recorded by GradientMonitor's task_floors), the "
-        "floor decides instead: the task is at it once its loss came this fraction of the way from its first loss "
-        "to the floor",
+        "floor decides instead: the task is at it once its loss came this fraction of the way to the floor from its "
+        "epoch-1 loss (its first loss where no epoch 1 was recorded)",
     ),
     "final_share": (
         "FRACTION",

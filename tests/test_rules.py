@@ -242,10 +242,10 @@ def floored_log(floors):
     ("floors", "severity", "words"),
     [
         (None, "error", "type task is starving"),
-        ({"type": 0.0}, "error", "come 30% of the way from its first loss 1 to its training floor 0"),
-        ({"type": 0.6}, "warning", "but it has come at least 35% of the way to the training floor given for it"),
-        ({"type": 0.9}, "warning", "at or below its training floor 0.9 (its first loss 1)"),
-        ({"type": 1.2}, "warning", "its training floor 1.2 not below its first loss 1: alone, it did not learn"),
+        ({"type": 0.0}, "error", "come 30% of the way from its epoch-1 loss 1 to its training floor 0"),
+        ({"type": 0.6}, "warning", "but it has come at least 60% of the way to the training floor given for it"),
+        ({"type": 0.9}, "warning", "at or below its training floor 0.9 (its epoch-1 loss 1)"),
+        ({"type": 1.2}, "warning", "its training floor 1.2 not below its epoch-1 loss 1: alone, it did not learn"),
         ({"pointer": 0.6}, "error", "type task is starving"),
         ({"type": "low"}, "error", "type task is starving"),
         ({"type": -1}, "error", "type task is starving"),
@@ -254,7 +254,7 @@ def floored_log(floors):
 )
 def test_a_training_floor_given_in_run_start_decides_whether_a_stalled_task_is_at_it(tmp_path, floors, severity, words):
     """A stalled task 30% below its first loss: starving when a run on it alone gets it to 0, at its floor when
-    that run gets no lower than 0.6 (75% of the way there, beyond floor_progress, 35%), than 0.9 (below it) or
+    that run gets no lower than 0.6 (75% of the way there, beyond floor_progress, 60%), than 0.9 (below it) or
     than its first loss (alone it did not learn either; the words say so, and that the floor may be of other
     units). A floor for another task, or not a finite loss of at least 0, judges nothing; check says the same."""
     log = floored_log(floors)
@@ -266,6 +266,32 @@ def test_a_training_floor_given_in_run_start_decides_whether_a_stalled_task_is_a
     if floors == {"type": 0.6}:
         stricter = run_cli("moola_watch.cli", "check", "--floor-progress", "0.8", str(tmp_path / "floored.jsonl"))
         assert stricter.returncode == 1 and "come 75% of the way" in stricter.stdout
+
+
+def test_a_training_floor_is_measured_from_the_epoch_1_loss_not_the_untrained_first_batch(tmp_path):
+    """The first batch's loss is the untrained network's: 1.6 here, where epoch 1's mean is 1.0 (the offset every
+    model loses in its first updates). Stalled at 0.9 with a training floor of 0.5, the task came 20% of the way
+    from its epoch-1 loss (starving), not 64% from its first batch (at its floor): on the labelled runs, measuring
+    from the first batch called starved tasks that had learned only that offset at their floors. Without epoch
+    records the first batch is all there is."""
+
+    def log_of(epochs: bool):
+        log = LogBuilder().start()
+        log.records[0]["task_floors"] = {"type": 0.5}
+        for i in range(1, 13):
+            losses = {"type": 1.6 if i == 1 else 0.9, "pointer": 0.8 * 0.8**i}
+            log.balance(i, 8.0, shares={"pointer": 0.995, "type": 0.005}, losses=losses)
+            if epochs:
+                log.epoch(i, task_losses={"type": 1.0 if i == 1 else 0.9, "pointer": 0.8 * 0.8**i})
+        return log
+
+    (collapse,) = collapse_alerts(rules.replay(log_of(epochs=True).records))
+    assert collapse.severity == "error", collapse.message
+    assert "come 20% of the way from its epoch-1 loss 1 to its training floor 0.5" in collapse.message
+    checked = run_cli("moola_watch.cli", "check", str(log_of(epochs=True).write(tmp_path / "epochs.jsonl")))
+    assert checked.returncode == 1 and "epoch-1 loss 1 to its training floor 0.5" in checked.stdout
+    (collapse,) = collapse_alerts(rules.replay(log_of(epochs=False).records))
+    assert collapse.severity == "warning" and "of the way to the training floor given for it" in collapse.message
 
 
 @pytest.mark.parametrize("ended", [False, True])

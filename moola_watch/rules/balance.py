@@ -182,12 +182,14 @@ def usable_floor(own: TaskProgress, floor: float | None) -> float | None:
 
 
 def way_to_floor(own: TaskProgress, floor: float) -> float:
-    """How far the task's loss has come from its first loss to its training ``floor``: 0 not at all, 1 there;
-    above 1 below it, negative when it rose above its first. A floor at or above the first loss: 1 (alone, the
-    task did not learn either: measured on the labelled runs, such tasks were mostly not starved)."""
-    if own.start <= floor:
+    """How far the task's loss has come from its :attr:`~TaskProgress.floor_reference` (its epoch-1 loss, else
+    its first) to its training ``floor``: 0 not at all, 1 there; above 1 below it, negative when it rose above
+    that reference. A floor at or above the reference: 1 (alone, the task did not learn either: measured on the
+    labelled runs, such tasks were mostly not starved)."""
+    reference, _name = own.floor_reference
+    if reference <= floor:
         return 1.0
-    return (own.start - own.recent) / (own.start - floor)
+    return (reference - own.recent) / (reference - floor)
 
 
 def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds, floor: float | None = None) -> bool:
@@ -209,19 +211,20 @@ def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds, f
 
 
 def floor_figures(own: TaskProgress, floor: float) -> str:
-    """The task's way to its training floor in words: 'come 40% of the way from its first loss 0.9 to its
+    """The task's way to its training floor in words: 'come 40% of the way from its epoch-1 loss 0.9 to its
     training floor 0.3', or why the floor was not used."""
-    if own.start is None:
+    reference, name = own.floor_reference
+    if reference is None:
         return f"its training floor {floor:.3g} not used: its first loss is unknown"
-    if floor >= own.start:
-        return (f"its training floor {floor:.3g} not below its first loss {own.start:.3g}: alone, it did not "
+    if floor >= reference:
+        return (f"its training floor {floor:.3g} not below {name} {reference:.3g}: alone, it did not "
                 f"learn either (or the floor is a loss of other units: a weighted or summed one?)")  # fmt: skip
     if own.recent <= floor:
-        return f"at or below its training floor {floor:.3g} (its first loss {own.start:.3g})"
-    if own.recent >= own.start:
-        return f"no nearer its training floor {floor:.3g} than its first loss {own.start:.3g}"
+        return f"at or below its training floor {floor:.3g} ({name} {reference:.3g})"
+    if own.recent >= reference:
+        return f"no nearer its training floor {floor:.3g} than {name} {reference:.3g}"
     way = way_to_floor(own, floor)
-    return f"come {way:.0%} of the way from its first loss {own.start:.3g} to its training floor {floor:.3g}"
+    return f"come {way:.0%} of the way from {name} {reference:.3g} to its training floor {floor:.3g}"
 
 
 def not_falling(own: TaskProgress, th: Thresholds) -> str:
