@@ -21,7 +21,7 @@ from moola_watch.counts import counted
 from moola_watch.floors import task_floors
 from moola_watch.frames import FrameColumns, nan_text, table
 from moola_watch.rules import AlertEvent, RuleEngine, Thresholds, run_thresholds
-from moola_watch.rules.evidence import QuietGradStats
+from moola_watch.rules.evidence import Predecessor, QuietGradStats
 from moola_watch.tail import CUT_OFF, REPEATED, BadLine, Item, LineDecoder, Notice, RecordItem, SkippedHistory
 from moola_watch.writer_process import log_writer_gone
 
@@ -238,7 +238,10 @@ class LogScan:
             and before.run.model == record["model"]
             and before.run.status != "completed"
         ):  # if this run began late, it may be that one resumed from a checkpoint: its training rates start there
-            engine.evidence.resumes = (before.evidence.first_losses, before.run.step, before.run.epoch)
+            ev = before.evidence
+            engine.evidence.resumes = Predecessor(
+                ev.first_losses, ev.first_epoch_losses or {}, before.run.step, before.run.epoch
+            )
             if before.run.status in ("interrupted", "failed") and _began_late(record):
                 before.run.resumed_by = record["run"]
         return engine

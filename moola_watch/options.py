@@ -71,7 +71,7 @@ THRESHOLD_HELP: dict[str, tuple[str, str]] = {
         "FRACTION",
         "where a task's training floor is known (--task-floor, or recorded by GradientMonitor's task_floors), the "
         "floor decides instead: the task is at it once its loss came this fraction of the way to the floor from its "
-        "epoch-1 loss (its first loss where no epoch 1 was recorded)",
+        "first epoch's loss (its first loss where no epoch was recorded)",
     ),
     "final_share": (
         "FRACTION",
@@ -166,8 +166,8 @@ def add_threshold_flags(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="TASK=LOSS",
         help="a task's training loss at the end of a run on it alone: a stalled task that came --floor-progress of "
-        "the way from its first loss to it is at its floor, not starving (repeat per task; beats a floor the run "
-        "recorded; also the config's [task_floors] table)",
+        "the way to it from its first epoch's loss is at its floor, not starving (repeat per task; beats a floor "
+        "the run recorded; also the config's [task_floors] table)",
     )
     group.add_argument(
         "--config",

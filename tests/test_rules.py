@@ -242,10 +242,10 @@ def floored_log(floors):
     ("floors", "severity", "words"),
     [
         (None, "error", "type task is starving"),
-        ({"type": 0.0}, "error", "come 30% of the way from its epoch-1 loss 1 to its training floor 0"),
+        ({"type": 0.0}, "error", "come 30% of the way from its first epoch's loss 1 to its training floor 0"),
         ({"type": 0.6}, "warning", "but it has come at least 60% of the way to the training floor given for it"),
-        ({"type": 0.9}, "warning", "at or below its training floor 0.9 (its epoch-1 loss 1)"),
-        ({"type": 1.2}, "warning", "its training floor 1.2 not below its epoch-1 loss 1: alone, it did not learn"),
+        ({"type": 0.9}, "warning", "at or below its training floor 0.9 (its first epoch's loss 1)"),
+        ({"type": 1.2}, "warning", "training floor 1.2 not below its first epoch's loss 1: alone, it did not learn"),
         ({"pointer": 0.6}, "error", "type task is starving"),
         ({"type": "low"}, "error", "type task is starving"),
         ({"type": -1}, "error", "type task is starving"),
@@ -268,30 +268,77 @@ def test_a_training_floor_given_in_run_start_decides_whether_a_stalled_task_is_a
         assert stricter.returncode == 1 and "come 75% of the way" in stricter.stdout
 
 
-def test_a_training_floor_is_measured_from_the_epoch_1_loss_not_the_untrained_first_batch(tmp_path):
-    """The first batch's loss is the untrained network's: 1.6 here, where epoch 1's mean is 1.0 (the offset every
-    model loses in its first updates). Stalled at 0.9 with a training floor of 0.5, the task came 20% of the way
-    from its epoch-1 loss (starving), not 64% from its first batch (at its floor): on the labelled runs, measuring
-    from the first batch called starved tasks that had learned only that offset at their floors. Without epoch
-    records the first batch is all there is."""
+def stalled_log(first: float, first_epoch: float | None, floor: float, *, first_epoch_number: int = 1, stalled=0.9):
+    """A type task dominated (0.5% of the update) from a first batch loss ``first`` and a first epoch's mean
+    ``first_epoch`` (None: no epoch records), stalled at ``stalled``, with ``floor`` recorded as its training
+    floor; epochs numbered from ``first_epoch_number``."""
+    log = LogBuilder().start()
+    log.records[0]["task_floors"] = {"type": floor}
+    for i in range(1, 13):
+        losses = {"type": first if i == 1 else stalled, "pointer": 0.8 * 0.8**i}
+        log.balance(i, 8.0, shares={"pointer": 0.995, "type": 0.005}, losses=losses)
+        if first_epoch is not None:
+            epoch_losses = {"type": first_epoch if i == 1 else stalled, "pointer": 0.8 * 0.8**i}
+            log.epoch(i - 1 + first_epoch_number, task_losses=epoch_losses)
+    return log
 
-    def log_of(epochs: bool):
-        log = LogBuilder().start()
-        log.records[0]["task_floors"] = {"type": 0.5}
-        for i in range(1, 13):
-            losses = {"type": 1.6 if i == 1 else 0.9, "pointer": 0.8 * 0.8**i}
-            log.balance(i, 8.0, shares={"pointer": 0.995, "type": 0.005}, losses=losses)
-            if epochs:
-                log.epoch(i, task_losses={"type": 1.0 if i == 1 else 0.9, "pointer": 0.8 * 0.8**i})
-        return log
 
-    (collapse,) = collapse_alerts(rules.replay(log_of(epochs=True).records))
-    assert collapse.severity == "error", collapse.message
-    assert "come 20% of the way from its epoch-1 loss 1 to its training floor 0.5" in collapse.message
-    checked = run_cli("moola_watch.cli", "check", str(log_of(epochs=True).write(tmp_path / "epochs.jsonl")))
-    assert checked.returncode == 1 and "epoch-1 loss 1 to its training floor 0.5" in checked.stdout
-    (collapse,) = collapse_alerts(rules.replay(log_of(epochs=False).records))
-    assert collapse.severity == "warning" and "of the way to the training floor given for it" in collapse.message
+@pytest.mark.parametrize(
+    ("first", "first_epoch", "stalled", "floor", "numbered_from", "severity", "words"),
+    [
+        # the untrained first batch 1.6, its first epoch 1.0: 20% of the way from the epoch (64% from the batch)
+        (1.6, 1.0, 0.9, 0.5, 1, "error", "come 20% of the way from its first epoch's loss 1 to its training floor 0.5"),
+        (1.6, 1.0, 0.9, 0.5, 0, "error", "come 20% of the way from its first epoch's loss 1 to its training floor 0.5"),
+        (1.6, None, 0.9, 0.5, 1, "warning", "come 64% of the way from its first loss 1.6 to its training floor 0.5"),
+        # a first epoch that diverged (5x its first batch) is no start: 20% of the way from the first batch (82%
+        # from the blow-up)
+        (1.0, 5.0, 0.9, 0.5, 1, "error", "come 20% of the way from its first loss 1 to its training floor 0.5"),
+        # a first epoch that came most of the way (95%) held the learning: 0.61 is 98% of the way from 1, not 50%
+        # of the way from 0.62
+        (1.0, 0.62, 0.61, 0.6, 1, "warning", "come 98% of the way from its first loss 1 to its training floor 0.6"),
+        # at its floor already in its first epoch: not "not below its first epoch's loss: alone, it did not learn"
+        (1.0, 0.59, 0.59, 0.6, 1, "warning", "at or below its training floor 0.6 (its first loss 1)"),
+    ],
+)
+def test_a_training_floor_is_measured_from_the_first_epochs_loss_where_that_is_a_start(
+    tmp_path, first, first_epoch, stalled, floor, numbered_from, severity, words
+):
+    """The first batch's loss is the untrained network's, with an offset every model loses in its first updates:
+    measured from it, a task that learned only that read as partway to its floor (on the labelled runs, starved
+    tasks called at their floors). The first epoch's mean (whatever the loop numbers it) is the start instead,
+    unless there is none, it diverged, or it already held most of the way to the floor (an outside review's
+    cases: a blow-up in epoch 1 hid a starving task; a task learned in its first long epoch, 2% above its floor,
+    was called starving; a loop counting epochs from 0 had its second epoch taken for the first)."""
+    log = stalled_log(first, first_epoch, floor, first_epoch_number=numbered_from, stalled=stalled)
+    (collapse,) = collapse_alerts(rules.replay(log.records))
+    assert collapse.severity == severity and words in collapse.message, collapse.message
+    checked = run_cli("moola_watch.cli", "check", str(log.write(tmp_path / "stalled.jsonl")))
+    assert checked.returncode == (severity == "error") and words in checked.stdout
+
+
+def test_a_run_resumed_in_the_same_log_is_measured_from_its_predecessors_first_epoch(tmp_path):
+    """A run interrupted and resumed from its checkpoint, appending to the same log, is the same training: its
+    way to the floor is measured from the first run's first epoch, as without the interruption (it was measured
+    from the first batch, and read 60% where the uninterrupted run read 50%); its own first epoch record (the
+    loop counting from 1 again) is no start."""
+    whole = stalled_log(1.6, 1.0, 0.5)
+    first_half, second_half = stalled_log(1.6, 1.0, 0.5), stalled_log(0.9, 0.9, 0.5)
+    for half in (first_half, second_half):
+        half.records[0]["every_n_steps"] = 10  # a balance sample every 10 steps: one at step 61 resumed at 60
+    cut = next(i for i, r in enumerate(first_half.records) if r.get("epoch") == 7)
+    records = [*first_half.records[:cut], {**first_half.records[0], "kind": "run_end", "status": "interrupted"}]
+    resumed = [{**r, "run": "resumed"} for r in second_half.records]
+    resumed[0] = {**resumed[0], "first_step": 61, "first_epoch": 7}
+    for r in resumed[1:]:
+        r["step"] = r["step"] + 60
+    log = whole.write(tmp_path / "whole.jsonl")
+    both = tmp_path / "resumed.jsonl"
+    both.write_text("".join(json.dumps(r) + "\n" for r in [*records, *resumed]))
+    words = "from its first epoch's loss 1 to its training floor 0.5"
+    assert words in run_cli("moola_watch.cli", "check", str(log)).stdout
+    report = json.loads(run_cli("moola_watch.cli", "check", "--json", "--run", "resumed", str(both)).stdout)
+    (collapse,) = [a for a in report["alerts"] if a["rule"] == "collapse"]
+    assert words in collapse["message"], collapse["message"]
 
 
 @pytest.mark.parametrize("ended", [False, True])

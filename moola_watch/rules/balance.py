@@ -182,11 +182,11 @@ def usable_floor(own: TaskProgress, floor: float | None) -> float | None:
 
 
 def way_to_floor(own: TaskProgress, floor: float) -> float:
-    """How far the task's loss has come from its :attr:`~TaskProgress.floor_reference` (its epoch-1 loss, else
-    its first) to its training ``floor``: 0 not at all, 1 there; above 1 below it, negative when it rose above
-    that reference. A floor at or above the reference: 1 (alone, the task did not learn either: measured on the
-    labelled runs, such tasks were mostly not starved)."""
-    reference, _name = own.floor_reference
+    """How far the task's loss has come from its :meth:`~TaskProgress.floor_reference` (its first epoch's loss,
+    else its first) to its training ``floor``: 0 not at all, 1 there; above 1 below it, negative when it rose
+    above that reference. A floor at or above the reference: 1 (alone, the task did not learn either: measured
+    on the labelled runs, such tasks were mostly not starved)."""
+    reference, _name = own.floor_reference(floor)
     if reference <= floor:
         return 1.0
     return (reference - own.recent) / (reference - floor)
@@ -211,9 +211,9 @@ def at_its_floor(own: TaskProgress, persistence: float | None, th: Thresholds, f
 
 
 def floor_figures(own: TaskProgress, floor: float) -> str:
-    """The task's way to its training floor in words: 'come 40% of the way from its epoch-1 loss 0.9 to its
-    training floor 0.3', or why the floor was not used."""
-    reference, name = own.floor_reference
+    """The task's way to its training floor in words: 'come 40% of the way from its first epoch's loss 0.9 to
+    its training floor 0.3', or why the floor was not used."""
+    reference, name = own.floor_reference(floor)
     if reference is None:
         return f"its training floor {floor:.3g} not used: its first loss is unknown"
     if floor >= reference:

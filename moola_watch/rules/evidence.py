@@ -105,6 +105,13 @@ class RunningStats:
         return math.sqrt(self.m2 / self.count) if self.count else math.nan
 
 
+#: A first epoch whose mean loss is above this multiple of the run's first loss diverged in it: no start.
+EPOCH_BLOWUP = 2.0
+#: A first epoch that came this fraction of the way from the first loss to the training floor held most of the
+#: learning: its mean is no start to measure the rest of the way from.
+EPOCH_COVERED = 0.7
+
+
 @dataclass(frozen=True)
 class TaskProgress:
     """One task's own progress: its training loss at the end of the window against the window's start and
@@ -125,7 +132,7 @@ class TaskProgress:
     start: float
     span: str
     per_batch: bool = False  # from the balance samples' one-batch losses (noisy), not from epoch means
-    first_epoch: float | None = None  # the task's mean training loss over the run's epoch 1 (None: not recorded)
+    first_epoch: float | None = None  # the task's mean training loss over the run's first epoch (None: not known)
 
     @property
     def measure(self) -> str:
@@ -137,16 +144,23 @@ class TaskProgress:
         """Fractional change of the loss over the window (-0.3: down 30%)."""
         return self.recent / self.earlier - 1.0
 
-    @property
-    def floor_reference(self) -> tuple[float | None, str]:
-        """The loss a training floor is measured from, and its name: the epoch-1 mean where the run recorded
-        one, else the run's first loss. A floor is an epoch mean (a run on the task alone); the first batch's loss
-        is the untrained network's and holds an offset every model loses in its first updates (a regression's
-        mean, a classifier's prior), so a task that learned only that read as partway to its floor: measured on
-        the labelled runs (tuning, floor_progress 0.35), healthy runs given an error fell from 12 to 4 of 263."""
-        if self.first_epoch is not None and self.start is not None:
-            return self.first_epoch, "its epoch-1 loss"
-        return self.start, "its first loss"
+    def floor_reference(self, floor: float) -> tuple[float | None, str]:
+        """The loss a training ``floor`` is measured from, and its name: the run's first epoch's mean where it
+        recorded one, else the run's first loss (None where unknown). A floor is an epoch mean (a run on the task
+        alone); the first batch's loss is the untrained network's and holds an offset every model loses in its
+        first updates (a regression's mean, a classifier's prior), so a task that learned only that read as
+        partway to its floor: measured on the labelled runs (tuning, floor_progress 0.35), healthy runs given an
+        error fell from 12 to 4 of 263. The first loss stays the reference where the first epoch's mean is no
+        start: above :data:`EPOCH_BLOWUP` times the first loss (it diverged in that epoch), or already
+        :data:`EPOCH_COVERED` of the way from the first loss to the floor (an epoch long enough to hold most of
+        the learning leaves a gap to the floor too small to judge from; on the labelled runs, epoch 1 came at
+        most 63% of the way)."""
+        first, epoch = self.start, self.first_epoch
+        if first is None or epoch is None or epoch > EPOCH_BLOWUP * first:
+            return first, "its first loss"
+        if first > floor and (first - epoch) / (first - floor) > EPOCH_COVERED:
+            return first, "its first loss"
+        return epoch, "its first epoch's loss"
 
     @property
     def rate(self) -> float | None:
@@ -198,6 +212,16 @@ class LossSeries:
 def _mean(values: Iterable[float]) -> float:
     items = list(values)
     return math.fsum(items) / len(items)
+
+
+class Predecessor(NamedTuple):
+    """The run before this one in its log, when it did not complete (same model): its first losses, its first
+    epoch's losses and where it got to. A run that begins late within reach of it resumed from its checkpoint."""
+
+    first_losses: Mapping[str, float] = {}
+    first_epoch_losses: Mapping[str, float] = {}
+    step: int | None = None
+    epoch: int | None = None
 
 
 class QuietGradStats(NamedTuple):
@@ -263,11 +287,12 @@ class Evidence:
         self.epoch_losses = LossSeries(window)
         self.batch_losses = LossSeries(window, per_batch=True)
         self.first_losses: dict[str, float] = {}  # each task's first usable training loss in the run
-        self.first_epoch_losses: dict[str, float] = {}  # each task's training loss over the run's epoch 1
+        # each task's training loss over the run's first epoch (None: no epoch record yet; {}: none known)
+        self.first_epoch_losses: dict[str, float] | None = None
         # Why the run's first losses are not its start (None: they are): it began late, or was read from its middle.
         self.start_unknown: str | None = None
-        # The run before it in its log, if it did not complete (same model): its first losses and where it got to.
-        self.resumes: tuple[Mapping[str, float], int | None, int | None] = ({}, None, None)
+        # The run before it in its log, if it did not complete (same model): where this one may have resumed from.
+        self.resumes = Predecessor()
         self._start_judged = False
         self.balance_samples = 0
         self._window: tuple[int, Thresholds, CollapseVerdict] | None = None  # the last window_verdict, and of what
@@ -315,9 +340,9 @@ class Evidence:
         elif kind == schema.EPOCH:
             self.last_epoch = record
             losses = record.get("task_losses") or {}
-            if record.get("epoch") == 1 and not self.first_epoch_losses:
-                self.first_epoch_losses = {t: loss for t, loss in losses.items() if math.isfinite(loss) and loss > 0}
             self._losses(self.epoch_losses, losses, where)
+            if self.first_epoch_losses is None:  # the run's first epoch, whatever its number (a loop may count from 0)
+                self.first_epoch_losses = {t: loss for t, loss in losses.items() if math.isfinite(loss) and loss > 0}
         elif kind == schema.RUN_END:
             self.run.status, self.run.error = record["status"], record.get("error")
         if self.run.run is None:
@@ -540,7 +565,7 @@ class Evidence:
         self._start_judged = True
         run = self.run
         steps, epochs = run.cadence
-        losses, got_to_step, got_to_epoch = self.resumes
+        losses, epoch_losses, got_to_step, got_to_epoch = self.resumes
         if steps is not None and run.first_step is not None:
             late = run.first_step > steps + 1
             resumes = bool(losses) and got_to_step is not None and run.first_step <= got_to_step + steps + 1
@@ -552,6 +577,8 @@ class Evidence:
         if run.began is not None:  # the writer knew: a task whose losses join late is no resumed run
             began_step, began_epoch = run.began
             late = began_step > 1 or (began_epoch is not None and began_epoch > 1)
+        if late:  # this run's first epoch record is none of its start's: the one it resumed has it, or nothing
+            self.first_epoch_losses = dict(epoch_losses) if resumes else {}
         if late and resumes:
             self.first_losses.update(losses)
         elif late and self.start_unknown is None:
@@ -563,7 +590,7 @@ class Evidence:
         """Every task's own progress over the window: from the epoch records' losses once there are enough,
         else from the balance samples' batch losses; {} while neither has enough."""
         series = self.epoch_losses if self.epoch_losses.ready() else self.batch_losses
-        return series.progress(self.first_losses, self.first_epoch_losses)
+        return series.progress(self.first_losses, self.first_epoch_losses or {})
 
     def mean_share(self, task: str) -> float | None:
         """The task's mean share of the update over the window (None when not recorded)."""

@@ -46,8 +46,8 @@ class Thresholds:
     noise_persistence: float = 0.15
     noise_rate: float = 0.95
     # Where the run_start gave a task's training floor (task_floors: its loss at the end of a run on it alone), the
-    # floor decides instead: the task is at it once its loss came this fraction of the way to it from its epoch-1
-    # loss (its first where no epoch 1 was recorded)
+    # floor decides instead: the task is at it once its loss came this fraction of the way to it from its first
+    # epoch's loss (TaskProgress.floor_reference)
     floor_progress: float = 0.6
     final_share: float = 0.4  # a completed run ended with a task starved if, over the last window, its mean
     # share of the update was below this fraction of an equal share (1 / tasks), ...
