@@ -342,6 +342,27 @@ def test_a_run_resumed_in_the_same_log_is_measured_from_its_predecessors_first_e
 
 
 @pytest.mark.parametrize("ended", [False, True])
+def test_a_starving_error_without_a_training_floor_says_how_to_give_one(ended):
+    """Without floors, most healthy runs given an error were tasks at the floor of a noisy target: the error on
+    a task without a floor says how to tell (during the run, and at its end); one with a floor says how far it
+    came instead."""
+    # at the end: a share of 15% is a warning during the run (above starve_share), starved once it ended there
+    logs = [starving_log(8.0, 0.15 if ended else 0.005, lambda i: 1.0 if i == 1 else 0.7) for _ in range(2)]
+    floorless, floored = logs
+    floored.records[0]["task_floors"] = {"type": 0.0, "pointer": 0.5}
+    hint = "judged without a training floor for type (`--task-floor type=LOSS`, the loss of a run on type alone"
+    for log in logs:
+        if ended:
+            log.add("run_end", status="completed")
+    (collapse,) = collapse_alerts(rules.replay(floorless.records))
+    assert collapse.severity == "error" and hint in collapse.message
+    assert ("the run ended with the type task starved" in collapse.message) == ended
+    (collapse,) = collapse_alerts(rules.replay(floored.records))
+    assert collapse.severity == "error" and "judged without" not in collapse.message
+    assert "come 30% of the way from its first epoch's loss 1 to its training floor 0" in collapse.message
+
+
+@pytest.mark.parametrize("ended", [False, True])
 def test_a_floor_of_a_run_whose_first_losses_are_unknown_is_not_used_and_said_so_not_a_crash(tmp_path, ended):
     """A run resumed from a checkpoint (its run_start says it began at step 1000) does not know its first losses:
     how far a task came to its floor cannot be told. The rules compared None with the floor, the trainer's
