@@ -144,7 +144,9 @@ def test_spec_scenario_collapse():
     assert collapse.message == (
         "TASK COLLAPSE: Pointer task dominating (ratio=6.34 > 5.0) over 10 samples (steps 10-100); and the type task "
         "is starving (its loss stalled: down less than 5%, share below 10%, still 100% of its first loss 0.69): type "
-        "loss 0.69 -> 0.69 (+0.0%) from epoch 1, step 10 to epoch 9, step 90 [pointer -43%], 1.0% of the update"
+        "loss 0.69 -> 0.69 (+0.0%) from epoch 1, step 10 to epoch 9, step 90 [pointer -43%], 1.0% of the update; "
+        "judged without a training floor for type (`--task-floor type=LOSS`, the loss of a run on type alone, tells "
+        "a task at its floor from a starving one)"
     )
     assert collapse.recommendation == (
         "Urgent: increase alpha by 2x or decrease beta by 0.5x: set `--loss-beta` 2.5 (from 8) or `--loss-alpha` 3.2 "
