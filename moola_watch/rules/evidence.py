@@ -189,7 +189,7 @@ class LossSeries:
     def progress(self, start: Mapping[str, float], first_epoch: Mapping[str, float]) -> dict[str, TaskProgress]:
         """Each task's change over the window, or {} with fewer than ``2 * RECENT_SAMPLES`` samples; ``start``
         holds each task's first loss of the run (a task without one has no training rate), ``first_epoch`` its
-        mean loss over epoch 1."""
+        mean loss over the run's first epoch."""
         if not self.ready():
             return {}
         first, last = list(self.samples)[:RECENT_SAMPLES], list(self.samples)[-RECENT_SAMPLES:]
