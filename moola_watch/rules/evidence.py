@@ -169,6 +169,11 @@ class TaskProgress:
         return None if self.start is None else self.recent / self.start
 
 
+def usable_losses(losses: Mapping[str, float]) -> dict[str, float]:
+    """The per-task losses a training rate can be taken from: finite and above 0."""
+    return {task: loss for task, loss in losses.items() if math.isfinite(loss) and loss > 0}
+
+
 class LossSeries:
     """The last ``window`` per-task training losses from one kind of record, and where each was taken."""
 
@@ -178,7 +183,7 @@ class LossSeries:
         self.where: deque[str] = deque(maxlen=self.samples.maxlen)
 
     def add(self, losses: Mapping[str, float], where: Where) -> None:
-        usable = {task: loss for task, loss in losses.items() if math.isfinite(loss) and loss > 0}
+        usable = usable_losses(losses)
         if len(usable) >= 2:
             self.samples.append(usable)
             self.where.append(position(where.epoch, where.step))
@@ -342,7 +347,7 @@ class Evidence:
             losses = record.get("task_losses") or {}
             self._losses(self.epoch_losses, losses, where)
             if self.first_epoch_losses is None:  # the run's first epoch, whatever its number (a loop may count from 0)
-                self.first_epoch_losses = {t: loss for t, loss in losses.items() if math.isfinite(loss) and loss > 0}
+                self.first_epoch_losses = usable_losses(losses)
         elif kind == schema.RUN_END:
             self.run.status, self.run.error = record["status"], record.get("error")
         if self.run.run is None:
