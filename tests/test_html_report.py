@@ -467,3 +467,40 @@ def test_a_plain_loops_task_losses_are_drawn_from_its_balance_samples(tmp_path: 
     assert values(traces["cls"]["x"]) == [float(step) for step in range(5, 61, 5)]  # each balance sample's step
     logged = [json.loads(line) for line in log.read_text().splitlines() if '"task_balance"' in line]
     assert values(traces["reg"]["y"]) == pytest.approx([record["losses"]["reg"] for record in logged])
+
+
+def test_the_report_says_what_each_run_was_judged_by_and_draws_each_by_its_own_thresholds(tmp_path: Path) -> None:
+    """Two runs that recorded different thresholds, a training floor given on the command line: the runs table
+    says where each run's thresholds and floors came from (as ``check`` does), the footer gives each run's values,
+    and a run's own drawings (its heatmap's scale, its collapse window's mean) use its own, not the first log's."""
+    from logs import LAYERS, healthy_scenario
+
+    def recorded(run: str, **thresholds: float) -> Path:
+        log = healthy_scenario()
+        log.run = log.records[0]["run"] = run
+        for record in log.records:
+            record["run"] = run
+        log.records[0]["thresholds"] = thresholds
+        return log.write(tmp_path / f"{run}.jsonl")
+
+    wide = recorded("wide", exploding=500.0, window=4)
+    plain = recorded("plain")
+    out = tmp_path / "report.html"
+    result = run_cli("moola_watch.cli", "report", str(wide), str(plain), "--task-floor", "type=0.3", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    html = out.read_text("utf-8")
+    table = html[html.index('<section id="runs">') : html.index("</section>")]
+    row = table[table.index("thresholds from") :].split("</tr>")[0]
+    assert "<td>recorded in run_start; training floors: type 0.3 (given)</td>" in row
+    assert "<td>watcher defaults (the run recorded none); training floors: type 0.3 (given)</td>" in row
+    footer = html[html.index("<footer") :]
+    assert "Thresholds differ between runs" in footer
+    assert "wide: vanishing 1e-07, exploding 500," in footer and "window 4," in footer
+    assert "plain: vanishing 1e-07, exploding 10," in footer
+    heatmaps = [figure_data(html, f"layers_{i}")["data"][0] for i in (1, 2)]
+    assert [heatmap["zmax"] for heatmap in heatmaps] == [4, 2]  # each run's exploding bound: 500 and 10
+    balance = figure_data(html, "task_balance")["data"]
+    assert {"wide · collapse window mean (4 samples)", "plain · collapse window mean (10 samples)"} <= {
+        trace.get("name") for trace in balance
+    }, [trace.get("name") for trace in balance]
+    assert len(LAYERS) == len(heatmaps[0]["y"])

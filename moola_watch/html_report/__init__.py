@@ -48,9 +48,11 @@ class Written:
 
 
 def build_figures(runs: Sequence[RunData], thresholds: rules.Thresholds) -> list[ReportFigure]:
-    """Every figure the runs have data for, in reading order: norms, layers, balance, losses, alerts."""
+    """Every figure the runs have data for, in reading order: norms, layers, balance, losses, alerts; the bands
+    that the runs share drawn at ``thresholds``, what belongs to one run (its heatmap, its collapse window's mean)
+    at the thresholds it was judged by."""
     axis = x_axis(runs)
-    heatmaps = [heatmap_figure(data, axis, thresholds, f"layers_{i}") for i, data in enumerate(runs, start=1)]
+    heatmaps = [heatmap_figure(data, axis, f"layers_{i}") for i, data in enumerate(runs, start=1)]
     candidates = [
         norms_figure(runs, axis, thresholds),
         *heatmaps,
@@ -66,15 +68,28 @@ def drawn_runs(runs: Sequence[RunData], limit: int = MAX_DRAWN_RUNS) -> list[Run
     return analyze.most_telling(runs, lambda data: data.verdict, limit)
 
 
-def thresholds_text(th: rules.Thresholds) -> str:
-    return "Thresholds: " + ", ".join(f"{name} {value:g}" for name, value in th.to_dict().items())
+def thresholds_text(runs: Sequence[RunData], drawn: rules.Thresholds) -> str:
+    """The footer's thresholds: the values each run was judged by (the runs that share them named together where
+    they differ: each run's recorded ones count), and which set the shared bands are drawn at."""
+    groups: dict[rules.Thresholds, list[str]] = {}
+    for data in runs:
+        groups.setdefault(data.thresholds, []).append(data.label)
+    if len(groups) <= 1:
+        return "Thresholds: " + values_text(drawn)
+    sets = "; ".join(f"{', '.join(labels)}: {values_text(th)}" for th, labels in groups.items())
+    return (f"Thresholds differ between runs (each judged by its own, see 'thresholds from'); the bands are drawn at "
+            f"{groups[drawn][0]}'s. {sets}")  # fmt: skip
+
+
+def values_text(th: rules.Thresholds) -> str:
+    return ", ".join(f"{name} {value:g}" for name, value in th.to_dict().items())
 
 
 def build_page(scans: Sequence[analyze.LogScan], now: float | None = None) -> tuple[Page, list[ReportFigure]]:
     """The page (and its figures) for logs scanned with ``frames=True``."""
     runs = collect_runs(scans)
-    thresholds = scans[0].thresholds if scans else rules.Thresholds()
     drawn = drawn_runs(runs)
+    thresholds = drawn[0].thresholds if drawn else scans[0].thresholds if scans else rules.Thresholds()
     figures = build_figures(drawn, thresholds)
     headers, rows = comparison(runs)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() if now is None else now))
@@ -98,7 +113,7 @@ def build_page(scans: Sequence[analyze.LogScan], now: float | None = None) -> tu
         alerts=Table(
             ALERT_COLUMNS, [[row[c] for c in ALERT_COLUMNS] for row in alert_rows(runs)], badge=frozenset({"severity"})
         ),
-        footer=thresholds_text(thresholds) + ". Plots are thinned for drawing (spikes kept); verdicts and "
+        footer=thresholds_text(runs, thresholds) + ". Plots are thinned for drawing (spikes kept); verdicts and "
         "alerts come from every record.",
     )
     return page, figures

@@ -125,7 +125,8 @@ def panel_lines(frame: pd.DataFrame, panel: Panel, th: rules.Thresholds) -> list
 
 
 def balance_figure(runs: Sequence[RunData], axis: str, th: rules.Thresholds) -> ReportFigure | None:
-    """Every balance panel of every run, overlaid (a colour per series, or per run when several)."""
+    """Every balance panel of every run, overlaid (a colour per series, or per run when several); each run's
+    window mean over its own window, the band and collapse lines at ``th``."""
     with_balance = [(i, d) for i, d in enumerate(runs) if not d.frames["balance"].empty]
     rows = panels([d.frames["balance"] for _i, d in with_balance])
     if not rows:
@@ -140,7 +141,7 @@ def balance_figure(runs: Sequence[RunData], axis: str, th: rules.Thresholds) -> 
         x = positions(frame, axis)
         label = short(data.label)
         for row, panel in enumerate(rows, start=1):
-            for name, y in panel_lines(frame, panel, th):
+            for name, y in panel_lines(frame, panel, data.thresholds):
                 if panel.key == "ratio":
                     ratios.append(y)
                 shown = escaped(name)

@@ -13,7 +13,8 @@ from moola_watch.html_report.progress import loss_columns, metric_columns
 from moola_watch.html_report.runs import RunData
 
 QUANTITIES = ("log", "run id", "model", "status", "verdict", "last record at", "alerts", "mean of the mean layer norm",
-              "peak max layer norm", "non-finite measurements", "task balance (window mean)")  # fmt: skip
+              "peak max layer norm", "non-finite measurements", "task balance (window mean)",
+              "thresholds from")  # fmt: skip
 
 
 def number(value: float | None, digits: int = 4) -> str:
@@ -82,6 +83,7 @@ def comparison(runs: Sequence[RunData]) -> tuple[list[str], list[list[str]]]:
                 number(summary.max_norm_peak),
                 str(summary.nonfinite_samples),
                 balance_cell(data.engine),
+                data.thresholds_from,
                 *(number(last_value(data.recorded_epochs, column)) for column in finals),
             ]
         )

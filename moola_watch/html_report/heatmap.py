@@ -307,8 +307,9 @@ def rows_caption(rows: Rows) -> str:
     return f"{counted(n_layers, 'layer')} in model order"
 
 
-def heatmap_figure(data: RunData, axis: str, th: rules.Thresholds, slug: str) -> ReportFigure | None:
-    """The heatmap of one run's per-layer norms."""
+def heatmap_figure(data: RunData, axis: str, slug: str) -> ReportFigure | None:
+    """The heatmap of one run's per-layer norms, coloured at the thresholds that run was judged by."""
+    th = data.thresholds
     layers = data.frames["layers"]
     if layers.empty:
         return None

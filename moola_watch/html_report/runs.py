@@ -28,6 +28,12 @@ class RunData:
     frames: dict[str, pd.DataFrame]
     recorded_epochs: pd.DataFrame
     alerts: list[rules.Alert]
+    thresholds_from: str = ""  # where the thresholds (and training floors) it was judged by came from, as check says
+
+    @property
+    def thresholds(self) -> rules.Thresholds:
+        """The thresholds this run was judged by: its recorded ones, less any a flag or config overrode."""
+        return self.engine.thresholds
 
     @property
     def verdict(self) -> str:
@@ -76,6 +82,7 @@ def collect_runs(scans: Sequence[analyze.LogScan]) -> list[RunData]:
                     frames={name: _rows_of(frames[name], run) for name in FRAMES},
                     recorded_epochs=_rows_of(recorded_epochs, run),
                     alerts=[alert for alert_run, alert in fired if alert_run == run],
+                    thresholds_from=scan.threshold_sources.get(run, ""),
                 )
             )
     return out
