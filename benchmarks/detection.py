@@ -47,7 +47,8 @@ FALSE_ALARM_TARGET = 0.05  # at most this share of healthy runs may get an error
 CLEARLY_STARVED = 0.3  # starved runs this far below the label's 0.5 are not borderline
 #: No task's loss ends a billion times its first: the end-of-run verdict is off while the during-run one is chosen.
 FINAL_OFF = {"final_rate": 1e9}
-KEPT = 5  # the settings of one stage that the next stage's grid is tried beside
+KEPT = 1  # the settings of one stage that the next stage's grid is tried beside (5: an hour on 2 cores, not 15 min)
+SHOWN = 5  # the best settings of each stage printed
 #: Each stage of ``--tune``: what it holds fixed, and the thresholds it chooses with the values it tries (a grid
 #: over all of them). The during-run verdict is tried alone, then the end-of-run one beside its best.
 TUNING_STAGES = (
@@ -306,7 +307,7 @@ def tune(runs: list[dict], stages: Sequence[int], floors: bool = False) -> Chose
             scored.append((within, merit, -s.false_alarm_rate, [-x for x in chosen.values()], chosen, s))
         scored.sort(key=lambda row: row[:4], reverse=True)
         print(f"{' x '.join(stage)} on the {len(tuning)} tuning runs (held-out runs not used), best first:")
-        for *_rank, chosen, s in scored[:KEPT]:
+        for *_rank, chosen, s in scored[:SHOWN]:
             print(f"  {', '.join(f'{name} {value}' for name, value in chosen.items())}: recall {s.recall:.1%}, "
                   f"false alarms {s.false_alarms}/{s.healthy} ({s.false_alarm_rate:.1%})")  # fmt: skip
         if not scored[0][0]:
@@ -344,7 +345,7 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="choose the verdict's numbers on the tuning runs")
     parser.add_argument("--stages", default=",".join(str(n) for n in range(1, len(TUNING_STAGES) + 1)),
                         help="with --tune, the stages to choose (the others keep the defaults): 3 alone takes "
-                             "minutes, all of them about 20 minutes on 2 cores")  # fmt: skip
+                             "minutes, all of them about 15 minutes on 2 cores")  # fmt: skip
     parser.add_argument("--cut-at", type=int, metavar="EPOCH",
                         help="judge every run as if it had completed after this epoch, relabelled there")  # fmt: skip
     parser.add_argument("--floors", action="store_true",

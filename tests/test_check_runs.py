@@ -12,6 +12,7 @@ from rich.console import Console
 
 from moola_watch.analyze import scan_log
 from moola_watch.dashboard import LogView, ViewOptions, header
+from moola_watch.rules import Thresholds
 
 PINNED = REPO / "tests" / "data" / "detection"
 
@@ -152,7 +153,8 @@ def test_a_recorded_threshold_an_older_trainer_allowed_out_of_order_gives_way_al
     (run,) = report["runs"]
     assert result.returncode == 0 and report["verdict"] == "healthy", report["alerts"]
     assert run["thresholds"]["exploding"] == 1000.0 and run["thresholds"]["norm_exploding"] == 1000.0
-    assert run["thresholds"]["healthy_norm_low"] == 0.1 and run["thresholds"]["starve_share"] == 0.1
+    assert run["thresholds"]["healthy_norm_low"] == 0.1
+    assert run["thresholds"]["starve_share"] == Thresholds().starve_share
     assert run["thresholds_from"].startswith("recorded in run_start; recorded but not used: healthy_norm_low 1.0: "
                                              "out of order (need healthy_norm_low <= healthy_norm_high); ")  # fmt: skip
     assert "starve_share 5.0: threshold starve_share is a fraction, at most 1" in run["thresholds_from"]

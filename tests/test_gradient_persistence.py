@@ -150,10 +150,10 @@ def test_a_task_at_its_floor_is_a_warning_and_one_that_persists_or_never_learned
     assert stuck.severity == "error" and "mean cosine 0.05" in stuck.message
 
 
-@pytest.mark.parametrize(("persistence", "severity"), [(0.05, "warning"), (0.2, "error")])
+@pytest.mark.parametrize(("persistence", "severity"), [(0.05, "warning"), (0.4, "error")])
 def test_a_high_floor_is_a_floor_when_the_gradient_is_pure_noise(persistence: float, severity: str) -> None:
     """A regression of low R^2 ends at 85% of its first loss, above floor_rate: a gradient of pure noise (below
-    noise_persistence) says it is done; one that still has some direction (0.2) is starving."""
+    noise_persistence) says it is done; one that still has some direction (0.4) is starving."""
     (alert,) = collapse_alerts(rules.replay(persistent_log(persistence, level=0.85).records))
     assert alert.severity == severity, alert.message
     assert ("mini-batch noise around a minimum" in alert.message) == (severity == "warning")

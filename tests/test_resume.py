@@ -28,7 +28,7 @@ class Crash(RuntimeError):
 def train(
     log, first: int, last: int, checkpoint=None, crash: bool = False, every: int = EVERY, save_at: int = CRASH_AT
 ):
-    """Steps ``first`` to ``last`` of a two-task loop (an easy classification the regression's 5x weight
+    """Steps ``first`` to ``last`` of a two-task loop (an easy classification the regression's 17x weight
     dominates, so its gradients are dominated after it has learned), from ``checkpoint`` if given; returns the
     checkpoint taken after step ``save_at``, where a run crashing later resumes from."""
     torch.manual_seed(0)
@@ -38,7 +38,7 @@ def train(
         checkpoint = copy.deepcopy(checkpoint)  # as torch.load gives it: the optimizer takes its tensors as they are
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-    weights, saved = {"cls": 1.0, "reg": 5.0}, None
+    weights, saved = {"cls": 0.3, "reg": 5.0}, None
     with GradientMonitor(every_n_steps=every, log_path=log, echo=lambda _line: None) as monitor:
         monitor.watch_optimizer(optimizer)  # a restored Adam counts on from its checkpoint's steps
         for i in range(first, last):

@@ -239,6 +239,13 @@ def floorless(task: str, floor: float | None) -> str:
     )
 
 
+def _reference(own: TaskProgress, *, now: bool = False) -> str:
+    """What a training rate is taken against, in words: "its first loss 1.15", or with ``now`` "its first epoch's
+    loss (1.02 -> 0.87)"."""
+    reference, name = own.rate_reference
+    return f"{name} ({reference:.3g} -> {own.recent:.3g})" if now else f"{name} {reference:.3g}"
+
+
 def not_falling(own: TaskProgress, th: Thresholds) -> str:
     """How a loss that did not fall by ``starve_drop`` over the window moved: "stalled" (within ``starve_drop``
     either way), or "rose 60%" (a noisy batch loss can end a window much higher than it began; "stalled: down less
@@ -297,7 +304,7 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
                                       f"({ev.start_unknown}): {figures}"), nothing_learns=nothing_learns)  # fmt: skip
     if learned:
         return Starvation("warning", (f"gradients dominated, but the {task} task has learned: its loss is "
-                                      f"{own.rate:.0%} of where it started ({own.start:.3g}): {figures}"), True,
+                                      f"{own.rate:.0%} of {_reference(own)}: {figures}"), True,
                           nothing_learns)  # fmt: skip
     if at_its_floor(own, persistence, th, floor):
         reached = (f"it has come at least {th.floor_progress:.0%} of the way to the training floor given for it"
@@ -315,8 +322,8 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
     rose = own.change >= th.starve_drop
     stall = f"{moved} over the window" if rose else f"stalled: down less than {th.starve_drop:.0%}"
     return Starvation("error", (f"and the {task} task is starving (its loss {stall}, share below "
-                                f"{th.starve_share:.0%}{kept}, still {own.rate:.0%} of its first loss "
-                                f"{own.start:.3g}): {figures}{floorless(task, floor)}"))  # fmt: skip
+                                f"{th.starve_share:.0%}{kept}, still {own.rate:.0%} of {_reference(own)}): "
+                                f"{figures}{floorless(task, floor)}"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -601,7 +608,7 @@ def _starved_at_the_end(ev: Evidence, record: schema.Record, th: Thresholds) -> 
                 f"{title}: {dominated}the run ended with the {task} task starved: {update_share(share)} "
                 f"over its last {len(ev.shares[task])} balance samples ({ev.window_span() or 'steps unknown'}), "
                 f"{run_share.mean:.1%} over the run (an equal share: {equal:.0%}), and its training loss still "
-                f"{own.rate:.0%} of its first ({own.start:.3g} -> {own.recent:.3g})"
+                f"{own.rate:.0%} of {_reference(own, now=True)}"
                 f"{'' if persistence is None else ', ' + gradient_persistence(persistence)}"
                 f"{'' if floor is None else ', ' + floor_figures(own, floor)}{floorless(task, floor)}",
                 _weights_fix(ev, dominance, action) if dominated else action,

@@ -107,6 +107,10 @@ class RunningStats:
 
 #: A first epoch whose mean loss is above this multiple of the run's first loss diverged in it: no start.
 EPOCH_BLOWUP = 2.0
+#: A first epoch whose mean loss is at or below this fraction of the run's first loss held most of the learning
+#: (one long epoch, a fine-tune's): no start to measure a training rate from (on the labelled runs, 1-5% of the
+#: tasks of the fastest family, none of the others).
+EPOCH_LEARNED = 0.5
 #: A first epoch that came this fraction of the way from the first loss to the training floor held most of the
 #: learning: its mean is no start to measure the rest of the way from.
 EPOCH_COVERED = 0.7
@@ -163,10 +167,25 @@ class TaskProgress:
         return epoch, "its first epoch's loss"
 
     @property
+    def rate_reference(self) -> tuple[float | None, str]:
+        """The loss a training rate is taken against, and its name: the run's first epoch's mean where it recorded
+        one, else the run's first loss (None where unknown). The first batch is one batch of the untrained network:
+        noisy (a task's later epochs measured 114% of it on a healthy run) and holding an offset every model loses
+        in its first updates; against its first epoch, held out, healthy runs given an error fell from 72 to 42 of
+        396 (the thresholds re-chosen for each). The first loss stays the reference where the first epoch's mean is
+        no start: above :data:`EPOCH_BLOWUP` times it (a blow-up) or at most :data:`EPOCH_LEARNED` of it (that
+        epoch held most of the learning)."""
+        first, epoch = self.start, self.first_epoch
+        if first is None or epoch is None or not EPOCH_LEARNED * first < epoch <= EPOCH_BLOWUP * first:
+            return first, "its first loss"
+        return epoch, "its first epoch's loss"
+
+    @property
     def rate(self) -> float | None:
-        """The loss now over its loss at the run's start (GradNorm's training rate; 0.2: down to a fifth); None
-        when the run's start is unknown."""
-        return None if self.start is None else self.recent / self.start
+        """The loss now over :attr:`rate_reference` (GradNorm's training rate; 0.2: down to a fifth); None when
+        the run's start is unknown."""
+        reference, _name = self.rate_reference
+        return None if reference is None else self.recent / reference
 
 
 def usable_losses(losses: Mapping[str, float]) -> dict[str, float]:

@@ -34,24 +34,26 @@ class Thresholds:
     collapse_high: float = 5.0  # window mean above this: pointer task dominating
     collapse_low: float = 0.2  # window mean below this: type task dominating
     window: int = 10  # balance samples in the sliding collapse window
-    starve_share: float = 0.1  # collapse is an error only if the task's mean share of the update is below ...
-    starve_drop: float = 0.05  # ... and its own training loss fell by less than this fraction over the window
-    starve_rate: float = 0.5  # ... and that loss is above this fraction of its first (below: it has learned)
+    # Chosen on the labelled runs' tuning seeds (benchmarks/detection.py --tune, session 20), each rate taken
+    # against the task's first epoch's loss (TaskProgress.rate_reference)
+    starve_share: float = 0.03  # collapse is an error only if the task's mean share of the update is below ...
+    starve_drop: float = 0.03  # ... and its own training loss fell by less than this fraction over the window
+    starve_rate: float = 0.5  # ... and that loss is above this fraction of its start (below: it has learned)
     # ... unless it is at its floor: its gradient's window mean cosine between consecutive samples below this
     # (mini-batch noise around a minimum) and its loss at or below floor_rate of its first; also at the end
     starve_persistence: float = 0.5
-    floor_rate: float = 0.7
+    floor_rate: float = 0.8
     # ... or its gradient's window mean cosine below noise_persistence (pure noise) and its loss at or below
     # noise_rate of its first: a task whose loss cannot fall far (a regression with a low R^2) is at its floor too
-    noise_persistence: float = 0.15
-    noise_rate: float = 0.95
+    noise_persistence: float = 0.3
+    noise_rate: float = 0.9
     # Where the run_start gave a task's training floor (task_floors: its loss at the end of a run on it alone), the
     # floor decides instead: the task is at it once its loss came this fraction of the way to it from its first
     # epoch's loss (TaskProgress.floor_reference)
     floor_progress: float = 0.6
-    final_share: float = 0.4  # a completed run ended with a task starved if, over the last window, its mean
+    final_share: float = 0.6  # a completed run ended with a task starved if, over the last window, its mean
     # share of the update was below this fraction of an equal share (1 / tasks), ...
-    final_run_share: float = 0.8  # ... over the whole run below this fraction of an equal share, ...
+    final_run_share: float = 2.0  # ... over the whole run below this fraction of an equal share (2: hardly a bar), ...
     final_rate: float = 0.6  # ... and its training loss is still above this fraction of its first
     norm_low: float = 0.01  # mean layer norm below this: vanishing overall
     norm_large: float = 1.0  # mean layer norm above this: large
