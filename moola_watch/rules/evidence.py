@@ -124,10 +124,9 @@ class TaskProgress:
     Losses are the unweighted per-task training losses of the ``epoch`` records (``task_losses``, epoch means)
     when the run records them, else of the balance samples (``losses``, one batch each). ``earlier`` is the mean
     of the window's first ``RECENT_SAMPLES``, ``recent`` of its last; ``start`` is the task's first loss in the
-    run (the first balance sample's batch: GradNorm's L(0) when that is the run's first step, as with
-    ``every_n_steps=1`` or per-epoch sampling; with ``every_n_steps=N`` it comes after N-1 updates, so a task
-    that learned in those already looks done; an epoch mean would hold whatever the first epoch did, a blow-up
-    included); ``span`` says where the window lies.
+    run (the first balance sample's batch, or the step-1 losses it carries: GradNorm's L(0)), ``first_epoch``
+    its mean over the run's first epoch; training rates and floors are measured from the latter where it is a
+    start (:attr:`rate_reference`, :meth:`floor_reference`); ``span`` says where the window lies.
     """
 
     task: str
