@@ -463,6 +463,24 @@ def test_a_task_that_has_learned_is_not_starving_though_its_loss_is_flat_and_its
     assert collapse_alerts(rules.replay(starving_log(8.0, 0.005, lambda i: 0.7).records))[0].severity == "error"
 
 
+@pytest.mark.parametrize(
+    ("first_epoch", "severity", "words"),
+    [
+        (0.6, "error", "still 75% of its first epoch's loss 0.6"),  # measured from its first epoch: not learned
+        (0.45, "warning", "has learned: its loss is 45% of its first loss 1"),  # that epoch held the learning
+        (2.5, "warning", "has learned: its loss is 45% of its first loss 1"),  # that epoch diverged
+    ],
+)
+def test_a_training_rate_is_taken_against_the_first_epochs_loss_where_that_is_a_start(first_epoch, severity, words):
+    """A dominated type task flat at 0.45 after a first batch of 1.0: against a first epoch of 0.6 it is still 75%
+    of its start, starving; a first epoch at or below half of the first batch (one long epoch that held the
+    learning), or above twice it (a blow-up), is no start, and against the first batch the task has learned."""
+    log = starving_log(8.0, 0.005, lambda i: first_epoch if i == 1 else 0.45)
+    log.records[1]["losses"] = {**log.records[1]["losses"], "type": 1.0}  # the first balance sample's batch
+    (collapse,) = collapse_alerts(rules.replay(log.records))
+    assert collapse.severity == severity and words in collapse.message, collapse.message
+
+
 def test_a_collapse_error_whose_task_then_learns_resolves_and_a_dominance_warning_goes_on():
     """A starving task that then learns (its loss far below its first) while still dominated: the error is over,
     not merely unseen in one noisy window. It resolves (the run's verdict counts a resolved collapse as a warning)
