@@ -115,6 +115,9 @@ EPOCH_LEARNED = 0.5
 #: learning: its mean is no start to measure the rest of the way from.
 EPOCH_COVERED = 0.7
 
+#: The names of the two losses a task's progress is measured from, as the alerts' words give them.
+FIRST_LOSS, FIRST_EPOCH_LOSS = "its first loss", "its first epoch's loss"
+
 
 @dataclass(frozen=True)
 class TaskProgress:
@@ -158,12 +161,10 @@ class TaskProgress:
         :data:`EPOCH_COVERED` of the way from the first loss to the floor (an epoch long enough to hold most of
         the learning leaves a gap to the floor too small to judge from; on the labelled runs, epoch 1 came at
         most 63% of the way)."""
-        first, epoch = self.start, self.first_epoch
-        if first is None or epoch is None or epoch > EPOCH_BLOWUP * first:
-            return first, "its first loss"
-        if first > floor and (first - epoch) / (first - floor) > EPOCH_COVERED:
-            return first, "its first loss"
-        return epoch, "its first epoch's loss"
+        first, epoch = self.start, self._epoch_start
+        if epoch is None or (first > floor and (first - epoch) / (first - floor) > EPOCH_COVERED):
+            return first, FIRST_LOSS
+        return epoch, FIRST_EPOCH_LOSS
 
     @property
     def rate_reference(self) -> tuple[float | None, str]:
@@ -174,10 +175,17 @@ class TaskProgress:
         396 (the thresholds re-chosen for each). The first loss stays the reference where the first epoch's mean is
         no start: above :data:`EPOCH_BLOWUP` times it (a blow-up) or at most :data:`EPOCH_LEARNED` of it (that
         epoch held most of the learning)."""
+        first, epoch = self.start, self._epoch_start
+        if epoch is None or epoch <= EPOCH_LEARNED * first:
+            return first, FIRST_LOSS
+        return epoch, FIRST_EPOCH_LOSS
+
+    @property
+    def _epoch_start(self) -> float | None:
+        """The first epoch's mean where both it and the first loss are known and that epoch did not diverge
+        (above :data:`EPOCH_BLOWUP` times the first loss): what each reference may start from."""
         first, epoch = self.start, self.first_epoch
-        if first is None or epoch is None or not EPOCH_LEARNED * first < epoch <= EPOCH_BLOWUP * first:
-            return first, "its first loss"
-        return epoch, "its first epoch's loss"
+        return None if first is None or epoch is None or epoch > EPOCH_BLOWUP * first else epoch
 
     @property
     def rate(self) -> float | None:
