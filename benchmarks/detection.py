@@ -286,15 +286,16 @@ def reliability_table(outcomes: list[Outcome], title: str) -> list[str]:
     return lines
 
 
-def tune(runs: list[dict], stages: Sequence[int], floors: bool = False) -> Chosen:
-    """Stage by stage (the ``stages`` of ``TUNING_STAGES``, counted from 1; a stage left out keeps the watcher's
-    defaults): each stage's grid tried beside each of the previous stage's ``KEPT`` best settings; the best are
-    those with the best recall (right task) on the tuning runs among those within the false-alarm target, or, with
-    none within it, the best recall less false-alarm rate (Youden's J); ties going to the fewer false alarms, then
-    the smaller values. Prints each stage's front; returns the last stage's
-    best. With ``floors``, the runs are judged with their training floors and :data:`FLOOR_STAGE` comes last."""
+def tune(runs: list[dict], stages: Sequence[int], defaults: Chosen, floors: bool = False) -> Chosen:
+    """Stage by stage (the ``stages`` of ``TUNING_STAGES``, counted from 1; a stage left out, and every stage
+    before its own, keeps the watcher's ``defaults``, not the values each run recorded): each stage's grid tried
+    beside each of the previous stage's ``KEPT`` best settings; the best are those with the best recall (right
+    task) on the tuning runs among those within the false-alarm target, or, with none within it, the best recall
+    less false-alarm rate (Youden's J); ties going to the fewer false alarms, then the smaller values. Prints each
+    stage's front; returns the last stage's best. With ``floors``, the runs are judged with their training floors
+    and :data:`FLOOR_STAGE` comes last."""
     tuning = [run for run in runs if not run["held_out"]]
-    kept: list[Chosen] = [{}]
+    kept: list[Chosen] = [dict(defaults)]
     for fixed, stage in [*(TUNING_STAGES[number - 1] for number in stages), *([FLOOR_STAGE] if floors else [])]:
         scored = []
         for before, values in itertools.product(kept, itertools.product(*stage.values())):
@@ -361,7 +362,7 @@ def main() -> None:
     defaults = Thresholds().to_dict()
     chosen = {name: defaults[name] for _fixed, stage in TUNING_STAGES for name in stage}
     if args.tune:
-        chosen |= tune(runs, [int(number) for number in args.stages.split(",") if number], args.floors)
+        chosen |= tune(runs, [int(number) for number in args.stages.split(",") if number], chosen, args.floors)
     print(
         f"\n{', '.join(f'{name} {value}' for name, value in chosen.items())}; window and ratio bounds as each run "
         "recorded them\n"
