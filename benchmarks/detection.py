@@ -296,6 +296,7 @@ def tune(runs: list[dict], stages: Sequence[int], defaults: Chosen, floors: bool
     and :data:`FLOOR_STAGE` comes last."""
     tuning = [run for run in runs if not run["held_out"]]
     kept: list[Chosen] = [dict(defaults)]
+    tuned: list[str] = []  # the names chosen so far: the front shows them, not every default carried beside them
     for fixed, stage in [*(TUNING_STAGES[number - 1] for number in stages), *([FLOOR_STAGE] if floors else [])]:
         scored = []
         for before, values in itertools.product(kept, itertools.product(*stage.values())):
@@ -307,9 +308,10 @@ def tune(runs: list[dict], stages: Sequence[int], defaults: Chosen, floors: bool
             merit = s.recall if within else s.recall - s.false_alarm_rate
             scored.append((within, merit, -s.false_alarm_rate, [-x for x in chosen.values()], chosen, s))
         scored.sort(key=lambda row: row[:4], reverse=True)
+        tuned += stage
         print(f"{' x '.join(stage)} on the {len(tuning)} tuning runs (held-out runs not used), best first:")
         for *_rank, chosen, s in scored[:SHOWN]:
-            print(f"  {', '.join(f'{name} {value}' for name, value in chosen.items())}: recall {s.recall:.1%}, "
+            print(f"  {', '.join(f'{name} {chosen[name]}' for name in tuned)}: recall {s.recall:.1%}, "
                   f"false alarms {s.false_alarms}/{s.healthy} ({s.false_alarm_rate:.1%})")  # fmt: skip
         if not scored[0][0]:
             print(f"  (none keeps false alarms within {FALSE_ALARM_TARGET:.0%})")
