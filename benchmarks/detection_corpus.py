@@ -1,4 +1,4 @@
-"""The labelled corpus for detection quality: real training runs of seven model families, each a grid of loss
+"""The labelled corpus for detection quality: real training runs of eight model families, each a grid of loss
 weights x seeds, monitored by moola's ``GradientMonitor``, labelled from held-out metrics only.
 
     .venv/bin/python benchmarks/detection_corpus.py --out runs/detection-corpus   # about 3 minutes on 2 cores
@@ -28,19 +28,22 @@ Families (every one has tasks sharing a small trunk, so that the tasks really co
   (20000 rows; diabetes' 142 give the same label from each half on under half of its runs): three regressions,
   each ``tanh`` of its own direction of 8 Gaussian inputs plus noise that leaves R^2 about 0.25; the same widths
   and weights.
+* ``noisy``: an easy task beside one with an irreducible floor (an outside review's shape): the signs of two
+  directions of 8 Gaussian inputs, the second with 30% of its labels flipped (its loss cannot fall below about
+  88% of its first), one shared ReLU layer of 2 units (they compete) or 32 (they do not); the easy task's weight
+  over a grid.
 
-Ground truth never looks at gradients. For each task, ``progress = (baseline - final) / (baseline - best)`` on
-the held-out split, where ``baseline`` is a trivial predictor's metric (majority class, the training mean),
-``final`` the mean of the last three epochs' validation metric and ``best`` the best ``final`` any setting of
-the same family and seed reached (any weight; for ``trio``, ``digits``, ``diabetes`` and ``floor`` any trunk
-width too). A
-task below ``STARVED_PROGRESS`` while the others do well is *starved*; every task at or above it: *healthy*;
-every task below: *all_poor* (reported, not scored). "The others do well", for any number of tasks: at least one
-other task is at or above ``STARVED_PROGRESS``, so that the shared layers served some task and the poor ones lost
-the competition for them (of two tasks: the other one is). A run of three tasks can so have two starved tasks
-(one weight so large that its task owns the trunk); ``starved_tasks`` lists them, the least progress first,
-and ``starved`` names that first one. Several poor tasks with none doing well is a model that learned nothing
-well (too small, a bad learning rate), not a competition.
+Ground truth never looks at gradients. For each task, ``progress = (baseline - final) / (baseline - best)`` on the
+held-out split, where ``baseline`` is a trivial predictor's metric (majority class, the training mean), ``final``
+the mean of the last three epochs' validation metric and ``best`` the best ``final`` any setting of the same family
+and seed reached (any weight; for ``trio``, ``digits``, ``diabetes``, ``floor`` and ``noisy`` any trunk width too).
+A task below ``STARVED_PROGRESS`` while the others do well is *starved*; every task at or above it: *healthy*; every
+task below: *all_poor* (reported, not scored). "The others do well", for any number of tasks: at least one other
+task is at or above ``STARVED_PROGRESS``, so that the shared layers served some task and the poor ones lost the
+competition for them (of two tasks: the other one is). A run of three tasks can so have two starved tasks (one
+weight so large that its task owns the trunk); ``starved_tasks`` lists them, the least progress first, and
+``starved`` names that first one. Several poor tasks with none doing well is a model that learned nothing well (too
+small, a bad learning rate), not a competition.
 
 Each run's metrics are also taken on each half of its held-out split (alternate rows); a run that each half,
 labelled alone, gives the same label and starved task is ``agreed`` (its label is reliable).
@@ -501,6 +504,41 @@ def floor_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
                                 epochs=epochs, batch_size=64, lr=3e-3)  # fmt: skip
 
 
+def noisy_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
+    """An easy task beside one with an irreducible floor, the shape an outside review's false alarms had: on
+    synthetic Gaussian inputs (8 features; 1000 train, 20000 held out), ``clean`` is the sign of one random
+    direction (its loss can fall near 0) and ``noisy`` the sign of another with 30% of its labels flipped, in
+    training and held out alike (its cross-entropy cannot fall much below 0.61 of a first 0.69: a healthy
+    ``noisy`` task ends at about 90% of its first loss while ``clean`` ends near 0); accuracy on each (the best
+    ``noisy`` reaches is 70%); one shared ReLU layer of 2 units (they compete) or 32 (they do not); the
+    ``clean`` weight over a grid, ``noisy``'s at 1."""
+    inputs, flipped = 8, 0.3
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        x = rng.normal(0, 1, (21000, inputs))
+        labels = {task: (x @ rng.normal(0, 1, inputs) > 0).astype(np.int64) for task in ("clean", "noisy")}
+        labels["noisy"] = np.where(rng.random(len(x)) < flipped, 1 - labels["noisy"], labels["noisy"])
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        split = Split(as_t(x[:1000]), as_t(x[1000:]), {t: torch.as_tensor(y[:1000]) for t, y in labels.items()},
+                      {t: torch.as_tensor(y[1000:]) for t, y in labels.items()})  # fmt: skip
+        baselines = {t: float(np.bincount(y[1000:]).max() / len(y[1000:])) for t, y in labels.items()}
+
+        def losses(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {task: F.cross_entropy(pred[task], target) for task, target in y.items()}
+
+        def metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
+            return {task: (pred[task].argmax(dim=1) == target).double().mean().item() for task, target in y.items()}
+
+        for width in (2, 32):
+            for weight in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
+                weights = {"clean": weight, "noisy": 1.0}
+                run_id = f"noisy-s{seed}-h{width}-w{weight:g}"
+                torch.manual_seed(seed)
+                model = Heads(inputs, (width,), dict.fromkeys(labels, 2))
+                yield heads_run("noisy", seed, weights, run_id, model, split, losses, metrics, baselines, out,
+                                epochs=epochs, batch_size=64, lr=3e-3)  # fmt: skip
+
+
 #: family -> (its runs, epochs); each task's metric direction is in ``detection_labels.DIRECTIONS``
 FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], int]] = {
     "lstm": (lstm_runs, 20),
@@ -510,6 +548,7 @@ FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], int]]
     "digits": (digits_runs, 20),
     "diabetes": (diabetes_runs, 20),
     "floor": (floor_runs, 20),
+    "noisy": (noisy_runs, 20),
 }
 
 

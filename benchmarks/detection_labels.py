@@ -23,6 +23,7 @@ DIRECTIONS: dict[str, dict[str, bool]] = {
     "digits": {"digit": True, "ink": False},
     "diabetes": {"progression": False, "bmi": False, "bp": False},
     "floor": {"a": False, "b": False, "c": False},
+    "noisy": {"clean": True, "noisy": True},
 }
 
 
