@@ -59,6 +59,17 @@ def test_regenerated_log_matches_the_shipped_one(tmp_path):
     assert not (tmp_path / "README.md").exists()  # a partial regeneration leaves the README alone
 
 
+def test_regenerated_killed_log_goes_stale_here_as_elsewhere(tmp_path):
+    """On the boot that made it, a killed run's log that names its writer's process reads as dead; shipped, it
+    must read as the README promises on every machine: stale."""
+    name = "killed_midway.jsonl"
+    result = run_cli("moola.cli", "sample-logs", "--out", str(tmp_path), name)
+    assert result.returncode == 0, result.stderr
+    report = check(tmp_path / name, "--stale-seconds", "0")
+    assert (report["verdict"], report["status"]) == ("warning", "stale")
+    assert report["bad_lines"] == 1
+
+
 @pytest.mark.parametrize("row", promises(), ids=lambda row: row["file"])
 def test_shipped_log_records_todays_default_thresholds(row):
     """A log judges by the thresholds its run recorded: a sample recorded before the defaults changed would show
