@@ -361,7 +361,9 @@ def test_labelled_runs_get_the_verdict_their_held_out_metrics_call_for(label):
     each, a healthy digits run with one task dominated, and two healthy diabetes runs whose dominated regression sat
     at the floor its data allow (its gradient noise: an error before the trainer recorded persistence). Of the floor
     family: a starved run and a healthy one whose dominated regression ended at 93% of its
-    first batch loss, above floor_rate, its gradient pure noise (an error before the floor's second branch)."""
+    first batch loss, above floor_rate, its gradient pure noise (an error before the floor's second branch). Of the
+    noisy family: a starved run and a healthy one whose flipped-label task, dominated, ended at 94% of its first
+    epoch's loss with a gradient of pure noise (an error at session 21's noise_rate 0.9)."""
     result, (report,) = check("--json", PINNED / label["log"])
     collapse = [a for a in report["alerts"] if a["rule"] == "collapse"]
     errors = [a for a in collapse if a["counts_as"] == "error"]  # a collapse that resolved is a warning

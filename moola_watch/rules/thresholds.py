@@ -44,9 +44,10 @@ class Thresholds:
     starve_persistence: float = 0.5
     floor_rate: float = 0.8
     # ... or its gradient's window mean cosine below noise_persistence (pure noise) and its loss at or below
-    # noise_rate of its first: a task whose loss cannot fall far (a regression with a low R^2) is at its floor too
+    # noise_rate of its first: a task whose loss cannot fall far (a regression with a low R^2; 30% flipped labels
+    # end near 94% of the first epoch's loss) is at its floor too. noise_rate chosen again in session 22.
     noise_persistence: float = 0.3
-    noise_rate: float = 0.9
+    noise_rate: float = 0.95
     # Where the run_start gave a task's training floor (task_floors: its loss at the end of a run on it alone), the
     # floor decides instead: the task is at it once its loss came this fraction of the way to it from its first
     # epoch's loss (TaskProgress.floor_reference)
