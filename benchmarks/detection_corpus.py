@@ -294,6 +294,15 @@ def _mse_metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> d
     return {task: F.mse_loss(pred[task], target).item() for task, target in y.items()}
 
 
+def _cross_entropy(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {task: F.cross_entropy(out[task], target) for task, target in y.items()}
+
+
+def _accuracy(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each task's held-out accuracy (higher is better)."""
+    return {task: (pred[task].argmax(dim=1) == target).double().mean().item() for task, target in y.items()}
+
+
 def gradnorm_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
     """GradNorm's toy: ``sigma_i tanh((B + eps_i) x)``, sigma = (1, 100); the small task's weight over a grid.
     Metric: held-out MSE over sigma_i^2 (lower is better); baseline: predicting the training mean."""
@@ -523,19 +532,13 @@ def noisy_runs(out: Path, seeds: list[int], epochs: int) -> Iterator[Run]:
                       {t: torch.as_tensor(y[1000:]) for t, y in labels.items()})  # fmt: skip
         baselines = {t: float(np.bincount(y[1000:]).max() / len(y[1000:])) for t, y in labels.items()}
 
-        def losses(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {task: F.cross_entropy(pred[task], target) for task, target in y.items()}
-
-        def metrics(pred: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> dict[str, float]:
-            return {task: (pred[task].argmax(dim=1) == target).double().mean().item() for task, target in y.items()}
-
         for width in (2, 32):
             for weight in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
                 weights = {"clean": weight, "noisy": 1.0}
                 run_id = f"noisy-s{seed}-h{width}-w{weight:g}"
                 torch.manual_seed(seed)
                 model = Heads(inputs, (width,), dict.fromkeys(labels, 2))
-                yield heads_run("noisy", seed, weights, run_id, model, split, losses, metrics, baselines, out,
+                yield heads_run("noisy", seed, weights, run_id, model, split, _cross_entropy, _accuracy, baselines, out,
                                 epochs=epochs, batch_size=64, lr=3e-3)  # fmt: skip
 
 
