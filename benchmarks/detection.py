@@ -91,6 +91,7 @@ class Outcome:
     old: Alarm
     new: Alarm
     paged: Alarm  # the new verdict's first error-level collapse, even one that resolved: what --notify-on error sends
+    warned: dict[str, int]  # per task, the step the new verdict's collapse alert on it first fired, at any severity
 
     def right(self, alarm: Alarm) -> bool:
         """Whether ``alarm`` first names a starved task."""
@@ -100,6 +101,12 @@ class Outcome:
         """A right alarm's step minus the plateau step of the starved task it names (the earliest plateau)."""
         plateaus = [self.plateaus[task] for task in alarm.tasks if task in self.starved]
         return None if alarm.step is None or not plateaus else alarm.step - min(plateaus)
+
+    def warned_lead(self, alarm: Alarm) -> int | None:
+        """For a right ``alarm``: the first alert on the starved task it names (a warning, the dominance without
+        lost progress yet, or the error itself) minus that task's plateau step, the earliest of the tasks named."""
+        leads = [self.warned[task] - self.plateaus[task] for task in alarm.tasks if task in self.starved]
+        return min(leads) if leads else None
 
     def overnamed(self, alarm: Alarm) -> frozenset[str]:
         """The tasks ``alarm`` named in a starved run that did not starve."""
@@ -112,37 +119,42 @@ def records(path: str) -> tuple[schema.Record, ...]:
     return tuple(item.record for item in read_log(path) if isinstance(item, RecordItem))
 
 
-def alarms(log: Sequence[schema.Record], thresholds: Thresholds) -> tuple[Alarm, Alarm, Alarm]:
-    """The old rule's and the new verdict's first alarm on one log, and the new verdict's first page."""
+def alarms(log: Sequence[schema.Record], thresholds: Thresholds) -> tuple[Alarm, Alarm, Alarm, dict[str, int]]:
+    """The old rule's and the new verdict's first alarm on one log, the new verdict's first page, and per task
+    the step its first collapse alert of any severity fired."""
     # The old rule is the spec's window alone: with the healthy band widened to the collapse bounds, a collapse
     # alert raised by a balance sample fires (at any severity) exactly when the window is beyond them.
     spec_window = replace(thresholds, balance_low=thresholds.collapse_low, balance_high=thresholds.collapse_high)
-    old, _ = _first_collapse(log, spec_window, kinds={schema.TASK_BALANCE})
-    new, paged = _first_collapse(log, thresholds, kinds=set(schema.KINDS), verdict=True)
-    return old, new, paged
+    old, _, _ = _first_collapse(log, spec_window, kinds={schema.TASK_BALANCE})
+    return old, *_first_collapse(log, thresholds, kinds=set(schema.KINDS), verdict=True)
 
 
 def _first_collapse(
     log: Sequence[schema.Record], thresholds: Thresholds, kinds: set[str], verdict: bool = False
-) -> tuple[Alarm, Alarm]:
+) -> tuple[Alarm, Alarm, dict[str, int]]:
     """The first step a collapse alert raised by a record of ``kinds`` is firing, and the task it names; twice:
-    as ``check`` judges and as a page. With ``verdict``, at error level, and for ``check`` only an alert that
-    counts as an error in the run's verdict at its end (a collapse that resolved, its task recovered, counts as
-    a warning); a page is any error that fired."""
+    as ``check`` judges and as a page; and per task the step its first collapse alert fired at any severity.
+    With ``verdict``, at error level, and for ``check`` only an alert that counts as an error in the run's
+    verdict at its end (a collapse that resolved, its task recovered, counts as a warning); a page is any error
+    that fired."""
     engine = RuleEngine(thresholds)
     first: dict[str, tuple[int, bool]] = {}  # per task, the step its collapse first fired at the severity asked
+    warned: dict[str, int] = {}
     for record in log:
         if record["kind"] not in kinds:
             continue
         engine.observe(record)
         for alert in engine.firing():
-            if alert.rule == COLLAPSE and alert.subject not in first and (not verdict or alert.severity == "error"):
+            if alert.rule != COLLAPSE:
+                continue
+            warned.setdefault(alert.subject, record.get("step") or 0)
+            if alert.subject not in first and (not verdict or alert.severity == "error"):
                 first[alert.subject] = (record.get("step") or 0, record["kind"] == schema.RUN_END)
     paged = _earliest(first)
     if verdict:
         counted = {a.subject for a in engine.alerts if a.rule == COLLAPSE and verdict_severity(a) == "error"}
         first = {task: when for task, when in first.items() if task in counted}
-    return _earliest(first), paged
+    return _earliest(first), paged, warned
 
 
 def _earliest(first: dict[str, tuple[int, bool]]) -> Alarm:
@@ -186,6 +198,7 @@ class Score:
     all_poor_alarmed: int
     leads: list[int]
     at_end: int  # right catches first named at the run's end
+    warned_leads: list[int]  # of the right catches, the first alert on the task named (any severity) - plateau
 
     @property
     def recall(self) -> float:
@@ -218,6 +231,7 @@ def score(outcomes: Iterable[Outcome], verdict: str) -> Score:
         all_poor_alarmed=sum(1 for o in poor if alarm[o.run].tasks),
         leads=leads,
         at_end=sum(1 for o in right if alarm[o.run].at_end),
+        warned_leads=[lead for o in right if (lead := o.warned_lead(alarm[o.run])) is not None],
     )
 
 
@@ -225,12 +239,20 @@ def fraction(count: int, total: int) -> str:
     return f"{count}/{total} ({count / total:.0%})" if total else "0/0"
 
 
-def lead_text(leads: list[int], at_end: int) -> str:
+def lead_text(leads: list[int], at_end: int, warned: list[int] | None = None) -> str:
+    """The lead times of a verdict's right catches in words; with ``warned`` (the new verdict's), also those of
+    its first alert on the task, a warning that the error later confirmed."""
     if not leads:
         return "-"
     before = sum(1 for lead in leads if lead <= 0)
     ended = f", {at_end} only at the run's end" if at_end else ""
-    return f"median {statistics.median(leads):+.0f} steps, {before}/{len(leads)} at or before the plateau{ended}"
+    first = ""
+    if warned:
+        early = sum(1 for lead in warned if lead <= 0)
+        first = (f"; its first alert on that task (a warning until confirmed): median "
+                 f"{statistics.median(warned):+.0f}, {early}/{len(warned)} at or before")  # fmt: skip
+    return (f"median {statistics.median(leads):+.0f} steps, {before}/{len(leads)} at or before the plateau"
+            f"{ended}{first}")  # fmt: skip
 
 
 def table(outcomes: list[Outcome], title: str) -> list[str]:
@@ -247,7 +269,7 @@ def table(outcomes: list[Outcome], title: str) -> list[str]:
             lines.append(
                 f"| {group} ({len(chosen)}) | {name} | {fraction(s.right, s.starved)} | {s.wrong_task} | "
                 f"{s.missed} | {fraction(s.false_alarms, s.healthy)} | {fraction(s.paged, s.healthy)} | "
-                f"{lead_text(s.leads, s.at_end)} |"
+                f"{lead_text(s.leads, s.at_end, s.warned_leads if verdict == 'new' else None)} |"
             )
     starved = [o for o in outcomes if o.label == "starved" and o.progress is not None]
     missed = sorted(o.progress for o in starved if not o.right(o.new))
