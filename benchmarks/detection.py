@@ -20,7 +20,8 @@ held-out metrics only (see ``detection_corpus.py``); a second table per set of r
 the runs whose label each half of the held-out split gives alike (the reliable ones).
 
 Lead time is the alert's step minus the step at which the starved task's validation metric plateaued
-(negative: the alert came first).
+(negative: the alert came first); for the new verdict's catches, also that of its first alert on the task it
+names, at any severity (the dominance warning that the error later confirmed).
 """
 
 from __future__ import annotations
