@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import re
@@ -299,6 +300,23 @@ def _distributed(device: str) -> bool:
     return True
 
 
+#: How long a halted rank waits for the others to finish before it exits, in seconds.
+HALTED_RANKS_WAIT = 60.0
+
+
+def _wait_for_every_rank() -> None:
+    """A halted rank waits for the others (at most :data:`HALTED_RANKS_WAIT` seconds) before it exits. Every rank
+    halts at the same step (they agree), but rank 0 still writes its log and prints while another is done: the
+    first to exit non-zero makes torchrun stop the rest by SIGTERM, and rank 0 exited -15, not 3. Bounded: a rank
+    that did not halt (the agreement failed) is in its next all-reduce, and waiting for it would wait forever."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    with contextlib.suppress(RuntimeError):  # timed out, or a peer gone: exit as before
+        dist.barrier(async_op=True).wait(timeout=timedelta(seconds=HALTED_RANKS_WAIT))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     if arguments == ["--version"]:  # said before the parser, whose choices need torch: an install without it too
@@ -330,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet = distributed and int(os.environ.get("RANK", "0")) != 0
         try:
             code = _train(args, TrainingConsole(quiet=quiet))
+            if distributed and code == EXIT_HALTED:
+                _wait_for_every_rank()
         finally:
             if distributed:
                 import torch.distributed as dist
