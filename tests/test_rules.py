@@ -566,8 +566,8 @@ def test_the_fix_is_the_weights_that_bring_the_window_to_the_healthy_edge_either
     # a warning (no losses recorded: whether the pointer task still learns is not known) is not urgent
     assert (collapse.subject, collapse.severity) == ("pointer", "warning")
     assert collapse.recommendation == (
-        "Not urgent while the pointer task learns; if it stalls: decrease alpha by 0.5x or increase beta by 2x: set "
-        "`--loss-alpha` 0.2 (from 1) or `--loss-beta` 5 (from 1) to bring the ratio 10.00 to 2"
+        "Not urgent while the pointer task may still learn; if its loss stalls: decrease alpha by 0.5x or increase "
+        "beta by 2x: set `--loss-alpha` 0.2 (from 1) or `--loss-beta` 5 (from 1) to bring the ratio 10.00 to 2"
     )
     assert rules.weight_fix("small", "big", 4.0, 2.0, {"small": 3.0, "big": 1.0}) == (
         "set the big loss weight 0.5 (from 1) or the small loss weight 6 (from 3) to bring the ratio 4.00 to 2"

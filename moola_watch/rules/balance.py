@@ -264,6 +264,8 @@ class Starvation:
     words: str
     learned: bool = False
     nothing_learns: bool = False
+    #: For a warning: while what holds it is not urgent, and what would make it so (the advice follows it)
+    calm: str = ""
 
 
 def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
@@ -280,7 +282,12 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
     nothing_learns = not others_learn(task, progress, th)
     if own is None:
         unknown = f"not enough per-task losses recorded yet to tell whether the {task} task still learns"
-        return Starvation("warning", f"gradients dominated; {unknown}", nothing_learns=nothing_learns)
+        return Starvation(
+            "warning",
+            f"gradients dominated; {unknown}",
+            nothing_learns=nothing_learns,
+            calm=f"while the {task} task may still learn; if its loss stalls",
+        )
     share = ev.mean_share(task)
     share_words = update_share(share) if share is not None else "its share of the update not recorded"
     others = ", ".join(f"{p.task} {_change(p.change)}" for p in progress.values() if p.task != task)
@@ -294,25 +301,28 @@ def starvation(task: str, ev: Evidence, th: Thresholds) -> Starvation:
     moved = not_falling(own, th)
     if own.change <= -th.starve_drop:
         words = f"gradients dominated, but the {task} loss is still falling: {figures}"
-        return Starvation("warning", words, learned, nothing_learns)
+        return Starvation("warning", words, learned, nothing_learns, f"while the {task} task learns; if it stalls")
     if share is None or share >= th.starve_share:
         words = f"gradients dominated, but the {task} task still gets a share of the update: {figures}"
-        return Starvation("warning", words, learned, nothing_learns)
+        calm = f"while the {task} task gets a share of the update; if its share falls and its loss stalls"
+        return Starvation("warning", words, learned, nothing_learns, calm)
     if own.rate is None:
         return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but whether the {task} task "
                                       f"had already learned cannot be told: this run's first losses are unknown "
-                                      f"({ev.start_unknown}): {figures}"), nothing_learns=nothing_learns)  # fmt: skip
+                                      f"({ev.start_unknown}): {figures}"), nothing_learns=nothing_learns,
+                          calm=f"while the {task} task may have learned; if its held-out metric lags")  # fmt: skip
     if learned:
         return Starvation("warning", (f"gradients dominated, but the {task} task has learned: its loss is "
                                       f"{own.rate:.0%} of {_reference(own)}: {figures}"), True,
-                          nothing_learns)  # fmt: skip
+                          nothing_learns, f"while the {task} loss stays low; if it rises")  # fmt: skip
     if at_its_floor(own, persistence, th, floor):
         reached = (f"it has come at least {th.floor_progress:.0%} of the way to the training floor given for it"
                    if usable_floor(own, floor) is not None else
                    "its gradient on the shared parameters is mini-batch noise around a minimum it reached (a "
                    "starving task's keeps asking the same change)")  # fmt: skip
         return Starvation("warning", f"gradients dominated and the {task} loss {moved}, but {reached}: {figures}",
-                          learned, nothing_learns)  # fmt: skip
+                          learned, nothing_learns, f"while the {task} task sits at its floor; if its held-out "
+                          "metric lags")  # fmt: skip
     if nothing_learns:
         return Starvation("warning", (f"gradients dominated and the {task} loss {moved}, but no other task learns "
                                       f"either: not a competition for the shared layers: {figures}"),
@@ -417,7 +427,7 @@ def _collapse_observation(ev: Evidence, dominance: Dominance, th: Thresholds) ->
     if starving.nothing_learns:
         action = NOTHING_LEARNS
     elif starving.severity != "error":  # the words say the task still learns (or cannot tell): no "Urgent" beside them
-        action = f"Not urgent while the {dominance.starved} task learns; if it stalls: {_unurged(action)}"
+        action = f"Not urgent {starving.calm}: {_unurged(action)}"
     return Observation(
         starving.severity, dominance.ratio,
         f"TASK COLLAPSE: {dominance.text} over {counted(len(ev.balance_steps), 'sample')}"
