@@ -59,7 +59,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -555,14 +555,19 @@ FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], int]]
 }
 
 
-def merged(path: Path, built: list[Run]) -> list[Run]:
+def merged(
+    path: Path,
+    built: list[Run],
+    families: Sequence[str] = tuple(FAMILIES),
+    relabel: Callable[[list[Run]], None] = label,
+) -> list[Run]:
     """``built`` beside the runs of the other families already labelled in ``path`` (their logs kept), all
-    relabelled by today's rule from their recorded metrics, in the order of ``FAMILIES``."""
+    relabelled by today's rule (``relabel``) from their recorded metrics, in the order of ``families``."""
     rebuilt = {run.family for run in built}
     kept = [Run(**row) for row in json.loads(path.read_text())] if path.exists() else []
     runs = [run for run in kept if run.family not in rebuilt] + built
-    label(runs)
-    return sorted(runs, key=lambda run: list(FAMILIES).index(run.family))
+    relabel(runs)
+    return sorted(runs, key=lambda run: list(families).index(run.family))
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ import detection_labels
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detection_corpus import SOLO, Halves, Heads, Split, half_indices, training_floor
+from detection_corpus import SOLO, Halves, Heads, Split, half_indices, merged, training_floor
 from detection_labels import Run
 from torch import nn
 
@@ -291,12 +291,7 @@ def main() -> None:
         counts = {kind: sum(r.label == kind for r in runs) for kind in ("healthy", "starved", "all_poor")}
         print(f"{name}: {len(runs)} runs in {time.perf_counter() - began:.0f} s, {counts}", flush=True)
     labels = args.out / "labels.json"
-    rebuilt = {run.family for run in built}
-    kept = [Run(**row) for row in json.loads(labels.read_text())] if labels.exists() else []
-    runs = [run for run in kept if run.family not in rebuilt] + built
-    runs.sort(key=lambda run: list(FAMILIES).index(run.family))
-    label(runs)  # the kept families' runs by today's rule too, as detection_corpus.py does
-    labels.write_text(json.dumps([asdict(run) for run in runs], indent=1))
+    labels.write_text(json.dumps([asdict(run) for run in merged(labels, built, tuple(FAMILIES), label)], indent=1))
 
 
 if __name__ == "__main__":
