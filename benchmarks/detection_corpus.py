@@ -555,6 +555,14 @@ FAMILIES: dict[str, tuple[Callable[[Path, list[int], int], Iterator[Run]], int]]
 }
 
 
+def emptied(folder: Path) -> None:
+    """Make a family's ``folder`` (and its ``SOLO`` one) with no log in it: the monitor appends, so a rebuild
+    must not add a second run to an old log."""
+    (folder / SOLO).mkdir(parents=True, exist_ok=True)
+    for stale in folder.rglob("*.jsonl"):
+        stale.unlink()
+
+
 def merged(
     path: Path,
     built: list[Run],
@@ -583,9 +591,7 @@ def main() -> None:
     built: list[Run] = []
     for name in args.families.split(","):
         make, epochs = FAMILIES[name]
-        (args.out / name / SOLO).mkdir(parents=True, exist_ok=True)
-        for stale in (args.out / name).rglob("*.jsonl"):
-            stale.unlink()  # the monitor appends: a rerun must not add a second run to an old log
+        emptied(args.out / name)
         began = time.perf_counter()
         runs = list(make(args.out, list(range(args.seeds)), epochs))
         label(runs)

@@ -43,7 +43,7 @@ import detection_labels
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detection_corpus import SOLO, Halves, Heads, Split, half_indices, merged, training_floor
+from detection_corpus import SOLO, Halves, Heads, Split, emptied, half_indices, merged, training_floor
 from detection_labels import Run
 from torch import nn
 
@@ -281,9 +281,7 @@ def main() -> None:
     torch.set_num_threads(1)
     built: list[Run] = []
     for name in args.families.split(","):
-        (args.out / name / SOLO).mkdir(parents=True, exist_ok=True)
-        for stale in (args.out / name).rglob("*.jsonl"):
-            stale.unlink()  # the monitor appends: a rerun must not add a second run to an old log
+        emptied(args.out / name)
         began = time.perf_counter()
         runs = list(family_runs(name, args.out, list(range(args.seeds))))
         label(runs)
