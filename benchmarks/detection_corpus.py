@@ -201,6 +201,21 @@ def half_indices(count: int) -> dict[str, slice]:
     return {"a": slice(0, count, 2), "b": slice(1, count, 2)}
 
 
+def held_out(
+    predicted: dict[str, torch.Tensor], split: Split, metrics: Metrics, history: dict[str, list[float]], halves: Halves
+) -> dict[str, float]:
+    """Each task's held-out metric of ``predicted`` (the model's outputs on ``split.x_val``), appended to its
+    ``history``, and on each half of the split to ``halves``; returns the whole split's."""
+    measured = metrics(predicted, split.y_val)
+    for task, value in measured.items():
+        history.setdefault(task, []).append(value)
+    for half, rows in half_indices(len(split.x_val)).items():
+        on_half = metrics({t: p[rows] for t, p in predicted.items()}, {t: y[rows] for t, y in split.y_val.items()})
+        for task, value in on_half.items():
+            halves.setdefault(half, {}).setdefault(task, []).append(value)
+    return measured
+
+
 def train_heads(
     model: Heads, split: Split, weights: dict[str, float], losses: Losses, metrics: Metrics, *,
     epochs: int, batch_size: int, lr: float, seed: int, path: Path, run_id: str,
@@ -233,16 +248,7 @@ def train_heads(
                 for task, loss in task_losses.items():
                     sums[task] += loss.item() * len(batch) / len(split.x_train)
             with torch.no_grad():
-                predicted = model(split.x_val)
-                measured = metrics(predicted, split.y_val)
-                for half, rows in half_indices(len(split.x_val)).items():
-                    on_half = metrics(
-                        {t: p[rows] for t, p in predicted.items()}, {t: y[rows] for t, y in split.y_val.items()}
-                    )
-                    for task, value in on_half.items():
-                        halves.setdefault(half, {}).setdefault(task, []).append(value)
-            for task, value in measured.items():
-                history.setdefault(task, []).append(value)
+                measured = held_out(model(split.x_val), split, metrics, history, halves)
             steps.append(step)
             monitor.on_epoch_end(epoch, train_loss=sum(weights[t] * v for t, v in sums.items()),
                                  task_losses=sums, metrics=measured)  # fmt: skip

@@ -43,7 +43,7 @@ import detection_labels
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detection_corpus import SOLO, Halves, Heads, Split, emptied, half_indices, merged, training_floor
+from detection_corpus import SOLO, Halves, Heads, Split, emptied, held_out, merged, training_floor
 from detection_labels import Run
 from torch import nn
 
@@ -234,15 +234,7 @@ def train(
                     sums[task] += loss.item() * len(batch) / n
             model.eval()
             with torch.no_grad():
-                predicted = model(split.x_val)
-                measured = family.metrics(predicted, split.y_val)
-                for half, rows in half_indices(len(split.x_val)).items():
-                    on_half = family.metrics({t: p[rows] for t, p in predicted.items()},
-                                             {t: y[rows] for t, y in split.y_val.items()})  # fmt: skip
-                    for task, value in on_half.items():
-                        halves.setdefault(half, {}).setdefault(task, []).append(value)
-            for task, value in measured.items():
-                history.setdefault(task, []).append(value)
+                measured = held_out(model(split.x_val), split, family.metrics, history, halves)
             steps.append(step)
             monitor.on_epoch_end(epoch, train_loss=sum(weights[t] * v for t, v in sums.items()), task_losses=sums,
                                  metrics=measured, lr=family.lr)  # fmt: skip
