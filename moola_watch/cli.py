@@ -451,7 +451,7 @@ def _floors(args: argparse.Namespace, console: Console) -> int:
                     f"; the run did not complete ({result.status or 'no run_end'}): a floor is a finished run's loss"
                 )
             say(f"{path}  run {result.run}  {result.task} {result.loss:.4g}  (the mean training loss of its last "
-                f"{counted(result.epochs, 'epoch')}{ended})")  # fmt: skip
+                f"{counted(result.epochs, 'epoch')}{floors.fall_words(result)}{ended})")  # fmt: skip
             got.append(result)
         if not got:
             _error(error)

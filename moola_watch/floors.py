@@ -90,13 +90,15 @@ class SoloRun:
 @dataclass(frozen=True)
 class Floor:
     """One task's training floor (loss, the mean of its last ``epochs`` epochs' training loss) from ``run``;
-    ``status`` is how the run ended (None: it has no ``run_end``)."""
+    ``status`` is how the run ended (None: it has no ``run_end``); ``first`` is the task's loss in the run's first
+    epoch (None: not finite there), which tells a floor the task learned its way down to from one it barely left."""
 
     task: str
     loss: float
     run: str
     epochs: int
     status: str | None = "completed"
+    first: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ def floor_of(run: SoloRun, tail: int = TAIL_EPOCHS) -> Floor | Skipped:
     floor = math.fsum(loss for loss in last if loss is not None) / len(last)
     if floor < 0:
         return Skipped(run.run, f"its {task} loss ends negative ({floor:.4g}): a floor is a loss of at least 0")
-    return Floor(task, floor, run.run, len(last), run.status)
+    return Floor(task, floor, run.run, len(last), run.status, run.epochs[0].get(task))
 
 
 def flags(floors: Iterable[Floor]) -> str:
@@ -159,3 +161,12 @@ def flags(floors: Iterable[Floor]) -> str:
     take whatever the task's name: '--task-floor=a=0.312 --task-floor='my task=0.1''."""
     latest = {floor.task: floor.loss for floor in floors}
     return " ".join(shlex.quote(f"--task-floor={task}={loss:.4g}") for task, loss in latest.items())
+
+
+def fall_words(floor: Floor) -> str:
+    """How far the solo run took its task below its first epoch's loss: ', 94% of its first epoch's 1.47'. A
+    floor near its first loss counts a task that never left its start as at its floor: a task of noisy labels
+    can sit there, one that barely learned alone would be excused from starving ('' where the first is unknown)."""
+    if floor.first is None or floor.first <= 0:
+        return ""
+    return f", {floor.loss / floor.first:.0%} of its first epoch's {floor.first:.4g}"

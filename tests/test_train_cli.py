@@ -142,7 +142,10 @@ def test_floors_reads_each_tasks_floor_off_its_run_alone_and_the_flags_it_prints
     result = run_cli("moola_watch.cli", "floors", str(alone["type"]), str(alone["pointer"]))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert f"type {expected['type']:.4g}  (the mean training loss of its last 3 epochs)" in lines[0]
+    first = json.loads(next(line for line in alone["type"].read_bytes().splitlines() if b'"kind":"epoch"' in line))
+    first = first["task_losses"]["type"]
+    assert (f"type {expected['type']:.4g}  (the mean training loss of its last 3 epochs, "
+            f"{expected['type'] / first:.0%} of its first epoch's {first:.4g})") in lines[0]  # fmt: skip
     assert lines[-1] == f"--task-floor=type={expected['type']:.4g} --task-floor=pointer={expected['pointer']:.4g}"
     together = tmp_path / "together.jsonl"
     assert run_cli("moola.cli", *small_train_args, "--epochs", "2", "--grad-log", str(together)).returncode == 0
