@@ -530,6 +530,39 @@ def test_two_optimizers_count_one_step_and_an_accelerate_optimizer_is_counted_by
     assert counting.steps_done == 1
 
 
+def rebuilt_optimizer_loop(monitor, watch_new: bool, steps=(12, 40)):
+    """An outside review's loop: AdamW for a phase, then a new SGD on the same model (rebuilt after unfreezing,
+    say), given to ``watch_optimizer`` or not; the steps each record carries."""
+    torch.manual_seed(0)
+    model = TwoHeadMLP()
+    for phase, optimizer in enumerate((torch.optim.AdamW(model.parameters()), torch.optim.SGD(model.parameters()))):
+        if phase == 0 or watch_new:
+            monitor.watch_optimizer(optimizer)
+        for _ in range(steps[phase]):
+            x = torch.randn(8, 6)
+            monitor.backward(model, task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0]))
+            monitor.on_before_optimizer_step(model)
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_an_optimizer_watched_after_the_first_stepped_replaces_it_and_an_unwatched_one_is_said_and_counted():
+    """A second watch_optimizer was ignored, and the first optimizer never stepped again: every later record
+    said its last step, and nothing more was measured (an exploding phase after it went unseen)."""
+    sink, warnings = io.BytesIO(), []
+    with GradientMonitor(every_n_steps=4, stream=sink, warn=warnings.append, echo=lambda _line: None) as monitor:
+        rebuilt_optimizer_loop(monitor, watch_new=True)
+    grads = [r["step"] for r in records_of(sink.getvalue()) if r["kind"] == "grad_stats"]
+    assert grads == list(range(4, 53, 4)) and not warnings, (grads, warnings)
+    sink, warnings = io.BytesIO(), []
+    with GradientMonitor(every_n_steps=4, stream=sink, warn=warnings.append, echo=lambda _line: None) as monitor:
+        rebuilt_optimizer_loop(monitor, watch_new=False)
+    grads = [r["step"] for r in records_of(sink.getvalue()) if r["kind"] == "grad_stats"]
+    assert grads == [4, 8, 12, 45, 48, 52], grads  # steps 13-44 stalled: from the 32nd call on, calls count
+    (warning,) = [line for line in warnings if "has not stepped" in line]
+    assert "the last 32 calls" in warning and "from step 45" in warning and "watch_optimizer(new)" in warning
+
+
 def test_a_scaler_that_skips_every_step_is_measured_every_time_and_critical_once_no_scale_helps(tmp_path):
     model = TwoHeadMLP()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

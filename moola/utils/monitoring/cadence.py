@@ -8,6 +8,12 @@ import operator
 from typing import Any
 
 import torch
+from torch.utils.hooks import RemovableHandle
+
+#: Calls of the step hook in a row without the watched optimizer stepping, after which it is taken to no longer
+#: train the model (a new one that was never watched): far more than a GradScaler's skipped steps at the start,
+#: or a loop that calls the hook per micro-batch (warned at the second call) under any usual accumulation.
+STALLED_CALLS = 32
 
 
 def steps_taken(optimizer: torch.optim.Optimizer) -> int:
@@ -45,7 +51,10 @@ class Cadence:
         self.epoch: int | None = None
         self.steps_done = 0  # optimizer steps taken so far
         self.step_given = False  # at_step said which step it is: a restored optimizer's count does not override it
-        self.counting_optimizer = False
+        self._counted: torch.optim.Optimizer | None = None  # the optimizer whose steps are counted
+        self._hook: RemovableHandle | None = None
+        self._counted_stepped = False  # it stepped since it was watched
+        self.calls_since_step = 0  # step-hook calls since it last stepped
         self.last_stats_at: tuple[int | None, int] | None = None  # (epoch, step) of the last measurement
         self.remeasure: tuple[int | None, int] | None = None  # (epoch, step) measured non-finite: its retry is due
         self.last_balance_at: tuple[int | None, int] | None = None
@@ -76,26 +85,56 @@ class Cadence:
         """True if a task-balance probe is due now."""
         return self._due(self.balance_every_n_steps, self.task_balance_frequency, self.last_balance_at)
 
+    @property
+    def counting_optimizer(self) -> bool:
+        """Whether an optimizer's own steps count the steps (else the step hook's calls do)."""
+        return self._counted is not None
+
     def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Count ``optimizer``'s steps (a hook after each ``step()``): with gradient accumulation that is one per
         accumulated batch, and a step a GradScaler skips is not one. Several optimizers stepping together
-        (sparse and dense parameters) make one training step: the first one watched counts, later calls are
-        ignored. accelerate's ``AcceleratedOptimizer`` is counted by the optimizer it wraps, which steps only
-        on the accumulated batch. An optimizer restored from a checkpoint that counts its steps (Adam, AdamW,
-        and most but plain SGD) starts the count where it left off, unless :meth:`at_step` said otherwise: a
-        resumed run's records go on from the steps it resumed at."""
-        if self.counting_optimizer:
-            return
+        (sparse and dense parameters) make one training step: of those watched before the first of them stepped,
+        the first counts. One watched after the counted one stepped replaces it (rebuilt after unfreezing layers,
+        a new fold's model under the same monitor): the count goes on from the step reached. accelerate's
+        ``AcceleratedOptimizer`` is counted by the optimizer it wraps, which steps only on the accumulated batch.
+        An optimizer restored from a checkpoint that counts its steps (Adam, AdamW, and most but plain SGD)
+        starts the count where it left off, unless :meth:`at_step` said otherwise: a resumed run's records go on
+        from the steps it resumed at."""
         inner = getattr(optimizer, "optimizer", None)
         counted_optimizer = inner if isinstance(inner, torch.optim.Optimizer) else optimizer
-        if not self.step_given:
+        if counted_optimizer is self._counted or (self._counted is not None and not self._counted_stepped):
+            return
+        if self._counted is None and not self.step_given:
             self.steps_done = steps_taken(counted_optimizer)
+        self._release()
 
         def counted(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
             self.steps_done += 1
+            self._counted_stepped = True
+            self.calls_since_step = 0
 
-        counted_optimizer.register_step_post_hook(counted)
-        self.counting_optimizer = True
+        self._hook = counted_optimizer.register_step_post_hook(counted)
+        self._counted, self._counted_stepped = counted_optimizer, False
+
+    def _release(self) -> None:
+        """Stop counting the watched optimizer's steps (none: nothing to do)."""
+        if self._hook is not None:
+            self._hook.remove()
+        self._counted, self._hook, self.calls_since_step = None, None, 0
+
+    def after_call(self, step_given: bool) -> bool:
+        """At the end of each step-hook call: count the step where no optimizer counts them; True when the
+        watched optimizer has not stepped in :data:`STALLED_CALLS` calls in a row, from which the calls count the
+        steps, those stalled calls included (a framework's own ``step_given`` count is never stalled)."""
+        if self._counted is None:
+            self.steps_done += 1
+            return False
+        self.calls_since_step = 0 if step_given else self.calls_since_step + 1
+        if self.calls_since_step < STALLED_CALLS:
+            return False
+        self.steps_done += self.calls_since_step
+        self._release()
+        return True
 
     def at_step(self, step: int) -> None:
         """Take ``step`` (1-based) as the optimizer step now being prepared (a framework's own count)."""

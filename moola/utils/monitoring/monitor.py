@@ -36,7 +36,7 @@ from torch import nn
 
 from moola import __version__
 from moola.utils.monitoring.balance_probe import BalanceProbe
-from moola.utils.monitoring.cadence import Cadence, whole
+from moola.utils.monitoring.cadence import STALLED_CALLS, Cadence, whole
 from moola.utils.monitoring.console import PREFIX
 from moola.utils.monitoring.halting import Halting
 from moola.utils.monitoring.records import MAX_LAYER_NORMS, config_value, learning_rate, model_fields, plain
@@ -406,8 +406,13 @@ class GradientMonitor:
             )
         if self._halting is not None:  # (no call on the every-step path of a run without halt_on)
             self.agree_on_halting()
-        if not cadence.counting_optimizer:
-            cadence.steps_done += 1
+        if cadence.after_call(step_given=step is not None):
+            self.warn_once(
+                "stalled",
+                f"WARNING: the optimizer given to watch_optimizer has not stepped in the last {STALLED_CALLS} calls "
+                f"of on_before_optimizer_step: from step {cadence.step} these calls count the steps. If a new "
+                "optimizer trains the model, give it to watch_optimizer(new) (a new one replaces the old)",
+            )
         return stats
 
     def agree_on_halting(self) -> None:
