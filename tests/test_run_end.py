@@ -191,28 +191,42 @@ def test_a_later_run_of_the_process_writes_the_log_of_one_let_go_of_unended(tmp_
     held.on_run_end()
 
 
-RAISES_OUTSIDE_WITH = """
-import sys, torch
+OUTSIDE_WITH = """
+import os, sys, torch
 from moola.utils.monitoring import GradientMonitor
 
 model = torch.nn.Linear(4, 2)
 monitor = GradientMonitor(every_n_steps=1, log_path=sys.argv[1])
-model(torch.randn(8, 4)).pow(2).mean().backward()
-monitor.on_before_optimizer_step(model)
-raise RuntimeError("bad batch")
+for step in range(3):
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    monitor.on_before_optimizer_step(model)
+if sys.argv[2] == "raises":
+    raise RuntimeError("bad batch")
+if sys.argv[2] == "os._exit":  # no Python exit at all: as a kill, the watcher says the process died
+    os._exit(0)
 """
 
 
-def test_a_plain_loop_that_raised_outside_with_is_not_called_killed(tmp_path):
-    """A review found the HF Trainer's runs that raised called killed (they now end failed); a plain loop without
-    ``with monitor:`` still writes no run_end for a Python exception, and the watcher said the trainer was killed
-    (the OOM killer, kill -9) or crashed outside Python, which it cannot know: it names the exception too."""
+@pytest.mark.parametrize(
+    ("how", "returncode", "status", "error"),
+    [("ends", 0, "completed", None), ("raises", 1, "failed", "RuntimeError: bad batch"), ("os._exit", 0, None, None)],
+)
+def test_a_plain_loop_without_with_or_on_run_end_is_ended_by_the_interpreters_exit(tmp_path, how, returncode,
+                                                                                  status, error):  # fmt: skip
+    """An outside review's loop used the monitor without ``with`` and never called on_run_end: a script that ran to
+    its end got ``run_died`` (killed, crashed), check failed, and an ignored AttributeError was printed at exit.
+    The interpreter's exit now ends the run, with the exception that reached the top level if one did; only a
+    process that never exits through Python (``os._exit``, a kill) is one that died."""
     log = tmp_path / "run.jsonl"
-    loop = subprocess.run([sys.executable, "-c", RAISES_OUTSIDE_WITH, str(log)], cwd=REPO, capture_output=True,
+    loop = subprocess.run([sys.executable, "-c", OUTSIDE_WITH, str(log), how], cwd=REPO, capture_output=True,
                           text=True)  # fmt: skip
-    assert loop.returncode == 1 and "RuntimeError: bad batch" in loop.stderr
+    assert loop.returncode == returncode and "Exception ignored" not in loop.stderr, loop.stderr
+    ends = [json.loads(line) for line in log.read_text().splitlines() if '"run_end"' in line]
+    assert [(end["status"], end.get("error"), end["step"]) for end in ends] == ([(status, error, 3)] if status else [])
     report = json.loads(subprocess.run([sys.executable, "-m", "moola_watch.cli", "check", "--json", str(log)],
                                        capture_output=True, text=True, cwd=REPO).stdout)  # fmt: skip
-    (died,) = [alert for alert in report["alerts"] if alert["rule"] == "run_died"]
-    assert "or ended by an exception that no `with monitor:` recorded" in died["message"], died
-    assert "the trainer's output (a traceback)" in died["recommendation"]
+    died = [alert for alert in report["alerts"] if alert["rule"] == "run_died"]
+    if status is None:
+        assert "or ended by an exception that no `with monitor:` recorded" in died[0]["message"], died
+    else:
+        assert not died, died

@@ -29,6 +29,7 @@ class MonitorSettings:
             log_path=log_path,
             every_n_steps=every_n_steps,
             balance_every_n_steps=balance_every_n_steps,
+            end_at_exit=False,  # the callback ends its runs itself, and knows how a run that raised ended
             **monitor_options,
         )
         self.monitor: GradientMonitor | None = None

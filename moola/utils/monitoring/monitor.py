@@ -40,7 +40,7 @@ from moola.utils.monitoring.cadence import STALLED_CALLS, Cadence, whole
 from moola.utils.monitoring.console import PREFIX
 from moola.utils.monitoring.halting import Halting
 from moola.utils.monitoring.records import MAX_LAYER_NORMS, config_value, learning_rate, model_fields, plain
-from moola.utils.monitoring.run_end import ending, on_sigterm
+from moola.utils.monitoring.run_end import at_exit, ending, on_sigterm
 from moola.utils.monitoring.run_output import RunOutput
 from moola.utils.monitoring.stats_probe import StatsProbe
 from moola.utils.monitoring.task_balance import BalanceUnavailable, TaskGradients, require_named
@@ -104,7 +104,10 @@ class GradientMonitor:
     With ``end_on_sigterm`` (the default), while the run writes its log and SIGTERM has its default action, a
     SIGTERM (a scheduler stopping the job) first writes ``run_end`` ``interrupted``, then ends the process by
     that signal as it would have (:mod:`~moola.utils.monitoring.run_end`); a loop that handles SIGTERM itself
-    (Lightning does) keeps its own handling, and a distributed job keeps the default action.
+    (Lightning does) keeps its own handling, and a distributed job keeps the default action. With
+    ``end_at_exit`` (the default), a run still open when the interpreter exits (a loop without ``with`` that
+    never called :meth:`on_run_end`) is ended then: ``failed`` by the exception that reached the top level, else
+    ``completed`` (:func:`~moola.utils.monitoring.run_end.at_exit`); the framework callbacks end their own runs.
 
     Acting on alerts: ``on_alert`` is called with each alert that starts firing (an exception in it is one
     warning); with ``halt_on="critical"`` (or ``"error"``) the first alert at or above that severity sets
@@ -150,6 +153,7 @@ class GradientMonitor:
         halt_on: str | None = None,
         enabled: bool = True,
         end_on_sigterm: bool = True,
+        end_at_exit: bool = True,
         task_floors: Mapping[str, float] | None = None,
     ) -> None:
         for name, value in (
@@ -189,6 +193,8 @@ class GradientMonitor:
         self._model: weakref.ref[nn.Module] | None = None
         self.end_on_sigterm = end_on_sigterm
         self._undo_sigterm: Callable[[], None] = lambda: None  # the SIGTERM handler on_run_start set, if any
+        self.end_at_exit = end_at_exit
+        self._undo_at_exit: Callable[[], None] = lambda: None
 
     @property
     def log_path(self) -> Path | None:
@@ -273,6 +279,8 @@ class GradientMonitor:
         writer = self._output.writer
         if writer is not None and self.end_on_sigterm:  # a scheduler stopping the job: the log says so
             self._undo_sigterm = on_sigterm(self.on_run_end)
+        if writer is not None and self.end_at_exit:
+            self._undo_at_exit = at_exit(self.on_run_end)
         began = self._cadence.first_known()
         self._emit(
             schema.RUN_START,
@@ -470,6 +478,7 @@ class GradientMonitor:
         self._output.echo("\n" + "\n".join(summary.lines()))
         self._output.close()
         self._undo_sigterm()
+        self._undo_at_exit()
         return summary
 
     def get_summary(self) -> MonitoringSummary:

@@ -12,10 +12,12 @@ happens, so there the signal keeps its default action (the watcher sees such a p
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import os
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -146,7 +148,31 @@ def _held_weakly(end_run: EndRun, gone: Callable[[], None]) -> Callable[[], EndR
     process (a later run there could not write it)."""
     if not inspect.ismethod(end_run):
         return lambda: end_run
-    return weakref.WeakMethod(end_run, lambda _ref: gone())
+    # A plain reference with a callback, not a WeakMethod with one: that one's callback raised (an ignored
+    # AttributeError printed at exit) when the interpreter freed the monitor while shutting down.
+    owner, function = end_run.__self__, end_run.__func__
+    ref = weakref.ref(owner, lambda _ref: gone())
+    return lambda: None if (alive := ref()) is None else function.__get__(alive)
+
+
+def at_exit(end_run: EndRun) -> Callable[[], None]:
+    """Have the interpreter's exit call ``end_run(status, error)`` for a run still open then (a loop without
+    ``with`` that never ended it): ``failed`` with the exception that reached the top level since now (Python
+    keeps an uncaught one as ``sys.last_value``), ``interrupted`` by Ctrl-C, else ``completed`` (the script ran to
+    its end, or ``sys.exit(0)``). A bound method is held weakly; a forked child's exit does not end its parent's
+    run. Returns what undoes it."""
+    pid, before = os.getpid(), getattr(sys, "last_value", None)
+    end_of = _held_weakly(end_run, _nothing)
+
+    def end_at_exit() -> None:
+        end = end_of()
+        if end is None or os.getpid() != pid:
+            return
+        raised = getattr(sys, "last_value", None)
+        end(*ending(raised if raised is not before else None))
+
+    atexit.register(end_at_exit)
+    return lambda: atexit.unregister(end_at_exit)
 
 
 def _nothing() -> None:
