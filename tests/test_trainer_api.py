@@ -946,3 +946,33 @@ def test_task_floors_given_to_the_monitor_are_recorded_judged_in_process_and_a_b
         ):
             GradientMonitor(log_path=tmp_path / "never.jsonl", task_floors={"reg": bad})
         assert not (tmp_path / "never.jsonl").exists()
+
+
+def test_epoch_records_hold_each_tasks_mean_loss_over_the_batches_the_hooks_were_given():
+    """An outside review's floors: `moola-watch floors` reads a run's epoch task_losses, which only a loop that
+    passed them to on_epoch_end wrote (never the Lightning or HF callbacks): every run on one task alone gave no
+    floor. The monitor now keeps the losses its hooks are given; a loop's own task_losses win; a task whose epoch
+    held a NaN batch is left out of that epoch's."""
+    torch.manual_seed(0)
+    model, sink = TwoHeadMLP(), io.BytesIO()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    given: list[dict[str, float]] = [{}, {}, {}]
+    with GradientMonitor(every_n_steps=3, stream=sink, echo=lambda _line: None) as monitor:
+        for epoch in range(3):
+            for batch in range(4):
+                x = torch.randn(8, 6)
+                losses = task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])
+                for task, loss in losses.items():
+                    given[epoch][task] = given[epoch].get(task, 0.0) + loss.item() / 4
+                if epoch == 1 and batch == 2:  # a NaN batch the loop skips (no step on it)
+                    monitor.on_before_backward(model, {**losses, "reg": losses["reg"] * math.nan})
+                    continue
+                monitor.backward(model, losses, {"cls": 1.0, "reg": 0.0 if epoch != 1 else 1.0})
+                monitor.on_before_optimizer_step(model)
+                optimizer.step()
+                optimizer.zero_grad()
+            own = {"task_losses": {"cls": 9.0}} if epoch == 2 else {}
+            monitor.on_epoch_end(epoch + 1, train_loss=1.0, **own)
+    epochs = [r["task_losses"] for r in records_of(sink.getvalue()) if r["kind"] == "epoch"]
+    assert epochs[0] == pytest.approx(given[0]) and epochs[1] == pytest.approx({"cls": given[1]["cls"]})
+    assert epochs[2] == {"cls": 9.0}

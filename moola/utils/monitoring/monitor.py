@@ -38,6 +38,7 @@ from moola import __version__
 from moola.utils.monitoring.balance_probe import BalanceProbe
 from moola.utils.monitoring.cadence import STALLED_CALLS, Cadence, whole
 from moola.utils.monitoring.console import PREFIX
+from moola.utils.monitoring.epoch_losses import EpochTaskLosses
 from moola.utils.monitoring.halting import Halting
 from moola.utils.monitoring.records import MAX_LAYER_NORMS, config_value, learning_rate, model_fields, plain
 from moola.utils.monitoring.run_end import at_exit, ending, on_sigterm
@@ -194,6 +195,7 @@ class GradientMonitor:
         self.end_on_sigterm = end_on_sigterm
         self._undo_sigterm: Callable[[], None] = lambda: None  # the SIGTERM handler on_run_start set, if any
         self.end_at_exit = end_at_exit
+        self._epoch_losses = EpochTaskLosses()  # the task losses given this epoch, for its record
         self._undo_at_exit: Callable[[], None] = lambda: None
 
     @property
@@ -317,6 +319,8 @@ class GradientMonitor:
         wherever someone else does the backward (DDP, FSDP, accelerate, a GradScaler). None when not due or
         not measurable (one warning saying why)."""
         require_named(losses)
+        if self.enabled:
+            self._epoch_losses.add(losses)
         cadence = self._cadence
         cadence.note_began()
         self._meet(model)
@@ -441,11 +445,15 @@ class GradientMonitor:
 
     def on_epoch_end(self, epoch: int, *, train_loss: Any, **fields: Any) -> None:
         """Record an ``epoch`` record: ``train_loss``, and any of ``val_loss``, ``task_losses`` and ``metrics``
-        (name -> number), ``lr`` (a number or one per parameter group), ``duration_s``. Tensors and numpy
+        (name -> number; ``task_losses`` by default each task's mean loss over the epoch's batches whose losses
+        the hooks were given), ``lr`` (a number or one per parameter group), ``duration_s``. Tensors and numpy
         values are turned into numbers; a value no reader would accept is left out with one warning. The
         records after it belong to epoch ``epoch + 1`` until :meth:`on_epoch_start` says otherwise (a loop
         that calls only this hook must not have the next epoch's records carry this one's number)."""
         self.epoch = whole(epoch)
+        losses = self._epoch_losses.means()
+        if "task_losses" not in fields and losses:  # the loop gave none: the means of those the hooks were given
+            fields["task_losses"] = losses
         values = plain({"train_loss": train_loss, **fields})
         if "lr" in values:
             values["lr"], every_lr = learning_rate(values["lr"])
