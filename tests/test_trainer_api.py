@@ -976,3 +976,17 @@ def test_epoch_records_hold_each_tasks_mean_loss_over_the_batches_the_hooks_were
     epochs = [r["task_losses"] for r in records_of(sink.getvalue()) if r["kind"] == "epoch"]
     assert epochs[0] == pytest.approx(given[0]) and epochs[1] == pytest.approx({"cls": given[1]["cls"]})
     assert epochs[2] == {"cls": 9.0}
+
+
+@pytest.mark.parametrize("name", ["a|b", "", "  "])
+def test_a_task_name_that_is_blank_or_holds_the_pair_separator_is_refused_in_one_line_before_any_backward(name):
+    """An outside review named a task 'a|b' beside 'c': the cosine column read 'cosine_a|b|c' (which pair?), and
+    a task named '' was a blank column header in analyze."""
+    model = TwoHeadMLP()
+    x = torch.randn(8, 6)
+    losses = task_losses(model, x, torch.randint(0, 3, (8,)), x[:, 0])
+    monitor = GradientMonitor(every_n_steps=1, stream=io.BytesIO())
+    with pytest.raises(ValueError, match=r"a task's name must be visible text without '\|'") as refused:
+        monitor.backward(model, {name: losses["cls"], "c": losses["reg"]})
+    assert repr(name) in str(refused.value) and "\n" not in str(refused.value)
+    assert all(parameter.grad is None for parameter in model.parameters())

@@ -89,14 +89,26 @@ class TaskGradients:
         return math.nan if self.ratio is None else self.ratio
 
 
+#: What joins two task names into one key of a balance record's ``cosines`` ('a|b'), and a column's name.
+PAIR_SEPARATOR = "|"
+
+
 def require_named(losses: object) -> None:
     """Task losses come as a mapping of task name to loss: a list or a tuple says nothing of which is which (a
-    weight or an alert could name the wrong task), so it is refused in one line instead of failing deep down."""
+    weight or an alert could name the wrong task), so it is refused in one line instead of failing deep down; so
+    is a name that is blank or holds the separator of a pair's columns."""
     if not isinstance(losses, Mapping):
         raise TypeError(
             f"task losses must be a mapping of task name to loss tensor, such as {{'cls': cls_loss, 'reg': reg_loss}}"
             f", not a {type(losses).__name__}"
         )
+    for task in losses:
+        if isinstance(task, str) and (not task.strip() or PAIR_SEPARATOR in task):
+            raise ValueError(
+                f"task name {task!r}: a task's name must be visible text without {PAIR_SEPARATOR!r}, which joins "
+                "two names into a cosine's column (an empty one is a blank column; 'a|b' beside 'c' reads as "
+                "'a|b|c')"
+            )
 
 
 def task_weights(
@@ -290,7 +302,7 @@ def _balance(
     for i in range(count):
         for j in range(i + 1, count):
             if raw[i] > 0 and raw[j] > 0:
-                pair = "|".join(sorted((names[i], names[j])))  # symmetric: one key whatever the losses' order
+                pair = PAIR_SEPARATOR.join(sorted((names[i], names[j])))  # one key whatever the losses' order
                 cosines[pair] = max(-1.0, min(1.0, raw_gram[i][j] / (raw[i] * raw[j])))
     weighted = [[weight[i] * weight[j] * raw_gram[i][j] for j in range(count)] for i in range(count)]
     total = math.fsum(math.fsum(row) for row in weighted)
