@@ -163,16 +163,22 @@ def at_exit(end_run: EndRun) -> Callable[[], None]:
     run. Returns what undoes it."""
     pid, before = os.getpid(), getattr(sys, "last_value", None)
     end_of = _held_weakly(end_run, _nothing)
+    exiting = False
 
     def end_at_exit() -> None:
-        end = end_of()
+        nonlocal exiting
+        end, exiting = end_of(), True
         if end is None or os.getpid() != pid:
             return
         raised = getattr(sys, "last_value", None)
         end(*ending(raised if raised is not before else None))
 
+    def undo() -> None:
+        if not exiting:  # (not from inside the exit's own call: atexit is iterating its callbacks)
+            atexit.unregister(end_at_exit)
+
     atexit.register(end_at_exit)
-    return lambda: atexit.unregister(end_at_exit)
+    return undo
 
 
 def _nothing() -> None:
