@@ -268,7 +268,7 @@ def test_a_running_run_without_alerts_is_not_called_healthy(tmp_path):
 
 
 SKEWED_TRAINER = """
-import socket, sys, time
+import os, socket, sys, time
 import torch
 from moola.utils.monitoring import GradientMonitor
 
@@ -284,6 +284,8 @@ for _ in range(steps):
     time.sleep(0.2)
 if end:
     monitor.on_run_end()
+else:  # killed: the process ends without a word (an exit through Python would end the run)
+    os._exit(0)
 """
 
 

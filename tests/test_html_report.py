@@ -437,15 +437,16 @@ def test_a_run_of_epoch_records_alone_is_drawn_against_epochs_not_all_at_step_0(
     assert values(progress["data"][0]["x"]) == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
-def test_a_plain_loops_task_losses_are_drawn_from_its_balance_samples(tmp_path: Path) -> None:
+def test_a_plain_loops_task_losses_are_drawn_from_every_batch_it_gave_the_monitor(tmp_path: Path) -> None:
     """An outside review: the README's loop gives on_epoch_end the total loss alone, so the report's losses panel,
     captioned "each task's own loss", drew only `train`, while 300 balance samples held each task's loss (the
-    evidence a collapse alert quotes)."""
+    evidence a collapse alert quotes). The monitor now records each task's mean over the epoch's batches: the
+    panel draws those, every batch's loss in them, not only the sampled ones."""
     torch.manual_seed(0)
     trunk, cls_head, reg_head = torch.nn.Linear(8, 16), torch.nn.Linear(16, 3), torch.nn.Linear(16, 1)
     model = torch.nn.ModuleDict({"trunk": trunk, "cls": cls_head, "reg": reg_head})
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    log = tmp_path / "mtl.jsonl"
+    log, batch_means = tmp_path / "mtl.jsonl", {}
     with GradientMonitor(every_n_steps=5, log_path=log, echo=lambda _line: None) as monitor:
         monitor.watch_optimizer(optimizer)
         for epoch in range(1, 4):
@@ -455,6 +456,7 @@ def test_a_plain_loops_task_losses_are_drawn_from_its_balance_samples(tmp_path: 
                 h = trunk(x).relu()
                 losses = {"cls": torch.nn.functional.cross_entropy(cls_head(h), labels),
                           "reg": torch.nn.functional.mse_loss(reg_head(h).squeeze(1), x[:, 0])}  # fmt: skip
+                batch_means.setdefault(epoch, []).append(losses["reg"].item() / 20)
                 monitor.backward(model, losses, {"cls": 1.0, "reg": 0.5})
                 monitor.on_before_optimizer_step(model)
                 optimizer.step()
@@ -464,9 +466,17 @@ def test_a_plain_loops_task_losses_are_drawn_from_its_balance_samples(tmp_path: 
     assert run_cli("moola_watch.cli", "report", str(log), "-o", str(out)).returncode in (0, 1)
     traces = {trace["name"]: trace for trace in figure_data(out.read_text("utf-8"), "losses_metrics")["data"]}
     assert {"train", "cls", "reg"} <= set(traces), set(traces)
+    assert values(traces["cls"]["x"]) == [20.0, 40.0, 60.0]  # each epoch's end
+    assert values(traces["reg"]["y"]) == pytest.approx([sum(batch_means[epoch]) for epoch in (1, 2, 3)])
+    # Another writer's log, whose epochs hold no task losses: the balance samples' losses are drawn
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "task_losses"}) + "\n" for r in records))
+    assert run_cli("moola_watch.cli", "report", str(bare), "-o", str(out)).returncode in (0, 1)
+    traces = {trace["name"]: trace for trace in figure_data(out.read_text("utf-8"), "losses_metrics")["data"]}
     assert values(traces["cls"]["x"]) == [float(step) for step in range(5, 61, 5)]  # each balance sample's step
-    logged = [json.loads(line) for line in log.read_text().splitlines() if '"task_balance"' in line]
-    assert values(traces["reg"]["y"]) == pytest.approx([record["losses"]["reg"] for record in logged])
+    sampled = [record["losses"]["reg"] for record in records if record["kind"] == "task_balance"]
+    assert values(traces["reg"]["y"]) == pytest.approx(sampled)
 
 
 def test_the_report_says_what_each_run_was_judged_by_and_draws_each_by_its_own_thresholds(tmp_path: Path) -> None:
