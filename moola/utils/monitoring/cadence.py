@@ -54,7 +54,7 @@ class Cadence:
         self._counted: torch.optim.Optimizer | None = None  # the optimizer whose steps are counted
         self._hook: RemovableHandle | None = None
         self._counted_stepped = False  # it stepped since it was watched
-        self.calls_since_step = 0  # step-hook calls since it last stepped
+        self._calls_since_step = 0  # step-hook calls since it last stepped
         self.last_stats_at: tuple[int | None, int] | None = None  # (epoch, step) of the last measurement
         self.remeasure: tuple[int | None, int] | None = None  # (epoch, step) measured non-finite: its retry is due
         self.last_balance_at: tuple[int | None, int] | None = None
@@ -111,7 +111,7 @@ class Cadence:
         def counted(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
             self.steps_done += 1
             self._counted_stepped = True
-            self.calls_since_step = 0
+            self._calls_since_step = 0
 
         self._hook = counted_optimizer.register_step_post_hook(counted)
         self._counted, self._counted_stepped = counted_optimizer, False
@@ -120,7 +120,7 @@ class Cadence:
         """Stop counting the watched optimizer's steps (none: nothing to do)."""
         if self._hook is not None:
             self._hook.remove()
-        self._counted, self._hook, self.calls_since_step = None, None, 0
+        self._counted, self._hook, self._calls_since_step = None, None, 0
 
     def after_call(self, step_given: bool) -> bool:
         """At the end of each step-hook call: count the step where no optimizer counts them; True when the
@@ -129,10 +129,10 @@ class Cadence:
         if self._counted is None:
             self.steps_done += 1
             return False
-        self.calls_since_step = 0 if step_given else self.calls_since_step + 1
-        if self.calls_since_step < STALLED_CALLS:
+        self._calls_since_step = 0 if step_given else self._calls_since_step + 1
+        if self._calls_since_step < STALLED_CALLS:
             return False
-        self.steps_done += self.calls_since_step
+        self.steps_done += self._calls_since_step
         self._release()
         return True
 

@@ -23,7 +23,10 @@ class EpochTaskLosses:
         for task, loss in losses.items():
             if isinstance(loss, torch.Tensor) and loss.numel() == 1:
                 value = loss.detach().float().reshape(())
-                self._sums[task] = self._sums[task] + value.to(self._sums[task].device) if task in self._sums else value
+                # (a copy to start from: the loss's own storage, which the loop may reuse, is never the sum)
+                self._sums[task] = (
+                    self._sums[task] + value.to(self._sums[task].device) if task in self._sums else value.clone()
+                )
                 self._counts[task] = self._counts.get(task, 0) + 1
 
     def means(self) -> dict[str, float]:
