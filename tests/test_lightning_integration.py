@@ -100,6 +100,17 @@ def test_training_floors_given_to_the_callback_are_recorded_and_judge_the_run(tm
     assert report["runs"][0]["task_floors"] == {"cls": 0.5, "reg": 0.1}
 
 
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [({"end_at_exit": True}, "end_at_exit is not an option here"), ({"threshold": 1}, "no option 'threshold'")],
+)
+def test_an_option_the_monitor_cannot_take_is_refused_when_the_callback_is_made(tmp_path, options, words):
+    """Not at fit start, when the monitor is made: end_at_exit the callback sets itself (a duplicate argument
+    then), a misspelt option the monitor does not take."""
+    with pytest.raises(TypeError, match=words):
+        GradientMonitorCallback(tmp_path / "run.jsonl", every_n_steps=EVERY, **options)
+
+
 def test_records_every_n_steps_numbered_by_global_step(tmp_path):
     records = fit(tmp_path, {"cls": 1.0, "reg": 1.0})
     kinds = [r["kind"] for r in records]
