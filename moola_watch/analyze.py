@@ -533,8 +533,10 @@ def group_norms(scan: LogScan) -> pd.DataFrame:
 def worst_layers(
     layers: pd.DataFrame, top: int = 10, thresholds: Thresholds | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per run and layer: last, peak and lowest norm; of each run, the ``top`` with the highest peak and the ``top``
-    with the lowest minimum of the others (no layer is in both), leaving out of the lowest the biases zero by
+    """Per run and layer: last, peak and lowest norm, the samples that named it (``seen``) and the most any layer
+    of its run was named in (``samples``: a big model's samples name only their extreme tensors); of each run,
+    the ``top`` with the highest peak and the ``top`` with the lowest minimum of the others (no layer is in
+    both), leaving out of the lowest the biases zero by
     construction under ``thresholds`` (default: the watcher's), which the vanishing rule never flags (see
     :func:`~moola_watch.rules.zero_by_construction`, on each layer's peak in its run). Runs in the order they appear
     in ``layers``, each with its ``run`` (a layer's last norm of one run never stands beside its peak of another); a
@@ -545,7 +547,7 @@ def worst_layers(
     by_run = "run" in layers
     keys = ["run", "layer"] if by_run else ["layer"]
     if layers.empty:
-        empty = pd.DataFrame(columns=[*keys, "last", "peak", "lowest", "nonfinite"])
+        empty = pd.DataFrame(columns=[*keys, "last", "peak", "lowest", "nonfinite", "seen", "samples"])
         return empty, empty
     finite = layers["norm"].where(layers["norm"].abs() != math.inf)
     grouped = layers.assign(finite=finite, nonfinite=~np.isfinite(layers["norm"].to_numpy())).groupby(
@@ -557,8 +559,11 @@ def worst_layers(
             "peak": grouped["finite"].max(),
             "lowest": grouped["finite"].min(),
             "nonfinite": grouped["nonfinite"].sum(),
+            "seen": grouped["norm"].size(),  # samples that named the layer (of a big model: its extremes only)
         }
     ).reset_index()
+    # The run's samples, as far as its layers tell: every sample names every layer, a big model's its extremes only
+    table["samples"] = table.groupby("run", observed=True)["seen"].transform("max") if by_run else table["seen"].max()
     largest, smallest = [], []
     for _run, of_run in table.groupby("run", observed=True, sort=False) if by_run else [(None, table)]:
         peaks = dict(zip(of_run["layer"].astype(str), of_run["peak"].fillna(math.inf), strict=True))

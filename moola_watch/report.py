@@ -219,7 +219,11 @@ def layers_table(
         layers = layers[layers["run"].isin(shown)]
     largest, smallest = worst_layers(layers, top, thresholds)
     any_nonfinite = bool(largest["nonfinite"].any() or smallest["nonfinite"].any())
-    cells: dict[str, list[RenderableType]] = {name: [] for name in ("run", "", "layer", "last", "peak", "lowest")}
+    # A big model's samples name only their extreme tensors: a tensor named in few has few values behind its norms
+    partly_seen = bool((largest["seen"] < largest["samples"]).any() or (smallest["seen"] < smallest["samples"]).any())
+    cells: dict[str, list[RenderableType]] = {
+        name: [] for name in ("run", "", "layer", "last", "peak", "lowest", "seen")
+    }
     cells["nan/inf"] = []
     sections: set[int] = set()
     for run in shown if several else [None]:
@@ -241,6 +245,7 @@ def layers_table(
                 cells["peak"].append(number(row.peak))
                 cells["lowest"].append(number(row.lowest))
                 cells["nan/inf"].append(str(row.nonfinite))
+                cells["seen"].append(f"{row.seen}/{row.samples}")
                 first, label = False, ""
         sections.add(len(cells["layer"]) - 1)
     run_floor = min(RUN_LABEL_WIDTH, max(map(cell_width, cells["run"]), default=0))
@@ -249,13 +254,17 @@ def layers_table(
     last = Column("last", cells["last"], number=True, drop=2, justify="right")  # the least needed: it goes first
     nonfinite = [Column("nan/inf", cells["nan/inf"], number=True, justify="right")] if any_nonfinite else []
     peak, lowest = (Column(name, cells[name], number=True, justify="right") for name in ("peak", "lowest"))
+    seen = [Column("seen", cells["seen"], number=True, justify="right", drop=1)] if partly_seen else []
     caption = []
+    if partly_seen:
+        caption.append(Text("seen: the samples that named the tensor (each names only its model's extreme tensors); "
+                            "last, peak and lowest are over those", style="dim"))  # fmt: skip
     if several and len(shown) < len(every):
         caption.append(
             Text(f"{len(every) - len(shown)} more runs not shown (analyze --json lists every run's)", style="dim")
         )
     wide = FittedTable("Worst layers", [*run, Column("", cells[""], number=True), layer, last, peak, lowest,
-                                        *nonfinite], caption, sections)  # fmt: skip
+                                        *nonfinite, *seen], caption, sections)  # fmt: skip
     # Where even without last the names get too little room (under 55 columns, 65 with nan/inf): peak over
     # lowest in one column, the halves called max and min, and nan/inf left out if still short of room.
     short = [{"largest": "max", "smallest": "min"}.get(label, label) for label in cells[""]]
@@ -263,7 +272,7 @@ def layers_table(
     narrow = FittedTable("Worst layers", [*run, Column("", short, number=True), layer,
                                           Column("peak\nlowest", stacked, number=True, justify="right"),
                                           *(replace(column, drop=1) for column in nonfinite)], caption,
-                         sections, left_out=("last",))  # fmt: skip
+                         sections, left_out=("last", *(column.header for column in seen)))  # fmt: skip
     return Choice([wide, narrow])
 
 

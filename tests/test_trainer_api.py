@@ -258,6 +258,12 @@ def test_a_model_of_more_tensors_than_a_record_names_is_judged_by_its_tensors_no
     worst = json.loads(run_cli("moola_watch.cli", "analyze", "--json", str(log)).stdout.splitlines()[0])["worst_layers"]
     assert {row["layer"] for row in worst["smallest"][:2]} == {"layers.40.weight", "layers.40.bias"}
     assert max(row["peak"] for row in worst["largest"]) == pytest.approx(0.3)
+    # Named only from step 4 (the records name their model's extremes): its norms are over 4 of the 7 samples,
+    # and the table says so rather than pass a tensor named once off as last = peak = lowest over the run.
+    dead = next(row for row in worst["smallest"] if row["layer"] == "layers.40.weight")
+    assert (dead["seen"], dead["samples"]) == (4, 7)
+    shown = run_cli("moola_watch.cli", "analyze", str(log)).stdout
+    assert "seen: the samples that named the tensor" in shown and "4/7" in shown, shown
 
 
 def test_more_exploding_tensors_than_a_big_models_record_names_are_counted_as_at_least_that_many(tmp_path):
