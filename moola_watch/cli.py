@@ -93,7 +93,15 @@ def _scan(
     except sources.UnreadableLog as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise UsageError(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
+        raise UsageError(cannot_read(path, exc)) from None
+
+
+def cannot_read(path: Path, exc: OSError) -> str:
+    """A log that could not be read, in one line: a missing one's per-rank logs named where they are."""
+    missing = isinstance(exc, FileNotFoundError) and not sources.is_stdin(path)
+    return (
+        f"cannot read {exc.filename or path}: {exc.strerror or exc}{sources.missing_log_hint(path) if missing else ''}"
+    )
 
 
 class PipeSafeConsole(Console):
@@ -355,7 +363,7 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
     thresholds = thresholds_from(args)
     table = notify_table_checked(args)
     try:
-        notify = settings_from(table, args.on_alert, args.webhook, args.notify_on, args.notify_timeout)
+        notify = settings_from(table, args.on_alert, args.webhook, args.notify_on, args.notify_timeout, args.sent_log)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.interval <= 0 or args.top < 1:
@@ -370,7 +378,8 @@ def _follow(args: argparse.Namespace, console: Console) -> int:
     if args.target.exists() and not (args.target.is_file() or args.target.is_dir()):
         raise UsageError(f"{args.target} is neither a file nor a directory")
     if args.once and not args.target.exists():
-        raise UsageError(f"{args.target} does not exist (without --once, follow waits for it to appear)")
+        raise UsageError(f"{args.target} does not exist (without --once, follow waits for it to appear)"
+                         f"{sources.missing_log_hint(args.target)}")  # fmt: skip
     kind = sources.file_compression(args.target)
     if kind is not None and not args.once:  # (a folder's compressed logs are read whole, as --once reads this one)
         raise UsageError(f"{args.target} is {kind}-compressed: a compressed log cannot grow, so there is nothing to "
@@ -436,7 +445,7 @@ def _floors(args: argparse.Namespace, console: Console) -> int:
         except (sources.UnreadableLog, UsageError) as exc:
             runs, error = [], str(exc)
         except OSError as exc:
-            runs, error = [], f"cannot read {exc.filename or path}: {exc.strerror or exc}"
+            runs, error = [], cannot_read(path, exc)
         else:
             error = (f"{path}: no run trained one task alone and recorded its training loss: no floor to read" if runs
                      else f"{path} is not a moola log: not one valid record")  # fmt: skip

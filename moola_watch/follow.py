@@ -28,7 +28,7 @@ from moola_watch.exit_codes import EXIT_ALERT, EXIT_OK, EXIT_USAGE, bad_lines, e
 from moola_watch.notify import Notifier
 from moola_watch.render import stdout_gone
 from moola_watch.rules import AlertEvent, Thresholds
-from moola_watch.sources import UnreadableLog, directory_logs, file_compression, without_copies
+from moola_watch.sources import UnreadableLog, directory_logs, file_compression, missing_log_hint, without_copies
 from moola_watch.tail import Item, LogTail, Notice, RecordItem, Waker
 from moola_watch.textsafe import inert, json_line
 from moola_watch.writer_process import log_writer_gone
@@ -321,6 +321,8 @@ class Follower:
         """How a log that does not exist yet is waited for, in words."""
         folder = self.directory or self.target.parent
         how = f"checking every {self.options.interval:g} s"
+        if self.directory is None and (hint := missing_log_hint(self.target)):
+            how += inert(hint)
         if not folder.is_dir():
             how += f" (its directory {inert(folder)} does not exist yet either)"
         elif self.waker.mode == "watchdog":

@@ -274,3 +274,23 @@ def _begins(whole: Path, start: Path) -> bool:
             return compared > 0
     except (OSError, UnreadableLog):
         return False
+
+
+def rank_logs(path: Path) -> list[Path]:
+    """The per-rank logs written in place of ``path`` (``run.jsonl`` -> ``run.rank0.jsonl``, ``run.rank1.jsonl``,
+    ... beside it, as the trainer's ``per_rank`` names them), by rank; none where its folder cannot be read."""
+    pattern = re.compile(re.escape(path.stem) + r"\.rank([0-9]+)" + re.escape(path.suffix))
+    try:
+        found = [(int(match[1]), entry) for entry in path.parent.iterdir() if (match := pattern.fullmatch(entry.name))]
+    except OSError:
+        return []
+    return [entry for _rank, entry in sorted(found)]
+
+
+def missing_log_hint(path: Path) -> str:
+    """Words for a log that does not exist: where its per-rank logs are, if it has any (else nothing)."""
+    found = rank_logs(path)
+    if not found:
+        return ""
+    named = ", ".join(entry.name for entry in found[:4]) + (f" (+{len(found) - 4} more)" if len(found) > 4 else "")
+    return f"; its ranks wrote per-rank logs beside it: {named} (give one of them, or the folder)"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from dist_worker import model_and_batch
-from helpers import REPO
+from helpers import REPO, run_cli
 
 from moola.utils.monitoring import compute_gradient_statistics
 from moola_watch.schema import decode_record
@@ -63,10 +63,17 @@ def test_per_rank_writes_one_file_per_rank_with_the_rank_in_every_record(tmp_pat
         pytest.skip("this torch build has no torch.distributed")
     torchrun("ddp-per-rank", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.rank0.jsonl", "run.rank1.jsonl"]
+    runs = set()
     for rank in (0, 1):
         records = [decode_record(line) for line in (tmp_path / f"run.rank{rank}.jsonl").read_bytes().splitlines()]
         assert records and all(r["rank"] == rank for r in records)
         assert records[0]["world_size"] == 2
+        runs |= {r["run"] for r in records}
+    assert len(runs) == 1, runs  # one job, one run: rank 0's made-up id in both files
+    # The path the job was given holds nothing: the watcher says where the ranks' logs are.
+    result = run_cli("moola_watch.cli", "check", str(tmp_path / "run.jsonl"))
+    assert result.returncode == 2
+    assert "its ranks wrote per-rank logs beside it: run.rank0.jsonl, run.rank1.jsonl" in result.stderr, result.stderr
 
 
 def test_torchrun_trains_on_two_cpu_ranks_with_one_log_and_one_voice(tmp_path):

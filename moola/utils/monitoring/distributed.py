@@ -3,9 +3,11 @@ whether a backward it does itself would bypass the framework's gradient synchron
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -35,6 +37,29 @@ def rank_log_path(path: str | Path, rank: int) -> Path:
     """``runs/a.jsonl`` -> ``runs/a.rank1.jsonl``: one file per writer, never two writers in one file."""
     path = Path(path)
     return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+#: How long a rank waits for rank 0's run id (once per run, at its first record; DDP's ranks reach it together).
+RUN_ID_WAIT_S = 30.0
+#: Each per-rank run this process opens, numbered alike on every rank (they open their runs in the same order).
+_runs_opened = itertools.count()
+
+
+def shared_run_id(run_id: str, rank: int, wait_s: float = RUN_ID_WAIT_S) -> tuple[str, str | None]:
+    """Rank 0's ``run_id``, for each rank's own log of one job (``per_rank``): one run, whichever file a watcher
+    reads it in. Rank 0 leaves its id in the process group's key-value store and goes on; another rank waits for
+    it up to ``wait_s`` seconds. Returns the id and, where this rank keeps its own (no process group, or rank 0's
+    id never came), why."""
+    key = f"moola/run_id/{next(_runs_opened)}"
+    try:
+        store = torch.distributed.distributed_c10d._get_default_store()
+        if rank == 0:
+            store.set(key, run_id)
+            return run_id, None
+        store.wait([key], timedelta(seconds=wait_s))
+        return store.get(key).decode(), None
+    except Exception as exc:  # no store, a timeout, a store gone: this rank's log keeps an id of its own
+        return run_id, f"rank 0's run id did not reach rank {rank} ({type(exc).__name__}: {exc})"
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:

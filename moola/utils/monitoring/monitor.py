@@ -178,6 +178,7 @@ class GradientMonitor:
         self._output = RunOutput(
             log_path if stream is None else stream,
             run_id=run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}{id(self) % 100:02d}",
+            run_id_given=run_id is not None,
             engine=rules.RuleEngine(self.thresholds),
             clock=clock,
             echo=echo,

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import torch
 
 from moola.utils.monitoring.console import LOGGER, PREFIX
-from moola.utils.monitoring.distributed import distributed_rank, launcher_rank, rank_log_path
+from moola.utils.monitoring.distributed import distributed_rank, launcher_rank, rank_log_path, shared_run_id
 from moola.utils.monitoring.halting import Halting
 from moola.utils.monitoring.jsonl_writer import JsonlRecordWriter
 from moola_watch import rules, schema
@@ -31,7 +31,8 @@ def _quiet(_text: str) -> None:
 
 
 class RunOutput:
-    """The records of run ``run_id`` and what they tell, for one monitor.
+    """The records of run ``run_id`` and what they tell, for one monitor. Unless ``run_id_given``, each rank's
+    own log (``per_rank``) names rank 0's run id: one job is one run, whichever rank's file a watcher reads.
 
     ``target`` is a log path or an open binary stream (None: no log), opened at the run's first record
     (:meth:`open`). ``echo`` and ``warn`` take the console lines and warnings (default: the ``moola`` logger at
@@ -45,6 +46,7 @@ class RunOutput:
         target: str | Path | BinaryIO | None,
         *,
         run_id: str,
+        run_id_given: bool,
         engine: rules.RuleEngine,
         clock: Callable[[], float],
         echo: Callable[[str], None] | None,
@@ -68,6 +70,7 @@ class RunOutput:
         # (torch.multiprocessing.spawn sets no RANK) says which process writes.
         self.target = target
         self.run_id = run_id
+        self.run_id_given = run_id_given  # a made-up one is rank 0's on every rank of a per-rank job (open)
         self.engine = engine
         self._clock = clock
         self._on_alert = on_alert
@@ -107,6 +110,10 @@ class RunOutput:
         if self.rank != 0 and not self.per_rank:
             self.target, self.echo, self._warn = None, _quiet, _quiet
             return
+        if self.per_rank and self.world_size > 1 and not self.run_id_given:
+            self.run_id, problem = shared_run_id(self.run_id, self.rank)
+            if problem:
+                self.warn_once("run id", f"WARNING: {problem}: its log names the run {self.run_id}")
         self.writer = JsonlRecordWriter(
             self._rank_path(Path(target)) if isinstance(target, str | Path) else target, warn=self._warn
         )
