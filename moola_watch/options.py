@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     follow_cmd.add_argument("--layers", metavar="REGEX", help="only layers whose name matches")
     notify = follow_cmd.add_argument_group(
         "notifications (also from --config's [notify] table: on_alert, webhook, notify_on, timeout, retries, "
-        "resolve_after)"
+        "resolve_after, sent_log)"
     )
     notify.add_argument(
         "--on-alert", action="append", default=[], metavar="CMD",
@@ -338,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     notify.add_argument(
         "--notify-timeout", type=float, default=None, metavar="SECONDS", help="per request or command run (10)"
     )
+    notify.add_argument(
+        "--sent-log", default=None, metavar="FILE",
+        help="where the alerts each destination got are kept, so that a restarted watcher does not send them again "
+        "(default: $XDG_STATE_HOME/moola-watch/sent-alerts, else ~/.local/state/...); '' for none: send the logs' "
+        "whole history",
+    )  # fmt: skip
     add_threshold_flags(follow_cmd)
     analyze_cmd = commands.add_parser("analyze", help="report on saved logs: trends, worst layers, balance, alerts")
     analyze_cmd.add_argument("logs", nargs="+", type=Path, metavar="LOG")

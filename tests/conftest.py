@@ -19,6 +19,13 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(autouse=True)
+def own_state_home(tmp_path_factory, monkeypatch):
+    """Each test's watchers keep their ledger of alerts sent (moola_watch.notify.ledger) in a folder of its own:
+    never in the home of whoever runs the suite, and no test's deliveries silence another's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def small_train_args() -> list[str]:
     """A quick multi-task run: balance every epoch so the collapse window fills."""

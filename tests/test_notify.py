@@ -29,7 +29,7 @@ SAMPLES = REPO / "sample_logs"
 # (exploding firing, norm_level firing, exploding resolved), which these delivery tests count on; a regenerated
 # sample may flap, and the flapping hold would then send fewer.
 THREE_ERRORS = REPO / "tests" / "data" / "notify" / "three_error_transitions.jsonl"
-ENV = {**os.environ, "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}  # urllib would send 127.0.0.1 via a proxy
+NO_PROXY = {"no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}  # urllib would send 127.0.0.1 via a proxy
 EVIL = "$(touch PWNED1); touch PWNED2 `touch PWNED3` | touch PWNED4 && touch PWNED5 <x >PWNED6"
 RECORDER = """\
 import json, os, sys
@@ -208,7 +208,7 @@ def watch(*args: str, cwd: Path = REPO) -> subprocess.Popen:
     """``moola-watch follow ARGS`` as a real, piped subprocess."""
     return subprocess.Popen(
         [sys.executable, "-m", "moola_watch.cli", "follow", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=cwd, env={**ENV, "PYTHONUNBUFFERED": "1"},
+        text=True, cwd=cwd, env={**os.environ, **NO_PROXY, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
 
 
@@ -222,7 +222,7 @@ def stop(watcher: subprocess.Popen) -> tuple[str, str]:
 def run_watch(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "moola_watch.cli", "follow", *args], capture_output=True, text=True, timeout=60,
-        cwd=cwd, env=ENV,
+        cwd=cwd, env={**os.environ, **NO_PROXY},
     )  # fmt: skip
 
 
@@ -494,27 +494,82 @@ def test_alerts_behind_a_receiver_that_trickles_its_headers_are_not_held_up(tmp_
     assert trickle.requests == 3 and took < 5, took
 
 
-def test_a_restarted_watcher_resends_a_logs_history_with_the_same_keys_and_a_flap_gets_new_ones(tmp_path, hook):
-    """``follow`` re-sends a log's history when it starts: a watcher restarted (by systemd, say) on the same log
-    must send each alert event with the key the first one used, so that the receiver can drop them; the same
-    alert firing again after it resolved is another event, with a key of its own."""
+def flapping_log(path: Path, epochs: int = 12) -> Path:
+    """An exploding alert that fires, resolves and fires again (every five epochs)."""
     log = LogBuilder().start()
-    for epoch in range(1, 12):  # the exploding alert fires, resolves and fires again
+    for epoch in range(1, epochs):
         norm = 50.0 if epoch % 5 < 2 else 0.3
         log.grad(epoch, 0.3, norm, {"a": 0.3, "b": norm})
-    path = log.write(tmp_path / "run.jsonl")
+    return log.write(path)
+
+
+def sent(hook: Hook) -> list[tuple[str, str, int]]:
+    return [(body["alert"]["rule"], body["alert"]["state"], body["alert"]["step"]) for _, body in hook.bodies]
+
+
+def test_a_restarted_watcher_sends_only_what_its_destinations_have_not_had(tmp_path, hook):
+    """``follow`` judges a log's history when it starts, but a watcher restarted on it (systemd's Restart=, a
+    cron job's --once) sends none of what the first one delivered: Slack cannot drop a repeat by its key. Only
+    what is new goes out; without the ledger (--sent-log ''), the history again, with the keys first used."""
+    path = flapping_log(tmp_path / "run.jsonl")
     config = tmp_path / "watch.toml"
     config.write_text(f'[notify]\nwebhook = "{hook.url}"\nresolve_after = 0\n')
     first = run_watch("--once", "--json", "--config", str(config), str(path))
-    sent_first = list(hook.keys)
+    assert sent(hook) == [("exploding", "firing", 60), ("exploding", "resolved", 70), ("exploding", "firing", 110)]
+    keys = list(hook.keys)
+    assert len(set(keys)) == 3 and [body["idempotency_key"] for _, body in hook.bodies] == keys
     second = run_watch("--once", "--json", "--config", str(config), str(tmp_path))  # the folder: the same log
     assert first.returncode == second.returncode == 1, first.stderr + second.stderr
-    sent = [(body["alert"]["rule"], body["alert"]["state"], body["alert"]["step"]) for _, body in hook.bodies]
-    assert sent[: len(sent_first)] == sent[len(sent_first) :], sent
-    assert [state for rule, state, _ in sent[: len(sent_first)]] == ["firing", "resolved", "firing"], sent
-    # Before, every watcher made up new random keys: the receiver could not tell the second lot for repeats.
-    assert hook.keys[len(sent_first) :] == sent_first and len(set(sent_first)) == len(sent_first) == 3
-    assert [body["idempotency_key"] for _, body in hook.bodies] == hook.keys
+    assert len(hook.bodies) == 3 and len(json_events(second.stdout)) == len(json_events(first.stdout)) > 3
+    flapping_log(path, epochs=17)  # the run went on: resolved at 120, firing again at 160
+    run_watch("--once", "--config", str(config), str(path))
+    assert sent(hook)[3:] == [("exploding", "resolved", 120), ("exploding", "firing", 160)]
+    # Without a ledger each watcher sends the whole history, with the same keys: a receiver that keeps them drops.
+    run_watch("--once", "--sent-log", "", "--config", str(config), str(path))
+    assert sent(hook)[5:] == sent(hook)[:5] and hook.keys[5:] == hook.keys[:5]
+
+
+def test_one_alert_of_a_job_in_each_ranks_log_is_sent_once(tmp_path, hook):
+    """Each rank's own log (per_rank) names the job's one run, and its gradients are the all-reduced ones: the
+    same alert in both is one incident, one page; an alert only one rank has is sent too."""
+    for rank in (0, 1):
+        log = LogBuilder(run="job-7").start()
+        for epoch in range(1, 5):
+            log.grad(epoch, 0.3, 50.0, {"a": 0.3, "b": 50.0})
+        if rank == 1:
+            log.add("run_end", status="failed", error="RuntimeError: rank 1 lost its data loader")
+        log.write(tmp_path / f"run.rank{rank}.jsonl")
+    result = run_watch("--once", "--notify-on", "error", "--webhook", hook.url, str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert sorted((rule, state) for rule, state, _ in sent(hook)) == [("exploding", "firing"), ("run_failed", "firing")]
+
+
+def test_a_ledger_that_cannot_be_written_is_one_notice_and_every_alert_still_goes_out(tmp_path, hook):
+    path = flapping_log(tmp_path / "run.jsonl")
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    config = tmp_path / "watch.toml"
+    config.write_text(f'[notify]\nwebhook = "{hook.url}"\nresolve_after = 0\nsent_log = "{blocked / "sent"}"\n')
+    result = run_watch("--once", "--config", str(config), str(path))
+    assert len(hook.bodies) == 3, result.stderr
+    assert result.stderr.count("the ledger of alerts sent") == 1, result.stderr
+    assert "cannot be read (Not a directory)" in result.stderr
+
+
+def test_the_ledger_forgets_what_is_a_month_old_and_lines_it_cannot_read(tmp_path):
+    from moola_watch.notify.ledger import KEEP_S, SentLedger, entry
+
+    now = 1_800_000_000.0
+    path = tmp_path / "sent"
+    recent, old = entry("webhook A", "k1"), entry("webhook A", "k2")
+    path.write_text(f"{recent} {now - 60:.0f}\n{old} {now - KEEP_S - 60:.0f}\ntorn-li")
+    notices: list[str] = []
+    ledger = SentLedger(path, notices.append, clock=lambda: now)
+    assert not ledger.claim("webhook A", "k1")  # delivered a minute ago
+    assert ledger.claim("webhook A", "k2") and not ledger.claim("webhook A", "k2")  # forgotten; then claimed here
+    assert ledger.claim("webhook B", "k1")  # another destination has not had it
+    ledger.delivered("webhook B", "k1")
+    assert not SentLedger(path, notices.append, clock=lambda: now).claim("webhook B", "k1") and not notices
 
 
 @pytest.mark.parametrize("key", ["notify_on", "notify-on"])  # the flag's spelling too, as [thresholds] takes it

@@ -6,6 +6,7 @@ returns at once.
 * :mod:`.settings` what to notify, from flags or config, checked at start;
 * :mod:`.sinks` what is sent and how (pure formatting; ``post_json`` and ``Command`` are the thin shells);
 * :mod:`.flapping` which transitions are news (a flapping alert is one incident);
+* :mod:`.ledger` which events each destination already got, across watchers (a restart does not page again);
 * :mod:`.delivery` the queues, retries and exit grace that get it out without stalling following.
 """
 

@@ -11,10 +11,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from moola_watch.counts import counted
 from moola_watch.notify.flapping import ResolveHold
+from moola_watch.notify.ledger import SentLedger, default_path
 from moola_watch.notify.settings import NotifySettings
 from moola_watch.notify.sinks import DeliveryError, Sink, alert_key, sinks_for, wanted
 
@@ -38,9 +40,13 @@ class _Worker:
     queue once delivered or refused (a 4xx, a command's failure): alerts go out in order, and those a destination
     that is down could not take wait, at most ``QUEUE_SIZE``, while it is tried with backoff."""
 
-    def __init__(self, sink: Sink, report: Callable[[str], None], pause: Callable[[int], float]) -> None:
-        """``pause(n)``: seconds to wait before retry number ``n`` of one alert."""
+    def __init__(
+        self, sink: Sink, report: Callable[[str], None], pause: Callable[[int], float], ledger: SentLedger
+    ) -> None:
+        """``pause(n)``: seconds to wait before retry number ``n`` of one alert; ``ledger`` is told of each
+        delivery."""
         self.sink = sink
+        self.ledger = ledger
         self.report = report
         self.pause = pause
         self.queue: deque[tuple[Mapping[str, Any], str]] = deque()  # each alert with its key
@@ -112,6 +118,7 @@ class _Worker:
                 self._wait(self.pause(attempt))
                 attempt += 1
             else:
+                self.ledger.delivered(self.sink.destination, key)
                 self._works()
                 return
 
@@ -153,21 +160,24 @@ class Notifier:
     def __init__(
         self, sinks: Sequence[Sink], notify_on: str = "error", grace: float = CLOSE_GRACE_S,
         pause: Callable[[int], float] = backoff, resolve_after: float = RESOLVE_AFTER_S,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, sent_log: Path | None = None,
     ) -> None:  # fmt: skip
         """``grace``: seconds the sinks get at ``close`` to finish what is queued; ``pause(n)``: seconds a sink
         waits before retry number ``n`` of one alert; ``resolve_after``: seconds an alert must stay resolved
-        before its resolution is sent (a flapping alert is one incident: :mod:`.flapping`; 0 sends at once)."""
+        before its resolution is sent (a flapping alert is one incident: :mod:`.flapping`; 0 sends at once);
+        ``sent_log``: the ledger file of alerts each destination got (:mod:`.ledger`; None: in memory only)."""
         self.notify_on = notify_on
         self.grace = grace
         self.hold = ResolveHold(resolve_after)
         self.clock = clock
         self._notices: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self.workers = [_Worker(sink, self._notices.put, pause) for sink in sinks]
+        self.ledger = SentLedger(sent_log, self._notices.put)
+        self.workers = [_Worker(sink, self._notices.put, pause, self.ledger) for sink in sinks]
 
     @classmethod
     def from_settings(cls, settings: NotifySettings) -> Notifier:
-        return cls(sinks_for(settings), settings.notify_on, resolve_after=settings.resolve_after)
+        sent_log = ledger_path(settings.sent_log)
+        return cls(sinks_for(settings), settings.notify_on, resolve_after=settings.resolve_after, sent_log=sent_log)
 
     def send(self, event: Mapping[str, Any], at: float | None = None) -> None:
         """Queue ``event`` for every sink if it is news (not a flapping alert's repeat) and wanted; never blocks.
@@ -181,13 +191,14 @@ class Notifier:
         self._offer(self.hold.due(self.clock()))
 
     def _offer(self, events: list[Mapping[str, Any]]) -> None:
-        """Queue each wanted event for every sink, with its key (:func:`.sinks.alert_key`), which every attempt at
-        it carries."""
+        """Queue each wanted event for every sink that has not had it (:mod:`.ledger`), with its key
+        (:func:`.sinks.alert_key`), which every attempt at it carries."""
         for event in events:
             if wanted(event, self.notify_on):
                 key = alert_key(event)
                 for worker in self.workers:
-                    worker.offer(event, key)
+                    if self.ledger.claim(worker.sink.destination, key):
+                        worker.offer(event, key)
 
     def failing(self) -> list[str]:
         """The labels of the sinks failing now (tried and retried; none delivered since)."""
@@ -217,3 +228,10 @@ class Notifier:
             if worker.thread.is_alive() and worker.sink.stop is not None:
                 worker.sink.stop()  # a command still running would outlive us
         return self.drain() + lost
+
+
+def ledger_path(sent_log: str | None) -> Path | None:
+    """The ledger file a ``sent_log`` setting names: None (not set) the default place, "" none."""
+    if sent_log is None:
+        return default_path()
+    return Path(sent_log).expanduser() if sent_log else None

@@ -32,6 +32,9 @@ class NotifySettings:
     timeout: float = 10.0
     retries: int = 2
     resolve_after: float = 60.0  # seconds an alert must stay resolved before that is sent (flapping: one incident)
+    # The ledger of alerts each destination got (:mod:`.ledger`): a restarted watcher does not send them again.
+    # None: the default place; "": none (every watcher sends its logs' whole history, as keys let a receiver drop).
+    sent_log: str | None = None
 
     @property
     def enabled(self) -> bool:
@@ -50,7 +53,7 @@ def _strings(table: Mapping[str, Any], key: str) -> list[str]:
 
 
 #: The keys of a config's [notify] table, in field spelling; the flags' spelling (``notify-on``) is taken too.
-KEYS = ("on_alert", "webhook", "notify_on", "timeout", "retries", "resolve_after")
+KEYS = ("on_alert", "webhook", "notify_on", "timeout", "retries", "resolve_after", "sent_log")
 #: Longest timeout, in seconds: a day. A slow webhook is waited on up to 8 times it, and a socket's or lock's
 #: timeout beyond about 292 years overflows the clock (1e10 s killed the webhook's thread, nothing was sent).
 MAX_TIMEOUT_S = 86_400.0
@@ -68,6 +71,7 @@ def settings_from(
     webhooks: Sequence[str] = (),
     notify_on: str | None = None,
     timeout: float | None = None,
+    sent_log: str | None = None,
 ) -> NotifySettings:
     """A config file's ``[notify]`` table, then the flags: commands and webhooks add up, the rest override.
     Raises ValueError on anything unusable, before following starts."""
@@ -79,7 +83,10 @@ def settings_from(
         timeout=timeout if timeout is not None else config.get("timeout", 10.0),
         retries=config.get("retries", 2),
         resolve_after=config.get("resolve_after", 60.0),
+        sent_log=sent_log if sent_log is not None else config.get("sent_log"),
     )
+    if settings.sent_log is not None and not isinstance(settings.sent_log, str):
+        raise ValueError(f'[notify] sent_log must be a path ("" for none), got {settings.sent_log!r}')
     if settings.notify_on not in SEVERITY_CHOICES:  # --notify-on's choices: no rule fires at info
         raise ValueError(f"[notify] notify_on must be one of {', '.join(SEVERITY_CHOICES)}, got {settings.notify_on!r}")
     timeout = settings.timeout

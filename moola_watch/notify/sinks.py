@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -68,11 +69,18 @@ KEY_FIELDS = ("run", "rule", "subject", "first_step", "first_epoch", "state", "s
               "epoch")  # fmt: skip
 
 
+#: A per-rank log's rank in its file name (``run.rank1.jsonl``), as the trainer's ``per_rank`` names them.
+RANK_PART = re.compile(r"\.rank[0-9]+(\.jsonl)$")
+
+
 def alert_key(event: Mapping[str, Any]) -> str:
-    """The idempotency key of one alert event: a hash of the log's file name and the event's :data:`KEY_FIELDS`.
-    A watcher restarted on a log re-sends its history with the keys the first one used, so a receiver can drop
-    what it already has; the same alert firing again after it resolved is another event, with another key."""
+    """The idempotency key of one alert event: a hash of the log's file name (without a per-rank log's rank:
+    the same alert of one job's run in each rank's log is one event) and the event's :data:`KEY_FIELDS`.
+    Every watcher of the log gives an event the same key, so a receiver (and the ledger of what was sent,
+    :mod:`.ledger`) can drop a repeat; the same alert firing again after it resolved is another event, with
+    another key."""
     log = os.path.basename(str(event.get("log") or ""))  # not the path: `follow DIR` and `follow DIR/LOG` agree
+    log = RANK_PART.sub(r"\1", log)  # each rank's own log of one job: one alert of the same run is one event
     identity = [log, *(event.get(name) for name in KEY_FIELDS)]
     return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:32]
 
@@ -410,6 +418,7 @@ class Sink:
     deliver: Callable[[Mapping[str, Any], str], None]
     retries: int
     stop: Callable[[], None] | None = None  # ends a delivery still in progress at exit
+    destination: str = ""  # what tells it apart in the ledger of alerts sent (its URL or command; never shown)
 
 
 def sinks_for(settings: NotifySettings) -> list[Sink]:
@@ -419,8 +428,9 @@ def sinks_for(settings: NotifySettings) -> list[Sink]:
     commands = numbered("--on-alert", [os.path.basename(runner.argv[0]) for runner in runners])
     webhooks = numbered("--webhook", [redact(url) for url in settings.webhooks])
     return [
-        *(Sink(label, runner.deliver, 0, runner.stop) for label, runner in zip(commands, runners, strict=True)),
-        *(Sink(label, Webhook(url, settings.timeout).deliver, settings.retries)
+        *(Sink(label, runner.deliver, 0, runner.stop, f"command {command}")
+          for label, runner, command in zip(commands, runners, settings.commands, strict=True)),
+        *(Sink(label, Webhook(url, settings.timeout).deliver, settings.retries, destination=f"webhook {url}")
           for label, url in zip(webhooks, settings.webhooks, strict=True)),
     ]  # fmt: skip
 
