@@ -54,15 +54,19 @@ class FollowOptions:
     floors: dict[str, float] = field(default_factory=dict)  # training floors a flag or config gave (task -> loss)
 
 
-def alert_event(path: Path, run: str | None, event: AlertEvent, host: str | None = None) -> dict[str, Any]:
+def alert_event(
+    path: Path, run: str | None, event: AlertEvent, host: str | None = None, rank: int | None = None
+) -> dict[str, Any]:
     """A transition as ``--json`` prints it and notifications carry it: the alert, its log, the host its run's
-    trainer runs on (from its run_start; None if not recorded), and where it stands."""
+    trainer runs on (from its run_start; None if not recorded), the rank whose own log it is (per_rank; None
+    otherwise), and where it stands."""
     alert = event.alert
     resolved = alert.state == rules.RESOLVED
     return {
         "event": "alert",
         "log": str(path),
         "host": host,
+        "rank": rank,
         **alert_json(run, alert),
         "escalated": event.escalated,
         "epoch": alert.resolved_epoch if resolved else alert.last_epoch,
@@ -356,7 +360,8 @@ class Follower:
             alert = event.alert
             engine = self.views[path].scan.engines.get(run) if run is not None else None
             host = engine.run.writer[0] if engine is not None else None
-            obj = alert_event(path, run, event, host if isinstance(host, str) else None)
+            rank = engine.run.rank if engine is not None else None
+            obj = alert_event(path, run, event, host if isinstance(host, str) else None, rank)
             if self.notifier is not None:  # when it happened: its run's latest record's time
                 self.notifier.send(obj, engine.run.last_time if engine is not None else None)
             if self.options.json:

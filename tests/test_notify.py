@@ -536,12 +536,15 @@ def test_one_alert_of_a_job_in_each_ranks_log_is_sent_once(tmp_path, hook):
         log = LogBuilder(run="job-7").start()
         for epoch in range(1, 5):
             log.grad(epoch, 0.3, 50.0, {"a": 0.3, "b": 50.0})
+            log.balance(epoch, 1.0, rank=rank)  # each rank's own batches: balanced
         if rank == 1:
             log.add("run_end", status="failed", error="RuntimeError: rank 1 lost its data loader")
         log.write(tmp_path / f"run.rank{rank}.jsonl")
     result = run_watch("--once", "--notify-on", "error", "--webhook", hook.url, str(tmp_path))
     assert result.returncode == 1, result.stderr
     assert sorted((rule, state) for rule, state, _ in sent(hook)) == [("exploding", "firing"), ("run_failed", "firing")]
+    failed = next(body for _, body in hook.bodies if body["alert"]["rule"] == "run_failed")
+    assert failed["alert"]["rank"] == 1 and "in run job-7 (rank 1)" in failed["text"], failed
 
 
 def test_a_ledger_that_cannot_be_written_is_one_notice_and_every_alert_still_goes_out(tmp_path, hook):

@@ -37,8 +37,8 @@ CHAT_LIMIT = 1900  # characters of the chat line (Discord refuses content over 2
 ENV_LIMIT = 4000  # characters of one MOOLA_* environment value
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_PATIENCE = 8  # a webhook that answers too late is waited on up to this many times the timeout
-ENV_FIELDS = ("rule", "severity", "state", "subject", "value", "message", "recommendation", "run", "log", "step",
-              "epoch")  # fmt: skip
+ENV_FIELDS = ("rule", "severity", "state", "subject", "value", "message", "recommendation", "run", "rank", "log",
+              "step", "epoch")  # fmt: skip
 
 
 class DeliveryError(Exception):
@@ -86,13 +86,14 @@ def alert_key(event: Mapping[str, Any]) -> str:
 
 
 def headline(event: Mapping[str, Any]) -> str:
-    """One line for a person: state, severity, rule, subject, run, the host its trainer runs on, where, message
-    and what to do."""
+    """One line for a person: state, severity, rule, subject, run (and the rank whose own log it came from), the
+    host its trainer runs on, where, message and what to do."""
     state = "ESCALATED" if event.get("escalated") else str(event["state"]).upper()
     host = f" on {event['host']}" if event.get("host") else ""
+    rank = f" (rank {event['rank']})" if event.get("rank") is not None else ""
     text = (
         f"moola-watch {state} {str(event['severity']).upper()} {event['rule']} ({event['subject']}) in run "
-        f"{event['run']}{host} at {rules.position(event.get('epoch'), event.get('step'))}: {event['message']}"
+        f"{event['run']}{rank}{host} at {rules.position(event.get('epoch'), event.get('step'))}: {event['message']}"
     )
     if event["state"] != rules.RESOLVED and event.get("recommendation"):
         text += f" -> {event['recommendation']}"

@@ -52,6 +52,7 @@ class RunState:
     resumed_by: str | None = None  # a later run in its log that resumed it (same model, began past step 1)
     continues: bool = False  # this log holds the rest of a run begun in another (its run_start is "continued")
     writer: tuple[object, ...] = (None, None, None, None)  # run_start's host, pid, process and log_path, as written
+    rank: int | None = None  # the rank whose own log this is (per_rank: its balance samples carry it), else None
 
     cadence: tuple[int | None, int | None] = (None, None)  # measured every N steps, else every N epochs (run_start)
     first_step: int | None = None  # of the first record that has one
@@ -497,6 +498,8 @@ class Evidence:
         sets a largest task norm above zero."""
         self.last_balance = record
         self.balance_records += 1
+        if type(rank := record.get("rank")) is int:  # each rank's own batches: an alert on them is that rank's
+            self.run.rank = rank
         ratio: float | None = record.get("ratio")
         norms: dict[str, float] = record["norms"]
         left_out = record.get("left_out") or ()
