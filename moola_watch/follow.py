@@ -54,19 +54,19 @@ class FollowOptions:
     floors: dict[str, float] = field(default_factory=dict)  # training floors a flag or config gave (task -> loss)
 
 
-def alert_event(
-    path: Path, run: str | None, event: AlertEvent, host: str | None = None, rank: int | None = None
-) -> dict[str, Any]:
-    """A transition as ``--json`` prints it and notifications carry it: the alert, its log, the host its run's
-    trainer runs on (from its run_start; None if not recorded), the rank whose own log it is (per_rank; None
-    otherwise), and where it stands."""
+def alert_event(path: Path, run: str | None, event: AlertEvent, state: rules.RunState | None = None) -> dict[str, Any]:
+    """A transition as ``--json`` prints it and notifications carry it: the alert, its log, from its run's
+    ``state`` (None: unknown) the host its trainer runs on and when it started (its run_start's), the rank whose
+    own log it is (per_rank; else None), and where it stands."""
     alert = event.alert
     resolved = alert.state == rules.RESOLVED
+    host = state.writer[0] if state is not None else None
     return {
         "event": "alert",
         "log": str(path),
-        "host": host,
-        "rank": rank,
+        "host": host if isinstance(host, str) else None,
+        "rank": state.rank if state is not None else None,
+        "run_started": state.started if state is not None else None,
         **alert_json(run, alert),
         "escalated": event.escalated,
         "epoch": alert.resolved_epoch if resolved else alert.last_epoch,
@@ -359,9 +359,7 @@ class Follower:
         for event in events:
             alert = event.alert
             engine = self.views[path].scan.engines.get(run) if run is not None else None
-            host = engine.run.writer[0] if engine is not None else None
-            rank = engine.run.rank if engine is not None else None
-            obj = alert_event(path, run, event, host if isinstance(host, str) else None, rank)
+            obj = alert_event(path, run, event, engine.run if engine is not None else None)
             if self.notifier is not None:  # when it happened: its run's latest record's time
                 self.notifier.send(obj, engine.run.last_time if engine is not None else None)
             if self.options.json:

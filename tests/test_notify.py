@@ -529,6 +529,32 @@ def test_a_restarted_watcher_sends_only_what_its_destinations_have_not_had(tmp_p
     assert sent(hook)[5:] == sent(hook)[:5] and hook.keys[5:] == hook.keys[:5]
 
 
+def test_an_alert_firing_again_after_a_resolution_an_earlier_watcher_sent_is_sent(tmp_path, hook):
+    """A cron job's --once sends a resolution still held at its exit; the next one, reading the alert fire again
+    within resolve_after of it, must not take that for the same incident going on (the person was told it
+    ended), or the page is lost for the rest of the run."""
+    whole = flapping_log(tmp_path / "whole.jsonl")
+    lines = whole.read_bytes().splitlines(keepends=True)
+    path = tmp_path / "run.jsonl"
+    path.write_bytes(b"".join(lines[:9]))  # up to epoch 8: fired at step 60, resolved at 70
+    run_watch("--once", "--webhook", hook.url, str(path))
+    assert sent(hook) == [("exploding", "firing", 60), ("exploding", "resolved", 70)]  # the held one, at exit
+    path.write_bytes(b"".join(lines))
+    run_watch("--once", "--webhook", hook.url, str(path))
+    assert sent(hook)[2:] == [("exploding", "firing", 110)]
+
+
+def test_another_run_given_the_same_id_in_a_log_of_the_same_name_is_paged_too(tmp_path, hook):
+    """run_id="baseline" run again, in another folder and then into the same file: each its own alerts."""
+    for folder, t0 in (("a", 1.7e9), ("b", 1.7e9 + 3600), ("b", 1.7e9 + 7200)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        log = LogBuilder(run="baseline", t0=t0).start()
+        for epoch in range(1, 4):
+            log.grad(epoch, 0.3, 50.0, {"a": 0.3, "b": 50.0})
+        run_watch("--once", "--webhook", hook.url, str(log.write(tmp_path / folder / "run.jsonl")))
+    assert sent(hook) == [("exploding", "firing", 20)] * 3 and len(set(hook.keys)) == 3
+
+
 def test_one_alert_of_a_job_in_each_ranks_log_is_sent_once(tmp_path, hook):
     """Each rank's own log (per_rank) names the job's one run, and its gradients are the all-reduced ones: the
     same alert in both is one incident, one page; an alert only one rank has is sent too."""
@@ -573,6 +599,9 @@ def test_the_ledger_forgets_what_is_a_month_old_and_lines_it_cannot_read(tmp_pat
     assert ledger.claim("webhook B", "k1")  # another destination has not had it
     ledger.delivered("webhook B", "k1")
     assert not SentLedger(path, notices.append, clock=lambda: now).claim("webhook B", "k1") and not notices
+    # A device given as the ledger (/dev/full reads forever) is refused in one notice, not read into memory.
+    assert SentLedger(Path("/dev/full"), notices.append).claim("webhook A", "k1")
+    assert len(notices) == 1 and "not a regular file" in notices[0]
 
 
 @pytest.mark.parametrize("key", ["notify_on", "notify-on"])  # the flag's spelling too, as [thresholds] takes it
@@ -761,13 +790,23 @@ def test_wanted_sends_confirmed_transitions_at_or_above_notify_on():
     assert notify.wanted(event(severity="critical"), "error") and not notify.wanted(event(), "critical")
 
 
-def test_an_alert_events_key_is_what_identifies_it_not_where_the_watcher_found_the_log():
-    key = notify.alert_key(event())
-    assert notify.alert_key(event(log="/srv/runs/a.jsonl", value=9.0, message="other words")) == key
-    others = [event(state="resolved"), event(step=310), event(epoch=16), event(first_step=200), event(run="r2"),
-              event(subject="pointer/cls"), event(rule="exploding"), event(severity="critical", escalated=True),
-              event(log="b.jsonl")]  # fmt: skip
-    assert len({key, *map(notify.alert_key, others)}) == 1 + len(others)
+def test_an_alert_events_key_is_what_identifies_it_not_where_the_watcher_found_the_log(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    here = {"log": "runs/a.jsonl", "run_started": 1.0e9}
+    key = notify.alert_key(event(**here))
+    for same in ({"log": str(tmp_path / "runs" / "a.jsonl"), "value": 9.0, "message": "other words"},
+                 {"log": "link/a.jsonl"}):  # fmt: skip
+        assert notify.alert_key(event(**{**here, **same})) == key
+    changes = [{"state": "resolved"}, {"step": 310}, {"epoch": 16}, {"first_step": 200}, {"run": "r2"},
+               {"subject": "pointer/cls"}, {"rule": "exploding"}, {"severity": "critical", "escalated": True},
+               {"log": "runs/b.jsonl"}, {"log": "elsewhere/a.jsonl"}, {"run_started": 2.0e9}]  # fmt: skip
+    others = [notify.alert_key(event(**{**here, **change})) for change in changes]
+    assert len({key, *others}) == 1 + len(changes)
+    # Each rank's own log of one job: its run_start time is its own, and the job's run is one.
+    ranks = [event(log=f"runs/a.rank{rank}.jsonl", run_started=1.0e9 + rank) for rank in (0, 1)]
+    assert notify.alert_key(ranks[0]) == notify.alert_key(ranks[1]) != key
 
 
 def test_chat_text_cannot_ping_or_link_and_is_one_inert_line():

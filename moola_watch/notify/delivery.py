@@ -19,6 +19,7 @@ from moola_watch.notify.flapping import ResolveHold
 from moola_watch.notify.ledger import SentLedger, default_path
 from moola_watch.notify.settings import NotifySettings
 from moola_watch.notify.sinks import DeliveryError, Sink, alert_key, sinks_for, wanted
+from moola_watch.rules import RESOLVED
 
 QUEUE_SIZE = 100  # alerts waiting per sink; beyond this new ones are dropped (said once, counted at exit)
 CLOSE_GRACE_S = 5.0  # at exit, seconds the sinks get to finish what is queued
@@ -183,8 +184,19 @@ class Notifier:
         """Queue ``event`` for every sink if it is news (not a flapping alert's repeat) and wanted; never blocks.
         ``at``: when it happened by the run's own records (unix seconds), so that a log's history replayed in
         a moment still has its incidents apart. Every event goes through the hold, those below ``notify_on``
-        too: an alert firing again at a milder severity is the same incident going on, not its end."""
+        too: an alert firing again at a milder severity is the same incident going on, not its end; except a
+        resolution every destination already had (an earlier watcher's, in the ledger): that incident is over for
+        the person, and the alert firing again is news."""
+        if event["state"] == RESOLVED and self._had_everywhere(event):
+            self.hold.forget(event)
+            return
         self._offer(self.hold.admit(event, self.clock(), at))
+
+    def _had_everywhere(self, event: Mapping[str, Any]) -> bool:
+        if not self.workers or not wanted(event, self.notify_on):
+            return False
+        key = alert_key(event)
+        return all(self.ledger.had(worker.sink.destination, key) for worker in self.workers)
 
     def tick(self) -> None:
         """Send the resolutions that have now stayed resolved long enough (the follow loop calls this often)."""

@@ -63,6 +63,13 @@ class ResolveHold:
         ready = [key for key, (_event, came, _at) in self.held.items() if now - came >= self.hold_s]
         return [self._release(key) for key in ready]
 
+    def forget(self, event: Event) -> None:
+        """``event``'s incident is over for the person: its resolution reached them already (an earlier watcher
+        sent it), so the alert firing again is news, not the same incident going on."""
+        key = incident(event)
+        self.sent.pop(key, None)
+        self.held.pop(key, None)
+
     def flush(self) -> list[Event]:
         """Every held resolution (at exit: the last state each alert was in)."""
         return [self._release(key) for key in list(self.held)]

@@ -10,8 +10,10 @@ cannot be read or written is one notice; the watcher then remembers in memory on
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +21,7 @@ from pathlib import Path
 
 KEEP_S = 30 * 86_400.0  # deliveries remembered this long (seconds): a month of restarts never re-pages
 COMPACT_OVER = 10_000  # lines dropped as too old before the file is rewritten without them
+MAX_BYTES = 64 << 20  # the most of the file read (its end): about 1.4 million deliveries
 
 
 def default_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -61,6 +64,11 @@ class SentLedger:
             self._claimed.add(name)
             return True
 
+    def had(self, destination: str, key: str) -> bool:
+        """Whether ``destination`` took the event with ``key`` (before this watcher, or from it)."""
+        with self._lock:
+            return entry(destination, key) in self._delivered
+
     def delivered(self, destination: str, key: str) -> None:
         """Record that ``destination`` took the event with ``key``."""
         name = entry(destination, key)
@@ -76,7 +84,12 @@ class SentLedger:
 
     def _load(self, path: Path) -> None:
         try:
-            text = path.read_text(encoding="ascii", errors="replace")
+            with path.open("rb") as file:
+                if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # /dev/full would read forever
+                    raise OSError(errno.EINVAL, "not a regular file")
+                size = os.fstat(file.fileno()).st_size
+                file.seek(max(0, size - MAX_BYTES))  # the newest lines: a month of pages is far less than this
+                text = file.read(MAX_BYTES).decode("ascii", errors="replace")
         except FileNotFoundError:
             return
         except OSError as exc:

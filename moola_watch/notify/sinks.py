@@ -74,14 +74,17 @@ RANK_PART = re.compile(r"\.rank[0-9]+(\.jsonl)$")
 
 
 def alert_key(event: Mapping[str, Any]) -> str:
-    """The idempotency key of one alert event: a hash of the log's file name (without a per-rank log's rank:
-    the same alert of one job's run in each rank's log is one event) and the event's :data:`KEY_FIELDS`.
-    Every watcher of the log gives an event the same key, so a receiver (and the ledger of what was sent,
-    :mod:`.ledger`) can drop a repeat; the same alert firing again after it resolved is another event, with
-    another key."""
-    log = os.path.basename(str(event.get("log") or ""))  # not the path: `follow DIR` and `follow DIR/LOG` agree
-    log = RANK_PART.sub(r"\1", log)  # each rank's own log of one job: one alert of the same run is one event
-    identity = [log, *(event.get(name) for name in KEY_FIELDS)]
+    """The idempotency key of one alert event: a hash of the log's absolute path (without a per-rank log's
+    rank: the same alert of one job's run in each rank's log is one event), when the run started (but for a
+    per-rank log, each rank's run_start its own: the job's run id, rank 0's, is unique already) and the event's
+    :data:`KEY_FIELDS`. Every watcher of the log gives an event the same key, so a receiver (and the ledger of
+    what was sent, :mod:`.ledger`) can drop a repeat; the same alert firing again after it resolved is another
+    event, with another key, and so is one of another run given the same id (``run_id="baseline"`` run again,
+    or in another folder)."""
+    log = os.path.realpath(str(event.get("log") or ""))  # `follow DIR` and `follow DIR/LOG` agree, from any cwd
+    per_rank = RANK_PART.search(log) is not None
+    log = RANK_PART.sub(r"\1", log)
+    identity = [log, None if per_rank else event.get("run_started"), *(event.get(name) for name in KEY_FIELDS)]
     return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:32]
 
 
