@@ -74,6 +74,45 @@ def test_thousands_of_layers_become_module_groups_with_the_worst_layers_first() 
     assert module_groups(["enc.w", "enc.b", "head.w"], 2) == [("enc.*", ["enc.w", "enc.b"]), ("head.w", ["head.w"])]
 
 
+def attention_block() -> torch.nn.ModuleDict:
+    """A block named as a BERT encoder's is: ``attention.self.query`` (key, value) in ``bert.encoder.layer.N``."""
+    heads = torch.nn.ModuleDict({part: torch.nn.Linear(4, 4) for part in ("query", "key", "value")})
+    return torch.nn.ModuleDict({"attention": torch.nn.ModuleDict({"self": heads})})
+
+
+class Encoder(torch.nn.Module):
+    """Two blocks whose tensors' names (``bert.encoder.layer.1.attention.self.query.weight``) are over 40
+    characters and differ only in the block's number, in their middle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers = torch.nn.ModuleList([attention_block(), attention_block()])
+        self.bert = torch.nn.ModuleDict({"encoder": torch.nn.ModuleDict({"layer": layers})})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.bert["encoder"]["layer"]:
+            x = sum(torch.tanh(linear(x)) for linear in block["attention"]["self"].values())
+        return x
+
+
+def test_a_heatmap_row_for_every_layer_whose_long_names_differ_only_in_their_middle(tmp_path: Path) -> None:
+    """Labels cut in the middle lost the block's number, and plotly drew both blocks' rows of one label as one: an
+    outside review's BERT heatmap said 43 layers and drew 33."""
+    model, log = Encoder(), tmp_path / "bert.jsonl"
+    with GradientMonitor(every_n_steps=1, log_path=log, echo=lambda _line: None) as monitor:
+        for _step in range(3):
+            model.zero_grad()
+            model(torch.randn(8, 4)).pow(2).mean().backward()
+            monitor.on_before_optimizer_step(model)
+    out = tmp_path / "report.html"
+    assert run_cli("moola_watch.cli", "report", str(log), "-o", str(out)).returncode == 0
+    html = out.read_text()
+    slug = re.search(r'id="data-plot-(layers[^"]*)"', html)[1]
+    labels = figure_data(html, slug)["data"][0]["y"]
+    assert len(labels) == len(set(labels)) == 12, labels
+    assert "b.e.layer.1.attention.self.query.weight" in labels
+
+
 class Stack(torch.nn.Module):
     """80 blocks of two small layers and a head: 322 tensors, each block's layer a module group (``blocks.3.a``)
     once a record may name only 200."""

@@ -25,7 +25,7 @@ from moola_watch.counts import counted
 from moola_watch.html_report.runs import RunData, positions
 from moola_watch.html_report.sampling import time_bins
 from moola_watch.html_report.style import ReportFigure, base_layout, log_ticks
-from moola_watch.html_report.text import escaped, short
+from moola_watch.html_report.text import escaped, layer_labels
 
 MAX_ROWS = 60
 WORST = 8
@@ -318,7 +318,7 @@ def heatmap_figure(data: RunData, axis: str, slug: str) -> ReportFigure | None:
     z, bin_x, bad = extremes(values, len(rows.labels), MAX_COLUMNS, center)
     zmin, zmax = math.floor(math.log10(max(th.vanishing, 1e-30))), math.ceil(math.log10(max(th.exploding, 1e-30))) + 1
     ticks, tick_text = log_ticks(zmin, zmax)
-    labels = [short(label, 40) for label in rows.labels]
+    labels = layer_labels(rows.labels, 40)
     full = np.array([escaped(label, 300) for label in rows.labels], dtype=object)
     hover = np.where(np.isnan(z), "", np.vectorize(lambda v: f"{10.0**v:.3g}", otypes=[object])(np.nan_to_num(z)))
     fig = go.Figure(

@@ -27,6 +27,30 @@ def short(value: object, limit: int = SHORT) -> str:
     return _entities(text)
 
 
+def layer_labels(names: list[str], limit: int) -> list[str]:
+    """Axis labels for layer names, each at most about ``limit`` characters and no two alike (plotly draws rows
+    of one label as one row). A long name first loses the letters of its leading parts, never a number
+    (``bert.encoder.layer.1.attention.self.query.weight`` -> ``b.e.l.1.attention.self.query.weight``: the block
+    index tells the rows apart), as logback shortens a logger's name; one still too long is cut in the middle;
+    a label that still repeats one above it gets its row's number."""
+    labels = []
+    for name in names:
+        text = inert(name, limit=1000)
+        parts = text.split(".")
+        for index in range(len(parts) - 1):
+            if len(".".join(parts)) <= limit:
+                break
+            if not parts[index].isdigit():
+                parts[index] = parts[index][:1]
+        labels.append(short(".".join(parts), limit))
+    seen: set[str] = set()
+    for row, label in enumerate(labels):
+        if label in seen:
+            labels[row] = f"{label} #{row + 1}"
+        seen.add(labels[row])
+    return labels
+
+
 # Only entities that both HTML and plotly's label renderer decode (plotly knows &amp; &lt; &gt; and numeric ones,
 # not &quot;). ``%`` too: plotly fills ``%{...}`` in hover templates, and a name must not pull values into a label.
 _ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;", "%": "&#37;"})
