@@ -536,8 +536,8 @@ def worst_layers(
     """Per run and layer: last, peak and lowest norm, the samples that named it (``seen``) and the most any layer
     of its run was named in (``samples``: a big model's samples name only their extreme tensors); of each run,
     the ``top`` with the highest peak and the ``top`` with the lowest minimum of the others (no layer is in
-    both), leaving out of the lowest the biases zero by
-    construction under ``thresholds`` (default: the watcher's), which the vanishing rule never flags (see
+    both), leaving out of the lowest the biases zero by construction under ``thresholds`` (default: the
+    watcher's), which the vanishing rule never flags (see
     :func:`~moola_watch.rules.zero_by_construction`, on each layer's peak in its run). Runs in the order they appear
     in ``layers``, each with its ``run`` (a layer's last norm of one run never stands beside its peak of another); a
     table without a ``run`` column is one run (and the result has none)."""

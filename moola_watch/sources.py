@@ -276,6 +276,18 @@ def _begins(whole: Path, start: Path) -> bool:
         return False
 
 
+#: The rank in the name of a rank's own log, where the trainer's ``per_rank`` puts it (before the suffix, if any:
+#: ``run.jsonl`` -> ``run.rank1.jsonl``, ``run`` -> ``run.rank1``).
+RANK_IN_NAME = re.compile(r"\.rank[0-9]+(?=(?:\.[^./]*)?$)")
+
+
+def without_rank(path: str) -> str | None:
+    """The log a rank's own log at ``path`` stands in for (``runs/a.rank1.jsonl`` -> ``runs/a.jsonl``); None for
+    a log whose name holds no rank."""
+    shared, found = RANK_IN_NAME.subn("", path)
+    return shared if found else None
+
+
 def rank_logs(path: Path) -> list[Path]:
     """The per-rank logs written in place of ``path`` (``run.jsonl`` -> ``run.rank0.jsonl``, ``run.rank1.jsonl``,
     ... beside it, as the trainer's ``per_rank`` names them), by rank; none where its folder cannot be read."""

@@ -807,6 +807,10 @@ def test_an_alert_events_key_is_what_identifies_it_not_where_the_watcher_found_t
     # Each rank's own log of one job: its run_start time is its own, and the job's run is one.
     ranks = [event(log=f"runs/a.rank{rank}.jsonl", run_started=1.0e9 + rank) for rank in (0, 1)]
     assert notify.alert_key(ranks[0]) == notify.alert_key(ranks[1]) != key
+    # per_rank keeps whatever suffix the path given had (run.log -> run.rank1.log), or none
+    for name in ("runs/a.rank{}.log", "runs/a.rank{}"):
+        ranks = [event(log=name.format(rank), run_started=1.0e9 + rank) for rank in (0, 1)]
+        assert notify.alert_key(ranks[0]) == notify.alert_key(ranks[1])
 
 
 def test_chat_text_cannot_ping_or_link_and_is_one_inert_line():

@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -31,6 +30,7 @@ from typing import IO, Any
 
 from moola_watch import __version__, rules, schema
 from moola_watch.notify.settings import NotifySettings, command_argv, redact
+from moola_watch.sources import without_rank
 from moola_watch.textsafe import inert, json_line
 
 CHAT_LIMIT = 1900  # characters of the chat line (Discord refuses content over 2000)
@@ -69,10 +69,6 @@ KEY_FIELDS = ("run", "rule", "subject", "first_step", "first_epoch", "state", "s
               "epoch")  # fmt: skip
 
 
-#: A per-rank log's rank in its file name (``run.rank1.jsonl``), as the trainer's ``per_rank`` names them.
-RANK_PART = re.compile(r"\.rank[0-9]+(\.jsonl)$")
-
-
 def alert_key(event: Mapping[str, Any]) -> str:
     """The idempotency key of one alert event: a hash of the log's absolute path (without a per-rank log's
     rank: the same alert of one job's run in each rank's log is one event), when the run started (but for a
@@ -82,9 +78,9 @@ def alert_key(event: Mapping[str, Any]) -> str:
     event, with another key, and so is one of another run given the same id (``run_id="baseline"`` run again,
     or in another folder)."""
     log = os.path.realpath(str(event.get("log") or ""))  # `follow DIR` and `follow DIR/LOG` agree, from any cwd
-    per_rank = RANK_PART.search(log) is not None
-    log = RANK_PART.sub(r"\1", log)
-    identity = [log, None if per_rank else event.get("run_started"), *(event.get(name) for name in KEY_FIELDS)]
+    shared = without_rank(log)
+    started = None if shared is not None else event.get("run_started")
+    identity = [shared or log, started, *(event.get(name) for name in KEY_FIELDS)]
     return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:32]
 
 
